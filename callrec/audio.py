@@ -1,0 +1,285 @@
+"""Audio helpers shared by capture (encoding), the web service (WAV download) and tests.
+
+Everything is int16 PCM at the edges because that is what telephony codecs
+produce and what WAV downloads need; floating point is only used internally.
+The G.711 tables live here so that the finalize fast path and the test
+fixtures (which fabricate SIPp payload files) agree bit for bit.
+"""
+
+from __future__ import annotations
+
+import wave
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+import numpy.typing as npt
+
+__all__ = [
+    "PCMA_DECODE_TABLE",
+    "PCMU_DECODE_TABLE",
+    "decode_file",
+    "dominant_frequency",
+    "duration_seconds",
+    "encode_opus_stereo",
+    "pcma_decode",
+    "pcma_encode",
+    "pcmu_decode",
+    "pcmu_encode",
+    "tone",
+    "transcode_to_wav",
+]
+
+Int16Array = npt.NDArray[np.int16]
+
+# --------------------------------------------------------------------------- G.711
+
+
+def _build_pcmu_table() -> Int16Array:
+    # mu-law bytes are stored inverted; the linear value is a biased
+    # segment/mantissa pair (bias 0x84) per ITU-T G.711.
+    codes = ~np.arange(256, dtype=np.int32) & 0xFF
+    mantissa = codes & 0x0F
+    segment = (codes >> 4) & 0x07
+    magnitude = (((mantissa << 3) + 0x84) << segment) - 0x84
+    values = np.where(codes & 0x80, -magnitude, magnitude)
+    return values.astype(np.int16)
+
+
+def _build_pcma_table() -> Int16Array:
+    # A-law toggles the even bits (0x55); segment 0 is linear, the others
+    # carry an implicit leading one (the +32 / +1 half-step reconstruction).
+    codes = np.arange(256, dtype=np.int32) ^ 0x55
+    mantissa = codes & 0x0F
+    segment = (codes >> 4) & 0x07
+    base = (mantissa << 1) + 1
+    magnitude = np.where(
+        segment == 0,
+        base << 3,
+        (base + 32) << (segment + 2),
+    )
+    values = np.where(codes & 0x80, magnitude, -magnitude)
+    return values.astype(np.int16)
+
+
+PCMU_DECODE_TABLE: Int16Array = _build_pcmu_table()
+"""256-entry G.711 mu-law -> int16 table (bit-exact with FFmpeg's pcm_mulaw)."""
+
+PCMA_DECODE_TABLE: Int16Array = _build_pcma_table()
+"""256-entry G.711 A-law -> int16 table (bit-exact with FFmpeg's pcm_alaw)."""
+
+
+def pcmu_decode(payload: bytes) -> Int16Array:
+    """Decode G.711 mu-law bytes with a table lookup (no codec context needed)."""
+    return PCMU_DECODE_TABLE[np.frombuffer(payload, dtype=np.uint8)]
+
+
+def pcma_decode(payload: bytes) -> Int16Array:
+    """Decode G.711 A-law bytes with a table lookup (no codec context needed)."""
+    return PCMA_DECODE_TABLE[np.frombuffer(payload, dtype=np.uint8)]
+
+
+def _build_encode_table(decode_table: Int16Array) -> npt.NDArray[np.uint8]:
+    # Nearest-level quantiser over every int16 input: exact by construction
+    # (the decoded value is always the closest representable one), and a
+    # single table lookup at encode time. Scanning the table from the top
+    # makes duplicate levels (mu-law's +0/-0) pick the positive code.
+    levels, first = np.unique(decode_table[::-1], return_index=True)
+    codes = (255 - first).astype(np.uint8)
+    x = np.arange(-32768, 32768, dtype=np.int32)
+    hi = np.clip(np.searchsorted(levels, x), 1, levels.size - 1)
+    lo = hi - 1
+    d_lo = np.abs(x - levels[lo].astype(np.int32))
+    d_hi = np.abs(x - levels[hi].astype(np.int32))
+    lo_mag = np.abs(levels[lo].astype(np.int32))
+    hi_mag = np.abs(levels[hi].astype(np.int32))
+    take_lo = (d_lo < d_hi) | ((d_lo == d_hi) & (lo_mag <= hi_mag))
+    return np.where(take_lo, codes[lo], codes[hi]).astype(np.uint8)
+
+
+_PCMU_ENCODE_TABLE = _build_encode_table(PCMU_DECODE_TABLE)
+_PCMA_ENCODE_TABLE = _build_encode_table(PCMA_DECODE_TABLE)
+
+
+def _encode_with(table: npt.NDArray[np.uint8], samples: npt.ArrayLike) -> bytes:
+    arr = np.asarray(samples)
+    if arr.ndim != 1:
+        raise ValueError("expected a 1-D array of samples")
+    index = np.clip(arr.astype(np.int64), -32768, 32767) + 32768
+    return table[index].tobytes()
+
+
+def pcmu_encode(samples: npt.ArrayLike) -> bytes:
+    """Encode int16 samples as G.711 mu-law (used to fabricate RTP payloads)."""
+    return _encode_with(_PCMU_ENCODE_TABLE, samples)
+
+
+def pcma_encode(samples: npt.ArrayLike) -> bytes:
+    """Encode int16 samples as G.711 A-law (used to fabricate RTP payloads)."""
+    return _encode_with(_PCMA_ENCODE_TABLE, samples)
+
+
+# --------------------------------------------------------------------------- test signals
+
+
+def tone(freq: float, seconds: float, rate: int, amplitude: float = 0.5) -> Int16Array:
+    """Sine tone as int16; amplitude is relative to full scale."""
+    n = round(seconds * rate)
+    t = np.arange(n, dtype=np.float64) / rate
+    wave_ = amplitude * 32767.0 * np.sin(2.0 * np.pi * freq * t)
+    return np.clip(np.round(wave_), -32768, 32767).astype(np.int16)
+
+
+def dominant_frequency(samples: npt.ArrayLike, rate: int) -> float:
+    """Frequency (Hz) of the strongest spectral peak, 0.0 for silence.
+
+    Uses a Hann window and parabolic interpolation so short test signals
+    still resolve to within a few Hz.
+    """
+    x = np.asarray(samples, dtype=np.float64)
+    if x.ndim != 1:
+        raise ValueError("expected a 1-D array of samples")
+    if x.size < 4:
+        return 0.0
+    x = x - x.mean()
+    spectrum = np.abs(np.fft.rfft(x * np.hanning(x.size)))
+    spectrum[0] = 0.0
+    peak = int(np.argmax(spectrum))
+    if spectrum[peak] <= 0.0:
+        return 0.0
+    offset = 0.0
+    if 0 < peak < spectrum.size - 1:
+        a, b, c = np.log(spectrum[peak - 1 : peak + 2] + 1e-12)
+        denom = a - 2.0 * b + c
+        if denom != 0.0:
+            offset = 0.5 * (a - c) / denom
+    return float((peak + offset) * rate / x.size)
+
+
+# --------------------------------------------------------------------------- files
+
+
+def encode_opus_stereo(
+    left: npt.ArrayLike,
+    right: npt.ArrayLike,
+    rate: int,
+    path: Path,
+    *,
+    bitrate: int = 16000,
+    complexity: int = 5,
+    independent_channels: bool = True,
+) -> None:
+    """Write a two-channel Ogg/Opus file (left = near end, right = far end).
+
+    Why independent channels: below roughly 30 kbit/s libopus' coupled
+    stereo mode decides the input is "nearly mono" and collapses it, so at
+    16 kbit/s the far end would be copied into the near-end channel (the
+    channels are unrelated talkers, not a stereo image). Channel mapping
+    family 255 codes each side as its own mono Opus stream, which keeps
+    perfect separation at any bitrate. Players built on FFmpeg or libopus
+    handle it; pass ``independent_channels=False`` (and >= 32 kbit/s) for a
+    classic mapping-family-0 file if a player needs it.
+
+    Complexity 5 roughly halves encoder CPU compared with libopus' default
+    (10) at a quality loss that is inaudible for narrowband telephony.
+    The caller owns temp names and atomic renames.
+    """
+    lch = np.asarray(left)
+    rch = np.asarray(right)
+    if lch.ndim != 1 or rch.ndim != 1:
+        raise ValueError("left and right must be 1-D arrays")
+    if lch.shape != rch.shape:
+        raise ValueError(f"channel lengths differ: {lch.size} != {rch.size}")
+    if rate <= 0:
+        raise ValueError(f"invalid sample rate {rate}")
+    # An Ogg file without audio packets cannot be opened again, so an empty
+    # recording becomes one sample of silence.
+    count = max(lch.size, 1)
+    interleaved = np.zeros((1, count * 2), dtype=np.int16)
+    interleaved[0, 0 : 2 * lch.size : 2] = np.clip(lch, -32768, 32767)
+    interleaved[0, 1 : 2 * rch.size : 2] = np.clip(rch, -32768, 32767)
+
+    options = {"compression_level": str(complexity), "application": "voip"}
+    if independent_channels:
+        options["mapping_family"] = "255"
+    with av.open(str(path), mode="w", format="ogg") as container:
+        stream = container.add_stream("libopus", rate=rate)
+        stream.layout = "stereo"
+        stream.format = "s16"
+        stream.bit_rate = bitrate
+        stream.codec_context.options = options
+        stream.codec_context.time_base = Fraction(1, rate)
+        stream.codec_context.open()
+        frame_size = stream.codec_context.frame_size or rate // 50
+        for start in range(0, count, frame_size):
+            chunk = interleaved[:, 2 * start : 2 * (start + frame_size)]
+            frame = av.AudioFrame.from_ndarray(
+                np.ascontiguousarray(chunk), format="s16", layout="stereo"
+            )
+            frame.sample_rate = rate
+            frame.pts = start
+            frame.time_base = Fraction(1, rate)
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
+
+
+def decode_file(path: Path, rate: int | None = None) -> tuple[Int16Array, int]:
+    """Decode the first audio stream to int16 of shape (channels, samples).
+
+    When ``rate`` is given the audio is resampled to it; otherwise the
+    decoder's native rate is kept (48 kHz for Opus).
+    """
+    chunks: list[Int16Array] = []
+    with av.open(str(path), mode="r") as container:
+        if not container.streams.audio:
+            raise ValueError(f"{path}: no audio stream")
+        stream = container.streams.audio[0]
+        resampler: av.AudioResampler | None = None
+        out_rate = rate
+        channels = 0
+        for frame in container.decode(stream):
+            if resampler is None:
+                channels = frame.layout.nb_channels
+                out_rate = rate or frame.sample_rate
+                resampler = av.AudioResampler(format="s16", layout=frame.layout.name, rate=out_rate)
+            for out in resampler.resample(frame):
+                chunks.append(_packed_to_planar(out.to_ndarray(), channels))
+        if resampler is None:
+            channels = stream.codec_context.channels or 1
+            out_rate = rate or stream.codec_context.sample_rate or 0
+        else:
+            for out in resampler.resample(None):
+                chunks.append(_packed_to_planar(out.to_ndarray(), channels))
+    if not chunks:
+        return np.zeros((channels, 0), dtype=np.int16), int(out_rate or 0)
+    return np.concatenate(chunks, axis=1), int(out_rate or 0)
+
+
+def _packed_to_planar(array: npt.NDArray[np.generic], channels: int) -> Int16Array:
+    # Packed s16 arrives as (1, samples * channels); de-interleave it.
+    flat = array.reshape(-1)
+    return np.ascontiguousarray(flat.reshape(-1, channels).T).astype(np.int16)
+
+
+def transcode_to_wav(src: Path, dst: Path) -> None:
+    """Write ``src`` as 16-bit PCM WAV with its channels and decoded rate."""
+    samples, rate = decode_file(src)
+    channels = max(samples.shape[0], 1)
+    with wave.open(str(dst), "wb") as out:
+        out.setnchannels(channels)
+        out.setsampwidth(2)
+        out.setframerate(rate)
+        out.writeframes(np.ascontiguousarray(samples.T).astype("<i2").tobytes())
+
+
+def duration_seconds(path: Path) -> float:
+    """Decoded duration in seconds (container metadata is unreliable for Ogg)."""
+    total = 0.0
+    with av.open(str(path), mode="r") as container:
+        if not container.streams.audio:
+            return 0.0
+        for frame in container.decode(container.streams.audio[0]):
+            if frame.sample_rate:
+                total += frame.samples / frame.sample_rate
+    return total

@@ -1,0 +1,195 @@
+"""NATS adapters shared by all services: connect, publish facts, serve and call RPCs.
+
+Facts go to JetStream with their event id as `Nats-Msg-Id` (server-side de-dup);
+projections still de-duplicate by event id themselves, because JetStream's window is
+finite and sourced streams do not keep it across restarts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import nats
+from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.api import ConsumerConfig, DeliverPolicy, RetentionPolicy, StorageType, StreamConfig
+from nats.js.errors import NotFoundError
+from pydantic import BaseModel, ValidationError
+
+from contracts import subjects
+from contracts.v1.events import EventBase, parse_event
+from contracts.v1.rpc import Reply
+
+from .logs import get_logger
+
+M = TypeVar("M", bound=BaseModel)
+R = TypeVar("R", bound=BaseModel)
+
+log = get_logger(component="bus")
+
+
+class RpcError(RuntimeError):
+    """The remote service answered with an error, or did not answer in time."""
+
+
+async def connect(url: str, name: str) -> NatsClient:
+    """Connect and keep reconnecting forever: a service outlives nats-server restarts."""
+
+    async def on_error(exc: Exception) -> None:
+        log.warning("nats_error", error=str(exc))
+
+    async def on_disconnect() -> None:
+        log.warning("nats_disconnected")
+
+    async def on_reconnect() -> None:
+        log.info("nats_reconnected")
+
+    return await nats.connect(
+        url,
+        name=name,
+        max_reconnect_attempts=-1,
+        reconnect_time_wait=0.5,
+        connect_timeout=2,
+        allow_reconnect=True,
+        error_cb=on_error,
+        disconnected_cb=on_disconnect,
+        reconnected_cb=on_reconnect,
+    )
+
+
+async def ensure_event_stream(js: JetStreamContext, node_id: str) -> None:
+    """Create the node's own event stream if missing (idempotent, safe at every start)."""
+    name = subjects.events_stream(node_id)
+    config = StreamConfig(
+        name=name,
+        subjects=[subjects.node_events(node_id)],
+        retention=RetentionPolicy.LIMITS,
+        storage=StorageType.FILE,
+        duplicate_window=120.0,
+        max_msgs=-1,
+        max_bytes=-1,
+    )
+    try:
+        await js.stream_info(name)
+    except NotFoundError:
+        await js.add_stream(config)
+
+
+async def publish_event(js: JetStreamContext, event: EventBase) -> int:
+    """Store a fact; returns its stream sequence. Retries while JetStream is unavailable."""
+    subject = subjects.event(event.node_id, getattr(event, "type"))  # noqa: B009
+    payload = event.model_dump_json().encode()
+    delay = 0.2
+    for attempt in range(8):
+        try:
+            ack = await js.publish(
+                subject, payload, headers={"Nats-Msg-Id": event.event_id}, timeout=2.0
+            )
+            return int(ack.seq)
+        except Exception as exc:
+            if attempt == 7:
+                raise
+            log.warning("publish_retry", subject=subject, error=str(exc))
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)
+    raise AssertionError("unreachable")
+
+
+Handler = Callable[[M], Awaitable[BaseModel | None]]
+
+
+async def serve(
+    nc: NatsClient,
+    subject: str,
+    request_model: type[M],
+    handler: Callable[[M], Awaitable[BaseModel | None]],
+) -> None:
+    """Answer requests on `subject`; bad input and handler errors become error replies."""
+
+    async def on_msg(msg: Msg) -> None:
+        try:
+            request = request_model.model_validate_json(msg.data or b"{}")
+        except ValidationError as exc:
+            await _respond(msg, Reply[Any](ok=False, error=f"invalid request: {exc}"))
+            return
+        try:
+            result = await handler(request)
+        except Exception as exc:
+            log.exception("rpc_handler_failed", subject=subject)
+            await _respond(msg, Reply[Any](ok=False, error=f"{type(exc).__name__}: {exc}"))
+            return
+        data = result.model_dump(mode="json") if result is not None else None
+        await _respond(msg, Reply[Any](ok=True, data=data))
+
+    await nc.subscribe(subject, cb=on_msg)
+
+
+async def _respond(msg: Msg, reply: Reply[Any]) -> None:
+    if msg.reply:
+        await msg.respond(reply.model_dump_json().encode())
+
+
+async def call(
+    nc: NatsClient,
+    subject: str,
+    request: BaseModel,
+    reply_model: type[R] | None,
+    timeout: float = 2.0,
+) -> R | None:
+    """Send a request and decode the reply; raises RpcError for errors and timeouts."""
+    try:
+        msg = await nc.request(subject, request.model_dump_json().encode(), timeout=timeout)
+    except Exception as exc:
+        raise RpcError(f"{subject}: {type(exc).__name__}: {exc}") from exc
+    try:
+        envelope = json.loads(msg.data)
+    except ValueError as exc:
+        raise RpcError(f"{subject}: undecodable reply") from exc
+    if not envelope.get("ok"):
+        raise RpcError(f"{subject}: {envelope.get('error')}")
+    if reply_model is None or envelope.get("data") is None:
+        return None
+    return reply_model.model_validate(envelope["data"])
+
+
+async def follow_events(
+    js: JetStreamContext,
+    node_id: str,
+    filter_subject: str,
+    start_sequence: int,
+    apply: Callable[[Any, int], Awaitable[None]],
+) -> None:
+    """Feed events matching `filter_subject` to `apply(event, seq)` from a sequence on, forever.
+
+    An ordered consumer: no server-side state to clean up, and it recreates itself
+    after reconnects, so projections keep their own checkpoint (the last sequence).
+    Undecodable messages are logged and skipped, never fatal.
+    """
+    stream = subjects.events_stream(node_id)
+    while True:
+        try:
+            sub = await js.subscribe(
+                filter_subject,
+                stream=stream,
+                ordered_consumer=True,
+                config=ConsumerConfig(
+                    deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
+                    opt_start_seq=max(1, start_sequence),
+                ),
+            )
+            break
+        except Exception as exc:
+            log.warning("subscribe_retry", subject=filter_subject, error=str(exc))
+            await asyncio.sleep(0.5)
+    async for msg in sub.messages:
+        seq = msg.metadata.sequence.stream
+        try:
+            event = parse_event(msg.data)
+        except ValidationError as exc:
+            log.error("event_undecodable", seq=seq, error=str(exc)[:200])
+            continue
+        await apply(event, seq)

@@ -1,0 +1,195 @@
+"""The `callrec` command: run a node, manage users.
+
+Every flag has a `CALLREC_*` environment variable, so the same settings work from a
+shell, a systemd unit or docker-compose.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from contracts.v1.events import UserRemoved, UserUpserted
+
+from . import bus
+from .config import NodeConfig
+from .supervisor import load_users, run_node
+from .users import hash_password
+
+
+def _env(name: str, default: str | None = None) -> str | None:
+    return os.environ.get(f"CALLREC_{name}", default)
+
+
+def _env_bool(name: str) -> bool:
+    return (_env(name) or "").lower() in ("1", "true", "yes", "on")
+
+
+def _parse_range(text: str) -> tuple[int, int]:
+    try:
+        low, high = (int(part) for part in text.split("-", 1))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(
+            f"expected a range like 20000-29999, got {text!r}"
+        ) from exc
+    return low, high
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="callrec", description="Highly available call recorder")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    up = sub.add_parser("up", help="start a whole node (nats-server and all services)")
+    up.add_argument("--node-id", default=_env("NODE_ID"))
+    up.add_argument("--data-dir", default=_env("DATA_DIR", "./data"))
+    up.add_argument("--bind", default=_env("BIND", "127.0.0.1"))
+    up.add_argument("--advertise-address", default=_env("ADVERTISE_ADDRESS"))
+    up.add_argument("--sip-port", type=int, default=int(_env("SIP_PORT", "5060") or 5060))
+    up.add_argument("--http-port", type=int, default=int(_env("HTTP_PORT", "8080") or 8080))
+    up.add_argument("--nats-port", type=int, default=int(_env("NATS_PORT", "4222") or 4222))
+    up.add_argument("--rtp-ports", type=_parse_range,
+                    default=_parse_range(_env("RTP_PORTS", "20000-29999") or ""))
+    up.add_argument("--max-channels", type=int,
+                    default=int(_env("MAX_CHANNELS", "100") or 100),
+                    help="licensed concurrent recorded calls")
+    up.add_argument("--record-all", action="store_true", default=_env_bool("RECORD_ALL"),
+                    help="record every extension, known or not")
+    up.add_argument("--role", choices=["primary", "backup"], default=_env("ROLE", "primary"))
+    up.add_argument("--priority", type=int, default=int(_env("PRIORITY", "0") or 0))
+    up.add_argument("--peer", action="append", dest="peers",
+                    default=[p for p in (_env("PEERS") or "").split(",") if p])
+    up.add_argument("--log-level", default=_env("LOG_LEVEL", "info"))
+    up.add_argument("--opus-bitrate", type=int, default=int(_env("OPUS_BITRATE", "16000") or 0))
+
+    users = sub.add_parser("users", help="manage users (the node must be running)")
+    users.add_argument("--data-dir", default=_env("DATA_DIR", "./data"))
+    users.add_argument("--nats-url", default=_env("NATS_URL"))
+    users_sub = users.add_subparsers(dest="users_command", required=True)
+    add = users_sub.add_parser("add", help="add or update a user")
+    add.add_argument("username", nargs="?", default=None)
+    add.add_argument("--extension", action="append", default=[],
+                     help="recorded extension / directory number (repeatable)")
+    add.add_argument("--admin", action="store_true", help="may administer the node")
+    add.add_argument("--password", default=None, help="web/API password")
+    add.add_argument("--password-stdin", action="store_true")
+    add.add_argument("--no-record", action="store_true",
+                     help="known user, but calls are not recorded (SIP 403)")
+    add.add_argument("--name", default=None, help="display name")
+    rm = users_sub.add_parser("remove", help="remove a user")
+    rm.add_argument("username")
+    users_sub.add_parser("list", help="list users")
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> NodeConfig:
+    values: dict[str, object] = {
+        "data_dir": Path(args.data_dir),
+        "bind": args.bind,
+        "advertise_address": args.advertise_address,
+        "sip_port": args.sip_port,
+        "http_port": args.http_port,
+        "nats_port": args.nats_port,
+        "rtp_port_min": args.rtp_ports[0],
+        "rtp_port_max": args.rtp_ports[1],
+        "max_channels": args.max_channels,
+        "record_all": args.record_all,
+        "role": args.role,
+        "priority": args.priority,
+        "peers": tuple(args.peers),
+        "admin_password": _env("ADMIN_PASSWORD"),
+        "log_level": args.log_level,
+        "opus_bitrate": args.opus_bitrate,
+    }
+    if args.node_id:
+        values["node_id"] = args.node_id
+    return NodeConfig.model_validate(values)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "up":
+        try:
+            config = config_from_args(args)
+        except ValidationError as exc:
+            print(f"callrec: invalid configuration:\n{exc}", file=sys.stderr)
+            return 2
+        return run_node(config)
+    if args.command == "users":
+        try:
+            return asyncio.run(_users(args))
+        except UsageError as exc:
+            print(f"callrec: {exc}", file=sys.stderr)
+            return 2
+    return 2
+
+
+class UsageError(Exception):
+    pass
+
+
+async def _users(args: argparse.Namespace) -> int:
+    url, node_id = _node_address(args)
+    nc = await bus.connect(url, f"{node_id}-cli")
+    try:
+        js = nc.jetstream()
+        users = await load_users(js, node_id)
+        if args.users_command == "list":
+            for user in sorted(users.users.values(), key=lambda u: u.username):
+                print(json.dumps({
+                    "username": user.username, "admin": user.admin,
+                    "extensions": user.extensions, "record": user.record,
+                    "has_password": bool(user.password_hash),
+                }))
+            return 0
+        if args.users_command == "remove":
+            if args.username not in users.users:
+                raise UsageError(f"no user {args.username!r}")
+            await bus.publish_event(js, UserRemoved(node_id=node_id, username=args.username))
+            return 0
+        username = args.username or ("admin" if args.admin else None)
+        if not username:
+            if len(args.extension) != 1:
+                raise UsageError("give a username (or exactly one --extension to use as name)")
+            username = args.extension[0]
+        password = args.password
+        if args.password_stdin:
+            password = sys.stdin.readline().rstrip("\n")
+        elif args.admin and password is None and sys.stdin.isatty():
+            password = getpass.getpass(f"password for {username}: ")
+        existing = users.users.get(username)
+        event = UserUpserted(
+            node_id=node_id,
+            username=username,
+            display_name=args.name or (existing.display_name if existing else None),
+            password_hash=hash_password(password) if password
+            else (existing.password_hash if existing else None),
+            admin=args.admin or (existing.admin if existing else False),
+            extensions=sorted(set(args.extension) | set(existing.extensions if existing else [])),
+            record=not args.no_record,
+        )
+        if event.admin and not event.password_hash:
+            raise UsageError("an admin needs a password (--password or --password-stdin)")
+        await bus.publish_event(js, event)
+        print(f"user {username} saved")
+        return 0
+    finally:
+        await nc.drain()
+
+
+def _node_address(args: argparse.Namespace) -> tuple[str, str]:
+    runtime = Path(args.data_dir) / "run" / "node.json"
+    if runtime.exists():
+        info = json.loads(runtime.read_text())
+        return args.nats_url or str(info["nats_url"]), str(info["node_id"])
+    raise UsageError(
+        f"no running node found ({runtime} is missing): start it with 'callrec up'"
+        " or pass --data-dir"
+    )

@@ -1,0 +1,99 @@
+"""Node configuration: one model, filled from flags or `CALLREC_*` environment variables.
+
+The supervisor hands the validated model to every service as JSON in
+`CALLREC_CONFIG`, so a service never re-parses flags and all agree on one config.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import socket
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from contracts.subjects import check_node_id
+
+CONFIG_ENV = "CALLREC_CONFIG"
+
+
+class NodeConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    node_id: str = Field(default_factory=lambda: _default_node_id())
+    data_dir: Path = Path("./data")
+    bind: str = "127.0.0.1"
+    advertise_address: str | None = None
+    sip_port: int = Field(default=5060, ge=1, le=65535)
+    http_port: int = Field(default=8080, ge=1, le=65535)
+    nats_port: int = Field(default=4222, ge=1, le=65535)
+    rtp_port_min: int = Field(default=20000, ge=1024, le=65534)
+    rtp_port_max: int = Field(default=29999, ge=1025, le=65535)
+    max_channels: int = Field(default=100, ge=0)
+    record_all: bool = False
+    role: Literal["primary", "backup"] = "primary"
+    priority: int = Field(default=0, ge=0)
+    peers: tuple[str, ...] = ()
+    admin_password: str | None = None
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    opus_bitrate: int = Field(default=16000, ge=6000, le=128000)
+    media_timeout_s: float = Field(default=0.0, ge=0.0)
+
+    @field_validator("node_id")
+    @classmethod
+    def _node_id(cls, value: str) -> str:
+        return check_node_id(value)
+
+    @field_validator("bind", "advertise_address")
+    @classmethod
+    def _address(cls, value: str | None) -> str | None:
+        if value is not None:
+            ipaddress.ip_address(value)
+        return value
+
+    @model_validator(mode="after")
+    def _ranges(self) -> NodeConfig:
+        if self.rtp_port_min >= self.rtp_port_max:
+            raise ValueError("rtp port range is empty: min must be below max")
+        return self
+
+    @property
+    def media_address(self) -> str:
+        """Address written into SDP: where the PBX must send RTP."""
+        if self.advertise_address:
+            return self.advertise_address
+        if self.bind in ("0.0.0.0", "::"):
+            return _primary_address()
+        return self.bind
+
+    @property
+    def nats_url(self) -> str:
+        return f"nats://127.0.0.1:{self.nats_port}"
+
+    def to_env(self) -> dict[str, str]:
+        return {CONFIG_ENV: self.model_dump_json()}
+
+    @classmethod
+    def from_env(cls) -> NodeConfig:
+        raw = os.environ.get(CONFIG_ENV)
+        if not raw:
+            raise RuntimeError(f"{CONFIG_ENV} is not set: services are started by 'callrec up'")
+        return cls.model_validate_json(raw)
+
+
+def _default_node_id() -> str:
+    host = socket.gethostname().split(".")[0] or "node"
+    cleaned = "".join(c if c.isalnum() or c in "-_" else "-" for c in host).strip("-_")
+    return cleaned or "node"
+
+
+def _primary_address() -> str:
+    # A UDP "connect" picks the outgoing interface without sending anything.
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect(("192.0.2.1", 9))
+            return str(probe.getsockname()[0])
+        except OSError:
+            return "127.0.0.1"

@@ -1,0 +1,80 @@
+"""A tiny Prometheus registry: each service renders its own text, web concatenates.
+
+prometheus_client's multi-process mode needs a shared directory and cannot span
+services talking over NATS; counters here are plain ints, cheap on hot paths.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+
+class Counter:
+    __slots__ = ("help", "name", "values")
+
+    def __init__(self, name: str, help_text: str) -> None:
+        self.name = name
+        self.help = help_text
+        self.values: dict[tuple[tuple[str, str], ...], float] = {}
+
+    def inc(self, amount: float = 1.0, **labels: str) -> None:
+        key = tuple(sorted(labels.items()))
+        self.values[key] = self.values.get(key, 0.0) + amount
+
+    def get(self, **labels: str) -> float:
+        return self.values.get(tuple(sorted(labels.items())), 0.0)
+
+
+class Gauge:
+    __slots__ = ("func", "help", "name", "values")
+
+    def __init__(
+        self, name: str, help_text: str, func: Callable[[], float] | None = None
+    ) -> None:
+        self.name = name
+        self.help = help_text
+        self.func = func
+        self.values: dict[tuple[tuple[str, str], ...], float] = {}
+
+    def set(self, value: float, **labels: str) -> None:
+        self.values[tuple(sorted(labels.items()))] = value
+
+
+class Registry:
+    def __init__(self, service: str, node_id: str) -> None:
+        self.service = service
+        self.node_id = node_id
+        self._metrics: list[Counter | Gauge] = []
+
+    def counter(self, name: str, help_text: str) -> Counter:
+        metric = Counter(f"callrec_{name}", help_text)
+        self._metrics.append(metric)
+        return metric
+
+    def gauge(
+        self, name: str, help_text: str, func: Callable[[], float] | None = None
+    ) -> Gauge:
+        metric = Gauge(f"callrec_{name}", help_text, func)
+        self._metrics.append(metric)
+        return metric
+
+    def render(self) -> str:
+        lines: list[str] = []
+        base = (("node", self.node_id), ("service", self.service))
+        for metric in self._metrics:
+            kind = "counter" if isinstance(metric, Counter) else "gauge"
+            lines.append(f"# HELP {metric.name} {metric.help}")
+            lines.append(f"# TYPE {metric.name} {kind}")
+            values = dict(metric.values)
+            if isinstance(metric, Gauge) and metric.func is not None:
+                values[()] = metric.func()
+            if not values and isinstance(metric, Counter):
+                values[()] = 0.0
+            for key, value in values.items():
+                labels = ",".join(f'{k}="{_escape(v)}"' for k, v in base + key)
+                lines.append(f"{metric.name}{{{labels}}} {value:g}")
+        return "\n".join(lines) + "\n"
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")

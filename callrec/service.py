@@ -1,0 +1,90 @@
+"""The common life cycle of a service process: config, logs, NATS, metrics, shutdown.
+
+Each service's `__main__` hands its async `main(ctx)` to `run()`; SIGTERM/SIGINT
+cancel it cleanly, so the supervisor can stop a node without losing data.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from typing import Any
+
+from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+
+from contracts import subjects
+
+from . import bus
+from .config import NodeConfig
+from .logs import get_logger, setup_logging
+from .metrics import Registry
+
+
+@dataclass
+class ServiceContext:
+    name: str
+    config: NodeConfig
+    nc: NatsClient
+    js: JetStreamContext
+    metrics: Registry
+    stopping: asyncio.Event
+
+    @property
+    def node_id(self) -> str:
+        return self.config.node_id
+
+
+ServiceMain = Callable[[ServiceContext], Coroutine[Any, Any, None]]
+
+
+def run(name: str, main: ServiceMain) -> None:
+    config = NodeConfig.from_env()
+    setup_logging(name, config.node_id, config.log_level)
+    asyncio.run(_run(name, config, main))
+
+
+async def _run(name: str, config: NodeConfig, main: ServiceMain) -> None:
+    log = get_logger()
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stopping.set)
+    nc = await bus.connect(config.nats_url, f"{config.node_id}-{name}")
+    js = nc.jetstream()
+    await bus.ensure_event_stream(js, config.node_id)
+    metrics = Registry(name, config.node_id)
+    ctx = ServiceContext(name, config, nc, js, metrics, stopping)
+
+    async def on_metrics(msg: Msg) -> None:
+        if msg.reply:
+            await msg.respond(metrics.render().encode())
+
+    await nc.subscribe(subjects.metrics_scatter(config.node_id), cb=on_metrics)
+    log.info("service_started")
+    task = asyncio.create_task(main(ctx))
+    stop_wait = asyncio.create_task(stopping.wait())
+    done, _ = await asyncio.wait({task, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
+    if task in done:
+        stop_wait.cancel()
+        exc = task.exception()
+        if exc is not None:
+            log.error("service_crashed", error=repr(exc))
+            with contextlib.suppress(Exception):
+                await nc.drain()
+            raise exc
+    else:
+        # Give the service a moment to finish in-flight work on its own.
+        try:
+            await asyncio.wait_for(asyncio.shield(task), timeout=5.0)
+        except (TimeoutError, asyncio.CancelledError):
+            task.cancel()
+            with contextlib.suppress(BaseException):
+                await task
+    log.info("service_stopped")
+    with contextlib.suppress(Exception):
+        await nc.drain()

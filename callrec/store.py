@@ -1,0 +1,117 @@
+"""The node's object store for finished recordings.
+
+One interface with the local file system behind it by default; MinIO (through the
+`minio` SDK) will sit behind the same interface. Writes are atomic (temporary name,
+fsync, rename), so a reader never sees half an object and a crash leaves none.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Protocol
+
+CHUNK = 256 * 1024
+
+
+class ObjectStore(Protocol):
+    def put_file(self, key: str, source: Path) -> str: ...
+    def exists(self, key: str) -> bool: ...
+    def size(self, key: str) -> int: ...
+    def read_range(self, key: str, start: int, end: int) -> Iterator[bytes]: ...
+    def local_path(self, key: str) -> Path | None: ...
+    def delete(self, key: str) -> None: ...
+    def writable(self) -> tuple[bool, str | None]: ...
+    def free_bytes(self) -> int: ...
+
+
+class StoreKeyError(ValueError):
+    """A key that would escape the store (absolute, '..', empty parts)."""
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+class FileStore:
+    """Objects as files under `root`, keyed by relative slash-separated paths."""
+
+    def __init__(self, root: Path, min_free_bytes: int = 64 * 1024 * 1024) -> None:
+        self.root = root
+        self.min_free_bytes = min_free_bytes
+        root.mkdir(parents=True, exist_ok=True)
+
+    def _path(self, key: str) -> Path:
+        parts = key.split("/")
+        if not key or key.startswith("/") or any(p in ("", ".", "..") for p in parts):
+            raise StoreKeyError(f"invalid object key {key!r}")
+        return self.root.joinpath(*parts)
+
+    def put_file(self, key: str, source: Path) -> str:
+        """Copy `source` in atomically; returns its sha256 (computed while copying)."""
+        target = self._path(key)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        temp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+        digest = hashlib.sha256()
+        with source.open("rb") as src, temp.open("wb") as dst:
+            while chunk := src.read(CHUNK):
+                digest.update(chunk)
+                dst.write(chunk)
+            dst.flush()
+            os.fsync(dst.fileno())
+        os.replace(temp, target)
+        _fsync_dir(target.parent)
+        return digest.hexdigest()
+
+    def exists(self, key: str) -> bool:
+        return self._path(key).is_file()
+
+    def size(self, key: str) -> int:
+        return self._path(key).stat().st_size
+
+    def read_range(self, key: str, start: int, end: int) -> Iterator[bytes]:
+        """Bytes [start, end) of an object, in chunks."""
+        with self._path(key).open("rb") as handle:
+            handle.seek(start)
+            remaining = end - start
+            while remaining > 0:
+                chunk = handle.read(min(CHUNK, remaining))
+                if not chunk:
+                    break
+                remaining -= len(chunk)
+                yield chunk
+
+    def local_path(self, key: str) -> Path | None:
+        return self._path(key)
+
+    def delete(self, key: str) -> None:
+        self._path(key).unlink(missing_ok=True)
+
+    def free_bytes(self) -> int:
+        return shutil.disk_usage(self.root).free
+
+    def writable(self) -> tuple[bool, str | None]:
+        if not os.access(self.root, os.W_OK):
+            return False, f"store {self.root} is not writable"
+        if self.free_bytes() < self.min_free_bytes:
+            return False, f"store {self.root} has less than {self.min_free_bytes} bytes free"
+        return True, None
+
+
+def open_store(data_dir: Path) -> ObjectStore:
+    return FileStore(data_dir / "objects")
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

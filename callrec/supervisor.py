@@ -1,0 +1,226 @@
+"""`callrec up`: start nats-server, bootstrap, then keep every service running.
+
+A crashed service is restarted with back-off; SIGTERM/SIGINT stop the services first
+(so capture can flush), then nats-server. Children stay in our process group, so an
+operator (or a test) can kill the whole node with one signal to the group.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+
+from nats.js import JetStreamContext
+
+from contracts import subjects
+from contracts.v1.events import UserRemoved, UserUpserted, parse_event
+
+from . import bus, natsserver
+from .config import NodeConfig
+from .logs import get_logger, setup_logging
+from .users import UsersProjection, hash_password
+
+SERVICES = ("capture", "signaling", "catalog", "sync", "scheduler", "web")
+MAX_BACKOFF = 10.0
+HEALTHY_AFTER = 30.0
+
+log = get_logger()
+
+
+@dataclass
+class Child:
+    name: str
+    process: asyncio.subprocess.Process | None = None
+    started: float = 0.0
+    restarts: int = 0
+    backoff: float = 0.5
+    crash_times: list[float] = field(default_factory=list)
+
+
+def run_node(config: NodeConfig) -> int:
+    setup_logging("supervisor", config.node_id, config.log_level)
+    config.data_dir.mkdir(parents=True, exist_ok=True)
+    return asyncio.run(_supervise(config))
+
+
+async def _supervise(config: NodeConfig) -> int:
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stopping.set)
+
+    nats_proc = natsserver.start(config)
+    try:
+        await asyncio.to_thread(natsserver.wait_ready, config.nats_port, nats_proc)
+        await bootstrap(config)
+    except Exception as exc:
+        log.error("node_start_failed", error=str(exc))
+        _stop_process(nats_proc)
+        return 1
+    _write_runtime_file(config)
+    log.info(
+        "node_started",
+        sip=f"{config.bind}:{config.sip_port}",
+        http=f"http://{config.bind}:{config.http_port}",
+        nats=config.nats_url,
+        data_dir=str(config.data_dir.resolve()),
+    )
+
+    env = {**os.environ, **config.to_env()}
+    children = {name: Child(name) for name in SERVICES}
+    for child in children.values():
+        await _spawn(child, env)
+
+    while not stopping.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stopping.wait(), timeout=0.5)
+        if stopping.is_set():
+            break
+        if nats_proc.poll() is not None:
+            log.error("nats_server_exited", code=nats_proc.returncode)
+            nats_proc = natsserver.start(config)
+            with contextlib.suppress(Exception):
+                await asyncio.to_thread(natsserver.wait_ready, config.nats_port, nats_proc)
+        for child in children.values():
+            proc = child.process
+            if proc is None or proc.returncode is None:
+                if proc is not None and time.monotonic() - child.started > HEALTHY_AFTER:
+                    child.backoff = 0.5
+                continue
+            log.error("service_exited", service=child.name, code=proc.returncode,
+                      restart_in=child.backoff)
+            child.process = None
+            await asyncio.sleep(child.backoff)
+            child.backoff = min(child.backoff * 2, MAX_BACKOFF)
+            child.restarts += 1
+            await _spawn(child, env)
+
+    log.info("node_stopping")
+    procs = [c.process for c in children.values() if c.process and c.process.returncode is None]
+    for proc in procs:
+        with contextlib.suppress(ProcessLookupError):
+            proc.terminate()
+    try:
+        await asyncio.wait_for(asyncio.gather(*(p.wait() for p in procs)), timeout=15)
+    except TimeoutError:
+        for proc in procs:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+    _stop_process(nats_proc)
+    with contextlib.suppress(FileNotFoundError):
+        (config.data_dir / "run" / "node.json").unlink()
+    log.info("node_stopped")
+    return 0
+
+
+async def _spawn(child: Child, env: dict[str, str]) -> None:
+    child.process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", f"services.{child.name}", env=env, stdin=subprocess.DEVNULL
+    )
+    child.started = time.monotonic()
+    log.info("service_spawned", service=child.name, pid=child.process.pid)
+
+
+def _stop_process(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _write_runtime_file(config: NodeConfig) -> None:
+    """Tells the CLI on this host how to reach the running node."""
+    path = config.data_dir / "run" / "node.json"
+    path.write_text(
+        json.dumps(
+            {
+                "node_id": config.node_id,
+                "nats_url": config.nats_url,
+                "http_port": config.http_port,
+                "pid": os.getpid(),
+            }
+        )
+    )
+
+
+async def load_users(js: JetStreamContext, node_id: str) -> UsersProjection:
+    """Read every user event once (used by bootstrap and the CLI)."""
+    projection = UsersProjection()
+    stream = subjects.events_stream(node_id)
+    filter_subject = subjects.events_of_type("user.*")
+    info = await js.stream_info(stream, subjects_filter=filter_subject)
+    total = sum((info.state.subjects or {}).values())
+    if total == 0:
+        return projection
+    seen = 0
+    sub = await js.subscribe(filter_subject, stream=stream, ordered_consumer=True)
+    try:
+        while seen < total:
+            msg = await sub.next_msg(timeout=5)
+            seen += 1
+            event = parse_event(msg.data)
+            if isinstance(event, UserUpserted | UserRemoved):
+                projection.apply(event, msg.metadata.sequence.stream)
+    finally:
+        await sub.unsubscribe()
+    return projection
+
+
+async def bootstrap(config: NodeConfig) -> None:
+    """Create the node's stream and make sure someone can log in."""
+    nc = await bus.connect(config.nats_url, f"{config.node_id}-bootstrap")
+    try:
+        js = nc.jetstream()
+        await bus.ensure_event_stream(js, config.node_id)
+        users = await load_users(js, config.node_id)
+        password = config.admin_password
+        if password:
+            existing = users.users.get("admin")
+            if existing is None or not users.authenticate("admin", password):
+                await bus.publish_event(
+                    js,
+                    UserUpserted(
+                        node_id=config.node_id,
+                        username="admin",
+                        display_name="Administrator",
+                        password_hash=hash_password(password),
+                        admin=True,
+                        extensions=existing.extensions if existing else [],
+                        record=existing.record if existing else False,
+                    ),
+                )
+        elif not users.has_admin():
+            generated = secrets.token_urlsafe(12)
+            await bus.publish_event(
+                js,
+                UserUpserted(
+                    node_id=config.node_id,
+                    username="admin",
+                    display_name="Administrator",
+                    password_hash=hash_password(generated),
+                    admin=True,
+                    record=False,
+                ),
+            )
+            secret_file = config.data_dir / "run" / "initial-admin-password"
+            secret_file.write_text(generated + "\n")
+            secret_file.chmod(0o600)
+            print(
+                f"\n  First start: web/API user 'admin', password '{generated}'"
+                f" (also in {secret_file}).\n",
+                file=sys.stderr,
+                flush=True,
+            )
+    finally:
+        await nc.drain()

@@ -1,0 +1,75 @@
+"""NATS subject and stream names, in one place so services cannot drift apart.
+
+Every node publishes only its own facts, on subjects scoped by its node id, into its
+own stream; that is what lets peers mirror or source a node's stream later without
+loops or double storage.
+"""
+
+from __future__ import annotations
+
+import re
+
+VERSION = "v1"
+ROOT = "callrec"
+
+_NODE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$")
+
+
+def check_node_id(node_id: str) -> str:
+    """Node ids become subject tokens and stream names, so they must be plain tokens."""
+    if not _NODE_ID.match(node_id):
+        raise ValueError(
+            f"invalid node id {node_id!r}: use letters, digits, '-' or '_' (max 63 chars)"
+        )
+    return node_id
+
+
+def event(node_id: str, event_type: str) -> str:
+    """Subject on which `node_id` publishes its facts of `event_type` (e.g. recording.completed)."""
+    return f"{ROOT}.{VERSION}.{node_id}.evt.{event_type}"
+
+
+def events_of_type(event_type: str) -> str:
+    """Filter matching one event type from any node."""
+    return f"{ROOT}.{VERSION}.*.evt.{event_type}"
+
+
+def node_events(node_id: str) -> str:
+    """Filter matching every fact of one node (its stream's subjects)."""
+    return f"{ROOT}.{VERSION}.{node_id}.evt.>"
+
+
+def events_stream(node_id: str) -> str:
+    """Name of the JetStream stream that holds a node's own facts."""
+    return f"EVENTS_{node_id.replace('-', '_')}"
+
+
+def rpc(node_id: str, service: str, operation: str) -> str:
+    """Subject of a request/reply operation served by a service on one node."""
+    return f"{ROOT}.{VERSION}.{node_id}.rpc.{service}.{operation}"
+
+
+def metrics_scatter(node_id: str) -> str:
+    """Every service of a node answers on this subject with its Prometheus text."""
+    return f"{ROOT}.{VERSION}.{node_id}.metrics"
+
+
+def heartbeat(node_id: str) -> str:
+    """Core-NATS liveness beacon of a node's services (not stored)."""
+    return f"{ROOT}.{VERSION}.{node_id}.heartbeat"
+
+
+# Services and their operations.
+CAPTURE = "capture"
+CAPTURE_ALLOCATE = "allocate"
+CAPTURE_UPDATE = "update"
+CAPTURE_RELEASE = "release"
+CAPTURE_FINALIZE = "finalize"
+CAPTURE_HEALTH = "health"
+
+SIGNALING = "signaling"
+SIGNALING_ACTIVE = "active"
+
+CATALOG = "catalog"
+CATALOG_SEARCH = "search"
+CATALOG_GET = "get"

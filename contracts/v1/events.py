@@ -1,0 +1,163 @@
+"""Events: immutable facts, past tense, each with a unique id used as `Nats-Msg-Id`.
+
+State anywhere in callrec (catalog, users, roles) is a projection of these; adding a
+field is backwards compatible, changing one's meaning needs a v2.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+
+
+def new_id() -> str:
+    """Random 128-bit id as 32 hex chars: unique across nodes without coordination."""
+    return uuid.uuid4().hex
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+
+class Participant(Frozen):
+    """One party of a recorded call and the stereo channel carrying their voice."""
+
+    role: Literal["near", "far", "caller", "callee", "other"]
+    number: str | None = None
+    name: str | None = None
+    device: str | None = None
+    aor: str | None = None
+    channel: int | None = None
+
+
+class RecordingMetadata(Frozen):
+    """What signaling knows about a recorded call; it grows as legs and updates arrive."""
+
+    source: Literal["cucm", "siprec", "sip"]
+    session_key: str
+    refci: str | None = None
+    cluster_id: str | None = None
+    siprec_session_ids: list[str] = Field(default_factory=list)
+    sip_call_ids: list[str] = Field(default_factory=list)
+    participants: list[Participant] = Field(default_factory=list)
+    direction: Literal["inbound", "outbound", "internal", "unknown"] = "unknown"
+    recorded_user: str | None = None
+    recorded_extension: str | None = None
+    user_agent: str | None = None
+
+    def numbers(self) -> list[str]:
+        return [p.number for p in self.participants if p.number]
+
+
+class DtmfDigit(Frozen):
+    digit: str
+    at_ms: int
+    duration_ms: int
+
+
+class ChannelSummary(Frozen):
+    """Per-channel (per-stream) reception statistics, kept for troubleshooting calls."""
+
+    channel: int
+    stream_id: str
+    port: int
+    packets_received: int = 0
+    packets_lost: int = 0
+    packets_duplicate: int = 0
+    packets_invalid: int = 0
+    packets_outside: int = 0
+    unknown_payload: int = 0
+    ssrc_changes: int = 0
+    codecs: list[str] = Field(default_factory=list)
+    dtmf: list[DtmfDigit] = Field(default_factory=list)
+
+
+class EventBase(Frozen):
+    event_id: str = Field(default_factory=new_id)
+    node_id: str
+    occurred_at: datetime = Field(default_factory=utcnow)
+
+
+class RecordingStarted(EventBase):
+    """Signaling answered the first leg of a recorded call."""
+
+    type: Literal["recording.started"] = "recording.started"
+    recording_id: str
+    started_at: datetime
+    metadata: RecordingMetadata
+
+
+class RecordingEnded(EventBase):
+    """Signaling saw the last leg of a recorded call end (BYE, CANCEL, failure)."""
+
+    type: Literal["recording.ended"] = "recording.ended"
+    recording_id: str
+    ended_at: datetime
+    reason: str
+
+
+class RecordingCompleted(EventBase):
+    """Capture stored the finished stereo recording; the object is in the node's store."""
+
+    type: Literal["recording.completed"] = "recording.completed"
+    recording_id: str
+    started_at: datetime
+    ended_at: datetime
+    duration_ms: int
+    object_key: str
+    content_type: str = "audio/ogg"
+    size_bytes: int
+    sha256: str
+    channels: list[ChannelSummary]
+    metadata: RecordingMetadata
+    recovered: bool = False
+
+
+class RecordingFailed(EventBase):
+    """Capture could not produce a recording; the raw packets are kept for an operator."""
+
+    type: Literal["recording.failed"] = "recording.failed"
+    recording_id: str
+    reason: str
+
+
+class UserUpserted(EventBase):
+    """A login and/or recording user was created or changed (whole new state)."""
+
+    type: Literal["user.upserted"] = "user.upserted"
+    username: str
+    display_name: str | None = None
+    password_hash: str | None = None
+    admin: bool = False
+    extensions: list[str] = Field(default_factory=list)
+    record: bool = True
+
+
+class UserRemoved(EventBase):
+    type: Literal["user.removed"] = "user.removed"
+    username: str
+
+
+Event = Annotated[
+    RecordingStarted
+    | RecordingEnded
+    | RecordingCompleted
+    | RecordingFailed
+    | UserUpserted
+    | UserRemoved,
+    Field(discriminator="type"),
+]
+
+EVENT_ADAPTER: TypeAdapter[Event] = TypeAdapter(Event)
+
+
+def parse_event(data: bytes) -> Event:
+    """Decode any v1 event from its JSON bytes (raises pydantic.ValidationError)."""
+    return EVENT_ADAPTER.validate_json(data)

@@ -1,0 +1,102 @@
+"""Requests and replies between services of one node (core NATS request/reply).
+
+Commands are not facts: they are not stored, and the caller handles timeouts.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Generic, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from contracts.v1.events import RecordingCompleted, RecordingMetadata
+
+T = TypeVar("T")
+
+
+class Message(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+class Reply(Message, Generic[T]):
+    """Envelope of every reply: `ok` false carries a human-readable error."""
+
+    ok: bool = True
+    error: str | None = None
+    data: T | None = None
+
+
+class Empty(Message):
+    pass
+
+
+class StreamSpec(Message):
+    stream_id: str
+    channel: int
+    label: str | None = None
+
+
+class AllocateRequest(Message):
+    """Open (idempotently) RTP ports for streams of a recording, creating it if new."""
+
+    recording_id: str
+    started_at: datetime
+    streams: list[StreamSpec]
+    metadata: RecordingMetadata
+
+
+class AllocateReply(Message):
+    ports: dict[str, int]
+
+
+class UpdateRequest(Message):
+    """Payload-type map (after SDP negotiation) and/or new call metadata."""
+
+    recording_id: str
+    stream_id: str | None = None
+    payload_codecs: dict[int, str] | None = None
+    metadata: RecordingMetadata | None = None
+
+
+class ReleaseRequest(Message):
+    """Drop a stream that never carried media (CANCEL, failed negotiation)."""
+
+    recording_id: str
+    stream_id: str
+
+
+class FinalizeRequest(Message):
+    recording_id: str
+    ended_at: datetime
+    metadata: RecordingMetadata | None = None
+
+
+class CaptureHealth(Message):
+    can_record: bool
+    reason: str | None = None
+    active_recordings: int = 0
+    active_streams: int = 0
+    free_ports: int = 0
+    store_free_bytes: int = 0
+
+
+class ActiveRecordings(Message):
+    recording_ids: list[str] = Field(default_factory=list)
+
+
+class SearchRequest(Message):
+    start_from: datetime | None = None
+    start_to: datetime | None = None
+    number: str | None = None
+    limit: int = Field(default=50, ge=1, le=1000)
+    offset: int = Field(default=0, ge=0)
+
+
+class SearchResult(Message):
+    total: int
+    items: list[RecordingCompleted]
+
+
+class GetRequest(Message):
+    recording_id: str

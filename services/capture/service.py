@@ -1,0 +1,491 @@
+"""Capture service adapter: RPCs from signaling, UDP endpoints, crash recovery, events.
+
+A recording lives in `<data>/capture/active/<id>/` (manifest + segments) until its
+Ogg/Opus is in the store and `recording.completed` is published; only then are the
+raw packets removed. A restart re-opens the ports of recordings still in progress;
+any that signaling no longer knows (the node crashed, the call is gone) are
+finalized from what is on disk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import multiprocessing
+import shutil
+import socket
+import time
+import uuid
+from concurrent.futures import Executor, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import structlog
+
+from callrec import bus
+from callrec.service import ServiceContext
+from callrec.store import ObjectStore, open_store
+from contracts import subjects
+from contracts.v1.events import RecordingCompleted, RecordingFailed
+from contracts.v1.rpc import (
+    ActiveRecordings,
+    AllocateReply,
+    AllocateRequest,
+    CaptureHealth,
+    Empty,
+    FinalizeRequest,
+    ReleaseRequest,
+    UpdateRequest,
+)
+
+from .finalize import FinalizeResult, finalize_recording
+from .manifest import MANIFEST, RecordingManifest, StreamManifest
+from .ports import PortPool, PortsExhausted
+from .receiver import StreamReceiver
+from .segments import SegmentWriter, next_segment_index, read_stream, segment_path
+
+FLUSH_INTERVAL = 0.5
+RECONCILE_INTERVAL = 3.0
+RECONCILE_GRACE = timedelta(seconds=5)
+RECV_BUFFER = 1 << 20
+EVENT_NAMESPACE = uuid.UUID("6f1c3c5e-9a55-4c1e-9a53-7f3c1e0c2a10")
+
+log = structlog.get_logger()
+
+
+@dataclass
+class LiveStream:
+    manifest: StreamManifest
+    writer: SegmentWriter
+    receiver: StreamReceiver
+
+
+@dataclass
+class LiveRecording:
+    manifest: RecordingManifest
+    directory: Path
+    streams: dict[str, LiveStream] = field(default_factory=dict)
+    finalizing: bool = False
+
+
+def completed_event_id(recording_id: str) -> str:
+    """Deterministic, so a retried finalize publishes a duplicate JetStream drops."""
+    return uuid.uuid5(EVENT_NAMESPACE, f"recording.completed:{recording_id}").hex
+
+
+class Capture:
+    def __init__(self, ctx: ServiceContext, store: ObjectStore, executor: Executor) -> None:
+        self.ctx = ctx
+        self.config = ctx.config
+        self.store = store
+        self.executor = executor
+        self.root = ctx.config.data_dir / "capture"
+        self.active_dir = self.root / "active"
+        self.failed_dir = self.root / "failed"
+        self.work_dir = self.root / "work"
+        for directory in (self.active_dir, self.failed_dir, self.work_dir):
+            directory.mkdir(parents=True, exist_ok=True)
+        self.pool = PortPool(ctx.config.rtp_port_min, ctx.config.rtp_port_max)
+        self.live: dict[str, LiveRecording] = {}
+        self.queue: asyncio.Queue[str] = asyncio.Queue()
+        self.closing = False
+        metrics = ctx.metrics
+        self.m_packets = metrics.gauge(
+            "capture_packets_received", "RTP packets stored by live streams",
+            lambda: float(sum(s.receiver.packets for r in self.live.values()
+                              for s in r.streams.values())),
+        )
+        self.m_invalid = metrics.counter("capture_packets_invalid_total",
+                                         "datagrams dropped as not RTP")
+        self.m_dropped = metrics.counter("capture_packets_dropped_total",
+                                         "packets dropped because the disk fell behind")
+        self.m_completed = metrics.counter("capture_recordings_completed_total",
+                                           "recordings stored")
+        self.m_failed = metrics.counter("capture_recordings_failed_total",
+                                        "recordings that could not be finalized")
+        self.m_recovered = metrics.counter("capture_recordings_recovered_total",
+                                           "recordings found on disk after a restart")
+        self.m_finalize_seconds = metrics.counter("capture_finalize_seconds_total",
+                                                  "wall time spent finalizing")
+        metrics.gauge("capture_active_recordings", "recordings in progress",
+                      lambda: float(len(self.live)))
+        metrics.gauge("capture_finalize_backlog", "recordings waiting to be finalized",
+                      lambda: float(self.queue.qsize()))
+        metrics.gauge("capture_free_ports", "RTP ports free", lambda: float(self.pool.free))
+
+    # ---- life cycle -------------------------------------------------------------
+
+    async def run(self) -> None:
+        await self.recover()
+        nc, node = self.ctx.nc, self.ctx.node_id
+        await bus.serve(nc, subjects.rpc(node, subjects.CAPTURE, subjects.CAPTURE_ALLOCATE),
+                        AllocateRequest, self.allocate)
+        await bus.serve(nc, subjects.rpc(node, subjects.CAPTURE, subjects.CAPTURE_UPDATE),
+                        UpdateRequest, self.update)
+        await bus.serve(nc, subjects.rpc(node, subjects.CAPTURE, subjects.CAPTURE_RELEASE),
+                        ReleaseRequest, self.release)
+        await bus.serve(nc, subjects.rpc(node, subjects.CAPTURE, subjects.CAPTURE_FINALIZE),
+                        FinalizeRequest, self.finalize)
+        await bus.serve(nc, subjects.rpc(node, subjects.CAPTURE, subjects.CAPTURE_HEALTH),
+                        Empty, self.health)
+        tasks = [
+            asyncio.create_task(self._flush_loop()),
+            asyncio.create_task(self._reconcile_loop()),
+            asyncio.create_task(self._finalize_loop()),
+        ]
+        await self.ctx.stopping.wait()
+        self.closing = True
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        for recording in self.live.values():
+            for stream in recording.streams.values():
+                stream.receiver.close()
+                stream.writer.close()
+        log.info("capture_closed", open_recordings=len(self.live))
+
+    async def recover(self) -> None:
+        """Re-open recordings left by a previous process; queue those that had ended."""
+        for directory in sorted(self.active_dir.iterdir()):
+            if not (directory / MANIFEST).exists():
+                continue
+            try:
+                manifest = RecordingManifest.load(directory)
+            except ValueError as exc:
+                log.error("manifest_unreadable", path=str(directory), error=str(exc))
+                self._move_to_failed(directory)
+                continue
+            manifest.recovered = True
+            manifest.save(directory)
+            recording = LiveRecording(manifest, directory)
+            self.live[manifest.recording_id] = recording
+            self.m_recovered.inc()
+            if manifest.ended_at is not None:
+                recording.finalizing = True
+                self.queue.put_nowait(manifest.recording_id)
+                continue
+            for stream in manifest.streams.values():
+                try:
+                    self._open_stream(recording, stream, stream.port)
+                except OSError as exc:
+                    log.warning("recover_port_unavailable", recording_id=manifest.recording_id,
+                                port=stream.port, error=str(exc))
+            log.info("recording_recovered", recording_id=manifest.recording_id,
+                     streams=len(recording.streams))
+
+    # ---- RPC handlers -------------------------------------------------------------
+
+    async def allocate(self, request: AllocateRequest) -> AllocateReply:
+        if self.closing:
+            raise RuntimeError("capture is shutting down")
+        recording = self.live.get(request.recording_id)
+        if recording is None:
+            directory = self.active_dir / _safe_id(request.recording_id)
+            directory.mkdir(parents=True, exist_ok=True)
+            manifest = RecordingManifest(
+                recording_id=request.recording_id,
+                started_at=request.started_at,
+                metadata=request.metadata,
+            )
+            recording = LiveRecording(manifest, directory)
+            self.live[request.recording_id] = recording
+        elif recording.finalizing:
+            raise RuntimeError(f"recording {request.recording_id} has already ended")
+        else:
+            recording.manifest.metadata = request.metadata
+        ports: dict[str, int] = {}
+        for spec in request.streams:
+            existing = recording.streams.get(_safe_id(spec.stream_id))
+            if existing is not None:
+                ports[spec.stream_id] = existing.manifest.port
+                continue
+            stream = StreamManifest(
+                stream_id=_safe_id(spec.stream_id), channel=spec.channel, label=spec.label, port=0
+            )
+            ports[spec.stream_id] = self._bind_new(recording, stream)
+        recording.manifest.save(recording.directory)
+        log.info("streams_allocated", recording_id=request.recording_id, ports=ports)
+        return AllocateReply(ports=ports)
+
+    async def update(self, request: UpdateRequest) -> Empty:
+        recording = self._get(request.recording_id)
+        if request.metadata is not None:
+            recording.manifest.metadata = request.metadata
+        if request.payload_codecs is not None:
+            targets = (
+                [recording.manifest.streams[_safe_id(request.stream_id)]]
+                if request.stream_id is not None
+                else list(recording.manifest.streams.values())
+            )
+            for stream in targets:
+                stream.payload_codecs.update(request.payload_codecs)
+        recording.manifest.save(recording.directory)
+        return Empty()
+
+    async def release(self, request: ReleaseRequest) -> Empty:
+        recording = self.live.get(request.recording_id)
+        if recording is None or recording.finalizing:
+            return Empty()
+        stream_id = _safe_id(request.stream_id)
+        live = recording.streams.pop(stream_id, None)
+        if live is not None:
+            self._close_stream(live)
+        recording.manifest.streams.pop(stream_id, None)
+        for path in recording.directory.glob(f"{stream_id}.*.seg"):
+            path.unlink(missing_ok=True)
+        if not recording.manifest.streams:
+            del self.live[request.recording_id]
+            shutil.rmtree(recording.directory, ignore_errors=True)
+            log.info("recording_released", recording_id=request.recording_id)
+        else:
+            recording.manifest.save(recording.directory)
+        return Empty()
+
+    async def finalize(self, request: FinalizeRequest) -> Empty:
+        recording = self.live.get(request.recording_id)
+        if recording is None or recording.finalizing:
+            return Empty()  # already done or never recorded: finalize is idempotent
+        if request.metadata is not None:
+            recording.manifest.metadata = request.metadata
+        self._end(recording, request.ended_at)
+        return Empty()
+
+    async def health(self, _: Empty) -> CaptureHealth:
+        ok, reason = await asyncio.to_thread(self.store.writable)
+        if ok and self.pool.free < 2:
+            ok, reason = False, "no free RTP ports"
+        if ok and self.closing:
+            ok, reason = False, "capture is shutting down"
+        return CaptureHealth(
+            can_record=ok,
+            reason=reason,
+            active_recordings=len(self.live),
+            active_streams=sum(len(r.streams) for r in self.live.values()),
+            free_ports=self.pool.free,
+            store_free_bytes=self.store.free_bytes(),
+        )
+
+    # ---- streams -------------------------------------------------------------------
+
+    def _bind_new(self, recording: LiveRecording, stream: StreamManifest) -> int:
+        for port in self.pool.candidates():
+            try:
+                self._open_stream(recording, stream, port)
+            except OSError:
+                continue
+            return port
+        raise PortsExhausted("no free RTP port in the configured range")
+
+    def _open_stream(self, recording: LiveRecording, stream: StreamManifest, port: int) -> None:
+        sock = _udp_socket(self.config.bind, port)
+        self.pool.take(port)
+        stream.port = port
+        index = next_segment_index(recording.directory, stream.stream_id)
+        writer = SegmentWriter(segment_path(recording.directory, stream.stream_id, index))
+        started = recording.manifest.started_at.timestamp()
+        receiver = StreamReceiver(writer, started)
+        loop = asyncio.get_running_loop()
+        # The socket is already bound: create_datagram_endpoint completes synchronously
+        # enough for us; schedule it and keep a reference through the protocol.
+        task = loop.create_task(loop.create_datagram_endpoint(lambda: receiver, sock=sock))
+        task.add_done_callback(_log_endpoint_failure)
+        recording.manifest.streams[stream.stream_id] = stream
+        recording.streams[stream.stream_id] = LiveStream(stream, writer, receiver)
+
+    def _close_stream(self, live: LiveStream) -> None:
+        live.receiver.close()
+        live.writer.close()
+        self.m_invalid.inc(live.receiver.invalid)
+        self.m_dropped.inc(live.writer.dropped)
+        self.pool.give_back(live.manifest.port)
+
+    def _end(self, recording: LiveRecording, ended_at: datetime) -> None:
+        recording.finalizing = True
+        for live in recording.streams.values():
+            self._close_stream(live)
+        recording.streams.clear()
+        recording.manifest.ended_at = max(ended_at, recording.manifest.started_at)
+        recording.manifest.save(recording.directory)
+        self.queue.put_nowait(recording.manifest.recording_id)
+
+    def _get(self, recording_id: str) -> LiveRecording:
+        recording = self.live.get(recording_id)
+        if recording is None:
+            raise KeyError(f"unknown recording {recording_id}")
+        return recording
+
+    # ---- background loops ---------------------------------------------------------
+
+    async def _flush_loop(self) -> None:
+        while True:
+            await asyncio.sleep(FLUSH_INTERVAL)
+            for recording in list(self.live.values()):
+                for live in recording.streams.values():
+                    try:
+                        live.writer.flush()
+                    except OSError as exc:
+                        log.error("segment_write_failed", recording_id=recording.manifest
+                                  .recording_id, error=str(exc))
+
+    async def _reconcile_loop(self) -> None:
+        """Finish recordings whose call signaling no longer knows (crash, lost BYE)."""
+        await asyncio.sleep(1.0)
+        while True:
+            candidates = [r for r in self.live.values() if not r.finalizing]
+            if candidates:
+                try:
+                    reply = await bus.call(
+                        self.ctx.nc,
+                        subjects.rpc(self.ctx.node_id, subjects.SIGNALING,
+                                     subjects.SIGNALING_ACTIVE),
+                        Empty(), ActiveRecordings, timeout=2.0,
+                    )
+                except bus.RpcError as exc:
+                    log.debug("reconcile_skipped", error=str(exc))
+                    reply = None
+                if reply is not None:
+                    known = set(reply.recording_ids)
+                    now = datetime.now(UTC)
+                    for recording in candidates:
+                        manifest = recording.manifest
+                        if manifest.recording_id in known or recording.finalizing:
+                            continue
+                        if not manifest.recovered and now - manifest.started_at < RECONCILE_GRACE:
+                            continue
+                        log.warning("recording_orphaned", recording_id=manifest.recording_id)
+                        self._end(recording, self._last_packet_time(recording) or now)
+            timeout = self.config.media_timeout_s
+            if timeout > 0:
+                cutoff = time.time() - timeout
+                for recording in [r for r in self.live.values() if not r.finalizing]:
+                    last = max((s.receiver.last_arrival for s in recording.streams.values()),
+                               default=0.0) or recording.manifest.started_at.timestamp()
+                    if last < cutoff:
+                        log.warning("media_timeout", recording_id=recording.manifest.recording_id)
+                        self._end(recording, datetime.fromtimestamp(last, UTC))
+            await asyncio.sleep(RECONCILE_INTERVAL)
+
+    def _last_packet_time(self, recording: LiveRecording) -> datetime | None:
+        latest = max((s.receiver.last_arrival for s in recording.streams.values()), default=0.0)
+        if latest:
+            return datetime.fromtimestamp(latest, UTC)
+        last_ms = -1
+        for stream_id in recording.manifest.streams:
+            for arrival_ms, _ in read_stream(recording.directory, stream_id):
+                last_ms = max(last_ms, arrival_ms)
+        if last_ms < 0:
+            return None
+        return recording.manifest.started_at + timedelta(milliseconds=last_ms)
+
+    async def _finalize_loop(self) -> None:
+        while True:
+            recording_id = await self.queue.get()
+            recording = self.live.get(recording_id)
+            if recording is None:
+                continue
+            try:
+                await self._finalize_one(recording)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.exception("finalize_failed", recording_id=recording_id)
+                self.m_failed.inc()
+                await bus.publish_event(
+                    self.ctx.js,
+                    RecordingFailed(node_id=self.ctx.node_id, recording_id=recording_id,
+                                    reason=f"{type(exc).__name__}: {exc}"),
+                )
+                self.live.pop(recording_id, None)
+                self._move_to_failed(recording.directory)
+
+    async def _finalize_one(self, recording: LiveRecording) -> None:
+        manifest = recording.manifest
+        started = time.monotonic()
+        output = self.work_dir / f"{_safe_id(manifest.recording_id)}.opus"
+        loop = asyncio.get_running_loop()
+        try:
+            result: FinalizeResult = await loop.run_in_executor(
+                self.executor, finalize_recording, recording.directory, output,
+                self.config.opus_bitrate,
+            )
+        except BrokenProcessPool:
+            # The worker died (e.g. killed by the OOM killer): try once more in-process.
+            result = await asyncio.to_thread(
+                finalize_recording, recording.directory, output, self.config.opus_bitrate
+            )
+        key = _object_key(manifest.recording_id, manifest.started_at)
+        sha256 = await asyncio.to_thread(self.store.put_file, key, output)
+        size = output.stat().st_size
+        assert manifest.ended_at is not None
+        event = RecordingCompleted(
+            event_id=completed_event_id(manifest.recording_id),
+            node_id=self.ctx.node_id,
+            recording_id=manifest.recording_id,
+            started_at=manifest.started_at,
+            ended_at=manifest.ended_at,
+            duration_ms=result.duration_ms,
+            object_key=key,
+            size_bytes=size,
+            sha256=sha256,
+            channels=result.channels,
+            metadata=manifest.metadata,
+            recovered=manifest.recovered,
+        )
+        await bus.publish_event(self.ctx.js, event)
+        output.unlink(missing_ok=True)
+        self.live.pop(manifest.recording_id, None)
+        shutil.rmtree(recording.directory, ignore_errors=True)
+        elapsed = time.monotonic() - started
+        self.m_completed.inc()
+        self.m_finalize_seconds.inc(elapsed)
+        log.info("recording_completed", recording_id=manifest.recording_id,
+                 duration_ms=result.duration_ms, size=size, finalize_s=round(elapsed, 3),
+                 packets=[c.packets_received for c in result.channels])
+
+    def _move_to_failed(self, directory: Path) -> None:
+        target = self.failed_dir / directory.name
+        with contextlib.suppress(OSError):
+            shutil.rmtree(target, ignore_errors=True)
+            shutil.move(str(directory), str(target))
+
+
+def _object_key(recording_id: str, started_at: datetime) -> str:
+    day = started_at.astimezone(UTC)
+    return f"recordings/{day:%Y/%m/%d}/{_safe_id(recording_id)}.opus"
+
+
+def _safe_id(value: str) -> str:
+    """Ids become file names: allow only plain characters."""
+    if not value or len(value) > 128 or not all(c.isalnum() or c in "-_" for c in value):
+        raise ValueError(f"invalid id {value!r}")
+    return value
+
+
+def _udp_socket(bind: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ipaddress.ip_address(bind).version == 6 else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECV_BUFFER)
+        sock.bind((bind, port))
+        sock.setblocking(False)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def _log_endpoint_failure(task: asyncio.Task[object]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("udp_endpoint_failed", error=str(task.exception()))
+
+
+async def main(ctx: ServiceContext) -> None:
+    context = multiprocessing.get_context("forkserver")
+    with ProcessPoolExecutor(max_workers=1, mp_context=context) as executor:
+        capture = Capture(ctx, open_store(ctx.config.data_dir), executor)
+        await capture.run()

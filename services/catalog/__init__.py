@@ -1,0 +1,1 @@
+"""Catalog service: the searchable read model of finished recordings."""

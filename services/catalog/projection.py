@@ -1,0 +1,212 @@
+"""The catalog read model: recordings projected from events into SQLite.
+
+SQLite is only a cache of the event stream: the checkpoint (last applied stream
+sequence) is written in the same transaction as each change, so a crash never
+applies an event twice or skips one, and deleting the file rebuilds it by replay.
+Indexed columns answer searches; the full event JSON answers "get" unchanged.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from contracts.v1.events import RecordingCompleted
+from contracts.v1.rpc import SearchRequest, SearchResult
+
+SCHEMA_VERSION = 1
+"""Bump when the tables change: an old file is then dropped and rebuilt by replay."""
+
+STREAM_KEY = "events"
+"""Checkpoint row of the node's own event stream (room for sourced peer streams)."""
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS recordings (
+    recording_id TEXT PRIMARY KEY,
+    event_id     TEXT NOT NULL UNIQUE,
+    node_id      TEXT NOT NULL,
+    started_us   INTEGER NOT NULL,
+    ended_us     INTEGER NOT NULL,
+    duration_ms  INTEGER NOT NULL,
+    sequence     INTEGER NOT NULL,
+    event_json   TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS recordings_started ON recordings (started_us DESC, recording_id);
+CREATE TABLE IF NOT EXISTS recording_numbers (
+    number       TEXT NOT NULL,
+    recording_id TEXT NOT NULL,
+    PRIMARY KEY (number, recording_id)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS recording_numbers_recording ON recording_numbers (recording_id);
+CREATE TABLE IF NOT EXISTS checkpoints (
+    stream        TEXT PRIMARY KEY,
+    last_sequence INTEGER NOT NULL
+);
+"""
+
+_TABLES = ("recordings", "recording_numbers", "checkpoints")
+
+
+def to_micros(value: datetime) -> int:
+    """UTC microseconds since the epoch: sorts correctly whatever offset events carry."""
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    delta = value - datetime(1970, 1, 1, tzinfo=UTC)
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+def _like_pattern(fragment: str) -> str:
+    escaped = fragment.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return f"%{escaped}%"
+
+
+class Catalog:
+    """Recordings projected from events; thread-safe so searches can run off the loop."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute("PRAGMA foreign_keys=OFF")
+        version = int(self._db.execute("PRAGMA user_version").fetchone()[0])
+        if version != SCHEMA_VERSION:
+            # An unknown layout is thrown away: the stream is the truth, replay rebuilds it.
+            for table in _TABLES:
+                self._db.execute(f"DROP TABLE IF EXISTS {table}")
+            self._db.executescript(_SCHEMA)
+            self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        self._last_sequence = self._load_checkpoint()
+        self._count = int(self._db.execute("SELECT COUNT(*) FROM recordings").fetchone()[0])
+
+    def _load_checkpoint(self) -> int:
+        row = self._db.execute(
+            "SELECT last_sequence FROM checkpoints WHERE stream = ?", (STREAM_KEY,)
+        ).fetchone()
+        return int(row[0]) if row else 0
+
+    @property
+    def last_sequence(self) -> int:
+        """Last stream sequence applied; following resumes right after it."""
+        return self._last_sequence
+
+    @property
+    def count(self) -> int:
+        return self._count
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def apply(self, event: Any, seq: int) -> bool:
+        """Apply one event at stream sequence `seq`; returns True when the model changed.
+
+        Events at or below the checkpoint are replays and ignored. Event types the
+        catalog does not index still advance the checkpoint, so a restart does not
+        re-read them.
+        """
+        with self._lock:
+            if seq <= self._last_sequence:
+                return False
+            changed = False
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                if isinstance(event, RecordingCompleted):
+                    changed = self._insert(event, seq)
+                self._db.execute(
+                    "INSERT INTO checkpoints (stream, last_sequence) VALUES (?, ?) "
+                    "ON CONFLICT(stream) DO UPDATE SET last_sequence = excluded.last_sequence",
+                    (STREAM_KEY, seq),
+                )
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._last_sequence = seq
+            if changed:
+                self._count += 1
+            return changed
+
+    def _insert(self, event: RecordingCompleted, seq: int) -> bool:
+        cursor = self._db.execute(
+            "INSERT INTO recordings (recording_id, event_id, node_id, started_us, ended_us, "
+            "duration_ms, sequence, event_json) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT DO NOTHING",
+            (
+                event.recording_id,
+                event.event_id,
+                event.node_id,
+                to_micros(event.started_at),
+                to_micros(event.ended_at),
+                event.duration_ms,
+                seq,
+                event.model_dump_json(),
+            ),
+        )
+        if cursor.rowcount != 1:
+            return False  # same recording or same event already known
+        numbers = sorted(set(event.metadata.numbers()))
+        self._db.executemany(
+            "INSERT OR IGNORE INTO recording_numbers (number, recording_id) VALUES (?, ?)",
+            [(number, event.recording_id) for number in numbers],
+        )
+        return True
+
+    def get(self, recording_id: str) -> RecordingCompleted | None:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT event_json FROM recordings WHERE recording_id = ?", (recording_id,)
+            ).fetchone()
+        return RecordingCompleted.model_validate_json(row[0]) if row else None
+
+    def search(
+        self, request: SearchRequest, visible_numbers: list[str] | None = None
+    ) -> SearchResult:
+        """Newest first. `visible_numbers` None means everything, [] means nothing.
+
+        `request.number` matches any participant number containing it (so exact too);
+        `visible_numbers` must match a participant number exactly.
+        """
+        where: list[str] = []
+        params: list[Any] = []
+        if request.start_from is not None:
+            where.append("r.started_us >= ?")
+            params.append(to_micros(request.start_from))
+        if request.start_to is not None:
+            where.append("r.started_us < ?")
+            params.append(to_micros(request.start_to))
+        if request.number:
+            where.append(
+                "r.recording_id IN (SELECT recording_id FROM recording_numbers "
+                "WHERE number LIKE ? ESCAPE '\\')"
+            )
+            params.append(_like_pattern(request.number))
+        if visible_numbers is not None:
+            wanted = sorted(set(visible_numbers))
+            if not wanted:
+                return SearchResult(total=0, items=[])
+            marks = ",".join("?" for _ in wanted)
+            where.append(
+                "r.recording_id IN (SELECT recording_id FROM recording_numbers "
+                f"WHERE number IN ({marks}))"
+            )
+            params.extend(wanted)
+        clause = f"WHERE {' AND '.join(where)}" if where else ""
+        with self._lock:
+            total = int(
+                self._db.execute(
+                    f"SELECT COUNT(*) FROM recordings r {clause}", params
+                ).fetchone()[0]
+            )
+            rows = self._db.execute(
+                f"SELECT r.event_json FROM recordings r {clause} "
+                "ORDER BY r.started_us DESC, r.recording_id DESC LIMIT ? OFFSET ?",
+                [*params, request.limit, request.offset],
+            ).fetchall()
+        items = [RecordingCompleted.model_validate_json(row[0]) for row in rows]
+        return SearchResult(total=total, items=items)

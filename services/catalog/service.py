@@ -1,0 +1,103 @@
+"""Catalog adapters: follow recording events into the projection, answer search/get RPCs.
+
+SQLite work runs in a worker thread so a slow search never stalls event following
+or the other RPCs on the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from pathlib import Path
+from typing import Any
+
+import structlog
+from pydantic import BaseModel
+
+from callrec import bus
+from callrec.service import ServiceContext
+from contracts import subjects
+from contracts.v1.events import RecordingCompleted
+from contracts.v1.rpc import GetRequest, SearchRequest, SearchResult
+
+from .projection import Catalog
+
+# A lazy proxy: binding now would freeze the pre-`setup_logging` (non-JSON) config.
+log = structlog.get_logger(component="catalog")
+
+
+class CatalogSearchRequest(SearchRequest):
+    """Temporary shim until `SearchRequest.visible_numbers` exists in contracts.
+
+    None: no restriction (admin); a list: only recordings with one of these numbers.
+    """
+
+    visible_numbers: list[str] | None = None
+
+
+def catalog_path(ctx: ServiceContext) -> Path:
+    return ctx.config.data_dir / "catalog" / "catalog.sqlite3"
+
+
+async def main(ctx: ServiceContext) -> None:
+    path = catalog_path(ctx)
+    catalog = await asyncio.to_thread(Catalog, path)
+    log.info("catalog_opened", path=str(path), last_sequence=catalog.last_sequence,
+             recordings=catalog.count)
+    applied = ctx.metrics.counter(
+        "catalog_events_applied_total", "Events applied to the catalog projection"
+    )
+    ctx.metrics.gauge("catalog_recordings", "Recordings in the catalog", lambda: catalog.count)
+    ctx.metrics.gauge(
+        "catalog_last_sequence", "Last event stream sequence applied", lambda: catalog.last_sequence
+    )
+    searches = ctx.metrics.counter("catalog_searches_total", "Catalog searches answered")
+
+    async def apply(event: Any, seq: int) -> None:
+        changed = await asyncio.to_thread(catalog.apply, event, seq)
+        event_type = str(getattr(event, "type", "unknown"))
+        applied.inc(type=event_type)
+        if changed:
+            log.info("recording_cataloged", recording_id=getattr(event, "recording_id", None),
+                     seq=seq)
+
+    async def on_search(request: CatalogSearchRequest) -> BaseModel | None:
+        searches.inc()
+        result: SearchResult = await asyncio.to_thread(
+            catalog.search, request, request.visible_numbers
+        )
+        return result
+
+    async def on_get(request: GetRequest) -> BaseModel | None:
+        # An unknown id is an ordinary answer (`ok`, `data: null`), not an error: raising
+        # would log a traceback per miss in `bus.serve` and look like an outage to callers.
+        found: RecordingCompleted | None = await asyncio.to_thread(
+            catalog.get, request.recording_id
+        )
+        return found
+
+    node = ctx.node_id
+    await bus.serve(
+        ctx.nc, subjects.rpc(node, subjects.CATALOG, subjects.CATALOG_SEARCH),
+        CatalogSearchRequest, on_search,
+    )
+    await bus.serve(
+        ctx.nc, subjects.rpc(node, subjects.CATALOG, subjects.CATALOG_GET), GetRequest, on_get
+    )
+    follower = asyncio.create_task(
+        bus.follow_events(
+            ctx.js, node, subjects.events_of_type("recording.*"), catalog.last_sequence + 1, apply
+        )
+    )
+    stop = asyncio.create_task(ctx.stopping.wait())
+    try:
+        done, _ = await asyncio.wait({follower, stop}, return_when=asyncio.FIRST_COMPLETED)
+        if follower in done:
+            follower.result()  # re-raise: a dead follower must crash the service
+    finally:
+        for task in (follower, stop):
+            task.cancel()
+            with contextlib.suppress(BaseException):
+                await task
+        await asyncio.to_thread(catalog.close)
+        log.info("catalog_closed", last_sequence=catalog.last_sequence)

@@ -1,0 +1,126 @@
+"""Recording sessions as signaling sees them, and the admission policy.
+
+Pure domain logic, no network: which status a new recording INVITE gets, how the
+CUCM legs of one call are grouped into one recording, what the metadata says.
+
+Admission follows how PBXs route: a 5xx (or no answer) makes CUCM try the next
+recorder, so only "this node cannot record" is a 503. Who is (not) recorded and a
+full licence are answers the next node would give too, so they are 404/403/486.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import Enum
+
+from callrec.users import RecordingDecision, UsersProjection
+from contracts.v1.events import Participant, RecordingMetadata
+
+
+class Admission(Enum):
+    ACCEPT = 200
+    UNKNOWN_USER = 404
+    NOT_ENABLED = 403
+    NO_LICENCE = 486
+    CANNOT_RECORD = 503
+
+
+@dataclass(frozen=True)
+class AdmissionResult:
+    admission: Admission
+    reason: str
+    user: str | None = None
+
+
+def admit(
+    *,
+    numbers: list[str],
+    users: UsersProjection,
+    record_all: bool,
+    can_record: bool,
+    cannot_record_reason: str | None,
+    active_recordings: int,
+    max_channels: int,
+    joins_existing: bool,
+) -> AdmissionResult:
+    """Decide how to answer a new recording leg; checks run in the order a PBX needs."""
+    if not can_record:
+        return AdmissionResult(Admission.CANNOT_RECORD, cannot_record_reason or "cannot record")
+    decision, user = users.recording_decision(numbers)
+    if not record_all:
+        if decision is RecordingDecision.UNKNOWN:
+            return AdmissionResult(Admission.UNKNOWN_USER,
+                                   f"no recording user for {', '.join(numbers) or 'this call'}")
+        if decision is RecordingDecision.NOT_ENABLED:
+            return AdmissionResult(Admission.NOT_ENABLED,
+                                   f"user {user.username if user else '?'} is not recorded",
+                                   user.username if user else None)
+    if not joins_existing and active_recordings >= max_channels:
+        return AdmissionResult(Admission.NO_LICENCE,
+                               f"licence limit of {max_channels} concurrent calls reached")
+    return AdmissionResult(Admission.ACCEPT, "ok", user.username if user else None)
+
+
+@dataclass
+class Stream:
+    stream_id: str
+    channel: int
+    label: str | None
+    port: int
+    payload_codecs: dict[int, str] = field(default_factory=dict)
+
+
+@dataclass
+class Leg:
+    """One SIP dialog (CUCM sends two per call; SIPREC one with several streams)."""
+
+    call_id: str
+    local_tag: str
+    remote_tag: str
+    streams: list[Stream]
+    confirmed: bool = False
+    ended: bool = False
+    sdp_version: int = 1
+    offer_pending: bool = False  # our 200 OK carried an offer; the ACK brings the answer
+
+
+@dataclass
+class RecordingSession:
+    recording_id: str
+    session_key: str
+    started_at: datetime
+    metadata: RecordingMetadata
+    legs: dict[str, Leg] = field(default_factory=dict)
+    ending: bool = False
+
+    def live_legs(self) -> list[Leg]:
+        return [leg for leg in self.legs.values() if not leg.ended]
+
+
+def number_of(aor: str | None) -> str | None:
+    """The user part of a SIP/TEL AOR: what people search recordings by."""
+    if not aor:
+        return None
+    text = aor.strip().strip("<>")
+    for scheme in ("sips:", "sip:", "tel:"):
+        if text.lower().startswith(scheme):
+            text = text[len(scheme):]
+            break
+    user = text.split("@", 1)[0] if "@" in text else text
+    return user.split(";", 1)[0] or None
+
+
+def merge_cucm_participants(
+    metadata: RecordingMetadata, near: Participant, far: Participant, call_id: str
+) -> RecordingMetadata:
+    """Both legs carry the same parties; fill in what the first leg lacked."""
+    by_role = {p.role: p for p in metadata.participants}
+    participants = [
+        by_role.get("near") or near,
+        by_role.get("far") or far,
+    ]
+    call_ids = [*metadata.sip_call_ids]
+    if call_id not in call_ids:
+        call_ids.append(call_id)
+    return metadata.model_copy(update={"participants": participants, "sip_call_ids": call_ids})

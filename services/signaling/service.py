@@ -1,0 +1,202 @@
+"""Signaling service adapter: SIP listeners, the NATS-backed Backend, health polling."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from datetime import datetime
+
+import structlog
+
+from callrec import bus
+from callrec.service import ServiceContext
+from callrec.users import UsersProjection
+from contracts import subjects
+from contracts.v1.events import (
+    RecordingEnded,
+    RecordingMetadata,
+    RecordingStarted,
+    UserRemoved,
+    UserUpserted,
+)
+from contracts.v1.rpc import (
+    ActiveRecordings,
+    AllocateReply,
+    AllocateRequest,
+    CaptureHealth,
+    Empty,
+    FinalizeRequest,
+    ReleaseRequest,
+    UpdateRequest,
+)
+
+from .recorder import RecordingSession
+from .sip.transport import SipTransports
+from .uas import RecorderUas
+
+HEALTH_INTERVAL = 1.0
+HEALTH_STALE_AFTER = 3.5
+RPC_TIMEOUT = 2.0
+
+log = structlog.get_logger()
+
+
+class NatsBackend:
+    """The UAS's view of the node: capture over RPC, facts into JetStream."""
+
+    def __init__(self, ctx: ServiceContext) -> None:
+        self.ctx = ctx
+        self.users = UsersProjection()
+        self.capture_health: CaptureHealth | None = None
+        self.health_at = 0.0
+        self.users_ready = False
+
+    def _subject(self, operation: str) -> str:
+        return subjects.rpc(self.ctx.node_id, subjects.CAPTURE, operation)
+
+    def can_record(self) -> tuple[bool, str | None]:
+        if not self.ctx.nc.is_connected:
+            return False, "message bus unavailable"
+        if not self.users_ready:
+            return False, "starting"
+        health = self.capture_health
+        if health is None or time.monotonic() - self.health_at > HEALTH_STALE_AFTER:
+            return False, "capture service not answering"
+        if not health.can_record:
+            return False, health.reason or "capture cannot record"
+        return True, None
+
+    async def poll_health(self) -> None:
+        while True:
+            try:
+                reply = await bus.call(self.ctx.nc, self._subject(subjects.CAPTURE_HEALTH),
+                                       Empty(), CaptureHealth, timeout=1.0)
+                self.capture_health = reply
+                self.health_at = time.monotonic()
+            except bus.RpcError as exc:
+                log.debug("capture_health_failed", error=str(exc))
+            await asyncio.sleep(HEALTH_INTERVAL)
+
+    async def allocate(self, request: AllocateRequest) -> dict[str, int]:
+        reply = await bus.call(self.ctx.nc, self._subject(subjects.CAPTURE_ALLOCATE), request,
+                               AllocateReply, timeout=RPC_TIMEOUT)
+        assert reply is not None
+        return reply.ports
+
+    async def update(self, request: UpdateRequest) -> None:
+        await bus.call(self.ctx.nc, self._subject(subjects.CAPTURE_UPDATE), request, None,
+                       timeout=RPC_TIMEOUT)
+
+    async def release(self, recording_id: str, stream_id: str) -> None:
+        await bus.call(self.ctx.nc, self._subject(subjects.CAPTURE_RELEASE),
+                       ReleaseRequest(recording_id=recording_id, stream_id=stream_id), None,
+                       timeout=RPC_TIMEOUT)
+
+    async def finalize(
+        self, recording_id: str, ended_at: datetime, metadata: RecordingMetadata
+    ) -> None:
+        request = FinalizeRequest(recording_id=recording_id, ended_at=ended_at,
+                                  metadata=metadata)
+        delay = 0.2
+        for attempt in range(5):
+            try:
+                await bus.call(self.ctx.nc, self._subject(subjects.CAPTURE_FINALIZE), request,
+                               None, timeout=RPC_TIMEOUT)
+                return
+            except bus.RpcError:
+                if attempt == 4:
+                    raise
+                await asyncio.sleep(delay)
+                delay *= 2
+
+    async def recording_started(self, session: RecordingSession) -> None:
+        await self._publish(RecordingStarted(
+            node_id=self.ctx.node_id, recording_id=session.recording_id,
+            started_at=session.started_at, metadata=session.metadata,
+        ))
+
+    async def recording_ended(self, session: RecordingSession, reason: str) -> None:
+        await self._publish(RecordingEnded(
+            node_id=self.ctx.node_id, recording_id=session.recording_id,
+            ended_at=datetime.now(session.started_at.tzinfo), reason=reason,
+        ))
+
+    async def _publish(self, event: RecordingStarted | RecordingEnded) -> None:
+        try:
+            await bus.publish_event(self.ctx.js, event)
+        except Exception as exc:
+            log.error("event_publish_failed", type=event.type, error=str(exc))
+
+    async def follow_users(self) -> None:
+        """Keep the user list current; calls get 503 until it is loaded, never a wrong 404."""
+        filter_subject = subjects.events_of_type("user.*")
+        stream = subjects.events_stream(self.ctx.node_id)
+        while True:
+            try:
+                info = await self.ctx.js.stream_info(stream, subjects_filter=filter_subject)
+                break
+            except Exception as exc:
+                log.debug("users_count_failed", error=str(exc))
+                await asyncio.sleep(0.2)
+        expected = sum((info.state.subjects or {}).values())
+        applied = 0
+        self.users_ready = expected == 0
+
+        async def apply(event: object, seq: int) -> None:
+            nonlocal applied
+            if isinstance(event, UserUpserted | UserRemoved):
+                self.users.apply(event, seq)
+            applied += 1
+            if applied >= expected:
+                self.users_ready = True
+
+        await bus.follow_events(self.ctx.js, self.ctx.node_id, filter_subject, 1, apply)
+
+
+async def main(ctx: ServiceContext) -> None:
+    config = ctx.config
+    backend = NatsBackend(ctx)
+    transports = SipTransports(lambda data, peer: uas.on_message(data, peer))
+    uas = RecorderUas(
+        backend=backend,
+        sender=transports,
+        address=config.media_address,
+        sip_port=config.sip_port,
+        record_all=config.record_all,
+        max_channels=config.max_channels,
+    )
+    metrics = ctx.metrics
+    metrics.gauge("signaling_active_recordings", "recordings in progress",
+                  lambda: float(len(uas.sessions)))
+    metrics.gauge("signaling_sip_messages_received", "SIP messages received",
+                  lambda: float(uas.counters.received))
+    metrics.gauge("signaling_sip_malformed", "SIP messages dropped as malformed",
+                  lambda: float(uas.counters.malformed))
+    metrics.gauge("signaling_sip_retransmissions", "retransmitted requests absorbed",
+                  lambda: float(uas.counters.retransmissions))
+    metrics.gauge("signaling_users_ready", "1 once the user list is loaded",
+                  lambda: 1.0 if backend.users_ready else 0.0)
+    metrics.gauge("signaling_can_record", "1 when this node accepts recordings",
+                  lambda: 1.0 if backend.can_record()[0] else 0.0)
+
+    async def active(_: Empty) -> ActiveRecordings:
+        return ActiveRecordings(recording_ids=uas.active_recording_ids())
+
+    await bus.serve(ctx.nc, subjects.rpc(ctx.node_id, subjects.SIGNALING,
+                                         subjects.SIGNALING_ACTIVE), Empty, active)
+    tasks = [
+        asyncio.create_task(backend.follow_users()),
+        asyncio.create_task(backend.poll_health()),
+        asyncio.create_task(uas.expire_transactions()),
+    ]
+    await transports.start(config.bind, config.sip_port)
+    log.info("sip_listening", bind=config.bind, port=config.sip_port,
+             media_address=config.media_address)
+    await ctx.stopping.wait()
+    transports.close()
+    await uas.shutdown()
+    for task in tasks:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task

@@ -1,0 +1,1073 @@
+"""RFC 3261 message model: parsing, rendering and response building.
+
+Everything here is pure (no sockets, no asyncio) so the transaction and
+dialog layers can be tested with plain byte strings.  Input arrives from
+untrusted peers, so every parser either returns a value or raises
+:class:`SipParseError`; nothing else is allowed to escape.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+
+__all__ = [
+    "MAX_MESSAGE_SIZE",
+    "REASON_PHRASES",
+    "Headers",
+    "NameAddr",
+    "ParamDict",
+    "SipMessage",
+    "SipParseError",
+    "SipRequest",
+    "SipResponse",
+    "SipUri",
+    "StreamFramer",
+    "Via",
+    "build_response",
+    "parse_message",
+    "parse_name_addr",
+    "parse_uri",
+    "parse_via",
+    "serialize",
+]
+
+MAX_MESSAGE_SIZE = 64 * 1024
+MAX_CSEQ = 2**31 - 1
+
+
+class SipParseError(ValueError):
+    """Raised for any malformed or hostile SIP input."""
+
+
+# --------------------------------------------------------------------------
+# Lexical helpers
+# --------------------------------------------------------------------------
+
+_TOKEN_RE = re.compile(r"[A-Za-z0-9.!%*_+`'~-]+")
+_DIGITS_RE = re.compile(r"[0-9]+")
+_HOSTNAME_RE = re.compile(r"[A-Za-z0-9._-]+")
+_IPV6_RE = re.compile(r"[0-9A-Fa-f:.]+")
+_SCHEME_RE = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*")
+# Characters that never belong inside a URI (whitespace, controls, delimiters).
+_URI_FORBIDDEN_RE = re.compile(r'[\x00-\x20\x7f<>"]')
+_CTL_RE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+_BLANK_LINE_RE = re.compile(rb"\r?\n\r?\n")
+
+
+def _is_token(text: str) -> bool:
+    return _TOKEN_RE.fullmatch(text) is not None
+
+
+def _split_quoted(text: str, sep: str, *, angle: bool = False) -> list[str]:
+    """Split on *sep* outside quoted strings (and outside <...> if asked).
+
+    Display names and generic parameters may contain separators inside
+    quotes, so a naive ``str.split`` would cut them in half.
+    """
+    parts: list[str] = []
+    buf: list[str] = []
+    in_quote = False
+    in_angle = False
+    i = 0
+    n = len(text)
+    while i < n:
+        ch = text[i]
+        if in_quote:
+            buf.append(ch)
+            if ch == "\\" and i + 1 < n:
+                buf.append(text[i + 1])
+                i += 1
+            elif ch == '"':
+                in_quote = False
+        elif ch == '"':
+            in_quote = True
+            buf.append(ch)
+        elif angle and ch == "<":
+            in_angle = True
+            buf.append(ch)
+        elif angle and ch == ">":
+            in_angle = False
+            buf.append(ch)
+        elif ch == sep and not in_angle:
+            parts.append("".join(buf))
+            buf = []
+        else:
+            buf.append(ch)
+        i += 1
+    if in_quote:
+        raise SipParseError("unterminated quoted string")
+    parts.append("".join(buf))
+    return parts
+
+
+def _unquote(text: str) -> str:
+    """Return the content of a quoted-string, resolving backslash escapes."""
+    if len(text) < 2 or text[0] != '"' or text[-1] != '"':
+        raise SipParseError(f"not a quoted string: {text!r}")
+    out: list[str] = []
+    i = 1
+    end = len(text) - 1
+    while i < end:
+        ch = text[i]
+        if ch == "\\":
+            if i + 1 >= end:
+                raise SipParseError("dangling escape in quoted string")
+            out.append(text[i + 1])
+            i += 2
+            continue
+        if ch == '"':
+            raise SipParseError("unescaped quote in quoted string")
+        out.append(ch)
+        i += 1
+    return "".join(out)
+
+
+def _quote(text: str) -> str:
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+class ParamDict(dict[str, str | None]):
+    """A dict whose look-ups ignore case but which keeps the original spelling.
+
+    RFC 3261 parameter names are case-insensitive, yet re-rendering must not
+    rewrite what the peer sent (some equipment compares byte-for-byte).
+    """
+
+    def _find(self, key: str) -> str | None:
+        if dict.__contains__(self, key):
+            return key
+        lower = key.lower()
+        for existing in self.keys():
+            if existing.lower() == lower:
+                return existing
+        return None
+
+    def __getitem__(self, key: str) -> str | None:
+        found = self._find(key)
+        if found is None:
+            raise KeyError(key)
+        return dict.__getitem__(self, found)
+
+    def __setitem__(self, key: str, value: str | None) -> None:
+        found = self._find(key)
+        if found is not None and found != key:
+            dict.__delitem__(self, found)
+        dict.__setitem__(self, key, value)
+
+    def __delitem__(self, key: str) -> None:
+        found = self._find(key)
+        if found is None:
+            raise KeyError(key)
+        dict.__delitem__(self, found)
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, str) and self._find(key) is not None
+
+    def get(self, key: str, default: str | None = None) -> str | None:  # type: ignore[override]
+        found = self._find(key)
+        return default if found is None else dict.__getitem__(self, found)
+
+
+def _parse_params(text: str, *, what: str) -> ParamDict:
+    """Parse ``;a=b;flag`` (leading ';' already removed by the caller)."""
+    params = ParamDict()
+    if not text.strip():
+        return params
+    for raw in _split_quoted(text, ";"):
+        item = raw.strip()
+        if not item:
+            raise SipParseError(f"empty {what} parameter")
+        name, eq, value = item.partition("=")
+        name = name.strip()
+        if not _is_token(name):
+            raise SipParseError(f"bad {what} parameter name: {name!r}")
+        if eq:
+            value = value.strip()
+            if value.startswith('"'):
+                _unquote(value)  # validate; keep the quoted form for re-rendering
+            elif not value or _URI_FORBIDDEN_RE.search(value):
+                raise SipParseError(f"bad {what} parameter value: {value!r}")
+            params[name] = value
+        else:
+            params[name] = None
+    return params
+
+
+def _render_params(params: dict[str, str | None]) -> str:
+    return "".join(f";{k}" if v is None else f";{k}={v}" for k, v in params.items())
+
+
+def _parse_hostport(text: str) -> tuple[str, int | None]:
+    """Split ``host[:port]``; IPv6 references are returned without brackets."""
+    if not text:
+        raise SipParseError("empty host")
+    if text.startswith("["):
+        close = text.find("]")
+        if close == -1:
+            raise SipParseError("unterminated IPv6 reference")
+        host = text[1:close]
+        if not host or _IPV6_RE.fullmatch(host) is None or ":" not in host:
+            raise SipParseError(f"bad IPv6 address: {host!r}")
+        rest = text[close + 1 :]
+        if not rest:
+            return host, None
+        if not rest.startswith(":"):
+            raise SipParseError(f"garbage after IPv6 reference: {rest!r}")
+        port_text = rest[1:]
+    else:
+        host, colon, port_text = text.partition(":")
+        if _HOSTNAME_RE.fullmatch(host) is None:
+            raise SipParseError(f"bad host: {host!r}")
+        if not colon:
+            return host, None
+    return host, _parse_port(port_text)
+
+
+def _parse_port(text: str) -> int:
+    if _DIGITS_RE.fullmatch(text) is None or len(text) > 5:
+        raise SipParseError(f"bad port: {text!r}")
+    port = int(text)
+    if port > 65535:
+        raise SipParseError(f"port out of range: {port}")
+    return port
+
+
+def _render_hostport(host: str, port: int | None) -> str:
+    shown = f"[{host}]" if ":" in host else host
+    return shown if port is None else f"{shown}:{port}"
+
+
+# --------------------------------------------------------------------------
+# URIs and addresses
+# --------------------------------------------------------------------------
+
+
+@dataclass
+class SipUri:
+    """A sip:, sips: or tel: URI.
+
+    ``host`` holds IPv6 addresses without brackets so it can be handed to
+    socket APIs directly; ``__str__`` puts the brackets back.
+    """
+
+    scheme: str
+    user: str | None
+    host: str
+    port: int | None = None
+    password: str | None = None
+    params: dict[str, str | None] = field(default_factory=ParamDict)
+    headers: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.params, ParamDict):
+            self.params = ParamDict(self.params)
+
+    def __str__(self) -> str:
+        if self.scheme == "tel":
+            text = f"tel:{self.user or ''}"
+        else:
+            userinfo = ""
+            if self.user is not None:
+                userinfo = self.user
+                if self.password is not None:
+                    userinfo += ":" + self.password
+                userinfo += "@"
+            text = f"{self.scheme}:{userinfo}{_render_hostport(self.host, self.port)}"
+        text += _render_params(self.params)
+        if self.headers:
+            text += "?" + "&".join(f"{k}={v}" for k, v in self.headers.items())
+        return text
+
+
+def parse_uri(text: str) -> SipUri:
+    """Parse a SIP/SIPS/tel URI; other schemes are refused because we cannot route them."""
+    text = text.strip()
+    scheme, colon, rest = text.partition(":")
+    if not colon or _SCHEME_RE.fullmatch(scheme) is None:
+        raise SipParseError(f"missing URI scheme: {text[:80]!r}")
+    scheme = scheme.lower()
+    if scheme not in ("sip", "sips", "tel"):
+        raise SipParseError(f"unsupported URI scheme: {scheme!r}")
+    if not rest or _URI_FORBIDDEN_RE.search(rest):
+        raise SipParseError(f"bad characters in URI: {text[:80]!r}")
+
+    rest, qmark, header_text = rest.partition("?")
+    headers: dict[str, str] = {}
+    if qmark:
+        for item in header_text.split("&"):
+            name, eq, value = item.partition("=")
+            if not name or not eq:
+                raise SipParseError(f"bad URI header: {item!r}")
+            headers[name] = value
+
+    if scheme == "tel":
+        number, _, param_text = rest.partition(";")
+        if not number:
+            raise SipParseError("empty tel number")
+        return SipUri(
+            scheme="tel",
+            user=number,
+            host="",
+            params=_parse_params(param_text, what="URI"),
+            headers=headers,
+        )
+
+    user: str | None = None
+    password: str | None = None
+    at = rest.rfind("@")
+    if at != -1:
+        userinfo, rest = rest[:at], rest[at + 1 :]
+        user, pcolon, pw = userinfo.partition(":")
+        if not user:
+            raise SipParseError("empty user part")
+        password = pw if pcolon else None
+    if rest.startswith("["):
+        close = rest.find("]")
+        if close == -1:
+            raise SipParseError("unterminated IPv6 reference")
+        semi = rest.find(";", close)
+    else:
+        semi = rest.find(";")
+    if semi == -1:
+        hostport, param_text = rest, ""
+    else:
+        hostport, param_text = rest[:semi], rest[semi + 1 :]
+    host, port = _parse_hostport(hostport)
+    return SipUri(
+        scheme=scheme,
+        user=user,
+        password=password,
+        host=host,
+        port=port,
+        params=_parse_params(param_text, what="URI"),
+        headers=headers,
+    )
+
+
+@dataclass
+class NameAddr:
+    """The value of From/To/Contact-like headers: optional name, URI, header params."""
+
+    display: str | None
+    uri: SipUri
+    params: dict[str, str | None] = field(default_factory=ParamDict)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.params, ParamDict):
+            self.params = ParamDict(self.params)
+
+    @property
+    def tag(self) -> str | None:
+        """Dialog identification hinges on this, hence the shortcut."""
+        return self.params.get("tag")
+
+    def __str__(self) -> str:
+        prefix = f"{_quote(self.display)} " if self.display is not None else ""
+        return f"{prefix}<{self.uri}>{_render_params(self.params)}"
+
+
+def parse_name_addr(text: str) -> NameAddr:
+    """Parse name-addr or addr-spec; in the latter, ';' params belong to the header."""
+    text = text.strip()
+    if not text:
+        raise SipParseError("empty address")
+    display: str | None = None
+    if text.startswith('"'):
+        # Find the end of the quoted display name honouring escapes.
+        i = 1
+        while i < len(text):
+            if text[i] == "\\":
+                i += 2
+                continue
+            if text[i] == '"':
+                break
+            i += 1
+        else:
+            raise SipParseError("unterminated display name")
+        display = _unquote(text[: i + 1])
+        text = text[i + 1 :].lstrip()
+        if not text.startswith("<"):
+            raise SipParseError("quoted display name without <uri>")
+    if "<" in text:
+        lt = text.index("<")
+        if display is None:
+            name = text[:lt].strip()
+            if name:
+                # Unquoted names should be tokens, but real UAs send spaces,
+                # brackets and non-ASCII; only refuse what breaks re-rendering.
+                if '"' in name or _CTL_RE.search(name):
+                    raise SipParseError(f"bad display name: {name[:40]!r}")
+                display = " ".join(name.split())
+        gt = text.find(">", lt)
+        if gt == -1:
+            raise SipParseError("missing '>' in address")
+        uri = parse_uri(text[lt + 1 : gt])
+        rest = text[gt + 1 :].strip()
+        if rest and not rest.startswith(";"):
+            raise SipParseError(f"garbage after address: {rest[:40]!r}")
+        return NameAddr(display, uri, _parse_params(rest[1:], what="header"))
+    uri_text, _, param_text = text.partition(";")
+    return NameAddr(None, parse_uri(uri_text), _parse_params(param_text, what="header"))
+
+
+@dataclass
+class Via:
+    """One Via hop; responses are routed back along these."""
+
+    transport: str
+    host: str
+    port: int | None = None
+    params: dict[str, str | None] = field(default_factory=ParamDict)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.params, ParamDict):
+            self.params = ParamDict(self.params)
+
+    @property
+    def branch(self) -> str | None:
+        """Transaction matching key (RFC 3261 17.2.3)."""
+        return self.params.get("branch")
+
+    @property
+    def received(self) -> str | None:
+        """Source address a previous hop observed, if it differed from host."""
+        return self.params.get("received")
+
+    @property
+    def rport(self) -> int | None:
+        """The rport value (RFC 3581) once filled in; None for the bare flag or junk."""
+        value = self.params.get("rport")
+        if value is None or _DIGITS_RE.fullmatch(value) is None or len(value) > 5:
+            return None
+        port = int(value)
+        return port if port <= 65535 else None
+
+    @property
+    def rport_requested(self) -> bool:
+        """True when the client asked us to answer to the source port (RFC 3581)."""
+        return "rport" in self.params
+
+    def __str__(self) -> str:
+        hostport = _render_hostport(self.host, self.port)
+        return f"SIP/2.0/{self.transport} {hostport}{_render_params(self.params)}"
+
+
+_VIA_RE = re.compile(
+    r"\s*SIP\s*/\s*2\.0\s*/\s*([A-Za-z0-9.!%*_+`'~-]+)\s+([^;\s]+)\s*(?:;(.*))?", re.I | re.S
+)
+
+
+def parse_via(value: str) -> Via:
+    """Parse a single via-parm (callers split comma-joined values first)."""
+    m = _VIA_RE.fullmatch(value.strip())
+    if m is None:
+        raise SipParseError(f"bad Via: {value[:80]!r}")
+    transport, hostport, param_text = m.group(1), m.group(2), m.group(3) or ""
+    host, port = _parse_hostport(hostport)
+    return Via(transport.upper(), host, port, _parse_params(param_text, what="Via"))
+
+
+# --------------------------------------------------------------------------
+# Headers
+# --------------------------------------------------------------------------
+
+_COMPACT = {
+    "i": "Call-ID",
+    "m": "Contact",
+    "e": "Content-Encoding",
+    "l": "Content-Length",
+    "c": "Content-Type",
+    "f": "From",
+    "s": "Subject",
+    "k": "Supported",
+    "t": "To",
+    "v": "Via",
+    "o": "Event",
+    "r": "Refer-To",
+    "b": "Referred-By",
+    "u": "Allow-Events",
+    "x": "Session-Expires",
+    "y": "Identity",
+}
+
+_CANONICAL = {
+    name.lower(): name
+    for name in (
+        "Accept",
+        "Accept-Encoding",
+        "Accept-Language",
+        "Alert-Info",
+        "Allow",
+        "Allow-Events",
+        "Authentication-Info",
+        "Authorization",
+        "Call-ID",
+        "Call-Info",
+        "Contact",
+        "Content-Disposition",
+        "Content-Encoding",
+        "Content-Language",
+        "Content-Length",
+        "Content-Type",
+        "CSeq",
+        "Date",
+        "Diversion",
+        "Error-Info",
+        "Event",
+        "Expires",
+        "From",
+        "History-Info",
+        "Identity",
+        "In-Reply-To",
+        "Max-Forwards",
+        "Min-Expires",
+        "Min-SE",
+        "MIME-Version",
+        "Organization",
+        "P-Asserted-Identity",
+        "P-Preferred-Identity",
+        "Path",
+        "Priority",
+        "Privacy",
+        "Proxy-Authenticate",
+        "Proxy-Authorization",
+        "Proxy-Require",
+        "RAck",
+        "Reason",
+        "Record-Route",
+        "Refer-To",
+        "Referred-By",
+        "Remote-Party-ID",
+        "Reply-To",
+        "Require",
+        "Retry-After",
+        "Route",
+        "RSeq",
+        "Server",
+        "Service-Route",
+        "Session-Expires",
+        "Session-ID",
+        "SIP-ETag",
+        "SIP-If-Match",
+        "Subject",
+        "Subscription-State",
+        "Supported",
+        "Timestamp",
+        "To",
+        "Unsupported",
+        "User-Agent",
+        "Via",
+        "Warning",
+        "WWW-Authenticate",
+    )
+}
+
+# Headers whose grammar is a comma-separated list (RFC 3261 7.3.1).  Anything
+# not listed here (Date, WWW-Authenticate, Authorization, ...) may contain
+# commas that are not separators, so it is never split.
+_LIST_HEADERS = frozenset(
+    name.lower()
+    for name in (
+        "Accept",
+        "Accept-Encoding",
+        "Accept-Language",
+        "Alert-Info",
+        "Allow",
+        "Allow-Events",
+        "Call-Info",
+        "Contact",
+        "Content-Encoding",
+        "Content-Language",
+        "Diversion",
+        "Error-Info",
+        "History-Info",
+        "In-Reply-To",
+        "P-Asserted-Identity",
+        "P-Preferred-Identity",
+        "Path",
+        "Proxy-Require",
+        "Reason",
+        "Record-Route",
+        "Require",
+        "Route",
+        "Service-Route",
+        "Supported",
+        "Unsupported",
+        "Via",
+        "Warning",
+    )
+)
+
+
+def _canonical_name(name: str) -> str:
+    lower = name.lower()
+    if lower in _COMPACT:
+        return _COMPACT[lower]
+    return _CANONICAL.get(lower, name)
+
+
+class Headers:
+    """Ordered, case-insensitive multi-map of SIP headers.
+
+    Order matters in SIP (Via, Route), and compact names must be treated as
+    their long forms, which rules out a plain dict.
+    """
+
+    __slots__ = ("_items",)
+
+    def __init__(self, items: Iterable[tuple[str, str]] = ()) -> None:
+        self._items: list[tuple[str, str]] = []
+        for name, value in items:
+            self.add(name, value)
+
+    @staticmethod
+    def _key(name: str) -> str:
+        return _canonical_name(name).lower()
+
+    def add(self, name: str, value: str) -> None:
+        """Append a header line, rejecting anything that could inject lines."""
+        name = name.strip()
+        if not _is_token(name):
+            raise SipParseError(f"bad header name: {name!r}")
+        if _CTL_RE.search(value):
+            raise SipParseError(f"control characters in {name} header")
+        self._items.append((_canonical_name(name), value.strip()))
+
+    def set(self, name: str, value: str) -> None:
+        """Replace every line of *name* with a single value, keeping its position."""
+        key = self._key(name)
+        position = next((i for i, (n, _) in enumerate(self._items) if n.lower() == key), None)
+        self.remove(name)
+        self.add(name, value)
+        if position is not None:
+            self._items.insert(position, self._items.pop())
+
+    def remove(self, name: str) -> None:
+        """Drop all lines of *name*; missing headers are not an error."""
+        key = self._key(name)
+        self._items = [(n, v) for n, v in self._items if n.lower() != key]
+
+    def get(self, name: str, default: str | None = None) -> str | None:
+        """Return the first header line's raw value."""
+        key = self._key(name)
+        for n, v in self._items:
+            if n.lower() == key:
+                return v
+        return default
+
+    def get_all(self, name: str) -> list[str]:
+        """Return every value, splitting comma lists only where the grammar allows."""
+        key = self._key(name)
+        values = [v for n, v in self._items if n.lower() == key]
+        if key not in _LIST_HEADERS:
+            return values
+        out: list[str] = []
+        for value in values:
+            out.extend(p.strip() for p in _split_quoted(value, ",", angle=True) if p.strip())
+        return out
+
+    def items(self) -> list[tuple[str, str]]:
+        """Return (canonical-name, value) pairs in wire order."""
+        return list(self._items)
+
+    def copy(self) -> Headers:
+        """Shallow copy, handy when deriving one message from another."""
+        new = Headers()
+        new._items = list(self._items)
+        return new
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and self.get(name) is not None
+
+    def __iter__(self) -> Iterator[tuple[str, str]]:
+        return iter(list(self._items))
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Headers):
+            return NotImplemented
+        return self._items == other._items
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"Headers({self._items!r})"
+
+
+# --------------------------------------------------------------------------
+# Messages
+# --------------------------------------------------------------------------
+
+_CSEQ_RE = re.compile(r"\s*([0-9]{1,10})\s+([A-Za-z0-9.!%*_+`'~-]+)\s*")
+
+
+def _parse_cseq(value: str) -> tuple[int, str]:
+    m = _CSEQ_RE.fullmatch(value)
+    if m is None:
+        raise SipParseError(f"bad CSeq: {value[:40]!r}")
+    number = int(m.group(1))
+    if number > MAX_CSEQ:
+        raise SipParseError("CSeq number out of range")
+    return number, m.group(2)
+
+
+class _MessageMixin:
+    """Header-derived accessors shared by requests and responses."""
+
+    headers: Headers
+    body: bytes
+
+    def _required(self, name: str) -> str:
+        value = self.headers.get(name)
+        if value is None:
+            raise SipParseError(f"missing {name} header")
+        return value
+
+    @property
+    def call_id(self) -> str:
+        """The Call-ID; dialogs and recordings are keyed on it."""
+        return self._required("Call-ID")
+
+    @property
+    def cseq(self) -> tuple[int, str]:
+        """(sequence number, method) from CSeq."""
+        return _parse_cseq(self._required("CSeq"))
+
+    @property
+    def from_(self) -> NameAddr:
+        """Parsed From header (trailing underscore because ``from`` is a keyword)."""
+        return parse_name_addr(self._required("From"))
+
+    @property
+    def to(self) -> NameAddr:
+        """Parsed To header."""
+        return parse_name_addr(self._required("To"))
+
+    @property
+    def vias(self) -> list[Via]:
+        """All Via hops, topmost first, across lines and comma lists."""
+        return [parse_via(v) for v in self.headers.get_all("Via")]
+
+    @property
+    def content_type(self) -> str | None:
+        """Lower-cased media type without parameters, for dispatching on the body."""
+        value = self.headers.get("Content-Type")
+        if value is None:
+            return None
+        media = value.split(";", 1)[0].strip().lower()
+        return media or None
+
+    @property
+    def max_forwards(self) -> int | None:
+        """Max-Forwards as an int; None when absent."""
+        value = self.headers.get("Max-Forwards")
+        if value is None:
+            return None
+        value = value.strip()
+        if _DIGITS_RE.fullmatch(value) is None or len(value) > 3:
+            raise SipParseError(f"bad Max-Forwards: {value[:20]!r}")
+        return int(value)
+
+
+@dataclass(eq=True)
+class SipRequest(_MessageMixin):
+    """A parsed or locally built SIP request."""
+
+    method: str
+    uri: str
+    headers: Headers = field(default_factory=Headers)
+    body: bytes = b""
+    version: str = "SIP/2.0"
+
+
+@dataclass(eq=True)
+class SipResponse(_MessageMixin):
+    """A parsed or locally built SIP response."""
+
+    status: int
+    reason: str
+    headers: Headers = field(default_factory=Headers)
+    body: bytes = b""
+    version: str = "SIP/2.0"
+
+
+SipMessage = SipRequest | SipResponse
+
+_MANDATORY_REQUEST_HEADERS = ("Via", "From", "To", "Call-ID", "CSeq")
+
+
+def _parse_start_line(line: str) -> SipRequest | SipResponse:
+    if line[:4].upper() == "SIP/":
+        parts = line.split(" ", 2)
+        if len(parts) < 2 or parts[0].upper() != "SIP/2.0":
+            raise SipParseError(f"bad status line: {line[:80]!r}")
+        code = parts[1]
+        if len(code) != 3 or not code.isdigit() or not 100 <= int(code) <= 699:
+            raise SipParseError(f"bad status code: {code[:10]!r}")
+        reason = parts[2] if len(parts) == 3 else ""
+        return SipResponse(int(code), reason.strip())
+    parts = line.split(" ")
+    if len(parts) != 3:
+        raise SipParseError(f"bad request line: {line[:80]!r}")
+    method, uri, version = parts
+    if not _is_token(method):
+        raise SipParseError(f"bad method: {method[:40]!r}")
+    if version.upper() != "SIP/2.0":
+        raise SipParseError(f"unsupported SIP version: {version[:20]!r}")
+    scheme = uri.partition(":")[0].lower()
+    if scheme in ("sip", "sips", "tel"):
+        parse_uri(uri)
+    elif ":" not in uri or _SCHEME_RE.fullmatch(scheme) is None or _URI_FORBIDDEN_RE.search(uri):
+        raise SipParseError(f"bad Request-URI: {uri[:80]!r}")
+    return SipRequest(method, uri)
+
+
+def _unfold(text: str) -> list[str]:
+    """Split a header block into logical lines, joining continuation lines."""
+    lines: list[str] = []
+    for raw in text.split("\n"):
+        line = raw[:-1] if raw.endswith("\r") else raw
+        if line[:1] in (" ", "\t"):
+            if len(lines) < 2:
+                raise SipParseError("continuation line before first header")
+            lines[-1] = lines[-1].rstrip() + " " + line.strip()
+        else:
+            lines.append(line)
+    return lines
+
+
+def _parse_content_length(value: str) -> int:
+    value = value.strip()
+    if _DIGITS_RE.fullmatch(value) is None or len(value) > 9:
+        raise SipParseError(f"bad Content-Length: {value[:20]!r}")
+    return int(value)
+
+
+def parse_message(data: bytes) -> SipRequest | SipResponse:
+    """Parse one datagram/framed message; lenient on layout, strict on meaning.
+
+    Layout sloppiness (bare LF, folding, leading CRLF) is common and harmless;
+    semantic errors are refused early so higher layers can trust the object.
+    """
+    if len(data) > MAX_MESSAGE_SIZE:
+        raise SipParseError("message too large")
+    data = data.lstrip(b"\r\n")
+    if not data:
+        raise SipParseError("empty message")
+    m = _BLANK_LINE_RE.search(data)
+    if m is None:
+        head_bytes, body = data, b""
+    else:
+        head_bytes, body = data[: m.start()], data[m.end() :]
+    try:
+        head = head_bytes.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise SipParseError("header section is not valid UTF-8") from exc
+    if "\x00" in head:
+        raise SipParseError("NUL byte in header section")
+
+    lines = _unfold(head)
+    if _CTL_RE.search(lines[0]):
+        raise SipParseError("control characters in start line")
+    msg = _parse_start_line(lines[0])
+    for line in lines[1:]:
+        if not line.strip():
+            continue
+        name, colon, value = line.partition(":")
+        if not colon:
+            raise SipParseError(f"header line without colon: {line[:40]!r}")
+        name = name.rstrip(" \t")
+        if not _is_token(name):
+            raise SipParseError(f"bad header name: {name[:40]!r}")
+        msg.headers.add(name, value)
+
+    lengths = {_parse_content_length(v) for v in msg.headers.get_all("Content-Length")}
+    if len(lengths) > 1:
+        raise SipParseError("conflicting Content-Length headers")
+    if lengths:
+        length = lengths.pop()
+        if length > len(body):
+            raise SipParseError("Content-Length exceeds available body")
+        body = body[:length]
+    msg.body = body
+
+    if isinstance(msg, SipRequest):
+        for name in _MANDATORY_REQUEST_HEADERS:
+            if not msg.headers.get(name):
+                raise SipParseError(f"missing or empty {name} header")
+        _number, method = msg.cseq
+        if method != msg.method:
+            raise SipParseError("CSeq method does not match request method")
+        msg.from_  # noqa: B018 - validate now so later accessors cannot fail
+        msg.to  # noqa: B018
+        if not msg.vias:
+            raise SipParseError("empty Via header")
+        msg.max_forwards  # noqa: B018
+    elif "CSeq" in msg.headers:
+        msg.cseq  # noqa: B018
+    return msg
+
+
+def serialize(msg: SipRequest | SipResponse) -> bytes:
+    """Render to wire format; Content-Length is always recomputed from the body."""
+    if isinstance(msg, SipRequest):
+        start = f"{msg.method} {msg.uri} {msg.version}"
+    else:
+        start = f"{msg.version} {msg.status} {msg.reason}"
+    lines = [start]
+    lines.extend(f"{n}: {v}" for n, v in msg.headers.items() if n != "Content-Length")
+    lines.append(f"Content-Length: {len(msg.body)}")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("utf-8") + msg.body
+
+
+REASON_PHRASES: dict[int, str] = {
+    100: "Trying",
+    180: "Ringing",
+    181: "Call Is Being Forwarded",
+    182: "Queued",
+    183: "Session Progress",
+    200: "OK",
+    202: "Accepted",
+    400: "Bad Request",
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    406: "Not Acceptable",
+    408: "Request Timeout",
+    413: "Request Entity Too Large",
+    415: "Unsupported Media Type",
+    420: "Bad Extension",
+    480: "Temporarily Unavailable",
+    481: "Call/Transaction Does Not Exist",
+    486: "Busy Here",
+    487: "Request Terminated",
+    488: "Not Acceptable Here",
+    491: "Request Pending",
+    500: "Server Internal Error",
+    501: "Not Implemented",
+    503: "Service Unavailable",
+    513: "Message Too Large",
+}
+
+
+def build_response(
+    request: SipRequest,
+    status: int,
+    reason: str | None = None,
+    *,
+    to_tag: str | None = None,
+    extra_headers: Iterable[tuple[str, str]] = (),
+    body: bytes = b"",
+    content_type: str | None = None,
+) -> SipResponse:
+    """Build a response whose headers mirror the request as RFC 3261 8.2.6 requires."""
+    if not 100 <= status <= 699:
+        raise ValueError(f"status out of range: {status}")
+    if reason is None:
+        reason = REASON_PHRASES.get(status, "Unknown")
+    if _CTL_RE.search(reason):
+        raise ValueError("control characters in reason phrase")
+    headers = Headers()
+    for name, value in request.headers.items():
+        if name == "Via":
+            headers.add(name, value)
+    from_value = request.headers.get("From")
+    to_value = request.headers.get("To")
+    if from_value is not None:
+        headers.add("From", from_value)
+    if to_value is not None:
+        if to_tag is not None and request.to.tag is None:
+            if not _is_token(to_tag):
+                raise ValueError(f"bad tag: {to_tag!r}")
+            to_value = f"{to_value};tag={to_tag}"
+        headers.add("To", to_value)
+    for name in ("Call-ID", "CSeq"):
+        copied = request.headers.get(name)
+        if copied is not None:
+            headers.add(name, copied)
+    if status == 100:
+        timestamp = request.headers.get("Timestamp")
+        if timestamp is not None:
+            headers.add("Timestamp", timestamp)
+    for name, value in extra_headers:
+        headers.add(name, value)
+    if content_type is not None:
+        headers.set("Content-Type", content_type)
+    return SipResponse(status, reason, headers, body)
+
+
+# --------------------------------------------------------------------------
+# Stream framing
+# --------------------------------------------------------------------------
+
+_CONTENT_LENGTH_LINE_RE = re.compile(rb"^(?:content-length|l)[ \t]*:[ \t]*(.*?)[ \t]*$", re.I)
+
+
+class StreamFramer:
+    """Cut a TCP/TLS byte stream into whole SIP messages (RFC 3261 18.3).
+
+    Over streams Content-Length is the only frame delimiter, so a message
+    without it, or a header block that never ends, means the stream can no
+    longer be trusted: the caller should close the connection on error.
+    """
+
+    def __init__(self, max_size: int = MAX_MESSAGE_SIZE) -> None:
+        self._buf = bytearray()
+        self._max = max_size
+
+    def feed(self, data: bytes) -> list[bytes]:
+        """Add received bytes; return every message that is now complete."""
+        self._buf += data
+        out: list[bytes] = []
+        while True:
+            # RFC 5626 keep-alives (CRLFCRLF ping, CRLF pong) between messages.
+            skip = 0
+            while skip < len(self._buf) and self._buf[skip] in (0x0D, 0x0A):
+                skip += 1
+            if skip:
+                del self._buf[:skip]
+            if not self._buf:
+                break
+            m = _BLANK_LINE_RE.search(self._buf)
+            if m is None:
+                if len(self._buf) > self._max:
+                    raise SipParseError("header section too large")
+                break
+            if m.end() > self._max:
+                raise SipParseError("header section too large")
+            length = self._content_length(bytes(self._buf[: m.start()]))
+            total = m.end() + length
+            if total > self._max:
+                raise SipParseError("message too large")
+            if len(self._buf) < total:
+                break
+            out.append(bytes(self._buf[:total]))
+            del self._buf[:total]
+        return out
+
+    @property
+    def buffered(self) -> int:
+        """Bytes held back waiting for the rest of a message."""
+        return len(self._buf)
+
+    @staticmethod
+    def _content_length(head: bytes) -> int:
+        value: bytes | None = None
+        for line in head.split(b"\n"):
+            line = line.rstrip(b"\r")
+            m = _CONTENT_LENGTH_LINE_RE.match(line)
+            if m is not None:
+                if value is not None and m.group(1) != value:
+                    raise SipParseError("conflicting Content-Length headers")
+                value = m.group(1)
+        if value is None:
+            raise SipParseError("stream message without Content-Length")
+        try:
+            return _parse_content_length(value.decode("ascii"))
+        except UnicodeDecodeError as exc:
+            raise SipParseError("bad Content-Length") from exc

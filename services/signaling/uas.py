@@ -1,0 +1,794 @@
+"""The recording UAS: SIP requests in, recording sessions and capture commands out.
+
+Transactions absorb retransmissions (the cached response is sent again, nothing is
+processed twice); final INVITE responses over UDP are retransmitted until the ACK.
+Requests of one Call-ID are handled one at a time, so an ACK or BYE never overtakes
+the INVITE whose capture ports are still being allocated.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Literal, Protocol
+
+import structlog
+
+from callrec.users import UsersProjection
+from contracts.v1.events import Participant, RecordingMetadata
+from contracts.v1.rpc import AllocateRequest, StreamSpec, UpdateRequest
+
+from . import sdp, siprec
+from .cucm import CucmLegError, parse_cucm_leg, session_key
+from .recorder import (
+    Admission,
+    Leg,
+    RecordingSession,
+    Stream,
+    admit,
+    merge_cucm_participants,
+    number_of,
+)
+from .sip.message import (
+    SipParseError,
+    SipRequest,
+    SipResponse,
+    build_response,
+    parse_message,
+    serialize,
+)
+from .sip.transport import Peer
+
+log = structlog.get_logger()
+
+T1, T2 = 0.5, 4.0
+TRANSACTION_LIFETIME = 32.0
+ALLOW = "INVITE, ACK, BYE, CANCEL, OPTIONS, UPDATE, INFO, NOTIFY"
+SUPPORTED_TAGS = {"siprec", "timer"}
+SERVER = "callrec/0.1"
+MAX_STREAMS = 4
+
+
+class Backend(Protocol):
+    """What the UAS needs from the rest of the node (NATS in production, fakes in tests)."""
+
+    users: UsersProjection
+
+    def can_record(self) -> tuple[bool, str | None]: ...
+    async def allocate(self, request: AllocateRequest) -> dict[str, int]: ...
+    async def update(self, request: UpdateRequest) -> None: ...
+    async def release(self, recording_id: str, stream_id: str) -> None: ...
+    async def finalize(
+        self, recording_id: str, ended_at: datetime, metadata: RecordingMetadata
+    ) -> None: ...
+    async def recording_started(self, session: RecordingSession) -> None: ...
+    async def recording_ended(self, session: RecordingSession, reason: str) -> None: ...
+
+
+class Sender(Protocol):
+    def reply(self, peer: Peer, data: bytes, via_port: int | None, rport: bool) -> None: ...
+
+
+@dataclass
+class ServerTransaction:
+    method: str
+    peer: Peer
+    created: float
+    response: bytes | None = None
+    status: int = 0
+    request: SipRequest | None = None
+    to_tag: str | None = None
+
+
+@dataclass
+class Plan:
+    """What an initial INVITE asks us to record, before any resource is taken."""
+
+    kind: str  # cucm | siprec | sip
+    session_key: str
+    numbers: list[str]
+    streams: list[StreamSpec]
+    metadata: RecordingMetadata
+    offer: sdp.SessionDescription | None
+    siprec_metadata: siprec.RecordingMetadata | None = None
+
+
+class BadRequest(Exception):
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+@dataclass
+class Counters:
+    received: int = 0
+    malformed: int = 0
+    retransmissions: int = 0
+    responses: dict[int, int] = field(default_factory=dict)
+
+
+class RecorderUas:
+    def __init__(
+        self,
+        *,
+        backend: Backend,
+        sender: Sender,
+        address: str,
+        sip_port: int,
+        record_all: bool,
+        max_channels: int,
+    ) -> None:
+        self.backend = backend
+        self.sender = sender
+        self.address = address
+        self.sip_port = sip_port
+        self.record_all = record_all
+        self.max_channels = max_channels
+        self.transactions: dict[tuple[str, ...], ServerTransaction] = {}
+        self.sessions: dict[str, RecordingSession] = {}
+        self.by_key: dict[str, RecordingSession] = {}
+        self.dialogs: dict[tuple[str, str], tuple[RecordingSession, Leg]] = {}
+        self.retransmits: dict[tuple[str, int], asyncio.Task[None]] = {}
+        self.locks: dict[str, asyncio.Lock] = {}
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.counters = Counters()
+        # Full SIPREC metadata per recording, to apply partial updates to.
+        self.siprec_meta: dict[str, siprec.RecordingMetadata] = {}
+
+    # ---- entry --------------------------------------------------------------------
+
+    def on_message(self, data: bytes, peer: Peer) -> None:
+        self.counters.received += 1
+        try:
+            message = parse_message(data)
+        except SipParseError as exc:
+            self.counters.malformed += 1
+            log.info("sip_malformed", peer=f"{peer.host}:{peer.port}", error=str(exc)[:200])
+            self._answer_unparseable(data, peer)
+            return
+        if isinstance(message, SipResponse):
+            return  # responses to our own BYEs: nothing to do
+        task = asyncio.create_task(self._dispatch(message, peer))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    def active_recording_ids(self) -> list[str]:
+        return list(self.sessions)
+
+    async def _dispatch(self, request: SipRequest, peer: Peer) -> None:
+        call_id = request.call_id
+        lock = self.locks.setdefault(call_id, asyncio.Lock())
+        try:
+            async with lock:
+                await self._handle(request, peer)
+        except Exception:
+            log.exception("sip_handler_failed", method=request.method, call_id=call_id)
+            if request.method not in ("ACK",):
+                self._respond(request, peer, 500)
+        finally:
+            if not lock.locked() and not any(k[0] == call_id for k in self.dialogs):
+                self.locks.pop(call_id, None)
+
+    async def _handle(self, request: SipRequest, peer: Peer) -> None:
+        method = request.method
+        if method == "ACK":
+            self._on_ack(request)
+            return
+        key = _transaction_key(request)
+        tx = self.transactions.get(key)
+        if tx is not None:
+            self.counters.retransmissions += 1
+            if tx.response is not None:
+                self._send(tx.peer, tx.response, request)
+            return
+        self.transactions[key] = ServerTransaction(method, peer, time.monotonic(), request=request)
+        structlog.contextvars.bind_contextvars(call_id=request.call_id)
+        try:
+            handler = {
+                "INVITE": self._on_invite,
+                "BYE": self._on_bye,
+                "CANCEL": self._on_cancel,
+                "OPTIONS": self._on_options,
+                "UPDATE": self._on_update,
+                "INFO": self._on_in_dialog_ok,
+                "NOTIFY": self._on_in_dialog_ok,
+            }.get(method)
+            if handler is not None:
+                await handler(request, peer)
+            elif method in ("REGISTER", "SUBSCRIBE", "MESSAGE", "PUBLISH", "REFER", "PRACK"):
+                self._respond(request, peer, 405, headers=[("Allow", ALLOW)])
+            else:
+                self._respond(request, peer, 501, headers=[("Allow", ALLOW)])
+        finally:
+            structlog.contextvars.unbind_contextvars("call_id")
+
+    # ---- INVITE ---------------------------------------------------------------------
+
+    async def _on_invite(self, request: SipRequest, peer: Peer) -> None:
+        unsupported = _unsupported_required(request)
+        if unsupported:
+            self._respond(request, peer, 420, headers=[("Unsupported", ", ".join(unsupported))])
+            return
+        if request.to.tag is not None:
+            await self._on_reinvite(request, peer)
+            return
+        self._respond(request, peer, 100)
+        try:
+            plan = self._plan(request)
+        except BadRequest as exc:
+            log.info("invite_rejected", status=exc.status, reason=exc.reason)
+            self._respond(request, peer, exc.status, warning=exc.reason)
+            return
+        existing = self.by_key.get(plan.session_key)
+        joins = existing is not None and not existing.ending
+        ok, why = self.backend.can_record()
+        result = admit(
+            numbers=plan.numbers,
+            users=self.backend.users,
+            record_all=self.record_all,
+            can_record=ok,
+            cannot_record_reason=why,
+            active_recordings=sum(1 for s in self.sessions.values() if not s.ending),
+            max_channels=self.max_channels,
+            joins_existing=joins,
+        )
+        if result.admission is not Admission.ACCEPT:
+            log.info("invite_refused", status=result.admission.value, reason=result.reason,
+                     numbers=plan.numbers)
+            extra = [("Retry-After", "5")] if result.admission is Admission.CANNOT_RECORD else []
+            self._respond(request, peer, result.admission.value, warning=result.reason,
+                          headers=extra)
+            return
+
+        now = datetime.now(UTC)
+        metadata = plan.metadata.model_copy(update={"recorded_user": result.user})
+        if existing is not None and joins:
+            session = existing
+            if plan.kind == "cucm":
+                near, far = _cucm_parties(plan.metadata)
+                session.metadata = merge_cucm_participants(
+                    session.metadata, near, far, request.call_id
+                )
+            new_session = False
+        else:
+            session = RecordingSession(
+                recording_id=uuid.uuid4().hex,
+                session_key=plan.session_key,
+                started_at=now,
+                metadata=metadata,
+            )
+            self.sessions[session.recording_id] = session
+            self.by_key[session.session_key] = session
+            if plan.siprec_metadata is not None:
+                self.siprec_meta[session.recording_id] = plan.siprec_metadata
+            new_session = True
+        structlog.contextvars.bind_contextvars(recording_id=session.recording_id)
+        try:
+            ports = await self.backend.allocate(
+                AllocateRequest(
+                    recording_id=session.recording_id,
+                    started_at=session.started_at,
+                    streams=plan.streams,
+                    metadata=session.metadata,
+                )
+            )
+        except Exception as exc:
+            log.error("allocate_failed", error=str(exc))
+            if new_session:
+                self._forget(session)
+            self._respond(request, peer, 503, warning="capture unavailable",
+                          headers=[("Retry-After", "5")])
+            return
+        finally:
+            structlog.contextvars.unbind_contextvars("recording_id")
+
+        local_tag = secrets.token_hex(8)
+        streams = [
+            Stream(s.stream_id, s.channel, s.label, ports[s.stream_id]) for s in plan.streams
+        ]
+        leg = Leg(request.call_id, local_tag, request.from_.tag or "", streams)
+        session.legs[request.call_id] = leg
+        self.dialogs[(request.call_id, local_tag)] = (session, leg)
+        body = self._session_body(leg, plan.offer)
+        await self._push_codecs(session, leg, plan.offer)
+        self._respond(request, peer, 200, to_tag=local_tag, body=body.encode(),
+                      content_type="application/sdp",
+                      headers=self._dialog_headers(request, peer, plan.kind == "siprec"))
+        log.info("leg_answered", recording_id=session.recording_id, kind=plan.kind,
+                 ports=[s.port for s in streams], streams=[s.stream_id for s in streams])
+        if new_session:
+            await self.backend.recording_started(session)
+
+    def _plan(self, request: SipRequest) -> Plan:
+        offer, metadata_xml = _split_body(request)
+        try:
+            cucm = parse_cucm_leg(request.from_)
+        except CucmLegError as exc:
+            raise BadRequest(400, f"inconsistent CUCM recording parameters: {exc}") from exc
+        if metadata_xml is not None or _requires(request, "siprec"):
+            if offer is None:
+                raise BadRequest(488, "SIPREC INVITE without an SDP offer")
+            if metadata_xml is None:
+                raise BadRequest(400, "SIPREC INVITE without recording metadata")
+            return self._plan_siprec(request, offer, metadata_xml)
+        if cucm is not None:
+            near = Participant(role="near", number=cucm.near_addr, device=cucm.near_device,
+                               channel=0)
+            far = Participant(role="far", number=cucm.far_addr, device=cucm.far_device,
+                              channel=1)
+            side = cucm.side
+            channel = 0 if side == "near" else 1
+            if offer is not None and not any(_usable(m) for m in offer.media):
+                raise BadRequest(488, "no usable audio stream in the offer")
+            return Plan(
+                kind="cucm",
+                session_key=session_key(cucm),
+                numbers=[cucm.near_addr] if cucm.near_addr else [],
+                streams=[StreamSpec(stream_id=side, channel=channel, label=side)],
+                metadata=RecordingMetadata(
+                    source="cucm",
+                    session_key=session_key(cucm),
+                    refci=cucm.refci,
+                    cluster_id=cucm.cluster_id,
+                    sip_call_ids=[request.call_id],
+                    participants=[near, far],
+                    recorded_extension=cucm.near_addr,
+                    user_agent=request.headers.get("User-Agent"),
+                ),
+                offer=offer,
+            )
+        # A plain INVITE: record its (first two) audio streams, From on the left.
+        caller = number_of(str(request.from_.uri))
+        callee = number_of(str(request.to.uri))
+        if offer is not None:
+            usable = [i for i, m in enumerate(offer.media) if _usable(m)][:2]
+            if not usable:
+                raise BadRequest(488, "no usable audio stream in the offer")
+            if len(offer.media) > MAX_STREAMS:
+                raise BadRequest(488, "too many media streams")
+            streams = [StreamSpec(stream_id=f"m{i}", channel=min(n, 1), label=str(i))
+                       for n, i in enumerate(usable)]
+        else:
+            streams = [StreamSpec(stream_id="m0", channel=0, label="0")]
+        key = f"sip:{request.call_id}"
+        return Plan(
+            kind="sip",
+            session_key=key,
+            numbers=[n for n in (caller, callee) if n],
+            streams=streams,
+            metadata=RecordingMetadata(
+                source="sip",
+                session_key=key,
+                sip_call_ids=[request.call_id],
+                participants=[Participant(role="caller", number=caller, channel=0),
+                              Participant(role="callee", number=callee, channel=1)],
+                recorded_extension=caller,
+                user_agent=request.headers.get("User-Agent"),
+            ),
+            offer=offer,
+        )
+
+    def _plan_siprec(
+        self, request: SipRequest, offer: sdp.SessionDescription, metadata_xml: bytes
+    ) -> Plan:
+        try:
+            meta = siprec.parse_metadata(metadata_xml)
+        except siprec.MetadataError as exc:
+            raise BadRequest(400, f"bad recording metadata: {exc}") from exc
+        if len(offer.media) > MAX_STREAMS:
+            raise BadRequest(488, "too many media streams")
+        usable = [i for i, m in enumerate(offer.media) if _usable(m)]
+        if not usable:
+            raise BadRequest(488, "no usable audio stream in the offer")
+        labels = [offer.media[i].label or str(i) for i in usable]
+        channels = siprec.assign_channels(meta, labels)
+        streams = [
+            StreamSpec(stream_id=f"m{i}", channel=channels[label][0], label=label)
+            for i, label in zip(usable, labels, strict=True)
+        ]
+        metadata = _siprec_metadata(meta, channels, request)
+        return Plan(
+            kind="siprec",
+            session_key=metadata.session_key,
+            numbers=metadata.numbers(),
+            streams=streams,
+            metadata=metadata,
+            offer=offer,
+            siprec_metadata=meta,
+        )
+
+    def _session_body(self, leg: Leg, offer: sdp.SessionDescription | None) -> str:
+        session_id = int.from_bytes(leg.local_tag.encode()[:6], "big")
+        if offer is None:
+            leg.offer_pending = True
+            return sdp.recorder_offer(leg.streams[0].port, self.address, session_id,
+                                      leg.sdp_version)
+        by_index = {int(s.stream_id[1:]): s.port for s in leg.streams
+                    if s.stream_id.startswith("m")}
+        if not by_index:  # a CUCM leg that came with an offer
+            by_index = {i: leg.streams[0].port for i, m in enumerate(offer.media)
+                        if _usable(m)}
+        ports = [by_index.get(i, 0) for i in range(len(offer.media))]
+        return sdp.recorder_answer(offer, ports, self.address, session_id, leg.sdp_version)
+
+    async def _push_codecs(
+        self, session: RecordingSession, leg: Leg, sdp_doc: sdp.SessionDescription | None
+    ) -> None:
+        """Tell capture which payload types mean which codec, from the negotiated SDP."""
+        if sdp_doc is None:
+            return
+        usable = [m for m in sdp_doc.media if _usable(m)]
+        for stream in leg.streams:
+            if stream.stream_id.startswith("m") and stream.stream_id[1:].isdigit():
+                index = int(stream.stream_id[1:])
+                media = sdp_doc.media[index] if index < len(sdp_doc.media) else None
+            else:
+                media = usable[0] if usable else None
+            if media is None:
+                continue
+            codecs = sdp.payload_codecs(media)
+            if not codecs:
+                continue
+            stream.payload_codecs.update(codecs)
+            try:
+                await self.backend.update(
+                    UpdateRequest(recording_id=session.recording_id, stream_id=stream.stream_id,
+                                  payload_codecs=codecs)
+                )
+            except Exception as exc:
+                log.error("codec_update_failed", recording_id=session.recording_id,
+                          error=str(exc))
+
+    # ---- in-dialog -------------------------------------------------------------------
+
+    def _on_ack(self, request: SipRequest) -> None:
+        cseq, _ = request.cseq
+        task = self.retransmits.pop((request.call_id, cseq), None)
+        if task is not None:
+            task.cancel()
+        found = self.dialogs.get((request.call_id, request.to.tag or ""))
+        if found is None:
+            return
+        session, leg = found
+        leg.confirmed = True
+        if leg.offer_pending and request.body:
+            leg.offer_pending = False
+            try:
+                answer = sdp.parse_sdp(request.body.decode("utf-8", "replace"))
+            except sdp.SdpError as exc:
+                log.warning("ack_sdp_invalid", error=str(exc))
+                return
+            task2 = asyncio.create_task(self._push_codecs(session, leg, answer))
+            self.tasks.add(task2)
+            task2.add_done_callback(self.tasks.discard)
+
+    async def _on_reinvite(self, request: SipRequest, peer: Peer) -> None:
+        found = self.dialogs.get((request.call_id, request.to.tag or ""))
+        if found is None:
+            self._respond(request, peer, 481)
+            return
+        session, leg = found
+        try:
+            offer, metadata_xml = _split_body(request)
+        except BadRequest as exc:
+            self._respond(request, peer, exc.status, warning=exc.reason)
+            return
+        if metadata_xml is not None:
+            await self._apply_metadata_update(session, metadata_xml)
+        leg.sdp_version += 1
+        if offer is not None and len(offer.media) < len(leg.streams):
+            self._respond(request, peer, 488, warning="m-lines cannot be removed")
+            return
+        body = self._session_body(leg, offer)
+        await self._push_codecs(session, leg, offer)
+        self._respond(request, peer, 200, body=body.encode(), content_type="application/sdp",
+                      headers=self._dialog_headers(request, peer, session.metadata.source
+                                                   == "siprec"))
+        log.info("reinvite_answered", recording_id=session.recording_id,
+                 delayed_offer=offer is None)
+
+    async def _on_update(self, request: SipRequest, peer: Peer) -> None:
+        found = self.dialogs.get((request.call_id, request.to.tag or ""))
+        if found is None:
+            self._respond(request, peer, 481)
+            return
+        session, leg = found
+        try:
+            offer, metadata_xml = _split_body(request)
+        except BadRequest as exc:
+            self._respond(request, peer, exc.status, warning=exc.reason)
+            return
+        if metadata_xml is not None:
+            await self._apply_metadata_update(session, metadata_xml)
+        if offer is None:
+            self._respond(request, peer, 200,
+                          headers=self._dialog_headers(request, peer, False))
+            return
+        leg.sdp_version += 1
+        body = self._session_body(leg, offer)
+        leg.offer_pending = False
+        await self._push_codecs(session, leg, offer)
+        self._respond(request, peer, 200, body=body.encode(), content_type="application/sdp",
+                      headers=self._dialog_headers(request, peer, False))
+
+    async def _apply_metadata_update(self, session: RecordingSession, xml: bytes) -> None:
+        try:
+            update = siprec.parse_metadata(xml)
+        except siprec.MetadataError as exc:
+            log.warning("metadata_update_invalid", error=str(exc))
+            return
+        previous = session.metadata
+        current = self.siprec_meta.get(session.recording_id)
+        merged = siprec.merge_metadata(current, update) if current else update
+        self.siprec_meta[session.recording_id] = merged
+        labels = [s.label or "" for leg in session.legs.values() for s in leg.streams]
+        channels = siprec.assign_channels(merged, labels)
+        session.metadata = _siprec_metadata(merged, channels, None, previous)
+        try:
+            await self.backend.update(
+                UpdateRequest(recording_id=session.recording_id, metadata=session.metadata)
+            )
+        except Exception as exc:
+            log.error("metadata_update_failed", error=str(exc))
+
+    async def _on_bye(self, request: SipRequest, peer: Peer) -> None:
+        found = self.dialogs.get((request.call_id, request.to.tag or ""))
+        if found is None:
+            self._respond(request, peer, 481)
+            return
+        self._respond(request, peer, 200)
+        session, leg = found
+        await self._end_leg(session, leg, "bye")
+
+    async def _on_cancel(self, request: SipRequest, peer: Peer) -> None:
+        invite_key = _transaction_key(request, method="INVITE")
+        invite_tx = self.transactions.get(invite_key)
+        if invite_tx is None:
+            self._respond(request, peer, 481)
+            return
+        self._respond(request, peer, 200)
+        if invite_tx.status < 200 and invite_tx.request is not None:
+            # The INVITE is still being processed; the leg has not been created yet.
+            self._respond(invite_tx.request, invite_tx.peer, 487)
+            return
+        # Already answered: the caller will send BYE; nothing to cancel.
+
+    async def _on_options(self, request: SipRequest, peer: Peer) -> None:
+        ok, why = self.backend.can_record()
+        headers = [("Allow", ALLOW), ("Accept", "application/sdp, multipart/mixed"),
+                   ("Supported", ", ".join(sorted(SUPPORTED_TAGS)))]
+        if ok:
+            self._respond(request, peer, 200, headers=headers)
+        else:
+            self._respond(request, peer, 503, warning=why or "cannot record",
+                          headers=[*headers, ("Retry-After", "5")])
+
+    async def _on_in_dialog_ok(self, request: SipRequest, peer: Peer) -> None:
+        if (request.call_id, request.to.tag or "") in self.dialogs:
+            self._respond(request, peer, 200)
+        else:
+            self._respond(request, peer, 481)
+
+    async def _end_leg(self, session: RecordingSession, leg: Leg, reason: str) -> None:
+        if leg.ended:
+            return
+        leg.ended = True
+        self.dialogs.pop((leg.call_id, leg.local_tag), None)
+        if session.live_legs() or session.ending:
+            return
+        session.ending = True
+        self._forget(session)
+        ended_at = datetime.now(UTC)
+        log.info("recording_ending", recording_id=session.recording_id, reason=reason)
+        try:
+            await self.backend.finalize(session.recording_id, ended_at, session.metadata)
+        except Exception as exc:
+            log.error("finalize_request_failed", recording_id=session.recording_id,
+                      error=str(exc))
+        await self.backend.recording_ended(session, reason)
+
+    def _forget(self, session: RecordingSession) -> None:
+        self.sessions.pop(session.recording_id, None)
+        if self.by_key.get(session.session_key) is session:
+            del self.by_key[session.session_key]
+        self.siprec_meta.pop(session.recording_id, None)
+
+    # ---- responses ---------------------------------------------------------------------
+
+    def _dialog_headers(self, request: SipRequest, peer: Peer, srs: bool) -> list[tuple[str, str]]:
+        transport = ";transport=tcp" if peer.transport == "TCP" else ""
+        host = f"[{self.address}]" if ":" in self.address else self.address
+        contact = f"<sip:callrec@{host}:{self.sip_port}{transport}>"
+        headers = [
+            ("Contact", contact + (";+sip.srs" if srs else "")),
+            ("Allow", ALLOW),
+            ("Supported", ", ".join(sorted(SUPPORTED_TAGS))),
+        ]
+        if srs:
+            headers.append(("Require", "siprec"))
+        expires = request.headers.get("Session-Expires")
+        if expires and _supports(request, "timer"):
+            value = expires.split(";", 1)[0].strip()
+            if value.isdigit():
+                headers.append(("Session-Expires", f"{value};refresher=uac"))
+                headers.append(("Require", "timer"))
+        return headers
+
+    def _respond(
+        self,
+        request: SipRequest,
+        peer: Peer,
+        status: int,
+        *,
+        to_tag: str | None = None,
+        headers: Iterable[tuple[str, str]] = (),
+        body: bytes = b"",
+        content_type: str | None = None,
+        warning: str | None = None,
+    ) -> None:
+        extra = [("Server", SERVER), *headers]
+        if warning:
+            safe = warning.replace('"', "'").replace("\r", " ").replace("\n", " ")[:200]
+            extra.append(("Warning", f'399 callrec "{safe}"'))
+        if status >= 300 and to_tag is None and request.to.tag is None and status != 100:
+            to_tag = secrets.token_hex(8)
+        response = build_response(request, status, to_tag=to_tag, extra_headers=extra,
+                                  body=body, content_type=content_type)
+        data = serialize(response)
+        self.counters.responses[status] = self.counters.responses.get(status, 0) + 1
+        key = _transaction_key(request)
+        tx = self.transactions.get(key)
+        if tx is not None and status >= tx.status:
+            tx.status = status
+            tx.response = data
+        self._send(peer, data, request)
+        if request.method == "INVITE" and status >= 200 and peer.transport == "UDP":
+            self._start_retransmit(request, peer, data)
+
+    def _send(self, peer: Peer, data: bytes, request: SipRequest) -> None:
+        via = request.vias[0]
+        self.sender.reply(peer, data, via.port, via.rport_requested)
+
+    def _start_retransmit(self, request: SipRequest, peer: Peer, data: bytes) -> None:
+        key = (request.call_id, request.cseq[0])
+        old = self.retransmits.pop(key, None)
+        if old is not None:
+            old.cancel()
+
+        async def resend() -> None:
+            interval, waited = T1, 0.0
+            while waited < TRANSACTION_LIFETIME:
+                await asyncio.sleep(interval)
+                waited += interval
+                self._send(peer, data, request)
+                interval = min(interval * 2, T2)
+            self.retransmits.pop(key, None)
+            log.warning("ack_timeout", call_id=request.call_id)
+
+        self.retransmits[key] = asyncio.create_task(resend())
+
+    def _answer_unparseable(self, data: bytes, peer: Peer) -> None:
+        """Best effort 400 for requests we can frame but not accept; silence otherwise."""
+        del data, peer  # Without trustworthy Via/Call-ID we cannot route a response.
+
+    async def expire_transactions(self) -> None:
+        while True:
+            await asyncio.sleep(5.0)
+            cutoff = time.monotonic() - TRANSACTION_LIFETIME
+            for key in [k for k, tx in self.transactions.items() if tx.created < cutoff]:
+                del self.transactions[key]
+
+    async def shutdown(self) -> None:
+        for task in list(self.retransmits.values()):
+            task.cancel()
+
+
+def _transaction_key(request: SipRequest, method: str | None = None) -> tuple[str, ...]:
+    via = request.vias[0]
+    branch = via.branch or ""
+    method = method or request.method
+    if branch.startswith("z9hG4bK"):
+        return (branch, via.host, str(via.port), method)
+    # RFC 2543 peers: match on the request's identity instead.
+    return (request.call_id, str(request.cseq[0]), request.from_.tag or "", method)
+
+
+def _split_body(request: SipRequest) -> tuple[sdp.SessionDescription | None, bytes | None]:
+    if not request.body:
+        return None, None
+    content_type = request.content_type or ""
+    sdp_bytes: bytes | None = None
+    metadata: bytes | None = None
+    if content_type == "application/sdp":
+        sdp_bytes = request.body
+    elif content_type.startswith("multipart/"):
+        try:
+            parts = siprec.split_multipart(request.headers.get("Content-Type") or "",
+                                           request.body)
+        except siprec.MetadataError as exc:
+            raise BadRequest(400, f"bad multipart body: {exc}") from exc
+        for part in parts:
+            if part.content_type == "application/sdp" and sdp_bytes is None:
+                sdp_bytes = part.body
+            elif part.content_type == "application/rs-metadata+xml" and metadata is None:
+                metadata = part.body
+    else:
+        raise BadRequest(415, f"unsupported body type {content_type or 'none'}")
+    offer = None
+    if sdp_bytes is not None:
+        try:
+            offer = sdp.parse_sdp(sdp_bytes.decode("utf-8"))
+        except (sdp.SdpError, UnicodeDecodeError) as exc:
+            raise BadRequest(400, f"bad SDP: {exc}") from exc
+    return offer, metadata
+
+
+def _usable(media: sdp.MediaDescription) -> bool:
+    return media.port != 0 and sdp.choose_codecs(media) is not None
+
+
+def _option_tags(request: SipRequest, header: str) -> set[str]:
+    tags: set[str] = set()
+    for value in request.headers.get_all(header):
+        tags.update(t.strip().lower() for t in value.split(",") if t.strip())
+    return tags
+
+
+def _requires(request: SipRequest, tag: str) -> bool:
+    return tag in _option_tags(request, "Require")
+
+
+def _supports(request: SipRequest, tag: str) -> bool:
+    return tag in _option_tags(request, "Supported") | _option_tags(request, "Require")
+
+
+def _unsupported_required(request: SipRequest) -> list[str]:
+    return sorted(_option_tags(request, "Require") - SUPPORTED_TAGS)
+
+
+def _cucm_parties(metadata: RecordingMetadata) -> tuple[Participant, Participant]:
+    by_role = {p.role: p for p in metadata.participants}
+    return by_role["near"], by_role["far"]
+
+
+def _siprec_metadata(
+    meta: siprec.RecordingMetadata,
+    channels: dict[str, tuple[int, siprec.Participant | None]],
+    request: SipRequest | None,
+    previous: RecordingMetadata | None = None,
+) -> RecordingMetadata:
+    channel_of: dict[str, int] = {}
+    for channel, participant in channels.values():
+        if participant is not None:
+            channel_of.setdefault(participant.id, channel)
+    participants = []
+    for position, p in enumerate(meta.participants):
+        role: Literal["caller", "callee", "other"] = (
+            "caller" if position == 0 else "callee" if position == 1 else "other"
+        )
+        aor = p.aors[0] if p.aors else None
+        participants.append(Participant(
+            role=role, number=number_of(aor), name=p.names[0] if p.names else None,
+            aor=aor, channel=channel_of.get(p.id),
+        ))
+    if previous is not None:
+        return previous.model_copy(update={
+            "participants": participants,
+            "siprec_session_ids": meta.session_ids or previous.siprec_session_ids,
+        })
+    assert request is not None
+    return RecordingMetadata(
+        source="siprec",
+        session_key=f"siprec:{request.call_id}",
+        siprec_session_ids=meta.session_ids,
+        sip_call_ids=[request.call_id],
+        participants=participants,
+        recorded_extension=participants[0].number if participants else None,
+        user_agent=request.headers.get("User-Agent"),
+    )

@@ -1,0 +1,8 @@
+"""Entry point: `python -m services.sync` (started by `callrec up`)."""
+
+from callrec.service import run
+
+from .service import main
+
+if __name__ == "__main__":
+    run("sync", main)

@@ -1,0 +1,1 @@
+"""Web service: HTTP API (search, playback, download, users) over the node's services."""

@@ -1,0 +1,420 @@
+"""The HTTP API as a Litestar app built over a `Backend` port.
+
+Handlers only translate HTTP to backend calls and back; NATS lives in `service.py`,
+so the app can be exercised with a fake backend. Every hostile input maps to a 4xx
+here (validation, unknown ids, ranges), and backend outages to a 503, never a 500.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import html
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any, Protocol
+
+import structlog
+from litestar import Litestar, Request, Response, delete, get, post
+from litestar.datastructures import State
+from litestar.exceptions import (
+    HTTPException,
+    NotAuthorizedException,
+    NotFoundException,
+    PermissionDeniedException,
+    ValidationException,
+)
+from litestar.params import Parameter
+from litestar.response import Stream
+
+from callrec.store import ObjectStore, StoreKeyError
+from callrec.users import UsersProjection, hash_password
+from contracts.v1.events import RecordingCompleted, UserRemoved, UserUpserted
+from contracts.v1.rpc import SearchRequest, SearchResult
+
+from .auth import REALM, Authenticator, Principal
+from .media import AudioMissing, WavCache, download_name, file_chunks
+from .prom import CONTENT_TYPE as PROM_CONTENT_TYPE
+from .prom import merge_texts
+from .ranges import RangeNotSatisfiable, content_range, parse_range
+from .validation import UserInput, valid_recording_id, valid_username
+
+# A lazy proxy: binding now would freeze the pre-`setup_logging` (non-JSON) config.
+log = structlog.get_logger(component="web")
+
+MAX_OFFSET = 10_000_000
+
+
+class BackendUnavailable(RuntimeError):
+    """A service behind the web (catalog, NATS) did not answer: the client gets a 503."""
+
+
+class Backend(Protocol):
+    """What the HTTP layer needs from the rest of the node."""
+
+    node_id: str
+    users: UsersProjection
+
+    async def search(
+        self, request: SearchRequest, visible_numbers: list[str] | None
+    ) -> SearchResult: ...
+
+    async def get(self, recording_id: str) -> RecordingCompleted | None: ...
+
+    async def publish_user_event(self, event: UserUpserted | UserRemoved) -> None: ...
+
+    async def metrics_texts(self) -> list[str]: ...
+
+    async def health(self) -> dict[str, str]: ...
+
+
+@dataclass
+class WebState:
+    backend: Backend
+    store: ObjectStore
+    wav: WavCache
+    auth: Authenticator
+
+    async def require(self, request: Request[Any, Any, Any]) -> Principal:
+        principal = await self.auth.authenticate(request.headers.get("authorization"))
+        if principal is None:
+            raise NotAuthorizedException(
+                detail="authentication required",
+                headers={"WWW-Authenticate": f'Basic realm="{REALM}", charset="UTF-8"'},
+            )
+        return principal
+
+    async def require_admin(self, request: Request[Any, Any, Any]) -> Principal:
+        principal = await self.require(request)
+        if not principal.admin:
+            raise PermissionDeniedException(detail="administrator role required")
+        return principal
+
+    async def visible_record(self, principal: Principal, recording_id: str) -> RecordingCompleted:
+        """The recording if it exists and this user may see it; 404 either way otherwise."""
+        if not valid_recording_id(recording_id):
+            raise ValidationException(detail="invalid recording id")
+        record = await self.backend.get(recording_id)
+        if record is None or not principal.may_see(record.metadata.numbers()):
+            raise NotFoundException(detail="unknown recording")
+        return record
+
+
+def _state(request: Request[Any, Any, Any]) -> WebState:
+    state: WebState = request.app.state["web"]
+    return state
+
+
+def parse_when(value: str | None, name: str) -> datetime | None:
+    """ISO 8601 datetime from a query parameter; naive values are taken as UTC."""
+    if value is None or value == "":
+        return None
+    text = value.strip()
+    if len(text) > 64:
+        raise ValidationException(detail=f"{name}: not an ISO 8601 datetime")
+    try:
+        parsed = datetime.fromisoformat(text)
+    except ValueError:
+        try:
+            # A '+' of a UTC offset often arrives as a space after URL decoding.
+            parsed = datetime.fromisoformat(text.replace(" ", "+"))
+        except ValueError:
+            raise ValidationException(detail=f"{name}: not an ISO 8601 datetime") from None
+    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
+
+
+def _record_json(record: RecordingCompleted) -> dict[str, Any]:
+    return record.model_dump(mode="json")
+
+
+# --------------------------------------------------------------------------- recordings
+
+
+@get("/api/recordings")
+async def list_recordings(
+    request: Request[Any, Any, Any],
+    from_: Annotated[str | None, Parameter(query="from", max_length=64)] = None,
+    to: Annotated[str | None, Parameter(max_length=64)] = None,
+    number: Annotated[str | None, Parameter(max_length=64)] = None,
+    limit: Annotated[int, Parameter(ge=1, le=1000)] = 50,
+    offset: Annotated[int, Parameter(ge=0, le=MAX_OFFSET)] = 0,
+) -> dict[str, Any]:
+    web = _state(request)
+    principal = await web.require(request)
+    start_from = parse_when(from_, "from")
+    start_to = parse_when(to, "to")
+    if start_from and start_to and start_from > start_to:
+        raise ValidationException(detail="from must not be after to")
+    query = SearchRequest(
+        start_from=start_from,
+        start_to=start_to,
+        number=(number.strip() or None) if number else None,
+        limit=limit,
+        offset=offset,
+    )
+    result = await web.backend.search(query, principal.visible_numbers())
+    return {"total": result.total, "items": [_record_json(r) for r in result.items]}
+
+
+@get("/api/recordings/{recording_id:str}")
+async def recording_metadata(request: Request[Any, Any, Any], recording_id: str) -> dict[str, Any]:
+    web = _state(request)
+    principal = await web.require(request)
+    record = await web.visible_record(principal, recording_id)
+    return _record_json(record)
+
+
+@get("/api/recordings/{recording_id:str}/audio")
+async def recording_audio(
+    request: Request[Any, Any, Any],
+    recording_id: str,
+    fmt: Annotated[str, Parameter(query="format", max_length=8)] = "ogg",
+    download: bool = False,
+) -> Response[Any]:
+    web = _state(request)
+    principal = await web.require(request)
+    if fmt not in ("ogg", "opus", "wav"):
+        raise ValidationException(detail="format must be ogg or wav")
+    record = await web.visible_record(principal, recording_id)
+    chunks: Any
+    try:
+        if fmt == "wav":
+            path = await web.wav.ensure(record)
+            size = path.stat().st_size
+            media_type, etag, extension = "audio/wav", f'"{record.sha256}-wav"', "wav"
+
+            def chunks(first: int, last: int) -> Iterator[bytes]:
+                return file_chunks(path, first, last)
+
+        else:
+            size = web.store.size(record.object_key)
+            media_type, etag, extension = record.content_type, f'"{record.sha256}"', "ogg"
+
+            def chunks(first: int, last: int) -> Iterator[bytes]:
+                return web.store.read_range(record.object_key, first, last + 1)
+
+    except (FileNotFoundError, AudioMissing, StoreKeyError):
+        log.warning("audio_missing", recording_id=record.recording_id, key=record.object_key)
+        raise NotFoundException(detail="audio not available on this node") from None
+
+    headers = {
+        "Accept-Ranges": "bytes",
+        "ETag": etag,
+        "Cache-Control": "private, max-age=3600",
+    }
+    if download:
+        headers["Content-Disposition"] = (
+            f'attachment; filename="{download_name(record, extension)}"'
+        )
+    range_header = request.headers.get("range")
+    if_range = request.headers.get("if-range")
+    if range_header and if_range and if_range.strip() != etag:
+        range_header = None  # the client's cached copy is stale: send everything
+    if not range_header and request.headers.get("if-none-match", "").strip() == etag:
+        return Response(content=b"", status_code=304, headers=headers)
+    try:
+        wanted = parse_range(range_header, size)
+    except RangeNotSatisfiable:
+        headers["Content-Range"] = f"bytes */{size}"
+        return Response(
+            content={"status_code": 416, "detail": "range not satisfiable"},
+            status_code=416,
+            headers=headers,
+        )
+    if wanted is None:
+        first, last, status = 0, size - 1, 200
+    else:
+        first, last = wanted
+        status = 206
+        headers["Content-Range"] = content_range(first, last, size)
+    headers["Content-Length"] = str(max(0, last - first + 1))
+    log.info(
+        "audio_served",
+        recording_id=record.recording_id,
+        user=principal.username,
+        format=extension,
+        status=status,
+        first=first,
+        last=last,
+    )
+    body = chunks(first, last) if size > 0 else iter(())
+    return Stream(body, status_code=status, media_type=media_type, headers=headers)
+
+
+# --------------------------------------------------------------------------- users
+
+
+def _user_json(web: WebState, username: str) -> dict[str, Any]:
+    user = web.backend.users.users[username]
+    return {
+        "username": user.username,
+        "display_name": user.display_name,
+        "admin": user.admin,
+        "extensions": list(user.extensions),
+        "record": user.record,
+        "has_password": bool(user.password_hash),
+    }
+
+
+def _other_admins(web: WebState, username: str) -> bool:
+    return any(
+        u.admin and u.password_hash and u.username != username
+        for u in web.backend.users.users.values()
+    )
+
+
+@get("/api/users")
+async def list_users(request: Request[Any, Any, Any]) -> dict[str, Any]:
+    web = _state(request)
+    await web.require_admin(request)
+    names = sorted(web.backend.users.users)
+    return {"items": [_user_json(web, name) for name in names]}
+
+
+@post("/api/users")
+async def upsert_user(request: Request[Any, Any, Any], data: UserInput) -> Response[Any]:
+    web = _state(request)
+    principal = await web.require_admin(request)
+    users = web.backend.users
+    existing = users.users.get(data.username)
+    for ext in data.extensions:
+        owner = users.by_extension.get(ext)
+        if owner is not None and owner != data.username:
+            raise HTTPException(status_code=409, detail=f"extension {ext} belongs to {owner}")
+    demoting = existing is not None and existing.admin and not data.admin
+    if demoting and not _other_admins(web, data.username):
+        raise HTTPException(status_code=409, detail="cannot demote the last administrator")
+    if data.password is not None:
+        password_hash: str | None = await asyncio.to_thread(hash_password, data.password)
+    else:
+        password_hash = existing.password_hash if existing else None
+    event = UserUpserted(
+        node_id=web.backend.node_id,
+        username=data.username,
+        display_name=data.display_name,
+        password_hash=password_hash,
+        admin=data.admin,
+        extensions=data.extensions,
+        record=data.record,
+    )
+    await web.backend.publish_user_event(event)
+    log.info("user_upserted", username=data.username, by=principal.username, admin=data.admin)
+    body = (
+        _user_json(web, data.username)
+        if data.username in users.users
+        else {"username": data.username, "pending": True}
+    )
+    return Response(content=body, status_code=200 if existing else 201)
+
+
+@delete("/api/users/{username:str}", status_code=204)
+async def remove_user(request: Request[Any, Any, Any], username: str) -> None:
+    web = _state(request)
+    principal = await web.require_admin(request)
+    if not valid_username(username):
+        raise ValidationException(detail="invalid username")
+    existing = web.backend.users.users.get(username)
+    if existing is None:
+        raise NotFoundException(detail="unknown user")
+    if existing.admin and existing.password_hash and not _other_admins(web, username):
+        raise HTTPException(status_code=409, detail="cannot remove the last administrator")
+    await web.backend.publish_user_event(
+        UserRemoved(node_id=web.backend.node_id, username=username)
+    )
+    log.info("user_removed", username=username, by=principal.username)
+
+
+# --------------------------------------------------------------------------- operations
+
+
+@get("/healthz")
+async def healthz(request: Request[Any, Any, Any]) -> Response[Any]:
+    checks = await _state(request).backend.health()
+    healthy = all(value == "ok" for value in checks.values())
+    return Response(
+        content={"status": "ok" if healthy else "unavailable", "checks": checks},
+        status_code=200 if healthy else 503,
+        headers={"Cache-Control": "no-store"},
+    )
+
+
+@get("/metrics")
+async def metrics(request: Request[Any, Any, Any]) -> Response[Any]:
+    texts = await _state(request).backend.metrics_texts()
+    return Response(
+        content=merge_texts(texts).encode(),
+        media_type=PROM_CONTENT_TYPE,
+        headers={"Cache-Control": "no-store"},
+    )
+
+
+@get("/")
+async def index(request: Request[Any, Any, Any]) -> Response[Any]:
+    """A bare page for now; the browser UI with its own login replaces it."""
+    web = _state(request)
+    principal = await web.require(request)
+    result = await web.backend.search(SearchRequest(limit=100), principal.visible_numbers())
+    rows = []
+    for rec in result.items:
+        rid = html.escape(rec.recording_id)
+        numbers = html.escape(", ".join(rec.metadata.numbers()))
+        rows.append(
+            f"<tr><td>{html.escape(rec.started_at.isoformat())}</td><td>{numbers}</td>"
+            f"<td>{rec.duration_ms / 1000:.1f} s</td>"
+            f'<td><audio controls preload="none" src="/api/recordings/{rid}/audio"></audio></td>'
+            f'<td><a href="/api/recordings/{rid}/audio?format=wav&amp;download=true">WAV</a></td>'
+            "</tr>"
+        )
+    page = (
+        "<!doctype html><html><head><meta charset='utf-8'><title>callrec</title></head>"
+        f"<body><h1>Recordings</h1><p>{result.total} recordings, signed in as "
+        f"{html.escape(principal.username)}</p><table><tr><th>Started</th><th>Numbers</th>"
+        f"<th>Duration</th><th>Play</th><th></th></tr>{''.join(rows)}</table></body></html>"
+    )
+    return Response(content=page, media_type="text/html")
+
+
+def _unavailable(request: Request[Any, Any, Any], exc: BackendUnavailable) -> Response[Any]:
+    log.warning("backend_unavailable", path=request.url.path, error=str(exc))
+    return Response(
+        content={"status_code": 503, "detail": "service temporarily unavailable"},
+        status_code=503,
+        headers={"Retry-After": "2"},
+    )
+
+
+def _internal_error(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+    # Litestar's own logging is off (it would reconfigure the root logger, non-JSON).
+    log.error("http_internal_error", path=request.url.path, error=repr(exc), exc_info=exc)
+    return Response(
+        content={"status_code": 500, "detail": "internal server error"}, status_code=500
+    )
+
+
+def create_app(backend: Backend, store: ObjectStore, data_dir: Path) -> Litestar:
+    """The app for one node; `data_dir` holds the WAV cache."""
+    state = WebState(
+        backend=backend,
+        store=store,
+        wav=WavCache(store, data_dir / "cache" / "wav"),
+        auth=Authenticator(backend.users),
+    )
+    return Litestar(
+        route_handlers=[
+            list_recordings,
+            recording_metadata,
+            recording_audio,
+            list_users,
+            upsert_user,
+            remove_user,
+            healthz,
+            metrics,
+            index,
+        ],
+        state=State({"web": state}),
+        exception_handlers={BackendUnavailable: _unavailable, 500: _internal_error},
+        openapi_config=None,
+        logging_config=None,
+    )
+

@@ -1,0 +1,201 @@
+"""Web adapters: users from events, catalog over NATS RPC, metrics scatter, uvicorn.
+
+uvicorn runs inside the service's event loop (one process per service) and leaves
+signal handling to `callrec.service.run`, which sets `ctx.stopping`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Generator
+from typing import Any
+
+import structlog
+import uvicorn
+from nats.aio.msg import Msg
+from nats.js.errors import NotFoundError
+
+from callrec import bus
+from callrec.service import ServiceContext
+from callrec.store import open_store
+from callrec.users import UsersProjection
+from contracts import subjects
+from contracts.v1.events import RecordingCompleted, UserRemoved, UserUpserted
+from contracts.v1.rpc import GetRequest, SearchRequest, SearchResult
+
+from .app import BackendUnavailable, create_app
+
+# A lazy proxy: binding now would freeze the pre-`setup_logging` (non-JSON) config.
+log = structlog.get_logger(component="web")
+
+SCATTER_WINDOW_S = 0.3
+USER_APPLY_WAIT_S = 2.0
+
+
+class CatalogSearchRequest(SearchRequest):
+    """Temporary shim until `SearchRequest.visible_numbers` exists in contracts."""
+
+    visible_numbers: list[str] | None = None
+
+
+class NatsBackend:
+    """The `Backend` port of the app, over the node's NATS connection."""
+
+    def __init__(self, ctx: ServiceContext, users: UsersProjection) -> None:
+        self.ctx = ctx
+        self.node_id = ctx.node_id
+        self.users = users
+        self.follower: asyncio.Task[None] | None = None
+        self._search = subjects.rpc(ctx.node_id, subjects.CATALOG, subjects.CATALOG_SEARCH)
+        self._get = subjects.rpc(ctx.node_id, subjects.CATALOG, subjects.CATALOG_GET)
+
+    async def search(
+        self, request: SearchRequest, visible_numbers: list[str] | None, timeout: float = 5.0
+    ) -> SearchResult:
+        payload = CatalogSearchRequest.model_validate(
+            {**request.model_dump(), "visible_numbers": visible_numbers}
+        )
+        try:
+            result = await bus.call(self.ctx.nc, self._search, payload, SearchResult, timeout)
+        except bus.RpcError as exc:
+            raise BackendUnavailable(str(exc)) from exc
+        if result is None:
+            raise BackendUnavailable("catalog returned no result")
+        return result
+
+    async def get(self, recording_id: str, timeout: float = 2.0) -> RecordingCompleted | None:
+        """None for unknown ids: the catalog answers `data: null` (or an error saying so)."""
+        try:
+            return await bus.call(
+                self.ctx.nc,
+                self._get,
+                GetRequest(recording_id=recording_id),
+                RecordingCompleted,
+                timeout,
+            )
+        except bus.RpcError as exc:
+            if "not found" in str(exc):
+                return None
+            raise BackendUnavailable(str(exc)) from exc
+
+    async def publish_user_event(self, event: UserUpserted | UserRemoved) -> None:
+        """Publish, then wait for our own projection so the next request sees the change."""
+        try:
+            seq = await bus.publish_event(self.ctx.js, event)
+        except Exception as exc:
+            raise BackendUnavailable(f"could not store the change: {exc}") from exc
+        deadline = time.monotonic() + USER_APPLY_WAIT_S
+        while self.users.last_sequence < seq and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        if self.users.last_sequence < seq:
+            log.warning("user_event_not_applied_yet", seq=seq, username=event.username)
+
+    async def metrics_texts(self) -> list[str]:
+        """Scatter/gather: every service of the node answers within the window."""
+        replies: list[str] = []
+
+        async def on_reply(msg: Msg) -> None:
+            replies.append(msg.data.decode("utf-8", "replace"))
+
+        nc = self.ctx.nc
+        inbox = nc.new_inbox()
+        sub = await nc.subscribe(inbox, cb=on_reply)
+        try:
+            await nc.publish(subjects.metrics_scatter(self.node_id), b"", reply=inbox)
+            await nc.flush(timeout=1)
+            await asyncio.sleep(SCATTER_WINDOW_S)
+        except Exception as exc:
+            log.warning("metrics_scatter_failed", error=str(exc))
+        finally:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+        return replies
+
+    async def health(self) -> dict[str, str]:
+        checks: dict[str, str] = {}
+        checks["nats"] = "ok" if self.ctx.nc.is_connected else "disconnected"
+        try:
+            # A point lookup: cheap however large the catalog (a search would count rows).
+            await self.get("healthz-probe", timeout=1.0)
+            checks["catalog"] = "ok"
+        except BackendUnavailable as exc:
+            checks["catalog"] = f"unavailable: {exc}"[:200]
+        follower = self.follower
+        checks["users"] = "ok" if follower is not None and not follower.done() else "stopped"
+        return checks
+
+
+class _Server(uvicorn.Server):
+    """uvicorn without its own signal handlers: the service life cycle owns them."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        yield
+
+
+async def _last_user_sequence(ctx: ServiceContext) -> int:
+    try:
+        msg = await ctx.js.get_last_msg(
+            subjects.events_stream(ctx.node_id), subjects.events_of_type("user.*")
+        )
+    except NotFoundError:
+        return 0
+    except Exception as exc:
+        log.warning("users_head_unknown", error=str(exc))
+        return 0
+    return int(msg.seq or 0)
+
+
+async def main(ctx: ServiceContext) -> None:
+    users = UsersProjection()
+    applied = ctx.metrics.counter("web_user_events_applied_total", "User events applied")
+    ctx.metrics.gauge("web_users", "Users known to the web service", lambda: len(users.users))
+
+    async def apply_user(event: Any, seq: int) -> None:
+        if isinstance(event, UserUpserted | UserRemoved):
+            users.apply(event, seq)
+            applied.inc(type=event.type)
+
+    backend = NatsBackend(ctx, users)
+    backend.follower = asyncio.create_task(
+        bus.follow_events(ctx.js, ctx.node_id, subjects.events_of_type("user.*"), 1, apply_user)
+    )
+    # Serve only once the users are loaded, or the first logins after a start would fail.
+    head = await _last_user_sequence(ctx)
+    deadline = time.monotonic() + 10.0
+    while users.last_sequence < head and time.monotonic() < deadline:
+        await asyncio.sleep(0.02)
+    log.info("users_loaded", users=len(users.users), seq=users.last_sequence)
+
+    app = create_app(backend, open_store(ctx.config.data_dir), ctx.config.data_dir)
+    server = _Server(
+        uvicorn.Config(
+            app,
+            host=ctx.config.bind,
+            port=ctx.config.http_port,
+            log_config=None,
+            access_log=False,
+            lifespan="on",
+        )
+    )
+    serving = asyncio.create_task(server.serve())
+    stop = asyncio.create_task(ctx.stopping.wait())
+    log.info("http_starting", bind=ctx.config.bind, port=ctx.config.http_port)
+    try:
+        done, _ = await asyncio.wait(
+            {serving, stop, backend.follower}, return_when=asyncio.FIRST_COMPLETED
+        )
+        for task in (serving, backend.follower):
+            if task in done:
+                task.result()  # re-raise a crash of the server or of the users follower
+                raise RuntimeError("http server stopped unexpectedly")
+    finally:
+        server.should_exit = True
+        with contextlib.suppress(BaseException):
+            await asyncio.wait_for(serving, timeout=4.0)
+        stop.cancel()
+        backend.follower.cancel()
+        with contextlib.suppress(BaseException):
+            await backend.follower

@@ -1,0 +1,221 @@
+"""One real node (`callrec up`: nats-server + six services) driven by real SIPp.
+
+Every recording is downloaded through the HTTP API, decoded, and checked by
+content: two channels, the right length, and on each channel the tone that was
+sent on that leg, found again by frequency.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import time
+import wave
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from callrec.audio import decode_file, dominant_frequency
+from tests.support import sipp
+from tests.support.node import Node
+
+pytestmark = pytest.mark.e2e
+
+RATE = 16000
+NEAR_HZ, FAR_HZ = 440.0, 1000.0
+
+
+@pytest.fixture(scope="module")
+def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
+    n = Node(tmp_path_factory.mktemp("node"), extra_args=["--max-channels", "1"]).start()
+    n.cli("users", "add", "alice", "--extension", "1001", "--password", "alice-pw")
+    n.cli("users", "add", "bob", "--extension", "1003", "--no-record")
+    n.cli("users", "add", "carol", "--extension", "2001")
+    time.sleep(0.5)  # let signaling's projection apply the user events
+    yield n
+    n.stop()
+
+
+def fetch_audio(node: Node, recording: dict[str, Any], tmp_path: Path) -> tuple[np.ndarray, int]:
+    with node.client() as client:
+        response = client.get(f"/api/recordings/{recording['recording_id']}/audio")
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"].startswith("audio/ogg")
+    path = tmp_path / f"{recording['recording_id']}.opus"
+    path.write_bytes(response.content)
+    import hashlib
+
+    assert hashlib.sha256(response.content).hexdigest() == recording["sha256"]
+    return decode_file(path, rate=RATE)
+
+
+def tone_seconds(channel: np.ndarray, rate: int) -> float:
+    """How long a channel carries sound (20 ms frames above a low threshold)."""
+    frame = rate // 50
+    usable = len(channel) // frame * frame
+    frames = channel[:usable].astype(np.float64).reshape(-1, frame)
+    rms = np.sqrt((frames**2).mean(axis=1))
+    return float((rms > 1000).sum() * 0.02)
+
+
+def check_stereo_recording(
+    audio: np.ndarray, recording: dict[str, Any], left_hz: float, right_hz: float,
+    tone_s: float,
+) -> None:
+    assert audio.shape[0] == 2
+    decoded_s = audio.shape[1] / RATE
+    assert abs(decoded_s - recording["duration_ms"] / 1000) <= 0.1, (decoded_s, recording)
+    for index, expected in ((0, left_hz), (1, right_hz)):
+        channel = audio[index]
+        assert abs(dominant_frequency(channel, RATE) - expected) < 15, (index, expected)
+        # The whole tone is there (no lost audio), and nothing else is loud.
+        assert abs(tone_seconds(channel, RATE) - tone_s) <= 0.1, (index, tone_seconds(channel,
+                                                                                     RATE))
+
+
+def newest(node: Node, count: int) -> dict[str, Any]:
+    return node.wait_recordings(count)[0]
+
+
+def test_options_answered_200_when_able_to_record(node: Node) -> None:
+    assert sipp.options(("127.0.0.1", node.sip_port), expect=200)
+    assert sipp.options(("127.0.0.1", node.sip_port), expect=200, transport="t1")
+
+
+def test_cucm_bib_call_recorded_in_stereo(node: Node, tmp_path: Path) -> None:
+    before = len(node.wait_recordings(0))
+    result = sipp.run_cucm_call("127.0.0.1", node.sip_port, near="1001", far="5550100",
+                                refci="25165957", near_tone_hz=NEAR_HZ, far_tone_hz=FAR_HZ,
+                                seconds=3.0)
+    assert result.ok, result.describe()
+    recording = newest(node, before + 1)
+    meta = recording["metadata"]
+    assert meta["source"] == "cucm" and meta["refci"] == "25165957"
+    numbers = {p["role"]: p["number"] for p in meta["participants"]}
+    assert numbers == {"near": "1001", "far": "5550100"}
+    assert meta["recorded_user"] == "alice"
+    assert 3.0 <= recording["duration_ms"] / 1000 <= 4.5
+    for channel in recording["channels"]:
+        assert channel["packets_received"] == 150, channel
+        assert channel["packets_lost"] == 0
+        assert channel["codecs"] == ["PCMU"]
+    audio, _ = fetch_audio(node, recording, tmp_path)
+    check_stereo_recording(audio, recording, NEAR_HZ, FAR_HZ, tone_s=3.0)
+
+
+def test_cucm_call_over_tcp_with_hold_and_resume(node: Node, tmp_path: Path) -> None:
+    before = len(node.wait_recordings(0))
+    result = sipp.run_cucm_call("127.0.0.1", node.sip_port, near="1001", far="2002",
+                                refci="33554433", near_tone_hz=600.0, far_tone_hz=1400.0,
+                                seconds=3.0, transport="t1", reinvite=True)
+    assert result.ok, result.describe()
+    recording = newest(node, before + 1)
+    assert recording["metadata"]["refci"] == "33554433"
+    audio, _ = fetch_audio(node, recording, tmp_path)
+    # Tone, about a second of hold (silence), tone again: all kept, in place.
+    check_stereo_recording(audio, recording, 600.0, 1400.0, tone_s=3.0)
+    assert recording["duration_ms"] >= 4000
+
+
+def test_siprec_call_maps_caller_on_label_2_to_left(node: Node, tmp_path: Path) -> None:
+    before = len(node.wait_recordings(0))
+    result = sipp.run_siprec_call(("127.0.0.1", node.sip_port), caller="2001", callee="2002",
+                                  caller_hz=NEAR_HZ, callee_hz=FAR_HZ, seconds=3.0)
+    assert result.ok, result.describe()
+    assert len(result.answer) == 2
+    assert all(m.direction == "recvonly" for m in result.answer)
+    recording = newest(node, before + 1)
+    meta = recording["metadata"]
+    assert meta["source"] == "siprec"
+    roles = {p["role"]: (p["number"], p["channel"]) for p in meta["participants"]}
+    assert roles == {"caller": ("2001", 0), "callee": ("2002", 1)}
+    audio, _ = fetch_audio(node, recording, tmp_path)
+    # The caller sends label 2 (our second m-line) and must be on the left.
+    check_stereo_recording(audio, recording, NEAR_HZ, FAR_HZ, tone_s=3.0)
+
+
+def test_wav_download_and_range_requests(node: Node) -> None:
+    recording = node.wait_recordings(1)[0]
+    url = f"/api/recordings/{recording['recording_id']}/audio"
+    with node.client() as client:
+        part = client.get(url, headers={"Range": "bytes=100-199"})
+        assert part.status_code == 206 and len(part.content) == 100
+        assert part.headers["content-range"] == f"bytes 100-199/{recording['size_bytes']}"
+        wav = client.get(url, params={"format": "wav"})
+    assert wav.status_code == 200
+    with wave.open(io.BytesIO(wav.content)) as reader:
+        assert reader.getnchannels() == 2 and reader.getsampwidth() == 2
+        seconds = reader.getnframes() / reader.getframerate()
+    assert abs(seconds - recording["duration_ms"] / 1000) <= 0.1
+
+
+def test_unknown_user_404_and_not_enabled_403(node: Node) -> None:
+    server = ("127.0.0.1", node.sip_port)
+    code, result = sipp.invite_response_code(server, near_number="7777")
+    assert code == 404, result.describe()
+    code, result = sipp.invite_response_code(server, near_number="1003")
+    assert code == 403, result.describe()
+
+
+def test_licence_exhausted_486_without_failover(node: Node) -> None:
+    server = ("127.0.0.1", node.sip_port)
+    call = sipp.start_cucm_call("127.0.0.1", node.sip_port, near="1001", far="2002",
+                                refci="50331649", seconds=4.0)
+    try:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not _active_recordings(node):
+            time.sleep(0.1)
+        assert _active_recordings(node) == 1
+        code, result = sipp.invite_response_code(server, near_number="1001",
+                                                 refci="50331650", farrefci="50331651")
+        assert code == 486, result.describe()
+    finally:
+        outcome = call.wait()
+    assert outcome.ok, outcome.describe()
+
+
+def test_capture_hung_gives_503_then_recovers(node: Node) -> None:
+    server = ("127.0.0.1", node.sip_port)
+    pid = _service_pid(node, "services.capture")
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        time.sleep(5)  # health becomes stale after a few seconds
+        assert sipp.options(server, expect=503)
+        code, result = sipp.invite_response_code(server, near_number="1001",
+                                                 refci="67108865")
+        assert code == 503, result.describe()
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and not node.can_record():
+        time.sleep(0.2)
+    assert sipp.options(server, expect=200)
+
+
+def _active_recordings(node: Node) -> int:
+    import httpx
+
+    text = httpx.get(f"{node.base_url}/metrics", timeout=2).text
+    for line in text.splitlines():
+        if line.startswith("callrec_signaling_active_recordings{"):
+            return int(float(line.rsplit(" ", 1)[1]))
+    return 0
+
+
+def _service_pid(node: Node, module: str) -> int:
+    assert node.process is not None
+    group = os.getpgid(node.process.pid)
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().split(b"\0")
+            if module.encode() in cmdline and os.getpgid(int(entry.name)) == group:
+                return int(entry.name)
+        except (OSError, ProcessLookupError):
+            continue
+    raise LookupError(f"{module} not running")

@@ -1,0 +1,159 @@
+"""A real callrec node for end-to-end tests: `callrec up` as its own process group.
+
+Each node gets free loopback ports and its own data dir, so several can run side by
+side; `kill()` SIGKILLs the whole group (supervisor, services, nats-server).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+ADMIN_PASSWORD = "e2e-admin-secret"
+REPO = Path(__file__).resolve().parents[2]
+
+
+def free_port(kind: int = socket.SOCK_STREAM) -> int:
+    with socket.socket(socket.AF_INET, kind) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def free_sip_port() -> int:
+    """A port free for both UDP and TCP."""
+    for _ in range(50):
+        port = free_port(socket.SOCK_DGRAM)
+        try:
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+                sock.bind(("127.0.0.1", port))
+            return port
+        except OSError:
+            continue
+    raise RuntimeError("no free port")
+
+
+_next_rtp_base = [31000 + (os.getpid() % 50) * 400]
+
+
+def rtp_range(size: int = 200) -> tuple[int, int]:
+    base = _next_rtp_base[0]
+    _next_rtp_base[0] += size
+    return base, base + size - 1
+
+
+@dataclass
+class Node:
+    data_dir: Path
+    node_id: str = "n1"
+    extra_args: list[str] = field(default_factory=list)
+    sip_port: int = field(default_factory=free_sip_port)
+    http_port: int = field(default_factory=free_port)
+    nats_port: int = field(default_factory=free_port)
+    rtp_ports: tuple[int, int] = field(default_factory=rtp_range)
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    def start(self, timeout: float = 30.0) -> Node:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        log = (self.data_dir / "node.log").open("ab")
+        env = {**os.environ, "CALLREC_ADMIN_PASSWORD": ADMIN_PASSWORD,
+               "PYTHONPATH": str(REPO), "CALLREC_LOG_LEVEL": "info"}
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "callrec", "up",
+             "--node-id", self.node_id,
+             "--data-dir", str(self.data_dir),
+             "--sip-port", str(self.sip_port),
+             "--http-port", str(self.http_port),
+             "--nats-port", str(self.nats_port),
+             "--rtp-ports", f"{self.rtp_ports[0]}-{self.rtp_ports[1]}",
+             *self.extra_args],
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            env=env, cwd=REPO, start_new_session=True,
+        )
+        self.wait_healthy(timeout)
+        return self
+
+    def wait_healthy(self, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        last: Any = None
+        while time.monotonic() < deadline:
+            if self.process is not None and self.process.poll() is not None:
+                raise RuntimeError(f"node exited with {self.process.returncode}: {self.log()}")
+            try:
+                response = httpx.get(f"{self.base_url}/healthz", timeout=1.0)
+                last = response.text
+                if response.status_code == 200 and self.can_record():
+                    return
+            except httpx.HTTPError as exc:
+                last = exc
+            time.sleep(0.3)
+        raise TimeoutError(f"node not healthy in {timeout}s: {last}\n{self.log()[-4000:]}")
+
+    def can_record(self) -> bool:
+        try:
+            text = httpx.get(f"{self.base_url}/metrics", timeout=2.0).text
+        except httpx.HTTPError:
+            return False
+        return any(line.startswith("callrec_signaling_can_record{") and line.endswith(" 1")
+                   for line in text.splitlines())
+
+    def client(self, username: str = "admin", password: str = ADMIN_PASSWORD) -> httpx.Client:
+        return httpx.Client(base_url=self.base_url, auth=(username, password), timeout=10.0)
+
+    def cli(self, *args: str) -> str:
+        result = subprocess.run(
+            [sys.executable, "-m", "callrec", *args[:1], "--data-dir", str(self.data_dir),
+             *args[1:]],
+            capture_output=True, text=True, cwd=REPO, timeout=30,
+            env={**os.environ, "PYTHONPATH": str(REPO)},
+        )
+        if result.returncode != 0:
+            raise RuntimeError(f"callrec {' '.join(args)} failed: {result.stderr}")
+        return result.stdout
+
+    def wait_recordings(self, count: int, timeout: float = 30.0) -> list[dict[str, Any]]:
+        deadline = time.monotonic() + timeout
+        items: list[dict[str, Any]] = []
+        with self.client() as client:
+            while time.monotonic() < deadline:
+                response = client.get("/api/recordings", params={"limit": 1000})
+                if response.status_code == 200:
+                    items = response.json()["items"]
+                    if len(items) >= count:
+                        return items
+                time.sleep(0.3)
+        raise TimeoutError(f"expected {count} recordings, have {len(items)}\n"
+                           f"{self.log()[-6000:]}")
+
+    def log(self) -> str:
+        path = self.data_dir / "node.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def stop(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        os.killpg(self.process.pid, signal.SIGTERM)
+        try:
+            self.process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.kill()
+
+    def kill(self) -> None:
+        if self.process is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait(timeout=10)

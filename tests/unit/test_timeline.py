@@ -1,0 +1,489 @@
+"""Unit tests for services.capture.timeline (finalize-time RTP -> PCM)."""
+
+from __future__ import annotations
+
+import random
+import struct
+import time
+
+import av
+import numpy as np
+import pytest
+from aiortc.rtp import RtpPacket
+
+from callrec.audio import (
+    PCMA_DECODE_TABLE,
+    PCMU_DECODE_TABLE,
+    dominant_frequency,
+    pcma_encode,
+    pcmu_decode,
+    pcmu_encode,
+    tone,
+)
+from services.capture.timeline import (
+    RtpRecord,
+    RunPacket,
+    build_channel,
+    dedupe_run,
+    parse_record,
+    parse_telephone_event,
+    resample,
+    split_runs,
+    unwrap,
+)
+
+CODECS = {0: "PCMU", 8: "PCMA", 9: "G722", 18: "G729", 101: "telephone-event"}
+OUT = 16000
+PTIME = 20
+SPP = 160  # samples per 20 ms packet at 8 kHz
+
+
+def rtp(pt: int, seq: int, ts: int, ssrc: int, payload: bytes, marker: int = 0) -> bytes:
+    return RtpPacket(
+        payload_type=pt,
+        marker=marker,
+        sequence_number=seq & 0xFFFF,
+        timestamp=ts & 0xFFFFFFFF,
+        ssrc=ssrc,
+        payload=payload,
+    ).serialize()
+
+
+def stream(
+    payload: bytes,
+    *,
+    start_ms: int,
+    seq0: int = 1000,
+    ts0: int = 50000,
+    ssrc: int = 0x1234,
+    pt: int = 0,
+    bytes_per_packet: int = SPP,
+) -> list[tuple[int, bytes]]:
+    """Packetise an encoded payload as 20 ms packets arriving on time."""
+    out = []
+    for i in range(len(payload) // bytes_per_packet):
+        chunk = payload[i * bytes_per_packet : (i + 1) * bytes_per_packet]
+        out.append((start_ms + PTIME * i, rtp(pt, seq0 + i, ts0 + SPP * i, ssrc, chunk)))
+    return out
+
+
+def upsampled(samples: np.ndarray) -> np.ndarray:
+    return np.clip(np.round(resample(samples, 8000, OUT)), -32768, 32767).astype(np.int16)
+
+
+@pytest.fixture(scope="module")
+def tone_1k() -> bytes:
+    return pcmu_encode(tone(1000, 2.0, 8000))
+
+
+def test_in_order_stream_exact_length_and_position(tone_1k: bytes) -> None:
+    result = build_channel(stream(tone_1k, start_ms=500), CODECS, 4000)
+    samples = result.samples
+    assert samples.dtype == np.int16
+    assert samples.size == 4000 * OUT // 1000
+    start = 500 * OUT // 1000
+    end = start + 2 * OUT
+    assert not samples[:start].any()
+    assert not samples[end:].any()
+    expected = upsampled(pcmu_decode(tone_1k))
+    np.testing.assert_array_equal(samples[start:end], expected)
+    assert dominant_frequency(samples[start:end], OUT) == pytest.approx(1000, abs=2)
+    stats = result.stats
+    assert stats.packets_received == 100
+    assert (stats.packets_invalid, stats.packets_duplicate, stats.packets_lost) == (0, 0, 0)
+    assert stats.codecs == ["PCMU"]
+    assert result.first_arrival_ms == 500
+    assert result.last_arrival_ms == 500 + 99 * PTIME
+    assert result.dtmf == []
+
+
+def test_exact_length_for_odd_durations() -> None:
+    for duration, rate in [(0, 16000), (1, 16000), (999, 8000), (1234, 48000)]:
+        result = build_channel([], CODECS, duration, out_rate=rate)
+        assert result.samples.size == duration * rate // 1000
+        assert result.first_arrival_ms is None
+
+
+def test_resampled_1khz_tone_is_clean(tone_1k: bytes) -> None:
+    samples = build_channel(stream(tone_1k, start_ms=0), CODECS, 2000).samples
+    seg = samples[1600:-1600].astype(np.float64)
+    power = np.abs(np.fft.rfft(seg * np.hanning(seg.size))) ** 2
+    freqs = np.fft.rfftfreq(seg.size, 1 / OUT)
+    image_db = 10 * np.log10(power[freqs > 4500].sum() / power.sum())
+    assert image_db < -60
+
+
+def test_8k_output_is_bit_exact_g711(tone_1k: bytes) -> None:
+    result = build_channel(stream(tone_1k, start_ms=100), CODECS, 3000, out_rate=8000)
+    np.testing.assert_array_equal(result.samples[800 : 800 + 16000], pcmu_decode(tone_1k))
+
+
+def test_jitter_anchors_on_least_delayed_packet(tone_1k: bytes) -> None:
+    clean = build_channel(stream(tone_1k, start_ms=300), CODECS, 3000).samples
+    rng = random.Random(7)
+    jittered = [
+        (t + (0 if i == 40 else rng.randint(1, 60)), d)
+        for i, (t, d) in enumerate(stream(tone_1k, start_ms=300))
+    ]
+    np.testing.assert_array_equal(build_channel(jittered, CODECS, 3000).samples, clean)
+
+
+def test_reordered_equals_in_order(tone_1k: bytes) -> None:
+    records = stream(tone_1k, start_ms=200)
+    clean = build_channel(records, CODECS, 3000)
+    # Even packets arrive 30 ms late, i.e. after their successor.
+    reordered = [(t + 30 if i % 2 == 0 and i > 0 else t, d) for i, (t, d) in enumerate(records)]
+    reordered.sort(key=lambda r: r[0])
+    random.Random(3).shuffle(reordered)  # storage order must not matter either
+    result = build_channel(reordered, CODECS, 3000)
+    np.testing.assert_array_equal(result.samples, clean.samples)
+    assert result.stats.packets_lost == 0
+    assert result.stats.packets_duplicate == 0
+
+
+def test_loss_leaves_silence_exactly_there(tone_1k: bytes) -> None:
+    records = stream(tone_1k, start_ms=200)
+    clean = build_channel(records, CODECS, 3000).samples
+    lost = set(range(10, 15))
+    result = build_channel([r for i, r in enumerate(records) if i not in lost], CODECS, 3000)
+    gap_start = (200 + 10 * PTIME) * OUT // 1000
+    gap_end = (200 + 15 * PTIME) * OUT // 1000
+    assert not result.samples[gap_start:gap_end].any()
+    assert result.samples[gap_start - 40 : gap_start].any()
+    assert result.samples[gap_end : gap_end + 40].any()
+    # Away from the span edges (filter support) the audio is unchanged.
+    margin = 40
+    np.testing.assert_array_equal(result.samples[: gap_start - margin], clean[: gap_start - margin])
+    np.testing.assert_array_equal(result.samples[gap_end + margin :], clean[gap_end + margin :])
+    assert result.stats.packets_lost == 5
+
+
+def test_duplicates_dropped_and_counted(tone_1k: bytes) -> None:
+    records = stream(tone_1k, start_ms=200)
+    clean = build_channel(records, CODECS, 3000).samples
+    dups = [(t + 5, d) for t, d in records[20:30]]
+    result = build_channel(records + dups, CODECS, 3000)
+    np.testing.assert_array_equal(result.samples, clean)
+    assert result.stats.packets_duplicate == 10
+    assert result.stats.packets_received == 110
+
+
+def test_ssrc_change_placed_by_arrival() -> None:
+    first = pcmu_encode(tone(1000, 1.0, 8000))
+    second = pcmu_encode(tone(440, 1.0, 8000))
+    records = stream(first, start_ms=100, ssrc=1, seq0=10, ts0=1000)
+    records += stream(second, start_ms=1600, ssrc=2, seq0=51234, ts0=3_000_000_000)
+    result = build_channel(records, CODECS, 3000)
+    s = result.samples
+    assert dominant_frequency(s[100 * 16 : 1100 * 16], OUT) == pytest.approx(1000, abs=2)
+    assert not s[1100 * 16 : 1600 * 16].any()
+    assert dominant_frequency(s[1600 * 16 : 2600 * 16], OUT) == pytest.approx(440, abs=2)
+    assert not s[2600 * 16 :].any()
+    assert result.stats.ssrc_changes == 1
+    assert result.stats.packets_lost == 0
+
+
+def test_stragglers_after_ssrc_change_join_old_run() -> None:
+    first = pcmu_encode(tone(1000, 1.0, 8000))
+    second = pcmu_encode(tone(440, 1.0, 8000))
+    a = stream(first, start_ms=100, ssrc=1)
+    b = stream(second, start_ms=1100, ssrc=2, seq0=7, ts0=99)
+    # The last packet of A arrives after the first two of B.
+    late_t, late_d = a[-1]
+    records = a[:-1] + b[:2] + [(late_t + 45, late_d)] + b[2:]
+    result = build_channel(records, CODECS, 2500)
+    clean = build_channel(a + b, CODECS, 2500)
+    np.testing.assert_array_equal(result.samples, clean.samples)
+    assert result.stats.ssrc_changes == 1
+
+
+@pytest.mark.parametrize("ts_jump", [3000 * 8, 123_456_789])
+def test_hold_gap_keeps_later_audio_in_place(ts_jump: int) -> None:
+    """2 s without packets; timestamps either continue or jump arbitrarily."""
+    before = pcmu_encode(tone(1000, 1.0, 8000))
+    after = pcmu_encode(tone(440, 1.0, 8000))
+    records = stream(before, start_ms=0, seq0=100, ts0=0)
+    records += stream(after, start_ms=3000, seq0=150, ts0=ts_jump)
+    result = build_channel(records, CODECS, 5000)
+    s = result.samples
+    assert dominant_frequency(s[: 1000 * 16], OUT) == pytest.approx(1000, abs=2)
+    assert not s[1000 * 16 : 3000 * 16].any()
+    assert s[3000 * 16 : 3000 * 16 + 40].any()
+    assert dominant_frequency(s[3000 * 16 : 4000 * 16], OUT) == pytest.approx(440, abs=2)
+    assert not s[4000 * 16 :].any()
+    assert result.stats.packets_lost == 0
+    assert result.stats.ssrc_changes == 0
+
+
+def test_codec_change_pcmu_to_pcma() -> None:
+    audio = tone(1000, 2.0, 8000)
+    mu = pcmu_encode(audio[:8000])
+    a = pcma_encode(audio[8000:])
+    records = stream(mu, start_ms=0, pt=0)
+    records += stream(a, start_ms=1000, pt=8, seq0=1000 + 50, ts0=50000 + 8000)
+    result = build_channel(records, CODECS, 2000)
+    decoded = np.concatenate(
+        [
+            PCMU_DECODE_TABLE[np.frombuffer(mu, np.uint8)],
+            PCMA_DECODE_TABLE[np.frombuffer(a, np.uint8)],
+        ]
+    )
+    np.testing.assert_array_equal(result.samples, upsampled(decoded))
+    assert result.stats.codecs == ["PCMA", "PCMU"]
+    assert result.stats.unknown_payload == 0
+
+
+def _g722_encode(samples16k: np.ndarray) -> bytes:
+    ctx = av.CodecContext.create("g722", "w")
+    assert isinstance(ctx, av.AudioCodecContext)
+    ctx.sample_rate = 16000
+    ctx.layout = "mono"
+    ctx.format = "s16"
+    frame = av.AudioFrame.from_ndarray(samples16k.reshape(1, -1), format="s16", layout="mono")
+    frame.sample_rate = 16000
+    return b"".join(bytes(p) for p in ctx.encode(frame)) + b"".join(
+        bytes(p) for p in ctx.encode(None)
+    )
+
+
+def test_g722_stream_decodes_wideband() -> None:
+    payload = _g722_encode(tone(5000, 1.0, 16000))  # above narrowband Nyquist
+    assert len(payload) == 8000
+    records = stream(payload, start_ms=250, pt=9)
+    result = build_channel(records, CODECS, 1500)
+    start = 250 * 16
+    ref_ctx = av.CodecContext.create("g722", "r")
+    assert isinstance(ref_ctx, av.AudioCodecContext)
+    ref_ctx.sample_rate = 16000
+    ref_ctx.layout = "mono"
+    reference = np.concatenate([f.to_ndarray()[0] for f in ref_ctx.decode(av.Packet(payload))])
+    np.testing.assert_array_equal(result.samples[start : start + 16000], reference)
+    assert not result.samples[:start].any()
+    assert not result.samples[start + 16000 :].any()
+    assert dominant_frequency(result.samples[start + 800 : start + 15000], OUT) == pytest.approx(
+        5000, abs=5
+    )
+    assert result.stats.codecs == ["G722"]
+
+
+def test_g729_frames_and_sid_decode() -> None:
+    records = [
+        (0, rtp(18, 1, 0, 9, bytes(range(20)))),  # 2 frames -> 20 ms
+        (20, rtp(18, 2, 160, 9, bytes(range(10)) + b"\x01\x02")),  # frame + SID
+        (40, rtp(18, 3, 320, 9, b"\x00" * 7)),  # bad length -> undecodable
+    ]
+    result = build_channel(records, CODECS, 100)
+    assert result.samples[:320].any()
+    assert result.stats.unknown_payload == 1
+    assert result.stats.codecs == ["G729"]
+
+
+def test_garbage_counted_and_skipped(tone_1k: bytes) -> None:
+    records = stream(tone_1k, start_ms=0)
+    clean = build_channel(records, CODECS, 2500).samples
+    rtcp = struct.pack("!BBHI", 0x80, 200, 6, 0x1234) + bytes(20)
+    bad_version = bytes([0x40]) + rtp(0, 1, 1, 1, b"xx")[1:]
+    truncated_csrc = bytes([0x8F]) + rtp(0, 1, 1, 1, b"")[1:]
+    bad_padding = bytes([0xA0]) + rtp(0, 1, 1, 1, b"ab\x00")[1:]
+    garbage = [
+        (10, b""),
+        (30, b"\x80\x00"),
+        (50, bytes(range(256))),
+        (70, rtcp),
+        (90, bad_version),
+        (110, truncated_csrc),
+        (130, bad_padding),
+        (150, b"\x00\x01\x00\x00\x21\x12\xa4\x42" + bytes(12)),  # STUN
+    ]
+    result = build_channel(records + garbage, CODECS, 2500)
+    np.testing.assert_array_equal(result.samples, clean)
+    assert result.stats.packets_invalid == len(garbage)
+    assert result.stats.packets_received == len(records) + len(garbage)
+
+
+def test_unknown_payload_and_outside_packets(tone_1k: bytes) -> None:
+    records = stream(tone_1k, start_ms=0)
+    clean = build_channel(records, CODECS, 2500).samples
+    extra = [
+        (300, rtp(96, 5, 5, 0x1234 + 1, b"opus?")),  # PT not in the map
+        (-5, rtp(0, 999, 0, 0x1234, bytes(160))),
+        (2500, rtp(0, 1100, 0, 0x1234, bytes(160))),
+    ]
+    result = build_channel(records + extra, CODECS, 2500)
+    np.testing.assert_array_equal(result.samples, clean)
+    assert result.stats.unknown_payload == 1
+    assert result.stats.packets_outside == 2
+
+
+def _dtmf_packets(
+    event: int, start_ts: int, seq0: int, t0: int, ssrc: int, total: int, end_same_seq: bool
+) -> list[tuple[int, bytes]]:
+    out = []
+    seq = seq0
+    durations = list(range(SPP, total, SPP))
+    for i, dur in enumerate(durations):
+        payload = bytes([event, 10]) + dur.to_bytes(2, "big")
+        out.append(
+            (t0 + PTIME * (i + 1), rtp(101, seq, start_ts, ssrc, payload, marker=int(i == 0)))
+        )
+        seq += 1
+    end_payload = bytes([event, 0x80 | 10]) + total.to_bytes(2, "big")
+    t_end = t0 + PTIME * (len(durations) + 1)
+    for k in range(3):
+        out.append((t_end + k, rtp(101, seq, start_ts, ssrc, end_payload)))
+        if not end_same_seq:
+            seq += 1
+    return out
+
+
+@pytest.mark.parametrize("end_same_seq", [True, False])
+def test_dtmf_events_parsed_and_not_in_audio(end_same_seq: bool) -> None:
+    audio = pcmu_encode(tone(1000, 1.0, 8000))
+    records = stream(audio, start_ms=0, seq0=10, ts0=0)  # 0..1000 ms
+    # '5' at 1000 ms lasting 100 ms, '#' at 1500 ms lasting 240 ms, 'D' at 2000 ms.
+    records += _dtmf_packets(5, 8000, 60, 1000, 0x1234, 800, end_same_seq)
+    records += _dtmf_packets(11, 12000, 80, 1500, 0x1234, 1920, end_same_seq)
+    records += _dtmf_packets(15, 16000, 100, 2000, 0x1234, 400, end_same_seq)
+    result = build_channel(records, CODECS, 3000)
+    digits = [(e.digit, e.start_ms, e.duration_ms) for e in result.dtmf]
+    assert digits == [("5", 1000, 100), ("#", 1500, 240), ("D", 2000, 50)]
+    assert not result.samples[1000 * 16 :].any()
+    assert result.stats.codecs == ["PCMU", "telephone-event"]
+    assert result.stats.unknown_payload == 0
+
+
+def test_dtmf_only_stream_gives_silence() -> None:
+    records = _dtmf_packets(1, 777, 5, 400, 42, 1600, False)
+    result = build_channel(records, CODECS, 2000)
+    assert not result.samples.any()
+    assert [(e.digit, e.start_ms, e.duration_ms) for e in result.dtmf] == [("1", 420, 200)]
+
+
+def test_long_dtmf_does_not_split_run() -> None:
+    """A 3 s key press keeps its start timestamp while arrival advances."""
+    head = pcmu_encode(tone(1000, 0.5, 8000))
+    tail = pcmu_encode(tone(440, 0.5, 8000))
+    records = stream(head, start_ms=0, seq0=10, ts0=0)  # seq 10..34
+    dtmf = _dtmf_packets(2, 4000, 35, 480, 0x1234, 24000, False)  # seq 35..185
+    next_seq = 35 + len(dtmf)
+    records += dtmf
+    records += stream(tail, start_ms=3540, seq0=next_seq, ts0=3540 * 8)
+    result = build_channel(records, CODECS, 4500)
+    assert [(e.digit, e.start_ms, e.duration_ms) for e in result.dtmf] == [("2", 500, 3000)]
+    s = result.samples
+    assert not s[500 * 16 : 3540 * 16].any()
+    assert s[3540 * 16 : 3540 * 16 + 40].any()
+    assert dominant_frequency(s[3540 * 16 : 4040 * 16], OUT) == pytest.approx(440, abs=3)
+    assert result.stats.packets_lost == 0
+    runs = split_runs(
+        [r for r in (parse_record(t, d) for t, d in records) if r is not None],
+        {0: "PCMU", 101: "telephone-event"},
+    )
+    assert len(runs) == 1
+
+
+def test_sequence_and_timestamp_wraparound(tone_1k: bytes) -> None:
+    reference = build_channel(stream(tone_1k, start_ms=100), CODECS, 2500)
+    wrapped = stream(tone_1k, start_ms=100, seq0=65500, ts0=2**32 - SPP * 30)
+    result = build_channel(wrapped, CODECS, 2500)
+    np.testing.assert_array_equal(result.samples, reference.samples)
+    assert result.stats.packets_lost == 0
+    assert result.stats.ssrc_changes == 0
+    # ...and with reordering across the wrap point.
+    swapped = list(wrapped)
+    swapped[35] = (swapped[36][0] + 1, swapped[35][1])  # seq 65535 arrives after 0
+    assert np.array_equal(build_channel(swapped, CODECS, 2500).samples, reference.samples)
+
+
+def test_overlapping_packets_later_wins() -> None:
+    first = pcmu_encode(np.full(SPP, 1000, dtype=np.int16))
+    second = pcmu_encode(np.full(SPP, -2000, dtype=np.int16))
+    records = [
+        (0, rtp(0, 1, 0, 5, first)),
+        (10, rtp(0, 2, 80, 5, second)),  # overlaps the second half of packet 1
+    ]
+    result = build_channel(records, CODECS, 100, out_rate=8000)
+    s = result.samples
+    assert (s[:80] == PCMU_DECODE_TABLE[first[0]]).all()
+    assert (s[80:240] == PCMU_DECODE_TABLE[second[0]]).all()
+
+
+def test_audio_clipped_to_recording(tone_1k: bytes) -> None:
+    result = build_channel(stream(tone_1k, start_ms=1500), CODECS, 2000)
+    assert result.samples.size == 32000
+    assert not result.samples[: 1500 * 16].any()
+    assert result.samples[-10:].any()
+
+
+def test_g711_tables_match_pyav() -> None:
+    for name, table in (("pcm_mulaw", PCMU_DECODE_TABLE), ("pcm_alaw", PCMA_DECODE_TABLE)):
+        ctx = av.CodecContext.create(name, "r")
+        assert isinstance(ctx, av.AudioCodecContext)
+        ctx.sample_rate = 8000
+        ctx.layout = "mono"
+        frames = ctx.decode(av.Packet(bytes(range(256))))
+        decoded = np.concatenate([f.to_ndarray()[0] for f in frames])
+        np.testing.assert_array_equal(decoded, table)
+
+
+def test_unwrap() -> None:
+    assert unwrap(0, 65535, 16) == 65536
+    assert unwrap(65535, 65536, 16) == 65535
+    assert unwrap(5, 10, 16) == 5
+    assert unwrap(10, 2**32 - 10, 32) == 2**32 + 10
+    assert unwrap(2**32 - 1, 0, 32) == -1
+
+
+def test_parse_record_and_telephone_event() -> None:
+    rec = parse_record(12, rtp(0, 7, 99, 3, b"abc"))
+    assert rec == RtpRecord(12.0, 3, 7, 99, 0, b"abc")
+    assert parse_record(0, b"\x80" * 11) is None
+    assert parse_telephone_event(b"\x0b\x8a\x03\x20") == (11, True, 800)
+    assert parse_telephone_event(b"\x0b") is None
+
+
+def test_split_runs_and_dedupe() -> None:
+    recs = [
+        RtpRecord(0.0, 1, 10, 0, 0, b"x"),
+        RtpRecord(20.0, 1, 11, 160, 0, b"x"),
+        RtpRecord(3000.0, 1, 12, 320, 0, b"x"),  # clock stopped while on hold
+        RtpRecord(3020.0, 1, 13, 480, 0, b"x"),
+        RtpRecord(3025.0, 1, 13, 480, 0, b"x"),
+    ]
+    runs = split_runs(recs, {0: "PCMU"})
+    assert [len(r.packets) for r in runs] == [2, 3]
+    unique, dups, lost = dedupe_run(runs[1].packets)
+    assert (len(unique), dups, lost) == (2, 1, 0)
+    unique, dups, lost = dedupe_run(
+        [RunPacket(1, 0, 0.0, "PCMU", b""), RunPacket(5, 0, 0.0, "PCMU", b"")]
+    )
+    assert (dups, lost) == (0, 3)
+
+
+def test_resample_lengths_and_alignment() -> None:
+    x = np.zeros(400)
+    x[200] = 1000.0
+    up = resample(x, 8000, 16000)
+    assert up.size == 800
+    assert int(np.argmax(up)) == 400
+    down = resample(up, 16000, 8000)
+    assert down.size == 400
+    assert int(np.argmax(down)) == 200
+    assert resample(x, 8000, 44100).size == 400 * 44100 // 8000
+    assert resample(np.zeros(0), 8000, 16000).size == 0
+
+
+def test_sixty_seconds_is_fast() -> None:
+    payload = pcmu_encode(tone(440, 60.0, 8000))
+    rng = random.Random(1)
+    records = [(t + rng.randint(0, 30), d) for t, d in stream(payload, start_ms=0)]
+    assert len(records) == 3000
+    build_channel(records[:50], CODECS, 1000)  # warm caches
+    best = min(_timed(records) for _ in range(3))
+    assert best < 0.2
+
+
+def _timed(records: list[tuple[int, bytes]]) -> float:
+    start = time.perf_counter()
+    build_channel(records, CODECS, 61000)
+    return time.perf_counter() - start

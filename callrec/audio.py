@@ -9,6 +9,7 @@ fixtures (which fabricate SIPp payload files) agree bit for bit.
 from __future__ import annotations
 
 import wave
+from collections.abc import Iterator
 from fractions import Fraction
 from pathlib import Path
 
@@ -224,6 +225,35 @@ def encode_opus_stereo(
         container.mux(stream.encode(None))
 
 
+def iter_decoded(path: Path, rate: int | None = None) -> Iterator[tuple[Int16Array, int]]:
+    """Decode the first audio stream chunk by chunk: (int16 (channels, n), rate) pairs.
+
+    Streaming keeps memory flat for hour-long recordings; ``rate`` resamples.
+    """
+    with av.open(str(path), mode="r") as container:
+        if not container.streams.audio:
+            raise ValueError(f"{path}: no audio stream")
+        stream = container.streams.audio[0]
+        resampler: av.AudioResampler | None = None
+        out_rate = rate or 0
+        channels = 0
+        for frame in container.decode(stream):
+            if resampler is None:
+                channels = frame.layout.nb_channels
+                out_rate = rate or frame.sample_rate
+                resampler = av.AudioResampler(format="s16", layout=frame.layout.name,
+                                              rate=out_rate)
+            for out in resampler.resample(frame):
+                yield _packed_to_planar(out.to_ndarray(), channels), out_rate
+        if resampler is None:
+            channels = stream.codec_context.channels or 1
+            out_rate = rate or stream.codec_context.sample_rate or 0
+            yield np.zeros((channels, 0), dtype=np.int16), int(out_rate)
+        else:
+            for out in resampler.resample(None):
+                yield _packed_to_planar(out.to_ndarray(), channels), out_rate
+
+
 def decode_file(path: Path, rate: int | None = None) -> tuple[Int16Array, int]:
     """Decode the first audio stream to int16 of shape (channels, samples).
 
@@ -231,29 +261,11 @@ def decode_file(path: Path, rate: int | None = None) -> tuple[Int16Array, int]:
     decoder's native rate is kept (48 kHz for Opus).
     """
     chunks: list[Int16Array] = []
-    with av.open(str(path), mode="r") as container:
-        if not container.streams.audio:
-            raise ValueError(f"{path}: no audio stream")
-        stream = container.streams.audio[0]
-        resampler: av.AudioResampler | None = None
-        out_rate = rate
-        channels = 0
-        for frame in container.decode(stream):
-            if resampler is None:
-                channels = frame.layout.nb_channels
-                out_rate = rate or frame.sample_rate
-                resampler = av.AudioResampler(format="s16", layout=frame.layout.name, rate=out_rate)
-            for out in resampler.resample(frame):
-                chunks.append(_packed_to_planar(out.to_ndarray(), channels))
-        if resampler is None:
-            channels = stream.codec_context.channels or 1
-            out_rate = rate or stream.codec_context.sample_rate or 0
-        else:
-            for out in resampler.resample(None):
-                chunks.append(_packed_to_planar(out.to_ndarray(), channels))
-    if not chunks:
-        return np.zeros((channels, 0), dtype=np.int16), int(out_rate or 0)
-    return np.concatenate(chunks, axis=1), int(out_rate or 0)
+    out_rate = 0
+    for chunk, chunk_rate in iter_decoded(path, rate):
+        chunks.append(chunk)
+        out_rate = chunk_rate
+    return np.concatenate(chunks, axis=1), int(out_rate)
 
 
 def _packed_to_planar(array: npt.NDArray[np.generic], channels: int) -> Int16Array:
@@ -262,15 +274,20 @@ def _packed_to_planar(array: npt.NDArray[np.generic], channels: int) -> Int16Arr
     return np.ascontiguousarray(flat.reshape(-1, channels).T).astype(np.int16)
 
 
-def transcode_to_wav(src: Path, dst: Path) -> None:
-    """Write ``src`` as 16-bit PCM WAV with its channels and decoded rate."""
-    samples, rate = decode_file(src)
-    channels = max(samples.shape[0], 1)
+def transcode_to_wav(src: Path, dst: Path, rate: int = 16000) -> None:
+    """Write ``src`` as 16-bit PCM WAV at ``rate`` (16 kHz: what capture recorded).
+
+    Written as it decodes, so an hour-long call never sits in memory at once.
+    """
     with wave.open(str(dst), "wb") as out:
-        out.setnchannels(channels)
-        out.setsampwidth(2)
-        out.setframerate(rate)
-        out.writeframes(np.ascontiguousarray(samples.T).astype("<i2").tobytes())
+        configured = False
+        for chunk, chunk_rate in iter_decoded(src, rate):
+            if not configured:
+                out.setnchannels(max(chunk.shape[0], 1))
+                out.setsampwidth(2)
+                out.setframerate(chunk_rate)
+                configured = True
+            out.writeframes(np.ascontiguousarray(chunk.T).astype("<i2").tobytes())
 
 
 def duration_seconds(path: Path) -> float:

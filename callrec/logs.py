@@ -11,7 +11,23 @@ import structlog
 
 def setup_logging(service: str, node_id: str, level: str = "info") -> None:
     numeric = getattr(logging, level.upper(), logging.INFO)
-    logging.basicConfig(stream=sys.stderr, level=numeric, format="%(message)s")
+    # Standard-library loggers (uvicorn, nats, asyncio) go out as the same JSON lines.
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(structlog.stdlib.ProcessorFormatter(
+        processors=[
+            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+            structlog.processors.JSONRenderer(),
+        ],
+        foreign_pre_chain=[
+            structlog.contextvars.merge_contextvars,
+            structlog.stdlib.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.format_exc_info,
+        ],
+    ))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(numeric)
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
@@ -28,4 +44,5 @@ def setup_logging(service: str, node_id: str, level: str = "info") -> None:
 
 
 def get_logger(**bound: Any) -> Any:
-    return structlog.get_logger().bind(**bound)
+    # Lazy: binding now would freeze whatever config exists before setup_logging().
+    return structlog.get_logger(**bound)

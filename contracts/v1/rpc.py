@@ -89,6 +89,8 @@ class SearchRequest(Message):
     start_from: datetime | None = None
     start_to: datetime | None = None
     number: str | None = None
+    # None: no restriction (admin); a list: only recordings with one of these numbers.
+    visible_numbers: list[str] | None = None
     limit: int = Field(default=50, ge=1, le=1000)
     offset: int = Field(default=0, ge=0)
 

@@ -26,15 +26,6 @@ from .projection import Catalog
 log = structlog.get_logger(component="catalog")
 
 
-class CatalogSearchRequest(SearchRequest):
-    """Temporary shim until `SearchRequest.visible_numbers` exists in contracts.
-
-    None: no restriction (admin); a list: only recordings with one of these numbers.
-    """
-
-    visible_numbers: list[str] | None = None
-
-
 def catalog_path(ctx: ServiceContext) -> Path:
     return ctx.config.data_dir / "catalog" / "catalog.sqlite3"
 
@@ -61,7 +52,7 @@ async def main(ctx: ServiceContext) -> None:
             log.info("recording_cataloged", recording_id=getattr(event, "recording_id", None),
                      seq=seq)
 
-    async def on_search(request: CatalogSearchRequest) -> BaseModel | None:
+    async def on_search(request: SearchRequest) -> BaseModel | None:
         searches.inc()
         result: SearchResult = await asyncio.to_thread(
             catalog.search, request, request.visible_numbers
@@ -79,7 +70,7 @@ async def main(ctx: ServiceContext) -> None:
     node = ctx.node_id
     await bus.serve(
         ctx.nc, subjects.rpc(node, subjects.CATALOG, subjects.CATALOG_SEARCH),
-        CatalogSearchRequest, on_search,
+        SearchRequest, on_search,
     )
     await bus.serve(
         ctx.nc, subjects.rpc(node, subjects.CATALOG, subjects.CATALOG_GET), GetRequest, on_get

@@ -34,12 +34,6 @@ SCATTER_WINDOW_S = 0.3
 USER_APPLY_WAIT_S = 2.0
 
 
-class CatalogSearchRequest(SearchRequest):
-    """Temporary shim until `SearchRequest.visible_numbers` exists in contracts."""
-
-    visible_numbers: list[str] | None = None
-
-
 class NatsBackend:
     """The `Backend` port of the app, over the node's NATS connection."""
 
@@ -54,7 +48,7 @@ class NatsBackend:
     async def search(
         self, request: SearchRequest, visible_numbers: list[str] | None, timeout: float = 5.0
     ) -> SearchResult:
-        payload = CatalogSearchRequest.model_validate(
+        payload = SearchRequest.model_validate(
             {**request.model_dump(), "visible_numbers": visible_numbers}
         )
         try:

@@ -1,0 +1,66 @@
+"""A node SIGKILLed mid-call loses at most about a second of that call.
+
+The whole process group (supervisor, services, nats-server) dies at once; after a
+restart, capture finds the call's segments, sees that signaling no longer knows
+it, and finalizes it from what reached the disk.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+
+from callrec.audio import decode_file, dominant_frequency
+from tests.support import sipp
+from tests.support.node import Node
+
+pytestmark = pytest.mark.e2e
+
+RATE = 16000
+
+
+def _tone_seconds(channel: object, rate: int) -> float:
+    import numpy as np
+
+    samples = np.asarray(channel, dtype=np.float64)
+    frame = rate // 50
+    usable = len(samples) // frame * frame
+    rms = np.sqrt((samples[:usable].reshape(-1, frame) ** 2).mean(axis=1))
+    return float((rms > 1000).sum() * 0.02)
+
+
+def test_call_in_progress_survives_node_crash(tmp_path: Path) -> None:
+    node = Node(tmp_path / "node").start()
+    try:
+        node.cli("users", "add", "alice", "--extension", "1001")
+        time.sleep(0.5)
+        call = sipp.start_cucm_call("127.0.0.1", node.sip_port, near="1001", far="2002",
+                                    refci="83886081", near_tone_hz=440, far_tone_hz=1000,
+                                    seconds=20.0)
+        time.sleep(4.0)
+        killed_at = time.time()
+        node.kill()
+        call.close()  # the PBX side goes away too; nothing more arrives
+
+        node.start()  # same data dir and ports
+        recording = node.wait_recordings(1, timeout=40)[0]
+        with node.client() as client:
+            response = client.get(f"/api/recordings/{recording['recording_id']}/audio")
+    finally:
+        node.stop()
+    assert response.status_code == 200
+    assert recording["recovered"] is True
+    sent_s = killed_at - datetime.fromisoformat(recording["started_at"]).timestamp()
+    audio_path = tmp_path / "rec.opus"
+    audio_path.write_bytes(response.content)
+    audio, _ = decode_file(audio_path, rate=RATE)
+    assert audio.shape[0] == 2
+    for index, hz in ((0, 440.0), (1, 1000.0)):
+        assert abs(dominant_frequency(audio[index], RATE) - hz) < 15
+        kept = _tone_seconds(audio[index], RATE)
+        # At most about a second lost (segments are flushed every half second).
+        assert sent_s - 1.0 <= kept <= sent_s + 0.1, (index, kept, sent_s)
+    assert abs(audio.shape[1] / RATE - recording["duration_ms"] / 1000) <= 0.1

@@ -83,6 +83,7 @@ class ServerTransaction:
     status: int = 0
     request: SipRequest | None = None
     to_tag: str | None = None
+    cancelled: bool = False
 
 
 @dataclass
@@ -163,13 +164,22 @@ class RecorderUas:
 
     async def _dispatch(self, request: SipRequest, peer: Peer) -> None:
         call_id = request.call_id
+        if request.method == "CANCEL":
+            # CANCEL must not wait behind the INVITE it cancels (which holds the lock
+            # while capture ports are allocated); it only touches transaction state.
+            try:
+                await self._handle(request, peer)
+            except Exception:
+                log.exception("sip_handler_failed", method=request.method, call_id=call_id)
+            return
         lock = self.locks.setdefault(call_id, asyncio.Lock())
         try:
             async with lock:
                 await self._handle(request, peer)
         except Exception:
             log.exception("sip_handler_failed", method=request.method, call_id=call_id)
-            if request.method not in ("ACK",):
+            tx = self.transactions.get(_transaction_key(request))
+            if request.method not in ("ACK",) and (tx is None or tx.status < 200):
                 self._respond(request, peer, 500)
         finally:
             if not lock.locked() and not any(k[0] == call_id for k in self.dialogs):
@@ -269,6 +279,7 @@ class RecorderUas:
                 self.siprec_meta[session.recording_id] = plan.siprec_metadata
             new_session = True
         structlog.contextvars.bind_contextvars(recording_id=session.recording_id)
+        tx = self.transactions.get(_transaction_key(request))
         try:
             ports = await self.backend.allocate(
                 AllocateRequest(
@@ -280,13 +291,26 @@ class RecorderUas:
             )
         except Exception as exc:
             log.error("allocate_failed", error=str(exc))
-            if new_session:
+            if new_session and not session.legs:
                 self._forget(session)
-            self._respond(request, peer, 503, warning="capture unavailable",
-                          headers=[("Retry-After", "5")])
+            if tx is None or not tx.cancelled:
+                self._respond(request, peer, 503, warning="capture unavailable",
+                              headers=[("Retry-After", "5")])
             return
         finally:
             structlog.contextvars.unbind_contextvars("recording_id")
+        if tx is not None and tx.cancelled:
+            # CANCELled while allocating: 487 has gone out; give the ports back.
+            log.info("invite_cancelled", recording_id=session.recording_id)
+            for spec in plan.streams:
+                try:
+                    await self.backend.release(session.recording_id, spec.stream_id)
+                except Exception as exc:
+                    log.error("release_failed", recording_id=session.recording_id,
+                              error=str(exc))
+            if new_session and not session.legs:
+                self._forget(session)
+            return
 
         local_tag = secrets.token_hex(8)
         streams = [
@@ -506,16 +530,17 @@ class RecorderUas:
             return
         if metadata_xml is not None:
             await self._apply_metadata_update(session, metadata_xml)
+        srs = session.metadata.source == "siprec"
         if offer is None:
             self._respond(request, peer, 200,
-                          headers=self._dialog_headers(request, peer, False))
+                          headers=self._dialog_headers(request, peer, srs))
             return
         leg.sdp_version += 1
         body = self._session_body(leg, offer)
         leg.offer_pending = False
         await self._push_codecs(session, leg, offer)
         self._respond(request, peer, 200, body=body.encode(), content_type="application/sdp",
-                      headers=self._dialog_headers(request, peer, False))
+                      headers=self._dialog_headers(request, peer, srs))
 
     async def _apply_metadata_update(self, session: RecordingSession, xml: bytes) -> None:
         try:
@@ -555,6 +580,8 @@ class RecorderUas:
         self._respond(request, peer, 200)
         if invite_tx.status < 200 and invite_tx.request is not None:
             # The INVITE is still being processed; the leg has not been created yet.
+            # _on_invite sees the flag once allocation returns and releases the ports.
+            invite_tx.cancelled = True
             self._respond(invite_tx.request, invite_tx.peer, 487)
             return
         # Already answered: the caller will send BYE; nothing to cancel.
@@ -707,6 +734,8 @@ def _split_body(request: SipRequest) -> tuple[sdp.SessionDescription | None, byt
     metadata: bytes | None = None
     if content_type == "application/sdp":
         sdp_bytes = request.body
+    elif content_type == "application/rs-metadata+xml":
+        metadata = request.body  # a metadata-only update (RFC 7866 6.1.2)
     elif content_type.startswith("multipart/"):
         try:
             parts = siprec.split_multipart(request.headers.get("Content-Type") or "",

@@ -1,0 +1,553 @@
+"""Capture hot-path load benchmark: N concurrent G.711 calls against a real node.
+
+Why: capture is the part of callrec whose cost grows with concurrent calls, and
+absolute CPU figures move between machines, so every figure is compared with a
+bare asyncio UDP receiver measured in the same run on the same ports count.
+
+Calls are opened straight through capture's NATS RPCs (no SIP), the RTP load comes
+from a separate paced sender process, and CPU is read from /proc (utime+stime).
+Run from the repository root:
+
+    /tmp/venv/bin/python -m bench.capture_load --calls 50,100,200 --seconds 20
+
+Internal sub-commands (`_send`, `_baseline`) are the helper processes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import socket
+import struct
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # `python bench/capture_load.py` works too
+    sys.path.insert(0, str(REPO))
+
+HOST = "127.0.0.1"
+PTIME = 0.020
+SUBSLOTS = 10  # streams are spread over 2 ms sub-slots, like unrelated real calls
+RECV_BUFFER = 1 << 20  # same SO_RCVBUF as capture, so losses compare
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+RTP_HEADER = struct.Struct("!BBHII")
+
+
+# --------------------------------------------------------------------------- /proc
+
+
+@dataclass(frozen=True)
+class ProcStat:
+    pid: int
+    ppid: int
+    pgrp: int
+    cpu: float  # utime + stime, seconds
+    child_cpu: float  # cutime + cstime (reaped children only), seconds
+
+
+def read_stat(pid: int) -> ProcStat | None:
+    """One process's /proc/<pid>/stat; None if it is gone."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return None
+    rest = text.rsplit(")", 1)[1].split()  # comm may contain spaces and ')'
+    return ProcStat(
+        pid=pid,
+        ppid=int(rest[1]),
+        pgrp=int(rest[2]),
+        cpu=(int(rest[11]) + int(rest[12])) / CLK_TCK,
+        child_cpu=(int(rest[13]) + int(rest[14])) / CLK_TCK,
+    )
+
+
+def all_stats() -> list[ProcStat]:
+    stats = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            stat = read_stat(int(entry))
+            if stat is not None:
+                stats.append(stat)
+    return stats
+
+
+def cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
+def tree_cpu(root: int) -> float:
+    """CPU of `root` and every live descendant (the finalize worker is a grandchild
+    via the forkserver), plus what reaped descendants left in cutime/cstime."""
+    stats = all_stats()
+    children: dict[int, list[ProcStat]] = {}
+    by_pid = {s.pid: s for s in stats}
+    for s in stats:
+        children.setdefault(s.ppid, []).append(s)
+    total, todo = 0.0, [root]
+    while todo:
+        pid = todo.pop()
+        stat = by_pid.get(pid)
+        if stat is None:
+            continue
+        total += stat.cpu + stat.child_cpu
+        todo.extend(c.pid for c in children.get(pid, []))
+    return total
+
+
+def proc_cpu(pid: int) -> float:
+    stat = read_stat(pid)
+    return stat.cpu if stat else float("nan")
+
+
+def find_service(pgrp: int, service: str) -> int:
+    for stat in all_stats():
+        if stat.pgrp == pgrp and f"-m services.{service}" in cmdline(stat.pid):
+            return stat.pid
+    raise RuntimeError(f"services.{service} not found in process group {pgrp}")
+
+
+# --------------------------------------------------------------------------- sender
+
+
+def run_sender(ports: list[int], seconds: float) -> None:
+    """Paced PCMU sender: prints `start`, sends, prints a JSON summary.
+
+    Packets are pre-built per stream; each tick only patches seq/timestamp and the
+    payload slice in place, so the sender stays far cheaper than the receiver."""
+    from tests.support.rtp import SAMPLES_PER_PACKET, pcmu_tone
+
+    tone = pcmu_tone(440.0, 1.0)
+    chunks = [tone[i : i + SAMPLES_PER_PACKET] for i in range(0, len(tone), SAMPLES_PER_PACKET)]
+    socks = []
+    for _ in range(min(8, max(1, len(ports)))):
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
+        sock.bind((HOST, 0))
+        socks.append(sock)
+    groups: list[list[tuple[socket.socket, tuple[str, int], bytearray, int, int, int]]] = [
+        [] for _ in range(SUBSLOTS)
+    ]
+    for i, port in enumerate(ports):
+        ssrc, seq0, ts0 = 0x10000 + i, (i * 7919) & 0xFFFF, (i * 104729) & 0xFFFFFFFF
+        packet = bytearray(12 + SAMPLES_PER_PACKET)
+        RTP_HEADER.pack_into(packet, 0, 0x80, 0x80, seq0, ts0, ssrc)  # marker on first
+        groups[i % SUBSLOTS].append((socks[i % len(socks)], (HOST, port), packet, seq0, ts0, i))
+    ticks = round(seconds / PTIME)
+    sent = errors = late = 0
+    max_lag = 0.0
+    print("start", flush=True)
+    t0 = time.monotonic() + 0.05
+    for tick in range(ticks):
+        chunk = chunks[tick % len(chunks)]
+        for sub, group in enumerate(groups):
+            target = t0 + tick * PTIME + sub * (PTIME / SUBSLOTS)
+            delay = target - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            elif -delay > PTIME:
+                late += 1
+                max_lag = max(max_lag, -delay)
+            for sock, addr, packet, seq0, ts0, _ in group:
+                if tick == 1:
+                    packet[1] = 0x00  # marker only on the first packet
+                struct.pack_into("!HI", packet, 2, (seq0 + tick) & 0xFFFF,
+                                 (ts0 + tick * SAMPLES_PER_PACKET) & 0xFFFFFFFF)
+                packet[12:] = chunk
+                try:
+                    sock.sendto(packet, addr)
+                    sent += 1
+                except OSError:
+                    errors += 1
+    elapsed = time.monotonic() - t0
+    print(json.dumps({"sent": sent, "errors": errors, "elapsed": elapsed,
+                      "target": ticks * len(ports), "late_subslots": late,
+                      "max_lag_ms": round(max_lag * 1000, 1)}), flush=True)
+
+
+# --------------------------------------------------------------------------- baseline
+
+
+class Counter(asyncio.DatagramProtocol):
+    """The cheapest useful asyncio receiver: count, nothing else."""
+
+    packets = 0
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        transport.max_size = 2048  # type: ignore[attr-defined]  # see notes/performance.md
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        Counter.packets += 1
+
+
+async def run_baseline(streams: int, max_seconds: float) -> None:
+    """Bind `streams` ports, print them, count until a line arrives on stdin."""
+    loop = asyncio.get_running_loop()
+    ports = []
+    for _ in range(streams):
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECV_BUFFER)
+        sock.bind((HOST, 0))
+        sock.setblocking(False)
+        await loop.create_datagram_endpoint(Counter, sock=sock)
+        ports.append(sock.getsockname()[1])
+    print(json.dumps(ports), flush=True)
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(asyncio.to_thread(sys.stdin.readline), max_seconds)
+    print(json.dumps({"packets": Counter.packets}), flush=True)
+
+
+# --------------------------------------------------------------------------- orchestration
+
+
+@dataclass
+class SendResult:
+    sent: int
+    errors: int
+    elapsed: float
+    target: int
+    late_subslots: int
+    max_lag_ms: float
+    cpu_before: float = 0.0
+    cpu_after: float = 0.0
+    extra: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def rate_pct(self) -> float:
+        return 100.0 * self.sent / self.target if self.target else 0.0
+
+
+async def send_load(ports: list[int], seconds: float, measure: dict[str, Any]) -> SendResult:
+    """Run the sender process; sample `measure` callables at its start and end."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, str(Path(__file__).resolve()), "_send", "--seconds", str(seconds),
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, cwd=REPO,
+    )
+    assert proc.stdin is not None and proc.stdout is not None
+    proc.stdin.write(json.dumps(ports).encode() + b"\n")
+    await proc.stdin.drain()
+    proc.stdin.close()
+    try:
+        line = await asyncio.wait_for(proc.stdout.readline(), 60)
+        if line.strip() != b"start":
+            raise RuntimeError(f"sender failed to start: {line!r}")
+        before = {name: fn() for name, fn in measure.items()}
+        line = await asyncio.wait_for(proc.stdout.readline(), seconds + 60)
+        after = {name: fn() for name, fn in measure.items()}
+        await asyncio.wait_for(proc.wait(), 10)
+    except BaseException:
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        raise
+    result = SendResult(**json.loads(line))
+    result.extra = {name: after[name] - before[name] for name in measure}
+    return result
+
+
+async def baseline(calls: int, seconds: float) -> tuple[SendResult, int]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, str(Path(__file__).resolve()), "_baseline", "--streams",
+        str(2 * calls), "--seconds", str(seconds + 120),
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, cwd=REPO,
+    )
+    assert proc.stdin is not None and proc.stdout is not None
+    try:
+        ports = json.loads(await asyncio.wait_for(proc.stdout.readline(), 60))
+        pid = proc.pid
+        result = await send_load(ports, seconds, {"cpu": lambda: proc_cpu(pid)})
+        await asyncio.sleep(0.3)  # let the last datagrams be read
+        proc.stdin.write(b"stop\n")
+        await proc.stdin.drain()
+        received = json.loads(await asyncio.wait_for(proc.stdout.readline(), 30))["packets"]
+        await asyncio.wait_for(proc.wait(), 10)
+    finally:
+        if proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+    return result, int(received)
+
+
+@dataclass
+class Row:
+    calls: int
+    sender: SendResult
+    base: SendResult
+    base_received: int
+    stored: int = 0
+    seq_gaps: int = 0
+    recv_cpu: float = 0.0
+    finalize_cpu: float = 0.0
+    finalize_wall: float = 0.0
+    recorded_s: float = 0.0
+    size_bytes: int = 0
+    failed: int = 0
+    missing: int = 0
+
+    def per_call_min(self, cpu: float, elapsed: float) -> float:
+        return cpu / (self.calls * elapsed / 60.0)
+
+
+class CaptureDriver:
+    """Talks to one node's capture service over NATS, standing in for signaling."""
+
+    def __init__(self, node: Any) -> None:
+        self.node = node
+        self.open_ids: set[str] = set()
+        self.done: dict[str, str] = {}  # recording id -> "completed" | "failed"
+        self.done_event = asyncio.Event()
+        self.waiting: set[str] = set()
+        self.nc: Any = None
+
+    async def connect(self) -> None:
+        import nats
+
+        from callrec import bus
+        from contracts import subjects
+        from contracts.v1.rpc import ActiveRecordings, Empty
+
+        self.nc = await nats.connect(f"nats://{HOST}:{self.node.nats_port}", name="bench")
+        node_id = self.node.node_id
+
+        # Signaling is paused (SIGSTOP): we answer capture's reconcile query instead,
+        # or capture would end our SIP-less recordings as orphans after 5 s.
+        async def active(_: Empty) -> ActiveRecordings:
+            return ActiveRecordings(recording_ids=sorted(self.open_ids))
+
+        await bus.serve(self.nc, subjects.rpc(node_id, subjects.SIGNALING,
+                                              subjects.SIGNALING_ACTIVE), Empty, active)
+
+        async def on_event(msg: Any) -> None:
+            data = json.loads(msg.data)
+            rid = data.get("recording_id", "")
+            self.done[rid] = data.get("type", "").rsplit(".", 1)[-1]
+            if self.waiting and self.waiting <= self.done.keys():
+                self.done_event.set()
+
+        for kind in ("recording.completed", "recording.failed"):
+            await self.nc.subscribe(subjects.event(node_id, kind), cb=on_event)
+
+    async def allocate(self, calls: int, tag: str) -> tuple[list[str], list[int]]:
+        from callrec import bus
+        from contracts import subjects
+        from contracts.v1.events import RecordingMetadata
+        from contracts.v1.rpc import AllocateReply, AllocateRequest, StreamSpec, UpdateRequest
+
+        node_id = self.node.node_id
+        ids, ports = [], []
+        for i in range(calls):
+            rid = f"bench-{tag}-{i:05d}"
+            request = AllocateRequest(
+                recording_id=rid,
+                started_at=datetime.now(UTC),
+                streams=[StreamSpec(stream_id="near", channel=0, label="near"),
+                         StreamSpec(stream_id="far", channel=1, label="far")],
+                metadata=RecordingMetadata(source="sip", session_key=rid,
+                                           sip_call_ids=[f"{rid}@bench"]),
+            )
+            reply = await bus.call(self.nc, subjects.rpc(node_id, subjects.CAPTURE,
+                                                         subjects.CAPTURE_ALLOCATE),
+                                   request, AllocateReply, timeout=10.0)
+            assert reply is not None
+            self.open_ids.add(rid)
+            await bus.call(self.nc, subjects.rpc(node_id, subjects.CAPTURE,
+                                                 subjects.CAPTURE_UPDATE),
+                           UpdateRequest(recording_id=rid, payload_codecs={0: "PCMU"}),
+                           None, timeout=10.0)
+            ids.append(rid)
+            ports.extend([reply.ports["near"], reply.ports["far"]])
+        return ids, ports
+
+    async def finalize(self, ids: list[str], timeout: float) -> float:
+        """Ask for every finalize; return when every completed/failed event is seen."""
+        from callrec import bus
+        from contracts import subjects
+        from contracts.v1.rpc import FinalizeRequest
+
+        self.waiting = set(ids)
+        self.done_event.clear()
+        ended = datetime.now(UTC)
+        subject = subjects.rpc(self.node.node_id, subjects.CAPTURE, subjects.CAPTURE_FINALIZE)
+        start = time.monotonic()
+        for rid in ids:
+            await bus.call(self.nc, subject, FinalizeRequest(recording_id=rid, ended_at=ended),
+                           None, timeout=10.0)
+            self.open_ids.discard(rid)
+        if not self.waiting <= self.done.keys():
+            await asyncio.wait_for(self.done_event.wait(), timeout)
+        return time.monotonic() - start
+
+    async def close(self) -> None:
+        if self.nc is not None:
+            await self.nc.close()
+
+
+async def catalog_items(node: Any, ids: set[str], timeout: float) -> list[dict[str, Any]]:
+    """The catalog's view of our recordings, once it has all of them (or timeout)."""
+    import httpx
+
+    from tests.support.node import ADMIN_PASSWORD
+
+    deadline = time.monotonic() + timeout
+    found: dict[str, dict[str, Any]] = {}
+    async with httpx.AsyncClient(base_url=node.base_url, auth=("admin", ADMIN_PASSWORD),
+                                 timeout=10.0) as client:
+        while time.monotonic() < deadline:
+            offset = 0
+            while True:
+                response = await client.get("/api/recordings",
+                                            params={"limit": 1000, "offset": offset})
+                response.raise_for_status()
+                items = response.json()["items"]
+                found.update({i["recording_id"]: i for i in items if i["recording_id"] in ids})
+                if len(items) < 1000:
+                    break
+                offset += 1000
+            if len(found) >= len(ids):
+                break
+            await asyncio.sleep(0.5)
+    return list(found.values())
+
+
+async def run_level(node: Any, driver: CaptureDriver, capture_pid: int, calls: int,
+                    seconds: float) -> Row:
+    base, base_received = await baseline(calls, seconds)
+    tag = f"{calls}-{uuid.uuid4().hex[:6]}"
+    ids, ports = await driver.allocate(calls, tag)
+    sender = await send_load(ports, seconds, {"cpu": lambda: proc_cpu(capture_pid)})
+    await asyncio.sleep(0.6)  # one flush interval: the last packets reach the segments
+    before = tree_cpu(capture_pid)
+    row = Row(calls=calls, sender=sender, base=base, base_received=base_received,
+              recv_cpu=sender.extra["cpu"])
+    try:
+        row.finalize_wall = await driver.finalize(ids, timeout=120 + calls * seconds / 10)
+    except TimeoutError:
+        row.finalize_wall = float("nan")
+    row.finalize_cpu = tree_cpu(capture_pid) - before
+    row.failed = sum(1 for rid in ids if driver.done.get(rid) == "failed")
+    items = await catalog_items(node, set(ids) - {r for r in ids
+                                                 if driver.done.get(r) == "failed"}, 60)
+    row.missing = calls - len(items) - row.failed
+    for item in items:
+        row.size_bytes += int(item["size_bytes"])
+        row.recorded_s += int(item["duration_ms"]) / 1000
+        for channel in item["channels"]:
+            row.stored += int(channel["packets_received"])
+            row.seq_gaps += int(channel["packets_lost"])
+    return row
+
+
+def print_table(rows: list[Row], seconds: float) -> None:
+    head = (f"{'calls':>5} {'pps':>6} {'sender%':>7} {'lag ms':>6} {'base loss%':>10} "
+            f"{'loss%':>6} {'gaps':>5} {'base cpu/cm':>11} {'rx cpu/cm':>9} {'ratio':>6} "
+            f"{'fin cpu/cm':>10} {'fin wall s':>10} {'MB/call-h':>9} {'fail':>4}")
+    print(head)
+    print("-" * len(head))
+    for r in rows:
+        s, b = r.sender, r.base
+        base_cm = r.per_call_min(b.extra["cpu"], b.elapsed)
+        rx_cm = r.per_call_min(r.recv_cpu, s.elapsed)
+        base_loss = 100.0 * (1 - r.base_received / b.sent) if b.sent else float("nan")
+        loss = 100.0 * (1 - r.stored / s.sent) if s.sent else float("nan")
+        call_min = r.recorded_s / 60 or float("nan")
+        fin_cm = r.finalize_cpu / call_min
+        mb_h = r.size_bytes / 1e6 / (r.recorded_s / 3600) if r.recorded_s else float("nan")
+        print(f"{r.calls:>5} {s.sent / s.elapsed:>6.0f} {s.rate_pct:>7.2f} "
+              f"{s.max_lag_ms:>6.1f} {base_loss:>10.3f} {loss:>6.3f} {r.seq_gaps:>5} "
+              f"{base_cm:>11.4f} {rx_cm:>9.4f} {rx_cm / base_cm if base_cm else 0:>6.2f} "
+              f"{fin_cm:>10.4f} {r.finalize_wall:>10.1f} {mb_h:>9.2f} "
+              f"{r.failed + r.missing:>4}")
+    print()
+    print(f"{seconds:g} s per level; cpu/cm = CPU-s per call-minute (utime+stime, /proc); "
+          "ratio = capture rx / bare asyncio baseline;\nfin = capture + its finalize worker "
+          "after the finalize requests, per recorded call-minute; "
+          "MB/call-h from size_bytes.")
+    for r in rows:
+        call_min = r.recorded_s / 60
+        if r.finalize_wall == r.finalize_wall and r.finalize_wall > 0:
+            print(f"  {r.calls} calls: {call_min:.1f} call-min finalized in "
+                  f"{r.finalize_wall:.1f} s = {call_min / r.finalize_wall * 60:.0f} "
+                  "call-min per minute of wall time (sustainable concurrent calls, 1 worker)")
+
+
+async def orchestrate(levels: list[int], seconds: float, keep: bool) -> None:
+    from tests.support.node import Node
+
+    width = max(400, 2 * max(levels) + 200)
+    base_port = 20000 + (os.getpid() % 8) * 1000
+    if width > 7000:
+        raise SystemExit("too many calls for the RTP port range below the ephemeral ports")
+    data_dir = Path(tempfile.mkdtemp(prefix="callrec-bench-"))
+    node = Node(data_dir / "node", extra_args=["--max-channels", "10000", "--record-all"],
+                rtp_ports=(base_port, base_port + width - 1))
+    signaling_pid = 0
+    driver = CaptureDriver(node)
+    try:
+        await asyncio.to_thread(node.start, 60.0)
+        assert node.process is not None
+        pgrp = node.process.pid
+        capture_pid = find_service(pgrp, "capture")
+        signaling_pid = find_service(pgrp, "signaling")
+        os.kill(signaling_pid, signal.SIGSTOP)
+        await driver.connect()
+        # Warm-up: the first finalize starts the forkserver and its worker (numpy, PyAV
+        # imports), a one-off cost that is not per call-minute.
+        warm, _ = await driver.allocate(1, "warmup")
+        await driver.finalize(warm, timeout=60)
+        tree = [f"{s.pid}:{cmdline(s.pid)[:60]}" for s in all_stats()
+                if s.pgrp == pgrp and s.pid != capture_pid and s.ppid != pgrp]
+        print(f"# capture pid {capture_pid}; descendants {tree}", file=sys.stderr)
+        rows = []
+        for calls in levels:
+            print(f"# level {calls} calls ...", file=sys.stderr, flush=True)
+            rows.append(await run_level(node, driver, capture_pid, calls, seconds))
+        print_table(rows, seconds)
+    finally:
+        await driver.close()
+        if signaling_pid:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(signaling_pid, signal.SIGCONT)
+        await asyncio.to_thread(node.stop)
+        if keep:
+            print(f"data kept in {data_dir}", file=sys.stderr)
+        else:
+            import shutil
+
+            shutil.rmtree(data_dir, ignore_errors=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("mode", nargs="?", default="run", choices=["run", "_send", "_baseline"])
+    parser.add_argument("--calls", default="50,100,200", help="comma-separated call counts")
+    parser.add_argument("--seconds", type=float, default=20.0, help="load duration per level")
+    parser.add_argument("--streams", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--keep", action="store_true", help="keep the node's data dir")
+    args = parser.parse_args()
+    if not 1 <= args.seconds <= 600:
+        parser.error("--seconds must be within 1..600")
+    if args.mode == "_send":
+        run_sender(json.loads(sys.stdin.readline()), args.seconds)
+    elif args.mode == "_baseline":
+        asyncio.run(run_baseline(args.streams, args.seconds))
+    else:
+        levels = [int(c) for c in args.calls.split(",") if c.strip()]
+        if not levels or min(levels) < 1 or max(levels) > 3000:
+            parser.error("--calls must be 1..3000")
+        asyncio.run(orchestrate(levels, args.seconds, args.keep))
+
+
+if __name__ == "__main__":
+    main()

@@ -32,6 +32,19 @@ class StoreKeyError(ValueError):
     """A key that would escape the store (absolute, '..', empty parts)."""
 
 
+def file_chunks(path: Path, start: int, end: int) -> Iterator[bytes]:
+    """Bytes [start, end) of a file, in chunks (for ranged downloads)."""
+    with path.open("rb") as handle:
+        handle.seek(start)
+        remaining = end - start
+        while remaining > 0:
+            chunk = handle.read(min(CHUNK, remaining))
+            if not chunk:
+                break
+            remaining -= len(chunk)
+            yield chunk
+
+
 def sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as handle:
@@ -78,15 +91,7 @@ class FileStore:
 
     def read_range(self, key: str, start: int, end: int) -> Iterator[bytes]:
         """Bytes [start, end) of an object, in chunks."""
-        with self._path(key).open("rb") as handle:
-            handle.seek(start)
-            remaining = end - start
-            while remaining > 0:
-                chunk = handle.read(min(CHUNK, remaining))
-                if not chunk:
-                    break
-                remaining -= len(chunk)
-                yield chunk
+        return file_chunks(self._path(key), start, end)
 
     def local_path(self, key: str) -> Path | None:
         return self._path(key)

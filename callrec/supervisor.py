@@ -26,7 +26,7 @@ from contracts.v1.events import UserRemoved, UserUpserted, parse_event
 from . import bus, natsserver
 from .config import NodeConfig
 from .logs import get_logger, setup_logging
-from .users import UsersProjection, hash_password
+from .users import User, UsersProjection, hash_password
 
 SERVICES = ("capture", "signaling", "catalog", "sync", "scheduler", "web")
 MAX_BACKOFF = 10.0
@@ -188,31 +188,10 @@ async def bootstrap(config: NodeConfig) -> None:
         if password:
             existing = users.users.get("admin")
             if existing is None or not users.authenticate("admin", password):
-                await bus.publish_event(
-                    js,
-                    UserUpserted(
-                        node_id=config.node_id,
-                        username="admin",
-                        display_name="Administrator",
-                        password_hash=hash_password(password),
-                        admin=True,
-                        extensions=existing.extensions if existing else [],
-                        record=existing.record if existing else False,
-                    ),
-                )
+                await bus.publish_event(js, _admin_event(config, password, existing))
         elif not users.has_admin():
             generated = secrets.token_urlsafe(12)
-            await bus.publish_event(
-                js,
-                UserUpserted(
-                    node_id=config.node_id,
-                    username="admin",
-                    display_name="Administrator",
-                    password_hash=hash_password(generated),
-                    admin=True,
-                    record=False,
-                ),
-            )
+            await bus.publish_event(js, _admin_event(config, generated, None))
             secret_file = config.data_dir / "run" / "initial-admin-password"
             secret_file.write_text(generated + "\n")
             secret_file.chmod(0o600)
@@ -224,3 +203,15 @@ async def bootstrap(config: NodeConfig) -> None:
             )
     finally:
         await nc.drain()
+
+
+def _admin_event(config: NodeConfig, password: str, existing: User | None) -> UserUpserted:
+    return UserUpserted(
+        node_id=config.node_id,
+        username="admin",
+        display_name="Administrator",
+        password_hash=hash_password(password),
+        admin=True,
+        extensions=existing.extensions if existing else [],
+        record=existing.record if existing else False,
+    )

@@ -28,13 +28,13 @@ from litestar.exceptions import (
 from litestar.params import Parameter
 from litestar.response import Stream
 
-from callrec.store import ObjectStore, StoreKeyError
+from callrec.store import ObjectStore, StoreKeyError, file_chunks
 from callrec.users import UsersProjection, hash_password
 from contracts.v1.events import RecordingCompleted, UserRemoved, UserUpserted
 from contracts.v1.rpc import SearchRequest, SearchResult
 
 from .auth import REALM, Authenticator, Principal
-from .media import AudioMissing, WavCache, download_name, file_chunks
+from .media import AudioMissing, WavCache, download_name
 from .prom import CONTENT_TYPE as PROM_CONTENT_TYPE
 from .prom import merge_texts
 from .ranges import RangeNotSatisfiable, content_range, parse_range
@@ -185,7 +185,7 @@ async def recording_audio(
             media_type, etag, extension = "audio/wav", f'"{record.sha256}-wav"', "wav"
 
             def chunks(first: int, last: int) -> Iterator[bytes]:
-                return file_chunks(path, first, last)
+                return file_chunks(path, first, last + 1)
 
         else:
             size = web.store.size(record.object_key)

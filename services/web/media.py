@@ -12,11 +12,10 @@ import os
 import re
 import tempfile
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 from callrec import audio
-from callrec.store import CHUNK, ObjectStore
+from callrec.store import ObjectStore
 from contracts.v1.events import RecordingCompleted
 
 _FILENAME_UNSAFE = re.compile(r"[^A-Za-z0-9+._-]+")
@@ -24,19 +23,6 @@ _FILENAME_UNSAFE = re.compile(r"[^A-Za-z0-9+._-]+")
 
 class AudioMissing(FileNotFoundError):
     """The catalog knows the recording but this node's store has no object for it."""
-
-
-def file_chunks(path: Path, first: int, last: int) -> Iterator[bytes]:
-    """Bytes first..last (inclusive) of a file, in chunks."""
-    with path.open("rb") as handle:
-        handle.seek(first)
-        remaining = last - first + 1
-        while remaining > 0:
-            chunk = handle.read(min(CHUNK, remaining))
-            if not chunk:
-                break
-            remaining -= len(chunk)
-            yield chunk
 
 
 def download_name(record: RecordingCompleted, extension: str) -> str:

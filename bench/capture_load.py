@@ -39,6 +39,7 @@ if str(REPO) not in sys.path:  # `python bench/capture_load.py` works too
 HOST = "127.0.0.1"
 PTIME = 0.020
 SUBSLOTS = 10  # streams are spread over 2 ms sub-slots, like unrelated real calls
+subslots_option = [SUBSLOTS]
 RECV_BUFFER = 1 << 20  # same SO_RCVBUF as capture, so losses compare
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 RTP_HEADER = struct.Struct("!BBHII")
@@ -123,7 +124,7 @@ def find_service(pgrp: int, service: str) -> int:
 # --------------------------------------------------------------------------- sender
 
 
-def run_sender(ports: list[int], seconds: float) -> None:
+def run_sender(ports: list[int], seconds: float, subslots: int) -> None:
     """Paced PCMU sender: prints `start`, sends, prints a JSON summary.
 
     Packets are pre-built per stream; each tick only patches seq/timestamp and the
@@ -139,13 +140,13 @@ def run_sender(ports: list[int], seconds: float) -> None:
         sock.bind((HOST, 0))
         socks.append(sock)
     groups: list[list[tuple[socket.socket, tuple[str, int], bytearray, int, int, int]]] = [
-        [] for _ in range(SUBSLOTS)
+        [] for _ in range(subslots)
     ]
     for i, port in enumerate(ports):
         ssrc, seq0, ts0 = 0x10000 + i, (i * 7919) & 0xFFFF, (i * 104729) & 0xFFFFFFFF
         packet = bytearray(12 + SAMPLES_PER_PACKET)
         RTP_HEADER.pack_into(packet, 0, 0x80, 0x80, seq0, ts0, ssrc)  # marker on first
-        groups[i % SUBSLOTS].append((socks[i % len(socks)], (HOST, port), packet, seq0, ts0, i))
+        groups[i % subslots].append((socks[i % len(socks)], (HOST, port), packet, seq0, ts0, i))
     ticks = round(seconds / PTIME)
     sent = errors = late = 0
     max_lag = 0.0
@@ -154,7 +155,7 @@ def run_sender(ports: list[int], seconds: float) -> None:
     for tick in range(ticks):
         chunk = chunks[tick % len(chunks)]
         for sub, group in enumerate(groups):
-            target = t0 + tick * PTIME + sub * (PTIME / SUBSLOTS)
+            target = t0 + tick * PTIME + sub * (PTIME / subslots)
             delay = target - time.monotonic()
             if delay > 0:
                 time.sleep(delay)
@@ -234,6 +235,7 @@ async def send_load(ports: list[int], seconds: float, measure: dict[str, Any]) -
     """Run the sender process; sample `measure` callables at its start and end."""
     proc = await asyncio.create_subprocess_exec(
         sys.executable, str(Path(__file__).resolve()), "_send", "--seconds", str(seconds),
+        "--subslots", str(subslots_option[0]),
         stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, cwd=REPO,
     )
     assert proc.stdin is not None and proc.stdout is not None
@@ -534,12 +536,17 @@ def main() -> None:
     parser.add_argument("--calls", default="50,100,200", help="comma-separated call counts")
     parser.add_argument("--seconds", type=float, default=20.0, help="load duration per level")
     parser.add_argument("--streams", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--subslots", type=int, default=SUBSLOTS,
+                        help="spread each 20 ms tick over this many send bursts (1 = all at once)")
     parser.add_argument("--keep", action="store_true", help="keep the node's data dir")
     args = parser.parse_args()
     if not 1 <= args.seconds <= 600:
         parser.error("--seconds must be within 1..600")
+    if not 1 <= args.subslots <= 20:
+        parser.error("--subslots must be within 1..20")
+    subslots_option[0] = args.subslots
     if args.mode == "_send":
-        run_sender(json.loads(sys.stdin.readline()), args.seconds)
+        run_sender(json.loads(sys.stdin.readline()), args.seconds, args.subslots)
     elif args.mode == "_baseline":
         asyncio.run(run_baseline(args.streams, args.seconds))
     else:

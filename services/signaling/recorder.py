@@ -83,6 +83,18 @@ class Leg:
     ended: bool = False
     sdp_version: int = 1
     offer_pending: bool = False  # our 200 OK carried an offer; the ACK brings the answer
+    # What is needed to send the PBX a BYE ourselves (session timer expiry, no ACK).
+    remote_target: str = ""
+    local_identity: str = ""
+    remote_identity: str = ""
+    peer: object | None = None
+    bye_cseq: int = 1
+    # RFC 4028: the PBX refreshes; if it stops (it died, the link broke) we end the leg.
+    session_expires: int | None = None
+    refreshed_at: float = 0.0
+
+    def expired(self, now: float) -> bool:
+        return self.session_expires is not None and now - self.refreshed_at > self.session_expires
 
 
 @dataclass

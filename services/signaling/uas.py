@@ -35,11 +35,13 @@ from .recorder import (
     number_of,
 )
 from .sip.message import (
+    Headers,
     SipParseError,
     SipRequest,
     SipResponse,
     build_response,
     parse_message,
+    parse_name_addr,
     serialize,
 )
 from .sip.transport import Peer
@@ -52,6 +54,8 @@ ALLOW = "INVITE, ACK, BYE, CANCEL, OPTIONS, UPDATE, INFO, NOTIFY"
 SUPPORTED_TAGS = {"siprec", "timer"}
 SERVER = "callrec/0.1"
 MAX_STREAMS = 4
+MIN_SESSION_EXPIRES = 90
+SWEEP_INTERVAL = 5.0
 
 
 class Backend(Protocol):
@@ -72,6 +76,7 @@ class Backend(Protocol):
 
 class Sender(Protocol):
     def reply(self, peer: Peer, data: bytes, via_port: int | None, rport: bool) -> None: ...
+    def send_request(self, peer: Peer, data: bytes) -> None: ...
 
 
 @dataclass
@@ -97,6 +102,14 @@ class Plan:
     metadata: RecordingMetadata
     offer: sdp.SessionDescription | None
     siprec_metadata: siprec.RecordingMetadata | None = None
+
+
+@dataclass
+class _CallLock:
+    """Serialises the requests of one Call-ID; dropped when nobody holds or waits."""
+
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    users: int = 0
 
 
 class BadRequest(Exception):
@@ -136,7 +149,7 @@ class RecorderUas:
         self.by_key: dict[str, RecordingSession] = {}
         self.dialogs: dict[tuple[str, str], tuple[RecordingSession, Leg]] = {}
         self.retransmits: dict[tuple[str, int], asyncio.Task[None]] = {}
-        self.locks: dict[str, asyncio.Lock] = {}
+        self.locks: dict[str, _CallLock] = {}
         self.tasks: set[asyncio.Task[None]] = set()
         self.counters = Counters()
         # Full SIPREC metadata per recording, to apply partial updates to.
@@ -172,9 +185,12 @@ class RecorderUas:
             except Exception:
                 log.exception("sip_handler_failed", method=request.method, call_id=call_id)
             return
-        lock = self.locks.setdefault(call_id, asyncio.Lock())
+        entry = self.locks.get(call_id)
+        if entry is None:
+            entry = self.locks[call_id] = _CallLock()
+        entry.users += 1
         try:
-            async with lock:
+            async with entry.lock:
                 await self._handle(request, peer)
         except Exception:
             log.exception("sip_handler_failed", method=request.method, call_id=call_id)
@@ -182,7 +198,8 @@ class RecorderUas:
             if request.method not in ("ACK",) and (tx is None or tx.status < 200):
                 self._respond(request, peer, 500)
         finally:
-            if not lock.locked() and not any(k[0] == call_id for k in self.dialogs):
+            entry.users -= 1
+            if entry.users == 0:
                 self.locks.pop(call_id, None)
 
     async def _handle(self, request: SipRequest, peer: Peer) -> None:
@@ -317,6 +334,11 @@ class RecorderUas:
             Stream(s.stream_id, s.channel, s.label, ports[s.stream_id]) for s in plan.streams
         ]
         leg = Leg(request.call_id, local_tag, request.from_.tag or "", streams)
+        leg.remote_target = _contact_uri(request)
+        leg.remote_identity = request.headers.get("From") or ""
+        leg.local_identity = f"{request.headers.get('To')};tag={local_tag}"
+        leg.peer = peer
+        self._refresh(leg, request)
         session.legs[request.call_id] = leg
         self.dialogs[(request.call_id, local_tag)] = (session, leg)
         body = self._session_body(leg, plan.offer)
@@ -511,6 +533,7 @@ class RecorderUas:
             return
         body = self._session_body(leg, offer)
         await self._push_codecs(session, leg, offer)
+        self._refresh(leg, request)
         self._respond(request, peer, 200, body=body.encode(), content_type="application/sdp",
                       headers=self._dialog_headers(request, peer, session.metadata.source
                                                    == "siprec"))
@@ -531,6 +554,7 @@ class RecorderUas:
         if metadata_xml is not None:
             await self._apply_metadata_update(session, metadata_xml)
         srs = session.metadata.source == "siprec"
+        self._refresh(leg, request)
         if offer is None:
             self._respond(request, peer, 200,
                           headers=self._dialog_headers(request, peer, srs))
@@ -676,13 +700,15 @@ class RecorderUas:
             tx.response = data
         self._send(peer, data, request)
         if request.method == "INVITE" and status >= 200 and peer.transport == "UDP":
-            self._start_retransmit(request, peer, data)
+            self._start_retransmit(request, peer, data, status)
 
     def _send(self, peer: Peer, data: bytes, request: SipRequest) -> None:
         via = request.vias[0]
         self.sender.reply(peer, data, via.port, via.rport_requested)
 
-    def _start_retransmit(self, request: SipRequest, peer: Peer, data: bytes) -> None:
+    def _start_retransmit(
+        self, request: SipRequest, peer: Peer, data: bytes, status: int
+    ) -> None:
         key = (request.call_id, request.cseq[0])
         old = self.retransmits.pop(key, None)
         if old is not None:
@@ -697,6 +723,8 @@ class RecorderUas:
                 interval = min(interval * 2, T2)
             self.retransmits.pop(key, None)
             log.warning("ack_timeout", call_id=request.call_id)
+            if status < 300 and request.to.tag is None:
+                await self._abandon_leg(request.call_id, "no ACK")
 
         self.retransmits[key] = asyncio.create_task(resend())
 
@@ -705,11 +733,52 @@ class RecorderUas:
         del data, peer  # Without trustworthy Via/Call-ID we cannot route a response.
 
     async def expire_transactions(self) -> None:
+        """Forget old transactions; end legs whose session timer ran out."""
         while True:
-            await asyncio.sleep(5.0)
-            cutoff = time.monotonic() - TRANSACTION_LIFETIME
+            await asyncio.sleep(SWEEP_INTERVAL)
+            now = time.monotonic()
+            cutoff = now - TRANSACTION_LIFETIME
             for key in [k for k, tx in self.transactions.items() if tx.created < cutoff]:
                 del self.transactions[key]
+            for session, leg in list(self.dialogs.values()):
+                if leg.expired(now):
+                    log.warning("session_expired", recording_id=session.recording_id,
+                                call_id=leg.call_id)
+                    self._send_bye(leg)
+                    await self._end_leg(session, leg, "session expired")
+
+    def _refresh(self, leg: Leg, request: SipRequest) -> None:
+        leg.refreshed_at = time.monotonic()
+        value = (request.headers.get("Session-Expires") or "").split(";", 1)[0].strip()
+        if value.isdigit() and _supports(request, "timer"):
+            leg.session_expires = max(int(value), MIN_SESSION_EXPIRES)
+
+    async def _abandon_leg(self, call_id: str, reason: str) -> None:
+        for session, leg in list(self.dialogs.values()):
+            if leg.call_id == call_id and not leg.confirmed:
+                log.warning("leg_abandoned", recording_id=session.recording_id, reason=reason)
+                self._send_bye(leg)
+                await self._end_leg(session, leg, reason)
+
+    def _send_bye(self, leg: Leg) -> None:
+        """Tell the PBX we are ending its recording call (best effort, no retries)."""
+        peer = leg.peer
+        if not isinstance(peer, Peer) or not leg.remote_target:
+            return
+        leg.bye_cseq += 1
+        transport = "TCP" if peer.transport == "TCP" else "UDP"
+        host = f"[{self.address}]" if ":" in self.address else self.address
+        headers = Headers()
+        headers.add("Via", f"SIP/2.0/{transport} {host}:{self.sip_port};"
+                           f"branch=z9hG4bK{secrets.token_hex(8)};rport")
+        headers.add("Max-Forwards", "70")
+        headers.add("From", leg.local_identity)
+        headers.add("To", leg.remote_identity)
+        headers.add("Call-ID", leg.call_id)
+        headers.add("CSeq", f"{leg.bye_cseq} BYE")
+        headers.add("User-Agent", SERVER)
+        bye = SipRequest("BYE", leg.remote_target, headers, b"")
+        self.sender.send_request(peer, serialize(bye))
 
     async def shutdown(self) -> None:
         for task in list(self.retransmits.values()):
@@ -756,6 +825,17 @@ def _split_body(request: SipRequest) -> tuple[sdp.SessionDescription | None, byt
         except (sdp.SdpError, UnicodeDecodeError) as exc:
             raise BadRequest(400, f"bad SDP: {exc}") from exc
     return offer, metadata
+
+
+def _contact_uri(request: SipRequest) -> str:
+    """Where in-dialog requests to the PBX go: its Contact, else its From URI."""
+    contact = request.headers.get("Contact")
+    if contact:
+        try:
+            return str(parse_name_addr(contact).uri)
+        except SipParseError:
+            pass
+    return str(request.from_.uri)
 
 
 def _usable(media: sdp.MediaDescription) -> bool:

@@ -20,7 +20,7 @@ from contracts.v1.events import RecordingMetadata, UserUpserted
 from contracts.v1.rpc import AllocateRequest, UpdateRequest
 from services.signaling.recorder import RecordingSession
 from services.signaling.sdp import SessionDescription, parse_sdp
-from services.signaling.sip.message import SipResponse, parse_message
+from services.signaling.sip.message import SipRequest, SipResponse, parse_message
 from services.signaling.sip.transport import Peer
 from services.signaling.uas import RecorderUas
 
@@ -93,6 +93,12 @@ class FakeBackend:
 class FakeSender:
     def __init__(self) -> None:
         self.sent: list[tuple[Peer, bytes, int | None, bool]] = []
+        self.requests: list[SipRequest] = []
+
+    def send_request(self, peer: Peer, data: bytes) -> None:
+        msg = parse_message(data)
+        assert isinstance(msg, SipRequest)
+        self.requests.append(msg)
 
     def reply(self, peer: Peer, data: bytes, via_port: int | None, rport: bool) -> None:
         self.sent.append((peer, data, via_port, rport))
@@ -1054,3 +1060,48 @@ async def test_siprec_update_with_metadata_only(h: Harness) -> None:
     (update,) = h.backend.updates
     assert update.metadata is not None
     assert [p.name for p in update.metadata.participants] == ["Alice", "Robert"]
+
+
+async def test_session_timer_expiry_sends_bye_and_finalizes(
+    h: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(uas_module, "SWEEP_INTERVAL", 0.01)
+    ok = await h.invite("st-expire", from_=cucm_from("near", tag="tag-near"),
+                        extra=[("Supported", "timer"), ("Session-Expires", "1800")])
+    await h.send(sip_request("ACK", call_id="st-expire", from_=cucm_from("near", tag="tag-near"),
+                             to_tag=to_tag(ok), body=ANSWER_SDP,
+                             content_type="application/sdp"))
+    session, leg = next(iter(h.uas.dialogs.values()))
+    assert leg.session_expires == 1800
+    leg.refreshed_at -= 1801  # the PBX stopped refreshing half an hour ago
+    sweeper = asyncio.create_task(h.uas.expire_transactions())
+    try:
+        for _ in range(100):
+            await asyncio.sleep(0.01)
+            if h.backend.finalized:
+                break
+    finally:
+        sweeper.cancel()
+    assert [f[0] for f in h.backend.finalized] == [session.recording_id]
+    bye = h.sender.requests[-1]
+    assert bye.method == "BYE" and bye.call_id == "st-expire"
+    assert bye.uri == "sip:1001@10.1.1.1:5060"  # the PBX's Contact
+    assert bye.from_.tag == to_tag(ok) and bye.to.tag == "tag-near"
+    assert not h.uas.dialogs
+
+
+async def test_missing_ack_abandons_leg_with_bye(
+    h: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(uas_module, "T1", 0.001)
+    monkeypatch.setattr(uas_module, "T2", 0.004)
+    monkeypatch.setattr(uas_module, "TRANSACTION_LIFETIME", 0.05)
+    await h.cucm_leg("near", "no-ack")
+    for _ in range(100):
+        await asyncio.sleep(0.01)
+        if h.backend.finalized:
+            break
+    await settle(h.uas)
+    assert len(h.backend.finalized) == 1
+    assert h.sender.requests and h.sender.requests[-1].method == "BYE"
+    assert not h.uas.sessions

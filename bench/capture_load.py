@@ -90,23 +90,26 @@ def cmdline(pid: int) -> str:
         return ""
 
 
-def tree_cpu(root: int) -> float:
-    """CPU of `root` and every live descendant (the finalize worker is a grandchild
-    via the forkserver), plus what reaped descendants left in cutime/cstime."""
+def descendants(root: int) -> list[ProcStat]:
+    """`root` and its live descendants (the finalize worker is a grandchild, via the
+    forkserver); found through ppid links since they share the node's process group."""
     stats = all_stats()
-    children: dict[int, list[ProcStat]] = {}
     by_pid = {s.pid: s for s in stats}
+    children: dict[int, list[int]] = {}
     for s in stats:
-        children.setdefault(s.ppid, []).append(s)
-    total, todo = 0.0, [root]
+        children.setdefault(s.ppid, []).append(s.pid)
+    found, todo = [], [root]
     while todo:
         pid = todo.pop()
-        stat = by_pid.get(pid)
-        if stat is None:
-            continue
-        total += stat.cpu + stat.child_cpu
-        todo.extend(c.pid for c in children.get(pid, []))
-    return total
+        if pid in by_pid:
+            found.append(by_pid[pid])
+            todo.extend(children.get(pid, []))
+    return found
+
+
+def tree_cpu(root: int) -> float:
+    """CPU of `root` and its live descendants, plus what reaped ones left in cutime."""
+    return sum(s.cpu + s.child_cpu for s in descendants(root))
 
 
 def proc_cpu(pid: int) -> float:
@@ -508,9 +511,8 @@ async def orchestrate(levels: list[int], seconds: float, keep: bool) -> None:
         # imports), a one-off cost that is not per call-minute.
         warm, _ = await driver.allocate(1, "warmup")
         await driver.finalize(warm, timeout=60)
-        tree = [f"{s.pid}:{cmdline(s.pid)[:60]}" for s in all_stats()
-                if s.pgrp == pgrp and s.pid != capture_pid and s.ppid != pgrp]
-        print(f"# capture pid {capture_pid}; descendants {tree}", file=sys.stderr)
+        tree = [f"{s.pid}:{cmdline(s.pid)[:50].strip()}" for s in descendants(capture_pid)]
+        print(f"# capture process tree measured: {tree}", file=sys.stderr)
         rows = []
         for calls in levels:
             print(f"# level {calls} calls ...", file=sys.stderr, flush=True)

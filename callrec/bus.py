@@ -16,7 +16,15 @@ import nats
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from nats.js.api import ConsumerConfig, DeliverPolicy, RetentionPolicy, StorageType, StreamConfig
+from nats.js.api import (
+    ConsumerConfig,
+    DeliverPolicy,
+    ExternalStream,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+    StreamSource,
+)
 from nats.js.errors import NotFoundError
 from pydantic import BaseModel, ValidationError
 
@@ -61,22 +69,55 @@ async def connect(url: str, name: str) -> NatsClient:
     )
 
 
-async def ensure_event_stream(js: JetStreamContext, node_id: str) -> None:
-    """Create the node's own event stream if missing (idempotent, safe at every start)."""
+async def ensure_streams(js: JetStreamContext, node_id: str) -> None:
+    """Create the node's own event stream and its cluster aggregate (idempotent)."""
     name = subjects.events_stream(node_id)
-    config = StreamConfig(
-        name=name,
-        subjects=[subjects.node_events(node_id)],
-        retention=RetentionPolicy.LIMITS,
-        storage=StorageType.FILE,
-        duplicate_window=120.0,
-        max_msgs=-1,
-        max_bytes=-1,
-    )
     try:
         await js.stream_info(name)
     except NotFoundError:
-        await js.add_stream(config)
+        await js.add_stream(StreamConfig(
+            name=name,
+            subjects=[subjects.node_events(node_id)],
+            retention=RetentionPolicy.LIMITS,
+            storage=StorageType.FILE,
+            duplicate_window=120.0,
+            max_msgs=-1,
+            max_bytes=-1,
+        ))
+    try:
+        await js.stream_info(subjects.CLUSTER_STREAM)
+    except NotFoundError:
+        await js.add_stream(StreamConfig(
+            name=subjects.CLUSTER_STREAM,
+            sources=[StreamSource(name=name)],
+            retention=RetentionPolicy.LIMITS,
+            storage=StorageType.FILE,
+            duplicate_window=120.0,
+            max_msgs=-1,
+            max_bytes=-1,
+        ))
+
+
+async def cluster_sources(js: JetStreamContext) -> set[str]:
+    info = await js.stream_info(subjects.CLUSTER_STREAM)
+    return {source.name for source in info.config.sources or []}
+
+
+async def add_peer_source(js: JetStreamContext, peer_node_id: str) -> bool:
+    """Make this node's aggregate source a peer's event stream; a new one catches up
+    from its first message. Returns False when it was already a source."""
+    info = await js.stream_info(subjects.CLUSTER_STREAM)
+    config = info.config
+    sources = list(config.sources or [])
+    name = subjects.events_stream(peer_node_id)
+    if any(source.name == name for source in sources):
+        return False
+    sources.append(StreamSource(
+        name=name, external=ExternalStream(api=subjects.js_api_prefix(peer_node_id))
+    ))
+    config.sources = sources
+    await js.update_stream(config)
+    return True
 
 
 async def publish_event(js: JetStreamContext, event: EventBase) -> int:
@@ -163,13 +204,13 @@ async def follow_events(
     start_sequence: int,
     apply: Callable[[Any, int], Awaitable[None]],
 ) -> None:
-    """Feed events matching `filter_subject` to `apply(event, seq)` from a sequence on, forever.
+    """Feed the cluster's events matching `filter_subject` to `apply(event, seq)`, forever.
 
     An ordered consumer: no server-side state to clean up, and it recreates itself
     after reconnects, so projections keep their own checkpoint (the last sequence).
     Undecodable messages are logged and skipped, never fatal.
     """
-    stream = subjects.events_stream(node_id)
+    stream = subjects.CLUSTER_STREAM
     while True:
         try:
             sub = await js.subscribe(

@@ -29,6 +29,8 @@ class NodeConfig(BaseModel):
     sip_port: int = Field(default=5060, ge=1, le=65535)
     http_port: int = Field(default=8080, ge=1, le=65535)
     nats_port: int = Field(default=4222, ge=1, le=65535)
+    nats_leaf_port: int | None = Field(default=None, ge=1, le=65535)
+    cluster_port: int | None = Field(default=None, ge=1, le=65535)
     rtp_port_min: int = Field(default=20000, ge=1024, le=65534)
     rtp_port_max: int = Field(default=29999, ge=1025, le=65535)
     max_channels: int = Field(default=100, ge=0)
@@ -36,6 +38,7 @@ class NodeConfig(BaseModel):
     role: Literal["primary", "backup"] = "primary"
     priority: int = Field(default=0, ge=0)
     peers: tuple[str, ...] = ()
+    role_timeout_s: float = Field(default=3.0, ge=0.5, le=300.0)
     admin_password: str | None = None
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     opus_bitrate: int = Field(default=16000, ge=6000, le=128000)
@@ -53,10 +56,17 @@ class NodeConfig(BaseModel):
             ipaddress.ip_address(value)
         return value
 
+    @field_validator("peers")
+    @classmethod
+    def _peers(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(normalize_peer(peer) for peer in value)
+
     @model_validator(mode="after")
     def _ranges(self) -> NodeConfig:
         if self.rtp_port_min >= self.rtp_port_max:
             raise ValueError("rtp port range is empty: min must be below max")
+        if self.peers and self.cluster_port is None:
+            raise ValueError("--peer needs --cluster-port (the port peers connect to)")
         return self
 
     @property
@@ -72,6 +82,14 @@ class NodeConfig(BaseModel):
     def nats_url(self) -> str:
         return f"nats://127.0.0.1:{self.nats_port}"
 
+    @property
+    def clustered(self) -> bool:
+        return self.cluster_port is not None
+
+    @property
+    def leaf_port(self) -> int:
+        return self.nats_leaf_port or self.nats_port + 1
+
     def to_env(self) -> dict[str, str]:
         return {CONFIG_ENV: self.model_dump_json()}
 
@@ -81,6 +99,20 @@ class NodeConfig(BaseModel):
         if not raw:
             raise RuntimeError(f"{CONFIG_ENV} is not set: services are started by 'callrec up'")
         return cls.model_validate_json(raw)
+
+
+def normalize_peer(peer: str) -> str:
+    """Accept `host:port` or `nats-route://host:port` for a peer's cluster port."""
+    text = peer.strip()
+    if "://" in text:
+        scheme, _, rest = text.partition("://")
+        if scheme not in ("nats-route", "nats"):
+            raise ValueError(f"peer {peer!r}: use host:port or nats-route://host:port")
+        text = rest
+    host, _, port = text.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"peer {peer!r}: expected host:port")
+    return f"nats-route://{host}:{port}"
 
 
 def _default_node_id() -> str:

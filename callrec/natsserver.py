@@ -38,31 +38,73 @@ def find_binary() -> str:
 
 
 def write_config(config: NodeConfig) -> Path:
-    """JetStream on, its own domain (the node id), listening on loopback only."""
+    """JetStream on, its own domain (the node id), clients on loopback only.
+
+    In a cluster it is a leaf of this node's core server, which carries the links
+    to the peers: leaf links must form a tree, routes between core servers need not,
+    and no RAFT quorum is involved, so two nodes work and any one may die.
+    """
     run_dir = config.data_dir / "run"
     run_dir.mkdir(parents=True, exist_ok=True)
     store_dir = (config.data_dir / "nats").resolve()
     store_dir.mkdir(parents=True, exist_ok=True)
-    text = "\n".join(
-        [
-            f'server_name: "{config.node_id}"',
-            f"listen: 127.0.0.1:{config.nats_port}",
-            "max_payload: 8MB",
-            "jetstream {",
-            f'  store_dir: "{store_dir}"',
-            f'  domain: "{config.node_id}"',
+    lines = [
+        f'server_name: "{config.node_id}"',
+        f"listen: 127.0.0.1:{config.nats_port}",
+        "max_payload: 8MB",
+        "jetstream {",
+        f'  store_dir: "{store_dir}"',
+        f'  domain: "{config.node_id}"',
+        "}",
+    ]
+    if config.clustered:
+        lines += [
+            "leafnodes {",
+            f'  remotes: [ {{ url: "nats-leaf://127.0.0.1:{config.leaf_port}" }} ]',
+            "  reconnect: 1",
             "}",
-            "",
         ]
-    )
     path = run_dir / "nats-server.conf"
-    path.write_text(text)
+    path.write_text("\n".join(lines) + "\n")
     return path
 
 
+def write_core_config(config: NodeConfig) -> Path:
+    """The node's core server: routes to the peers, a leaf port for our JetStream server."""
+    assert config.cluster_port is not None
+    routes = ", ".join(f'"{peer}"' for peer in config.peers)
+    lines = [
+        f'server_name: "{config.node_id}-core"',
+        "listen: 127.0.0.1:-1",
+        "cluster {",
+        '  name: "callrec"',
+        f"  listen: {_host(config.bind)}:{config.cluster_port}",
+        f"  routes: [{routes}]",
+        "  no_advertise: true",
+        "  connect_retries: -1",
+        "}",
+        "leafnodes {",
+        f"  listen: 127.0.0.1:{config.leaf_port}",
+        "}",
+    ]
+    path = config.data_dir / "run" / "nats-core.conf"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _host(address: str) -> str:
+    return f"[{address}]" if ":" in address else address
+
+
 def start(config: NodeConfig) -> subprocess.Popen[bytes]:
-    conf = write_config(config)
-    log_path = config.data_dir / "run" / "nats-server.log"
+    return _launch(write_config(config), config.data_dir / "run" / "nats-server.log")
+
+
+def start_core(config: NodeConfig) -> subprocess.Popen[bytes]:
+    return _launch(write_core_config(config), config.data_dir / "run" / "nats-core.log")
+
+
+def _launch(conf: Path, log_path: Path) -> subprocess.Popen[bytes]:
     log_file = log_path.open("ab")
     return subprocess.Popen(
         [find_binary(), "-c", str(conf)],

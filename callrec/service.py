@@ -56,7 +56,7 @@ async def _run(name: str, config: NodeConfig, main: ServiceMain) -> None:
         loop.add_signal_handler(signum, stopping.set)
     nc = await bus.connect(config.nats_url, f"{config.node_id}-{name}")
     js = nc.jetstream()
-    await bus.ensure_event_stream(js, config.node_id)
+    await bus.ensure_streams(js, config.node_id)
     metrics = Registry(name, config.node_id)
     ctx = ServiceContext(name, config, nc, js, metrics, stopping)
 

@@ -57,13 +57,18 @@ async def _supervise(config: NodeConfig) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stopping.set)
 
+    core_proc = natsserver.start_core(config) if config.clustered else None
     nats_proc = natsserver.start(config)
     try:
+        if core_proc is not None:
+            await asyncio.to_thread(natsserver.wait_ready, config.leaf_port, core_proc)
         await asyncio.to_thread(natsserver.wait_ready, config.nats_port, nats_proc)
         await bootstrap(config)
     except Exception as exc:
         log.error("node_start_failed", error=str(exc))
         _stop_process(nats_proc)
+        if core_proc is not None:
+            _stop_process(core_proc)
         return 1
     _write_runtime_file(config)
     log.info(
@@ -84,6 +89,9 @@ async def _supervise(config: NodeConfig) -> int:
             await asyncio.wait_for(stopping.wait(), timeout=0.5)
         if stopping.is_set():
             break
+        if core_proc is not None and core_proc.poll() is not None:
+            log.error("nats_core_exited", code=core_proc.returncode)
+            core_proc = natsserver.start_core(config)
         if nats_proc.poll() is not None:
             log.error("nats_server_exited", code=nats_proc.returncode)
             nats_proc = natsserver.start(config)
@@ -115,6 +123,8 @@ async def _supervise(config: NodeConfig) -> int:
             with contextlib.suppress(ProcessLookupError):
                 proc.kill()
     _stop_process(nats_proc)
+    if core_proc is not None:
+        _stop_process(core_proc)
     with contextlib.suppress(FileNotFoundError):
         (config.data_dir / "run" / "node.json").unlink()
     log.info("node_stopped")
@@ -157,7 +167,7 @@ def _write_runtime_file(config: NodeConfig) -> None:
 async def load_users(js: JetStreamContext, node_id: str) -> UsersProjection:
     """Read every user event once (used by bootstrap and the CLI)."""
     projection = UsersProjection()
-    stream = subjects.events_stream(node_id)
+    stream = subjects.CLUSTER_STREAM
     filter_subject = subjects.events_of_type("user.*")
     info = await js.stream_info(stream, subjects_filter=filter_subject)
     total = sum((info.state.subjects or {}).values())
@@ -182,7 +192,7 @@ async def bootstrap(config: NodeConfig) -> None:
     nc = await bus.connect(config.nats_url, f"{config.node_id}-bootstrap")
     try:
         js = nc.jetstream()
-        await bus.ensure_event_stream(js, config.node_id)
+        await bus.ensure_streams(js, config.node_id)
         users = await load_users(js, config.node_id)
         password = config.admin_password
         if password:

@@ -69,9 +69,15 @@ class UsersProjection:
     users: dict[str, User] = field(default_factory=dict)
     by_extension: dict[str, str] = field(default_factory=dict)
     last_sequence: int = 0
+    # Sourced streams can deliver a fact twice; applying an old one again would undo
+    # a newer change, so each event applies once.
+    applied: set[str] = field(default_factory=set)
 
     def apply(self, event: UserUpserted | UserRemoved, sequence: int = 0) -> None:
         self.last_sequence = max(self.last_sequence, sequence)
+        if event.event_id in self.applied:
+            return
+        self.applied.add(event.event_id)
         old = self.users.pop(event.username, None)
         if old is not None:
             for ext in old.extensions:

@@ -44,6 +44,20 @@ def events_stream(node_id: str) -> str:
     return f"EVENTS_{node_id.replace('-', '_')}"
 
 
+# Every node's aggregate of all nodes' facts (its own stream plus each peer's, sourced
+# over the inter-node link). Projections read this one, so they see the whole cluster.
+CLUSTER_STREAM = "CLUSTER"
+
+
+def js_api_prefix(node_id: str) -> str:
+    """JetStream API of another node's domain (each node is its own domain)."""
+    return f"$JS.{node_id}.API"
+
+
+def all_heartbeats() -> str:
+    return f"{ROOT}.{VERSION}.*.heartbeat"
+
+
 def rpc(node_id: str, service: str, operation: str) -> str:
     """Subject of a request/reply operation served by a service on one node."""
     return f"{ROOT}.{VERSION}.{node_id}.rpc.{service}.{operation}"
@@ -69,6 +83,13 @@ CAPTURE_HEALTH = "health"
 
 SIGNALING = "signaling"
 SIGNALING_ACTIVE = "active"
+
+SYNC = "sync"
+SYNC_READ = "read"
+SYNC_STATUS = "status"
+
+SCHEDULER = "scheduler"
+SCHEDULER_ROLES = "roles"
 
 CATALOG = "catalog"
 CATALOG_SEARCH = "search"

@@ -128,6 +128,37 @@ class RecordingFailed(EventBase):
     reason: str
 
 
+class RecordingReplicated(EventBase):
+    """This node (`node_id`) now holds a verified copy of another node's recording."""
+
+    type: Literal["recording.replicated"] = "recording.replicated"
+    recording_id: str
+    origin_node_id: str
+    object_key: str
+    sha256: str
+    size_bytes: int
+
+
+class RecordingPurged(EventBase):
+    """The recording is deleted everywhere: every node removes its copy when it sees this."""
+
+    type: Literal["recording.purged"] = "recording.purged"
+    recording_id: str
+    object_key: str
+    reason: str
+    requested_by: str | None = None
+
+
+class RoleChanged(EventBase):
+    """This node saw the maintenance role move (`holder` None: nobody it can see)."""
+
+    type: Literal["role.changed"] = "role.changed"
+    holder: str | None
+    previous: str | None
+    epoch: int
+    reason: str
+
+
 class UserUpserted(EventBase):
     """A login and/or recording user was created or changed (whole new state)."""
 
@@ -150,6 +181,9 @@ Event = Annotated[
     | RecordingEnded
     | RecordingCompleted
     | RecordingFailed
+    | RecordingReplicated
+    | RecordingPurged
+    | RoleChanged
     | UserUpserted
     | UserRemoved,
     Field(discriminator="type"),

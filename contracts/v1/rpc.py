@@ -102,3 +102,44 @@ class SearchResult(Message):
 
 class GetRequest(Message):
     recording_id: str
+
+
+class ReadObjectRequest(Message):
+    """A chunk of an object from a peer's store (sync replication)."""
+
+    object_key: str
+    offset: int = Field(ge=0)
+    length: int = Field(gt=0, le=4 * 1024 * 1024)
+
+
+class PeerLag(Message):
+    node_id: str
+    events_lag: int | None = None
+    events_last_contact_s: float | None = None
+    objects_pending: int = 0
+
+
+class NodeStatus(Message):
+    """One node as seen from the node answering (from heartbeats)."""
+
+    node_id: str
+    configured_role: str
+    priority: int
+    alive: bool
+    last_heartbeat_age_s: float | None = None
+    recordings: int | None = None
+    current_role: str | None = None
+
+
+class SyncStatus(Message):
+    node_id: str
+    nodes: list[NodeStatus]
+    lag: list[PeerLag]
+    recordings_held: int
+
+
+class RolesStatus(Message):
+    node_id: str
+    holder: str | None
+    epoch: int
+    since: datetime | None = None

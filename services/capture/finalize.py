@@ -5,6 +5,7 @@ Runs in a worker process, so decoding and encoding never stall packet reception.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +31,7 @@ class FinalizeResult:
 def finalize_recording(directory: Path, output: Path, bitrate: int) -> FinalizeResult:
     """Build both channels from the manifest's streams and encode them to `output`."""
     manifest = RecordingManifest.load(directory)
+    _sync_segments(directory)
     if manifest.ended_at is None:
         raise ValueError(f"recording {manifest.recording_id} has not ended")
     duration_ms = max(0, int((manifest.ended_at - manifest.started_at).total_seconds() * 1000))
@@ -70,3 +72,13 @@ def finalize_recording(directory: Path, output: Path, bitrate: int) -> FinalizeR
     left, right = (np.clip(m, -32768, 32767).astype(np.int16) for m in mix)
     encode_opus_stereo(left, right, OUTPUT_RATE, output, bitrate=bitrate)
     return FinalizeResult(duration_ms=duration_ms, channels=summaries, codecs=sorted(codecs))
+
+
+def _sync_segments(directory: Path) -> None:
+    """Make the raw packets durable before the recording is built from them."""
+    for path in directory.glob("*.seg"):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)

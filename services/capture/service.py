@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import ipaddress
 import multiprocessing
+import os
 import shutil
 import socket
 import time
@@ -299,7 +300,8 @@ class Capture:
 
     def _close_stream(self, live: LiveStream) -> None:
         live.receiver.close()
-        live.writer.close()
+        # No fsync here: it would stall every live stream; the finalize worker syncs.
+        live.writer.close(sync=False)
         self.m_invalid.inc(live.receiver.invalid)
         self.m_dropped.inc(live.writer.dropped)
         self.pool.give_back(live.manifest.port)
@@ -486,6 +488,9 @@ def _log_endpoint_failure(task: asyncio.Task[object]) -> None:
 
 async def main(ctx: ServiceContext) -> None:
     context = multiprocessing.get_context("forkserver")
-    with ProcessPoolExecutor(max_workers=1, mp_context=context) as executor:
+    # Encoding dominates a call's cost; one worker per core keeps finalize from
+    # falling behind, while reception stays on this process's event loop.
+    workers = max(1, os.cpu_count() or 1)
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as executor:
         capture = Capture(ctx, open_store(ctx.config.data_dir), executor)
         await capture.run()

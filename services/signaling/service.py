@@ -131,7 +131,7 @@ class NatsBackend:
     async def follow_users(self) -> None:
         """Keep the user list current; calls get 503 until it is loaded, never a wrong 404."""
         filter_subject = subjects.events_of_type("user.*")
-        stream = subjects.events_stream(self.ctx.node_id)
+        stream = subjects.CLUSTER_STREAM
         while True:
             try:
                 info = await self.ctx.js.stream_info(stream, subjects_filter=filter_subject)

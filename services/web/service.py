@@ -132,7 +132,7 @@ class _Server(uvicorn.Server):
 async def _last_user_sequence(ctx: ServiceContext) -> int:
     try:
         msg = await ctx.js.get_last_msg(
-            subjects.events_stream(ctx.node_id), subjects.events_of_type("user.*")
+            subjects.CLUSTER_STREAM, subjects.events_of_type("user.*")
         )
     except NotFoundError:
         return 0

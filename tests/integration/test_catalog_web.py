@@ -88,7 +88,7 @@ def publish(config: NodeConfig, events: list[EventBase]) -> None:
         nc = await nats.connect(config.nats_url)
         try:
             js = nc.jetstream()
-            await bus.ensure_event_stream(js, config.node_id)
+            await bus.ensure_streams(js, config.node_id)
             for event in events:
                 await bus.publish_event(js, event)
         finally:

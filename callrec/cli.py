@@ -65,7 +65,17 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--role", choices=["primary", "backup"], default=_env("ROLE", "primary"))
     up.add_argument("--priority", type=int, default=int(_env("PRIORITY", "0") or 0))
     up.add_argument("--peer", action="append", dest="peers",
-                    default=[p for p in (_env("PEERS") or "").split(",") if p])
+                    default=[p for p in (_env("PEERS") or "").split(",") if p],
+                    help="a peer's cluster address host:port (repeatable)")
+    up.add_argument("--cluster-port", type=int,
+                    default=int(_env("CLUSTER_PORT") or 0) or None,
+                    help="port peers connect to (enables clustering)")
+    up.add_argument("--nats-leaf-port", type=int,
+                    default=int(_env("NATS_LEAF_PORT") or 0) or None,
+                    help="loopback port between this node's two nats-servers (default nats+1)")
+    up.add_argument("--role-timeout", type=float,
+                    default=float(_env("ROLE_TIMEOUT") or 3.0),
+                    help="seconds without heartbeats before a backup takes the role")
     up.add_argument("--log-level", default=_env("LOG_LEVEL", "info"))
     up.add_argument("--opus-bitrate", type=int, default=int(_env("OPUS_BITRATE", "16000") or 0))
 
@@ -104,6 +114,9 @@ def config_from_args(args: argparse.Namespace) -> NodeConfig:
         "role": args.role,
         "priority": args.priority,
         "peers": tuple(args.peers),
+        "cluster_port": args.cluster_port,
+        "nats_leaf_port": args.nats_leaf_port,
+        "role_timeout_s": args.role_timeout,
         "admin_password": _env("ADMIN_PASSWORD"),
         "log_level": args.log_level,
         "opus_bitrate": args.opus_bitrate,

@@ -72,6 +72,7 @@ def write_config(config: NodeConfig) -> Path:
 def write_core_config(config: NodeConfig) -> Path:
     """The node's core server: routes to the peers, a leaf port for our JetStream server."""
     assert config.cluster_port is not None
+    (config.data_dir / "run").mkdir(parents=True, exist_ok=True)
     routes = ", ".join(f'"{peer}"' for peer in config.peers)
     lines = [
         f'server_name: "{config.node_id}-core"',

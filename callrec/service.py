@@ -74,8 +74,7 @@ async def _run(name: str, config: NodeConfig, main: ServiceMain) -> None:
         exc = task.exception()
         if exc is not None:
             log.error("service_crashed", error=repr(exc))
-            with contextlib.suppress(Exception):
-                await nc.drain()
+            await _close(nc)
             raise exc
     else:
         # Give the service a moment to finish in-flight work on its own.
@@ -86,5 +85,12 @@ async def _run(name: str, config: NodeConfig, main: ServiceMain) -> None:
             with contextlib.suppress(BaseException):
                 await task
     log.info("service_stopped")
+    await _close(nc)
+
+
+async def _close(nc: NatsClient) -> None:
+    """Flush what we published, then close; drain() can wait long on consumers."""
     with contextlib.suppress(Exception):
-        await nc.drain()
+        await nc.flush(timeout=2)
+    with contextlib.suppress(Exception):
+        await nc.close()

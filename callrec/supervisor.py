@@ -58,10 +58,17 @@ async def _supervise(config: NodeConfig) -> int:
         loop.add_signal_handler(signum, stopping.set)
 
     core_proc = natsserver.start_core(config) if config.clustered else None
+    if core_proc is not None:
+        # The JetStream server links up at once when its leaf port is already there;
+        # otherwise its first sources back off for a while before reconnecting.
+        try:
+            await asyncio.to_thread(natsserver.wait_ready, config.leaf_port, core_proc)
+        except Exception as exc:
+            log.error("node_start_failed", error=str(exc))
+            _stop_process(core_proc)
+            return 1
     nats_proc = natsserver.start(config)
     try:
-        if core_proc is not None:
-            await asyncio.to_thread(natsserver.wait_ready, config.leaf_port, core_proc)
         await asyncio.to_thread(natsserver.wait_ready, config.nats_port, nats_proc)
         await bootstrap(config)
     except Exception as exc:

@@ -4,6 +4,8 @@ SQLite is only a cache of the event stream: the checkpoint (last applied stream
 sequence) is written in the same transaction as each change, so a crash never
 applies an event twice or skips one, and deleting the file rebuilds it by replay.
 Indexed columns answer searches; the full event JSON answers "get" unchanged.
+A purge removes the row and leaves a tombstone: events from different nodes can
+arrive in any order, and a purge must win over a completion it overtook.
 """
 
 from __future__ import annotations
@@ -14,10 +16,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from contracts.v1.events import RecordingCompleted
+from contracts.v1.events import RecordingCompleted, RecordingPurged
 from contracts.v1.rpc import SearchRequest, SearchResult
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 """Bump when the tables change: an old file is then dropped and rebuilt by replay."""
 
 STREAM_KEY = "events"
@@ -41,13 +43,18 @@ CREATE TABLE IF NOT EXISTS recording_numbers (
     PRIMARY KEY (number, recording_id)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS recording_numbers_recording ON recording_numbers (recording_id);
+CREATE TABLE IF NOT EXISTS purged (
+    recording_id TEXT PRIMARY KEY,
+    event_id     TEXT NOT NULL,
+    sequence     INTEGER NOT NULL
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS checkpoints (
     stream        TEXT PRIMARY KEY,
     last_sequence INTEGER NOT NULL
 );
 """
 
-_TABLES = ("recordings", "recording_numbers", "checkpoints")
+_TABLES = ("recordings", "recording_numbers", "purged", "checkpoints")
 
 
 def to_micros(value: datetime) -> int:
@@ -113,11 +120,13 @@ class Catalog:
         with self._lock:
             if seq <= self._last_sequence:
                 return False
-            changed = False
+            delta = 0
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 if isinstance(event, RecordingCompleted):
-                    changed = self._insert(event, seq)
+                    delta = 1 if self._insert(event, seq) else 0
+                elif isinstance(event, RecordingPurged):
+                    delta = -self._purge(event, seq)
                 self._db.execute(
                     "INSERT INTO checkpoints (stream, last_sequence) VALUES (?, ?) "
                     "ON CONFLICT(stream) DO UPDATE SET last_sequence = excluded.last_sequence",
@@ -128,11 +137,14 @@ class Catalog:
                 self._db.execute("ROLLBACK")
                 raise
             self._last_sequence = seq
-            if changed:
-                self._count += 1
-            return changed
+            self._count += delta
+            return delta != 0
 
     def _insert(self, event: RecordingCompleted, seq: int) -> bool:
+        if self._db.execute(
+            "SELECT 1 FROM purged WHERE recording_id = ?", (event.recording_id,)
+        ).fetchone():
+            return False  # purged already: the completion arrived after its purge
         cursor = self._db.execute(
             "INSERT INTO recordings (recording_id, event_id, node_id, started_us, ended_us, "
             "duration_ms, sequence, event_json) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
@@ -156,6 +168,28 @@ class Catalog:
             [(number, event.recording_id) for number in numbers],
         )
         return True
+
+    def _purge(self, event: RecordingPurged, seq: int) -> int:
+        """Delete the row and its numbers, remember the id; returns the rows removed."""
+        self._db.execute(
+            "INSERT INTO purged (recording_id, event_id, sequence) VALUES (?, ?, ?) "
+            "ON CONFLICT DO NOTHING",
+            (event.recording_id, event.event_id, seq),
+        )
+        self._db.execute(
+            "DELETE FROM recording_numbers WHERE recording_id = ?", (event.recording_id,)
+        )
+        cursor = self._db.execute(
+            "DELETE FROM recordings WHERE recording_id = ?", (event.recording_id,)
+        )
+        return int(cursor.rowcount)
+
+    def is_purged(self, recording_id: str) -> bool:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT 1 FROM purged WHERE recording_id = ?", (recording_id,)
+            ).fetchone()
+        return row is not None
 
     def get(self, recording_id: str) -> RecordingCompleted | None:
         with self._lock:

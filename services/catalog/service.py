@@ -1,4 +1,5 @@
-"""Catalog adapters: follow recording events into the projection, answer search/get RPCs.
+"""Catalog adapters: follow recording events (completions, purges) into the projection,
+answer search/get RPCs.
 
 SQLite work runs in a worker thread so a slow search never stalls event following
 or the other RPCs on the event loop.
@@ -49,8 +50,8 @@ async def main(ctx: ServiceContext) -> None:
         event_type = str(getattr(event, "type", "unknown"))
         applied.inc(type=event_type)
         if changed:
-            log.info("recording_cataloged", recording_id=getattr(event, "recording_id", None),
-                     seq=seq)
+            what = "recording_purged" if event_type == "recording.purged" else "recording_cataloged"
+            log.info(what, recording_id=getattr(event, "recording_id", None), seq=seq)
 
     async def on_search(request: SearchRequest) -> BaseModel | None:
         searches.inc()

@@ -30,10 +30,11 @@ from litestar.response import Stream
 
 from callrec.store import ObjectStore, StoreKeyError, file_chunks
 from callrec.users import UsersProjection, hash_password
-from contracts.v1.events import RecordingCompleted, UserRemoved, UserUpserted
-from contracts.v1.rpc import SearchRequest, SearchResult
+from contracts.v1.events import RecordingCompleted, RecordingPurged, UserRemoved, UserUpserted
+from contracts.v1.rpc import RolesStatus, SearchRequest, SearchResult, SyncStatus
 
 from .auth import REALM, Authenticator, Principal
+from .cluster import cluster_page, cluster_view
 from .media import AudioMissing, WavCache, download_name
 from .prom import CONTENT_TYPE as PROM_CONTENT_TYPE
 from .prom import merge_texts
@@ -63,6 +64,18 @@ class Backend(Protocol):
     async def get(self, recording_id: str) -> RecordingCompleted | None: ...
 
     async def publish_user_event(self, event: UserUpserted | UserRemoved) -> None: ...
+
+    async def purge_recording(self, event: RecordingPurged) -> bool:
+        """Store the purge; True once the local catalog no longer lists the recording."""
+        ...
+
+    async def sync_status(self) -> SyncStatus | None:
+        """This node's replication view; None when the sync service does not answer."""
+        ...
+
+    async def roles_status(self) -> RolesStatus | None:
+        """The maintenance role as this node sees it; None when the scheduler is silent."""
+        ...
 
     async def metrics_texts(self) -> list[str]: ...
 
@@ -242,6 +255,29 @@ async def recording_audio(
     return Stream(body, status_code=status, media_type=media_type, headers=headers)
 
 
+@delete("/api/recordings/{recording_id:str}", status_code=202)
+async def purge_recording(request: Request[Any, Any, Any], recording_id: str) -> Response[Any]:
+    """Delete everywhere: a `recording.purged` fact that every node applies to its copy."""
+    web = _state(request)
+    principal = await web.require_admin(request)
+    record = await web.visible_record(principal, recording_id)
+    event = RecordingPurged(
+        node_id=web.backend.node_id,
+        recording_id=record.recording_id,
+        object_key=record.object_key,
+        reason=f"deleted by {principal.username}",
+        requested_by=principal.username,
+    )
+    gone = await web.backend.purge_recording(event)
+    log.info("recording_purge_requested", recording_id=record.recording_id,
+             by=principal.username, applied_locally=gone)
+    return Response(
+        content={"recording_id": record.recording_id, "event_id": event.event_id,
+                 "applied_locally": gone},
+        status_code=202,
+    )
+
+
 # --------------------------------------------------------------------------- users
 
 
@@ -339,6 +375,27 @@ async def healthz(request: Request[Any, Any, Any]) -> Response[Any]:
     )
 
 
+async def _cluster(web: WebState) -> dict[str, Any]:
+    sync, roles = await asyncio.gather(web.backend.sync_status(), web.backend.roles_status())
+    return cluster_view(web.backend.node_id, sync, roles)
+
+
+@get("/api/cluster")
+async def cluster(request: Request[Any, Any, Any]) -> Response[Any]:
+    """Nodes, roles and replication lag as this node sees them; 200 even when partial."""
+    web = _state(request)
+    await web.require(request)
+    return Response(content=await _cluster(web), headers={"Cache-Control": "no-store"})
+
+
+@get("/cluster")
+async def cluster_html(request: Request[Any, Any, Any]) -> Response[Any]:
+    web = _state(request)
+    await web.require(request)
+    return Response(content=cluster_page(await _cluster(web)), media_type="text/html",
+                    headers={"Cache-Control": "no-store"})
+
+
 @get("/metrics")
 async def metrics(request: Request[Any, Any, Any]) -> Response[Any]:
     texts = await _state(request).backend.metrics_texts()
@@ -405,11 +462,14 @@ def create_app(backend: Backend, store: ObjectStore, data_dir: Path) -> Litestar
             list_recordings,
             recording_metadata,
             recording_audio,
+            purge_recording,
             list_users,
             upsert_user,
             remove_user,
             healthz,
             metrics,
+            cluster,
+            cluster_html,
             index,
         ],
         state=State({"web": state}),

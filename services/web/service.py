@@ -22,8 +22,15 @@ from callrec.service import ServiceContext
 from callrec.store import open_store
 from callrec.users import UsersProjection
 from contracts import subjects
-from contracts.v1.events import RecordingCompleted, UserRemoved, UserUpserted
-from contracts.v1.rpc import GetRequest, SearchRequest, SearchResult
+from contracts.v1.events import RecordingCompleted, RecordingPurged, UserRemoved, UserUpserted
+from contracts.v1.rpc import (
+    Empty,
+    GetRequest,
+    RolesStatus,
+    SearchRequest,
+    SearchResult,
+    SyncStatus,
+)
 
 from .app import BackendUnavailable, create_app
 
@@ -32,6 +39,8 @@ log = structlog.get_logger(component="web")
 
 SCATTER_WINDOW_S = 0.3
 USER_APPLY_WAIT_S = 2.0
+PURGE_APPLY_WAIT_S = 2.0
+STATUS_TIMEOUT_S = 1.0
 
 
 class NatsBackend:
@@ -44,6 +53,8 @@ class NatsBackend:
         self.follower: asyncio.Task[None] | None = None
         self._search = subjects.rpc(ctx.node_id, subjects.CATALOG, subjects.CATALOG_SEARCH)
         self._get = subjects.rpc(ctx.node_id, subjects.CATALOG, subjects.CATALOG_GET)
+        self._sync_status = subjects.rpc(ctx.node_id, subjects.SYNC, subjects.SYNC_STATUS)
+        self._roles = subjects.rpc(ctx.node_id, subjects.SCHEDULER, subjects.SCHEDULER_ROLES)
 
     async def search(
         self, request: SearchRequest, visible_numbers: list[str] | None, timeout: float = 5.0
@@ -85,6 +96,41 @@ class NatsBackend:
             await asyncio.sleep(0.02)
         if self.users.last_sequence < seq:
             log.warning("user_event_not_applied_yet", seq=seq, username=event.username)
+
+    async def purge_recording(self, event: RecordingPurged) -> bool:
+        """Publish, then wait (bounded) until the local catalog has dropped the recording,
+        so a GET right after the DELETE answers 404."""
+        try:
+            await bus.publish_event(self.ctx.js, event)
+        except Exception as exc:
+            raise BackendUnavailable(f"could not store the purge: {exc}") from exc
+        deadline = time.monotonic() + PURGE_APPLY_WAIT_S
+        while True:
+            try:
+                if await self.get(event.recording_id, timeout=0.5) is None:
+                    return True
+            except BackendUnavailable:
+                pass  # the catalog may be restarting; the purge is stored anyway
+            if time.monotonic() >= deadline:
+                log.warning("purge_not_applied_yet", recording_id=event.recording_id)
+                return False
+            await asyncio.sleep(0.05)
+
+    async def sync_status(self) -> SyncStatus | None:
+        try:
+            return await bus.call(self.ctx.nc, self._sync_status, Empty(), SyncStatus,
+                                  STATUS_TIMEOUT_S)
+        except bus.RpcError as exc:
+            log.warning("sync_status_unavailable", error=str(exc))
+            return None
+
+    async def roles_status(self) -> RolesStatus | None:
+        try:
+            return await bus.call(self.ctx.nc, self._roles, Empty(), RolesStatus,
+                                  STATUS_TIMEOUT_S)
+        except bus.RpcError as exc:
+            log.warning("roles_status_unavailable", error=str(exc))
+            return None
 
     async def metrics_texts(self) -> list[str]:
         """Scatter/gather: every service of the node answers within the window."""

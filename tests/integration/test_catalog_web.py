@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
+import json
 import os
 import subprocess
 import sys
+import threading
 import time
 import wave
 from collections.abc import Iterator
@@ -23,13 +25,16 @@ from callrec import audio, bus
 from callrec.config import NodeConfig
 from callrec.store import open_store
 from callrec.users import hash_password
+from contracts import subjects
 from contracts.v1.events import (
     EventBase,
     Participant,
     RecordingCompleted,
     RecordingMetadata,
     UserUpserted,
+    parse_event,
 )
+from contracts.v1.rpc import Empty, NodeStatus, PeerLag, SyncStatus
 from tests.support.natsfixture import NatsServer, free_port, start_nats
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -429,6 +434,165 @@ def test_hostile_input(node: Node) -> None:
             headers={"Authorization": "Basic " + base64.b64encode(b"a" * 5000).decode()},
         )
         assert huge.status_code == 401
+
+
+def last_event(config: NodeConfig, event_type: str) -> object:
+    async def go() -> object:
+        nc = await nats.connect(config.nats_url)
+        try:
+            msg = await nc.jetstream().get_last_msg(
+                subjects.CLUSTER_STREAM, subjects.events_of_type(event_type)
+            )
+            return parse_event(msg.data or b"")
+        finally:
+            await nc.drain()
+
+    return asyncio.run(go())
+
+
+def test_delete_recording(node: Node) -> None:
+    sha = "e" * 64
+    publish(node.config, [recording("rec-del", 30, ["9009"], "2024/05/01/del.ogg", 10, sha)])
+    with node.client() as admin, node.client(auth=ALICE) as alice:
+        wait_for(lambda: admin.get("/api/recordings/rec-del").status_code == 200, 15,
+                 "rec-del cataloged", node)
+        assert alice.delete("/api/recordings/rec-del").status_code == 403
+        with node.client(auth=None) as anon:
+            assert anon.delete("/api/recordings/rec-del").status_code == 401
+        assert admin.delete("/api/recordings/nope").status_code == 404
+        assert 400 <= admin.delete("/api/recordings/..%2Fx").status_code < 500
+        response = admin.delete("/api/recordings/rec-del")
+        assert response.status_code == 202, response.text
+        assert response.json()["applied_locally"] is True
+        assert admin.get("/api/recordings/rec-del").status_code == 404
+        assert admin.get("/api/recordings").json()["total"] == 3
+        assert admin.delete("/api/recordings/rec-del").status_code == 404
+    event = last_event(node.config, "recording.purged")
+    assert getattr(event, "recording_id", None) == "rec-del"
+    assert getattr(event, "object_key", None) == "2024/05/01/del.ogg"
+    assert getattr(event, "requested_by", None) == "admin"
+    assert getattr(event, "reason", None) == "deleted by admin"
+    # Published again later (e.g. replayed by a peer), the completion stays purged.
+    publish(node.config, [recording("rec-del", 30, ["9009"], "2024/05/01/del.ogg", 10, sha)])
+    time.sleep(0.5)
+    with node.client() as admin:
+        assert admin.get("/api/recordings/rec-del").status_code == 404
+
+
+class FakePeers:
+    """Stands in for the sync service (status RPC and heartbeats) on the test's NATS.
+
+    `beating` names the nodes whose heartbeats are sent; `serve_sync` off makes the
+    status RPC go silent, as when the sync service is down.
+    """
+
+    def __init__(self, config: NodeConfig) -> None:
+        self.config = config
+        self.beating = {NODE: ("primary", 0), "peer": ("backup", 1)}
+        self.serve_sync = True
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=lambda: asyncio.run(self._run()), daemon=True)
+
+    def __enter__(self) -> FakePeers:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stopping.set()
+        self.thread.join(timeout=5)
+
+    def status(self) -> SyncStatus:
+        return SyncStatus(
+            node_id=NODE,
+            nodes=[
+                NodeStatus(node_id="peer", configured_role="backup", priority=1, alive=True,
+                           last_heartbeat_age_s=0.4, recordings=2),
+                NodeStatus(node_id=NODE, configured_role="primary", priority=0, alive=True,
+                           last_heartbeat_age_s=0.1, recordings=3),
+            ],
+            lag=[PeerLag(node_id="peer", events_lag=0, events_last_contact_s=0.2,
+                         objects_pending=1)],
+            recordings_held=3,
+        )
+
+    async def _run(self) -> None:
+        nc = await nats.connect(self.config.nats_url)
+
+        async def on_status(_: Empty) -> SyncStatus | None:
+            if not self.serve_sync:
+                await asyncio.sleep(5)  # silent: the caller times out
+            return self.status()
+
+        await bus.serve(nc, subjects.rpc(NODE, subjects.SYNC, subjects.SYNC_STATUS), Empty,
+                        on_status)
+        sequence = 0
+        while not self.stopping.is_set():
+            sequence += 1
+            for node_id, (role, priority) in list(self.beating.items()):
+                beat = {"node_id": node_id, "role": role, "priority": priority,
+                        "sequence": sequence, "sent_at": time.time()}
+                await nc.publish(subjects.heartbeat(node_id), json.dumps(beat).encode())
+            await asyncio.sleep(0.5)
+        await nc.drain()
+
+
+def test_cluster_status(node: Node) -> None:
+    with FakePeers(node.config) as peers, node.client(auth=ALICE) as client:
+        with node.client(auth=None) as anon:
+            assert anon.get("/api/cluster").status_code == 401
+        # The scheduler is not running yet: the rest is still served.
+        body = client.get("/api/cluster").json()
+        assert body["node_id"] == NODE
+        assert body["scheduler"] == "unavailable" and body["sync"] == "ok"
+        assert body["holder"] is None
+        assert [n["node_id"] for n in body["nodes"]] == [NODE, "peer"]
+
+        node.start("scheduler")
+        try:
+            wait_for(lambda: client.get("/api/cluster").json()["holder"] == NODE, 20,
+                     "scheduler elected the primary", node)
+            body = client.get("/api/cluster").json()
+            assert body["scheduler"] == "ok" and body["epoch"] >= 1
+            me, peer = body["nodes"]
+            assert me == {
+                "node_id": NODE, "configured_role": "primary", "current_role": "active",
+                "priority": 0, "alive": True, "last_heartbeat_age_s": 0.1, "recordings": 3,
+                "lag": {"peer": {"events": 0, "events_last_contact_s": 0.2, "objects": 1}},
+            }
+            assert peer["current_role"] == "standby" and peer["lag"] == {}
+            taken = last_event(node.config, "role.changed")
+            assert getattr(taken, "holder", None) == NODE
+            assert getattr(taken, "node_id", None) == NODE
+            first_epoch = body["epoch"]
+
+            # This node's heartbeats stop: the backup takes the role, and this node
+            # records that it lost it.
+            del peers.beating[NODE]
+            wait_for(lambda: client.get("/api/cluster").json()["holder"] == "peer", 20,
+                     "backup took the role", node)
+            lost = last_event(node.config, "role.changed")
+            assert getattr(lost, "previous", None) == NODE
+            assert getattr(lost, "holder", None) == "peer"
+            assert getattr(lost, "epoch", 0) > first_epoch
+            peers.beating[NODE] = ("primary", 0)
+            wait_for(lambda: client.get("/api/cluster").json()["holder"] == NODE, 20,
+                     "primary took the role back", node)
+
+            peers.serve_sync = False
+            body = client.get("/api/cluster").json()
+            assert body["sync"] == "unavailable" and body["scheduler"] == "ok"
+            assert body["nodes"] == [{
+                "node_id": NODE, "configured_role": None, "current_role": "active",
+                "priority": None, "alive": None, "last_heartbeat_age_s": None,
+                "recordings": None, "lag": {},
+            }]
+            page = client.get("/cluster")
+            assert page.status_code == 200 and "maintenance role" in page.text
+            metrics = client.get("/metrics").text
+            assert 'callrec_scheduler_maintenance_role{node="itest",service="scheduler"} 1' \
+                in metrics
+        finally:
+            node.stop("scheduler")
 
 
 def test_catalog_rebuilds_from_stream(node: Node) -> None:

@@ -59,8 +59,24 @@ class Node:
     sip_port: int = field(default_factory=free_sip_port)
     http_port: int = field(default_factory=free_port)
     nats_port: int = field(default_factory=free_port)
+    leaf_port: int = field(default_factory=free_port)
     rtp_ports: tuple[int, int] = field(default_factory=rtp_range)
+    cluster_port: int | None = None
+    peers: list[str] = field(default_factory=list)
+    role: str = "primary"
+    priority: int = 0
+    role_timeout: float = 3.0
     process: subprocess.Popen[bytes] | None = None
+
+    @classmethod
+    def clustered(cls, data_dir: Path, node_id: str, **kw: Any) -> Node:
+        """A node that listens for peers on its own cluster port (peers added by caller)."""
+        return cls(data_dir, node_id=node_id, cluster_port=free_port(), **kw)
+
+    @property
+    def cluster_address(self) -> str:
+        assert self.cluster_port is not None
+        return f"127.0.0.1:{self.cluster_port}"
 
     @property
     def base_url(self) -> str:
@@ -79,12 +95,24 @@ class Node:
              "--http-port", str(self.http_port),
              "--nats-port", str(self.nats_port),
              "--rtp-ports", f"{self.rtp_ports[0]}-{self.rtp_ports[1]}",
+             "--nats-leaf-port", str(self.leaf_port),
+             "--role", self.role, "--priority", str(self.priority),
+             "--role-timeout", str(self.role_timeout),
+             *self._cluster_args(),
              *self.extra_args],
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             env=env, cwd=REPO, start_new_session=True,
         )
         self.wait_healthy(timeout)
         return self
+
+    def _cluster_args(self) -> list[str]:
+        if self.cluster_port is None:
+            return []
+        args = ["--cluster-port", str(self.cluster_port)]
+        for peer in self.peers:
+            args += ["--peer", peer]
+        return args
 
     def wait_healthy(self, timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout

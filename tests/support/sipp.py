@@ -907,3 +907,36 @@ __all__ = [
     "run_siprec_call",
     "start_cucm_call",
 ]
+
+
+def run_bulk_cucm_calls(
+    server_host: str,
+    server_port: int,
+    count: int,
+    *,
+    rate: float = 20.0,
+    near: str = "1001",
+    far: str = "2002",
+    refci_prefix: str = "9",
+    seconds: float = 0.5,
+    tone_hz: float = 440.0,
+    timeout_s: float | None = None,
+) -> SippResult:
+    """`count` one-leg CUCM recordings (near-end only), `rate` new calls per second,
+    each with its own x-refci, from one SIPp process: loads a node with history."""
+    run = SippRun(
+        "cucm_bulk.xml",
+        (server_host, server_port),
+        keys=_cucm_keys("nearend", "9999", near, far, refci_prefix, "0"),
+        duration_ms=int(seconds * 1000) + 200,
+        calls=count,
+        timeout_s=timeout_s or count / rate + 60,
+        tone=pcmu_tone(tone_hz, seconds),
+        extra_args=("-r", f"{rate:g}", "-l", str(max(1, int(rate * (seconds + 2))))),
+    )
+    try:
+        run.start()
+        run.wait()
+        return run.result()
+    finally:
+        run.close()

@@ -1,0 +1,46 @@
+"""Sync's files under `<data_dir>/sync`: the checkpoint and partial downloads.
+
+The checkpoint is written atomically (temporary file, fsync, rename) so a crash
+leaves either the old or the new value, never a torn one.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+CHECKPOINT = "checkpoint"
+
+
+def load_checkpoint(root: Path) -> int:
+    """Last CLUSTER sequence fully handled; 0 (replay everything) when unknown."""
+    try:
+        value = int((root / CHECKPOINT).read_text().strip())
+    except (OSError, ValueError):
+        return 0
+    return max(0, value)
+
+
+def save_checkpoint(root: Path, sequence: int) -> None:
+    root.mkdir(parents=True, exist_ok=True)
+    target = root / CHECKPOINT
+    temp = root / f".{CHECKPOINT}.tmp"
+    with temp.open("w") as handle:
+        handle.write(f"{sequence}\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temp, target)
+    fd = os.open(root, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def part_path(root: Path, recording_id: str) -> Path:
+    """Where a download in progress lives; ids become file names, so only plain ones."""
+    if not recording_id or len(recording_id) > 128 or not all(
+        c.isalnum() or c in "-_" for c in recording_id
+    ):
+        raise ValueError(f"invalid recording id {recording_id!r}")
+    return root / "partial" / f"{recording_id}.part"

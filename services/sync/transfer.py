@@ -1,0 +1,134 @@
+"""Object transfer between nodes: the read RPC's wire format and a resumable pull.
+
+Chunks travel as raw bytes (no JSON, no base64) with metadata in headers. The
+reader pulls one chunk at a time, so a slow disk or link throttles the transfer by
+itself, and it appends to a part file so a crash or a cut link resumes, not restarts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import hashlib
+import os
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from callrec.store import ObjectStore, StoreKeyError
+from contracts.v1.rpc import ReadObjectRequest
+
+from .domain import chunk_plan
+
+ERROR_HEADER = "Callrec-Error"
+SIZE_HEADER = "Callrec-Size"
+# Below the default 1 MB max_payload of the core servers that carry inter-node traffic.
+CHUNK_BYTES = 512 * 1024
+REQUEST_TIMEOUT_S = 5.0
+
+
+class TransferError(RuntimeError):
+    """The holder did not answer or answered with an error: try another one later."""
+
+
+class Outcome(enum.Enum):
+    DONE = "done"
+    UNAVAILABLE = "unavailable"
+    MISMATCH = "mismatch"
+
+
+@dataclass(frozen=True)
+class Chunk:
+    data: bytes
+    total_size: int | None
+
+
+# (subject, request bytes) -> (reply data, reply headers); raises on timeout/no responders.
+Requester = Callable[[str, bytes], Awaitable[tuple[bytes, dict[str, str]]]]
+
+
+def serve_read(store: ObjectStore, raw: bytes) -> tuple[bytes, dict[str, str]]:
+    """Answer one read request from our store: (data, headers). Never raises."""
+    try:
+        request = ReadObjectRequest.model_validate_json(raw or b"{}")
+    except ValidationError as exc:
+        return b"", {ERROR_HEADER: f"invalid request: {str(exc)[:200]}"}
+    key = request.object_key
+    if ".." in key or key.startswith("/"):
+        return b"", {ERROR_HEADER: "invalid object key"}
+    try:
+        if not store.exists(key):
+            return b"", {ERROR_HEADER: "not found"}
+        size = store.size(key)
+        end = min(size, request.offset + request.length)
+        data = b"".join(store.read_range(key, request.offset, end)) if end > request.offset \
+            else b""
+    except StoreKeyError:
+        return b"", {ERROR_HEADER: "invalid object key"}
+    except OSError as exc:
+        return b"", {ERROR_HEADER: f"read failed: {exc.strerror or exc}"}
+    return data, {SIZE_HEADER: str(size)}
+
+
+async def read_chunk(request: Requester, subject: str, key: str, offset: int,
+                     length: int) -> Chunk:
+    body = ReadObjectRequest(object_key=key, offset=offset, length=length)
+    try:
+        data, headers = await request(subject, body.model_dump_json().encode())
+    except Exception as exc:
+        raise TransferError(f"{type(exc).__name__}: {exc}") from exc
+    error = headers.get(ERROR_HEADER)
+    if error:
+        raise TransferError(error)
+    size = headers.get(SIZE_HEADER)
+    return Chunk(data, int(size) if size and size.isdigit() else None)
+
+
+async def pull_object(request: Requester, subject: str, key: str, size: int, sha256: str,
+                      part: Path, chunk: int = CHUNK_BYTES,
+                      on_bytes: Callable[[int], None] | None = None,
+                      keep_going: Callable[[], bool] = lambda: True) -> Outcome:
+    """Complete `part` from a holder and verify it; the part stays for a resume when
+    the holder stops answering, and is deleted when its content proves wrong."""
+    part.parent.mkdir(parents=True, exist_ok=True)
+    have = part.stat().st_size if part.exists() else 0
+    if have > size:
+        part.unlink()
+        have = 0
+    with part.open("ab") as out:
+        while (step := chunk_plan(have, size, chunk)) is not None:
+            if not keep_going():
+                return Outcome.UNAVAILABLE
+            offset, length = step
+            try:
+                got = await read_chunk(request, subject, key, offset, length)
+            except TransferError:
+                out.flush()
+                return Outcome.UNAVAILABLE
+            if got.total_size is not None and got.total_size != size:
+                out.close()
+                part.unlink(missing_ok=True)
+                return Outcome.MISMATCH
+            if not got.data:
+                return Outcome.UNAVAILABLE
+            out.write(got.data[:length])
+            have += min(len(got.data), length)
+            if on_bytes is not None:
+                on_bytes(min(len(got.data), length))
+        out.flush()
+        os.fsync(out.fileno())
+    digest = await asyncio.to_thread(_sha256, part)
+    if digest != sha256:
+        part.unlink(missing_ok=True)
+        return Outcome.MISMATCH
+    return Outcome.DONE
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while block := handle.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()

@@ -1,0 +1,203 @@
+"""Hot-standby clusters of real nodes (separate process groups, ports, data dirs and
+nats-servers on loopback), driven by SIPp, with faults injected: SIGKILL of a whole
+node, a cut link between nodes, a node that joins after history exists."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+
+from tests.support import sipp
+from tests.support.node import Node
+from tests.support.tcpproxy import TcpProxy
+
+pytestmark = pytest.mark.e2e
+
+T = TypeVar("T")
+ROLE_TIMEOUT = 3.0
+
+
+def eventually(check: Callable[[], T | None], timeout: float, what: str) -> T:
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        try:
+            last = check()
+            if last:
+                return last
+        except Exception as exc:
+            last = exc
+        time.sleep(0.25)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}: {last!r}")
+
+
+def recordings(node: Node) -> dict[str, dict[str, Any]]:
+    with node.client() as client:
+        response = client.get("/api/recordings", params={"limit": 1000})
+        response.raise_for_status()
+        return {item["recording_id"]: item for item in response.json()["items"]}
+
+
+def audio_sha(node: Node, recording_id: str) -> str | None:
+    with node.client() as client:
+        response = client.get(f"/api/recordings/{recording_id}/audio")
+    return hashlib.sha256(response.content).hexdigest() if response.status_code == 200 else None
+
+
+def cluster(node: Node) -> dict[str, Any]:
+    with node.client() as client:
+        response = client.get("/api/cluster")
+        response.raise_for_status()
+        body: dict[str, Any] = response.json()
+        return body
+
+
+def holder(node: Node) -> str | None:
+    return cluster(node).get("holder")
+
+
+def record_call(node: Node, refci: str, near: str = "1001") -> str:
+    """One CUCM call on `node`; returns its recording id."""
+    before = set(recordings(node))
+    result = sipp.run_cucm_call("127.0.0.1", node.sip_port, near=near, far="2002", refci=refci,
+                                seconds=1.5)
+    assert result.ok, result.describe()
+    new = eventually(lambda: set(recordings(node)) - before, 20, f"recording on {node.node_id}")
+    assert len(new) == 1
+    return new.pop()
+
+
+def playable_everywhere(nodes: list[Node], recording_id: str, sha: str, timeout: float) -> None:
+    for other in nodes:
+        eventually(lambda other=other: audio_sha(other, recording_id) == sha, timeout,  # type: ignore[misc]
+                   f"{recording_id} playable on {other.node_id}")
+
+
+def start_pair(tmp: Path, proxy_to_a: bool = False) -> tuple[Node, Node, TcpProxy | None]:
+    a = Node.clustered(tmp / "a", "a", role_timeout=ROLE_TIMEOUT,
+                       extra_args=["--record-all"]).start()
+    proxy = TcpProxy(a.cluster_port) if proxy_to_a else None  # type: ignore[arg-type]
+    peer = proxy.address if proxy else a.cluster_address
+    b = Node.clustered(tmp / "b", "b", peers=[peer], role="backup", priority=1,
+                       role_timeout=ROLE_TIMEOUT, extra_args=["--record-all"]).start()
+    return a, b, proxy
+
+
+@pytest.fixture
+def pair(tmp_path: Path) -> Iterator[tuple[Node, Node]]:
+    a, b, _ = start_pair(tmp_path)
+    yield a, b
+    b.stop()
+    a.stop()
+
+
+def test_recordings_replicate_both_ways_with_identical_audio(pair: tuple[Node, Node]) -> None:
+    a, b = pair
+    on_a = record_call(a, "1000001")
+    on_b = record_call(b, "1000002")
+    for recording_id, origin in ((on_a, a), (on_b, b)):
+        meta = recordings(origin)[recording_id]
+        assert audio_sha(origin, recording_id) == meta["sha256"]
+        playable_everywhere([a, b], recording_id, meta["sha256"], timeout=10)
+    # The cluster page on either node shows both nodes, alive, one holder.
+    for node in (a, b):
+        status = cluster(node)
+        assert {n["node_id"] for n in status["nodes"]} == {"a", "b"}
+        assert all(n["alive"] for n in status["nodes"])
+        assert status["holder"] == "a"
+
+
+def test_primary_killed_backup_takes_over_and_primary_catches_up(
+    pair: tuple[Node, Node],
+) -> None:
+    a, b = pair
+    eventually(lambda: holder(a) == "a" and holder(b) == "a", 15, "a holds the role")
+    before = record_call(a, "2000001")
+    sha_before = recordings(a)[before]["sha256"]
+    playable_everywhere([b], before, sha_before, timeout=10)
+
+    a.kill()
+    killed = time.monotonic()
+    eventually(lambda: holder(b) == "b", ROLE_TIMEOUT + 5, "b takes the role")
+    took_over = time.monotonic() - killed
+    assert took_over <= ROLE_TIMEOUT + 3, took_over
+    during = record_call(b, "2000002")  # the PBX now sends calls to the backup
+    sha_during = recordings(b)[during]["sha256"]
+
+    a.start()
+    playable_everywhere([a], during, sha_during, timeout=20)
+    eventually(lambda: holder(a) == "a" and holder(b) == "a", ROLE_TIMEOUT + 10,
+               "a takes the role back")
+    assert set(recordings(a)) == set(recordings(b)) == {before, during}
+
+
+def test_partitioned_nodes_both_record_and_converge_after_heal(tmp_path: Path) -> None:
+    a, b, proxy = start_pair(tmp_path, proxy_to_a=True)
+    assert proxy is not None
+    try:
+        eventually(lambda: all(n["alive"] for n in cluster(b)["nodes"])
+                   and len(cluster(b)["nodes"]) == 2, 15, "b sees a")
+        shared = record_call(a, "3000001")
+        playable_everywhere([b], shared, recordings(a)[shared]["sha256"], timeout=10)
+
+        proxy.cut()
+        eventually(lambda: holder(b) == "b", ROLE_TIMEOUT + 5, "b alone takes the role")
+        assert holder(a) == "a"  # each side acts on what it sees
+        only_a = record_call(a, "3000002")
+        only_b = record_call(b, "3000003")
+        assert only_b not in recordings(a) and only_a not in recordings(b)
+
+        proxy.heal()
+        expected = {shared, only_a, only_b}
+        for node in (a, b):
+            eventually(lambda node=node: set(recordings(node)) == expected, 60,  # type: ignore[misc]
+                       f"{node.node_id} converges")
+        for recording_id in expected:
+            origin = a if recording_id in (shared, only_a) else b
+            sha = recordings(origin)[recording_id]["sha256"]
+            playable_everywhere([a, b], recording_id, sha, timeout=30)
+        eventually(lambda: holder(a) == "a" and holder(b) == "a", ROLE_TIMEOUT + 10,
+                   "one holder again")
+        # No duplicates: the same ids, each listed once, on both nodes.
+        with a.client() as client:
+            assert client.get("/api/recordings", params={"limit": 1000}).json()["total"] == 3
+    finally:
+        b.stop()
+        a.stop()
+        proxy.close()
+
+
+def test_third_node_started_later_catches_up_on_200_recordings(tmp_path: Path) -> None:
+    a, b, _ = start_pair(tmp_path)
+    c: Node | None = None
+    try:
+        result = sipp.run_bulk_cucm_calls("127.0.0.1", a.sip_port, 200, rate=25, seconds=0.4)
+        assert result.ok, result.describe()
+        history = eventually(lambda: len(recordings(a)) >= 200 and recordings(a), 60,
+                             "200 recordings on a")
+        assert len(history) == 200
+        c = Node.clustered(tmp_path / "c", "c", peers=[a.cluster_address, b.cluster_address],
+                           role="backup", priority=2, role_timeout=ROLE_TIMEOUT).start()
+        started = time.monotonic()
+        eventually(lambda: set(recordings(c)) == set(history), 60, "c lists all 200")
+        listed_s = time.monotonic() - started
+        objects = c.data_dir / "objects"
+
+        def all_objects_present() -> bool:
+            return all((objects / item["object_key"]).is_file() for item in history.values())
+
+        eventually(all_objects_present, 120, "c holds all 200 objects")
+        for item in list(history.values())[:20]:
+            assert audio_sha(c, item["recording_id"]) == item["sha256"]
+        print(f"third node: listed 200 in {listed_s:.1f}s, objects in "
+              f"{time.monotonic() - started:.1f}s")
+    finally:
+        if c is not None:
+            c.stop()
+        b.stop()
+        a.stop()

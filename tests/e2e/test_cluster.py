@@ -201,3 +201,26 @@ def test_third_node_started_later_catches_up_on_200_recordings(tmp_path: Path) -
             c.stop()
         b.stop()
         a.stop()
+
+
+def test_three_nodes_primary_killed_best_backup_takes_over(tmp_path: Path) -> None:
+    a, b, _ = start_pair(tmp_path)
+    c = Node.clustered(tmp_path / "c", "c", peers=[a.cluster_address, b.cluster_address],
+                       role="backup", priority=2, role_timeout=ROLE_TIMEOUT,
+                       extra_args=["--record-all"]).start()
+    try:
+        eventually(lambda: all(holder(n) == "a" for n in (a, b, c)), 15, "a holds the role")
+        first = record_call(a, "4000001")
+        playable_everywhere([b, c], first, recordings(a)[first]["sha256"], timeout=10)
+        a.kill()
+        eventually(lambda: holder(b) == "b" and holder(c) == "b", ROLE_TIMEOUT + 5,
+                   "b (best backup) takes the role, on both survivors")
+        second = record_call(b, "4000002")
+        playable_everywhere([c], second, recordings(b)[second]["sha256"], timeout=10)
+        status = cluster(c)
+        alive = {n["node_id"]: n["alive"] for n in status["nodes"]}
+        assert alive == {"a": False, "b": True, "c": True}
+    finally:
+        c.stop()
+        b.stop()
+        a.stop()

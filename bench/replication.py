@@ -65,6 +65,32 @@ async def read_events(node: Node) -> list[object]:
         await nc.close()
 
 
+async def add_history(node: Node, template: RecordingCompleted, count: int) -> None:
+    """Many recordings at once: copies of a real object under new keys, one event each."""
+    import shutil
+    import uuid
+
+    source = node.data_dir / "objects" / template.object_key
+    nc = await nats.connect(f"nats://127.0.0.1:{node.nats_port}")
+    try:
+        js = nc.jetstream()
+        for index in range(count):
+            recording_id = uuid.uuid4().hex
+            key = f"recordings/history/{recording_id}.opus"
+            target = node.data_dir / "objects" / key
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source, target)
+            event = template.model_copy(update={
+                "event_id": uuid.uuid4().hex, "recording_id": recording_id, "object_key": key,
+            })
+            await js.publish(subjects.event(node.node_id, event.type),
+                             event.model_dump_json().encode(),
+                             headers={"Nats-Msg-Id": event.event_id})
+            del index
+    finally:
+        await nc.close()
+
+
 def count(node: Node) -> int:
     with node.client() as client:
         response = client.get("/api/recordings", params={"limit": 1})
@@ -90,6 +116,9 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=200)
     parser.add_argument("--rate", type=float, default=10.0, help="new calls per second")
     parser.add_argument("--seconds", type=float, default=1.0, help="length of each call")
+    parser.add_argument("--history", type=int, default=10000,
+                        help="extra recordings (copies of a real one, published as events) "
+                             "that the late node must catch up on")
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="callrec-bench-repl-"))
     a = Node.clustered(root / "a", "a", extra_args=["--record-all", "--max-channels", "1000"])
@@ -135,16 +164,23 @@ def main() -> None:
         print(f"  completed on a -> on b     {percentile(transfer, 0.5):7.3f}  "
               f"{percentile(transfer, 0.99):7.3f}  {max(transfer):7.3f}")
 
+        template = next(iter(completed.values()))
+        made = time.monotonic()
+        asyncio.run(add_history(a, template, args.history))
+        print(f"history: {args.history} more recordings added on a in "
+              f"{time.monotonic() - made:.1f} s")
+        wait_until(lambda: count(b) >= args.calls + args.history, 300)
+        total = args.calls + args.history
         c = Node.clustered(root / "c", "c", peers=[a.cluster_address], role="backup",
                            priority=2)
         c_started = time.monotonic()
         c.start()
         boot = time.monotonic() - c_started
-        listed = wait_until(lambda: count(c) >= args.calls, 120) + boot
+        listed = wait_until(lambda: count(c) >= total, 300) + boot
         objects = root / "c" / "objects" / "recordings"
-        held = wait_until(lambda: sum(1 for _ in objects.rglob("*.opus")) >= args.calls,
-                          300) + listed
-        print(f"new node c: started in {boot:.1f} s; all {args.calls} recordings listed after "
+        held = wait_until(lambda: sum(1 for _ in objects.rglob("*.opus")) >= total,
+                          600) + listed
+        print(f"new node c: started in {boot:.1f} s; all {total} recordings listed after "
               f"{listed:.1f} s, all objects held after {held:.1f} s (from start)")
     finally:
         for node in (c, b, a):

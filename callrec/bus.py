@@ -197,6 +197,34 @@ async def call(
     return reply_model.model_validate(envelope["data"])
 
 
+async def _subscribe_ordered(
+    js: JetStreamContext, filter_subject: str, start_sequence: int
+) -> JetStreamContext.PushSubscription:
+    while True:
+        try:
+            return await js.subscribe(
+                filter_subject,
+                stream=subjects.CLUSTER_STREAM,
+                ordered_consumer=True,
+                config=ConsumerConfig(
+                    deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
+                    opt_start_seq=max(1, start_sequence),
+                ),
+            )
+        except Exception as exc:
+            log.warning("subscribe_retry", subject=filter_subject, error=str(exc))
+            await asyncio.sleep(0.5)
+
+
+def _decode(msg: Msg) -> tuple[Any, int] | None:
+    seq = msg.metadata.sequence.stream
+    try:
+        return parse_event(msg.data), seq
+    except ValidationError as exc:
+        log.error("event_undecodable", seq=seq, error=str(exc)[:200])
+        return None
+
+
 async def follow_events(
     js: JetStreamContext,
     node_id: str,
@@ -210,27 +238,34 @@ async def follow_events(
     after reconnects, so projections keep their own checkpoint (the last sequence).
     Undecodable messages are logged and skipped, never fatal.
     """
-    stream = subjects.CLUSTER_STREAM
+    del node_id  # every node reads its own CLUSTER aggregate
+    sub = await _subscribe_ordered(js, filter_subject, start_sequence)
+    async for msg in sub.messages:
+        decoded = _decode(msg)
+        if decoded is not None:
+            await apply(*decoded)
+
+
+async def follow_event_batches(
+    js: JetStreamContext,
+    node_id: str,
+    filter_subject: str,
+    start_sequence: int,
+    apply: Callable[[list[tuple[Any, int]]], Awaitable[None]],
+    max_batch: int = 500,
+) -> None:
+    """Like follow_events, but hands over whatever has already arrived as one batch,
+    so a node catching up on a long history applies it in few transactions."""
+    del node_id
+    sub = await _subscribe_ordered(js, filter_subject, start_sequence)
     while True:
         try:
-            sub = await js.subscribe(
-                filter_subject,
-                stream=stream,
-                ordered_consumer=True,
-                config=ConsumerConfig(
-                    deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
-                    opt_start_seq=max(1, start_sequence),
-                ),
-            )
-            break
-        except Exception as exc:
-            log.warning("subscribe_retry", subject=filter_subject, error=str(exc))
-            await asyncio.sleep(0.5)
-    async for msg in sub.messages:
-        seq = msg.metadata.sequence.stream
-        try:
-            event = parse_event(msg.data)
-        except ValidationError as exc:
-            log.error("event_undecodable", seq=seq, error=str(exc)[:200])
+            first = await sub.next_msg(timeout=60)
+        except TimeoutError:
             continue
-        await apply(event, seq)
+        messages = [first]
+        while len(messages) < max_batch and sub.pending_msgs > 0:
+            messages.append(await sub.next_msg(timeout=1))
+        batch = [d for d in (_decode(m) for m in messages) if d is not None]
+        if batch:
+            await apply(batch)

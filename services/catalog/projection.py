@@ -117,28 +117,40 @@ class Catalog:
         catalog does not index still advance the checkpoint, so a restart does not
         re-read them.
         """
+        return bool(self.apply_batch([(event, seq)]))
+
+    def apply_batch(self, items: list[tuple[Any, int]]) -> list[Any]:
+        """Apply events in one transaction (catch-up speed); returns those that changed it."""
+        changed: list[Any] = []
         with self._lock:
-            if seq <= self._last_sequence:
-                return False
+            items = [(event, seq) for event, seq in items if seq > self._last_sequence]
+            if not items:
+                return changed
             delta = 0
             self._db.execute("BEGIN IMMEDIATE")
             try:
-                if isinstance(event, RecordingCompleted):
-                    delta = 1 if self._insert(event, seq) else 0
-                elif isinstance(event, RecordingPurged):
-                    delta = -self._purge(event, seq)
+                for event, seq in items:
+                    step = 0
+                    if isinstance(event, RecordingCompleted):
+                        step = 1 if self._insert(event, seq) else 0
+                    elif isinstance(event, RecordingPurged):
+                        step = -self._purge(event, seq)
+                    if step:
+                        changed.append(event)
+                    delta += step
+                last = max(seq for _, seq in items)
                 self._db.execute(
                     "INSERT INTO checkpoints (stream, last_sequence) VALUES (?, ?) "
                     "ON CONFLICT(stream) DO UPDATE SET last_sequence = excluded.last_sequence",
-                    (STREAM_KEY, seq),
+                    (STREAM_KEY, last),
                 )
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
-            self._last_sequence = seq
+            self._last_sequence = last
             self._count += delta
-            return delta != 0
+            return changed
 
     def _insert(self, event: RecordingCompleted, seq: int) -> bool:
         if self._db.execute(

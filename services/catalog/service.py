@@ -45,13 +45,13 @@ async def main(ctx: ServiceContext) -> None:
     )
     searches = ctx.metrics.counter("catalog_searches_total", "Catalog searches answered")
 
-    async def apply(event: Any, seq: int) -> None:
-        changed = await asyncio.to_thread(catalog.apply, event, seq)
-        event_type = str(getattr(event, "type", "unknown"))
-        applied.inc(type=event_type)
-        if changed:
-            what = "recording_purged" if event_type == "recording.purged" else "recording_cataloged"
-            log.info(what, recording_id=getattr(event, "recording_id", None), seq=seq)
+    async def apply(batch: list[tuple[Any, int]]) -> None:
+        changed = await asyncio.to_thread(catalog.apply_batch, batch)
+        for event, _ in batch:
+            applied.inc(type=str(getattr(event, "type", "unknown")))
+        for event in changed:
+            what = "recording_purged" if event.type == "recording.purged" else "recording_cataloged"
+            log.info(what, recording_id=event.recording_id)
 
     async def on_search(request: SearchRequest) -> BaseModel | None:
         searches.inc()
@@ -77,7 +77,7 @@ async def main(ctx: ServiceContext) -> None:
         ctx.nc, subjects.rpc(node, subjects.CATALOG, subjects.CATALOG_GET), GetRequest, on_get
     )
     follower = asyncio.create_task(
-        bus.follow_events(
+        bus.follow_event_batches(
             ctx.js, node, subjects.events_of_type("recording.*"), catalog.last_sequence + 1, apply
         )
     )

@@ -129,6 +129,8 @@ class NodeStatus(Message):
     last_heartbeat_age_s: float | None = None
     recordings: int | None = None
     current_role: str | None = None
+    # That node's replication lag behind each of its peers (from its heartbeats).
+    lag: list[PeerLag] = Field(default_factory=list)
 
 
 class SyncStatus(Message):

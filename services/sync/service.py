@@ -46,9 +46,11 @@ def replicated_event_id(recording_id: str, node_id: str) -> str:
 
 
 def heartbeat_payload(ctx: ServiceContext, sequence: int, held: int = 0,
-                      pending: dict[str, int] | None = None) -> bytes:
+                      pending: dict[str, int] | None = None,
+                      lag: list[PeerLag] | None = None) -> bytes:
     config = ctx.config
     return json.dumps({
+        "lag": [entry.model_dump() for entry in lag or []],
         "node_id": config.node_id,
         "role": config.role,
         "priority": config.priority,
@@ -137,8 +139,11 @@ class Sync:
         while not stopping.is_set():
             sequence += 1
             if self.ctx.nc.is_connected:
+                lag: list[PeerLag] = []
+                with contextlib.suppress(Exception):
+                    lag = await self._lag()
                 payload = heartbeat_payload(self.ctx, sequence, self.replicas.recordings_held(),
-                                            self.replicas.pending_by_origin())
+                                            self.replicas.pending_by_origin(), lag)
                 with contextlib.suppress(Exception):
                     await self.ctx.nc.publish(subjects.heartbeat(self.me), payload)
                     self.m_heartbeats.inc()
@@ -374,7 +379,18 @@ class Sync:
                 alive=now - heard <= timeout,
                 last_heartbeat_age_s=round(now - heard, 3),
                 recordings=held if isinstance(held, int) else None,
+                lag=_heartbeat_lag(payload),
             ))
+        lag = await self._lag()
+        for index, node in enumerate(nodes):
+            if node.node_id == self.me:
+                nodes[index] = node.model_copy(update={"lag": lag})
+        return SyncStatus(node_id=self.me, nodes=nodes, lag=lag,
+                          recordings_held=self.replicas.recordings_held())
+
+    async def _lag(self) -> list[PeerLag]:
+        """This node's lag behind each peer: events its CLUSTER stream still lacks, and
+        objects it still has to fetch."""
         sources: dict[str, tuple[int | None, float | None]] = {}
         with contextlib.suppress(Exception):
             sources = await self._source_infos()
@@ -386,8 +402,20 @@ class Sync:
             lag.append(PeerLag(node_id=peer, events_lag=events_lag,
                                events_last_contact_s=contact,
                                objects_pending=pending.get(peer, 0)))
-        return SyncStatus(node_id=self.me, nodes=nodes, lag=lag,
-                          recordings_held=self.replicas.recordings_held())
+        return lag
+
+
+def _heartbeat_lag(payload: dict[str, Any]) -> list[PeerLag]:
+    entries = payload.get("lag")
+    if not isinstance(entries, list):
+        return []
+    lag = []
+    for entry in entries:
+        try:
+            lag.append(PeerLag.model_validate(entry))
+        except ValueError:
+            continue
+    return lag
 
 
 async def restart_peer_source(js: JetStreamContext, peer: str) -> None:

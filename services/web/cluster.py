@@ -10,7 +10,7 @@ from __future__ import annotations
 import html
 from typing import Any
 
-from contracts.v1.rpc import NodeStatus, RolesStatus, SyncStatus
+from contracts.v1.rpc import NodeStatus, PeerLag, RolesStatus, SyncStatus
 
 UNAVAILABLE = "unavailable"
 
@@ -21,20 +21,24 @@ def _current_role(node_id: str, status: NodeStatus | None, roles: RolesStatus | 
     return status.current_role if status is not None else None
 
 
-def cluster_view(
-    node_id: str, sync: SyncStatus | None, roles: RolesStatus | None
-) -> dict[str, Any]:
-    """JSON of `GET /api/cluster`; `lag` is the answering node's lag behind each peer,
-    so it is filled on the answering node's entry only (ask a peer for its own)."""
-    nodes: list[dict[str, Any]] = []
-    lag = {
+def _lag_view(entries: list[PeerLag]) -> dict[str, dict[str, Any]]:
+    return {
         peer.node_id: {
             "events": peer.events_lag,
             "events_last_contact_s": peer.events_last_contact_s,
             "objects": peer.objects_pending,
         }
-        for peer in (sync.lag if sync is not None else [])
+        for peer in entries
     }
+
+
+def cluster_view(
+    node_id: str, sync: SyncStatus | None, roles: RolesStatus | None
+) -> dict[str, Any]:
+    """JSON of `GET /api/cluster`; each node's `lag` is its lag behind each of its peers
+    (the answering node's measured now, the others' from their last heartbeat)."""
+    nodes: list[dict[str, Any]] = []
+    lag = _lag_view(sync.lag if sync is not None else [])
     known: list[NodeStatus] = list(sync.nodes) if sync is not None else []
     ids = [status.node_id for status in known]
     for extra in (node_id, roles.holder if roles is not None else None):
@@ -51,7 +55,7 @@ def cluster_view(
             "alive": status.alive if status else None,
             "last_heartbeat_age_s": status.last_heartbeat_age_s if status else None,
             "recordings": status.recordings if status else None,
-            "lag": lag if nid == node_id else {},
+            "lag": lag if nid == node_id else _lag_view(status.lag if status else []),
         }
         if nid == node_id and sync is not None and entry["recordings"] is None:
             entry["recordings"] = sync.recordings_held

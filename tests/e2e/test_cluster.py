@@ -104,12 +104,22 @@ def test_recordings_replicate_both_ways_with_identical_audio(pair: tuple[Node, N
         meta = recordings(origin)[recording_id]
         assert audio_sha(origin, recording_id) == meta["sha256"]
         playable_everywhere([a, b], recording_id, meta["sha256"], timeout=10)
-    # The cluster page on either node shows both nodes, alive, one holder.
+    # The cluster page on either node shows both nodes, alive, one holder, and for each
+    # node its replication lag behind its peer and the recordings it holds (all: 2).
+    def caught_up(n: dict[str, Any]) -> bool:
+        peer = "b" if n["node_id"] == "a" else "a"
+        lag = n["lag"].get(peer)
+        return (bool(lag) and lag["events"] == 0 and lag["objects"] == 0
+                and n["recordings"] == 2)
+
     for node in (a, b):
-        status = cluster(node)
+        status = eventually(lambda node=node: (s := cluster(node)) and all(  # type: ignore[misc]
+            caught_up(n) for n in s["nodes"]) and s, 10, "lag reported")
         assert {n["node_id"] for n in status["nodes"]} == {"a", "b"}
         assert all(n["alive"] for n in status["nodes"])
         assert status["holder"] == "a"
+        assert {n["node_id"]: n["current_role"] for n in status["nodes"]} == {
+            "a": "active", "b": "standby"}
 
 
 def test_primary_killed_backup_takes_over_and_primary_catches_up(

@@ -90,6 +90,7 @@ SYNC_STATUS = "status"
 
 SCHEDULER = "scheduler"
 SCHEDULER_ROLES = "roles"
+SCHEDULER_JOBS = "jobs"
 
 CATALOG = "catalog"
 CATALOG_SEARCH = "search"

@@ -159,6 +159,119 @@ class RoleChanged(EventBase):
     reason: str
 
 
+class LegalHoldChanged(EventBase):
+    """A recording is put under (or released from) legal hold: purge never deletes it."""
+
+    type: Literal["recording.hold_changed"] = "recording.hold_changed"
+    recording_id: str
+    hold: bool
+    reason: str | None = None
+    requested_by: str | None = None
+
+
+class JobSchedule(Frozen):
+    """Cron expression (crontab's five fields, local time of the node) or an interval."""
+
+    cron: str | None = None
+    interval_s: int | None = Field(default=None, ge=10)
+
+
+class PurgeParams(Frozen):
+    """Retention: the most specific setting wins (user, then group, then global); a
+    recording of several users keeps the longest of their retentions."""
+
+    retention_s: int = Field(ge=1)
+    user_retention_s: dict[str, int] = Field(default_factory=dict)
+    group_retention_s: dict[str, int] = Field(default_factory=dict)
+
+
+class ExportParams(Frozen):
+    target_dir: str
+    path_template: str = "{date:%Y/%m/%d}/{start:%H%M%S}_{near}_{far}_{id}.{ext}"
+    format: Literal["opus", "wav", "mp3"] = "opus"
+    sidecar: bool = True
+
+
+class JobConfigured(EventBase):
+    """A maintenance job was created or changed (whole new definition)."""
+
+    type: Literal["job.configured"] = "job.configured"
+    job_id: str
+    name: str
+    kind: Literal["purge", "export"]
+    schedule: JobSchedule
+    paused: bool = False
+    purge: PurgeParams | None = None
+    export: ExportParams | None = None
+    changed_by: str | None = None
+
+
+class JobRemoved(EventBase):
+    type: Literal["job.removed"] = "job.removed"
+    job_id: str
+
+
+class JobRunRequested(EventBase):
+    """Someone asked for a run now; the node holding the maintenance role starts it."""
+
+    type: Literal["job.run_requested"] = "job.run_requested"
+    job_id: str
+    dry_run: bool = False
+    requested_by: str | None = None
+
+
+class JobRunStarted(EventBase):
+    type: Literal["job.run_started"] = "job.run_started"
+    job_id: str
+    run_id: str
+    dry_run: bool = False
+    role_epoch: int = 0
+    trigger: str = "schedule"
+
+
+class JobRunProgressed(EventBase):
+    type: Literal["job.run_progressed"] = "job.run_progressed"
+    job_id: str
+    run_id: str
+    done: int
+    total: int
+    bytes: int = 0
+
+
+class JobRunFinished(EventBase):
+    type: Literal["job.run_finished"] = "job.run_finished"
+    job_id: str
+    run_id: str
+    processed: int
+    skipped: int = 0
+    bytes: int = 0
+    # For a dry run of a purge: what would go.
+    would_purge: list[str] = Field(default_factory=list)
+
+
+class JobRunFailed(EventBase):
+    """A run stopped on an error (target missing, full, not writable...); the job keeps
+    its place (what was exported stays recorded) and the next run continues."""
+
+    type: Literal["job.run_failed"] = "job.run_failed"
+    job_id: str
+    run_id: str
+    error: str
+    processed: int = 0
+
+
+class RecordingExported(EventBase):
+    """One recording was written by an export job: a backup that takes over continues
+    after it, and never writes it again."""
+
+    type: Literal["recording.exported"] = "recording.exported"
+    job_id: str
+    run_id: str
+    recording_id: str
+    path: str
+    size_bytes: int
+
+
 class UserUpserted(EventBase):
     """A login and/or recording user was created or changed (whole new state)."""
 
@@ -169,6 +282,7 @@ class UserUpserted(EventBase):
     admin: bool = False
     extensions: list[str] = Field(default_factory=list)
     record: bool = True
+    groups: list[str] = Field(default_factory=list)
 
 
 class UserRemoved(EventBase):
@@ -184,6 +298,15 @@ Event = Annotated[
     | RecordingReplicated
     | RecordingPurged
     | RoleChanged
+    | LegalHoldChanged
+    | JobConfigured
+    | JobRemoved
+    | JobRunRequested
+    | JobRunStarted
+    | JobRunProgressed
+    | JobRunFinished
+    | JobRunFailed
+    | RecordingExported
     | UserUpserted
     | UserRemoved,
     Field(discriminator="type"),

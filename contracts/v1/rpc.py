@@ -145,3 +145,40 @@ class RolesStatus(Message):
     holder: str | None
     epoch: int
     since: datetime | None = None
+
+
+class JobRunView(Message):
+    run_id: str
+    job_id: str
+    node_id: str
+    started_at: datetime
+    trigger: str = "schedule"
+    dry_run: bool = False
+    state: str = "running"  # running | finished | failed | interrupted
+    ended_at: datetime | None = None
+    done: int = 0
+    total: int = 0
+    bytes: int = 0
+    processed: int = 0
+    skipped: int = 0
+    error: str | None = None
+    would_purge: list[str] = Field(default_factory=list)
+
+
+class JobView(Message):
+    job_id: str
+    name: str
+    kind: str
+    schedule: dict[str, object]
+    paused: bool
+    params: dict[str, object]
+    next_run: datetime | None = None
+    runs_on: str | None = None  # the node holding the maintenance role
+    last_runs: list[JobRunView] = Field(default_factory=list)
+    exported: int | None = None
+
+
+class JobsStatus(Message):
+    node_id: str
+    holder: str | None
+    jobs: list[JobView]

@@ -82,7 +82,7 @@ class Node:
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.http_port}"
 
-    def start(self, timeout: float = 30.0) -> Node:
+    def start(self, timeout: float = 60.0) -> Node:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         log = (self.data_dir / "node.log").open("ab")
         env = {**os.environ, "CALLREC_ADMIN_PASSWORD": ADMIN_PASSWORD,

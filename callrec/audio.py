@@ -8,10 +8,12 @@ fixtures (which fabricate SIPp payload files) agree bit for bit.
 
 from __future__ import annotations
 
+import shutil
 import wave
 from collections.abc import Iterator
 from fractions import Fraction
 from pathlib import Path
+from typing import Any
 
 import av
 import numpy as np
@@ -29,6 +31,7 @@ __all__ = [
     "pcmu_decode",
     "pcmu_encode",
     "tone",
+    "transcode",
     "transcode_to_wav",
 ]
 
@@ -300,3 +303,42 @@ def duration_seconds(path: Path) -> float:
             if frame.sample_rate:
                 total += frame.samples / frame.sample_rate
     return total
+
+
+def transcode(src: Path, dst: Path, fmt: str, rate: int = 16000, bitrate: int = 32000) -> None:
+    """Write ``src`` to ``dst`` as ``fmt``: "opus" (a plain copy of the stored Ogg/Opus),
+    "wav" (16-bit PCM) or "mp3" (libmp3lame, ``bitrate`` bit/s at ``rate``).
+
+    Streamed like transcode_to_wav, so exporting a long call keeps memory flat.
+    """
+    if fmt == "opus":
+        shutil.copyfile(src, dst)
+        return
+    if fmt == "wav":
+        transcode_to_wav(src, dst, rate)
+        return
+    if fmt != "mp3":
+        raise ValueError(f"unsupported format {fmt!r} (opus, wav or mp3)")
+    with av.open(str(dst), mode="w", format="mp3") as container:
+        stream: Any = None
+        layout = "stereo"
+        pts = 0
+        for chunk, chunk_rate in iter_decoded(src, rate):
+            if stream is None:
+                layout = "mono" if chunk.shape[0] == 1 else "stereo"
+                stream = container.add_stream("libmp3lame", rate=chunk_rate)
+                stream.layout = layout
+                stream.format = "s16p"
+                stream.bit_rate = bitrate
+            if chunk.shape[1] == 0:
+                continue
+            frame = av.AudioFrame.from_ndarray(
+                np.ascontiguousarray(chunk[:2]), format="s16p", layout=layout
+            )
+            frame.sample_rate = chunk_rate
+            frame.pts = pts
+            frame.time_base = Fraction(1, chunk_rate)
+            pts += chunk.shape[1]
+            container.mux(stream.encode(frame))
+        if stream is not None:
+            container.mux(stream.encode(None))

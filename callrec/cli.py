@@ -1,4 +1,4 @@
-"""The `callrec` command: run a node, manage users.
+"""The `callrec` command: run a node, manage users, list and run maintenance jobs.
 
 Every flag has a `CALLREC_*` environment variable, so the same settings work from a
 shell, a systemd unit or docker-compose.
@@ -12,15 +12,21 @@ import getpass
 import json
 import os
 import sys
+import time
 from collections.abc import Sequence
+from datetime import datetime
 from pathlib import Path
 
+from nats.aio.client import Client as NatsClient
 from pydantic import ValidationError
 
-from contracts.v1.events import UserRemoved, UserUpserted
+from contracts import subjects
+from contracts.v1.events import JobRunRequested, UserRemoved, UserUpserted
+from contracts.v1.rpc import Empty, JobRunView, JobsStatus, JobView
 
 from . import bus
 from .config import NodeConfig
+from .logs import setup_logging
 from .supervisor import load_users, run_node
 from .users import hash_password
 
@@ -96,6 +102,22 @@ def build_parser() -> argparse.ArgumentParser:
     rm = users_sub.add_parser("remove", help="remove a user")
     rm.add_argument("username")
     users_sub.add_parser("list", help="list users")
+
+    jobs = sub.add_parser("jobs", help="maintenance jobs (the node must be running)")
+    jobs.add_argument("--data-dir", default=_env("DATA_DIR", "./data"))
+    jobs.add_argument("--nats-url", default=_env("NATS_URL"))
+    jobs_sub = jobs.add_subparsers(dest="jobs_command", required=True)
+    jobs_list = jobs_sub.add_parser("list", help="one line per job")
+    jobs_list.add_argument("--json", action="store_true", help="the scheduler's JSON instead")
+    run = jobs_sub.add_parser("run", help="run a job now (on the node holding the role)")
+    run.add_argument("job", help="job id or name")
+    run.add_argument("--dry-run", action="store_true", help="report, change nothing")
+    run.add_argument("--wait", action="store_true", help="wait for the run to end")
+    run.add_argument("--timeout", type=float, default=3600.0,
+                     help="seconds --wait waits at most (default 3600)")
+    history = jobs_sub.add_parser("history", help="the last runs, newest first")
+    history.add_argument("job", nargs="?", default=None, help="job id or name (default: all)")
+    history.add_argument("--json", action="store_true")
     return parser
 
 
@@ -141,6 +163,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         except UsageError as exc:
             print(f"callrec: {exc}", file=sys.stderr)
             return 2
+    if args.command == "jobs":
+        try:
+            return asyncio.run(_jobs(args))
+        except UsageError as exc:
+            print(f"callrec: {exc}", file=sys.stderr)
+            return 2
+        except bus.RpcError as exc:
+            print(f"callrec: the scheduler did not answer ({exc})", file=sys.stderr)
+            return 1
     return 2
 
 
@@ -150,6 +181,7 @@ class UsageError(Exception):
 
 async def _users(args: argparse.Namespace) -> int:
     url, node_id = _node_address(args)
+    setup_logging("cli", node_id, "error")  # stdout is for the listing
     nc = await bus.connect(url, f"{node_id}-cli")
     try:
         js = nc.jetstream()
@@ -206,3 +238,136 @@ def _node_address(args: argparse.Namespace) -> tuple[str, str]:
         f"no running node found ({runtime} is missing): start it with 'callrec up'"
         " or pass --data-dir"
     )
+
+
+# --------------------------------------------------------------------------- jobs
+
+NO_START_WARNING_S = 30.0
+
+
+async def _jobs_status(nc: NatsClient, node_id: str) -> JobsStatus:
+    subject = subjects.rpc(node_id, subjects.SCHEDULER, subjects.SCHEDULER_JOBS)
+    status = await bus.call(nc, subject, Empty(), JobsStatus, timeout=3.0)
+    if status is None:
+        raise bus.RpcError("empty reply")
+    return status
+
+
+def _find_job(status: JobsStatus, ref: str) -> JobView:
+    """A job by id, or by name (names are unique through the web API)."""
+    by_id = [job for job in status.jobs if job.job_id == ref]
+    matches = by_id or [job for job in status.jobs if job.name == ref]
+    if len(matches) == 1:
+        return matches[0]
+    if not matches:
+        raise UsageError(f"no job {ref!r} (see 'callrec jobs list')")
+    raise UsageError(f"several jobs are named {ref!r}: use the job id")
+
+
+def _when(value: datetime | None) -> str:
+    return value.astimezone().strftime("%Y-%m-%d %H:%M:%S") if value else "-"
+
+
+def _schedule_text(job: JobView) -> str:
+    cron, interval = job.schedule.get("cron"), job.schedule.get("interval_s")
+    text = f"cron {cron}" if cron else f"every {interval}s" if interval else "-"
+    return f"{text} (paused)" if job.paused else text
+
+
+def _outcome(run: JobRunView) -> str:
+    dry = " (dry run)" if run.dry_run else ""
+    if run.state == "running":
+        return f"running{dry} {run.done}/{run.total or '?'}"
+    if run.state == "finished":
+        text = f"finished{dry}: {run.processed} processed, {run.skipped} skipped, {run.bytes} bytes"
+        return text + (f", would purge {len(run.would_purge)}" if run.would_purge else "")
+    if run.state == "failed":
+        return f"failed{dry} after {run.processed}: {run.error or 'unknown error'}"
+    return f"{run.state}{dry}"
+
+
+def _run_line(job_name: str, run: JobRunView) -> str:
+    return "\t".join([_when(run.started_at), job_name, run.run_id, run.node_id, run.trigger,
+                      _outcome(run)])
+
+
+def _requester() -> str:
+    try:
+        return f"cli:{getpass.getuser()}"
+    except Exception:  # no user name in some containers
+        return "cli"
+
+
+async def _jobs(args: argparse.Namespace) -> int:
+    url, node_id = _node_address(args)
+    # stdout is for the listing (scripts parse it); the client's own logs (a NATS
+    # "disconnected" on exit) go to stderr, errors only.
+    setup_logging("cli", node_id, "error")
+    nc = await bus.connect(url, f"{node_id}-cli")
+    try:
+        status = await _jobs_status(nc, node_id)
+        if args.jobs_command == "list":
+            if args.json:
+                print(status.model_dump_json(indent=2))
+                return 0
+            for job in sorted(status.jobs, key=lambda j: j.name):
+                last = _outcome(job.last_runs[0]) if job.last_runs else "never run"
+                print("\t".join([job.job_id, job.name, job.kind, _schedule_text(job),
+                                 f"next {_when(job.next_run) if not job.paused else '-'}",
+                                 f"runs on {job.runs_on or 'nobody'}", last]))
+            return 0
+        if args.jobs_command == "history":
+            jobs = [_find_job(status, args.job)] if args.job else status.jobs
+            runs = sorted(((job, run) for job in jobs for run in job.last_runs),
+                          key=lambda pair: pair[1].started_at, reverse=True)
+            for job, run in runs:
+                if args.json:
+                    print(json.dumps({"job": job.name, **run.model_dump(mode="json")}))
+                else:
+                    print(_run_line(job.name, run))
+            return 0
+        job = _find_job(status, args.job)
+        return await _run_job(nc, node_id, job, args)
+    finally:
+        await nc.drain()
+
+
+async def _run_job(nc: NatsClient, node_id: str, job: JobView, args: argparse.Namespace) -> int:
+    """Request a run; with --wait, follow the status until a run that was not there
+    before ends (whichever node holds the role runs it)."""
+    before = {run.run_id for run in job.last_runs}
+    js = nc.jetstream()
+    await bus.publish_event(js, JobRunRequested(
+        node_id=node_id, job_id=job.job_id, dry_run=args.dry_run, requested_by=_requester()))
+    print(f"run of {job.name} requested" + (" (dry run)" if args.dry_run else ""))
+    if not args.wait:
+        return 0
+    started = time.monotonic()
+    deadline = started + args.timeout
+    shown, warned = "", False
+    while time.monotonic() < deadline:
+        await asyncio.sleep(0.5)
+        try:
+            status = await _jobs_status(nc, node_id)
+        except bus.RpcError:
+            continue  # the scheduler may be restarting; the run goes on
+        current = next((j for j in status.jobs if j.job_id == job.job_id), None)
+        if current is None:
+            raise UsageError(f"job {job.name!r} was removed")
+        run = next((r for r in current.last_runs if r.run_id not in before), None)
+        if run is None:
+            if not warned and time.monotonic() > started + NO_START_WARNING_S:
+                warned = True
+                print(f"no run started yet; the maintenance role is held by "
+                      f"{status.holder or 'nobody'}", file=sys.stderr)
+            continue
+        if run.state == "running":
+            progress = _outcome(run)
+            if progress != shown:
+                print(progress, file=sys.stderr)
+                shown = progress
+            continue
+        print(_run_line(current.name, run))
+        return 0 if run.state == "finished" else 1
+    print(f"callrec: the run did not end within {args.timeout:g}s", file=sys.stderr)
+    return 1

@@ -3,8 +3,9 @@
 It feeds the nodes' heartbeats (core NATS) into a `RoleTracker`, learns the
 cluster's highest role epoch from `role.changed` facts, and records a change as a
 fact only when this node is affected (it takes or loses the role), so each change
-is stored once per affected node rather than by every node. The purge and export
-jobs it will run come with the maintenance issue.
+is stored once per affected node rather than by every node. The maintenance jobs
+(purge, export) run in a `JobEngine` fed with every cluster event and told of each
+role change; it only acts on the node holding the role.
 """
 
 from __future__ import annotations
@@ -23,15 +24,19 @@ from pydantic import BaseModel
 
 from callrec import bus
 from callrec.service import ServiceContext
+from callrec.store import open_store
 from contracts import subjects
-from contracts.v1.events import RoleChanged
+from contracts.v1.events import EventBase, RoleChanged
 from contracts.v1.rpc import Empty, RolesStatus
 
+from .engine import JobEngine
 from .roles import RoleChange, RoleTracker
 
 TICK_S = 0.25
 EPOCH_CATCH_UP_S = 10.0
 """Longest wait for past `role.changed` facts before electing with what we know."""
+JOBS_CATCH_UP_S = 20.0
+"""Longest wait for the past events before the job engine acts on what it has."""
 
 # A lazy proxy: binding now would freeze the pre-`setup_logging` (non-JSON) config.
 log = structlog.get_logger(component="scheduler")
@@ -62,6 +67,16 @@ async def _last_role_sequence(ctx: ServiceContext) -> int:
     return int(msg.seq or 0)
 
 
+async def _cluster_head(ctx: ServiceContext) -> int:
+    """Last sequence of the CLUSTER stream at start: the job engine's catch-up target."""
+    try:
+        info = await ctx.js.stream_info(subjects.CLUSTER_STREAM)
+    except Exception as exc:
+        log.warning("cluster_head_unknown", error=str(exc))
+        return 0
+    return int(info.state.last_seq or 0)
+
+
 async def main(ctx: ServiceContext) -> None:
     node = ctx.node_id
     tracker = RoleTracker(node, ctx.config.role_timeout_s, time.monotonic())
@@ -83,6 +98,20 @@ async def main(ctx: ServiceContext) -> None:
     changes = ctx.metrics.counter(
         "scheduler_role_changes_total", "changes of the maintenance holder seen by this node"
     )
+
+    async def publish(event: EventBase) -> None:
+        await bus.publish_event(ctx.js, event)
+
+    engine = JobEngine(node, open_store(ctx.config.data_dir), publish)
+    for name, help_text in (("runs", "job runs started here"),
+                            ("failed", "job runs that failed here"),
+                            ("purged", "recordings purged by jobs run here"),
+                            ("exported", "recordings exported by jobs run here"),
+                            ("exported_bytes", "bytes exported by jobs run here")):
+        ctx.metrics.gauge(f"scheduler_jobs_{name}", help_text,
+                          lambda name=name: float(engine.counts[name]))  # type: ignore[misc]
+    ctx.metrics.gauge("scheduler_jobs_running", "job runs in progress here",
+                      lambda: float(len(engine.running)))
 
     async def on_heartbeat(msg: Msg) -> None:
         nonlocal self_seen
@@ -106,6 +135,19 @@ async def main(ctx: ServiceContext) -> None:
     async def on_roles(_: Empty) -> BaseModel | None:
         return RolesStatus(node_id=node, holder=tracker.holder, epoch=tracker.epoch, since=since)
 
+    async def on_jobs(_: Empty) -> BaseModel | None:
+        return engine.status()
+
+    jobs_head = await _cluster_head(ctx)
+    if jobs_head == 0:
+        engine.set_ready()
+
+    async def on_events(batch: list[tuple[Any, int]]) -> None:
+        for event, seq in batch:
+            engine.apply(event)
+            if seq >= jobs_head:
+                engine.set_ready()
+
     pending: asyncio.Queue[RoleChange] = asyncio.Queue()
 
     async def publisher() -> None:
@@ -122,9 +164,16 @@ async def main(ctx: ServiceContext) -> None:
     await ctx.nc.subscribe(subjects.all_heartbeats(), cb=on_heartbeat)
     await bus.serve(ctx.nc, subjects.rpc(node, subjects.SCHEDULER, subjects.SCHEDULER_ROLES),
                     Empty, on_roles)
+    await bus.serve(ctx.nc, subjects.rpc(node, subjects.SCHEDULER, subjects.SCHEDULER_JOBS),
+                    Empty, on_jobs)
     follower = asyncio.create_task(bus.follow_events(
         ctx.js, node, subjects.events_of_type("role.changed"), 1, on_role_event
     ))
+    jobs_follower = asyncio.create_task(bus.follow_event_batches(
+        ctx.js, node, subjects.events_of_type(">"), 1, on_events
+    ))
+    engine.start()
+    jobs_deadline = time.monotonic() + JOBS_CATCH_UP_S
     publishing = asyncio.create_task(publisher())
     head = await _last_role_sequence(ctx)
     catch_up_deadline = time.monotonic() + EPOCH_CATCH_UP_S
@@ -134,11 +183,15 @@ async def main(ctx: ServiceContext) -> None:
         while True:
             await asyncio.sleep(TICK_S)
             now = time.monotonic()
+            if not engine.ready and now >= jobs_deadline:
+                log.warning("jobs_catch_up_incomplete", head=jobs_head)
+                engine.set_ready()
             if role_seq < head and now < catch_up_deadline:
                 continue  # an epoch from the past may still be on its way
             change = tracker.tick(now)
             if change is None:
                 continue
+            engine.set_role(change.holder, change.epoch)
             since = datetime.now(UTC)
             changes.inc()
             affected = node in (change.holder, change.previous)
@@ -149,13 +202,14 @@ async def main(ctx: ServiceContext) -> None:
 
     ticking = asyncio.create_task(ticks())
     stop: asyncio.Task[Any] = asyncio.create_task(ctx.stopping.wait())
-    tasks: set[asyncio.Task[Any]] = {follower, publishing, ticking}
+    tasks: set[asyncio.Task[Any]] = {follower, jobs_follower, publishing, ticking}
     try:
         done, _ = await asyncio.wait({*tasks, stop}, return_when=asyncio.FIRST_COMPLETED)
         for crashed in tasks & done:
             crashed.result()  # re-raise: a dead loop must crash the service
             raise RuntimeError("scheduler task stopped unexpectedly")
     finally:
+        await engine.shutdown()
         for task in (*tasks, stop):
             task.cancel()
             with contextlib.suppress(BaseException):

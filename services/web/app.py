@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import asyncio
 import html
-from collections.abc import Iterator
+import secrets
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any, Protocol
+from typing import Annotated, Any, Protocol, TypeVar
 
 import structlog
-from litestar import Litestar, Request, Response, delete, get, post
+from litestar import Litestar, Request, Response, delete, get, post, put
 from litestar.datastructures import State
 from litestar.exceptions import (
     HTTPException,
@@ -27,14 +29,45 @@ from litestar.exceptions import (
 )
 from litestar.params import Parameter
 from litestar.response import Stream
+from pydantic import BaseModel, ValidationError
 
 from callrec.store import ObjectStore, StoreKeyError, file_chunks
 from callrec.users import UsersProjection, hash_password
-from contracts.v1.events import RecordingCompleted, RecordingPurged, UserRemoved, UserUpserted
-from contracts.v1.rpc import RolesStatus, SearchRequest, SearchResult, SyncStatus
+from contracts.v1.events import (
+    EventBase,
+    JobConfigured,
+    JobRemoved,
+    JobRunRequested,
+    LegalHoldChanged,
+    RecordingCompleted,
+    RecordingPurged,
+    UserRemoved,
+    UserUpserted,
+    new_id,
+)
+from contracts.v1.rpc import (
+    JobsStatus,
+    JobView,
+    RolesStatus,
+    SearchRequest,
+    SearchResult,
+    SyncStatus,
+)
 
 from .auth import REALM, Authenticator, Principal
 from .cluster import cluster_page, cluster_view
+from .jobs import (
+    MAX_BODY,
+    HoldInput,
+    JobInput,
+    RunInput,
+    describe_errors,
+    event_from_view,
+    find_job,
+    reflects,
+    valid_job_id,
+)
+from .jobs_page import jobs_page
 from .media import AudioMissing, WavCache, download_name
 from .prom import CONTENT_TYPE as PROM_CONTENT_TYPE
 from .prom import merge_texts
@@ -45,6 +78,11 @@ from .validation import UserInput, valid_recording_id, valid_username
 log = structlog.get_logger(component="web")
 
 MAX_OFFSET = 10_000_000
+JOB_APPLY_WAIT_S = 2.0
+SCHEDULER_SILENT = (
+    "the scheduler service did not answer: jobs are unavailable right now, retry shortly"
+)
+B = TypeVar("B", bound=BaseModel)
 
 
 class BackendUnavailable(RuntimeError):
@@ -77,6 +115,14 @@ class Backend(Protocol):
         """The maintenance role as this node sees it; None when the scheduler is silent."""
         ...
 
+    async def jobs_status(self) -> JobsStatus | None:
+        """The maintenance jobs as this node's scheduler sees them; None when silent."""
+        ...
+
+    async def publish_event(self, event: EventBase) -> None:
+        """Store a fact (jobs, legal hold); raises BackendUnavailable when it cannot."""
+        ...
+
     async def metrics_texts(self) -> list[str]: ...
 
     async def health(self) -> dict[str, str]: ...
@@ -88,6 +134,9 @@ class WebState:
     store: ObjectStore
     wav: WavCache
     auth: Authenticator
+    # How long a change waits for the local scheduler to show it (so a GET right
+    # after a POST sees it); the change is stored either way.
+    job_apply_wait_s: float = JOB_APPLY_WAIT_S
 
     async def require(self, request: Request[Any, Any, Any]) -> Principal:
         principal = await self.auth.authenticate(request.headers.get("authorization"))
@@ -361,6 +410,223 @@ async def remove_user(request: Request[Any, Any, Any], username: str) -> None:
     log.info("user_removed", username=username, by=principal.username)
 
 
+# --------------------------------------------------------------------------- legal hold
+
+
+async def _set_hold(
+    request: Request[Any, Any, Any], recording_id: str, hold: bool
+) -> Response[Any]:
+    """Legal hold is a fact like any other: every node's purge sees it and skips the
+    recording, wherever the purge job runs."""
+    web = _state(request)
+    principal = await web.require_admin(request)
+    record = await web.visible_record(principal, recording_id)
+    body = await _body(request, HoldInput, optional=True)
+    event = LegalHoldChanged(
+        node_id=web.backend.node_id,
+        recording_id=record.recording_id,
+        hold=hold,
+        reason=body.reason,
+        requested_by=principal.username,
+    )
+    await web.backend.publish_event(event)
+    log.info("legal_hold_changed", recording_id=record.recording_id, hold=hold,
+             by=principal.username)
+    return Response(content={"recording_id": record.recording_id, "legal_hold": hold,
+                             "event_id": event.event_id})
+
+
+@put("/api/recordings/{recording_id:str}/hold")
+async def hold_recording(request: Request[Any, Any, Any], recording_id: str) -> Response[Any]:
+    return await _set_hold(request, recording_id, True)
+
+
+@delete("/api/recordings/{recording_id:str}/hold", status_code=200)
+async def release_recording(request: Request[Any, Any, Any], recording_id: str) -> Response[Any]:
+    return await _set_hold(request, recording_id, False)
+
+
+# --------------------------------------------------------------------------- jobs
+
+
+async def _body(request: Request[Any, Any, Any], model: type[B], optional: bool = False) -> B:
+    """The JSON body as `model`, every problem as one readable 400 (not Litestar's
+    generic "validation failed")."""
+    raw = await request.body()
+    if len(raw) > MAX_BODY:
+        raise HTTPException(status_code=413, detail="request body too large")
+    if optional and not raw.strip():
+        return model()
+    try:
+        return model.model_validate_json(raw)
+    except ValidationError as exc:
+        raise ValidationException(detail=describe_errors(exc)) from None
+
+
+async def _jobs_status(web: WebState) -> JobsStatus:
+    status = await web.backend.jobs_status()
+    if status is None:
+        raise HTTPException(status_code=503, detail=SCHEDULER_SILENT,
+                            headers={"Retry-After": "2"})
+    return status
+
+
+async def _known_job(web: WebState, job_id: str) -> tuple[JobsStatus, JobView]:
+    if not valid_job_id(job_id):
+        raise ValidationException(detail="invalid job id")
+    status = await _jobs_status(web)
+    job = find_job(status, job_id)
+    if job is None:
+        raise NotFoundException(detail="unknown job")
+    return status, job
+
+
+def _check_name(status: JobsStatus | None, name: str, job_id: str) -> None:
+    """Names are how people (and `callrec jobs run NAME`) refer to jobs: keep them unique."""
+    if status is not None and any(j.name == name and j.job_id != job_id for j in status.jobs):
+        raise HTTPException(status_code=409, detail=f"a job named {name!r} already exists")
+
+
+async def _settle(web: WebState, done: Callable[[JobsStatus], bool]) -> bool:
+    """Poll the local scheduler (bounded) until it shows a change just published."""
+    deadline = time.monotonic() + web.job_apply_wait_s
+    while True:
+        status = await web.backend.jobs_status()
+        if status is not None and done(status):
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        await asyncio.sleep(0.05)
+
+
+async def _configure(web: WebState, event: JobConfigured) -> bool:
+    await web.backend.publish_event(event)
+    applied = await _settle(web, lambda s: reflects(find_job(s, event.job_id), event))
+    log.info("job_configured", job_id=event.job_id, name=event.name, kind=event.kind,
+             paused=event.paused, by=event.changed_by, applied_locally=applied)
+    return applied
+
+
+@get("/api/jobs")
+async def list_jobs(request: Request[Any, Any, Any]) -> Response[Any]:
+    web = _state(request)
+    await web.require(request)
+    status = await _jobs_status(web)
+    return Response(content=status.model_dump(mode="json"),
+                    headers={"Cache-Control": "no-store"})
+
+
+@post("/api/jobs")
+async def create_job(request: Request[Any, Any, Any]) -> Response[Any]:
+    web = _state(request)
+    principal = await web.require_admin(request)
+    data = await _body(request, JobInput)
+    job_id = new_id()
+    _check_name(await web.backend.jobs_status(), data.name, job_id)
+    event = data.event(web.backend.node_id, job_id, principal.username)
+    applied = await _configure(web, event)
+    return Response(content={"job_id": job_id, "event_id": event.event_id,
+                             "applied": applied}, status_code=201)
+
+
+@put("/api/jobs/{job_id:str}")
+async def edit_job(request: Request[Any, Any, Any], job_id: str) -> Response[Any]:
+    web = _state(request)
+    principal = await web.require_admin(request)
+    status, job = await _known_job(web, job_id)
+    data = await _body(request, JobInput)
+    _check_name(status, data.name, job.job_id)
+    event = data.event(web.backend.node_id, job.job_id, principal.username)
+    applied = await _configure(web, event)
+    return Response(content={"job_id": job.job_id, "event_id": event.event_id,
+                             "applied": applied})
+
+
+async def _set_paused(request: Request[Any, Any, Any], job_id: str, paused: bool) -> Response[Any]:
+    web = _state(request)
+    principal = await web.require_admin(request)
+    _, job = await _known_job(web, job_id)
+    if job.paused == paused:
+        return Response(content={"job_id": job.job_id, "paused": paused, "applied": True})
+    try:
+        event = event_from_view(job, web.backend.node_id, principal.username, paused)
+    except (ValueError, ValidationError) as exc:
+        log.warning("job_definition_unreadable", job_id=job.job_id, error=str(exc)[:300])
+        raise HTTPException(status_code=503, detail="the scheduler reported a job definition "
+                            "this node cannot read; edit the job instead") from None
+    applied = await _configure(web, event)
+    return Response(content={"job_id": job.job_id, "paused": paused, "event_id": event.event_id,
+                             "applied": applied})
+
+
+@post("/api/jobs/{job_id:str}/pause", status_code=200)
+async def pause_job(request: Request[Any, Any, Any], job_id: str) -> Response[Any]:
+    return await _set_paused(request, job_id, True)
+
+
+@post("/api/jobs/{job_id:str}/resume", status_code=200)
+async def resume_job(request: Request[Any, Any, Any], job_id: str) -> Response[Any]:
+    return await _set_paused(request, job_id, False)
+
+
+@post("/api/jobs/{job_id:str}/run", status_code=202)
+async def run_job(request: Request[Any, Any, Any], job_id: str) -> Response[Any]:
+    """Ask for a run now; whichever node holds the maintenance role starts it. Answers
+    with the new run's id when the local scheduler shows it in time."""
+    web = _state(request)
+    principal = await web.require_admin(request)
+    _, job = await _known_job(web, job_id)
+    data = await _body(request, RunInput, optional=True)
+    before = {run.run_id for run in job.last_runs}
+    event = JobRunRequested(node_id=web.backend.node_id, job_id=job.job_id,
+                            dry_run=data.dry_run, requested_by=principal.username)
+    await web.backend.publish_event(event)
+    started: list[str] = []
+
+    def new_run(status: JobsStatus) -> bool:
+        current = find_job(status, job.job_id)
+        started[:] = [r.run_id for r in (current.last_runs if current else [])
+                      if r.run_id not in before]
+        return bool(started)
+
+    await _settle(web, new_run)
+    log.info("job_run_requested", job_id=job.job_id, dry_run=data.dry_run,
+             by=principal.username, run_id=started[0] if started else None)
+    return Response(content={"job_id": job.job_id, "event_id": event.event_id,
+                             "dry_run": data.dry_run,
+                             "run_id": started[0] if started else None}, status_code=202)
+
+
+@delete("/api/jobs/{job_id:str}", status_code=200)
+async def remove_job(request: Request[Any, Any, Any], job_id: str) -> Response[Any]:
+    web = _state(request)
+    principal = await web.require_admin(request)
+    _, job = await _known_job(web, job_id)
+    event = JobRemoved(node_id=web.backend.node_id, job_id=job.job_id)
+    await web.backend.publish_event(event)
+    applied = await _settle(web, lambda s: find_job(s, job.job_id) is None)
+    log.info("job_removed", job_id=job.job_id, by=principal.username, applied_locally=applied)
+    return Response(content={"job_id": job.job_id, "event_id": event.event_id,
+                             "applied": applied})
+
+
+@get("/jobs")
+async def jobs_html(request: Request[Any, Any, Any]) -> Response[Any]:
+    """The jobs dashboard: static HTML whose script polls `/api/jobs` (same Basic auth)."""
+    web = _state(request)
+    principal = await web.require(request)
+    nonce = secrets.token_urlsafe(16)
+    csp = (f"default-src 'none'; script-src 'nonce-{nonce}'; style-src 'unsafe-inline'; "
+           "connect-src 'self'; img-src 'self' data:; form-action 'self'; base-uri 'none'; "
+           "frame-ancestors 'none'")
+    return Response(
+        content=jobs_page(principal.username, principal.admin, nonce),
+        media_type="text/html",
+        headers={"Cache-Control": "no-store", "Content-Security-Policy": csp,
+                 "X-Content-Type-Options": "nosniff"},
+    )
+
+
 # --------------------------------------------------------------------------- operations
 
 
@@ -425,7 +691,8 @@ async def index(request: Request[Any, Any, Any]) -> Response[Any]:
         )
     page = (
         "<!doctype html><html><head><meta charset='utf-8'><title>callrec</title></head>"
-        f"<body><h1>Recordings</h1><p>{result.total} recordings, signed in as "
+        "<body><nav><a href='/jobs'>Jobs</a> · <a href='/cluster'>Cluster</a></nav>"
+        f"<h1>Recordings</h1><p>{result.total} recordings, signed in as "
         f"{html.escape(principal.username)}</p><table><tr><th>Started</th><th>Numbers</th>"
         f"<th>Duration</th><th>Play</th><th></th></tr>{''.join(rows)}</table></body></html>"
     )
@@ -466,6 +733,16 @@ def create_app(backend: Backend, store: ObjectStore, data_dir: Path) -> Litestar
             list_users,
             upsert_user,
             remove_user,
+            hold_recording,
+            release_recording,
+            list_jobs,
+            create_job,
+            edit_job,
+            pause_job,
+            resume_job,
+            run_job,
+            remove_job,
+            jobs_html,
             healthz,
             metrics,
             cluster,

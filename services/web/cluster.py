@@ -103,7 +103,8 @@ def cluster_page(view: dict[str, Any]) -> str:
     )
     return (
         "<!doctype html><html><head><meta charset='utf-8'><title>callrec cluster</title>"
-        "<meta http-equiv='refresh' content='5'></head><body><h1>Cluster</h1>"
+        "<meta http-equiv='refresh' content='5'></head><body>"
+        "<nav><a href='/'>Recordings</a> · <a href='/jobs'>Jobs</a></nav><h1>Cluster</h1>"
         f"<p>Answered by {_cell(view['node_id'])}; maintenance role: "
         f"{_cell(view['holder'])} (epoch {_cell(view['epoch'])})</p>{notes}"
         "<table><tr><th>Node</th><th>Configured</th><th>Current</th><th>Priority</th>"

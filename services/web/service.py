@@ -22,10 +22,17 @@ from callrec.service import ServiceContext
 from callrec.store import open_store
 from callrec.users import UsersProjection
 from contracts import subjects
-from contracts.v1.events import RecordingCompleted, RecordingPurged, UserRemoved, UserUpserted
+from contracts.v1.events import (
+    EventBase,
+    RecordingCompleted,
+    RecordingPurged,
+    UserRemoved,
+    UserUpserted,
+)
 from contracts.v1.rpc import (
     Empty,
     GetRequest,
+    JobsStatus,
     RolesStatus,
     SearchRequest,
     SearchResult,
@@ -55,6 +62,7 @@ class NatsBackend:
         self._get = subjects.rpc(ctx.node_id, subjects.CATALOG, subjects.CATALOG_GET)
         self._sync_status = subjects.rpc(ctx.node_id, subjects.SYNC, subjects.SYNC_STATUS)
         self._roles = subjects.rpc(ctx.node_id, subjects.SCHEDULER, subjects.SCHEDULER_ROLES)
+        self._jobs = subjects.rpc(ctx.node_id, subjects.SCHEDULER, subjects.SCHEDULER_JOBS)
 
     async def search(
         self, request: SearchRequest, visible_numbers: list[str] | None, timeout: float = 5.0
@@ -131,6 +139,20 @@ class NatsBackend:
         except bus.RpcError as exc:
             log.warning("roles_status_unavailable", error=str(exc))
             return None
+
+    async def jobs_status(self) -> JobsStatus | None:
+        try:
+            return await bus.call(self.ctx.nc, self._jobs, Empty(), JobsStatus,
+                                  STATUS_TIMEOUT_S)
+        except bus.RpcError as exc:
+            log.warning("jobs_status_unavailable", error=str(exc))
+            return None
+
+    async def publish_event(self, event: EventBase) -> None:
+        try:
+            await bus.publish_event(self.ctx.js, event)
+        except Exception as exc:
+            raise BackendUnavailable(f"could not store the change: {exc}") from exc
 
     async def metrics_texts(self) -> list[str]:
         """Scatter/gather: every service of the node answers within the window."""

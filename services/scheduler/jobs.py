@@ -1,0 +1,215 @@
+"""The maintenance projection: jobs, runs, holds, recordings, users, exports (pure).
+
+Built by every node from the same CLUSTER events, so any node can show the history
+and a backup that takes the role knows what the primary did: which requests are still
+waiting, which run never finished, what an export already wrote. Events from
+different nodes arrive in any order and may repeat, so everything is keyed by ids
+and tolerant of an end arriving before its start.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from contracts.v1.events import (
+    JobConfigured,
+    JobRemoved,
+    JobRunFailed,
+    JobRunFinished,
+    JobRunProgressed,
+    JobRunRequested,
+    JobRunStarted,
+    LegalHoldChanged,
+    RecordingCompleted,
+    RecordingExported,
+    RecordingPurged,
+    UserRemoved,
+    UserUpserted,
+)
+from contracts.v1.rpc import JobRunView, JobView
+
+from .retention import UserInfo
+
+NAMESPACE = uuid.UUID("4d7f5a2e-2b1c-4f0e-8a61-5c3e9b7d2f10")
+LAST_RUNS = 10
+
+
+def stable_id(text: str) -> str:
+    """Deterministic event/run id: the same fact from two nodes is one duplicate."""
+    return uuid.uuid5(NAMESPACE, text).hex
+
+
+def purged_event_id(recording_id: str) -> str:
+    return stable_id(f"recording.purged:{recording_id}")
+
+
+def exported_event_id(job_id: str, recording_id: str) -> str:
+    return stable_id(f"recording.exported:{job_id}:{recording_id}")
+
+
+def requested_run_id(request_event_id: str) -> str:
+    """A run-now request's run id, so whoever starts it marks the request as handled."""
+    return stable_id(f"job.run:{request_event_id}")
+
+
+@dataclass
+class Run:
+    run_id: str
+    job_id: str
+    node_id: str = ""
+    started_at: datetime | None = None
+    order: int = 0
+    trigger: str = "schedule"
+    dry_run: bool = False
+    role_epoch: int = 0
+    ended: bool = False
+    failed: bool = False
+    ended_at: datetime | None = None
+    done: int = 0
+    total: int = 0
+    bytes: int = 0
+    processed: int = 0
+    skipped: int = 0
+    error: str | None = None
+    would_purge: list[str] = field(default_factory=list)
+
+
+class JobBook:
+    """Apply events in stream order; query what a holder has to do and what to show."""
+
+    def __init__(self) -> None:
+        self.seen: set[str] = set()
+        self.jobs: dict[str, JobConfigured] = {}
+        self.removed: set[str] = set()
+        self.runs: dict[str, Run] = {}
+        self.requests: dict[str, JobRunRequested] = {}  # by the run id they lead to
+        self.recordings: dict[str, RecordingCompleted] = {}
+        self.purged: set[str] = set()
+        self.held: set[str] = set()
+        self.users: dict[str, UserInfo] = {}
+        self.exported: dict[str, dict[str, str]] = {}  # job -> recording -> path
+        self._order = 0
+
+    def apply(self, event: object) -> bool:
+        """Returns False for an event already applied (same id)."""
+        event_id = getattr(event, "event_id", None)
+        if not isinstance(event_id, str) or event_id in self.seen:
+            return False
+        self.seen.add(event_id)
+        match event:
+            case RecordingCompleted() if event.recording_id not in self.purged:
+                self.recordings[event.recording_id] = event
+            case RecordingPurged():
+                self.purged.add(event.recording_id)
+                self.recordings.pop(event.recording_id, None)
+            case LegalHoldChanged():
+                if event.hold:
+                    self.held.add(event.recording_id)
+                else:
+                    self.held.discard(event.recording_id)
+            case UserUpserted():
+                self.users[event.username] = UserInfo(frozenset(event.extensions),
+                                                      frozenset(event.groups))
+            case UserRemoved():
+                self.users.pop(event.username, None)
+            case JobConfigured():
+                self.jobs[event.job_id] = event
+                self.removed.discard(event.job_id)
+            case JobRemoved():
+                self.jobs.pop(event.job_id, None)
+                self.removed.add(event.job_id)
+            case JobRunRequested():
+                self.requests[requested_run_id(event.event_id)] = event
+            case JobRunStarted():
+                self._start(event)
+            case JobRunProgressed():
+                run = self._run(event.job_id, event.run_id)
+                if not run.ended:
+                    run.done, run.total, run.bytes = event.done, event.total, event.bytes
+            case JobRunFinished():
+                run = self._end(event.job_id, event.run_id, event.occurred_at)
+                run.processed, run.skipped, run.bytes = event.processed, event.skipped, event.bytes
+                run.done = max(run.done, event.processed + event.skipped)
+                run.would_purge = list(event.would_purge)
+            case JobRunFailed():
+                run = self._end(event.job_id, event.run_id, event.occurred_at)
+                run.failed, run.error, run.processed = True, event.error, event.processed
+            case RecordingExported():
+                self.exported.setdefault(event.job_id, {})[event.recording_id] = event.path
+            case _:
+                pass
+        return True
+
+    def _run(self, job_id: str, run_id: str) -> Run:
+        run = self.runs.get(run_id)
+        if run is None:
+            run = self.runs[run_id] = Run(run_id, job_id)
+        return run
+
+    def _start(self, event: JobRunStarted) -> None:
+        run = self._run(event.job_id, event.run_id)
+        self._order += 1
+        run.node_id, run.started_at, run.order = event.node_id, event.occurred_at, self._order
+        run.trigger, run.dry_run, run.role_epoch = event.trigger, event.dry_run, event.role_epoch
+
+    def _end(self, job_id: str, run_id: str, at: datetime) -> Run:
+        run = self._run(job_id, run_id)
+        run.ended, run.ended_at = True, at
+        return run
+
+    # ---- what the holder has to do ------------------------------------------------
+
+    def pending_requests(self) -> list[tuple[str, JobRunRequested]]:
+        """Run-now requests of existing jobs that no node has started, oldest first."""
+        return [
+            (run_id, request) for run_id, request in self.requests.items()
+            if request.job_id in self.jobs
+            and (run_id not in self.runs or self.runs[run_id].started_at is None)
+        ]
+
+    def runs_of(self, job_id: str) -> list[Run]:
+        """Started runs of a job, newest first."""
+        runs = [r for r in self.runs.values() if r.job_id == job_id and r.started_at]
+        return sorted(runs, key=lambda r: r.order, reverse=True)
+
+    def needs_resume(self, job_id: str) -> bool:
+        """The job's last real run (not a dry run) never finished or failed: a new holder
+        runs it again, and the export's record of what it wrote makes it continue."""
+        for run in self.runs_of(job_id):
+            if not run.dry_run:
+                return not run.ended or run.failed
+        return False
+
+    def live_recordings(self) -> list[RecordingCompleted]:
+        return [rec for rid, rec in self.recordings.items() if rid not in self.purged]
+
+    # ---- what to show ---------------------------------------------------------------
+
+    def run_view(self, run: Run, newest: bool) -> JobRunView:
+        if run.ended:
+            state = "failed" if run.failed else "finished"
+        else:
+            state = "running" if newest else "interrupted"
+        assert run.started_at is not None
+        return JobRunView(
+            run_id=run.run_id, job_id=run.job_id, node_id=run.node_id,
+            started_at=run.started_at, trigger=run.trigger, dry_run=run.dry_run, state=state,
+            ended_at=run.ended_at, done=run.done, total=run.total, bytes=run.bytes,
+            processed=run.processed, skipped=run.skipped, error=run.error,
+            would_purge=run.would_purge,
+        )
+
+    def job_view(self, job_id: str, holder: str | None, next_run: datetime | None) -> JobView:
+        job = self.jobs[job_id]
+        params = job.purge if job.kind == "purge" else job.export
+        runs = self.runs_of(job_id)[:LAST_RUNS]
+        return JobView(
+            job_id=job_id, name=job.name, kind=job.kind,
+            schedule=job.schedule.model_dump(mode="json"), paused=job.paused,
+            params=params.model_dump(mode="json") if params is not None else {},
+            next_run=None if job.paused else next_run, runs_on=holder,
+            last_runs=[self.run_view(run, i == 0) for i, run in enumerate(runs)],
+            exported=len(self.exported.get(job_id, {})) if job.kind == "export" else None,
+        )

@@ -27,7 +27,7 @@ from litestar.exceptions import (
     PermissionDeniedException,
     ValidationException,
 )
-from litestar.params import Parameter
+from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 from litestar.response import Stream
 from pydantic import BaseModel, ValidationError
 
@@ -196,11 +196,11 @@ def _record_json(record: RecordingCompleted) -> dict[str, Any]:
 @get("/api/recordings")
 async def list_recordings(
     request: Request[Any, Any, Any],
-    from_: Annotated[str | None, Parameter(query="from", max_length=64)] = None,
-    to: Annotated[str | None, Parameter(max_length=64)] = None,
-    number: Annotated[str | None, Parameter(max_length=64)] = None,
-    limit: Annotated[int, Parameter(ge=1, le=1000)] = 50,
-    offset: Annotated[int, Parameter(ge=0, le=MAX_OFFSET)] = 0,
+    from_: Annotated[str | None, QueryParameter(name="from", max_length=64)] = None,
+    to: Annotated[str | None, QueryParameter(max_length=64)] = None,
+    number: Annotated[str | None, QueryParameter(max_length=64)] = None,
+    limit: Annotated[int, QueryParameter(ge=1, le=1000)] = 50,
+    offset: Annotated[int, QueryParameter(ge=0, le=MAX_OFFSET)] = 0,
 ) -> dict[str, Any]:
     web = _state(request)
     principal = await web.require(request)
@@ -220,7 +220,9 @@ async def list_recordings(
 
 
 @get("/api/recordings/{recording_id:str}")
-async def recording_metadata(request: Request[Any, Any, Any], recording_id: str) -> dict[str, Any]:
+async def recording_metadata(
+    request: Request[Any, Any, Any], recording_id: FromPath[str]
+) -> dict[str, Any]:
     web = _state(request)
     principal = await web.require(request)
     record = await web.visible_record(principal, recording_id)
@@ -230,9 +232,9 @@ async def recording_metadata(request: Request[Any, Any, Any], recording_id: str)
 @get("/api/recordings/{recording_id:str}/audio")
 async def recording_audio(
     request: Request[Any, Any, Any],
-    recording_id: str,
-    fmt: Annotated[str, Parameter(query="format", max_length=8)] = "ogg",
-    download: bool = False,
+    recording_id: FromPath[str],
+    fmt: Annotated[str, QueryParameter(name="format", max_length=8)] = "ogg",
+    download: FromQuery[bool] = False,
 ) -> Response[Any]:
     web = _state(request)
     principal = await web.require(request)
@@ -305,7 +307,9 @@ async def recording_audio(
 
 
 @delete("/api/recordings/{recording_id:str}", status_code=202)
-async def purge_recording(request: Request[Any, Any, Any], recording_id: str) -> Response[Any]:
+async def purge_recording(
+    request: Request[Any, Any, Any], recording_id: FromPath[str]
+) -> Response[Any]:
     """Delete everywhere: a `recording.purged` fact that every node applies to its copy."""
     web = _state(request)
     principal = await web.require_admin(request)
@@ -318,11 +322,18 @@ async def purge_recording(request: Request[Any, Any, Any], recording_id: str) ->
         requested_by=principal.username,
     )
     gone = await web.backend.purge_recording(event)
-    log.info("recording_purge_requested", recording_id=record.recording_id,
-             by=principal.username, applied_locally=gone)
+    log.info(
+        "recording_purge_requested",
+        recording_id=record.recording_id,
+        by=principal.username,
+        applied_locally=gone,
+    )
     return Response(
-        content={"recording_id": record.recording_id, "event_id": event.event_id,
-                 "applied_locally": gone},
+        content={
+            "recording_id": record.recording_id,
+            "event_id": event.event_id,
+            "applied_locally": gone,
+        },
         status_code=202,
     )
 
@@ -358,7 +369,7 @@ async def list_users(request: Request[Any, Any, Any]) -> dict[str, Any]:
 
 
 @post("/api/users")
-async def upsert_user(request: Request[Any, Any, Any], data: UserInput) -> Response[Any]:
+async def upsert_user(request: Request[Any, Any, Any], data: JSONBody[UserInput]) -> Response[Any]:
     web = _state(request)
     principal = await web.require_admin(request)
     users = web.backend.users
@@ -394,7 +405,7 @@ async def upsert_user(request: Request[Any, Any, Any], data: UserInput) -> Respo
 
 
 @delete("/api/users/{username:str}", status_code=204)
-async def remove_user(request: Request[Any, Any, Any], username: str) -> None:
+async def remove_user(request: Request[Any, Any, Any], username: FromPath[str]) -> None:
     web = _state(request)
     principal = await web.require_admin(request)
     if not valid_username(username):
@@ -430,19 +441,29 @@ async def _set_hold(
         requested_by=principal.username,
     )
     await web.backend.publish_event(event)
-    log.info("legal_hold_changed", recording_id=record.recording_id, hold=hold,
-             by=principal.username)
-    return Response(content={"recording_id": record.recording_id, "legal_hold": hold,
-                             "event_id": event.event_id})
+    log.info(
+        "legal_hold_changed", recording_id=record.recording_id, hold=hold, by=principal.username
+    )
+    return Response(
+        content={
+            "recording_id": record.recording_id,
+            "legal_hold": hold,
+            "event_id": event.event_id,
+        }
+    )
 
 
 @put("/api/recordings/{recording_id:str}/hold")
-async def hold_recording(request: Request[Any, Any, Any], recording_id: str) -> Response[Any]:
+async def hold_recording(
+    request: Request[Any, Any, Any], recording_id: FromPath[str]
+) -> Response[Any]:
     return await _set_hold(request, recording_id, True)
 
 
 @delete("/api/recordings/{recording_id:str}/hold", status_code=200)
-async def release_recording(request: Request[Any, Any, Any], recording_id: str) -> Response[Any]:
+async def release_recording(
+    request: Request[Any, Any, Any], recording_id: FromPath[str]
+) -> Response[Any]:
     return await _set_hold(request, recording_id, False)
 
 
@@ -466,8 +487,7 @@ async def _body(request: Request[Any, Any, Any], model: type[B], optional: bool 
 async def _jobs_status(web: WebState) -> JobsStatus:
     status = await web.backend.jobs_status()
     if status is None:
-        raise HTTPException(status_code=503, detail=SCHEDULER_SILENT,
-                            headers={"Retry-After": "2"})
+        raise HTTPException(status_code=503, detail=SCHEDULER_SILENT, headers={"Retry-After": "2"})
     return status
 
 
@@ -502,8 +522,15 @@ async def _settle(web: WebState, done: Callable[[JobsStatus], bool]) -> bool:
 async def _configure(web: WebState, event: JobConfigured) -> bool:
     await web.backend.publish_event(event)
     applied = await _settle(web, lambda s: reflects(find_job(s, event.job_id), event))
-    log.info("job_configured", job_id=event.job_id, name=event.name, kind=event.kind,
-             paused=event.paused, by=event.changed_by, applied_locally=applied)
+    log.info(
+        "job_configured",
+        job_id=event.job_id,
+        name=event.name,
+        kind=event.kind,
+        paused=event.paused,
+        by=event.changed_by,
+        applied_locally=applied,
+    )
     return applied
 
 
@@ -512,8 +539,7 @@ async def list_jobs(request: Request[Any, Any, Any]) -> Response[Any]:
     web = _state(request)
     await web.require(request)
     status = await _jobs_status(web)
-    return Response(content=status.model_dump(mode="json"),
-                    headers={"Cache-Control": "no-store"})
+    return Response(content=status.model_dump(mode="json"), headers={"Cache-Control": "no-store"})
 
 
 @post("/api/jobs")
@@ -525,12 +551,13 @@ async def create_job(request: Request[Any, Any, Any]) -> Response[Any]:
     _check_name(await web.backend.jobs_status(), data.name, job_id)
     event = data.event(web.backend.node_id, job_id, principal.username)
     applied = await _configure(web, event)
-    return Response(content={"job_id": job_id, "event_id": event.event_id,
-                             "applied": applied}, status_code=201)
+    return Response(
+        content={"job_id": job_id, "event_id": event.event_id, "applied": applied}, status_code=201
+    )
 
 
 @put("/api/jobs/{job_id:str}")
-async def edit_job(request: Request[Any, Any, Any], job_id: str) -> Response[Any]:
+async def edit_job(request: Request[Any, Any, Any], job_id: FromPath[str]) -> Response[Any]:
     web = _state(request)
     principal = await web.require_admin(request)
     status, job = await _known_job(web, job_id)
@@ -538,8 +565,7 @@ async def edit_job(request: Request[Any, Any, Any], job_id: str) -> Response[Any
     _check_name(status, data.name, job.job_id)
     event = data.event(web.backend.node_id, job.job_id, principal.username)
     applied = await _configure(web, event)
-    return Response(content={"job_id": job.job_id, "event_id": event.event_id,
-                             "applied": applied})
+    return Response(content={"job_id": job.job_id, "event_id": event.event_id, "applied": applied})
 
 
 async def _set_paused(request: Request[Any, Any, Any], job_id: str, paused: bool) -> Response[Any]:
@@ -552,25 +578,34 @@ async def _set_paused(request: Request[Any, Any, Any], job_id: str, paused: bool
         event = event_from_view(job, web.backend.node_id, principal.username, paused)
     except (ValueError, ValidationError) as exc:
         log.warning("job_definition_unreadable", job_id=job.job_id, error=str(exc)[:300])
-        raise HTTPException(status_code=503, detail="the scheduler reported a job definition "
-                            "this node cannot read; edit the job instead") from None
+        raise HTTPException(
+            status_code=503,
+            detail="the scheduler reported a job definition "
+            "this node cannot read; edit the job instead",
+        ) from None
     applied = await _configure(web, event)
-    return Response(content={"job_id": job.job_id, "paused": paused, "event_id": event.event_id,
-                             "applied": applied})
+    return Response(
+        content={
+            "job_id": job.job_id,
+            "paused": paused,
+            "event_id": event.event_id,
+            "applied": applied,
+        }
+    )
 
 
 @post("/api/jobs/{job_id:str}/pause", status_code=200)
-async def pause_job(request: Request[Any, Any, Any], job_id: str) -> Response[Any]:
+async def pause_job(request: Request[Any, Any, Any], job_id: FromPath[str]) -> Response[Any]:
     return await _set_paused(request, job_id, True)
 
 
 @post("/api/jobs/{job_id:str}/resume", status_code=200)
-async def resume_job(request: Request[Any, Any, Any], job_id: str) -> Response[Any]:
+async def resume_job(request: Request[Any, Any, Any], job_id: FromPath[str]) -> Response[Any]:
     return await _set_paused(request, job_id, False)
 
 
 @post("/api/jobs/{job_id:str}/run", status_code=202)
-async def run_job(request: Request[Any, Any, Any], job_id: str) -> Response[Any]:
+async def run_job(request: Request[Any, Any, Any], job_id: FromPath[str]) -> Response[Any]:
     """Ask for a run now; whichever node holds the maintenance role starts it. Answers
     with the new run's id when the local scheduler shows it in time."""
     web = _state(request)
@@ -578,27 +613,43 @@ async def run_job(request: Request[Any, Any, Any], job_id: str) -> Response[Any]
     _, job = await _known_job(web, job_id)
     data = await _body(request, RunInput, optional=True)
     before = {run.run_id for run in job.last_runs}
-    event = JobRunRequested(node_id=web.backend.node_id, job_id=job.job_id,
-                            dry_run=data.dry_run, requested_by=principal.username)
+    event = JobRunRequested(
+        node_id=web.backend.node_id,
+        job_id=job.job_id,
+        dry_run=data.dry_run,
+        requested_by=principal.username,
+    )
     await web.backend.publish_event(event)
     started: list[str] = []
 
     def new_run(status: JobsStatus) -> bool:
         current = find_job(status, job.job_id)
-        started[:] = [r.run_id for r in (current.last_runs if current else [])
-                      if r.run_id not in before]
+        started[:] = [
+            r.run_id for r in (current.last_runs if current else []) if r.run_id not in before
+        ]
         return bool(started)
 
     await _settle(web, new_run)
-    log.info("job_run_requested", job_id=job.job_id, dry_run=data.dry_run,
-             by=principal.username, run_id=started[0] if started else None)
-    return Response(content={"job_id": job.job_id, "event_id": event.event_id,
-                             "dry_run": data.dry_run,
-                             "run_id": started[0] if started else None}, status_code=202)
+    log.info(
+        "job_run_requested",
+        job_id=job.job_id,
+        dry_run=data.dry_run,
+        by=principal.username,
+        run_id=started[0] if started else None,
+    )
+    return Response(
+        content={
+            "job_id": job.job_id,
+            "event_id": event.event_id,
+            "dry_run": data.dry_run,
+            "run_id": started[0] if started else None,
+        },
+        status_code=202,
+    )
 
 
 @delete("/api/jobs/{job_id:str}", status_code=200)
-async def remove_job(request: Request[Any, Any, Any], job_id: str) -> Response[Any]:
+async def remove_job(request: Request[Any, Any, Any], job_id: FromPath[str]) -> Response[Any]:
     web = _state(request)
     principal = await web.require_admin(request)
     _, job = await _known_job(web, job_id)
@@ -606,8 +657,7 @@ async def remove_job(request: Request[Any, Any, Any], job_id: str) -> Response[A
     await web.backend.publish_event(event)
     applied = await _settle(web, lambda s: find_job(s, job.job_id) is None)
     log.info("job_removed", job_id=job.job_id, by=principal.username, applied_locally=applied)
-    return Response(content={"job_id": job.job_id, "event_id": event.event_id,
-                             "applied": applied})
+    return Response(content={"job_id": job.job_id, "event_id": event.event_id, "applied": applied})
 
 
 @get("/jobs")
@@ -616,14 +666,19 @@ async def jobs_html(request: Request[Any, Any, Any]) -> Response[Any]:
     web = _state(request)
     principal = await web.require(request)
     nonce = secrets.token_urlsafe(16)
-    csp = (f"default-src 'none'; script-src 'nonce-{nonce}'; style-src 'unsafe-inline'; "
-           "connect-src 'self'; img-src 'self' data:; form-action 'self'; base-uri 'none'; "
-           "frame-ancestors 'none'")
+    csp = (
+        f"default-src 'none'; script-src 'nonce-{nonce}'; style-src 'unsafe-inline'; "
+        "connect-src 'self'; img-src 'self' data:; form-action 'self'; base-uri 'none'; "
+        "frame-ancestors 'none'"
+    )
     return Response(
         content=jobs_page(principal.username, principal.admin, nonce),
         media_type="text/html",
-        headers={"Cache-Control": "no-store", "Content-Security-Policy": csp,
-                 "X-Content-Type-Options": "nosniff"},
+        headers={
+            "Cache-Control": "no-store",
+            "Content-Security-Policy": csp,
+            "X-Content-Type-Options": "nosniff",
+        },
     )
 
 
@@ -658,8 +713,11 @@ async def cluster(request: Request[Any, Any, Any]) -> Response[Any]:
 async def cluster_html(request: Request[Any, Any, Any]) -> Response[Any]:
     web = _state(request)
     await web.require(request)
-    return Response(content=cluster_page(await _cluster(web)), media_type="text/html",
-                    headers={"Cache-Control": "no-store"})
+    return Response(
+        content=cluster_page(await _cluster(web)),
+        media_type="text/html",
+        headers={"Cache-Control": "no-store"},
+    )
 
 
 @get("/metrics")
@@ -754,4 +812,3 @@ def create_app(backend: Backend, store: ObjectStore, data_dir: Path) -> Litestar
         openapi_config=None,
         logging_config=None,
     )
-

@@ -13,6 +13,7 @@ import json
 import os
 import sys
 import time
+import uuid
 from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
@@ -26,6 +27,7 @@ from contracts.v1.rpc import Empty, JobRunView, JobsStatus, JobView
 
 from . import bus
 from .config import NodeConfig
+from .jobspec import JobInput, describe_errors, event_from_view
 from .logs import setup_logging
 from .supervisor import load_users, run_node
 from .users import hash_password
@@ -115,6 +117,15 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--wait", action="store_true", help="wait for the run to end")
     run.add_argument("--timeout", type=float, default=3600.0,
                      help="seconds --wait waits at most (default 3600)")
+    add_job = jobs_sub.add_parser(
+        "add", help="create a job, or replace one's definition (--job): the API's JSON body")
+    add_job.add_argument("definition", help='JSON, e.g. \'{"name": "nightly purge", '
+                         '"kind": "purge", "schedule": {"cron": "0 2 * * *"}, '
+                         '"purge": {"retention_days": 365}}\', or @file.json')
+    add_job.add_argument("--job", default=None, help="id or name of the job to replace")
+    for verb in ("pause", "resume"):
+        toggle = jobs_sub.add_parser(verb, help=f"{verb} a job's schedule")
+        toggle.add_argument("job", help="job id or name")
     history = jobs_sub.add_parser("history", help="the last runs, newest first")
     history.add_argument("job", nargs="?", default=None, help="job id or name (default: all)")
     history.add_argument("--json", action="store_true")
@@ -326,10 +337,40 @@ async def _jobs(args: argparse.Namespace) -> int:
                 else:
                     print(_run_line(job.name, run))
             return 0
+        if args.jobs_command == "add":
+            return await _add_job(nc, node_id, status, args)
         job = _find_job(status, args.job)
+        if args.jobs_command in ("pause", "resume"):
+            paused = args.jobs_command == "pause"
+            if job.paused == paused:
+                print(f"{job.name} is already {'paused' if paused else 'active'}")
+                return 0
+            event = event_from_view(job, node_id, _requester(), paused)
+            await bus.publish_event(nc.jetstream(), event)
+            print(f"{job.name} {'paused' if paused else 'resumed'}")
+            return 0
         return await _run_job(nc, node_id, job, args)
     finally:
         await nc.drain()
+
+
+async def _add_job(
+    nc: NatsClient, node_id: str, status: JobsStatus, args: argparse.Namespace
+) -> int:
+    text = args.definition
+    if text.startswith("@"):
+        text = Path(text[1:]).read_text()
+    try:
+        definition = JobInput.model_validate_json(text)
+    except ValidationError as exc:
+        raise UsageError(f"invalid job: {describe_errors(exc)}") from None
+    job_id = _find_job(status, args.job).job_id if args.job else uuid.uuid4().hex
+    clash = [j for j in status.jobs if j.name == definition.name and j.job_id != job_id]
+    if clash:
+        raise UsageError(f"a job named {definition.name!r} exists already ({clash[0].job_id})")
+    await bus.publish_event(nc.jetstream(), definition.event(node_id, job_id, _requester()))
+    print(job_id)
+    return 0
 
 
 async def _run_job(nc: NatsClient, node_id: str, job: JobView, args: argparse.Namespace) -> int:

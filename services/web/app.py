@@ -31,6 +31,17 @@ from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 from litestar.response import Stream
 from pydantic import BaseModel, ValidationError
 
+from callrec.jobspec import (
+    MAX_BODY,
+    HoldInput,
+    JobInput,
+    RunInput,
+    describe_errors,
+    event_from_view,
+    find_job,
+    reflects,
+    valid_job_id,
+)
 from callrec.store import ObjectStore, StoreKeyError, file_chunks
 from callrec.users import UsersProjection, hash_password
 from contracts.v1.events import (
@@ -56,17 +67,6 @@ from contracts.v1.rpc import (
 
 from .auth import REALM, Authenticator, Principal
 from .cluster import cluster_page, cluster_view
-from .jobs import (
-    MAX_BODY,
-    HoldInput,
-    JobInput,
-    RunInput,
-    describe_errors,
-    event_from_view,
-    find_job,
-    reflects,
-    valid_job_id,
-)
 from .jobs_page import jobs_page
 from .media import AudioMissing, WavCache, download_name
 from .prom import CONTENT_TYPE as PROM_CONTENT_TYPE

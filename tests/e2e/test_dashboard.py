@@ -9,6 +9,7 @@ downloaded, and nothing but loopback is reached.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import time
@@ -146,6 +147,28 @@ def test_export_job_run_from_the_dashboard(node: Node, tmp_path: Path) -> None:
     history = node.cli("jobs", "history", job_id).strip().splitlines()
     assert len(history) == 2 and all("finished" in line for line in history), history
     assert len(list(target.rglob("*.opus"))) == len(recordings)
+
+    # Jobs are configured from the CLI too (the API's JSON body), paused and resumed.
+    purge_id = node.cli("jobs", "add", json.dumps({
+        "name": "yearly purge", "kind": "purge", "schedule": {"cron": "0 2 * * *"},
+        "purge": {"retention_days": 365}})).strip()
+    with node.client() as client:
+        def purge_job() -> dict[str, Any] | None:
+            jobs = client.get("/api/jobs").json()["jobs"]
+            return next((j for j in jobs if j["job_id"] == purge_id), None)
+
+        deadline = time.monotonic() + 10
+        while purge_job() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert purge_job() is not None and purge_job()["kind"] == "purge"
+        node.cli("jobs", "pause", "yearly purge")
+        deadline = time.monotonic() + 10
+        while not (purge_job() or {}).get("paused") and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert purge_job()["paused"] is True
+    with pytest.raises(RuntimeError, match="cron"):
+        node.cli("jobs", "add", '{"name": "bad", "kind": "purge", '
+                 '"schedule": {"cron": "61 * * * *"}, "purge": {"retention_days": 1}}')
 
     # Legal hold is an admin fact on a known recording.
     rid = recordings[0]["recording_id"]

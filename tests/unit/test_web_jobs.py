@@ -8,9 +8,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from contracts.v1.events import ExportParams, JobSchedule, PurgeParams
-from contracts.v1.rpc import JobView
-from services.web.jobs import (
+from callrec.jobspec import (
     JobInput,
     check_template,
     describe_errors,
@@ -18,6 +16,8 @@ from services.web.jobs import (
     reflects,
     valid_job_id,
 )
+from contracts.v1.events import ExportParams, JobSchedule, PurgeParams
+from contracts.v1.rpc import JobView
 
 
 def export_job(**changes: Any) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""Validation of maintenance job definitions, and their round trip through the status.
+"""Maintenance job definitions as people write them (API body, CLI): one validation.
 
 A job definition becomes a `JobConfigured` fact that every node keeps forever and the
 node holding the maintenance role acts on, possibly months later: a cron that does

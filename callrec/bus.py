@@ -98,6 +98,19 @@ async def ensure_streams(js: JetStreamContext, node_id: str) -> None:
         ))
 
 
+async def last_sequence_of(js: JetStreamContext, filter_subject: str) -> int:
+    """CLUSTER sequence of the newest event matching a filter (0: none, or unknown):
+    how far a projection must read before its view of the past is complete."""
+    try:
+        msg = await js.get_last_msg(subjects.CLUSTER_STREAM, filter_subject)
+    except NotFoundError:
+        return 0
+    except Exception as exc:
+        log.warning("last_sequence_unknown", subject=filter_subject, error=str(exc))
+        return 0
+    return int(msg.seq or 0)
+
+
 async def cluster_sources(js: JetStreamContext) -> set[str]:
     info = await js.stream_info(subjects.CLUSTER_STREAM)
     return {source.name for source in info.config.sources or []}

@@ -19,7 +19,6 @@ from typing import Any
 
 import structlog
 from nats.aio.msg import Msg
-from nats.js.errors import NotFoundError
 from pydantic import BaseModel
 
 from callrec import bus
@@ -55,16 +54,7 @@ def parse_heartbeat(data: bytes) -> tuple[str, str, int] | None:
 
 
 async def _last_role_sequence(ctx: ServiceContext) -> int:
-    try:
-        msg = await ctx.js.get_last_msg(
-            subjects.CLUSTER_STREAM, subjects.events_of_type("role.changed")
-        )
-    except NotFoundError:
-        return 0
-    except Exception as exc:
-        log.warning("role_head_unknown", error=str(exc))
-        return 0
-    return int(msg.seq or 0)
+    return await bus.last_sequence_of(ctx.js, subjects.events_of_type("role.changed"))
 
 
 async def _cluster_head(ctx: ServiceContext) -> int:

@@ -514,19 +514,30 @@ class RecorderUas:
             self.tasks.add(task2)
             task2.add_done_callback(self.tasks.discard)
 
-    async def _on_reinvite(self, request: SipRequest, peer: Peer) -> None:
+    async def _dialog_request(
+        self, request: SipRequest, peer: Peer
+    ) -> tuple[RecordingSession, Leg, sdp.SessionDescription | None] | None:
+        """Common start of re-INVITE and UPDATE: the dialog, metadata applied, the offer.
+        None when a response (481, 4xx for the body) has been sent already."""
         found = self.dialogs.get((request.call_id, request.to.tag or ""))
         if found is None:
             self._respond(request, peer, 481)
-            return
+            return None
         session, leg = found
         try:
             offer, metadata_xml = _split_body(request)
         except BadRequest as exc:
             self._respond(request, peer, exc.status, warning=exc.reason)
-            return
+            return None
         if metadata_xml is not None:
             await self._apply_metadata_update(session, metadata_xml)
+        return session, leg, offer
+
+    async def _on_reinvite(self, request: SipRequest, peer: Peer) -> None:
+        found = await self._dialog_request(request, peer)
+        if found is None:
+            return
+        session, leg, offer = found
         leg.sdp_version += 1
         if offer is not None and len(offer.media) < len(leg.streams):
             self._respond(request, peer, 488, warning="m-lines cannot be removed")
@@ -541,18 +552,10 @@ class RecorderUas:
                  delayed_offer=offer is None)
 
     async def _on_update(self, request: SipRequest, peer: Peer) -> None:
-        found = self.dialogs.get((request.call_id, request.to.tag or ""))
+        found = await self._dialog_request(request, peer)
         if found is None:
-            self._respond(request, peer, 481)
             return
-        session, leg = found
-        try:
-            offer, metadata_xml = _split_body(request)
-        except BadRequest as exc:
-            self._respond(request, peer, exc.status, warning=exc.reason)
-            return
-        if metadata_xml is not None:
-            await self._apply_metadata_update(session, metadata_xml)
+        session, leg, offer = found
         srs = session.metadata.source == "siprec"
         self._refresh(leg, request)
         if offer is None:

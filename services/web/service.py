@@ -15,7 +15,6 @@ from typing import Any
 import structlog
 import uvicorn
 from nats.aio.msg import Msg
-from nats.js.errors import NotFoundError
 
 from callrec import bus
 from callrec.service import ServiceContext
@@ -198,16 +197,7 @@ class _Server(uvicorn.Server):
 
 
 async def _last_user_sequence(ctx: ServiceContext) -> int:
-    try:
-        msg = await ctx.js.get_last_msg(
-            subjects.CLUSTER_STREAM, subjects.events_of_type("user.*")
-        )
-    except NotFoundError:
-        return 0
-    except Exception as exc:
-        log.warning("users_head_unknown", error=str(exc))
-        return 0
-    return int(msg.seq or 0)
+    return await bus.last_sequence_of(ctx.js, subjects.events_of_type("user.*"))
 
 
 async def main(ctx: ServiceContext) -> None:

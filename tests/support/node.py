@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,36 +18,15 @@ from typing import Any
 
 import httpx
 
+from .ports import free_port, rtp_range
+
 ADMIN_PASSWORD = "e2e-admin-secret"
 REPO = Path(__file__).resolve().parents[2]
 
 
-def free_port(kind: int = socket.SOCK_STREAM) -> int:
-    with socket.socket(socket.AF_INET, kind) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def free_sip_port() -> int:
     """A port free for both UDP and TCP."""
-    for _ in range(50):
-        port = free_port(socket.SOCK_DGRAM)
-        try:
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-                sock.bind(("127.0.0.1", port))
-            return port
-        except OSError:
-            continue
-    raise RuntimeError("no free port")
-
-
-_next_rtp_base = [31000 + (os.getpid() % 50) * 400]
-
-
-def rtp_range(size: int = 200) -> tuple[int, int]:
-    base = _next_rtp_base[0]
-    _next_rtp_base[0] += size
-    return base, base + size - 1
+    return free_port()
 
 
 @dataclass
@@ -103,7 +81,11 @@ class Node:
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             env=env, cwd=REPO, start_new_session=True,
         )
-        self.wait_healthy(timeout)
+        try:
+            self.wait_healthy(timeout)
+        except BaseException:
+            self.kill()  # never leave a half-started node running for the rest of the suite
+            raise
         return self
 
     def _cluster_args(self) -> list[str]:

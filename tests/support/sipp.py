@@ -61,20 +61,18 @@ SIPp 3.6.1 facts verified while writing this (Debian ``sip-tester``):
 
 from __future__ import annotations
 
-import random
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
-import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Literal
 
+from .ports import SIPP_PORTS, free_block
 from .rtp import Impairment, RtpSender, pcmu_tone, pcmu_tone_file
 
 LOCALHOST = "127.0.0.1"
@@ -94,45 +92,9 @@ ServerAddr = tuple[str, int] | str  # (host, port) or "host:port"
 
 # --------------------------------------------------------------------------- ports
 
-_port_lock = threading.Lock()
-_handed_out: set[int] = set()
-
-
-def _udp_free(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        try:
-            s.bind((LOCALHOST, port))
-        except OSError:
-            return False
-    return True
-
-
-def _tcp_free(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        try:
-            s.bind((LOCALHOST, port))
-        except OSError:
-            return False
-    return True
-
-
 def free_port_block(count: int, *, tcp: bool = False, even: bool = True) -> int:
-    """First port of ``count`` consecutive ports free on 127.0.0.1 (UDP, and TCP if asked).
-
-    Ports are never handed out twice by this process (concurrent SIPp runs).
-    """
-    with _port_lock:
-        for _ in range(2000):
-            base = random.randrange(20000, 60000 - count)
-            if even:
-                base &= ~1
-            block = range(base, base + count)
-            if any(p in _handed_out for p in block):
-                continue
-            if all(_udp_free(p) and (not tcp or _tcp_free(p)) for p in block):
-                _handed_out.update(block)
-                return base
-    raise RuntimeError("no free port block found")
+    """First port of ``count`` consecutive ports free on 127.0.0.1 (UDP, and TCP if asked)."""
+    return free_block(count, band=SIPP_PORTS, tcp=tcp, even=even)
 
 
 def free_udp_port() -> int:

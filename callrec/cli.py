@@ -101,6 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
     add.add_argument("--no-record", action="store_true",
                      help="known user, but calls are not recorded (SIP 403)")
     add.add_argument("--name", default=None, help="display name")
+    add.add_argument("--group", action="append", default=[], dest="groups",
+                     help="group (repeatable; e.g. for group retention)")
     rm = users_sub.add_parser("remove", help="remove a user")
     rm.add_argument("username")
     users_sub.add_parser("list", help="list users")
@@ -202,6 +204,7 @@ async def _users(args: argparse.Namespace) -> int:
                 print(json.dumps({
                     "username": user.username, "admin": user.admin,
                     "extensions": user.extensions, "record": user.record,
+                    "groups": user.groups,
                     "has_password": bool(user.password_hash),
                 }))
             return 0
@@ -230,6 +233,7 @@ async def _users(args: argparse.Namespace) -> int:
             admin=args.admin or (existing.admin if existing else False),
             extensions=sorted(set(args.extension) | set(existing.extensions if existing else [])),
             record=not args.no_record,
+            groups=sorted(set(args.groups) | set(existing.groups if existing else [])),
         )
         if event.admin and not event.password_hash:
             raise UsageError("an admin needs a password (--password or --password-stdin)")

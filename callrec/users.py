@@ -62,6 +62,7 @@ class User:
     admin: bool
     extensions: list[str]
     record: bool
+    groups: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -91,6 +92,7 @@ class UsersProjection:
                 admin=event.admin,
                 extensions=list(event.extensions),
                 record=event.record,
+                groups=list(event.groups),
             )
             self.users[user.username] = user
             for ext in user.extensions:

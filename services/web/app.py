@@ -349,6 +349,7 @@ def _user_json(web: WebState, username: str) -> dict[str, Any]:
         "admin": user.admin,
         "extensions": list(user.extensions),
         "record": user.record,
+        "groups": list(user.groups),
         "has_password": bool(user.password_hash),
     }
 
@@ -393,6 +394,7 @@ async def upsert_user(request: Request[Any, Any, Any], data: JSONBody[UserInput]
         admin=data.admin,
         extensions=data.extensions,
         record=data.record,
+        groups=data.groups,
     )
     await web.backend.publish_user_event(event)
     log.info("user_upserted", username=data.username, by=principal.username, admin=data.admin)

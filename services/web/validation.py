@@ -24,6 +24,9 @@ def valid_recording_id(value: str) -> bool:
     return bool(RECORDING_ID.fullmatch(value)) and ".." not in value
 
 
+GROUP_NAME = re.compile(r"^[A-Za-z0-9._@ -]{1,64}$")
+
+
 class UserInput(BaseModel):
     """Body of `POST /api/users`; a missing password keeps the existing one."""
 
@@ -35,6 +38,20 @@ class UserInput(BaseModel):
     extensions: list[str] = Field(default_factory=list, max_length=100)
     record: bool = True
     display_name: str | None = Field(default=None, max_length=200)
+    groups: list[str] = Field(default_factory=list, max_length=50)
+
+    @field_validator("groups")
+    @classmethod
+    def _groups(cls, value: list[str]) -> list[str]:
+        cleaned: list[str] = []
+        for group in value:
+            group = group.strip()
+            if not GROUP_NAME.fullmatch(group):
+                raise ValueError(f"group {group[:40]!r} must be 1-64 characters of "
+                                 "A-Z a-z 0-9 . _ @ - and space")
+            if group not in cleaned:
+                cleaned.append(group)
+        return cleaned
 
     @field_validator("username")
     @classmethod

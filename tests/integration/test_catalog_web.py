@@ -359,10 +359,14 @@ def test_users_api(node: Node) -> None:
 
         created = admin.post(
             "/api/users",
-            json={"username": "bob", "password": "bob-pw", "extensions": ["2002"]},
+            json={"username": "bob", "password": "bob-pw", "extensions": ["2002"],
+                  "groups": ["sales", "sales"]},
         )
         assert created.status_code == 201, created.text
         assert created.json()["extensions"] == ["2002"]
+        assert created.json()["groups"] == ["sales"]
+        assert admin.post("/api/users", json={"username": "x", "groups": ["a/b"]}
+                          ).status_code == 400
         assert "bob" in [u["username"] for u in admin.get("/api/users").json()["items"]]
         with node.client(auth=("bob", "bob-pw")) as bob:
             assert _ids(bob.get("/api/recordings")) == ["rec-two"]

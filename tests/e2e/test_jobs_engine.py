@@ -177,19 +177,21 @@ def test_purge_respects_retention_and_legal_hold(pair: tuple[Node, Node]) -> Non
     publish(a, LegalHoldChanged(node_id="a", recording_id=held, hold=True, reason="case 42"),
             JobConfigured(node_id="a", job_id="purge", name="retention", kind="purge",
                           schedule=JobSchedule(interval_s=3600),
-                          purge=PurgeParams(retention_s=3)))
-    time.sleep(3.5)  # past the retention of the last call
+                          purge=PurgeParams(retention_s=8)))
+    time.sleep(8.5)  # past the retention of the three calls
+    fresh = record_call(a, "5100009", near="1009")  # well within its retention
+    eventually(lambda: fresh in recordings(b), 15, "fresh recording on b")
 
     publish(b, JobRunRequested(node_id="b", job_id="purge", dry_run=True))  # asked on b
     dry = eventually(lambda: ended_run(b, "purge"), 15, "dry run ended")
     assert dry.state == "finished" and dry.dry_run and dry.node_id == "a"
     assert sorted(dry.would_purge) == sorted([ids[0], ids[2]])
-    assert set(recordings(a)) == set(recordings(b)) == set(ids)
+    assert set(recordings(a)) == set(recordings(b)) == {*ids, fresh}
 
     publish(a, JobRunRequested(node_id="a", job_id="purge"))
     for node in (a, b):
-        eventually(lambda node=node: set(recordings(node)) == {held}, 15,  # type: ignore[misc]
-                   f"purged on {node.node_id}")
+        eventually(lambda node=node: set(recordings(node)) == {held, fresh},  # type: ignore[misc]
+                   15, f"purged on {node.node_id}")
         objects = node.data_dir / "objects"
         eventually(lambda objects=objects: not (objects / items[ids[0]]["object_key"]).exists()  # type: ignore[misc]
                    and not (objects / items[ids[2]]["object_key"]).exists(), 10,

@@ -19,20 +19,17 @@ from typing import Any, TypeVar
 
 import pytest
 
-from tests.support import sipp
+from tests.support import browser, sipp
 from tests.support.node import ADMIN_PASSWORD, Node
 
-CHROMIUM = "/usr/bin/chromium"
-if not Path(CHROMIUM).exists():
-    pytest.skip(f"{CHROMIUM} missing (apt-get install chromium)", allow_module_level=True)
-sync_api = pytest.importorskip("playwright.sync_api", reason="playwright not installed")
+if browser.missing():
+    pytest.skip(str(browser.missing()), allow_module_level=True)
+sync_api = pytest.importorskip("playwright.sync_api")
 
 pytestmark = pytest.mark.e2e
 
 T = TypeVar("T")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-                 "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync"]
+CHROMIUM, CHROMIUM_ARGS = browser.CHROMIUM, browser.CHROMIUM_ARGS
 
 
 def eventually(check: Callable[[], T | None], timeout: float, what: str) -> T:

@@ -13,13 +13,14 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 
 from tests.support import browser, sipp
+from tests.support.cluster import eventually
 from tests.support.node import ADMIN_PASSWORD, Node
 
 if browser.missing():
@@ -28,23 +29,7 @@ sync_api = pytest.importorskip("playwright.sync_api")
 
 pytestmark = pytest.mark.e2e
 
-T = TypeVar("T")
 CHROMIUM, CHROMIUM_ARGS = browser.CHROMIUM, browser.CHROMIUM_ARGS
-
-
-def eventually(check: Callable[[], T | None], timeout: float, what: str) -> T:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        try:
-            result = check()
-            if result:
-                return result
-            last = result
-        except Exception as exc:
-            last = exc
-        time.sleep(0.25)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}: {last!r}")
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ import asyncio
 import json
 import time
 from collections import defaultdict
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -30,15 +29,14 @@ from contracts.v1.events import (
     parse_event,
 )
 from contracts.v1.rpc import Empty, JobRunView, JobsStatus
-from tests.e2e.test_cluster import (
+from tests.support import sipp
+from tests.support.cluster import (
     ROLE_TIMEOUT,
     eventually,
     holder,
     record_call,
     recordings,
-    start_pair,
 )
-from tests.support import sipp
 from tests.support.node import Node
 
 pytestmark = pytest.mark.e2e
@@ -156,14 +154,6 @@ def objects_present(node: Node, items: dict[str, dict[str, Any]]) -> bool:
 
 def temp_files(target: Path) -> list[Path]:
     return [p for p in target.rglob("*") if ".tmp-" in p.name]
-
-
-@pytest.fixture
-def pair(tmp_path: Path) -> Iterator[tuple[Node, Node]]:
-    a, b, _ = start_pair(tmp_path)
-    yield a, b
-    b.stop()
-    a.stop()
 
 
 def test_purge_respects_retention_and_legal_hold(pair: tuple[Node, Node]) -> None:

@@ -94,6 +94,7 @@ class Backend(Protocol):
 
     node_id: str
     users: UsersProjection
+    held: set[str]  # recording ids under legal hold
 
     async def search(
         self, request: SearchRequest, visible_numbers: list[str] | None
@@ -186,8 +187,8 @@ def parse_when(value: str | None, name: str) -> datetime | None:
     return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
 
 
-def _record_json(record: RecordingCompleted) -> dict[str, Any]:
-    return record.model_dump(mode="json")
+def _record_json(record: RecordingCompleted, held: set[str]) -> dict[str, Any]:
+    return {**record.model_dump(mode="json"), "legal_hold": record.recording_id in held}
 
 
 # --------------------------------------------------------------------------- recordings
@@ -216,7 +217,8 @@ async def list_recordings(
         offset=offset,
     )
     result = await web.backend.search(query, principal.visible_numbers())
-    return {"total": result.total, "items": [_record_json(r) for r in result.items]}
+    items = [_record_json(r, web.backend.held) for r in result.items]
+    return {"total": result.total, "items": items}
 
 
 @get("/api/recordings/{recording_id:str}")
@@ -226,7 +228,7 @@ async def recording_metadata(
     web = _state(request)
     principal = await web.require(request)
     record = await web.visible_record(principal, recording_id)
-    return _record_json(record)
+    return _record_json(record, web.backend.held)
 
 
 @get("/api/recordings/{recording_id:str}/audio")

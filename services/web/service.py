@@ -23,6 +23,7 @@ from callrec.users import UsersProjection
 from contracts import subjects
 from contracts.v1.events import (
     EventBase,
+    LegalHoldChanged,
     RecordingCompleted,
     RecordingPurged,
     UserRemoved,
@@ -57,6 +58,7 @@ class NatsBackend:
         self.node_id = ctx.node_id
         self.users = users
         self.follower: asyncio.Task[None] | None = None
+        self.held: set[str] = set()  # recordings under legal hold
         self._search = subjects.rpc(ctx.node_id, subjects.CATALOG, subjects.CATALOG_SEARCH)
         self._get = subjects.rpc(ctx.node_id, subjects.CATALOG, subjects.CATALOG_GET)
         self._sync_status = subjects.rpc(ctx.node_id, subjects.SYNC, subjects.SYNC_STATUS)
@@ -211,9 +213,23 @@ async def main(ctx: ServiceContext) -> None:
             applied.inc(type=event.type)
 
     backend = NatsBackend(ctx, users)
-    backend.follower = asyncio.create_task(
-        bus.follow_events(ctx.js, ctx.node_id, subjects.events_of_type("user.*"), 1, apply_user)
-    )
+
+    async def apply_hold(event: Any, seq: int) -> None:
+        if isinstance(event, LegalHoldChanged):
+            if event.hold:
+                backend.held.add(event.recording_id)
+            else:
+                backend.held.discard(event.recording_id)
+
+    async def follow() -> None:
+        await asyncio.gather(
+            bus.follow_events(ctx.js, ctx.node_id, subjects.events_of_type("user.*"), 1,
+                              apply_user),
+            bus.follow_events(ctx.js, ctx.node_id,
+                              subjects.events_of_type("recording.hold_changed"), 1, apply_hold),
+        )
+
+    backend.follower = asyncio.create_task(follow())
     # Serve only once the users are loaded, or the first logins after a start would fail.
     head = await _last_user_sequence(ctx)
     deadline = time.monotonic() + 10.0

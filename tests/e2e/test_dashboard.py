@@ -157,5 +157,9 @@ def test_export_job_run_from_the_dashboard(node: Node, tmp_path: Path) -> None:
     with node.client() as client:
         held = client.put(f"/api/recordings/{rid}/hold", json={"reason": "case 7"})
         assert held.status_code == 200 and held.json()["legal_hold"] is True, held.text
+        eventually(lambda: client.get(f"/api/recordings/{rid}").json()["legal_hold"], 5,
+                   "hold shown in the recording's metadata")
         assert client.delete(f"/api/recordings/{rid}/hold").status_code == 200
+        eventually(lambda: client.get(f"/api/recordings/{rid}").json()["legal_hold"] is False,
+                   5, "hold released in the recording's metadata")
         assert client.put("/api/recordings/unknown/hold").status_code == 404

@@ -56,6 +56,7 @@ class FakeBackend:
 
     def __init__(self) -> None:
         self.node_id = "n1"
+        self.held: set[str] = set()
         self.users = UsersProjection()
         for seq, event in enumerate(USER_EVENTS, 1):
             self.users.apply(event, seq)

@@ -135,6 +135,17 @@ def tone(freq: float, seconds: float, rate: int, amplitude: float = 0.5) -> Int1
     return np.clip(np.round(wave_), -32768, 32767).astype(np.int16)
 
 
+def sound_seconds(samples: npt.NDArray[np.integer[Any]], rate: int,
+                  threshold: float = 1000.0) -> float:
+    """How long a channel carries sound: 20 ms frames whose RMS is above `threshold`
+    (int16 scale). Tests use it to check that no audio was lost or misplaced."""
+    frame = rate // 50
+    usable = len(samples) // frame * frame
+    frames = samples[:usable].astype(np.float64).reshape(-1, frame)
+    rms = np.sqrt((frames**2).mean(axis=1))
+    return float((rms > threshold).sum() * 0.02)
+
+
 def dominant_frequency(samples: npt.ArrayLike, rate: int) -> float:
     """Frequency (Hz) of the strongest spectral peak, 0.0 for silence.
 

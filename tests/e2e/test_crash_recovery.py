@@ -7,29 +7,21 @@ it, and finalizes it from what reached the disk.
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 from datetime import datetime
 from pathlib import Path
 
 import pytest
 
-from callrec.audio import decode_file, dominant_frequency
+from callrec.audio import decode_file, dominant_frequency, sound_seconds
 from tests.support import sipp
 from tests.support.node import Node
 
 pytestmark = pytest.mark.e2e
 
 RATE = 16000
-
-
-def _tone_seconds(channel: object, rate: int) -> float:
-    import numpy as np
-
-    samples = np.asarray(channel, dtype=np.float64)
-    frame = rate // 50
-    usable = len(samples) // frame * frame
-    rms = np.sqrt((samples[:usable].reshape(-1, frame) ** 2).mean(axis=1))
-    return float((rms > 1000).sum() * 0.02)
 
 
 def test_call_in_progress_survives_node_crash(tmp_path: Path) -> None:
@@ -60,7 +52,7 @@ def test_call_in_progress_survives_node_crash(tmp_path: Path) -> None:
     assert audio.shape[0] == 2
     for index, hz in ((0, 440.0), (1, 1000.0)):
         assert abs(dominant_frequency(audio[index], RATE) - hz) < 15
-        kept = _tone_seconds(audio[index], RATE)
+        kept = sound_seconds(audio[index], RATE)
         # At most about a second lost (segments are flushed every half second).
         print(f"node crash: channel {index} kept {kept:.2f} s of {sent_s:.2f} s sent")
         assert sent_s - 1.0 <= kept <= sent_s + 0.1, (index, kept, sent_s)
@@ -68,8 +60,6 @@ def test_call_in_progress_survives_node_crash(tmp_path: Path) -> None:
 
 
 def test_capture_service_crash_mid_call_is_restarted_and_call_continues(tmp_path: Path) -> None:
-    from tests.e2e.test_single_node import _service_pid
-
     node = Node(tmp_path / "node").start()
     try:
         node.cli("users", "add", "alice", "--extension", "1001")
@@ -78,14 +68,11 @@ def test_capture_service_crash_mid_call_is_restarted_and_call_continues(tmp_path
                                     refci="83886085", near_tone_hz=440, far_tone_hz=1000,
                                     seconds=8.0)
         time.sleep(3.0)
-        old_pid = _service_pid(node, "services.capture")
-        import os
-        import signal
-
+        old_pid = node.service_pid("services.capture")
         os.kill(old_pid, signal.SIGKILL)
         result = call.wait()
         assert result.ok, result.describe()
-        assert _service_pid(node, "services.capture") != old_pid  # the supervisor restarted it
+        assert node.service_pid("services.capture") != old_pid  # the supervisor restarted it
         recording = node.wait_recordings(1, timeout=30)[0]
         with node.client() as client:
             response = client.get(f"/api/recordings/{recording['recording_id']}/audio")
@@ -97,7 +84,7 @@ def test_capture_service_crash_mid_call_is_restarted_and_call_continues(tmp_path
     audio, _ = decode_file(path, rate=RATE)
     for index, hz in ((0, 440.0), (1, 1000.0)):
         assert abs(dominant_frequency(audio[index], RATE) - hz) < 15
-        kept = _tone_seconds(audio[index], RATE)
+        kept = sound_seconds(audio[index], RATE)
         # Lost: the unflushed half second plus the restart time (about 1 s measured).
         print(f"capture crash: channel {index} kept {kept:.2f} s of 8.0 s")
         assert 8.0 - 2.0 <= kept <= 8.1, (index, kept)

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from callrec.audio import decode_file, dominant_frequency
+from callrec.audio import decode_file, dominant_frequency, sound_seconds
 from tests.support import sipp
 from tests.support.node import Node
 
@@ -27,6 +27,7 @@ pytestmark = pytest.mark.e2e
 
 RATE = 16000
 NEAR_HZ, FAR_HZ = 440.0, 1000.0
+ACTIVE = "callrec_signaling_active_recordings"
 
 
 @pytest.fixture(scope="module")
@@ -53,15 +54,6 @@ def fetch_audio(node: Node, recording: dict[str, Any], tmp_path: Path) -> tuple[
     return decode_file(path, rate=RATE)
 
 
-def tone_seconds(channel: np.ndarray, rate: int) -> float:
-    """How long a channel carries sound (20 ms frames above a low threshold)."""
-    frame = rate // 50
-    usable = len(channel) // frame * frame
-    frames = channel[:usable].astype(np.float64).reshape(-1, frame)
-    rms = np.sqrt((frames**2).mean(axis=1))
-    return float((rms > 1000).sum() * 0.02)
-
-
 def check_stereo_recording(
     audio: np.ndarray, recording: dict[str, Any], left_hz: float, right_hz: float,
     tone_s: float,
@@ -73,8 +65,8 @@ def check_stereo_recording(
         channel = audio[index]
         assert abs(dominant_frequency(channel, RATE) - expected) < 15, (index, expected)
         # The whole tone is there (no lost audio), and nothing else is loud.
-        assert abs(tone_seconds(channel, RATE) - tone_s) <= 0.1, (index, tone_seconds(channel,
-                                                                                     RATE))
+        kept = sound_seconds(channel, RATE)
+        assert abs(kept - tone_s) <= 0.1, (index, kept)
 
 
 def newest(node: Node, count: int) -> dict[str, Any]:
@@ -167,9 +159,9 @@ def test_licence_exhausted_486_without_failover(node: Node) -> None:
                                 refci="50331649", seconds=4.0)
     try:
         deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and not _active_recordings(node):
+        while time.monotonic() < deadline and not node.metric(ACTIVE):
             time.sleep(0.1)
-        assert _active_recordings(node) == 1
+        assert node.metric(ACTIVE) == 1
         code, result = sipp.invite_response_code(server, near_number="1001",
                                                  refci="50331650", farrefci="50331651")
         assert code == 486, result.describe()
@@ -180,7 +172,7 @@ def test_licence_exhausted_486_without_failover(node: Node) -> None:
 
 def test_capture_hung_gives_503_then_recovers(node: Node) -> None:
     server = ("127.0.0.1", node.sip_port)
-    pid = _service_pid(node, "services.capture")
+    pid = node.service_pid("services.capture")
     os.kill(pid, signal.SIGSTOP)
     try:
         time.sleep(5)  # health becomes stale after a few seconds
@@ -194,28 +186,3 @@ def test_capture_hung_gives_503_then_recovers(node: Node) -> None:
     while time.monotonic() < deadline and not node.can_record():
         time.sleep(0.2)
     assert sipp.options(server, expect=200)
-
-
-def _active_recordings(node: Node) -> int:
-    import httpx
-
-    text = httpx.get(f"{node.base_url}/metrics", timeout=2).text
-    for line in text.splitlines():
-        if line.startswith("callrec_signaling_active_recordings{"):
-            return int(float(line.rsplit(" ", 1)[1]))
-    return 0
-
-
-def _service_pid(node: Node, module: str) -> int:
-    assert node.process is not None
-    group = os.getpgid(node.process.pid)
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes().split(b"\0")
-            if module.encode() in cmdline and os.getpgid(int(entry.name)) == group:
-                return int(entry.name)
-        except (OSError, ProcessLookupError):
-            continue
-    raise LookupError(f"{module} not running")

@@ -112,6 +112,29 @@ class Node:
             time.sleep(0.3)
         raise TimeoutError(f"node not healthy in {timeout}s: {last}\n{self.log()[-4000:]}")
 
+    def metric(self, name: str) -> float:
+        """A metric's value from /metrics (the first series of that name; 0 if absent)."""
+        text = httpx.get(f"{self.base_url}/metrics", timeout=2.0).text
+        for line in text.splitlines():
+            if line.startswith(name + "{"):
+                return float(line.rsplit(" ", 1)[1])
+        return 0.0
+
+    def service_pid(self, module: str) -> int:
+        """Pid of one of this node's service processes (e.g. "services.capture")."""
+        assert self.process is not None
+        group = os.getpgid(self.process.pid)
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                cmdline = (entry / "cmdline").read_bytes().split(b"\0")
+                if module.encode() in cmdline and os.getpgid(int(entry.name)) == group:
+                    return int(entry.name)
+            except (OSError, ProcessLookupError):
+                continue
+        raise LookupError(f"{module} not running")
+
     def can_record(self) -> bool:
         try:
             text = httpx.get(f"{self.base_url}/metrics", timeout=2.0).text

@@ -31,6 +31,7 @@ from contracts.v1.rpc import (
     UpdateRequest,
 )
 
+from .dialogs import DialogStore
 from .recorder import RecordingSession
 from .sip.transport import SipTransports
 from .uas import RecorderUas
@@ -165,6 +166,7 @@ async def main(ctx: ServiceContext) -> None:
         sip_port=config.sip_port,
         record_all=config.record_all,
         max_channels=config.max_channels,
+        dialog_store=DialogStore(config.data_dir / "signaling" / "dialogs"),
     )
     metrics = ctx.metrics
     metrics.gauge("signaling_active_recordings", "recordings in progress",

@@ -25,6 +25,7 @@ from contracts.v1.rpc import AllocateRequest, StreamSpec, UpdateRequest
 
 from . import sdp, siprec
 from .cucm import CucmLegError, parse_cucm_leg, session_key
+from .dialogs import DialogStore
 from .recorder import (
     Admission,
     Leg,
@@ -137,6 +138,7 @@ class RecorderUas:
         sip_port: int,
         record_all: bool,
         max_channels: int,
+        dialog_store: DialogStore | None = None,
     ) -> None:
         self.backend = backend
         self.sender = sender
@@ -154,6 +156,9 @@ class RecorderUas:
         self.counters = Counters()
         # Full SIPREC metadata per recording, to apply partial updates to.
         self.siprec_meta: dict[str, siprec.RecordingMetadata] = {}
+        self.dialog_store = dialog_store
+        if dialog_store is not None:
+            self._restore(dialog_store)
 
     # ---- entry --------------------------------------------------------------------
 
@@ -343,6 +348,7 @@ class RecorderUas:
         self.dialogs[(request.call_id, local_tag)] = (session, leg)
         body = self._session_body(leg, plan.offer)
         await self._push_codecs(session, leg, plan.offer)
+        self._persist(session)  # before the 200: a dialog the PBX has, we must know too
         self._respond(request, peer, 200, to_tag=local_tag, body=body.encode(),
                       content_type="application/sdp",
                       headers=self._dialog_headers(request, peer, plan.kind == "siprec"))
@@ -503,8 +509,10 @@ class RecorderUas:
             return
         session, leg = found
         leg.confirmed = True
+        self._persist(session)
         if leg.offer_pending and request.body:
             leg.offer_pending = False
+            self._persist(session)
             try:
                 answer = sdp.parse_sdp(request.body.decode("utf-8", "replace"))
             except sdp.SdpError as exc:
@@ -545,6 +553,7 @@ class RecorderUas:
         body = self._session_body(leg, offer)
         await self._push_codecs(session, leg, offer)
         self._refresh(leg, request)
+        self._persist(session)
         self._respond(request, peer, 200, body=body.encode(), content_type="application/sdp",
                       headers=self._dialog_headers(request, peer, session.metadata.source
                                                    == "siprec"))
@@ -558,6 +567,7 @@ class RecorderUas:
         session, leg, offer = found
         srs = session.metadata.source == "siprec"
         self._refresh(leg, request)
+        self._persist(session)
         if offer is None:
             self._respond(request, peer, 200,
                           headers=self._dialog_headers(request, peer, srs))
@@ -565,6 +575,7 @@ class RecorderUas:
         leg.sdp_version += 1
         body = self._session_body(leg, offer)
         leg.offer_pending = False
+        self._persist(session)
         await self._push_codecs(session, leg, offer)
         self._respond(request, peer, 200, body=body.encode(), content_type="application/sdp",
                       headers=self._dialog_headers(request, peer, srs))
@@ -582,6 +593,7 @@ class RecorderUas:
         labels = [s.label or "" for leg in session.legs.values() for s in leg.streams]
         channels = siprec.assign_channels(merged, labels)
         session.metadata = _siprec_metadata(merged, channels, None, previous)
+        self._persist(session)
         try:
             await self.backend.update(
                 UpdateRequest(recording_id=session.recording_id, metadata=session.metadata)
@@ -635,6 +647,7 @@ class RecorderUas:
         leg.ended = True
         self.dialogs.pop((leg.call_id, leg.local_tag), None)
         if session.live_legs() or session.ending:
+            self._persist(session)
             return
         session.ending = True
         self._forget(session)
@@ -647,7 +660,30 @@ class RecorderUas:
                       error=str(exc))
         await self.backend.recording_ended(session, reason)
 
+    def _restore(self, store: DialogStore) -> None:
+        """Take back the calls a previous process of this service was recording."""
+        for session, meta in store.load_all():
+            self.sessions[session.recording_id] = session
+            self.by_key[session.session_key] = session
+            if meta is not None:
+                self.siprec_meta[session.recording_id] = meta
+            for leg in session.live_legs():
+                self.dialogs[(leg.call_id, leg.local_tag)] = (session, leg)
+            log.info("recording_restored", recording_id=session.recording_id,
+                     legs=len(session.live_legs()))
+
+    def _persist(self, session: RecordingSession) -> None:
+        if self.dialog_store is None or session.recording_id not in self.sessions:
+            return
+        try:
+            self.dialog_store.save(session, self.siprec_meta.get(session.recording_id))
+        except OSError as exc:  # the call goes on; only a restart would forget it
+            log.error("dialog_state_write_failed", recording_id=session.recording_id,
+                      error=str(exc))
+
     def _forget(self, session: RecordingSession) -> None:
+        if self.dialog_store is not None:
+            self.dialog_store.delete(session.recording_id)
         self.sessions.pop(session.recording_id, None)
         if self.by_key.get(session.session_key) is session:
             del self.by_key[session.session_key]

@@ -89,3 +89,33 @@ def test_capture_service_crash_mid_call_is_restarted_and_call_continues(tmp_path
         print(f"capture crash: channel {index} kept {kept:.2f} s of 8.0 s")
         assert 8.0 - 2.0 <= kept <= 8.1, (index, kept)
     assert recording["recovered"] is True
+
+
+def test_signaling_crash_mid_call_keeps_the_call_and_its_recording(tmp_path: Path) -> None:
+    node = Node(tmp_path / "node").start()
+    try:
+        node.cli("users", "add", "alice", "--extension", "1001")
+        time.sleep(0.5)
+        call = sipp.start_cucm_call("127.0.0.1", node.sip_port, near="1001", far="2002",
+                                    refci="83886090", near_tone_hz=440, far_tone_hz=1000,
+                                    seconds=8.0)
+        time.sleep(3.0)
+        old_pid = node.service_pid("services.signaling")
+        os.kill(old_pid, signal.SIGKILL)
+        result = call.wait()  # the BYEs are answered by the restarted service
+        assert result.ok, result.describe()
+        assert node.service_pid("services.signaling") != old_pid
+        recording = node.wait_recordings(1, timeout=30)[0]
+        with node.client() as client:
+            response = client.get(f"/api/recordings/{recording['recording_id']}/audio")
+    finally:
+        node.stop()
+    assert response.status_code == 200
+    assert recording["recovered"] is False  # capture never lost it
+    path = tmp_path / "rec.opus"
+    path.write_bytes(response.content)
+    audio, _ = decode_file(path, rate=RATE)
+    for index, hz in ((0, 440.0), (1, 1000.0)):
+        assert abs(dominant_frequency(audio[index], RATE) - hz) < 15
+        kept = sound_seconds(audio[index], RATE)
+        assert abs(kept - 8.0) <= 0.1, (index, kept)  # nothing lost: capture kept recording

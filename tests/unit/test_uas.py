@@ -1105,3 +1105,42 @@ async def test_missing_ack_abandons_leg_with_bye(
     assert len(h.backend.finalized) == 1
     assert h.sender.requests and h.sender.requests[-1].method == "BYE"
     assert not h.uas.sessions
+
+
+async def test_restarted_uas_takes_back_its_calls(tmp_path: Any) -> None:
+    from services.signaling.dialogs import DialogStore
+
+    store = DialogStore(tmp_path / "dialogs")
+    first = Harness()
+    first.uas.dialog_store = store
+    ok = await first.invite("restart-1", from_=cucm_from("near", tag="tag-near"),
+                            extra=[("Supported", "timer"), ("Session-Expires", "1800")])
+    await first.send(sip_request("ACK", call_id="restart-1",
+                                 from_=cucm_from("near", tag="tag-near"), to_tag=to_tag(ok),
+                                 body=ANSWER_SDP, content_type="application/sdp"))
+    sip_ok = await first.invite("restart-2", from_=SIPREC_FROM, body=siprec_body(),
+                                content_type=SIPREC_CT, extra=SIPREC_HEADERS)
+    recordings = set(first.uas.active_recording_ids())
+    assert len(recordings) == 2
+    await first.uas.shutdown()
+
+    # A new process: nothing in memory, everything from the store.
+    second = Harness()
+    second.uas = RecorderUas(backend=second.backend, sender=second.sender, address=ADDRESS,
+                             sip_port=SIP_PORT, record_all=False, max_channels=10,
+                             dialog_store=store)
+    assert set(second.uas.active_recording_ids()) == recordings
+    session, leg = second.uas.dialogs[("restart-1", to_tag(ok))]
+    assert leg.confirmed and leg.session_expires == 1800 and not leg.expired(0 + leg.refreshed_at)
+    assert [s.port for s in leg.streams] == [s.port for s in first.uas.dialogs[
+        ("restart-1", to_tag(ok))][1].streams]
+    assert second.uas.siprec_meta  # partial SIPREC updates still merge after a restart
+
+    await second.send(sip_request("BYE", call_id="restart-1", cseq=2,
+                                  from_=cucm_from("near", tag="tag-near"), to_tag=to_tag(ok)))
+    assert second.sender.statuses("restart-1", "BYE") == [200]
+    assert [f[0] for f in second.backend.finalized] == [session.recording_id]
+    assert not (tmp_path / "dialogs" / f"{session.recording_id}.json").exists()
+    assert len(list((tmp_path / "dialogs").glob("*.json"))) == 1  # the SIPREC call remains
+    del sip_ok
+    await second.uas.shutdown()

@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from dataclasses import dataclass, field
 
 from nats.js import JetStreamContext
@@ -29,6 +30,9 @@ from .logs import get_logger, setup_logging
 from .users import User, UsersProjection, hash_password
 
 SERVICES = ("capture", "signaling", "catalog", "sync", "scheduler", "web")
+# Changes with every `callrec up`: lets a restarted service tell "I crashed" (same
+# boot: resume) from "the node was down" (new boot: what was in flight is over).
+BOOT_ID_ENV = "CALLREC_BOOT_ID"
 MAX_BACKOFF = 10.0
 HEALTHY_AFTER = 30.0
 
@@ -86,7 +90,7 @@ async def _supervise(config: NodeConfig) -> int:
         data_dir=str(config.data_dir.resolve()),
     )
 
-    env = {**os.environ, **config.to_env()}
+    env = {**os.environ, **config.to_env(), BOOT_ID_ENV: uuid.uuid4().hex}
     children = {name: Child(name) for name in SERVICES}
     for child in children.values():
         await _spawn(child, env)

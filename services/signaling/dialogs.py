@@ -2,7 +2,9 @@
 calls: capture keeps recording them, and the PBX's re-INVITEs and BYEs still match.
 
 One small JSON file per recording, replaced atomically on every change (answer, ACK,
-re-INVITE, UPDATE, metadata) and deleted when the recording ends.
+re-INVITE, UPDATE, metadata) and deleted when the recording ends. Only sessions of
+the same node boot are taken back: after the whole node went down the PBX has moved
+on, and capture finalizes those recordings from what reached the disk.
 """
 
 from __future__ import annotations
@@ -84,15 +86,17 @@ def session_from_dict(
 
 
 class DialogStore:
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, boot_id: str = "") -> None:
         self.directory = directory
+        self.boot_id = boot_id
         directory.mkdir(parents=True, exist_ok=True)
 
     def save(self, session: RecordingSession,
              siprec_meta: siprec.RecordingMetadata | None) -> None:
         path = self.directory / f"{session.recording_id}.json"
         temp = path.with_suffix(".tmp")
-        temp.write_text(json.dumps(session_to_dict(session, siprec_meta)))
+        data = {**session_to_dict(session, siprec_meta), "boot_id": self.boot_id}
+        temp.write_text(json.dumps(data))
         os.replace(temp, path)
 
     def delete(self, recording_id: str) -> None:
@@ -102,7 +106,12 @@ class DialogStore:
         loaded = []
         for path in sorted(self.directory.glob("*.json")):
             try:
-                loaded.append(session_from_dict(json.loads(path.read_text())))
+                data = json.loads(path.read_text())
+                if data.get("boot_id", "") != self.boot_id:
+                    log.info("dialog_state_from_previous_boot", path=str(path))
+                    path.unlink(missing_ok=True)
+                    continue
+                loaded.append(session_from_dict(data))
             except (ValueError, KeyError, TypeError) as exc:
                 log.error("dialog_state_unreadable", path=str(path), error=str(exc))
                 path.unlink(missing_ok=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import time
 from datetime import datetime
 
@@ -11,6 +12,7 @@ import structlog
 
 from callrec import bus
 from callrec.service import ServiceContext
+from callrec.supervisor import BOOT_ID_ENV
 from callrec.users import UsersProjection
 from contracts import subjects
 from contracts.v1.events import (
@@ -166,7 +168,8 @@ async def main(ctx: ServiceContext) -> None:
         sip_port=config.sip_port,
         record_all=config.record_all,
         max_channels=config.max_channels,
-        dialog_store=DialogStore(config.data_dir / "signaling" / "dialogs"),
+        dialog_store=DialogStore(config.data_dir / "signaling" / "dialogs",
+                                 os.environ.get(BOOT_ID_ENV, "")),
     )
     metrics = ctx.metrics
     metrics.gauge("signaling_active_recordings", "recordings in progress",

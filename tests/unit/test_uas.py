@@ -1144,3 +1144,15 @@ async def test_restarted_uas_takes_back_its_calls(tmp_path: Any) -> None:
     assert len(list((tmp_path / "dialogs").glob("*.json"))) == 1  # the SIPREC call remains
     del sip_ok
     await second.uas.shutdown()
+
+
+async def test_sessions_of_a_previous_node_boot_are_not_taken_back(tmp_path: Any) -> None:
+    from services.signaling.dialogs import DialogStore
+
+    h = Harness()
+    h.uas.dialog_store = DialogStore(tmp_path / "dialogs", "boot-1")
+    await h.cucm_leg("near", "old-boot")
+    assert len(list((tmp_path / "dialogs").glob("*.json"))) == 1
+    assert DialogStore(tmp_path / "dialogs", "boot-2").load_all() == []
+    assert not list((tmp_path / "dialogs").glob("*.json"))  # capture finalizes that call
+    await h.uas.shutdown()

@@ -128,6 +128,7 @@ def main() -> None:
     try:
         a.start()
         b.peers = [a.cluster_address]
+        b.join_file = a.invite(root / "b.join.json")
         b.start()
         wait_until(lambda: _sees(b, "a") and _sees(a, "b"), 30)
         started = time.monotonic()
@@ -172,7 +173,7 @@ def main() -> None:
         wait_until(lambda: count(b) >= args.calls + args.history, 300)
         total = args.calls + args.history
         c = Node.clustered(root / "c", "c", peers=[a.cluster_address], role="backup",
-                           priority=2)
+                           priority=2, join_file=a.invite(root / "c.join.json"))
         c_started = time.monotonic()
         c.start()
         boot = time.monotonic() - c_started

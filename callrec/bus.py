@@ -44,8 +44,13 @@ class RpcError(RuntimeError):
     """The remote service answered with an error, or did not answer in time."""
 
 
-async def connect(url: str, name: str) -> NatsClient:
-    """Connect and keep reconnecting forever: a service outlives nats-server restarts."""
+async def connect(
+    url: str, name: str, identity: str | None = None, password: str | None = None
+) -> NatsClient:
+    """Connect and keep reconnecting forever: a service outlives nats-server restarts.
+
+    With an identity, log in as it and take replies on its private inbox prefix
+    (callrec.buspolicy), the only inbox its permissions let it read."""
 
     async def on_error(exc: Exception) -> None:
         log.warning("nats_error", error=str(exc))
@@ -56,9 +61,14 @@ async def connect(url: str, name: str) -> NatsClient:
     async def on_reconnect() -> None:
         log.info("nats_reconnected")
 
+    login: dict[str, Any] = {}
+    if identity is not None:
+        login = {"user": identity, "password": password,
+                 "inbox_prefix": subjects.inbox_prefix(identity)}
     return await nats.connect(
         url,
         name=name,
+        **login,
         max_reconnect_attempts=-1,
         reconnect_time_wait=0.5,
         connect_timeout=2,

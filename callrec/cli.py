@@ -25,7 +25,7 @@ from contracts import subjects
 from contracts.v1.events import JobRunRequested, UserRemoved, UserUpserted
 from contracts.v1.rpc import Empty, JobRunView, JobsStatus, JobView
 
-from . import bus
+from . import bus, credentials
 from .config import NodeConfig
 from .jobspec import JobInput, describe_errors, event_from_view
 from .logs import setup_logging
@@ -84,6 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--role-timeout", type=float,
                     default=float(_env("ROLE_TIMEOUT") or 3.0),
                     help="seconds without heartbeats before a backup takes the role")
+    up.add_argument("--join", default=_env("JOIN"), metavar="FILE",
+                    help="join the cluster of the member that wrote FILE "
+                         "('callrec cluster invite' there)")
     up.add_argument("--log-level", default=_env("LOG_LEVEL", "info"))
     up.add_argument("--opus-bitrate", type=int, default=int(_env("OPUS_BITRATE", "16000") or 0))
 
@@ -106,6 +109,15 @@ def build_parser() -> argparse.ArgumentParser:
     rm = users_sub.add_parser("remove", help="remove a user")
     rm.add_argument("username")
     users_sub.add_parser("list", help="list users")
+
+    cluster = sub.add_parser("cluster", help="cluster membership")
+    cluster.add_argument("--data-dir", default=_env("DATA_DIR", "./data"))
+    cluster_sub = cluster.add_subparsers(dest="cluster_command", required=True)
+    invite = cluster_sub.add_parser(
+        "invite", help="write the one file a new node needs to join this node's cluster")
+    invite.add_argument("--out", default="callrec-join.json",
+                        help="where to write it (mode 0600; copy it to the new node, "
+                             "then delete it)")
 
     jobs = sub.add_parser("jobs", help="maintenance jobs (the node must be running)")
     jobs.add_argument("--data-dir", default=_env("DATA_DIR", "./data"))
@@ -153,6 +165,7 @@ def config_from_args(args: argparse.Namespace) -> NodeConfig:
         "nats_leaf_port": args.nats_leaf_port,
         "role_timeout_s": args.role_timeout,
         "admin_password": _env("ADMIN_PASSWORD"),
+        "join_file": Path(args.join) if args.join else None,
         "log_level": args.log_level,
         "opus_bitrate": args.opus_bitrate,
     }
@@ -176,6 +189,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         except UsageError as exc:
             print(f"callrec: {exc}", file=sys.stderr)
             return 2
+    if args.command == "cluster":
+        return _cluster(args)
     if args.command == "jobs":
         try:
             return asyncio.run(_jobs(args))
@@ -192,10 +207,24 @@ class UsageError(Exception):
     pass
 
 
+def _cluster(args: argparse.Namespace) -> int:
+    found = credentials.load_cluster(Path(args.data_dir))
+    if found is None:
+        print(f"callrec: {args.data_dir} holds no cluster credentials: start this node "
+              "with --cluster-port first", file=sys.stderr)
+        return 2
+    out = Path(args.out)
+    credentials.write_private(out, found.join_file())
+    print(f"wrote {out} (secret: it admits a node to the cluster). On the new node:\n"
+          f"  callrec up --cluster-port PORT --peer THIS_HOST:PORT --join {out.name} ...\n"
+          "then delete the file.")
+    return 0
+
+
 async def _users(args: argparse.Namespace) -> int:
     url, node_id = _node_address(args)
     setup_logging("cli", node_id, "error")  # stdout is for the listing
-    nc = await bus.connect(url, f"{node_id}-cli")
+    nc = await _connect(args, url, node_id)
     try:
         js = nc.jetstream()
         users = await load_users(js, node_id)
@@ -242,6 +271,19 @@ async def _users(args: argparse.Namespace) -> int:
         return 0
     finally:
         await nc.drain()
+
+
+async def _connect(args: argparse.Namespace, url: str, node_id: str) -> NatsClient:
+    """Log in to the node's bus as `node`, with the password only its OS user can read."""
+    try:
+        password = credentials.bus_password(Path(args.data_dir), "node")
+    except PermissionError as exc:
+        raise UsageError(f"cannot read the node's credentials ({exc}): run as the user "
+                         "that runs the node") from exc
+    if password is None:
+        raise UsageError(f"no bus credentials in {args.data_dir}/secrets: is this the "
+                         "node's data dir?")
+    return await bus.connect(url, f"{node_id}-cli", "node", password)
 
 
 def _node_address(args: argparse.Namespace) -> tuple[str, str]:
@@ -318,7 +360,7 @@ async def _jobs(args: argparse.Namespace) -> int:
     # stdout is for the listing (scripts parse it); the client's own logs (a NATS
     # "disconnected" on exit) go to stderr, errors only.
     setup_logging("cli", node_id, "error")
-    nc = await bus.connect(url, f"{node_id}-cli")
+    nc = await _connect(args, url, node_id)
     try:
         status = await _jobs_status(nc, node_id)
         if args.jobs_command == "list":

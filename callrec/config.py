@@ -39,7 +39,10 @@ class NodeConfig(BaseModel):
     priority: int = Field(default=0, ge=0)
     peers: tuple[str, ...] = ()
     role_timeout_s: float = Field(default=3.0, ge=0.5, le=300.0)
+    # Creates the first admin only; never handed to a service (see to_env).
     admin_password: str | None = None
+    # A join file copied from a cluster member (`callrec cluster invite`).
+    join_file: Path | None = None
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     opus_bitrate: int = Field(default=16000, ge=6000, le=128000)
     media_timeout_s: float = Field(default=0.0, ge=0.0)
@@ -91,7 +94,9 @@ class NodeConfig(BaseModel):
         return self.nats_leaf_port or self.nats_port + 1
 
     def to_env(self) -> dict[str, str]:
-        return {CONFIG_ENV: self.model_dump_json()}
+        """What a service is told: everything but secrets (it reads those from files)."""
+        public = self.model_copy(update={"admin_password": None})
+        return {CONFIG_ENV: public.model_dump_json()}
 
     @classmethod
     def from_env(cls) -> NodeConfig:

@@ -6,7 +6,9 @@ a deployment may point `CALLREC_NATS_SERVER` at another build.
 
 from __future__ import annotations
 
+import json
 import os
+import secrets
 import shutil
 import socket
 import subprocess
@@ -14,7 +16,11 @@ import sys
 import time
 from pathlib import Path
 
+from . import buspolicy, credentials, pki
 from .config import NodeConfig
+
+# Variables an operator may set for `callrec up` that no child process may see.
+SECRET_ENV = frozenset({"CALLREC_ADMIN_PASSWORD"})
 
 
 class NatsServerError(RuntimeError):
@@ -38,16 +44,19 @@ def find_binary() -> str:
 
 
 def write_config(config: NodeConfig) -> Path:
-    """JetStream on, its own domain (the node id), clients on loopback only.
+    """JetStream on, its own domain (the node id), clients on loopback only, each
+    service with its own password and permissions (callrec.buspolicy).
 
     In a cluster it is a leaf of this node's core server, which carries the links
     to the peers: leaf links must form a tree, routes between core servers need not,
     and no RAFT quorum is involved, so two nodes work and any one may die.
     """
-    run_dir = config.data_dir / "run"
-    run_dir.mkdir(parents=True, exist_ok=True)
-    store_dir = (config.data_dir / "nats").resolve()
-    store_dir.mkdir(parents=True, exist_ok=True)
+    run_dir = credentials.ensure_private_dir(config.data_dir / "run")
+    store_dir = credentials.ensure_private_dir(config.data_dir / "nats").resolve()
+    passwords = {
+        identity: credentials.bus_password(config.data_dir, identity, create=True) or ""
+        for identity in buspolicy.IDENTITIES
+    }
     lines = [
         f'server_name: "{config.node_id}"',
         f"listen: 127.0.0.1:{config.nats_port}",
@@ -56,40 +65,63 @@ def write_config(config: NodeConfig) -> Path:
         f'  store_dir: "{store_dir}"',
         f'  domain: "{config.node_id}"',
         "}",
+        "authorization " + json.dumps(buspolicy.authorization_block(config.node_id, passwords)),
     ]
     if config.clustered:
+        leaf = credentials.leaf_password(config.data_dir)
         lines += [
             "leafnodes {",
-            f'  remotes: [ {{ url: "nats-leaf://127.0.0.1:{config.leaf_port}" }} ]',
+            f'  remotes: [ {{ url: "nats-leaf://leaf:{leaf}@127.0.0.1:{config.leaf_port}" }} ]',
             "  reconnect: 1",
             "}",
         ]
     path = run_dir / "nats-server.conf"
-    path.write_text("\n".join(lines) + "\n")
+    credentials.write_private(path, ("\n".join(lines) + "\n").encode())
     return path
 
 
-def write_core_config(config: NodeConfig) -> Path:
-    """The node's core server: routes to the peers, a leaf port for our JetStream server."""
+def write_core_config(config: NodeConfig, cluster: credentials.ClusterSecrets) -> Path:
+    """The node's core server: mutually authenticated TLS routes to the peers (the
+    cluster CA, plus the route password), a password-protected leaf port on loopback
+    for our JetStream server, and a client port nobody can log in to."""
     assert config.cluster_port is not None
-    (config.data_dir / "run").mkdir(parents=True, exist_ok=True)
-    routes = ", ".join(f'"{peer}"' for peer in config.peers)
+    run_dir = credentials.ensure_private_dir(config.data_dir / "run")
+    ca_file, cert_file, key_file = credentials.mint_link_certificate(
+        config.data_dir, cluster, config.node_id,
+        pki.local_names(config.bind, config.advertise_address),
+    )
+    route_auth = f"route:{cluster.route_password}@"
+    routes = ", ".join(
+        f'"{peer.replace("://", "://" + route_auth, 1)}"' for peer in config.peers)
     lines = [
         f'server_name: "{config.node_id}-core"',
         "listen: 127.0.0.1:-1",
+        # No client of ours uses this server: a password no one is told.
+        f'authorization {{ user: "nobody", password: "{secrets.token_urlsafe(32)}" }}',
         "cluster {",
         '  name: "callrec"',
         f"  listen: {_host(config.bind)}:{config.cluster_port}",
         f"  routes: [{routes}]",
         "  no_advertise: true",
         "  connect_retries: -1",
+        f'  authorization {{ user: "route", password: "{cluster.route_password}",'
+        " timeout: 5 }",
+        "  tls {",
+        f'    cert_file: "{cert_file.resolve()}"',
+        f'    key_file: "{key_file.resolve()}"',
+        f'    ca_file: "{ca_file.resolve()}"',
+        "    verify: true",
+        "    timeout: 5",
+        "  }",
         "}",
         "leafnodes {",
         f"  listen: 127.0.0.1:{config.leaf_port}",
+        f'  authorization {{ user: "leaf", password: "{credentials.leaf_password(config.data_dir)}"'
+        " }",
         "}",
     ]
-    path = config.data_dir / "run" / "nats-core.conf"
-    path.write_text("\n".join(lines) + "\n")
+    path = run_dir / "nats-core.conf"
+    credentials.write_private(path, ("\n".join(lines) + "\n").encode())
     return path
 
 
@@ -101,8 +133,15 @@ def start(config: NodeConfig) -> subprocess.Popen[bytes]:
     return _launch(write_config(config), config.data_dir / "run" / "nats-server.log")
 
 
-def start_core(config: NodeConfig) -> subprocess.Popen[bytes]:
-    return _launch(write_core_config(config), config.data_dir / "run" / "nats-core.log")
+def start_core(
+    config: NodeConfig, cluster: credentials.ClusterSecrets
+) -> subprocess.Popen[bytes]:
+    return _launch(write_core_config(config, cluster), config.data_dir / "run" / "nats-core.log")
+
+
+def child_environment() -> dict[str, str]:
+    """Our environment minus anything secret: a child reads its secrets from files."""
+    return {key: value for key, value in os.environ.items() if key not in SECRET_ENV}
 
 
 def _launch(conf: Path, log_path: Path) -> subprocess.Popen[bytes]:
@@ -112,6 +151,7 @@ def _launch(conf: Path, log_path: Path) -> subprocess.Popen[bytes]:
         stdout=log_file,
         stderr=subprocess.STDOUT,
         stdin=subprocess.DEVNULL,
+        env=child_environment(),
     )
 
 

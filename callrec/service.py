@@ -19,7 +19,7 @@ from nats.js import JetStreamContext
 
 from contracts import subjects
 
-from . import bus
+from . import bus, credentials
 from .config import NodeConfig
 from .logs import get_logger, setup_logging
 from .metrics import Registry
@@ -54,9 +54,8 @@ async def _run(name: str, config: NodeConfig, main: ServiceMain) -> None:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stopping.set)
-    nc = await bus.connect(config.nats_url, f"{config.node_id}-{name}")
+    nc = await bus.connect(config.nats_url, f"{config.node_id}-{name}", *_login(config, name))
     js = nc.jetstream()
-    await bus.ensure_streams(js, config.node_id)
     metrics = Registry(name, config.node_id)
     ctx = ServiceContext(name, config, nc, js, metrics, stopping)
 
@@ -86,6 +85,17 @@ async def _run(name: str, config: NodeConfig, main: ServiceMain) -> None:
                 await task
     log.info("service_stopped")
     await _close(nc)
+
+
+def _login(config: NodeConfig, identity: str) -> tuple[str | None, str | None]:
+    """This service's bus identity and password, read from the data dir (never from
+    the environment). Without one (a bare nats-server in a unit test) it connects
+    anonymously, which a node's own server refuses."""
+    password = credentials.bus_password(config.data_dir, identity)
+    if password is None:
+        get_logger().warning("bus_credentials_missing", identity=identity)
+        return None, None
+    return identity, password
 
 
 async def _close(nc: NatsClient) -> None:

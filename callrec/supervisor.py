@@ -18,13 +18,15 @@ import sys
 import time
 import uuid
 from dataclasses import dataclass, field
+from pathlib import Path
 
+from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
 
 from contracts import subjects
 from contracts.v1.events import UserRemoved, UserUpserted, parse_event
 
-from . import bus, natsserver
+from . import bus, credentials, natsserver
 from .config import NodeConfig
 from .logs import get_logger, setup_logging
 from .users import User, UsersProjection, hash_password
@@ -37,6 +39,7 @@ MAX_BACKOFF = 10.0
 HEALTHY_AFTER = 30.0
 
 log = get_logger()
+_background: set[asyncio.Task[None]] = set()
 
 
 @dataclass
@@ -51,17 +54,65 @@ class Child:
 
 def run_node(config: NodeConfig) -> int:
     setup_logging("supervisor", config.node_id, config.log_level)
+    # Everything the node and its children create is for this OS user alone.
+    os.umask(0o077)
     config.data_dir.mkdir(parents=True, exist_ok=True)
-    return asyncio.run(_supervise(config))
+    tighten_modes(config.data_dir)
+    try:
+        cluster = cluster_secrets(config)
+    except credentials.CredentialsError as exc:
+        log.error("node_start_failed", error=str(exc))
+        print(f"callrec: {exc}", file=sys.stderr)
+        return 2
+    return asyncio.run(_supervise(config, cluster))
 
 
-async def _supervise(config: NodeConfig) -> int:
+def tighten_modes(data_dir: Path) -> None:
+    """A data dir from an older version (or made by hand) may be world-readable:
+    recordings, the catalog and JetStream's files (with password hashes). Close it
+    once; afterwards the umask keeps it closed."""
+    if data_dir.stat().st_mode & 0o077 == 0:
+        return
+    for folder, dirs, files in os.walk(data_dir):
+        for name in dirs:
+            with contextlib.suppress(OSError):
+                os.chmod(os.path.join(folder, name), 0o700, follow_symlinks=False)
+        for name in files:
+            with contextlib.suppress(OSError):
+                os.chmod(os.path.join(folder, name), 0o600, follow_symlinks=False)
+    data_dir.chmod(0o700)
+    log.info("data_dir_modes_tightened", data_dir=str(data_dir))
+
+
+def cluster_secrets(config: NodeConfig) -> credentials.ClusterSecrets | None:
+    """The cluster link's CA and route password: from a join file copied from a
+    member, kept from an earlier start, or new when this node founds the cluster."""
+    if not config.clustered:
+        return None
+    if config.join_file is not None:
+        joined = credentials.join_cluster(config.data_dir, config.join_file)
+        log.info("cluster_join_file_installed", origin=joined.origin)
+        return joined
+    existing = credentials.load_cluster(config.data_dir)
+    if existing is not None:
+        return existing
+    if config.peers:
+        raise credentials.CredentialsError(
+            "--peer given but this node has no cluster credentials: on a member run "
+            "'callrec cluster invite --out join.json', copy that file here and start "
+            "with --join join.json")
+    founded = credentials.found_cluster(config.data_dir, config.node_id)
+    log.info("cluster_founded", hint="add nodes with 'callrec cluster invite' on this node")
+    return founded
+
+
+async def _supervise(config: NodeConfig, cluster: credentials.ClusterSecrets | None) -> int:
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stopping.set)
 
-    core_proc = natsserver.start_core(config) if config.clustered else None
+    core_proc = natsserver.start_core(config, cluster) if cluster is not None else None
     if core_proc is not None:
         # The JetStream server links up at once when its leaf port is already there;
         # otherwise its first sources back off for a while before reconnecting.
@@ -74,7 +125,7 @@ async def _supervise(config: NodeConfig) -> int:
     nats_proc = natsserver.start(config)
     try:
         await asyncio.to_thread(natsserver.wait_ready, config.nats_port, nats_proc)
-        await bootstrap(config)
+        await bootstrap(config, joining=cluster is not None and cluster.origin == "joined")
     except Exception as exc:
         log.error("node_start_failed", error=str(exc))
         _stop_process(nats_proc)
@@ -90,7 +141,7 @@ async def _supervise(config: NodeConfig) -> int:
         data_dir=str(config.data_dir.resolve()),
     )
 
-    env = {**os.environ, **config.to_env(), BOOT_ID_ENV: uuid.uuid4().hex}
+    env = {**natsserver.child_environment(), **config.to_env(), BOOT_ID_ENV: uuid.uuid4().hex}
     children = {name: Child(name) for name in SERVICES}
     for child in children.values():
         await _spawn(child, env)
@@ -102,7 +153,8 @@ async def _supervise(config: NodeConfig) -> int:
             break
         if core_proc is not None and core_proc.poll() is not None:
             log.error("nats_core_exited", code=core_proc.returncode)
-            core_proc = natsserver.start_core(config)
+            assert cluster is not None
+            core_proc = natsserver.start_core(config, cluster)
         if nats_proc.poll() is not None:
             log.error("nats_server_exited", code=nats_proc.returncode)
             nats_proc = natsserver.start(config)
@@ -198,32 +250,73 @@ async def load_users(js: JetStreamContext, node_id: str) -> UsersProjection:
     return projection
 
 
-async def bootstrap(config: NodeConfig) -> None:
-    """Create the node's stream and make sure someone can log in."""
-    nc = await bus.connect(config.nats_url, f"{config.node_id}-bootstrap")
+async def bootstrap(config: NodeConfig, joining: bool = False) -> None:
+    """Create the node's streams and make sure someone can log in.
+
+    A node that joined a cluster adopts the cluster's users: it creates none of its
+    own (two first-start admins would replicate in opposite orders and each node's
+    password would work only on the other). It waits for them instead, and says so.
+    The admin password from the environment only creates the first admin: a
+    password changed later through the API is never reset by a restart."""
+    nc = await _connect_as_node(config, "bootstrap")
     try:
         js = nc.jetstream()
         await bus.ensure_streams(js, config.node_id)
         users = await load_users(js, config.node_id)
+        if users.has_admin():
+            return
+        if joining:
+            if config.admin_password:
+                log.warning("admin_password_ignored",
+                            reason="a joining node adopts the cluster's users")
+            task = asyncio.get_running_loop().create_task(_await_cluster_users(config))
+            _background.add(task)
+            task.add_done_callback(_background.discard)
+            return
         password = config.admin_password
-        if password:
-            existing = users.users.get("admin")
-            if existing is None or not users.authenticate("admin", password):
-                await bus.publish_event(js, _admin_event(config, password, existing))
-        elif not users.has_admin():
-            generated = secrets.token_urlsafe(12)
-            await bus.publish_event(js, _admin_event(config, generated, None))
+        generated = password is None
+        if password is None:
+            password = secrets.token_urlsafe(12)
+        await bus.publish_event(js, _admin_event(config, password, users.users.get("admin")))
+        if generated:
             secret_file = config.data_dir / "run" / "initial-admin-password"
-            secret_file.write_text(generated + "\n")
-            secret_file.chmod(0o600)
+            credentials.write_private(secret_file, password.encode() + b"\n")
             print(
-                f"\n  First start: web/API user 'admin', password '{generated}'"
+                f"\n  First start: web/API user 'admin', password '{password}'"
                 f" (also in {secret_file}).\n",
                 file=sys.stderr,
                 flush=True,
             )
     finally:
         await nc.drain()
+
+
+async def _connect_as_node(config: NodeConfig, purpose: str) -> NatsClient:
+    password = credentials.bus_password(config.data_dir, "node", create=True)
+    return await bus.connect(config.nats_url, f"{config.node_id}-{purpose}", "node", password)
+
+
+async def _await_cluster_users(config: NodeConfig) -> None:
+    """Say, until they arrive, that this node waits for the cluster's users."""
+    started = time.monotonic()
+    while True:
+        try:
+            nc = await _connect_as_node(config, "join-wait")
+            try:
+                users = await load_users(nc.jetstream(), config.node_id)
+            finally:
+                await nc.drain()
+            if users.has_admin():
+                log.info("cluster_users_adopted", users=len(users.users),
+                         waited_s=round(time.monotonic() - started, 1))
+                return
+        except Exception as exc:
+            log.debug("cluster_users_check_failed", error=str(exc))
+        log.warning("waiting_for_cluster_users",
+                    hint="no users yet: they come from the cluster once the link is up;"
+                         " this node creates none of its own",
+                    waited_s=round(time.monotonic() - started, 1))
+        await asyncio.sleep(5.0)
 
 
 def _admin_event(config: NodeConfig, password: str, existing: User | None) -> UserUpserted:

@@ -95,3 +95,8 @@ SCHEDULER_JOBS = "jobs"
 CATALOG = "catalog"
 CATALOG_SEARCH = "search"
 CATALOG_GET = "get"
+
+
+def inbox_prefix(identity: str) -> str:
+    """Private reply inbox of one bus identity: only it may subscribe there."""
+    return f"_INBOX_{identity}"

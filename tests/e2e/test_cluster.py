@@ -122,7 +122,8 @@ def test_third_node_started_later_catches_up_on_200_recordings(tmp_path: Path) -
                              "200 recordings on a")
         assert len(history) == 200
         c = Node.clustered(tmp_path / "c", "c", peers=[a.cluster_address, b.cluster_address],
-                           role="backup", priority=2, role_timeout=ROLE_TIMEOUT).start()
+                           role="backup", priority=2, role_timeout=ROLE_TIMEOUT,
+                           join_file=a.invite(tmp_path / "c.join.json")).start()
         started = time.monotonic()
         eventually(lambda: set(recordings(c)) == set(history), 60, "c lists all 200")
         listed_s = time.monotonic() - started
@@ -147,7 +148,8 @@ def test_three_nodes_primary_killed_best_backup_takes_over(tmp_path: Path) -> No
     a, b, _ = start_pair(tmp_path)
     c = Node.clustered(tmp_path / "c", "c", peers=[a.cluster_address, b.cluster_address],
                        role="backup", priority=2, role_timeout=ROLE_TIMEOUT,
-                       extra_args=["--record-all"]).start()
+                       extra_args=["--record-all"],
+                       join_file=a.invite(tmp_path / "c.join.json")).start()
     try:
         eventually(lambda: all(holder(n) == "a" for n in (a, b, c)), 15, "a holds the role")
         first = record_call(a, "4000001")

@@ -12,7 +12,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import nats
 import pytest
 
 from callrec import bus
@@ -44,13 +43,9 @@ pytestmark = pytest.mark.e2e
 TEMPLATE = "{date:%Y/%m/%d}/{start:%H%M%S}_{near}_{far}_{id}.{ext}"
 
 
-def nats_url(node: Node) -> str:
-    return f"nats://127.0.0.1:{node.nats_port}"
-
-
 def publish(node: Node, *events: EventBase) -> None:
     async def go() -> None:
-        nc = await nats.connect(nats_url(node))
+        nc = await node.bus()
         try:
             for event in events:
                 await bus.publish_event(nc.jetstream(), event)
@@ -63,7 +58,7 @@ def publish(node: Node, *events: EventBase) -> None:
 def cluster_events(node: Node, event_type: str) -> list[Any]:
     """Every `event_type` event in the node's CLUSTER stream (all nodes' facts)."""
     async def go() -> list[Any]:
-        nc = await nats.connect(nats_url(node))
+        nc = await node.bus()
         try:
             sub = await nc.jetstream().subscribe(subjects.events_of_type(event_type),
                                                  stream=subjects.CLUSTER_STREAM,
@@ -83,7 +78,7 @@ def cluster_events(node: Node, event_type: str) -> list[Any]:
 
 def jobs_status(node: Node) -> JobsStatus:
     async def go() -> JobsStatus:
-        nc = await nats.connect(nats_url(node))
+        nc = await node.bus()
         try:
             subject = subjects.rpc(node.node_id, subjects.SCHEDULER, subjects.SCHEDULER_JOBS)
             reply = await bus.call(nc, subject, Empty(), JobsStatus, timeout=5)
@@ -231,7 +226,7 @@ def test_export_then_failover_in_the_middle(pair: tuple[Node, Node], tmp_path: P
     eventually(lambda: any(j.job_id == "exp2" for j in jobs_status(b).jobs), 10, "b knows exp2")
 
     async def start_and_kill() -> int:
-        nc = await nats.connect(nats_url(a))
+        nc = await a.bus()
         seen = asyncio.Event()
         count = 0
 

@@ -12,7 +12,6 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
-import nats
 import pytest
 
 from callrec import bus
@@ -39,6 +38,7 @@ def nodes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Node, Node
     b = Node.clustered(tmp / "b", "b", peers=[a.cluster_address], role="backup", priority=1)
     try:
         a.start()
+        b.join_file = a.invite(tmp / "b.join.json")
         b.start()
         yield a, b
     finally:
@@ -57,7 +57,7 @@ def send_rtp(ports: list[int], packets: int = 50) -> None:
 
 async def record_on(node: Node, recording_id: str) -> None:
     """Open, feed and finalize a recording through capture's RPCs (no SIP)."""
-    nc = await nats.connect(f"nats://127.0.0.1:{node.nats_port}")
+    nc = await node.bus()
     try:
         def rpc(op: str) -> str:
             return subjects.rpc(node.node_id, subjects.CAPTURE, op)
@@ -82,7 +82,7 @@ async def record_on(node: Node, recording_id: str) -> None:
 
 
 async def sync_status(node: Node) -> SyncStatus:
-    nc = await nats.connect(f"nats://127.0.0.1:{node.nats_port}")
+    nc = await node.bus()
     try:
         status = await bus.call(nc, subjects.rpc(node.node_id, subjects.SYNC,
                                                  subjects.SYNC_STATUS), Empty(), SyncStatus)
@@ -93,7 +93,7 @@ async def sync_status(node: Node) -> SyncStatus:
 
 
 async def purge(node: Node, recording_id: str, object_key: str) -> None:
-    nc = await nats.connect(f"nats://127.0.0.1:{node.nats_port}")
+    nc = await node.bus()
     try:
         await bus.publish_event(nc.jetstream(), RecordingPurged(
             node_id=node.node_id, recording_id=recording_id, object_key=object_key,

@@ -79,7 +79,8 @@ def start_pair(tmp: Path, proxy_to_a: bool = False) -> tuple[Node, Node, TcpProx
     proxy = TcpProxy(a.cluster_port) if proxy_to_a else None  # type: ignore[arg-type]
     peer = proxy.address if proxy else a.cluster_address
     b = Node.clustered(tmp / "b", "b", peers=[peer], role="backup", priority=1,
-                       role_timeout=ROLE_TIMEOUT, extra_args=["--record-all"]).start()
+                       role_timeout=ROLE_TIMEOUT, extra_args=["--record-all"],
+                       join_file=a.invite(tmp / "b.join.json")).start()
     return a, b, proxy
 
 

@@ -44,6 +44,8 @@ class Node:
     role: str = "primary"
     priority: int = 0
     role_timeout: float = 3.0
+    join_file: Path | None = None
+    admin_password: str | None = ADMIN_PASSWORD
     process: subprocess.Popen[bytes] | None = None
 
     @classmethod
@@ -63,8 +65,9 @@ class Node:
     def start(self, timeout: float = 60.0) -> Node:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         log = (self.data_dir / "node.log").open("ab")
-        env = {**os.environ, "CALLREC_ADMIN_PASSWORD": ADMIN_PASSWORD,
-               "PYTHONPATH": str(REPO), "CALLREC_LOG_LEVEL": "info"}
+        env = {**os.environ, "PYTHONPATH": str(REPO), "CALLREC_LOG_LEVEL": "info"}
+        if self.admin_password is not None:
+            env["CALLREC_ADMIN_PASSWORD"] = self.admin_password
         self.process = subprocess.Popen(
             [sys.executable, "-m", "callrec", "up",
              "--node-id", self.node_id,
@@ -92,9 +95,28 @@ class Node:
         if self.cluster_port is None:
             return []
         args = ["--cluster-port", str(self.cluster_port)]
+        if self.join_file is not None:
+            args += ["--join", str(self.join_file)]
         for peer in self.peers:
             args += ["--peer", peer]
         return args
+
+    def invite(self, path: Path) -> Path:
+        """The join file another node needs to join this node's cluster."""
+        self.cli("cluster", "invite", "--out", str(path))
+        return path
+
+    def bus_password(self, identity: str = "node") -> str:
+        return (self.data_dir / "secrets" / "bus" / identity).read_text().strip()
+
+    async def bus(self, identity: str = "node") -> Any:
+        """A NATS client logged in to this node's bus as one of its identities."""
+        import nats
+
+        return await nats.connect(
+            f"nats://127.0.0.1:{self.nats_port}", user=identity,
+            password=self.bus_password(identity), inbox_prefix=f"_INBOX_{identity}",
+            connect_timeout=2, max_reconnect_attempts=3, allow_reconnect=False)
 
     def wait_healthy(self, timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout

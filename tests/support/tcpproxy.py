@@ -24,6 +24,8 @@ class TcpProxy:
         self._cut = False
         self._closed = False
         self.connections = 0
+        # Every byte carried, both ways: what an eavesdropper on the link would see.
+        self.seen = bytearray()
         threading.Thread(target=self._accept_loop, daemon=True).start()
 
     @property
@@ -76,6 +78,8 @@ class TcpProxy:
                 data = src.recv(65536)
                 if not data:
                     break
+                with self._lock:
+                    self.seen += data
                 dst.sendall(data)
         except OSError:
             pass

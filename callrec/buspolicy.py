@@ -1,0 +1,109 @@
+"""Who may publish and subscribe what on a node's bus: one identity per service.
+
+The node's nats-server enforces these lists, so a compromised or buggy service can
+only state the facts it owns (capture cannot forge a user, the catalog cannot purge),
+only the sync service answers object reads, and replies go to private inboxes that
+no other identity can read. Facts from peers arrive by stream sourcing over the
+cluster link, never through these client permissions.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from contracts import subjects
+
+Identity = Literal["node", "signaling", "capture", "catalog", "sync", "scheduler", "web"]
+SERVICE_IDENTITIES: tuple[Identity, ...] = (
+    "signaling", "capture", "catalog", "sync", "scheduler", "web")
+# `node` is the supervisor's and the operator's CLI: it creates the streams, writes
+# the first admin, and manages users and jobs from the host's shell.
+IDENTITIES: tuple[Identity, ...] = ("node", *SERVICE_IDENTITIES)
+
+# The facts each identity may state: the only events it publishes today.
+PUBLISHES: dict[Identity, tuple[str, ...]] = {
+    "signaling": ("recording.started", "recording.ended"),
+    "capture": ("recording.completed", "recording.failed"),
+    "catalog": (),
+    "sync": ("recording.replicated",),
+    "scheduler": (
+        "role.changed", "job.run_started", "job.run_progressed", "job.run_finished",
+        "job.run_failed", "recording.purged", "recording.exported",
+    ),
+    # The web acts for a signed-in user: users, holds, purges by an admin, jobs.
+    "web": (
+        "user.upserted", "user.removed", "recording.hold_changed", "recording.purged",
+        "job.configured", "job.removed", "job.run_requested",
+    ),
+}
+
+# Request/reply operations each identity may call on its own node.
+CALLS: dict[Identity, tuple[str, ...]] = {
+    "signaling": (subjects.CAPTURE,),
+    "capture": (subjects.SIGNALING,),
+    "catalog": (),
+    "sync": (),
+    "scheduler": (),
+    "web": (subjects.CATALOG, subjects.SYNC, subjects.SCHEDULER),
+}
+
+# Services that read the cluster's facts (through consumers on the CLUSTER stream).
+_JS_READ = [
+    "$JS.API.INFO",
+    "$JS.API.STREAM.INFO.*",
+    f"$JS.API.STREAM.MSG.GET.{subjects.CLUSTER_STREAM}",
+    f"$JS.API.DIRECT.GET.{subjects.CLUSTER_STREAM}",
+    f"$JS.API.DIRECT.GET.{subjects.CLUSTER_STREAM}.>",
+    f"$JS.API.CONSUMER.CREATE.{subjects.CLUSTER_STREAM}",
+    f"$JS.API.CONSUMER.CREATE.{subjects.CLUSTER_STREAM}.>",
+    f"$JS.API.CONSUMER.DELETE.{subjects.CLUSTER_STREAM}.>",
+    f"$JS.API.CONSUMER.INFO.{subjects.CLUSTER_STREAM}.>",
+    f"$JS.FC.{subjects.CLUSTER_STREAM}.>",
+    f"$JS.ACK.{subjects.CLUSTER_STREAM}.>",
+]
+
+
+def permissions(identity: Identity, node_id: str) -> dict[str, Any]:
+    """The nats-server `permissions` block of one identity on node `node_id`."""
+    if identity == "node":
+        return {"publish": {"allow": [">"]}, "subscribe": {"allow": [">"]}}
+    inbox = subjects.inbox_prefix(identity)
+    publish = [subjects.event(node_id, kind) for kind in PUBLISHES[identity]]
+    publish += [subjects.rpc(node_id, target, "*") for target in CALLS[identity]]
+    publish += _JS_READ
+    subscribe = [
+        f"{inbox}.>",
+        subjects.rpc(node_id, identity, "*"),
+        subjects.metrics_scatter(node_id),
+    ]
+    if identity == "sync":
+        # Heartbeats, object reads from peers (answered chunk by chunk into the
+        # requesting sync's inbox), and new peers added as sources.
+        publish += [
+            subjects.heartbeat(node_id),
+            subjects.rpc("*", subjects.SYNC, subjects.SYNC_READ),
+            f"{inbox}.>",
+            f"$JS.API.STREAM.UPDATE.{subjects.CLUSTER_STREAM}",
+        ]
+        subscribe.append(subjects.all_heartbeats())
+    if identity == "scheduler":
+        subscribe.append(subjects.all_heartbeats())
+    if identity == "web":
+        publish.append(subjects.metrics_scatter(node_id))
+    return {
+        "publish": {"allow": publish},
+        "subscribe": {"allow": subscribe},
+        # Answer requests (RPCs and the metrics scatter) once each.
+        "allow_responses": True,
+    }
+
+
+def authorization_block(node_id: str, passwords: dict[Identity, str]) -> dict[str, Any]:
+    """nats-server `authorization` for the node's JetStream server."""
+    return {
+        "users": [
+            {"user": identity, "password": passwords[identity],
+             "permissions": permissions(identity, node_id)}
+            for identity in IDENTITIES
+        ]
+    }

@@ -317,13 +317,12 @@ class CaptureDriver:
         self.nc: Any = None
 
     async def connect(self) -> None:
-        import nats
 
         from callrec import bus
         from contracts import subjects
         from contracts.v1.rpc import ActiveRecordings, Empty
 
-        self.nc = await nats.connect(f"nats://{HOST}:{self.node.nats_port}", name="bench")
+        self.nc = await self.node.bus()
         node_id = self.node.node_id
 
         # Signaling is paused (SIGSTOP): we answer capture's reconcile query instead,

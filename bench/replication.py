@@ -29,7 +29,6 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 import httpx  # noqa: E402
-import nats  # noqa: E402
 
 from contracts import subjects  # noqa: E402
 from contracts.v1.events import (  # noqa: E402
@@ -42,7 +41,7 @@ from tests.support.node import Node  # noqa: E402
 
 
 async def read_events(node: Node) -> list[object]:
-    nc = await nats.connect(f"nats://127.0.0.1:{node.nats_port}")
+    nc = await node.bus()
     try:
         js = nc.jetstream()
         info = await js.stream_info(subjects.CLUSTER_STREAM)
@@ -71,7 +70,7 @@ async def add_history(node: Node, template: RecordingCompleted, count: int) -> N
     import uuid
 
     source = node.data_dir / "objects" / template.object_key
-    nc = await nats.connect(f"nats://127.0.0.1:{node.nats_port}")
+    nc = await node.bus()
     try:
         js = nc.jetstream()
         for index in range(count):

@@ -172,7 +172,9 @@ class Catalog:
 
     def _insert(self, event: RecordingCompleted, seq: int) -> Effect | None:
         """Catalog a completion; hidden at once when its purge is already in effect."""
-        purged = self._facts(event.recording_id).purged
+        purged = bool(self._db.execute(
+            "SELECT 1 FROM purge_facts WHERE recording_id = ? LIMIT 1", (event.recording_id,)
+        ).fetchone()) and self._facts(event.recording_id).purged
         cursor = self._db.execute(
             "INSERT INTO recordings (recording_id, event_id, node_id, started_us, ended_us, "
             "duration_ms, sequence, event_json, purged) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "

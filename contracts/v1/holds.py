@@ -14,9 +14,15 @@ function of the *set* of facts, never of their arrival order. The rule ("hold wi
    (its timestamp is the issuer's word, so a back-dated purge must not beat a hold).
 3. The recording is purged iff at least one of its purge facts takes effect.
 
-Consequence, accepted: a hold fact can *un-purge* a recording on a node that applied
-a purge before the hold reached it (a partition); that node's projections show the
-recording again and sync fetches the audio back from a node that kept it.
+Consequences, accepted:
+- A hold fact can *un-purge* a recording on a node that applied a purge before the
+  hold reached it (a partition); that node's projections show the recording again and
+  sync fetches the audio back from a node that kept it. If no node kept a copy (every
+  node applied the purge before the hold was placed, a race of milliseconds through
+  the web, or a forged hold), the row comes back without audio and sync keeps asking.
+- Times are the issuers' clocks: last-writer-wins needs the nodes' clocks roughly in
+  step (NTP). A purge dated in the future stays void while the hold lasts but takes
+  effect if a release dated before it arrives; only a purge issuer can publish one.
 Facts are kept as distinct (event_id, occurred_at, ...) versions, so two facts that
 share an id but differ (a deterministic id issued twice) are both kept on every node.
 """

@@ -4,22 +4,26 @@ SQLite is only a cache of the event stream: the checkpoint (last applied stream
 sequence) is written in the same transaction as each change, so a crash never
 applies an event twice or skips one, and deleting the file rebuilds it by replay.
 Indexed columns answer searches; the full event JSON answers "get" unchanged.
-A purge removes the row and leaves a tombstone: events from different nodes can
-arrive in any order, and a purge must win over a completion it overtook.
+Hold and purge facts are kept as facts, and whether a recording is purged is decided
+by the one rule of `contracts.v1.holds` over all of them, so every node ends in the
+same state whatever order they arrive in. A purged recording's row is hidden, not
+deleted: a hold fact that arrives late (a partition) can void the purge and bring it
+back, and a completion that arrives after its purge stays hidden.
 """
 
 from __future__ import annotations
 
 import sqlite3
 import threading
-from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from contracts.v1.events import RecordingCompleted, RecordingPurged
+from contracts.v1.events import LegalHoldChanged, RecordingCompleted, RecordingPurged
+from contracts.v1.holds import Facts, HoldFact, PurgeFact
+from contracts.v1.holds import micros as to_micros
 from contracts.v1.rpc import SearchRequest, SearchResult
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 """Bump when the tables change: an old file is then dropped and rebuilt by replay."""
 
 STREAM_KEY = "events"
@@ -34,19 +38,31 @@ CREATE TABLE IF NOT EXISTS recordings (
     ended_us     INTEGER NOT NULL,
     duration_ms  INTEGER NOT NULL,
     sequence     INTEGER NOT NULL,
-    event_json   TEXT NOT NULL
+    event_json   TEXT NOT NULL,
+    purged       INTEGER NOT NULL DEFAULT 0
 );
-CREATE INDEX IF NOT EXISTS recordings_started ON recordings (started_us DESC, recording_id);
+CREATE INDEX IF NOT EXISTS recordings_started ON recordings (started_us DESC, recording_id)
+    WHERE purged = 0;
 CREATE TABLE IF NOT EXISTS recording_numbers (
     number       TEXT NOT NULL,
     recording_id TEXT NOT NULL,
     PRIMARY KEY (number, recording_id)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS recording_numbers_recording ON recording_numbers (recording_id);
-CREATE TABLE IF NOT EXISTS purged (
-    recording_id TEXT PRIMARY KEY,
+CREATE TABLE IF NOT EXISTS hold_facts (
+    recording_id TEXT NOT NULL,
+    at_us        INTEGER NOT NULL,
     event_id     TEXT NOT NULL,
-    sequence     INTEGER NOT NULL
+    hold         INTEGER NOT NULL,
+    sequence     INTEGER NOT NULL,
+    PRIMARY KEY (recording_id, at_us, event_id, hold)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS purge_facts (
+    recording_id TEXT NOT NULL,
+    at_us        INTEGER NOT NULL,
+    event_id     TEXT NOT NULL,
+    sequence     INTEGER NOT NULL,
+    PRIMARY KEY (recording_id, at_us, event_id)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS checkpoints (
     stream        TEXT PRIMARY KEY,
@@ -54,15 +70,13 @@ CREATE TABLE IF NOT EXISTS checkpoints (
 );
 """
 
-_TABLES = ("recordings", "recording_numbers", "purged", "checkpoints")
+# Tables of every layout so far: an old file's are dropped before a rebuild.
+_TABLES = ("recordings", "recording_numbers", "purged", "hold_facts", "purge_facts",
+           "checkpoints")
 
-
-def to_micros(value: datetime) -> int:
-    """UTC microseconds since the epoch: sorts correctly whatever offset events carry."""
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=UTC)
-    delta = value - datetime(1970, 1, 1, tzinfo=UTC)
-    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+Effect = Literal["cataloged", "purged", "restored", "held", "released"]
+"""What an event did to the catalog: a recording appeared, was purged, came back
+because a hold voided its purge, or its hold state changed."""
 
 
 def _like_pattern(fragment: str) -> str:
@@ -89,7 +103,9 @@ class Catalog:
             self._db.executescript(_SCHEMA)
             self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         self._last_sequence = self._load_checkpoint()
-        self._count = int(self._db.execute("SELECT COUNT(*) FROM recordings").fetchone()[0])
+        self._count = int(
+            self._db.execute("SELECT COUNT(*) FROM recordings WHERE purged = 0").fetchone()[0]
+        )
 
     def _load_checkpoint(self) -> int:
         row = self._db.execute(
@@ -104,6 +120,7 @@ class Catalog:
 
     @property
     def count(self) -> int:
+        """Recordings shown (purged ones are hidden)."""
         return self._count
 
     def close(self) -> None:
@@ -119,9 +136,10 @@ class Catalog:
         """
         return bool(self.apply_batch([(event, seq)]))
 
-    def apply_batch(self, items: list[tuple[Any, int]]) -> list[Any]:
-        """Apply events in one transaction (catch-up speed); returns those that changed it."""
-        changed: list[Any] = []
+    def apply_batch(self, items: list[tuple[Any, int]]) -> list[tuple[Any, Effect]]:
+        """Apply events in one transaction (catch-up speed); returns those that changed
+        what the catalog shows, with what they did."""
+        changed: list[tuple[Any, Effect]] = []
         with self._lock:
             items = [(event, seq) for event, seq in items if seq > self._last_sequence]
             if not items:
@@ -130,14 +148,14 @@ class Catalog:
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 for event, seq in items:
-                    step = 0
+                    effect: Effect | None = None
                     if isinstance(event, RecordingCompleted):
-                        step = 1 if self._insert(event, seq) else 0
-                    elif isinstance(event, RecordingPurged):
-                        step = -self._purge(event, seq)
-                    if step:
-                        changed.append(event)
-                    delta += step
+                        effect = self._insert(event, seq)
+                    elif isinstance(event, RecordingPurged | LegalHoldChanged):
+                        effect = self._fact(event, seq)
+                    if effect is not None:
+                        changed.append((event, effect))
+                        delta += {"cataloged": 1, "restored": 1, "purged": -1}.get(effect, 0)
                 last = max(seq for _, seq in items)
                 self._db.execute(
                     "INSERT INTO checkpoints (stream, last_sequence) VALUES (?, ?) "
@@ -152,14 +170,14 @@ class Catalog:
             self._count += delta
             return changed
 
-    def _insert(self, event: RecordingCompleted, seq: int) -> bool:
-        if self._db.execute(
-            "SELECT 1 FROM purged WHERE recording_id = ?", (event.recording_id,)
-        ).fetchone():
-            return False  # purged already: the completion arrived after its purge
+    def _insert(self, event: RecordingCompleted, seq: int) -> Effect | None:
+        """Catalog a completion; hidden at once when its purge is already in effect."""
+        purged = bool(self._db.execute(
+            "SELECT 1 FROM purge_facts WHERE recording_id = ? LIMIT 1", (event.recording_id,)
+        ).fetchone()) and self._facts(event.recording_id).purged
         cursor = self._db.execute(
             "INSERT INTO recordings (recording_id, event_id, node_id, started_us, ended_us, "
-            "duration_ms, sequence, event_json) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
+            "duration_ms, sequence, event_json, purged) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
             "ON CONFLICT DO NOTHING",
             (
                 event.recording_id,
@@ -170,43 +188,75 @@ class Catalog:
                 event.duration_ms,
                 seq,
                 event.model_dump_json(),
+                int(purged),
             ),
         )
         if cursor.rowcount != 1:
-            return False  # same recording or same event already known
+            return None  # same recording or same event already known
         numbers = sorted(set(event.metadata.numbers()))
         self._db.executemany(
             "INSERT OR IGNORE INTO recording_numbers (number, recording_id) VALUES (?, ?)",
             [(number, event.recording_id) for number in numbers],
         )
-        return True
+        return None if purged else "cataloged"
 
-    def _purge(self, event: RecordingPurged, seq: int) -> int:
-        """Delete the row and its numbers, remember the id; returns the rows removed."""
-        self._db.execute(
-            "INSERT INTO purged (recording_id, event_id, sequence) VALUES (?, ?, ?) "
-            "ON CONFLICT DO NOTHING",
-            (event.recording_id, event.event_id, seq),
+    def _fact(self, event: RecordingPurged | LegalHoldChanged, seq: int) -> Effect | None:
+        """Keep a hold or purge fact, then re-decide the recording by the shared rule."""
+        rid = event.recording_id
+        before = self._facts(rid)
+        if isinstance(event, LegalHoldChanged):
+            hold = HoldFact.of(event)
+            self._db.execute(
+                "INSERT INTO hold_facts (recording_id, at_us, event_id, hold, sequence) "
+                "VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                (rid, hold.at, hold.event_id, int(hold.hold), seq),
+            )
+        else:
+            purge = PurgeFact.of(event)
+            self._db.execute(
+                "INSERT INTO purge_facts (recording_id, at_us, event_id, sequence) "
+                "VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                (rid, purge.at, purge.event_id, seq),
+            )
+        after = self._facts(rid)
+        if after.purged != before.purged:
+            cursor = self._db.execute(
+                "UPDATE recordings SET purged = ? WHERE recording_id = ?",
+                (int(after.purged), rid),
+            )
+            if cursor.rowcount:
+                return "purged" if after.purged else "restored"
+        if after.held != before.held:
+            return "held" if after.held else "released"
+        return None
+
+    def _facts(self, recording_id: str) -> Facts:
+        holds = self._db.execute(
+            "SELECT at_us, event_id, hold FROM hold_facts WHERE recording_id = ?",
+            (recording_id,),
+        ).fetchall()
+        purges = self._db.execute(
+            "SELECT at_us, event_id FROM purge_facts WHERE recording_id = ?", (recording_id,)
+        ).fetchall()
+        return Facts(
+            holds={HoldFact(int(at), str(eid), bool(hold)) for at, eid, hold in holds},
+            purges={PurgeFact(int(at), str(eid)) for at, eid in purges},
         )
-        self._db.execute(
-            "DELETE FROM recording_numbers WHERE recording_id = ?", (event.recording_id,)
-        )
-        cursor = self._db.execute(
-            "DELETE FROM recordings WHERE recording_id = ?", (event.recording_id,)
-        )
-        return int(cursor.rowcount)
 
     def is_purged(self, recording_id: str) -> bool:
         with self._lock:
-            row = self._db.execute(
-                "SELECT 1 FROM purged WHERE recording_id = ?", (recording_id,)
-            ).fetchone()
-        return row is not None
+            return self._facts(recording_id).purged
+
+    def is_held(self, recording_id: str) -> bool:
+        """Under legal hold now, by the shared last-writer-wins rule."""
+        with self._lock:
+            return self._facts(recording_id).held
 
     def get(self, recording_id: str) -> RecordingCompleted | None:
         with self._lock:
             row = self._db.execute(
-                "SELECT event_json FROM recordings WHERE recording_id = ?", (recording_id,)
+                "SELECT event_json FROM recordings WHERE recording_id = ? AND purged = 0",
+                (recording_id,),
             ).fetchone()
         return RecordingCompleted.model_validate_json(row[0]) if row else None
 
@@ -218,7 +268,7 @@ class Catalog:
         `request.number` matches any participant number containing it (so exact too);
         `visible_numbers` must match a participant number exactly.
         """
-        where: list[str] = []
+        where: list[str] = ["r.purged = 0"]
         params: list[Any] = []
         if request.start_from is not None:
             where.append("r.started_us >= ?")
@@ -242,7 +292,7 @@ class Catalog:
                 f"WHERE number IN ({marks}))"
             )
             params.extend(wanted)
-        clause = f"WHERE {' AND '.join(where)}" if where else ""
+        clause = f"WHERE {' AND '.join(where)}"
         with self._lock:
             total = int(
                 self._db.execute(

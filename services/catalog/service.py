@@ -1,4 +1,4 @@
-"""Catalog adapters: follow recording events (completions, purges) into the projection,
+"""Catalog adapters: follow recording events (completions, holds, purges) into the projection,
 answer search/get RPCs.
 
 SQLite work runs in a worker thread so a slow search never stalls event following
@@ -49,9 +49,14 @@ async def main(ctx: ServiceContext) -> None:
         changed = await asyncio.to_thread(catalog.apply_batch, batch)
         for event, _ in batch:
             applied.inc(type=str(getattr(event, "type", "unknown")))
-        for event in changed:
-            what = "recording_purged" if event.type == "recording.purged" else "recording_cataloged"
-            log.info(what, recording_id=event.recording_id)
+        for event, effect in changed:
+            if effect == "restored":
+                # A hold voided a purge this node had applied (it arrived late): say so.
+                log.warning("recording_restored", recording_id=event.recording_id,
+                            event_id=event.event_id, reason="purge voided by legal hold")
+            else:
+                log.info(f"recording_{effect}", recording_id=event.recording_id,
+                         event_id=event.event_id)
 
     async def on_search(request: SearchRequest) -> BaseModel | None:
         searches.inc()

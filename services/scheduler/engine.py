@@ -305,8 +305,9 @@ class JobEngine:
             if rec.recording_id in self.book.held or rec.recording_id in self.book.purged:
                 handle.skipped += 1  # put on hold (or deleted) since the run began
                 continue
+            version = self.book.ledger.hold_version(rec.recording_id)
             await self.publish(RecordingPurged(
-                event_id=purged_event_id(rec.recording_id), node_id=self.me,
+                event_id=purged_event_id(rec.recording_id, version), node_id=self.me,
                 recording_id=rec.recording_id, object_key=rec.object_key,
                 reason=f"retention (job {job.name})", requested_by=f"job:{job.job_id}"))
             handle.processed += 1

@@ -10,6 +10,7 @@ and tolerant of an end arriving before its start.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -28,6 +29,7 @@ from contracts.v1.events import (
     UserRemoved,
     UserUpserted,
 )
+from contracts.v1.holds import HoldLedger
 from contracts.v1.rpc import JobRunView, JobView
 
 from .retention import UserInfo
@@ -41,8 +43,13 @@ def stable_id(text: str) -> str:
     return uuid.uuid5(NAMESPACE, text).hex
 
 
-def purged_event_id(recording_id: str) -> str:
-    return stable_id(f"recording.purged:{recording_id}")
+def purged_event_id(recording_id: str, hold_version: str = "") -> str:
+    """Two role holders purging the same recording issue one fact; `hold_version` (the
+    hold fact in force, see `HoldLedger.hold_version`) makes a purge issued after a
+    release a new fact, not a duplicate of one that a hold voided."""
+    if not hold_version:
+        return stable_id(f"recording.purged:{recording_id}")
+    return stable_id(f"recording.purged:{recording_id}:{hold_version}")
 
 
 def exported_event_id(job_id: str, recording_id: str) -> str:
@@ -85,9 +92,8 @@ class JobBook:
         self.removed: set[str] = set()
         self.runs: dict[str, Run] = {}
         self.requests: dict[str, JobRunRequested] = {}  # by the run id they lead to
-        self.recordings: dict[str, RecordingCompleted] = {}
-        self.purged: set[str] = set()
-        self.held: set[str] = set()
+        self.recordings: dict[str, RecordingCompleted] = {}  # purged ones too (see holds)
+        self.ledger = HoldLedger()
         self.users: dict[str, UserInfo] = {}
         self.exported: dict[str, dict[str, str]] = {}  # job -> recording -> path
         self._order = 0
@@ -95,20 +101,19 @@ class JobBook:
     def apply(self, event: object) -> bool:
         """Returns False for an event already applied (same id)."""
         event_id = getattr(event, "event_id", None)
-        if not isinstance(event_id, str) or event_id in self.seen:
+        if not isinstance(event_id, str):
+            return False
+        if isinstance(event, RecordingPurged | LegalHoldChanged):
+            # Kept as (id, time) versions by the ledger, so a reused id cannot make two
+            # nodes disagree on which version they saw first.
+            self.seen.add(event_id)
+            return self.ledger.add(event)
+        if event_id in self.seen:
             return False
         self.seen.add(event_id)
         match event:
-            case RecordingCompleted() if event.recording_id not in self.purged:
+            case RecordingCompleted():
                 self.recordings[event.recording_id] = event
-            case RecordingPurged():
-                self.purged.add(event.recording_id)
-                self.recordings.pop(event.recording_id, None)
-            case LegalHoldChanged():
-                if event.hold:
-                    self.held.add(event.recording_id)
-                else:
-                    self.held.discard(event.recording_id)
             case UserUpserted():
                 self.users[event.username] = UserInfo(frozenset(event.extensions),
                                                       frozenset(event.groups))
@@ -182,8 +187,19 @@ class JobBook:
                 return not run.ended or run.failed
         return False
 
+    @property
+    def held(self) -> AbstractSet[str]:
+        """Recordings under legal hold now (last writer wins, `contracts.v1.holds`)."""
+        return self.ledger.held_ids
+
+    @property
+    def purged(self) -> AbstractSet[str]:
+        """Recordings whose purge is in effect (hold wins, `contracts.v1.holds`)."""
+        return self.ledger.purged_ids
+
     def live_recordings(self) -> list[RecordingCompleted]:
-        return [rec for rid, rec in self.recordings.items() if rid not in self.purged]
+        purged = self.ledger.purged_ids
+        return [rec for rid, rec in self.recordings.items() if rid not in purged]
 
     # ---- what to show ---------------------------------------------------------------
 

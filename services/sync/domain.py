@@ -1,9 +1,12 @@
 """Sync's pure domain: who holds which object, what to fetch next, how far we are done.
 
-No I/O here, so the rules (idempotency by state, purge wins, never fetch twice, the
-checkpoint never skips unfinished work) are unit-tested without NATS or disks.
-Events may arrive twice and, across origins, in any order: every rule below is a
-set operation that gives the same state whatever the order or repetition.
+No I/O here, so the rules (idempotency by state, purge wins over a completion, never
+fetch twice, the checkpoint never skips unfinished work) are unit-tested without NATS
+or disks. Events may arrive twice and, across origins, in any order: every rule below
+is a set operation that gives the same state whatever the order or repetition.
+Whether a recording is purged is decided by `contracts.v1.holds` (hold wins) over all
+its hold and purge facts; a late hold fact can void a purge already applied here, and
+then the copy is fetched back from a node that kept it.
 """
 
 from __future__ import annotations
@@ -11,8 +14,15 @@ from __future__ import annotations
 import heapq
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Literal
 
-from contracts.v1.events import RecordingCompleted, RecordingPurged, RecordingReplicated
+from contracts.v1.events import (
+    LegalHoldChanged,
+    RecordingCompleted,
+    RecordingPurged,
+    RecordingReplicated,
+)
+from contracts.v1.holds import HoldLedger
 
 MAX_BACKOFF_S = 5.0
 FIRST_BACKOFF_S = 0.25
@@ -34,10 +44,12 @@ class Replica:
 
 @dataclass(frozen=True)
 class Fetch:
-    """A fetch to schedule: the recording and the sequence that asked for it."""
+    """A fetch to schedule: the recording and the sequence that asked for it
+    ("restored": a hold voided a purge applied here, the copy must come back)."""
 
     recording_id: str
     sequence: int
+    reason: Literal["new", "restored"] = "new"
 
 
 @dataclass(frozen=True)
@@ -99,6 +111,7 @@ class ReplicaMap:
         # Recordings we must fetch, with the sequence whose completion they block.
         self.wanted: dict[str, int] = {}
         self.mark = LowWaterMark()
+        self.ledger = HoldLedger()
 
     def _get(self, recording_id: str) -> Replica:
         replica = self.replicas.get(recording_id)
@@ -118,12 +131,15 @@ class ReplicaMap:
         if isinstance(event, RecordingCompleted):
             return self._completed(event, sequence, handled)
         if isinstance(event, RecordingReplicated):
-            self._get(event.recording_id).holders.add(event.node_id)
+            replica = self._get(event.recording_id)
+            if event.node_id != self.me or not replica.purged:
+                # (our own announcement may trail our purge: we no longer hold that copy)
+                replica.holders.add(event.node_id)
             if event.node_id == self.me:
                 self._done(event.recording_id)
             return []
-        if isinstance(event, RecordingPurged):
-            return self._purged(event, sequence, handled)
+        if isinstance(event, RecordingPurged | LegalHoldChanged):
+            return self._fact(event, sequence, handled)
         return []
 
     def _completed(self, event: RecordingCompleted, sequence: int,
@@ -146,18 +162,43 @@ class ReplicaMap:
         self.mark.open(sequence)
         return [Fetch(event.recording_id, sequence)]
 
-    def _purged(self, event: RecordingPurged, sequence: int, handled: bool) -> list[Action]:
+    def _fact(self, event: RecordingPurged | LegalHoldChanged, sequence: int,
+              handled: bool) -> list[Action]:
+        """A hold or purge fact: act only when the shared rule's verdict flips."""
         replica = self._get(event.recording_id)
-        if not replica.object_key:
+        if isinstance(event, RecordingPurged) and not replica.object_key:
             replica.object_key = event.object_key
-        already = replica.purged
-        replica.purged = True
-        self._done(event.recording_id)
-        replica.holders.clear()
-        if already or handled:
+        self.ledger.add(event)
+        purged = self.ledger.purged(event.recording_id)
+        if purged == replica.purged:
+            return []
+        replica.purged = purged
+        if purged:
+            return self._purged(replica, sequence, handled)
+        return self._restored(replica, sequence, handled)
+
+    def _purged(self, replica: Replica, sequence: int, handled: bool) -> list[Action]:
+        self._done(replica.recording_id)
+        # Other holders stay known: if a late hold voids this purge, the nodes that had
+        # not applied it yet still hold their copy and are asked for it.
+        replica.holders.discard(self.me)
+        if handled:
             return []
         self.mark.open(sequence)
-        return [Purge(event.recording_id, replica.object_key or event.object_key, sequence)]
+        return [Purge(replica.recording_id, replica.object_key, sequence)]
+
+    def _restored(self, replica: Replica, sequence: int, handled: bool) -> list[Action]:
+        if not replica.completed:
+            return []  # the completion will ask for the object when it arrives
+        if handled:
+            replica.holders.add(self.me)  # fetched back before the checkpoint passed
+            return []
+        replica.holders.discard(self.me)
+        if replica.recording_id in self.wanted:
+            return []
+        self.wanted[replica.recording_id] = sequence
+        self.mark.open(sequence)
+        return [Fetch(replica.recording_id, sequence, "restored")]
 
     def purge_done(self, sequence: int) -> None:
         self.mark.close(sequence)

@@ -4,7 +4,9 @@ Heartbeats (core NATS, once a second) tell peers and the scheduler that this nod
 alive; a heartbeat from an unknown node makes our CLUSTER stream source its events,
 so a node added months later is found and caught up with no configuration. From the
 cluster's recording facts we keep a holder map and pull every object we lack from a
-holder, chunk by chunk, then announce `recording.replicated`; a purge deletes our copy.
+holder, chunk by chunk, then announce `recording.replicated`; a purge in effect (the
+hold-wins rule of `contracts.v1.holds`) deletes our copy, and a hold that voids it
+later brings the copy back from a node that kept it.
 """
 
 from __future__ import annotations
@@ -87,6 +89,8 @@ class Sync:
         self.m_bytes = m.counter("sync_bytes_replicated_total", "bytes fetched from peers")
         self.m_failures = m.counter("sync_fetch_failures_total",
                                     "fetch attempts that failed (no answer, bad content)")
+        self.m_restores = m.counter("sync_restores_total",
+                                    "copies fetched back because a legal hold voided a purge")
         self.m_heartbeats = m.counter("sync_heartbeats_sent_total", "heartbeats published")
         m.gauge("sync_pending_objects", "objects still to fetch",
                 lambda: float(len(self.replicas.wanted)))
@@ -221,6 +225,10 @@ class Sync:
         handled = sequence <= self.loaded_checkpoint
         for action in self.replicas.apply(event, sequence, handled=handled):
             if isinstance(action, Fetch):
+                if action.reason == "restored":
+                    self.m_restores.inc()
+                    log.warning("recording_restore_fetch", recording_id=action.recording_id,
+                                reason="purge voided by legal hold")
                 self._want(action.recording_id)
             elif isinstance(action, Purge):
                 await self._purge(action)

@@ -224,3 +224,24 @@ def test_book_end_before_start_and_exports() -> None:
     assert book.job_view("e", None, datetime.now(UTC)).next_run is None
     book.apply(JobRemoved(node_id="n1", job_id="e"))
     assert "e" not in book.jobs
+
+
+def test_book_hold_wins_over_purge_in_any_order() -> None:
+    when = datetime(2024, 5, 1, 13, 0, tzinfo=UTC)
+    put = LegalHoldChanged(node_id="n1", recording_id="a", hold=True, occurred_at=when)
+    forged = RecordingPurged(node_id="x", recording_id="a", object_key="k", reason="forged",
+                             occurred_at=when + timedelta(minutes=1))
+    for order in ([rec("a"), put, forged], [forged, rec("a"), put], [put, forged, rec("a")]):
+        book = JobBook()
+        for event in order:
+            book.apply(event)
+        assert book.held == {"a"} and book.purged == set()
+        assert [r.recording_id for r in book.live_recordings()] == ["a"]
+    # The same purge id issued twice with different times (two role holders) is kept as
+    # two versions: no node's view depends on which one it saw first.
+    book = JobBook()
+    book.apply(rec("a"))
+    book.apply(put)
+    late = forged.model_copy(update={"occurred_at": when - timedelta(minutes=1)})
+    assert book.apply(forged) and book.apply(late) and not book.apply(late)
+    assert book.purged == set()

@@ -256,3 +256,47 @@ async def test_schedules_follow_configuration(tmp_path: Path) -> None:
         assert h.engine.status().jobs[0].next_run is None
     finally:
         await h.engine.shutdown()
+
+
+async def test_purge_skips_recording_held_during_run_and_a_void_purge_is_not_reissued(
+    tmp_path: Path,
+) -> None:
+    h = Harness(tmp_path)
+    for rid, minutes in (("old1", 0), ("old2", 1), ("old3", 2)):
+        h.add_recording(rid, minutes)
+    wall = datetime.now(UTC)
+    put_on_hold = LegalHoldChanged(node_id="n2", recording_id="old2", hold=True,
+                                   occurred_at=wall - timedelta(minutes=3))
+    publish = h.publish
+
+    async def hold_after_first_purge(event: EventBase) -> None:
+        await publish(event)
+        if isinstance(event, RecordingPurged) and event.recording_id == "old1":
+            h.engine.apply(put_on_hold)  # the hold reaches the role holder mid-run
+
+    h.engine.publish = hold_after_first_purge
+    h.configure(purge_job(retention_s=120))
+    h.hold_role()
+    h.engine.start_run("pur", "request")
+    await h.idle()
+    assert [e.recording_id for e in h.of(RecordingPurged)] == ["old1", "old3"]  # type: ignore[attr-defined]
+    finished = h.of(JobRunFinished)[-1]
+    assert (finished.processed, finished.skipped) == (2, 1)  # type: ignore[attr-defined]
+    # A forged purge of the held recording: the book keeps it, the next run skips it.
+    forged = RecordingPurged(node_id="x", recording_id="old2", object_key="k", reason="forged",
+                             occurred_at=wall - timedelta(minutes=2))
+    h.engine.apply(forged)
+    assert [r.recording_id for r in h.engine.book.live_recordings()] == ["old2"]
+    h.engine.start_run("pur", "request")
+    await h.idle()
+    assert len(h.of(RecordingPurged)) == 2
+    # Released: the next run purges it with a new fact, not the id of a voided one.
+    release = LegalHoldChanged(node_id="n2", recording_id="old2", hold=False,
+                               occurred_at=wall - timedelta(minutes=1))
+    h.engine.apply(release)
+    h.engine.start_run("pur", "request")
+    await h.idle()
+    last = h.of(RecordingPurged)[-1]
+    assert last.recording_id == "old2"  # type: ignore[attr-defined]
+    assert last.event_id == purged_event_id("old2", release.event_id) != purged_event_id("old2")
+    assert h.engine.book.live_recordings() == []

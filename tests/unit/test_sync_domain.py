@@ -3,9 +3,10 @@ and the checkpoint's low-water mark (no network)."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from contracts.v1.events import (
+    LegalHoldChanged,
     RecordingCompleted,
     RecordingMetadata,
     RecordingPurged,
@@ -195,3 +196,47 @@ def test_stalled_sources_are_kicked_only_when_peer_alive_and_not_too_often() -> 
     assert stalled_sources(["a", "c", "d", "z"], contact, 100.0, {}) == ["a", "d"]
     assert stalled_sources(["a"], contact, 100.0, {"a": 90.0}) == []
     assert stalled_sources(["a"], contact, 100.0, {"a": 60.0}) == ["a"]
+
+
+def hold(rid: str, on: bool, minute: int) -> LegalHoldChanged:
+    return LegalHoldChanged(node_id="a", recording_id=rid, hold=on,
+                            occurred_at=T0 + timedelta(minutes=minute))
+
+
+def purged_at(rid: str, minute: int) -> RecordingPurged:
+    return RecordingPurged(node_id="c", recording_id=rid, object_key=f"recordings/{rid}.opus",
+                           reason="forged", occurred_at=T0 + timedelta(minutes=minute))
+
+
+def test_purge_of_held_recording_deletes_nothing() -> None:
+    m = ReplicaMap("a")
+    m.apply(completed("r1", "a"), 1)
+    assert m.apply(hold("r1", True, 1), 2) == []
+    assert m.apply(purged_at("r1", 2), 3) == []  # void: the copy stays
+    assert m.apply(purged_at("r1", -5), 4) == []  # back-dated: suspended by the hold
+    assert m.recordings_held() == 1 and m.checkpoint == 4
+    assert m.apply(hold("r1", False, 3), 5) == [Purge("r1", "recordings/r1.opus", 5)]
+    # (the back-dated purge was issued while not held: the release lets it apply)
+
+
+def test_late_hold_voids_applied_purge_and_fetches_copy_back() -> None:
+    m = ReplicaMap("b")
+    assert m.apply(completed("r1", "a"), 1) == [Fetch("r1", 1)]
+    m.held_locally("r1")
+    m.apply(replicated("r1", "b"), 2)
+    assert m.apply(purged_at("r1", 5), 3) == [Purge("r1", "recordings/r1.opus", 3)]
+    m.purge_done(3)
+    m.apply(replicated("r1", "b"), 4)  # our announcement trailing the purge: not a copy
+    assert m.apply(hold("r1", True, 1), 5) == [Fetch("r1", 5, "restored")]
+    assert m.needs_fetch("r1") and m.sources("r1") == ["a"]
+    assert m.checkpoint == 4
+    m.held_locally("r1")
+    assert m.checkpoint == 5 and m.recordings_held() == 1
+
+
+def test_replay_of_a_voided_purge_rebuilds_state_without_work() -> None:
+    m = ReplicaMap("b")
+    assert m.apply(completed("r1", "a"), 1, handled=True) == []
+    assert m.apply(purged_at("r1", 5), 2, handled=True) == []
+    assert m.apply(hold("r1", True, 1), 3, handled=True) == []
+    assert m.recordings_held() == 1 and not m.needs_fetch("r1")

@@ -3,6 +3,8 @@
 Handlers only translate HTTP to backend calls and back; NATS lives in `service.py`,
 so the app can be exercised with a fake backend. Every hostile input maps to a 4xx
 here (validation, unknown ids, ranges), and backend outages to a 503, never a 500.
+Cross-site refusals, authentication (before any body is read), throttling and the
+security headers live in `security.py` as app-level guards and a before_send hook.
 """
 
 from __future__ import annotations

@@ -3,13 +3,14 @@
 Handlers only translate HTTP to backend calls and back; NATS lives in `service.py`,
 so the app can be exercised with a fake backend. Every hostile input maps to a 4xx
 here (validation, unknown ids, ranges), and backend outages to a 503, never a 500.
+Cross-site refusals, authentication (before any body is read), throttling and the
+security headers live in `security.py` as app-level guards and a before_send hook.
 """
 
 from __future__ import annotations
 
 import asyncio
 import html
-import secrets
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -22,13 +23,13 @@ from litestar import Litestar, Request, Response, delete, get, post, put
 from litestar.datastructures import State
 from litestar.exceptions import (
     HTTPException,
-    NotAuthorizedException,
     NotFoundException,
     PermissionDeniedException,
     ValidationException,
 )
 from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 from litestar.response import Stream
+from litestar.static_files import create_static_files_router
 from pydantic import BaseModel, ValidationError
 
 from callrec.jobspec import (
@@ -42,8 +43,9 @@ from callrec.jobspec import (
     reflects,
     valid_job_id,
 )
+from callrec.metrics import Counter, Registry
 from callrec.store import ObjectStore, StoreKeyError, file_chunks
-from callrec.users import UsersProjection, hash_password
+from callrec.users import UsersProjection
 from contracts.v1.events import (
     EventBase,
     JobConfigured,
@@ -65,13 +67,22 @@ from contracts.v1.rpc import (
     SyncStatus,
 )
 
-from .auth import REALM, Authenticator, Principal
+from .auth import Authenticator, Principal
 from .cluster import cluster_page, cluster_view
 from .jobs_page import jobs_page
 from .media import AudioMissing, WavCache, download_name
 from .prom import CONTENT_TYPE as PROM_CONTENT_TYPE
 from .prom import merge_texts
 from .ranges import RangeNotSatisfiable, content_range, parse_range
+from .security import (
+    ADMIN_ONLY,
+    MAX_BODY_BYTES,
+    PUBLIC,
+    add_security_headers,
+    authenticate,
+    login_guard,
+    same_origin_guard,
+)
 from .validation import UserInput, valid_recording_id, valid_username
 
 # A lazy proxy: binding now would freeze the pre-`setup_logging` (non-JSON) config.
@@ -135,18 +146,14 @@ class WebState:
     store: ObjectStore
     wav: WavCache
     auth: Authenticator
+    csrf_refused: Counter
     # How long a change waits for the local scheduler to show it (so a GET right
     # after a POST sees it); the change is stored either way.
     job_apply_wait_s: float = JOB_APPLY_WAIT_S
 
     async def require(self, request: Request[Any, Any, Any]) -> Principal:
-        principal = await self.auth.authenticate(request.headers.get("authorization"))
-        if principal is None:
-            raise NotAuthorizedException(
-                detail="authentication required",
-                headers={"WWW-Authenticate": f'Basic realm="{REALM}", charset="UTF-8"'},
-            )
-        return principal
+        """The caller, as the login guard authenticated them before the body was read."""
+        return await authenticate(request)
 
     async def require_admin(self, request: Request[Any, Any, Any]) -> Principal:
         principal = await self.require(request)
@@ -267,7 +274,7 @@ async def recording_audio(
     headers = {
         "Accept-Ranges": "bytes",
         "ETag": etag,
-        "Cache-Control": "private, max-age=3600",
+        "Cache-Control": "no-store",  # call audio never sits in a browser or proxy cache
     }
     if download:
         headers["Content-Disposition"] = (
@@ -308,14 +315,22 @@ async def recording_audio(
     return Stream(body, status_code=status, media_type=media_type, headers=headers)
 
 
-@delete("/api/recordings/{recording_id:str}", status_code=202)
+@delete("/api/recordings/{recording_id:str}", status_code=202, opt=ADMIN_ONLY)
 async def purge_recording(
     request: Request[Any, Any, Any], recording_id: FromPath[str]
 ) -> Response[Any]:
-    """Delete everywhere: a `recording.purged` fact that every node applies to its copy."""
+    """Delete everywhere: a `recording.purged` fact that every node applies to its copy.
+    A recording under legal hold is refused (409) until the hold is released."""
     web = _state(request)
     principal = await web.require_admin(request)
     record = await web.visible_record(principal, recording_id)
+    if record.recording_id in web.backend.held:
+        log.warning("held_recording_purge_refused", recording_id=record.recording_id,
+                    by=principal.username)
+        raise HTTPException(
+            status_code=409,
+            detail="recording is under legal hold: release the hold before deleting it",
+        )
     event = RecordingPurged(
         node_id=web.backend.node_id,
         recording_id=record.recording_id,
@@ -363,7 +378,7 @@ def _other_admins(web: WebState, username: str) -> bool:
     )
 
 
-@get("/api/users")
+@get("/api/users", opt=ADMIN_ONLY)
 async def list_users(request: Request[Any, Any, Any]) -> dict[str, Any]:
     web = _state(request)
     await web.require_admin(request)
@@ -371,7 +386,7 @@ async def list_users(request: Request[Any, Any, Any]) -> dict[str, Any]:
     return {"items": [_user_json(web, name) for name in names]}
 
 
-@post("/api/users")
+@post("/api/users", opt=ADMIN_ONLY)
 async def upsert_user(request: Request[Any, Any, Any], data: JSONBody[UserInput]) -> Response[Any]:
     web = _state(request)
     principal = await web.require_admin(request)
@@ -385,7 +400,7 @@ async def upsert_user(request: Request[Any, Any, Any], data: JSONBody[UserInput]
     if demoting and not _other_admins(web, data.username):
         raise HTTPException(status_code=409, detail="cannot demote the last administrator")
     if data.password is not None:
-        password_hash: str | None = await asyncio.to_thread(hash_password, data.password)
+        password_hash: str | None = await web.auth.hash_password(data.password)
     else:
         password_hash = existing.password_hash if existing else None
     event = UserUpserted(
@@ -408,7 +423,7 @@ async def upsert_user(request: Request[Any, Any, Any], data: JSONBody[UserInput]
     return Response(content=body, status_code=200 if existing else 201)
 
 
-@delete("/api/users/{username:str}", status_code=204)
+@delete("/api/users/{username:str}", status_code=204, opt=ADMIN_ONLY)
 async def remove_user(request: Request[Any, Any, Any], username: FromPath[str]) -> None:
     web = _state(request)
     principal = await web.require_admin(request)
@@ -457,14 +472,14 @@ async def _set_hold(
     )
 
 
-@put("/api/recordings/{recording_id:str}/hold")
+@put("/api/recordings/{recording_id:str}/hold", opt=ADMIN_ONLY)
 async def hold_recording(
     request: Request[Any, Any, Any], recording_id: FromPath[str]
 ) -> Response[Any]:
     return await _set_hold(request, recording_id, True)
 
 
-@delete("/api/recordings/{recording_id:str}/hold", status_code=200)
+@delete("/api/recordings/{recording_id:str}/hold", status_code=200, opt=ADMIN_ONLY)
 async def release_recording(
     request: Request[Any, Any, Any], recording_id: FromPath[str]
 ) -> Response[Any]:
@@ -546,7 +561,7 @@ async def list_jobs(request: Request[Any, Any, Any]) -> Response[Any]:
     return Response(content=status.model_dump(mode="json"), headers={"Cache-Control": "no-store"})
 
 
-@post("/api/jobs")
+@post("/api/jobs", opt=ADMIN_ONLY)
 async def create_job(request: Request[Any, Any, Any]) -> Response[Any]:
     web = _state(request)
     principal = await web.require_admin(request)
@@ -560,7 +575,7 @@ async def create_job(request: Request[Any, Any, Any]) -> Response[Any]:
     )
 
 
-@put("/api/jobs/{job_id:str}")
+@put("/api/jobs/{job_id:str}", opt=ADMIN_ONLY)
 async def edit_job(request: Request[Any, Any, Any], job_id: FromPath[str]) -> Response[Any]:
     web = _state(request)
     principal = await web.require_admin(request)
@@ -598,17 +613,17 @@ async def _set_paused(request: Request[Any, Any, Any], job_id: str, paused: bool
     )
 
 
-@post("/api/jobs/{job_id:str}/pause", status_code=200)
+@post("/api/jobs/{job_id:str}/pause", status_code=200, opt=ADMIN_ONLY)
 async def pause_job(request: Request[Any, Any, Any], job_id: FromPath[str]) -> Response[Any]:
     return await _set_paused(request, job_id, True)
 
 
-@post("/api/jobs/{job_id:str}/resume", status_code=200)
+@post("/api/jobs/{job_id:str}/resume", status_code=200, opt=ADMIN_ONLY)
 async def resume_job(request: Request[Any, Any, Any], job_id: FromPath[str]) -> Response[Any]:
     return await _set_paused(request, job_id, False)
 
 
-@post("/api/jobs/{job_id:str}/run", status_code=202)
+@post("/api/jobs/{job_id:str}/run", status_code=202, opt=ADMIN_ONLY)
 async def run_job(request: Request[Any, Any, Any], job_id: FromPath[str]) -> Response[Any]:
     """Ask for a run now; whichever node holds the maintenance role starts it. Answers
     with the new run's id when the local scheduler shows it in time."""
@@ -652,7 +667,7 @@ async def run_job(request: Request[Any, Any, Any], job_id: FromPath[str]) -> Res
     )
 
 
-@delete("/api/jobs/{job_id:str}", status_code=200)
+@delete("/api/jobs/{job_id:str}", status_code=200, opt=ADMIN_ONLY)
 async def remove_job(request: Request[Any, Any, Any], job_id: FromPath[str]) -> Response[Any]:
     web = _state(request)
     principal = await web.require_admin(request)
@@ -666,30 +681,21 @@ async def remove_job(request: Request[Any, Any, Any], job_id: FromPath[str]) -> 
 
 @get("/jobs")
 async def jobs_html(request: Request[Any, Any, Any]) -> Response[Any]:
-    """The jobs dashboard: static HTML whose script polls `/api/jobs` (same Basic auth)."""
+    """The jobs dashboard: static HTML whose script (/static/jobs.js) polls `/api/jobs`
+    (same Basic auth); the security headers come from `security.add_security_headers`."""
     web = _state(request)
     principal = await web.require(request)
-    nonce = secrets.token_urlsafe(16)
-    csp = (
-        f"default-src 'none'; script-src 'nonce-{nonce}'; style-src 'unsafe-inline'; "
-        "connect-src 'self'; img-src 'self' data:; form-action 'self'; base-uri 'none'; "
-        "frame-ancestors 'none'"
-    )
     return Response(
-        content=jobs_page(principal.username, principal.admin, nonce),
+        content=jobs_page(principal.username, principal.admin),
         media_type="text/html",
-        headers={
-            "Cache-Control": "no-store",
-            "Content-Security-Policy": csp,
-            "X-Content-Type-Options": "nosniff",
-        },
+        headers={"Cache-Control": "no-store"},
     )
 
 
 # --------------------------------------------------------------------------- operations
 
 
-@get("/healthz")
+@get("/healthz", opt={PUBLIC: True})
 async def healthz(request: Request[Any, Any, Any]) -> Response[Any]:
     checks = await _state(request).backend.health()
     healthy = all(value == "ok" for value in checks.values())
@@ -724,7 +730,7 @@ async def cluster_html(request: Request[Any, Any, Any]) -> Response[Any]:
     )
 
 
-@get("/metrics")
+@get("/metrics", opt={PUBLIC: True})
 async def metrics(request: Request[Any, Any, Any]) -> Response[Any]:
     texts = await _state(request).backend.metrics_texts()
     return Response(
@@ -778,13 +784,27 @@ def _internal_error(request: Request[Any, Any, Any], exc: Exception) -> Response
     )
 
 
-def create_app(backend: Backend, store: ObjectStore, data_dir: Path) -> Litestar:
-    """The app for one node; `data_dir` holds the WAV cache."""
+STATIC_DIR = Path(__file__).parent / "static"
+
+
+def create_app(
+    backend: Backend, store: ObjectStore, data_dir: Path, registry: Registry | None = None
+) -> Litestar:
+    """The app for one node; `data_dir` holds the WAV cache, `registry` gets the security
+    counters (the service's; a private one in tests)."""
+    registry = registry if registry is not None else Registry("web", backend.node_id)
     state = WebState(
         backend=backend,
         store=store,
         wav=WavCache(store, data_dir / "cache" / "wav"),
-        auth=Authenticator(backend.users),
+        auth=Authenticator(backend.users, metrics=registry),
+        csrf_refused=registry.counter(
+            "web_csrf_refused_total",
+            "State-changing requests refused: cross-site, cross-origin or not JSON"),
+    )
+    static = create_static_files_router(
+        path="/static", directories=[STATIC_DIR], opt={PUBLIC: True},
+        include_in_schema=False, name="static",
     )
     return Litestar(
         route_handlers=[
@@ -810,7 +830,13 @@ def create_app(backend: Backend, store: ObjectStore, data_dir: Path) -> Litestar
             cluster,
             cluster_html,
             index,
+            static,
         ],
+        # Order matters: a cross-site request is refused before its credentials are
+        # checked, and both happen before any handler reads (or validates) a body.
+        guards=[same_origin_guard, login_guard],
+        before_send=[add_security_headers],
+        request_max_body_size=MAX_BODY_BYTES,
         state=State({"web": state}),
         exception_handlers={BackendUnavailable: _unavailable, 500: _internal_error},
         openapi_config=None,

@@ -4,6 +4,10 @@ scrypt costs ~50 ms and 16 MiB per check on purpose; an audio player issues many
 Range requests per recording, so a verified (username, password) pair is remembered
 for a minute. The cache is keyed by a hash (no plaintext kept) and re-checked against
 the user's current password hash, so a password change or removal takes effect at once.
+
+Password checks are throttled per source address (`throttle.py`) before any hash is
+computed, and at most a few run at once, in threads, so a flood of bad logins neither
+blocks the event loop nor queues in front of a real user from another address.
 """
 
 from __future__ import annotations
@@ -16,12 +20,20 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from callrec.users import User, UsersProjection
+import structlog
+
+from callrec.metrics import Registry
+from callrec.users import User, UsersProjection, hash_password
+
+from .throttle import LoginThrottle, address_key
+
+log = structlog.get_logger(component="web")
 
 REALM = "callrec"
 CACHE_TTL_S = 60.0
 CACHE_MAX = 4096
 MAX_CREDENTIAL_LEN = 1024
+HASH_CONCURRENCY = 4  # scrypt runs at once: 4 x 16 MiB, and 2 cores stay responsive
 
 
 @dataclass(frozen=True)
@@ -57,6 +69,14 @@ def parse_basic(header: str | None) -> tuple[str, str] | None:
     return username, password
 
 
+class LoginThrottled(Exception):
+    """Too many failed password checks from this address: answer 429, compute nothing."""
+
+    def __init__(self, retry_after_s: float) -> None:
+        super().__init__(f"retry after {retry_after_s:.0f} s")
+        self.retry_after_s = retry_after_s
+
+
 def principal_of(user: User) -> Principal:
     return Principal(user.username, user.admin, tuple(user.extensions))
 
@@ -69,13 +89,22 @@ class Authenticator:
         users: UsersProjection,
         clock: Callable[[], float] = time.monotonic,
         ttl_s: float = CACHE_TTL_S,
-        concurrency: int = 4,
+        concurrency: int = HASH_CONCURRENCY,
+        throttle: LoginThrottle | None = None,
+        metrics: Registry | None = None,
     ) -> None:
         self.users = users
         self.clock = clock
         self.ttl_s = ttl_s
+        self.throttle = throttle if throttle is not None else LoginThrottle()
         self._cache: dict[str, tuple[float, str, str]] = {}
         self._slots = asyncio.Semaphore(concurrency)
+        registry = metrics if metrics is not None else Registry("web", "")
+        self.m_failed = registry.counter(
+            "web_logins_failed_total", "Password checks that failed (wrong or unknown user)")
+        self.m_throttled = registry.counter(
+            "web_logins_throttled_total",
+            "Logins refused with 429 because their address failed too often (no hash computed)")
 
     @staticmethod
     def _key(username: str, password: str) -> str:
@@ -107,17 +136,39 @@ class Authenticator:
                 del self._cache[next(iter(self._cache))]
         self._cache[self._key(username, password)] = (now + self.ttl_s, username, password_hash)
 
-    async def authenticate(self, header: str | None) -> Principal | None:
+    async def authenticate(self, header: str | None, source: str | None = None) -> Principal | None:
+        """The principal for these credentials, None if they are missing or wrong.
+
+        Raises `LoginThrottled` when `source` has used up its password checks, even
+        for cached credentials: otherwise the cache would be a fast guessing oracle
+        for a password someone else used in the last minute.
+        """
         credentials = parse_basic(header)
         if credentials is None:
-            return None
+            return None  # nothing to check: the client gets the Basic challenge
         username, password = credentials
-        hit = self.cached(username, password)
-        if hit is not None:
-            return hit
+        key = address_key(source)
+        wait = self.throttle.retry_after(key)
+        if wait is None:
+            hit = self.cached(username, password)
+            if hit is not None:
+                return hit
+            wait = self.throttle.try_acquire(key)
+        if wait is not None:
+            self.m_throttled.inc()
+            raise LoginThrottled(wait)
         async with self._slots:
             user = await asyncio.to_thread(self.users.authenticate, username, password)
         if user is None or not user.password_hash:
+            self.m_failed.inc()
+            log.info("login_failed", source=key, username=username[:64],
+                     tokens_left=round(self.throttle.tokens(key), 2))
             return None
+        self.throttle.give_back(key)
         self.remember(username, password, user.password_hash)
         return principal_of(user)
+
+    async def hash_password(self, password: str) -> str:
+        """A new hash (user changes) under the same cap as password checks."""
+        async with self._slots:
+            return await asyncio.to_thread(hash_password, password)

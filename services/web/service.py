@@ -47,6 +47,7 @@ log = structlog.get_logger(component="web")
 SCATTER_WINDOW_S = 0.3
 USER_APPLY_WAIT_S = 2.0
 PURGE_APPLY_WAIT_S = 2.0
+HOLD_APPLY_WAIT_S = 2.0
 STATUS_TIMEOUT_S = 1.0
 
 
@@ -59,6 +60,7 @@ class NatsBackend:
         self.users = users
         self.follower: asyncio.Task[None] | None = None
         self.held: set[str] = set()  # recordings under legal hold
+        self.held_sequence = 0  # stream sequence of the last hold fact applied to `held`
         self._search = subjects.rpc(ctx.node_id, subjects.CATALOG, subjects.CATALOG_SEARCH)
         self._get = subjects.rpc(ctx.node_id, subjects.CATALOG, subjects.CATALOG_GET)
         self._sync_status = subjects.rpc(ctx.node_id, subjects.SYNC, subjects.SYNC_STATUS)
@@ -150,10 +152,18 @@ class NatsBackend:
             return None
 
     async def publish_event(self, event: EventBase) -> None:
+        """Store a fact; a hold change is waited for (bounded) in `held`, so a DELETE
+        right after `PUT .../hold` is refused on this node."""
         try:
-            await bus.publish_event(self.ctx.js, event)
+            seq = await bus.publish_event(self.ctx.js, event)
         except Exception as exc:
             raise BackendUnavailable(f"could not store the change: {exc}") from exc
+        if isinstance(event, LegalHoldChanged):
+            deadline = time.monotonic() + HOLD_APPLY_WAIT_S
+            while self.held_sequence < seq and time.monotonic() < deadline:
+                await asyncio.sleep(0.02)
+            if self.held_sequence < seq:
+                log.warning("hold_not_applied_yet", seq=seq, recording_id=event.recording_id)
 
     async def metrics_texts(self) -> list[str]:
         """Scatter/gather: every service of the node answers within the window."""
@@ -220,6 +230,7 @@ async def main(ctx: ServiceContext) -> None:
                 backend.held.add(event.recording_id)
             else:
                 backend.held.discard(event.recording_id)
+        backend.held_sequence = max(backend.held_sequence, seq)
 
     async def follow() -> None:
         await asyncio.gather(
@@ -237,7 +248,7 @@ async def main(ctx: ServiceContext) -> None:
         await asyncio.sleep(0.02)
     log.info("users_loaded", users=len(users.users), seq=users.last_sequence)
 
-    app = create_app(backend, open_store(ctx.config.data_dir), ctx.config.data_dir)
+    app = create_app(backend, open_store(ctx.config.data_dir), ctx.config.data_dir, ctx.metrics)
     server = _Server(
         uvicorn.Config(
             app,
@@ -245,6 +256,10 @@ async def main(ctx: ServiceContext) -> None:
             port=ctx.config.http_port,
             log_config=None,
             access_log=False,
+            # The peer address is the client: X-Forwarded-For from a local process would
+            # otherwise let it pick the address that login throttling counts against.
+            proxy_headers=False,
+            server_header=False,
             lifespan="on",
         )
     )

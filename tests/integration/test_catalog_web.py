@@ -618,3 +618,100 @@ def test_catalog_rebuilds_from_stream(node: Node) -> None:
         )
         assert client.get("/api/recordings").json() == before
         assert (db_dir / "catalog.sqlite3").is_file()
+
+
+def test_held_recording_cannot_be_deleted_until_released(node: Node) -> None:
+    """Through the real web and catalog processes: hold, DELETE is 409 and the recording
+    stays listed with its audio key; released, the same DELETE purges it."""
+    publish(node.config, [recording("rec-held", 40, ["9010"], "2024/05/01/held.ogg", 10,
+                                    "d" * 64)])
+    with node.client() as admin:
+        wait_for(lambda: admin.get("/api/recordings/rec-held").status_code == 200, 15,
+                 "rec-held cataloged", node)
+        response = admin.put("/api/recordings/rec-held/hold", json={"reason": "case 7"})
+        assert response.status_code == 200, response.text
+        # At once: the web waits for its own view of the hold before answering.
+        response = admin.delete("/api/recordings/rec-held")
+        assert response.status_code == 409, response.text
+        assert "legal hold" in response.json()["detail"]
+        shown = admin.get("/api/recordings/rec-held")
+        assert shown.status_code == 200 and shown.json()["legal_hold"] is True
+        assert admin.delete("/api/recordings/rec-held/hold").status_code == 200
+        response = admin.delete("/api/recordings/rec-held")
+        assert response.status_code == 202, response.text
+        assert admin.get("/api/recordings/rec-held").status_code == 404
+    event = last_event(node.config, "recording.purged")
+    assert getattr(event, "recording_id", None) == "rec-held"
+
+
+STRANGER = "127.0.0.2"
+
+
+def _timed_login(node: Node, user: tuple[str, str]) -> float:
+    with httpx.Client(base_url=node.base_url, auth=user, timeout=30,
+                      transport=httpx.HTTPTransport(local_address="127.0.0.1")) as client:
+        started = time.monotonic()
+        response = client.get("/api/recordings", params={"limit": 1})
+        elapsed = time.monotonic() - started
+    assert response.status_code == 200, response.text
+    return elapsed
+
+
+def test_login_flood_from_a_stranger_does_not_slow_the_admin(node: Node) -> None:
+    """A flood of bad Basic logins for `admin` from 127.0.0.2: the flooder gets 429 after a
+    few guesses (no hash computed), while fresh (uncached) admin logins from 127.0.0.1
+    take about as long as before the flood. No per-user lock-out: `admin` still works."""
+    probes = [(f"probe{i}", f"probe-secret-{i}") for i in range(4)]
+    with node.client() as admin:
+        for name, password in probes:
+            response = admin.post("/api/users", json={"username": name, "password": password,
+                                                       "admin": True})
+            assert response.status_code in (200, 201), response.text
+    baseline = sorted(_timed_login(node, probe) for probe in probes[:2])[-1]
+
+    stop = threading.Event()
+    statuses: dict[int, int] = {}
+    lock = threading.Lock()
+
+    def flood() -> None:
+        transport = httpx.HTTPTransport(local_address=STRANGER)
+        with httpx.Client(base_url=node.base_url, transport=transport, timeout=30) as client:
+            i = 0
+            while not stop.is_set():
+                i += 1
+                code = client.get("/api/recordings",
+                                  auth=("admin", f"guess-{i}")).status_code
+                with lock:
+                    statuses[code] = statuses.get(code, 0) + 1
+
+    threads = [threading.Thread(target=flood, daemon=True) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    try:
+        wait_for(lambda: statuses.get(429, 0) >= 20, 30, "the flooder throttled", node)
+        during = [_timed_login(node, probe) for probe in probes[2:]]
+        # The real admin's password still works during the flood: no lock-out by name.
+        during.append(_timed_login(node, ADMIN))
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(timeout=30)
+    total = sum(statuses.values())
+    print(f"baseline {baseline * 1000:.0f} ms, during flood "
+          f"{[round(d * 1000) for d in during]} ms, flood answers {statuses}")
+    assert statuses.get(401, 0) <= 12, statuses  # ~10 guesses, then only 429s
+    assert statuses.get(429, 0) >= total - 12
+    assert set(statuses) <= {401, 429}, statuses
+    for elapsed in during:
+        assert elapsed < 5 * baseline + 1.0, (baseline, during)
+    with httpx.Client(base_url=node.base_url, timeout=10,
+                      transport=httpx.HTTPTransport(local_address=STRANGER)) as client:
+        refused = client.get("/api/recordings", auth=ADMIN)
+        assert refused.status_code == 429  # even the right password: no guessing oracle
+        assert 1 <= int(refused.headers["retry-after"]) <= 60
+    metrics_text = httpx.get(f"{node.base_url}/metrics", timeout=5).text
+    assert "callrec_web_logins_throttled_total{" in metrics_text
+    assert "callrec_web_logins_failed_total{" in metrics_text
+    with node.client() as admin:
+        for name, _ in probes:
+            assert admin.delete(f"/api/users/{name}").status_code == 204

@@ -1,0 +1,211 @@
+"""What keeps a browser from being turned against the node: same-origin and JSON-only
+state changes, authentication before any body is read, and security headers.
+
+A browser holding cached Basic credentials sends them with any request a foreign page
+makes it send (a form POST, an `<img>`, a `fetch` with `mode: "no-cors"`). Such a
+request always carries `Origin` or `Sec-Fetch-Site` (every current browser sends one
+on a cross-site POST), and it can only have a CORS-"simple" content type (form or
+text/plain) unless the node agreed to a preflight, which it never does. So a
+state-changing request is accepted only if both hold:
+
+- the body, if any, is `application/json` (415 otherwise);
+- `Sec-Fetch-Site`, if present, is `same-origin` or `none` (a user's own navigation),
+  and `Origin`, if present, is exactly the node's own origin: scheme (the one the
+  request arrived on), host and port from the `Host` header (403 otherwise).
+
+API clients (curl, httpx, the CLI) send neither header and keep working with Basic
+auth. The rules are pure functions over headers; the guards are thin adapters.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol
+from urllib.parse import urlsplit
+
+import structlog
+from litestar.connection import ASGIConnection
+from litestar.datastructures import MutableScopeHeaders
+from litestar.exceptions import HTTPException, NotAuthorizedException, PermissionDeniedException
+from litestar.handlers.base import BaseRouteHandler
+from litestar.types import Message, Scope
+
+from callrec.jobspec import MAX_BODY
+from callrec.metrics import Counter
+
+from .auth import REALM, Authenticator, LoginThrottled, Principal
+
+log = structlog.get_logger(component="web")
+
+UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+ALLOWED_FETCH_SITES = frozenset({"same-origin", "none"})
+JSON_MEDIA_TYPE = "application/json"
+DEFAULT_PORTS = {"http": 80, "https": 443}
+PUBLIC = "public"  # handler opt: served without authentication (health, metrics, static)
+ADMIN = "admin"  # handler opt: administrators only, refused before the body is read
+ADMIN_ONLY = {ADMIN: True}
+PRINCIPAL = "principal"  # where the login guard leaves who is calling (request state)
+MAX_BODY_BYTES = MAX_BODY  # JSON API bodies; larger ones are 413 while streaming in
+
+# Every page is same-origin only: scripts and styles from /static, audio from the API,
+# no inline script or style, no framing, forms only to ourselves.
+CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "media-src 'self'; connect-src 'self'; form-action 'self'; base-uri 'none'; "
+    "frame-ancestors 'none'"
+)
+SECURITY_HEADERS: dict[str, str] = {
+    "Content-Security-Policy": CSP,
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+    "Cross-Origin-Opener-Policy": "same-origin",
+    # Audio and JSON cannot be embedded by another site's <audio>/<img>/<script>.
+    "Cross-Origin-Resource-Policy": "same-origin",
+}
+# Recordings and API answers never land in a browser's or proxy's cache.
+DEFAULT_CACHE_CONTROL = "no-store"
+
+RefusalReason = Literal["cross_site", "cross_origin", "content_type"]
+
+
+@dataclass(frozen=True)
+class Refusal:
+    status: Literal[403, 415]
+    reason: RefusalReason
+    detail: str
+
+
+def normalized_origin(scheme: str, authority: str) -> str | None:
+    """`scheme://host[:port]`, lowercase, default port dropped; None if malformed."""
+    scheme = scheme.lower()
+    if scheme not in DEFAULT_PORTS or not authority or "@" in authority:
+        return None
+    try:
+        parts = urlsplit(f"{scheme}://{authority}")
+        host, port = parts.hostname, parts.port
+    except ValueError:
+        return None
+    if not host or parts.path or parts.query or parts.fragment:
+        return None
+    if ":" in host:
+        host = f"[{host}]"
+    if port is None or port == DEFAULT_PORTS[scheme]:
+        return f"{scheme}://{host}"
+    return f"{scheme}://{host}:{port}"
+
+
+def origin_header(value: str) -> str | None:
+    """The `Origin` header normalised like our own origin; None for `null` or junk."""
+    scheme, sep, rest = value.strip().partition("://")
+    if not sep:
+        return None
+    return normalized_origin(scheme, rest)
+
+
+def check_state_change(method: str, headers: Mapping[str, str], scheme: str) -> Refusal | None:
+    """Why this request may not change anything (None: it may). Headers are lowercase."""
+    if method.upper() not in UNSAFE_METHODS:
+        return None
+    site = headers.get("sec-fetch-site")
+    if site is not None and site.strip().lower() not in ALLOWED_FETCH_SITES:
+        return Refusal(403, "cross_site",
+                       f"cross-site request refused (Sec-Fetch-Site: {site.strip()[:32]})")
+    origin = headers.get("origin")
+    if origin is not None:
+        own = normalized_origin(scheme, headers.get("host", ""))
+        theirs = origin_header(origin)
+        if own is None or theirs != own:
+            return Refusal(403, "cross_origin",
+                           f"cross-origin request refused (Origin: {origin.strip()[:100]})")
+    content_type = headers.get("content-type")
+    has_body = headers.get("content-length", "0").strip() not in ("", "0") or (
+        "transfer-encoding" in headers)
+    if content_type is not None or has_body:
+        media_type = (content_type or "").split(";", 1)[0].strip().lower()
+        if media_type != JSON_MEDIA_TYPE:
+            return Refusal(415, "content_type",
+                           "state-changing requests take a JSON body "
+                           "(Content-Type: application/json) or none")
+    return None
+
+
+class _HasSecurity(Protocol):
+    auth: Authenticator
+    csrf_refused: Counter
+
+
+def _web(connection: ASGIConnection[Any, Any, Any, Any]) -> _HasSecurity:
+    web: _HasSecurity = connection.app.state["web"]
+    return web
+
+
+def _client_host(connection: ASGIConnection[Any, Any, Any, Any]) -> str | None:
+    return connection.client.host if connection.client else None
+
+
+async def same_origin_guard(
+    connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler
+) -> None:
+    """Refuse cross-site state changes before authentication and before any body."""
+    scope = connection.scope
+    refusal = check_state_change(str(scope.get("method", "GET")), connection.headers,
+                                 str(scope.get("scheme", "http")))
+    if refusal is None:
+        return
+    _web(connection).csrf_refused.inc(reason=refusal.reason)
+    log.warning("state_change_refused", reason=refusal.reason, path=connection.url.path,
+                source=_client_host(connection), origin=connection.headers.get("origin"),
+                fetch_site=connection.headers.get("sec-fetch-site"))
+    raise HTTPException(status_code=refusal.status, detail=refusal.detail)
+
+
+def challenge() -> NotAuthorizedException:
+    return NotAuthorizedException(
+        detail="authentication required",
+        headers={"WWW-Authenticate": f'Basic realm="{REALM}", charset="UTF-8"'},
+    )
+
+
+async def login_guard(connection: ASGIConnection[Any, Any, Any, Any],
+                      handler: BaseRouteHandler) -> None:
+    """Authenticate every non-public route (and check the admin role where the route
+    needs it) before its body is read or validated."""
+    if handler.opt.get(PUBLIC):
+        return
+    principal = await authenticate(connection)
+    if handler.opt.get(ADMIN) and not principal.admin:
+        raise PermissionDeniedException(detail="administrator role required")
+
+
+async def authenticate(connection: ASGIConnection[Any, Any, Any, Any]) -> Principal:
+    """The caller, from the request state if the guard already checked; 401/429 if not."""
+    known = connection.state.get(PRINCIPAL)
+    if isinstance(known, Principal):
+        return known
+    try:
+        principal = await _web(connection).auth.authenticate(
+            connection.headers.get("authorization"), _client_host(connection))
+    except LoginThrottled as exc:
+        raise HTTPException(
+            status_code=429,
+            detail="too many failed logins from your address; retry later",
+            headers={"Retry-After": str(max(1, math.ceil(exc.retry_after_s)))},
+        ) from None
+    if principal is None:
+        raise challenge()
+    connection.state[PRINCIPAL] = principal
+    return principal
+
+
+async def add_security_headers(message: Message, scope: Scope) -> None:
+    """before_send hook: the headers above on every response, pages, API and errors."""
+    if message["type"] != "http.response.start":
+        return
+    headers = MutableScopeHeaders.from_message(message)
+    for name, value in SECURITY_HEADERS.items():
+        headers[name] = value
+    if headers.get("cache-control") is None:
+        headers["Cache-Control"] = DEFAULT_CACHE_CONTROL

@@ -13,6 +13,7 @@ import asyncio
 import html
 import time
 from collections.abc import Callable, Iterator
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -105,7 +106,8 @@ class Backend(Protocol):
 
     node_id: str
     users: UsersProjection
-    held: set[str]  # recording ids under legal hold
+    @property
+    def held(self) -> AbstractSet[str]: ...  # recording ids under legal hold (contracts.v1.holds)
 
     async def search(
         self, request: SearchRequest, visible_numbers: list[str] | None
@@ -194,7 +196,7 @@ def parse_when(value: str | None, name: str) -> datetime | None:
     return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
 
 
-def _record_json(record: RecordingCompleted, held: set[str]) -> dict[str, Any]:
+def _record_json(record: RecordingCompleted, held: AbstractSet[str]) -> dict[str, Any]:
     return {**record.model_dump(mode="json"), "legal_hold": record.recording_id in held}
 
 

@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Generator
+from collections.abc import Set as AbstractSet
 from typing import Any
 
 import structlog
@@ -29,6 +30,7 @@ from contracts.v1.events import (
     UserRemoved,
     UserUpserted,
 )
+from contracts.v1.holds import HoldLedger
 from contracts.v1.rpc import (
     Empty,
     GetRequest,
@@ -59,7 +61,8 @@ class NatsBackend:
         self.node_id = ctx.node_id
         self.users = users
         self.follower: asyncio.Task[None] | None = None
-        self.held: set[str] = set()  # recordings under legal hold
+        # Hold and purge facts under the cluster's one rule (order-independent).
+        self.holds = HoldLedger()
         self.held_sequence = 0  # stream sequence of the last hold fact applied to `held`
         self._search = subjects.rpc(ctx.node_id, subjects.CATALOG, subjects.CATALOG_SEARCH)
         self._get = subjects.rpc(ctx.node_id, subjects.CATALOG, subjects.CATALOG_GET)
@@ -165,6 +168,11 @@ class NatsBackend:
             if self.held_sequence < seq:
                 log.warning("hold_not_applied_yet", seq=seq, recording_id=event.recording_id)
 
+    @property
+    def held(self) -> AbstractSet[str]:
+        """Recordings under legal hold now, by the rule every node applies."""
+        return self.holds.held_ids
+
     async def metrics_texts(self) -> list[str]:
         """Scatter/gather: every service of the node answers within the window."""
         replies: list[str] = []
@@ -225,11 +233,7 @@ async def main(ctx: ServiceContext) -> None:
     backend = NatsBackend(ctx, users)
 
     async def apply_hold(event: Any, seq: int) -> None:
-        if isinstance(event, LegalHoldChanged):
-            if event.hold:
-                backend.held.add(event.recording_id)
-            else:
-                backend.held.discard(event.recording_id)
+        backend.holds.add(event)
         backend.held_sequence = max(backend.held_sequence, seq)
 
     async def follow() -> None:

@@ -14,7 +14,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import nats
 import pytest
 from nats.aio.client import Client as NATS
 
@@ -38,10 +37,10 @@ RESTORES = "callrec_sync_restores_total"
 
 
 async def connect_as_purger(node: Node) -> NATS:
-    """A client of `node`'s bus allowed to publish `recording.purged` (what a purge
-    issuer, or a thief of its identity, can do). The bus has no credentials today;
-    when it does, connect here with the identity of a purge issuer."""
-    return await nats.connect(f"nats://127.0.0.1:{node.nats_port}")
+    """A client of `node`'s bus allowed to publish `recording.purged`: the web
+    identity, one of the two purge issuers (what a thief of its password could do)."""
+    client: NATS = await node.bus("web")
+    return client
 
 
 def forge_purges(node: Node, *events: RecordingPurged) -> None:

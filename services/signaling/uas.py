@@ -265,6 +265,12 @@ class RecorderUas:
     # ---- INVITE ---------------------------------------------------------------------
 
     async def _on_invite(self, request: SipRequest, peer: Peer) -> None:
+        try:
+            await self._invite(request, peer)
+        finally:
+            self._media_arrived_key((request.call_id, ""))  # the reservation, if any
+
+    async def _invite(self, request: SipRequest, peer: Peer) -> None:
         unsupported = _unsupported_required(request)
         if unsupported:
             self._respond(request, peer, 420, headers=[("Unsupported", ", ".join(unsupported))])
@@ -709,6 +715,9 @@ class RecorderUas:
             self._respond(request, peer, 503, headers=[("Retry-After", "5")],
                           warning="too many recordings from this source wait for media")
         if reason is None:
+            # Held until the leg is answered (and counted as its own) or refused:
+            # concurrent INVITEs from one source must not all pass the check at once.
+            self._await_media_key((request.call_id, ""), peer.host)
             return False
         log.info("invite_refused", reason=reason, source=peer.host)
         if self.refusals is not None:
@@ -717,13 +726,19 @@ class RecorderUas:
 
     def _await_media(self, leg: Leg) -> None:
         host = getattr(leg.peer, "host", None)
-        key = (leg.call_id, leg.local_tag)
-        if isinstance(host, str) and key not in self.awaiting_media:
+        if isinstance(host, str):
+            self._await_media_key((leg.call_id, leg.local_tag), host)
+
+    def _await_media_key(self, key: tuple[str, str], host: str) -> None:
+        if key not in self.awaiting_media:
             self.awaiting_media[key] = host
             self.awaiting_by_source[host] = self.awaiting_by_source.get(host, 0) + 1
 
     def _media_arrived(self, leg: Leg) -> None:
-        host = self.awaiting_media.pop((leg.call_id, leg.local_tag), None)
+        self._media_arrived_key((leg.call_id, leg.local_tag))
+
+    def _media_arrived_key(self, key: tuple[str, str]) -> None:
+        host = self.awaiting_media.pop(key, None)
         if host is not None:
             left = self.awaiting_by_source.get(host, 1) - 1
             if left > 0:

@@ -145,3 +145,23 @@ async def test_media_timeout_counts_from_the_resume_and_can_be_off() -> None:
         leg.media_since -= 3600
     now = time.monotonic()
     assert await off.uas.apply_media_report(now, off.quiet(3600.0), now=now) == []
+
+
+async def test_pending_media_cap_holds_for_concurrent_invites() -> None:
+    """A flood arrives faster than capture allocates ports: the cap still holds."""
+    import asyncio
+
+    h = H(pending=3, max_channels=50)
+    h.backend.gate = asyncio.Event()  # every allocation waits
+    for n in range(20):
+        h.uas.on_message(sip_request("INVITE", call_id=f"c-{n}",
+                                     from_=cucm_from("near", refci=str(500 + n), tag=f"t{n}")),
+                         OTHER_PBX)
+    for _ in range(20):
+        await asyncio.sleep(0)
+    h.backend.gate.set()
+    await settle(h.uas)
+    statuses = [r.status for n in range(20) for r in h.sender.responses(f"c-{n}", "INVITE")
+                if r.status >= 200]
+    assert sorted(statuses) == [200] * 3 + [503] * 17
+    assert len(h.uas.awaiting_media) == 3  # the answered legs; no reservation left over

@@ -205,8 +205,8 @@ async def main(ctx: ServiceContext) -> None:
                   lambda: float(uas.counters.retransmissions))
     metrics.gauge("signaling_sip_tcp_connections", "open SIP TCP connections",
                   lambda: float(len(transports.tcp.connections)))
-    metrics.gauge("signaling_legs_awaiting_media",
-                  "legs answered (or being answered) without RTP yet",
+    metrics.gauge("signaling_recordings_awaiting_media",
+                  "recordings answered (or being answered) without RTP yet",
                   lambda: float(len(uas.awaiting_media)))
     metrics.gauge("signaling_users_ready", "1 once the user list is loaded",
                   lambda: 1.0 if backend.users_ready else 0.0)

@@ -172,12 +172,13 @@ class RecorderUas:
         # Full SIPREC metadata per recording, to apply partial updates to.
         self.siprec_meta: dict[str, siprec.RecordingMetadata] = {}
         self.dialog_store = dialog_store
-        # Legs answered but without RTP yet, per source: capped, so one source that
-        # never sends media cannot take all licences (INVITE flood).
+        # Recordings answered but without RTP on any leg yet, per source (keyed by
+        # recording id, or "invite:<Call-ID>" while a new one is being answered):
+        # capped, so one source that never sends media cannot take all licences.
         self.pending_media_limit = pending_media_limit
         self.media_timeout_s = media_timeout_s
         self.refusals = refusals
-        self.awaiting_media: dict[tuple[str, str], str] = {}
+        self.awaiting_media: dict[str, str] = {}
         self.awaiting_by_source: dict[str, int] = {}
         if dialog_store is not None:
             self._restore(dialog_store)
@@ -268,7 +269,7 @@ class RecorderUas:
         try:
             await self._invite(request, peer)
         finally:
-            self._media_arrived_key((request.call_id, ""))  # the reservation, if any
+            self._media_arrived_key(f"invite:{request.call_id}")  # the reservation, if any
 
     async def _invite(self, request: SipRequest, peer: Peer) -> None:
         unsupported = _unsupported_required(request)
@@ -287,7 +288,7 @@ class RecorderUas:
             return
         existing = self.by_key.get(plan.session_key)
         joins = existing is not None and not existing.ending
-        if self._refuse_for_source(request, peer, existing if joins else None):
+        if joins and existing is not None and self._refuse_other_source(request, peer, existing):
             return
         ok, why = self.backend.can_record()
         result = admit(
@@ -306,6 +307,8 @@ class RecorderUas:
             extra = [("Retry-After", "5")] if result.admission is Admission.CANNOT_RECORD else []
             self._respond(request, peer, result.admission.value, warning=result.reason,
                           headers=extra)
+            return
+        if not joins and self._refuse_pending_media(request, peer):
             return
 
         now = datetime.now(UTC)
@@ -377,7 +380,8 @@ class RecorderUas:
         self._refresh(leg, request)
         session.legs[request.call_id] = leg
         self.dialogs[(request.call_id, local_tag)] = (session, leg)
-        self._await_media(leg)
+        if new_session:
+            self._await_media_key(session.recording_id, peer.host)
         body = self._session_body(leg, plan.offer)
         await self._push_codecs(session, leg, plan.offer)
         self._persist(session)  # before the 200: a dialog the PBX has, we must know too
@@ -679,7 +683,6 @@ class RecorderUas:
             return
         leg.ended = True
         self.dialogs.pop((leg.call_id, leg.local_tag), None)
-        self._media_arrived(leg)
         if session.live_legs() or session.ending:
             self._persist(session)
             return
@@ -696,48 +699,42 @@ class RecorderUas:
 
     # ---- admission by source and media -------------------------------------------------
 
-    def _refuse_for_source(
-        self, request: SipRequest, peer: Peer, joining: RecordingSession | None
+    def _refuse_other_source(
+        self, request: SipRequest, peer: Peer, joining: RecordingSession
     ) -> bool:
-        """Refuse (and say so) a leg joining another source's call, or one more leg from
-        a source with too many legs still waiting for media. True when refused."""
-        reason: RefusalReason | None = None
-        if joining is not None:
-            first = joining.source()
-            if first is not None and not same_source(first, peer.host):
-                # Someone else's call: a guessed x-refci must not add audio to it.
-                reason = "leg_source"
-                self._respond(request, peer, 403,
-                              warning="this call's recording comes from another source")
-        if (reason is None and self.pending_media_limit is not None
-                and self._awaiting_count(peer.host) >= self.pending_media_limit):
-            reason = "pending_media"
-            self._respond(request, peer, 503, headers=[("Retry-After", "5")],
-                          warning="too many recordings from this source wait for media")
-        if reason is None:
-            # Held until the leg is answered (and counted as its own) or refused:
-            # concurrent INVITEs from one source must not all pass the check at once.
-            self._await_media_key((request.call_id, ""), peer.host)
+        """A leg may join a call only from the source of the call's first leg: a guessed
+        x-refci must not add someone's audio to another call. True when refused (403)."""
+        first = joining.source()
+        if first is None or same_source(first, peer.host):
             return False
-        log.info("invite_refused", reason=reason, source=peer.host)
-        if self.refusals is not None:
-            self.refusals.refused(peer.host, reason)
+        self._respond(request, peer, 403,
+                      warning="this call's recording comes from another source")
+        self._refused(peer.host, "leg_source")
         return True
 
-    def _await_media(self, leg: Leg) -> None:
-        host = getattr(leg.peer, "host", None)
-        if isinstance(host, str):
-            self._await_media_key((leg.call_id, leg.local_tag), host)
+    def _refuse_pending_media(self, request: SipRequest, peer: Peer) -> bool:
+        """503 a new recording from a source with too many still without RTP, else
+        reserve its place (concurrent INVITEs must not all pass at once)."""
+        limit = self.pending_media_limit
+        if limit is not None and self._awaiting_count(peer.host) >= limit:
+            self._respond(request, peer, 503, headers=[("Retry-After", "5")],
+                          warning="too many recordings from this source wait for media")
+            self._refused(peer.host, "pending_media")
+            return True
+        self._await_media_key(f"invite:{request.call_id}", peer.host)
+        return False
 
-    def _await_media_key(self, key: tuple[str, str], host: str) -> None:
+    def _refused(self, host: str, reason: RefusalReason) -> None:
+        log.info("invite_refused", reason=reason, source=host)
+        if self.refusals is not None:
+            self.refusals.refused(host, reason)
+
+    def _await_media_key(self, key: str, host: str) -> None:
         if key not in self.awaiting_media:
             self.awaiting_media[key] = host
             self.awaiting_by_source[host] = self.awaiting_by_source.get(host, 0) + 1
 
-    def _media_arrived(self, leg: Leg) -> None:
-        self._media_arrived_key((leg.call_id, leg.local_tag))
-
-    def _media_arrived_key(self, key: tuple[str, str]) -> None:
+    def _media_arrived_key(self, key: str) -> None:
         host = self.awaiting_media.pop(key, None)
         if host is not None:
             left = self.awaiting_by_source.get(host, 1) - 1
@@ -778,7 +775,7 @@ class RecorderUas:
             reports = [by_stream.get((session.recording_id, s.stream_id)) for s in leg.streams]
             if not leg.media_seen and any(r is None or r.packets > 0 for r in reports):
                 leg.media_seen = True
-                self._media_arrived(leg)
+                self._media_arrived_key(session.recording_id)
             timeout = self.media_timeout_s
             if (timeout <= 0 or leg.on_hold or not leg.streams
                     or now - leg.media_since < timeout
@@ -800,8 +797,9 @@ class RecorderUas:
                 self.siprec_meta[session.recording_id] = meta
             for leg in session.live_legs():
                 self.dialogs[(leg.call_id, leg.local_tag)] = (session, leg)
-                if not leg.media_seen:
-                    self._await_media(leg)
+            source = session.source()
+            if source is not None and not any(leg.media_seen for leg in session.legs.values()):
+                self._await_media_key(session.recording_id, source)
             log.info("recording_restored", recording_id=session.recording_id,
                      legs=len(session.live_legs()))
 
@@ -815,6 +813,7 @@ class RecorderUas:
                       error=str(exc))
 
     def _forget(self, session: RecordingSession) -> None:
+        self._media_arrived_key(session.recording_id)
         if self.dialog_store is not None:
             self.dialog_store.delete(session.recording_id)
         self.sessions.pop(session.recording_id, None)

@@ -165,3 +165,13 @@ async def test_pending_media_cap_holds_for_concurrent_invites() -> None:
                 if r.status >= 200]
     assert sorted(statuses) == [200] * 3 + [503] * 17
     assert len(h.uas.awaiting_media) == 3  # the answered legs; no reservation left over
+
+
+async def test_both_legs_of_one_call_count_once_and_licence_comes_first() -> None:
+    """A CUCM call is two legs but one licence: its far leg is never held back by the
+    cap, and a full licence still says 486 (no failover) rather than 503."""
+    h = H(pending=1, max_channels=1)
+    assert await h.invite("near", PBX, "near") == 200
+    assert await h.invite("far", PBX, "far") == 200  # joins: not a new pending call
+    assert h.uas.awaiting_by_source == {"127.0.0.1": 1}
+    assert await h.invite("next", PBX, refci="99") == 486

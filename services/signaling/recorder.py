@@ -110,12 +110,17 @@ class RecordingSession:
     metadata: RecordingMetadata
     legs: dict[str, Leg] = field(default_factory=dict)
     ending: bool = False
+    # Where the first leg came from, known before any leg is answered (a second leg
+    # arriving while the first is still being set up must already be checked).
+    first_source: str | None = None
 
     def live_legs(self) -> list[Leg]:
         return [leg for leg in self.legs.values() if not leg.ended]
 
     def source(self) -> str | None:
         """The address the call's legs come from (all legs of one call share it)."""
+        if self.first_source is not None:
+            return self.first_source
         for leg in self.legs.values():
             host = getattr(leg.peer, "host", None)
             if isinstance(host, str):

@@ -327,6 +327,7 @@ class RecorderUas:
                 session_key=plan.session_key,
                 started_at=now,
                 metadata=metadata,
+                first_source=peer.host,
             )
             self.sessions[session.recording_id] = session
             self.by_key[session.session_key] = session

@@ -175,3 +175,22 @@ async def test_both_legs_of_one_call_count_once_and_licence_comes_first() -> Non
     assert await h.invite("far", PBX, "far") == 200  # joins: not a new pending call
     assert h.uas.awaiting_by_source == {"127.0.0.1": 1}
     assert await h.invite("next", PBX, refci="99") == 486
+
+
+async def test_leg_racing_the_first_legs_setup_is_checked_too() -> None:
+    """The intruder's leg arrives while the first leg's ports are still being allocated."""
+    import asyncio
+
+    h = H()
+    h.backend.gate = asyncio.Event()
+    h.uas.on_message(sip_request("INVITE", call_id="first",
+                                 from_=cucm_from("near", tag="t1")), PBX)
+    await h.backend.allocate_entered.wait()
+    h.uas.on_message(sip_request("INVITE", call_id="racer",
+                                 from_=cucm_from("far", tag="t2")), OTHER_PBX)
+    for _ in range(10):
+        await asyncio.sleep(0)
+    h.backend.gate.set()
+    await settle(h.uas)
+    assert [r.status for r in h.sender.responses("racer", "INVITE") if r.status >= 200] == [403]
+    assert [r.status for r in h.sender.responses("first", "INVITE") if r.status >= 200] == [200]

@@ -314,3 +314,33 @@ def test_idle_tcp_connections_do_not_lock_out_a_tcp_pbx(node: Node, tmp_path: Pa
                      for r in ("tcp_source_cap", "tcp_global_cap"))
         assert capped >= 1034 - 64 - 256
         real_call(node, tmp_path, transport="t1", refci="83886081")
+
+
+def test_media_timeout_ends_a_call_whose_rtp_stopped_and_keeps_its_audio(
+    node: Node, tmp_path: Path
+) -> None:
+    """A PBX leg sends 2 s of tone, then nothing and no BYE (the PBX died): the media
+    timeout ends it with a BYE and the 2 s recorded are finalized."""
+    from tests.support.rtp import pcmu_tone
+
+    refci = "100663297"
+    run = sipp.SippRun("cucm_leg.xml", (PBX, node.sip_port),
+                       keys={"recorder": "9999", "side": "nearend", "near": "1001",
+                             "far": "2002", "refci": refci, "farrefci": "0"},
+                       duration_ms=60_000, timeout_s=90, tone=pcmu_tone(440.0, 2.0))
+    started = time.monotonic()
+    with run:
+        run.start()
+        recording = recording_of(node, refci, timeout=MEDIA_TIMEOUT + 30)
+        ended_after = time.monotonic() - started
+        run.kill()
+        received = [e for e in run.entries() if e.direction == "received"]
+    assert ended_after < MEDIA_TIMEOUT + 25, ended_after  # not the 60 s the leg would last
+    assert 1.5 <= recording["duration_ms"] / 1000 <= 2.0 + MEDIA_TIMEOUT + 2, recording
+    with node.client() as client:
+        response = client.get(f"/api/recordings/{recording['recording_id']}/audio")
+    path = tmp_path / "cut.opus"
+    path.write_bytes(response.content)
+    audio, _ = decode_file(path, rate=RATE)
+    assert abs(dominant_frequency(audio[0], RATE) - 440.0) < 15
+    assert any(e.start_line.startswith("BYE ") for e in received), "no BYE from the recorder"

@@ -89,6 +89,27 @@ def build_parser() -> argparse.ArgumentParser:
                          "('callrec cluster invite' there)")
     up.add_argument("--log-level", default=_env("LOG_LEVEL", "info"))
     up.add_argument("--opus-bitrate", type=int, default=int(_env("OPUS_BITRATE", "16000") or 0))
+    # ---- SIP admission ----
+    up.add_argument("--sip-allow", action="append", dest="sip_allow", metavar="CIDR",
+                    default=[a.strip() for a in (_env("SIP_ALLOW") or "").split(",")
+                             if a.strip()],
+                    help="PBX/SBC network allowed to send SIP (repeatable); default "
+                         "127.0.0.1 and ::1 on a loopback bind, else nobody")
+    up.add_argument("--sip-rate", type=float, default=float(_env("SIP_RATE") or 1000.0),
+                    help="SIP requests/s per allow-listed source (503 to new INVITEs beyond)")
+    up.add_argument("--sip-pending-media", type=int,
+                    default=int(_env("SIP_PENDING_MEDIA") or 0) or None,
+                    help="answered legs per source still without RTP (503 beyond); "
+                         "default half of --max-channels")
+    up.add_argument("--sip-tcp-per-source", type=int,
+                    default=int(_env("SIP_TCP_PER_SOURCE") or 64),
+                    help="concurrent SIP TCP connections per source address")
+    up.add_argument("--sip-tcp-max", type=int, default=int(_env("SIP_TCP_MAX") or 1024),
+                    help="concurrent SIP TCP connections in all")
+    up.add_argument("--media-timeout", type=float,
+                    default=float(_env("MEDIA_TIMEOUT") or 30.0),
+                    help="seconds without RTP (not on hold) that end a leg; 0: off")
+    # ---- end SIP admission ----
 
     users = sub.add_parser("users", help="manage users (the node must be running)")
     users.add_argument("--data-dir", default=_env("DATA_DIR", "./data"))
@@ -168,6 +189,13 @@ def config_from_args(args: argparse.Namespace) -> NodeConfig:
         "join_file": Path(args.join) if args.join else None,
         "log_level": args.log_level,
         "opus_bitrate": args.opus_bitrate,
+        # SIP admission
+        "sip_allow": tuple(args.sip_allow),
+        "sip_rate": args.sip_rate,
+        "sip_pending_media": args.sip_pending_media,
+        "sip_tcp_per_source": args.sip_tcp_per_source,
+        "sip_tcp_max": args.sip_tcp_max,
+        "media_timeout_s": args.media_timeout,
     }
     if args.node_id:
         values["node_id"] = args.node_id

@@ -45,7 +45,29 @@ class NodeConfig(BaseModel):
     join_file: Path | None = None
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     opus_bitrate: int = Field(default=16000, ge=6000, le=128000)
-    media_timeout_s: float = Field(default=0.0, ge=0.0)
+    # No RTP for this long on a leg not on hold ends the leg (BYE) and finalizes; 0: off.
+    media_timeout_s: float = Field(default=30.0, ge=0.0)
+    # ---- SIP admission (signaling) ----
+    # PBX/SBC networks allowed to send SIP; empty: 127.0.0.1 and ::1 when bound to
+    # loopback, else nobody (refused, with a loud warning).
+    sip_allow: tuple[str, ...] = ()
+    sip_rate: float = Field(default=1000.0, gt=0.0)  # requests/s per allow-listed source
+    # Legs one source may have answered but without RTP yet; None: half of max_channels.
+    sip_pending_media: int | None = Field(default=None, ge=1)
+    sip_tcp_per_source: int = Field(default=64, ge=1)
+    sip_tcp_max: int = Field(default=1024, ge=1)
+
+    @field_validator("sip_allow")
+    @classmethod
+    def _sip_allow(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        networks = []
+        for text in value:
+            try:
+                networks.append(str(ipaddress.ip_network(text.strip(), strict=False)))
+            except ValueError as exc:
+                raise ValueError(f"--sip-allow {text!r}: not an address or CIDR") from exc
+        return tuple(networks)
+    # ---- end SIP admission ----
 
     @field_validator("node_id")
     @classmethod

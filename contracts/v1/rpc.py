@@ -72,6 +72,15 @@ class FinalizeRequest(Message):
     metadata: RecordingMetadata | None = None
 
 
+class QuietStream(Message):
+    """A live stream that has carried no RTP yet, or none for a while."""
+
+    recording_id: str
+    stream_id: str
+    packets: int  # stored so far; 0: still waiting for its first packet
+    silent_s: float  # since its last packet (or since the recording began)
+
+
 class CaptureHealth(Message):
     can_record: bool
     reason: str | None = None
@@ -79,6 +88,13 @@ class CaptureHealth(Message):
     active_streams: int = 0
     free_ports: int = 0
     store_free_bytes: int = 0
+    # Streams without a packet yet or silent for QUIET_AFTER_S: signaling applies the
+    # media timeout (it knows which legs are on hold) and the per-source cap on legs
+    # still waiting for media. Every other live stream has had a packet recently.
+    quiet_streams: list[QuietStream] = Field(default_factory=list)
+
+
+QUIET_AFTER_S = 1.0
 
 
 class ActiveRecordings(Message):

@@ -32,12 +32,14 @@ from callrec.store import ObjectStore, open_store
 from contracts import subjects
 from contracts.v1.events import RecordingCompleted, RecordingFailed
 from contracts.v1.rpc import (
+    QUIET_AFTER_S,
     ActiveRecordings,
     AllocateReply,
     AllocateRequest,
     CaptureHealth,
     Empty,
     FinalizeRequest,
+    QuietStream,
     ReleaseRequest,
     UpdateRequest,
 )
@@ -269,7 +271,24 @@ class Capture:
             active_streams=sum(len(r.streams) for r in self.live.values()),
             free_ports=self.pool.free,
             store_free_bytes=self.store.free_bytes(),
+            quiet_streams=self._quiet_streams(),
         )
+
+    def _quiet_streams(self) -> list[QuietStream]:
+        now = time.time()
+        quiet = []
+        for recording in self.live.values():
+            if recording.finalizing:
+                continue
+            began = recording.manifest.started_at.timestamp()
+            for stream_id, live in recording.streams.items():
+                receiver = live.receiver
+                silent = now - (receiver.last_arrival or began)
+                if receiver.packets == 0 or silent >= QUIET_AFTER_S:
+                    quiet.append(QuietStream(recording_id=recording.manifest.recording_id,
+                                             stream_id=stream_id, packets=receiver.packets,
+                                             silent_s=round(max(0.0, silent), 3)))
+        return quiet
 
     # ---- streams -------------------------------------------------------------------
 
@@ -361,15 +380,8 @@ class Capture:
                             continue
                         log.warning("recording_orphaned", recording_id=manifest.recording_id)
                         self._end(recording, self._last_packet_time(recording) or now)
-            timeout = self.config.media_timeout_s
-            if timeout > 0:
-                cutoff = time.time() - timeout
-                for recording in [r for r in self.live.values() if not r.finalizing]:
-                    last = max((s.receiver.last_arrival for s in recording.streams.values()),
-                               default=0.0) or recording.manifest.started_at.timestamp()
-                    if last < cutoff:
-                        log.warning("media_timeout", recording_id=recording.manifest.recording_id)
-                        self._end(recording, datetime.fromtimestamp(last, UTC))
+            # The media timeout is signaling's (it knows holds, ends the leg with a BYE
+            # and frees the licence): health() reports the quiet streams it needs.
             await asyncio.sleep(RECONCILE_INTERVAL)
 
     def _last_packet_time(self, recording: LiveRecording) -> datetime | None:

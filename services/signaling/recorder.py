@@ -92,6 +92,11 @@ class Leg:
     # RFC 4028: the PBX refreshes; if it stops (it died, the link broke) we end the leg.
     session_expires: int | None = None
     refreshed_at: float = 0.0
+    # Media timeout (monotonic, same boot): silence counts from the answer or the end of
+    # a hold; a leg on hold (SDP inactive/recvonly, port 0, c=0.0.0.0) is exempt.
+    media_seen: bool = False
+    on_hold: bool = False
+    media_since: float = 0.0
 
     def expired(self, now: float) -> bool:
         return self.session_expires is not None and now - self.refreshed_at > self.session_expires
@@ -105,9 +110,22 @@ class RecordingSession:
     metadata: RecordingMetadata
     legs: dict[str, Leg] = field(default_factory=dict)
     ending: bool = False
+    # Where the first leg came from, known before any leg is answered (a second leg
+    # arriving while the first is still being set up must already be checked).
+    first_source: str | None = None
 
     def live_legs(self) -> list[Leg]:
         return [leg for leg in self.legs.values() if not leg.ended]
+
+    def source(self) -> str | None:
+        """The address the call's legs come from (all legs of one call share it)."""
+        if self.first_source is not None:
+            return self.first_source
+        for leg in self.legs.values():
+            host = getattr(leg.peer, "host", None)
+            if isinstance(host, str):
+                return host
+        return None
 
 
 def number_of(aor: str | None) -> str | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import resource
 import time
 from datetime import datetime
 
@@ -29,11 +30,14 @@ from contracts.v1.rpc import (
     CaptureHealth,
     Empty,
     FinalizeRequest,
+    QuietStream,
     ReleaseRequest,
     UpdateRequest,
 )
 
+from .admission import AllowList, TcpLimits, pending_media_limit
 from .dialogs import DialogStore
+from .gate import SipGate
 from .recorder import RecordingSession
 from .sip.transport import SipTransports
 from .uas import RecorderUas
@@ -41,6 +45,7 @@ from .uas import RecorderUas
 HEALTH_INTERVAL = 1.0
 HEALTH_STALE_AFTER = 3.5
 RPC_TIMEOUT = 2.0
+FD_RESERVE = 256  # descriptors kept for RTP-less work: NATS, files, logs
 
 log = structlog.get_logger()
 
@@ -53,6 +58,7 @@ class NatsBackend:
         self.users = UsersProjection()
         self.capture_health: CaptureHealth | None = None
         self.health_at = 0.0
+        self.health_asked_at = 0.0
         self.users_ready = False
 
     def _subject(self, operation: str) -> str:
@@ -72,14 +78,21 @@ class NatsBackend:
 
     async def poll_health(self) -> None:
         while True:
+            asked = time.monotonic()
             try:
                 reply = await bus.call(self.ctx.nc, self._subject(subjects.CAPTURE_HEALTH),
                                        Empty(), CaptureHealth, timeout=1.0)
                 self.capture_health = reply
                 self.health_at = time.monotonic()
+                self.health_asked_at = asked
             except bus.RpcError as exc:
                 log.debug("capture_health_failed", error=str(exc))
             await asyncio.sleep(HEALTH_INTERVAL)
+
+    def quiet_streams(self) -> tuple[float, list[QuietStream]] | None:
+        if self.capture_health is None:
+            return None
+        return self.health_asked_at, self.capture_health.quiet_streams
 
     async def allocate(self, request: AllocateRequest) -> dict[str, int]:
         reply = await bus.call(self.ctx.nc, self._subject(subjects.CAPTURE_ALLOCATE), request,
@@ -160,7 +173,13 @@ class NatsBackend:
 async def main(ctx: ServiceContext) -> None:
     config = ctx.config
     backend = NatsBackend(ctx)
-    transports = SipTransports(lambda data, peer: uas.on_message(data, peer))
+    gate = SipGate(allow=AllowList.for_node(config.bind, config.sip_allow),
+                   pbx_rate=config.sip_rate, pbx_burst=max(config.sip_rate, 10.0),
+                   metrics=ctx.metrics)
+    transports = SipTransports(gate.on_message, is_allowed=gate.is_allowed,
+                               on_refused=gate.refused,
+                               tcp_limits=_tcp_limits(config.sip_tcp_per_source,
+                                                      config.sip_tcp_max))
     uas = RecorderUas(
         backend=backend,
         sender=transports,
@@ -170,7 +189,11 @@ async def main(ctx: ServiceContext) -> None:
         max_channels=config.max_channels,
         dialog_store=DialogStore(config.data_dir / "signaling" / "dialogs",
                                  os.environ.get(BOOT_ID_ENV, "")),
+        pending_media_limit=pending_media_limit(config.sip_pending_media, config.max_channels),
+        media_timeout_s=config.media_timeout_s,
+        refusals=gate,
     )
+    gate.connect(uas.on_message, transports)
     metrics = ctx.metrics
     metrics.gauge("signaling_active_recordings", "recordings in progress",
                   lambda: float(len(uas.sessions)))
@@ -180,6 +203,11 @@ async def main(ctx: ServiceContext) -> None:
                   lambda: float(uas.counters.malformed))
     metrics.gauge("signaling_sip_retransmissions", "retransmitted requests absorbed",
                   lambda: float(uas.counters.retransmissions))
+    metrics.gauge("signaling_sip_tcp_connections", "open SIP TCP connections",
+                  lambda: float(len(transports.tcp.connections)))
+    metrics.gauge("signaling_recordings_awaiting_media",
+                  "recordings answered (or being answered) without RTP yet",
+                  lambda: float(len(uas.awaiting_media)))
     metrics.gauge("signaling_users_ready", "1 once the user list is loaded",
                   lambda: 1.0 if backend.users_ready else 0.0)
     metrics.gauge("signaling_can_record", "1 when this node accepts recordings",
@@ -194,8 +222,10 @@ async def main(ctx: ServiceContext) -> None:
         asyncio.create_task(backend.follow_users()),
         asyncio.create_task(backend.poll_health()),
         asyncio.create_task(uas.expire_transactions()),
+        asyncio.create_task(uas.watch_media()),
     ]
     await transports.start(config.bind, config.sip_port)
+    gate.warn_if_closed(config.bind)
     log.info("sip_listening", bind=config.bind, port=config.sip_port,
              media_address=config.media_address)
     await ctx.stopping.wait()
@@ -205,3 +235,20 @@ async def main(ctx: ServiceContext) -> None:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+
+
+def _tcp_limits(per_source: int, total: int) -> TcpLimits:
+    """The configured caps, the total kept below what this process may open: at
+    EMFILE asyncio stops accepting for a second, which would lock out every PBX."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = total + FD_RESERVE
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if soft != resource.RLIM_INFINITY and soft - FD_RESERVE < total:
+        fitted = max(1, soft - FD_RESERVE)
+        log.warning("sip_tcp_cap_lowered", configured=total, cap=fitted, fd_limit=soft)
+        total = fitted
+    return TcpLimits(per_source=min(per_source, total), total=total)

@@ -21,9 +21,10 @@ import structlog
 
 from callrec.users import UsersProjection
 from contracts.v1.events import Participant, RecordingMetadata
-from contracts.v1.rpc import AllocateRequest, StreamSpec, UpdateRequest
+from contracts.v1.rpc import AllocateRequest, QuietStream, StreamSpec, UpdateRequest
 
 from . import sdp, siprec
+from .admission import RefusalReason, same_source
 from .cucm import CucmLegError, parse_cucm_leg, session_key
 from .dialogs import DialogStore
 from .recorder import (
@@ -57,6 +58,8 @@ SERVER = "callrec/0.1"
 MAX_STREAMS = 4
 MIN_SESSION_EXPIRES = 90
 SWEEP_INTERVAL = 5.0
+MEDIA_WATCH_INTERVAL = 1.0
+MEDIA_REPORT_MAX_AGE = 3.0  # older capture reports are not acted on
 
 
 class Backend(Protocol):
@@ -73,6 +76,15 @@ class Backend(Protocol):
     ) -> None: ...
     async def recording_started(self, session: RecordingSession) -> None: ...
     async def recording_ended(self, session: RecordingSession, reason: str) -> None: ...
+    def quiet_streams(self) -> tuple[float, list[QuietStream]] | None:
+        """Capture's last report of streams without recent RTP, and when it was asked."""
+        ...
+
+
+class Refusals(Protocol):
+    """Where the UAS reports an INVITE refused for admission (counted, logged)."""
+
+    def refused(self, host: str, reason: RefusalReason) -> None: ...
 
 
 class Sender(Protocol):
@@ -139,6 +151,9 @@ class RecorderUas:
         record_all: bool,
         max_channels: int,
         dialog_store: DialogStore | None = None,
+        pending_media_limit: int | None = None,
+        media_timeout_s: float = 0.0,
+        refusals: Refusals | None = None,
     ) -> None:
         self.backend = backend
         self.sender = sender
@@ -157,6 +172,14 @@ class RecorderUas:
         # Full SIPREC metadata per recording, to apply partial updates to.
         self.siprec_meta: dict[str, siprec.RecordingMetadata] = {}
         self.dialog_store = dialog_store
+        # Recordings answered but without RTP on any leg yet, per source (keyed by
+        # recording id, or "invite:<Call-ID>" while a new one is being answered):
+        # capped, so one source that never sends media cannot take all licences.
+        self.pending_media_limit = pending_media_limit
+        self.media_timeout_s = media_timeout_s
+        self.refusals = refusals
+        self.awaiting_media: dict[str, str] = {}
+        self.awaiting_by_source: dict[str, int] = {}
         if dialog_store is not None:
             self._restore(dialog_store)
 
@@ -243,6 +266,12 @@ class RecorderUas:
     # ---- INVITE ---------------------------------------------------------------------
 
     async def _on_invite(self, request: SipRequest, peer: Peer) -> None:
+        try:
+            await self._invite(request, peer)
+        finally:
+            self._media_arrived_key(f"invite:{request.call_id}")  # the reservation, if any
+
+    async def _invite(self, request: SipRequest, peer: Peer) -> None:
         unsupported = _unsupported_required(request)
         if unsupported:
             self._respond(request, peer, 420, headers=[("Unsupported", ", ".join(unsupported))])
@@ -259,6 +288,8 @@ class RecorderUas:
             return
         existing = self.by_key.get(plan.session_key)
         joins = existing is not None and not existing.ending
+        if joins and existing is not None and self._refuse_other_source(request, peer, existing):
+            return
         ok, why = self.backend.can_record()
         result = admit(
             numbers=plan.numbers,
@@ -277,6 +308,8 @@ class RecorderUas:
             self._respond(request, peer, result.admission.value, warning=result.reason,
                           headers=extra)
             return
+        if not joins and self._refuse_pending_media(request, peer):
+            return
 
         now = datetime.now(UTC)
         metadata = plan.metadata.model_copy(update={"recorded_user": result.user})
@@ -294,6 +327,7 @@ class RecorderUas:
                 session_key=plan.session_key,
                 started_at=now,
                 metadata=metadata,
+                first_source=peer.host,
             )
             self.sessions[session.recording_id] = session
             self.by_key[session.session_key] = session
@@ -343,9 +377,12 @@ class RecorderUas:
         leg.remote_identity = request.headers.get("From") or ""
         leg.local_identity = f"{request.headers.get('To')};tag={local_tag}"
         leg.peer = peer
+        leg.media_since = time.monotonic()
         self._refresh(leg, request)
         session.legs[request.call_id] = leg
         self.dialogs[(request.call_id, local_tag)] = (session, leg)
+        if new_session:
+            self._await_media_key(session.recording_id, peer.host)
         body = self._session_body(leg, plan.offer)
         await self._push_codecs(session, leg, plan.offer)
         self._persist(session)  # before the 200: a dialog the PBX has, we must know too
@@ -475,6 +512,7 @@ class RecorderUas:
         """Tell capture which payload types mean which codec, from the negotiated SDP."""
         if sdp_doc is None:
             return
+        self._note_hold(leg, sdp_doc)
         usable = [m for m in sdp_doc.media if _usable(m)]
         for stream in leg.streams:
             if stream.stream_id.startswith("m") and stream.stream_id[1:].isdigit():
@@ -660,6 +698,97 @@ class RecorderUas:
                       error=str(exc))
         await self.backend.recording_ended(session, reason)
 
+    # ---- admission by source and media -------------------------------------------------
+
+    def _refuse_other_source(
+        self, request: SipRequest, peer: Peer, joining: RecordingSession
+    ) -> bool:
+        """A leg may join a call only from the source of the call's first leg: a guessed
+        x-refci must not add someone's audio to another call. True when refused (403)."""
+        first = joining.source()
+        if first is None or same_source(first, peer.host):
+            return False
+        self._respond(request, peer, 403,
+                      warning="this call's recording comes from another source")
+        self._refused(peer.host, "leg_source")
+        return True
+
+    def _refuse_pending_media(self, request: SipRequest, peer: Peer) -> bool:
+        """503 a new recording from a source with too many still without RTP, else
+        reserve its place (concurrent INVITEs must not all pass at once)."""
+        limit = self.pending_media_limit
+        if limit is not None and self._awaiting_count(peer.host) >= limit:
+            self._respond(request, peer, 503, headers=[("Retry-After", "5")],
+                          warning="too many recordings from this source wait for media")
+            self._refused(peer.host, "pending_media")
+            return True
+        self._await_media_key(f"invite:{request.call_id}", peer.host)
+        return False
+
+    def _refused(self, host: str, reason: RefusalReason) -> None:
+        log.info("invite_refused", reason=reason, source=host)
+        if self.refusals is not None:
+            self.refusals.refused(host, reason)
+
+    def _await_media_key(self, key: str, host: str) -> None:
+        if key not in self.awaiting_media:
+            self.awaiting_media[key] = host
+            self.awaiting_by_source[host] = self.awaiting_by_source.get(host, 0) + 1
+
+    def _media_arrived_key(self, key: str) -> None:
+        host = self.awaiting_media.pop(key, None)
+        if host is not None:
+            left = self.awaiting_by_source.get(host, 1) - 1
+            if left > 0:
+                self.awaiting_by_source[host] = left
+            else:
+                self.awaiting_by_source.pop(host, None)
+
+    def _awaiting_count(self, host: str) -> int:
+        return sum(n for h, n in self.awaiting_by_source.items() if same_source(h, host))
+
+    def _note_hold(self, leg: Leg, description: sdp.SessionDescription) -> None:
+        held = _on_hold(description)
+        if held != leg.on_hold:
+            leg.on_hold = held
+            leg.media_since = time.monotonic()  # silence counts again from the resume
+            log.info("leg_hold" if held else "leg_resumed", call_id=leg.call_id)
+
+    async def watch_media(self) -> None:
+        """Apply capture's reports: mark legs that have media, end legs silent too long."""
+        while True:
+            await asyncio.sleep(MEDIA_WATCH_INTERVAL)
+            report = self.backend.quiet_streams()
+            if report is not None:
+                await self.apply_media_report(*report, now=time.monotonic())
+
+    async def apply_media_report(
+        self, asked_at: float, quiet: list[QuietStream], *, now: float
+    ) -> list[Leg]:
+        """One capture report (asked for at `asked_at`, monotonic); the legs it ended."""
+        if now - asked_at > MEDIA_REPORT_MAX_AGE:
+            return []  # capture is not answering: never end calls on stale news
+        by_stream = {(q.recording_id, q.stream_id): q for q in quiet}
+        ended: list[Leg] = []
+        for session, leg in list(self.dialogs.values()):
+            if leg.media_since >= asked_at:
+                continue  # answered (or resumed) after capture was asked: no news yet
+            reports = [by_stream.get((session.recording_id, s.stream_id)) for s in leg.streams]
+            if not leg.media_seen and any(r is None or r.packets > 0 for r in reports):
+                leg.media_seen = True
+                self._media_arrived_key(session.recording_id)
+            timeout = self.media_timeout_s
+            if (timeout <= 0 or leg.on_hold or not leg.streams
+                    or now - leg.media_since < timeout
+                    or any(r is None or r.silent_s < timeout for r in reports)):
+                continue
+            log.warning("media_timeout", recording_id=session.recording_id,
+                        call_id=leg.call_id, timeout_s=timeout, media_seen=leg.media_seen)
+            self._send_bye(leg)
+            await self._end_leg(session, leg, "media timeout")
+            ended.append(leg)
+        return ended
+
     def _restore(self, store: DialogStore) -> None:
         """Take back the calls a previous process of this service was recording."""
         for session, meta in store.load_all():
@@ -669,6 +798,9 @@ class RecorderUas:
                 self.siprec_meta[session.recording_id] = meta
             for leg in session.live_legs():
                 self.dialogs[(leg.call_id, leg.local_tag)] = (session, leg)
+            source = session.source()
+            if source is not None and not any(leg.media_seen for leg in session.legs.values()):
+                self._await_media_key(session.recording_id, source)
             log.info("recording_restored", recording_id=session.recording_id,
                      legs=len(session.live_legs()))
 
@@ -682,6 +814,7 @@ class RecorderUas:
                       error=str(exc))
 
     def _forget(self, session: RecordingSession) -> None:
+        self._media_arrived_key(session.recording_id)
         if self.dialog_store is not None:
             self.dialog_store.delete(session.recording_id)
         self.sessions.pop(session.recording_id, None)
@@ -940,3 +1073,17 @@ def _siprec_metadata(
         recorded_extension=participants[0].number if participants else None,
         user_agent=request.headers.get("User-Agent"),
     )
+
+
+def _on_hold(description: sdp.SessionDescription) -> bool:
+    """The PBX will send us nothing on any audio stream (hold, pause; RFC 3264 8.4)."""
+    audio = [m for m in description.media if m.media == "audio"]
+    if not audio:
+        return False
+    for media in audio:
+        address = media.connection_address or description.connection_address or ""
+        held = (media.port == 0 or media.direction in ("inactive", "recvonly")
+                or address in ("0.0.0.0", "::"))
+        if not held:
+            return False
+    return True

@@ -1019,35 +1019,47 @@ class StreamFramer:
     def __init__(self, max_size: int = MAX_MESSAGE_SIZE) -> None:
         self._buf = bytearray()
         self._max = max_size
+        # Work is O(bytes), however the stream is cut into segments: bytes of the
+        # pending message already searched for the blank line are not searched again,
+        # and its header block is parsed once, when it is complete.
+        self._scanned = 0
+        self._total: int | None = None  # length of the pending message, once known
 
     def feed(self, data: bytes) -> list[bytes]:
         """Add received bytes; return every message that is now complete."""
-        self._buf += data
+        buf = self._buf
+        buf += data
         out: list[bytes] = []
+        pos = 0  # where the pending message starts in buf
         while True:
-            # RFC 5626 keep-alives (CRLFCRLF ping, CRLF pong) between messages.
-            skip = 0
-            while skip < len(self._buf) and self._buf[skip] in (0x0D, 0x0A):
-                skip += 1
-            if skip:
-                del self._buf[:skip]
-            if not self._buf:
-                break
-            m = _BLANK_LINE_RE.search(self._buf)
-            if m is None:
-                if len(self._buf) > self._max:
+            if self._total is None:
+                if self._scanned == 0:
+                    # RFC 5626 keep-alives (CRLFCRLF ping, CRLF pong) between messages.
+                    while pos < len(buf) and buf[pos] in (0x0D, 0x0A):
+                        pos += 1
+                    if pos == len(buf):
+                        break
+                # The blank line may straddle what was searched already: back up 3 bytes.
+                m = _BLANK_LINE_RE.search(buf, pos + max(0, self._scanned - 3))
+                if m is None:
+                    self._scanned = len(buf) - pos
+                    if self._scanned > self._max:
+                        raise SipParseError("header section too large")
+                    break
+                if m.end() - pos > self._max:
                     raise SipParseError("header section too large")
+                length = self._content_length(bytes(buf[pos : m.start()]))
+                self._total = m.end() - pos + length
+                if self._total > self._max:
+                    raise SipParseError("message too large")
+            if len(buf) - pos < self._total:
                 break
-            if m.end() > self._max:
-                raise SipParseError("header section too large")
-            length = self._content_length(bytes(self._buf[: m.start()]))
-            total = m.end() + length
-            if total > self._max:
-                raise SipParseError("message too large")
-            if len(self._buf) < total:
-                break
-            out.append(bytes(self._buf[:total]))
-            del self._buf[:total]
+            out.append(bytes(buf[pos : pos + self._total]))
+            pos += self._total
+            self._total = None
+            self._scanned = 0
+        if pos:
+            del buf[:pos]
         return out
 
     @property

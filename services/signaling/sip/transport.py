@@ -3,6 +3,12 @@
 Replies go where RFC 3261 18.2.2 / RFC 3581 say: the same TCP connection, or over
 UDP to the source address (port from `rport`, else the Via's sent-by port).
 Malformed input is counted and dropped (or answered 400 by the core), never fatal.
+
+TCP connections are a resource strangers could hoard: each source may hold only
+so many, strangers together only a share of the node's total, a connection must
+deliver a complete message within MESSAGE_TIMEOUT of opening or of starting one,
+and idle connections are closed (PBXs get a long idle time: their connection is
+where our in-dialog BYEs go).
 """
 
 from __future__ import annotations
@@ -11,18 +17,27 @@ import asyncio
 import contextlib
 import ipaddress
 import socket
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, cast
 
 import structlog
 
+from ..admission import RefusalReason, TcpLimits, TcpSlots
 from .message import MAX_MESSAGE_SIZE, SipParseError, StreamFramer
 
 log = structlog.get_logger()
 
 MAX_TCP_CONNECTIONS = 1024
-TCP_IDLE_TIMEOUT = 3600.0
+MAX_TCP_PER_SOURCE = 64
+# No byte for this long: closed. Strangers only ever get 403s; a PBX's connection
+# carries the BYEs we send it, so it may stay quiet through a long call.
+TCP_IDLE_TIMEOUT = 120.0
+TCP_PBX_IDLE_TIMEOUT = 3600.0
+# A connection must complete a message this soon after opening or starting one.
+MESSAGE_TIMEOUT = 30.0
+TCP_SWEEP_INTERVAL = 5.0
 
 
 @dataclass(frozen=True)
@@ -40,6 +55,8 @@ class Peer:
 
 
 Receiver = Callable[[bytes, Peer], None]
+SourceCheck = Callable[[str], bool]
+TcpRefused = Callable[[str, RefusalReason], None]
 
 
 class UdpTransport(asyncio.DatagramProtocol):
@@ -70,21 +87,31 @@ class TcpConnection(asyncio.Protocol):
         self.framer = StreamFramer()
         self.transport: asyncio.Transport | None = None
         self.peer: Peer | None = None
+        self.allowed = False
+        self.last_byte = 0.0
+        self.waiting_since: float | None = None  # a message is due since then
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
-        if len(self.server.connections) >= MAX_TCP_CONNECTIONS:
-            log.warning("tcp_connection_refused", reason="too many connections")
-            transport.close()
+        host, port = transport.get_extra_info("peername")[:2]
+        allowed = self.server.is_allowed(host)
+        refused = self.server.slots.acquire(host, allowed)
+        if refused is not None:
+            self.server.refused += 1
+            self.server.on_refused(host, refused)
+            transport.abort()
             return
         self.transport = transport
-        host, port = transport.get_extra_info("peername")[:2]
+        self.allowed = allowed
         self.peer = Peer("TCP", host, port, self)
+        self.last_byte = self.waiting_since = self.server.clock()
         self.server.connections.add(self)
 
     def data_received(self, data: bytes) -> None:
         if self.peer is None:
             return
+        now = self.server.clock()
+        self.last_byte = now
         try:
             messages = self.framer.feed(data)
         except SipParseError as exc:
@@ -93,11 +120,26 @@ class TcpConnection(asyncio.Protocol):
                         error=str(exc))
             self.close()
             return
+        if messages:
+            self.waiting_since = now if self.framer.buffered else None
+        elif self.waiting_since is None and self.framer.buffered:
+            self.waiting_since = now
         for message in messages:
             self.server.on_message(message, self.peer)
 
+    def expired(self, now: float) -> str | None:
+        """Why this connection should be closed now, if it should."""
+        if self.waiting_since is not None and now - self.waiting_since > MESSAGE_TIMEOUT:
+            return "no complete message"
+        idle = TCP_PBX_IDLE_TIMEOUT if self.allowed else TCP_IDLE_TIMEOUT
+        if now - self.last_byte > idle:
+            return "idle"
+        return None
+
     def connection_lost(self, exc: Exception | None) -> None:
-        self.server.connections.discard(self)
+        if self.peer is not None and self in self.server.connections:
+            self.server.connections.discard(self)
+            self.server.slots.release(self.peer.host, self.allowed)
         self.transport = None
 
     def send(self, data: bytes) -> None:
@@ -110,19 +152,56 @@ class TcpConnection(asyncio.Protocol):
 
 
 class TcpServer:
-    def __init__(self, on_message: Receiver) -> None:
+    def __init__(
+        self,
+        on_message: Receiver,
+        *,
+        is_allowed: SourceCheck = lambda host: True,
+        on_refused: TcpRefused = lambda host, reason: None,
+        limits: TcpLimits | None = None,
+        clock: Callable[[], float] | None = None,
+    ) -> None:
         self.on_message = on_message
+        self.is_allowed = is_allowed
+        self.on_refused = on_refused
+        self.slots = TcpSlots(limits or TcpLimits(MAX_TCP_PER_SOURCE, MAX_TCP_CONNECTIONS))
+        self.clock = clock or time.monotonic
         self.connections: set[TcpConnection] = set()
         self.framing_errors = 0
+        self.refused = 0
+        self.expired = 0
         self.server: asyncio.Server | None = None
+        self.sweeper: asyncio.Task[None] | None = None
 
     async def start(self, host: str, port: int) -> None:
         loop = asyncio.get_running_loop()
         self.server = await loop.create_server(
-            lambda: TcpConnection(self), host, port, reuse_address=True
+            lambda: TcpConnection(self), host, port, reuse_address=True, backlog=1024
         )
+        self.sweeper = asyncio.create_task(self._sweep_loop())
+
+    def sweep(self) -> int:
+        """Close connections that are idle or owe us a message for too long."""
+        now = self.clock()
+        closed = 0
+        for connection in list(self.connections):
+            why = connection.expired(now)
+            if why is not None and connection.peer is not None:
+                log.info("tcp_connection_closed", reason=why,
+                         peer=f"{connection.peer.host}:{connection.peer.port}")
+                connection.close()
+                closed += 1
+        self.expired += closed
+        return closed
+
+    async def _sweep_loop(self) -> None:
+        while True:
+            await asyncio.sleep(TCP_SWEEP_INTERVAL)
+            self.sweep()
 
     def close(self) -> None:
+        if self.sweeper is not None:
+            self.sweeper.cancel()
         if self.server is not None:
             self.server.close()
         for connection in list(self.connections):
@@ -132,9 +211,17 @@ class TcpServer:
 class SipTransports:
     """Both listeners on one port, and the one place that knows how to answer a peer."""
 
-    def __init__(self, on_message: Receiver) -> None:
+    def __init__(
+        self,
+        on_message: Receiver,
+        *,
+        is_allowed: SourceCheck = lambda host: True,
+        on_refused: TcpRefused = lambda host, reason: None,
+        tcp_limits: TcpLimits | None = None,
+    ) -> None:
         self.udp = UdpTransport(on_message)
-        self.tcp = TcpServer(on_message)
+        self.tcp = TcpServer(on_message, is_allowed=is_allowed, on_refused=on_refused,
+                             limits=tcp_limits)
 
     async def start(self, host: str, port: int) -> None:
         loop = asyncio.get_running_loop()

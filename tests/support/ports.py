@@ -40,6 +40,10 @@ def free_block(
     """First of `count` consecutive ports free on 127.0.0.1 in `band`."""
     low, high = band
     with _lock:
+        if sum(1 for p in _handed_out if low <= p < high) + count > (high - low) // 2:
+            # A long run has handed out half the band: forget the oldest hand-outs
+            # (their nodes have stopped); the bind checks below still apply.
+            _handed_out.difference_update({p for p in _handed_out if low <= p < high})
         for _ in range(5000):
             base = random.randrange(low, high - count)
             if even:
@@ -58,6 +62,6 @@ def free_port() -> int:
     return free_block(1)
 
 
-def rtp_range(size: int = 200) -> tuple[int, int]:
+def rtp_range(size: int = 100) -> tuple[int, int]:
     base = free_block(size, band=RTP_PORTS, tcp=False, even=True)
     return base, base + size - 1

@@ -5,6 +5,12 @@ compare of the source tuple, a timestamp, two appends to a buffer. Streams are t
 apart by the port we gave them; who may send to a port is decided by `latching`,
 on the slow path, only when a packet comes from another source than the last one
 admitted.
+
+A stream opened before the PBX's SDP is known (CUCM delayed offer: the answer comes
+in the ACK, and the phone's RTP races it) holds its packets in memory, unwritten,
+until that SDP names the source (then only that source's packets are kept) or says
+nothing, or for at most `PENDING_TIMEOUT` (then the first source latches). So a
+stranger spraying ports cannot slip packets in before the ACK is processed.
 """
 
 from __future__ import annotations
@@ -24,6 +30,9 @@ from .segments import SegmentWriter
 MAX_DATAGRAM = 2048
 # A stranger's packets are counted each time, logged at most this often per stream.
 STRANGER_LOG_INTERVAL = 60.0
+# Waiting for the SDP of a delayed offer: past the ACK's last retransmission but one.
+PENDING_TIMEOUT = 4.0
+MAX_PENDING_PACKETS = 600
 
 OnLatch = Callable[[Endpoint], None]
 OnDrop = Callable[[DropReason], None]
@@ -40,8 +49,8 @@ def _ignore_drop(_: DropReason) -> None:
 class StreamReceiver(asyncio.DatagramProtocol):
     __slots__ = (
         "dropped", "expected", "invalid", "last_arrival", "latched", "log", "on_drop",
-        "on_latch", "packets", "source", "started", "stranger_logged_at", "transport",
-        "writer",
+        "on_latch", "overflow", "packets", "pending", "pending_since", "source", "started",
+        "stranger_logged_at", "transport", "writer",
     )
 
     def __init__(
@@ -54,6 +63,7 @@ class StreamReceiver(asyncio.DatagramProtocol):
         on_latch: OnLatch = _ignore_latch,
         on_drop: OnDrop = _ignore_drop,
         log: Any = None,
+        sdp_pending: bool = False,
     ) -> None:
         self.writer = writer
         self.started = started_epoch
@@ -70,6 +80,10 @@ class StreamReceiver(asyncio.DatagramProtocol):
         self.on_drop = on_drop
         self.log = log if log is not None else structlog.get_logger()
         self.stranger_logged_at = float("-inf")
+        # (arrival_ms, addr, datagram) held while the SDP is awaited; None: not waiting.
+        self.pending: list[tuple[int, Any, bytes]] | None = [] if sdp_pending else None
+        self.pending_since = time.monotonic()
+        self.overflow = 0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.DatagramTransport, transport)
@@ -80,7 +94,7 @@ class StreamReceiver(asyncio.DatagramProtocol):
         if len(data) < 12 or data[0] & 0xC0 != 0x80:
             self.invalid += 1
             return
-        if addr != self.source and not self._admit(addr):
+        if addr != self.source and not self._admit(addr, data):
             return
         now = time.time()
         self.last_arrival = now
@@ -88,8 +102,15 @@ class StreamReceiver(asyncio.DatagramProtocol):
         elapsed = int((now - self.started) * 1000)
         self.writer.append(elapsed if elapsed > 0 else 0, data)
 
-    def _admit(self, addr: Any) -> bool:
+    def _admit(self, addr: Any, data: bytes) -> bool:
         """The slow path: a source other than the last admitted one."""
+        if self.pending is not None:
+            if len(self.pending) < MAX_PENDING_PACKETS:
+                elapsed = int((time.time() - self.started) * 1000)
+                self.pending.append((elapsed if elapsed > 0 else 0, addr, data))
+            else:
+                self.overflow += 1
+            return False
         source = endpoint_of(addr)
         verdict = admit(source, self.expected, self.latched)
         if verdict == "accept":
@@ -119,10 +140,27 @@ class StreamReceiver(asyncio.DatagramProtocol):
         return False
 
     def expect(self, expected: Expected, latched: Endpoint | None) -> None:
-        """A new expectation from signaling (or a restart): the next packet re-checks."""
+        """The peer's SDP (as `latching.on_sdp` read it): the next packet re-checks, and
+        packets held while it was awaited are admitted or dropped by it."""
         self.expected = expected
         self.latched = latched
         self.source = None
+        held, self.pending = self.pending, None
+        for arrival_ms, addr, data in held or ():
+            if addr == self.source or self._admit(addr, data):
+                self.packets += 1
+                self.last_arrival = self.started + arrival_ms / 1000
+                self.writer.append(arrival_ms, data)
+
+    def settle(self, force: bool = False) -> None:
+        """Stop waiting for an SDP that did not come in time (or at close): the first
+        source latches, as symmetric RTP does."""
+        if self.pending is not None and (
+            force or time.monotonic() - self.pending_since > PENDING_TIMEOUT
+        ):
+            if self.pending or not force:
+                self.log.warning("rtp_sdp_not_received", held=len(self.pending))
+            self.expect(self.expected, self.latched)
 
     def error_received(self, exc: Exception) -> None:
         # ICMP errors on an unconnected socket: nothing to do, keep receiving.

@@ -227,7 +227,8 @@ class Capture:
             )
             if spec.source is not None:
                 stream.set_expectation(_expected(spec.source), None)
-            ports[spec.stream_id] = self._bind_new(recording, stream)
+            ports[spec.stream_id] = self._bind_new(recording, stream,
+                                                   sdp_pending=spec.source is None)
         recording.manifest.save(recording.directory)
         log.info("streams_allocated", recording_id=request.recording_id, ports=ports)
         return AllocateReply(ports=ports)
@@ -256,12 +257,14 @@ class Capture:
         stream = recording.manifest.streams[stream_id]
         current, latched_before = stream.expectation()
         expected, latched = on_sdp(current, latched_before, _expected(source))
-        if expected == current and latched == latched_before:
-            return
-        stream.set_expectation(expected, latched)
         live = recording.streams.get(stream_id)
-        if live is not None:
+        unchanged = expected == current and latched == latched_before
+        stream.set_expectation(expected, latched)
+        if live is not None and (not unchanged or live.receiver.pending is not None):
+            # Also ends a wait for this SDP; a source latched now updates the manifest.
             live.receiver.expect(expected, latched)
+        if unchanged:
+            return
         log.info("rtp_source_expected", recording_id=recording.manifest.recording_id,
                  stream_id=stream_id, address=expected.address, port=expected.port,
                  latched=None if latched is None else f"{latched.address}:{latched.port}")
@@ -311,16 +314,21 @@ class Capture:
 
     # ---- streams -------------------------------------------------------------------
 
-    def _bind_new(self, recording: LiveRecording, stream: StreamManifest) -> int:
+    def _bind_new(
+        self, recording: LiveRecording, stream: StreamManifest, *, sdp_pending: bool
+    ) -> int:
         for port in self.pool.candidates():
             try:
-                self._open_stream(recording, stream, port)
+                self._open_stream(recording, stream, port, sdp_pending=sdp_pending)
             except OSError:
                 continue
             return port
         raise PortsExhausted("no free RTP port in the configured range")
 
-    def _open_stream(self, recording: LiveRecording, stream: StreamManifest, port: int) -> None:
+    def _open_stream(
+        self, recording: LiveRecording, stream: StreamManifest, port: int,
+        *, sdp_pending: bool = False,
+    ) -> None:
         sock = _udp_socket(self.config.bind, port)
         self.pool.take(port)
         stream.port = port
@@ -342,7 +350,7 @@ class Capture:
 
         receiver = StreamReceiver(
             writer, started, expected=expected, latched=latched, on_latch=on_latch,
-            on_drop=on_drop,
+            on_drop=on_drop, sdp_pending=sdp_pending,
             log=log.bind(recording_id=recording_id, stream_id=stream.stream_id, port=port),
         )
         loop = asyncio.get_running_loop()
@@ -354,11 +362,12 @@ class Capture:
         recording.streams[stream.stream_id] = LiveStream(stream, writer, receiver)
 
     def _close_stream(self, live: LiveStream) -> None:
+        live.receiver.settle(force=True)
         live.receiver.close()
         # No fsync here: it would stall every live stream; the finalize worker syncs.
         live.writer.close(sync=False)
         self.m_invalid.inc(live.receiver.invalid)
-        self.m_dropped.inc(live.writer.dropped)
+        self.m_dropped.inc(live.writer.dropped + live.receiver.overflow)
         self.pool.give_back(live.manifest.port)
 
     def _end(self, recording: LiveRecording, ended_at: datetime) -> None:
@@ -383,6 +392,7 @@ class Capture:
             await asyncio.sleep(FLUSH_INTERVAL)
             for recording in list(self.live.values()):
                 for live in recording.streams.values():
+                    live.receiver.settle()
                     try:
                         live.writer.flush()
                     except OSError as exc:

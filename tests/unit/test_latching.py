@@ -203,6 +203,46 @@ def test_stranger_logged_at_most_once_a_minute(tmp_path: Path) -> None:
     assert h.receiver.dropped["wrong_address"] == 500
 
 
+# ---------------------------------------------------------------- delayed offer
+
+
+def test_packets_before_the_delayed_sdp_are_held_then_judged_by_it(tmp_path: Path) -> None:
+    """CUCM delayed offer: the port opens before the ACK brings the PBX's answer. A
+    stranger spraying ports gets there first; nothing is written until the SDP says
+    who the source is, and then only that source's packets are kept."""
+    h = Harness(tmp_path / "s.seg", sdp_pending=True)
+    h.feed((STRANGER.address, STRANGER.port), 1)
+    h.feed((PBX.address, PBX.port), 2)  # the phone's RTP raced the ACK
+    h.feed((STRANGER.address, STRANGER.port), 3)
+    assert h.stored() == [] and h.latches == []
+    h.receiver.expect(Expected(PBX.address, PBX.port), None)  # the ACK's answer
+    h.feed((PBX.address, PBX.port), 4)
+    h.feed((STRANGER.address, STRANGER.port), 5)
+    assert h.stored() == [2, 4]
+    assert h.latches == [PBX]
+    assert h.receiver.dropped["wrong_address"] == 3
+
+
+def test_delayed_sdp_saying_nothing_latches_the_first_held_source(tmp_path: Path) -> None:
+    h = Harness(tmp_path / "s.seg", sdp_pending=True)
+    h.feed(("127.0.0.1", 4000), 1)
+    h.feed(("127.0.0.2", 4000), 2)
+    h.receiver.expect(expected_from_sdp("0.0.0.0", 9), None)
+    assert h.stored() == [1]
+
+
+def test_no_sdp_in_time_falls_back_to_the_first_source(tmp_path: Path) -> None:
+    h = Harness(tmp_path / "s.seg", sdp_pending=True)
+    h.feed(("127.0.0.1", 4000), 1)
+    h.receiver.settle()
+    assert h.stored() == []  # still waiting
+    h.receiver.pending_since -= 60
+    h.receiver.settle()
+    h.feed(("127.0.0.2", 4000), 2)
+    h.feed(("127.0.0.1", 4000), 3)
+    assert h.stored() == [1, 3]
+
+
 # ---------------------------------------------------------------- restart
 
 

@@ -37,6 +37,7 @@ REJECTED = "callrec_capture_packets_rejected_total"
 def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
     n = Node(tmp_path_factory.mktemp("node")).start()
     n.cli("users", "add", "alice", "--extension", "1001")
+    n.cli("users", "add", "carol", "--extension", "2001")
     time.sleep(0.5)
     yield n
     n.stop()
@@ -102,6 +103,18 @@ def level(channel: np.ndarray, hz: float) -> float:
     return float(band.max() / spectrum[1:].max())
 
 
+def stranger_seconds(channel: np.ndarray) -> float:
+    """How long the stranger's tone is what one hears: 40 ms frames with sound whose
+    strongest frequency is 1 kHz."""
+    frame = RATE // 25
+    usable = len(channel) // frame * frame
+    frames = channel[:usable].astype(np.float64).reshape(-1, frame)
+    rms = np.sqrt((frames**2).mean(axis=1))
+    spectrum = np.abs(np.fft.rfft(frames * np.hanning(frame), axis=1))
+    peak = np.fft.rfftfreq(frame, 1 / RATE)[np.argmax(spectrum[:, 1:], axis=1) + 1]
+    return float(((rms > 1000) & (np.abs(peak - STRANGER_HZ) < 50)).sum() * 0.04)
+
+
 def audio_of(node: Node, recording: dict[str, Any], tmp_path: Path) -> np.ndarray:
     with node.client() as client:
         response = client.get(f"/api/recordings/{recording['recording_id']}/audio")
@@ -118,8 +131,10 @@ def check_no_stranger(audio: np.ndarray) -> None:
         channel = audio[index]
         assert abs(dominant_frequency(channel, RATE) - hz) < 15, (index, hz)
         stranger = level(channel, STRANGER_HZ)
-        print(f"channel {index}: 1 kHz at {stranger:.4f} of the peak")
+        heard = stranger_seconds(channel)
+        print(f"channel {index}: 1 kHz at {stranger:.4f} of the peak, heard {heard:.2f} s")
         assert stranger < 0.02, (index, stranger)
+        assert heard == 0.0, (index, heard)
 
 
 def test_rtp_injected_from_a_stranger_is_dropped_counted_and_absent(
@@ -194,3 +209,27 @@ def test_after_a_capture_restart_the_stranger_still_cannot_take_the_stream(
     for index in (0, 1):  # the restart loses about a second, no more
         kept = sound_seconds(audio[index], RATE)
         assert seconds - 2.5 <= kept <= seconds + 0.1, (index, kept)
+
+
+def test_a_stranger_spraying_every_port_cannot_inject_into_a_siprec_call(
+    node: Node, tmp_path: Path
+) -> None:
+    """SIPREC (early offer: the source is known when the ports open). The stranger does
+    not know the ports and sprays the node's whole RTP range from before the call."""
+    before_count = len(node.wait_recordings(0))
+    low, high = node.rtp_ports
+    every_port = list(range(low + low % 2, high + 1, 2))
+    with Stranger(("127.0.0.2", 0), every_port, interval=0.02) as stranger:
+        time.sleep(0.5)
+        result = sipp.run_siprec_call(("127.0.0.1", node.sip_port), caller="2001",
+                                      callee="2002", caller_hz=NEAR_HZ, callee_hz=FAR_HZ,
+                                      seconds=3.0)
+    assert result.ok, result.describe()
+    assert stranger.sent > 0
+    recording = node.wait_recordings(before_count + 1)[0]
+    assert recording["metadata"]["source"] == "siprec"
+    audio = audio_of(node, recording, tmp_path)
+    check_no_stranger(audio)
+    for index in (0, 1):
+        kept = sound_seconds(audio[index], RATE)
+        assert abs(kept - 3.0) <= 0.1, (index, kept)

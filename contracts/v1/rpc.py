@@ -31,10 +31,20 @@ class Empty(Message):
     pass
 
 
+class RtpSource(Message):
+    """Where the peer's SDP says a stream's RTP comes from: its c= address and m= port,
+    as written. Capture decides what placeholders (0.0.0.0, port 0 or 9) mean."""
+
+    address: str | None = Field(default=None, max_length=64)
+    port: int | None = Field(default=None, ge=0, le=65535)
+
+
 class StreamSpec(Message):
     stream_id: str
     channel: int
     label: str | None = None
+    # None: no SDP from the peer yet (delayed offer); the first source latches.
+    source: RtpSource | None = None
 
 
 class AllocateRequest(Message):
@@ -51,11 +61,13 @@ class AllocateReply(Message):
 
 
 class UpdateRequest(Message):
-    """Payload-type map (after SDP negotiation) and/or new call metadata."""
+    """Payload-type map and RTP source (after SDP negotiation) and/or new call metadata."""
 
     recording_id: str
     stream_id: str | None = None
     payload_codecs: dict[int, str] | None = None
+    # The peer's SDP for `stream_id` (required with it): a moved source re-latches.
+    source: RtpSource | None = None
     metadata: RecordingMetadata | None = None
 
 

@@ -1,33 +1,89 @@
 """The per-packet hot path: a UDP endpoint per stream that stores what arrives.
 
-No parsing and no decoding here (that happens at finalize): a version check, a
-timestamp, two appends to a buffer. Streams are told apart by the port we gave
-them, never by who sends.
+No parsing and no decoding here (that happens at finalize): a version check, one
+compare of the source tuple, a timestamp, two appends to a buffer. Streams are told
+apart by the port we gave them; who may send to a port is decided by `latching`,
+on the slow path, only when a packet comes from another source than the last one
+admitted.
+
+A stream opened before the PBX's SDP is known (CUCM delayed offer: the answer comes
+in the ACK, and the phone's RTP races it) holds its packets in memory, unwritten,
+until that SDP names the source (then only that source's packets are kept) or says
+nothing, or for at most `PENDING_TIMEOUT` (then the first source latches). So a
+stranger spraying ports cannot slip packets in before the ACK is processed.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from typing import Any, cast
 
+import structlog
+
+from .latching import UNKNOWN, DropReason, Endpoint, Expected, admit, endpoint_of
 from .segments import SegmentWriter
 
 # asyncio reads each datagram into a 256 KiB buffer by default, which with glibc
 # often costs an mmap/munmap per packet; RTP datagrams are far smaller.
 MAX_DATAGRAM = 2048
+# A stranger's packets are counted each time, logged at most this often per stream.
+STRANGER_LOG_INTERVAL = 60.0
+# Waiting for the SDP of a delayed offer: past the ACK's last retransmission but one.
+PENDING_TIMEOUT = 4.0
+MAX_PENDING_PACKETS = 600
+
+OnLatch = Callable[[Endpoint], None]
+OnDrop = Callable[[DropReason], None]
+
+
+def _ignore_latch(_: Endpoint) -> None:
+    pass
+
+
+def _ignore_drop(_: DropReason) -> None:
+    pass
 
 
 class StreamReceiver(asyncio.DatagramProtocol):
-    __slots__ = ("invalid", "last_arrival", "packets", "started", "transport", "writer")
+    __slots__ = (
+        "dropped", "expected", "invalid", "last_arrival", "latched", "log", "on_drop",
+        "on_latch", "overflow", "packets", "pending", "pending_since", "source", "started",
+        "stranger_logged_at", "transport", "writer",
+    )
 
-    def __init__(self, writer: SegmentWriter, started_epoch: float) -> None:
+    def __init__(
+        self,
+        writer: SegmentWriter,
+        started_epoch: float,
+        *,
+        expected: Expected = UNKNOWN,
+        latched: Endpoint | None = None,
+        on_latch: OnLatch = _ignore_latch,
+        on_drop: OnDrop = _ignore_drop,
+        log: Any = None,
+        sdp_pending: bool = False,
+    ) -> None:
         self.writer = writer
         self.started = started_epoch
         self.packets = 0
         self.invalid = 0
+        self.dropped: dict[DropReason, int] = {"wrong_address": 0, "wrong_port": 0}
         self.last_arrival = 0.0
         self.transport: asyncio.DatagramTransport | None = None
+        self.expected = expected
+        self.latched = latched
+        # The exact address tuple of the last admitted packet: the hot-path compare.
+        self.source: Any = None
+        self.on_latch = on_latch
+        self.on_drop = on_drop
+        self.log = log if log is not None else structlog.get_logger()
+        self.stranger_logged_at = float("-inf")
+        # (arrival_ms, addr, datagram) held while the SDP is awaited; None: not waiting.
+        self.pending: list[tuple[int, Any, bytes]] | None = [] if sdp_pending else None
+        self.pending_since = time.monotonic()
+        self.overflow = 0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.DatagramTransport, transport)
@@ -38,11 +94,73 @@ class StreamReceiver(asyncio.DatagramProtocol):
         if len(data) < 12 or data[0] & 0xC0 != 0x80:
             self.invalid += 1
             return
+        if addr != self.source and not self._admit(addr, data):
+            return
         now = time.time()
         self.last_arrival = now
         self.packets += 1
         elapsed = int((now - self.started) * 1000)
         self.writer.append(elapsed if elapsed > 0 else 0, data)
+
+    def _admit(self, addr: Any, data: bytes) -> bool:
+        """The slow path: a source other than the last admitted one."""
+        if self.pending is not None:
+            if len(self.pending) < MAX_PENDING_PACKETS:
+                elapsed = int((time.time() - self.started) * 1000)
+                self.pending.append((elapsed if elapsed > 0 else 0, addr, data))
+            else:
+                self.overflow += 1
+            return False
+        source = endpoint_of(addr)
+        verdict = admit(source, self.expected, self.latched)
+        if verdict == "accept":
+            self.source = addr
+            return True
+        if verdict == "latch":
+            self.log.info("rtp_source_latched", source=f"{source.address}:{source.port}",
+                          expected_address=self.expected.address,
+                          expected_port=self.expected.port,
+                          previous=None if self.latched is None
+                          else f"{self.latched.address}:{self.latched.port}")
+            self.latched = source
+            self.source = addr
+            self.on_latch(source)
+            return True
+        self.dropped[verdict] += 1
+        self.on_drop(verdict)
+        now = time.monotonic()
+        if now - self.stranger_logged_at >= STRANGER_LOG_INTERVAL:
+            self.stranger_logged_at = now
+            self.log.warning("rtp_stranger_dropped", source=f"{source.address}:{source.port}",
+                             reason=verdict, expected_address=self.expected.address,
+                             expected_port=self.expected.port,
+                             latched=None if self.latched is None
+                             else f"{self.latched.address}:{self.latched.port}",
+                             dropped=sum(self.dropped.values()))
+        return False
+
+    def expect(self, expected: Expected, latched: Endpoint | None) -> None:
+        """The peer's SDP (as `latching.on_sdp` read it): the next packet re-checks, and
+        packets held while it was awaited are admitted or dropped by it."""
+        self.expected = expected
+        self.latched = latched
+        self.source = None
+        held, self.pending = self.pending, None
+        for arrival_ms, addr, data in held or ():
+            if addr == self.source or self._admit(addr, data):
+                self.packets += 1
+                self.last_arrival = self.started + arrival_ms / 1000
+                self.writer.append(arrival_ms, data)
+
+    def settle(self, force: bool = False) -> None:
+        """Stop waiting for an SDP that did not come in time (or at close): the first
+        source latches, as symmetric RTP does."""
+        if self.pending is not None and (
+            force or time.monotonic() - self.pending_since > PENDING_TIMEOUT
+        ):
+            if self.pending or not force:
+                self.log.warning("rtp_sdp_not_received", held=len(self.pending))
+            self.expect(self.expected, self.latched)
 
     def error_received(self, exc: Exception) -> None:
         # ICMP errors on an unconnected socket: nothing to do, keep receiving.

@@ -41,10 +41,19 @@ from contracts.v1.rpc import (
     FinalizeRequest,
     QuietStream,
     ReleaseRequest,
+    RtpSource,
     UpdateRequest,
 )
 
 from .finalize import FinalizeResult, finalize_recording
+from .latching import (
+    DROP_REASONS,
+    DropReason,
+    Endpoint,
+    Expected,
+    expected_from_sdp,
+    on_sdp,
+)
 from .manifest import MANIFEST, RecordingManifest, StreamManifest
 from .ports import PortPool, PortsExhausted
 from .receiver import StreamReceiver
@@ -105,6 +114,12 @@ class Capture:
                                          "datagrams dropped as not RTP")
         self.m_dropped = metrics.counter("capture_packets_dropped_total",
                                          "packets dropped because the disk fell behind")
+        self.m_rejected = metrics.counter(
+            "capture_packets_rejected_total",
+            "RTP packets dropped, never recorded, because they came from another source "
+            "than the stream's (reason: wrong_address, wrong_port)")
+        for reason in DROP_REASONS:
+            self.m_rejected.inc(0, reason=reason)
         self.m_completed = metrics.counter("capture_recordings_completed_total",
                                            "recordings stored")
         self.m_failed = metrics.counter("capture_recordings_failed_total",
@@ -206,11 +221,16 @@ class Capture:
             existing = recording.streams.get(_safe_id(spec.stream_id))
             if existing is not None:
                 ports[spec.stream_id] = existing.manifest.port
+                if spec.source is not None:
+                    self._apply_source(recording, existing.manifest.stream_id, spec.source)
                 continue
             stream = StreamManifest(
                 stream_id=_safe_id(spec.stream_id), channel=spec.channel, label=spec.label, port=0
             )
-            ports[spec.stream_id] = self._bind_new(recording, stream)
+            if spec.source is not None:
+                stream.set_expectation(_expected(spec.source), None)
+            ports[spec.stream_id] = self._bind_new(recording, stream,
+                                                   sdp_pending=spec.source is None)
         recording.manifest.save(recording.directory)
         log.info("streams_allocated", recording_id=request.recording_id, ports=ports)
         return AllocateReply(ports=ports)
@@ -227,8 +247,29 @@ class Capture:
             )
             for stream in targets:
                 stream.payload_codecs.update(request.payload_codecs)
+        if request.source is not None:
+            if request.stream_id is None:
+                raise ValueError("an RTP source needs a stream_id")
+            self._apply_source(recording, _safe_id(request.stream_id), request.source)
         recording.manifest.save(recording.directory)
         return Empty()
+
+    def _apply_source(self, recording: LiveRecording, stream_id: str, source: RtpSource) -> None:
+        """The peer's SDP for a stream, new or again: keep or move the admitted source."""
+        stream = recording.manifest.streams[stream_id]
+        current, latched_before = stream.expectation()
+        expected, latched = on_sdp(current, latched_before, _expected(source))
+        live = recording.streams.get(stream_id)
+        unchanged = expected == current and latched == latched_before
+        stream.set_expectation(expected, latched)
+        if live is not None and (not unchanged or live.receiver.pending is not None):
+            # Also ends a wait for this SDP; a source latched now updates the manifest.
+            live.receiver.expect(expected, latched)
+        if unchanged:
+            return
+        log.info("rtp_source_expected", recording_id=recording.manifest.recording_id,
+                 stream_id=stream_id, address=expected.address, port=expected.port,
+                 latched=None if latched is None else f"{latched.address}:{latched.port}")
 
     async def release(self, request: ReleaseRequest) -> Empty:
         recording = self.live.get(request.recording_id)
@@ -292,23 +333,45 @@ class Capture:
 
     # ---- streams -------------------------------------------------------------------
 
-    def _bind_new(self, recording: LiveRecording, stream: StreamManifest) -> int:
+    def _bind_new(
+        self, recording: LiveRecording, stream: StreamManifest, *, sdp_pending: bool
+    ) -> int:
         for port in self.pool.candidates():
             try:
-                self._open_stream(recording, stream, port)
+                self._open_stream(recording, stream, port, sdp_pending=sdp_pending)
             except OSError:
                 continue
             return port
         raise PortsExhausted("no free RTP port in the configured range")
 
-    def _open_stream(self, recording: LiveRecording, stream: StreamManifest, port: int) -> None:
+    def _open_stream(
+        self, recording: LiveRecording, stream: StreamManifest, port: int,
+        *, sdp_pending: bool = False,
+    ) -> None:
         sock = _udp_socket(self.config.bind, port)
         self.pool.take(port)
         stream.port = port
         index = next_segment_index(recording.directory, stream.stream_id)
         writer = SegmentWriter(segment_path(recording.directory, stream.stream_id, index))
         started = recording.manifest.started_at.timestamp()
-        receiver = StreamReceiver(writer, started)
+        expected, latched = stream.expectation()
+        recording_id = recording.manifest.recording_id
+
+        def on_latch(source: Endpoint) -> None:
+            stream.set_latched(source)
+            try:
+                recording.manifest.save(recording.directory)
+            except OSError as exc:  # the call goes on; only a restart would forget it
+                log.error("manifest_write_failed", recording_id=recording_id, error=str(exc))
+
+        def on_drop(reason: DropReason) -> None:
+            self.m_rejected.inc(reason=reason)
+
+        receiver = StreamReceiver(
+            writer, started, expected=expected, latched=latched, on_latch=on_latch,
+            on_drop=on_drop, sdp_pending=sdp_pending,
+            log=log.bind(recording_id=recording_id, stream_id=stream.stream_id, port=port),
+        )
         loop = asyncio.get_running_loop()
         # The socket is already bound: create_datagram_endpoint completes synchronously
         # enough for us; schedule it and keep a reference through the protocol.
@@ -318,11 +381,12 @@ class Capture:
         recording.streams[stream.stream_id] = LiveStream(stream, writer, receiver)
 
     def _close_stream(self, live: LiveStream) -> None:
+        live.receiver.settle(force=True)
         live.receiver.close()
         # No fsync here: it would stall every live stream; the finalize worker syncs.
         live.writer.close(sync=False)
         self.m_invalid.inc(live.receiver.invalid)
-        self.m_dropped.inc(live.writer.dropped)
+        self.m_dropped.inc(live.writer.dropped + live.receiver.overflow)
         self.pool.give_back(live.manifest.port)
 
     def _end(self, recording: LiveRecording, ended_at: datetime) -> None:
@@ -347,6 +411,7 @@ class Capture:
             await asyncio.sleep(FLUSH_INTERVAL)
             for recording in list(self.live.values()):
                 for live in recording.streams.values():
+                    live.receiver.settle()
                     try:
                         live.writer.flush()
                     except OSError as exc:
@@ -466,6 +531,10 @@ class Capture:
         with contextlib.suppress(OSError):
             shutil.rmtree(target, ignore_errors=True)
             shutil.move(str(directory), str(target))
+
+
+def _expected(source: RtpSource) -> Expected:
+    return expected_from_sdp(source.address, source.port)
 
 
 def _object_key(recording_id: str, started_at: datetime) -> str:

@@ -21,7 +21,7 @@ import structlog
 
 from callrec.users import UsersProjection
 from contracts.v1.events import Participant, RecordingMetadata
-from contracts.v1.rpc import AllocateRequest, QuietStream, StreamSpec, UpdateRequest
+from contracts.v1.rpc import AllocateRequest, QuietStream, RtpSource, StreamSpec, UpdateRequest
 
 from . import sdp, siprec
 from .admission import RefusalReason, same_source
@@ -341,7 +341,7 @@ class RecorderUas:
                 AllocateRequest(
                     recording_id=session.recording_id,
                     started_at=session.started_at,
-                    streams=plan.streams,
+                    streams=_with_sources(plan.streams, plan.offer),
                     metadata=session.metadata,
                 )
             )
@@ -509,27 +509,22 @@ class RecorderUas:
     async def _push_codecs(
         self, session: RecordingSession, leg: Leg, sdp_doc: sdp.SessionDescription | None
     ) -> None:
-        """Tell capture which payload types mean which codec, from the negotiated SDP."""
+        """Tell capture which payload types mean which codec, and where the PBX sends
+        each stream from, from the PBX's SDP (offer, or answer in the ACK)."""
         if sdp_doc is None:
             return
         self._note_hold(leg, sdp_doc)
-        usable = [m for m in sdp_doc.media if _usable(m)]
         for stream in leg.streams:
-            if stream.stream_id.startswith("m") and stream.stream_id[1:].isdigit():
-                index = int(stream.stream_id[1:])
-                media = sdp_doc.media[index] if index < len(sdp_doc.media) else None
-            else:
-                media = usable[0] if usable else None
+            media = _media_for(stream.stream_id, sdp_doc)
             if media is None:
                 continue
             codecs = sdp.payload_codecs(media)
-            if not codecs:
-                continue
             stream.payload_codecs.update(codecs)
             try:
                 await self.backend.update(
                     UpdateRequest(recording_id=session.recording_id, stream_id=stream.stream_id,
-                                  payload_codecs=codecs)
+                                  payload_codecs=codecs or None,
+                                  source=_rtp_source(sdp_doc, media))
                 )
             except Exception as exc:
                 log.error("codec_update_failed", recording_id=session.recording_id,
@@ -1008,6 +1003,38 @@ def _contact_uri(request: SipRequest) -> str:
         except SipParseError:
             pass
     return str(request.from_.uri)
+
+
+def _media_for(
+    stream_id: str, sdp_doc: sdp.SessionDescription
+) -> sdp.MediaDescription | None:
+    """The m-line of a stream: `m<i>` is the i-th; a CUCM leg's one stream the first usable."""
+    if stream_id.startswith("m") and stream_id[1:].isdigit():
+        index = int(stream_id[1:])
+        return sdp_doc.media[index] if index < len(sdp_doc.media) else None
+    usable = [m for m in sdp_doc.media if _usable(m)]
+    return usable[0] if usable else None
+
+
+def _rtp_source(sdp_doc: sdp.SessionDescription, media: sdp.MediaDescription) -> RtpSource:
+    """The PBX's c= address and m= port for a stream, as written (capture interprets)."""
+    return RtpSource(address=media.connection_address or sdp_doc.connection_address,
+                     port=media.port)
+
+
+def _with_sources(
+    specs: list[StreamSpec], offer: sdp.SessionDescription | None
+) -> list[StreamSpec]:
+    """Streams to allocate, each with the RTP source the PBX's offer names, so capture
+    admits only that source from the moment the port opens."""
+    if offer is None:
+        return specs
+    out = []
+    for spec in specs:
+        media = _media_for(spec.stream_id, offer)
+        out.append(spec if media is None
+                   else spec.model_copy(update={"source": _rtp_source(offer, media)}))
+    return out
 
 
 def _usable(media: sdp.MediaDescription) -> bool:

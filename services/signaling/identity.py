@@ -163,7 +163,11 @@ def is_private(headers: Headers) -> bool:
 
 def _addresses(headers: Headers, name: str) -> list[NameAddr]:
     out: list[NameAddr] = []
-    for value in headers.get_all(name):
+    try:
+        values = headers.get_all(name)
+    except SipParseError:  # e.g. an unterminated quote in a comma-list header
+        values = []
+    for value in values:
         for item in split_header_list(value):
             try:
                 out.append(parse_name_addr(item))
@@ -199,13 +203,7 @@ def caller_identity(headers: Headers, from_: NameAddr | None = None) -> Identity
     ``from_`` defaults to the parsed ``From`` header. Never raises on bad
     identity headers: they are skipped, so a recording is never lost over one.
     """
-    if from_ is None:
-        try:
-            froms = _addresses(headers, "From")[:1]
-        except SipParseError:
-            froms = []
-    else:
-        froms = [from_]
+    froms = _addresses(headers, "From")[:1] if from_ is None else [from_]
     pai = _addresses(headers, "P-Asserted-Identity")
     rpid = [a for a in _addresses(headers, "Remote-Party-ID") if _rpid_usable(a)]
     # Within PAI, a sip: value carries the name more often than a tel: one.

@@ -442,6 +442,7 @@ def _read_extension(el: ET.Element, into: Participant) -> None:
             flag = _flag(_text(sub))
             if flag is not None:
                 into.calling = flag
+            return  # the first one says it; nested copies would only cost time
 
 
 def _read_participant(el: ET.Element, into: Participant, skipped: list[str]) -> None:
@@ -495,7 +496,7 @@ def _read_call_data(root: ET.Element) -> CallData | None:
         if _local(el) != "calldata":
             continue
         data = CallData()
-        for child in el.iter():
+        for child in el:  # the fields are direct children; no descent into nested junk
             name = _CALL_DATA_FIELDS.get(_local(child))
             text = _text(child) if name else ""
             if name and text and len(text) <= 512 and getattr(data, name) is None:

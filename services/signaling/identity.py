@@ -20,17 +20,20 @@ import ipaddress
 from dataclasses import dataclass
 from typing import Literal
 
+from contracts.v1.events import Participant
 from services.signaling.sip.message import Headers, NameAddr, SipParseError, parse_name_addr
 
 __all__ = [
     "PRIVACY_HIDING",
     "Identity",
     "IdentitySource",
+    "address_identity",
     "caller_identity",
     "host_of",
     "is_ip_address",
     "is_private",
     "number_of",
+    "participant",
     "split_header_list",
 ]
 
@@ -240,3 +243,37 @@ def caller_identity(headers: Headers, from_: NameAddr | None = None) -> Identity
             source = candidates[0][0]
     private = is_private(headers) or any(_rpid_private(a) for a in rpid)
     return Identity(number=number, name=name, host=host, uri=uri, private=private, source=source)
+
+
+def address_identity(addr: NameAddr, source: IdentitySource = "from") -> Identity:
+    """The identity one address shows (e.g. the To of a plain SIP call: the callee)."""
+    text = str(addr.uri)
+    number = number_of(text)
+    return Identity(
+        number=number,
+        name=_clean_name(addr.display),
+        host=host_of(text),
+        uri=text,
+        source=source,
+    )
+
+
+def participant(
+    identity: Identity,
+    role: Literal["near", "far", "caller", "callee", "other"],
+    *,
+    channel: int | None = None,
+    device: str | None = None,
+) -> Participant:
+    """The contracts' Participant for an identity: number only when there is a user part."""
+    return Participant(
+        role=role,
+        number=identity.number,
+        name=identity.name,
+        device=device,
+        aor=identity.uri,
+        channel=channel,
+        private=identity.private,
+        host=identity.host if identity.number is None else None,
+        identity_source=None if identity.source == "none" else identity.source,
+    )

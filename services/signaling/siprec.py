@@ -43,6 +43,7 @@ __all__ = [
     "recorded_call_ids",
     "split_multipart",
     "split_siprec_body",
+    "stream_labels",
 ]
 
 MAX_METADATA_SIZE = 64 * 1024
@@ -303,6 +304,8 @@ class RecordingMetadata:
     departed: list[str] = field(default_factory=list)
     # What could not be associated and was skipped (for logs and a counter).
     skipped: list[str] = field(default_factory=list)
+    # Labels of streams that had no usable id: not associable, but still streams.
+    orphan_labels: list[str] = field(default_factory=list)
     dialect: Dialect = "rfc7865"
 
 
@@ -570,6 +573,8 @@ def parse_metadata(xml: bytes) -> RecordingMetadata:
             label = _text(labels[0]) if labels else ""
             if stream_id is None:
                 md.skipped.append(f"stream without an id (label {label[:20]!r})")
+                if label:
+                    _append_unique(md.orphan_labels, label)
                 continue
             md.streams.append(
                 StreamInfo(id=stream_id, label=label, session_id=_attr(el, "session_id", "session"))
@@ -692,6 +697,10 @@ def merge_metadata(old: RecordingMetadata, new: RecordingMetadata) -> RecordingM
         call_data=new.call_data or old.call_data,
         departed=[],
         skipped=list(new.skipped),
+        orphan_labels=[
+            label for label in union(old.orphan_labels, new.orphan_labels)
+            if label not in {s.label for s in streams}
+        ],
         dialect=new.dialect,
     )
 
@@ -784,3 +793,14 @@ def recorded_call_ids(md: RecordingMetadata) -> list[str]:
     if md.call_data is not None and md.call_data.call_id:
         return [md.call_data.call_id]
     return []
+
+
+def stream_labels(md: RecordingMetadata) -> list[str]:
+    """Every stream label the metadata names, once each (streams first, then orphans).
+
+    For a SIPREC delayed offer (INVITE without SDP, RFC 7866): the SRS offers
+    one m-line per label, ``a=label`` set, in this order. A stream whose id was
+    unusable (Avaya's stream_id="") still gets its m-line.
+    """
+    labels = [s.label for s in md.streams if s.label] + md.orphan_labels
+    return list(dict.fromkeys(labels))

@@ -13,11 +13,13 @@ import pytest
 
 from services.signaling.identity import (
     Identity,
+    address_identity,
     caller_identity,
     host_of,
     is_ip_address,
     is_private,
     number_of,
+    participant,
     split_header_list,
 )
 from services.signaling.sip.message import Headers, SipRequest, parse_message, parse_name_addr
@@ -178,3 +180,16 @@ def test_broken_identity_headers_are_skipped_not_fatal() -> None:
     ident = caller_identity(headers, FROM)
     assert (ident.name, ident.number, ident.source) == ("From Name", "1001", "from")
     assert caller_identity(_headers()) == Identity()
+
+
+def test_plain_sip_call_parties_never_store_host_port_as_a_number() -> None:
+    # Issue 8: "A plain SIP call whose URI has no user is stored with host:port as its number."
+    to = parse_name_addr("<sip:10.0.0.50:5060>")
+    callee = participant(address_identity(to), "callee", channel=1)
+    assert (callee.number, callee.host, callee.aor, callee.channel) == (
+        None, "10.0.0.50:5060", "sip:10.0.0.50:5060", 1)
+    headers = _headers(("P-Asserted-Identity", '"Ann" <sip:2001@pbx>'), ("Privacy", "id"))
+    caller = participant(caller_identity(headers, FROM), "caller", channel=0)
+    assert (caller.number, caller.name, caller.private, caller.host, caller.identity_source) == (
+        "2001", "Ann", True, None, "pai")
+    assert participant(Identity(), "other").identity_source is None

@@ -25,6 +25,7 @@ from services.signaling.siprec import (
     parse_start_time,
     recorded_call_ids,
     split_siprec_body,
+    stream_labels,
 )
 
 
@@ -515,3 +516,14 @@ def test_contract_metadata_fields_are_optional_for_old_events() -> None:
     )
     assert old.cisco_guid is None and old.recorded_call_ids == [] and old.call_started_at is None
     assert old.participants[0].private is False and old.participants[0].host is None
+
+
+def test_stream_labels_for_a_delayed_offer() -> None:
+    # RFC 7866: an INVITE with metadata and no SDP; the SRS offers one m-line per stream.
+    assert stream_labels(parse_metadata(ORACLE_METADATA)) == ["16777227", "16777228"]
+    # stream_id="" cannot be associated, but its stream is still offered.
+    assert stream_labels(parse_metadata(AVAYA_INVITE_METADATA)) == ["1", "2"]
+    merged = merge_metadata(parse_metadata(AVAYA_INVITE_METADATA),
+                            parse_metadata(AVAYA_UPDATE_PARTIAL))
+    assert merged.orphan_labels == []  # the update gave label 2 a real stream
+    assert stream_labels(merged) == ["1", "2"]

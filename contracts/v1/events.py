@@ -35,6 +35,14 @@ class Participant(Frozen):
     device: str | None = None
     aor: str | None = None
     channel: int | None = None
+    # The sender asked to hide this identity (Privacy: id, RPID privacy=...): kept,
+    # since the recorder belongs to the company whose PBX sent it, but marked.
+    private: bool = False
+    # Host[:port] of an address without a user part (never stored as a number).
+    host: str | None = None
+    # Where the name/number came from (P-Asserted-Identity, Remote-Party-ID, From,
+    # CUCM From-URI parameters, SIPREC metadata).
+    identity_source: Literal["pai", "rpid", "from", "cucm", "metadata"] | None = None
 
 
 class RecordingMetadata(Frozen):
@@ -51,6 +59,15 @@ class RecordingMetadata(Frozen):
     recorded_user: str | None = None
     recorded_extension: str | None = None
     user_agent: str | None = None
+    # Cisco-Guid header: one id per call across CUCM and CUBE, linking a BiB
+    # recording, a CUBE SIPREC recording and the segments of one call.
+    cisco_guid: str | None = None
+    # Call-IDs of the recorded call itself as the SRC reported them (SIPREC
+    # metadata sipSessionID / Ribbon callData), for searching by the PBX's id.
+    recorded_call_ids: list[str] = Field(default_factory=list)
+    # When the recorded call started according to the SRC; None when unknown or
+    # implausible (some SBCs send 1970-01-01).
+    call_started_at: datetime | None = None
 
     def numbers(self) -> list[str]:
         return [p.number for p in self.participants if p.number]

@@ -11,21 +11,39 @@ from __future__ import annotations
 import re
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field, replace
-from typing import Any
+from datetime import UTC, datetime
+from typing import Any, Literal
 from xml.parsers import expat
+
+from contracts.v1 import events as contract
+from services.signaling.identity import host_of, number_of
 
 __all__ = [
     "MAX_METADATA_SIZE",
+    "METADATA_CONTENT_TYPES",
     "METADATA_NAMESPACES",
+    "PLACEHOLDER_AORS",
     "BodyPart",
+    "CallData",
+    "Dialect",
     "MetadataError",
     "Participant",
     "RecordingMetadata",
+    "SiprecBody",
     "StreamInfo",
+    "UnsupportedBody",
     "assign_channels",
+    "contract_participants",
+    "is_metadata_content_type",
+    "is_placeholder",
     "merge_metadata",
+    "ordered_participants",
     "parse_metadata",
+    "parse_start_time",
+    "recorded_call_ids",
     "split_multipart",
+    "split_siprec_body",
+    "stream_labels",
 ]
 
 MAX_METADATA_SIZE = 64 * 1024
@@ -40,8 +58,39 @@ METADATA_NAMESPACES = frozenset(
 )
 
 
+# RFC 7866 registers application/rs-metadata+xml; the RFC 7865/7866 examples
+# themselves, Metaswitch and Procomm send the pre-registration application/rs-metadata.
+METADATA_CONTENT_TYPES = frozenset({"application/rs-metadata+xml", "application/rs-metadata"})
+
+# Parties an SRC puts in the metadata before it knows the real ones (Avaya SBCE
+# sends ASBCE@avaya.com in the INVITE and the real parties in a later UPDATE).
+PLACEHOLDER_AORS = frozenset({"asbce@avaya.com"})
+
+Dialect = Literal["rfc7865", "draft", "broadworks", "bare"]
+_DIALECTS: dict[str, Dialect] = {
+    "urn:ietf:params:xml:ns:recording:1": "rfc7865",
+    "urn:ietf:params:xml:ns:recording": "draft",
+    "urn:ietf:params:xml:ns:siprec": "broadworks",
+    "": "bare",
+}
+
+
 class MetadataError(ValueError):
     """Raised for malformed or hostile SIPREC bodies."""
+
+
+class UnsupportedBody(MetadataError):
+    """A body type the recorder does not take (answer 415, not 400)."""
+
+
+def is_metadata_content_type(content_type: str | None) -> bool:
+    """The one rule for "is this SIPREC recording metadata": both registered spellings.
+
+    Takes a media type or a whole Content-Type header value (parameters ignored).
+    """
+    if not content_type:
+        return False
+    return content_type.split(";", 1)[0].strip().lower() in METADATA_CONTENT_TYPES
 
 
 # --------------------------------------------------------------------------
@@ -165,6 +214,51 @@ def split_multipart(content_type_header: str, body: bytes) -> list[BodyPart]:
     return parts
 
 
+@dataclass
+class SiprecBody:
+    """The parts of an INVITE/re-INVITE/UPDATE body the recorder uses."""
+
+    sdp: bytes | None = None
+    metadata: bytes | None = None
+    ignored: list[str] = field(default_factory=list)  # media types of other parts
+
+
+def _is_metadata_part(part: BodyPart) -> bool:
+    if is_metadata_content_type(part.content_type):
+        return True
+    # A recording-session disposition on an XML part is metadata whatever the label.
+    disposition = part.headers.get("content-disposition", "").split(";", 1)[0].strip().lower()
+    return disposition == "recording-session" and part.content_type.endswith("xml")
+
+
+def split_siprec_body(content_type_header: str | None, body: bytes) -> SiprecBody:
+    """Find the SDP and the recording metadata in a body, in any order.
+
+    Handles a bare SDP, bare metadata (a metadata-only UPDATE, RFC 7866 6.1.2),
+    and multipart/mixed with the parts in any order plus parts we do not use
+    (Cisco CUBE's application/gtd, ``handling=required``). Raises
+    UnsupportedBody for another body type, MetadataError for a broken multipart.
+    """
+    if not body:
+        return SiprecBody()
+    media = (content_type_header or "").split(";", 1)[0].strip().lower()
+    if media == "application/sdp":
+        return SiprecBody(sdp=body)
+    if is_metadata_content_type(media):
+        return SiprecBody(metadata=body)
+    if not media.startswith("multipart/"):
+        raise UnsupportedBody(f"unsupported body type {media[:60] or 'none'!r}")
+    result = SiprecBody()
+    for part in split_multipart(content_type_header or "", body):
+        if part.content_type == "application/sdp" and result.sdp is None:
+            result.sdp = part.body
+        elif _is_metadata_part(part) and result.metadata is None:
+            result.metadata = part.body
+        else:
+            result.ignored.append(part.content_type[:60])
+    return result
+
+
 # --------------------------------------------------------------------------
 # Metadata model
 # --------------------------------------------------------------------------
@@ -179,6 +273,9 @@ class Participant:
     names: list[str] = field(default_factory=list)
     send: list[str] = field(default_factory=list)
     recv: list[str] = field(default_factory=list)
+    # The SRC marked this party as the caller (Oracle apkt:callingParty, Ribbon
+    # callData callingParty); None when it said nothing.
+    calling: bool | None = None
 
 
 @dataclass
@@ -201,6 +298,52 @@ class RecordingMetadata:
     streams: list[StreamInfo] = field(default_factory=list)
     group_ids: list[str] = field(default_factory=list)
     metadata_session_ids: list[str] = field(default_factory=list)
+    started_at: datetime | None = None
+    call_data: CallData | None = None
+    # Participants the SRC says have left (participantsessionassoc disassociate-time).
+    departed: list[str] = field(default_factory=list)
+    # What could not be associated and was skipped (for logs and a counter).
+    skipped: list[str] = field(default_factory=list)
+    # Labels of streams that had no usable id: not associable, but still streams.
+    orphan_labels: list[str] = field(default_factory=list)
+    dialect: Dialect = "rfc7865"
+
+
+@dataclass
+class CallData:
+    """The recorded call's own identifiers as some SRCs copy them (Ribbon <callData>)."""
+
+    call_id: str | None = None
+    from_: str | None = None
+    to: str | None = None
+    gcid: str | None = None
+    calling_party: str | None = None
+
+
+def parse_start_time(text: str | None) -> datetime | None:
+    """An ISO 8601 start time in UTC; None when absent, malformed or implausible.
+
+    Ribbon sends 1970-01-01 when it has no clock value: before 1990 means unknown.
+    A time without an offset is taken as UTC.
+    """
+    if not text:
+        return None
+    value = text.strip()
+    if len(value) > 40:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value.replace("z", "Z"))
+    except ValueError:
+        return None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    try:
+        parsed = parsed.astimezone(UTC)
+    except (OverflowError, ValueError):
+        return None
+    if not 1990 <= parsed.year <= 2200:
+        return None
+    return parsed
 
 
 def _reject_doctype(*_args: Any) -> None:
@@ -281,7 +424,31 @@ def _append_unique(target: list[str], value: str) -> None:
         target.append(value)
 
 
-def _read_participant(el: ET.Element, into: Participant) -> None:
+def _local(el: ET.Element) -> str:
+    """Normalised local name whatever the namespace (for vendor extension data)."""
+    return _split_tag(el.tag)[1].lower().replace("-", "").replace("_", "")
+
+
+def _flag(text: str) -> bool | None:
+    value = text.strip().lower()
+    if value in ("true", "1", "yes"):
+        return True
+    if value in ("false", "0", "no"):
+        return False
+    return None
+
+
+def _read_extension(el: ET.Element, into: Participant) -> None:
+    # Oracle/Acme Packet: <extensiondata><apkt:callingParty>true</apkt:callingParty>.
+    for sub in el.iter():
+        if sub is not el and _local(sub) == "callingparty":
+            flag = _flag(_text(sub))
+            if flag is not None:
+                into.calling = flag
+            return  # the first one says it; nested copies would only cost time
+
+
+def _read_participant(el: ET.Element, into: Participant, skipped: list[str]) -> None:
     for child in el:
         key = _key(child)
         if key == "nameid":
@@ -299,11 +466,61 @@ def _read_participant(el: ET.Element, into: Participant) -> None:
         elif key == "name":
             _append_unique(into.names, _text(child))
         elif key in ("send", "recv"):
-            _append_unique(into.send if key == "send" else into.recv, _text(child))
+            _add_stream_ref(into, key, child, skipped)
+        elif key == "extensiondata" or (key is None and _local(child) == "extensiondata"):
+            _read_extension(child, into)
+
+
+def _add_stream_ref(into: Participant, key: str, el: ET.Element, skipped: list[str]) -> None:
+    stream_id = _text(el)
+    if not stream_id:
+        skipped.append(f"empty <{key}> for participant {into.id[:40]!r}")
+        return
+    _append_unique(into.send if key == "send" else into.recv, stream_id)
+
+
+_CALL_DATA_FIELDS = {
+    "callid": "call_id",
+    "sipcallid": "call_id",
+    "from": "from_",
+    "fromhdr": "from_",
+    "fromheader": "from_",
+    "to": "to",
+    "tohdr": "to",
+    "toheader": "to",
+    "gcid": "gcid",
+    "callingparty": "calling_party",
+}
+
+
+def _read_call_data(root: ET.Element) -> CallData | None:
+    """Ribbon/Sonus copy the recorded call's From/To/Call-ID into a <callData> element."""
+    for el in root.iter():
+        if _local(el) != "calldata":
+            continue
+        data = CallData()
+        for child in el:  # the fields are direct children; no descent into nested junk
+            name = _CALL_DATA_FIELDS.get(_local(child))
+            text = _text(child) if name else ""
+            if name and text and len(text) <= 512 and getattr(data, name) is None:
+                setattr(data, name, text)
+        return data
+    return None
+
+
+def _caller_first(participants: list[Participant]) -> list[Participant]:
+    """Stable order with the party the SRC marked as calling first."""
+    return sorted(participants, key=lambda p: 0 if p.calling else 1)
 
 
 def parse_metadata(xml: bytes) -> RecordingMetadata:
-    """Parse recording metadata in any of the dialects seen in the field."""
+    """Parse recording metadata in any of the dialects seen in the field.
+
+    Refuses only what is not metadata at all (bad XML, DTDs, a foreign root).
+    Elements that cannot be associated (an empty ``stream_id``, a participant
+    without an id, an empty ``<send>``) are skipped and listed in ``skipped``,
+    so one vendor's quirk never costs the whole recording.
+    """
     if len(xml) > MAX_METADATA_SIZE:
         raise MetadataError("metadata too large")
     upper = xml.upper()
@@ -313,7 +530,7 @@ def parse_metadata(xml: bytes) -> RecordingMetadata:
     if _key(root) not in ("recording", "recordingmetadata"):
         raise MetadataError(f"unexpected metadata root element: {root.tag[:80]!r}")
 
-    md = RecordingMetadata()
+    md = RecordingMetadata(dialect=_DIALECTS.get(_split_tag(root.tag)[0], "rfc7865"))
     by_id: dict[str, Participant] = {}
 
     def participant(pid: str) -> Participant:
@@ -343,34 +560,73 @@ def parse_metadata(xml: bytes) -> RecordingMetadata:
                     _append_unique(md.session_ids, _text(child))
                 elif child_key == "starttime" and md.start_time is None:
                     md.start_time = _text(child) or None
+                    md.started_at = parse_start_time(md.start_time)
         elif key == "participant":
             pid = _attr(el, "participant_id", "id")
             if pid is None:
-                raise MetadataError("participant without an id")
-            _read_participant(el, participant(pid))
+                md.skipped.append("participant without an id")
+                continue
+            _read_participant(el, participant(pid), md.skipped)
         elif key == "stream":
             stream_id = _attr(el, "stream_id", "id")
-            if stream_id is None:
-                raise MetadataError("stream without an id")
             labels = _children(el, "label")
+            label = _text(labels[0]) if labels else ""
+            if stream_id is None:
+                md.skipped.append(f"stream without an id (label {label[:20]!r})")
+                if label:
+                    _append_unique(md.orphan_labels, label)
+                continue
             md.streams.append(
-                StreamInfo(
-                    id=stream_id,
-                    label=_text(labels[0]) if labels else "",
-                    session_id=_attr(el, "session_id", "session"),
-                )
+                StreamInfo(id=stream_id, label=label, session_id=_attr(el, "session_id", "session"))
             )
         elif key == "participantstreamassoc":
             pid = _attr(el, "participant_id", "id")
             if pid is None:
-                raise MetadataError("participantstreamassoc without participant_id")
+                md.skipped.append("participantstreamassoc without a participant_id")
+                continue
             target = participant(pid)
             for child in el:
                 child_key = _key(child)
                 if child_key in ("send", "recv"):
-                    dest = target.send if child_key == "send" else target.recv
-                    _append_unique(dest, _text(child))
+                    _add_stream_ref(target, child_key, child, md.skipped)
+        elif key == "participantsessionassoc":
+            pid = _attr(el, "participant_id", "id")
+            if pid and _children(el, "disassociatetime"):
+                _append_unique(md.departed, pid)
+    md.call_data = _read_call_data(root)
+    if md.call_data is not None and md.call_data.calling_party:
+        _mark_calling(md.participants, md.call_data.calling_party)
+    md.participants = _caller_first(md.participants)
     return md
+
+
+def _mark_calling(participants: list[Participant], calling_party: str) -> None:
+    # Ribbon names the caller by number in callData; mark the party with that number.
+    if any(p.calling is not None for p in participants):
+        return
+    wanted = number_of(calling_party) or calling_party
+    for p in participants:
+        if any(number_of(aor) == wanted for aor in p.aors):
+            p.calling = True
+            return
+
+
+def is_placeholder(p: Participant) -> bool:
+    """A stand-in party the SRC replaces later (Avaya SBCE's ASBCE@avaya.com)."""
+    if not p.aors:
+        return False
+    for aor in p.aors:
+        text = aor.strip().strip("<>").lower()
+        for scheme in ("sip:", "sips:"):
+            text = text.removeprefix(scheme)
+        if text.split(";", 1)[0] not in PLACEHOLDER_AORS:
+            return False
+    return True
+
+
+def ordered_participants(md: RecordingMetadata) -> list[Participant]:
+    """The real parties, caller first (placeholders left out): caller/callee order."""
+    return _caller_first([p for p in md.participants if not is_placeholder(p)])
 
 
 def _merge_participant(old: Participant, new: Participant) -> Participant:
@@ -381,15 +637,22 @@ def _merge_participant(old: Participant, new: Participant) -> Participant:
         names=list(new.names or old.names),
         send=list(new.send or old.send),
         recv=list(new.recv or old.recv),
+        calling=new.calling if new.calling is not None else old.calling,
     )
 
 
 def _copy_participant(p: Participant) -> Participant:
-    return Participant(p.id, list(p.aors), list(p.names), list(p.send), list(p.recv))
+    return Participant(p.id, list(p.aors), list(p.names), list(p.send), list(p.recv), p.calling)
 
 
 def merge_metadata(old: RecordingMetadata, new: RecordingMetadata) -> RecordingMetadata:
-    """Fold a metadata update into the current view (RFC 7865 6.1 datamode)."""
+    """Fold a metadata update into the current view (RFC 7865 6.1 datamode).
+
+    ``complete`` replaces everything. ``partial`` restates only what changed:
+    participants and streams are merged by id, parties that left
+    (disassociate-time) are dropped, and placeholder parties (Avaya SBCE) give
+    way as soon as a real party is known.
+    """
     if new.datamode == "complete":
         return new
     participants = [_copy_participant(p) for p in old.participants]
@@ -400,6 +663,10 @@ def merge_metadata(old: RecordingMetadata, new: RecordingMetadata) -> RecordingM
         else:
             index[p.id] = len(participants)
             participants.append(_copy_participant(p))
+    departed = set(new.departed)
+    participants = [p for p in participants if p.id not in departed]
+    if any(not is_placeholder(p) for p in participants):
+        participants = [p for p in participants if not is_placeholder(p)]
     streams = list(old.streams)
     stream_index = {s.id: i for i, s in enumerate(streams)}
     for s in new.streams:
@@ -422,15 +689,24 @@ def merge_metadata(old: RecordingMetadata, new: RecordingMetadata) -> RecordingM
         datamode=old.datamode,
         session_ids=union(old.session_ids, new.session_ids),
         start_time=old.start_time or new.start_time,
-        participants=participants,
+        participants=_caller_first(participants),
         streams=streams,
         group_ids=union(old.group_ids, new.group_ids),
         metadata_session_ids=union(old.metadata_session_ids, new.metadata_session_ids),
+        started_at=old.started_at or new.started_at,
+        call_data=new.call_data or old.call_data,
+        departed=[],
+        skipped=list(new.skipped),
+        orphan_labels=[
+            label for label in union(old.orphan_labels, new.orphan_labels)
+            if label not in {s.label for s in streams}
+        ],
+        dialect=new.dialect,
     )
 
 
 def _label_sort_key(label: str) -> tuple[int, int, str]:
-    return (0, int(label), label) if label.isdigit() else (1, 0, label)
+    return (0, int(label), label) if label.isdigit() and len(label) < 20 else (1, 0, label)
 
 
 def assign_channels(
@@ -439,14 +715,16 @@ def assign_channels(
     """Map SDP labels to stereo channels: caller left (0), other party right (1).
 
     The side is decided by who *sends* the stream, never by label value:
-    SRCs number labels arbitrarily (the caller's voice is often label 2).
+    SRCs number labels arbitrarily (the caller's voice is often label 2). The
+    caller is the party the SRC marked as calling, else the first listed;
+    placeholder parties are ignored, so their streams fall back to label order.
     """
     stream_by_label: dict[str, StreamInfo] = {}
     for stream in metadata.streams:
         if stream.label:
             stream_by_label.setdefault(stream.label, stream)
     sender: dict[str, tuple[int, Participant]] = {}
-    for position, p in enumerate(metadata.participants):
+    for position, p in enumerate(ordered_participants(metadata)):
         channel = 0 if position == 0 else 1
         for stream_id in p.send:
             sender.setdefault(stream_id, (channel, p))
@@ -465,3 +743,64 @@ def assign_channels(
     for i, label in enumerate(sorted(dict.fromkeys(unassigned), key=_label_sort_key)):
         result[label] = (free[i % len(free)], None)
     return {label: result[label] for label in labels}
+
+
+def _best_aor(p: Participant) -> tuple[str | None, str | None]:
+    """(aor, number): the first address with a user part, else the first address."""
+    for aor in p.aors:
+        number = number_of(aor)
+        if number is not None:
+            return aor, number
+    return (p.aors[0] if p.aors else None), None
+
+
+def contract_participants(
+    md: RecordingMetadata,
+    channels: dict[str, tuple[int, Participant | None]] | None = None,
+) -> list[contract.Participant]:
+    """The parties as the contracts store them: caller, callee, then others.
+
+    Placeholders are left out; a number is a user part, never ``host:port``
+    (the host is kept apart); ``channels`` (from assign_channels) gives each
+    party the channel carrying their voice.
+    """
+    channel_of: dict[str, int] = {}
+    for channel, party in (channels or {}).values():
+        if party is not None:
+            channel_of.setdefault(party.id, channel)
+    out: list[contract.Participant] = []
+    for position, p in enumerate(ordered_participants(md)):
+        role: Literal["caller", "callee", "other"] = (
+            "caller" if position == 0 else "callee" if position == 1 else "other"
+        )
+        aor, number = _best_aor(p)
+        out.append(
+            contract.Participant(
+                role=role,
+                number=number,
+                name=next((n for n in p.names if n), None),
+                aor=aor,
+                host=host_of(aor) if number is None else None,
+                channel=channel_of.get(p.id),
+                identity_source="metadata",
+            )
+        )
+    return out
+
+
+def recorded_call_ids(md: RecordingMetadata) -> list[str]:
+    """The recorded call's own Call-IDs as the SRC reported them (Ribbon callData)."""
+    if md.call_data is not None and md.call_data.call_id:
+        return [md.call_data.call_id]
+    return []
+
+
+def stream_labels(md: RecordingMetadata) -> list[str]:
+    """Every stream label the metadata names, once each (streams first, then orphans).
+
+    For a SIPREC delayed offer (INVITE without SDP, RFC 7866): the SRS offers
+    one m-line per label, ``a=label`` set, in this order. A stream whose id was
+    unusable (Avaya's stream_id="") still gets its m-line.
+    """
+    labels = [s.label for s in md.streams if s.label] + md.orphan_labels
+    return list(dict.fromkeys(labels))

@@ -345,9 +345,6 @@ def test_parse_metadata_without_namespace_and_aor_element() -> None:
         b"<recording><datamode>sometimes</datamode></recording>",
         b"<other xmlns='urn:ietf:params:xml:ns:recording:1'/>",
         b"<recording xmlns='urn:example:not-siprec'/>",
-        b"<recording><participant><nameID aor='sip:a@b'/></participant></recording>",
-        b"<recording><stream><label>1</label></stream></recording>",
-        b"<recording><participantstreamassoc><send>x</send></participantstreamassoc></recording>",
         b"<recording>&undefined;</recording>",
         b"<?xml version='1.0' encoding='no-such-codec'?><recording/>",
         b"<recording>" + b"<x/>" * 20000 + b"</recording>",
@@ -356,6 +353,28 @@ def test_parse_metadata_without_namespace_and_aor_element() -> None:
 def test_parse_metadata_errors(xml: bytes) -> None:
     with pytest.raises(MetadataError):
         parse_metadata(xml)
+
+
+@pytest.mark.parametrize(
+    ("xml", "skipped"),
+    [
+        (b"<recording><participant><nameID aor='sip:a@b'/></participant></recording>",
+         "participant without an id"),
+        (b"<recording><stream><label>1</label></stream></recording>", "stream without an id"),
+        (b"<recording><stream stream_id=''><label>1</label></stream></recording>",
+         "stream without an id"),
+        (b"<recording><participantstreamassoc><send>x</send></participantstreamassoc>"
+         b"</recording>", "participantstreamassoc without a participant_id"),
+        (b"<recording><participant id='p'><send/></participant></recording>", "empty <send>"),
+    ],
+)
+def test_unassociable_elements_are_skipped_not_refused(xml: bytes, skipped: str) -> None:
+    # Issue 8: one element that cannot be associated (Avaya SBCE's stream_id="")
+    # must not cost the whole call; it is skipped and reported for a counter.
+    md = parse_metadata(xml)
+    assert len(md.skipped) == 1
+    assert md.skipped[0].startswith(skipped)
+    assert all(p.send == [] for p in md.participants)
 
 
 @pytest.mark.parametrize(

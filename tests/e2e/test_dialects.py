@@ -66,6 +66,31 @@ EXPECTATIONS: dict[str, Expect] = {
                       {"role": "far", "number": "1002", "channel": 1}],
         metadata={"source": "cucm"},
     ),
+    "cucm_early_offer": Expect(
+        streams=_cucm(440.0, 1000.0), answer_m=1, channels=(440.0, 1000.0),
+        participants=[{"role": "near", "number": "1001"}, {"role": "far", "number": "1002"}],
+    ),
+    "cucm_g722": Expect(
+        streams=_cucm(600.0, 1500.0, codec="G722"), answer_m=1, channels=(600.0, 1500.0),
+        participants=[{"role": "near", "number": "1001"}, {"role": "far", "number": "1002"}],
+    ),
+    "cucm_g729": Expect(
+        streams=_cucm(440.0, 900.0, codec="G729"), answer_m=1, channels=(440.0, 900.0),
+        participants=[{"role": "near", "number": "1001"}, {"role": "far", "number": "1002"}],
+    ),
+    "cucm_hold": Expect(
+        streams=_cucm(700.0, 1100.0), answer_m=1, channels=(700.0, 1100.0),
+        participants=[{"role": "near", "number": "1001"}, {"role": "far", "number": "1002"}],
+    ),
+    "cucm_identity": Expect(
+        streams=_cucm(550.0, 1250.0), answer_m=1, channels=(550.0, 1250.0),
+        participants=[
+            {"role": "near", "number": "1001", "name": "Alice Agent", "private": False},
+            {"role": "far", "number": "4155550100", "name": "Bob Customer", "private": True,
+             "device": "10.20.30.40"},
+        ],
+        metadata={"cisco_guid": "2964493056-3225977321-2170437826-0000000000"},
+    ),
 }
 
 

@@ -245,6 +245,7 @@ def run_dialect(
             if dialog is None:
                 continue
             values["to_tag"] = response.to_tag() or ""
+            values["contact"] = dialog.request_uri
             leg.values = values
             uac.ack(dialog, _Fill(leg_sample.ack_body).substitute(values).lstrip("\n")
                     if leg_sample.ack_body else "")
@@ -270,7 +271,9 @@ def _play(sample: Sample, legs: list[LegRun], seconds: float) -> None:
     pending = [(req, leg, leg_sample) for leg, leg_sample in zip(legs, sample.legs, strict=False)
                for req in leg_sample.requests if leg.dialog is not None]
     pending.sort(key=lambda item: item[0].at)
-    hold_time = sum(1.0 for req, _, _ in pending if req.media == "off")
+    # Each hold (media "off") lasts about a second of the sample's timeline.
+    hold_time = max((sum(1.0 for req in leg_sample.requests if req.media == "off")
+                     for leg_sample in sample.legs), default=0.0)
     total = seconds + hold_time
     streams = [s for leg in legs for s in leg.streams]
     start = time.monotonic()

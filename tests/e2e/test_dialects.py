@@ -45,7 +45,7 @@ class Expect:
     participants: list[dict[str, Any]]
     metadata: dict[str, Any] = field(default_factory=dict)
     refused: tuple[int, ...] = ()
-    sound_s: float = SECONDS
+    absent_aors: tuple[str, ...] = ()
 
 
 def _cucm(near_hz: float, far_hz: float, codec: str = "PCMU", pt: int | None = None
@@ -55,6 +55,10 @@ def _cucm(near_hz: float, far_hz: float, codec: str = "PCMU", pt: int | None = N
 
 def _siprec(*plans: tuple[int, float], codec: str = "PCMU") -> list[list[StreamPlan]]:
     return [[StreamPlan(m, codec, hz) for m, hz in plans]]  # type: ignore[arg-type]
+
+
+def _party(role: str, number: str, name: str, channel: int) -> dict[str, Any]:
+    return {"role": role, "number": number, "name": name, "channel": channel}
 
 
 EXPECTATIONS: dict[str, Expect] = {
@@ -90,6 +94,62 @@ EXPECTATIONS: dict[str, Expect] = {
              "device": "10.20.30.40"},
         ],
         metadata={"cisco_guid": "2964493056-3225977321-2170437826-0000000000"},
+    ),
+    # ---- SIPREC: one session, the caller on the left whatever its label or m-line.
+    "freeswitch": Expect(  # caller sends label 2 (second m-line)
+        streams=_siprec((0, 1000.0), (1, 440.0)), answer_m=2, channels=(440.0, 1000.0),
+        participants=[_party("caller", "6001", "Ivan Caller", 0),
+                      _party("callee", "6002", "Judy Callee", 1)],
+        metadata={"source": "siprec"},
+    ),
+    "metaswitch": Expect(
+        streams=_siprec((0, 520.0), (1, 1180.0)), answer_m=2, channels=(520.0, 1180.0),
+        participants=[_party("caller", "+14085551000", "Kim Caller", 0),
+                      _party("callee", "+14085552000", "Leo Callee", 1)],
+    ),
+    "opensips": Expect(
+        streams=_siprec((0, 620.0), (1, 1320.0)), answer_m=2, channels=(620.0, 1320.0),
+        participants=[_party("caller", "7001", "Mallory Caller", 0),
+                      _party("callee", "7002", "Niaj Callee", 1)],
+    ),
+    "audiocodes": Expect(
+        streams=_siprec((0, 480.0), (1, 1080.0), codec="PCMA"), answer_m=2,
+        channels=(480.0, 1080.0),
+        participants=[_party("caller", "+13125550001", "Olivia 2001", 0),
+                      _party("callee", "3125550002", "Peggy Callee", 1)],
+    ),
+    "oracle": Expect(  # the calling party (apkt:callingParty) sends the second m-line
+        streams=_siprec((0, 1400.0), (1, 660.0)), answer_m=2, channels=(660.0, 1400.0),
+        participants=[_party("caller", "2145551000", "Quentin Caller", 0),
+                      _party("callee", "2145552000", "Rupert Callee", 1)],
+    ),
+    "ribbon": Expect(
+        streams=_siprec((0, 740.0), (1, 1460.0)), answer_m=2, channels=(740.0, 1460.0),
+        participants=[_party("caller", "9725551000", "Sybil Caller", 0),
+                      _party("callee", "9725552000", "Trent Callee", 1)],
+        metadata={"call_started_at": None},  # 1970 is not a start time
+    ),
+    "broadworks": Expect(  # one mixed stream: on the left, the right stays silent
+        streams=_siprec((0, 860.0)), answer_m=1, channels=(860.0, None),
+        participants=[{"number": "2405551000", "name": "Uma Caller"},
+                      {"number": "2405552000", "name": "Victor Callee"}],
+    ),
+    "cube": Expect(
+        streams=_siprec((0, 580.0), (1, 1220.0)), answer_m=2, channels=(580.0, 1220.0),
+        participants=[_party("caller", "4085551000", "Walter Caller", 0),
+                      _party("callee", "4085552000", "Xena Callee", 1)],
+        metadata={"cisco_guid": "1234567890-1122334455-2233445566-3344556677"},
+    ),
+    "avaya": Expect(  # parties only from the UPDATE; the placeholder is gone
+        streams=_siprec((0, 460.0), (1, 1040.0)), answer_m=2, channels=(460.0, 1040.0),
+        participants=[_party("caller", "5125551000", "Yusuf Caller", 0),
+                      _party("callee", "5125552000", "Zoe Callee", 1)],
+        absent_aors=("ASBCE@avaya.com",),
+    ),
+    "siprec_delayed_offer": Expect(  # our offer in the 200, their answer in the ACK
+        streams=_siprec((0, 540.0), (1, 1160.0)), answer_m=2, channels=(540.0, 1160.0),
+        participants=[_party("caller", "8005551000", "Alan Caller", 0),
+                      _party("callee", "8005552000", "Beth Callee", 1)],
     ),
 }
 
@@ -153,6 +213,8 @@ def _check_participants(recording: dict[str, Any], expect: Expect) -> None:
     for key, value in expect.metadata.items():
         assert metadata.get(key) == value, (key, metadata)
     actual = metadata["participants"]
+    for aor in expect.absent_aors:
+        assert not [p for p in actual if aor in (p.get("aor") or "")], (aor, actual)
     for wanted in expect.participants:
         assert any(all(p.get(k) == v for k, v in wanted.items()) for p in actual), (
             wanted, actual)

@@ -94,6 +94,14 @@ class ChannelSummary(Frozen):
     ssrc_changes: int = 0
     codecs: list[str] = Field(default_factory=list)
     dtmf: list[DtmfDigit] = Field(default_factory=list)
+    # Packets that became audio, and the RTP payload types that arrived but mean
+    # nothing we decode (no SDP mapped them): a silent channel explains itself.
+    packets_decoded: int = 0
+    unknown_payload_types: list[int] = Field(default_factory=list)
+    # Why the channel has no audio at all (None: some audio was decoded): nothing
+    # arrived, nothing that arrived was RTP in the call's time, only DTMF events,
+    # or RTP whose payload could not be decoded.
+    silent_reason: Literal["no_packets", "not_rtp", "dtmf_only", "undecodable"] | None = None
 
 
 class EventBase(Frozen):

@@ -63,6 +63,9 @@ def finalize_recording(directory: Path, output: Path, bitrate: int) -> FinalizeR
                 unknown_payload=stats.unknown_payload,
                 ssrc_changes=stats.ssrc_changes,
                 codecs=list(stats.codecs),
+                packets_decoded=stats.packets_decoded,
+                unknown_payload_types=list(stats.unknown_payload_types),
+                silent_reason=stats.silent_reason,
                 dtmf=[
                     DtmfDigit(digit=d.digit, at_ms=d.start_ms, duration_ms=d.duration_ms)
                     for d in result.dtmf

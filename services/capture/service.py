@@ -23,6 +23,7 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import get_args
 
 import structlog
 
@@ -58,6 +59,7 @@ from .manifest import MANIFEST, RecordingManifest, StreamManifest
 from .ports import PortPool, PortsExhausted
 from .receiver import StreamReceiver
 from .segments import SegmentWriter, next_segment_index, read_stream, segment_path
+from .timeline import SilentReason
 
 FLUSH_INTERVAL = 0.5
 RECONCILE_INTERVAL = 3.0
@@ -120,6 +122,16 @@ class Capture:
             "than the stream's (reason: wrong_address, wrong_port)")
         for reason in DROP_REASONS:
             self.m_rejected.inc(0, reason=reason)
+        self.m_silent = metrics.counter(
+            "capture_channels_silent_total",
+            "recorded streams that produced no audio (reason: no_packets, not_rtp, "
+            "dtmf_only, undecodable)")
+        for reason in get_args(SilentReason):
+            self.m_silent.inc(0, reason=reason)
+        self.m_undecodable = metrics.counter(
+            "capture_packets_undecodable_total",
+            "RTP packets stored but not decodable (payload type no SDP mapped, or a "
+            "codec error)")
         self.m_completed = metrics.counter("capture_recordings_completed_total",
                                            "recordings stored")
         self.m_failed = metrics.counter("capture_recordings_failed_total",
@@ -516,6 +528,7 @@ class Capture:
             recovered=manifest.recovered,
         )
         await bus.publish_event(self.ctx.js, event)
+        self._count_silent(manifest.recording_id, result)
         output.unlink(missing_ok=True)
         self.live.pop(manifest.recording_id, None)
         shutil.rmtree(recording.directory, ignore_errors=True)
@@ -525,6 +538,19 @@ class Capture:
         log.info("recording_completed", recording_id=manifest.recording_id,
                  duration_ms=result.duration_ms, size=size, finalize_s=round(elapsed, 3),
                  packets=[c.packets_received for c in result.channels])
+
+    def _count_silent(self, recording_id: str, result: FinalizeResult) -> None:
+        """Make a channel that got packets but no audio visible (metric and log)."""
+        for channel in result.channels:
+            self.m_undecodable.inc(channel.unknown_payload)
+            if channel.silent_reason is None:
+                continue
+            self.m_silent.inc(reason=channel.silent_reason)
+            if channel.silent_reason != "no_packets":
+                log.warning("channel_without_audio", recording_id=recording_id,
+                            stream_id=channel.stream_id, reason=channel.silent_reason,
+                            packets=channel.packets_received,
+                            unknown_payload_types=channel.unknown_payload_types)
 
     def _move_to_failed(self, directory: Path) -> None:
         target = self.failed_dir / directory.name

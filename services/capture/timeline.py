@@ -12,6 +12,11 @@ interpretation happens here, once, when the call is finalized. Design goals:
 * Never crash on garbage: anything unparsable is counted and skipped.
 
 All codecs we accept use an 8000 Hz RTP clock (G.722 included, RFC 3551).
+
+Static payload types mean their RFC 3551 codec whatever the SDP answer listed: a
+CUCM answer naming only PCMU is followed by PCMA on PT 8 in the wild, and we had
+offered PCMA ourselves. A stream that carried packets yet produced no audio says
+why (:data:`SilentReason`), so a silent channel is never a mystery.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ import math
 import struct
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
 import av
 import numpy as np
@@ -33,11 +38,13 @@ from callrec.audio import PCMA_DECODE_TABLE, PCMU_DECODE_TABLE
 
 __all__ = [
     "RTP_CLOCK_HZ",
+    "STATIC_PAYLOAD_CODECS",
     "ChannelResult",
     "DtmfEvent",
     "RtpRecord",
     "Run",
     "RunPacket",
+    "SilentReason",
     "Span",
     "StreamStats",
     "anchor_ms",
@@ -49,6 +56,7 @@ __all__ = [
     "parse_record",
     "parse_telephone_event",
     "resample",
+    "silent_reason",
     "split_runs",
     "unwrap",
 ]
@@ -64,6 +72,14 @@ MAX_SEQ_JUMP = 3000
 
 _RUN_LOOKBACK = 4
 """How many earlier runs of an SSRC a late packet may still join."""
+
+STATIC_PAYLOAD_CODECS: dict[int, str] = {0: "PCMU", 8: "PCMA", 9: "G722", 18: "G729"}
+"""RFC 3551 static payload types of the codecs we decode (and offer)."""
+
+SilentReason = Literal["no_packets", "not_rtp", "dtmf_only", "undecodable"]
+"""Why a stream produced no audio: nothing arrived; nothing that arrived was RTP
+inside the recording; only RFC 4733 events; RTP whose payload we cannot decode
+(a payload type no SDP mapped, or a codec that failed on every packet)."""
 
 _NATIVE_RATE = {"PCMU": 8000, "PCMA": 8000, "G722": 16000, "G729": 8000}
 _PYAV_NAME = {"PCMU": "pcm_mulaw", "PCMA": "pcm_alaw", "G722": "g722", "G729": "g729"}
@@ -106,6 +122,9 @@ class StreamStats:
     ssrc_changes: int = 0
     codecs: list[str] = field(default_factory=list)
     unknown_payload: int = 0
+    unknown_payload_types: list[int] = field(default_factory=list)
+    packets_decoded: int = 0
+    silent_reason: SilentReason | None = None
 
 
 @dataclass(slots=True)
@@ -411,7 +430,8 @@ def _mono_int16(array: npt.NDArray[np.generic]) -> Int16Array:
 def decode_spans(packets: Sequence[RunPacket]) -> tuple[list[Span], int]:
     """Decode a run's audio packets (seq order) into contiguous spans.
 
-    Returns (spans, undecodable packet count). A new span starts wherever the
+    Returns (spans, undecodable packet count); the decoded count is the
+    audio packets minus the undecodable ones. A new span starts wherever the
     timestamp does not continue exactly (loss, overlap, silence suppression)
     or the native rate changes; spans are returned in sequence order so
     later packets overwrite earlier ones when they overlap.
@@ -510,6 +530,19 @@ def resample(samples: npt.ArrayLike, in_rate: int, out_rate: int) -> FloatArray:
 # --------------------------------------------------------------------------- assembly
 
 
+def silent_reason(stats: StreamStats, *, has_rtp: bool, has_dtmf: bool) -> SilentReason | None:
+    """Why a stream produced no audio at all; None when some audio was decoded."""
+    if stats.packets_decoded > 0:
+        return None
+    if stats.packets_received == 0:
+        return "no_packets"
+    if not has_rtp:
+        return "not_rtp"
+    if has_dtmf and stats.unknown_payload == 0:
+        return "dtmf_only"
+    return "undecodable"
+
+
 def _place(output: Int16Array, offset: int, values: FloatArray | Int16Array) -> None:
     """Write ``values`` at ``offset``, clipped to the output (later wins)."""
     total = output.size
@@ -532,14 +565,17 @@ def build_channel(
     """Build one channel of ``duration_ms`` at ``out_rate`` from stored RTP.
 
     ``records`` are ``(arrival_ms relative to the recording start, datagram)``.
-    ``payload_codecs`` is every payload-type mapping the call negotiated.
+    ``payload_codecs`` is every payload-type mapping the call negotiated; the
+    static payload types of :data:`STATIC_PAYLOAD_CODECS` are decoded even when
+    the negotiation did not list them (an SDP's own rtpmap still wins).
     """
     if out_rate <= 0:
         raise ValueError(f"invalid output rate {out_rate}")
     total = max(int(duration_ms), 0) * out_rate // 1000
     output = np.zeros(total, dtype=np.int16)
     stats = StreamStats()
-    codecs = {int(pt): normalize_codec(str(name)) for pt, name in payload_codecs.items()}
+    codecs = dict(STATIC_PAYLOAD_CODECS)
+    codecs.update({int(pt): normalize_codec(str(name)) for pt, name in payload_codecs.items()})
 
     valid: list[RtpRecord] = []
     for arrival, data in records:
@@ -562,6 +598,7 @@ def build_channel(
     runs.sort(key=lambda r: r.first_arrival_ms)
     stats.ssrc_changes = sum(1 for a, b in itertools.pairwise(runs) if a.ssrc != b.ssrc)
 
+    stats.unknown_payload_types = sorted({r.pt for r in valid if r.pt not in codecs})
     dtmf: list[DtmfEvent] = []
     to_out = out_rate / RTP_CLOCK_HZ
     for run in runs:
@@ -576,6 +613,9 @@ def build_channel(
         dtmf.extend(events)
         spans, bad_audio = decode_spans(unique)
         stats.unknown_payload += bad_dtmf + bad_audio
+        stats.packets_decoded += (
+            sum(1 for p in unique if p.codec in _NATIVE_RATE and p.payload) - bad_audio
+        )
         anchor_samples = round(anchor * out_rate / 1000.0)
         for span in spans:
             offset = anchor_samples + round((span.ts_ext - ts_base) * to_out)
@@ -585,6 +625,7 @@ def build_channel(
             _place(output, offset, values)
 
     dtmf.sort(key=lambda e: (e.start_ms, e.digit))
+    stats.silent_reason = silent_reason(stats, has_rtp=bool(valid), has_dtmf=bool(dtmf))
     first = min((r.arrival_ms for r in valid), default=None)
     last = max((r.arrival_ms for r in valid), default=None)
     return ChannelResult(

@@ -487,3 +487,87 @@ def _timed(records: list[tuple[int, bytes]]) -> float:
     start = time.perf_counter()
     build_channel(records, CODECS, 61000)
     return time.perf_counter() - start
+
+
+# -------------------------------------------------------------------- codec not in the answer
+
+
+@pytest.mark.parametrize(
+    ("pt", "encode"),
+    [(0, pcmu_encode), (8, pcma_encode)],
+)
+def test_static_payload_type_decoded_though_the_answer_listed_another(
+    pt: int, encode: object
+) -> None:
+    """CUCM answered PCMU only (0 + 101) and sent PCMA on PT 8: still recorded."""
+    assert callable(encode)
+    payload = encode(tone(700, 1.0, 8000))
+    answer_only = {0: "PCMU", 101: "telephone-event"}
+    result = build_channel(stream(payload, start_ms=0, pt=pt), answer_only, 1200)
+    assert dominant_frequency(result.samples[800:15000], OUT) == pytest.approx(700, abs=5)
+    assert result.stats.silent_reason is None
+    assert result.stats.packets_decoded == 50
+    assert result.stats.unknown_payload == 0
+    assert result.stats.codecs == [{0: "PCMU", 8: "PCMA"}[pt]]
+
+
+def test_static_g722_decoded_without_any_negotiated_map() -> None:
+    encoder = av.CodecContext.create("g722", "w")
+    assert isinstance(encoder, av.AudioCodecContext)
+    encoder.sample_rate = 16000
+    encoder.layout = "mono"
+    encoder.format = "s16"
+    pcm = tone(1200, 1.0, 16000)
+    frame = av.AudioFrame.from_ndarray(pcm.reshape(1, -1), format="s16", layout="mono")
+    frame.sample_rate = 16000
+    payload = b"".join(bytes(p) for p in encoder.encode(frame)) + b"".join(
+        bytes(p) for p in encoder.encode(None)
+    )
+    result = build_channel(stream(payload, start_ms=0, pt=9), {}, 1200)
+    assert dominant_frequency(result.samples[800:15000], OUT) == pytest.approx(1200, abs=5)
+    assert result.stats.codecs == ["G722"]
+
+
+def test_an_sdp_rtpmap_wins_over_the_static_meaning(tone_1k: bytes) -> None:
+    """A payload type the SDP maps explicitly keeps that mapping."""
+    result = build_channel(stream(tone_1k, start_ms=0, pt=8), {8: "PCMU"}, 2100)
+    expected = upsampled(pcmu_decode(tone_1k))
+    np.testing.assert_array_equal(result.samples[: expected.size], expected)
+
+
+def test_dynamic_payload_type_without_rtpmap_is_flagged_not_guessed(tone_1k: bytes) -> None:
+    result = build_channel(stream(tone_1k, start_ms=0, pt=96), {0: "PCMU"}, 2100)
+    assert not result.samples.any()
+    stats = result.stats
+    assert stats.silent_reason == "undecodable"
+    assert stats.unknown_payload_types == [96]
+    assert stats.unknown_payload == 100
+    assert stats.packets_decoded == 0
+
+
+def test_codec_failing_on_every_packet_is_flagged() -> None:
+    records = [(20 * i, rtp(18, i, 160 * i, 7, b"\x00" * 7)) for i in range(10)]
+    stats = build_channel(records, {}, 400).stats
+    assert stats.silent_reason == "undecodable"
+    assert stats.unknown_payload_types == []
+    assert stats.unknown_payload == 10
+
+
+def test_silent_reasons_for_nothing_garbage_and_dtmf() -> None:
+    assert build_channel([], CODECS, 500).stats.silent_reason == "no_packets"
+    garbage = [(10, b"\x80\x00"), (20, bytes(range(40)))]
+    assert build_channel(garbage, CODECS, 500).stats.silent_reason == "not_rtp"
+    late = [(900, rtp(0, 1, 0, 1, bytes(160)))]
+    assert build_channel(late, CODECS, 500).stats.silent_reason == "not_rtp"
+    dtmf = [(20 * i, rtp(101, i, 0, 5, bytes([5, 0x80 if i == 3 else 0, 0, 40 * i])))
+            for i in range(4)]
+    stats = build_channel(dtmf, CODECS, 500).stats
+    assert stats.silent_reason == "dtmf_only"
+
+
+def test_partly_undecodable_stream_is_not_silent(tone_1k: bytes) -> None:
+    records = [*stream(tone_1k, start_ms=0), (500, rtp(97, 3, 3, 153, b"x" * 20))]
+    stats = build_channel(records, CODECS, 2100).stats
+    assert stats.silent_reason is None
+    assert stats.unknown_payload_types == [97]
+    assert stats.packets_decoded == 100

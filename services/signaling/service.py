@@ -36,9 +36,9 @@ from contracts.v1.rpc import (
 )
 
 from .admission import AllowList, TcpLimits, pending_media_limit
-from .dialogs import DialogStore
 from .gate import SipGate
 from .recorder import RecordingSession
+from .sessions import DialogStore
 from .sip.transport import SipTransports
 from .uas import RecorderUas
 

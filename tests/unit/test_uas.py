@@ -14,10 +14,9 @@ from typing import Any
 
 import pytest
 
-import services.signaling.uas as uas_module
 from callrec.users import UsersProjection
 from contracts.v1.events import RecordingMetadata, UserUpserted
-from contracts.v1.rpc import AllocateRequest, UpdateRequest
+from contracts.v1.rpc import AllocateRequest, QuietStream, UpdateRequest
 from services.signaling.recorder import RecordingSession
 from services.signaling.sdp import SessionDescription, parse_sdp
 from services.signaling.sip.message import SipRequest, SipResponse, parse_message
@@ -88,6 +87,9 @@ class FakeBackend:
 
     async def recording_ended(self, session: RecordingSession, reason: str) -> None:
         self.ended.append((session, reason))
+
+    def quiet_streams(self) -> tuple[float, list[QuietStream]] | None:
+        return None
 
 
 class FakeSender:
@@ -297,14 +299,15 @@ async def settle(uas: RecorderUas) -> None:
 
 
 class Harness:
-    def __init__(self, *, record_all: bool = False, max_channels: int = 10) -> None:
+    def __init__(self, *, record_all: bool = False, max_channels: int = 10,
+                 **timers: float) -> None:
         self.backend = FakeBackend()
         self.backend.add_user("alice", ["1001"], record=True)
         self.backend.add_user("carol", ["3003"], record=False)
         self.sender = FakeSender()
         self.uas = RecorderUas(backend=self.backend, sender=self.sender, address=ADDRESS,
                                sip_port=SIP_PORT, record_all=record_all,
-                               max_channels=max_channels)
+                               max_channels=max_channels, **timers)
 
     async def send(self, data: bytes, peer: Peer = PEER) -> None:
         self.uas.on_message(data, peer)
@@ -506,10 +509,8 @@ async def test_retransmitted_bye_gets_200_without_second_finalize(h: Harness) ->
     assert len(h.backend.ended) == 1
 
 
-async def test_200_ok_is_retransmitted_until_ack(
-    h: Harness, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(uas_module, "T1", 0.01)
+async def test_200_ok_is_retransmitted_until_ack() -> None:
+    h = Harness(t1=0.01)
     ok = await h.cucm_leg("near", "rt-ack")
     await asyncio.sleep(0.1)  # 10 + 20 + 40 ms -> at least 2 retransmissions
     oks = [r for r in h.sender.responses("rt-ack", "INVITE") if r.status == 200]
@@ -518,16 +519,15 @@ async def test_200_ok_is_retransmitted_until_ack(
     await h.send(sip_request("ACK", call_id="rt-ack", from_=cucm_from("near", tag="tag-near"),
                              to_tag=to_tag(ok), body=ANSWER_SDP,
                              content_type="application/sdp"))
-    assert ("rt-ack", 1) not in h.uas.retransmits
+    assert h.uas.transactions.pending_timers() == []
     count = len(h.sender.sent)
     await asyncio.sleep(0.1)
     assert len(h.sender.sent) == count
+    await h.uas.shutdown()
 
 
-async def test_error_response_is_retransmitted_until_ack(
-    h: Harness, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(uas_module, "T1", 0.01)
+async def test_error_response_is_retransmitted_until_ack() -> None:
+    h = Harness(t1=0.01)
     response = await h.invite("rt-404", from_=cucm_from("near", near="9999"))
     assert response.status == 404
     await asyncio.sleep(0.05)
@@ -539,10 +539,8 @@ async def test_error_response_is_retransmitted_until_ack(
     assert len(h.sender.sent) == count
 
 
-async def test_tcp_final_response_is_not_retransmitted(
-    h: Harness, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(uas_module, "T1", 0.01)
+async def test_tcp_final_response_is_not_retransmitted() -> None:
+    h = Harness(t1=0.01)
     tcp = Peer("TCP", "127.0.0.1", 5999)
     await h.send(sip_request("INVITE", call_id="tcp-1", from_=cucm_from("near")), tcp)
     ok = h.sender.responses("tcp-1")[-1]
@@ -550,7 +548,7 @@ async def test_tcp_final_response_is_not_retransmitted(
     assert contact is not None and "transport=tcp" in contact
     await asyncio.sleep(0.05)
     assert h.sender.statuses("tcp-1") == [100, 200]
-    assert h.uas.retransmits == {}
+    await h.uas.shutdown()
 
 
 # ---------------------------------------------------------------- SIPREC
@@ -933,7 +931,7 @@ async def test_cancel_while_allocating_gives_487_and_no_200(h: Harness) -> None:
     response = h.sender.responses("can-1", "INVITE")[-1]
     await h.send(sip_request("ACK", call_id="can-1", branch=branch, from_=cucm_from("near"),
                              to_tag=to_tag(response)))
-    assert h.uas.retransmits == {}
+    assert h.uas.transactions.pending_timers() == []
     # A new call on the same refci is a fresh recording.
     assert (await h.cucm_leg("near", "can-2")).status == 200
     assert h.backend.allocations[1].recording_id != recording_id
@@ -1004,8 +1002,7 @@ async def test_backend_exception_gives_500(h: Harness) -> None:
     statuses = h.sender.statuses("boom-1")
     assert statuses == [100, 200]
     assert h.uas.counters.responses.get(500) is None
-    retransmitted = h.uas.transactions
-    assert all(tx.status != 500 for tx in retransmitted.values())
+    assert all(tx.status != 500 for tx in h.uas.transactions.transactions.values())
 
 
 async def test_handler_exception_before_answer_gives_500(h: Harness) -> None:
@@ -1062,10 +1059,8 @@ async def test_siprec_update_with_metadata_only(h: Harness) -> None:
     assert [p.name for p in update.metadata.participants] == ["Alice", "Robert"]
 
 
-async def test_session_timer_expiry_sends_bye_and_finalizes(
-    h: Harness, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(uas_module, "SWEEP_INTERVAL", 0.01)
+async def test_session_timer_expiry_sends_bye_and_finalizes() -> None:
+    h = Harness(sweep_interval=0.01)
     ok = await h.invite("st-expire", from_=cucm_from("near", tag="tag-near"),
                         extra=[("Supported", "timer"), ("Session-Expires", "1800")])
     await h.send(sip_request("ACK", call_id="st-expire", from_=cucm_from("near", tag="tag-near"),
@@ -1090,12 +1085,8 @@ async def test_session_timer_expiry_sends_bye_and_finalizes(
     assert not h.uas.dialogs
 
 
-async def test_missing_ack_abandons_leg_with_bye(
-    h: Harness, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(uas_module, "T1", 0.001)
-    monkeypatch.setattr(uas_module, "T2", 0.004)
-    monkeypatch.setattr(uas_module, "TRANSACTION_LIFETIME", 0.05)
+async def test_missing_ack_abandons_leg_with_bye() -> None:
+    h = Harness(t1=0.001, t2=0.004)
     await h.cucm_leg("near", "no-ack")
     for _ in range(100):
         await asyncio.sleep(0.01)
@@ -1108,11 +1099,11 @@ async def test_missing_ack_abandons_leg_with_bye(
 
 
 async def test_restarted_uas_takes_back_its_calls(tmp_path: Any) -> None:
-    from services.signaling.dialogs import DialogStore
+    from services.signaling.sessions import DialogStore
 
     store = DialogStore(tmp_path / "dialogs")
     first = Harness()
-    first.uas.dialog_store = store
+    first.uas.registry.store = store
     ok = await first.invite("restart-1", from_=cucm_from("near", tag="tag-near"),
                             extra=[("Supported", "timer"), ("Session-Expires", "1800")])
     await first.send(sip_request("ACK", call_id="restart-1",
@@ -1147,10 +1138,10 @@ async def test_restarted_uas_takes_back_its_calls(tmp_path: Any) -> None:
 
 
 async def test_sessions_of_a_previous_node_boot_are_not_taken_back(tmp_path: Any) -> None:
-    from services.signaling.dialogs import DialogStore
+    from services.signaling.sessions import DialogStore
 
     h = Harness()
-    h.uas.dialog_store = DialogStore(tmp_path / "dialogs", "boot-1")
+    h.uas.registry.store = DialogStore(tmp_path / "dialogs", "boot-1")
     await h.cucm_leg("near", "old-boot")
     assert len(list((tmp_path / "dialogs").glob("*.json"))) == 1
     assert DialogStore(tmp_path / "dialogs", "boot-2").load_all() == []

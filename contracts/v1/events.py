@@ -51,6 +51,9 @@ class RecordingMetadata(Frozen):
     recorded_user: str | None = None
     recorded_extension: str | None = None
     user_agent: str | None = None
+    # Cisco-Guid header: one id per call across CUCM and CUBE, linking a BiB
+    # recording, a CUBE SIPREC recording and the segments of one call.
+    cisco_guid: str | None = None
 
     def numbers(self) -> list[str]:
         return [p.number for p in self.participants if p.number]
@@ -290,6 +293,16 @@ class UserRemoved(EventBase):
     username: str
 
 
+class RecordingParticipantsChanged(EventBase):
+    """The parties of a recording in progress changed (a transfer, the real parties
+    after a placeholder), effective from `at`; participants is the whole new list."""
+
+    type: Literal["recording.participants_changed"] = "recording.participants_changed"
+    recording_id: str
+    at: datetime
+    participants: list[Participant]
+
+
 Event = Annotated[
     RecordingStarted
     | RecordingEnded
@@ -308,7 +321,8 @@ Event = Annotated[
     | JobRunFailed
     | RecordingExported
     | UserUpserted
-    | UserRemoved,
+    | UserRemoved
+    | RecordingParticipantsChanged,
     Field(discriminator="type"),
 ]
 

@@ -27,7 +27,9 @@ log = structlog.get_logger()
 ALLOW = "INVITE, ACK, BYE, CANCEL, OPTIONS, UPDATE, INFO, NOTIFY"
 SUPPORTED_TAGS = frozenset({"siprec", "timer"})
 MAX_STREAMS = 4
-METADATA_TYPES = frozenset({"application/rs-metadata+xml"})
+# RFC 7866 registers application/rs-metadata+xml; the RFC 7865/7866 examples
+# themselves, Metaswitch and Procomm send the pre-registration application/rs-metadata.
+METADATA_TYPES = frozenset({"application/rs-metadata+xml", "application/rs-metadata"})
 
 Kind = Literal["cucm", "siprec", "sip"]
 
@@ -221,6 +223,13 @@ def contact_uri(request: SipRequest) -> str:
 # ---- what an INVITE records -----------------------------------------------------------
 
 
+def cisco_guid(request: SipRequest) -> str | None:
+    """The Cisco-Guid header: one id per call across CUCM and CUBE, linking the
+    segments of a call that CUCM restarted recording for (new x-refci)."""
+    value = (request.headers.get("Cisco-Guid") or "").strip()
+    return value[:128] or None
+
+
 def plan_invite(request: SipRequest) -> Plan:
     """What an initial INVITE records, or BadRequest saying how to refuse it."""
     offer, metadata_xml = split_body(request)
@@ -292,9 +301,38 @@ def _plan_cucm(request: SipRequest, cucm: CucmLeg, offer: sdp.SessionDescription
             participants=[near, far],
             recorded_extension=cucm.near_addr,
             user_agent=request.headers.get("User-Agent"),
+            cisco_guid=cisco_guid(request),
         ),
         offer=offer,
     )
+
+
+def cucm_update(metadata: RecordingMetadata, request: SipRequest) -> RecordingMetadata | None:
+    """The parties an in-dialog CUCM request (UPDATE, re-INVITE after a transfer) names
+    in its From parameters, when they differ from what is recorded; else None."""
+    try:
+        cucm = parse_cucm_leg(request.from_)
+    except (CucmLegError, SipParseError):
+        return None
+    if cucm is None:
+        return None
+    near, far = cucm_parties(cucm)
+    by_role = {p.role: p for p in metadata.participants}
+    changed = False
+    participants = []
+    for new in (near, far):
+        old = by_role.get(new.role)
+        if old is None or (new.number, new.device) != (old.number, old.device):
+            if new.number is None and new.device is None and old is not None:
+                participants.append(old)  # nothing said about this party
+                continue
+            participants.append(new)
+            changed = True
+        else:
+            participants.append(old)
+    if not changed:
+        return None
+    return metadata.model_copy(update={"participants": participants})
 
 
 def _plan_siprec(
@@ -305,13 +343,21 @@ def _plan_siprec(
     except siprec.MetadataError as exc:
         raise BadRequest(400, f"bad recording metadata: {exc}") from exc
     if offer is None:
-        raise BadRequest(488, "SIPREC INVITE without an SDP offer")
-    if len(offer.media) > MAX_STREAMS:
-        raise BadRequest(488, "too many media streams")
-    indexes = [i for i, m in enumerate(offer.media) if usable(m)]
-    if not indexes:
-        raise BadRequest(488, "no usable audio stream in the offer")
-    labels = [offer.media[i].label or str(i) for i in indexes]
+        # RFC 7866 delayed offer: we offer, one stream per metadata stream.
+        labels = list(dict.fromkeys(s.label for s in meta.streams if s.label))
+        if not labels:
+            raise BadRequest(488, "SIPREC INVITE without SDP and without streams in "
+                                  "its metadata")
+        if len(labels) > MAX_STREAMS:
+            raise BadRequest(488, "too many media streams")
+        indexes = list(range(len(labels)))
+    else:
+        if len(offer.media) > MAX_STREAMS:
+            raise BadRequest(488, "too many media streams")
+        indexes = [i for i, m in enumerate(offer.media) if usable(m)]
+        if not indexes:
+            raise BadRequest(488, "no usable audio stream in the offer")
+        labels = [offer.media[i].label or str(i) for i in indexes]
     channels = siprec.assign_channels(meta, labels)
     streams = [
         StreamSpec(stream_id=f"m{i}", channel=channels[label][0], label=label)

@@ -114,6 +114,10 @@ class ServerTransactions:
                 tx.timer_g.cancel()
             if peer.transport == "UDP":
                 tx.timer_g = asyncio.create_task(self._timer_g(tx, peer, data, request))
+            else:
+                # Reliable transports need no retransmission, but Timer H still bounds
+                # the wait for the ACK (RFC 3261 17.2.1).
+                tx.timer_g = asyncio.create_task(self._timer_h_only(tx))
 
     def ack(self, request: SipRequest) -> ServerTransaction | None:
         """The INVITE transaction an ACK acknowledges (by Call-ID and CSeq number, so an
@@ -140,6 +144,10 @@ class ServerTransactions:
             waited += interval
             self.user.send(peer, data, request)
             interval = min(interval * 2, self.t2)
+        await self._timer_h(tx)
+
+    async def _timer_h_only(self, tx: ServerTransaction) -> None:
+        await asyncio.sleep(self.lifetime)
         await self._timer_h(tx)
 
     async def _timer_h(self, tx: ServerTransaction) -> None:

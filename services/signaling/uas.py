@@ -11,7 +11,8 @@ It wires the layers below it (arrows only downward):
 
 Requests of one Call-ID are handled one at a time, so an ACK or BYE never overtakes
 the INVITE whose capture ports are still being allocated. Every leg has a way out:
-a BYE, Timer H (no ACK), the session timer, or the media timeout.
+a BYE, Timer H (no ACK), the session timer, or the media timeout (a hold included,
+after `max_hold_s`).
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from .planning import (
     Plan,
     answer_sdp,
     contact_uri,
+    cucm_update,
     media_for,
     offer_sdp,
     on_hold,
@@ -67,6 +69,7 @@ from .sip.message import (
     SipRequest,
     SipResponse,
     build_response,
+    error_response,
     parse_message,
     serialize,
 )
@@ -85,6 +88,9 @@ MIN_SESSION_EXPIRES = 90
 SWEEP_INTERVAL = 5.0
 MEDIA_WATCH_INTERVAL = 1.0
 MEDIA_REPORT_MAX_AGE = 3.0  # older capture reports are not acted on
+# A hold exempts a leg from the media timeout, but not forever: a PBX that put the
+# recording on hold and then vanished (no BYE, no session timer) must not keep it.
+MAX_HOLD_S = 4 * 3600.0
 
 
 class Backend(Protocol):
@@ -101,6 +107,9 @@ class Backend(Protocol):
     ) -> None: ...
     async def recording_started(self, session: RecordingSession) -> None: ...
     async def recording_ended(self, session: RecordingSession, reason: str) -> None: ...
+    async def participants_changed(self, session: RecordingSession, at: datetime) -> None:
+        """The recording's parties changed at `at` (session.metadata has the new ones)."""
+        ...
     def quiet_streams(self) -> tuple[float, list[QuietStream]] | None:
         """Capture's last report of streams without recent RTP, and when it was asked."""
         ...
@@ -152,6 +161,7 @@ class RecorderUas:
         t1: float = T1,
         t2: float = T2,
         sweep_interval: float = SWEEP_INTERVAL,
+        max_hold_s: float = MAX_HOLD_S,
     ) -> None:
         self.backend = backend
         self.sender = sender
@@ -168,6 +178,7 @@ class RecorderUas:
         # one source that never sends media cannot take all licences.
         self.pending_media_limit = pending_media_limit
         self.media_timeout_s = media_timeout_s
+        self.max_hold_s = max_hold_s
         self.sweep_interval = sweep_interval
         self.refusals = refusals
 
@@ -345,8 +356,10 @@ class RecorderUas:
             session = existing
             if plan.kind == "cucm":
                 near, far = _cucm_parties(plan.metadata)
-                session.metadata = merge_cucm_participants(
-                    session.metadata, near, far, request.call_id)
+                merged = merge_cucm_participants(session.metadata, near, far, request.call_id)
+                if merged.cisco_guid is None and plan.metadata.cisco_guid is not None:
+                    merged = merged.model_copy(update={"cisco_guid": plan.metadata.cisco_guid})
+                session.metadata = merged
             new_session = False
         else:
             session = RecordingSession(
@@ -457,8 +470,12 @@ class RecorderUas:
         """An ACK ends its INVITE transaction's retransmissions and confirms the dialog:
         matched by Call-ID and CSeq (RFC 3261 17.2.1), so one without a To-tag (a broken
         peer) still confirms the leg its INVITE created."""
-        self.transactions.ack(request)
-        found = self.registry.dialog(request.call_id, request.to.tag)
+        tx = self.transactions.ack(request)
+        to_tag = request.to.tag
+        if to_tag is None and tx is not None and tx.status < 300:
+            to_tag = tx.to_tag
+            log.info("ack_without_to_tag", call_id=request.call_id)
+        found = self.registry.dialog(request.call_id, to_tag)
         if found is None:
             return
         session, leg = found
@@ -493,6 +510,10 @@ class RecorderUas:
             return None
         if metadata_xml is not None:
             await self._apply_metadata_update(session, metadata_xml)
+        elif session.metadata.source == "cucm":
+            changed = cucm_update(session.metadata, request)
+            if changed is not None:
+                await self._set_metadata(session, changed)
         return session, leg, offer
 
     async def _on_reinvite(self, request: SipRequest, peer: Peer) -> None:
@@ -552,6 +573,8 @@ class RecorderUas:
                             ) -> None:
         """A mid-call change of what is known about the call: capture's copy follows,
         and a change of parties is a fact of its own, with the time it happened."""
+        at = datetime.now(UTC)
+        parties_changed = metadata.participants != session.metadata.participants
         session.metadata = metadata
         self.registry.persist(session)
         try:
@@ -560,6 +583,13 @@ class RecorderUas:
             )
         except Exception as exc:
             log.error("metadata_update_failed", error=str(exc))
+        if parties_changed:
+            log.info("participants_changed", recording_id=session.recording_id,
+                     numbers=metadata.numbers())
+            try:
+                await self.backend.participants_changed(session, at)
+            except Exception as exc:
+                log.error("participants_event_failed", error=str(exc))
 
     async def _on_bye(self, request: SipRequest, peer: Peer) -> None:
         found = self.registry.dialog(request.call_id, request.to.tag)
@@ -682,14 +712,23 @@ class RecorderUas:
                 leg.media_seen = True
                 self.registry.media_arrived(session.recording_id)
             timeout = self.media_timeout_s
-            if (timeout <= 0 or leg.on_hold or not leg.streams
-                    or now - leg.media_since < timeout
+            if timeout <= 0 or not leg.streams:
+                continue
+            if leg.on_hold:
+                # Exempt while on hold, up to max_hold_s (a vanished PBX's hold).
+                if now - leg.media_since < self.max_hold_s:
+                    continue
+                reason = "hold too long"
+            elif (now - leg.media_since < timeout
                     or any(r is None or r.silent_s < timeout for r in reports)):
                 continue
+            else:
+                reason = "media timeout"
             log.warning("media_timeout", recording_id=session.recording_id,
-                        call_id=leg.call_id, timeout_s=timeout, media_seen=leg.media_seen)
+                        call_id=leg.call_id, timeout_s=timeout, media_seen=leg.media_seen,
+                        reason=reason)
             self._send_bye(leg)
-            await self._end_leg(session, leg, "media timeout")
+            await self._end_leg(session, leg, reason)
             ended.append(leg)
         return ended
 
@@ -737,9 +776,17 @@ class RecorderUas:
         self.transactions.respond(request, peer, serialize(response), status, to_tag)
 
     def _answer_unparseable(self, data: bytes, peer: Peer, problem: str) -> None:
-        """Best effort 400 for requests we can frame but not accept; silence otherwise."""
-        del data, peer, problem  # Without trustworthy Via/Call-ID we cannot route it.
-        self.counters.unanswerable += 1
+        """400 naming the problem wherever a response can be addressed (a request line
+        other than ACK and a parseable top Via: RFC 3261 8.2, 16.3); a counted drop
+        otherwise."""
+        answer = error_response(data, 400, problem, to_tag=secrets.token_hex(8),
+                                extra_headers=[("Server", SERVER)])
+        if answer is None:
+            self.counters.unanswerable += 1
+            return
+        response, via = answer
+        self.counters.responses[400] = self.counters.responses.get(400, 0) + 1
+        self.sender.reply(peer, response, via.port, via.rport_requested)
 
     # ---- timers ------------------------------------------------------------------------
 

@@ -8,6 +8,8 @@ from services.signaling import sdp
 from services.signaling.planning import (
     BadRequest,
     answer_sdp,
+    cucm_update,
+    is_metadata_type,
     plan_invite,
     split_body,
     unsupported_required,
@@ -110,3 +112,35 @@ def test_unknown_body_type_is_415() -> None:
 def test_unsupported_required_option_tags() -> None:
     data = sip_request("INVITE", call_id="p6", extra=[("Require", "siprec, 100rel, Timer")])
     assert unsupported_required(request(data)) == ["100rel"]
+
+
+@pytest.mark.parametrize(("content_type", "expected"), [
+    ("application/rs-metadata+xml", True),
+    ("application/rs-metadata", True),
+    ("Application/RS-Metadata; charset=utf-8", True),
+    ("application/sdp", False),
+    (None, False),
+])
+def test_metadata_types(content_type: str | None, expected: bool) -> None:
+    assert is_metadata_type(content_type) is expected
+
+
+def test_cucm_update_names_only_real_changes() -> None:
+    invite = request(sip_request("INVITE", call_id="p7", from_=cucm_from("near")))
+    recorded = plan_invite(invite).metadata
+    same = request(sip_request("UPDATE", call_id="p7", from_=cucm_from("near"), to_tag="x"))
+    assert cucm_update(recorded, same) is None
+    moved = request(sip_request("UPDATE", call_id="p7", from_=cucm_from("near", far="4004"),
+                                to_tag="x"))
+    changed = cucm_update(recorded, moved)
+    assert changed is not None
+    assert [(p.role, p.number) for p in changed.participants] == [
+        ("near", "1001"), ("far", "4004")]
+    plain = request(sip_request("UPDATE", call_id="p7", to_tag="x"))
+    assert cucm_update(recorded, plain) is None
+
+
+def test_cisco_guid_is_kept_in_the_metadata() -> None:
+    invite = request(sip_request("INVITE", call_id="p8", from_=cucm_from("near"),
+                                 extra=[("Cisco-Guid", " 0123-4567 ")]))
+    assert plan_invite(invite).metadata.cisco_guid == "0123-4567"

@@ -78,6 +78,20 @@ async def test_ack_without_to_tag_or_branch_stops_timer_g() -> None:
     assert layer.ack(req(sip_request("ACK", call_id="t3", cseq=7))) is None
 
 
+async def test_timer_h_bounds_the_wait_for_an_ack_over_tcp_without_retransmitting() -> None:
+    user = User()
+    layer = ServerTransactions(user, t1=0.001)
+    invite = req(sip_request("INVITE", call_id="t4"))
+    layer.receive(invite, TCP)
+    layer.respond(invite, TCP, b"200", 200, to_tag="ours")
+    for _ in range(100):
+        await asyncio.sleep(0.01)
+        if user.no_ack:
+            break
+    assert user.sent == [b"200"]
+    assert len(user.no_ack) == 1
+
+
 async def test_expire_forgets_old_transactions_but_not_those_waiting_for_ack() -> None:
     user = User()
     layer = ServerTransactions(user, t1=10.0)

@@ -26,6 +26,7 @@ __all__ = [
     "StreamFramer",
     "Via",
     "build_response",
+    "error_response",
     "parse_message",
     "parse_name_addr",
     "parse_uri",
@@ -999,6 +1000,64 @@ def build_response(
     if content_type is not None:
         headers.set("Content-Type", content_type)
     return SipResponse(status, reason, headers, body)
+
+
+_SALVAGED_HEADERS = ("Via", "From", "To", "Call-ID", "CSeq")
+_TAG_RE = re.compile(r";\s*tag\s*=", re.I)
+
+
+def error_response(data: bytes, status: int, problem: str, *, to_tag: str,
+                   extra_headers: Iterable[tuple[str, str]] = ()) -> tuple[bytes, Via] | None:
+    """An error response to a request that failed to parse, when one can be addressed
+    (RFC 3261 8.2, 16.3): the start line is a request other than ACK and the top Via
+    parses. Via, From, To, Call-ID and CSeq are copied as they came (whatever of them
+    exists), the reason phrase names the problem. None when nothing can be addressed."""
+    if len(data) > MAX_MESSAGE_SIZE:
+        data = data[:MAX_MESSAGE_SIZE]
+    data = data.lstrip(b"\r\n")
+    m = _BLANK_LINE_RE.search(data)
+    head = (data if m is None else data[: m.start()]).decode("utf-8", "replace")
+    if "\x00" in head:
+        return None
+    try:
+        lines = _unfold(head)
+    except SipParseError:
+        return None
+    if not lines or _CTL_RE.search(lines[0]):
+        return None
+    method = lines[0].split(" ", 1)[0]
+    if not _is_token(method) or method.upper().startswith("SIP/") or method == "ACK":
+        return None
+    copied: list[tuple[str, str]] = []
+    for line in lines[1:]:
+        name, colon, value = line.partition(":")
+        name = name.strip()
+        canonical = _canonical_name(name)
+        if not colon or canonical not in _SALVAGED_HEADERS:
+            continue
+        value = value.strip()
+        if not value or _CTL_RE.search(value):
+            continue
+        copied.append((canonical, value))
+    vias = [value for name, value in copied if name == "Via"]
+    if not vias:
+        return None
+    try:
+        top = parse_via(_split_quoted(vias[0], ",", angle=True)[0])
+    except (SipParseError, IndexError):
+        return None
+    reason = f"{REASON_PHRASES.get(status, 'Error')} ({_CTL_RE.sub(' ', problem)[:120]})"
+    headers = Headers()
+    for name, value in copied:
+        if name == "To" and not _TAG_RE.search(value) and _is_token(to_tag):
+            value = f"{value};tag={to_tag}"
+        try:
+            headers.add(name, value)
+        except SipParseError:
+            continue
+    for name, value in extra_headers:
+        headers.add(name, value)
+    return serialize(SipResponse(status, reason, headers)), top
 
 
 # --------------------------------------------------------------------------

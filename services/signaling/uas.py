@@ -265,6 +265,12 @@ class RecorderUas:
             return  # a retransmission, absorbed
         structlog.contextvars.bind_contextvars(call_id=request.call_id)
         try:
+            unsupported = unsupported_required(request)
+            if unsupported and method not in ("CANCEL", "BYE"):
+                # RFC 3261 8.2.2.3 (not for CANCEL; a BYE is honoured whatever it needs).
+                self._respond(request, peer, 420,
+                              headers=[("Unsupported", ", ".join(unsupported))])
+                return
             handler = {
                 "INVITE": self._on_invite,
                 "BYE": self._on_bye,
@@ -313,10 +319,6 @@ class RecorderUas:
             self.registry.media_arrived(f"invite:{request.call_id}")  # the reservation
 
     async def _invite(self, request: SipRequest, peer: Peer) -> None:
-        unsupported = unsupported_required(request)
-        if unsupported:
-            self._respond(request, peer, 420, headers=[("Unsupported", ", ".join(unsupported))])
-            return
         if request.to.tag is not None:
             await self._on_reinvite(request, peer)
             return
@@ -770,8 +772,11 @@ class RecorderUas:
             extra.append(("Warning", _warning(warning)))
         if status >= 300 and to_tag is None and request.to.tag is None:
             to_tag = secrets.token_hex(8)
-        response = build_response(request, status, to_tag=to_tag, extra_headers=extra,
-                                  body=body, content_type=content_type)
+        # A 400 says what was wrong in its reason phrase too (RFC 3261 21.4.1).
+        reason = (f"Bad Request ({_safe(warning)[:120]})" if status == 400 and warning
+                  else None)
+        response = build_response(request, status, reason, to_tag=to_tag,
+                                  extra_headers=extra, body=body, content_type=content_type)
         self.counters.responses[status] = self.counters.responses.get(status, 0) + 1
         self.transactions.respond(request, peer, serialize(response), status, to_tag)
 
@@ -779,13 +784,14 @@ class RecorderUas:
         """400 naming the problem wherever a response can be addressed (a request line
         other than ACK and a parseable top Via: RFC 3261 8.2, 16.3); a counted drop
         otherwise."""
-        answer = error_response(data, 400, problem, to_tag=secrets.token_hex(8),
+        status = 505 if problem.startswith("unsupported SIP version") else 400
+        answer = error_response(data, status, problem, to_tag=secrets.token_hex(8),
                                 extra_headers=[("Server", SERVER)])
         if answer is None:
             self.counters.unanswerable += 1
             return
         response, via = answer
-        self.counters.responses[400] = self.counters.responses.get(400, 0) + 1
+        self.counters.responses[status] = self.counters.responses.get(status, 0) + 1
         self.sender.reply(peer, response, via.port, via.rport_requested)
 
     # ---- timers ------------------------------------------------------------------------
@@ -833,9 +839,13 @@ class RecorderUas:
         self.transactions.shutdown()
 
 
+def _safe(text: str) -> str:
+    return "".join(" " if ord(c) < 32 or ord(c) == 127 else c
+                   for c in text.replace('"', "'"))[:200]
+
+
 def _warning(text: str) -> str:
-    safe = text.replace('"', "'").replace("\r", " ").replace("\n", " ")[:200]
-    return f'399 callrec "{safe}"'
+    return f'399 callrec "{_safe(text)}"'
 
 
 def _cucm_parties(metadata: RecordingMetadata) -> tuple[Participant, Participant]:

@@ -22,7 +22,7 @@ IDENTITIES: tuple[Identity, ...] = ("node", *SERVICE_IDENTITIES)
 
 # The facts each identity may state: the only events it publishes today.
 PUBLISHES: dict[Identity, tuple[str, ...]] = {
-    "signaling": ("recording.started", "recording.ended"),
+    "signaling": ("recording.started", "recording.ended", "recording.participants_changed"),
     "capture": ("recording.completed", "recording.failed"),
     "catalog": (),
     "sync": ("recording.replicated",),

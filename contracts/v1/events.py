@@ -315,6 +315,16 @@ class UserRemoved(EventBase):
     username: str
 
 
+class RecordingParticipantsChanged(EventBase):
+    """The parties of a recording in progress changed (a transfer, the real parties
+    after a placeholder), effective from `at`; participants is the whole new list."""
+
+    type: Literal["recording.participants_changed"] = "recording.participants_changed"
+    recording_id: str
+    at: datetime
+    participants: list[Participant]
+
+
 Event = Annotated[
     RecordingStarted
     | RecordingEnded
@@ -333,7 +343,8 @@ Event = Annotated[
     | JobRunFailed
     | RecordingExported
     | UserUpserted
-    | UserRemoved,
+    | UserRemoved
+    | RecordingParticipantsChanged,
     Field(discriminator="type"),
 ]
 

@@ -419,15 +419,17 @@ def recorder_answer(
 ) -> str:
     """Answer a SIPREC offer, accepting every audio stream we can decode.
 
-    ``ports`` is indexed like ``offer.media`` (one entry per m-line, entries
-    for streams that end up refused are simply unused).  SRTP profiles are
-    refused because the recorder does not negotiate keys.
+    ``ports`` is indexed like ``offer.media`` (one entry per m-line); a port of
+    0 refuses that stream (the caller decides: e.g. SRTP profiles, for which the
+    recorder negotiates no keys).
     """
     if len(ports) != len(offer.media):
         raise SdpError("need exactly one port per offered m-line")
     specs: list[MediaSpec] = []
     for md, port in zip(offer.media, ports, strict=True):
-        chosen = choose_codecs(md) if md.port != 0 and md.proto == "RTP/AVP" else None
+        # Which streams are taken is the caller's rule (signaling.planning.usable):
+        # a port of 0 refuses the stream.
+        chosen = choose_codecs(md) if port != 0 and md.port != 0 else None
         if chosen is None:
             specs.append(_refused(md))
             continue

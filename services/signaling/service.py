@@ -19,6 +19,7 @@ from contracts import subjects
 from contracts.v1.events import (
     RecordingEnded,
     RecordingMetadata,
+    RecordingParticipantsChanged,
     RecordingStarted,
     UserRemoved,
     UserUpserted,
@@ -36,9 +37,9 @@ from contracts.v1.rpc import (
 )
 
 from .admission import AllowList, TcpLimits, pending_media_limit
-from .dialogs import DialogStore
 from .gate import SipGate
 from .recorder import RecordingSession
+from .sessions import DialogStore
 from .sip.transport import SipTransports
 from .uas import RecorderUas
 
@@ -138,7 +139,15 @@ class NatsBackend:
             ended_at=datetime.now(session.started_at.tzinfo), reason=reason,
         ))
 
-    async def _publish(self, event: RecordingStarted | RecordingEnded) -> None:
+    async def participants_changed(self, session: RecordingSession, at: datetime) -> None:
+        await self._publish(RecordingParticipantsChanged(
+            node_id=self.ctx.node_id, recording_id=session.recording_id, at=at,
+            participants=session.metadata.participants,
+        ))
+
+    async def _publish(
+        self, event: RecordingStarted | RecordingEnded | RecordingParticipantsChanged
+    ) -> None:
         try:
             await bus.publish_event(self.ctx.js, event)
         except Exception as exc:
@@ -201,6 +210,9 @@ async def main(ctx: ServiceContext) -> None:
                   lambda: float(uas.counters.received))
     metrics.gauge("signaling_sip_malformed", "SIP messages dropped as malformed",
                   lambda: float(uas.counters.malformed))
+    metrics.gauge("signaling_sip_unanswerable", "malformed SIP requests dropped unanswered "
+                  "(no request line or Via to answer)",
+                  lambda: float(uas.counters.unanswerable))
     metrics.gauge("signaling_sip_retransmissions", "retransmitted requests absorbed",
                   lambda: float(uas.counters.retransmissions))
     metrics.gauge("signaling_sip_tcp_connections", "open SIP TCP connections",

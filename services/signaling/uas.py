@@ -1,9 +1,18 @@
-"""The recording UAS: SIP requests in, recording sessions and capture commands out.
+"""The recording UAS, as the transaction user: SIP requests in, recording sessions and
+capture commands out.
 
-Transactions absorb retransmissions (the cached response is sent again, nothing is
-processed twice); final INVITE responses over UDP are retransmitted until the ACK.
+It wires the layers below it (arrows only downward):
+
+- `transactions` absorbs retransmissions and retransmits final INVITE responses
+  (Timers G/H/I/J, T1/T2 as parameters) and tells us when an ACK never came;
+- `planning` decides, purely, what a request asks us to record and what to answer;
+- `sessions` keeps the recordings, legs and dialogs (and their copy on disk);
+- the `Backend` port reaches capture and the event log.
+
 Requests of one Call-ID are handled one at a time, so an ACK or BYE never overtakes
-the INVITE whose capture ports are still being allocated.
+the INVITE whose capture ports are still being allocated. Every leg has a way out:
+a BYE, Timer H (no ACK), the session timer, or the media timeout (a hold included,
+after `max_hold_s`).
 """
 
 from __future__ import annotations
@@ -15,18 +24,36 @@ import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Literal, Protocol
+from typing import Protocol
 
 import structlog
 
 from callrec.users import UsersProjection
 from contracts.v1.events import Participant, RecordingMetadata
-from contracts.v1.rpc import AllocateRequest, QuietStream, RtpSource, StreamSpec, UpdateRequest
+from contracts.v1.rpc import AllocateRequest, QuietStream, UpdateRequest
 
 from . import sdp, siprec
 from .admission import RefusalReason, same_source
-from .cucm import CucmLegError, parse_cucm_leg, session_key
-from .dialogs import DialogStore
+from .planning import (
+    ALLOW,
+    MAX_STREAMS,
+    SUPPORTED_TAGS,
+    BadRequest,
+    Plan,
+    answer_sdp,
+    contact_uri,
+    cucm_update,
+    media_for,
+    offer_sdp,
+    on_hold,
+    plan_invite,
+    rtp_source,
+    siprec_metadata,
+    split_body,
+    supports,
+    unsupported_required,
+    with_sources,
+)
 from .recorder import (
     Admission,
     Leg,
@@ -34,32 +61,36 @@ from .recorder import (
     Stream,
     admit,
     merge_cucm_participants,
-    number_of,
 )
+from .sessions import DialogStore, SessionRegistry
 from .sip.message import (
     Headers,
     SipParseError,
     SipRequest,
     SipResponse,
     build_response,
+    error_response,
     parse_message,
-    parse_name_addr,
     serialize,
 )
 from .sip.transport import Peer
+from .transactions import T1, T2, ServerTransaction, ServerTransactions
 
 log = structlog.get_logger()
 
-T1, T2 = 0.5, 4.0
-TRANSACTION_LIFETIME = 32.0
-ALLOW = "INVITE, ACK, BYE, CANCEL, OPTIONS, UPDATE, INFO, NOTIFY"
-SUPPORTED_TAGS = {"siprec", "timer"}
+# Re-exported for callers that knew them here.
+__all__ = ["ALLOW", "MAX_STREAMS", "BadRequest", "Plan", "RecorderUas", "media_for",
+           "rtp_source", "with_sources"]
+_media_for, _rtp_source, _with_sources = media_for, rtp_source, with_sources
+
 SERVER = "callrec/0.1"
-MAX_STREAMS = 4
 MIN_SESSION_EXPIRES = 90
 SWEEP_INTERVAL = 5.0
 MEDIA_WATCH_INTERVAL = 1.0
 MEDIA_REPORT_MAX_AGE = 3.0  # older capture reports are not acted on
+# A hold exempts a leg from the media timeout, but not forever: a PBX that put the
+# recording on hold and then vanished (no BYE, no session timer) must not keep it.
+MAX_HOLD_S = 4 * 3600.0
 
 
 class Backend(Protocol):
@@ -76,6 +107,9 @@ class Backend(Protocol):
     ) -> None: ...
     async def recording_started(self, session: RecordingSession) -> None: ...
     async def recording_ended(self, session: RecordingSession, reason: str) -> None: ...
+    async def participants_changed(self, session: RecordingSession, at: datetime) -> None:
+        """The recording's parties changed at `at` (session.metadata has the new ones)."""
+        ...
     def quiet_streams(self) -> tuple[float, list[QuietStream]] | None:
         """Capture's last report of streams without recent RTP, and when it was asked."""
         ...
@@ -93,31 +127,6 @@ class Sender(Protocol):
 
 
 @dataclass
-class ServerTransaction:
-    method: str
-    peer: Peer
-    created: float
-    response: bytes | None = None
-    status: int = 0
-    request: SipRequest | None = None
-    to_tag: str | None = None
-    cancelled: bool = False
-
-
-@dataclass
-class Plan:
-    """What an initial INVITE asks us to record, before any resource is taken."""
-
-    kind: str  # cucm | siprec | sip
-    session_key: str
-    numbers: list[str]
-    streams: list[StreamSpec]
-    metadata: RecordingMetadata
-    offer: sdp.SessionDescription | None
-    siprec_metadata: siprec.RecordingMetadata | None = None
-
-
-@dataclass
 class _CallLock:
     """Serialises the requests of one Call-ID; dropped when nobody holds or waits."""
 
@@ -125,18 +134,13 @@ class _CallLock:
     users: int = 0
 
 
-class BadRequest(Exception):
-    def __init__(self, status: int, reason: str) -> None:
-        super().__init__(reason)
-        self.status = status
-        self.reason = reason
-
-
 @dataclass
 class Counters:
     received: int = 0
     malformed: int = 0
     retransmissions: int = 0
+    # Malformed requests that could not be answered (no request line or Via to address).
+    unanswerable: int = 0
     responses: dict[int, int] = field(default_factory=dict)
 
 
@@ -154,6 +158,10 @@ class RecorderUas:
         pending_media_limit: int | None = None,
         media_timeout_s: float = 0.0,
         refusals: Refusals | None = None,
+        t1: float = T1,
+        t2: float = T2,
+        sweep_interval: float = SWEEP_INTERVAL,
+        max_hold_s: float = MAX_HOLD_S,
     ) -> None:
         self.backend = backend
         self.sender = sender
@@ -161,27 +169,44 @@ class RecorderUas:
         self.sip_port = sip_port
         self.record_all = record_all
         self.max_channels = max_channels
-        self.transactions: dict[tuple[str, ...], ServerTransaction] = {}
-        self.sessions: dict[str, RecordingSession] = {}
-        self.by_key: dict[str, RecordingSession] = {}
-        self.dialogs: dict[tuple[str, str], tuple[RecordingSession, Leg]] = {}
-        self.retransmits: dict[tuple[str, int], asyncio.Task[None]] = {}
+        self.registry = SessionRegistry(dialog_store)
+        self.transactions = ServerTransactions(self, t1=t1, t2=t2)
         self.locks: dict[str, _CallLock] = {}
         self.tasks: set[asyncio.Task[None]] = set()
         self.counters = Counters()
-        # Full SIPREC metadata per recording, to apply partial updates to.
-        self.siprec_meta: dict[str, siprec.RecordingMetadata] = {}
-        self.dialog_store = dialog_store
-        # Recordings answered but without RTP on any leg yet, per source (keyed by
-        # recording id, or "invite:<Call-ID>" while a new one is being answered):
-        # capped, so one source that never sends media cannot take all licences.
+        # Recordings answered but without RTP on any leg yet are capped per source, so
+        # one source that never sends media cannot take all licences.
         self.pending_media_limit = pending_media_limit
         self.media_timeout_s = media_timeout_s
+        self.max_hold_s = max_hold_s
+        self.sweep_interval = sweep_interval
         self.refusals = refusals
-        self.awaiting_media: dict[str, str] = {}
-        self.awaiting_by_source: dict[str, int] = {}
-        if dialog_store is not None:
-            self._restore(dialog_store)
+
+    # ---- the registry's views (metrics, tests) -------------------------------------------
+
+    @property
+    def sessions(self) -> dict[str, RecordingSession]:
+        return self.registry.sessions
+
+    @property
+    def by_key(self) -> dict[str, RecordingSession]:
+        return self.registry.by_key
+
+    @property
+    def dialogs(self) -> dict[tuple[str, str], tuple[RecordingSession, Leg]]:
+        return self.registry.dialogs
+
+    @property
+    def siprec_meta(self) -> dict[str, siprec.RecordingMetadata]:
+        return self.registry.siprec_meta
+
+    @property
+    def awaiting_media(self) -> dict[str, str]:
+        return self.registry.awaiting_media
+
+    @property
+    def awaiting_by_source(self) -> dict[str, int]:
+        return self.registry.awaiting_by_source
 
     # ---- entry --------------------------------------------------------------------
 
@@ -192,16 +217,16 @@ class RecorderUas:
         except SipParseError as exc:
             self.counters.malformed += 1
             log.info("sip_malformed", peer=f"{peer.host}:{peer.port}", error=str(exc)[:200])
-            self._answer_unparseable(data, peer)
+            self._answer_unparseable(data, peer, str(exc))
             return
         if isinstance(message, SipResponse):
-            return  # responses to our own BYEs: nothing to do
+            return  # responses to our own BYEs, or strays: nothing to do
         task = asyncio.create_task(self._dispatch(message, peer))
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 
     def active_recording_ids(self) -> list[str]:
-        return list(self.sessions)
+        return list(self.registry.sessions)
 
     async def _dispatch(self, request: SipRequest, peer: Peer) -> None:
         call_id = request.call_id
@@ -222,8 +247,8 @@ class RecorderUas:
                 await self._handle(request, peer)
         except Exception:
             log.exception("sip_handler_failed", method=request.method, call_id=call_id)
-            tx = self.transactions.get(_transaction_key(request))
-            if request.method not in ("ACK",) and (tx is None or tx.status < 200):
+            tx = self.transactions.get(request)
+            if request.method != "ACK" and (tx is None or tx.status < 200):
                 self._respond(request, peer, 500)
         finally:
             entry.users -= 1
@@ -235,16 +260,17 @@ class RecorderUas:
         if method == "ACK":
             self._on_ack(request)
             return
-        key = _transaction_key(request)
-        tx = self.transactions.get(key)
-        if tx is not None:
+        if self.transactions.receive(request, peer) is None:
             self.counters.retransmissions += 1
-            if tx.response is not None:
-                self._send(tx.peer, tx.response, request)
-            return
-        self.transactions[key] = ServerTransaction(method, peer, time.monotonic(), request=request)
+            return  # a retransmission, absorbed
         structlog.contextvars.bind_contextvars(call_id=request.call_id)
         try:
+            unsupported = unsupported_required(request)
+            if unsupported and method not in ("CANCEL", "BYE"):
+                # RFC 3261 8.2.2.3 (not for CANCEL; a BYE is honoured whatever it needs).
+                self._respond(request, peer, 420,
+                              headers=[("Unsupported", ", ".join(unsupported))])
+                return
             handler = {
                 "INVITE": self._on_invite,
                 "BYE": self._on_bye,
@@ -263,32 +289,49 @@ class RecorderUas:
         finally:
             structlog.contextvars.unbind_contextvars("call_id")
 
+    # ---- the transaction layer's callbacks ---------------------------------------------
+
+    def send(self, peer: Peer, data: bytes, request: SipRequest) -> None:
+        via = request.vias[0]
+        self.sender.reply(peer, data, via.port, via.rport_requested)
+
+    async def on_no_ack(self, transaction: ServerTransaction) -> None:
+        """Timer H: a 2xx to a new INVITE never acknowledged ends the leg it created."""
+        request = transaction.request
+        if transaction.status >= 300 or request.to.tag is not None:
+            return
+        found = self.registry.dialog(request.call_id, transaction.to_tag)
+        if found is None:
+            return
+        session, leg = found
+        if leg.confirmed:
+            return
+        log.warning("leg_abandoned", recording_id=session.recording_id, reason="no ACK")
+        self._send_bye(leg)
+        await self._end_leg(session, leg, "no ACK")
+
     # ---- INVITE ---------------------------------------------------------------------
 
     async def _on_invite(self, request: SipRequest, peer: Peer) -> None:
         try:
             await self._invite(request, peer)
         finally:
-            self._media_arrived_key(f"invite:{request.call_id}")  # the reservation, if any
+            self.registry.media_arrived(f"invite:{request.call_id}")  # the reservation
 
     async def _invite(self, request: SipRequest, peer: Peer) -> None:
-        unsupported = _unsupported_required(request)
-        if unsupported:
-            self._respond(request, peer, 420, headers=[("Unsupported", ", ".join(unsupported))])
-            return
         if request.to.tag is not None:
             await self._on_reinvite(request, peer)
             return
         self._respond(request, peer, 100)
         try:
-            plan = self._plan(request)
+            plan = plan_invite(request)
         except BadRequest as exc:
             log.info("invite_rejected", status=exc.status, reason=exc.reason)
             self._respond(request, peer, exc.status, warning=exc.reason)
             return
-        existing = self.by_key.get(plan.session_key)
-        joins = existing is not None and not existing.ending
-        if joins and existing is not None and self._refuse_other_source(request, peer, existing):
+        existing = self.registry.joinable(plan.session_key)
+        joins = existing is not None
+        if existing is not None and self._refuse_other_source(request, peer, existing):
             return
         ok, why = self.backend.can_record()
         result = admit(
@@ -297,7 +340,7 @@ class RecorderUas:
             record_all=self.record_all,
             can_record=ok,
             cannot_record_reason=why,
-            active_recordings=sum(1 for s in self.sessions.values() if not s.ending),
+            active_recordings=len(self.registry.active()),
             max_channels=self.max_channels,
             joins_existing=joins,
         )
@@ -311,44 +354,40 @@ class RecorderUas:
         if not joins and self._refuse_pending_media(request, peer):
             return
 
-        now = datetime.now(UTC)
-        metadata = plan.metadata.model_copy(update={"recorded_user": result.user})
-        if existing is not None and joins:
+        if existing is not None:
             session = existing
             if plan.kind == "cucm":
                 near, far = _cucm_parties(plan.metadata)
-                session.metadata = merge_cucm_participants(
-                    session.metadata, near, far, request.call_id
-                )
+                merged = merge_cucm_participants(session.metadata, near, far, request.call_id)
+                if merged.cisco_guid is None and plan.metadata.cisco_guid is not None:
+                    merged = merged.model_copy(update={"cisco_guid": plan.metadata.cisco_guid})
+                session.metadata = merged
             new_session = False
         else:
             session = RecordingSession(
                 recording_id=uuid.uuid4().hex,
                 session_key=plan.session_key,
-                started_at=now,
-                metadata=metadata,
+                started_at=datetime.now(UTC),
+                metadata=plan.metadata.model_copy(update={"recorded_user": result.user}),
                 first_source=peer.host,
             )
-            self.sessions[session.recording_id] = session
-            self.by_key[session.session_key] = session
-            if plan.siprec_metadata is not None:
-                self.siprec_meta[session.recording_id] = plan.siprec_metadata
+            self.registry.add_session(session, plan.siprec_metadata)
             new_session = True
         structlog.contextvars.bind_contextvars(recording_id=session.recording_id)
-        tx = self.transactions.get(_transaction_key(request))
+        tx = self.transactions.get(request)
         try:
             ports = await self.backend.allocate(
                 AllocateRequest(
                     recording_id=session.recording_id,
                     started_at=session.started_at,
-                    streams=_with_sources(plan.streams, plan.offer),
+                    streams=with_sources(plan.streams, plan.offer),
                     metadata=session.metadata,
                 )
             )
         except Exception as exc:
             log.error("allocate_failed", error=str(exc))
             if new_session and not session.legs:
-                self._forget(session)
+                self.registry.forget(session)
             if tx is None or not tx.cancelled:
                 self._respond(request, peer, 503, warning="capture unavailable",
                               headers=[("Retry-After", "5")])
@@ -365,7 +404,7 @@ class RecorderUas:
                     log.error("release_failed", recording_id=session.recording_id,
                               error=str(exc))
             if new_session and not session.legs:
-                self._forget(session)
+                self.registry.forget(session)
             return
 
         local_tag = secrets.token_hex(8)
@@ -373,138 +412,35 @@ class RecorderUas:
             Stream(s.stream_id, s.channel, s.label, ports[s.stream_id]) for s in plan.streams
         ]
         leg = Leg(request.call_id, local_tag, request.from_.tag or "", streams)
-        leg.remote_target = _contact_uri(request)
+        leg.remote_target = contact_uri(request)
         leg.remote_identity = request.headers.get("From") or ""
         leg.local_identity = f"{request.headers.get('To')};tag={local_tag}"
         leg.peer = peer
         leg.media_since = time.monotonic()
         self._refresh(leg, request)
-        session.legs[request.call_id] = leg
-        self.dialogs[(request.call_id, local_tag)] = (session, leg)
+        self.registry.add_leg(session, leg)
         if new_session:
-            self._await_media_key(session.recording_id, peer.host)
-        body = self._session_body(leg, plan.offer)
+            self.registry.await_media(session.recording_id, peer.host)
+        body = self._session_body(session, leg, plan.offer)
         await self._push_codecs(session, leg, plan.offer)
-        self._persist(session)  # before the 200: a dialog the PBX has, we must know too
+        self.registry.persist(session)  # before the 200: a dialog the PBX has, we know too
         self._respond(request, peer, 200, to_tag=local_tag, body=body.encode(),
                       content_type="application/sdp",
                       headers=self._dialog_headers(request, peer, plan.kind == "siprec"))
         log.info("leg_answered", recording_id=session.recording_id, kind=plan.kind,
-                 ports=[s.port for s in streams], streams=[s.stream_id for s in streams])
+                 ports=[s.port for s in streams], streams=[s.stream_id for s in streams],
+                 delayed_offer=plan.offer is None)
         if new_session:
             await self.backend.recording_started(session)
 
-    def _plan(self, request: SipRequest) -> Plan:
-        offer, metadata_xml = _split_body(request)
-        try:
-            cucm = parse_cucm_leg(request.from_)
-        except CucmLegError as exc:
-            raise BadRequest(400, f"inconsistent CUCM recording parameters: {exc}") from exc
-        if metadata_xml is not None or _requires(request, "siprec"):
-            if offer is None:
-                raise BadRequest(488, "SIPREC INVITE without an SDP offer")
-            if metadata_xml is None:
-                raise BadRequest(400, "SIPREC INVITE without recording metadata")
-            return self._plan_siprec(request, offer, metadata_xml)
-        if cucm is not None:
-            near = Participant(role="near", number=cucm.near_addr, device=cucm.near_device,
-                               channel=0)
-            far = Participant(role="far", number=cucm.far_addr, device=cucm.far_device,
-                              channel=1)
-            side = cucm.side
-            channel = 0 if side == "near" else 1
-            if offer is not None and not any(_usable(m) for m in offer.media):
-                raise BadRequest(488, "no usable audio stream in the offer")
-            return Plan(
-                kind="cucm",
-                session_key=session_key(cucm),
-                numbers=[cucm.near_addr] if cucm.near_addr else [],
-                streams=[StreamSpec(stream_id=side, channel=channel, label=side)],
-                metadata=RecordingMetadata(
-                    source="cucm",
-                    session_key=session_key(cucm),
-                    refci=cucm.refci,
-                    cluster_id=cucm.cluster_id,
-                    sip_call_ids=[request.call_id],
-                    participants=[near, far],
-                    recorded_extension=cucm.near_addr,
-                    user_agent=request.headers.get("User-Agent"),
-                ),
-                offer=offer,
-            )
-        # A plain INVITE: record its (first two) audio streams, From on the left.
-        caller = number_of(str(request.from_.uri))
-        callee = number_of(str(request.to.uri))
-        if offer is not None:
-            usable = [i for i, m in enumerate(offer.media) if _usable(m)][:2]
-            if not usable:
-                raise BadRequest(488, "no usable audio stream in the offer")
-            if len(offer.media) > MAX_STREAMS:
-                raise BadRequest(488, "too many media streams")
-            streams = [StreamSpec(stream_id=f"m{i}", channel=min(n, 1), label=str(i))
-                       for n, i in enumerate(usable)]
-        else:
-            streams = [StreamSpec(stream_id="m0", channel=0, label="0")]
-        key = f"sip:{request.call_id}"
-        return Plan(
-            kind="sip",
-            session_key=key,
-            numbers=[n for n in (caller, callee) if n],
-            streams=streams,
-            metadata=RecordingMetadata(
-                source="sip",
-                session_key=key,
-                sip_call_ids=[request.call_id],
-                participants=[Participant(role="caller", number=caller, channel=0),
-                              Participant(role="callee", number=callee, channel=1)],
-                recorded_extension=caller,
-                user_agent=request.headers.get("User-Agent"),
-            ),
-            offer=offer,
-        )
-
-    def _plan_siprec(
-        self, request: SipRequest, offer: sdp.SessionDescription, metadata_xml: bytes
-    ) -> Plan:
-        try:
-            meta = siprec.parse_metadata(metadata_xml)
-        except siprec.MetadataError as exc:
-            raise BadRequest(400, f"bad recording metadata: {exc}") from exc
-        if len(offer.media) > MAX_STREAMS:
-            raise BadRequest(488, "too many media streams")
-        usable = [i for i, m in enumerate(offer.media) if _usable(m)]
-        if not usable:
-            raise BadRequest(488, "no usable audio stream in the offer")
-        labels = [offer.media[i].label or str(i) for i in usable]
-        channels = siprec.assign_channels(meta, labels)
-        streams = [
-            StreamSpec(stream_id=f"m{i}", channel=channels[label][0], label=label)
-            for i, label in zip(usable, labels, strict=True)
-        ]
-        metadata = _siprec_metadata(meta, channels, request)
-        return Plan(
-            kind="siprec",
-            session_key=metadata.session_key,
-            numbers=metadata.numbers(),
-            streams=streams,
-            metadata=metadata,
-            offer=offer,
-            siprec_metadata=meta,
-        )
-
-    def _session_body(self, leg: Leg, offer: sdp.SessionDescription | None) -> str:
+    def _session_body(self, session: RecordingSession, leg: Leg,
+                      offer: sdp.SessionDescription | None) -> str:
         session_id = int.from_bytes(leg.local_tag.encode()[:6], "big")
         if offer is None:
             leg.offer_pending = True
-            return sdp.recorder_offer(leg.streams[0].port, self.address, session_id,
-                                      leg.sdp_version)
-        by_index = {int(s.stream_id[1:]): s.port for s in leg.streams
-                    if s.stream_id.startswith("m")}
-        if not by_index:  # a CUCM leg that came with an offer
-            by_index = {i: leg.streams[0].port for i, m in enumerate(offer.media)
-                        if _usable(m)}
-        ports = [by_index.get(i, 0) for i in range(len(offer.media))]
-        return sdp.recorder_answer(offer, ports, self.address, session_id, leg.sdp_version)
+            streams = leg.streams if session.metadata.source == "siprec" else leg.streams[:1]
+            return offer_sdp(streams, self.address, session_id, leg.sdp_version)
+        return answer_sdp(offer, leg.streams, self.address, session_id, leg.sdp_version)
 
     async def _push_codecs(
         self, session: RecordingSession, leg: Leg, sdp_doc: sdp.SessionDescription | None
@@ -515,7 +451,7 @@ class RecorderUas:
             return
         self._note_hold(leg, sdp_doc)
         for stream in leg.streams:
-            media = _media_for(stream.stream_id, sdp_doc)
+            media = media_for(stream.stream_id, sdp_doc)
             if media is None:
                 continue
             codecs = sdp.payload_codecs(media)
@@ -524,7 +460,7 @@ class RecorderUas:
                 await self.backend.update(
                     UpdateRequest(recording_id=session.recording_id, stream_id=stream.stream_id,
                                   payload_codecs=codecs or None,
-                                  source=_rtp_source(sdp_doc, media))
+                                  source=rtp_source(sdp_doc, media))
                 )
             except Exception as exc:
                 log.error("codec_update_failed", recording_id=session.recording_id,
@@ -533,45 +469,53 @@ class RecorderUas:
     # ---- in-dialog -------------------------------------------------------------------
 
     def _on_ack(self, request: SipRequest) -> None:
-        cseq, _ = request.cseq
-        task = self.retransmits.pop((request.call_id, cseq), None)
-        if task is not None:
-            task.cancel()
-        found = self.dialogs.get((request.call_id, request.to.tag or ""))
+        """An ACK ends its INVITE transaction's retransmissions and confirms the dialog:
+        matched by Call-ID and CSeq (RFC 3261 17.2.1), so one without a To-tag (a broken
+        peer) still confirms the leg its INVITE created."""
+        tx = self.transactions.ack(request)
+        to_tag = request.to.tag
+        if to_tag is None and tx is not None and tx.status < 300:
+            to_tag = tx.to_tag
+            log.info("ack_without_to_tag", call_id=request.call_id)
+        found = self.registry.dialog(request.call_id, to_tag)
         if found is None:
             return
         session, leg = found
         leg.confirmed = True
-        self._persist(session)
-        if leg.offer_pending and request.body:
-            leg.offer_pending = False
-            self._persist(session)
+        answer_pending = leg.offer_pending and bool(request.body)
+        leg.offer_pending = leg.offer_pending and not answer_pending
+        self.registry.persist(session)
+        if answer_pending:
             try:
                 answer = sdp.parse_sdp(request.body.decode("utf-8", "replace"))
             except sdp.SdpError as exc:
                 log.warning("ack_sdp_invalid", error=str(exc))
                 return
-            task2 = asyncio.create_task(self._push_codecs(session, leg, answer))
-            self.tasks.add(task2)
-            task2.add_done_callback(self.tasks.discard)
+            task = asyncio.create_task(self._push_codecs(session, leg, answer))
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
 
     async def _dialog_request(
         self, request: SipRequest, peer: Peer
     ) -> tuple[RecordingSession, Leg, sdp.SessionDescription | None] | None:
         """Common start of re-INVITE and UPDATE: the dialog, metadata applied, the offer.
         None when a response (481, 4xx for the body) has been sent already."""
-        found = self.dialogs.get((request.call_id, request.to.tag or ""))
+        found = self.registry.dialog(request.call_id, request.to.tag)
         if found is None:
             self._respond(request, peer, 481)
             return None
         session, leg = found
         try:
-            offer, metadata_xml = _split_body(request)
+            offer, metadata_xml = split_body(request)
         except BadRequest as exc:
             self._respond(request, peer, exc.status, warning=exc.reason)
             return None
         if metadata_xml is not None:
             await self._apply_metadata_update(session, metadata_xml)
+        elif session.metadata.source == "cucm":
+            changed = cucm_update(session.metadata, request)
+            if changed is not None:
+                await self._set_metadata(session, changed)
         return session, leg, offer
 
     async def _on_reinvite(self, request: SipRequest, peer: Peer) -> None:
@@ -579,19 +523,19 @@ class RecorderUas:
         if found is None:
             return
         session, leg, offer = found
-        leg.sdp_version += 1
         if offer is not None and len(offer.media) < len(leg.streams):
             self._respond(request, peer, 488, warning="m-lines cannot be removed")
             return
-        body = self._session_body(leg, offer)
+        leg.sdp_version += 1
+        body = self._session_body(session, leg, offer)
         await self._push_codecs(session, leg, offer)
         self._refresh(leg, request)
-        self._persist(session)
+        self.registry.persist(session)
         self._respond(request, peer, 200, body=body.encode(), content_type="application/sdp",
                       headers=self._dialog_headers(request, peer, session.metadata.source
                                                    == "siprec"))
         log.info("reinvite_answered", recording_id=session.recording_id,
-                 delayed_offer=offer is None)
+                 delayed_offer=offer is None, on_hold=leg.on_hold)
 
     async def _on_update(self, request: SipRequest, peer: Peer) -> None:
         found = await self._dialog_request(request, peer)
@@ -600,15 +544,15 @@ class RecorderUas:
         session, leg, offer = found
         srs = session.metadata.source == "siprec"
         self._refresh(leg, request)
-        self._persist(session)
+        self.registry.persist(session)
         if offer is None:
             self._respond(request, peer, 200,
                           headers=self._dialog_headers(request, peer, srs))
             return
         leg.sdp_version += 1
-        body = self._session_body(leg, offer)
+        body = self._session_body(session, leg, offer)
         leg.offer_pending = False
-        self._persist(session)
+        self.registry.persist(session)
         await self._push_codecs(session, leg, offer)
         self._respond(request, peer, 200, body=body.encode(), content_type="application/sdp",
                       headers=self._dialog_headers(request, peer, srs))
@@ -619,23 +563,38 @@ class RecorderUas:
         except siprec.MetadataError as exc:
             log.warning("metadata_update_invalid", error=str(exc))
             return
-        previous = session.metadata
-        current = self.siprec_meta.get(session.recording_id)
+        current = self.registry.siprec_meta.get(session.recording_id)
         merged = siprec.merge_metadata(current, update) if current else update
-        self.siprec_meta[session.recording_id] = merged
+        self.registry.siprec_meta[session.recording_id] = merged
         labels = [s.label or "" for leg in session.legs.values() for s in leg.streams]
         channels = siprec.assign_channels(merged, labels)
-        session.metadata = _siprec_metadata(merged, channels, None, previous)
-        self._persist(session)
+        await self._set_metadata(session, siprec_metadata(merged, channels, None,
+                                                          session.metadata))
+
+    async def _set_metadata(self, session: RecordingSession, metadata: RecordingMetadata
+                            ) -> None:
+        """A mid-call change of what is known about the call: capture's copy follows,
+        and a change of parties is a fact of its own, with the time it happened."""
+        at = datetime.now(UTC)
+        parties_changed = metadata.participants != session.metadata.participants
+        session.metadata = metadata
+        self.registry.persist(session)
         try:
             await self.backend.update(
                 UpdateRequest(recording_id=session.recording_id, metadata=session.metadata)
             )
         except Exception as exc:
             log.error("metadata_update_failed", error=str(exc))
+        if parties_changed:
+            log.info("participants_changed", recording_id=session.recording_id,
+                     numbers=metadata.numbers())
+            try:
+                await self.backend.participants_changed(session, at)
+            except Exception as exc:
+                log.error("participants_event_failed", error=str(exc))
 
     async def _on_bye(self, request: SipRequest, peer: Peer) -> None:
-        found = self.dialogs.get((request.call_id, request.to.tag or ""))
+        found = self.registry.dialog(request.call_id, request.to.tag)
         if found is None:
             self._respond(request, peer, 481)
             return
@@ -644,15 +603,14 @@ class RecorderUas:
         await self._end_leg(session, leg, "bye")
 
     async def _on_cancel(self, request: SipRequest, peer: Peer) -> None:
-        invite_key = _transaction_key(request, method="INVITE")
-        invite_tx = self.transactions.get(invite_key)
+        invite_tx = self.transactions.get(request, method="INVITE")
         if invite_tx is None:
             self._respond(request, peer, 481)
             return
         self._respond(request, peer, 200)
-        if invite_tx.status < 200 and invite_tx.request is not None:
+        if invite_tx.status < 200:
             # The INVITE is still being processed; the leg has not been created yet.
-            # _on_invite sees the flag once allocation returns and releases the ports.
+            # _invite sees the flag once allocation returns and releases the ports.
             invite_tx.cancelled = True
             self._respond(invite_tx.request, invite_tx.peer, 487)
             return
@@ -669,7 +627,7 @@ class RecorderUas:
                           headers=[*headers, ("Retry-After", "5")])
 
     async def _on_in_dialog_ok(self, request: SipRequest, peer: Peer) -> None:
-        if (request.call_id, request.to.tag or "") in self.dialogs:
+        if self.registry.dialog(request.call_id, request.to.tag) is not None:
             self._respond(request, peer, 200)
         else:
             self._respond(request, peer, 481)
@@ -678,12 +636,12 @@ class RecorderUas:
         if leg.ended:
             return
         leg.ended = True
-        self.dialogs.pop((leg.call_id, leg.local_tag), None)
+        self.registry.drop_dialog(leg)
         if session.live_legs() or session.ending:
-            self._persist(session)
+            self.registry.persist(session)
             return
         session.ending = True
-        self._forget(session)
+        self.registry.forget(session)
         ended_at = datetime.now(UTC)
         log.info("recording_ending", recording_id=session.recording_id, reason=reason)
         try:
@@ -712,12 +670,12 @@ class RecorderUas:
         """503 a new recording from a source with too many still without RTP, else
         reserve its place (concurrent INVITEs must not all pass at once)."""
         limit = self.pending_media_limit
-        if limit is not None and self._awaiting_count(peer.host) >= limit:
+        if limit is not None and self.registry.awaiting_count(peer.host) >= limit:
             self._respond(request, peer, 503, headers=[("Retry-After", "5")],
                           warning="too many recordings from this source wait for media")
             self._refused(peer.host, "pending_media")
             return True
-        self._await_media_key(f"invite:{request.call_id}", peer.host)
+        self.registry.await_media(f"invite:{request.call_id}", peer.host)
         return False
 
     def _refused(self, host: str, reason: RefusalReason) -> None:
@@ -725,25 +683,8 @@ class RecorderUas:
         if self.refusals is not None:
             self.refusals.refused(host, reason)
 
-    def _await_media_key(self, key: str, host: str) -> None:
-        if key not in self.awaiting_media:
-            self.awaiting_media[key] = host
-            self.awaiting_by_source[host] = self.awaiting_by_source.get(host, 0) + 1
-
-    def _media_arrived_key(self, key: str) -> None:
-        host = self.awaiting_media.pop(key, None)
-        if host is not None:
-            left = self.awaiting_by_source.get(host, 1) - 1
-            if left > 0:
-                self.awaiting_by_source[host] = left
-            else:
-                self.awaiting_by_source.pop(host, None)
-
-    def _awaiting_count(self, host: str) -> int:
-        return sum(n for h, n in self.awaiting_by_source.items() if same_source(h, host))
-
     def _note_hold(self, leg: Leg, description: sdp.SessionDescription) -> None:
-        held = _on_hold(description)
+        held = on_hold(description)
         if held != leg.on_hold:
             leg.on_hold = held
             leg.media_since = time.monotonic()  # silence counts again from the resume
@@ -765,57 +706,33 @@ class RecorderUas:
             return []  # capture is not answering: never end calls on stale news
         by_stream = {(q.recording_id, q.stream_id): q for q in quiet}
         ended: list[Leg] = []
-        for session, leg in list(self.dialogs.values()):
+        for session, leg in list(self.registry.dialogs.values()):
             if leg.media_since >= asked_at:
                 continue  # answered (or resumed) after capture was asked: no news yet
             reports = [by_stream.get((session.recording_id, s.stream_id)) for s in leg.streams]
             if not leg.media_seen and any(r is None or r.packets > 0 for r in reports):
                 leg.media_seen = True
-                self._media_arrived_key(session.recording_id)
+                self.registry.media_arrived(session.recording_id)
             timeout = self.media_timeout_s
-            if (timeout <= 0 or leg.on_hold or not leg.streams
-                    or now - leg.media_since < timeout
+            if timeout <= 0 or not leg.streams:
+                continue
+            if leg.on_hold:
+                # Exempt while on hold, up to max_hold_s (a vanished PBX's hold).
+                if now - leg.media_since < self.max_hold_s:
+                    continue
+                reason = "hold too long"
+            elif (now - leg.media_since < timeout
                     or any(r is None or r.silent_s < timeout for r in reports)):
                 continue
+            else:
+                reason = "media timeout"
             log.warning("media_timeout", recording_id=session.recording_id,
-                        call_id=leg.call_id, timeout_s=timeout, media_seen=leg.media_seen)
+                        call_id=leg.call_id, timeout_s=timeout, media_seen=leg.media_seen,
+                        reason=reason)
             self._send_bye(leg)
-            await self._end_leg(session, leg, "media timeout")
+            await self._end_leg(session, leg, reason)
             ended.append(leg)
         return ended
-
-    def _restore(self, store: DialogStore) -> None:
-        """Take back the calls a previous process of this service was recording."""
-        for session, meta in store.load_all():
-            self.sessions[session.recording_id] = session
-            self.by_key[session.session_key] = session
-            if meta is not None:
-                self.siprec_meta[session.recording_id] = meta
-            for leg in session.live_legs():
-                self.dialogs[(leg.call_id, leg.local_tag)] = (session, leg)
-            source = session.source()
-            if source is not None and not any(leg.media_seen for leg in session.legs.values()):
-                self._await_media_key(session.recording_id, source)
-            log.info("recording_restored", recording_id=session.recording_id,
-                     legs=len(session.live_legs()))
-
-    def _persist(self, session: RecordingSession) -> None:
-        if self.dialog_store is None or session.recording_id not in self.sessions:
-            return
-        try:
-            self.dialog_store.save(session, self.siprec_meta.get(session.recording_id))
-        except OSError as exc:  # the call goes on; only a restart would forget it
-            log.error("dialog_state_write_failed", recording_id=session.recording_id,
-                      error=str(exc))
-
-    def _forget(self, session: RecordingSession) -> None:
-        self._media_arrived_key(session.recording_id)
-        if self.dialog_store is not None:
-            self.dialog_store.delete(session.recording_id)
-        self.sessions.pop(session.recording_id, None)
-        if self.by_key.get(session.session_key) is session:
-            del self.by_key[session.session_key]
-        self.siprec_meta.pop(session.recording_id, None)
 
     # ---- responses ---------------------------------------------------------------------
 
@@ -831,7 +748,7 @@ class RecorderUas:
         if srs:
             headers.append(("Require", "siprec"))
         expires = request.headers.get("Session-Expires")
-        if expires and _supports(request, "timer"):
+        if expires and supports(request, "timer"):
             value = expires.split(";", 1)[0].strip()
             if value.isdigit():
                 headers.append(("Session-Expires", f"{value};refresher=uac"))
@@ -852,62 +769,40 @@ class RecorderUas:
     ) -> None:
         extra = [("Server", SERVER), *headers]
         if warning:
-            safe = warning.replace('"', "'").replace("\r", " ").replace("\n", " ")[:200]
-            extra.append(("Warning", f'399 callrec "{safe}"'))
-        if status >= 300 and to_tag is None and request.to.tag is None and status != 100:
+            extra.append(("Warning", _warning(warning)))
+        if status >= 300 and to_tag is None and request.to.tag is None:
             to_tag = secrets.token_hex(8)
-        response = build_response(request, status, to_tag=to_tag, extra_headers=extra,
-                                  body=body, content_type=content_type)
-        data = serialize(response)
+        # A 400 says what was wrong in its reason phrase too (RFC 3261 21.4.1).
+        reason = (f"Bad Request ({_safe(warning)[:120]})" if status == 400 and warning
+                  else None)
+        response = build_response(request, status, reason, to_tag=to_tag,
+                                  extra_headers=extra, body=body, content_type=content_type)
         self.counters.responses[status] = self.counters.responses.get(status, 0) + 1
-        key = _transaction_key(request)
-        tx = self.transactions.get(key)
-        if tx is not None and status >= tx.status:
-            tx.status = status
-            tx.response = data
-        self._send(peer, data, request)
-        if request.method == "INVITE" and status >= 200 and peer.transport == "UDP":
-            self._start_retransmit(request, peer, data, status)
+        self.transactions.respond(request, peer, serialize(response), status, to_tag)
 
-    def _send(self, peer: Peer, data: bytes, request: SipRequest) -> None:
-        via = request.vias[0]
-        self.sender.reply(peer, data, via.port, via.rport_requested)
+    def _answer_unparseable(self, data: bytes, peer: Peer, problem: str) -> None:
+        """400 naming the problem wherever a response can be addressed (a request line
+        other than ACK and a parseable top Via: RFC 3261 8.2, 16.3); a counted drop
+        otherwise."""
+        status = 505 if problem.startswith("unsupported SIP version") else 400
+        answer = error_response(data, status, problem, to_tag=secrets.token_hex(8),
+                                extra_headers=[("Server", SERVER)])
+        if answer is None:
+            self.counters.unanswerable += 1
+            return
+        response, via = answer
+        self.counters.responses[status] = self.counters.responses.get(status, 0) + 1
+        self.sender.reply(peer, response, via.port, via.rport_requested)
 
-    def _start_retransmit(
-        self, request: SipRequest, peer: Peer, data: bytes, status: int
-    ) -> None:
-        key = (request.call_id, request.cseq[0])
-        old = self.retransmits.pop(key, None)
-        if old is not None:
-            old.cancel()
-
-        async def resend() -> None:
-            interval, waited = T1, 0.0
-            while waited < TRANSACTION_LIFETIME:
-                await asyncio.sleep(interval)
-                waited += interval
-                self._send(peer, data, request)
-                interval = min(interval * 2, T2)
-            self.retransmits.pop(key, None)
-            log.warning("ack_timeout", call_id=request.call_id)
-            if status < 300 and request.to.tag is None:
-                await self._abandon_leg(request.call_id, "no ACK")
-
-        self.retransmits[key] = asyncio.create_task(resend())
-
-    def _answer_unparseable(self, data: bytes, peer: Peer) -> None:
-        """Best effort 400 for requests we can frame but not accept; silence otherwise."""
-        del data, peer  # Without trustworthy Via/Call-ID we cannot route a response.
+    # ---- timers ------------------------------------------------------------------------
 
     async def expire_transactions(self) -> None:
         """Forget old transactions; end legs whose session timer ran out."""
         while True:
-            await asyncio.sleep(SWEEP_INTERVAL)
+            await asyncio.sleep(self.sweep_interval)
             now = time.monotonic()
-            cutoff = now - TRANSACTION_LIFETIME
-            for key in [k for k, tx in self.transactions.items() if tx.created < cutoff]:
-                del self.transactions[key]
-            for session, leg in list(self.dialogs.values()):
+            self.transactions.expire(now)
+            for session, leg in list(self.registry.dialogs.values()):
                 if leg.expired(now):
                     log.warning("session_expired", recording_id=session.recording_id,
                                 call_id=leg.call_id)
@@ -917,15 +812,8 @@ class RecorderUas:
     def _refresh(self, leg: Leg, request: SipRequest) -> None:
         leg.refreshed_at = time.monotonic()
         value = (request.headers.get("Session-Expires") or "").split(";", 1)[0].strip()
-        if value.isdigit() and _supports(request, "timer"):
+        if value.isdigit() and supports(request, "timer"):
             leg.session_expires = max(int(value), MIN_SESSION_EXPIRES)
-
-    async def _abandon_leg(self, call_id: str, reason: str) -> None:
-        for session, leg in list(self.dialogs.values()):
-            if leg.call_id == call_id and not leg.confirmed:
-                log.warning("leg_abandoned", recording_id=session.recording_id, reason=reason)
-                self._send_bye(leg)
-                await self._end_leg(session, leg, reason)
 
     def _send_bye(self, leg: Leg) -> None:
         """Tell the PBX we are ending its recording call (best effort, no retries)."""
@@ -948,169 +836,18 @@ class RecorderUas:
         self.sender.send_request(peer, serialize(bye))
 
     async def shutdown(self) -> None:
-        for task in list(self.retransmits.values()):
-            task.cancel()
+        self.transactions.shutdown()
 
 
-def _transaction_key(request: SipRequest, method: str | None = None) -> tuple[str, ...]:
-    via = request.vias[0]
-    branch = via.branch or ""
-    method = method or request.method
-    if branch.startswith("z9hG4bK"):
-        return (branch, via.host, str(via.port), method)
-    # RFC 2543 peers: match on the request's identity instead.
-    return (request.call_id, str(request.cseq[0]), request.from_.tag or "", method)
+def _safe(text: str) -> str:
+    return "".join(" " if ord(c) < 32 or ord(c) == 127 else c
+                   for c in text.replace('"', "'"))[:200]
 
 
-def _split_body(request: SipRequest) -> tuple[sdp.SessionDescription | None, bytes | None]:
-    if not request.body:
-        return None, None
-    content_type = request.content_type or ""
-    sdp_bytes: bytes | None = None
-    metadata: bytes | None = None
-    if content_type == "application/sdp":
-        sdp_bytes = request.body
-    elif content_type == "application/rs-metadata+xml":
-        metadata = request.body  # a metadata-only update (RFC 7866 6.1.2)
-    elif content_type.startswith("multipart/"):
-        try:
-            parts = siprec.split_multipart(request.headers.get("Content-Type") or "",
-                                           request.body)
-        except siprec.MetadataError as exc:
-            raise BadRequest(400, f"bad multipart body: {exc}") from exc
-        for part in parts:
-            if part.content_type == "application/sdp" and sdp_bytes is None:
-                sdp_bytes = part.body
-            elif part.content_type == "application/rs-metadata+xml" and metadata is None:
-                metadata = part.body
-    else:
-        raise BadRequest(415, f"unsupported body type {content_type or 'none'}")
-    offer = None
-    if sdp_bytes is not None:
-        try:
-            offer = sdp.parse_sdp(sdp_bytes.decode("utf-8"))
-        except (sdp.SdpError, UnicodeDecodeError) as exc:
-            raise BadRequest(400, f"bad SDP: {exc}") from exc
-    return offer, metadata
-
-
-def _contact_uri(request: SipRequest) -> str:
-    """Where in-dialog requests to the PBX go: its Contact, else its From URI."""
-    contact = request.headers.get("Contact")
-    if contact:
-        try:
-            return str(parse_name_addr(contact).uri)
-        except SipParseError:
-            pass
-    return str(request.from_.uri)
-
-
-def _media_for(
-    stream_id: str, sdp_doc: sdp.SessionDescription
-) -> sdp.MediaDescription | None:
-    """The m-line of a stream: `m<i>` is the i-th; a CUCM leg's one stream the first usable."""
-    if stream_id.startswith("m") and stream_id[1:].isdigit():
-        index = int(stream_id[1:])
-        return sdp_doc.media[index] if index < len(sdp_doc.media) else None
-    usable = [m for m in sdp_doc.media if _usable(m)]
-    return usable[0] if usable else None
-
-
-def _rtp_source(sdp_doc: sdp.SessionDescription, media: sdp.MediaDescription) -> RtpSource:
-    """The PBX's c= address and m= port for a stream, as written (capture interprets)."""
-    return RtpSource(address=media.connection_address or sdp_doc.connection_address,
-                     port=media.port)
-
-
-def _with_sources(
-    specs: list[StreamSpec], offer: sdp.SessionDescription | None
-) -> list[StreamSpec]:
-    """Streams to allocate, each with the RTP source the PBX's offer names, so capture
-    admits only that source from the moment the port opens."""
-    if offer is None:
-        return specs
-    out = []
-    for spec in specs:
-        media = _media_for(spec.stream_id, offer)
-        out.append(spec if media is None
-                   else spec.model_copy(update={"source": _rtp_source(offer, media)}))
-    return out
-
-
-def _usable(media: sdp.MediaDescription) -> bool:
-    return media.port != 0 and sdp.choose_codecs(media) is not None
-
-
-def _option_tags(request: SipRequest, header: str) -> set[str]:
-    tags: set[str] = set()
-    for value in request.headers.get_all(header):
-        tags.update(t.strip().lower() for t in value.split(",") if t.strip())
-    return tags
-
-
-def _requires(request: SipRequest, tag: str) -> bool:
-    return tag in _option_tags(request, "Require")
-
-
-def _supports(request: SipRequest, tag: str) -> bool:
-    return tag in _option_tags(request, "Supported") | _option_tags(request, "Require")
-
-
-def _unsupported_required(request: SipRequest) -> list[str]:
-    return sorted(_option_tags(request, "Require") - SUPPORTED_TAGS)
+def _warning(text: str) -> str:
+    return f'399 callrec "{_safe(text)}"'
 
 
 def _cucm_parties(metadata: RecordingMetadata) -> tuple[Participant, Participant]:
     by_role = {p.role: p for p in metadata.participants}
     return by_role["near"], by_role["far"]
-
-
-def _siprec_metadata(
-    meta: siprec.RecordingMetadata,
-    channels: dict[str, tuple[int, siprec.Participant | None]],
-    request: SipRequest | None,
-    previous: RecordingMetadata | None = None,
-) -> RecordingMetadata:
-    channel_of: dict[str, int] = {}
-    for channel, participant in channels.values():
-        if participant is not None:
-            channel_of.setdefault(participant.id, channel)
-    participants = []
-    for position, p in enumerate(meta.participants):
-        role: Literal["caller", "callee", "other"] = (
-            "caller" if position == 0 else "callee" if position == 1 else "other"
-        )
-        aor = p.aors[0] if p.aors else None
-        participants.append(Participant(
-            role=role, number=number_of(aor), name=p.names[0] if p.names else None,
-            aor=aor, channel=channel_of.get(p.id),
-        ))
-    if previous is not None:
-        return previous.model_copy(update={
-            "participants": participants,
-            "siprec_session_ids": meta.session_ids or previous.siprec_session_ids,
-        })
-    assert request is not None
-    return RecordingMetadata(
-        source="siprec",
-        session_key=f"siprec:{request.call_id}",
-        siprec_session_ids=meta.session_ids,
-        sip_call_ids=[request.call_id],
-        participants=participants,
-        recorded_extension=participants[0].number if participants else None,
-        user_agent=request.headers.get("User-Agent"),
-    )
-
-
-def _on_hold(description: sdp.SessionDescription) -> bool:
-    """The PBX will send us nothing on any audio stream (hold, pause; RFC 3264 8.4)."""
-    audio = [m for m in description.media if m.media == "audio"]
-    if not audio:
-        return False
-    for media in audio:
-        address = media.connection_address or description.connection_address or ""
-        held = (media.port == 0 or media.direction in ("inactive", "recvonly")
-                or address in ("0.0.0.0", "::"))
-        if not held:
-            return False
-    return True

@@ -276,7 +276,8 @@ def test_recorder_answer_refuses_port0_video_no_codec_and_srtp() -> None:
         "m=audio 5006 RTP/AVP 9 0\r\na=label:5\r\n"
         "m=application 5008 TCP/BFCP *\r\n"
     )
-    answer_text = recorder_answer(offer, [1, 2, 3, 4, 6000, 5], "10.0.0.50", 1, 1)
+    # The caller refuses the SRTP stream with port 0 (planning.usable is the rule).
+    answer_text = recorder_answer(offer, [1, 2, 3, 0, 6000, 5], "10.0.0.50", 1, 1)
     lines = [line for line in answer_text.split("\r\n") if line.startswith("m=")]
     assert lines == [
         "m=audio 0 RTP/AVP 0",

@@ -8,16 +8,16 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import time
 from collections.abc import AsyncIterator, Iterable
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 
-import services.signaling.uas as uas_module
 from callrec.users import UsersProjection
-from contracts.v1.events import RecordingMetadata, UserUpserted
-from contracts.v1.rpc import AllocateRequest, UpdateRequest
+from contracts.v1.events import Participant, RecordingMetadata, UserUpserted
+from contracts.v1.rpc import AllocateRequest, QuietStream, UpdateRequest
 from services.signaling.recorder import RecordingSession
 from services.signaling.sdp import SessionDescription, parse_sdp
 from services.signaling.sip.message import SipRequest, SipResponse, parse_message
@@ -42,6 +42,7 @@ class FakeBackend:
         self.finalized: list[tuple[str, datetime, RecordingMetadata]] = []
         self.started: list[RecordingSession] = []
         self.ended: list[tuple[RecordingSession, str]] = []
+        self.participant_changes: list[tuple[str, datetime, list[Participant]]] = []
         self.ports: dict[tuple[str, str], int] = {}
         self._next_port = itertools.count(20000, 2)
         self.fail_allocate = False
@@ -88,6 +89,13 @@ class FakeBackend:
 
     async def recording_ended(self, session: RecordingSession, reason: str) -> None:
         self.ended.append((session, reason))
+
+    async def participants_changed(self, session: RecordingSession, at: datetime) -> None:
+        self.participant_changes.append(
+            (session.recording_id, at, list(session.metadata.participants)))
+
+    def quiet_streams(self) -> tuple[float, list[QuietStream]] | None:
+        return None
 
 
 class FakeSender:
@@ -297,14 +305,15 @@ async def settle(uas: RecorderUas) -> None:
 
 
 class Harness:
-    def __init__(self, *, record_all: bool = False, max_channels: int = 10) -> None:
+    def __init__(self, *, record_all: bool = False, max_channels: int = 10,
+                 **timers: float) -> None:
         self.backend = FakeBackend()
         self.backend.add_user("alice", ["1001"], record=True)
         self.backend.add_user("carol", ["3003"], record=False)
         self.sender = FakeSender()
         self.uas = RecorderUas(backend=self.backend, sender=self.sender, address=ADDRESS,
                                sip_port=SIP_PORT, record_all=record_all,
-                               max_channels=max_channels)
+                               max_channels=max_channels, **timers)
 
     async def send(self, data: bytes, peer: Peer = PEER) -> None:
         self.uas.on_message(data, peer)
@@ -319,7 +328,8 @@ class Harness:
 
     async def cucm_leg(self, side: str, call_id: str, **kw: Any) -> SipResponse:
         tag = kw.pop("tag", f"tag-{side}")
-        return await self.invite(call_id, from_=cucm_from(side, tag=tag, **kw))
+        extra = kw.pop("extra", ())
+        return await self.invite(call_id, from_=cucm_from(side, tag=tag, **kw), extra=extra)
 
 
 @pytest.fixture
@@ -506,10 +516,8 @@ async def test_retransmitted_bye_gets_200_without_second_finalize(h: Harness) ->
     assert len(h.backend.ended) == 1
 
 
-async def test_200_ok_is_retransmitted_until_ack(
-    h: Harness, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(uas_module, "T1", 0.01)
+async def test_200_ok_is_retransmitted_until_ack() -> None:
+    h = Harness(t1=0.01)
     ok = await h.cucm_leg("near", "rt-ack")
     await asyncio.sleep(0.1)  # 10 + 20 + 40 ms -> at least 2 retransmissions
     oks = [r for r in h.sender.responses("rt-ack", "INVITE") if r.status == 200]
@@ -518,16 +526,15 @@ async def test_200_ok_is_retransmitted_until_ack(
     await h.send(sip_request("ACK", call_id="rt-ack", from_=cucm_from("near", tag="tag-near"),
                              to_tag=to_tag(ok), body=ANSWER_SDP,
                              content_type="application/sdp"))
-    assert ("rt-ack", 1) not in h.uas.retransmits
+    assert h.uas.transactions.pending_timers() == []
     count = len(h.sender.sent)
     await asyncio.sleep(0.1)
     assert len(h.sender.sent) == count
+    await h.uas.shutdown()
 
 
-async def test_error_response_is_retransmitted_until_ack(
-    h: Harness, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(uas_module, "T1", 0.01)
+async def test_error_response_is_retransmitted_until_ack() -> None:
+    h = Harness(t1=0.01)
     response = await h.invite("rt-404", from_=cucm_from("near", near="9999"))
     assert response.status == 404
     await asyncio.sleep(0.05)
@@ -539,10 +546,8 @@ async def test_error_response_is_retransmitted_until_ack(
     assert len(h.sender.sent) == count
 
 
-async def test_tcp_final_response_is_not_retransmitted(
-    h: Harness, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(uas_module, "T1", 0.01)
+async def test_tcp_final_response_is_not_retransmitted() -> None:
+    h = Harness(t1=0.01)
     tcp = Peer("TCP", "127.0.0.1", 5999)
     await h.send(sip_request("INVITE", call_id="tcp-1", from_=cucm_from("near")), tcp)
     ok = h.sender.responses("tcp-1")[-1]
@@ -550,7 +555,7 @@ async def test_tcp_final_response_is_not_retransmitted(
     assert contact is not None and "transport=tcp" in contact
     await asyncio.sleep(0.05)
     assert h.sender.statuses("tcp-1") == [100, 200]
-    assert h.uas.retransmits == {}
+    await h.uas.shutdown()
 
 
 # ---------------------------------------------------------------- SIPREC
@@ -642,13 +647,53 @@ async def test_siprec_without_metadata_is_400(h: Harness) -> None:
     assert h.backend.allocations == []
 
 
-async def test_siprec_without_sdp_is_488(h: Harness) -> None:
+SIPREC_ANSWER_SDP = SIPREC_SDP.replace(b"RTP/AVP 0 101", b"RTP/AVP 8 101").replace(
+    b"a=rtpmap:0 PCMU/8000", b"a=rtpmap:8 PCMA/8000")
+
+
+@pytest.mark.parametrize("metadata_type", ["application/rs-metadata+xml",
+                                           "application/rs-metadata"])
+async def test_siprec_delayed_offer_offers_the_metadata_streams(
+    h: Harness, metadata_type: str
+) -> None:
+    """RFC 7866: an SRC may send its INVITE with metadata and no SDP; we offer one
+    recvonly m=audio per metadata stream, labelled, and take the answer from the ACK."""
     b = BOUNDARY.encode()
-    body = (b"--" + b + b"\r\nContent-Type: application/rs-metadata+xml\r\n\r\n"
+    body = (b"--" + b + b"\r\nContent-Type: " + metadata_type.encode() + b"\r\n\r\n"
             + SIPREC_METADATA + b"\r\n--" + b + b"--\r\n")
-    response = await h.invite("siprec-4", from_=SIPREC_FROM, body=body,
-                              content_type=SIPREC_CT, extra=SIPREC_HEADERS)
+    ok = await h.invite("siprec-4", from_=SIPREC_FROM, body=body,
+                        content_type=SIPREC_CT, extra=SIPREC_HEADERS)
+    assert ok.status == 200
+    offer = body_sdp(ok)
+    assert [m.label for m in offer.media] == ["1", "2"]
+    assert all(m.direction == "recvonly" and m.port > 0 for m in offer.media)
+    assert all(m.formats == [0, 8, 9, 18, 101] for m in offer.media)
+    (allocation,) = h.backend.allocations
+    # Label 2 is sent by the caller (first participant): left channel.
+    assert [(s.stream_id, s.label, s.channel) for s in allocation.streams] == [
+        ("m0", "1", 1), ("m1", "2", 0)]
+    assert h.backend.updates == []
+    await h.send(sip_request("ACK", call_id="siprec-4", from_=SIPREC_FROM, to_tag=to_tag(ok),
+                             body=SIPREC_ANSWER_SDP, content_type="application/sdp"))
+    by_stream = {u.stream_id: u for u in h.backend.updates}
+    assert set(by_stream) == {"m0", "m1"}
+    m0, m1 = by_stream["m0"], by_stream["m1"]
+    assert m0.payload_codecs == {8: "PCMA", 101: "telephone-event"}
+    assert m0.source is not None and m1.source is not None
+    assert (m0.source.address, m0.source.port) == ("192.0.2.10", 20000)
+    assert (m1.source.address, m1.source.port) == ("192.0.2.10", 20002)
+    (_, leg), = h.uas.dialogs.values()
+    assert leg.confirmed and not leg.offer_pending
+
+
+async def test_siprec_delayed_offer_without_streams_is_488(h: Harness) -> None:
+    no_streams = SIPREC_METADATA.replace(b"<label>1</label>", b"").replace(
+        b"<label>2</label>", b"")
+    response = await h.invite("siprec-5", from_=SIPREC_FROM, body=no_streams,
+                              content_type="application/rs-metadata+xml",
+                              extra=SIPREC_HEADERS)
     assert response.status == 488
+    assert h.backend.allocations == []
 
 
 # ---------------------------------------------------------------- in-dialog
@@ -933,7 +978,7 @@ async def test_cancel_while_allocating_gives_487_and_no_200(h: Harness) -> None:
     response = h.sender.responses("can-1", "INVITE")[-1]
     await h.send(sip_request("ACK", call_id="can-1", branch=branch, from_=cucm_from("near"),
                              to_tag=to_tag(response)))
-    assert h.uas.retransmits == {}
+    assert h.uas.transactions.pending_timers() == []
     # A new call on the same refci is a fresh recording.
     assert (await h.cucm_leg("near", "can-2")).status == 200
     assert h.backend.allocations[1].recording_id != recording_id
@@ -971,17 +1016,65 @@ async def test_cancel_of_joining_leg_keeps_the_recording(h: Harness) -> None:
     b"\x00\x01\x02garbage\xff",
     b"hello world\r\n\r\n",
     b"",
-    b"INVITE sip:x@y SIP/2.0\r\nVia: SIP/2.0/UDP 1.2.3.4;branch=z9hG4bK1\r\n"
-    b"From: <sip:a@b>;tag=1\r\nTo: <sip:c@d>\r\nCSeq: 1 INVITE\r\n\r\n",  # no Call-ID
-    b"INVITE sip:x@y SIP/2.0\r\nVia: SIP/2.0/UDP 1.2.3.4;branch=z9hG4bK1\r\n"
-    b"From: <sip:a@b>;tag=1\r\nTo: <sip:c@d>\r\nCall-ID: x\r\nCSeq: 1 BYE\r\n\r\n",
+    # No Via: nowhere to send a response.
+    b"INVITE sip:x@y SIP/2.0\r\nFrom: <sip:a@b>;tag=1\r\nTo: <sip:c@d>\r\n"
+    b"Call-ID: x\r\nCSeq: 1 INVITE\r\n\r\n",
+    # An ACK is never answered.
+    b"ACK sip:x@y SIP/2.0\r\nVia: SIP/2.0/UDP 1.2.3.4;branch=z9hG4bK1\r\n"
+    b"From: <sip:a@b>;tag=1\r\nTo: <sip:c@d>\r\nCSeq: 1 ACK\r\n\r\n",
 ])
-async def test_malformed_datagrams_are_counted(h: Harness, data: bytes) -> None:
+async def test_malformed_datagrams_without_address_are_counted_drops(
+    h: Harness, data: bytes
+) -> None:
     h.uas.on_message(data, PEER)
     await settle(h.uas)
     assert h.uas.counters.malformed == 1
+    assert h.uas.counters.unanswerable == 1
     assert h.uas.counters.received == 1
     assert h.sender.sent == []
+
+
+@pytest.mark.parametrize(("data", "problem"), [
+    (b"INVITE sip:x@y SIP/2.0\r\nVia: SIP/2.0/UDP 1.2.3.4;branch=z9hG4bK1\r\n"
+     b"From: <sip:a@b>;tag=1\r\nTo: <sip:c@d>\r\nCSeq: 1 INVITE\r\n\r\n", "Call-ID"),
+    (b"INVITE sip:x@y SIP/2.0\r\nVia: SIP/2.0/UDP 1.2.3.4;branch=z9hG4bK1\r\n"
+     b"From: <sip:a@b>;tag=1\r\nTo: <sip:c@d>\r\nCall-ID: x\r\nCSeq: 1 BYE\r\n\r\n",
+     "CSeq method"),
+    (b"OPTIONS sip:x@y SIP/2.0\r\nVia: SIP/2.0/UDP 1.2.3.4:5070;branch=z9hG4bK1;rport\r\n"
+     b"From: <sip:a@b>;tag=1\r\nTo: <sip:c@d>\r\nCall-ID: x\r\nCSeq: 1 OPTIONS\r\n"
+     b"Max-Forwards: many\r\n\r\n", "Max-Forwards"),
+])
+async def test_malformed_requests_are_answered_400_naming_the_problem(
+    h: Harness, data: bytes, problem: str
+) -> None:
+    """RFC 3261 8.2 / 16.3: wherever a response can be addressed (a parseable Via), a
+    request that fails to parse gets 400 with a reason phrase saying why."""
+    h.uas.on_message(data, PEER)
+    await settle(h.uas)
+    assert h.uas.counters.malformed == 1 and h.uas.counters.unanswerable == 0
+    ((peer, raw, via_port, rport),) = h.sender.sent
+    response = parse_message(raw)
+    assert isinstance(response, SipResponse)
+    assert response.status == 400
+    assert problem in response.reason
+    assert response.headers.get("Via") is not None
+    assert response.to.tag  # a To-tag of our own, as for any final response
+    assert peer == PEER
+    assert via_port == (5070 if b"5070" in data else None) and rport == (b"rport" in data)
+
+
+async def test_bye_with_wrong_cseq_method_gets_400_and_the_call_goes_on(h: Harness) -> None:
+    ok = await h.cucm_leg("near", "badbye")
+    h.sender.clear()
+    await h.send(sip_request("BYE", call_id="badbye", cseq=2, cseq_method="INVITE",
+                             from_=cucm_from("near", tag="tag-near"), to_tag=to_tag(ok)))
+    (response,) = h.sender.responses("badbye")
+    assert response.status == 400 and "CSeq" in response.reason
+    assert h.uas.active_recording_ids()  # not ended by a request we could not accept
+    await h.send(sip_request("BYE", call_id="badbye", cseq=3,
+                             from_=cucm_from("near", tag="tag-near"), to_tag=to_tag(ok)))
+    assert h.sender.statuses("badbye", "BYE") == [200]
+    assert len(h.backend.finalized) == 1
 
 
 async def test_responses_are_ignored(h: Harness) -> None:
@@ -1004,8 +1097,7 @@ async def test_backend_exception_gives_500(h: Harness) -> None:
     statuses = h.sender.statuses("boom-1")
     assert statuses == [100, 200]
     assert h.uas.counters.responses.get(500) is None
-    retransmitted = h.uas.transactions
-    assert all(tx.status != 500 for tx in retransmitted.values())
+    assert all(tx.status != 500 for tx in h.uas.transactions.transactions.values())
 
 
 async def test_handler_exception_before_answer_gives_500(h: Harness) -> None:
@@ -1062,10 +1154,8 @@ async def test_siprec_update_with_metadata_only(h: Harness) -> None:
     assert [p.name for p in update.metadata.participants] == ["Alice", "Robert"]
 
 
-async def test_session_timer_expiry_sends_bye_and_finalizes(
-    h: Harness, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(uas_module, "SWEEP_INTERVAL", 0.01)
+async def test_session_timer_expiry_sends_bye_and_finalizes() -> None:
+    h = Harness(sweep_interval=0.01)
     ok = await h.invite("st-expire", from_=cucm_from("near", tag="tag-near"),
                         extra=[("Supported", "timer"), ("Session-Expires", "1800")])
     await h.send(sip_request("ACK", call_id="st-expire", from_=cucm_from("near", tag="tag-near"),
@@ -1090,12 +1180,8 @@ async def test_session_timer_expiry_sends_bye_and_finalizes(
     assert not h.uas.dialogs
 
 
-async def test_missing_ack_abandons_leg_with_bye(
-    h: Harness, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(uas_module, "T1", 0.001)
-    monkeypatch.setattr(uas_module, "T2", 0.004)
-    monkeypatch.setattr(uas_module, "TRANSACTION_LIFETIME", 0.05)
+async def test_missing_ack_abandons_leg_with_bye() -> None:
+    h = Harness(t1=0.001, t2=0.004)
     await h.cucm_leg("near", "no-ack")
     for _ in range(100):
         await asyncio.sleep(0.01)
@@ -1108,11 +1194,11 @@ async def test_missing_ack_abandons_leg_with_bye(
 
 
 async def test_restarted_uas_takes_back_its_calls(tmp_path: Any) -> None:
-    from services.signaling.dialogs import DialogStore
+    from services.signaling.sessions import DialogStore
 
     store = DialogStore(tmp_path / "dialogs")
     first = Harness()
-    first.uas.dialog_store = store
+    first.uas.registry.store = store
     ok = await first.invite("restart-1", from_=cucm_from("near", tag="tag-near"),
                             extra=[("Supported", "timer"), ("Session-Expires", "1800")])
     await first.send(sip_request("ACK", call_id="restart-1",
@@ -1147,12 +1233,176 @@ async def test_restarted_uas_takes_back_its_calls(tmp_path: Any) -> None:
 
 
 async def test_sessions_of_a_previous_node_boot_are_not_taken_back(tmp_path: Any) -> None:
-    from services.signaling.dialogs import DialogStore
+    from services.signaling.sessions import DialogStore
 
     h = Harness()
-    h.uas.dialog_store = DialogStore(tmp_path / "dialogs", "boot-1")
+    h.uas.registry.store = DialogStore(tmp_path / "dialogs", "boot-1")
     await h.cucm_leg("near", "old-boot")
     assert len(list((tmp_path / "dialogs").glob("*.json"))) == 1
     assert DialogStore(tmp_path / "dialogs", "boot-2").load_all() == []
     assert not list((tmp_path / "dialogs").glob("*.json"))  # capture finalizes that call
     await h.uas.shutdown()
+
+
+# ---------------------------------------------------------------- broken peers
+
+
+async def test_ack_without_to_tag_confirms_the_leg_and_brings_its_answer() -> None:
+    """An ACK that forgot the To-tag still belongs to its INVITE transaction (Call-ID and
+    CSeq, RFC 3261 17.2.1): it stops the 200's retransmissions *and* confirms the leg,
+    so Timer H does not end a call the PBX believes is up, nor does the leg stay
+    unconfirmed forever."""
+    h = Harness(t1=0.005)
+    ok = await h.cucm_leg("near", "ack-notag")
+    await h.send(sip_request("ACK", call_id="ack-notag",
+                             from_=cucm_from("near", tag="tag-near"),
+                             body=ANSWER_SDP, content_type="application/sdp"))
+    (_, leg), = h.uas.dialogs.values()
+    assert leg.confirmed and not leg.offer_pending
+    assert [u.payload_codecs for u in h.backend.updates] == [
+        {0: "PCMU", 101: "telephone-event"}]
+    sent = len(h.sender.sent)
+    await asyncio.sleep(0.5)  # beyond Timer H (64 * T1 = 0.32 s)
+    assert len(h.sender.sent) == sent and h.sender.requests == []
+    assert h.backend.finalized == [] and h.uas.active_recording_ids()
+    await h.send(sip_request("BYE", call_id="ack-notag", cseq=2,
+                             from_=cucm_from("near", tag="tag-near"), to_tag=to_tag(ok)))
+    assert len(h.backend.finalized) == 1
+    await h.uas.shutdown()
+
+
+async def test_invite_with_to_tag_of_unknown_dialog_is_481(h: Harness) -> None:
+    """RFC 4475 wsinv-like: a valid INVITE inside a dialog we do not know gets 481."""
+    await h.send(sip_request("INVITE", call_id="nodialog", to_tag="1918181833n",
+                             body=PLAIN_OFFER_SDP, content_type="application/sdp"))
+    assert h.sender.statuses("nodialog") == [481]
+    assert h.backend.allocations == []
+
+
+# ---------------------------------------------------------------- every leg has a way out
+
+
+async def test_timer_h_ends_an_unacknowledged_tcp_leg() -> None:
+    h = Harness(t1=0.002)
+    tcp = Peer("TCP", "127.0.0.1", 5999)
+    await h.send(sip_request("INVITE", call_id="tcp-noack", from_=cucm_from("near")), tcp)
+    for _ in range(200):
+        await asyncio.sleep(0.01)
+        if h.backend.finalized:
+            break
+    await settle(h.uas)
+    assert [reason for _, reason in h.backend.ended] == ["no ACK"]
+    assert h.sender.requests[-1].method == "BYE"
+    assert h.sender.statuses("tcp-noack") == [100, 200]  # never retransmitted over TCP
+    assert not h.uas.sessions
+
+
+async def test_a_hold_exempts_from_the_media_timeout_but_not_forever() -> None:
+    from services.signaling.uas import RecorderUas
+
+    h = Harness()
+    h.uas = RecorderUas(backend=h.backend, sender=h.sender, address=ADDRESS,
+                        sip_port=SIP_PORT, record_all=False, max_channels=10,
+                        media_timeout_s=30.0, max_hold_s=3600.0)
+    ok = await h.cucm_leg("near", "held")
+    await h.send(sip_request("ACK", call_id="held", from_=cucm_from("near", tag="tag-near"),
+                             to_tag=to_tag(ok), body=ANSWER_SDP,
+                             content_type="application/sdp"))
+    # Hold: a re-INVITE whose SDP says a=inactive.
+    await h.send(sip_request("INVITE", call_id="held", cseq=2,
+                             from_=cucm_from("near", tag="tag-near"), to_tag=to_tag(ok),
+                             body=ANSWER_SDP.replace(b"a=sendonly", b"a=inactive"),
+                             content_type="application/sdp"))
+    assert h.sender.statuses("held", "INVITE")[-1] == 200
+    (session, leg), = h.uas.dialogs.values()
+    assert leg.on_hold
+    quiet = [QuietStream(recording_id=session.recording_id, stream_id="near", packets=0,
+                         silent_s=600.0)]
+    leg.media_since -= 600  # ten minutes of silence on hold: still recorded
+    now = time.monotonic()
+    assert await h.uas.apply_media_report(now, quiet, now=now) == []
+    leg.media_since -= 3600  # an hour more: the PBX is gone
+    now = time.monotonic()
+    assert await h.uas.apply_media_report(now, quiet, now=now) == [leg]
+    assert [reason for _, reason in h.backend.ended] == ["hold too long"]
+    assert h.sender.requests[-1].method == "BYE"
+    await h.uas.shutdown()
+
+
+# ---------------------------------------------------------------- dialects and mid-call changes
+
+
+LEGACY_CT = "application/rs-metadata"
+
+
+def legacy_siprec_body() -> bytes:
+    return siprec_body().replace(b"application/rs-metadata+xml", LEGACY_CT.encode())
+
+
+async def test_legacy_metadata_type_in_invite_and_update(h: Harness) -> None:
+    """application/rs-metadata (no +xml: Metaswitch, Procomm, the RFC examples) is
+    recording metadata, in the INVITE and in later UPDATEs and re-INVITEs."""
+    ok = await h.invite("legacy-1", from_=SIPREC_FROM, body=legacy_siprec_body(),
+                        content_type=SIPREC_CT, extra=SIPREC_HEADERS)
+    assert ok.status == 200
+    assert [p.name for p in h.backend.allocations[0].metadata.participants] == [
+        "Alice", "Bob"]
+    await h.send(sip_request("UPDATE", call_id="legacy-1", cseq=2, from_=SIPREC_FROM,
+                             to_tag=to_tag(ok), body=SIPREC_PARTIAL_METADATA,
+                             content_type=LEGACY_CT))
+    assert h.sender.statuses("legacy-1", "UPDATE") == [200]
+    assert [p.name for p in h.backend.participant_changes[-1][2]] == ["Alice", "Robert"]
+    b = BOUNDARY.encode()
+    reinvite_body = (b"--" + b + b"\r\nContent-Type: application/sdp\r\n\r\n" + SIPREC_SDP
+                     + b"\r\n--" + b + b"\r\nContent-Type: " + LEGACY_CT.encode()
+                     + b"\r\n\r\n" + SIPREC_PARTIAL_METADATA.replace(b"Robert", b"Rob")
+                     + b"\r\n--" + b + b"--\r\n")
+    await h.send(sip_request("INVITE", call_id="legacy-1", cseq=3, from_=SIPREC_FROM,
+                             to_tag=to_tag(ok), body=reinvite_body, content_type=SIPREC_CT,
+                             extra=SIPREC_HEADERS))
+    assert h.sender.statuses("legacy-1", "INVITE")[-1] == 200
+    assert [p.name for p in h.backend.participant_changes[-1][2]] == ["Alice", "Rob"]
+
+
+async def test_cucm_update_after_transfer_changes_the_participants(h: Harness) -> None:
+    """After a transfer CUCM sends an UPDATE whose From names the new far end: the
+    recording's parties follow, as a fact with the time it changed."""
+    ok = await h.cucm_leg("near", "xfer-near")
+    await h.send(sip_request("ACK", call_id="xfer-near",
+                             from_=cucm_from("near", tag="tag-near"), to_tag=to_tag(ok),
+                             body=ANSWER_SDP, content_type="application/sdp"))
+    before = datetime.now(UTC)
+    await h.send(sip_request("UPDATE", call_id="xfer-near", cseq=2,
+                             from_=cucm_from("near", far="3003", tag="tag-near"),
+                             to_tag=to_tag(ok)))
+    assert h.sender.statuses("xfer-near", "UPDATE") == [200]
+    ((recording_id, at, participants),) = h.backend.participant_changes
+    assert recording_id == h.backend.allocations[0].recording_id
+    assert at >= before
+    assert [(p.role, p.number) for p in participants] == [("near", "1001"), ("far", "3003")]
+    assert h.backend.updates[-1].metadata is not None
+    assert h.backend.updates[-1].metadata.participants == participants
+    # The same parties again: nothing changed, no new fact.
+    await h.send(sip_request("UPDATE", call_id="xfer-near", cseq=3,
+                             from_=cucm_from("near", far="3003", tag="tag-near"),
+                             to_tag=to_tag(ok)))
+    assert len(h.backend.participant_changes) == 1
+
+
+async def test_cucm_restart_with_new_refci_is_a_new_segment_linked_by_cisco_guid(
+    h: Harness
+) -> None:
+    """A conference or transfer makes CUCM restart recording with new x-refci values:
+    each segment is its own recording; Cisco-Guid links the segments of one call."""
+    guid = [("Cisco-Guid", "1234567890-0987654321-1122334455-6677889900")]
+    first = await h.cucm_leg("near", "seg-1", refci="111", extra=guid)
+    await h.cucm_leg("far", "seg-1f", refci="111", extra=guid)
+    await h.send(sip_request("BYE", call_id="seg-1", cseq=2,
+                             from_=cucm_from("near", refci="111", tag="tag-near"),
+                             to_tag=to_tag(first)))
+    await h.cucm_leg("near", "seg-2", refci="222", extra=guid)
+    recordings = {a.recording_id: a.metadata for a in h.backend.allocations}
+    assert len(recordings) == 2
+    assert {m.refci for m in recordings.values()} == {"111", "222"}
+    assert {m.cisco_guid for m in recordings.values()} == {guid[0][1]}
+    assert {s.metadata.cisco_guid for s in h.backend.started} == {guid[0][1]}

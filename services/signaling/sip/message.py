@@ -26,6 +26,7 @@ __all__ = [
     "StreamFramer",
     "Via",
     "build_response",
+    "error_response",
     "parse_message",
     "parse_name_addr",
     "parse_uri",
@@ -768,7 +769,8 @@ class _MessageMixin:
         if value is None:
             return None
         value = value.strip()
-        if _DIGITS_RE.fullmatch(value) is None or len(value) > 3:
+        # 1*DIGIT: leading zeros are legal (RFC 4475 wsinv sends 0068).
+        if _DIGITS_RE.fullmatch(value) is None or len(value.lstrip("0")) > 3:
             raise SipParseError(f"bad Max-Forwards: {value[:20]!r}")
         return int(value)
 
@@ -798,6 +800,8 @@ class SipResponse(_MessageMixin):
 SipMessage = SipRequest | SipResponse
 
 _MANDATORY_REQUEST_HEADERS = ("Via", "From", "To", "Call-ID", "CSeq")
+# Headers a request carries once: two of them (RFC 4475 multi01) make it ambiguous.
+_SINGLE_REQUEST_HEADERS = ("From", "To", "Call-ID", "CSeq", "Max-Forwards")
 
 
 def _parse_start_line(line: str) -> SipRequest | SipResponse:
@@ -899,6 +903,9 @@ def parse_message(data: bytes) -> SipRequest | SipResponse:
         for name in _MANDATORY_REQUEST_HEADERS:
             if not msg.headers.get(name):
                 raise SipParseError(f"missing or empty {name} header")
+        for name in _SINGLE_REQUEST_HEADERS:
+            if len(msg.headers.get_all(name)) > 1:
+                raise SipParseError(f"more than one {name} header")
         _number, method = msg.cseq
         if method != msg.method:
             raise SipParseError("CSeq method does not match request method")
@@ -951,6 +958,7 @@ REASON_PHRASES: dict[int, str] = {
     500: "Server Internal Error",
     501: "Not Implemented",
     503: "Service Unavailable",
+    505: "Version Not Supported",
     513: "Message Too Large",
 }
 
@@ -999,6 +1007,87 @@ def build_response(
     if content_type is not None:
         headers.set("Content-Type", content_type)
     return SipResponse(status, reason, headers, body)
+
+
+_SALVAGED_HEADERS = ("Via", "From", "To", "Call-ID", "CSeq")
+_TAG_RE = re.compile(r";\s*tag\s*=", re.I)
+
+
+_LOOSE_VIA_RE = re.compile(
+    r"\s*SIP\s*/\s*[0-9]+\.[0-9]+\s*/\s*([A-Za-z0-9.!%*_+`'~-]+)\s+"
+    r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+)(?:\s*:\s*([0-9]{1,5}))?([^,]*)", re.I)
+
+
+def _salvage_via(value: str) -> Via | None:
+    """The top Via's sent-by, even from a Via the strict parser refuses (empty
+    parameters, another SIP version), since that is where a 400 must go."""
+    try:
+        return parse_via(_split_quoted(value, ",", angle=True)[0])
+    except (SipParseError, IndexError):
+        pass
+    m = _LOOSE_VIA_RE.match(value)
+    if m is None:
+        return None
+    host = m.group(2).strip("[]")
+    port = int(m.group(3)) if m.group(3) else None
+    if port is not None and not 0 < port <= 65535:
+        return None
+    params = ParamDict()
+    if re.search(r";\s*rport\s*(?:;|,|$)", m.group(4) or ""):
+        params["rport"] = None
+    return Via(m.group(1).upper(), host, port, params)
+
+
+def error_response(data: bytes, status: int, problem: str, *, to_tag: str,
+                   extra_headers: Iterable[tuple[str, str]] = ()) -> tuple[bytes, Via] | None:
+    """An error response to a request that failed to parse, when one can be addressed
+    (RFC 3261 8.2, 16.3): the start line is a request other than ACK and the top Via
+    parses. Via, From, To, Call-ID and CSeq are copied as they came (whatever of them
+    exists), the reason phrase names the problem. None when nothing can be addressed."""
+    if len(data) > MAX_MESSAGE_SIZE:
+        data = data[:MAX_MESSAGE_SIZE]
+    data = data.lstrip(b"\r\n")
+    m = _BLANK_LINE_RE.search(data)
+    # Header lines with control characters (NUL included) are left out below.
+    head = (data if m is None else data[: m.start()]).decode("utf-8", "replace")
+    try:
+        lines = _unfold(head)
+    except SipParseError:
+        return None
+    if not lines or _CTL_RE.search(lines[0]):
+        return None
+    method = lines[0].split(" ", 1)[0]
+    if not _is_token(method) or method.upper().startswith("SIP/") or method == "ACK":
+        return None
+    copied: list[tuple[str, str]] = []
+    for line in lines[1:]:
+        name, colon, value = line.partition(":")
+        name = name.strip()
+        canonical = _canonical_name(name)
+        if not colon or canonical not in _SALVAGED_HEADERS:
+            continue
+        value = value.strip()
+        if not value or _CTL_RE.search(value):
+            continue
+        copied.append((canonical, value))
+    vias = [value for name, value in copied if name == "Via"]
+    if not vias:
+        return None
+    top = _salvage_via(vias[0])
+    if top is None:
+        return None
+    reason = f"{REASON_PHRASES.get(status, 'Error')} ({_CTL_RE.sub(' ', problem)[:120]})"
+    headers = Headers()
+    for name, value in copied:
+        if name == "To" and not _TAG_RE.search(value) and _is_token(to_tag):
+            value = f"{value};tag={to_tag}"
+        try:
+            headers.add(name, value)
+        except SipParseError:
+            continue
+    for name, value in extra_headers:
+        headers.add(name, value)
+    return serialize(SipResponse(status, reason, headers)), top
 
 
 # --------------------------------------------------------------------------

@@ -1,0 +1,219 @@
+"""The registry of recordings, their legs and dialogs, kept on disk so a restarted
+signaling service still knows its calls: capture keeps recording them, and the PBX's
+re-INVITEs and BYEs still match.
+
+One small JSON file per recording, replaced atomically on every change (answer, ACK,
+re-INVITE, UPDATE, metadata) and deleted when the recording ends. Only sessions of
+the same node boot are taken back: after the whole node went down the PBX has moved
+on, and capture finalizes those recordings from what reached the disk.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from contracts.v1.events import RecordingMetadata
+
+from . import siprec
+from .admission import same_source
+from .recorder import Leg, RecordingSession, Stream
+from .sip.transport import Peer
+
+log = structlog.get_logger()
+
+
+def session_to_dict(
+    session: RecordingSession, siprec_meta: siprec.RecordingMetadata | None
+) -> dict[str, Any]:
+    now_wall, now_mono = time.time(), time.monotonic()
+    legs = []
+    for leg in session.legs.values():
+        peer = leg.peer if isinstance(leg.peer, Peer) else None
+        legs.append({
+            **{f.name: getattr(leg, f.name) for f in dataclasses.fields(leg)
+               if f.name not in ("streams", "peer", "refreshed_at")},
+            "streams": [dataclasses.asdict(s) for s in leg.streams],
+            "peer": [peer.transport, peer.host, peer.port] if peer else None,
+            "refreshed_wall": now_wall - (now_mono - leg.refreshed_at),
+        })
+    return {
+        "recording_id": session.recording_id,
+        "session_key": session.session_key,
+        "started_at": session.started_at.isoformat(),
+        "metadata": session.metadata.model_dump(mode="json"),
+        "legs": legs,
+        "siprec": dataclasses.asdict(siprec_meta) if siprec_meta else None,
+    }
+
+
+def session_from_dict(
+    data: dict[str, Any],
+) -> tuple[RecordingSession, siprec.RecordingMetadata | None]:
+    now_wall, now_mono = time.time(), time.monotonic()
+    session = RecordingSession(
+        recording_id=data["recording_id"],
+        session_key=data["session_key"],
+        started_at=datetime.fromisoformat(data["started_at"]),
+        metadata=RecordingMetadata.model_validate(data["metadata"]),
+    )
+    for raw in data["legs"]:
+        fields = {k: v for k, v in raw.items()
+                  if k not in ("streams", "peer", "refreshed_wall")}
+        streams = [Stream(**{**s, "payload_codecs": {int(k): v for k, v in
+                                                      s["payload_codecs"].items()}})
+                   for s in raw["streams"]]
+        leg = Leg(**fields, streams=streams)
+        if raw.get("peer"):
+            transport, host, port = raw["peer"]
+            leg.peer = Peer(str(transport), str(host), int(port))  # TCP: reply on a new one
+        leg.refreshed_at = now_mono - (now_wall - float(raw["refreshed_wall"]))
+        session.legs[leg.call_id] = leg
+    meta = None
+    if data.get("siprec"):
+        raw_meta = data["siprec"]
+        meta = siprec.RecordingMetadata(**{
+            **raw_meta,
+            "participants": [siprec.Participant(**p) for p in raw_meta["participants"]],
+            "streams": [siprec.StreamInfo(**s) for s in raw_meta["streams"]],
+        })
+    return session, meta
+
+
+class DialogStore:
+    def __init__(self, directory: Path, boot_id: str = "") -> None:
+        self.directory = directory
+        self.boot_id = boot_id
+        directory.mkdir(parents=True, exist_ok=True)
+
+    def save(self, session: RecordingSession,
+             siprec_meta: siprec.RecordingMetadata | None) -> None:
+        path = self.directory / f"{session.recording_id}.json"
+        temp = path.with_suffix(".tmp")
+        data = {**session_to_dict(session, siprec_meta), "boot_id": self.boot_id}
+        temp.write_text(json.dumps(data))
+        os.replace(temp, path)
+
+    def delete(self, recording_id: str) -> None:
+        (self.directory / f"{recording_id}.json").unlink(missing_ok=True)
+
+    def load_all(self) -> list[tuple[RecordingSession, siprec.RecordingMetadata | None]]:
+        loaded = []
+        for path in sorted(self.directory.glob("*.json")):
+            try:
+                data = json.loads(path.read_text())
+                if data.get("boot_id", "") != self.boot_id:
+                    log.info("dialog_state_from_previous_boot", path=str(path))
+                    path.unlink(missing_ok=True)
+                    continue
+                loaded.append(session_from_dict(data))
+            except (ValueError, KeyError, TypeError) as exc:
+                log.error("dialog_state_unreadable", path=str(path), error=str(exc))
+                path.unlink(missing_ok=True)
+        return loaded
+
+
+DialogId = tuple[str, str]  # (Call-ID, our tag)
+
+
+class SessionRegistry:
+    """Every recording in progress, its legs and dialogs, and which recordings still
+    wait for their first RTP (per source, for the pending-media cap)."""
+
+    def __init__(self, store: DialogStore | None = None) -> None:
+        self.store = store
+        self.sessions: dict[str, RecordingSession] = {}
+        self.by_key: dict[str, RecordingSession] = {}
+        self.dialogs: dict[DialogId, tuple[RecordingSession, Leg]] = {}
+        # Full SIPREC metadata per recording, to apply partial updates to.
+        self.siprec_meta: dict[str, siprec.RecordingMetadata] = {}
+        # Recordings answered but without RTP on any leg yet, per source (keyed by
+        # recording id, or "invite:<Call-ID>" while a new one is being answered).
+        self.awaiting_media: dict[str, str] = {}
+        self.awaiting_by_source: dict[str, int] = {}
+        if store is not None:
+            self.restore(store)
+
+    # ---- lookups --------------------------------------------------------------------
+
+    def dialog(self, call_id: str, local_tag: str | None) -> tuple[RecordingSession, Leg] | None:
+        return self.dialogs.get((call_id, local_tag or ""))
+
+    def active(self) -> list[RecordingSession]:
+        return [s for s in self.sessions.values() if not s.ending]
+
+    def joinable(self, key: str) -> RecordingSession | None:
+        existing = self.by_key.get(key)
+        return existing if existing is not None and not existing.ending else None
+
+    # ---- changes ----------------------------------------------------------------------
+
+    def add_session(self, session: RecordingSession,
+                    siprec_meta: siprec.RecordingMetadata | None) -> None:
+        self.sessions[session.recording_id] = session
+        self.by_key[session.session_key] = session
+        if siprec_meta is not None:
+            self.siprec_meta[session.recording_id] = siprec_meta
+
+    def add_leg(self, session: RecordingSession, leg: Leg) -> None:
+        session.legs[leg.call_id] = leg
+        self.dialogs[(leg.call_id, leg.local_tag)] = (session, leg)
+
+    def drop_dialog(self, leg: Leg) -> None:
+        self.dialogs.pop((leg.call_id, leg.local_tag), None)
+
+    def persist(self, session: RecordingSession) -> None:
+        if self.store is None or session.recording_id not in self.sessions:
+            return
+        try:
+            self.store.save(session, self.siprec_meta.get(session.recording_id))
+        except OSError as exc:  # the call goes on; only a restart would forget it
+            log.error("dialog_state_write_failed", recording_id=session.recording_id,
+                      error=str(exc))
+
+    def forget(self, session: RecordingSession) -> None:
+        self.media_arrived(session.recording_id)
+        if self.store is not None:
+            self.store.delete(session.recording_id)
+        self.sessions.pop(session.recording_id, None)
+        if self.by_key.get(session.session_key) is session:
+            del self.by_key[session.session_key]
+        self.siprec_meta.pop(session.recording_id, None)
+
+    def restore(self, store: DialogStore) -> None:
+        """Take back the calls a previous process of this service was recording."""
+        for session, meta in store.load_all():
+            self.add_session(session, meta)
+            for leg in session.live_legs():
+                self.dialogs[(leg.call_id, leg.local_tag)] = (session, leg)
+            source = session.source()
+            if source is not None and not any(leg.media_seen for leg in session.legs.values()):
+                self.await_media(session.recording_id, source)
+            log.info("recording_restored", recording_id=session.recording_id,
+                     legs=len(session.live_legs()))
+
+    # ---- recordings without RTP yet ------------------------------------------------------
+
+    def await_media(self, key: str, host: str) -> None:
+        if key not in self.awaiting_media:
+            self.awaiting_media[key] = host
+            self.awaiting_by_source[host] = self.awaiting_by_source.get(host, 0) + 1
+
+    def media_arrived(self, key: str) -> None:
+        host = self.awaiting_media.pop(key, None)
+        if host is not None:
+            left = self.awaiting_by_source.get(host, 1) - 1
+            if left > 0:
+                self.awaiting_by_source[host] = left
+            else:
+                self.awaiting_by_source.pop(host, None)
+
+    def awaiting_count(self, host: str) -> int:
+        return sum(n for h, n in self.awaiting_by_source.items() if same_source(h, host))

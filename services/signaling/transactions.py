@@ -1,0 +1,177 @@
+"""Server transactions (RFC 3261 17.2): absorb retransmitted requests, retransmit final
+INVITE responses over UDP until the ACK, and say when an ACK never came.
+
+The transaction layer knows messages, not calls: it calls its transaction user back
+through `TransactionUser` (send bytes; an INVITE's final response was never
+acknowledged) and never imports it. The RFC timers are constructor parameters:
+
+- Timer G: a final INVITE response over UDP is sent again after T1, 2*T1, ... capped at T2;
+- Timer H: after 64*T1 without an ACK the transaction gives up (`on_no_ack`);
+- Timers I and J: a transaction is remembered 64*T1 after it began (`expire`), so
+  retransmitted requests and ACKs are absorbed rather than processed twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import structlog
+
+from .sip.message import SipRequest
+from .sip.transport import Peer
+
+log = structlog.get_logger()
+
+T1 = 0.5
+T2 = 4.0
+
+TransactionKey = tuple[str, ...]
+
+
+class TransactionUser(Protocol):
+    """What the transaction layer calls back (the UAS)."""
+
+    def send(self, peer: Peer, data: bytes, request: SipRequest) -> None:
+        """Put a response on the wire toward the request's sender."""
+        ...
+
+    async def on_no_ack(self, transaction: ServerTransaction) -> None:
+        """Timer H fired: a final INVITE response was never acknowledged."""
+        ...
+
+
+@dataclass
+class ServerTransaction:
+    key: TransactionKey
+    method: str
+    peer: Peer
+    created: float
+    request: SipRequest
+    response: bytes | None = None
+    status: int = 0
+    to_tag: str | None = None
+    cancelled: bool = False
+    acked: bool = False
+    timer_g: asyncio.Task[None] | None = field(default=None, repr=False)
+
+
+def transaction_key(request: SipRequest, method: str | None = None) -> TransactionKey:
+    """RFC 3261 17.2.3: the top Via's branch (with sent-by) and the method; for RFC 2543
+    peers without a magic-cookie branch, the request's identity instead."""
+    via = request.vias[0]
+    branch = via.branch or ""
+    method = method or request.method
+    if branch.startswith("z9hG4bK"):
+        return (branch, via.host, str(via.port), method)
+    return (request.call_id, str(request.cseq[0]), request.from_.tag or "", method)
+
+
+class ServerTransactions:
+    def __init__(self, user: TransactionUser, *, t1: float = T1, t2: float = T2) -> None:
+        self.user = user
+        self.t1 = t1
+        self.t2 = t2
+        self.lifetime = 64 * t1
+        self.transactions: dict[TransactionKey, ServerTransaction] = {}
+        # INVITE transactions by (Call-ID, CSeq number): where an ACK belongs even when
+        # it carries no To-tag or another branch (RFC 3261 17.2.1, 13.2.2.4).
+        self.invites: dict[tuple[str, int], ServerTransaction] = {}
+
+    def get(self, request: SipRequest, method: str | None = None) -> ServerTransaction | None:
+        return self.transactions.get(transaction_key(request, method))
+
+    def receive(self, request: SipRequest, peer: Peer) -> ServerTransaction | None:
+        """A new transaction for a request; None for a retransmission (the cached
+        response, if any, has been sent again)."""
+        key = transaction_key(request)
+        tx = self.transactions.get(key)
+        if tx is not None:
+            if tx.response is not None:
+                self.user.send(tx.peer, tx.response, request)
+            return None
+        tx = ServerTransaction(key, request.method, peer, time.monotonic(), request)
+        self.transactions[key] = tx
+        if request.method == "INVITE":
+            self.invites[(request.call_id, request.cseq[0])] = tx
+        return tx
+
+    def respond(self, request: SipRequest, peer: Peer, data: bytes, status: int,
+                to_tag: str | None = None) -> None:
+        """Send a response within the request's transaction; final INVITE responses over
+        UDP are retransmitted (Timer G) until the ACK or Timer H."""
+        tx = self.transactions.get(transaction_key(request))
+        if tx is not None and status >= tx.status:
+            tx.status = status
+            tx.response = data
+            if to_tag is not None:
+                tx.to_tag = to_tag
+        self.user.send(peer, data, request)
+        if request.method == "INVITE" and status >= 200 and tx is not None:
+            if tx.timer_g is not None:
+                tx.timer_g.cancel()
+            if peer.transport == "UDP":
+                tx.timer_g = asyncio.create_task(self._timer_g(tx, peer, data, request))
+            else:
+                # Reliable transports need no retransmission, but Timer H still bounds
+                # the wait for the ACK (RFC 3261 17.2.1).
+                tx.timer_g = asyncio.create_task(self._timer_h_only(tx))
+
+    def ack(self, request: SipRequest) -> ServerTransaction | None:
+        """The INVITE transaction an ACK acknowledges (by Call-ID and CSeq number, so an
+        ACK without To-tag or with a new branch still matches); stops its timers."""
+        tx = self.invites.get((request.call_id, request.cseq[0]))
+        if tx is None:
+            return None
+        tx.acked = True
+        if tx.timer_g is not None:
+            tx.timer_g.cancel()
+            tx.timer_g = None
+        return tx
+
+    def waiting_for_ack(self, call_id: str, cseq: int) -> bool:
+        tx = self.invites.get((call_id, cseq))
+        return tx is not None and tx.timer_g is not None
+
+    async def _timer_g(
+        self, tx: ServerTransaction, peer: Peer, data: bytes, request: SipRequest
+    ) -> None:
+        interval, waited = self.t1, 0.0
+        while waited < self.lifetime:
+            await asyncio.sleep(interval)
+            waited += interval
+            self.user.send(peer, data, request)
+            interval = min(interval * 2, self.t2)
+        await self._timer_h(tx)
+
+    async def _timer_h_only(self, tx: ServerTransaction) -> None:
+        await asyncio.sleep(self.lifetime)
+        await self._timer_h(tx)
+
+    async def _timer_h(self, tx: ServerTransaction) -> None:
+        tx.timer_g = None
+        log.warning("ack_timeout", call_id=tx.request.call_id, status=tx.status)
+        await self.user.on_no_ack(tx)
+
+    def expire(self, now: float) -> None:
+        """Forget transactions older than 64*T1 (Timers I and J); those still waiting
+        for an ACK stay until Timer H has spoken."""
+        cutoff = now - self.lifetime
+        for key, tx in list(self.transactions.items()):
+            if tx.created < cutoff and tx.timer_g is None:
+                del self.transactions[key]
+                if tx.method == "INVITE":
+                    ikey = (tx.request.call_id, tx.request.cseq[0])
+                    if self.invites.get(ikey) is tx:
+                        del self.invites[ikey]
+
+    def pending_timers(self) -> list[ServerTransaction]:
+        return [tx for tx in self.transactions.values() if tx.timer_g is not None]
+
+    def shutdown(self) -> None:
+        for tx in self.transactions.values():
+            if tx.timer_g is not None:
+                tx.timer_g.cancel()
+                tx.timer_g = None

@@ -14,12 +14,12 @@ from typing import Literal
 
 import structlog
 
-from contracts.v1.events import Participant, RecordingMetadata
+from contracts.v1.events import RecordingMetadata
 from contracts.v1.rpc import RtpSource, StreamSpec
 
-from . import sdp, siprec
+from . import cucm, identity, sdp, siprec
 from .cucm import CucmLeg, CucmLegError, parse_cucm_leg, session_key
-from .recorder import Stream, number_of
+from .recorder import Stream
 from .sip.message import SipParseError, SipRequest, parse_name_addr
 
 log = structlog.get_logger()
@@ -27,9 +27,6 @@ log = structlog.get_logger()
 ALLOW = "INVITE, ACK, BYE, CANCEL, OPTIONS, UPDATE, INFO, NOTIFY"
 SUPPORTED_TAGS = frozenset({"siprec", "timer"})
 MAX_STREAMS = 4
-# RFC 7866 registers application/rs-metadata+xml; the RFC 7865/7866 examples
-# themselves, Metaswitch and Procomm send the pre-registration application/rs-metadata.
-METADATA_TYPES = frozenset({"application/rs-metadata+xml", "application/rs-metadata"})
 
 Kind = Literal["cucm", "siprec", "sip"]
 
@@ -61,35 +58,23 @@ class Plan:
 
 def is_metadata_type(content_type: str | None) -> bool:
     """Recording metadata (RFC 7865), under its registered or its legacy type."""
-    if not content_type:
-        return False
-    return content_type.split(";", 1)[0].strip().lower() in METADATA_TYPES
+    return siprec.is_metadata_content_type(content_type)
 
 
 def split_body(request: SipRequest) -> tuple[sdp.SessionDescription | None, bytes | None]:
-    """The SDP (parsed) and the recording metadata (raw XML) a request carries."""
+    """The SDP (parsed) and the recording metadata (raw XML) a request carries, in
+    any order and beside parts we do not use (CUBE's application/gtd)."""
     if not request.body:
         return None, None
-    content_type = request.content_type or ""
-    sdp_bytes: bytes | None = None
-    metadata: bytes | None = None
-    if content_type == "application/sdp":
-        sdp_bytes = request.body
-    elif is_metadata_type(content_type):
-        metadata = request.body  # a metadata-only update (RFC 7866 6.1.2)
-    elif content_type.startswith("multipart/"):
-        try:
-            parts = siprec.split_multipart(request.headers.get("Content-Type") or "",
-                                           request.body)
-        except siprec.MetadataError as exc:
-            raise BadRequest(400, f"bad multipart body: {exc}") from exc
-        for part in parts:
-            if part.content_type == "application/sdp" and sdp_bytes is None:
-                sdp_bytes = part.body
-            elif is_metadata_type(part.content_type) and metadata is None:
-                metadata = part.body
-    else:
-        raise BadRequest(415, f"unsupported body type {content_type or 'none'}")
+    try:
+        parts = siprec.split_siprec_body(request.headers.get("Content-Type"), request.body)
+    except siprec.UnsupportedBody as exc:
+        raise BadRequest(415, str(exc)) from exc
+    except siprec.MetadataError as exc:
+        raise BadRequest(400, f"bad multipart body: {exc}") from exc
+    if parts.ignored:
+        log.info("body_parts_ignored", types=parts.ignored)
+    sdp_bytes, metadata = parts.sdp, parts.metadata
     offer = None
     if sdp_bytes is not None:
         try:
@@ -226,15 +211,14 @@ def contact_uri(request: SipRequest) -> str:
 def cisco_guid(request: SipRequest) -> str | None:
     """The Cisco-Guid header: one id per call across CUCM and CUBE, linking the
     segments of a call that CUCM restarted recording for (new x-refci)."""
-    value = (request.headers.get("Cisco-Guid") or "").strip()
-    return value[:128] or None
+    return cucm.cisco_guid(request.headers)
 
 
 def plan_invite(request: SipRequest) -> Plan:
     """What an initial INVITE records, or BadRequest saying how to refuse it."""
     offer, metadata_xml = split_body(request)
     try:
-        cucm = parse_cucm_leg(request.from_)
+        leg = parse_cucm_leg(request.from_)
     except CucmLegError as exc:
         raise BadRequest(400, f"inconsistent CUCM recording parameters: {exc}") from exc
     if metadata_xml is not None or requires(request, "siprec"):
@@ -246,11 +230,13 @@ def plan_invite(request: SipRequest) -> Plan:
             raise BadRequest(488, "too many media streams")
         if not any(usable(m) for m in offer.media):
             raise BadRequest(488, "no usable audio stream in the offer")
-    if cucm is not None:
-        return _plan_cucm(request, cucm, offer)
-    # A plain INVITE: record its (first two) audio streams, From on the left.
-    caller = number_of(str(request.from_.uri))
-    callee = number_of(str(request.to.uri))
+    if leg is not None:
+        return _plan_cucm(request, leg, offer)
+    # A plain INVITE: record its (first two) audio streams, the caller on the left
+    # (named by P-Asserted-Identity, Remote-Party-ID, then From).
+    caller_id = identity.caller_identity(request.headers, request.from_)
+    callee_id = identity.address_identity(request.to)
+    caller, callee = caller_id.number, callee_id.number
     if offer is not None:
         indexes = [i for i, m in enumerate(offer.media) if usable(m)][:2]
         streams = [StreamSpec(stream_id=f"m{i}", channel=min(n, 1), label=str(i))
@@ -267,39 +253,35 @@ def plan_invite(request: SipRequest) -> Plan:
             source="sip",
             session_key=key,
             sip_call_ids=[request.call_id],
-            participants=[Participant(role="caller", number=caller, channel=0),
-                          Participant(role="callee", number=callee, channel=1)],
+            participants=[identity.participant(caller_id, "caller", channel=0),
+                          identity.participant(callee_id, "callee", channel=1)],
             recorded_extension=caller,
             user_agent=request.headers.get("User-Agent"),
+            cisco_guid=cisco_guid(request),
         ),
         offer=offer,
     )
 
 
-def cucm_parties(cucm: CucmLeg) -> tuple[Participant, Participant]:
-    near = Participant(role="near", number=cucm.near_addr, device=cucm.near_device, channel=0)
-    far = Participant(role="far", number=cucm.far_addr, device=cucm.far_device, channel=1)
-    return near, far
-
-
-def _plan_cucm(request: SipRequest, cucm: CucmLeg, offer: sdp.SessionDescription | None
+def _plan_cucm(request: SipRequest, leg: CucmLeg, offer: sdp.SessionDescription | None
                ) -> Plan:
-    near, far = cucm_parties(cucm)
-    side = cucm.side
-    key = session_key(cucm)
+    near, far = cucm.cucm_participants(
+        leg, identity.caller_identity(request.headers, request.from_))
+    side = leg.side
+    key = session_key(leg)
     return Plan(
         kind="cucm",
         session_key=key,
-        numbers=[cucm.near_addr] if cucm.near_addr else [],
+        numbers=[leg.near_addr] if leg.near_addr else [],
         streams=[StreamSpec(stream_id=side, channel=0 if side == "near" else 1, label=side)],
         metadata=RecordingMetadata(
             source="cucm",
             session_key=key,
-            refci=cucm.refci,
-            cluster_id=cucm.cluster_id,
+            refci=leg.refci,
+            cluster_id=leg.cluster_id,
             sip_call_ids=[request.call_id],
             participants=[near, far],
-            recorded_extension=cucm.near_addr,
+            recorded_extension=leg.near_addr,
             user_agent=request.headers.get("User-Agent"),
             cisco_guid=cisco_guid(request),
         ),
@@ -311,12 +293,12 @@ def cucm_update(metadata: RecordingMetadata, request: SipRequest) -> RecordingMe
     """The parties an in-dialog CUCM request (UPDATE, re-INVITE after a transfer) names
     in its From parameters, when they differ from what is recorded; else None."""
     try:
-        cucm = parse_cucm_leg(request.from_)
+        leg = parse_cucm_leg(request.from_)
     except (CucmLegError, SipParseError):
         return None
-    if cucm is None:
+    if leg is None:
         return None
-    near, far = cucm_parties(cucm)
+    near, far = cucm.cucm_participants(leg)
     by_role = {p.role: p for p in metadata.participants}
     changed = False
     participants = []
@@ -344,7 +326,7 @@ def _plan_siprec(
         raise BadRequest(400, f"bad recording metadata: {exc}") from exc
     if offer is None:
         # RFC 7866 delayed offer: we offer, one stream per metadata stream.
-        labels = list(dict.fromkeys(s.label for s in meta.streams if s.label))
+        labels = siprec.stream_labels(meta)
         if not labels:
             raise BadRequest(488, "SIPREC INVITE without SDP and without streams in "
                                   "its metadata")
@@ -381,25 +363,16 @@ def siprec_metadata(
     request: SipRequest | None,
     previous: RecordingMetadata | None = None,
 ) -> RecordingMetadata:
-    """The contract's view of SIPREC metadata: parties in order, each with its channel."""
-    channel_of: dict[str, int] = {}
-    for channel, participant in channels.values():
-        if participant is not None:
-            channel_of.setdefault(participant.id, channel)
-    participants = []
-    for position, p in enumerate(meta.participants):
-        role: Literal["caller", "callee", "other"] = (
-            "caller" if position == 0 else "callee" if position == 1 else "other"
-        )
-        aor = p.aors[0] if p.aors else None
-        participants.append(Participant(
-            role=role, number=number_of(aor), name=p.names[0] if p.names else None,
-            aor=aor, channel=channel_of.get(p.id),
-        ))
+    """The contract's view of SIPREC metadata: parties caller first (placeholders left
+    out, never host:port as a number), each with its channel."""
+    participants = siprec.contract_participants(meta, channels)
+    call_ids = siprec.recorded_call_ids(meta)
     if previous is not None:
         return previous.model_copy(update={
             "participants": participants,
             "siprec_session_ids": meta.session_ids or previous.siprec_session_ids,
+            "recorded_call_ids": call_ids or previous.recorded_call_ids,
+            "call_started_at": meta.started_at or previous.call_started_at,
         })
     assert request is not None
     return RecordingMetadata(
@@ -410,4 +383,7 @@ def siprec_metadata(
         participants=participants,
         recorded_extension=participants[0].number if participants else None,
         user_agent=request.headers.get("User-Agent"),
+        cisco_guid=cisco_guid(request),
+        recorded_call_ids=call_ids,
+        call_started_at=meta.started_at,
     )

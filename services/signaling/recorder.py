@@ -128,28 +128,23 @@ class RecordingSession:
         return None
 
 
-def number_of(aor: str | None) -> str | None:
-    """The user part of a SIP/TEL AOR: what people search recordings by."""
-    if not aor:
-        return None
-    text = aor.strip().strip("<>")
-    for scheme in ("sips:", "sip:", "tel:"):
-        if text.lower().startswith(scheme):
-            text = text[len(scheme):]
-            break
-    user = text.split("@", 1)[0] if "@" in text else text
-    return user.split(";", 1)[0] or None
+def _fill(known: Participant | None, other: Participant) -> Participant:
+    if known is None:
+        return other
+    missing = {name: getattr(other, name) for name in ("number", "name", "device", "aor")
+               if getattr(known, name) is None and getattr(other, name) is not None}
+    if other.private and not known.private:
+        missing["private"] = True
+    return known.model_copy(update=missing) if missing else known
 
 
 def merge_cucm_participants(
     metadata: RecordingMetadata, near: Participant, far: Participant, call_id: str
 ) -> RecordingMetadata:
-    """Both legs carry the same parties; fill in what the first leg lacked."""
+    """Both legs carry the same parties; fill in what the first leg lacked (each leg's
+    identity headers name the party on whose behalf CUCM sent it)."""
     by_role = {p.role: p for p in metadata.participants}
-    participants = [
-        by_role.get("near") or near,
-        by_role.get("far") or far,
-    ]
+    participants = [_fill(by_role.get("near"), near), _fill(by_role.get("far"), far)]
     call_ids = [*metadata.sip_call_ids]
     if call_id not in call_ids:
         call_ids.append(call_id)

@@ -9,6 +9,7 @@ import pytest
 
 from callrec.users import UsersProjection
 from contracts.v1.events import Participant, RecordingMetadata, UserRemoved, UserUpserted
+from services.signaling.identity import number_of
 from services.signaling.recorder import (
     Admission,
     AdmissionResult,
@@ -16,7 +17,6 @@ from services.signaling.recorder import (
     RecordingSession,
     admit,
     merge_cucm_participants,
-    number_of,
 )
 
 
@@ -140,6 +140,7 @@ def test_user_changes_apply_immediately(users: UsersProjection) -> None:
 
 
 # ---------------------------------------------------------------- number_of()
+# (the one rule lives in services.signaling.identity)
 
 
 @pytest.mark.parametrize(("aor", "expected"), [
@@ -152,7 +153,7 @@ def test_user_changes_apply_immediately(users: UsersProjection) -> None:
     ("sip:+15551234567;npdi@example.com;user=phone", "+15551234567"),
     ("sip:2002@10.1.1.1;transport=tcp", "2002"),
     ("  <sip:3003@host>  ", "3003"),
-    ("sip:example.com", "example.com"),
+    ("sip:example.com", None),  # no user part: never host as a number
     ("1001", "1001"),
     ("sip:@example.com", None),
     ("", None),

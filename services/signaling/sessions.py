@@ -50,7 +50,7 @@ def session_to_dict(
         "started_at": session.started_at.isoformat(),
         "metadata": session.metadata.model_dump(mode="json"),
         "legs": legs,
-        "siprec": dataclasses.asdict(siprec_meta) if siprec_meta else None,
+        "siprec": siprec.metadata_to_dict(siprec_meta) if siprec_meta else None,
     }
 
 
@@ -78,12 +78,7 @@ def session_from_dict(
         session.legs[leg.call_id] = leg
     meta = None
     if data.get("siprec"):
-        raw_meta = data["siprec"]
-        meta = siprec.RecordingMetadata(**{
-            **raw_meta,
-            "participants": [siprec.Participant(**p) for p in raw_meta["participants"]],
-            "streams": [siprec.StreamInfo(**s) for s in raw_meta["streams"]],
-        })
+        meta = siprec.metadata_from_dict(data["siprec"])
     return session, meta
 
 

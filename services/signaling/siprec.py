@@ -8,6 +8,7 @@ is one question: which SDP label carries whose voice.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field, replace
@@ -318,6 +319,26 @@ class CallData:
     to: str | None = None
     gcid: str | None = None
     calling_party: str | None = None
+
+
+def metadata_to_dict(md: RecordingMetadata) -> dict[str, Any]:
+    """JSON-ready form of parsed metadata (signaling persists it with its sessions)."""
+    data = dataclasses.asdict(md)
+    data["started_at"] = md.started_at.isoformat() if md.started_at else None
+    return data
+
+
+def metadata_from_dict(data: dict[str, Any]) -> RecordingMetadata:
+    """The inverse of metadata_to_dict."""
+    started = data.get("started_at")
+    call_data = data.get("call_data")
+    return RecordingMetadata(**{
+        **data,
+        "participants": [Participant(**p) for p in data.get("participants", [])],
+        "streams": [StreamInfo(**s) for s in data.get("streams", [])],
+        "call_data": CallData(**call_data) if call_data else None,
+        "started_at": datetime.fromisoformat(started) if started else None,
+    })
 
 
 def parse_start_time(text: str | None) -> datetime | None:

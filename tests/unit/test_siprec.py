@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from services.signaling import siprec
 from services.signaling.sdp import parse_sdp, recorder_answer
 from services.signaling.sip.message import SipRequest, parse_message
 from services.signaling.siprec import (
@@ -476,3 +477,18 @@ def test_assign_channels_more_than_two_labels_follow_sender() -> None:
     )
     result = assign_channels(md, ["1", "2", "3"])
     assert {k: v[0] for k, v in result.items()} == {"1": 1, "2": 0, "3": 0}
+
+
+def test_metadata_with_times_and_call_data_survives_persistence() -> None:
+    """Signaling persists sessions as JSON: every parsed field must round-trip."""
+    import json
+    from datetime import UTC, datetime
+
+    md = siprec.RecordingMetadata(
+        session_ids=["s1"], started_at=datetime(2026, 11, 30, 10, 0, tzinfo=UTC),
+        call_data=siprec.CallData(call_id="c1", calling_party="sip:1001@x"),
+        participants=[siprec.Participant(id="p1", aors=["sip:1001@x"], names=["A"])],
+        streams=[siprec.StreamInfo(id="st1", label="1")],
+    )
+    back = siprec.metadata_from_dict(json.loads(json.dumps(siprec.metadata_to_dict(md))))
+    assert back == md

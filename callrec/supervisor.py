@@ -78,12 +78,13 @@ def tighten_modes(data_dir: Path) -> None:
     if data_dir.stat().st_mode & 0o077 == 0:
         return
     for folder, dirs, files in os.walk(data_dir):
-        for name in dirs:
-            with contextlib.suppress(OSError):
-                os.chmod(os.path.join(folder, name), 0o700, follow_symlinks=False)
-        for name in files:
-            with contextlib.suppress(OSError):
-                os.chmod(os.path.join(folder, name), 0o600, follow_symlinks=False)
+        for names, mode in ((dirs, 0o700), (files, 0o600)):
+            for name in names:
+                path = os.path.join(folder, name)
+                if os.path.islink(path):  # never follow a link out of the data dir
+                    continue
+                with contextlib.suppress(OSError):
+                    os.chmod(path, mode)
     data_dir.chmod(0o700)
     log.info("data_dir_modes_tightened", data_dir=str(data_dir))
 

@@ -205,3 +205,21 @@ def test_recovery_restarts_once_there_is_room_and_not_in_a_loop(tmp_path: Path) 
     quiet = natsserver.StoreWatch(
         subprocess.Popen(["true"], stdout=subprocess.PIPE), tmp_path / "other.log")
     assert not roomy.should_restart(quiet)
+
+
+def test_finalize_retries_transient_failures_forever_and_gives_up_only_on_bugs(
+    tmp_path: Path,
+) -> None:
+    import nats.errors
+
+    from callrec import bus
+    from services.capture.service import _is_transient
+
+    there, gone = tmp_path, tmp_path / "gone"
+    assert _is_transient(OSError(errno.ENOSPC, "No space left on device"), there)
+    assert _is_transient(OSError(errno.EIO, "I/O error"), there)
+    assert not _is_transient(OSError(errno.ENOENT, "gone"), gone)  # nothing left to retry
+    assert _is_transient(TimeoutError(), there)
+    assert _is_transient(nats.errors.TimeoutError(), there)
+    assert _is_transient(bus.RpcError("no responders"), there)
+    assert not _is_transient(ValueError("corrupt manifest"), there)

@@ -19,6 +19,7 @@ from nats.js import JetStreamContext
 from nats.js.api import (
     ConsumerConfig,
     DeliverPolicy,
+    DiscardPolicy,
     ExternalStream,
     RetentionPolicy,
     StorageType,
@@ -80,32 +81,49 @@ async def connect(
 
 
 async def ensure_streams(js: JetStreamContext, node_id: str) -> None:
-    """Create the node's own event stream and its cluster aggregate (idempotent)."""
+    """Create the node's own event stream and its cluster aggregate (idempotent).
+
+    The events are the source of truth, so when JetStream runs out of room they
+    refuse new writes rather than drop old facts: discard NEW, no age or count
+    limit, and no byte limit of their own (the server's `max_file_store`,
+    callrec.natsserver, bounds them and refuses with "insufficient resources";
+    capture turns the node to 503 before that, callrec.diskspace). A stream made by
+    an older version (discard OLD) is switched over."""
     name = subjects.events_stream(node_id)
+    await _ensure_stream(js, StreamConfig(
+        name=name,
+        subjects=[subjects.node_events(node_id)],
+        retention=RetentionPolicy.LIMITS,
+        storage=StorageType.FILE,
+        discard=DiscardPolicy.NEW,
+        duplicate_window=120.0,
+        max_msgs=-1,
+        max_bytes=-1,
+    ))
+    await _ensure_stream(js, StreamConfig(
+        name=subjects.CLUSTER_STREAM,
+        sources=[StreamSource(name=name)],
+        retention=RetentionPolicy.LIMITS,
+        storage=StorageType.FILE,
+        discard=DiscardPolicy.NEW,
+        duplicate_window=120.0,
+        max_msgs=-1,
+        max_bytes=-1,
+    ))
+
+
+async def _ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:
+    assert config.name is not None
     try:
-        await js.stream_info(name)
+        info = await js.stream_info(config.name)
     except NotFoundError:
-        await js.add_stream(StreamConfig(
-            name=name,
-            subjects=[subjects.node_events(node_id)],
-            retention=RetentionPolicy.LIMITS,
-            storage=StorageType.FILE,
-            duplicate_window=120.0,
-            max_msgs=-1,
-            max_bytes=-1,
-        ))
-    try:
-        await js.stream_info(subjects.CLUSTER_STREAM)
-    except NotFoundError:
-        await js.add_stream(StreamConfig(
-            name=subjects.CLUSTER_STREAM,
-            sources=[StreamSource(name=name)],
-            retention=RetentionPolicy.LIMITS,
-            storage=StorageType.FILE,
-            duplicate_window=120.0,
-            max_msgs=-1,
-            max_bytes=-1,
-        ))
+        await js.add_stream(config)
+        return
+    existing = info.config
+    if existing.discard != DiscardPolicy.NEW:
+        existing.discard = DiscardPolicy.NEW
+        await js.update_stream(existing)
+        log.info("stream_discard_policy_set", stream=config.name, discard="new")
 
 
 async def last_sequence_of(js: JetStreamContext, filter_subject: str) -> int:

@@ -110,6 +110,10 @@ def build_parser() -> argparse.ArgumentParser:
                     default=float(_env("MEDIA_TIMEOUT") or 30.0),
                     help="seconds without RTP (not on hold) that end a leg; 0: off")
     # ---- end SIP admission ----
+    up.add_argument("--disk-reserve", default=_env("DISK_RESERVE", "auto"),
+                    help="free space kept for calls in progress: below it new calls get "
+                         "503; auto = max(1 GiB, 5%% of the data disk), at most 25%%; "
+                         "or a size (2G, 500M) or a share (10%%); 0: off")
 
     users = sub.add_parser("users", help="manage users (the node must be running)")
     users.add_argument("--data-dir", default=_env("DATA_DIR", "./data"))
@@ -196,6 +200,7 @@ def config_from_args(args: argparse.Namespace) -> NodeConfig:
         "sip_tcp_per_source": args.sip_tcp_per_source,
         "sip_tcp_max": args.sip_tcp_max,
         "media_timeout_s": args.media_timeout,
+        "disk_reserve": args.disk_reserve,
     }
     if args.node_id:
         values["node_id"] = args.node_id

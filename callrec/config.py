@@ -16,6 +16,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from contracts.subjects import check_node_id
 
+from .diskspace import Reserve, parse_reserve
+
 CONFIG_ENV = "CALLREC_CONFIG"
 
 
@@ -56,6 +58,22 @@ class NodeConfig(BaseModel):
     sip_pending_media: int | None = Field(default=None, ge=1)
     sip_tcp_per_source: int = Field(default=64, ge=1)
     sip_tcp_max: int = Field(default=1024, ge=1)
+    # ---- disk pressure ----
+    # Free space below which new calls get 503 while calls in progress record into it:
+    # "auto" = max(1 GiB, 5 % of the data file system), at most 25 % of it; or a size
+    # ("2G", "500M") or a share ("10%"); "0" turns it off (see callrec.diskspace).
+    disk_reserve: str = "auto"
+
+    @field_validator("disk_reserve")
+    @classmethod
+    def _disk_reserve(cls, value: str) -> str:
+        parse_reserve(value)
+        return value.strip()
+
+    @property
+    def reserve(self) -> Reserve:
+        return parse_reserve(self.disk_reserve)
+    # ---- end disk pressure ----
 
     @field_validator("sip_allow")
     @classmethod

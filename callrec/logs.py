@@ -1,18 +1,136 @@
-"""structlog JSON logging, set up the same way in every process."""
+"""structlog JSON logging, set up the same way in every process.
+
+A log call never waits on the disk and never raises: rendered lines go into a
+bounded in-memory queue that one writer thread drains to stderr. When the queue is
+full (stderr is slow or blocked) or a write fails (the log's disk is full), lines
+are dropped and counted; the writer says how many once writing works again. So a
+SIP answer that follows a log line goes out even when the log's disk is full.
+"""
 
 from __future__ import annotations
 
+import atexit
 import logging
+import os
+import queue
 import sys
-from typing import Any
+import threading
+import time
+from typing import Any, TextIO
 
 import structlog
+
+QUEUE_LINES = 10_000
+# After a failed write, try again this often (lines arriving meanwhile are dropped).
+RETRY_AFTER_S = 1.0
+
+
+class LineWriter:
+    """Writes lines to a file descriptor from its own thread; `write()` never blocks."""
+
+    def __init__(self, fd: int, max_lines: int = QUEUE_LINES) -> None:
+        self.fd = fd
+        self.queue: queue.Queue[bytes | None] = queue.Queue(maxsize=max_lines)
+        self.dropped = 0  # lines lost since start (full queue or failed writes)
+        self._unreported = 0
+        self._failing_since = 0.0
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._run, name="log-writer", daemon=True)
+        self._thread.start()
+
+    def write(self, line: str) -> None:
+        try:
+            self.queue.put_nowait(line.encode("utf-8", "replace"))
+        except queue.Full:
+            self._drop(1)
+
+    def _drop(self, count: int) -> None:
+        with self._lock:
+            self.dropped += count
+            self._unreported += count
+
+    def _run(self) -> None:
+        while True:
+            item = self.queue.get()
+            if item is None:
+                return
+            if self._failing_since and time.monotonic() - self._failing_since < RETRY_AFTER_S:
+                self._drop(1)
+                continue
+            with self._lock:
+                lost, self._unreported = self._unreported, 0
+            data = item
+            if lost:
+                data = _dropped_line(lost) + item
+            if self._write_all(data):
+                self._failing_since = 0.0
+            else:
+                self._failing_since = time.monotonic()
+                self._drop(1 + lost)
+
+    def _write_all(self, data: bytes) -> bool:
+        view = memoryview(data)
+        try:
+            while view:
+                written = os.write(self.fd, view)
+                view = view[written:]
+        except OSError:
+            return False
+        return True
+
+    def flush(self, timeout: float = 2.0) -> None:
+        """Wait (a little) for queued lines to be written: at exit."""
+        deadline = time.monotonic() + timeout
+        while not self.queue.empty() and time.monotonic() < deadline:
+            time.sleep(0.01)
+
+
+def _dropped_line(count: int) -> bytes:
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    return (f'{{"event": "log_lines_dropped", "count": {count}, "level": "warning", '
+            f'"timestamp": "{stamp}"}}\n').encode()
+
+
+class _QueueFile:
+    """A file-like object for structlog's PrintLogger and logging's StreamHandler."""
+
+    def __init__(self, writer: LineWriter) -> None:
+        self.writer = writer
+
+    def write(self, text: str) -> int:
+        if text:
+            self.writer.write(text)
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+
+_writer: LineWriter | None = None
+
+
+def writer() -> LineWriter | None:
+    """The process's log writer (None before setup_logging): its `dropped` count."""
+    return _writer
+
+
+def dropped_lines() -> float:
+    return float(_writer.dropped) if _writer is not None else 0.0
+
+
+def _stream() -> TextIO:
+    global _writer
+    if _writer is None:
+        _writer = LineWriter(sys.stderr.fileno())
+        atexit.register(_writer.flush)
+    return _QueueFile(_writer)  # type: ignore[return-value]
 
 
 def setup_logging(service: str, node_id: str, level: str = "info") -> None:
     numeric = getattr(logging, level.upper(), logging.INFO)
+    stream = _stream()
     # Standard-library loggers (uvicorn, nats, asyncio) go out as the same JSON lines.
-    handler = logging.StreamHandler(sys.stderr)
+    handler = logging.StreamHandler(stream)
     handler.setFormatter(structlog.stdlib.ProcessorFormatter(
         processors=[
             structlog.stdlib.ProcessorFormatter.remove_processors_meta,
@@ -37,7 +155,7 @@ def setup_logging(service: str, node_id: str, level: str = "info") -> None:
             structlog.processors.JSONRenderer(),
         ],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        logger_factory=structlog.PrintLoggerFactory(file=stream),
         cache_logger_on_first_use=True,
     )
     structlog.contextvars.bind_contextvars(service=service, node=node_id)

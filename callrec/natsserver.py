@@ -6,6 +6,7 @@ a deployment may point `CALLREC_NATS_SERVER` at another build.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -13,10 +14,11 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
-from . import buspolicy, credentials, pki
+from . import buspolicy, credentials, diskspace, pki
 from .config import NodeConfig
 
 # Variables an operator may set for `callrec up` that no child process may see.
@@ -53,6 +55,9 @@ def write_config(config: NodeConfig) -> Path:
     """
     run_dir = credentials.ensure_private_dir(config.data_dir / "run")
     store_dir = credentials.ensure_private_dir(config.data_dir / "nats").resolve()
+    # An explicit store budget (callrec.diskspace) rather than nats-server's default of
+    # 75 % of whatever was free at start: past it JetStream refuses writes, cleanly.
+    max_store = diskspace.jetstream_budget(shutil.disk_usage(store_dir).total)
     passwords = {
         identity: credentials.bus_password(config.data_dir, identity, create=True) or ""
         for identity in buspolicy.IDENTITIES
@@ -64,6 +69,7 @@ def write_config(config: NodeConfig) -> Path:
         "jetstream {",
         f'  store_dir: "{store_dir}"',
         f'  domain: "{config.node_id}"',
+        f"  max_file_store: {max_store}",
         "}",
         "authorization " + json.dumps(buspolicy.authorization_block(config.node_id, passwords)),
     ]
@@ -129,8 +135,51 @@ def _host(address: str) -> str:
     return f"[{address}]" if ":" in address else address
 
 
-def start(config: NodeConfig) -> subprocess.Popen[bytes]:
-    return _launch(write_config(config), config.data_dir / "run" / "nats-server.log")
+class StoreWatch:
+    """Reads the JetStream server's log through a pipe, writes it on to its log file
+    (dropping lines the disk refuses), and notes when the server says its file store
+    failed to write (callrec.diskspace.NATS_STORE_FAILURE_MARKERS). The pipe matters:
+    on a full disk that very line could not reach a log file for anyone to read."""
+
+    def __init__(self, process: subprocess.Popen[bytes], log_path: Path) -> None:
+        self.failed = threading.Event()
+        self.last_failure = ""
+        self._log_path = log_path
+        assert process.stdout is not None
+        self._pipe = process.stdout
+        threading.Thread(target=self._run, name="nats-log", daemon=True).start()
+
+    def _run(self) -> None:
+        """Drain the pipe always (a full pipe would stall nats-server itself)."""
+        fd = -1
+        try:
+            for raw in self._pipe:
+                line = raw.decode("utf-8", "replace")
+                if diskspace.is_store_failure_line(line):
+                    self.last_failure = line.strip()[-300:]
+                    self.failed.set()
+                # A full disk: the line is lost, nats-server is not held up.
+                with contextlib.suppress(OSError):
+                    if fd < 0:
+                        fd = os.open(self._log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND,
+                                     0o600)
+                    os.write(fd, raw)
+        finally:
+            if fd >= 0:
+                os.close(fd)
+
+
+def start(config: NodeConfig) -> tuple[subprocess.Popen[bytes], StoreWatch]:
+    """Start the node's JetStream server; its StoreWatch says when it needs a restart."""
+    log_path = config.data_dir / "run" / "nats-server.log"
+    process = subprocess.Popen(
+        [find_binary(), "-c", str(write_config(config))],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        env=child_environment(),
+    )
+    return process, StoreWatch(process, log_path)
 
 
 def start_core(

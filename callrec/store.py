@@ -73,13 +73,17 @@ class FileStore:
         target.parent.mkdir(parents=True, exist_ok=True)
         temp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
         digest = hashlib.sha256()
-        with source.open("rb") as src, temp.open("wb") as dst:
-            while chunk := src.read(CHUNK):
-                digest.update(chunk)
-                dst.write(chunk)
-            dst.flush()
-            os.fsync(dst.fileno())
-        os.replace(temp, target)
+        try:
+            with source.open("rb") as src, temp.open("wb") as dst:
+                while chunk := src.read(CHUNK):
+                    digest.update(chunk)
+                    dst.write(chunk)
+                dst.flush()
+                os.fsync(dst.fileno())
+            os.replace(temp, target)
+        except BaseException:
+            temp.unlink(missing_ok=True)  # e.g. a full disk: leave no partial copy behind
+            raise
         _fsync_dir(target.parent)
         return digest.hexdigest()
 

@@ -12,6 +12,7 @@ import contextlib
 import json
 import os
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
@@ -26,7 +27,7 @@ from nats.js import JetStreamContext
 from contracts import subjects
 from contracts.v1.events import UserRemoved, UserUpserted, parse_event
 
-from . import bus, credentials, natsserver
+from . import bus, credentials, diskspace, natsserver
 from .config import NodeConfig
 from .logs import get_logger, setup_logging
 from .users import User, UsersProjection, hash_password
@@ -37,6 +38,9 @@ SERVICES = ("capture", "signaling", "catalog", "sync", "scheduler", "web")
 BOOT_ID_ENV = "CALLREC_BOOT_ID"
 MAX_BACKOFF = 10.0
 HEALTHY_AFTER = 30.0
+# At most one JetStream recovery restart this often (a store that fails again at once
+# is not restarted in a loop).
+JETSTREAM_RESTART_INTERVAL = 10.0
 
 log = get_logger()
 _background: set[asyncio.Task[None]] = set()
@@ -74,12 +78,13 @@ def tighten_modes(data_dir: Path) -> None:
     if data_dir.stat().st_mode & 0o077 == 0:
         return
     for folder, dirs, files in os.walk(data_dir):
-        for name in dirs:
-            with contextlib.suppress(OSError):
-                os.chmod(os.path.join(folder, name), 0o700, follow_symlinks=False)
-        for name in files:
-            with contextlib.suppress(OSError):
-                os.chmod(os.path.join(folder, name), 0o600, follow_symlinks=False)
+        for names, mode in ((dirs, 0o700), (files, 0o600)):
+            for name in names:
+                path = os.path.join(folder, name)
+                if os.path.islink(path):  # never follow a link out of the data dir
+                    continue
+                with contextlib.suppress(OSError):
+                    os.chmod(path, mode)
     data_dir.chmod(0o700)
     log.info("data_dir_modes_tightened", data_dir=str(data_dir))
 
@@ -122,7 +127,8 @@ async def _supervise(config: NodeConfig, cluster: credentials.ClusterSecrets | N
             log.error("node_start_failed", error=str(exc))
             _stop_process(core_proc)
             return 1
-    nats_proc = natsserver.start(config)
+    nats_proc, store_watch = natsserver.start(config)
+    recovery = JetStreamRecovery(config)
     try:
         await asyncio.to_thread(natsserver.wait_ready, config.nats_port, nats_proc)
         await bootstrap(config, joining=cluster is not None and cluster.origin == "joined")
@@ -155,9 +161,14 @@ async def _supervise(config: NodeConfig, cluster: credentials.ClusterSecrets | N
             log.error("nats_core_exited", code=core_proc.returncode)
             assert cluster is not None
             core_proc = natsserver.start_core(config, cluster)
+        if nats_proc.poll() is None and recovery.should_restart(store_watch):
+            # The file store failed to write (a full disk) and there is room again:
+            # nats-server keeps such a stream (or all of JetStream) stopped until it
+            # restarts, so restart it; the services reconnect and retry their writes.
+            await asyncio.to_thread(_stop_process, nats_proc)
         if nats_proc.poll() is not None:
             log.error("nats_server_exited", code=nats_proc.returncode)
-            nats_proc = natsserver.start(config)
+            nats_proc, store_watch = natsserver.start(config)
             with contextlib.suppress(Exception):
                 await asyncio.to_thread(natsserver.wait_ready, config.nats_port, nats_proc)
         for child in children.values():
@@ -192,6 +203,40 @@ async def _supervise(config: NodeConfig, cluster: credentials.ClusterSecrets | N
         (config.data_dir / "run" / "node.json").unlink()
     log.info("node_stopped")
     return 0
+
+
+class JetStreamRecovery:
+    """When to restart a JetStream server whose file store failed to write: once the
+    data disk has room again (callrec.diskspace.jetstream_can_resume), and at most
+    every JETSTREAM_RESTART_INTERVAL seconds. No person needed."""
+
+    def __init__(self, config: NodeConfig) -> None:
+        self.config = config
+        self.last_restart = 0.0
+        self.waiting_logged = False
+        self.restarts = 0
+
+    def should_restart(self, watch: natsserver.StoreWatch) -> bool:
+        if not watch.failed.is_set():
+            return False
+        try:
+            usage = shutil.disk_usage(self.config.data_dir)
+        except OSError:
+            return False
+        room = diskspace.jetstream_can_resume(usage.free, usage.total, self.config.reserve)
+        if not room or time.monotonic() - self.last_restart < JETSTREAM_RESTART_INTERVAL:
+            if not self.waiting_logged:
+                log.error("jetstream_store_failed", line=watch.last_failure,
+                          free_mib=usage.free // diskspace.MIB,
+                          action="restarting nats-server once there is room")
+                self.waiting_logged = True
+            return False
+        self.last_restart = time.monotonic()
+        self.waiting_logged = False
+        self.restarts += 1
+        log.warning("jetstream_restart", reason=watch.last_failure,
+                    free_mib=usage.free // diskspace.MIB, restarts=self.restarts)
+        return True
 
 
 async def _spawn(child: Child, env: dict[str, str]) -> None:

@@ -37,14 +37,21 @@ class SegmentWriter:
         self.buffer += datagram
 
     def flush(self) -> int:
+        """Append what is buffered. On a write error (a full disk) what was not
+        written stays buffered, in order, for the next flush: the call keeps
+        recording into memory (up to MAX_PENDING_BYTES) until space returns."""
         if not self.buffer:
             return 0
         data = bytes(self.buffer)
         self.buffer.clear()
         written = 0
         view = memoryview(data)
-        while written < len(data):
-            written += os.write(self._fd, view[written:])
+        try:
+            while written < len(data):
+                written += os.write(self._fd, view[written:])
+        except OSError:
+            self.buffer[:0] = view[written:]
+            raise
         return written
 
     def close(self, sync: bool = True) -> None:

@@ -25,9 +25,10 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import get_args
 
+import nats.errors
 import structlog
 
-from callrec import bus
+from callrec import bus, diskspace
 from callrec.service import ServiceContext
 from callrec.store import ObjectStore, open_store
 from contracts import subjects
@@ -62,6 +63,11 @@ from .segments import SegmentWriter, next_segment_index, read_stream, segment_pa
 from .timeline import SilentReason
 
 FLUSH_INTERVAL = 0.5
+JETSTREAM_POLL_INTERVAL = 2.0
+# A finalize failing for a reason that is not transient (a bug, a corrupt manifest) is
+# tried this often before the recording is given up as failed; transient ones (a full
+# disk, the bus) are retried forever.
+PERMANENT_ATTEMPTS = 3
 RECONCILE_INTERVAL = 3.0
 RECONCILE_GRACE = timedelta(seconds=5)
 RECV_BUFFER = 1 << 20
@@ -83,6 +89,10 @@ class LiveRecording:
     directory: Path
     streams: dict[str, LiveStream] = field(default_factory=dict)
     finalizing: bool = False
+    # Segment writers whose last data could not be written when they closed (a full
+    # disk): the finalize worker writes it out before it reads the segments.
+    unflushed: list[SegmentWriter] = field(default_factory=list)
+    write_failing: bool = False
 
 
 def completed_event_id(recording_id: str) -> str:
@@ -106,6 +116,11 @@ class Capture:
         self.live: dict[str, LiveRecording] = {}
         self.queue: asyncio.Queue[str] = asyncio.Queue()
         self.closing = False
+        # Disk pressure (callrec.diskspace): the reserve, JetStream's state, retries.
+        self.reserve_gate = diskspace.ReserveGate(ctx.config.reserve)
+        self.jetstream: tuple[bool, str | None] = (True, None)
+        self.attempts: dict[str, int] = {}
+        self.giving_up: set[str] = set()
         metrics = ctx.metrics
         self.m_packets = metrics.gauge(
             "capture_packets_received", "RTP packets stored by live streams",
@@ -145,6 +160,15 @@ class Capture:
         metrics.gauge("capture_finalize_backlog", "recordings waiting to be finalized",
                       lambda: float(self.queue.qsize()))
         metrics.gauge("capture_free_ports", "RTP ports free", lambda: float(self.pool.free))
+        self.m_retries = metrics.counter(
+            "capture_finalize_retries_total",
+            "finalize attempts that failed and will be retried (reason: disk_full, "
+            "transient, error)")
+        metrics.gauge("capture_finalize_retrying", "recordings waiting for a finalize retry",
+                      lambda: float(len(self.attempts)))
+        metrics.gauge("capture_disk_reserve_low",
+                      "1 while free space is below the reserve (new calls get 503)",
+                      lambda: 1.0 if self.reserve_gate.state == "low" else 0.0)
 
     # ---- life cycle -------------------------------------------------------------
 
@@ -161,7 +185,9 @@ class Capture:
                         FinalizeRequest, self.finalize)
         await bus.serve(nc, subjects.rpc(node, subjects.CAPTURE, subjects.CAPTURE_HEALTH),
                         Empty, self.health)
+        await self._poll_jetstream_once()
         tasks = [
+            asyncio.create_task(self._jetstream_loop()),
             asyncio.create_task(self._flush_loop()),
             asyncio.create_task(self._reconcile_loop()),
             asyncio.create_task(self._finalize_loop()),
@@ -176,7 +202,8 @@ class Capture:
         for recording in self.live.values():
             for stream in recording.streams.values():
                 stream.receiver.close()
-                stream.writer.close()
+                with contextlib.suppress(OSError):  # a full disk: a restart resumes
+                    stream.writer.close()
         log.info("capture_closed", open_recordings=len(self.live))
 
     async def recover(self) -> None:
@@ -263,7 +290,7 @@ class Capture:
             if request.stream_id is None:
                 raise ValueError("an RTP source needs a stream_id")
             self._apply_source(recording, _safe_id(request.stream_id), request.source)
-        recording.manifest.save(recording.directory)
+        self._save_manifest(recording)
         return Empty()
 
     def _apply_source(self, recording: LiveRecording, stream_id: str, source: RtpSource) -> None:
@@ -313,6 +340,10 @@ class Capture:
 
     async def health(self, _: Empty) -> CaptureHealth:
         ok, reason = await asyncio.to_thread(self.store.writable)
+        if ok:
+            ok, reason = await asyncio.to_thread(self._disk_ok)
+        if ok and not self.jetstream[0]:
+            ok, reason = self.jetstream
         if ok and self.pool.free < 2:
             ok, reason = False, "no free RTP ports"
         if ok and self.closing:
@@ -326,6 +357,46 @@ class Capture:
             store_free_bytes=self.store.free_bytes(),
             quiet_streams=self._quiet_streams(),
         )
+
+    def _disk_ok(self) -> tuple[bool, str | None]:
+        """The free-space reserve, with hysteresis (callrec.diskspace.ReserveGate)."""
+        try:
+            usage = shutil.disk_usage(self.root)
+        except OSError as exc:
+            return False, f"data dir unreadable: {exc}"
+        before = self.reserve_gate.state
+        state = self.reserve_gate.update(usage.free, usage.total)
+        if state != before:
+            log.warning("disk_reserve_" + ("reached" if state == "low" else "recovered"),
+                        free_mib=usage.free // diskspace.MIB,
+                        reserve_mib=self.config.reserve.bytes_for(usage.total) // diskspace.MIB)
+        if state == "low":
+            return False, self.reserve_gate.reason(usage.free, usage.total)
+        return True, None
+
+    async def _jetstream_loop(self) -> None:
+        while True:
+            await asyncio.sleep(JETSTREAM_POLL_INTERVAL)
+            await self._poll_jetstream_once()
+
+    async def _poll_jetstream_once(self) -> None:
+        """New calls need room for their facts: refuse them (503) while JetStream does
+        not answer or has nearly used its store budget (it then refuses writes)."""
+        try:
+            info = await asyncio.wait_for(self.ctx.js.account_info(), timeout=2.0)
+            total = shutil.disk_usage(self.config.data_dir).total
+            budget = diskspace.jetstream_budget(total)
+            if diskspace.jetstream_nearly_full(info.storage, budget):
+                state: tuple[bool, str | None] = (
+                    False, f"event store nearly full: {info.storage // diskspace.MIB} MiB "
+                           f"of {budget // diskspace.MIB} MiB")
+            else:
+                state = (True, None)
+        except Exception as exc:
+            state = (False, f"event store unavailable: {type(exc).__name__}")
+        if state != self.jetstream:
+            log.warning("jetstream_state", ok=state[0], reason=state[1])
+        self.jetstream = state
 
     def _quiet_streams(self) -> list[QuietStream]:
         now = time.time()
@@ -392,23 +463,42 @@ class Capture:
         recording.manifest.streams[stream.stream_id] = stream
         recording.streams[stream.stream_id] = LiveStream(stream, writer, receiver)
 
-    def _close_stream(self, live: LiveStream) -> None:
+    def _close_stream(self, live: LiveStream, recording: LiveRecording | None = None) -> None:
         live.receiver.settle(force=True)
         live.receiver.close()
         # No fsync here: it would stall every live stream; the finalize worker syncs.
-        live.writer.close(sync=False)
+        try:
+            live.writer.close(sync=False)
+        except OSError as exc:
+            # A full disk: the unwritten packets stay in the writer's buffer; the
+            # finalize worker writes them out (retrying) before it reads the segments.
+            log.warning("segment_close_deferred", path=str(live.writer.path), error=str(exc))
+            if recording is not None:
+                recording.unflushed.append(live.writer)
         self.m_invalid.inc(live.receiver.invalid)
         self.m_dropped.inc(live.writer.dropped + live.receiver.overflow)
         self.pool.give_back(live.manifest.port)
 
     def _end(self, recording: LiveRecording, ended_at: datetime) -> None:
+        """Stop recording and queue the finalize. Nothing here may fail: a recording
+        marked finalizing is always queued (the worker saves what could not be saved
+        now, e.g. on a full disk, and retries until it succeeds)."""
         recording.finalizing = True
         for live in recording.streams.values():
-            self._close_stream(live)
+            self._close_stream(live, recording)
         recording.streams.clear()
         recording.manifest.ended_at = max(ended_at, recording.manifest.started_at)
-        recording.manifest.save(recording.directory)
+        self._save_manifest(recording)
         self.queue.put_nowait(recording.manifest.recording_id)
+
+    def _save_manifest(self, recording: LiveRecording) -> bool:
+        try:
+            recording.manifest.save(recording.directory)
+        except OSError as exc:
+            log.error("manifest_write_failed", recording_id=recording.manifest.recording_id,
+                      error=str(exc))
+            return False
+        return True
 
     def _get(self, recording_id: str) -> LiveRecording:
         recording = self.live.get(recording_id)
@@ -427,8 +517,16 @@ class Capture:
                     try:
                         live.writer.flush()
                     except OSError as exc:
-                        log.error("segment_write_failed", recording_id=recording.manifest
-                                  .recording_id, error=str(exc))
+                        if not recording.write_failing:  # once per episode, not per flush
+                            log.error("segment_write_failed", recording_id=recording.manifest
+                                      .recording_id, error=str(exc),
+                                      buffered=len(live.writer.buffer))
+                        recording.write_failing = True
+                    else:
+                        if recording.write_failing:
+                            log.info("segment_write_recovered",
+                                     recording_id=recording.manifest.recording_id)
+                        recording.write_failing = False
 
     async def _reconcile_loop(self) -> None:
         """Finish recordings whose call signaling no longer knows (crash, lost BYE)."""
@@ -474,30 +572,84 @@ class Capture:
         return recording.manifest.started_at + timedelta(milliseconds=last_ms)
 
     async def _finalize_loop(self) -> None:
+        """Finalize queued recordings; a failure re-queues the recording after a
+        back-off (callrec.diskspace.retry_delay), so one never strands: a full disk or
+        an unavailable bus is retried until it succeeds, also after a restart (the
+        manifest on disk says the recording ended). Only an error that is not
+        transient, PERMANENT_ATTEMPTS times in a row, gives it up as failed."""
         while True:
             recording_id = await self.queue.get()
             recording = self.live.get(recording_id)
             if recording is None:
                 continue
             try:
-                await self._finalize_one(recording)
+                if recording_id in self.giving_up:
+                    await self._give_up(recording)
+                else:
+                    await self._finalize_one(recording)
+                self.attempts.pop(recording_id, None)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                log.exception("finalize_failed", recording_id=recording_id)
-                self.m_failed.inc()
-                await bus.publish_event(
-                    self.ctx.js,
-                    RecordingFailed(node_id=self.ctx.node_id, recording_id=recording_id,
-                                    reason=f"{type(exc).__name__}: {exc}"),
-                )
-                self.live.pop(recording_id, None)
-                self._move_to_failed(recording.directory)
+                self._retry_later(recording, exc)
+
+    def _retry_later(self, recording: LiveRecording, exc: Exception) -> None:
+        recording_id = recording.manifest.recording_id
+        attempt = self.attempts.get(recording_id, 0) + 1
+        self.attempts[recording_id] = attempt
+        out_of_space = diskspace.is_out_of_space(exc)
+        transient = out_of_space or _is_transient(exc, recording.directory)
+        if not transient and attempt >= PERMANENT_ATTEMPTS:
+            self.giving_up.add(recording_id)
+        delay = diskspace.retry_delay(attempt)
+        reason = "disk_full" if out_of_space else "transient" if transient else "error"
+        self.m_retries.inc(reason=reason)
+        (log.warning if transient else log.error)(
+            "finalize_retry", recording_id=recording_id, attempt=attempt, reason=reason,
+            retry_in_s=delay, error=f"{type(exc).__name__}: {exc}",
+            exc_info=not transient)
+        asyncio.get_running_loop().call_later(delay, self._requeue, recording_id)
+
+    def _requeue(self, recording_id: str) -> None:
+        if recording_id in self.live and not self.closing:
+            self.queue.put_nowait(recording_id)
+
+    async def _give_up(self, recording: LiveRecording) -> None:
+        """Publish recording.failed (retried like a finalize) and keep the raw packets."""
+        recording_id = recording.manifest.recording_id
+        await bus.publish_event(
+            self.ctx.js,
+            RecordingFailed(node_id=self.ctx.node_id, recording_id=recording_id,
+                            reason=f"finalize failed {PERMANENT_ATTEMPTS} times"),
+        )
+        log.error("finalize_failed", recording_id=recording_id)
+        self.m_failed.inc()
+        self.giving_up.discard(recording_id)
+        self.live.pop(recording_id, None)
+        self._move_to_failed(recording.directory)
 
     async def _finalize_one(self, recording: LiveRecording) -> None:
         manifest = recording.manifest
+        if not recording.directory.is_dir():
+            raise ValueError(f"recording directory {recording.directory} is gone")
+        # What a full disk kept from being written when the recording ended: the last
+        # packets, then the manifest with its end time (idempotent on a retry).
+        while recording.unflushed:
+            recording.unflushed[0].close(sync=False)
+            recording.unflushed.pop(0)
+        manifest.save(recording.directory)
         started = time.monotonic()
         output = self.work_dir / f"{_safe_id(manifest.recording_id)}.opus"
+        try:
+            await self._encode_and_publish(recording, output, started)
+        except BaseException:
+            output.unlink(missing_ok=True)  # a partial file only takes space
+            raise
+
+    async def _encode_and_publish(
+        self, recording: LiveRecording, output: Path, started: float
+    ) -> None:
+        manifest = recording.manifest
         loop = asyncio.get_running_loop()
         try:
             result: FinalizeResult = await loop.run_in_executor(
@@ -557,6 +709,15 @@ class Capture:
         with contextlib.suppress(OSError):
             shutil.rmtree(target, ignore_errors=True)
             shutil.move(str(directory), str(target))
+
+
+def _is_transient(exc: BaseException, directory: Path) -> bool:
+    """Worth retrying as long as it takes: I/O (while the recording's files are
+    there), time-outs, the bus, a dead worker process."""
+    if isinstance(exc, OSError):
+        return directory.is_dir()
+    return isinstance(exc, TimeoutError | BrokenProcessPool | nats.errors.Error
+                      | bus.RpcError)
 
 
 def _expected(source: RtpSource) -> Expected:

@@ -11,11 +11,17 @@ in the ACK, and the phone's RTP races it) holds its packets in memory, unwritten
 until that SDP names the source (then only that source's packets are kept) or says
 nothing, or for at most `PENDING_TIMEOUT` (then the first source latches). So a
 stranger spraying ports cannot slip packets in before the ACK is processed.
+
+Each packet is stamped with the time the kernel received it (SO_TIMESTAMPNS), not
+the time we read it: after a capture restart the socket (kept open by the socket
+keeper) holds seconds of backlog, which must land where it was heard.
 """
 
 from __future__ import annotations
 
 import asyncio
+import socket
+import struct
 import time
 from collections.abc import Callable
 from typing import Any, cast
@@ -23,6 +29,7 @@ from typing import Any, cast
 import structlog
 
 from .latching import UNKNOWN, DropReason, Endpoint, Expected, admit, endpoint_of
+from .ports import SO_TIMESTAMPNS
 from .segments import SegmentWriter
 
 # asyncio reads each datagram into a 256 KiB buffer by default, which with glibc
@@ -33,6 +40,20 @@ STRANGER_LOG_INTERVAL = 60.0
 # Waiting for the SDP of a delayed offer: past the ACK's last retransmission but one.
 PENDING_TIMEOUT = 4.0
 MAX_PENDING_PACKETS = 600
+# Room for one struct timespec (SCM_TIMESTAMPNS) in the ancillary data.
+_TIMESPEC = struct.Struct("@ll")
+ANCILLARY_SPACE = socket.CMSG_SPACE(_TIMESPEC.size)
+
+
+def arrival_time(ancdata: list[tuple[int, int, bytes]]) -> float:
+    """The kernel's receive time from recvmsg's ancillary data; now if it has none."""
+    for level, kind, data in ancdata:
+        if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(data) >= _TIMESPEC.size:
+            seconds: int
+            nanoseconds: int
+            seconds, nanoseconds = _TIMESPEC.unpack_from(data)
+            return seconds + nanoseconds / 1e9
+    return time.time()
 
 OnLatch = Callable[[Endpoint], None]
 OnDrop = Callable[[DropReason], None]
@@ -48,9 +69,9 @@ def _ignore_drop(_: DropReason) -> None:
 
 class StreamReceiver(asyncio.DatagramProtocol):
     __slots__ = (
-        "dropped", "expected", "invalid", "last_arrival", "latched", "log", "on_drop",
-        "on_latch", "overflow", "packets", "pending", "pending_since", "source", "started",
-        "stranger_logged_at", "transport", "writer",
+        "dropped", "expected", "invalid", "last_arrival", "latched", "log", "loop", "on_drop",
+        "on_latch", "overflow", "packets", "pending", "pending_since", "sock", "source",
+        "started", "stranger_logged_at", "transport", "writer",
     )
 
     def __init__(
@@ -72,6 +93,8 @@ class StreamReceiver(asyncio.DatagramProtocol):
         self.dropped: dict[DropReason, int] = {"wrong_address": 0, "wrong_port": 0}
         self.last_arrival = 0.0
         self.transport: asyncio.DatagramTransport | None = None
+        self.sock: socket.socket | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
         self.expected = expected
         self.latched = latched
         # The exact address tuple of the last admitted packet: the hot-path compare.
@@ -89,24 +112,46 @@ class StreamReceiver(asyncio.DatagramProtocol):
         self.transport = cast(asyncio.DatagramTransport, transport)
         transport.max_size = MAX_DATAGRAM  # type: ignore[attr-defined]
 
-    def datagram_received(self, data: bytes, addr: Any) -> None:
+    def attach(self, sock: socket.socket) -> None:
+        """Read this socket on the running loop (instead of an asyncio transport, which
+        cannot see the kernel's timestamps). The receiver owns it from now on."""
+        sock.setblocking(False)
+        self.sock = sock
+        self.loop = asyncio.get_running_loop()
+        self.loop.add_reader(sock.fileno(), self._readable)
+
+    def _readable(self) -> None:
+        # One datagram per wake-up, as asyncio's own transport does: fair to the
+        # other streams, and no EAGAIN exception per packet.
+        sock = self.sock
+        if sock is None:
+            return
+        try:
+            data, ancdata, _flags, addr = sock.recvmsg(MAX_DATAGRAM, ANCILLARY_SPACE)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            return  # an ICMP error queued on the socket: nothing to store, keep reading
+        self.datagram_received(data, addr, arrival_time(ancdata))
+
+    def datagram_received(self, data: bytes, addr: Any, arrival: float | None = None) -> None:
         # RTP version 2 and a full fixed header; anything else is counted, not stored.
         if len(data) < 12 or data[0] & 0xC0 != 0x80:
             self.invalid += 1
             return
-        if addr != self.source and not self._admit(addr, data):
+        now = time.time() if arrival is None else arrival
+        if addr != self.source and not self._admit(addr, data, now):
             return
-        now = time.time()
         self.last_arrival = now
         self.packets += 1
         elapsed = int((now - self.started) * 1000)
         self.writer.append(elapsed if elapsed > 0 else 0, data)
 
-    def _admit(self, addr: Any, data: bytes) -> bool:
+    def _admit(self, addr: Any, data: bytes, arrival: float) -> bool:
         """The slow path: a source other than the last admitted one."""
         if self.pending is not None:
             if len(self.pending) < MAX_PENDING_PACKETS:
-                elapsed = int((time.time() - self.started) * 1000)
+                elapsed = int((arrival - self.started) * 1000)
                 self.pending.append((elapsed if elapsed > 0 else 0, addr, data))
             else:
                 self.overflow += 1
@@ -147,7 +192,7 @@ class StreamReceiver(asyncio.DatagramProtocol):
         self.source = None
         held, self.pending = self.pending, None
         for arrival_ms, addr, data in held or ():
-            if addr == self.source or self._admit(addr, data):
+            if addr == self.source or self._admit(addr, data, self.started + arrival_ms / 1000):
                 self.packets += 1
                 self.last_arrival = self.started + arrival_ms / 1000
                 self.writer.append(arrival_ms, data)
@@ -170,3 +215,8 @@ class StreamReceiver(asyncio.DatagramProtocol):
         if self.transport is not None:
             self.transport.close()
             self.transport = None
+        if self.sock is not None:
+            if self.loop is not None and not self.loop.is_closed():
+                self.loop.remove_reader(self.sock.fileno())
+            self.sock.close()
+            self.sock = None

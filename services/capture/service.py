@@ -2,7 +2,9 @@
 
 A recording lives in `<data>/capture/active/<id>/` (manifest + segments) until its
 Ogg/Opus is in the store and `recording.completed` is published; only then are the
-raw packets removed. A restart re-opens the ports of recordings still in progress;
+raw packets removed. A restart takes back the sockets of recordings still in progress from the
+socket keeper (callrec/sockets.py: the supervisor holds a copy of each, so what
+arrived while capture was down waits in the kernel) or re-opens their ports;
 any that signaling no longer knows (the node crashed, the call is gone) are
 finalized from what is on disk.
 """
@@ -11,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import multiprocessing
 import os
 import shutil
@@ -29,6 +30,7 @@ import structlog
 
 from callrec import bus
 from callrec.service import ServiceContext
+from callrec.sockets import KeeperClient, keeper_path
 from callrec.store import ObjectStore, open_store
 from contracts import subjects
 from contracts.v1.events import RecordingCompleted, RecordingFailed
@@ -56,15 +58,16 @@ from .latching import (
     on_sdp,
 )
 from .manifest import MANIFEST, RecordingManifest, StreamManifest
-from .ports import PortPool, PortsExhausted
+from .ports import PortPool, PortsExhausted, open_rtp_socket
 from .receiver import StreamReceiver
 from .segments import SegmentWriter, next_segment_index, read_stream, segment_path
 from .timeline import SilentReason
 
-FLUSH_INTERVAL = 0.5
+# What a SIGKILL can lose: packets read but not yet written (the socket keeper
+# keeps the rest), so at most this much of each stream.
+FLUSH_INTERVAL = 0.1
 RECONCILE_INTERVAL = 3.0
 RECONCILE_GRACE = timedelta(seconds=5)
-RECV_BUFFER = 1 << 20
 EVENT_NAMESPACE = uuid.UUID("6f1c3c5e-9a55-4c1e-9a53-7f3c1e0c2a10")
 
 log = structlog.get_logger()
@@ -75,6 +78,7 @@ class LiveStream:
     manifest: StreamManifest
     writer: SegmentWriter
     receiver: StreamReceiver
+    kept: bool = False  # resumed from the socket keeper after a restart
 
 
 @dataclass
@@ -106,6 +110,7 @@ class Capture:
         self.live: dict[str, LiveRecording] = {}
         self.queue: asyncio.Queue[str] = asyncio.Queue()
         self.closing = False
+        self.keeper: KeeperClient | None = None
         metrics = ctx.metrics
         self.m_packets = metrics.gauge(
             "capture_packets_received", "RTP packets stored by live streams",
@@ -149,6 +154,7 @@ class Capture:
     # ---- life cycle -------------------------------------------------------------
 
     async def run(self) -> None:
+        self.keeper = KeeperClient.connect(keeper_path(self.config.data_dir))
         await self.recover()
         nc, node = self.ctx.nc, self.ctx.node_id
         await bus.serve(nc, subjects.rpc(node, subjects.CAPTURE, subjects.CAPTURE_ALLOCATE),
@@ -177,10 +183,23 @@ class Capture:
             for stream in recording.streams.values():
                 stream.receiver.close()
                 stream.writer.close()
+        # The keeper keeps its copies: a capture restarted alone takes them back.
+        if self.keeper is not None:
+            self.keeper.close()
         log.info("capture_closed", open_recordings=len(self.live))
 
     async def recover(self) -> None:
         """Re-open recordings left by a previous process; queue those that had ended."""
+        held = self.keeper.take() if self.keeper is not None else {}
+        try:
+            self._recover(held)
+        finally:
+            for port, sock in held.items():  # a stream that ended: nobody reads it now
+                sock.close()
+                if self.keeper is not None:
+                    self.keeper.drop(port)
+
+    def _recover(self, held: dict[int, socket.socket]) -> None:
         for directory in sorted(self.active_dir.iterdir()):
             if not (directory / MANIFEST).exists():
                 continue
@@ -201,12 +220,14 @@ class Capture:
                 continue
             for stream in manifest.streams.values():
                 try:
-                    self._open_stream(recording, stream, stream.port)
+                    self._open_stream(recording, stream, stream.port,
+                                      sock=held.pop(stream.port, None))
                 except OSError as exc:
                     log.warning("recover_port_unavailable", recording_id=manifest.recording_id,
                                 port=stream.port, error=str(exc))
             log.info("recording_recovered", recording_id=manifest.recording_id,
-                     streams=len(recording.streams))
+                     streams=len(recording.streams),
+                     sockets_kept=sum(1 for s in recording.streams.values() if s.kept))
 
     # ---- RPC handlers -------------------------------------------------------------
 
@@ -358,13 +379,24 @@ class Capture:
 
     def _open_stream(
         self, recording: LiveRecording, stream: StreamManifest, port: int,
-        *, sdp_pending: bool = False,
+        *, sdp_pending: bool = False, sock: socket.socket | None = None,
     ) -> None:
-        sock = _udp_socket(self.config.bind, port)
+        """Open (or, with `sock` from the keeper, resume) the stream's socket."""
+        kept = sock is not None
+        if sock is None:
+            sock = open_rtp_socket(self.config.bind, port)
+        index = next_segment_index(recording.directory, stream.stream_id)
+        try:
+            writer = SegmentWriter(segment_path(recording.directory, stream.stream_id, index))
+        except OSError:
+            sock.close()
+            if kept and self.keeper is not None:
+                self.keeper.drop(port)
+            raise
+        if not kept and self.keeper is not None:
+            self.keeper.hold(sock)  # from now on the socket outlives this process
         self.pool.take(port)
         stream.port = port
-        index = next_segment_index(recording.directory, stream.stream_id)
-        writer = SegmentWriter(segment_path(recording.directory, stream.stream_id, index))
         started = recording.manifest.started_at.timestamp()
         expected, latched = stream.expectation()
         recording_id = recording.manifest.recording_id
@@ -384,17 +416,15 @@ class Capture:
             on_drop=on_drop, sdp_pending=sdp_pending,
             log=log.bind(recording_id=recording_id, stream_id=stream.stream_id, port=port),
         )
-        loop = asyncio.get_running_loop()
-        # The socket is already bound: create_datagram_endpoint completes synchronously
-        # enough for us; schedule it and keep a reference through the protocol.
-        task = loop.create_task(loop.create_datagram_endpoint(lambda: receiver, sock=sock))
-        task.add_done_callback(_log_endpoint_failure)
+        receiver.attach(sock)
         recording.manifest.streams[stream.stream_id] = stream
-        recording.streams[stream.stream_id] = LiveStream(stream, writer, receiver)
+        recording.streams[stream.stream_id] = LiveStream(stream, writer, receiver, kept)
 
     def _close_stream(self, live: LiveStream) -> None:
         live.receiver.settle(force=True)
         live.receiver.close()
+        if self.keeper is not None:
+            self.keeper.drop(live.manifest.port)
         # No fsync here: it would stall every live stream; the finalize worker syncs.
         live.writer.close(sync=False)
         self.m_invalid.inc(live.receiver.invalid)
@@ -573,24 +603,6 @@ def _safe_id(value: str) -> str:
     if not value or len(value) > 128 or not all(c.isalnum() or c in "-_" for c in value):
         raise ValueError(f"invalid id {value!r}")
     return value
-
-
-def _udp_socket(bind: str, port: int) -> socket.socket:
-    family = socket.AF_INET6 if ipaddress.ip_address(bind).version == 6 else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_DGRAM)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECV_BUFFER)
-        sock.bind((bind, port))
-        sock.setblocking(False)
-    except OSError:
-        sock.close()
-        raise
-    return sock
-
-
-def _log_endpoint_failure(task: asyncio.Task[object]) -> None:
-    if not task.cancelled() and task.exception() is not None:
-        log.error("udp_endpoint_failed", error=str(task.exception()))
 
 
 async def main(ctx: ServiceContext) -> None:

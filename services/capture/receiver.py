@@ -12,9 +12,11 @@ until that SDP names the source (then only that source's packets are kept) or sa
 nothing, or for at most `PENDING_TIMEOUT` (then the first source latches). So a
 stranger spraying ports cannot slip packets in before the ACK is processed.
 
-Each packet is stamped with the time the kernel received it (SO_TIMESTAMPNS), not
-the time we read it: after a capture restart the socket (kept open by the socket
-keeper) holds seconds of backlog, which must land where it was heard.
+A packet is stamped with the time we read it, a few milliseconds after it arrived.
+Not after a capture restart: the socket (kept open by the socket keeper) then holds
+up to seconds of backlog, which `drain` reads with the time the kernel received each
+packet (SO_TIMESTAMPNS), so it lands where it was heard. Only the drain pays for
+recvmsg and its ancillary data; the hot path stays asyncio's plain recvfrom.
 """
 
 from __future__ import annotations
@@ -40,6 +42,9 @@ STRANGER_LOG_INTERVAL = 60.0
 # Waiting for the SDP of a delayed offer: past the ACK's last retransmission but one.
 PENDING_TIMEOUT = 4.0
 MAX_PENDING_PACKETS = 600
+# A drain reads what the receive buffer held (up to about 2,500 packets), not a
+# flood that keeps coming while it reads.
+MAX_DRAIN = 10_000
 # Room for one struct timespec (SCM_TIMESTAMPNS) in the ancillary data.
 _TIMESPEC = struct.Struct("@ll")
 ANCILLARY_SPACE = socket.CMSG_SPACE(_TIMESPEC.size)
@@ -69,8 +74,8 @@ def _ignore_drop(_: DropReason) -> None:
 
 class StreamReceiver(asyncio.DatagramProtocol):
     __slots__ = (
-        "dropped", "expected", "invalid", "last_arrival", "latched", "log", "loop", "on_drop",
-        "on_latch", "overflow", "packets", "pending", "pending_since", "sock", "source",
+        "dropped", "expected", "invalid", "last_arrival", "latched", "log", "on_drop",
+        "on_latch", "overflow", "packets", "pending", "pending_since", "source",
         "started", "stranger_logged_at", "transport", "writer",
     )
 
@@ -93,8 +98,6 @@ class StreamReceiver(asyncio.DatagramProtocol):
         self.dropped: dict[DropReason, int] = {"wrong_address": 0, "wrong_port": 0}
         self.last_arrival = 0.0
         self.transport: asyncio.DatagramTransport | None = None
-        self.sock: socket.socket | None = None
-        self.loop: asyncio.AbstractEventLoop | None = None
         self.expected = expected
         self.latched = latched
         # The exact address tuple of the last admitted packet: the hot-path compare.
@@ -112,27 +115,22 @@ class StreamReceiver(asyncio.DatagramProtocol):
         self.transport = cast(asyncio.DatagramTransport, transport)
         transport.max_size = MAX_DATAGRAM  # type: ignore[attr-defined]
 
-    def attach(self, sock: socket.socket) -> None:
-        """Read this socket on the running loop (instead of an asyncio transport, which
-        cannot see the kernel's timestamps). The receiver owns it from now on."""
+    def drain(self, sock: socket.socket) -> int:
+        """Read the backlog of a socket nobody read for a while (capture restarting),
+        each packet with its kernel arrival time; before the transport takes over.
+        Returns the number of datagrams read."""
         sock.setblocking(False)
-        self.sock = sock
-        self.loop = asyncio.get_running_loop()
-        self.loop.add_reader(sock.fileno(), self._readable)
-
-    def _readable(self) -> None:
-        # One datagram per wake-up, as asyncio's own transport does: fair to the
-        # other streams, and no EAGAIN exception per packet.
-        sock = self.sock
-        if sock is None:
-            return
-        try:
-            data, ancdata, _flags, addr = sock.recvmsg(MAX_DATAGRAM, ANCILLARY_SPACE)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError:
-            return  # an ICMP error queued on the socket: nothing to store, keep reading
-        self.datagram_received(data, addr, arrival_time(ancdata))
+        read = 0
+        for _ in range(MAX_DRAIN):
+            try:
+                data, ancdata, _flags, addr = sock.recvmsg(MAX_DATAGRAM, ANCILLARY_SPACE)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:
+                continue  # an ICMP error reported once on the socket: read on
+            read += 1
+            self.datagram_received(data, addr, arrival_time(ancdata))
+        return read
 
     def datagram_received(self, data: bytes, addr: Any, arrival: float | None = None) -> None:
         # RTP version 2 and a full fixed header; anything else is counted, not stored.
@@ -215,8 +213,4 @@ class StreamReceiver(asyncio.DatagramProtocol):
         if self.transport is not None:
             self.transport.close()
             self.transport = None
-        if self.sock is not None:
-            if self.loop is not None and not self.loop.is_closed():
-                self.loop.remove_reader(self.sock.fileno())
-            self.sock.close()
-            self.sock = None
+

@@ -227,7 +227,8 @@ class Capture:
                                 port=stream.port, error=str(exc))
             log.info("recording_recovered", recording_id=manifest.recording_id,
                      streams=len(recording.streams),
-                     sockets_kept=sum(1 for s in recording.streams.values() if s.kept))
+                     sockets_kept=sum(1 for s in recording.streams.values() if s.kept),
+                     backlog_packets=sum(s.receiver.packets for s in recording.streams.values()))
 
     # ---- RPC handlers -------------------------------------------------------------
 
@@ -416,7 +417,13 @@ class Capture:
             on_drop=on_drop, sdp_pending=sdp_pending,
             log=log.bind(recording_id=recording_id, stream_id=stream.stream_id, port=port),
         )
-        receiver.attach(sock)
+        if kept:  # what arrived while capture was down, at the times it arrived
+            receiver.drain(sock)
+        loop = asyncio.get_running_loop()
+        # The socket is already bound: create_datagram_endpoint completes synchronously
+        # enough for us; schedule it and keep a reference through the protocol.
+        task = loop.create_task(loop.create_datagram_endpoint(lambda: receiver, sock=sock))
+        task.add_done_callback(_log_endpoint_failure)
         recording.manifest.streams[stream.stream_id] = stream
         recording.streams[stream.stream_id] = LiveStream(stream, writer, receiver, kept)
 
@@ -596,6 +603,11 @@ def _expected(source: RtpSource) -> Expected:
 def _object_key(recording_id: str, started_at: datetime) -> str:
     day = started_at.astimezone(UTC)
     return f"recordings/{day:%Y/%m/%d}/{_safe_id(recording_id)}.opus"
+
+
+def _log_endpoint_failure(task: asyncio.Task[object]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("udp_endpoint_failed", error=str(task.exception()))
 
 
 def _safe_id(value: str) -> str:

@@ -275,7 +275,9 @@ async def test_backlog_drained_after_a_restart_lands_where_it_was_heard(tmp_path
         await asyncio.sleep(0.6)  # capture restarting
         writer = SegmentWriter(tmp_path / "s.seg")
         receiver = StreamReceiver(writer, started)
-        receiver.attach(sock)
+        assert receiver.drain(sock) == 10
+        loop = asyncio.get_running_loop()
+        await loop.create_datagram_endpoint(lambda: receiver, sock=sock)
         for seq in range(10, 15):  # heard after the restart
             pbx.sendto(_rtp(seq), ("127.0.0.1", port))
         for _ in range(200):

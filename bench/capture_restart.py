@@ -45,7 +45,8 @@ def _at(event: dict[str, Any]) -> float:
     return datetime.fromisoformat(event["timestamp"].replace("Z", "+00:00")).timestamp()
 
 
-def one_run(work: Path, index: int, seconds: float, kill_at: float) -> dict[str, float]:
+def one_run(work: Path, index: int, seconds: float, kill_at: float,
+            kills: int = 1) -> dict[str, float]:
     from callrec.audio import decode_file, dominant_frequency, sound_seconds
     from tests.support import sipp
     from tests.support.node import Node
@@ -61,6 +62,10 @@ def one_run(work: Path, index: int, seconds: float, kill_at: float) -> dict[str,
         pid = node.service_pid("services.capture")
         killed_at = time.time()
         os.kill(pid, signal.SIGKILL)
+        for _ in range(kills - 1):  # kill the new one as soon as it exists: back-off
+            pid = _next_pid(node, pid)
+            killed_at = time.time()  # times below: from the last kill
+            os.kill(pid, signal.SIGKILL)
         result = call.wait()
         if not result.ok:
             raise RuntimeError(result.describe())
@@ -87,16 +92,31 @@ def one_run(work: Path, index: int, seconds: float, kill_at: float) -> dict[str,
             "process_up": started - killed_at, "streams_back": recovered - killed_at}
 
 
+def _next_pid(node: Any, old: int) -> int:
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            pid = int(node.service_pid("services.capture"))
+        except LookupError:
+            pid = old
+        if pid != old:
+            return pid
+        time.sleep(0.005)
+    raise TimeoutError("capture was not restarted")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--seconds", type=float, default=8.0, help="tone per leg")
     parser.add_argument("--kill-at", type=float, default=3.0)
+    parser.add_argument("--kills", type=int, default=1,
+                        help="SIGKILL each new capture at once, this many times in all")
     args = parser.parse_args()
     rows = []
     with tempfile.TemporaryDirectory(prefix="capture-restart-") as tmp:
         for index in range(args.runs):
-            row = one_run(Path(tmp), index, args.seconds, args.kill_at)
+            row = one_run(Path(tmp), index, args.seconds, args.kill_at, args.kills)
             rows.append(row)
             print(" ".join(f"{k}={v:.2f}" for k, v in row.items()), flush=True)
     print("median: " + " ".join(f"{k}={statistics.median(r[k] for r in rows):.2f}"

@@ -36,7 +36,7 @@ import socket
 import stat
 import struct
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Literal
 
@@ -60,6 +60,23 @@ log = get_logger()
 
 def keeper_path(data_dir: Path) -> Path:
     return data_dir / KEEPER_PATH
+
+
+# sun_path holds 108 bytes: a deep data dir is reached through its directory's fd.
+_SUN_PATH_MAX = 100
+
+
+@contextlib.contextmanager
+def _addressable(path: Path) -> Iterator[str]:
+    """A name for `path` short enough for bind/connect (Linux: /proc/self/fd/N/name)."""
+    if len(os.fsencode(str(path))) < _SUN_PATH_MAX:
+        yield str(path)
+        return
+    fd = os.open(path.parent, os.O_PATH | os.O_DIRECTORY)
+    try:
+        yield f"/proc/self/fd/{fd}/{path.name}"
+    finally:
+        os.close(fd)
 
 
 def peer_credentials(conn: socket.socket) -> tuple[int, int, int]:
@@ -127,7 +144,8 @@ class SocketKeeper:
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         old = os.umask(0o177)
         try:
-            listener.bind(str(self.path))
+            with _addressable(self.path) as address:
+                listener.bind(address)
         finally:
             os.umask(old)
         os.chmod(self.path, 0o600)
@@ -289,7 +307,8 @@ class KeeperClient:
         conn = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         conn.settimeout(CLIENT_TIMEOUT)
         try:
-            conn.connect(str(path))
+            with _addressable(path) as address:
+                conn.connect(address)
         except OSError as exc:
             conn.close()
             log.warning("socket_keeper_unavailable", path=str(path), error=str(exc),

@@ -205,7 +205,8 @@ async def _supervise(config: NodeConfig, cluster: credentials.ClusterSecrets | N
         for proc in procs:
             with contextlib.suppress(ProcessLookupError):
                 proc.kill()
-    keeper.close()
+    if keeper is not None:
+        keeper.close()
     _stop_process(nats_proc)
     if core_proc is not None:
         _stop_process(core_proc)
@@ -244,14 +245,20 @@ async def _wait_either(first: asyncio.Event, second: asyncio.Event, timeout: flo
 
 # ---- the socket keeper: capture's RTP sockets outlive the capture process ----------
 
-def _start_socket_keeper(config: NodeConfig, capture: Child) -> SocketKeeper:
-    """Only the capture process we spawned may hand over or take back sockets."""
+def _start_socket_keeper(config: NodeConfig, capture: Child) -> SocketKeeper | None:
+    """Only the capture process we spawned may hand over or take back sockets. Without
+    a keeper the node still records; a capture restart then loses what arrives
+    while it is down."""
 
     def capture_pid() -> int:
         process = capture.process
         return process.pid if process is not None and process.returncode is None else 0
 
-    return SocketKeeper(keeper_path(config.data_dir), allowed_pid=capture_pid).start()
+    try:
+        return SocketKeeper(keeper_path(config.data_dir), allowed_pid=capture_pid).start()
+    except OSError as exc:
+        log.error("socket_keeper_failed", error=str(exc))
+        return None
 
 
 def _stop_process(proc: subprocess.Popen[bytes]) -> None:

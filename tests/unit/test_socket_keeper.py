@@ -232,6 +232,21 @@ def test_the_keeper_socket_is_private(keeper: tuple[SocketKeeper, Allowed]) -> N
     assert stat.S_ISSOCK(k.path.stat().st_mode)
 
 
+def test_a_data_dir_deeper_than_a_unix_socket_path_still_works(tmp_path: Path) -> None:
+    deep = tmp_path / ("d" * 60) / ("e" * 60)
+    k = SocketKeeper(deep / "run" / "rtp-sockets.sock", allowed_pid=None).start()
+    try:
+        client = KeeperClient.connect(k.path)
+        assert client is not None
+        with open_rtp_socket("127.0.0.1", 0) as sock:
+            client.hold(sock)
+            _wait_for(lambda: k.ports == [sock.getsockname()[1]])
+        assert list(client.take()) == k.ports
+        client.close()
+    finally:
+        k.close()
+
+
 def test_only_bound_udp_sockets_are_held(keeper: tuple[SocketKeeper, Allowed]) -> None:
     k, _ = keeper
     client = KeeperClient.connect(k.path)

@@ -1,6 +1,8 @@
 """`callrec up`: start nats-server, bootstrap, then keep every service running.
 
-A crashed service is restarted with back-off; SIGTERM/SIGINT stop the services first
+A crashed service is restarted with back-off (capture's first restart at once: its
+RTP sockets wait for it in the socket keeper, a thread of this process, see
+callrec/sockets.py); SIGTERM/SIGINT stop the services first
 (so capture can flush), then nats-server. Children stay in our process group, so an
 operator (or a test) can kill the whole node with one signal to the group.
 """
@@ -30,6 +32,7 @@ from contracts.v1.events import UserRemoved, UserUpserted, parse_event
 from . import bus, credentials, diskspace, natsserver
 from .config import NodeConfig
 from .logs import get_logger, setup_logging
+from .sockets import SocketKeeper, keeper_path
 from .users import User, UsersProjection, hash_password
 
 SERVICES = ("capture", "signaling", "catalog", "sync", "scheduler", "web")
@@ -41,6 +44,8 @@ HEALTHY_AFTER = 30.0
 # At most one JetStream recovery restart this often (a store that fails again at once
 # is not restarted in a loop).
 JETSTREAM_RESTART_INTERVAL = 10.0
+# Back-off before the first restart after a crash; later ones double from 0.5 s.
+FIRST_BACKOFF = {"capture": 0.0}
 
 log = get_logger()
 _background: set[asyncio.Task[None]] = set()
@@ -54,6 +59,19 @@ class Child:
     restarts: int = 0
     backoff: float = 0.5
     crash_times: list[float] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.backoff = first_backoff(self.name)
+
+
+def first_backoff(name: str) -> float:
+    """Capture restarts at once: each moment it is down its streams' packets pile up
+    in the kept sockets (and would overflow them after several seconds)."""
+    return FIRST_BACKOFF.get(name, 0.5)
+
+
+def next_backoff(backoff: float) -> float:
+    return min(max(backoff * 2, 0.5), MAX_BACKOFF)
 
 
 def run_node(config: NodeConfig) -> int:
@@ -149,12 +167,14 @@ async def _supervise(config: NodeConfig, cluster: credentials.ClusterSecrets | N
 
     env = {**natsserver.child_environment(), **config.to_env(), BOOT_ID_ENV: uuid.uuid4().hex}
     children = {name: Child(name) for name in SERVICES}
+    keeper = _start_socket_keeper(config, children["capture"])
+    exited = asyncio.Event()
     for child in children.values():
-        await _spawn(child, env)
+        await _spawn(child, env, exited)
 
     while not stopping.is_set():
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stopping.wait(), timeout=0.5)
+        await _wait_either(stopping, exited, timeout=0.5)
+        exited.clear()
         if stopping.is_set():
             break
         if core_proc is not None and core_proc.poll() is not None:
@@ -175,15 +195,15 @@ async def _supervise(config: NodeConfig, cluster: credentials.ClusterSecrets | N
             proc = child.process
             if proc is None or proc.returncode is None:
                 if proc is not None and time.monotonic() - child.started > HEALTHY_AFTER:
-                    child.backoff = 0.5
+                    child.backoff = first_backoff(child.name)
                 continue
             log.error("service_exited", service=child.name, code=proc.returncode,
                       restart_in=child.backoff)
             child.process = None
             await asyncio.sleep(child.backoff)
-            child.backoff = min(child.backoff * 2, MAX_BACKOFF)
+            child.backoff = next_backoff(child.backoff)
             child.restarts += 1
-            await _spawn(child, env)
+            await _spawn(child, env, exited)
 
     log.info("node_stopping")
     procs = [c.process for c in children.values() if c.process and c.process.returncode is None]
@@ -196,6 +216,8 @@ async def _supervise(config: NodeConfig, cluster: credentials.ClusterSecrets | N
         for proc in procs:
             with contextlib.suppress(ProcessLookupError):
                 proc.kill()
+    if keeper is not None:
+        keeper.close()
     _stop_process(nats_proc)
     if core_proc is not None:
         _stop_process(core_proc)
@@ -239,12 +261,49 @@ class JetStreamRecovery:
         return True
 
 
-async def _spawn(child: Child, env: dict[str, str]) -> None:
-    child.process = await asyncio.create_subprocess_exec(
+async def _spawn(child: Child, env: dict[str, str], exited: asyncio.Event) -> None:
+    child.process = process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", f"services.{child.name}", env=env, stdin=subprocess.DEVNULL
     )
     child.started = time.monotonic()
-    log.info("service_spawned", service=child.name, pid=child.process.pid)
+    log.info("service_spawned", service=child.name, pid=process.pid)
+    # Wake the supervision loop the moment it exits rather than at its next poll.
+    waiter = asyncio.get_running_loop().create_task(_note_exit(process, exited))
+    _background.add(waiter)
+    waiter.add_done_callback(_background.discard)
+
+
+async def _note_exit(process: asyncio.subprocess.Process, exited: asyncio.Event) -> None:
+    await process.wait()
+    exited.set()
+
+
+async def _wait_either(first: asyncio.Event, second: asyncio.Event, timeout: float) -> None:
+    waits = {asyncio.ensure_future(first.wait()), asyncio.ensure_future(second.wait())}
+    _, pending = await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    for task in pending:
+        task.cancel()
+    for task in pending:
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+# ---- the socket keeper: capture's RTP sockets outlive the capture process ----------
+
+def _start_socket_keeper(config: NodeConfig, capture: Child) -> SocketKeeper | None:
+    """Only the capture process we spawned may hand over or take back sockets. Without
+    a keeper the node still records; a capture restart then loses what arrives
+    while it is down."""
+
+    def capture_pid() -> int:
+        process = capture.process
+        return process.pid if process is not None and process.returncode is None else 0
+
+    try:
+        return SocketKeeper(keeper_path(config.data_dir), allowed_pid=capture_pid).start()
+    except OSError as exc:
+        log.error("socket_keeper_failed", error=str(exc))
+        return None
 
 
 def _stop_process(proc: subprocess.Popen[bytes]) -> None:

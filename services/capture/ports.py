@@ -5,15 +5,50 @@ next call cannot be guessed from the last one; a stranger has to hit one port am
 all the free ones. A port just given back rests in a short cool-down queue before
 it can be drawn again, so late packets of an ended call rarely meet a new stream
 (and latching drops them if they do).
+
+The sockets themselves are opened here too: a receive buffer large enough to hold
+several seconds of a stream while capture restarts (the socket keeper holds them
+meanwhile, see callrec/sockets.py), and kernel arrival timestamps, so packets
+queued while nobody read them keep the time they arrived.
 """
 
 from __future__ import annotations
 
+import ipaddress
+import platform
 import secrets
+import socket
+import sys
 from collections import deque
 from collections.abc import Iterator
 
 _random = secrets.SystemRandom()
+
+# 1 MiB asked; the kernel caps it at net.core.rmem_max (often 208 KiB, then doubled):
+# at about 830 bytes of buffer per 172-byte G.711 packet, >= 10 s of one stream.
+RECV_BUFFER = 1 << 20
+# SO_TIMESTAMPNS (asm-generic value; Python does not name it). Architectures with
+# other numbers (sparc, parisc, alpha, mips) fall back to the time of reading.
+SO_TIMESTAMPNS = 35
+_GENERIC_SOCKOPT_MACHINES = ("x86_64", "amd64", "aarch64", "arm64", "i386", "i686",
+                             "armv7l", "armv6l", "riscv64", "ppc64le", "ppc64", "s390x")
+KERNEL_TIMESTAMPS = sys.platform == "linux" and platform.machine() in _GENERIC_SOCKOPT_MACHINES
+
+
+def open_rtp_socket(bind: str, port: int) -> socket.socket:
+    """A bound, non-blocking UDP socket for one RTP stream (OSError if the port is taken)."""
+    family = socket.AF_INET6 if ipaddress.ip_address(bind).version == 6 else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECV_BUFFER)
+        if KERNEL_TIMESTAMPS:
+            sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+        sock.bind((bind, port))
+        sock.setblocking(False)
+    except OSError:
+        sock.close()
+        raise
+    return sock
 
 
 class PortsExhausted(RuntimeError):

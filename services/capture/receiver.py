@@ -11,11 +11,19 @@ in the ACK, and the phone's RTP races it) holds its packets in memory, unwritten
 until that SDP names the source (then only that source's packets are kept) or says
 nothing, or for at most `PENDING_TIMEOUT` (then the first source latches). So a
 stranger spraying ports cannot slip packets in before the ACK is processed.
+
+A packet is stamped with the time we read it, a few milliseconds after it arrived.
+Not after a capture restart: the socket (kept open by the socket keeper) then holds
+up to seconds of backlog, which `drain` reads with the time the kernel received each
+packet (SO_TIMESTAMPNS), so it lands where it was heard. Only the drain pays for
+recvmsg and its ancillary data; the hot path stays asyncio's plain recvfrom.
 """
 
 from __future__ import annotations
 
 import asyncio
+import socket
+import struct
 import time
 from collections.abc import Callable
 from typing import Any, cast
@@ -23,6 +31,7 @@ from typing import Any, cast
 import structlog
 
 from .latching import UNKNOWN, DropReason, Endpoint, Expected, admit, endpoint_of
+from .ports import SO_TIMESTAMPNS
 from .segments import SegmentWriter
 
 # asyncio reads each datagram into a 256 KiB buffer by default, which with glibc
@@ -33,6 +42,23 @@ STRANGER_LOG_INTERVAL = 60.0
 # Waiting for the SDP of a delayed offer: past the ACK's last retransmission but one.
 PENDING_TIMEOUT = 4.0
 MAX_PENDING_PACKETS = 600
+# A drain reads what the receive buffer held (up to about 2,500 packets), not a
+# flood that keeps coming while it reads.
+MAX_DRAIN = 10_000
+# Room for one struct timespec (SCM_TIMESTAMPNS) in the ancillary data.
+_TIMESPEC = struct.Struct("@ll")
+ANCILLARY_SPACE = socket.CMSG_SPACE(_TIMESPEC.size)
+
+
+def arrival_time(ancdata: list[tuple[int, int, bytes]]) -> float:
+    """The kernel's receive time from recvmsg's ancillary data; now if it has none."""
+    for level, kind, data in ancdata:
+        if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(data) >= _TIMESPEC.size:
+            seconds: int
+            nanoseconds: int
+            seconds, nanoseconds = _TIMESPEC.unpack_from(data)
+            return seconds + nanoseconds / 1e9
+    return time.time()
 
 OnLatch = Callable[[Endpoint], None]
 OnDrop = Callable[[DropReason], None]
@@ -49,8 +75,8 @@ def _ignore_drop(_: DropReason) -> None:
 class StreamReceiver(asyncio.DatagramProtocol):
     __slots__ = (
         "dropped", "expected", "invalid", "last_arrival", "latched", "log", "on_drop",
-        "on_latch", "overflow", "packets", "pending", "pending_since", "source", "started",
-        "stranger_logged_at", "transport", "writer",
+        "on_latch", "overflow", "packets", "pending", "pending_since", "source",
+        "started", "stranger_logged_at", "transport", "writer",
     )
 
     def __init__(
@@ -89,24 +115,41 @@ class StreamReceiver(asyncio.DatagramProtocol):
         self.transport = cast(asyncio.DatagramTransport, transport)
         transport.max_size = MAX_DATAGRAM  # type: ignore[attr-defined]
 
-    def datagram_received(self, data: bytes, addr: Any) -> None:
+    def drain(self, sock: socket.socket) -> int:
+        """Read the backlog of a socket nobody read for a while (capture restarting),
+        each packet with its kernel arrival time; before the transport takes over.
+        Returns the number of datagrams read."""
+        sock.setblocking(False)
+        read = 0
+        for _ in range(MAX_DRAIN):
+            try:
+                data, ancdata, _flags, addr = sock.recvmsg(MAX_DATAGRAM, ANCILLARY_SPACE)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:
+                continue  # an ICMP error reported once on the socket: read on
+            read += 1
+            self.datagram_received(data, addr, arrival_time(ancdata))
+        return read
+
+    def datagram_received(self, data: bytes, addr: Any, arrival: float | None = None) -> None:
         # RTP version 2 and a full fixed header; anything else is counted, not stored.
         if len(data) < 12 or data[0] & 0xC0 != 0x80:
             self.invalid += 1
             return
-        if addr != self.source and not self._admit(addr, data):
+        now = time.time() if arrival is None else arrival
+        if addr != self.source and not self._admit(addr, data, now):
             return
-        now = time.time()
         self.last_arrival = now
         self.packets += 1
         elapsed = int((now - self.started) * 1000)
         self.writer.append(elapsed if elapsed > 0 else 0, data)
 
-    def _admit(self, addr: Any, data: bytes) -> bool:
+    def _admit(self, addr: Any, data: bytes, arrival: float) -> bool:
         """The slow path: a source other than the last admitted one."""
         if self.pending is not None:
             if len(self.pending) < MAX_PENDING_PACKETS:
-                elapsed = int((time.time() - self.started) * 1000)
+                elapsed = int((arrival - self.started) * 1000)
                 self.pending.append((elapsed if elapsed > 0 else 0, addr, data))
             else:
                 self.overflow += 1
@@ -147,7 +190,7 @@ class StreamReceiver(asyncio.DatagramProtocol):
         self.source = None
         held, self.pending = self.pending, None
         for arrival_ms, addr, data in held or ():
-            if addr == self.source or self._admit(addr, data):
+            if addr == self.source or self._admit(addr, data, self.started + arrival_ms / 1000):
                 self.packets += 1
                 self.last_arrival = self.started + arrival_ms / 1000
                 self.writer.append(arrival_ms, data)
@@ -170,3 +213,4 @@ class StreamReceiver(asyncio.DatagramProtocol):
         if self.transport is not None:
             self.transport.close()
             self.transport = None
+

@@ -2,7 +2,9 @@
 
 A recording lives in `<data>/capture/active/<id>/` (manifest + segments) until its
 Ogg/Opus is in the store and `recording.completed` is published; only then are the
-raw packets removed. A restart re-opens the ports of recordings still in progress;
+raw packets removed. A restart takes back the sockets of recordings still in progress from the
+socket keeper (callrec/sockets.py: the supervisor holds a copy of each, so what
+arrived while capture was down waits in the kernel) or re-opens their ports;
 any that signaling no longer knows (the node crashed, the call is gone) are
 finalized from what is on disk.
 """
@@ -11,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import multiprocessing
 import os
 import shutil
@@ -30,6 +31,7 @@ import structlog
 
 from callrec import bus, diskspace
 from callrec.service import ServiceContext
+from callrec.sockets import KeeperClient, keeper_path
 from callrec.store import ObjectStore, open_store
 from contracts import subjects
 from contracts.v1.events import RecordingCompleted, RecordingFailed
@@ -57,12 +59,14 @@ from .latching import (
     on_sdp,
 )
 from .manifest import MANIFEST, RecordingManifest, StreamManifest
-from .ports import PortPool, PortsExhausted
+from .ports import PortPool, PortsExhausted, open_rtp_socket
 from .receiver import StreamReceiver
 from .segments import SegmentWriter, next_segment_index, read_stream, segment_path
 from .timeline import SilentReason
 
-FLUSH_INTERVAL = 0.5
+# What a SIGKILL can lose: packets read but not yet written (the socket keeper
+# keeps the rest), so at most this much of each stream.
+FLUSH_INTERVAL = 0.1
 JETSTREAM_POLL_INTERVAL = 2.0
 # A finalize failing for a reason that is not transient (a bug, a corrupt manifest) is
 # tried this often before the recording is given up as failed; transient ones (a full
@@ -70,7 +74,6 @@ JETSTREAM_POLL_INTERVAL = 2.0
 PERMANENT_ATTEMPTS = 3
 RECONCILE_INTERVAL = 3.0
 RECONCILE_GRACE = timedelta(seconds=5)
-RECV_BUFFER = 1 << 20
 EVENT_NAMESPACE = uuid.UUID("6f1c3c5e-9a55-4c1e-9a53-7f3c1e0c2a10")
 
 log = structlog.get_logger()
@@ -81,6 +84,7 @@ class LiveStream:
     manifest: StreamManifest
     writer: SegmentWriter
     receiver: StreamReceiver
+    kept: bool = False  # resumed from the socket keeper after a restart
 
 
 @dataclass
@@ -121,6 +125,7 @@ class Capture:
         self.jetstream: tuple[bool, str | None] = (True, None)
         self.attempts: dict[str, int] = {}
         self.giving_up: set[str] = set()
+        self.keeper: KeeperClient | None = None
         metrics = ctx.metrics
         self.m_packets = metrics.gauge(
             "capture_packets_received", "RTP packets stored by live streams",
@@ -173,6 +178,7 @@ class Capture:
     # ---- life cycle -------------------------------------------------------------
 
     async def run(self) -> None:
+        self.keeper = KeeperClient.connect(keeper_path(self.config.data_dir))
         await self.recover()
         nc, node = self.ctx.nc, self.ctx.node_id
         await bus.serve(nc, subjects.rpc(node, subjects.CAPTURE, subjects.CAPTURE_ALLOCATE),
@@ -204,10 +210,23 @@ class Capture:
                 stream.receiver.close()
                 with contextlib.suppress(OSError):  # a full disk: a restart resumes
                     stream.writer.close()
+        # The keeper keeps its copies: a capture restarted alone takes them back.
+        if self.keeper is not None:
+            self.keeper.close()
         log.info("capture_closed", open_recordings=len(self.live))
 
     async def recover(self) -> None:
         """Re-open recordings left by a previous process; queue those that had ended."""
+        held = self.keeper.take() if self.keeper is not None else {}
+        try:
+            self._recover(held)
+        finally:
+            for port, sock in held.items():  # a stream that ended: nobody reads it now
+                sock.close()
+                if self.keeper is not None:
+                    self.keeper.drop(port)
+
+    def _recover(self, held: dict[int, socket.socket]) -> None:
         for directory in sorted(self.active_dir.iterdir()):
             if not (directory / MANIFEST).exists():
                 continue
@@ -228,12 +247,15 @@ class Capture:
                 continue
             for stream in manifest.streams.values():
                 try:
-                    self._open_stream(recording, stream, stream.port)
+                    self._open_stream(recording, stream, stream.port,
+                                      sock=held.pop(stream.port, None))
                 except OSError as exc:
                     log.warning("recover_port_unavailable", recording_id=manifest.recording_id,
                                 port=stream.port, error=str(exc))
             log.info("recording_recovered", recording_id=manifest.recording_id,
-                     streams=len(recording.streams))
+                     streams=len(recording.streams),
+                     sockets_kept=sum(1 for s in recording.streams.values() if s.kept),
+                     backlog_packets=sum(s.receiver.packets for s in recording.streams.values()))
 
     # ---- RPC handlers -------------------------------------------------------------
 
@@ -429,13 +451,24 @@ class Capture:
 
     def _open_stream(
         self, recording: LiveRecording, stream: StreamManifest, port: int,
-        *, sdp_pending: bool = False,
+        *, sdp_pending: bool = False, sock: socket.socket | None = None,
     ) -> None:
-        sock = _udp_socket(self.config.bind, port)
+        """Open (or, with `sock` from the keeper, resume) the stream's socket."""
+        kept = sock is not None
+        if sock is None:
+            sock = open_rtp_socket(self.config.bind, port)
+        index = next_segment_index(recording.directory, stream.stream_id)
+        try:
+            writer = SegmentWriter(segment_path(recording.directory, stream.stream_id, index))
+        except OSError:
+            sock.close()
+            if kept and self.keeper is not None:
+                self.keeper.drop(port)
+            raise
+        if not kept and self.keeper is not None:
+            self.keeper.hold(sock)  # from now on the socket outlives this process
         self.pool.take(port)
         stream.port = port
-        index = next_segment_index(recording.directory, stream.stream_id)
-        writer = SegmentWriter(segment_path(recording.directory, stream.stream_id, index))
         started = recording.manifest.started_at.timestamp()
         expected, latched = stream.expectation()
         recording_id = recording.manifest.recording_id
@@ -455,17 +488,21 @@ class Capture:
             on_drop=on_drop, sdp_pending=sdp_pending,
             log=log.bind(recording_id=recording_id, stream_id=stream.stream_id, port=port),
         )
+        if kept:  # what arrived while capture was down, at the times it arrived
+            receiver.drain(sock)
         loop = asyncio.get_running_loop()
         # The socket is already bound: create_datagram_endpoint completes synchronously
         # enough for us; schedule it and keep a reference through the protocol.
         task = loop.create_task(loop.create_datagram_endpoint(lambda: receiver, sock=sock))
         task.add_done_callback(_log_endpoint_failure)
         recording.manifest.streams[stream.stream_id] = stream
-        recording.streams[stream.stream_id] = LiveStream(stream, writer, receiver)
+        recording.streams[stream.stream_id] = LiveStream(stream, writer, receiver, kept)
 
     def _close_stream(self, live: LiveStream, recording: LiveRecording | None = None) -> None:
         live.receiver.settle(force=True)
         live.receiver.close()
+        if self.keeper is not None:
+            self.keeper.drop(live.manifest.port)
         # No fsync here: it would stall every live stream; the finalize worker syncs.
         try:
             live.writer.close(sync=False)
@@ -729,29 +766,16 @@ def _object_key(recording_id: str, started_at: datetime) -> str:
     return f"recordings/{day:%Y/%m/%d}/{_safe_id(recording_id)}.opus"
 
 
+def _log_endpoint_failure(task: asyncio.Task[object]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("udp_endpoint_failed", error=str(task.exception()))
+
+
 def _safe_id(value: str) -> str:
     """Ids become file names: allow only plain characters."""
     if not value or len(value) > 128 or not all(c.isalnum() or c in "-_" for c in value):
         raise ValueError(f"invalid id {value!r}")
     return value
-
-
-def _udp_socket(bind: str, port: int) -> socket.socket:
-    family = socket.AF_INET6 if ipaddress.ip_address(bind).version == 6 else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_DGRAM)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECV_BUFFER)
-        sock.bind((bind, port))
-        sock.setblocking(False)
-    except OSError:
-        sock.close()
-        raise
-    return sock
-
-
-def _log_endpoint_failure(task: asyncio.Task[object]) -> None:
-    if not task.cancelled() and task.exception() is not None:
-        log.error("udp_endpoint_failed", error=str(task.exception()))
 
 
 async def main(ctx: ServiceContext) -> None:

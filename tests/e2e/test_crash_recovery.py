@@ -97,8 +97,11 @@ def _kill_service_mid_call(tmp_path: Path, module: str, refci: str
 
 def test_capture_service_crash_mid_call_is_restarted_and_call_continues(tmp_path: Path) -> None:
     recording, kept = _kill_service_mid_call(tmp_path, "services.capture", "83886085")
-    # Lost: the unflushed half second plus the restart time (about 1 s measured).
-    assert all(8.0 - 2.0 <= k <= 8.1 for k in kept), kept
+    # The RTP sockets outlive capture (the supervisor's socket keeper holds them):
+    # what arrives while it restarts waits in the kernel and is drained, stamped with
+    # its arrival time. Lost: only what was read but not yet written (<= 0.1 s; about
+    # 1.4-1.8 s before the keeper).
+    assert all(8.0 - 0.5 <= k <= 8.1 for k in kept), kept
     assert recording["recovered"] is True
 
 

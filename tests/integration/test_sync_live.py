@@ -7,6 +7,7 @@ own copy arrives the cluster keeps one recording per call."""
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -37,6 +38,12 @@ def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Node, Node,
         proxy.close()
 
 
+def cpu_s(node: Node, module: str) -> float:
+    """User + system CPU seconds a service process of the node has used so far."""
+    fields = Path(f"/proc/{node.service_pid(module)}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def peer_copy(node: Node, rid: str) -> Path:
     return node.data_dir / "sync" / "live" / f"{rid}.opus"
 
@@ -48,8 +55,11 @@ def test_peer_copy_trails_the_origin_and_costs_opus_bandwidth(
     time.sleep(3.0)
     idle_s = 15.0
     before = len(proxy.seen)
+    cpu_before = cpu_s(a, "services.sync"), cpu_s(b, "services.sync")
     time.sleep(idle_s)
     idle_bytes = len(proxy.seen) - before
+    idle_cpu = (cpu_s(a, "services.sync") - cpu_before[0],
+                cpu_s(b, "services.sync") - cpu_before[1])
 
     origin = FakeOrigin(a, f"live-bw-{int(time.time())}", seconds=30.0)
     lags: list[int] = []
@@ -60,6 +70,7 @@ def test_peer_copy_trails_the_origin_and_costs_opus_bandwidth(
         nc = await a.bus("capture")
         try:
             start = len(proxy.seen)
+            cpu_start = cpu_s(a, "services.sync"), cpu_s(b, "services.sync")
             began = time.monotonic()
             for second in range(1, 31):
                 await origin.play(second, nc)
@@ -68,6 +79,8 @@ def test_peer_copy_trails_the_origin_and_costs_opus_bandwidth(
                 lags.append(origin.flushed - (copy.stat().st_size if copy.exists() else 0))
             call_s = time.monotonic() - began
             call_bytes = len(proxy.seen) - start
+            cpu = (cpu_s(a, "services.sync") - cpu_start[0] - idle_cpu[0] * call_s / idle_s,
+                   cpu_s(b, "services.sync") - cpu_start[1] - idle_cpu[1] * call_s / idle_s)
         finally:
             await nc.close()
         overhead = idle_bytes * call_s / idle_s
@@ -78,7 +91,8 @@ def test_peer_copy_trails_the_origin_and_costs_opus_bandwidth(
               f"{call_bytes} "
               f"(idle link {idle_bytes / idle_s:.0f} B/s); per call-hour: "
               f"{per_hour / 1e6:.2f} MB on the link, {audio_per_hour / 1e6:.2f} MB of Opus; "
-              f"peer lag after each flush (bytes): {lags}")
+              f"peer lag after each flush (bytes): {lags}; extra sync CPU per call-minute: "
+              f"origin {cpu[0] * 60 / audio_s:.2f} s, peer {cpu[1] * 60 / audio_s:.2f} s")
         assert per_hour < 20e6  # Imagicle's 20 MB per channel-hour, for the whole call
         assert per_hour > audio_per_hour  # sanity: the audio did cross
 

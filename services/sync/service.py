@@ -421,13 +421,17 @@ class Sync:
 
     async def _apply_live(self, event: Any) -> None:
         for recording_id in self.live.apply(event, time.monotonic()):
-            with contextlib.suppress(ValueError, OSError):
-                live_path(self.root, recording_id).unlink(missing_ok=True)
+            if recording_id not in self.pulling:  # else the pull removes it when it ends
+                self._drop_live_copy(recording_id)
         if isinstance(event, RecordingStarted) and event.recording_id in self.live.live:
             # After a restart: what our copy already holds (complete pages only).
             have = await asyncio.to_thread(self._live_have, event.recording_id)
             if have:
                 self.live.resumed(event.recording_id, have)
+
+    def _drop_live_copy(self, recording_id: str) -> None:
+        with contextlib.suppress(ValueError, OSError):
+            live_path(self.root, recording_id).unlink(missing_ok=True)
 
     def _live_have(self, recording_id: str) -> int:
         try:
@@ -469,14 +473,16 @@ class Sync:
                     self.m_live_errors.inc()
                     log.debug("live_pull_failed", recording_id=recording_id, error=str(exc))
                     return  # the next progress (or nothing: a takeover) follows
-                if not chunk.data:
-                    return
+                if not chunk.data or recording_id not in self.live.live:
+                    return  # nothing more yet, or the recording ended meanwhile
                 data = chunk.data[:length]
                 await asyncio.to_thread(_append_at, path, offset, data)
                 self.live.pulled(recording_id, len(data))
                 self.m_live_bytes.inc(len(data))
         finally:
             self.pulling.discard(recording_id)
+            if recording_id not in self.live.live:
+                self._drop_live_copy(recording_id)
 
     async def _takeover_loop(self) -> None:
         while True:

@@ -11,6 +11,9 @@ last progress, and the moment this node learned of the recording (so a node that
 replaying history or just started gives the origin a full timeout to be heard).
 A partition looks exactly like a death: that is why the takeover copy is only
 provisional, and why `contracts.v1.winner` (most audio wins) decides once both exist.
+So a takeover does not end the following: if the origin's progress resumes (it was
+only cut off), we pull its file again and, should it fall silent again, take over
+again with more audio; only the origin's own completion or failure, or a purge, ends it.
 """
 
 from __future__ import annotations
@@ -41,6 +44,8 @@ class Live:
     have: int = 0  # bytes in our copy
     last_progress_at: float | None = None
     final: bool = False
+    taken: bool = False  # we published a takeover copy
+    taken_mark: float = float("-inf")  # last progress seen when we did
 
 
 class LiveBook:
@@ -49,7 +54,7 @@ class LiveBook:
     def __init__(self, me: str) -> None:
         self.me = me
         self.live: dict[str, Live] = {}
-        # Recordings that need nothing more (completed, failed, purged, taken over).
+        # Recordings that need nothing more (completed or failed by their origin, purged).
         self.closed: set[str] = set()
 
     def _entry(self, recording_id: str, origin: str, now: float) -> Live | None:
@@ -68,14 +73,22 @@ class LiveBook:
                 entry.started = event
                 entry.origin = event.node_id
             return []
-        if isinstance(event, RecordingCompleted | RecordingFailed | RecordingPurged):
-            # Any completion (the origin's, ours, another peer's takeover), the origin's
-            # failure, or a purge: nothing is left to take over.
-            if isinstance(event, RecordingFailed):
-                entry = self.live.get(event.recording_id)
-                if entry is not None and entry.origin != event.node_id:
-                    return []
+        if isinstance(event, RecordingPurged):
             return self.close(event.recording_id)
+        if isinstance(event, RecordingCompleted | RecordingFailed):
+            entry = self.live.get(event.recording_id)
+            origin = event.node_id == (entry.origin if entry is not None else event.node_id)
+            if isinstance(event, RecordingCompleted) and event.interrupted and (
+                    entry is None or not origin):
+                # A takeover copy (ours, replayed after a restart, or another peer's):
+                # the origin may still come back; ours is remembered as done.
+                if entry is not None and event.node_id == self.me:
+                    entry.taken = True
+                    entry.taken_mark = max(entry.taken_mark,
+                                           entry.last_progress_at or float("-inf"))
+                return []
+            if origin:
+                return self.close(event.recording_id)
         return []
 
     def close(self, recording_id: str) -> list[str]:
@@ -106,6 +119,15 @@ class LiveBook:
             return None
         return entry.have, min(chunk, entry.origin_bytes - entry.have)
 
+    def taken_over(self, recording_id: str) -> None:
+        """We published our copy (and deleted the live copy): following goes on from
+        the start of the origin's file should its progress resume."""
+        entry = self.live.get(recording_id)
+        if entry is not None:
+            entry.taken = True
+            entry.taken_mark = entry.last_progress_at or float("-inf")
+            entry.have = 0
+
     def pulled(self, recording_id: str, count: int) -> None:
         entry = self.live.get(recording_id)
         if entry is not None:
@@ -118,6 +140,9 @@ class LiveBook:
         for entry in self.live.values():
             if entry.started is None:
                 continue
+            if entry.taken and (entry.last_progress_at is None
+                                or entry.last_progress_at <= entry.taken_mark):
+                continue  # taken over, and nothing new from the origin since
             heard = [entry.learned_at, last_heard.get(entry.origin, float("-inf"))]
             if entry.last_progress_at is not None:
                 heard.append(entry.last_progress_at)

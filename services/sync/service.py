@@ -503,10 +503,10 @@ class Sync:
         source = live_path(self.root, rid)
         work = self.root / "takeover" / f"{rid}.opus"
         built = await asyncio.to_thread(build_takeover, source, work)
-        key = takeover_key(rid, started.started_at, self.me)
+        key = takeover_key(rid, started.started_at, self.me, built.duration_ms)
         sha256 = await asyncio.to_thread(self.store.put_file, key, work)
         event = RecordingCompleted(
-            event_id=takeover_event_id(rid, self.me),
+            event_id=takeover_event_id(rid, self.me, built.duration_ms),
             node_id=self.me,
             recording_id=rid,
             started_at=started.started_at,
@@ -521,7 +521,7 @@ class Sync:
         )
         await bus.publish_event(self.ctx.js, event)
         work.unlink(missing_ok=True)
-        self.live.close(rid)
+        self.live.taken_over(rid)
         source.unlink(missing_ok=True)
         self.m_takeovers.inc()
         log.warning("recording_taken_over", recording_id=rid, origin=entry.origin,

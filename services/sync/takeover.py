@@ -41,15 +41,19 @@ def takeover_timeout(role_timeout_s: float, env: dict[str, str] | None = None) -
     return role_timeout_s + TAKEOVER_MARGIN_S
 
 
-def takeover_key(recording_id: str, started_at: datetime, node_id: str) -> str:
-    """Never the origin's key: both copies can exist side by side until one loses."""
+def takeover_key(recording_id: str, started_at: datetime, node_id: str,
+                 duration_ms: int) -> str:
+    """Never the origin's key, nor an earlier takeover's (a second one, after the origin
+    came back and fell silent again, has more audio): copies coexist until one loses."""
     day = started_at.astimezone(UTC)
-    return f"recordings/{day:%Y/%m/%d}/{recording_id}.{node_id}.interrupted.opus"
+    return (f"recordings/{day:%Y/%m/%d}/{recording_id}.{node_id}.{duration_ms}"
+            ".interrupted.opus")
 
 
-def takeover_event_id(recording_id: str, node_id: str) -> str:
+def takeover_event_id(recording_id: str, node_id: str, duration_ms: int) -> str:
     """Deterministic: a takeover retried after a crash is the same fact."""
-    return uuid.uuid5(_NAMESPACE, f"recording.completed.takeover:{recording_id}:{node_id}").hex
+    return uuid.uuid5(
+        _NAMESPACE, f"recording.completed.takeover:{recording_id}:{node_id}:{duration_ms}").hex
 
 
 @dataclass(frozen=True)

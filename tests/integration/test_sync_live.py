@@ -160,3 +160,43 @@ def test_host_loss_then_origin_returns_with_a_better_copy(
     loser = b.data_dir / "objects" / row["object_key"]
     eventually(lambda: not loser.exists(), 20, "b deletes its interrupted copy")
     assert not (a.data_dir / "objects" / row["object_key"]).exists()
+
+
+def test_partition_gives_a_provisional_copy_that_the_origins_own_replaces(
+        pair: tuple[Node, Node, TcpProxy]) -> None:
+    """A partition looks like a death: b takes over while a goes on recording; when
+    the link is back b follows the call again, and a's complete copy wins."""
+    a, b, proxy = pair
+    eventually(lambda: b.metric("callrec_sync_peers") >= 1, 60, "b hears a")
+    origin = FakeOrigin(a, f"live-cut-{int(time.time())}", seconds=40.0)
+    rid = origin.recording_id
+
+    async def until(seconds: float) -> None:
+        await origin.play(seconds)
+
+    asyncio.run(origin.start())
+    asyncio.run(until(5.0))
+    eventually(lambda: peer_copy(b, rid).exists()
+               and peer_copy(b, rid).stat().st_size == origin.flushed, 10, "b follows")
+    proxy.cut()
+    try:
+        asyncio.run(until(5.0 + TAKEOVER_S + 4.0))  # a records on, unheard
+        row = eventually(lambda: recordings(b).get(rid), 20, "b's provisional copy")
+        assert row["interrupted"] is True and row["node_id"] == "b"
+        assert 4000 <= row["duration_ms"] <= 6000
+    finally:
+        proxy.heal()
+    asyncio.run(until(30.0))
+    eventually(lambda: peer_copy(b, rid).exists()
+               and peer_copy(b, rid).stat().st_size == origin.flushed, 30,
+               "b follows the call again from the start")
+    ours = asyncio.run(origin.complete())
+    for node in (a, b):
+        eventually(lambda node=node: (r := recordings(node).get(rid)) is not None  # type: ignore[misc]
+                   and r["event_id"] == ours.event_id and not r["interrupted"], 40,
+                   f"{node.node_id} keeps a's complete copy")
+        eventually(lambda node=node: audio_sha(node, rid) == ours.sha256, 40,  # type: ignore[misc]
+                   f"{node.node_id} plays a's copy")
+    eventually(lambda: not (b.data_dir / "objects" / row["object_key"]).exists(), 20,
+               "b deletes its provisional copy")
+    eventually(lambda: not peer_copy(b, rid).exists(), 10, "b drops its live copy")

@@ -104,7 +104,8 @@ def test_takeover_with_nothing_replicated_is_listed_silent(ogg: bytes, tmp_path:
 
 
 def test_takeover_names_and_timeout() -> None:
-    assert takeover_key("r1", T0, "b") == "recordings/2024/05/01/r1.b.interrupted.opus"
+    assert takeover_key("r1", T0, "b", 4200) == \
+        "recordings/2024/05/01/r1.b.4200.interrupted.opus"
     assert takeover_timeout(3.0, {}) == 8.0
     assert takeover_timeout(3.0, {"CALLREC_TAKEOVER_TIMEOUT_S": "20"}) == 20.0
     assert takeover_timeout(3.0, {"CALLREC_TAKEOVER_TIMEOUT_S": "nonsense"}) == 8.0
@@ -150,21 +151,51 @@ def test_takeover_only_after_the_origin_is_silent_past_the_timeout() -> None:
     assert not book.progress(progress(size=5000), 201.0)  # late progress: closed
 
 
-def test_no_takeover_without_metadata_nor_after_any_end() -> None:
+def test_no_takeover_without_metadata_nor_after_the_origin_ended() -> None:
     book = LiveBook("b")
     book.progress(progress(rid="x"), 0.0)
     assert book.due(100.0, {}, 8.0) == []  # no recording.started yet
     for rid, end in (("r1", completed("a", 1000, rid="r1")),
-                     ("r2", completed("c", 1000, interrupted=True, rid="r2")),
-                     ("r3", RecordingFailed(node_id="a", recording_id="r3", reason="x"))):
+                     ("r3", RecordingFailed(node_id="a", recording_id="r3", reason="x")),
+                     ("r4", RecordingPurged(node_id="c", recording_id="r4", object_key="k",
+                                            reason="x"))):
         book.apply(started(rid), 0.0)
         book.progress(progress(rid=rid), 0.0)
         assert book.apply(end, 1.0) == [rid]  # our copy is useless now
     book.apply(RecordingFailed(node_id="b", recording_id="x", reason="not the origin"), 1.0)
     book.apply(started("x"), 1.0)
-    assert [e.recording_id for e in book.due(100.0, {}, 8.0)] == ["x"]
+    # Another peer's takeover copy does not stop ours: the winner rule keeps the best.
+    book.apply(started("r2"), 1.0)
+    assert book.apply(completed("c", 1000, interrupted=True, rid="r2"), 1.0) == []
+    assert [e.recording_id for e in book.due(100.0, {}, 8.0)] == ["r2", "x"]
     book.apply(started("r1"), 2.0)  # a start replayed after the end: stays closed
     assert "r1" not in book.live
+
+
+def test_after_a_partition_the_peer_follows_again_and_takes_over_again() -> None:
+    """A partition looks like a death: b takes over, then a's progress resumes (it was
+    recording all along); b pulls a's file again from the start, and if a falls silent
+    again b takes over again, with more audio. Only a's own completion ends it."""
+    book = LiveBook("b")
+    book.apply(started(), 0.0)
+    book.progress(progress(size=1000), 1.0)
+    book.pulled("r1", 1000)
+    assert [e.recording_id for e in book.due(10.0, {"a": 1.5}, 8.0)] == ["r1"]
+    book.taken_over("r1")
+    assert book.due(50.0, {"a": 1.5}, 8.0) == []  # nothing new: never twice
+    assert book.progress(progress(size=3000), 60.0)  # the link is back
+    assert book.next_pull("r1") == (0, 3000)  # our copy went with the takeover
+    book.pulled("r1", 3000)
+    assert book.due(65.0, {"a": 64.0}, 8.0) == []
+    assert [e.recording_id for e in book.due(73.0, {"a": 64.0}, 8.0)] == ["r1"]
+    # Our own takeover fact, replayed after a restart, counts as done.
+    again = LiveBook("b")
+    again.apply(started(), 100.0)
+    assert again.apply(completed("b", 900, interrupted=True), 100.0) == []
+    assert again.due(500.0, {}, 8.0) == []
+    assert again.progress(progress(size=4000), 501.0)
+    assert [e.recording_id for e in again.due(510.0, {}, 8.0)] == ["r1"]
+    assert again.apply(completed("a", 5000), 511.0) == ["r1"]  # the origin's own: done
 
 
 # ---- serving live ranges ------------------------------------------------------------------

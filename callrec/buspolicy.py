@@ -25,7 +25,8 @@ PUBLISHES: dict[Identity, tuple[str, ...]] = {
     "signaling": ("recording.started", "recording.ended", "recording.participants_changed"),
     "capture": ("recording.completed", "recording.failed"),
     "catalog": (),
-    "sync": ("recording.replicated",),
+    # recording.completed: a peer's interrupted copy of a call whose origin fell silent.
+    "sync": ("recording.replicated", "recording.completed"),
     "scheduler": (
         "role.changed", "job.run_started", "job.run_progressed", "job.run_finished",
         "job.run_failed", "recording.purged", "recording.exported",
@@ -86,6 +87,11 @@ def permissions(identity: Identity, node_id: str) -> dict[str, Any]:
             f"$JS.API.STREAM.UPDATE.{subjects.CLUSTER_STREAM}",
         ]
         subscribe.append(subjects.all_heartbeats())
+        # Progress of every node's recordings in progress (in-flight replication).
+        subscribe.append(subjects.all_live())
+    if identity == "capture":
+        # Progress of this node's recordings in progress, after each flush.
+        publish.append(subjects.live(node_id, ">"))
     if identity == "scheduler":
         subscribe.append(subjects.all_heartbeats())
     if identity == "web":

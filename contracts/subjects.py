@@ -73,6 +73,16 @@ def heartbeat(node_id: str) -> str:
     return f"{ROOT}.{VERSION}.{node_id}.heartbeat"
 
 
+def live(node_id: str, recording_id: str) -> str:
+    """Core-NATS progress of a recording `node_id` is encoding right now (not stored)."""
+    return f"{ROOT}.{VERSION}.{node_id}.live.{recording_id}"
+
+
+def all_live() -> str:
+    """Live progress of every node's recordings in progress."""
+    return f"{ROOT}.{VERSION}.*.live.>"
+
+
 # Services and their operations.
 CAPTURE = "capture"
 CAPTURE_ALLOCATE = "allocate"

@@ -143,6 +143,10 @@ class RecordingCompleted(EventBase):
     channels: list[ChannelSummary]
     metadata: RecordingMetadata
     recovered: bool = False
+    # Made by a peer (node_id) from the audio it had replicated while the origin was
+    # recording, after the origin fell silent mid-call: provisional while the origin may
+    # come back with its own copy (the rule of `contracts.v1.winner` keeps one).
+    interrupted: bool = False
 
 
 class RecordingFailed(EventBase):

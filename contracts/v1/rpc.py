@@ -133,11 +133,25 @@ class GetRequest(Message):
 
 
 class ReadObjectRequest(Message):
-    """A chunk of an object from a peer's store (sync replication)."""
+    """A chunk of an object from a peer's store (sync replication), or, with `live` set
+    to a recording id, of the Ogg/Opus file that node is still recording (live.opus):
+    the in-flight replication of a call in progress (`object_key` then unused)."""
 
-    object_key: str
+    object_key: str = ""
     offset: int = Field(ge=0)
     length: int = Field(gt=0, le=4 * 1024 * 1024)
+    live: str | None = Field(default=None, max_length=128)
+
+
+class LiveProgress(Message):
+    """Capture flushed more of a recording in progress: `bytes` of live.opus (ending on
+    a complete Ogg page) cover `duration_ms` of audio; `final` once it is finalized."""
+
+    recording_id: str
+    node_id: str
+    bytes: int = Field(ge=0)
+    duration_ms: int = Field(ge=0)
+    final: bool = False
 
 
 class PeerLag(Message):

@@ -9,6 +9,9 @@ by the one rule of `contracts.v1.holds` over all of them, so every node ends in 
 same state whatever order they arrive in. A purged recording's row is hidden, not
 deleted: a hold fact that arrives late (a partition) can void the purge and bring it
 back, and a completion that arrives after its purge stays hidden.
+A call completed twice (a peer's interrupted takeover copy and the origin's own) has
+one row: the winner by `contracts.v1.winner` (most audio, then the origin's), which a
+better completion replaces whatever the order of arrival.
 """
 
 from __future__ import annotations
@@ -22,8 +25,9 @@ from contracts.v1.events import LegalHoldChanged, RecordingCompleted, RecordingP
 from contracts.v1.holds import Facts, HoldFact, PurgeFact
 from contracts.v1.holds import micros as to_micros
 from contracts.v1.rpc import SearchRequest, SearchResult
+from contracts.v1.winner import better
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 """Bump when the tables change: an old file is then dropped and rebuilt by replay."""
 
 STREAM_KEY = "events"
@@ -74,9 +78,10 @@ CREATE TABLE IF NOT EXISTS checkpoints (
 _TABLES = ("recordings", "recording_numbers", "purged", "hold_facts", "purge_facts",
            "checkpoints")
 
-Effect = Literal["cataloged", "purged", "restored", "held", "released"]
-"""What an event did to the catalog: a recording appeared, was purged, came back
-because a hold voided its purge, or its hold state changed."""
+Effect = Literal["cataloged", "replaced", "purged", "restored", "held", "released"]
+"""What an event did to the catalog: a recording appeared, was replaced by a better
+copy of the same call, was purged, came back because a hold voided its purge, or its
+hold state changed."""
 
 
 def _like_pattern(fragment: str) -> str:
@@ -171,7 +176,15 @@ class Catalog:
             return changed
 
     def _insert(self, event: RecordingCompleted, seq: int) -> Effect | None:
-        """Catalog a completion; hidden at once when its purge is already in effect."""
+        """Catalog a completion; hidden at once when its purge is already in effect.
+        A second completion of the same call replaces the row only when it wins."""
+        row = self._db.execute(
+            "SELECT event_json, purged FROM recordings WHERE recording_id = ?",
+            (event.recording_id,),
+        ).fetchone()
+        if row is not None:
+            return self._replace(event, seq, RecordingCompleted.model_validate_json(row[0]),
+                                 bool(row[1]))
         purged = bool(self._db.execute(
             "SELECT 1 FROM purge_facts WHERE recording_id = ? LIMIT 1", (event.recording_id,)
         ).fetchone()) and self._facts(event.recording_id).purged
@@ -199,6 +212,25 @@ class Catalog:
             [(number, event.recording_id) for number in numbers],
         )
         return None if purged else "cataloged"
+
+    def _replace(self, event: RecordingCompleted, seq: int, current: RecordingCompleted,
+                 purged: bool) -> Effect | None:
+        if not better(event, current):
+            return None  # the same fact again, or a copy that loses to the one listed
+        self._db.execute(
+            "UPDATE recordings SET event_id = ?, node_id = ?, started_us = ?, ended_us = ?, "
+            "duration_ms = ?, sequence = ?, event_json = ? WHERE recording_id = ?",
+            (event.event_id, event.node_id, to_micros(event.started_at),
+             to_micros(event.ended_at), event.duration_ms, seq, event.model_dump_json(),
+             event.recording_id),
+        )
+        self._db.execute("DELETE FROM recording_numbers WHERE recording_id = ?",
+                         (event.recording_id,))
+        self._db.executemany(
+            "INSERT OR IGNORE INTO recording_numbers (number, recording_id) VALUES (?, ?)",
+            [(number, event.recording_id) for number in sorted(set(event.metadata.numbers()))],
+        )
+        return None if purged else "replaced"
 
     def _fact(self, event: RecordingPurged | LegalHoldChanged, seq: int) -> Effect | None:
         """Keep a hold or purge fact, then re-decide the recording by the shared rule."""

@@ -40,7 +40,13 @@ from contracts.v1.events import (
 )
 from contracts.v1.rpc import JobsStatus
 
-from .exportio import TargetUnavailable, check_target, export_recording, target_error
+from .exportio import (
+    TargetUnavailable,
+    check_target,
+    export_recording,
+    remove_export,
+    target_error,
+)
 from .exportplan import check_template, pending_exports, render_path
 from .jobs import JobBook, exported_event_id, purged_event_id, stable_id
 from .retention import purge_candidates
@@ -337,7 +343,10 @@ class JobEngine:
         target = Path(params.target_dir)
         await asyncio.to_thread(check_target, target)
         prefix = params.target_dir.rstrip("/") + "/"
-        exported = self.book.exported.setdefault(job.job_id, {})
+        # A call replaced by a better copy (`contracts.v1.winner`) after its export is
+        # exported again: the winner, once; the loser's file is overwritten in place or,
+        # when the template renders another path, deleted after the winner is written.
+        exported, stale = self.book.exports_of(job.job_id)
         todo = pending_exports(self.book.live_recordings(), exported, params.target_dir)
         handle.total = len(todo)
         await self._progress(handle, force=True)
@@ -358,6 +367,9 @@ class JobEngine:
                 written = await asyncio.to_thread(
                     export_recording, source, target, relative, rec, params.format,
                     params.sidecar, self.me)
+                old = stale.get(rid)
+                if old is not None and old != str(written.path):
+                    await asyncio.to_thread(remove_export, target, Path(old), params.format)
             except Exception as exc:
                 reason = await asyncio.to_thread(target_error, exc, target)
                 if reason is not None:
@@ -366,11 +378,16 @@ class JobEngine:
                           error=f"{type(exc).__name__}: {exc}")
                 handle.skipped += 1
                 continue
+            event_id = exported_event_id(job.job_id, rid, rec.event_id)
             await self.publish(RecordingExported(
-                event_id=exported_event_id(job.job_id, rid), node_id=self.me,
+                event_id=event_id, node_id=self.me,
                 job_id=job.job_id, run_id=handle.run_id, recording_id=rid,
                 path=str(written.path), size_bytes=written.size))
+            self.book.note_export(job.job_id, rid, event_id, str(written.path))
             exported[rid] = str(written.path)
+            if rid in stale:
+                log.info("export_replaced", job_id=job.job_id, recording_id=rid,
+                         previous=stale[rid], path=str(written.path))
             handle.processed += 1
             handle.bytes += written.size
             self.counts["exported"] += 1

@@ -134,11 +134,22 @@ def _complete(audio: Path, sidecar: Path | None, recording: RecordingCompleted,
     try:
         meta = json.loads(sidecar.read_text())
         export = meta["export"]
+        # The event id: a call replaced by a better copy is written again in place.
         ok = (meta["recording_id"] == recording.recording_id and export["format"] == fmt
-              and export["size_bytes"] == size)
+              and export["size_bytes"] == size
+              and meta.get("event_id", recording.event_id) == recording.event_id)
     except (OSError, ValueError, KeyError, TypeError):
         return None
     return size if ok else None
+
+
+def remove_export(target: Path, audio: Path, fmt: str) -> None:
+    """Delete an export (audio and sidecar) that a better copy of the call replaced at
+    another path; only below the target, never anything else."""
+    root = target.resolve()
+    for path in (audio, audio.with_suffix(".json")):
+        if path.resolve().is_relative_to(root) and path.resolve() != root:
+            path.unlink(missing_ok=True)
 
 
 def sidecar_json(recording: RecordingCompleted, fmt: str, file_name: str, size: int) -> str:

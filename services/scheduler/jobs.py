@@ -31,6 +31,7 @@ from contracts.v1.events import (
 )
 from contracts.v1.holds import HoldLedger
 from contracts.v1.rpc import JobRunView, JobView
+from contracts.v1.winner import better
 
 from .retention import UserInfo
 
@@ -52,8 +53,13 @@ def purged_event_id(recording_id: str, hold_version: str = "") -> str:
     return stable_id(f"recording.purged:{recording_id}:{hold_version}")
 
 
-def exported_event_id(job_id: str, recording_id: str) -> str:
-    return stable_id(f"recording.exported:{job_id}:{recording_id}")
+def exported_event_id(job_id: str, recording_id: str, completion_id: str = "") -> str:
+    """The export of one completion of a recording (`completion_id`: its event id), so
+    the book can tell whether what a job wrote is still the winner of the call
+    (`contracts.v1.winner`); without it, the id of exports made before that rule."""
+    if not completion_id:
+        return stable_id(f"recording.exported:{job_id}:{recording_id}")
+    return stable_id(f"recording.exported:{job_id}:{recording_id}:{completion_id}")
 
 
 def requested_run_id(request_event_id: str) -> str:
@@ -96,6 +102,8 @@ class JobBook:
         self.ledger = HoldLedger()
         self.users: dict[str, UserInfo] = {}
         self.exported: dict[str, dict[str, str]] = {}  # job -> recording -> path
+        self.export_ids: dict[str, dict[str, str]] = {}  # job -> recording -> export event id
+        self.completions: dict[str, set[str]] = {}  # recording -> its completions' event ids
         self._order = 0
 
     def apply(self, event: object) -> bool:
@@ -113,7 +121,10 @@ class JobBook:
         self.seen.add(event_id)
         match event:
             case RecordingCompleted():
-                self.recordings[event.recording_id] = event
+                # One recording per call: a takeover copy and the origin's, the best kept.
+                self.completions.setdefault(event.recording_id, set()).add(event.event_id)
+                if better(event, self.recordings.get(event.recording_id)):
+                    self.recordings[event.recording_id] = event
             case UserUpserted():
                 self.users[event.username] = UserInfo(frozenset(event.extensions),
                                                       frozenset(event.groups))
@@ -142,10 +153,35 @@ class JobBook:
                 run = self._end(event.job_id, event.run_id, event.occurred_at)
                 run.failed, run.error, run.processed = True, event.error, event.processed
             case RecordingExported():
-                self.exported.setdefault(event.job_id, {})[event.recording_id] = event.path
+                self.note_export(event.job_id, event.recording_id, event.event_id, event.path)
             case _:
                 pass
         return True
+
+    def note_export(self, job_id: str, recording_id: str, event_id: str, path: str) -> None:
+        self.exported.setdefault(job_id, {})[recording_id] = path
+        self.export_ids.setdefault(job_id, {})[recording_id] = event_id
+
+    def exports_of(self, job_id: str) -> tuple[dict[str, str], dict[str, str]]:
+        """(exports of the current winner of each call, exports of a copy that lost
+        since): recording -> path. An export whose id names no completion (made before
+        the winner rule) counts as current unless a takeover copy won the call."""
+        current: dict[str, str] = {}
+        stale: dict[str, str] = {}
+        ids = self.export_ids.get(job_id, {})
+        for rid, path in self.exported.get(job_id, {}).items():
+            rec = self.recordings.get(rid)
+            versions = {exported_event_id(job_id, rid, c): c
+                        for c in self.completions.get(rid, ())}
+            export_id = ids.get(rid, "")
+            if rec is None:
+                ok = True
+            elif export_id in versions:
+                ok = versions[export_id] == rec.event_id
+            else:
+                ok = not rec.interrupted
+            (current if ok else stale)[rid] = path
+        return current, stale
 
     def _run(self, job_id: str, run_id: str) -> Run:
         run = self.runs.get(run_id)

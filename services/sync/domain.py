@@ -23,6 +23,7 @@ from contracts.v1.events import (
     RecordingReplicated,
 )
 from contracts.v1.holds import HoldLedger
+from contracts.v1.winner import better
 
 MAX_BACKOFF_S = 5.0
 FIRST_BACKOFF_S = 0.25
@@ -30,16 +31,31 @@ FIRST_BACKOFF_S = 0.25
 
 @dataclass
 class Replica:
-    """What the cluster has said about one recording's object."""
+    """What the cluster has said about one recording's objects.
+
+    A recording may be completed more than once (a peer's takeover copy and the
+    origin's own): the fields describe the winner by `contracts.v1.winner`, and
+    `by_key` knows who holds each copy, so a loser's copies can be deleted once the
+    winner is held.
+    """
 
     recording_id: str
     object_key: str = ""
     sha256: str = ""
     size: int = 0
     origin: str = ""
-    holders: set[str] = field(default_factory=set)
     completed: bool = False
     purged: bool = False
+    best: RecordingCompleted | None = None
+    by_key: dict[str, set[str]] = field(default_factory=dict)
+
+    @property
+    def holders(self) -> set[str]:
+        """Nodes holding the winner's object."""
+        return self.by_key.setdefault(self.object_key, set())
+
+    def loser_keys(self) -> list[str]:
+        return sorted(k for k in self.by_key if k and k != self.object_key)
 
 
 @dataclass(frozen=True)
@@ -55,14 +71,26 @@ class Fetch:
 @dataclass(frozen=True)
 class Purge:
     """Local copy (and any partial fetch) to delete; its sequence stays open (the
-    checkpoint cannot pass it) until the adapter reports `purge_done`."""
+    checkpoint cannot pass it) until the adapter reports `purge_done`. `others`: the
+    keys of other copies of the same call (a takeover's and the origin's)."""
 
     recording_id: str
     object_key: str
     sequence: int
+    others: tuple[str, ...] = ()
 
 
-Action = Fetch | Purge
+@dataclass(frozen=True)
+class Discard:
+    """Our copy of a completion that lost to a better one (`contracts.v1.winner`); the
+    adapter deletes it only if the winner's object is verified in our store."""
+
+    recording_id: str
+    object_key: str
+    winner_key: str
+
+
+Action = Fetch | Purge | Discard
 
 
 class LowWaterMark:
@@ -134,9 +162,10 @@ class ReplicaMap:
             replica = self._get(event.recording_id)
             if event.node_id != self.me or not replica.purged:
                 # (our own announcement may trail our purge: we no longer hold that copy)
-                replica.holders.add(event.node_id)
-            if event.node_id == self.me:
+                replica.by_key.setdefault(event.object_key, set()).add(event.node_id)
+            if event.node_id == self.me and event.object_key == replica.object_key:
                 self._done(event.recording_id)
+                return list(self.discards(event.recording_id))
             return []
         if isinstance(event, RecordingPurged | LegalHoldChanged):
             return self._fact(event, sequence, handled)
@@ -145,22 +174,41 @@ class ReplicaMap:
     def _completed(self, event: RecordingCompleted, sequence: int,
                    handled: bool) -> list[Action]:
         replica = self._get(event.recording_id)
+        replica.by_key.setdefault(event.object_key, set()).add(event.node_id)
+        if not better(event, replica.best):
+            # A copy that loses to the one we know: never fetched; ours goes if we hold it.
+            return [] if replica.purged else list(self.discards(event.recording_id))
+        replica.best = event
         replica.object_key = event.object_key
         replica.sha256 = event.sha256
         replica.size = event.size_bytes
         replica.origin = event.node_id
         replica.completed = True
-        replica.holders.add(event.node_id)
-        if replica.purged or self.me in replica.holders:
+        if replica.purged:
             return []
+        if self.me in replica.holders:
+            return list(self.discards(event.recording_id))
         if handled:
             replica.holders.add(self.me)
-            return []
+            return list(self.discards(event.recording_id))
         if event.recording_id in self.wanted:
-            return []  # a duplicate: the first one's sequence already blocks
+            return []  # the fetch in flight reads the winner's key when it starts
         self.wanted[event.recording_id] = sequence
         self.mark.open(sequence)
         return [Fetch(event.recording_id, sequence)]
+
+    def discards(self, recording_id: str) -> list[Discard]:
+        """Our copies of losing completions, to delete now that we hold the winner."""
+        replica = self.replicas.get(recording_id)
+        if replica is None or replica.purged or self.me not in replica.holders:
+            return []
+        return [Discard(recording_id, key, replica.object_key) for key in replica.loser_keys()
+                if self.me in replica.by_key[key]]
+
+    def discarded(self, recording_id: str, object_key: str) -> None:
+        replica = self.replicas.get(recording_id)
+        if replica is not None and object_key != replica.object_key:
+            replica.by_key.get(object_key, set()).discard(self.me)
 
     def _fact(self, event: RecordingPurged | LegalHoldChanged, sequence: int,
               handled: bool) -> list[Action]:
@@ -181,11 +229,13 @@ class ReplicaMap:
         self._done(replica.recording_id)
         # Other holders stay known: if a late hold voids this purge, the nodes that had
         # not applied it yet still hold their copy and are asked for it.
-        replica.holders.discard(self.me)
+        for holders in replica.by_key.values():
+            holders.discard(self.me)
         if handled:
             return []
         self.mark.open(sequence)
-        return [Purge(replica.recording_id, replica.object_key, sequence)]
+        return [Purge(replica.recording_id, replica.object_key, sequence,
+                      tuple(replica.loser_keys()))]
 
     def _restored(self, replica: Replica, sequence: int, handled: bool) -> list[Action]:
         if not replica.completed:
@@ -205,12 +255,18 @@ class ReplicaMap:
 
     # ---- fetch outcomes -------------------------------------------------------------
 
-    def held_locally(self, recording_id: str) -> None:
-        """Our copy is verified and stored (the replicated event may come later)."""
+    def held_locally(self, recording_id: str, object_key: str | None = None) -> list[Discard]:
+        """Our copy of `object_key` (default: the winner's) is verified and stored (the
+        replicated event may come later); once it is the winner's, returns our copies of
+        losing completions, now safe to delete."""
         replica = self._get(recording_id)
+        key = replica.object_key if object_key is None else object_key
         if not replica.purged:
-            replica.holders.add(self.me)
+            replica.by_key.setdefault(key, set()).add(self.me)
+        if key != replica.object_key:
+            return []  # a better copy was completed meanwhile: that one is still wanted
         self._done(recording_id)
+        return self.discards(recording_id)
 
     def _done(self, recording_id: str) -> None:
         sequence = self.wanted.pop(recording_id, None)

@@ -1,7 +1,10 @@
 """Sync service: presence, peer discovery and recording replication between nodes.
 
 Heartbeats (core NATS, once a second) tell peers and the scheduler that this node is
-alive; a heartbeat from an unknown node makes our CLUSTER stream source its events,
+alive; recordings in progress on other nodes are replicated while they are recorded
+(live byte ranges of their Ogg/Opus file, pulled after each LiveProgress) and taken
+over as interrupted, provisional recordings when their origin falls silent (`live`);
+a heartbeat from an unknown node makes our CLUSTER stream source its events,
 so a node added months later is found and caught up with no configuration. From the
 cluster's recording facts we keep a holder map and pull every object we lack from a
 holder, chunk by chunk, then announce `recording.replicated`; a purge in effect (the
@@ -16,6 +19,7 @@ import contextlib
 import json
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 import structlog
@@ -26,16 +30,26 @@ from callrec import bus
 from callrec.service import ServiceContext
 from callrec.store import ObjectStore, open_store
 from contracts import subjects
-from contracts.v1.events import RecordingReplicated
-from contracts.v1.rpc import Empty, NodeStatus, PeerLag, SyncStatus
+from contracts.v1.events import RecordingCompleted, RecordingReplicated, RecordingStarted
+from contracts.v1.rpc import Empty, LiveProgress, NodeStatus, PeerLag, SyncStatus
 
-from .domain import Fetch, PeerTable, Purge, ReplicaMap, backoff, stalled_sources
-from .state import load_checkpoint, part_path, save_checkpoint
-from .transfer import REQUEST_TIMEOUT_S, Outcome, pull_object, serve_read
+from .domain import Discard, Fetch, PeerTable, Purge, ReplicaMap, backoff, stalled_sources
+from .live import Live, LiveBook
+from .state import live_path, load_checkpoint, part_path, save_checkpoint
+from .takeover import build_takeover, takeover_event_id, takeover_key, takeover_timeout
+from .transfer import (
+    REQUEST_TIMEOUT_S,
+    Outcome,
+    TransferError,
+    pull_object,
+    read_chunk,
+    serve_read,
+)
 
 HEARTBEAT_INTERVAL = 1.0
 SOURCE_CHECK_INTERVAL = 3.0
 CHECKPOINT_INTERVAL = 1.0
+TAKEOVER_CHECK_INTERVAL = 1.0
 PARALLEL_FETCHES = 3
 EVENT_NAMESPACE = uuid.UUID("0b8f5f0e-4a4e-4f7e-9d55-3c2f1d6b7a21")
 
@@ -83,6 +97,11 @@ class Sync:
         self.loaded_checkpoint = load_checkpoint(self.root)
         self.saved_checkpoint = self.loaded_checkpoint
         self.tasks: set[asyncio.Task[Any]] = set()
+        self.live = LiveBook(self.me)
+        self._part_keys: dict[str, str] = {}
+        self.pulling: set[str] = set()
+        self.capture_root = ctx.config.data_dir / "capture"
+        self.takeover_timeout = takeover_timeout(ctx.config.role_timeout_s)
         m = ctx.metrics
         self.m_replicated = m.counter("sync_objects_replicated_total",
                                       "objects fetched from peers and stored")
@@ -92,6 +111,18 @@ class Sync:
         self.m_restores = m.counter("sync_restores_total",
                                     "copies fetched back because a legal hold voided a purge")
         self.m_heartbeats = m.counter("sync_heartbeats_sent_total", "heartbeats published")
+        self.m_live_bytes = m.counter("sync_live_bytes_total",
+                                      "bytes of recordings in progress pulled from their origin")
+        self.m_live_errors = m.counter("sync_live_pull_failures_total",
+                                       "live range pulls the origin did not answer")
+        self.m_live_dropped = m.counter("sync_live_progress_dropped_total",
+                                        "live progress messages dropped (malformed, spoofed)")
+        self.m_takeovers = m.counter("sync_takeovers_total",
+                                     "recordings taken over after their origin fell silent")
+        self.m_discards = m.counter("sync_losers_discarded_total",
+                                    "copies deleted because a better copy of the call won")
+        m.gauge("sync_live_recordings", "recordings in progress elsewhere being replicated",
+                lambda: float(len(self.live.live)))
         m.gauge("sync_pending_objects", "objects still to fetch",
                 lambda: float(len(self.replicas.wanted)))
         m.gauge("sync_recordings_held", "recordings whose object this node holds",
@@ -108,6 +139,8 @@ class Sync:
         await nc.subscribe(subjects.all_heartbeats(), cb=self._on_heartbeat)
         await nc.subscribe(subjects.rpc(me, subjects.SYNC, subjects.SYNC_READ),
                            cb=self._on_read)
+        await nc.subscribe(subjects.all_live(), cb=self._on_live)
+        log.info("sync_live", takeover_timeout_s=self.takeover_timeout)
         await bus.serve(nc, subjects.rpc(me, subjects.SYNC, subjects.SYNC_STATUS),
                         Empty, self.status)
         log.info("sync_replay", checkpoint=self.loaded_checkpoint)
@@ -117,6 +150,7 @@ class Sync:
             self._spawn(self._fetch_worker())
         self._spawn(self._checkpoint_loop())
         self._spawn(self._source_watchdog())
+        self._spawn(self._takeover_loop())
         await self._heartbeat_loop()
         for task in list(self.tasks):
             task.cancel()
@@ -223,7 +257,11 @@ class Sync:
 
     async def _apply(self, event: Any, sequence: int) -> None:
         handled = sequence <= self.loaded_checkpoint
-        for action in self.replicas.apply(event, sequence, handled=handled):
+        await self._apply_live(event)
+        await self._run_actions(self.replicas.apply(event, sequence, handled=handled))
+
+    async def _run_actions(self, actions: list[Any]) -> None:
+        for action in actions:
             if isinstance(action, Fetch):
                 if action.reason == "restored":
                     self.m_restores.inc()
@@ -233,6 +271,26 @@ class Sync:
             elif isinstance(action, Purge):
                 await self._purge(action)
                 self.replicas.purge_done(action.sequence)
+            elif isinstance(action, Discard):
+                await self._discard(action)
+
+    async def _discard(self, action: Discard) -> None:
+        """Delete our copy of a completion that lost, only with the winner verified here."""
+        replica = self.replicas.replicas.get(action.recording_id)
+        if replica is None or replica.object_key != action.winner_key or \
+                not await asyncio.to_thread(self._holds, action.winner_key, replica.size):
+            log.warning("loser_kept", recording_id=action.recording_id, key=action.object_key,
+                        reason="winner not held here")
+            return
+        try:
+            await asyncio.to_thread(self.store.delete, action.object_key)
+        except (OSError, ValueError) as exc:
+            log.error("loser_delete_failed", recording_id=action.recording_id, error=str(exc))
+            return
+        self.replicas.discarded(action.recording_id, action.object_key)
+        self.m_discards.inc()
+        log.info("loser_discarded", recording_id=action.recording_id, key=action.object_key,
+                 winner=action.winner_key)
 
     async def _purge(self, action: Purge) -> None:
         self.attempts.pop(action.recording_id, None)
@@ -240,7 +298,8 @@ class Sync:
         with contextlib.suppress(ValueError):
             part_path(self.root, action.recording_id).unlink(missing_ok=True)
         try:
-            await asyncio.to_thread(self.store.delete, action.object_key)
+            for key in (action.object_key, *action.others):
+                await asyncio.to_thread(self.store.delete, key)
             log.info("recording_purged", recording_id=action.recording_id,
                      key=action.object_key)
         except (OSError, ValueError) as exc:
@@ -285,6 +344,9 @@ class Sync:
         if await asyncio.to_thread(self._holds, key, size):
             return await self._announce(recording_id)
         part = part_path(self.root, recording_id)
+        if part.exists() and self._part_keys.get(recording_id, key) != key:
+            part.unlink(missing_ok=True)  # a part of a copy that lost: start over
+        self._part_keys[recording_id] = key
         started = time.monotonic()
         for holder in self.replicas.sources(recording_id, self.avoid.get(recording_id, ())):
             subject = subjects.rpc(holder, subjects.SYNC, subjects.SYNC_READ)
@@ -303,6 +365,10 @@ class Sync:
                 self.m_replicated.inc()
                 log.info("object_replicated", recording_id=recording_id, source=holder,
                          size=size, seconds=round(time.monotonic() - started, 3))
+                if key != replica.object_key:
+                    # A better copy of the call was completed meanwhile: fetch that one too.
+                    self.replicas.held_locally(recording_id, key)
+                    return False
                 return await self._announce(recording_id)
             self.m_failures.inc()
             if outcome is Outcome.MISMATCH:
@@ -336,7 +402,7 @@ class Sync:
         except Exception as exc:
             log.warning("replicated_publish_failed", recording_id=recording_id, error=str(exc))
             return False  # the object is stored: the retry finds it and only announces
-        self.replicas.held_locally(recording_id)
+        await self._run_actions(list(self.replicas.held_locally(recording_id, event.object_key)))
         return True
 
     async def _request(self, subject: str, payload: bytes) -> tuple[bytes, dict[str, str]]:
@@ -346,9 +412,121 @@ class Sync:
     async def _on_read(self, msg: Msg) -> None:
         if not msg.reply:
             return
-        data, headers = await asyncio.to_thread(serve_read, self.store, msg.data)
+        data, headers = await asyncio.to_thread(serve_read, self.store, msg.data,
+                                                self.capture_root)
         with contextlib.suppress(Exception):
             await self.ctx.nc.publish(msg.reply, data, headers=headers)
+
+    # ---- recordings in progress elsewhere: replication and takeover ----------------
+
+    async def _apply_live(self, event: Any) -> None:
+        for recording_id in self.live.apply(event, time.monotonic()):
+            if recording_id not in self.pulling:  # else the pull removes it when it ends
+                self._drop_live_copy(recording_id)
+        if isinstance(event, RecordingStarted) and event.recording_id in self.live.live:
+            # After a restart: what our copy already holds (complete pages only).
+            have = await asyncio.to_thread(self._live_have, event.recording_id)
+            if have:
+                self.live.resumed(event.recording_id, have)
+
+    def _drop_live_copy(self, recording_id: str) -> None:
+        with contextlib.suppress(ValueError, OSError):
+            live_path(self.root, recording_id).unlink(missing_ok=True)
+
+    def _live_have(self, recording_id: str) -> int:
+        try:
+            path = live_path(self.root, recording_id)
+            return path.stat().st_size if path.exists() else 0
+        except (OSError, ValueError):
+            return 0
+
+    async def _on_live(self, msg: Msg) -> None:
+        try:
+            update = LiveProgress.model_validate_json(msg.data)
+            parts = msg.subject.split(".")
+            if len(parts) != 5 or parts[2] != update.node_id or parts[4] != update.recording_id:
+                raise ValueError("subject does not match the progress it carries")
+            subjects.check_node_id(update.node_id)
+            live_path(self.root, update.recording_id)  # a plain id (it becomes a file name)
+        except ValueError as exc:
+            self.m_live_dropped.inc()
+            log.debug("live_progress_dropped", subject=msg.subject, error=str(exc)[:200])
+            return
+        if self.live.progress(update, time.monotonic()) and \
+                update.recording_id not in self.pulling:
+            self.pulling.add(update.recording_id)
+            self._spawn(self._pull_live(update.recording_id))
+
+    async def _pull_live(self, recording_id: str) -> None:
+        """Append the origin's new bytes to our copy until level with its last progress."""
+        try:
+            path = live_path(self.root, recording_id)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            while (step := self.live.next_pull(recording_id)) is not None:
+                entry = self.live.live[recording_id]
+                offset, length = step
+                subject = subjects.rpc(entry.origin, subjects.SYNC, subjects.SYNC_READ)
+                try:
+                    chunk = await read_chunk(self._request, subject, "", offset, length,
+                                             live=recording_id)
+                except TransferError as exc:
+                    self.m_live_errors.inc()
+                    log.debug("live_pull_failed", recording_id=recording_id, error=str(exc))
+                    return  # the next progress (or nothing: a takeover) follows
+                if not chunk.data or recording_id not in self.live.live:
+                    return  # nothing more yet, or the recording ended meanwhile
+                data = chunk.data[:length]
+                await asyncio.to_thread(_append_at, path, offset, data)
+                self.live.pulled(recording_id, len(data))
+                self.m_live_bytes.inc(len(data))
+        finally:
+            self.pulling.discard(recording_id)
+            if recording_id not in self.live.live:
+                self._drop_live_copy(recording_id)
+
+    async def _takeover_loop(self) -> None:
+        while True:
+            await asyncio.sleep(TAKEOVER_CHECK_INTERVAL)
+            heard = {node: at for node, (at, _) in self.peers.entries.items()}
+            for entry in self.live.due(time.monotonic(), heard, self.takeover_timeout):
+                if entry.recording_id in self.pulling:
+                    continue
+                try:
+                    await self._take_over(entry)
+                except Exception:
+                    log.exception("takeover_failed", recording_id=entry.recording_id)
+
+    async def _take_over(self, entry: Live) -> None:
+        """Finalize what we hold of a recording whose origin fell silent mid-call."""
+        assert entry.started is not None
+        rid, started = entry.recording_id, entry.started
+        source = live_path(self.root, rid)
+        work = self.root / "takeover" / f"{rid}.opus"
+        built = await asyncio.to_thread(build_takeover, source, work)
+        key = takeover_key(rid, started.started_at, self.me, built.duration_ms)
+        sha256 = await asyncio.to_thread(self.store.put_file, key, work)
+        event = RecordingCompleted(
+            event_id=takeover_event_id(rid, self.me, built.duration_ms),
+            node_id=self.me,
+            recording_id=rid,
+            started_at=started.started_at,
+            ended_at=started.started_at + built.duration,
+            duration_ms=built.duration_ms,
+            object_key=key,
+            size_bytes=built.size,
+            sha256=sha256,
+            channels=[],
+            metadata=started.metadata,
+            interrupted=True,
+        )
+        await bus.publish_event(self.ctx.js, event)
+        work.unlink(missing_ok=True)
+        self.live.taken_over(rid)
+        source.unlink(missing_ok=True)
+        self.m_takeovers.inc()
+        log.warning("recording_taken_over", recording_id=rid, origin=entry.origin,
+                    duration_ms=built.duration_ms, origin_duration_ms=entry.origin_duration_ms,
+                    bytes=built.size, key=key, provisional=True)
 
     # ---- checkpoint ---------------------------------------------------------------
 
@@ -411,6 +589,14 @@ class Sync:
                                events_last_contact_s=contact,
                                objects_pending=pending.get(peer, 0)))
         return lag
+
+
+def _append_at(path: Path, offset: int, data: bytes) -> None:
+    """Write `data` at `offset` of our live copy (normally its end: a retried range
+    overwrites rather than duplicates)."""
+    with path.open("r+b" if path.exists() else "wb") as handle:
+        handle.seek(offset)
+        handle.write(data)
 
 
 def _heartbeat_lag(payload: dict[str, Any]) -> list[PeerLag]:

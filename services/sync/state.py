@@ -44,3 +44,9 @@ def part_path(root: Path, recording_id: str) -> Path:
     ):
         raise ValueError(f"invalid recording id {recording_id!r}")
     return root / "partial" / f"{recording_id}.part"
+
+
+def live_path(root: Path, recording_id: str) -> Path:
+    """Our copy of a recording in progress on another node (appended as it grows)."""
+    part = part_path(root, recording_id)  # same id check
+    return root / "live" / part.name.replace(".part", ".opus")

@@ -49,12 +49,53 @@ class Chunk:
 Requester = Callable[[str, bytes], Awaitable[tuple[bytes, dict[str, str]]]]
 
 
-def serve_read(store: ObjectStore, raw: bytes) -> tuple[bytes, dict[str, str]]:
-    """Answer one read request from our store: (data, headers). Never raises."""
+LIVE_FILE = "live.opus"
+
+
+def live_file(capture_root: Path, recording_id: str) -> Path | None:
+    """The live Ogg/Opus file capture is writing for a recording in progress, if any
+    (in the recording's directory under `active/`, or directly under capture's root)."""
+    if not _plain_id(recording_id):
+        return None
+    for candidate in (capture_root / "active" / recording_id / LIVE_FILE,
+                      capture_root / recording_id / LIVE_FILE):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _plain_id(recording_id: str) -> bool:
+    return 0 < len(recording_id) <= 128 and all(c.isalnum() or c in "-_" for c in recording_id)
+
+
+def _serve_live(capture_root: Path | None, request: ReadObjectRequest
+                ) -> tuple[bytes, dict[str, str]]:
+    assert request.live is not None
+    if capture_root is None or not _plain_id(request.live):
+        return b"", {ERROR_HEADER: "invalid live recording id"}
+    path = live_file(capture_root, request.live)
+    if path is None:
+        return b"", {ERROR_HEADER: "not found"}
+    try:
+        with path.open("rb") as handle:
+            size = os.fstat(handle.fileno()).st_size
+            handle.seek(request.offset)
+            data = handle.read(max(0, min(request.length, size - request.offset)))
+    except OSError as exc:
+        return b"", {ERROR_HEADER: f"read failed: {exc.strerror or exc}"}
+    return data, {SIZE_HEADER: str(size)}
+
+
+def serve_read(store: ObjectStore, raw: bytes, capture_root: Path | None = None
+               ) -> tuple[bytes, dict[str, str]]:
+    """Answer one read request from our store, or from a live file under
+    `capture_root`: (data, headers). Never raises."""
     try:
         request = ReadObjectRequest.model_validate_json(raw or b"{}")
     except ValidationError as exc:
         return b"", {ERROR_HEADER: f"invalid request: {str(exc)[:200]}"}
+    if request.live is not None:
+        return _serve_live(capture_root, request)
     key = request.object_key
     if ".." in key or key.startswith("/"):
         return b"", {ERROR_HEADER: "invalid object key"}
@@ -73,8 +114,8 @@ def serve_read(store: ObjectStore, raw: bytes) -> tuple[bytes, dict[str, str]]:
 
 
 async def read_chunk(request: Requester, subject: str, key: str, offset: int,
-                     length: int) -> Chunk:
-    body = ReadObjectRequest(object_key=key, offset=offset, length=length)
+                     length: int, live: str | None = None) -> Chunk:
+    body = ReadObjectRequest(object_key=key, offset=offset, length=length, live=live)
     try:
         data, headers = await request(subject, body.model_dump_json().encode())
     except Exception as exc:

@@ -68,7 +68,9 @@ def test_idempotent_by_sequence_recording_and_event(tmp_path: Path) -> None:
     assert catalog.apply(event, 5)
     assert not catalog.apply(event, 5)  # replayed sequence
     assert not catalog.apply(event, 6)  # same event again (e.g. from a peer's stream)
-    other_event_same_recording = completed("r1", 3, "2002")
+    # Another completion of the same call with less audio loses (contracts.v1.winner).
+    other_event_same_recording = completed("r1", 3, "2002").model_copy(
+        update={"duration_ms": 29_000})
     assert not catalog.apply(other_event_same_recording, 7)
     assert catalog.last_sequence == 7
     assert catalog.count == 1
@@ -163,3 +165,31 @@ def test_schema_version_change_rebuilds(tmp_path: Path) -> None:
     reopened = Catalog(path)
     assert reopened.last_sequence == 0
     assert reopened.count == 0
+
+
+def test_one_row_per_call_the_best_completion_whatever_the_order(tmp_path: Path) -> None:
+    """A peer's interrupted takeover copy and the origin's own copy of one call: one row,
+    the one with the most audio (a tie goes to the origin), in either order."""
+    origin = completed("r1", 0, "1001").model_copy(update={"duration_ms": 9_400})
+    takeover = completed("r1", 0, "1001").model_copy(update={
+        "event_id": "t" * 32, "node_id": "b", "duration_ms": 9_000, "interrupted": True,
+        "object_key": "2024/05/01/r1.b.interrupted.opus"})
+    for order, name in (((takeover, origin), "ab"), ((origin, takeover), "ba")):
+        catalog = Catalog(tmp_path / f"{name}.sqlite3")
+        changed = catalog.apply_batch([(order[0], 1), (order[1], 2)])
+        assert [effect for _, effect in changed] == (
+            ["cataloged", "replaced"] if order[0] is takeover else ["cataloged"])
+        assert catalog.count == 1
+        assert catalog.get("r1") == origin
+        result = catalog.search(SearchRequest(), None)
+        assert result.total == 1 and result.items == [origin]
+    # A tie goes to the origin; more audio wins even from a takeover.
+    tie = takeover.model_copy(update={"duration_ms": 9_400})
+    longer = takeover.model_copy(update={"duration_ms": 9_900})
+    catalog = Catalog(tmp_path / "tie.sqlite3")
+    catalog.apply_batch([(tie, 1), (origin, 2)])
+    assert catalog.get("r1") == origin
+    assert catalog.apply(longer, 3)
+    got = catalog.get("r1")
+    assert got is not None and got.interrupted and got.duration_ms == 9_900
+    assert catalog.count == 1

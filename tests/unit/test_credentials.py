@@ -91,7 +91,7 @@ def test_each_service_may_state_only_its_own_facts() -> None:
         assert not any(s.startswith(managing) for s in allowed)
     assert owners["user.upserted"] == {"web"}
     assert owners["recording.purged"] == {"web", "scheduler"}
-    assert owners["recording.completed"] == {"capture"}
+    assert owners["recording.completed"] == {"capture", "sync"}  # sync: takeovers
     assert owners["recording.hold_changed"] == {"web"}
 
 

@@ -106,8 +106,7 @@ async def test_export_writes_files_sidecars_and_continues(tmp_path: Path) -> Non
     h = Harness(tmp_path)
     target = tmp_path / "share"
     target.mkdir()
-    for i in range(3):
-        h.add_recording(f"r{i}", minutes=i)
+    first = [h.add_recording(f"r{i}", minutes=i) for i in range(3)]
     h.add_recording("remote", minutes=9, local=False)
     h.configure(export_job(target))
     h.hold_role()
@@ -115,7 +114,7 @@ async def test_export_writes_files_sidecars_and_continues(tmp_path: Path) -> Non
     await h.idle()
     exported = h.of(RecordingExported)
     assert [e.recording_id for e in exported] == ["r0", "r1", "r2"]  # type: ignore[attr-defined]
-    assert exported[0].event_id == exported_event_id("exp", "r0")
+    assert exported[0].event_id == exported_event_id("exp", "r0", first[0].event_id)
     finished = h.of(JobRunFinished)[-1]
     assert (finished.processed, finished.skipped) == (3, 1)  # type: ignore[attr-defined]
     audio = target / "2024/05/01/120100_1001_2002_r1.wav"

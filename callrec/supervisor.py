@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
 from contracts import subjects
@@ -44,6 +45,9 @@ HEALTHY_AFTER = 30.0
 # At most one JetStream recovery restart this often (a store that fails again at once
 # is not restarted in a loop).
 JETSTREAM_RESTART_INTERVAL = 10.0
+# How long a joining node with an empty stream listens for a peer's heartbeat before
+# it starts without its past facts (a brand-new node in a new cluster waits this once).
+PEER_WAIT_S = 20.0
 # Back-off before the first restart after a crash; later ones double from 0.5 s.
 FIRST_BACKOFF = {"capture": 0.0}
 
@@ -366,6 +370,8 @@ async def bootstrap(config: NodeConfig, joining: bool = False) -> None:
     try:
         js = nc.jetstream()
         await bus.ensure_streams(js, config.node_id)
+        if joining:
+            await restore_own_history(nc, js, config.node_id)
         users = await load_users(js, config.node_id)
         if users.has_admin():
             return
@@ -393,6 +399,74 @@ async def bootstrap(config: NodeConfig, joining: bool = False) -> None:
             )
     finally:
         await nc.drain()
+
+
+async def restore_own_history(
+    nc: NatsClient, js: JetStreamContext, node_id: str, wait_s: float = PEER_WAIT_S
+) -> int:
+    """A node rebuilt empty (its host lost) takes its own past facts back from a peer
+    before it states anything new.
+
+    Its facts live on in every peer's CLUSTER stream. Copied back in their order,
+    with their ids, they get their old sequence numbers in this node's stream, so the
+    peers' sources (which remember the last sequence they took) go on with the new
+    facts. Only a node whose own stream is empty does this; a peer is found by its
+    heartbeats. Returns how many facts were restored."""
+    own = subjects.events_stream(node_id)
+    info = await js.stream_info(own)
+    if info.state.messages:
+        return 0
+    peers = await _peers_heard(nc, node_id, wait_s)
+    filter_subject = subjects.node_events(node_id)
+    for peer in peers:
+        try:
+            remote = nc.jetstream(domain=peer)
+            found = await remote.stream_info(subjects.CLUSTER_STREAM,
+                                             subjects_filter=filter_subject)
+            total = sum((found.state.subjects or {}).values())
+            if total == 0:
+                continue
+            log.info("restoring_own_history", peer=peer, facts=total)
+            sub = await remote.subscribe(filter_subject, stream=subjects.CLUSTER_STREAM,
+                                         ordered_consumer=True)
+            restored = 0
+            try:
+                while restored < total:
+                    msg = await sub.next_msg(timeout=10)
+                    msg_id = (msg.headers or {}).get("Nats-Msg-Id")
+                    await js.publish(msg.subject, msg.data, timeout=5,
+                                     headers={"Nats-Msg-Id": msg_id} if msg_id else None)
+                    restored += 1
+            finally:
+                await sub.unsubscribe()
+            log.info("own_history_restored", peer=peer, facts=restored)
+            return restored
+        except Exception as exc:
+            log.warning("own_history_restore_failed", peer=peer, error=str(exc))
+    return 0
+
+
+async def _peers_heard(nc: NatsClient, node_id: str, wait_s: float) -> list[str]:
+    """Node ids whose heartbeats reach us within `wait_s` (none: a new cluster)."""
+    heard: list[str] = []
+
+    async def on_beat(msg: Msg) -> None:
+        peer = msg.subject.split(".")[2]
+        if peer != node_id and peer not in heard:
+            heard.append(peer)
+
+    sub = await nc.subscribe(subjects.all_heartbeats(), cb=on_beat)
+    deadline = time.monotonic() + wait_s
+    try:
+        while not heard and time.monotonic() < deadline:
+            await asyncio.sleep(0.2)
+        await asyncio.sleep(0.5)  # let the other peers' beats in too
+    finally:
+        await sub.unsubscribe()
+    if not heard:
+        log.warning("no_peer_heard", waited_s=wait_s,
+                    hint="starting without a peer's copy of this node's past facts")
+    return heard
 
 
 async def _connect_as_node(config: NodeConfig, purpose: str) -> NatsClient:

@@ -86,6 +86,12 @@ def permissions(identity: Identity, node_id: str) -> dict[str, Any]:
             f"$JS.API.STREAM.UPDATE.{subjects.CLUSTER_STREAM}",
         ]
         subscribe.append(subjects.all_heartbeats())
+    if identity == "capture":
+        # Progress of the recordings it encodes live (core NATS, not stored).
+        publish.append(subjects.live(node_id, ">"))
+    if identity == "sync":
+        # Peers copy live recordings as they grow.
+        subscribe.append(subjects.all_live())
     if identity == "scheduler":
         subscribe.append(subjects.all_heartbeats())
     if identity == "web":

@@ -109,6 +109,20 @@ class CaptureHealth(Message):
 QUIET_AFTER_S = 1.0
 
 
+class LiveProgress(Message):
+    """A recording's `live.opus` grew (published on `subjects.live` after each flush).
+
+    `bytes` is the file's length up to its last complete Ogg page: any prefix up to
+    it is a playable recording of `duration_ms` of the call; `final` once it is closed.
+    """
+
+    recording_id: str
+    node_id: str
+    bytes: int
+    duration_ms: int
+    final: bool = False
+
+
 class ActiveRecordings(Message):
     recording_ids: list[str] = Field(default_factory=list)
 

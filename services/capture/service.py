@@ -5,6 +5,10 @@ Ogg/Opus is in the store and `recording.completed` is published; only then are t
 raw packets removed. A restart re-opens the ports of recordings still in progress;
 any that signaling no longer knows (the node crashed, the call is gone) are
 finalized from what is on disk.
+
+While a call is recorded, a worker thread encodes it into its final Ogg/Opus file
+(`live.opus`, see live.py) a flush at a time and publishes the progress on core
+NATS; finalize then only encodes the last half second and closes that file.
 """
 
 from __future__ import annotations
@@ -12,14 +16,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
-import multiprocessing
-import os
 import shutil
 import socket
 import time
 import uuid
-from concurrent.futures import Executor, ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -40,13 +41,14 @@ from contracts.v1.rpc import (
     CaptureHealth,
     Empty,
     FinalizeRequest,
+    LiveProgress,
     QuietStream,
     ReleaseRequest,
     RtpSource,
     UpdateRequest,
 )
 
-from .finalize import FinalizeResult, finalize_recording
+from .finalize import FinalizeResult, finalize_recording, stream_specs
 from .latching import (
     DROP_REASONS,
     DropReason,
@@ -55,6 +57,7 @@ from .latching import (
     expected_from_sdp,
     on_sdp,
 )
+from .live import LIVE_FILE, LiveEncoder, Progress, StreamSpec
 from .manifest import MANIFEST, RecordingManifest, StreamManifest
 from .ports import PortPool, PortsExhausted
 from .receiver import StreamReceiver
@@ -83,6 +86,8 @@ class LiveRecording:
     directory: Path
     streams: dict[str, LiveStream] = field(default_factory=dict)
     finalizing: bool = False
+    # Used only on the live-encoding thread (Capture.executor).
+    encoder: LiveEncoder | None = None
 
 
 def completed_event_id(recording_id: str) -> str:
@@ -92,6 +97,8 @@ def completed_event_id(recording_id: str) -> str:
 
 class Capture:
     def __init__(self, ctx: ServiceContext, store: ObjectStore, executor: Executor) -> None:
+        """``executor`` runs the live encoding and finalize: one worker, so each
+        recording's encoder is only ever used by one thread at a time."""
         self.ctx = ctx
         self.config = ctx.config
         self.store = store
@@ -106,6 +113,8 @@ class Capture:
         self.live: dict[str, LiveRecording] = {}
         self.queue: asyncio.Queue[str] = asyncio.Queue()
         self.closing = False
+        self._flushed = asyncio.Event()
+        self._flushed_at = 0.0
         metrics = ctx.metrics
         self.m_packets = metrics.gauge(
             "capture_packets_received", "RTP packets stored by live streams",
@@ -140,6 +149,15 @@ class Capture:
                                            "recordings found on disk after a restart")
         self.m_finalize_seconds = metrics.counter("capture_finalize_seconds_total",
                                                   "wall time spent finalizing")
+        self.m_live_seconds = metrics.counter(
+            "capture_live_encode_seconds_total",
+            "wall time the live-encoding thread spent encoding calls in progress")
+        self.m_live_bytes = metrics.counter(
+            "capture_live_bytes_total", "Ogg/Opus bytes appended to live recordings")
+        self.m_live_errors = metrics.counter(
+            "capture_live_errors_total",
+            "live-encoding steps that failed (retried at the next flush; finalize "
+            "starts again from the segments)")
         metrics.gauge("capture_active_recordings", "recordings in progress",
                       lambda: float(len(self.live)))
         metrics.gauge("capture_finalize_backlog", "recordings waiting to be finalized",
@@ -165,6 +183,7 @@ class Capture:
             asyncio.create_task(self._flush_loop()),
             asyncio.create_task(self._reconcile_loop()),
             asyncio.create_task(self._finalize_loop()),
+            asyncio.create_task(self._live_loop()),
         ]
         await self.ctx.stopping.wait()
         self.closing = True
@@ -296,6 +315,7 @@ class Capture:
             path.unlink(missing_ok=True)
         if not recording.manifest.streams:
             del self.live[request.recording_id]
+            await self._drop_encoder(recording)
             shutil.rmtree(recording.directory, ignore_errors=True)
             log.info("recording_released", recording_id=request.recording_id)
         else:
@@ -421,6 +441,7 @@ class Capture:
     async def _flush_loop(self) -> None:
         while True:
             await asyncio.sleep(FLUSH_INTERVAL)
+            flushed_at = time.time()  # every packet received before is on disk after this
             for recording in list(self.live.values()):
                 for live in recording.streams.values():
                     live.receiver.settle()
@@ -429,6 +450,87 @@ class Capture:
                     except OSError as exc:
                         log.error("segment_write_failed", recording_id=recording.manifest
                                   .recording_id, error=str(exc))
+            self._flushed_at = flushed_at
+            self._flushed.set()
+
+    async def _live_loop(self) -> None:
+        """After each flush, encode what the segments got into each call's live.opus.
+
+        Off the event loop (the receive path only appends to segments), on the one
+        worker thread; a step that takes longer than a flush interval just makes the
+        next one cover more.
+        """
+        loop = asyncio.get_running_loop()
+        while True:
+            await self._flushed.wait()
+            self._flushed.clear()
+            jobs = [
+                (recording, stream_specs(recording.manifest),
+                 (self._flushed_at - recording.manifest.started_at.timestamp()) * 1000.0)
+                for recording in self.live.values() if not recording.finalizing
+            ]
+            if not jobs:
+                continue
+            started = time.monotonic()
+            done = await loop.run_in_executor(self.executor, self._live_steps, jobs)
+            self.m_live_seconds.inc(time.monotonic() - started)
+            for recording_id, progress, grown in done:
+                self.m_live_bytes.inc(grown)
+                await self._publish_progress(recording_id, progress)
+
+    def _live_steps(
+        self, jobs: list[tuple[LiveRecording, list[StreamSpec], float]]
+    ) -> list[tuple[str, Progress, int]]:
+        """One encoding step for each recording in progress (on the worker thread)."""
+        done: list[tuple[str, Progress, int]] = []
+        for recording, specs, now_ms in jobs:
+            recording_id = recording.manifest.recording_id
+            try:
+                if recording.encoder is None:
+                    recording.encoder = LiveEncoder(recording.directory, recording_id,
+                                                    bitrate=self.config.opus_bitrate)
+                before = recording.encoder.bytes
+                progress = recording.encoder.step(specs, now_ms)
+            except Exception:  # a bad step never stops the others; finalize starts over
+                log.exception("live_encode_failed", recording_id=recording_id)
+                self.m_live_errors.inc()
+                if recording.encoder is not None:
+                    recording.encoder.close()
+                recording.encoder = None
+                continue
+            if progress is not None:
+                done.append((recording_id, progress, progress.bytes - before))
+        return done
+
+    async def _publish_progress(self, recording_id: str, progress: Progress) -> None:
+        message = LiveProgress(recording_id=recording_id, node_id=self.ctx.node_id,
+                               bytes=progress.bytes, duration_ms=progress.duration_ms,
+                               final=progress.final)
+        try:
+            await self.ctx.nc.publish(subjects.live(self.ctx.node_id, recording_id),
+                                      message.model_dump_json().encode())
+        except Exception as exc:  # progress is advisory: peers catch up on the next one
+            log.debug("live_progress_not_published", recording_id=recording_id,
+                      error=str(exc))
+
+    def _finish(self, recording: LiveRecording) -> FinalizeResult:
+        """Encode the tail and close live.opus (on the worker thread)."""
+        if recording.encoder is None:
+            recording.encoder = LiveEncoder(recording.directory, recording.manifest.recording_id,
+                                            bitrate=self.config.opus_bitrate)
+        try:
+            return finalize_recording(recording.directory, None, self.config.opus_bitrate,
+                                      recording.encoder)
+        except Exception:
+            # Start again from disk next time (segments and the pages written so far).
+            recording.encoder.close()
+            recording.encoder = None
+            raise
+
+    async def _drop_encoder(self, recording: LiveRecording) -> None:
+        encoder, recording.encoder = recording.encoder, None
+        if encoder is not None:
+            await asyncio.get_running_loop().run_in_executor(self.executor, encoder.close)
 
     async def _reconcile_loop(self) -> None:
         """Finish recordings whose call signaling no longer knows (crash, lost BYE)."""
@@ -492,23 +594,16 @@ class Capture:
                                     reason=f"{type(exc).__name__}: {exc}"),
                 )
                 self.live.pop(recording_id, None)
+                await self._drop_encoder(recording)
                 self._move_to_failed(recording.directory)
 
     async def _finalize_one(self, recording: LiveRecording) -> None:
         manifest = recording.manifest
         started = time.monotonic()
-        output = self.work_dir / f"{_safe_id(manifest.recording_id)}.opus"
+        output = recording.directory / LIVE_FILE
         loop = asyncio.get_running_loop()
-        try:
-            result: FinalizeResult = await loop.run_in_executor(
-                self.executor, finalize_recording, recording.directory, output,
-                self.config.opus_bitrate,
-            )
-        except BrokenProcessPool:
-            # The worker died (e.g. killed by the OOM killer): try once more in-process.
-            result = await asyncio.to_thread(
-                finalize_recording, recording.directory, output, self.config.opus_bitrate
-            )
+        result: FinalizeResult = await loop.run_in_executor(
+            self.executor, self._finish, recording)
         key = _object_key(manifest.recording_id, manifest.started_at)
         sha256 = await asyncio.to_thread(self.store.put_file, key, output)
         size = output.stat().st_size
@@ -528,8 +623,10 @@ class Capture:
             recovered=manifest.recovered,
         )
         await bus.publish_event(self.ctx.js, event)
+        await self._publish_progress(manifest.recording_id, Progress(size, result.duration_ms,
+                                                                     final=True))
         self._count_silent(manifest.recording_id, result)
-        output.unlink(missing_ok=True)
+        await self._drop_encoder(recording)
         self.live.pop(manifest.recording_id, None)
         shutil.rmtree(recording.directory, ignore_errors=True)
         elapsed = time.monotonic() - started
@@ -594,10 +691,10 @@ def _log_endpoint_failure(task: asyncio.Task[object]) -> None:
 
 
 async def main(ctx: ServiceContext) -> None:
-    context = multiprocessing.get_context("forkserver")
-    # Encoding dominates a call's cost; one worker per core keeps finalize from
-    # falling behind, while reception stays on this process's event loop.
-    workers = max(1, os.cpu_count() or 1)
-    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as executor:
+    # Calls are encoded while they are recorded, a flush (0.5 s) at a time, so the
+    # cost is spread evenly and finalize is only the last half second: one thread
+    # suffices and keeps each encoder's state (Opus, decoders) in memory, while
+    # reception stays on this process's event loop.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="live-encoder") as executor:
         capture = Capture(ctx, open_store(ctx.config.data_dir), executor)
         await capture.run()

@@ -28,13 +28,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
-import numpy.typing as npt
 
 from callrec.audio import OggPageInfo, OpusPageEncoder, scan_ogg_pages
 from contracts.v1.events import ChannelSummary, DtmfDigit
 
 from .segments import RECORD_HEADER, stream_segments
-from .timeline import ChannelResult, Int16Array, StreamTimeline
+from .timeline import DtmfEvent, Int16Array, StreamStats, StreamTimeline
 
 OUTPUT_RATE = 16000
 LIVE_FILE = "live.opus"
@@ -55,7 +54,7 @@ time at a time, which bounds memory whatever the call's length."""
 READ_CHUNK = 256 * 1024
 _FRAME = OUTPUT_RATE // 50
 _EOS = 4
-I32 = npt.NDArray[np.int32]
+_EMIT_PIECE = 10 * OUTPUT_RATE  # samples mixed and encoded at a time
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,13 +153,13 @@ class FinalizeResult:
                    channels=[ChannelSummary.model_validate(c) for c in data["channels"]])
 
 
-def channel_summary(spec: StreamSpec, port: int, result: ChannelResult) -> ChannelSummary:
+def channel_summary(spec: StreamSpec, stats: StreamStats,
+                    dtmf: list[DtmfEvent]) -> ChannelSummary:
     """The ChannelSummary of one stream (its statistics and DTMF digits)."""
-    stats = result.stats
     return ChannelSummary(
         channel=0 if spec.channel <= 0 else 1,
         stream_id=spec.stream_id,
-        port=port,
+        port=spec.port,
         packets_received=stats.packets_received,
         packets_lost=stats.packets_lost,
         packets_duplicate=stats.packets_duplicate,
@@ -173,7 +172,7 @@ def channel_summary(spec: StreamSpec, port: int, result: ChannelResult) -> Chann
         unknown_payload_types=list(stats.unknown_payload_types),
         silent_reason=stats.silent_reason,
         dtmf=[DtmfDigit(digit=d.digit, at_ms=d.start_ms, duration_ms=d.duration_ms)
-              for d in result.dtmf],
+              for d in dtmf],
     )
 
 
@@ -230,24 +229,16 @@ class LiveEncoder:
     def step(self, streams: list[StreamSpec], now_ms: float) -> Progress | None:
         """Encode what the segments hold up to ``now_ms`` (minus the reorder delay).
 
-        Returns the new progress when pages were appended, else None.
+        Never further than the newest packet stored: a call on hold, or whose capture
+        was down, gets its silence when packets come again or at finalize, so the
+        file never runs past the end of the call. Returns the new progress when pages
+        were appended, else None.
         """
         if self.final is not None:
             return None
         self._sync_streams(streams)
         before = self.bytes
-        t = self._t
-        while True:
-            t = max(min(t + CATCH_UP_STEP_MS, now_ms), self._t)
-            self._t = t
-            self._pump(t)
-            emit = int((t - EMIT_DELAY_MS) * OUTPUT_RATE / 1000) // _FRAME * _FRAME
-            for stream in self._streams.values():
-                stream.timeline.advance(t, reorder_ms=REORDER_MS, emit_sample=emit)
-            if emit > self.cursor:
-                self._encode(self._mix(emit))
-            if t >= now_ms:
-                break
+        self._catch_up(now_ms)
         self._write(self._encoder.pages())
         if self.bytes == before:
             return None
@@ -259,37 +250,35 @@ class LiveEncoder:
         if self.final is not None:
             return self.final
         self._sync_streams(streams)
-        total = max(duration_ms, 0) * OUTPUT_RATE // 1000
         if self._pending_result is not None:
             result = self._pending_result  # closed, but the last pages still to write
         else:
+            end = max(duration_ms, 0)
             for stream in self._streams.values():
-                stream.timeline.end_ms = max(duration_ms, 0)
-            # Everything up to the end, read and encoded in bounded steps.
-            self.step(streams, float(duration_ms) + EMIT_DELAY_MS)
+                stream.timeline.end_ms = end
+            # Everything up to the end, read and encoded in bounded steps...
+            self._catch_up(end + EMIT_DELAY_MS)
             self._pump(None)
+            for stream in self._streams.values():
+                stream.timeline.advance(None)
+            # ...then the last samples (and the silence of a final hold), a piece at a time.
+            total = max(end * OUTPUT_RATE // 1000, self.cursor)
+            self._emit(total, partial=True)
             summaries: list[ChannelSummary] = []
             codecs: set[str] = set()
-            upto = max(total, self.cursor)
-            left = np.zeros(upto - self.cursor, dtype=np.int32)
-            right = np.zeros(upto - self.cursor, dtype=np.int32)
             for stream in self._sorted_streams():
-                channel = stream.timeline.finish(duration_ms)
-                summaries.append(channel_summary(stream.spec, stream.spec.port, channel))
-                codecs.update(channel.stats.codecs)
-                mix = left if stream.channel == 0 else right
-                mix[: channel.samples.size] += channel.samples[: mix.size]
-            self._encode_tail(left, right, upto)
+                stats = stream.timeline.summary()
+                summaries.append(channel_summary(stream.spec, stats, stream.timeline.dtmf()))
+                codecs.update(stats.codecs)
             result = FinalizeResult(duration_ms=duration_ms, channels=summaries,
                                     codecs=sorted(codecs))
             self._pending_result = result
             _save_final(self.directory, result)
-            self._unwritten += self._encoder.close(upto)
+            self._unwritten += self._encoder.pages() + self._encoder.close(total)
         self._write(b"")
         if self._unwritten:
             raise OSError(f"live recording {self.recording_id} could not be written")
-        os.close(self._fd)
-        self._fd = -1
+        self.close()
         self.final = result
         self._save_state()
         return result
@@ -320,10 +309,43 @@ class LiveEncoder:
     def _sorted_streams(self) -> list[_Stream]:
         return sorted(self._streams.values(), key=lambda s: (s.spec.channel, s.spec.stream_id))
 
+    def _catch_up(self, now_ms: float) -> None:
+        """Take in and encode up to ``now_ms``, at most CATCH_UP_STEP_MS of call at a time."""
+        t = self._t
+        while True:
+            t = max(min(t + CATCH_UP_STEP_MS, now_ms), self._t)
+            self._t = t
+            self._pump(t)
+            newest = max((s.tail.last_arrival for s in self._streams.values()), default=-1.0)
+            emit_ms = min(t - EMIT_DELAY_MS, newest)
+            emit = int(emit_ms * OUTPUT_RATE / 1000) // _FRAME * _FRAME
+            for stream in self._streams.values():
+                stream.timeline.advance(t, reorder_ms=REORDER_MS, emit_sample=emit)
+            self._emit(emit, partial=False)
+            if t >= now_ms:
+                return
+
     def _pump(self, until_ms: float | None) -> None:
         for stream in self._streams.values():
             for arrival, data in stream.tail.read(until_ms):
                 stream.timeline.feed(arrival, data)
+
+    def _emit(self, upto: int, *, partial: bool) -> None:
+        """Mix and encode [cursor, upto), a bounded piece at a time.
+
+        Only whole 20 ms frames unless ``partial`` (the end of the call): the last
+        frame is then padded with silence and the end granule trims it off.
+        """
+        while self.cursor < upto:
+            stop = min(upto, self.cursor + _EMIT_PIECE)
+            left, right = self._mix(stop)
+            if left.size % _FRAME:
+                if not partial:
+                    raise ValueError("emit whole frames only")
+                pad = _FRAME - left.size % _FRAME
+                left = np.concatenate([left, np.zeros(pad, dtype=np.int16)])
+                right = np.concatenate([right, np.zeros(pad, dtype=np.int16)])
+            self._encoder.encode(left, right)
 
     def _mix(self, upto: int) -> tuple[Int16Array, Int16Array]:
         mix = [np.zeros(upto - self.cursor, dtype=np.int32) for _ in range(2)]
@@ -333,21 +355,6 @@ class LiveEncoder:
         self.cursor = upto
         left, right = (np.clip(m, -32768, 32767).astype(np.int16) for m in mix)
         return left, right
-
-    def _encode(self, channels: tuple[Int16Array, Int16Array]) -> None:
-        self._encoder.encode(*channels)
-
-    def _encode_tail(self, left: I32, right: I32, upto: int) -> None:
-        count = left.size
-        padded = (count + _FRAME - 1) // _FRAME * _FRAME
-        out = []
-        for mix in (left, right):
-            frame = np.zeros(padded, dtype=np.int16)
-            frame[:count] = np.clip(mix, -32768, 32767)
-            out.append(frame)
-        if padded:
-            self._encoder.encode(out[0], out[1])
-        self.cursor = upto
 
     def _write(self, pages: bytes) -> None:
         """Append whole pages and make them durable; on failure keep them for later."""

@@ -567,15 +567,17 @@ class _Canvas:
     """The output of one stream from ``base`` on; everything before ``base`` is emitted.
 
     Placement is "later wins", as in a whole-call build; what falls before ``base``
-    (already handed to the encoder) or before the recording start is dropped.
+    (already handed to the encoder) or before the recording start is dropped. Kept
+    as the placed pieces rather than a dense buffer, so a long silence (a hold) costs
+    nothing until it is taken, and then only as much as the caller takes at a time.
     """
 
-    __slots__ = ("_buf", "base", "floor", "late_samples", "shifted_samples")
+    __slots__ = ("_pieces", "base", "floor", "late_samples", "shifted_samples")
 
     def __init__(self, base: int = 0) -> None:
         self.base = base
         self.floor = base  # output before it was made elsewhere (earlier process, stream)
-        self._buf: Int16Array = np.zeros(0, dtype=np.int16)
+        self._pieces: list[tuple[int, Int16Array]] = []
         self.late_samples = 0  # dropped: they belonged to output already emitted
         self.shifted_samples = 0  # silence inserted to keep later audio (see _Span)
 
@@ -585,23 +587,24 @@ class _Canvas:
         self.late_samples += max(0, min(stop, self.base) - max(offset, self.floor))
         if start >= stop:
             return
-        need = stop - self.base
-        if need > self._buf.size:
-            grown = np.zeros(max(need, self._buf.size * 2), dtype=np.int16)
-            grown[: self._buf.size] = self._buf
-            self._buf = grown
-        chunk = values[start - offset : stop - offset]
-        if chunk.dtype != np.int16:
-            chunk = np.clip(np.round(chunk), -32768, 32767).astype(np.int16)
-        self._buf[start - self.base : stop - self.base] = chunk
+        part = values[start - offset : stop - offset]
+        chunk: Int16Array = (part.astype(np.int16, copy=False) if part.dtype == np.int16
+                             else np.clip(np.round(part), -32768, 32767).astype(np.int16))
+        self._pieces.append((start, chunk))
 
     def take(self, upto: int) -> Int16Array:
         """Samples [base, upto) (silence where nothing was placed); moves ``base``."""
         count = max(upto - self.base, 0)
         out = np.zeros(count, dtype=np.int16)
-        have = min(count, self._buf.size)
-        out[:have] = self._buf[:have]
-        self._buf = self._buf[have:].copy() if have < self._buf.size else self._buf[:0]
+        keep: list[tuple[int, Int16Array]] = []
+        for start, values in self._pieces:
+            stop = start + values.size
+            lo, hi = max(start, self.base), min(stop, upto)
+            if lo < hi:
+                out[lo - self.base : hi - self.base] = values[lo - start : hi - start]
+            if stop > upto:
+                keep.append((max(start, upto), values[max(upto - start, 0):]))
+        self._pieces = keep
         self.base = max(self.base, upto)
         return out
 

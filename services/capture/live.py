@@ -47,14 +47,14 @@ EMIT_DELAY_MS = 300.0
 """Audio is encoded up to this far behind the newest stored packet; the margin over
 REORDER_MS absorbs jitter of the least delayed packet."""
 
-CATCH_UP_STEP_MS = 10_000.0
+CATCH_UP_STEP_MS = 2_000.0
 """While catching up (after a restart, at finalize) segments are read this much call
 time at a time, which bounds memory whatever the call's length."""
 
-READ_CHUNK = 256 * 1024
+READ_CHUNK = 64 * 1024
 _FRAME = OUTPUT_RATE // 50
 _EOS = 4
-_EMIT_PIECE = 10 * OUTPUT_RATE  # samples mixed and encoded at a time
+_EMIT_PIECE = 2 * OUTPUT_RATE  # samples mixed and encoded at a time
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,11 +89,11 @@ class SegmentTail:
         self.stream_id = stream_id
         self._offsets: dict[Path, int] = {}
         self.last_arrival = -1.0
-        self.at_end = False
 
     def read(self, until_ms: float | None) -> Iterable[tuple[int, bytes]]:
         """Records appended since the last read, stopping after one beyond ``until_ms``."""
-        self.at_end = False
+        if until_ms is not None and self.last_arrival > until_ms:
+            return  # already ahead: what was read is waiting in the timeline
         paths = stream_segments(self.directory, self.stream_id)
         for index, path in enumerate(paths):
             offset = self._offsets.get(path, 0)
@@ -123,7 +123,6 @@ class SegmentTail:
                         break
             if not last_file:
                 self._offsets[path] = path.stat().st_size  # torn tail of a crashed process
-        self.at_end = True
 
 
 @dataclass
@@ -263,7 +262,7 @@ class LiveEncoder:
                 stream.timeline.advance(None)
             # ...then the last samples (and the silence of a final hold), a piece at a time.
             total = max(end * OUTPUT_RATE // 1000, self.cursor)
-            self._emit(total, partial=True)
+            self._emit(total, partial=True, write=True)
             summaries: list[ChannelSummary] = []
             codecs: set[str] = set()
             for stream in self._sorted_streams():
@@ -324,13 +323,14 @@ class LiveEncoder:
             self._emit(emit, partial=False)
             if t >= now_ms:
                 return
+            self._write(self._encoder.pages())  # catching up: pages out as they come
 
     def _pump(self, until_ms: float | None) -> None:
         for stream in self._streams.values():
             for arrival, data in stream.tail.read(until_ms):
                 stream.timeline.feed(arrival, data)
 
-    def _emit(self, upto: int, *, partial: bool) -> None:
+    def _emit(self, upto: int, *, partial: bool, write: bool = False) -> None:
         """Mix and encode [cursor, upto), a bounded piece at a time.
 
         Only whole 20 ms frames unless ``partial`` (the end of the call): the last
@@ -346,6 +346,8 @@ class LiveEncoder:
                 left = np.concatenate([left, np.zeros(pad, dtype=np.int16)])
                 right = np.concatenate([right, np.zeros(pad, dtype=np.int16)])
             self._encoder.encode(left, right)
+            if write:
+                self._write(self._encoder.pages())
 
     def _mix(self, upto: int) -> tuple[Int16Array, Int16Array]:
         mix = [np.zeros(upto - self.cursor, dtype=np.int32) for _ in range(2)]

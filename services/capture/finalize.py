@@ -12,7 +12,7 @@ import os
 import shutil
 from pathlib import Path
 
-from .live import FinalizeResult, LiveEncoder, StreamSpec
+from .live import LIVE_FILE, FinalizeResult, LiveEncoder, StreamSpec, worker_finish
 from .manifest import RecordingManifest
 
 __all__ = ["FinalizeResult", "finalize_recording", "stream_specs"]
@@ -37,17 +37,22 @@ def finalize_recording(directory: Path, output: Path | None, bitrate: int,
                        encoder: LiveEncoder | None = None) -> FinalizeResult:
     """Finish the recording in ``directory`` (its live.opus); copy it to ``output`` if given.
 
-    ``encoder`` is the recording's live encoder when this process has one; otherwise
-    one is resumed from disk. Idempotent: a finished recording returns its result.
+    ``encoder`` is the recording's live encoder when the caller has one; otherwise
+    this process's (a capture worker's) or one resumed from disk. Idempotent: a
+    finished recording returns its result.
     """
     manifest = RecordingManifest.load(directory)
     duration_ms = duration_of(manifest)
     _sync_segments(directory)
+    specs = stream_specs(manifest)
     if encoder is None:
-        encoder = LiveEncoder(directory, manifest.recording_id, bitrate=bitrate)
-    result = encoder.finish(stream_specs(manifest), duration_ms)
+        result = worker_finish(directory, manifest.recording_id, specs, duration_ms, bitrate)
+        path = directory / LIVE_FILE
+    else:
+        result = encoder.finish(specs, duration_ms)
+        path = encoder.path
     if output is not None:
-        shutil.copyfile(encoder.path, output)
+        shutil.copyfile(path, output)
     return result
 
 

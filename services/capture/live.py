@@ -423,3 +423,52 @@ def _load_final(directory: Path) -> FinalizeResult | None:
         return FinalizeResult.from_json((directory / FINAL_STATE).read_text())
     except (OSError, ValueError):
         return None
+
+
+# --------------------------------------------------------------------------- worker side
+#
+# Capture runs these in worker processes, each recording always on the same worker
+# (chosen by its id), so its encoder (Opus and decoder state, reorder buffers) stays
+# in that process between steps. A worker that dies loses nothing: the next call
+# resumes from the segments and live.opus.
+
+_ENCODERS: dict[str, LiveEncoder] = {}
+
+
+def worker_step(directory: Path, recording_id: str, specs: list[StreamSpec], now_ms: float,
+                bitrate: int) -> tuple[Progress | None, int]:
+    """One live step of one recording: (new progress or None, bytes appended)."""
+    encoder = _ENCODERS.get(recording_id)
+    try:
+        if encoder is None:
+            encoder = LiveEncoder(directory, recording_id, bitrate=bitrate)
+            _ENCODERS[recording_id] = encoder
+        before = encoder.bytes
+        progress = encoder.step(specs, now_ms)
+    except Exception:
+        worker_drop(recording_id)  # the next step starts again from disk
+        raise
+    return progress, (progress.bytes - before) if progress is not None else 0
+
+
+def worker_finish(directory: Path, recording_id: str, specs: list[StreamSpec],
+                  duration_ms: int, bitrate: int) -> FinalizeResult:
+    """Encode the tail and close live.opus (resumed from disk if this worker lacks it)."""
+    encoder = _ENCODERS.get(recording_id)
+    try:
+        if encoder is None:
+            encoder = LiveEncoder(directory, recording_id, bitrate=bitrate)
+            _ENCODERS[recording_id] = encoder
+        result = encoder.finish(specs, duration_ms)
+    except Exception:
+        worker_drop(recording_id)
+        raise
+    worker_drop(recording_id)
+    return result
+
+
+def worker_drop(recording_id: str) -> None:
+    """Forget a recording (done, released or failed)."""
+    encoder = _ENCODERS.pop(recording_id, None)
+    if encoder is not None:
+        encoder.close()

@@ -6,9 +6,9 @@ raw packets removed. A restart re-opens the ports of recordings still in progres
 any that signaling no longer knows (the node crashed, the call is gone) are
 finalized from what is on disk.
 
-While a call is recorded, a worker thread encodes it into its final Ogg/Opus file
-(`live.opus`, see live.py) a flush at a time and publishes the progress on core
-NATS; finalize then only encodes the last half second and closes that file.
+While a call is recorded, a worker process encodes it into its final Ogg/Opus file
+(`live.opus`, see live.py) a flush at a time and capture publishes the progress on
+core NATS; finalize then only encodes the last half second and closes that file.
 """
 
 from __future__ import annotations
@@ -16,15 +16,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
+import multiprocessing
+import os
 import shutil
 import socket
 import time
 import uuid
-from concurrent.futures import Executor, ThreadPoolExecutor
+import zlib
+from collections.abc import Callable
+from concurrent.futures import Executor, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import get_args
+from typing import TypeVar, get_args
 
 import structlog
 
@@ -48,7 +53,7 @@ from contracts.v1.rpc import (
     UpdateRequest,
 )
 
-from .finalize import FinalizeResult, finalize_recording, stream_specs
+from .finalize import FinalizeResult, duration_of, stream_specs
 from .latching import (
     DROP_REASONS,
     DropReason,
@@ -57,7 +62,7 @@ from .latching import (
     expected_from_sdp,
     on_sdp,
 )
-from .live import LIVE_FILE, LiveEncoder, Progress, StreamSpec
+from .live import LIVE_FILE, Progress, worker_drop, worker_finish, worker_step
 from .manifest import MANIFEST, RecordingManifest, StreamManifest
 from .ports import PortPool, PortsExhausted
 from .receiver import StreamReceiver
@@ -65,6 +70,7 @@ from .segments import SegmentWriter, next_segment_index, read_stream, segment_pa
 from .timeline import SilentReason
 
 FLUSH_INTERVAL = 0.5
+_T = TypeVar("_T")
 RECONCILE_INTERVAL = 3.0
 RECONCILE_GRACE = timedelta(seconds=5)
 RECV_BUFFER = 1 << 20
@@ -86,8 +92,6 @@ class LiveRecording:
     directory: Path
     streams: dict[str, LiveStream] = field(default_factory=dict)
     finalizing: bool = False
-    # Used only on the live-encoding thread (Capture.executor).
-    encoder: LiveEncoder | None = None
 
 
 def completed_event_id(recording_id: str) -> str:
@@ -96,13 +100,16 @@ def completed_event_id(recording_id: str) -> str:
 
 
 class Capture:
-    def __init__(self, ctx: ServiceContext, store: ObjectStore, executor: Executor) -> None:
-        """``executor`` runs the live encoding and finalize: one worker, so each
-        recording's encoder is only ever used by one thread at a time."""
+    def __init__(self, ctx: ServiceContext, store: ObjectStore,
+                 workers: list[Executor], new_worker: Callable[[], Executor]) -> None:
+        """``workers`` run the live encoding and finalize, each with one process; a
+        recording always goes to the same one (its encoder lives there).
+        ``new_worker`` replaces a worker whose process died."""
         self.ctx = ctx
         self.config = ctx.config
         self.store = store
-        self.executor = executor
+        self.workers = workers
+        self._new_worker = new_worker
         self.root = ctx.config.data_dir / "capture"
         self.active_dir = self.root / "active"
         self.failed_dir = self.root / "failed"
@@ -456,51 +463,50 @@ class Capture:
     async def _live_loop(self) -> None:
         """After each flush, encode what the segments got into each call's live.opus.
 
-        Off the event loop (the receive path only appends to segments), on the one
-        worker thread; a step that takes longer than a flush interval just makes the
+        In the worker processes (the receive path only appends to segments and never
+        waits for this); a step that takes longer than a flush interval just makes the
         next one cover more.
         """
-        loop = asyncio.get_running_loop()
         while True:
             await self._flushed.wait()
             self._flushed.clear()
-            jobs = [
-                (recording, stream_specs(recording.manifest),
-                 (self._flushed_at - recording.manifest.started_at.timestamp()) * 1000.0)
-                for recording in self.live.values() if not recording.finalizing
-            ]
-            if not jobs:
+            recordings = [r for r in self.live.values() if not r.finalizing]
+            if not recordings:
                 continue
             started = time.monotonic()
-            done = await loop.run_in_executor(self.executor, self._live_steps, jobs)
+            await asyncio.gather(*(self._live_step(r, self._flushed_at) for r in recordings))
             self.m_live_seconds.inc(time.monotonic() - started)
-            for recording_id, progress, grown in done:
-                self.m_live_bytes.inc(grown)
-                await self._publish_progress(recording_id, progress)
 
-    def _live_steps(
-        self, jobs: list[tuple[LiveRecording, list[StreamSpec], float]]
-    ) -> list[tuple[str, Progress, int]]:
-        """One encoding step for each recording in progress (on the worker thread)."""
-        done: list[tuple[str, Progress, int]] = []
-        for recording, specs, now_ms in jobs:
-            recording_id = recording.manifest.recording_id
-            try:
-                if recording.encoder is None:
-                    recording.encoder = LiveEncoder(recording.directory, recording_id,
-                                                    bitrate=self.config.opus_bitrate)
-                before = recording.encoder.bytes
-                progress = recording.encoder.step(specs, now_ms)
-            except Exception:  # a bad step never stops the others; finalize starts over
-                log.exception("live_encode_failed", recording_id=recording_id)
-                self.m_live_errors.inc()
-                if recording.encoder is not None:
-                    recording.encoder.close()
-                recording.encoder = None
-                continue
-            if progress is not None:
-                done.append((recording_id, progress, progress.bytes - before))
-        return done
+    async def _live_step(self, recording: LiveRecording, flushed_at: float) -> None:
+        manifest = recording.manifest
+        now_ms = (flushed_at - manifest.started_at.timestamp()) * 1000.0
+        try:
+            progress, grown = await self._in_worker(
+                manifest.recording_id, worker_step, recording.directory,
+                manifest.recording_id, stream_specs(manifest), now_ms,
+                self.config.opus_bitrate)
+        except Exception:  # a bad step never stops the others; finalize starts over
+            log.exception("live_encode_failed", recording_id=manifest.recording_id)
+            self.m_live_errors.inc()
+            return
+        if progress is not None:
+            self.m_live_bytes.inc(grown)
+            await self._publish_progress(manifest.recording_id, progress)
+
+    async def _in_worker(self, recording_id: str, fn: Callable[..., _T], *args: object) -> _T:
+        """Run ``fn`` on the recording's worker; a dead worker is replaced (once)."""
+        index = zlib.crc32(recording_id.encode()) % len(self.workers)
+        worker = self.workers[index]
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(worker, fn, *args)
+        except BrokenProcessPool:
+            # Killed (e.g. by the OOM killer): its recordings resume from disk.
+            if self.workers[index] is worker:  # not replaced yet by a concurrent call
+                log.error("capture_worker_died", worker=index)
+                self.workers[index] = self._new_worker()
+                worker.shutdown(wait=False, cancel_futures=True)
+            return await loop.run_in_executor(self.workers[index], fn, *args)
 
     async def _publish_progress(self, recording_id: str, progress: Progress) -> None:
         message = LiveProgress(recording_id=recording_id, node_id=self.ctx.node_id,
@@ -513,24 +519,10 @@ class Capture:
             log.debug("live_progress_not_published", recording_id=recording_id,
                       error=str(exc))
 
-    def _finish(self, recording: LiveRecording) -> FinalizeResult:
-        """Encode the tail and close live.opus (on the worker thread)."""
-        if recording.encoder is None:
-            recording.encoder = LiveEncoder(recording.directory, recording.manifest.recording_id,
-                                            bitrate=self.config.opus_bitrate)
-        try:
-            return finalize_recording(recording.directory, None, self.config.opus_bitrate,
-                                      recording.encoder)
-        except Exception:
-            # Start again from disk next time (segments and the pages written so far).
-            recording.encoder.close()
-            recording.encoder = None
-            raise
-
     async def _drop_encoder(self, recording: LiveRecording) -> None:
-        encoder, recording.encoder = recording.encoder, None
-        if encoder is not None:
-            await asyncio.get_running_loop().run_in_executor(self.executor, encoder.close)
+        with contextlib.suppress(Exception):
+            await self._in_worker(recording.manifest.recording_id, worker_drop,
+                                  recording.manifest.recording_id)
 
     async def _reconcile_loop(self) -> None:
         """Finish recordings whose call signaling no longer knows (crash, lost BYE)."""
@@ -601,9 +593,10 @@ class Capture:
         manifest = recording.manifest
         started = time.monotonic()
         output = recording.directory / LIVE_FILE
-        loop = asyncio.get_running_loop()
-        result: FinalizeResult = await loop.run_in_executor(
-            self.executor, self._finish, recording)
+        await asyncio.to_thread(_sync_segments, recording.directory)
+        result: FinalizeResult = await self._in_worker(
+            manifest.recording_id, worker_finish, recording.directory, manifest.recording_id,
+            stream_specs(manifest), duration_of(manifest), self.config.opus_bitrate)
         key = _object_key(manifest.recording_id, manifest.started_at)
         sha256 = await asyncio.to_thread(self.store.put_file, key, output)
         size = output.stat().st_size
@@ -690,11 +683,30 @@ def _log_endpoint_failure(task: asyncio.Task[object]) -> None:
         log.error("udp_endpoint_failed", error=str(task.exception()))
 
 
+def _sync_segments(directory: Path) -> None:
+    """Make the raw packets durable before the recording is finished from them."""
+    for path in directory.glob("*.seg"):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
 async def main(ctx: ServiceContext) -> None:
     # Calls are encoded while they are recorded, a flush (0.5 s) at a time, so the
-    # cost is spread evenly and finalize is only the last half second: one thread
-    # suffices and keeps each encoder's state (Opus, decoders) in memory, while
-    # reception stays on this process's event loop.
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="live-encoder") as executor:
-        capture = Capture(ctx, open_store(ctx.config.data_dir), executor)
+    # cost is spread evenly and finalize is only the last half second. Encoding takes
+    # about 1.4 % of a core per call, so it runs in one worker process per core,
+    # never under this process's GIL: reception stays alone on this event loop.
+    context = multiprocessing.get_context("forkserver")
+
+    def new_worker() -> Executor:
+        return ProcessPoolExecutor(max_workers=1, mp_context=context)
+
+    workers = [new_worker() for _ in range(max(1, os.cpu_count() or 1))]
+    capture = Capture(ctx, open_store(ctx.config.data_dir), workers, new_worker)
+    try:
         await capture.run()
+    finally:
+        for worker in capture.workers:
+            worker.shutdown(wait=True, cancel_futures=True)

@@ -70,3 +70,59 @@ def test_finalize_peak_rss_is_the_same_for_20_s_and_120_s(tmp_path: Path) -> Non
           f"({(long - short) / short:+.1%}); CPU {figures[20]['cpu_s']:.2f} s, "
           f"{figures[120]['cpu_s']:.2f} s")
     assert abs(long - short) / short < 0.10, figures
+
+
+def test_live_recording_grows_during_a_real_call(tmp_path: Path) -> None:
+    """A real node and call: capture publishes LiveProgress as live.opus grows (sync's
+    identity may follow it), the recording is playable mid-call from its prefix, and
+    the last progress is the stored recording."""
+    import asyncio
+    import time
+
+    from contracts import subjects
+    from contracts.v1.rpc import LiveProgress
+    from tests.support import sipp
+    from tests.support.node import Node
+
+    node = Node(tmp_path / "node").start()
+    progress: list[LiveProgress] = []
+    mid_call: list[bytes] = []
+
+    async def follow() -> None:
+        nc = await node.bus("sync")
+
+        async def on_progress(msg: object) -> None:
+            progress.append(LiveProgress.model_validate_json(msg.data))  # type: ignore[attr-defined]
+
+        await nc.subscribe(subjects.all_live(), cb=on_progress)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not any(p.final for p in progress):
+            await asyncio.sleep(0.1)
+            if not mid_call and progress and progress[-1].duration_ms >= 2_000:
+                live = next((node.data_dir / "capture" / "active").glob("*/live.opus"))
+                mid_call.append(live.read_bytes()[: progress[-1].bytes])
+        await nc.close()
+
+    try:
+        node.cli("users", "add", "alice", "--extension", "1001")
+        time.sleep(0.5)
+        call = sipp.start_cucm_call("127.0.0.1", node.sip_port, near="1001", far="2002",
+                                    refci="16777299", near_tone_hz=NEAR_HZ,
+                                    far_tone_hz=FAR_HZ, seconds=5.0)
+        asyncio.run(follow())
+        assert call.wait().ok
+        recording = node.wait_recordings(1)[0]
+    finally:
+        node.stop()
+    assert progress and progress[-1].final
+    assert progress[-1].bytes == recording["size_bytes"]
+    assert progress[-1].recording_id == recording["recording_id"]
+    growing = [p.bytes for p in progress if not p.final]
+    assert len(growing) >= 5 and growing == sorted(growing)  # about one every 0.5 s
+    assert mid_call, "no progress past 2 s during the call"
+    prefix = tmp_path / "prefix.opus"
+    prefix.write_bytes(mid_call[0])
+    audio, _ = decode_file(prefix, rate=RATE)
+    assert audio.shape[1] / RATE >= 1.9
+    assert abs(dominant_frequency(audio[0], RATE) - NEAR_HZ) < 15
+    assert abs(dominant_frequency(audio[1], RATE) - FAR_HZ) < 15

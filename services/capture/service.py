@@ -62,11 +62,11 @@ from .latching import (
     expected_from_sdp,
     on_sdp,
 )
-from .live import LIVE_FILE, Progress, worker_drop, worker_finish, worker_step
+from .live import LIVE_FILE, Progress, SegmentTail, worker_drop, worker_finish, worker_step
 from .manifest import MANIFEST, RecordingManifest, StreamManifest
 from .ports import PortPool, PortsExhausted
 from .receiver import StreamReceiver
-from .segments import SegmentWriter, next_segment_index, read_stream, segment_path
+from .segments import SegmentWriter, next_segment_index, segment_path
 from .timeline import SilentReason
 
 FLUSH_INTERVAL = 0.5
@@ -561,7 +561,8 @@ class Capture:
             return datetime.fromtimestamp(latest, UTC)
         last_ms = -1
         for stream_id in recording.manifest.streams:
-            for arrival_ms, _ in read_stream(recording.directory, stream_id):
+            tail = SegmentTail(recording.directory, stream_id)  # a piece at a time
+            for arrival_ms, _ in tail.read(None):
                 last_ms = max(last_ms, arrival_ms)
         if last_ms < 0:
             return None

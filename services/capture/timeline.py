@@ -1,7 +1,10 @@
 """Turn the raw RTP datagrams stored for one stream into one channel of PCM.
 
 The capture hot path only appends ``(arrival_ms, datagram)`` records, so all
-interpretation happens here, once, when the call is finalized. Design goals:
+interpretation happens here: while the call goes on, a step every flush
+(:class:`StreamTimeline`, driven by live.py), and in one go for tests and the
+whole-call reference (:func:`build_channel`, the same code without time bounds).
+Design goals:
 
 * Wall-clock placement: every packet lands where it was heard, so near and
   far channels line up and gaps (loss, hold, silence suppression) stay
@@ -10,6 +13,9 @@ interpretation happens here, once, when the call is finalized. Design goals:
   anchored with the *least delayed* packet, then placed purely by RTP
   timestamp, so network jitter never stretches or squeezes the audio.
 * Never crash on garbage: anything unparsable is counted and skipped.
+* Bounded memory: packets are decoded in sequence order once they are a reorder
+  window old, output before the emitted point is final, so memory does not grow
+  with the call's length.
 
 All codecs we accept use an 8000 Hz RTP clock (G.722 included, RFC 3551).
 
@@ -73,6 +79,9 @@ MAX_SEQ_JUMP = 3000
 
 _RUN_LOOKBACK = 4
 """How many earlier runs of an SSRC a late packet may still join."""
+
+_MAX_DTMF_EVENTS = 10_000
+"""Key presses kept per run: a stream of forged events cannot grow memory without end."""
 
 STATIC_PAYLOAD_CODECS: dict[int, str] = {0: "PCMU", 8: "PCMA", 9: "G722", 18: "G729"}
 """RFC 3551 static payload types of the codecs we decode (and offer)."""
@@ -879,7 +888,8 @@ class StreamTimeline:
                 self.stats.unknown_payload += 1
             elif parsed[0] < len(_DTMF_DIGITS):
                 key = (ts_ext, parsed[0])
-                target.dtmf[key] = max(target.dtmf.get(key, 0), parsed[2])
+                if key in target.dtmf or len(target.dtmf) < _MAX_DTMF_EVENTS:
+                    target.dtmf[key] = max(target.dtmf.get(key, 0), parsed[2])
         elif not audio:
             self.stats.unknown_payload += 1
         else:

@@ -261,7 +261,9 @@ class LiveEncoder:
             for stream in self._streams.values():
                 stream.timeline.advance(None)
             # ...then the last samples (and the silence of a final hold), a piece at a time.
-            total = max(end * OUTPUT_RATE // 1000, self.cursor)
+            # An Ogg file without audio packets cannot be opened again: an empty
+            # recording becomes one sample of silence (as encode_opus_stereo does).
+            total = max(end * OUTPUT_RATE // 1000, self.cursor, 1)
             self._emit(total, partial=True, write=True)
             summaries: list[ChannelSummary] = []
             codecs: set[str] = set()

@@ -322,3 +322,11 @@ def test_live_progress_subject_and_bus_permissions() -> None:
     assert not any(".live." in s for s in sync["publish"]["allow"])
     message = LiveProgress(recording_id="abc", node_id="n1", bytes=10, duration_ms=5)
     assert LiveProgress.model_validate_json(message.model_dump_json()).final is False
+
+
+def test_empty_recording_is_still_a_playable_file(tmp_path: Path) -> None:
+    directory = make_recording(tmp_path / "rec", 0.0)
+    result = finalize_recording(directory, tmp_path / "empty.opus", 16000)
+    assert [c.silent_reason for c in result.channels] == ["no_packets", "no_packets"]
+    audio, _ = decode_file(tmp_path / "empty.opus", rate=RATE)
+    assert audio.shape[0] == 2 and audio.shape[1] <= RATE // 10

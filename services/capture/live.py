@@ -474,3 +474,24 @@ def worker_drop(recording_id: str) -> None:
     encoder = _ENCODERS.pop(recording_id, None)
     if encoder is not None:
         encoder.close()
+
+
+StepJob = tuple[Path, str, list[StreamSpec], float, int]
+"""(directory, recording id, streams, now_ms, bitrate) of one live step."""
+
+
+def worker_steps(jobs: list[StepJob]) -> list[tuple[Progress | None, int, str | None]]:
+    """Live steps of all the recordings a worker owns, in one round trip per flush.
+
+    Each result is (progress, bytes appended, error): one recording's failure never
+    stops the others.
+    """
+    results: list[tuple[Progress | None, int, str | None]] = []
+    for directory, recording_id, specs, now_ms, bitrate in jobs:
+        try:
+            progress, grown = worker_step(directory, recording_id, specs, now_ms, bitrate)
+        except Exception as exc:  # reported to capture, which logs and counts it
+            results.append((None, 0, f"{type(exc).__name__}: {exc}"))
+        else:
+            results.append((progress, grown, None))
+    return results

@@ -62,7 +62,15 @@ from .latching import (
     expected_from_sdp,
     on_sdp,
 )
-from .live import LIVE_FILE, Progress, SegmentTail, worker_drop, worker_finish, worker_step
+from .live import (
+    LIVE_FILE,
+    Progress,
+    SegmentTail,
+    StepJob,
+    worker_drop,
+    worker_finish,
+    worker_steps,
+)
 from .manifest import MANIFEST, RecordingManifest, StreamManifest
 from .ports import PortPool, PortsExhausted
 from .receiver import StreamReceiver
@@ -70,6 +78,7 @@ from .segments import SegmentWriter, next_segment_index, segment_path
 from .timeline import SilentReason
 
 FLUSH_INTERVAL = 0.5
+WORKER_NICE = 5
 _T = TypeVar("_T")
 RECONCILE_INTERVAL = 3.0
 RECONCILE_GRACE = timedelta(seconds=5)
@@ -470,32 +479,47 @@ class Capture:
         while True:
             await self._flushed.wait()
             self._flushed.clear()
-            recordings = [r for r in self.live.values() if not r.finalizing]
-            if not recordings:
+            batches: dict[int, list[LiveRecording]] = {}
+            for recording in self.live.values():
+                if not recording.finalizing:
+                    batches.setdefault(self._worker_index(recording.manifest.recording_id),
+                                       []).append(recording)
+            if not batches:
                 continue
             started = time.monotonic()
-            await asyncio.gather(*(self._live_step(r, self._flushed_at) for r in recordings))
+            await asyncio.gather(*(self._live_steps(batch, self._flushed_at)
+                                   for batch in batches.values()))
             self.m_live_seconds.inc(time.monotonic() - started)
 
-    async def _live_step(self, recording: LiveRecording, flushed_at: float) -> None:
-        manifest = recording.manifest
-        now_ms = (flushed_at - manifest.started_at.timestamp()) * 1000.0
+    async def _live_steps(self, batch: list[LiveRecording], flushed_at: float) -> None:
+        """One step of each recording of one worker, in a single round trip."""
+        jobs: list[StepJob] = [
+            (r.directory, r.manifest.recording_id, stream_specs(r.manifest),
+             (flushed_at - r.manifest.started_at.timestamp()) * 1000.0,
+             self.config.opus_bitrate)
+            for r in batch
+        ]
         try:
-            progress, grown = await self._in_worker(
-                manifest.recording_id, worker_step, recording.directory,
-                manifest.recording_id, stream_specs(manifest), now_ms,
-                self.config.opus_bitrate)
-        except Exception:  # a bad step never stops the others; finalize starts over
-            log.exception("live_encode_failed", recording_id=manifest.recording_id)
-            self.m_live_errors.inc()
+            results = await self._in_worker(batch[0].manifest.recording_id, worker_steps, jobs)
+        except Exception:
+            log.exception("live_encode_failed", recordings=len(jobs))
+            self.m_live_errors.inc(len(jobs))
             return
-        if progress is not None:
-            self.m_live_bytes.inc(grown)
-            await self._publish_progress(manifest.recording_id, progress)
+        for recording, (progress, grown, error) in zip(batch, results, strict=True):
+            recording_id = recording.manifest.recording_id
+            if error is not None:  # the next step starts again from disk
+                log.error("live_encode_failed", recording_id=recording_id, error=error)
+                self.m_live_errors.inc()
+            elif progress is not None:
+                self.m_live_bytes.inc(grown)
+                await self._publish_progress(recording_id, progress)
+
+    def _worker_index(self, recording_id: str) -> int:
+        return zlib.crc32(recording_id.encode()) % len(self.workers)
 
     async def _in_worker(self, recording_id: str, fn: Callable[..., _T], *args: object) -> _T:
         """Run ``fn`` on the recording's worker; a dead worker is replaced (once)."""
-        index = zlib.crc32(recording_id.encode()) % len(self.workers)
+        index = self._worker_index(recording_id)
         worker = self.workers[index]
         loop = asyncio.get_running_loop()
         try:
@@ -702,7 +726,10 @@ async def main(ctx: ServiceContext) -> None:
     context = multiprocessing.get_context("forkserver")
 
     def new_worker() -> Executor:
-        return ProcessPoolExecutor(max_workers=1, mp_context=context)
+        # Niced: under CPU pressure reception (real time) goes first; encoding only
+        # lags and catches up, bounded by what the segments hold.
+        return ProcessPoolExecutor(max_workers=1, mp_context=context,
+                                   initializer=os.nice, initargs=(WORKER_NICE,))
 
     workers = [new_worker() for _ in range(max(1, os.cpu_count() or 1))]
     capture = Capture(ctx, open_store(ctx.config.data_dir), workers, new_worker)

@@ -51,7 +51,7 @@ CATCH_UP_STEP_MS = 2_000.0
 """While catching up (after a restart, at finalize) segments are read this much call
 time at a time, which bounds memory whatever the call's length."""
 
-READ_CHUNK = 64 * 1024
+READ_CHUNK = 128 * 1024  # more than the largest record (6 + 65535 bytes)
 _FRAME = OUTPUT_RATE // 50
 _EOS = 4
 _EMIT_PIECE = 2 * OUTPUT_RATE  # samples mixed and encoded at a time

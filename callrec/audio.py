@@ -9,8 +9,11 @@ fixtures (which fabricate SIPp payload files) agree bit for bit.
 from __future__ import annotations
 
 import shutil
+import struct
 import wave
+import zlib
 from collections.abc import Iterator
+from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -22,14 +25,19 @@ import numpy.typing as npt
 __all__ = [
     "PCMA_DECODE_TABLE",
     "PCMU_DECODE_TABLE",
+    "OggPageInfo",
+    "OpusPageEncoder",
     "decode_file",
     "dominant_frequency",
     "duration_seconds",
     "encode_opus_stereo",
+    "ogg_crc",
+    "ogg_page",
     "pcma_decode",
     "pcma_encode",
     "pcmu_decode",
     "pcmu_encode",
+    "scan_ogg_pages",
     "tone",
     "transcode",
     "transcode_to_wav",
@@ -353,3 +361,216 @@ def transcode(src: Path, dst: Path, fmt: str, rate: int = 16000, bitrate: int = 
             container.mux(stream.encode(frame))
         if stream is not None:
             container.mux(stream.encode(None))
+
+
+# --------------------------------------------------------------------------- Ogg/Opus, page by page
+#
+# The live recording is written page by page so that any prefix of the file that ends
+# on a page boundary is a playable recording (capture appends pages while the call is
+# in progress; peers copy byte ranges of it). FFmpeg's Ogg muxer decides its own page
+# boundaries, so pages are written here; libopus (through PyAV) only makes packets.
+
+OPUS_GRANULE_RATE = 48000
+"""Ogg/Opus granule positions count 48 kHz samples whatever the input rate (RFC 7845)."""
+
+_OGG_HEADER = struct.Struct("<4sBBqIIIB")
+_OGG_CONTINUED, _OGG_BOS, _OGG_EOS = 1, 2, 4
+_BIT_REVERSE = bytes(int(f"{i:08b}"[::-1], 2) for i in range(256))
+
+
+def ogg_crc(data: bytes) -> int:
+    """Ogg's CRC-32 (polynomial 0x04C11DB7, unreflected, no init or final xor).
+
+    zlib computes the reflected variant; on bit-reversed bytes with the register's
+    xors undone it gives the bit-reversed Ogg value, at C speed.
+    """
+    raw = zlib.crc32(data.translate(_BIT_REVERSE), 0xFFFFFFFF) ^ 0xFFFFFFFF
+    return int(f"{raw:032b}"[::-1], 2)
+
+
+def ogg_page(packets: list[bytes], *, serial: int, sequence: int, granule: int,
+             flags: int = 0) -> bytes:
+    """One Ogg page holding whole packets (at most 255 lacing values in all)."""
+    lacing = bytearray()
+    for packet in packets:
+        lacing += b"\xff" * (len(packet) // 255) + bytes([len(packet) % 255])
+    if len(lacing) > 255:
+        raise ValueError("packets do not fit one Ogg page")
+    header = _OGG_HEADER.pack(b"OggS", 0, flags, granule, serial, sequence, 0, len(lacing))
+    page = bytearray(header + lacing + b"".join(packets))
+    struct.pack_into("<I", page, 22, ogg_crc(bytes(page)))
+    return bytes(page)
+
+
+@dataclass(frozen=True, slots=True)
+class OggPageInfo:
+    """Where a complete, checksum-valid page of an Ogg file ends and what it says."""
+
+    end: int
+    flags: int
+    granule: int
+    serial: int
+    sequence: int
+
+
+def scan_ogg_pages(path: Path) -> Iterator[OggPageInfo]:
+    """Complete pages from the start of ``path``; stops at the first torn or bad page.
+
+    Reads one page at a time, so scanning an hour-long file keeps memory flat.
+    """
+    with path.open("rb") as handle:
+        offset = 0
+        while True:
+            header = handle.read(_OGG_HEADER.size)
+            if len(header) < _OGG_HEADER.size:
+                return
+            magic, version, flags, granule, serial, sequence, crc, count = \
+                _OGG_HEADER.unpack(header)
+            if magic != b"OggS" or version != 0:
+                return
+            lacing = handle.read(count)
+            if len(lacing) < count:
+                return
+            body = handle.read(sum(lacing))
+            if len(body) < sum(lacing):
+                return
+            blank = bytearray(header + lacing + body)
+            struct.pack_into("<I", blank, 22, 0)
+            if ogg_crc(bytes(blank)) != crc:
+                return
+            offset += len(blank)
+            yield OggPageInfo(offset, flags, granule, serial, sequence)
+
+
+class OpusPageEncoder:
+    """Two int16 channels in, Ogg pages of a stereo Opus stream out, in bounded pieces.
+
+    Same layout as :func:`encode_opus_stereo` (mapping family 255: each channel its own
+    mono Opus stream, so the two talkers never bleed into each other). Feed whole
+    20 ms frames; :meth:`pages` returns the Ogg pages of what was encoded since the
+    last call, each page holding whole packets, so the caller can append them to a
+    file that then always ends on a page boundary. ``resume_from`` continues an
+    existing stream (same serial, next page number, granule) with a fresh encoder:
+    the decoder sees one continuous stream whose timing is unchanged; only the
+    encoder look-ahead (6.5 ms) before the resume point is lost.
+    """
+
+    def __init__(self, rate: int = 16000, *, bitrate: int = 16000, complexity: int = 5,
+                 serial: int = 0x63616C6C, resume_from: OggPageInfo | None = None) -> None:
+        ctx = av.CodecContext.create("libopus", "w")
+        assert isinstance(ctx, av.AudioCodecContext)
+        ctx.sample_rate = rate
+        ctx.layout = "stereo"
+        ctx.format = "s16"
+        ctx.bit_rate = bitrate
+        ctx.options = {"compression_level": str(complexity), "application": "voip",
+                       "mapping_family": "255"}
+        ctx.time_base = Fraction(1, rate)
+        ctx.open()
+        self._ctx = ctx
+        self.rate = rate
+        self.frame_size = ctx.frame_size or rate // 50
+        head = bytes(ctx.extradata or b"")
+        self.pre_skip = struct.unpack_from("<H", head, 10)[0] if len(head) >= 12 else 0
+        self._scale = OPUS_GRANULE_RATE // rate
+        self._pending: list[bytes] = []
+        self._pts = 0
+        self.closed = False
+        if resume_from is None:
+            self.serial = serial
+            self.sequence = 0
+            self.granule = 0  # RFC 7845: decoded samples so far, pre-skip included
+            tags = b"OpusTags" + struct.pack("<I", 7) + b"callrec" + struct.pack("<I", 0)
+            self._header_pages = [
+                ogg_page([head], serial=serial, sequence=0, granule=0, flags=_OGG_BOS),
+                ogg_page([tags], serial=serial, sequence=1, granule=0),
+            ]
+            self.sequence = 2
+        else:
+            self.serial = resume_from.serial
+            self.sequence = resume_from.sequence + 1
+            self.granule = resume_from.granule
+            self._header_pages = []
+
+    @property
+    def samples_done(self) -> int:
+        """Input samples (at ``rate``) encoded into the pages so far."""
+        return self.granule // self._scale
+
+    @property
+    def playable_ms(self) -> int:
+        """Audio a player gets from the pages so far (the pre-skip is not played)."""
+        return max(self.granule - self.pre_skip, 0) * 1000 // OPUS_GRANULE_RATE
+
+    def encode(self, left: Int16Array, right: Int16Array) -> None:
+        """Encode whole frames of both channels (lengths equal, multiple of frame_size)."""
+        if left.shape != right.shape or left.size % self.frame_size:
+            raise ValueError("feed equal channels of whole frames")
+        interleaved = np.empty(left.size * 2, dtype=np.int16)
+        interleaved[0::2] = left
+        interleaved[1::2] = right
+        step = self.frame_size * 2
+        for start in range(0, interleaved.size, step):
+            frame = av.AudioFrame.from_ndarray(interleaved[None, start:start + step],
+                                               format="s16", layout="stereo")
+            frame.sample_rate = self.rate
+            frame.pts = self._pts
+            frame.time_base = Fraction(1, self.rate)
+            self._pts += self.frame_size
+            for packet in self._ctx.encode(frame):
+                self._pending.append(bytes(packet))
+        # One packet per frame (libopus has no frame delay, only the pre-skip).
+
+    def pages(self) -> bytes:
+        """Ogg pages of everything encoded since the last call (b"" if nothing)."""
+        out = b"".join(self._header_pages)
+        self._header_pages = []
+        out += self._page_out(self._pending, 0)
+        self._pending = []
+        return out
+
+    def close(self, samples_total: int) -> bytes:
+        """Flush the encoder and return the last pages, marked end of stream.
+
+        ``samples_total`` (input samples since the stream began) sets the final
+        granule position, so players trim the encoder's padding at the end.
+        """
+        for packet in self._ctx.encode(None):
+            self._pending.append(bytes(packet))
+        self.closed = True
+        last = self.pre_skip + samples_total * self._scale
+        return b"".join(self._header_pages) + self._page_out(self._pending, _OGG_EOS,
+                                                             final_granule=last)
+
+    def _page_out(self, packets: list[bytes], flags: int,
+                  final_granule: int | None = None) -> bytes:
+        frame = self.frame_size * self._scale
+        out = bytearray()
+        if not packets and flags & _OGG_EOS:
+            packets = []
+            out += ogg_page([], serial=self.serial, sequence=self.sequence,
+                            granule=final_granule or self.granule, flags=flags)
+            self.sequence += 1
+            return bytes(out)
+        # At most 255 lacing values a page: one page holds 50+ voice packets.
+        groups: list[list[bytes]] = [[]]
+        lacing = 0
+        for packet in packets:
+            need = len(packet) // 255 + 1
+            if lacing + need > 255:
+                groups.append([])
+                lacing = 0
+            groups[-1].append(packet)
+            lacing += need
+        for index, group in enumerate(groups):
+            if not group:
+                continue
+            self.granule += frame * len(group)
+            last = index == len(groups) - 1
+            granule = self.granule
+            if last and final_granule is not None:
+                granule = max(min(final_granule, self.granule), 0)
+            out += ogg_page(group, serial=self.serial, sequence=self.sequence,
+                            granule=granule, flags=flags if last else 0)
+            self.sequence += 1
+        return bytes(out)

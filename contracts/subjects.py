@@ -58,6 +58,16 @@ def all_heartbeats() -> str:
     return f"{ROOT}.{VERSION}.*.heartbeat"
 
 
+def live(node_id: str, recording_id: str) -> str:
+    """Core-NATS progress of a recording being encoded live on `node_id` (not stored)."""
+    return f"{ROOT}.{VERSION}.{node_id}.live.{recording_id}"
+
+
+def all_live() -> str:
+    """Filter matching the live progress of every node's recordings."""
+    return f"{ROOT}.{VERSION}.*.live.>"
+
+
 def rpc(node_id: str, service: str, operation: str) -> str:
     """Subject of a request/reply operation served by a service on one node."""
     return f"{ROOT}.{VERSION}.{node_id}.rpc.{service}.{operation}"
@@ -71,16 +81,6 @@ def metrics_scatter(node_id: str) -> str:
 def heartbeat(node_id: str) -> str:
     """Core-NATS liveness beacon of a node's services (not stored)."""
     return f"{ROOT}.{VERSION}.{node_id}.heartbeat"
-
-
-def live(node_id: str, recording_id: str) -> str:
-    """Core-NATS progress of a recording `node_id` is encoding right now (not stored)."""
-    return f"{ROOT}.{VERSION}.{node_id}.live.{recording_id}"
-
-
-def all_live() -> str:
-    """Live progress of every node's recordings in progress."""
-    return f"{ROOT}.{VERSION}.*.live.>"
 
 
 # Services and their operations.

@@ -1,80 +1,59 @@
-"""Turning a finished recording's raw packets into one stereo Ogg/Opus file.
+"""Finishing a recording: the live encoding run to the end of the call, then closed.
 
-Runs in a worker process, so decoding and encoding never stall packet reception.
+Capture encodes a call into its final Ogg/Opus file while it is recorded (live.py);
+finalize only encodes the last half second and closes the stream, so its memory
+and time do not grow with the call's length. A recording whose live encoder is gone
+(capture restarted) is picked up from the segments and what live.opus already holds.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+import shutil
 from pathlib import Path
 
-import numpy as np
-
-from callrec.audio import encode_opus_stereo
-from contracts.v1.events import ChannelSummary, DtmfDigit
-
+from .live import LIVE_FILE, FinalizeResult, LiveEncoder, StreamSpec, worker_finish
 from .manifest import RecordingManifest
-from .segments import read_stream
-from .timeline import build_channel
 
-OUTPUT_RATE = 16000
+__all__ = ["FinalizeResult", "finalize_recording", "stream_specs"]
 
 
-@dataclass
-class FinalizeResult:
-    duration_ms: int
-    channels: list[ChannelSummary]
-    codecs: list[str]
+def stream_specs(manifest: RecordingManifest) -> list[StreamSpec]:
+    """The streams of a manifest as the live encoder needs them (a snapshot)."""
+    return [
+        StreamSpec(stream_id=s.stream_id, channel=s.channel,
+                   payload_codecs=dict(s.payload_codecs), port=s.port)
+        for s in sorted(manifest.streams.values(), key=lambda s: (s.channel, s.stream_id))
+    ]
 
 
-def finalize_recording(directory: Path, output: Path, bitrate: int) -> FinalizeResult:
-    """Build both channels from the manifest's streams and encode them to `output`."""
-    manifest = RecordingManifest.load(directory)
-    _sync_segments(directory)
+def duration_of(manifest: RecordingManifest) -> int:
     if manifest.ended_at is None:
         raise ValueError(f"recording {manifest.recording_id} has not ended")
-    duration_ms = max(0, int((manifest.ended_at - manifest.started_at).total_seconds() * 1000))
-    samples = duration_ms * OUTPUT_RATE // 1000
-    mix = [np.zeros(samples, dtype=np.int32), np.zeros(samples, dtype=np.int32)]
-    summaries: list[ChannelSummary] = []
-    codecs: set[str] = set()
-    for stream in sorted(manifest.streams.values(), key=lambda s: (s.channel, s.stream_id)):
-        channel = 0 if stream.channel <= 0 else 1
-        result = build_channel(
-            read_stream(directory, stream.stream_id),
-            stream.payload_codecs,
-            duration_ms,
-            out_rate=OUTPUT_RATE,
-        )
-        mix[channel][: len(result.samples)] += result.samples[:samples].astype(np.int32)
-        stats = result.stats
-        codecs.update(stats.codecs)
-        summaries.append(
-            ChannelSummary(
-                channel=channel,
-                stream_id=stream.stream_id,
-                port=stream.port,
-                packets_received=stats.packets_received,
-                packets_lost=stats.packets_lost,
-                packets_duplicate=stats.packets_duplicate,
-                packets_invalid=stats.packets_invalid,
-                packets_outside=stats.packets_outside,
-                unknown_payload=stats.unknown_payload,
-                ssrc_changes=stats.ssrc_changes,
-                codecs=list(stats.codecs),
-                packets_decoded=stats.packets_decoded,
-                unknown_payload_types=list(stats.unknown_payload_types),
-                silent_reason=stats.silent_reason,
-                dtmf=[
-                    DtmfDigit(digit=d.digit, at_ms=d.start_ms, duration_ms=d.duration_ms)
-                    for d in result.dtmf
-                ],
-            )
-        )
-    left, right = (np.clip(m, -32768, 32767).astype(np.int16) for m in mix)
-    encode_opus_stereo(left, right, OUTPUT_RATE, output, bitrate=bitrate)
-    return FinalizeResult(duration_ms=duration_ms, channels=summaries, codecs=sorted(codecs))
+    return max(0, int((manifest.ended_at - manifest.started_at).total_seconds() * 1000))
+
+
+def finalize_recording(directory: Path, output: Path | None, bitrate: int,
+                       encoder: LiveEncoder | None = None) -> FinalizeResult:
+    """Finish the recording in ``directory`` (its live.opus); copy it to ``output`` if given.
+
+    ``encoder`` is the recording's live encoder when the caller has one; otherwise
+    this process's (a capture worker's) or one resumed from disk. Idempotent: a
+    finished recording returns its result.
+    """
+    manifest = RecordingManifest.load(directory)
+    duration_ms = duration_of(manifest)
+    _sync_segments(directory)
+    specs = stream_specs(manifest)
+    if encoder is None:
+        result = worker_finish(directory, manifest.recording_id, specs, duration_ms, bitrate)
+        path = directory / LIVE_FILE
+    else:
+        result = encoder.finish(specs, duration_ms)
+        path = encoder.path
+    if output is not None:
+        shutil.copyfile(path, output)
+    return result
 
 
 def _sync_segments(directory: Path) -> None:

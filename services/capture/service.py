@@ -7,6 +7,10 @@ socket keeper (callrec/sockets.py: the supervisor holds a copy of each, so what
 arrived while capture was down waits in the kernel) or re-opens their ports;
 any that signaling no longer knows (the node crashed, the call is gone) are
 finalized from what is on disk.
+
+While a call is recorded, a worker process encodes it into its final Ogg/Opus file
+(`live.opus`, see live.py) a flush at a time and capture publishes the progress on
+core NATS; finalize then only encodes the last half second and closes that file.
 """
 
 from __future__ import annotations
@@ -19,12 +23,14 @@ import shutil
 import socket
 import time
 import uuid
+import zlib
+from collections.abc import Callable
 from concurrent.futures import Executor, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import get_args
+from typing import TypeVar, get_args
 
 import nats.errors
 import structlog
@@ -43,13 +49,14 @@ from contracts.v1.rpc import (
     CaptureHealth,
     Empty,
     FinalizeRequest,
+    LiveProgress,
     QuietStream,
     ReleaseRequest,
     RtpSource,
     UpdateRequest,
 )
 
-from .finalize import FinalizeResult, finalize_recording
+from .finalize import FinalizeResult, duration_of, stream_specs
 from .latching import (
     DROP_REASONS,
     DropReason,
@@ -58,20 +65,34 @@ from .latching import (
     expected_from_sdp,
     on_sdp,
 )
+from .live import (
+    LIVE_FILE,
+    Progress,
+    SegmentTail,
+    StepJob,
+    worker_drop,
+    worker_finish,
+    worker_steps,
+)
 from .manifest import MANIFEST, RecordingManifest, StreamManifest
 from .ports import PortPool, PortsExhausted, open_rtp_socket
 from .receiver import StreamReceiver
-from .segments import SegmentWriter, next_segment_index, read_stream, segment_path
+from .segments import SegmentWriter, next_segment_index, segment_path
 from .timeline import SilentReason
 
 # What a SIGKILL can lose: packets read but not yet written (the socket keeper
 # keeps the rest), so at most this much of each stream.
 FLUSH_INTERVAL = 0.1
+# Live encoding steps at most this often (each step costs a segment read, an
+# fdatasync and a live.json write per call), whatever the flush interval.
+LIVE_STEP_INTERVAL = 0.5
 JETSTREAM_POLL_INTERVAL = 2.0
 # A finalize failing for a reason that is not transient (a bug, a corrupt manifest) is
 # tried this often before the recording is given up as failed; transient ones (a full
 # disk, the bus) are retried forever.
 PERMANENT_ATTEMPTS = 3
+WORKER_NICE = 5
+_T = TypeVar("_T")
 RECONCILE_INTERVAL = 3.0
 RECONCILE_GRACE = timedelta(seconds=5)
 EVENT_NAMESPACE = uuid.UUID("6f1c3c5e-9a55-4c1e-9a53-7f3c1e0c2a10")
@@ -105,11 +126,16 @@ def completed_event_id(recording_id: str) -> str:
 
 
 class Capture:
-    def __init__(self, ctx: ServiceContext, store: ObjectStore, executor: Executor) -> None:
+    def __init__(self, ctx: ServiceContext, store: ObjectStore,
+                 workers: list[Executor], new_worker: Callable[[], Executor]) -> None:
+        """``workers`` run the live encoding and finalize, each with one process; a
+        recording always goes to the same one (its encoder lives there).
+        ``new_worker`` replaces a worker whose process died."""
         self.ctx = ctx
         self.config = ctx.config
         self.store = store
-        self.executor = executor
+        self.workers = workers
+        self._new_worker = new_worker
         self.root = ctx.config.data_dir / "capture"
         self.active_dir = self.root / "active"
         self.failed_dir = self.root / "failed"
@@ -126,6 +152,8 @@ class Capture:
         self.attempts: dict[str, int] = {}
         self.giving_up: set[str] = set()
         self.keeper: KeeperClient | None = None
+        self._flushed = asyncio.Event()
+        self._flushed_at = 0.0
         metrics = ctx.metrics
         self.m_packets = metrics.gauge(
             "capture_packets_received", "RTP packets stored by live streams",
@@ -160,6 +188,15 @@ class Capture:
                                            "recordings found on disk after a restart")
         self.m_finalize_seconds = metrics.counter("capture_finalize_seconds_total",
                                                   "wall time spent finalizing")
+        self.m_live_seconds = metrics.counter(
+            "capture_live_encode_seconds_total",
+            "wall time the live-encoding thread spent encoding calls in progress")
+        self.m_live_bytes = metrics.counter(
+            "capture_live_bytes_total", "Ogg/Opus bytes appended to live recordings")
+        self.m_live_errors = metrics.counter(
+            "capture_live_errors_total",
+            "live-encoding steps that failed (retried at the next flush; finalize "
+            "starts again from the segments)")
         metrics.gauge("capture_active_recordings", "recordings in progress",
                       lambda: float(len(self.live)))
         metrics.gauge("capture_finalize_backlog", "recordings waiting to be finalized",
@@ -197,6 +234,7 @@ class Capture:
             asyncio.create_task(self._flush_loop()),
             asyncio.create_task(self._reconcile_loop()),
             asyncio.create_task(self._finalize_loop()),
+            asyncio.create_task(self._live_loop()),
         ]
         await self.ctx.stopping.wait()
         self.closing = True
@@ -345,6 +383,7 @@ class Capture:
             path.unlink(missing_ok=True)
         if not recording.manifest.streams:
             del self.live[request.recording_id]
+            await self._drop_encoder(recording)
             shutil.rmtree(recording.directory, ignore_errors=True)
             log.info("recording_released", recording_id=request.recording_id)
         else:
@@ -548,6 +587,7 @@ class Capture:
     async def _flush_loop(self) -> None:
         while True:
             await asyncio.sleep(FLUSH_INTERVAL)
+            flushed_at = time.time()  # every packet received before is on disk after this
             for recording in list(self.live.values()):
                 for live in recording.streams.values():
                     live.receiver.settle()
@@ -564,6 +604,89 @@ class Capture:
                             log.info("segment_write_recovered",
                                      recording_id=recording.manifest.recording_id)
                         recording.write_failing = False
+            self._flushed_at = flushed_at
+            self._flushed.set()
+
+    async def _live_loop(self) -> None:
+        """After each flush, encode what the segments got into each call's live.opus.
+
+        In the worker processes (the receive path only appends to segments and never
+        waits for this); a step that takes longer than a flush interval just makes the
+        next one cover more.
+        """
+        while True:
+            await self._flushed.wait()
+            self._flushed.clear()
+            batches: dict[int, list[LiveRecording]] = {}
+            for recording in self.live.values():
+                if not recording.finalizing:
+                    batches.setdefault(self._worker_index(recording.manifest.recording_id),
+                                       []).append(recording)
+            if not batches:
+                continue
+            started = time.monotonic()
+            await asyncio.gather(*(self._live_steps(batch, self._flushed_at)
+                                   for batch in batches.values()))
+            elapsed = time.monotonic() - started
+            self.m_live_seconds.inc(elapsed)
+            await asyncio.sleep(max(0.0, LIVE_STEP_INTERVAL - elapsed))
+
+    async def _live_steps(self, batch: list[LiveRecording], flushed_at: float) -> None:
+        """One step of each recording of one worker, in a single round trip."""
+        jobs: list[StepJob] = [
+            (r.directory, r.manifest.recording_id, stream_specs(r.manifest),
+             (flushed_at - r.manifest.started_at.timestamp()) * 1000.0,
+             self.config.opus_bitrate)
+            for r in batch
+        ]
+        try:
+            results = await self._in_worker(batch[0].manifest.recording_id, worker_steps, jobs)
+        except Exception:
+            log.exception("live_encode_failed", recordings=len(jobs))
+            self.m_live_errors.inc(len(jobs))
+            return
+        for recording, (progress, grown, error) in zip(batch, results, strict=True):
+            recording_id = recording.manifest.recording_id
+            if error is not None:  # the next step starts again from disk
+                log.error("live_encode_failed", recording_id=recording_id, error=error)
+                self.m_live_errors.inc()
+            elif progress is not None:
+                self.m_live_bytes.inc(grown)
+                await self._publish_progress(recording_id, progress)
+
+    def _worker_index(self, recording_id: str) -> int:
+        return zlib.crc32(recording_id.encode()) % len(self.workers)
+
+    async def _in_worker(self, recording_id: str, fn: Callable[..., _T], *args: object) -> _T:
+        """Run ``fn`` on the recording's worker; a dead worker is replaced (once)."""
+        index = self._worker_index(recording_id)
+        worker = self.workers[index]
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(worker, fn, *args)
+        except BrokenProcessPool:
+            # Killed (e.g. by the OOM killer): its recordings resume from disk.
+            if self.workers[index] is worker:  # not replaced yet by a concurrent call
+                log.error("capture_worker_died", worker=index)
+                self.workers[index] = self._new_worker()
+                worker.shutdown(wait=False, cancel_futures=True)
+            return await loop.run_in_executor(self.workers[index], fn, *args)
+
+    async def _publish_progress(self, recording_id: str, progress: Progress) -> None:
+        message = LiveProgress(recording_id=recording_id, node_id=self.ctx.node_id,
+                               bytes=progress.bytes, duration_ms=progress.duration_ms,
+                               final=progress.final)
+        try:
+            await self.ctx.nc.publish(subjects.live(self.ctx.node_id, recording_id),
+                                      message.model_dump_json().encode())
+        except Exception as exc:  # progress is advisory: peers catch up on the next one
+            log.debug("live_progress_not_published", recording_id=recording_id,
+                      error=str(exc))
+
+    async def _drop_encoder(self, recording: LiveRecording) -> None:
+        with contextlib.suppress(Exception):
+            await self._in_worker(recording.manifest.recording_id, worker_drop,
+                                  recording.manifest.recording_id)
 
     async def _reconcile_loop(self) -> None:
         """Finish recordings whose call signaling no longer knows (crash, lost BYE)."""
@@ -602,7 +725,8 @@ class Capture:
             return datetime.fromtimestamp(latest, UTC)
         last_ms = -1
         for stream_id in recording.manifest.streams:
-            for arrival_ms, _ in read_stream(recording.directory, stream_id):
+            tail = SegmentTail(recording.directory, stream_id)  # a piece at a time
+            for arrival_ms, _ in tail.read(None):
                 last_ms = max(last_ms, arrival_ms)
         if last_ms < 0:
             return None
@@ -663,6 +787,7 @@ class Capture:
         self.m_failed.inc()
         self.giving_up.discard(recording_id)
         self.live.pop(recording_id, None)
+        await self._drop_encoder(recording)
         self._move_to_failed(recording.directory)
 
     async def _finalize_one(self, recording: LiveRecording) -> None:
@@ -676,28 +801,19 @@ class Capture:
             recording.unflushed.pop(0)
         manifest.save(recording.directory)
         started = time.monotonic()
-        output = self.work_dir / f"{_safe_id(manifest.recording_id)}.opus"
-        try:
-            await self._encode_and_publish(recording, output, started)
-        except BaseException:
-            output.unlink(missing_ok=True)  # a partial file only takes space
-            raise
+        # The recording's own live.opus is the output: never deleted on a failure (a
+        # retry continues it, and peers' copies of its bytes stay valid).
+        await self._encode_and_publish(recording, recording.directory / LIVE_FILE, started)
 
     async def _encode_and_publish(
         self, recording: LiveRecording, output: Path, started: float
     ) -> None:
         manifest = recording.manifest
-        loop = asyncio.get_running_loop()
-        try:
-            result: FinalizeResult = await loop.run_in_executor(
-                self.executor, finalize_recording, recording.directory, output,
-                self.config.opus_bitrate,
-            )
-        except BrokenProcessPool:
-            # The worker died (e.g. killed by the OOM killer): try once more in-process.
-            result = await asyncio.to_thread(
-                finalize_recording, recording.directory, output, self.config.opus_bitrate
-            )
+        output = recording.directory / LIVE_FILE
+        await asyncio.to_thread(_sync_segments, recording.directory)
+        result: FinalizeResult = await self._in_worker(
+            manifest.recording_id, worker_finish, recording.directory, manifest.recording_id,
+            stream_specs(manifest), duration_of(manifest), self.config.opus_bitrate)
         key = _object_key(manifest.recording_id, manifest.started_at)
         sha256 = await asyncio.to_thread(self.store.put_file, key, output)
         size = output.stat().st_size
@@ -717,8 +833,10 @@ class Capture:
             recovered=manifest.recovered,
         )
         await bus.publish_event(self.ctx.js, event)
+        await self._publish_progress(manifest.recording_id, Progress(size, result.duration_ms,
+                                                                     final=True))
         self._count_silent(manifest.recording_id, result)
-        output.unlink(missing_ok=True)
+        await self._drop_encoder(recording)
         self.live.pop(manifest.recording_id, None)
         shutil.rmtree(recording.directory, ignore_errors=True)
         elapsed = time.monotonic() - started
@@ -778,11 +896,33 @@ def _safe_id(value: str) -> str:
     return value
 
 
+def _sync_segments(directory: Path) -> None:
+    """Make the raw packets durable before the recording is finished from them."""
+    for path in directory.glob("*.seg"):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
 async def main(ctx: ServiceContext) -> None:
+    # Calls are encoded while they are recorded, a flush (0.5 s) at a time, so the
+    # cost is spread evenly and finalize is only the last half second. Encoding takes
+    # about 1.4 % of a core per call, so it runs in one worker process per core,
+    # never under this process's GIL: reception stays alone on this event loop.
     context = multiprocessing.get_context("forkserver")
-    # Encoding dominates a call's cost; one worker per core keeps finalize from
-    # falling behind, while reception stays on this process's event loop.
-    workers = max(1, os.cpu_count() or 1)
-    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as executor:
-        capture = Capture(ctx, open_store(ctx.config.data_dir), executor)
+
+    def new_worker() -> Executor:
+        # Niced: under CPU pressure reception (real time) goes first; encoding only
+        # lags and catches up, bounded by what the segments hold.
+        return ProcessPoolExecutor(max_workers=1, mp_context=context,
+                                   initializer=os.nice, initargs=(WORKER_NICE,))
+
+    workers = [new_worker() for _ in range(max(1, os.cpu_count() or 1))]
+    capture = Capture(ctx, open_store(ctx.config.data_dir), workers, new_worker)
+    try:
         await capture.run()
+    finally:
+        for worker in capture.workers:
+            worker.shutdown(wait=True, cancel_futures=True)

@@ -1,7 +1,10 @@
 """Turn the raw RTP datagrams stored for one stream into one channel of PCM.
 
 The capture hot path only appends ``(arrival_ms, datagram)`` records, so all
-interpretation happens here, once, when the call is finalized. Design goals:
+interpretation happens here: while the call goes on, a step every flush
+(:class:`StreamTimeline`, driven by live.py), and in one go for tests and the
+whole-call reference (:func:`build_channel`, the same code without time bounds).
+Design goals:
 
 * Wall-clock placement: every packet lands where it was heard, so near and
   far channels line up and gaps (loss, hold, silence suppression) stay
@@ -10,6 +13,9 @@ interpretation happens here, once, when the call is finalized. Design goals:
   anchored with the *least delayed* packet, then placed purely by RTP
   timestamp, so network jitter never stretches or squeezes the audio.
 * Never crash on garbage: anything unparsable is counted and skipped.
+* Bounded memory: packets are decoded in sequence order once they are a reorder
+  window old, output before the emitted point is final, so memory does not grow
+  with the call's length.
 
 All codecs we accept use an 8000 Hz RTP clock (G.722 included, RFC 3551).
 
@@ -22,7 +28,7 @@ why (:data:`SilentReason`), so a silent channel is never a mystery.
 from __future__ import annotations
 
 import functools
-import itertools
+import heapq
 import math
 import struct
 from collections.abc import Iterable, Sequence
@@ -47,6 +53,7 @@ __all__ = [
     "SilentReason",
     "Span",
     "StreamStats",
+    "StreamTimeline",
     "anchor_ms",
     "build_channel",
     "collect_dtmf",
@@ -72,6 +79,9 @@ MAX_SEQ_JUMP = 3000
 
 _RUN_LOOKBACK = 4
 """How many earlier runs of an SSRC a late packet may still join."""
+
+_MAX_DTMF_EVENTS = 10_000
+"""Key presses kept per run: a stream of forged events cannot grow memory without end."""
 
 STATIC_PAYLOAD_CODECS: dict[int, str] = {0: "PCMU", 8: "PCMA", 9: "G722", 18: "G729"}
 """RFC 3551 static payload types of the codecs we decode (and offer)."""
@@ -226,6 +236,7 @@ class Run:
     ref_arrival_ms: float | None = None
     ref_ts_ext: int = 0
     first_arrival_ms: float = 0.0
+    count: int = 0
 
     def fit(self, seq: int, ts: int, arrival_ms: float, audio: bool) -> tuple[int, int] | None:
         """Extended (seq, ts) if the packet continues this run, else None."""
@@ -241,13 +252,15 @@ class Run:
             ts_ext = unwrap(ts, self.max_ts_ext, 32)
         return seq_ext, ts_ext
 
-    def add(self, packet: RunPacket, audio: bool) -> None:
-        """Append a packet and move the references used by :meth:`fit`."""
-        if not self.packets:
+    def add(self, packet: RunPacket, audio: bool, *, keep: bool = True) -> None:
+        """Append a packet (unless not ``keep``) and move the references used by :meth:`fit`."""
+        if self.count == 0:
             self.max_seq_ext = packet.seq_ext
             self.max_ts_ext = packet.ts_ext
             self.first_arrival_ms = packet.arrival_ms
-        self.packets.append(packet)
+        self.count += 1
+        if keep:
+            self.packets.append(packet)
         self.max_seq_ext = max(self.max_seq_ext, packet.seq_ext)
         self.max_ts_ext = max(self.max_ts_ext, packet.ts_ext)
         if audio:
@@ -556,82 +569,408 @@ def _place(output: Int16Array, offset: int, values: FloatArray | Int16Array) -> 
     output[start:stop] = chunk
 
 
+# --------------------------------------------------------------------------- streaming
+
+
+class _Canvas:
+    """The output of one stream from ``base`` on; everything before ``base`` is emitted.
+
+    Placement is "later wins", as in a whole-call build; what falls before ``base``
+    (already handed to the encoder) or before the recording start is dropped. Kept
+    as the placed pieces rather than a dense buffer, so a long silence (a hold) costs
+    nothing until it is taken, and then only as much as the caller takes at a time.
+    """
+
+    __slots__ = ("_pieces", "base", "floor", "late_samples", "shifted_samples")
+
+    def __init__(self, base: int = 0) -> None:
+        self.base = base
+        self.floor = base  # output before it was made elsewhere (earlier process, stream)
+        self._pieces: list[tuple[int, Int16Array]] = []
+        self.late_samples = 0  # dropped: they belonged to output already emitted
+        self.shifted_samples = 0  # silence inserted to keep later audio (see _Span)
+
+    def place(self, offset: int, values: FloatArray | Int16Array) -> None:
+        start = max(offset, self.base, 0)
+        stop = offset + values.size
+        self.late_samples += max(0, min(stop, self.base) - max(offset, self.floor))
+        if start >= stop:
+            return
+        part = values[start - offset : stop - offset]
+        chunk: Int16Array = (part.astype(np.int16, copy=False) if part.dtype == np.int16
+                             else np.clip(np.round(part), -32768, 32767).astype(np.int16))
+        self._pieces.append((start, chunk))
+
+    def take(self, upto: int) -> Int16Array:
+        """Samples [base, upto) (silence where nothing was placed); moves ``base``."""
+        count = max(upto - self.base, 0)
+        out = np.zeros(count, dtype=np.int16)
+        keep: list[tuple[int, Int16Array]] = []
+        for start, values in self._pieces:
+            stop = start + values.size
+            lo, hi = max(start, self.base), min(stop, upto)
+            if lo < hi:
+                out[lo - self.base : hi - self.base] = values[lo - start : hi - start]
+            if stop > upto:
+                keep.append((max(start, upto), values[max(upto - start, 0):]))
+        self._pieces = keep
+        self.base = max(self.base, upto)
+        return out
+
+
+class _Span:
+    """Contiguous decoded audio of one run, resampled as one signal while it grows.
+
+    The resampler is zero-phase with a finite support, so all output but the last
+    ``margin`` input samples can be produced as the span grows, and equals what one
+    resampling of the whole span would give; the rest waits for more input or the
+    span's end (where, as for a whole span, the signal is padded with zeros).
+    """
+
+    __slots__ = ("_buf", "_buf_start", "_done", "_parts", "_total", "end_ts", "out_pos",
+                 "rate")
+
+    def __init__(self, ts_ext: int, rate: int, out_pos: int) -> None:
+        self.rate = rate
+        self.end_ts = ts_ext
+        self.out_pos = out_pos
+        self._parts: list[Int16Array] = []
+        self._buf: Int16Array = np.zeros(0, dtype=np.int16)
+        self._buf_start = 0
+        self._done = 0
+        self._total = 0
+
+    def end_pos(self, out_rate: int) -> int:
+        """Output position just after the last sample this span has input for."""
+        return self.out_pos + (self._total - self._done) * out_rate // self.rate
+
+    def add(self, samples: Int16Array, clock_len: int) -> None:
+        self._parts.append(samples)
+        self._total += samples.size
+        self.end_ts += clock_len
+
+    def render(self, canvas: _Canvas, out_rate: int, *, final: bool) -> None:
+        if self._parts:
+            pieces = [self._buf, *self._parts] if self._buf.size else self._parts
+            self._buf = pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
+            self._parts = []
+        # _buf now holds input [total - len(_buf), total)
+        self._buf_start = self._total - self._buf.size
+        if self.out_pos < canvas.base and canvas.base > canvas.floor:
+            # Emitted already (the sender's clock is slow, or the packets came late):
+            # go on from where the output is, rather than losing the rest of the span.
+            canvas.shifted_samples += canvas.base - self.out_pos
+            self.out_pos = canvas.base
+        if self.rate == out_rate:
+            fresh = self._buf[self._done - self._buf_start:]
+            canvas.place(self.out_pos, fresh)
+            self.out_pos += fresh.size
+            self._done = self._total
+            self._buf = self._buf[:0]
+            self._buf_start = self._total
+            return
+        g = math.gcd(self.rate, out_rate)
+        up, down = out_rate // g, self.rate // g
+        margin = _stream_margin(up, down)
+        limit = self._total if final else (self._total - margin) // down * down
+        if limit <= self._done:
+            return
+        start = max(self._done - margin, 0)
+        stop = self._total if final else limit + margin
+        window = self._buf[start - self._buf_start : stop - self._buf_start]
+        values = resample(window, self.rate, out_rate)
+        first = (self._done - start) * up // down
+        last = (limit - start) * up // down if not final else values.size
+        chunk = values[first:last]
+        canvas.place(self.out_pos, chunk)
+        self.out_pos += chunk.size
+        self._done = limit
+        keep_from = max(self._done - margin, 0)
+        if keep_from > self._buf_start:
+            self._buf = self._buf[keep_from - self._buf_start:].copy()
+            self._buf_start = keep_from
+
+
+def _stream_margin(up: int, down: int) -> int:
+    """Input samples either side that a windowed resampling needs to be exact."""
+    half = _TAPS_PER_SIDE * max(up, down)
+    need = half // up + 2
+    return (need + down - 1) // down * down
+
+
+@dataclass(slots=True)
+class _LiveRun:
+    """A run followed packet by packet, without keeping its packets."""
+
+    run: Run
+    ts0: int
+    seen: set[int] = field(default_factory=set)
+    min_seq: int = 0
+    unique: int = 0
+    anchor_all: float = math.inf
+    anchor_audio: float = math.inf
+    dtmf: dict[tuple[int, int], int] = field(default_factory=dict)
+    heap: list[tuple[int, float, int, str, bytes]] = field(default_factory=list)
+    last_decoded: int | None = None
+    decoders: _Decoders = field(default_factory=lambda: _Decoders())
+    span: _Span | None = None
+    last_arrival: float = 0.0
+
+    @property
+    def anchor(self) -> float:
+        """Wall time (ms) of ``ts0``: the least delayed audio packet's, as in anchor_ms."""
+        if self.anchor_audio != math.inf:
+            return self.anchor_audio
+        return self.anchor_all if self.anchor_all != math.inf else 0.0
+
+
+class StreamTimeline:
+    """One stream's channel, built as its packets arrive, in bounded memory.
+
+    The same rules as a whole-call build (runs, duplicates, loss, anchoring on the
+    least delayed packet, placement by timestamp, "later wins", DTMF as events), with
+    two bounds that make it streamable: packets are decoded in sequence order once
+    they are ``reorder_ms`` old (a packet overtaken by a later one that was already
+    decoded is late and dropped), and output before the emitted point is final.
+    With no bounds (``advance(None)``), the result equals the whole-call build.
+    """
+
+    def __init__(self, payload_codecs: dict[int, str], out_rate: int = 16000,
+                 end_ms: int | None = None, start_sample: int = 0) -> None:
+        if out_rate <= 0:
+            raise ValueError(f"invalid output rate {out_rate}")
+        self.out_rate = out_rate
+        self.end_ms = end_ms
+        self.stats = StreamStats()
+        self.packets_late = 0
+        self.canvas = _Canvas(start_sample)
+        self._codecs: dict[int, str] = {}
+        self.set_codecs(payload_codecs)
+        self._pending: list[tuple[float, int, RtpRecord]] = []
+        self._counter = 0
+        self._runs: list[_LiveRun] = []
+        self._by_ssrc: dict[int, list[_LiveRun]] = {}
+        self._last_ssrc: int | None = None
+        self._seen_codecs: set[str] = set()
+        self._unknown_pts: set[int] = set()
+        self._dtmf: list[DtmfEvent] = []
+        self._has_rtp = False
+        self._first: float | None = None
+        self._last: float | None = None
+
+    def set_codecs(self, payload_codecs: dict[int, str]) -> None:
+        """Static payload types plus the call's mappings (an SDP's own rtpmap wins)."""
+        codecs = dict(STATIC_PAYLOAD_CODECS)
+        codecs.update({int(pt): normalize_codec(str(name)) for pt, name in payload_codecs.items()})
+        self._codecs = codecs
+
+    # ---- input
+
+    def feed(self, arrival_ms: float, data: bytes) -> None:
+        """One stored datagram (arrival relative to the recording start)."""
+        self.stats.packets_received += 1
+        try:
+            rec = parse_record(float(arrival_ms), bytes(data))
+        except (TypeError, ValueError, OverflowError):
+            rec = None
+        if rec is None:
+            self.stats.packets_invalid += 1
+        elif rec.arrival_ms < 0.0 or (self.end_ms is not None and rec.arrival_ms >= self.end_ms):
+            self.stats.packets_outside += 1
+        else:
+            heapq.heappush(self._pending, (rec.arrival_ms, self._counter, rec))
+            self._counter += 1
+
+    def advance(self, now_ms: float | None, *, reorder_ms: float = 0.0,
+                emit_sample: int | None = None) -> None:
+        """Take in what arrived up to ``now_ms`` and decode what is ``reorder_ms`` old.
+
+        ``None`` takes in and decodes everything (the end of the recording). Spans
+        that would still have output before ``emit_sample`` are closed first, so what
+        the caller then takes up to there is complete.
+        """
+        while self._pending and (now_ms is None or self._pending[0][0] <= now_ms):
+            _, _, rec = heapq.heappop(self._pending)
+            if self.end_ms is not None and rec.arrival_ms >= self.end_ms:
+                self.stats.packets_outside += 1
+                continue
+            self._ingest(rec)
+        horizon = None if now_ms is None else now_ms - reorder_ms
+        for live in self._runs:
+            self._decode(live, horizon)
+            if live.span is not None:
+                final = now_ms is None or (
+                    emit_sample is not None
+                    and live.span.end_pos(self.out_rate) < emit_sample
+                    and (not live.heap or horizon is None or live.heap[0][1] >= horizon))
+                live.span.render(self.canvas, self.out_rate, final=final)
+                if final:
+                    live.span = None
+        self._retire()
+
+    def take(self, upto: int) -> Int16Array:
+        """The channel's samples from the last take up to sample ``upto`` (final)."""
+        return self.canvas.take(upto)
+
+    def finish(self, duration_ms: int) -> ChannelResult:
+        """Decode the rest and return the remaining samples up to ``duration_ms``."""
+        self.end_ms = duration_ms
+        self.advance(None)
+        total = max(int(duration_ms), 0) * self.out_rate // 1000
+        samples = self.take(total)
+        return ChannelResult(samples=samples, stats=self.summary(), dtmf=self.dtmf(),
+                             first_arrival_ms=None if self._first is None else int(self._first),
+                             last_arrival_ms=None if self._last is None else int(self._last))
+
+    def summary(self) -> StreamStats:
+        """The counters so far (complete once :meth:`finish` ran)."""
+        stats = self.stats
+        out = StreamStats(**{name: getattr(stats, name) for name in StreamStats.__slots__})
+        out.packets_lost += sum(_run_lost(live) for live in self._runs)
+        out.codecs = sorted(self._seen_codecs)
+        out.unknown_payload_types = sorted(self._unknown_pts)
+        out.silent_reason = silent_reason(out, has_rtp=self._has_rtp,
+                                          has_dtmf=bool(self.dtmf()))
+        return out
+
+    def dtmf(self) -> list[DtmfEvent]:
+        events = list(self._dtmf)
+        for live in self._runs:
+            events.extend(_run_dtmf(live))
+        events.sort(key=lambda e: (e.start_ms, e.digit))
+        return events
+
+    # ---- steps
+
+    def _ingest(self, rec: RtpRecord) -> None:
+        self._has_rtp = True
+        self._first = rec.arrival_ms if self._first is None else min(self._first, rec.arrival_ms)
+        self._last = rec.arrival_ms if self._last is None else max(self._last, rec.arrival_ms)
+        codec = self._codecs.get(rec.pt)
+        if codec is None:
+            self._unknown_pts.add(rec.pt)
+        else:
+            self._seen_codecs.add(codec)
+        audio = codec in _NATIVE_RATE
+        candidates = self._by_ssrc.setdefault(rec.ssrc, [])
+        target: _LiveRun | None = None
+        ext: tuple[int, int] | None = None
+        for live in reversed(candidates[-_RUN_LOOKBACK:]):
+            ext = live.run.fit(rec.seq, rec.ts, rec.arrival_ms, audio)
+            if ext is not None:
+                target = live
+                break
+        if target is None or ext is None:
+            target = _LiveRun(Run(ssrc=rec.ssrc), ts0=rec.ts, min_seq=rec.seq)
+            candidates.append(target)
+            self._runs.append(target)
+            if self._last_ssrc is not None and self._last_ssrc != rec.ssrc:
+                self.stats.ssrc_changes += 1
+            self._last_ssrc = rec.ssrc
+            ext = (rec.seq, rec.ts)
+        seq_ext, ts_ext = ext
+        target.run.add(RunPacket(seq_ext, ts_ext, rec.arrival_ms, codec, b""), audio, keep=False)
+        target.last_arrival = rec.arrival_ms
+        if seq_ext in target.seen:
+            self.stats.packets_duplicate += 1
+            return
+        target.seen.add(seq_ext)
+        target.unique += 1
+        target.min_seq = min(target.min_seq, seq_ext)
+        if len(target.seen) > 2 * MAX_SEQ_JUMP:
+            floor = target.run.max_seq_ext - MAX_SEQ_JUMP - 1
+            target.seen = {s for s in target.seen if s >= floor}
+        offset = rec.arrival_ms - (ts_ext - target.ts0) * (1000.0 / RTP_CLOCK_HZ)
+        target.anchor_all = min(target.anchor_all, offset)
+        if codec == _DTMF:
+            parsed = parse_telephone_event(rec.payload)
+            if parsed is None:
+                self.stats.unknown_payload += 1
+            elif parsed[0] < len(_DTMF_DIGITS):
+                key = (ts_ext, parsed[0])
+                if key in target.dtmf or len(target.dtmf) < _MAX_DTMF_EVENTS:
+                    target.dtmf[key] = max(target.dtmf.get(key, 0), parsed[2])
+        elif not audio:
+            self.stats.unknown_payload += 1
+        else:
+            target.anchor_audio = min(target.anchor_audio, offset)
+            if rec.payload:
+                assert codec is not None
+                heapq.heappush(target.heap, (seq_ext, rec.arrival_ms, ts_ext, codec, rec.payload))
+
+    def _decode(self, live: _LiveRun, horizon: float | None) -> None:
+        heap = live.heap
+        to_out = self.out_rate / RTP_CLOCK_HZ
+        while heap and (horizon is None or heap[0][1] < horizon):
+            seq_ext, _, ts_ext, codec, payload = heapq.heappop(heap)
+            if live.last_decoded is not None and seq_ext <= live.last_decoded:
+                self.packets_late += 1  # overtaken beyond the reorder window
+                continue
+            live.last_decoded = seq_ext
+            samples = live.decoders.decode(codec, payload)
+            if samples is None or samples.size == 0:
+                self.stats.unknown_payload += 1
+                continue
+            self.stats.packets_decoded += 1
+            rate = _NATIVE_RATE[codec]
+            clock_len = samples.size * RTP_CLOCK_HZ // rate
+            span = live.span
+            if span is None or ts_ext != span.end_ts or rate != span.rate:
+                if span is not None:
+                    span.render(self.canvas, self.out_rate, final=True)
+                offset = round(live.anchor * self.out_rate / 1000.0) + round(
+                    (ts_ext - live.ts0) * to_out)
+                span = _Span(ts_ext, rate, offset)
+                live.span = span
+            span.add(samples, clock_len)
+
+    def _retire(self) -> None:
+        """Fold runs that no packet can join any more into the totals (bounded memory)."""
+        if len(self._runs) <= _RUN_LOOKBACK:
+            return
+        keep: list[_LiveRun] = []
+        for live in self._runs:
+            recent = self._by_ssrc.get(live.run.ssrc, [])[-_RUN_LOOKBACK:]
+            if live.span is None and not live.heap and not any(r is live for r in recent):
+                self.stats.packets_lost += _run_lost(live)
+                self._dtmf.extend(_run_dtmf(live))
+                self._by_ssrc[live.run.ssrc].remove(live)
+            else:
+                keep.append(live)
+        self._runs = keep
+
+
+def _run_lost(live: _LiveRun) -> int:
+    if not live.unique:
+        return 0
+    return live.run.max_seq_ext - live.min_seq + 1 - live.unique
+
+
+def _run_dtmf(live: _LiveRun) -> list[DtmfEvent]:
+    scale = 1000.0 / RTP_CLOCK_HZ
+    anchor = live.anchor
+    return [
+        DtmfEvent(digit=_DTMF_DIGITS[code], start_ms=round(anchor + (ts_ext - live.ts0) * scale),
+                  duration_ms=round(duration * scale))
+        for (ts_ext, code), duration in live.dtmf.items()
+    ]
+
+
 def build_channel(
     records: Iterable[tuple[int, bytes]],
     payload_codecs: dict[int, str],
     duration_ms: int,
     out_rate: int = 16000,
 ) -> ChannelResult:
-    """Build one channel of ``duration_ms`` at ``out_rate`` from stored RTP.
+    """Build one channel of ``duration_ms`` at ``out_rate`` from stored RTP, in one go.
 
     ``records`` are ``(arrival_ms relative to the recording start, datagram)``.
     ``payload_codecs`` is every payload-type mapping the call negotiated; the
     static payload types of :data:`STATIC_PAYLOAD_CODECS` are decoded even when
-    the negotiation did not list them (an SDP's own rtpmap still wins).
+    the negotiation did not list them (an SDP's own rtpmap still wins). The same
+    :class:`StreamTimeline` the live encoder uses, without its time bounds.
     """
-    if out_rate <= 0:
-        raise ValueError(f"invalid output rate {out_rate}")
-    total = max(int(duration_ms), 0) * out_rate // 1000
-    output = np.zeros(total, dtype=np.int16)
-    stats = StreamStats()
-    codecs = dict(STATIC_PAYLOAD_CODECS)
-    codecs.update({int(pt): normalize_codec(str(name)) for pt, name in payload_codecs.items()})
-
-    valid: list[RtpRecord] = []
+    timeline = StreamTimeline(payload_codecs, out_rate, end_ms=max(int(duration_ms), 0))
     for arrival, data in records:
-        stats.packets_received += 1
-        try:
-            rec = parse_record(float(arrival), bytes(data))
-        except (TypeError, ValueError, OverflowError):
-            rec = None
-        if rec is None:
-            stats.packets_invalid += 1
-        elif not 0.0 <= rec.arrival_ms < duration_ms:
-            stats.packets_outside += 1
-        else:
-            valid.append(rec)
-    valid.sort(key=lambda r: r.arrival_ms)
-
-    seen_codecs = {codecs[r.pt] for r in valid if r.pt in codecs}
-    stats.codecs = sorted(seen_codecs)
-    runs = split_runs(valid, codecs)
-    runs.sort(key=lambda r: r.first_arrival_ms)
-    stats.ssrc_changes = sum(1 for a, b in itertools.pairwise(runs) if a.ssrc != b.ssrc)
-
-    stats.unknown_payload_types = sorted({r.pt for r in valid if r.pt not in codecs})
-    dtmf: list[DtmfEvent] = []
-    to_out = out_rate / RTP_CLOCK_HZ
-    for run in runs:
-        unique, duplicates, lost = dedupe_run(run.packets)
-        stats.packets_duplicate += duplicates
-        stats.packets_lost += lost
-        stats.unknown_payload += sum(
-            1 for p in unique if p.codec != _DTMF and p.codec not in _NATIVE_RATE
-        )
-        anchor, ts_base = anchor_ms(unique)
-        events, bad_dtmf = collect_dtmf(unique, anchor, ts_base)
-        dtmf.extend(events)
-        spans, bad_audio = decode_spans(unique)
-        stats.unknown_payload += bad_dtmf + bad_audio
-        stats.packets_decoded += (
-            sum(1 for p in unique if p.codec in _NATIVE_RATE and p.payload) - bad_audio
-        )
-        anchor_samples = round(anchor * out_rate / 1000.0)
-        for span in spans:
-            offset = anchor_samples + round((span.ts_ext - ts_base) * to_out)
-            values: FloatArray | Int16Array = span.samples
-            if span.rate != out_rate:
-                values = resample(span.samples, span.rate, out_rate)
-            _place(output, offset, values)
-
-    dtmf.sort(key=lambda e: (e.start_ms, e.digit))
-    stats.silent_reason = silent_reason(stats, has_rtp=bool(valid), has_dtmf=bool(dtmf))
-    first = min((r.arrival_ms for r in valid), default=None)
-    last = max((r.arrival_ms for r in valid), default=None)
-    return ChannelResult(
-        samples=output,
-        stats=stats,
-        dtmf=dtmf,
-        first_arrival_ms=None if first is None else int(first),
-        last_arrival_ms=None if last is None else int(last),
-    )
+        timeline.feed(arrival, data)
+    return timeline.finish(duration_ms)

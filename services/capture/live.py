@@ -1,0 +1,497 @@
+"""The live recording: the call encoded into its final Ogg/Opus file while it goes on.
+
+Every flush of the segments (0.5 s), the live encoder reads the packets appended
+since the last step, builds each stream's channel up to a point a little behind
+(``EMIT_DELAY_MS``: time for reordered packets), mixes the streams into the two
+channels, encodes that span and appends its Ogg pages to ``live.opus``, so the file
+always ends on a complete page and any prefix that ends on a page boundary is a
+playable recording of the call so far. ``live.json`` says how far it is.
+
+Finalize is the same step run to the end of the call plus closing the stream, so
+it costs the last half second of audio, not the whole call, and memory does not
+grow with the call's length. After a crash the encoder starts again from the
+segments (the source of truth): it keeps ``live.opus`` up to its last complete
+page (peers may already hold those bytes) and continues the same Ogg stream from
+there, reading the segments in bounded pieces.
+
+The receive path is untouched: it only appends to segments; this runs in a worker
+thread of capture (see service.py) on what the segments already hold.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+
+from callrec.audio import OggPageInfo, OpusPageEncoder, scan_ogg_pages
+from contracts.v1.events import ChannelSummary, DtmfDigit
+
+from .segments import RECORD_HEADER, stream_segments
+from .timeline import DtmfEvent, Int16Array, StreamStats, StreamTimeline
+
+OUTPUT_RATE = 16000
+LIVE_FILE = "live.opus"
+LIVE_STATE = "live.json"
+FINAL_STATE = "final.json"
+
+REORDER_MS = 150.0
+"""A packet is decoded (in sequence order) once it is this old: reordering window."""
+
+EMIT_DELAY_MS = 300.0
+"""Audio is encoded up to this far behind the newest stored packet; the margin over
+REORDER_MS absorbs jitter of the least delayed packet."""
+
+CATCH_UP_STEP_MS = 2_000.0
+"""While catching up (after a restart, at finalize) segments are read this much call
+time at a time, which bounds memory whatever the call's length."""
+
+READ_CHUNK = 128 * 1024  # more than the largest record (6 + 65535 bytes)
+_FRAME = OUTPUT_RATE // 50
+_EOS = 4
+_EMIT_PIECE = 2 * OUTPUT_RATE  # samples mixed and encoded at a time
+
+
+@dataclass(frozen=True, slots=True)
+class StreamSpec:
+    """What the encoder needs to know of one stream (a snapshot of its manifest)."""
+
+    stream_id: str
+    channel: int
+    payload_codecs: dict[int, str]
+    port: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Progress:
+    """How far ``live.opus`` is: a prefix of ``bytes`` holds ``duration_ms`` of audio."""
+
+    bytes: int
+    duration_ms: int
+    final: bool
+
+
+class SegmentTail:
+    """Reads one stream's segment files incrementally, record by record.
+
+    A record still being written (the capture loop appends while we read) is left
+    for the next read; a torn record that ends a file whose successor exists (a
+    crash) is skipped, as read_records does.
+    """
+
+    def __init__(self, directory: Path, stream_id: str) -> None:
+        self.directory = directory
+        self.stream_id = stream_id
+        self._offsets: dict[Path, int] = {}
+        self.last_arrival = -1.0
+
+    def read(self, until_ms: float | None) -> Iterable[tuple[int, bytes]]:
+        """Records appended since the last read, stopping after one beyond ``until_ms``."""
+        if until_ms is not None and self.last_arrival > until_ms:
+            return  # already ahead: what was read is waiting in the timeline
+        paths = stream_segments(self.directory, self.stream_id)
+        for index, path in enumerate(paths):
+            offset = self._offsets.get(path, 0)
+            last_file = index == len(paths) - 1
+            with path.open("rb") as handle:
+                while True:
+                    handle.seek(offset)
+                    data = handle.read(READ_CHUNK)
+                    if not data:
+                        break
+                    pos = 0
+                    size = RECORD_HEADER.size
+                    while pos + size <= len(data):
+                        arrival, length = RECORD_HEADER.unpack_from(data, pos)
+                        if pos + size + length > len(data):
+                            break
+                        yield arrival, data[pos + size: pos + size + length]
+                        pos += size + length
+                        self.last_arrival = max(self.last_arrival, float(arrival))
+                    if pos == 0 and len(data) >= READ_CHUNK:
+                        pos = len(data)  # a record larger than a chunk cannot be: skip
+                    offset += pos
+                    self._offsets[path] = offset
+                    if until_ms is not None and self.last_arrival > until_ms:
+                        return
+                    if len(data) < READ_CHUNK:
+                        break
+            if not last_file:
+                self._offsets[path] = path.stat().st_size  # torn tail of a crashed process
+
+
+@dataclass
+class _Stream:
+    spec: StreamSpec
+    tail: SegmentTail
+    timeline: StreamTimeline
+    channel: int
+
+
+@dataclass
+class FinalizeResult:
+    """What finalize reports: the call's length and each stream's statistics."""
+
+    duration_ms: int
+    channels: list[ChannelSummary]
+    codecs: list[str]
+
+    def to_json(self) -> str:
+        return json.dumps({"duration_ms": self.duration_ms, "codecs": self.codecs,
+                           "channels": [c.model_dump(mode="json") for c in self.channels]})
+
+    @classmethod
+    def from_json(cls, text: str) -> FinalizeResult:
+        data = json.loads(text)
+        return cls(duration_ms=int(data["duration_ms"]), codecs=list(data["codecs"]),
+                   channels=[ChannelSummary.model_validate(c) for c in data["channels"]])
+
+
+def channel_summary(spec: StreamSpec, stats: StreamStats,
+                    dtmf: list[DtmfEvent]) -> ChannelSummary:
+    """The ChannelSummary of one stream (its statistics and DTMF digits)."""
+    return ChannelSummary(
+        channel=0 if spec.channel <= 0 else 1,
+        stream_id=spec.stream_id,
+        port=spec.port,
+        packets_received=stats.packets_received,
+        packets_lost=stats.packets_lost,
+        packets_duplicate=stats.packets_duplicate,
+        packets_invalid=stats.packets_invalid,
+        packets_outside=stats.packets_outside,
+        unknown_payload=stats.unknown_payload,
+        ssrc_changes=stats.ssrc_changes,
+        codecs=list(stats.codecs),
+        packets_decoded=stats.packets_decoded,
+        unknown_payload_types=list(stats.unknown_payload_types),
+        silent_reason=stats.silent_reason,
+        dtmf=[DtmfDigit(digit=d.digit, at_ms=d.start_ms, duration_ms=d.duration_ms)
+              for d in dtmf],
+    )
+
+
+class LiveEncoder:
+    """One recording's live encoding: ``step`` while it goes on, ``finish`` at the end.
+
+    Not thread-safe: the service runs every call of one recording on one worker thread.
+    """
+
+    def __init__(self, directory: Path, recording_id: str, *, bitrate: int = 16000,
+                 complexity: int = 5) -> None:
+        self.directory = directory
+        self.recording_id = recording_id
+        self.path = directory / LIVE_FILE
+        self._bitrate = bitrate
+        self._complexity = complexity
+        self._streams: dict[str, _Stream] = {}
+        self._unwritten = b""
+        self._pending_result: FinalizeResult | None = None
+        self.final: FinalizeResult | None = None
+        before, resume = _last_pages(self.path)
+        if resume is not None and resume.flags & _EOS:
+            self.final = _load_final(directory)
+            if self.final is None:  # cannot happen (final.json goes first): redo the end
+                resume = before
+        if resume is not None and resume.sequence < 1:
+            resume = None  # headers incomplete: nothing playable yet, start again
+        if resume is None:
+            self.bytes = 0
+            self._encoder = OpusPageEncoder(OUTPUT_RATE, bitrate=bitrate, complexity=complexity)
+        else:
+            self.bytes = resume.end
+            self._encoder = OpusPageEncoder(OUTPUT_RATE, bitrate=bitrate,
+                                            complexity=complexity, resume_from=resume)
+        if self.final is None:
+            self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o640)
+            os.ftruncate(self._fd, self.bytes)
+            os.lseek(self._fd, self.bytes, os.SEEK_SET)
+        else:
+            self._fd = -1
+        self.cursor = self._encoder.samples_done
+        self._t = 0.0  # call time (ms) up to which the segments have been taken in
+
+    # ---- progress
+
+    @property
+    def progress(self) -> Progress:
+        duration = self.final.duration_ms if self.final is not None else (
+            self._encoder.playable_ms)
+        return Progress(self.bytes, duration, self.final is not None)
+
+    # ---- steps
+
+    def step(self, streams: list[StreamSpec], now_ms: float) -> Progress | None:
+        """Encode what the segments hold up to ``now_ms`` (minus the reorder delay).
+
+        Never further than the newest packet stored: a call on hold, or whose capture
+        was down, gets its silence when packets come again or at finalize, so the
+        file never runs past the end of the call. Returns the new progress when pages
+        were appended, else None.
+        """
+        if self.final is not None:
+            return None
+        self._sync_streams(streams)
+        before = self.bytes
+        self._catch_up(now_ms)
+        self._write(self._encoder.pages())
+        if self.bytes == before:
+            return None
+        self._save_state()
+        return self.progress
+
+    def finish(self, streams: list[StreamSpec], duration_ms: int) -> FinalizeResult:
+        """Encode the rest of the call, close the Ogg stream; idempotent once it succeeded."""
+        if self.final is not None:
+            return self.final
+        self._sync_streams(streams)
+        if self._pending_result is not None:
+            result = self._pending_result  # closed, but the last pages still to write
+        else:
+            end = max(duration_ms, 0)
+            for stream in self._streams.values():
+                stream.timeline.end_ms = end
+            # Everything up to the end, read and encoded in bounded steps...
+            self._catch_up(end + EMIT_DELAY_MS)
+            self._pump(None)
+            for stream in self._streams.values():
+                stream.timeline.advance(None)
+            # ...then the last samples (and the silence of a final hold), a piece at a time.
+            # An Ogg file without audio packets cannot be opened again: an empty
+            # recording becomes one sample of silence (as encode_opus_stereo does).
+            total = max(end * OUTPUT_RATE // 1000, self.cursor, 1)
+            self._emit(total, partial=True, write=True)
+            summaries: list[ChannelSummary] = []
+            codecs: set[str] = set()
+            for stream in self._sorted_streams():
+                stats = stream.timeline.summary()
+                summaries.append(channel_summary(stream.spec, stats, stream.timeline.dtmf()))
+                codecs.update(stats.codecs)
+            result = FinalizeResult(duration_ms=duration_ms, channels=summaries,
+                                    codecs=sorted(codecs))
+            self._pending_result = result
+            _save_final(self.directory, result)
+            self._unwritten += self._encoder.pages() + self._encoder.close(total)
+        self._write(b"")
+        if self._unwritten:
+            raise OSError(f"live recording {self.recording_id} could not be written")
+        self.close()
+        self.final = result
+        self._save_state()
+        return result
+
+    def close(self) -> None:
+        """Let go of the file (the recording goes on elsewhere or is done)."""
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    # ---- internals
+
+    def _sync_streams(self, streams: list[StreamSpec]) -> None:
+        for spec in streams:
+            current = self._streams.get(spec.stream_id)
+            if current is None:
+                # Output before the cursor is in live.opus already (a stream added
+                # mid-call, or a restart): what lands there is dropped, not pushed later.
+                timeline = StreamTimeline(spec.payload_codecs, OUTPUT_RATE,
+                                          start_sample=self.cursor)
+                self._streams[spec.stream_id] = _Stream(
+                    spec, SegmentTail(self.directory, spec.stream_id), timeline,
+                    0 if spec.channel <= 0 else 1)
+            elif current.spec.payload_codecs != spec.payload_codecs:
+                current.timeline.set_codecs(spec.payload_codecs)
+                current.spec = spec
+
+    def _sorted_streams(self) -> list[_Stream]:
+        return sorted(self._streams.values(), key=lambda s: (s.spec.channel, s.spec.stream_id))
+
+    def _catch_up(self, now_ms: float) -> None:
+        """Take in and encode up to ``now_ms``, at most CATCH_UP_STEP_MS of call at a time."""
+        t = self._t
+        while True:
+            t = max(min(t + CATCH_UP_STEP_MS, now_ms), self._t)
+            self._t = t
+            self._pump(t)
+            newest = max((s.tail.last_arrival for s in self._streams.values()), default=-1.0)
+            emit_ms = min(t - EMIT_DELAY_MS, newest)
+            emit = int(emit_ms * OUTPUT_RATE / 1000) // _FRAME * _FRAME
+            for stream in self._streams.values():
+                stream.timeline.advance(t, reorder_ms=REORDER_MS, emit_sample=emit)
+            self._emit(emit, partial=False)
+            if t >= now_ms:
+                return
+            self._write(self._encoder.pages())  # catching up: pages out as they come
+
+    def _pump(self, until_ms: float | None) -> None:
+        for stream in self._streams.values():
+            for arrival, data in stream.tail.read(until_ms):
+                stream.timeline.feed(arrival, data)
+
+    def _emit(self, upto: int, *, partial: bool, write: bool = False) -> None:
+        """Mix and encode [cursor, upto), a bounded piece at a time.
+
+        Only whole 20 ms frames unless ``partial`` (the end of the call): the last
+        frame is then padded with silence and the end granule trims it off.
+        """
+        while self.cursor < upto:
+            stop = min(upto, self.cursor + _EMIT_PIECE)
+            left, right = self._mix(stop)
+            if left.size % _FRAME:
+                if not partial:
+                    raise ValueError("emit whole frames only")
+                pad = _FRAME - left.size % _FRAME
+                left = np.concatenate([left, np.zeros(pad, dtype=np.int16)])
+                right = np.concatenate([right, np.zeros(pad, dtype=np.int16)])
+            self._encoder.encode(left, right)
+            if write:
+                self._write(self._encoder.pages())
+
+    def _mix(self, upto: int) -> tuple[Int16Array, Int16Array]:
+        mix = [np.zeros(upto - self.cursor, dtype=np.int32) for _ in range(2)]
+        for stream in self._streams.values():
+            samples = stream.timeline.take(upto)
+            mix[stream.channel][: samples.size] += samples
+        self.cursor = upto
+        left, right = (np.clip(m, -32768, 32767).astype(np.int16) for m in mix)
+        return left, right
+
+    def _write(self, pages: bytes) -> None:
+        """Append whole pages and make them durable; on failure keep them for later."""
+        data = self._unwritten + pages
+        if not data:
+            return
+        try:
+            view = memoryview(data)
+            written = 0
+            while written < len(data):
+                written += os.write(self._fd, view[written:])
+            os.fdatasync(self._fd)
+        except OSError:
+            # A file that ends mid-page would not be a valid prefix: cut it back.
+            os.ftruncate(self._fd, self.bytes)
+            os.lseek(self._fd, self.bytes, os.SEEK_SET)
+            self._unwritten = data
+            return
+        self.bytes += len(data)
+        self._unwritten = b""
+
+    def _save_state(self) -> None:
+        progress = self.progress
+        state = {
+            "recording_id": self.recording_id,
+            "bytes": progress.bytes,
+            "duration_ms": progress.duration_ms,
+            "updated_at": datetime.now(UTC).isoformat(),
+            "final": progress.final,
+        }
+        temp = self.directory / f".{LIVE_STATE}.tmp"
+        try:
+            temp.write_text(json.dumps(state))
+            os.replace(temp, self.directory / LIVE_STATE)
+        except OSError:
+            pass  # advisory only: live.opus itself is the truth
+
+
+def _last_pages(path: Path) -> tuple[OggPageInfo | None, OggPageInfo | None]:
+    """The last two complete pages of ``path`` (None where there are fewer)."""
+    before: OggPageInfo | None = None
+    last: OggPageInfo | None = None
+    if not path.exists():
+        return None, None
+    for page in scan_ogg_pages(path):
+        before, last = last, page
+    return before, last
+
+
+def _save_final(directory: Path, result: FinalizeResult) -> None:
+    """Written before the end-of-stream page: a closed live.opus always has its result."""
+    temp = directory / f".{FINAL_STATE}.tmp"
+    temp.write_text(result.to_json())
+    fd = os.open(temp, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(temp, directory / FINAL_STATE)
+
+
+def _load_final(directory: Path) -> FinalizeResult | None:
+    try:
+        return FinalizeResult.from_json((directory / FINAL_STATE).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+# --------------------------------------------------------------------------- worker side
+#
+# Capture runs these in worker processes, each recording always on the same worker
+# (chosen by its id), so its encoder (Opus and decoder state, reorder buffers) stays
+# in that process between steps. A worker that dies loses nothing: the next call
+# resumes from the segments and live.opus.
+
+_ENCODERS: dict[str, LiveEncoder] = {}
+
+
+def worker_step(directory: Path, recording_id: str, specs: list[StreamSpec], now_ms: float,
+                bitrate: int) -> tuple[Progress | None, int]:
+    """One live step of one recording: (new progress or None, bytes appended)."""
+    encoder = _ENCODERS.get(recording_id)
+    try:
+        if encoder is None:
+            encoder = LiveEncoder(directory, recording_id, bitrate=bitrate)
+            _ENCODERS[recording_id] = encoder
+        before = encoder.bytes
+        progress = encoder.step(specs, now_ms)
+    except Exception:
+        worker_drop(recording_id)  # the next step starts again from disk
+        raise
+    return progress, (progress.bytes - before) if progress is not None else 0
+
+
+def worker_finish(directory: Path, recording_id: str, specs: list[StreamSpec],
+                  duration_ms: int, bitrate: int) -> FinalizeResult:
+    """Encode the tail and close live.opus (resumed from disk if this worker lacks it)."""
+    encoder = _ENCODERS.get(recording_id)
+    try:
+        if encoder is None:
+            encoder = LiveEncoder(directory, recording_id, bitrate=bitrate)
+            _ENCODERS[recording_id] = encoder
+        result = encoder.finish(specs, duration_ms)
+    except Exception:
+        worker_drop(recording_id)
+        raise
+    worker_drop(recording_id)
+    return result
+
+
+def worker_drop(recording_id: str) -> None:
+    """Forget a recording (done, released or failed)."""
+    encoder = _ENCODERS.pop(recording_id, None)
+    if encoder is not None:
+        encoder.close()
+
+
+StepJob = tuple[Path, str, list[StreamSpec], float, int]
+"""(directory, recording id, streams, now_ms, bitrate) of one live step."""
+
+
+def worker_steps(jobs: list[StepJob]) -> list[tuple[Progress | None, int, str | None]]:
+    """Live steps of all the recordings a worker owns, in one round trip per flush.
+
+    Each result is (progress, bytes appended, error): one recording's failure never
+    stops the others.
+    """
+    results: list[tuple[Progress | None, int, str | None]] = []
+    for directory, recording_id, specs, now_ms, bitrate in jobs:
+        try:
+            progress, grown = worker_step(directory, recording_id, specs, now_ms, bitrate)
+        except Exception as exc:  # reported to capture, which logs and counts it
+            results.append((None, 0, f"{type(exc).__name__}: {exc}"))
+        else:
+            results.append((progress, grown, None))
+    return results

@@ -1,0 +1,332 @@
+"""Unit tests for the live encoding (services/capture/live.py): the recording grows as
+the call goes on, every prefix that ends on an Ogg page is playable, a restart continues
+the same file, and finalize gives what a whole-call build gives."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from callrec import buspolicy
+from callrec.audio import (
+    decode_file,
+    dominant_frequency,
+    encode_opus_stereo,
+    scan_ogg_pages,
+    sound_seconds,
+    tone,
+)
+from contracts import subjects
+from contracts.v1.rpc import LiveProgress
+from services.capture import live as live_module
+from services.capture.finalize import finalize_recording, stream_specs
+from services.capture.live import LIVE_FILE, LiveEncoder, Progress
+from services.capture.manifest import RecordingManifest
+from services.capture.segments import segment_path
+from services.capture.timeline import StreamTimeline, build_channel
+from tests.support.callgen import FAR_HZ, NEAR_HZ, make_recording, packets, write_segment
+
+RATE = 16000
+
+
+def _empty_recording(directory: Path, recording_id: str = "r1") -> RecordingManifest:
+    """A manifest for two PCMU streams (near 0, far 1) and no packets yet."""
+    make_recording(directory, 0.02, recording_id=recording_id, ended=False)
+    for path in directory.glob("*.seg"):
+        path.unlink()
+    return RecordingManifest.load(directory)
+
+
+def _play(directory: Path, encoder: LiveEncoder, streams: dict[str, list[tuple[int, bytes]]],
+          until_ms: int, *, start_ms: int = 0, segment: int = 0,
+          snapshots: list[tuple[Progress, bytes]] | None = None) -> LiveEncoder:
+    """Capture's life cycle in fast forward: every 0.5 s the receive path appends what
+    arrived, then the live encoder takes a step."""
+    specs = stream_specs(RecordingManifest.load(directory))
+    now = start_ms
+    while now < until_ms:
+        now += 500
+        since = now - 500 if now - 500 > 0 else -1
+        for stream_id, records in streams.items():
+            new = [r for r in records if since < r[0] <= now]
+            write_segment(segment_path(directory, stream_id, segment), new)
+        progress = encoder.step(specs, now)
+        if progress is not None and snapshots is not None:
+            snapshots.append((progress, (directory / LIVE_FILE).read_bytes()))
+    return encoder
+
+
+def _two_tones(seconds: float, jitter_ms: int = 10) -> dict[str, list[tuple[int, bytes]]]:
+    return {
+        "near": packets(NEAR_HZ, seconds, ssrc=0x1111, jitter_ms=jitter_ms, seed=1),
+        "far": packets(FAR_HZ, seconds, ssrc=0x2222, jitter_ms=jitter_ms, seed=2),
+    }
+
+
+def _decode(data: bytes, tmp_path: Path, name: str = "prefix.opus") -> np.ndarray:
+    path = tmp_path / name
+    path.write_bytes(data)
+    audio, rate = decode_file(path, rate=RATE)
+    assert rate == RATE
+    return audio
+
+
+def test_prefixes_on_page_boundaries_play_with_the_right_tones(tmp_path: Path) -> None:
+    directory = tmp_path / "rec"
+    _empty_recording(directory)
+    snapshots: list[tuple[Progress, bytes]] = []
+    _play(directory, LiveEncoder(directory, "r1"), _two_tones(12.0), 12_000,
+          snapshots=snapshots)
+    assert len(snapshots) >= 20  # a step (and at least one page) every flush
+    for progress, data in snapshots[4::5]:
+        assert len(data) == progress.bytes  # the file ends on the page it announced
+        assert list(scan_ogg_pages_bytes(data, tmp_path))[-1] == progress.bytes
+        audio = _decode(data, tmp_path)
+        assert abs(audio.shape[1] / RATE - progress.duration_ms / 1000) <= 0.1
+        assert abs(dominant_frequency(audio[0], RATE) - NEAR_HZ) < 10
+        assert abs(dominant_frequency(audio[1], RATE) - FAR_HZ) < 10
+    # The live file lags the newest packet by the reorder delay plus a flush, not more.
+    last, _ = snapshots[-1]
+    assert 12_000 - 1_000 <= last.duration_ms <= 12_000
+
+
+def scan_ogg_pages_bytes(data: bytes, tmp_path: Path) -> list[int]:
+    path = tmp_path / "scan.opus"
+    path.write_bytes(data)
+    return [page.end for page in scan_ogg_pages(path)]
+
+
+def test_every_page_boundary_prefix_decodes(tmp_path: Path) -> None:
+    directory = tmp_path / "rec"
+    _empty_recording(directory)
+    _play(directory, LiveEncoder(directory, "r1"), _two_tones(4.0), 4_000)
+    data = (directory / LIVE_FILE).read_bytes()
+    ends = scan_ogg_pages_bytes(data, tmp_path)
+    assert ends[-1] == len(data)
+    for end in ends[2:]:
+        audio = _decode(data[:end], tmp_path)
+        assert audio.shape[0] == 2 and audio.shape[1] > 0
+
+
+def test_finalize_equals_whole_call_build(tmp_path: Path) -> None:
+    """Same tones, same length, same statistics as the whole-call build."""
+    directory = tmp_path / "rec"
+    manifest = _empty_recording(directory)
+    streams = _two_tones(10.0, jitter_ms=30)
+    encoder = _play(directory, LiveEncoder(directory, "r1"), streams, 9_000)
+    for stream_id, records in streams.items():  # the rest, then the BYE
+        write_segment(segment_path(directory, stream_id, 0), [r for r in records if r[0] > 9_000])
+    result = encoder.finish(stream_specs(manifest), 10_000)
+    audio = _decode((directory / LIVE_FILE).read_bytes(), tmp_path)
+    assert abs(audio.shape[1] / RATE - 10.0) <= 0.1
+    for channel, (stream_id, hz) in enumerate((("near", NEAR_HZ), ("far", FAR_HZ))):
+        whole = build_channel(streams[stream_id], {0: "PCMU"}, 10_000)
+        assert abs(dominant_frequency(audio[channel], RATE) - hz) < 5
+        assert abs(sound_seconds(audio[channel], RATE) - sound_seconds(whole.samples, RATE)) <= 0.1
+        summary = next(c for c in result.channels if c.stream_id == stream_id)
+        stats = whole.stats
+        assert (summary.packets_received, summary.packets_decoded, summary.packets_lost,
+                summary.packets_duplicate, summary.codecs, summary.silent_reason) == (
+            stats.packets_received, stats.packets_decoded, stats.packets_lost,
+            stats.packets_duplicate, stats.codecs, stats.silent_reason)
+        assert summary.channel == channel
+
+
+def test_streaming_timeline_equals_whole_call_under_jitter_and_reordering() -> None:
+    """Packets jittered by up to 80 ms and reordered: placed and decoded as in one go."""
+    records = packets(NEAR_HZ, 8.0, ssrc=7, jitter_ms=80, seed=5)
+    whole = build_channel(records, {0: "PCMU"}, 8_000).samples
+    timeline = StreamTimeline({0: "PCMU"}, RATE)
+    pieces = []
+    for now in range(500, 8_001, 500):
+        for arrival, data in records:
+            if (now - 500 if now > 500 else -1) < arrival <= now:
+                timeline.feed(arrival, data)
+        emit = int((now - 300) * RATE / 1000) // 320 * 320
+        timeline.advance(now, reorder_ms=150, emit_sample=emit)
+        pieces.append(timeline.take(emit))
+    pieces.append(timeline.finish(8_000).samples)
+    streamed = np.concatenate(pieces)
+    assert streamed.size == whole.size
+    assert timeline.packets_late == 0 and timeline.canvas.shifted_samples == 0
+    # The anchor (least delayed packet so far) may be a few ms later than the whole
+    # call's; shifted by that, the audio is the same.
+    lag = _lag(whole, streamed)
+    assert 0 <= lag <= 5 * RATE // 1000
+    aligned = streamed[lag:]
+    differs = np.flatnonzero(np.abs(aligned.astype(int) - whole[: aligned.size].astype(int)) > 8)
+    assert differs.size <= 64, differs.size
+
+
+def _lag(reference: np.ndarray, signal: np.ndarray, most: int = 320) -> int:
+    """Samples by which ``signal`` is later than ``reference`` (0..most)."""
+    ref = reference[RATE : 3 * RATE].astype(float)
+    errors = [np.abs(signal[RATE + k : 3 * RATE + k].astype(float) - ref).mean()
+              for k in range(most)]
+    return int(np.argmin(errors))
+
+
+def test_packet_later_than_the_reorder_window_is_dropped_not_misplaced() -> None:
+    records = packets(NEAR_HZ, 3.0, ssrc=7, jitter_ms=0, seed=1)
+    late = records.pop(50)  # 1.0 s of audio, arriving 0.6 s late (its run still)
+    records.append((late[0] + 600, late[1]))
+    records.sort(key=lambda r: r[0])
+    timeline = StreamTimeline({0: "PCMU"}, RATE)
+    out = []
+    for now in range(500, 4_001, 500):
+        for arrival, data in records:
+            if (now - 500 if now > 500 else -1) < arrival <= now:
+                timeline.feed(arrival, data)
+        emit = int((now - 300) * RATE / 1000) // 320 * 320
+        timeline.advance(now, reorder_ms=150, emit_sample=emit)
+        out.append(timeline.take(emit))
+    out.append(timeline.finish(3_000).samples)
+    samples = np.concatenate(out)
+    assert timeline.packets_late == 1
+    stats = timeline.summary()
+    assert stats.packets_received == 150 and stats.packets_duplicate == 0
+    # The hole it leaves is 20 ms of silence at 1.0 s; everything else is in place.
+    assert abs(sound_seconds(samples, RATE) - 2.98) <= 0.03
+
+
+def test_hold_stops_the_file_and_the_silence_comes_with_the_next_packets(tmp_path: Path) -> None:
+    directory = tmp_path / "rec"
+    manifest = _empty_recording(directory)
+    before = packets(NEAR_HZ, 3.0, ssrc=1, jitter_ms=5, seed=1)
+    after = packets(NEAR_HZ, 3.0, ssrc=1, jitter_ms=5, seed=2, start_ms=8_000,
+                    seq0=1150, ts0=50_000 + 160 * 400)
+    encoder = LiveEncoder(directory, "r1")
+    snapshots: list[tuple[Progress, bytes]] = []
+    _play(directory, encoder, {"near": before + after, "far": []}, 7_000, snapshots=snapshots)
+    # On hold: the file does not run ahead of the last packet.
+    assert snapshots[-1][0].duration_ms <= 3_100
+    _play(directory, encoder, {"near": before + after, "far": []}, 11_000, start_ms=7_000)
+    encoder.finish(stream_specs(manifest), 11_000)
+    audio = _decode((directory / LIVE_FILE).read_bytes(), tmp_path)
+    assert abs(audio.shape[1] / RATE - 11.0) <= 0.1
+    frames = audio[0][: audio.shape[1] // 320 * 320].reshape(-1, 320).astype(float)
+    loud = np.sqrt((frames**2).mean(axis=1)) > 1000
+    assert loud[5:145].all() and not loud[160:395].any() and loud[405:545].all()
+
+
+def test_restart_continues_the_same_file_from_its_last_complete_page(tmp_path: Path) -> None:
+    directory = tmp_path / "rec"
+    manifest = _empty_recording(directory)
+    streams = _two_tones(10.0)
+    first = _play(directory, LiveEncoder(directory, "r1"), streams, 5_000)
+    first.close()  # capture killed...
+    kept = (directory / LIVE_FILE).read_bytes()
+    with (directory / LIVE_FILE).open("ab") as handle:
+        handle.write(b"OggS\x00\x00torn page of a crash")
+    # ...restarted: the packets after the restart go to new segment files.
+    second = LiveEncoder(directory, "r1")
+    assert second.bytes == len(kept)
+    _play(directory, second, streams, 10_000, start_ms=5_000, segment=1)
+    result = second.finish(stream_specs(manifest), 10_000)
+    data = (directory / LIVE_FILE).read_bytes()
+    assert data.startswith(kept)  # append-only: what peers copied stays valid
+    audio = _decode(data, tmp_path)
+    assert abs(audio.shape[1] / RATE - 10.0) <= 0.1
+    for channel, hz in ((0, NEAR_HZ), (1, FAR_HZ)):
+        assert abs(dominant_frequency(audio[channel], RATE) - hz) < 5
+        assert sound_seconds(audio[channel], RATE) >= 9.9
+    assert [c.packets_received for c in result.channels] == [
+        sum(1 for r in streams[s] if r[0] <= 10_000) for s in ("near", "far")]
+
+
+def test_finalize_from_segments_alone_and_idempotent(tmp_path: Path) -> None:
+    """A recording whose live encoder never ran (crash before the first step)."""
+    directory = make_recording(tmp_path / "rec", 6.0)
+    result = finalize_recording(directory, tmp_path / "out.opus", 16000)
+    audio = _decode((tmp_path / "out.opus").read_bytes(), tmp_path, "out2.opus")
+    assert abs(audio.shape[1] / RATE - 6.0) <= 0.1
+    assert abs(dominant_frequency(audio[0], RATE) - NEAR_HZ) < 5
+    size = (directory / LIVE_FILE).stat().st_size
+    again = finalize_recording(directory, None, 16000)
+    assert again == result and (directory / LIVE_FILE).stat().st_size == size
+
+
+def test_write_failure_keeps_the_file_on_a_page_boundary_and_retries(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    directory = tmp_path / "rec"
+    manifest = _empty_recording(directory)
+    streams = _two_tones(6.0)
+    encoder = _play(directory, LiveEncoder(directory, "r1"), streams, 2_000)
+    real_write = os.write
+
+    def full(fd: int, data: bytes | memoryview) -> int:
+        real_write(fd, bytes(data)[:7])  # part of a page reaches the disk, then ENOSPC
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(live_module.os, "write", full)
+    _play(directory, encoder, streams, 4_000, start_ms=2_000)
+    data = (directory / LIVE_FILE).read_bytes()
+    assert scan_ogg_pages_bytes(data, tmp_path)[-1] == len(data) == encoder.bytes
+    monkeypatch.setattr(live_module.os, "write", real_write)
+    _play(directory, encoder, streams, 6_000, start_ms=4_000)
+    encoder.finish(stream_specs(manifest), 6_000)
+    audio = _decode((directory / LIVE_FILE).read_bytes(), tmp_path)
+    assert sound_seconds(audio[0], RATE) >= 5.9  # nothing lost while the disk was full
+
+
+def test_dtmf_and_codec_change_reported(tmp_path: Path) -> None:
+    directory = tmp_path / "rec"
+    manifest = _empty_recording(directory)
+    manifest.streams["near"].payload_codecs = {0: "PCMU", 8: "PCMA", 101: "telephone-event"}
+    manifest.save(directory)
+    near = packets(NEAR_HZ, 2.0, ssrc=1, jitter_ms=0, seed=1)
+    near += packets(NEAR_HZ, 2.0, ssrc=1, jitter_ms=0, seed=1, start_ms=2_000, seq0=1100,
+                    ts0=50_000 + 160 * 100, pt=8)
+    from aiortc.rtp import RtpPacket
+    for i in range(5):  # digit 5 at 1.0 s, 100 ms long, end packets repeated
+        duration = 160 * (i + 1) // 2 if i < 3 else 800
+        event = bytes([5, 0x80 if i >= 3 else 0, duration >> 8, duration & 0xFF])
+        near.append((1_000 + 20 * i, RtpPacket(payload_type=101, sequence_number=5000 + i,
+                                               timestamp=50_000 + 8 * 1000, ssrc=1,
+                                               payload=event).serialize()))
+    near.sort(key=lambda r: r[0])
+    encoder = _play(directory, LiveEncoder(directory, "r1"), {"near": near, "far": []}, 4_000)
+    result = encoder.finish(stream_specs(RecordingManifest.load(directory)), 4_000)
+    summary = next(c for c in result.channels if c.stream_id == "near")
+    assert summary.codecs == ["PCMA", "PCMU", "telephone-event"]
+    assert [d.digit for d in summary.dtmf] == ["5"]
+    assert abs(summary.dtmf[0].at_ms - 1_000) <= 30 and summary.dtmf[0].duration_ms == 100
+    far = next(c for c in result.channels if c.stream_id == "far")
+    assert far.silent_reason == "no_packets"
+
+
+def test_ogg_pages_of_ffmpeg_scan_and_ours_decode(tmp_path: Path) -> None:
+    """Our CRC agrees with FFmpeg's pages (all of its file scans as valid)."""
+    path = tmp_path / "ffmpeg.opus"
+    encode_opus_stereo(tone(440, 2.0, RATE), tone(1000, 2.0, RATE), RATE, path)
+    ends = [page.end for page in scan_ogg_pages(path)]
+    assert ends[-1] == path.stat().st_size and len(ends) >= 3
+    broken = bytearray(path.read_bytes())
+    broken[ends[1] + 40] ^= 0xFF  # corrupt the third page
+    (tmp_path / "broken.opus").write_bytes(bytes(broken))
+    assert [p.end for p in scan_ogg_pages(tmp_path / "broken.opus")] == ends[:2]
+
+
+def test_live_progress_subject_and_bus_permissions() -> None:
+    assert subjects.live("n1", "abc") == "callrec.v1.n1.live.abc"
+    assert subjects.all_live() == "callrec.v1.*.live.>"
+    capture = buspolicy.permissions("capture", "n1")
+    assert "callrec.v1.n1.live.>" in capture["publish"]["allow"]
+    assert subjects.all_live() not in capture["subscribe"]["allow"]
+    sync = buspolicy.permissions("sync", "n1")
+    assert subjects.all_live() in sync["subscribe"]["allow"]
+    assert not any(".live." in s for s in sync["publish"]["allow"])
+    message = LiveProgress(recording_id="abc", node_id="n1", bytes=10, duration_ms=5)
+    assert LiveProgress.model_validate_json(message.model_dump_json()).final is False
+
+
+def test_empty_recording_is_still_a_playable_file(tmp_path: Path) -> None:
+    directory = make_recording(tmp_path / "rec", 0.0)
+    result = finalize_recording(directory, tmp_path / "empty.opus", 16000)
+    assert [c.silent_reason for c in result.channels] == ["no_packets", "no_packets"]
+    audio, _ = decode_file(tmp_path / "empty.opus", rate=RATE)
+    assert audio.shape[0] == 2 and audio.shape[1] <= RATE // 10

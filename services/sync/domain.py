@@ -61,11 +61,13 @@ class Replica:
 @dataclass(frozen=True)
 class Fetch:
     """A fetch to schedule: the recording and the sequence that asked for it
-    ("restored": a hold voided a purge applied here, the copy must come back)."""
+    ("restored": a hold voided a purge applied here, the copy must come back;
+    "missing": a copy our own node made is not in our store, as on a node rebuilt
+    empty after its host was lost)."""
 
     recording_id: str
     sequence: int
-    reason: Literal["new", "restored"] = "new"
+    reason: Literal["new", "restored", "missing"] = "new"
 
 
 @dataclass(frozen=True)
@@ -249,6 +251,18 @@ class ReplicaMap:
         self.wanted[replica.recording_id] = sequence
         self.mark.open(sequence)
         return [Fetch(replica.recording_id, sequence, "restored")]
+
+    def missing_locally(self, recording_id: str, sequence: int) -> list[Action]:
+        """Our own completion's object is not in our store: fetch it from a holder."""
+        replica = self._get(recording_id)
+        if replica.purged or not replica.completed:
+            return []
+        replica.holders.discard(self.me)
+        if recording_id in self.wanted:
+            return []
+        self.wanted[recording_id] = sequence
+        self.mark.open(sequence)
+        return [Fetch(recording_id, sequence, "missing")]
 
     def purge_done(self, sequence: int) -> None:
         self.mark.close(sequence)

@@ -259,6 +259,16 @@ class Sync:
         handled = sequence <= self.loaded_checkpoint
         await self._apply_live(event)
         await self._run_actions(self.replicas.apply(event, sequence, handled=handled))
+        if (isinstance(event, RecordingCompleted) and event.node_id == self.me
+                and not handled):
+            replica = self.replicas.replicas.get(event.recording_id)
+            if (replica is not None and replica.object_key == event.object_key
+                    and not await asyncio.to_thread(self._holds, event.object_key,
+                                                    event.size_bytes)):
+                log.warning("own_copy_missing", recording_id=event.recording_id,
+                            reason="not in this node's store (rebuilt node?)")
+                await self._run_actions(
+                    self.replicas.missing_locally(event.recording_id, sequence))
 
     async def _run_actions(self, actions: list[Any]) -> None:
         for action in actions:

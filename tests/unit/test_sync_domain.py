@@ -55,6 +55,16 @@ def test_foreign_recording_is_fetched_once_own_never() -> None:
     assert m.pending_by_origin() == {"a": 1}
 
 
+def test_own_copy_missing_from_the_store_is_fetched_from_a_holder() -> None:
+    """A node rebuilt empty reads its old self's completions: not held, so fetched."""
+    m = ReplicaMap("a")
+    assert m.apply(completed("r1", "a"), 1) == []
+    m.apply(replicated("r1", "b"), 2)
+    assert m.missing_locally("r1", 1) == [Fetch("r1", 1, "missing")]
+    assert m.needs_fetch("r1") and m.sources("r1") == ["b"]
+    assert m.missing_locally("r1", 1) == []  # already wanted
+
+
 def test_fetch_done_then_own_replicated_event_is_idempotent() -> None:
     m = ReplicaMap("b")
     m.apply(completed("r1"), 1)

@@ -43,7 +43,7 @@ def finalize_recording(directory: Path, output: Path | None, bitrate: int,
     """
     manifest = RecordingManifest.load(directory)
     duration_ms = duration_of(manifest)
-    _sync_segments(directory)
+    sync_segments(directory)
     specs = stream_specs(manifest)
     if encoder is None:
         result = worker_finish(directory, manifest.recording_id, specs, duration_ms, bitrate)
@@ -56,7 +56,7 @@ def finalize_recording(directory: Path, output: Path | None, bitrate: int,
     return result
 
 
-def _sync_segments(directory: Path) -> None:
+def sync_segments(directory: Path) -> None:
     """Make the raw packets durable before the recording is built from them."""
     for path in directory.glob("*.seg"):
         fd = os.open(path, os.O_RDONLY)

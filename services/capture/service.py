@@ -56,7 +56,7 @@ from contracts.v1.rpc import (
     UpdateRequest,
 )
 
-from .finalize import FinalizeResult, duration_of, stream_specs
+from .finalize import FinalizeResult, duration_of, stream_specs, sync_segments
 from .latching import (
     DROP_REASONS,
     DropReason,
@@ -810,7 +810,7 @@ class Capture:
     ) -> None:
         manifest = recording.manifest
         output = recording.directory / LIVE_FILE
-        await asyncio.to_thread(_sync_segments, recording.directory)
+        await asyncio.to_thread(sync_segments, recording.directory)
         result: FinalizeResult = await self._in_worker(
             manifest.recording_id, worker_finish, recording.directory, manifest.recording_id,
             stream_specs(manifest), duration_of(manifest), self.config.opus_bitrate)
@@ -894,16 +894,6 @@ def _safe_id(value: str) -> str:
     if not value or len(value) > 128 or not all(c.isalnum() or c in "-_" for c in value):
         raise ValueError(f"invalid id {value!r}")
     return value
-
-
-def _sync_segments(directory: Path) -> None:
-    """Make the raw packets durable before the recording is finished from them."""
-    for path in directory.glob("*.seg"):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 async def main(ctx: ServiceContext) -> None:

@@ -281,9 +281,13 @@ async def test_backlog_drained_after_a_restart_lands_where_it_was_heard(tmp_path
     """Packets queued while nobody read the socket keep their arrival time."""
     if not KERNEL_TIMESTAMPS:
         pytest.skip("no kernel receive timestamps on this platform")
-    started = time.time()
     sock = open_rtp_socket("127.0.0.1", 0)
     port = sock.getsockname()[1]
+    # The kernel turns receive timestamping on for the whole host lazily (deferred
+    # work) when the first socket asks; a packet that arrives before that is stamped
+    # when it is read. On a node, capture's sockets keep it on; here, give it a moment.
+    await asyncio.sleep(0.2)
+    started = time.time()
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as pbx:
         for seq in range(10):
             pbx.sendto(_rtp(seq), ("127.0.0.1", port))

@@ -128,18 +128,24 @@ async def _nothing_reachable_through(rogue: Rogue, node: Node, recording_id: str
         assert "mallory" not in {u["username"] for u in client.get("/api/users").json()["items"]}
 
 
+def _rogue_is_refused(node: Node, recorded: str, tmp_path: Path, block: str) -> None:
+    """A stranger's nats-server with `block` reaches nothing, and the node logs why."""
+    since = _log_size(node)
+    rogue = Rogue(tmp_path, block)
+    try:
+        asyncio.run(_nothing_reachable_through(rogue, node, recorded))
+    finally:
+        rogue.close()
+    assert _refusals_logged(node, since)
+
+
 def test_stock_route_without_credentials_is_refused(
     linked: tuple[Node, Node, Any], recorded: str, tmp_path: Path
 ) -> None:
     a, _, _ = linked
-    since = _log_size(a)
-    rogue = Rogue(tmp_path, "cluster {\n  name: callrec\n  listen: 127.0.0.1:-1\n"
-                            f'  routes: ["nats-route://127.0.0.1:{a.cluster_port}"]\n}}\n')
-    try:
-        asyncio.run(_nothing_reachable_through(rogue, a, recorded))
-    finally:
-        rogue.close()
-    assert _refusals_logged(a, since)
+    _rogue_is_refused(a, recorded, tmp_path,
+                      "cluster {\n  name: callrec\n  listen: 127.0.0.1:-1\n"
+                      f'  routes: ["nats-route://127.0.0.1:{a.cluster_port}"]\n}}\n')
 
 
 def test_route_with_stolen_password_but_foreign_certificate_is_refused(
@@ -152,17 +158,11 @@ def test_route_with_stolen_password_but_foreign_certificate_is_refused(
     cert, key = pki.link_certificate(ca_cert, ca_key, "mallory", ["127.0.0.1"])
     for name, data in (("ca.pem", ca_cert), ("cert.pem", cert), ("key.pem", key)):
         (tmp_path / name).write_bytes(data)
-    since = _log_size(a)
-    rogue = Rogue(tmp_path, (
+    _rogue_is_refused(a, recorded, tmp_path, (
         "cluster {\n  name: callrec\n  listen: 127.0.0.1:-1\n"
         f'  routes: ["nats-route://route:{route_password}@127.0.0.1:{a.cluster_port}"]\n'
         f'  tls {{ cert_file: "{tmp_path / "cert.pem"}", key_file: "{tmp_path / "key.pem"}",'
         f' ca_file: "{tmp_path / "ca.pem"}", verify: true, timeout: 3 }}\n}}\n'))
-    try:
-        asyncio.run(_nothing_reachable_through(rogue, a, recorded))
-    finally:
-        rogue.close()
-    assert _refusals_logged(a, since)
 
 
 def test_stock_leaf_without_credentials_is_refused(
@@ -170,14 +170,9 @@ def test_stock_leaf_without_credentials_is_refused(
 ) -> None:
     """The loopback leaf port between a node's two servers admits only its own."""
     a, _, _ = linked
-    since = _log_size(a)
-    rogue = Rogue(tmp_path, "leafnodes {\n"
-                            f'  remotes: [{{ url: "nats-leaf://127.0.0.1:{a.leaf_port}" }}]\n}}\n')
-    try:
-        asyncio.run(_nothing_reachable_through(rogue, a, recorded))
-    finally:
-        rogue.close()
-    assert _refusals_logged(a, since)
+    _rogue_is_refused(a, recorded, tmp_path,
+                      "leafnodes {\n"
+                      f'  remotes: [{{ url: "nats-leaf://127.0.0.1:{a.leaf_port}" }}]\n}}\n')
 
 
 @pytest.mark.parametrize("port_name", ["nats_port", "cluster_port", "leaf_port"])

@@ -90,26 +90,23 @@ async def ensure_streams(js: JetStreamContext, node_id: str) -> None:
     capture turns the node to 503 before that, callrec.diskspace). A stream made by
     an older version (discard OLD) is switched over."""
     name = subjects.events_stream(node_id)
-    await _ensure_stream(js, StreamConfig(
+    await _ensure_stream(js, _fact_stream(name, subjects=[subjects.node_events(node_id)]))
+    await _ensure_stream(js, _fact_stream(subjects.CLUSTER_STREAM,
+                                          sources=[StreamSource(name=name)]))
+
+
+def _fact_stream(name: str, **where: Any) -> StreamConfig:
+    """A stream of facts: on file, kept for good, refusing new writes when full."""
+    return StreamConfig(
         name=name,
-        subjects=[subjects.node_events(node_id)],
         retention=RetentionPolicy.LIMITS,
         storage=StorageType.FILE,
         discard=DiscardPolicy.NEW,
         duplicate_window=120.0,
         max_msgs=-1,
         max_bytes=-1,
-    ))
-    await _ensure_stream(js, StreamConfig(
-        name=subjects.CLUSTER_STREAM,
-        sources=[StreamSource(name=name)],
-        retention=RetentionPolicy.LIMITS,
-        storage=StorageType.FILE,
-        discard=DiscardPolicy.NEW,
-        duplicate_window=120.0,
-        max_msgs=-1,
-        max_bytes=-1,
-    ))
+        **where,
+    )
 
 
 async def _ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:

@@ -35,6 +35,7 @@ PUBLISHES: dict[Identity, tuple[str, ...]] = {
     "web": (
         "user.upserted", "user.removed", "recording.hold_changed", "recording.purged",
         "job.configured", "job.removed", "job.run_requested",
+        "recording.note_added", "recording.tag_changed",
     ),
 }
 

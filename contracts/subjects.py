@@ -105,6 +105,7 @@ SCHEDULER_JOBS = "jobs"
 CATALOG = "catalog"
 CATALOG_SEARCH = "search"
 CATALOG_GET = "get"
+CATALOG_ANNOTATIONS = "annotations"
 
 
 def inbox_prefix(identity: str) -> str:

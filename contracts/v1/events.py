@@ -301,8 +301,16 @@ class RecordingExported(EventBase):
     size_bytes: int
 
 
+Role = Literal["user", "supervisor", "admin"]
+"""A user plays their own extensions' recordings; a supervisor also those of the groups
+they supervise; an admin everything (delete, hold, users, jobs, audit)."""
+
+
 class UserUpserted(EventBase):
-    """A login and/or recording user was created or changed (whole new state)."""
+    """A login and/or recording user was created or changed (whole new state).
+
+    `role` None is an event from before roles: `admin` then decides (admin or user).
+    """
 
     type: Literal["user.upserted"] = "user.upserted"
     username: str
@@ -312,6 +320,15 @@ class UserUpserted(EventBase):
     extensions: list[str] = Field(default_factory=list)
     record: bool = True
     groups: list[str] = Field(default_factory=list)
+    role: Role | None = None
+    supervises: list[str] = Field(default_factory=list)
+    disabled: bool = False
+
+    @property
+    def effective_role(self) -> Role:
+        if self.role is not None:
+            return self.role
+        return "admin" if self.admin else "user"
 
 
 class UserRemoved(EventBase):
@@ -327,6 +344,27 @@ class RecordingParticipantsChanged(EventBase):
     recording_id: str
     at: datetime
     participants: list[Participant]
+
+
+class RecordingNoteAdded(EventBase):
+    """A note on a recording. Notes are append-only: a correction is another note."""
+
+    type: Literal["recording.note_added"] = "recording.note_added"
+    recording_id: str
+    note_id: str = Field(default_factory=new_id)
+    text: str = Field(min_length=1, max_length=4000)
+    author: str
+
+
+class RecordingTagChanged(EventBase):
+    """A tag added to or removed from a recording. Per (recording, tag) the latest fact
+    by (occurred_at, event_id) wins, so concurrent edits end the same on every node."""
+
+    type: Literal["recording.tag_changed"] = "recording.tag_changed"
+    recording_id: str
+    tag: str = Field(min_length=1, max_length=64)
+    added: bool
+    changed_by: str
 
 
 Event = Annotated[
@@ -348,7 +386,9 @@ Event = Annotated[
     | RecordingExported
     | UserUpserted
     | UserRemoved
-    | RecordingParticipantsChanged,
+    | RecordingParticipantsChanged
+    | RecordingNoteAdded
+    | RecordingTagChanged,
     Field(discriminator="type"),
 ]
 

@@ -132,6 +132,21 @@ class GetRequest(Message):
     recording_id: str
 
 
+class Note(Message):
+    note_id: str
+    author: str
+    at: datetime
+    text: str
+
+
+class Annotations(Message):
+    """A recording's notes (oldest first) and current tags, as the catalog projects them."""
+
+    recording_id: str
+    notes: list[Note] = Field(default_factory=list)
+    tags: list[str] = Field(default_factory=list)
+
+
 class ReadObjectRequest(Message):
     """A chunk of an object from a peer's store (sync replication), or, with `live` set
     to a recording id, of the Ogg/Opus file that node is still recording (live.opus):

@@ -68,14 +68,18 @@ CREATE INDEX IF NOT EXISTS recordings_started ON recordings (started_us, recordi
     WHERE purged = 0;
 CREATE INDEX IF NOT EXISTS recordings_duration ON recordings (duration_ms, recording_id)
     WHERE purged = 0;
-CREATE TABLE IF NOT EXISTS recording_numbers (
-    number TEXT NOT NULL,
-    rid    INTEGER NOT NULL,
-    PRIMARY KEY (number, rid)
+CREATE TABLE IF NOT EXISTS terms (
+    tid  INTEGER PRIMARY KEY,
+    kind TEXT NOT NULL,
+    text TEXT NOT NULL,
+    UNIQUE (kind, text)
+);
+CREATE TABLE IF NOT EXISTS recording_terms (
+    tid INTEGER NOT NULL,
+    rid INTEGER NOT NULL,
+    PRIMARY KEY (tid, rid)
 ) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS recording_numbers_rid ON recording_numbers (rid, number);
-CREATE VIRTUAL TABLE IF NOT EXISTS parties_fts USING fts5(
-    parties, content='recordings', content_rowid='rid', tokenize='trigram');
+CREATE INDEX IF NOT EXISTS recording_terms_rid ON recording_terms (rid, tid);
 CREATE TABLE IF NOT EXISTS hold_facts (
     recording_id TEXT NOT NULL,
     at_us        INTEGER NOT NULL,
@@ -131,13 +135,17 @@ CREATE TABLE IF NOT EXISTS checkpoints (
 
 # Tables of every layout so far: an old file's are dropped before a rebuild.
 _TABLES = ("recordings", "recording_numbers", "purged", "hold_facts", "purge_facts",
-           "parties_fts", "tag_facts", "recording_tags", "notes_fts", "notes", "meta",
-           "checkpoints")
+           "parties_fts", "terms", "recording_terms", "tag_facts", "recording_tags",
+           "notes_fts", "notes", "meta", "checkpoints")
 
 NARROW_ROWS = 20_000
 """A start-time range with at most this many recordings is searched by walking it
-and testing each row; a wider one (or none) lets the number, name and visibility
-indexes pick the rows first."""
+and testing each row; a wider one (or none) lets the number and name dictionary
+(`terms`: each distinct number form and name once) pick the recordings first."""
+
+TermKind = Literal["n", "p"]
+"""A term is a participant number form ("n": as sent, or its extension) or a
+participant's name ("p", lower case)."""
 
 Effect = Literal["cataloged", "replaced", "purged", "restored", "held", "released",
                  "noted", "tagged", "untagged"]
@@ -164,11 +172,16 @@ def note_query(text: str) -> str | None:
     return " AND ".join(f"{_fts_phrase(word)}*" for word in words[:16])
 
 
-def parties_text(event: RecordingCompleted, plan: NumberPlan) -> str:
-    """What `number_or_name` searches: every number form and name, one per line."""
-    parts = set(plan.forms(event.metadata.numbers()))
-    parts.update(p.name for p in event.metadata.participants if p.name)
-    return "\n".join(sorted(part.lower() for part in parts))
+def terms_of(event: RecordingCompleted, plan: NumberPlan) -> set[tuple[TermKind, str]]:
+    """The numbers (each form) and names a recording is found by."""
+    found: set[tuple[TermKind, str]] = {("n", n) for n in plan.forms(event.metadata.numbers())}
+    found.update(("p", p.name.lower()) for p in event.metadata.participants if p.name)
+    return found
+
+
+def parties_text(terms: set[tuple[TermKind, str]]) -> str:
+    """What `number_or_name` tests row by row: every term, lower case, one per line."""
+    return "\n".join(sorted({text.lower() for _, text in terms}))
 
 
 @dataclass(frozen=True)
@@ -284,26 +297,29 @@ class Catalog:
         return (
             event.event_id, event.node_id, to_micros(event.started_at),
             to_micros(event.ended_at), event.duration_ms, event.metadata.direction,
-            int(event.interrupted), parties_text(event, self.plan),
+            int(event.interrupted), parties_text(terms_of(event, self.plan)),
         )
 
-    def _index_numbers(self, rid: int, event: RecordingCompleted) -> None:
-        self._db.executemany(
-            "INSERT OR IGNORE INTO recording_numbers (number, rid) VALUES (?, ?)",
-            [(number, rid) for number in sorted(self.plan.forms(event.metadata.numbers()))],
-        )
+    def _index_terms(self, rid: int, event: RecordingCompleted) -> None:
+        self._db.execute("DELETE FROM recording_terms WHERE rid = ?", (rid,))
+        for kind, text in sorted(terms_of(event, self.plan)):
+            self._db.execute("INSERT INTO terms (kind, text) VALUES (?, ?) "
+                             "ON CONFLICT DO NOTHING", (kind, text))
+            self._db.execute(
+                "INSERT OR IGNORE INTO recording_terms (tid, rid) "
+                "SELECT tid, ? FROM terms WHERE kind = ? AND text = ?", (rid, kind, text))
 
     def _insert(self, event: RecordingCompleted, seq: int) -> Effect | None:
         """Catalog a completion; hidden at once when its purge is already in effect.
         A second completion of the same call replaces the row only when it wins."""
         row = self._db.execute(
-            "SELECT rid, event_json, purged, parties FROM recordings WHERE recording_id = ?",
+            "SELECT rid, event_json, purged FROM recordings WHERE recording_id = ?",
             (event.recording_id,),
         ).fetchone()
         if row is not None:
             return self._replace(event, seq, int(row[0]),
                                  RecordingCompleted.model_validate_json(row[1]),
-                                 bool(row[2]), str(row[3]))
+                                 bool(row[2]))
         purged = bool(self._db.execute(
             "SELECT 1 FROM purge_facts WHERE recording_id = ? LIMIT 1", (event.recording_id,)
         ).fetchone()) and self._facts(event.recording_id).purged
@@ -316,31 +332,21 @@ class Catalog:
         )
         if cursor.rowcount != 1:
             return None  # same recording or same event already known
-        rid = int(cursor.lastrowid or 0)
-        self._db.execute("INSERT INTO parties_fts (rowid, parties) VALUES (?, ?)",
-                         (rid, values[-1]))
-        self._index_numbers(rid, event)
+        self._index_terms(int(cursor.lastrowid or 0), event)
         return None if purged else "cataloged"
 
     def _replace(self, event: RecordingCompleted, seq: int, rid: int,
-                 current: RecordingCompleted, purged: bool, parties: str) -> Effect | None:
+                 current: RecordingCompleted, purged: bool) -> Effect | None:
         if not better(event, current):
             return None  # the same fact again, or a copy that loses to the one listed
         values = self._row_values(event)
-        self._db.execute(
-            "INSERT INTO parties_fts (parties_fts, rowid, parties) VALUES ('delete', ?, ?)",
-            (rid, parties),
-        )
         self._db.execute(
             "UPDATE recordings SET event_id = ?, node_id = ?, started_us = ?, ended_us = ?, "
             "duration_ms = ?, direction = ?, interrupted = ?, parties = ?, sequence = ?, "
             "event_json = ? WHERE rid = ?",
             (*values, seq, event.model_dump_json(), rid),
         )
-        self._db.execute("INSERT INTO parties_fts (rowid, parties) VALUES (?, ?)",
-                         (rid, values[-1]))
-        self._db.execute("DELETE FROM recording_numbers WHERE rid = ?", (rid,))
-        self._index_numbers(rid, event)
+        self._index_terms(rid, event)
         return None if purged else "replaced"
 
     def _fact(self, event: RecordingPurged | LegalHoldChanged, seq: int) -> Effect | None:
@@ -495,30 +501,18 @@ class Catalog:
             if not wanted:
                 return _Query(where, params, empty=True)
             marks = ",".join("?" for _ in wanted)
-            if narrow:
-                where.append("EXISTS (SELECT 1 FROM recording_numbers n WHERE n.rid = r.rid "
-                             f"AND n.number IN ({marks}))")
-            else:
-                where.append(f"r.rid IN (SELECT rid FROM recording_numbers WHERE number IN "
-                             f"({marks}))")
+            self._term_filter(where, f"t.kind = 'n' AND t.text IN ({marks})", narrow)
             params.extend(wanted)
         if request.number and request.number.strip():
-            fragment = request.number.strip()
-            where.append("EXISTS (SELECT 1 FROM recording_numbers n WHERE n.rid = r.rid "
-                         "AND n.number LIKE ? ESCAPE '\\')")
-            params.append(_like_pattern(fragment))
-            if not narrow and len(fragment) >= 3:
-                where.append("r.rid IN (SELECT rowid FROM parties_fts WHERE parties_fts "
-                             "MATCH ?)")
-                params.append(_fts_phrase(fragment.lower()))
+            self._term_filter(where, "t.kind = 'n' AND t.text LIKE ? ESCAPE '\\'", narrow)
+            params.append(_like_pattern(request.number.strip()))
         if request.number_or_name and request.number_or_name.strip():
-            fragment = request.number_or_name.strip().lower()
-            where.append("r.parties LIKE ? ESCAPE '\\'")
-            params.append(_like_pattern(fragment))
-            if not narrow and len(fragment) >= 3:
-                where.append("r.rid IN (SELECT rowid FROM parties_fts WHERE parties_fts "
-                             "MATCH ?)")
-                params.append(_fts_phrase(fragment))
+            pattern = _like_pattern(request.number_or_name.strip().lower())
+            if narrow:
+                where.append("r.parties LIKE ? ESCAPE '\\'")
+            else:
+                self._term_filter(where, "t.text LIKE ? ESCAPE '\\'", narrow)
+            params.append(pattern)
         if request.direction is not None:
             where.append("r.direction = ?")
             params.append(request.direction)
@@ -543,6 +537,18 @@ class Catalog:
                          "(SELECT rowid FROM notes_fts WHERE notes_fts MATCH ?))")
             params.append(query)
         return _Query(where, params)
+
+    @staticmethod
+    def _term_filter(where: list[str], condition: str, narrow: bool) -> None:
+        """Recordings with a term matching `condition` (over `terms t`): the matching
+        terms are collected once; then each row in a narrow range is tested (its few
+        terms), or, for a wide one, their recordings are collected first."""
+        if narrow:
+            where.append("EXISTS (SELECT 1 FROM recording_terms rt JOIN terms t "
+                         f"ON t.tid = rt.tid WHERE rt.rid = r.rid AND {condition})")
+        else:
+            where.append("r.rid IN (SELECT rt.rid FROM recording_terms rt WHERE rt.tid IN "
+                         f"(SELECT t.tid FROM terms t WHERE {condition}))")
 
     def search(
         self, request: SearchRequest, visible_numbers: list[str] | None = None

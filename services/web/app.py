@@ -21,6 +21,7 @@ from litestar.template.config import TemplateConfig
 
 from callrec.metrics import Registry
 from callrec.store import ObjectStore
+from contracts.v1.numbers import NumberPlan
 
 from .auth import Authenticator
 from .jobs import JobsController
@@ -69,10 +70,11 @@ def templates() -> TemplateConfig[JinjaTemplateEngine]:
 
 
 def create_app(
-    backend: Backend, store: ObjectStore, data_dir: Path, registry: Registry | None = None
+    backend: Backend, store: ObjectStore, data_dir: Path, registry: Registry | None = None,
+    numbers: NumberPlan | None = None,
 ) -> Litestar:
     """The app for one node; `data_dir` holds the WAV cache, `registry` gets the security
-    counters (the service's; a private one in tests)."""
+    counters (the service's; a private one in tests), `numbers` is the node's number plan."""
     registry = registry if registry is not None else Registry("web", backend.node_id)
     state = WebState(
         backend=backend,
@@ -82,6 +84,7 @@ def create_app(
         csrf_refused=registry.counter(
             "web_csrf_refused_total",
             "State-changing requests refused: cross-site, cross-origin or not JSON"),
+        numbers=numbers if numbers is not None else NumberPlan(),
     )
     static = create_static_files_router(
         path="/static", directories=[STATIC_DIR], opt={PUBLIC: True},

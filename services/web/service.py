@@ -252,7 +252,8 @@ async def main(ctx: ServiceContext) -> None:
         await asyncio.sleep(0.02)
     log.info("users_loaded", users=len(users.users), seq=users.last_sequence)
 
-    app = create_app(backend, open_store(ctx.config.data_dir), ctx.config.data_dir, ctx.metrics)
+    app = create_app(backend, open_store(ctx.config.data_dir), ctx.config.data_dir, ctx.metrics,
+                     numbers=ctx.config.numbers)
     server = _Server(
         uvicorn.Config(
             app,

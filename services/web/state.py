@@ -9,7 +9,7 @@ and backend outages to a 503, never a 500.
 from __future__ import annotations
 
 from collections.abc import Set as AbstractSet
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol, TypeVar
 
@@ -33,6 +33,7 @@ from contracts.v1.events import (
     UserRemoved,
     UserUpserted,
 )
+from contracts.v1.numbers import NumberPlan
 from contracts.v1.rpc import (
     JobsStatus,
     RolesStatus,
@@ -110,6 +111,9 @@ class WebState:
     # How long a change waits for the local scheduler to show it (so a GET right
     # after a POST sees it); the change is stored either way.
     job_apply_wait_s: float = JOB_APPLY_WAIT_S
+    # The node's number plan: a recording's numbers are compared as sent and as the
+    # extension they map to, as the catalog's search does.
+    numbers: NumberPlan = field(default_factory=NumberPlan)
 
     async def require(self, request: Request[Any, Any, Any]) -> Principal:
         """The caller, as the login guard authenticated them before the body was read."""
@@ -126,7 +130,8 @@ class WebState:
         if not valid_recording_id(recording_id):
             raise ValidationException(detail="invalid recording id")
         record = await self.backend.get(recording_id)
-        if record is None or not principal.may_see(record.metadata.numbers()):
+        if record is None or not principal.may_see(sorted(self.numbers.forms(
+                record.metadata.numbers()))):
             raise NotFoundException(detail="unknown recording")
         return record
 

@@ -67,6 +67,9 @@
   // ---- the form mirrors the URL ----
   const range = params.get("range");
   const picked = range ? quickRange(range, new Date()) : null;
+  // The quick pick stays in the URL (a bookmark of "yesterday" means yesterday when it
+  // is opened) until a date is changed by hand.
+  let activeRange = picked ? range : null;
   const from = picked ? picked[0] : parseInstant(params.get("from"));
   const to = picked ? picked[1] : parseInstant(params.get("to"));
   if (from) fromInput.value = localInput(from);
@@ -83,8 +86,9 @@
   // The URL for the form's filters; `extra` overrides (a quick pick, sort, paging).
   function formParams(extra) {
     const out = new URLSearchParams();
-    if (extra.range) {
-      out.set("range", extra.range);
+    const pick = extra.range || activeRange;
+    if (pick) {
+      out.set("range", pick);
     } else {
       const start = fromInput.value ? new Date(fromInput.value) : null;
       const end = toInput.value ? new Date(toInput.value) : null;
@@ -113,6 +117,7 @@
   // Changing a date by hand ends a quick pick.
   for (const input of [fromInput, toInput]) {
     input.addEventListener("change", () => {
+      activeRange = null;
       for (const b of form.querySelectorAll("button[data-range]")) b.setAttribute("aria-pressed", "false");
     });
   }

@@ -180,10 +180,10 @@ def samples(path: Path, rng: random.Random, count: int) -> list[Sample]:
     """Random recordings read back from the catalog file (works on a kept one too)."""
     db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     try:
-        top = int(db.execute("SELECT MAX(rid) FROM recordings").fetchone()[0])
+        top = int(db.execute("SELECT MAX(rid) FROM recording_events").fetchone()[0])
         found: list[Sample] = []
         while len(found) < count:
-            row = db.execute("SELECT event_json FROM recordings WHERE rid = ?",
+            row = db.execute("SELECT event_json FROM recording_events WHERE rid = ?",
                              (rng.randint(1, top),)).fetchone()
             if row is None:
                 continue
@@ -203,7 +203,8 @@ def day_range(started: datetime, days: int) -> tuple[datetime, datetime]:
     return local_midnight - timedelta(days=days - 1), local_midnight + timedelta(days=1)
 
 
-def run(rows: int, runs: int, seed: int, keep: Path | None) -> list[Figures]:
+def run(rows: int, runs: int, seed: int, keep: Path | None,
+        http: bool = False) -> list[Figures]:
     rng = random.Random(seed)
     site = make_site(rng)
     root = keep or Path(tempfile.mkdtemp(prefix="callrec-bench-search-"))
@@ -270,14 +271,89 @@ def run(rows: int, runs: int, seed: int, keep: Path | None) -> list[Figures]:
         measure("admin: all time + customer number", catalog, max(5, runs // 10),
                 lambda: (SearchRequest(number_or_name=rng.choice(known).customer), None)),
     ]
-    base = percentile(baseline.millis, 0.95)
-    print(f"\n{rows:,} recordings, {runs} searches each (a fresh day/number per search)")
+    catalog.close()
+    report(f"{rows:,} recordings in the catalog (Catalog.search, in process)", runs, figures)
+    if http:
+        report(f"{rows:,} recordings through the web (GET /api/recordings on a real node)",
+               runs, measure_http(path, runs, rng, known, members, group))
+    return figures
+
+
+def report(title: str, runs: int, figures: list[Figures]) -> None:
+    base = percentile(figures[0].millis, 0.95)
+    print(f"\n{title}, {runs} searches each (a fresh day/number per search)")
     print(f"  {'ms per search':<44} {'p50':>7} {'p95':>7} {'p99':>7} {'max':>7}"
           f"  {'p95/base':>6}  {'mean hits':>9}")
     for figure in figures:
         print(figure.row(base))
-    catalog.close()
-    return figures
+
+
+def measure_http(path: Path, runs: int, rng: random.Random, known: list[Sample],
+                 members: list[Sample], group: list[str]) -> list[Figures]:
+    """The same searches as a browser's page makes them: a real node (`callrec up`, the
+    catalog file copied into its data directory, so nothing is replayed) answering
+    `GET /api/recordings` over HTTP, as the admin and as a user whose 100 extensions are
+    what a supervisor of a 100-member group sees."""
+    import shutil
+
+    import httpx
+
+    from tests.support.node import ADMIN_PASSWORD, Node
+
+    root = Path(tempfile.mkdtemp(prefix="callrec-bench-search-node-"))
+    target = root / "node" / "catalog" / "catalog.sqlite3"
+    target.parent.mkdir(parents=True)
+    shutil.copyfile(path, target)
+    node = Node(root / "node", extra_args=["--number-plan", *PLAN_RULES])
+    try:
+        node.start(timeout=300)
+        extension_args = [arg for ext in group for arg in ("--extension", ext)]
+        node.cli("users", "add", "sup", "--password", "sup-bench-secret", *extension_args)
+        admin = httpx.Client(base_url=node.base_url, auth=("admin", ADMIN_PASSWORD),
+                             timeout=30)
+        sup = httpx.Client(base_url=node.base_url, auth=("sup", "sup-bench-secret"),
+                           timeout=30)
+        deadline = time.monotonic() + 30
+        while sup.get("/api/recordings", params={"limit": 1}).status_code != 200:
+            if time.monotonic() > deadline:
+                raise SystemExit("the bench user never became usable")
+            time.sleep(0.2)
+
+        def timed(name: str, client: httpx.Client, pool: list[Sample], days: int | None,
+                  filters: Callable[[Sample], dict[str, str]]) -> Figures:
+            millis: list[float] = []
+            hits: list[int] = []
+            for _ in range(runs):
+                sample = rng.choice(pool)
+                params = filters(sample)
+                if days is not None:
+                    low, high = day_range(sample.started, days)
+                    params.update({"from": low.isoformat(), "to": high.isoformat()})
+                began = time.perf_counter()
+                response = client.get("/api/recordings", params=params)
+                millis.append((time.perf_counter() - began) * 1000)
+                response.raise_for_status()
+                hits.append(int(response.json()["total"]))
+            return Figures(name, millis, hits)
+
+        def customer(s: Sample) -> dict[str, str]:
+            return {"number_or_name": s.customer}
+
+        def extension(s: Sample) -> dict[str, str]:
+            return {"number_or_name": s.extension}
+
+        return [
+            timed("baseline: newest 50, no filter (admin)", admin, known, None, lambda s: {}),
+            timed("admin: 1 day + customer number", admin, known, 1, customer),
+            timed("admin: 7 days + extension", admin, known, 7, extension),
+            timed("admin: 30 days + customer number", admin, known, 30, customer),
+            timed("supervisor(100): 1 day + customer number", sup, members, 1, customer),
+            timed("supervisor(100): 7 days + member extension", sup, members, 7, extension),
+            timed("supervisor(100): 30 days + customer number", sup, members, 30, customer),
+        ]
+    finally:
+        node.stop()
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -286,13 +362,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--runs", type=int, default=200, help="searches per query kind")
     parser.add_argument("--seed", type=int, default=10)
+    parser.add_argument("--http", action="store_true",
+                        help="also through the web API of a real node (`callrec up`)")
     parser.add_argument("--keep", type=Path, default=None,
                         help="build the catalog in this directory and keep it (a kept "
                              "catalog with enough rows is reused)")
     args = parser.parse_args(argv)
     if args.keep is not None:
         args.keep.mkdir(parents=True, exist_ok=True)
-    run(args.rows, args.runs, args.seed, args.keep)
+    run(args.rows, args.runs, args.seed, args.keep, http=args.http)
 
 
 if __name__ == "__main__":

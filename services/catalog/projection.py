@@ -61,8 +61,13 @@ CREATE TABLE IF NOT EXISTS recordings (
     interrupted  INTEGER NOT NULL,
     parties      TEXT NOT NULL,
     sequence     INTEGER NOT NULL,
-    event_json   TEXT NOT NULL,
     purged       INTEGER NOT NULL DEFAULT 0
+);
+-- The full fact, apart: the rows above stay small (dozens per page), so a search that
+-- tests each row of a time range reads few pages; only a page's rows read their JSON.
+CREATE TABLE IF NOT EXISTS recording_events (
+    rid        INTEGER PRIMARY KEY,
+    event_json TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS recordings_started ON recordings (started_us, recording_id)
     WHERE purged = 0;
@@ -134,8 +139,8 @@ CREATE TABLE IF NOT EXISTS checkpoints (
 """
 
 # Tables of every layout so far: an old file's are dropped before a rebuild.
-_TABLES = ("recordings", "recording_numbers", "purged", "hold_facts", "purge_facts",
-           "parties_fts", "terms", "recording_terms", "tag_facts", "recording_tags",
+_TABLES = ("recordings", "recording_events", "recording_numbers", "purged", "hold_facts",
+           "purge_facts", "parties_fts", "terms", "recording_terms", "tag_facts", "recording_tags",
            "notes_fts", "notes", "meta", "checkpoints")
 
 NARROW_ROWS = 20_000
@@ -313,7 +318,8 @@ class Catalog:
         """Catalog a completion; hidden at once when its purge is already in effect.
         A second completion of the same call replaces the row only when it wins."""
         row = self._db.execute(
-            "SELECT rid, event_json, purged FROM recordings WHERE recording_id = ?",
+            "SELECT r.rid, e.event_json, r.purged FROM recordings r "
+            "JOIN recording_events e ON e.rid = r.rid WHERE r.recording_id = ?",
             (event.recording_id,),
         ).fetchone()
         if row is not None:
@@ -326,13 +332,16 @@ class Catalog:
         values = self._row_values(event)
         cursor = self._db.execute(
             "INSERT INTO recordings (recording_id, event_id, node_id, started_us, ended_us, "
-            "duration_ms, direction, interrupted, parties, sequence, event_json, purged) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
-            (event.recording_id, *values, seq, event.model_dump_json(), int(purged)),
+            "duration_ms, direction, interrupted, parties, sequence, purged) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+            (event.recording_id, *values, seq, int(purged)),
         )
         if cursor.rowcount != 1:
             return None  # same recording or same event already known
-        self._index_terms(int(cursor.lastrowid or 0), event)
+        rid = int(cursor.lastrowid or 0)
+        self._db.execute("INSERT INTO recording_events (rid, event_json) VALUES (?, ?)",
+                         (rid, event.model_dump_json()))
+        self._index_terms(rid, event)
         return None if purged else "cataloged"
 
     def _replace(self, event: RecordingCompleted, seq: int, rid: int,
@@ -342,10 +351,12 @@ class Catalog:
         values = self._row_values(event)
         self._db.execute(
             "UPDATE recordings SET event_id = ?, node_id = ?, started_us = ?, ended_us = ?, "
-            "duration_ms = ?, direction = ?, interrupted = ?, parties = ?, sequence = ?, "
-            "event_json = ? WHERE rid = ?",
-            (*values, seq, event.model_dump_json(), rid),
+            "duration_ms = ?, direction = ?, interrupted = ?, parties = ?, sequence = ? "
+            "WHERE rid = ?",
+            (*values, seq, rid),
         )
+        self._db.execute("UPDATE recording_events SET event_json = ? WHERE rid = ?",
+                         (event.model_dump_json(), rid))
         self._index_terms(rid, event)
         return None if purged else "replaced"
 
@@ -447,7 +458,8 @@ class Catalog:
     def get(self, recording_id: str) -> RecordingCompleted | None:
         with self._lock:
             row = self._db.execute(
-                "SELECT event_json FROM recordings WHERE recording_id = ? AND purged = 0",
+                "SELECT e.event_json FROM recordings r JOIN recording_events e ON e.rid = r.rid "
+                "WHERE r.recording_id = ? AND r.purged = 0",
                 (recording_id,),
             ).fetchone()
         return RecordingCompleted.model_validate_json(row[0]) if row else None
@@ -544,7 +556,9 @@ class Catalog:
         terms are collected once; then each row in a narrow range is tested (its few
         terms), or, for a wide one, their recordings are collected first."""
         if narrow:
-            where.append("EXISTS (SELECT 1 FROM recording_terms rt JOIN terms t "
+            # CROSS JOIN keeps this order: the row's few terms by rid, then each term by
+            # its id (never one probe per listed number and row).
+            where.append("EXISTS (SELECT 1 FROM recording_terms rt CROSS JOIN terms t "
                          f"ON t.tid = rt.tid WHERE rt.rid = r.rid AND {condition})")
         else:
             where.append("r.rid IN (SELECT rt.rid FROM recording_terms rt WHERE rt.tid IN "
@@ -575,11 +589,18 @@ class Catalog:
                 total = int(self._db.execute(
                     f"SELECT COUNT(*) FROM recordings r {clause}", query.params
                 ).fetchone()[0])
-            rows = self._db.execute(
-                f"SELECT r.recording_id, r.event_json FROM recordings r {clause} {order} "
+            page = self._db.execute(
+                f"SELECT r.rid, r.recording_id FROM recordings r {clause} {order} "
                 "LIMIT ? OFFSET ?",
                 [*query.params, request.limit, request.offset],
             ).fetchall()
+            facts: dict[int, str] = {}
+            if page:
+                marks = ",".join("?" for _ in page)
+                facts = dict(self._db.execute(
+                    f"SELECT rid, event_json FROM recording_events WHERE rid IN ({marks})",
+                    [rid for rid, _ in page]).fetchall())
+            rows = [(recording_id, facts[rid]) for rid, recording_id in page]
             tags: dict[str, list[str]] = {}
             if rows:
                 marks = ",".join("?" for _ in rows)

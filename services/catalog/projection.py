@@ -189,6 +189,10 @@ def parties_text(terms: set[tuple[TermKind, str]]) -> str:
     return "\n".join(sorted({text.lower() for _, text in terms}))
 
 
+def _text(value: str | None) -> str | None:
+    return (value.strip() or None) if value else None
+
+
 @dataclass(frozen=True)
 class _Query:
     where: list[str]
@@ -506,25 +510,30 @@ class Catalog:
         if request.start_to is not None:
             where.append("r.started_us < ?")
             params.append(to_micros(request.start_to))
-        for wanted_list in (request.numbers_any, visible_numbers):
+        searched = bool(request.numbers_any is not None or _text(request.number)
+                        or _text(request.number_or_name))
+        # What the caller may see narrows the rows the other filters pick: collected
+        # first only when nothing else picks them in a wide range.
+        for wanted_list, per_row in ((request.numbers_any, narrow),
+                                     (visible_numbers, narrow or searched)):
             if wanted_list is None:
                 continue
             wanted = sorted({n for n in wanted_list if n})
             if not wanted:
                 return _Query(where, params, empty=True)
             marks = ",".join("?" for _ in wanted)
-            self._term_filter(where, f"t.kind = 'n' AND t.text IN ({marks})", narrow)
+            self._term_filter(where, f"t.kind = 'n' AND t.text IN ({marks})", per_row)
             params.extend(wanted)
-        if request.number and request.number.strip():
+        number, party = _text(request.number), _text(request.number_or_name)
+        if number:
             self._term_filter(where, "t.kind = 'n' AND t.text LIKE ? ESCAPE '\\'", narrow)
-            params.append(_like_pattern(request.number.strip()))
-        if request.number_or_name and request.number_or_name.strip():
-            pattern = _like_pattern(request.number_or_name.strip().lower())
+            params.append(_like_pattern(number))
+        if party:
             if narrow:
                 where.append("r.parties LIKE ? ESCAPE '\\'")
             else:
                 self._term_filter(where, "t.text LIKE ? ESCAPE '\\'", narrow)
-            params.append(pattern)
+            params.append(_like_pattern(party.lower()))
         if request.direction is not None:
             where.append("r.direction = ?")
             params.append(request.direction)
@@ -551,11 +560,11 @@ class Catalog:
         return _Query(where, params)
 
     @staticmethod
-    def _term_filter(where: list[str], condition: str, narrow: bool) -> None:
-        """Recordings with a term matching `condition` (over `terms t`): the matching
-        terms are collected once; then each row in a narrow range is tested (its few
-        terms), or, for a wide one, their recordings are collected first."""
-        if narrow:
+    def _term_filter(where: list[str], condition: str, per_row: bool) -> None:
+        """Recordings with a term matching `condition` (over `terms t`): `per_row` tests
+        each row that other terms pick (its few terms), else the matching terms'
+        recordings are collected first (their ids drive the search)."""
+        if per_row:
             # CROSS JOIN keeps this order: the row's few terms by rid, then each term by
             # its id (never one probe per listed number and row).
             where.append("EXISTS (SELECT 1 FROM recording_terms rt CROSS JOIN terms t "

@@ -59,6 +59,7 @@ CREATE TABLE IF NOT EXISTS recordings (
     duration_ms  INTEGER NOT NULL,
     direction    TEXT NOT NULL,
     interrupted  INTEGER NOT NULL,
+    numbers      TEXT NOT NULL,
     parties      TEXT NOT NULL,
     sequence     INTEGER NOT NULL,
     purged       INTEGER NOT NULL DEFAULT 0
@@ -69,7 +70,10 @@ CREATE TABLE IF NOT EXISTS recording_events (
     rid        INTEGER PRIMARY KEY,
     event_json TEXT NOT NULL
 );
-CREATE INDEX IF NOT EXISTS recordings_started ON recordings (started_us, recording_id)
+-- Covering every column a search tests row by row: walking a time range reads this
+-- index's pages in order and never the table's (random) pages.
+CREATE INDEX IF NOT EXISTS recordings_started ON recordings (
+    started_us, recording_id, duration_ms, direction, interrupted, node_id, numbers, parties)
     WHERE purged = 0;
 CREATE INDEX IF NOT EXISTS recordings_duration ON recordings (duration_ms, recording_id)
     WHERE purged = 0;
@@ -79,12 +83,14 @@ CREATE TABLE IF NOT EXISTS terms (
     text TEXT NOT NULL,
     UNIQUE (kind, text)
 );
+-- A term's recordings in time order: "these numbers in this time range" is one short
+-- range per number, whatever the size of the catalog.
 CREATE TABLE IF NOT EXISTS recording_terms (
-    tid INTEGER NOT NULL,
-    rid INTEGER NOT NULL,
-    PRIMARY KEY (tid, rid)
+    tid        INTEGER NOT NULL,
+    started_us INTEGER NOT NULL,
+    rid        INTEGER NOT NULL,
+    PRIMARY KEY (tid, started_us, rid)
 ) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS recording_terms_rid ON recording_terms (rid, tid);
 CREATE TABLE IF NOT EXISTS hold_facts (
     recording_id TEXT NOT NULL,
     at_us        INTEGER NOT NULL,
@@ -148,6 +154,8 @@ NARROW_ROWS = 20_000
 and testing each row; a wider one (or none) lets the number and name dictionary
 (`terms`: each distinct number form and name once) pick the recordings first."""
 
+MMAP_BYTES = 4 << 30
+
 TermKind = Literal["n", "p"]
 """A term is a participant number form ("n": as sent, or its extension) or a
 participant's name ("p", lower case)."""
@@ -184,9 +192,10 @@ def terms_of(event: RecordingCompleted, plan: NumberPlan) -> set[tuple[TermKind,
     return found
 
 
-def parties_text(terms: set[tuple[TermKind, str]]) -> str:
-    """What `number_or_name` tests row by row: every term, lower case, one per line."""
-    return "\n".join(sorted({text.lower() for _, text in terms}))
+def terms_text(terms: set[tuple[TermKind, str]], kinds: str = "np") -> str:
+    """What a narrow search tests row by row with LIKE: the terms of these kinds, lower
+    case, one per line (`numbers` and `parties` columns)."""
+    return "\n".join(sorted({text.lower() for kind, text in terms if kind in kinds}))
 
 
 def _text(value: str | None) -> str | None:
@@ -212,7 +221,9 @@ class Catalog:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("PRAGMA foreign_keys=OFF")
-        self._db.execute("PRAGMA cache_size=-65536")  # 64 MiB: the indexes of 1e6 rows
+        self._db.execute("PRAGMA cache_size=-65536")  # 64 MiB
+        # Searches read the indexes through the OS page cache without a copy per page.
+        self._db.execute(f"PRAGMA mmap_size={MMAP_BYTES}")
         version = int(self._db.execute("PRAGMA user_version").fetchone()[0])
         if version != SCHEMA_VERSION or self._stored_plan() != self.plan.fingerprint():
             # An unknown layout or another number plan is thrown away: the stream is
@@ -303,20 +314,29 @@ class Catalog:
             return changed
 
     def _row_values(self, event: RecordingCompleted) -> tuple[Any, ...]:
+        terms = terms_of(event, self.plan)
         return (
             event.event_id, event.node_id, to_micros(event.started_at),
             to_micros(event.ended_at), event.duration_ms, event.metadata.direction,
-            int(event.interrupted), parties_text(terms_of(event, self.plan)),
+            int(event.interrupted), terms_text(terms, "n"), terms_text(terms),
         )
 
-    def _index_terms(self, rid: int, event: RecordingCompleted) -> None:
-        self._db.execute("DELETE FROM recording_terms WHERE rid = ?", (rid,))
+    def _index_terms(self, rid: int, event: RecordingCompleted,
+                     replaced: RecordingCompleted | None = None) -> None:
+        """Index a recording's terms (after removing those of the copy it replaces)."""
+        if replaced is not None:
+            for kind, text in terms_of(replaced, self.plan):
+                self._db.execute(
+                    "DELETE FROM recording_terms WHERE tid = (SELECT tid FROM terms WHERE "
+                    "kind = ? AND text = ?) AND started_us = ? AND rid = ?",
+                    (kind, text, to_micros(replaced.started_at), rid))
         for kind, text in sorted(terms_of(event, self.plan)):
             self._db.execute("INSERT INTO terms (kind, text) VALUES (?, ?) "
                              "ON CONFLICT DO NOTHING", (kind, text))
             self._db.execute(
-                "INSERT OR IGNORE INTO recording_terms (tid, rid) "
-                "SELECT tid, ? FROM terms WHERE kind = ? AND text = ?", (rid, kind, text))
+                "INSERT OR IGNORE INTO recording_terms (tid, started_us, rid) "
+                "SELECT tid, ?, ? FROM terms WHERE kind = ? AND text = ?",
+                (to_micros(event.started_at), rid, kind, text))
 
     def _insert(self, event: RecordingCompleted, seq: int) -> Effect | None:
         """Catalog a completion; hidden at once when its purge is already in effect.
@@ -336,8 +356,8 @@ class Catalog:
         values = self._row_values(event)
         cursor = self._db.execute(
             "INSERT INTO recordings (recording_id, event_id, node_id, started_us, ended_us, "
-            "duration_ms, direction, interrupted, parties, sequence, purged) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+            "duration_ms, direction, interrupted, numbers, parties, sequence, purged) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
             (event.recording_id, *values, seq, int(purged)),
         )
         if cursor.rowcount != 1:
@@ -355,13 +375,13 @@ class Catalog:
         values = self._row_values(event)
         self._db.execute(
             "UPDATE recordings SET event_id = ?, node_id = ?, started_us = ?, ended_us = ?, "
-            "duration_ms = ?, direction = ?, interrupted = ?, parties = ?, sequence = ? "
-            "WHERE rid = ?",
+            "duration_ms = ?, direction = ?, interrupted = ?, numbers = ?, parties = ?, "
+            "sequence = ? WHERE rid = ?",
             (*values, seq, rid),
         )
         self._db.execute("UPDATE recording_events SET event_json = ? WHERE rid = ?",
                          (event.model_dump_json(), rid))
-        self._index_terms(rid, event)
+        self._index_terms(rid, event, replaced=current)
         return None if purged else "replaced"
 
     def _fact(self, event: RecordingPurged | LegalHoldChanged, seq: int) -> Effect | None:
@@ -510,30 +530,49 @@ class Catalog:
         if request.start_to is not None:
             where.append("r.started_us < ?")
             params.append(to_micros(request.start_to))
-        searched = bool(request.numbers_any is not None or _text(request.number)
-                        or _text(request.number_or_name))
-        # What the caller may see narrows the rows the other filters pick: collected
-        # first only when nothing else picks them in a wide range.
-        for wanted_list, per_row in ((request.numbers_any, narrow),
-                                     (visible_numbers, narrow or searched)):
+        since = to_micros(request.start_from) if request.start_from is not None else None
+        until = to_micros(request.start_to) if request.start_to is not None else None
+
+        def by_terms(condition: str, values: list[Any]) -> None:
+            """Recordings with a term matching `condition` (over `terms t`) in the time
+            range: each matching term's recordings are one range of `recording_terms`."""
+            bounds = ""
+            extra: list[Any] = []
+            if since is not None:
+                bounds += " AND rt.started_us >= ?"
+                extra.append(since)
+            if until is not None:
+                bounds += " AND rt.started_us < ?"
+                extra.append(until)
+            where.append(f"r.rid IN (SELECT rt.rid FROM recording_terms rt WHERE rt.tid IN "
+                         f"(SELECT t.tid FROM terms t WHERE {condition}){bounds})")
+            params.extend([*values, *extra])
+
+        for wanted_list in (request.numbers_any, visible_numbers):
             if wanted_list is None:
                 continue
             wanted = sorted({n for n in wanted_list if n})
             if not wanted:
                 return _Query(where, params, empty=True)
             marks = ",".join("?" for _ in wanted)
-            self._term_filter(where, f"t.kind = 'n' AND t.text IN ({marks})", per_row)
-            params.extend(wanted)
+            by_terms(f"t.kind = 'n' AND t.text IN ({marks})", wanted)
+        # Substrings: a narrow walk tests each row's text (in the covering index); a
+        # wide search looks the fragment up in the dictionary of distinct terms first.
         number, party = _text(request.number), _text(request.number_or_name)
         if number:
-            self._term_filter(where, "t.kind = 'n' AND t.text LIKE ? ESCAPE '\\'", narrow)
-            params.append(_like_pattern(number))
+            pattern = _like_pattern(number.lower())
+            if narrow:
+                where.append("r.numbers LIKE ? ESCAPE '\\'")
+                params.append(pattern)
+            else:
+                by_terms("t.kind = 'n' AND t.text LIKE ? ESCAPE '\\'", [pattern])
         if party:
+            pattern = _like_pattern(party.lower())
             if narrow:
                 where.append("r.parties LIKE ? ESCAPE '\\'")
+                params.append(pattern)
             else:
-                self._term_filter(where, "t.text LIKE ? ESCAPE '\\'", narrow)
-            params.append(_like_pattern(party.lower()))
+                by_terms("t.text LIKE ? ESCAPE '\\'", [pattern])
         if request.direction is not None:
             where.append("r.direction = ?")
             params.append(request.direction)
@@ -547,31 +586,26 @@ class Catalog:
             where.append("r.interrupted = ?")
             params.append(int(request.interrupted))
         if request.tag and normalize_tag(request.tag):
-            where.append("r.recording_id IN (SELECT recording_id FROM recording_tags "
-                         "WHERE tag = ?)")
+            if narrow:
+                where.append("EXISTS (SELECT 1 FROM recording_tags g WHERE "
+                             "g.recording_id = r.recording_id AND g.tag = ?)")
+            else:
+                where.append("r.recording_id IN (SELECT recording_id FROM recording_tags "
+                             "WHERE tag = ?)")
             params.append(normalize_tag(request.tag))
         if request.note_text is not None and request.note_text.strip():
             query = note_query(request.note_text)
             if query is None:
                 return _Query(where, params, empty=True)
-            where.append("r.recording_id IN (SELECT recording_id FROM notes WHERE nid IN "
-                         "(SELECT rowid FROM notes_fts WHERE notes_fts MATCH ?))")
+            # The matching notes are collected once (FTS5); a narrow walk tests each row.
+            if narrow:
+                where.append("+r.recording_id IN (SELECT recording_id FROM notes WHERE nid "
+                             "IN (SELECT rowid FROM notes_fts WHERE notes_fts MATCH ?))")
+            else:
+                where.append("r.recording_id IN (SELECT recording_id FROM notes WHERE nid IN "
+                             "(SELECT rowid FROM notes_fts WHERE notes_fts MATCH ?))")
             params.append(query)
         return _Query(where, params)
-
-    @staticmethod
-    def _term_filter(where: list[str], condition: str, per_row: bool) -> None:
-        """Recordings with a term matching `condition` (over `terms t`): `per_row` tests
-        each row that other terms pick (its few terms), else the matching terms'
-        recordings are collected first (their ids drive the search)."""
-        if per_row:
-            # CROSS JOIN keeps this order: the row's few terms by rid, then each term by
-            # its id (never one probe per listed number and row).
-            where.append("EXISTS (SELECT 1 FROM recording_terms rt CROSS JOIN terms t "
-                         f"ON t.tid = rt.tid WHERE rt.rid = r.rid AND {condition})")
-        else:
-            where.append("r.rid IN (SELECT rt.rid FROM recording_terms rt WHERE rt.tid IN "
-                         f"(SELECT t.tid FROM terms t WHERE {condition}))")
 
     def search(
         self, request: SearchRequest, visible_numbers: list[str] | None = None
@@ -592,14 +626,16 @@ class Catalog:
             if query.empty:
                 return SearchResult(total=0, items=[])
             clause = f"WHERE {' AND '.join(query.where)}"
+            # A narrow range is walked in the covering time index, whatever else is asked.
+            source = "recordings r INDEXED BY recordings_started" if narrow else "recordings r"
             if len(query.where) == 1:
                 total = self._count  # no filter at all: the running count
             else:
                 total = int(self._db.execute(
-                    f"SELECT COUNT(*) FROM recordings r {clause}", query.params
+                    f"SELECT COUNT(*) FROM {source} {clause}", query.params
                 ).fetchone()[0])
             page = self._db.execute(
-                f"SELECT r.rid, r.recording_id FROM recordings r {clause} {order} "
+                f"SELECT r.rid, r.recording_id FROM {source} {clause} {order} "
                 "LIMIT ? OFFSET ?",
                 [*query.params, request.limit, request.offset],
             ).fetchall()

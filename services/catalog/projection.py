@@ -83,6 +83,9 @@ CREATE TABLE IF NOT EXISTS terms (
     text TEXT NOT NULL,
     UNIQUE (kind, text)
 );
+-- Substrings of terms (3 characters or more) found without reading every term.
+CREATE VIRTUAL TABLE IF NOT EXISTS terms_fts USING fts5(
+    text, content='terms', content_rowid='tid', tokenize='trigram');
 -- A term's recordings in time order: "these numbers in this time range" is one short
 -- range per number, whatever the size of the catalog.
 CREATE TABLE IF NOT EXISTS recording_terms (
@@ -146,13 +149,19 @@ CREATE TABLE IF NOT EXISTS checkpoints (
 
 # Tables of every layout so far: an old file's are dropped before a rebuild.
 _TABLES = ("recordings", "recording_events", "recording_numbers", "purged", "hold_facts",
-           "purge_facts", "parties_fts", "terms", "recording_terms", "tag_facts", "recording_tags",
-           "notes_fts", "notes", "meta", "checkpoints")
+           "purge_facts", "parties_fts", "terms_fts", "terms", "recording_terms", "tag_facts",
+           "recording_tags", "notes_fts", "notes", "meta", "checkpoints")
 
 NARROW_ROWS = 20_000
-"""A start-time range with at most this many recordings is searched by walking it
-and testing each row; a wider one (or none) lets the number and name dictionary
-(`terms`: each distinct number form and name once) pick the recordings first."""
+"""A start-time range with at most this many recordings is searched by walking it in
+the covering time index and testing each row's text, tags and notes; a wider one (or
+none) looks number and name fragments up in the dictionary of distinct terms first
+and lets their recordings (and tags' and notes') drive. Exact numbers (visibility, a
+user or group filter) always come from `recording_terms`, one range per number."""
+
+WALK_ROWS = 50_000
+"""A page sorted by start time is read by walking the time index when that should meet
+its rows within about this many recordings (matches are dense enough)."""
 
 MMAP_BYTES = 4 << 30
 
@@ -331,8 +340,11 @@ class Catalog:
                     "kind = ? AND text = ?) AND started_us = ? AND rid = ?",
                     (kind, text, to_micros(replaced.started_at), rid))
         for kind, text in sorted(terms_of(event, self.plan)):
-            self._db.execute("INSERT INTO terms (kind, text) VALUES (?, ?) "
-                             "ON CONFLICT DO NOTHING", (kind, text))
+            cursor = self._db.execute("INSERT INTO terms (kind, text) VALUES (?, ?) "
+                                      "ON CONFLICT DO NOTHING", (kind, text))
+            if cursor.rowcount == 1:
+                self._db.execute("INSERT INTO terms_fts (rowid, text) VALUES (?, ?)",
+                                 (cursor.lastrowid, text))
             self._db.execute(
                 "INSERT OR IGNORE INTO recording_terms (tid, started_us, rid) "
                 "SELECT tid, ?, ? FROM terms WHERE kind = ? AND text = ?",
@@ -520,8 +532,7 @@ class Catalog:
 
     def _query(self, request: SearchRequest, visible_numbers: list[str] | None,
                narrow: bool) -> _Query:
-        """WHERE terms for a request. `narrow`: the time range is small, so number and
-        visibility terms test each row (EXISTS) instead of collecting ids first (IN)."""
+        """WHERE terms for a request; `narrow`: the time range is walked (see NARROW_ROWS)."""
         where: list[str] = ["r.purged = 0"]
         params: list[Any] = []
         if request.start_from is not None:
@@ -559,20 +570,20 @@ class Catalog:
         # Substrings: a narrow walk tests each row's text (in the covering index); a
         # wide search looks the fragment up in the dictionary of distinct terms first.
         number, party = _text(request.number), _text(request.number_or_name)
-        if number:
-            pattern = _like_pattern(number.lower())
+        for fragment, column, kind in ((number, "numbers", "t.kind = 'n' AND "),
+                                       (party, "parties", "")):
+            if not fragment:
+                continue
+            pattern = _like_pattern(fragment.lower())
             if narrow:
-                where.append("r.numbers LIKE ? ESCAPE '\\'")
+                where.append(f"r.{column} LIKE ? ESCAPE '\\'")
                 params.append(pattern)
+            elif len(fragment) >= 3:  # the trigram index finds it
+                by_terms(f"{kind}t.tid IN (SELECT rowid FROM terms_fts WHERE terms_fts "
+                         "MATCH ?) AND t.text LIKE ? ESCAPE '\\'",
+                         [_fts_phrase(fragment.lower()), pattern])
             else:
-                by_terms("t.kind = 'n' AND t.text LIKE ? ESCAPE '\\'", [pattern])
-        if party:
-            pattern = _like_pattern(party.lower())
-            if narrow:
-                where.append("r.parties LIKE ? ESCAPE '\\'")
-                params.append(pattern)
-            else:
-                by_terms("t.text LIKE ? ESCAPE '\\'", [pattern])
+                by_terms(f"{kind}t.text LIKE ? ESCAPE '\\'", [pattern])
         if request.direction is not None:
             where.append("r.direction = ?")
             params.append(request.direction)
@@ -621,7 +632,8 @@ class Catalog:
         direction = "DESC" if request.order == "desc" else "ASC"
         order = f"ORDER BY {column} {direction}, r.recording_id {direction}"
         with self._lock:
-            narrow = self._range_rows(request, NARROW_ROWS + 1) <= NARROW_ROWS
+            in_range = self._range_rows(request, NARROW_ROWS + 1)
+            narrow = in_range <= NARROW_ROWS
             query = self._query(request, visible_numbers, narrow)
             if query.empty:
                 return SearchResult(total=0, items=[])
@@ -634,6 +646,12 @@ class Catalog:
                 total = int(self._db.execute(
                     f"SELECT COUNT(*) FROM {source} {clause}", query.params
                 ).fetchone()[0])
+            if not narrow and request.sort == "started" and total and (
+                    (request.offset + request.limit) * self._range_rows(request, 2**62)
+                    <= WALK_ROWS * total):
+                # Dense enough: walking the time index in order meets the page's rows
+                # sooner than collecting and sorting every match.
+                source = "recordings r INDEXED BY recordings_started"
             page = self._db.execute(
                 f"SELECT r.rid, r.recording_id FROM {source} {clause} {order} "
                 "LIMIT ? OFFSET ?",

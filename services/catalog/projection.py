@@ -75,6 +75,8 @@ CREATE TABLE IF NOT EXISTS recording_events (
 CREATE INDEX IF NOT EXISTS recordings_started ON recordings (
     started_us, recording_id, duration_ms, direction, interrupted, node_id, numbers, parties)
     WHERE purged = 0;
+-- Slim: how many recordings a time range holds is counted in a few pages.
+CREATE INDEX IF NOT EXISTS recordings_started_slim ON recordings (started_us) WHERE purged = 0;
 CREATE INDEX IF NOT EXISTS recordings_duration ON recordings (duration_ms, recording_id)
     WHERE purged = 0;
 CREATE TABLE IF NOT EXISTS terms (
@@ -160,10 +162,13 @@ and lets their recordings (and tags' and notes') drive. Exact numbers (visibilit
 user or group filter) always come from `recording_terms`, one range per number."""
 
 WALK_ROWS = 50_000
+WALK_MIN = 2_000
 """A page sorted by start time is read by walking the time index when that should meet
-its rows within about this many recordings (matches are dense enough)."""
+its rows within about WALK_ROWS recordings (matches are dense enough); with WALK_MIN
+matches or fewer, sorting them all is cheap anyway."""
 
 MMAP_BYTES = 4 << 30
+FTS_TAIL = 6
 
 TermKind = Literal["n", "p"]
 """A term is a participant number form ("n": as sent, or its extension) or a
@@ -525,7 +530,8 @@ class Catalog:
         low = to_micros(request.start_from) if request.start_from is not None else -(2**62)
         high = to_micros(request.start_to) if request.start_to is not None else 2**62
         row = self._db.execute(
-            "SELECT COUNT(*) FROM (SELECT 1 FROM recordings WHERE purged = 0 "
+            "SELECT COUNT(*) FROM (SELECT 1 FROM recordings INDEXED BY recordings_started_slim "
+            "WHERE purged = 0 "
             "AND started_us >= ? AND started_us < ? LIMIT ?)", (low, high, cap),
         ).fetchone()
         return int(row[0])
@@ -544,9 +550,15 @@ class Catalog:
         since = to_micros(request.start_from) if request.start_from is not None else None
         until = to_micros(request.start_to) if request.start_to is not None else None
 
-        def by_terms(condition: str, values: list[Any]) -> None:
+        # Which id set drives a wide search: a number or name search or a user or group
+        # filter picks few recordings; what the caller may see is then only tested.
+        searched = bool(request.numbers_any is not None or _text(request.number)
+                        or _text(request.number_or_name))
+
+        def by_terms(condition: str, values: list[Any], drive: bool = True) -> None:
             """Recordings with a term matching `condition` (over `terms t`) in the time
-            range: each matching term's recordings are one range of `recording_terms`."""
+            range: each matching term's recordings are one range of `recording_terms`.
+            Unless `drive`, the set is only tested (`+r.rid`: not used to find rows)."""
             bounds = ""
             extra: list[Any] = []
             if since is not None:
@@ -555,18 +567,19 @@ class Catalog:
             if until is not None:
                 bounds += " AND rt.started_us < ?"
                 extra.append(until)
-            where.append(f"r.rid IN (SELECT rt.rid FROM recording_terms rt WHERE rt.tid IN "
+            lhs = "r.rid" if drive else "+r.rid"
+            where.append(f"{lhs} IN (SELECT rt.rid FROM recording_terms rt WHERE rt.tid IN "
                          f"(SELECT t.tid FROM terms t WHERE {condition}){bounds})")
             params.extend([*values, *extra])
 
-        for wanted_list in (request.numbers_any, visible_numbers):
+        for wanted_list, drive in ((request.numbers_any, True), (visible_numbers, not searched)):
             if wanted_list is None:
                 continue
             wanted = sorted({n for n in wanted_list if n})
             if not wanted:
                 return _Query(where, params, empty=True)
             marks = ",".join("?" for _ in wanted)
-            by_terms(f"t.kind = 'n' AND t.text IN ({marks})", wanted)
+            by_terms(f"t.kind = 'n' AND t.text IN ({marks})", wanted, drive)
         # Substrings: a narrow walk tests each row's text (in the covering index); a
         # wide search looks the fragment up in the dictionary of distinct terms first.
         number, party = _text(request.number), _text(request.number_or_name)
@@ -578,10 +591,12 @@ class Catalog:
             if narrow:
                 where.append(f"r.{column} LIKE ? ESCAPE '\\'")
                 params.append(pattern)
-            elif len(fragment) >= 3:  # the trigram index finds it
+            elif len(fragment) >= 3:
+                # The trigram index finds the candidates by the fragment's tail (the
+                # end of a number varies most: "+49..." is in every number), LIKE checks.
                 by_terms(f"{kind}t.tid IN (SELECT rowid FROM terms_fts WHERE terms_fts "
                          "MATCH ?) AND t.text LIKE ? ESCAPE '\\'",
-                         [_fts_phrase(fragment.lower()), pattern])
+                         [_fts_phrase(fragment.lower()[-FTS_TAIL:]), pattern])
             else:
                 by_terms(f"{kind}t.text LIKE ? ESCAPE '\\'", [pattern])
         if request.direction is not None:
@@ -646,9 +661,10 @@ class Catalog:
                 total = int(self._db.execute(
                     f"SELECT COUNT(*) FROM {source} {clause}", query.params
                 ).fetchone()[0])
-            if not narrow and request.sort == "started" and total and (
-                    (request.offset + request.limit) * self._range_rows(request, 2**62)
-                    <= WALK_ROWS * total):
+            wanted = request.offset + request.limit
+            if not narrow and request.sort == "started" and total > WALK_MIN and (
+                    self._range_rows(request, WALK_ROWS * total // wanted + 1)
+                    <= WALK_ROWS * total // wanted):
                 # Dense enough: walking the time index in order meets the page's rows
                 # sooner than collecting and sorting every match.
                 source = "recordings r INDEXED BY recordings_started"

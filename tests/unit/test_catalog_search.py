@@ -89,6 +89,7 @@ def catalog(request: pytest.FixtureRequest, tmp_path: Path,
     monkeypatch.setattr(projection, "NARROW_ROWS", 1_000 if request.param == "narrow" else 0)
     monkeypatch.setattr(projection, "WALK_ROWS", 0 if request.param == "wide-collect"
                         else 50_000)
+    monkeypatch.setattr(projection, "WALK_MIN", 0)
     catalog = Catalog(tmp_path / "c.sqlite3", PLAN)
     fill(catalog)
     return catalog

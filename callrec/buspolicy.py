@@ -33,7 +33,8 @@ PUBLISHES: dict[Identity, tuple[str, ...]] = {
     ),
     # The web acts for a signed-in user: users, holds, purges by an admin, jobs.
     "web": (
-        "user.upserted", "user.removed", "recording.hold_changed", "recording.purged",
+        "user.upserted", "user.removed", "user.token_issued", "user.token_revoked",
+        "recording.hold_changed", "recording.purged",
         "job.configured", "job.removed", "job.run_requested",
         "recording.note_added", "recording.tag_changed",
     ),

@@ -15,6 +15,7 @@ import sys
 import time
 import uuid
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 
@@ -22,7 +23,7 @@ from nats.aio.client import Client as NatsClient
 from pydantic import ValidationError
 
 from contracts import subjects
-from contracts.v1.events import JobRunRequested, UserRemoved, UserUpserted
+from contracts.v1.events import JobRunRequested, Role
 from contracts.v1.rpc import Empty, JobRunView, JobsStatus, JobView
 
 from . import bus, credentials
@@ -30,7 +31,8 @@ from .config import NodeConfig
 from .jobspec import JobInput, describe_errors, event_from_view
 from .logs import setup_logging
 from .supervisor import load_users, run_node
-from .users import hash_password
+from .usercommands import ROLES, SaveUser, UserRuleError, remove_user, save_user
+from .users import User, UsersProjection, hash_password
 
 
 def _env(name: str, default: str | None = None) -> str | None:
@@ -123,7 +125,17 @@ def build_parser() -> argparse.ArgumentParser:
     add.add_argument("username", nargs="?", default=None)
     add.add_argument("--extension", action="append", default=[],
                      help="recorded extension / directory number (repeatable)")
-    add.add_argument("--admin", action="store_true", help="may administer the node")
+    add.add_argument("--admin", action="store_true", help="may administer the node "
+                     "(same as --role admin)")
+    add.add_argument("--role", choices=list(ROLES), default=None,
+                     help="user: own recordings; supervisor: also of the groups supervised; "
+                          "admin: everything (default: unchanged, user for a new user)")
+    add.add_argument("--supervise", action="append", default=[], dest="supervises",
+                     metavar="GROUP", help="group a supervisor supervises (repeatable)")
+    enabled = add.add_mutually_exclusive_group()
+    enabled.add_argument("--disable", action="store_true",
+                         help="may not log in (sessions and tokens stop working)")
+    enabled.add_argument("--enable", action="store_true", help="may log in again")
     add.add_argument("--password", default=None, help="web/API password")
     add.add_argument("--password-stdin", action="store_true")
     add.add_argument("--no-record", action="store_true",
@@ -254,6 +266,26 @@ def _cluster(args: argparse.Namespace) -> int:
     return 0
 
 
+def save_command(args: argparse.Namespace, existing: User | None,
+                 password_hash: str | None) -> SaveUser:
+    """What `users add` asks for: the given flags over the user's current state.
+    `--extension`, `--group` and `--supervise` add to the current lists (it is `add`);
+    the rules (owners of extensions, the last admin, ...) are `usercommands`', as on the web."""
+    current = SaveUser.of(existing) if existing else SaveUser(username=args.username)
+    role: Role = args.role or ("admin" if args.admin else current.role)
+    return replace(
+        current,
+        role=role,
+        display_name=args.name or current.display_name,
+        extensions=(*current.extensions, *args.extension),
+        record=not args.no_record,
+        groups=(*current.groups, *args.groups),
+        supervises=(*current.supervises, *args.supervises),
+        disabled=True if args.disable else False if args.enable else current.disabled,
+        password_hash=password_hash,
+    )
+
+
 async def _users(args: argparse.Namespace) -> int:
     url, node_id = _node_address(args)
     setup_logging("cli", node_id, "error")  # stdout is for the listing
@@ -264,46 +296,46 @@ async def _users(args: argparse.Namespace) -> int:
         if args.users_command == "list":
             for user in sorted(users.users.values(), key=lambda u: u.username):
                 print(json.dumps({
-                    "username": user.username, "admin": user.admin,
+                    "username": user.username, "role": user.role, "admin": user.admin,
                     "extensions": user.extensions, "record": user.record,
-                    "groups": user.groups,
+                    "groups": user.groups, "supervises": user.supervises,
+                    "disabled": user.disabled,
                     "has_password": bool(user.password_hash),
                 }))
             return 0
-        if args.users_command == "remove":
-            if args.username not in users.users:
-                raise UsageError(f"no user {args.username!r}")
-            await bus.publish_event(js, UserRemoved(node_id=node_id, username=args.username))
-            return 0
-        username = args.username or ("admin" if args.admin else None)
-        if not username:
-            if len(args.extension) != 1:
-                raise UsageError("give a username (or exactly one --extension to use as name)")
-            username = args.extension[0]
-        password = args.password
-        if args.password_stdin:
-            password = sys.stdin.readline().rstrip("\n")
-        elif args.admin and password is None and sys.stdin.isatty():
-            password = getpass.getpass(f"password for {username}: ")
-        existing = users.users.get(username)
-        event = UserUpserted(
-            node_id=node_id,
-            username=username,
-            display_name=args.name or (existing.display_name if existing else None),
-            password_hash=hash_password(password) if password
-            else (existing.password_hash if existing else None),
-            admin=args.admin or (existing.admin if existing else False),
-            extensions=sorted(set(args.extension) | set(existing.extensions if existing else [])),
-            record=not args.no_record,
-            groups=sorted(set(args.groups) | set(existing.groups if existing else [])),
-        )
-        if event.admin and not event.password_hash:
-            raise UsageError("an admin needs a password (--password or --password-stdin)")
+        try:
+            if args.users_command == "remove":
+                await bus.publish_event(js, remove_user(users, args.username, node_id))
+                return 0
+            if not args.username:
+                if args.admin or args.role == "admin":
+                    args.username = "admin"
+                elif len(args.extension) == 1:
+                    args.username = args.extension[0]
+                else:
+                    raise UsageError("give a username (or exactly one --extension to use "
+                                     "as name)")
+            password = args.password
+            if args.password_stdin:
+                password = sys.stdin.readline().rstrip("\n")
+            elif (args.admin or args.role == "admin") and password is None \
+                    and sys.stdin.isatty() and not _has_password(users, args.username):
+                password = getpass.getpass(f"password for {args.username}: ")
+            command = save_command(args, users.users.get(args.username),
+                                   hash_password(password) if password else None)
+            event = save_user(users, command, node_id)
+        except UserRuleError as exc:
+            raise UsageError(str(exc)) from None
         await bus.publish_event(js, event)
-        print(f"user {username} saved")
+        print(f"user {args.username} saved")
         return 0
     finally:
         await nc.drain()
+
+
+def _has_password(users: UsersProjection, username: str) -> bool:
+    user = users.users.get(username)
+    return user is not None and bool(user.password_hash)
 
 
 async def _connect(args: argparse.Namespace, url: str, node_id: str) -> NatsClient:

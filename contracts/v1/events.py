@@ -336,6 +336,28 @@ class UserRemoved(EventBase):
     username: str
 
 
+class UserTokenIssued(EventBase):
+    """An API token of `username` (Authorization: Bearer). Only the sha256 of the
+    token travels: it is 256 random bits, so a fast hash is enough, and a copy of the
+    stream does not give anyone the token. A fact, so the token works on every node."""
+
+    type: Literal["user.token_issued"] = "user.token_issued"
+    username: str
+    token_id: str = Field(min_length=1, max_length=64)
+    token_hash: str = Field(pattern=r"^[0-9a-f]{64}$")
+    name: str = Field(min_length=1, max_length=64)
+    expires_at: datetime | None = None
+
+
+class UserTokenRevoked(EventBase):
+    """The token stops working everywhere; a revocation seen before its issue still wins."""
+
+    type: Literal["user.token_revoked"] = "user.token_revoked"
+    username: str
+    token_id: str = Field(min_length=1, max_length=64)
+    revoked_by: str
+
+
 class RecordingParticipantsChanged(EventBase):
     """The parties of a recording in progress changed (a transfer, the real parties
     after a placeholder), effective from `at`; participants is the whole new list."""
@@ -386,6 +408,8 @@ Event = Annotated[
     | RecordingExported
     | UserUpserted
     | UserRemoved
+    | UserTokenIssued
+    | UserTokenRevoked
     | RecordingParticipantsChanged
     | RecordingNoteAdded
     | RecordingTagChanged,

@@ -31,7 +31,14 @@ from .config import NodeConfig
 from .jobspec import JobInput, describe_errors, event_from_view
 from .logs import setup_logging
 from .supervisor import load_users, run_node
-from .usercommands import ROLES, SaveUser, UserRuleError, remove_user, save_user
+from .usercommands import (
+    ROLES,
+    SaveUser,
+    UserRuleError,
+    check_password,
+    remove_user,
+    save_user,
+)
 from .users import User, UsersProjection, hash_password
 
 
@@ -322,7 +329,8 @@ async def _users(args: argparse.Namespace) -> int:
                     and sys.stdin.isatty() and not _has_password(users, args.username):
                 password = getpass.getpass(f"password for {args.username}: ")
             command = save_command(args, users.users.get(args.username),
-                                   hash_password(password) if password else None)
+                                   hash_password(check_password(password)) if password
+                                   else None)
             event = save_user(users, command, node_id)
         except UserRuleError as exc:
             raise UsageError(str(exc)) from None

@@ -37,6 +37,9 @@ MAX_GROUPS = 50
 MAX_TOKENS_PER_USER = 20
 TOKEN_PREFIX = "crt_"  # recognisable in logs and secret scanners; 43 random chars follow
 
+MIN_PASSWORD = 8
+MAX_PASSWORD = 1024
+
 RuleKind = Literal["invalid", "conflict", "not_found"]
 
 
@@ -46,6 +49,14 @@ class UserRuleError(ValueError):
     def __init__(self, kind: RuleKind, message: str) -> None:
         super().__init__(message)
         self.kind: RuleKind = kind
+
+
+def check_password(password: str) -> str:
+    """The password policy (before hashing): long enough to resist the throttled guessing
+    the web allows, short enough to hash cheaply."""
+    if not MIN_PASSWORD <= len(password) <= MAX_PASSWORD:
+        raise UserRuleError("invalid", f"a password has {MIN_PASSWORD}-{MAX_PASSWORD} characters")
+    return password
 
 
 def valid_username(value: str) -> bool:

@@ -15,22 +15,35 @@ import structlog
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from litestar import Litestar, Request, Response
 from litestar.datastructures import State
+from litestar.openapi.config import OpenAPIConfig
+from litestar.openapi.plugins import JsonRenderPlugin
 from litestar.plugins.jinja import JinjaTemplateEngine
+from litestar.response import Redirect
 from litestar.static_files import create_static_files_router
 from litestar.template.config import TemplateConfig
 
 from callrec.metrics import Registry
 from callrec.store import ObjectStore
 
+from .account import ACCOUNT
 from .auth import Authenticator
 from .jobs import JobsController
 from .media import WavCache
 from .ops import OPS
 from .pages import PAGES
 from .recordings import RecordingsController
-from .security import MAX_BODY_BYTES, PUBLIC, add_security_headers, login_guard, same_origin_guard
+from .security import (
+    MAX_BODY_BYTES,
+    PUBLIC,
+    LoginRequired,
+    add_security_headers,
+    login_guard,
+    login_url,
+    same_origin_guard,
+)
+from .sessions import SessionStore
 from .state import Backend, BackendUnavailable, WebState
-from .users import UsersController
+from .users import USERS
 
 __all__ = ["Backend", "BackendUnavailable", "create_app"]
 
@@ -51,6 +64,11 @@ def _unavailable(request: Request[Any, Any, Any], exc: BackendUnavailable) -> Re
     )
 
 
+def _login_required(request: Request[Any, Any, Any], exc: LoginRequired) -> Response[Any]:
+    return Redirect(path=login_url(exc.next_path), status_code=303,
+                    headers={"Cache-Control": "no-store"})
+
+
 def _internal_error(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
     # Litestar's own logging is off (it would reconfigure the root logger, non-JSON).
     log.error("http_internal_error", path=request.url.path, error=repr(exc), exc_info=exc)
@@ -68,6 +86,20 @@ def templates() -> TemplateConfig[JinjaTemplateEngine]:
     return TemplateConfig(instance=JinjaTemplateEngine.from_environment(environment))
 
 
+def openapi() -> OpenAPIConfig:
+    """The OpenAPI document at /schema (and /schema/openapi.json), JSON only (a viewer
+    would load scripts from elsewhere, which the CSP forbids); like every non-public
+    route it needs a login."""
+    return OpenAPIConfig(
+        title="callrec", version="1",
+        description="Call recordings, users, jobs and the cluster of one callrec node. "
+                    "Authenticate with HTTP Basic, an API token (Authorization: Bearer) "
+                    "or the session cookie of the login page.",
+        path="/schema",
+        render_plugins=[JsonRenderPlugin(path=["/", "/openapi.json"])],
+    )
+
+
 def create_app(
     backend: Backend, store: ObjectStore, data_dir: Path, registry: Registry | None = None
 ) -> Litestar:
@@ -78,7 +110,8 @@ def create_app(
         backend=backend,
         store=store,
         wav=WavCache(store, data_dir / "cache" / "wav"),
-        auth=Authenticator(backend.users, metrics=registry),
+        auth=Authenticator(backend.users, metrics=registry,
+                           sessions=SessionStore(data_dir / "web" / "sessions.sqlite")),
         csrf_refused=registry.counter(
             "web_csrf_refused_total",
             "State-changing requests refused: cross-site, cross-origin or not JSON"),
@@ -90,7 +123,8 @@ def create_app(
     return Litestar(
         route_handlers=[
             RecordingsController,
-            UsersController,
+            *USERS,
+            *ACCOUNT,
             JobsController,
             *OPS,
             *PAGES,
@@ -103,7 +137,8 @@ def create_app(
         request_max_body_size=MAX_BODY_BYTES,
         state=State({"web": state}),
         template_config=templates(),
-        exception_handlers={BackendUnavailable: _unavailable, 500: _internal_error},
-        openapi_config=None,
+        exception_handlers={BackendUnavailable: _unavailable, LoginRequired: _login_required,
+                            500: _internal_error},
+        openapi_config=openapi(),
         logging_config=None,
     )

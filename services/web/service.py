@@ -20,7 +20,7 @@ from nats.aio.msg import Msg
 from callrec import bus
 from callrec.service import ServiceContext
 from callrec.store import open_store
-from callrec.users import UsersProjection
+from callrec.users import UserEvent, UsersProjection
 from contracts import subjects
 from contracts.v1.events import (
     EventBase,
@@ -28,6 +28,8 @@ from contracts.v1.events import (
     RecordingCompleted,
     RecordingPurged,
     UserRemoved,
+    UserTokenIssued,
+    UserTokenRevoked,
     UserUpserted,
 )
 from contracts.v1.holds import HoldLedger
@@ -99,7 +101,7 @@ class NatsBackend:
                 return None
             raise BackendUnavailable(str(exc)) from exc
 
-    async def publish_user_event(self, event: UserUpserted | UserRemoved) -> None:
+    async def publish_user_event(self, event: UserEvent) -> None:
         """Publish, then wait for our own projection so the next request sees the change."""
         try:
             seq = await bus.publish_event(self.ctx.js, event)
@@ -226,7 +228,7 @@ async def main(ctx: ServiceContext) -> None:
     ctx.metrics.gauge("web_users", "Users known to the web service", lambda: len(users.users))
 
     async def apply_user(event: Any, seq: int) -> None:
-        if isinstance(event, UserUpserted | UserRemoved):
+        if isinstance(event, UserUpserted | UserRemoved | UserTokenIssued | UserTokenRevoked):
             users.apply(event, seq)
             applied.inc(type=event.type)
 

@@ -25,13 +25,11 @@ from pydantic import BaseModel, ValidationError
 from callrec.jobspec import MAX_BODY, describe_errors
 from callrec.metrics import Counter
 from callrec.store import ObjectStore
-from callrec.users import UsersProjection
+from callrec.users import UserEvent, UsersProjection
 from contracts.v1.events import (
     EventBase,
     RecordingCompleted,
     RecordingPurged,
-    UserRemoved,
-    UserUpserted,
 )
 from contracts.v1.rpc import (
     JobsStatus,
@@ -73,7 +71,9 @@ class Backend(Protocol):
 
     async def get(self, recording_id: str) -> RecordingCompleted | None: ...
 
-    async def publish_user_event(self, event: UserUpserted | UserRemoved) -> None: ...
+    async def publish_user_event(self, event: UserEvent) -> None:
+        """Store a user fact (user, token) and wait (bounded) until `users` shows it."""
+        ...
 
     async def purge_recording(self, event: RecordingPurged) -> bool:
         """Store the purge; True once the local catalog no longer lists the recording."""

@@ -359,7 +359,7 @@ def test_users_api(node: Node) -> None:
 
         created = admin.post(
             "/api/users",
-            json={"username": "bob", "password": "bob-pw", "extensions": ["2002"],
+            json={"username": "bob", "password": "bob-pw-123", "extensions": ["2002"],
                   "groups": ["sales", "sales"]},
         )
         assert created.status_code == 201, created.text
@@ -368,7 +368,7 @@ def test_users_api(node: Node) -> None:
         assert admin.post("/api/users", json={"username": "x", "groups": ["a/b"]}
                           ).status_code == 400
         assert "bob" in [u["username"] for u in admin.get("/api/users").json()["items"]]
-        with node.client(auth=("bob", "bob-pw")) as bob:
+        with node.client(auth=("bob", "bob-pw-123")) as bob:
             assert _ids(bob.get("/api/recordings")) == ["rec-two"]
 
         # No password given: the existing one is kept.
@@ -376,7 +376,7 @@ def test_users_api(node: Node) -> None:
             "/api/users", json={"username": "bob", "extensions": ["2002"], "display_name": "Bob"}
         )
         assert updated.status_code == 200, updated.text
-        with node.client(auth=("bob", "bob-pw")) as bob:
+        with node.client(auth=("bob", "bob-pw-123")) as bob:
             assert bob.get("/api/recordings").status_code == 200
 
         conflict = admin.post("/api/users", json={"username": "carol", "extensions": ["1001"]})
@@ -400,7 +400,7 @@ def test_users_api(node: Node) -> None:
         assert admin.delete("/api/users/bob").status_code == 204
         assert admin.delete("/api/users/bob").status_code == 404
         assert admin.delete("/api/users/admin").status_code == 409  # last admin
-        with node.client(auth=("bob", "bob-pw")) as bob:
+        with node.client(auth=("bob", "bob-pw-123")) as bob:
             assert bob.get("/api/recordings").status_code == 401
 
 

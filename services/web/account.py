@@ -14,7 +14,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
 import structlog
-from litestar import Controller, Request, Response, delete, get, post, put
+from litestar import Controller, MediaType, Request, Response, delete, get, post, put
 from litestar.datastructures import Cookie
 from litestar.exceptions import HTTPException, NotAuthorizedException, PermissionDeniedException
 from litestar.params import FromPath, QueryParameter
@@ -91,7 +91,7 @@ def _login_answer(request: Request[Any, Any, Any], web: WebState, user: User,
                     cookies=[session_cookie(request, session_id)])
 
 
-@get("/login", opt={PUBLIC: True}, include_in_schema=False)
+@get("/login", opt={PUBLIC: True}, include_in_schema=False, media_type=MediaType.HTML)
 async def login_page(
     request: Request[Any, Any, Any],
     next: Annotated[str | None, QueryParameter(max_length=2000)] = None,

@@ -191,6 +191,7 @@ def test_next_is_a_local_path_only(wanted: str | None, safe: str) -> None:
 def test_no_open_redirect_through_the_login(client: TestClient[Any]) -> None:
     page = client.get("/login", params={"next": "//evil.example/x"})
     assert page.status_code == 200 and 'data-next="/"' in page.text
+    assert page.headers["content-type"].startswith("text/html")
     assert "evil" not in page.text
     for target in ("https://evil.example/", "//evil.example", "/\\evil.example"):
         response = login(client, ALICE, target)

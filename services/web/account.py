@@ -83,11 +83,12 @@ def _source(request: Request[Any, Any, Any]) -> str | None:
 
 
 def _login_answer(request: Request[Any, Any, Any], web: WebState, user: User,
-                  body: dict[str, Any], status: int = 200) -> Response[Any]:
-    """End the session the browser brought (if any), open a new one, set its cookie."""
+                  body: dict[str, Any], password_hash: str | None = None) -> Response[Any]:
+    """End the session the browser brought (if any), open a new one, set its cookie.
+    `password_hash`: the one just stored (the projection may not show it yet)."""
     web.auth.sessions.end(request.cookies.get(SESSION_COOKIE))
-    session_id = web.auth.open_session(user)
-    return Response(content=body, status_code=status, headers=NO_STORE,
+    session_id = web.auth.open_session(user, password_hash)
+    return Response(content=body, headers=NO_STORE,
                     cookies=[session_cookie(request, session_id)])
 
 
@@ -200,9 +201,8 @@ class AccountController(Controller):
         await web.auth.audit(AuthAudit("password_changed", principal.username,
                                        address_key(_source(request)), principal.via))
         log.info("password_changed", username=principal.username, sessions_ended=ended)
-        changed = web.backend.users.users.get(principal.username)
-        if principal.via == "session" and changed is not None:
-            return _login_answer(request, web, changed, {"changed": True})
+        if principal.via == "session":
+            return _login_answer(request, web, user, {"changed": True}, new_hash)
         return Response(content={"changed": True}, headers=NO_STORE)
 
     @get("/tokens")

@@ -106,12 +106,14 @@ def create_app(
     """The app for one node; `data_dir` holds the WAV cache, `registry` gets the security
     counters (the service's; a private one in tests)."""
     registry = registry if registry is not None else Registry("web", backend.node_id)
+    sessions = SessionStore(data_dir / "web" / "sessions.sqlite")
+    registry.gauge("web_sessions", "Login sessions open on this node", sessions.count)
     state = WebState(
         backend=backend,
         store=store,
         wav=WavCache(store, data_dir / "cache" / "wav"),
         auth=Authenticator(backend.users, metrics=registry,
-                           sessions=SessionStore(data_dir / "web" / "sessions.sqlite")),
+                           sessions=sessions),
         csrf_refused=registry.counter(
             "web_csrf_refused_total",
             "State-changing requests refused: cross-site, cross-origin or not JSON"),

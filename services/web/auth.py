@@ -261,9 +261,11 @@ class Authenticator:
             return None
         return principal_of(user, self.users, via="token")
 
-    def open_session(self, user: User) -> str:
-        """A new session for `user` (a fresh id: never one the browser brought)."""
-        return self.sessions.create(user.username, credential_stamp(user.password_hash))
+    def open_session(self, user: User, password_hash: str | None = None) -> str:
+        """A new session for `user` (a fresh id: never one the browser brought), bound
+        to `password_hash` (default: the user's current one)."""
+        return self.sessions.create(
+            user.username, credential_stamp(password_hash or user.password_hash))
 
     def session(self, session_id: str | None) -> Principal | None:
         """The principal of a live session whose user still may log in with the same

@@ -102,15 +102,19 @@ class NatsBackend:
             raise BackendUnavailable(str(exc)) from exc
 
     async def publish_user_event(self, event: UserEvent) -> None:
-        """Publish, then wait for our own projection so the next request sees the change."""
+        """Publish, then wait for our own projection so the next request sees the change.
+
+        Waits for the event itself: `bus.publish_event` answers the sequence in this
+        node's own stream, which in a cluster is not the projection's (the CLUSTER
+        stream's) numbering."""
         try:
             seq = await bus.publish_event(self.ctx.js, event)
         except Exception as exc:
             raise BackendUnavailable(f"could not store the change: {exc}") from exc
         deadline = time.monotonic() + USER_APPLY_WAIT_S
-        while self.users.last_sequence < seq and time.monotonic() < deadline:
+        while event.event_id not in self.users.applied and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
-        if self.users.last_sequence < seq:
+        if event.event_id not in self.users.applied:
             log.warning("user_event_not_applied_yet", seq=seq, username=event.username)
 
     async def purge_recording(self, event: RecordingPurged) -> bool:

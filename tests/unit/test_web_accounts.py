@@ -18,7 +18,7 @@ from callrec.users import hash_password
 from contracts.v1.events import UserUpserted
 from contracts.v1.rpc import SearchRequest, SearchResult
 from services.web.app import create_app
-from services.web.auth import AuthAudit
+from services.web.auth import AuthAudit, principal_of
 from services.web.security import SESSION_COOKIE, safe_next
 from services.web.throttle import BURST
 from tests.unit.test_web_jobs_api import ADMIN, ALICE, recording
@@ -348,6 +348,17 @@ def test_visibility_by_role(client: TestClient[Any], backend: Users) -> None:
     assert ids(ADMIN) == {"rec1", "rec2", "rec3"}
     assert client.get("/api/recordings/rec3", auth=SUP).status_code == 200
     assert client.get("/api/recordings/rec1", auth=SUP).status_code == 404
+
+
+def test_principals_by_role(backend: Users) -> None:
+    users = backend.users
+    alice, sup, admin = (principal_of(users.users[n], users) for n in ("alice", "sup", "admin"))
+    assert alice.visible_numbers() == ["1001"] and alice.may_see(["1001", "9"])
+    assert not alice.may_annotate(["1001"])  # a plain user reads, never annotates
+    assert sup.visible_numbers() == ["1500", "1002"]
+    assert sup.may_annotate(["1002"]) and not sup.may_annotate(["1001"])
+    assert not sup.may_see(["1001"]) and sup.at_least("supervisor") and not sup.admin
+    assert admin.visible_numbers() is None and admin.may_annotate(["anything"])
 
 
 def test_role_guards_refuse_before_the_body(client: TestClient[Any]) -> None:

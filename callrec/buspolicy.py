@@ -35,7 +35,7 @@ PUBLISHES: dict[Identity, tuple[str, ...]] = {
     "web": (
         "user.upserted", "user.removed", "recording.hold_changed", "recording.purged",
         "job.configured", "job.removed", "job.run_requested",
-        "recording.note_added", "recording.tag_changed",
+        "recording.note_added", "recording.tag_changed", "audit.recorded",
     ),
 }
 
@@ -97,6 +97,9 @@ def permissions(identity: Identity, node_id: str) -> dict[str, Any]:
         subscribe.append(subjects.all_heartbeats())
     if identity == "web":
         publish.append(subjects.metrics_scatter(node_id))
+        # The audit appender reads its chain's head (and its sequence in the node's own
+        # stream, for the expected-last-subject-sequence check) where it publishes.
+        publish.append(f"$JS.API.STREAM.MSG.GET.{subjects.events_stream(node_id)}")
     return {
         "publish": {"allow": publish},
         "subscribe": {"allow": subscribe},

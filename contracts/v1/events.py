@@ -367,6 +367,39 @@ class RecordingTagChanged(EventBase):
     changed_by: str
 
 
+AuditAction = Literal[
+    "login", "login_failed", "logout", "password_change", "token_created", "token_revoked",
+    "search", "view", "play", "download", "note", "tag", "hold", "release", "delete",
+    "job_change", "job_run", "user_change", "permission_change", "audit_export",
+]
+"""What an audit entry records; `login_failed` entries under a flood are aggregated."""
+AuditOutcome = Literal["ok", "denied", "failed"]
+AuditValue = str | int | bool | None
+AUDIT_GENESIS = "0" * 64
+"""`prev_hash` of a chain's first entry."""
+
+
+class AuditRecorded(EventBase):
+    """One entry of a node's audit trail: who did what, when, from where, with what result.
+
+    Each node keeps one chain: `seq` counts 1, 2, ... and `hash` (contracts.v1.audit) covers
+    the entry's own fields and `prev_hash`, the hash of the node's previous entry, so an
+    edited, removed or reordered entry breaks the chain on every copy.
+    """
+
+    type: Literal["audit.recorded"] = "audit.recorded"
+    seq: int = Field(ge=1)
+    prev_hash: str = Field(max_length=128)
+    hash: str = Field(max_length=128)
+    at: datetime
+    actor: str | None = Field(default=None, max_length=128)
+    action: AuditAction
+    target: str | None = Field(default=None, max_length=256)
+    source_address: str | None = Field(default=None, max_length=64)
+    outcome: AuditOutcome = "ok"
+    detail: dict[str, AuditValue] = Field(default_factory=dict)
+
+
 Event = Annotated[
     RecordingStarted
     | RecordingEnded
@@ -388,7 +421,8 @@ Event = Annotated[
     | UserRemoved
     | RecordingParticipantsChanged
     | RecordingNoteAdded
-    | RecordingTagChanged,
+    | RecordingTagChanged
+    | AuditRecorded,
     Field(discriminator="type"),
 ]
 

@@ -10,6 +10,7 @@ from typing import Generic, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from contracts.v1.audit import AuditHead
 from contracts.v1.events import RecordingCompleted, RecordingMetadata
 
 T = TypeVar("T")
@@ -188,6 +189,8 @@ class NodeStatus(Message):
     current_role: str | None = None
     # That node's replication lag behind each of its peers (from its heartbeats).
     lag: list[PeerLag] = Field(default_factory=list)
+    # The head of that node's audit chain as it announced it (None: not announced).
+    audit_head: AuditHead | None = None
 
 
 class SyncStatus(Message):

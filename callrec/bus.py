@@ -295,6 +295,25 @@ async def follow_event_batches(
     """Like follow_events, but hands over whatever has already arrived as one batch,
     so a node catching up on a long history applies it in few transactions."""
     del node_id
+
+    async def decoded(messages: list[Msg]) -> None:
+        batch = [d for d in (_decode(m) for m in messages) if d is not None]
+        if batch:
+            await apply(batch)
+
+    await follow_message_batches(js, filter_subject, start_sequence, decoded, max_batch)
+
+
+async def follow_message_batches(
+    js: JetStreamContext,
+    filter_subject: str,
+    start_sequence: int,
+    apply: Callable[[list[Msg]], Awaitable[None]],
+    max_batch: int = 500,
+) -> None:
+    """Like follow_event_batches with the raw messages, for a projection that must know
+    the subject a fact was stored under (whose stream it came from), not only what the
+    fact says about itself."""
     sub = await _subscribe_ordered(js, filter_subject, start_sequence)
     while True:
         try:
@@ -304,6 +323,4 @@ async def follow_event_batches(
         messages = [first]
         while len(messages) < max_batch and sub.pending_msgs > 0:
             messages.append(await sub.next_msg(timeout=1))
-        batch = [d for d in (_decode(m) for m in messages) if d is not None]
-        if batch:
-            await apply(batch)
+        await apply(messages)

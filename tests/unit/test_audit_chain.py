@@ -34,7 +34,8 @@ def chain(n: int, node: str = "a") -> list[AuditRecorded]:
 def test_canonical_form_is_stable_and_sorted() -> None:
     entry = chain(1)[0]
     raw = canonical_bytes(entry)
-    assert raw.startswith(b'{"action":"play","actor":"alice","at":"2026-12-01T09:30:00.123456+00:00"')
+    assert raw.startswith(
+        b'{"action":"play","actor":"alice","at":"2026-12-01T09:30:00.123456+00:00"')
     assert b" " not in raw
     assert entry.prev_hash == AUDIT_GENESIS and entry.seq == 1
     assert entry.hash == entry_hash(entry) and len(entry.hash) == 64

@@ -22,6 +22,8 @@ from litestar.template.config import TemplateConfig
 from callrec.metrics import Registry
 from callrec.store import ObjectStore
 
+from .audit import AUDIT_ROUTES
+from .audit_http import APP_STATE_KEY, AuditService, audit_middleware, memory_audit
 from .auth import Authenticator
 from .jobs import JobsController
 from .media import WavCache
@@ -69,16 +71,19 @@ def templates() -> TemplateConfig[JinjaTemplateEngine]:
 
 
 def create_app(
-    backend: Backend, store: ObjectStore, data_dir: Path, registry: Registry | None = None
+    backend: Backend, store: ObjectStore, data_dir: Path, registry: Registry | None = None,
+    audit: AuditService | None = None,
 ) -> Litestar:
     """The app for one node; `data_dir` holds the WAV cache, `registry` gets the security
-    counters (the service's; a private one in tests)."""
+    counters (the service's; a private one in tests), `audit` the node's audit trail (the
+    service's, on the bus; without it one kept in this process)."""
     registry = registry if registry is not None else Registry("web", backend.node_id)
+    audit = audit if audit is not None else memory_audit(backend, data_dir, registry)
     state = WebState(
         backend=backend,
         store=store,
         wav=WavCache(store, data_dir / "cache" / "wav"),
-        auth=Authenticator(backend.users, metrics=registry),
+        auth=Authenticator(backend.users, metrics=registry, audit=audit.auditor.record),
         csrf_refused=registry.counter(
             "web_csrf_refused_total",
             "State-changing requests refused: cross-site, cross-origin or not JSON"),
@@ -94,14 +99,16 @@ def create_app(
             JobsController,
             *OPS,
             *PAGES,
+            *AUDIT_ROUTES,
             static,
         ],
         # Order matters: a cross-site request is refused before its credentials are
         # checked, and both happen before any handler reads (or validates) a body.
         guards=[same_origin_guard, login_guard],
         before_send=[add_security_headers],
+        middleware=[audit_middleware],
         request_max_body_size=MAX_BODY_BYTES,
-        state=State({"web": state}),
+        state=State({"web": state, APP_STATE_KEY: audit}),
         template_config=templates(),
         exception_handlers={BackendUnavailable: _unavailable, 500: _internal_error},
         openapi_config=None,

@@ -54,6 +54,7 @@ AGGREGATE_EVERY_S = 60.0
 # Reads recorded once per (who, what, target, address, detail) and window.
 REPEAT_WINDOW_S: dict[str, float] = {"play": 600.0, "view": 600.0, "download": 60.0,
                                      "search": 60.0, "audit_export": 10.0}
+LONGEST_REPEAT_S = 3600.0
 MAX_REMEMBERED = 10_000
 MAX_DETAIL_KEYS = 16
 MAX_DETAIL_VALUE = 200
@@ -79,6 +80,8 @@ class AuditDraft:
     source_address: str | None = None
     outcome: AuditOutcome = "ok"
     detail: Mapping[str, AuditValue] = field(default_factory=dict)
+    # Record this again only after so many seconds (None: the action's REPEAT_WINDOW_S).
+    repeat_s: float | None = None
 
     def gated(self) -> bool:
         """Entries a stranger can cause at will: rate-limited and aggregated."""
@@ -150,8 +153,12 @@ class RepeatFilter:
         self.seen: dict[str, float] = {}
 
     @staticmethod
-    def _key(draft: AuditDraft) -> str | None:
-        if draft.action not in REPEAT_WINDOW_S or draft.outcome != "ok":
+    def _window(draft: AuditDraft) -> float | None:
+        return draft.repeat_s if draft.repeat_s is not None else REPEAT_WINDOW_S.get(draft.action)
+
+    @classmethod
+    def _key(cls, draft: AuditDraft) -> str | None:
+        if cls._window(draft) is None or draft.outcome != "ok":
             return None
         return json.dumps([draft.actor, draft.action, draft.target, draft.source_address,
                            sorted(draft.detail.items())], default=str)
@@ -161,7 +168,8 @@ class RepeatFilter:
         if key is None:
             return False
         at = self.seen.get(key)
-        return at is not None and self.clock() - at < REPEAT_WINDOW_S[draft.action]
+        window = self._window(draft) or 0.0
+        return at is not None and self.clock() - at < window
 
     def remember(self, draft: AuditDraft) -> None:
         key = self._key(draft)
@@ -169,7 +177,7 @@ class RepeatFilter:
             return
         now = self.clock()
         if len(self.seen) >= MAX_REMEMBERED:
-            longest = max(REPEAT_WINDOW_S.values())
+            longest = max(LONGEST_REPEAT_S, *REPEAT_WINDOW_S.values())
             self.seen = {k: t for k, t in self.seen.items() if now - t < longest}
             while len(self.seen) >= MAX_REMEMBERED:
                 del self.seen[next(iter(self.seen))]

@@ -17,7 +17,7 @@ import base64
 import binascii
 import hashlib
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import structlog
@@ -25,6 +25,7 @@ import structlog
 from callrec.metrics import Registry
 from callrec.users import User, UsersProjection, hash_password
 
+from .audit_log import AuditDraft
 from .throttle import LoginThrottle, address_key
 
 log = structlog.get_logger(component="web")
@@ -92,8 +93,10 @@ class Authenticator:
         concurrency: int = HASH_CONCURRENCY,
         throttle: LoginThrottle | None = None,
         metrics: Registry | None = None,
+        audit: Callable[[AuditDraft], Awaitable[object]] | None = None,
     ) -> None:
         self.users = users
+        self.audit = audit
         self.clock = clock
         self.ttl_s = ttl_s
         self.throttle = throttle if throttle is not None else LoginThrottle()
@@ -156,6 +159,9 @@ class Authenticator:
             wait = self.throttle.try_acquire(key)
         if wait is not None:
             self.m_throttled.inc()
+            await self._audit(AuditDraft(action="login_failed", actor=username[:64],
+                                         source_address=source, outcome="denied",
+                                         detail={"method": "basic", "throttled": True}))
             raise LoginThrottled(wait)
         async with self._slots:
             user = await asyncio.to_thread(self.users.authenticate, username, password)
@@ -163,10 +169,24 @@ class Authenticator:
             self.m_failed.inc()
             log.info("login_failed", source=key, username=username[:64],
                      tokens_left=round(self.throttle.tokens(key), 2))
+            await self._audit(AuditDraft(action="login_failed", actor=username[:64],
+                                         source_address=source, outcome="failed",
+                                         detail={"method": "basic"}))
             return None
         self.throttle.give_back(key)
+        # A checked password (not a cache hit): once an hour per client is enough.
+        await self._audit(AuditDraft(action="login", actor=username, source_address=source,
+                                     detail={"method": "basic"}, repeat_s=3600.0))
         self.remember(username, password, user.password_hash)
         return principal_of(user)
+
+    async def _audit(self, draft: AuditDraft) -> None:
+        """Never in the way of answering: failures are counted and logged by the auditor."""
+        if self.audit is not None:
+            try:
+                await self.audit(draft)
+            except Exception as exc:
+                log.error("login_audit_failed", action=draft.action, error=str(exc)[:200])
 
     async def hash_password(self, password: str) -> str:
         """A new hash (user changes) under the same cap as password checks."""

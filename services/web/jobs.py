@@ -29,10 +29,13 @@ from callrec.jobspec import (
 from contracts.v1.events import JobConfigured, JobRemoved, JobRunRequested, new_id
 from contracts.v1.rpc import JobsStatus, JobView
 
+from .audit_http import AUDIT
 from .security import ADMIN_ONLY
 from .state import SCHEDULER_SILENT, WebState, read_body, web_state
 
 log = structlog.get_logger(component="web")
+
+JOB_CHANGE = {**ADMIN_ONLY, AUDIT: "job_change"}
 
 
 async def _jobs_status(web: WebState) -> JobsStatus:
@@ -123,7 +126,7 @@ class JobsController(Controller):
             content=status.model_dump(mode="json"), headers={"Cache-Control": "no-store"}
         )
 
-    @post("/", opt=ADMIN_ONLY)
+    @post("/", opt=JOB_CHANGE)
     async def create_job(self, request: Request[Any, Any, Any]) -> Response[Any]:
         web = web_state(request)
         principal = await web.require_admin(request)
@@ -137,7 +140,7 @@ class JobsController(Controller):
             status_code=201,
         )
 
-    @put("/{job_id:str}", opt=ADMIN_ONLY)
+    @put("/{job_id:str}", opt=JOB_CHANGE)
     async def edit_job(
         self, request: Request[Any, Any, Any], job_id: FromPath[str]
     ) -> Response[Any]:
@@ -152,19 +155,19 @@ class JobsController(Controller):
             content={"job_id": job.job_id, "event_id": event.event_id, "applied": applied}
         )
 
-    @post("/{job_id:str}/pause", status_code=200, opt=ADMIN_ONLY)
+    @post("/{job_id:str}/pause", status_code=200, opt=JOB_CHANGE)
     async def pause_job(
         self, request: Request[Any, Any, Any], job_id: FromPath[str]
     ) -> Response[Any]:
         return await _set_paused(request, job_id, True)
 
-    @post("/{job_id:str}/resume", status_code=200, opt=ADMIN_ONLY)
+    @post("/{job_id:str}/resume", status_code=200, opt=JOB_CHANGE)
     async def resume_job(
         self, request: Request[Any, Any, Any], job_id: FromPath[str]
     ) -> Response[Any]:
         return await _set_paused(request, job_id, False)
 
-    @post("/{job_id:str}/run", status_code=202, opt=ADMIN_ONLY)
+    @post("/{job_id:str}/run", status_code=202, opt={**ADMIN_ONLY, AUDIT: "job_run"})
     async def run_job(
         self, request: Request[Any, Any, Any], job_id: FromPath[str]
     ) -> Response[Any]:
@@ -209,7 +212,7 @@ class JobsController(Controller):
             status_code=202,
         )
 
-    @delete("/{job_id:str}", status_code=200, opt=ADMIN_ONLY)
+    @delete("/{job_id:str}", status_code=200, opt=JOB_CHANGE)
     async def remove_job(
         self, request: Request[Any, Any, Any], job_id: FromPath[str]
     ) -> Response[Any]:

@@ -20,6 +20,7 @@ from callrec.store import StoreKeyError, file_chunks
 from contracts.v1.events import LegalHoldChanged, RecordingPurged
 from contracts.v1.rpc import SearchRequest
 
+from .audit_http import AUDIT, AUDIT_IF
 from .media import AudioMissing, download_name
 from .ranges import RangeNotSatisfiable, content_range, parse_range
 from .security import ADMIN_ONLY
@@ -62,7 +63,7 @@ class RecordingsController(Controller):
 
     path = "/api/recordings"
 
-    @get("/")
+    @get("/", opt={AUDIT: "search"})
     async def list_recordings(
         self,
         request: Request[Any, Any, Any],
@@ -89,7 +90,7 @@ class RecordingsController(Controller):
         items = [record_json(r, web.backend.held) for r in result.items]
         return {"total": result.total, "items": items}
 
-    @get("/{recording_id:str}")
+    @get("/{recording_id:str}", opt={AUDIT: "view"})
     async def recording_metadata(
         self, request: Request[Any, Any, Any], recording_id: FromPath[str]
     ) -> dict[str, Any]:
@@ -98,7 +99,8 @@ class RecordingsController(Controller):
         record = await web.visible_record(principal, recording_id)
         return record_json(record, web.backend.held)
 
-    @get("/{recording_id:str}/audio")
+    @get("/{recording_id:str}/audio",
+         opt={AUDIT: "play", AUDIT_IF: {"download": "download"}})
     async def recording_audio(
         self,
         request: Request[Any, Any, Any],
@@ -175,7 +177,7 @@ class RecordingsController(Controller):
         body = chunks(first, last) if size > 0 else iter(())
         return Stream(body, status_code=status, media_type=media_type, headers=headers)
 
-    @delete("/{recording_id:str}", status_code=202, opt=ADMIN_ONLY)
+    @delete("/{recording_id:str}", status_code=202, opt={**ADMIN_ONLY, AUDIT: "delete"})
     async def purge_recording(
         self, request: Request[Any, Any, Any], recording_id: FromPath[str]
     ) -> Response[Any]:
@@ -217,13 +219,14 @@ class RecordingsController(Controller):
             status_code=202,
         )
 
-    @put("/{recording_id:str}/hold", opt=ADMIN_ONLY)
+    @put("/{recording_id:str}/hold", opt={**ADMIN_ONLY, AUDIT: "hold"})
     async def hold_recording(
         self, request: Request[Any, Any, Any], recording_id: FromPath[str]
     ) -> Response[Any]:
         return await _set_hold(request, recording_id, True)
 
-    @delete("/{recording_id:str}/hold", status_code=200, opt=ADMIN_ONLY)
+    @delete("/{recording_id:str}/hold", status_code=200,
+            opt={**ADMIN_ONLY, AUDIT: "release"})
     async def release_recording(
         self, request: Request[Any, Any, Any], recording_id: FromPath[str]
     ) -> Response[Any]:

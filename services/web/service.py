@@ -42,6 +42,9 @@ from contracts.v1.rpc import (
 )
 
 from .app import BackendUnavailable, create_app
+from .audit_http import audit_path, build_audit
+from .audit_log import JetStreamChain
+from .audit_store import AuditProjection
 
 # A lazy proxy: binding now would freeze the pre-`setup_logging` (non-JSON) config.
 log = structlog.get_logger(component="web")
@@ -216,6 +219,32 @@ class _Server(uvicorn.Server):
         yield
 
 
+async def follow_audit(ctx: ServiceContext, projection: AuditProjection) -> None:
+    """Every node's audit entries into this node's copy, filed by the subject they came on."""
+    applied = ctx.metrics.counter("web_audit_entries_applied_total",
+                                  "audit entries of every node copied into the projection")
+    foreign = ctx.metrics.counter(
+        "web_audit_entries_forged_total",
+        "audit entries claiming another node than the one whose subject they came on")
+    try:
+        info = await ctx.js.stream_info(subjects.CLUSTER_STREAM)
+        if projection.last_sequence > int(info.state.last_seq or 0):
+            log.warning("audit_projection_reset", had=projection.last_sequence,
+                        stream=info.state.last_seq)
+            await asyncio.to_thread(projection.reset)
+    except Exception as exc:
+        log.warning("audit_stream_info_failed", error=str(exc)[:200])
+
+    async def apply(messages: list[Msg]) -> None:
+        items = [(m.subject, m.metadata.sequence.stream, m.data) for m in messages]
+        stats = await asyncio.to_thread(projection.apply, items)
+        applied.inc(stats.applied)
+        foreign.inc(len(stats.foreign))
+
+    await bus.follow_message_batches(ctx.js, subjects.events_of_type("audit.recorded"),
+                                     projection.last_sequence + 1, apply)
+
+
 async def _last_user_sequence(ctx: ServiceContext) -> int:
     return await bus.last_sequence_of(ctx.js, subjects.events_of_type("user.*"))
 
@@ -236,8 +265,13 @@ async def main(ctx: ServiceContext) -> None:
         backend.holds.add(event)
         backend.held_sequence = max(backend.held_sequence, seq)
 
+    projection = AuditProjection(audit_path(ctx.config.data_dir))
+    audit = build_audit(backend, projection, JetStreamChain(ctx.js, ctx.node_id), ctx.metrics)
+
     async def follow() -> None:
         await asyncio.gather(
+            follow_audit(ctx, projection),
+            audit.auditor.run(ctx.stopping),
             bus.follow_events(ctx.js, ctx.node_id, subjects.events_of_type("user.*"), 1,
                               apply_user),
             bus.follow_events(ctx.js, ctx.node_id,
@@ -252,7 +286,8 @@ async def main(ctx: ServiceContext) -> None:
         await asyncio.sleep(0.02)
     log.info("users_loaded", users=len(users.users), seq=users.last_sequence)
 
-    app = create_app(backend, open_store(ctx.config.data_dir), ctx.config.data_dir, ctx.metrics)
+    app = create_app(backend, open_store(ctx.config.data_dir), ctx.config.data_dir, ctx.metrics,
+                     audit)
     server = _Server(
         uvicorn.Config(
             app,

@@ -11,6 +11,7 @@ from litestar.params import FromPath, JSONBody
 
 from contracts.v1.events import UserRemoved, UserUpserted
 
+from .audit_http import AUDIT
 from .security import ADMIN_ONLY
 from .state import WebState, web_state
 from .validation import UserInput, valid_username
@@ -48,7 +49,7 @@ class UsersController(Controller):
         names = sorted(web.backend.users.users)
         return {"items": [_user_json(web, name) for name in names]}
 
-    @post("/", opt=ADMIN_ONLY)
+    @post("/", opt={**ADMIN_ONLY, AUDIT: "user_change"})
     async def upsert_user(
         self, request: Request[Any, Any, Any], data: JSONBody[UserInput]
     ) -> Response[Any]:
@@ -86,7 +87,7 @@ class UsersController(Controller):
         )
         return Response(content=body, status_code=200 if existing else 201)
 
-    @delete("/{username:str}", status_code=204, opt=ADMIN_ONLY)
+    @delete("/{username:str}", status_code=204, opt={**ADMIN_ONLY, AUDIT: "user_change"})
     async def remove_user(self, request: Request[Any, Any, Any], username: FromPath[str]) -> None:
         web = web_state(request)
         principal = await web.require_admin(request)

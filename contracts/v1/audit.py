@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, TypeVar, cast
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -27,6 +27,7 @@ from contracts.v1.events import (
 )
 
 CANONICAL_VERSION = 1
+_encode_string: Callable[[str], str] = json.encoder.encode_basestring
 MAX_PROBLEMS = 10
 
 
@@ -42,11 +43,9 @@ class AuditHead(BaseModel):
 EMPTY_HEAD = AuditHead(seq=0, hash=AUDIT_GENESIS)
 
 
-class AuditFields(Protocol):
-    """What the hash covers: an `AuditRecorded` or a row read back from a projection."""
+class Linked(Protocol):
+    """What verification walks: an entry's place in its chain and its stated hash."""
 
-    @property
-    def event_id(self) -> str: ...
     @property
     def node_id(self) -> str: ...
     @property
@@ -55,6 +54,13 @@ class AuditFields(Protocol):
     def prev_hash(self) -> str: ...
     @property
     def hash(self) -> str: ...
+
+
+class AuditFields(Linked, Protocol):
+    """What the hash covers: an `AuditRecorded` or a row read back from a projection."""
+
+    @property
+    def event_id(self) -> str: ...
     @property
     def at(self) -> datetime: ...
     @property
@@ -71,6 +77,9 @@ class AuditFields(Protocol):
     def detail(self) -> Mapping[str, AuditValue]: ...
 
 
+L = TypeVar("L", bound=Linked)
+
+
 def canonical_time(at: datetime) -> str:
     """UTC, microseconds, `+00:00`: one spelling per instant (naive means UTC)."""
     if at.tzinfo is None:
@@ -84,21 +93,31 @@ def canonical_detail(detail: Mapping[str, AuditValue]) -> str:
 
 def canonical_bytes(entry: AuditFields) -> bytes:
     """The bytes the hash covers: every field of the entry except `hash` itself."""
-    body: dict[str, Any] = {
-        "v": CANONICAL_VERSION,
-        "event_id": entry.event_id,
-        "node_id": entry.node_id,
-        "seq": entry.seq,
-        "prev_hash": entry.prev_hash,
-        "at": canonical_time(entry.at),
-        "actor": entry.actor,
-        "action": entry.action,
-        "target": entry.target,
-        "source_address": entry.source_address,
-        "outcome": entry.outcome,
-        "detail": dict(entry.detail),
-    }
-    return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    return canonical_parts(
+        event_id=entry.event_id, node_id=entry.node_id, seq=entry.seq,
+        prev_hash=entry.prev_hash, at=canonical_time(entry.at), actor=entry.actor,
+        action=entry.action, target=entry.target, source_address=entry.source_address,
+        outcome=entry.outcome, detail=canonical_detail(entry.detail))
+
+
+def _text(value: str | None) -> str:
+    """`json.dumps(value, ensure_ascii=False)` for a str or None (what it calls itself)."""
+    return "null" if value is None else _encode_string(str(value))
+
+
+def canonical_parts(*, event_id: str, node_id: str, seq: int, prev_hash: str, at: str,
+                    actor: str | None, action: str, target: str | None,
+                    source_address: str | None, outcome: str, detail: str) -> bytes:
+    """The canonical form from fields already spelled canonically (`at` by
+    canonical_time, `detail` by canonical_detail), as a copy stores them: the same
+    bytes as `json.dumps` of the whole object with sorted keys, built without it."""
+    return (
+        f'{{"action":{_text(action)},"actor":{_text(actor)},"at":{_text(at)},'
+        f'"detail":{detail},"event_id":{_text(event_id)},"node_id":{_text(node_id)},'
+        f'"outcome":{_text(outcome)},"prev_hash":{_text(prev_hash)},"seq":{int(seq)},'
+        f'"source_address":{_text(source_address)},"target":{_text(target)},'
+        f'"v":{CANONICAL_VERSION}}}'
+    ).encode()
 
 
 def entry_hash(entry: AuditFields) -> str:
@@ -127,7 +146,7 @@ def seal(
     return draft.model_copy(update={"hash": entry_hash(draft)})
 
 
-def head_of(entry: AuditFields) -> AuditHead:
+def head_of(entry: Linked) -> AuditHead:
     return AuditHead(seq=entry.seq, hash=entry.hash)
 
 
@@ -170,8 +189,8 @@ class ChainVerdict:
         }
 
 
-def _link_problem(chain: str, entry: AuditFields, expected_seq: int, prev_hash: str,
-                  seen: set[int]) -> str | None:
+def _link_problem(chain: str, entry: L, expected_seq: int, prev_hash: str,
+                  seen: set[int], hasher: Callable[[L], str]) -> str | None:
     if entry.node_id != chain:
         return (f"seq {entry.seq}: entry claims node {entry.node_id!r} "
                 f"but was stored in {chain!r}'s chain (forged)")
@@ -185,7 +204,7 @@ def _link_problem(chain: str, entry: AuditFields, expected_seq: int, prev_hash: 
         return (f"seq {entry.seq}: prev_hash {entry.prev_hash[:12]} does not match "
                 f"the previous entry's hash {prev_hash[:12]} (an entry before it was "
                 "removed, replaced or moved)")
-    computed = entry_hash(entry)
+    computed = hasher(entry)
     if computed != entry.hash:
         return (f"seq {entry.seq}: content does not match its hash "
                 f"(stored {entry.hash[:12]}, computed {computed[:12]}): entry edited")
@@ -193,18 +212,21 @@ def _link_problem(chain: str, entry: AuditFields, expected_seq: int, prev_hash: 
 
 
 def verify_chain(
-    node_id: str, entries: Iterable[AuditFields], announced: AuditHead | None = None
+    node_id: str, entries: Iterable[L], announced: AuditHead | None = None,
+    hasher: Callable[[L], str] | None = None,
 ) -> ChainVerdict:
     """Check one node's chain as stored (in stored order): seq continuity from 1, each
-    prev link, each hash, then the node's announced head against this copy."""
+    prev link, each hash, then the node's announced head against this copy. `hasher`
+    recomputes an entry's hash (default: `entry_hash` of its fields)."""
+    rehash = hasher if hasher is not None else cast(Callable[[L], str], entry_hash)
     verdict = ChainVerdict(node_id=node_id, status="empty", announced=announced)
     expected, prev = 1, AUDIT_GENESIS
     seen: set[int] = set()
     at_announced: str | None = None
-    last: AuditFields | None = None
+    last: L | None = None
     for entry in entries:
         verdict.entries += 1
-        problem = _link_problem(node_id, entry, expected, prev, seen)
+        problem = _link_problem(node_id, entry, expected, prev, seen, rehash)
         if problem is not None:
             if verdict.broken_seq is None:
                 verdict.broken_seq = min(entry.seq, expected)

@@ -12,6 +12,7 @@ recomputes every hash from what is stored here.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import sqlite3
@@ -30,6 +31,7 @@ from contracts.v1.audit import (
     AuditHead,
     ChainVerdict,
     canonical_detail,
+    canonical_parts,
     canonical_time,
     verify_chain,
 )
@@ -40,6 +42,7 @@ log = structlog.get_logger(component="web")
 AUDIT_TYPE = "audit.recorded"
 MAX_PAGE = 500
 CSV_BATCH = 1000
+VERIFY_BATCH = 5000
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS audit (
@@ -99,6 +102,35 @@ class AuditRow:
             "detail": dict(self.detail), "hash": self.hash, "prev_hash": self.prev_hash,
             "claimed_node": self.node_id if self.node_id != self.chain else None,
         }
+
+
+@dataclass(frozen=True, slots=True)
+class StoredLink:
+    """A stored entry as verification needs it: its links and its canonical bytes."""
+
+    node_id: str
+    seq: int
+    prev_hash: str
+    hash: str
+    canonical: bytes
+
+    @classmethod
+    def of(cls, values: tuple[Any, ...]) -> StoredLink:
+        (event_id, node_id, seq, prev_hash, digest, at, actor, action, target, source,
+         outcome, detail, _) = values
+        try:
+            number = int(seq)
+            canonical = canonical_parts(
+                event_id=str(event_id), node_id=str(node_id), seq=number,
+                prev_hash=str(prev_hash), at=str(at), actor=actor, action=str(action),
+                target=target, source_address=source, outcome=str(outcome),
+                detail=str(detail))
+        except (TypeError, ValueError):
+            number, canonical = -1, b""  # a row edited into another type: it cannot match
+        return cls(str(node_id), number, str(prev_hash), str(digest), canonical)
+
+    def rehash(self) -> str:
+        return hashlib.sha256(self.canonical).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -294,22 +326,25 @@ class AuditProjection:
         with self.lock:
             return [r[0] for r in self.db.execute("SELECT DISTINCT chain FROM audit")]
 
-    def chain_rows(self, chain: str) -> Iterator[AuditRow]:
-        """One node's chain in this copy, in chain order (a batch at a time)."""
+    def chain_links(self, chain: str) -> Iterator[StoredLink]:
+        """One node's chain in this copy, in chain order, as stored (a batch at a time)."""
         after = (0, 0)
         while True:
             with self.lock:
                 found = self.db.execute(
-                    f"SELECT {COLUMNS}, id FROM audit WHERE chain = ? AND (seq, id) > (?, ?) "
-                    "ORDER BY seq, id LIMIT ?", (chain, after[0], after[1], CSV_BATCH)).fetchall()
+                    "SELECT event_id, node_id, seq, prev_hash, hash, at, actor, action, target, "
+                    "source_address, outcome, detail, id FROM audit "
+                    "WHERE chain = ? AND (seq, id) > (?, ?) ORDER BY seq, id LIMIT ?",
+                    (chain, after[0], after[1], VERIFY_BATCH)).fetchall()
             for values in found:
-                yield _row(values[:-1])
-            if len(found) < CSV_BATCH:
+                yield StoredLink.of(values)
+            if len(found) < VERIFY_BATCH:
                 return
-            after = (found[-1][4], found[-1][-1])
+            after = (found[-1][2], found[-1][-1])
 
     def verify(self, announced: Mapping[str, AuditHead | None]) -> list[ChainVerdict]:
-        """Every chain this copy holds or a node announces, checked (see verify_chain)."""
+        """Every chain this copy holds or a node announces, checked (see verify_chain)
+        from the stored text itself: a row edited in any way fails its hash."""
         names = sorted(set(self.chains()) | set(announced))
-        return [verify_chain(name, self.chain_rows(name), announced.get(name))
-                for name in names]
+        return [verify_chain(name, self.chain_links(name), announced.get(name),
+                             StoredLink.rehash) for name in names]

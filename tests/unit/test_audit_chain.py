@@ -158,3 +158,22 @@ def test_fork_is_found() -> None:
     verdict = verify_chain("a", [*entries, fork], None)
     assert verdict.status == "broken" and verdict.broken_seq == 3
     assert "second entry" in verdict.problems[0]
+
+
+def test_canonical_parts_are_json_dumps_with_sorted_keys() -> None:
+    """The fast spelling used to verify stored copies is byte for byte the plain one."""
+    import json
+
+    from contracts.v1.audit import CANONICAL_VERSION, canonical_time
+
+    for entry in [*chain(3), seal(EMPTY_HEAD, node_id="a", at=T0, action="note",
+                                  actor='é"\\\n\u2028x', target=None, source_address=None,
+                                  detail={"z": None, "a": True, "ü": "=1", "n": -3})]:
+        plain = json.dumps({
+            "v": CANONICAL_VERSION, "event_id": entry.event_id, "node_id": entry.node_id,
+            "seq": entry.seq, "prev_hash": entry.prev_hash, "at": canonical_time(entry.at),
+            "actor": entry.actor, "action": entry.action, "target": entry.target,
+            "source_address": entry.source_address, "outcome": entry.outcome,
+            "detail": dict(entry.detail)}, sort_keys=True, separators=(",", ":"),
+            ensure_ascii=False).encode()
+        assert canonical_bytes(entry) == plain

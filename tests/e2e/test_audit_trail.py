@@ -89,6 +89,18 @@ def test_actions_on_a_are_audited_on_b_and_tampering_shows(pair: tuple[Node, Nod
     with stranger:
         assert stranger.get("/api/recordings").status_code == 401
 
+    # A stranger's flood of bad logins cannot fill the disk: a few entries, the rest
+    # counted into one aggregate a minute (login throttling answers 429 soon anyway).
+    flooder = httpx.Client(base_url=a.base_url, timeout=10,
+                           transport=httpx.HTTPTransport(local_address=STRANGER))
+    with flooder:
+        codes = {flooder.get("/api/recordings", auth=("admin", f"guess{i}")).status_code
+                 for i in range(300)}
+    assert codes <= {401, 429}
+    from_stranger = [e for e in entries(a, node="a") if e["source_address"] == STRANGER]
+    assert len(from_stranger) <= 5, from_stranger
+    assert a.metric("callrec_web_audit_aggregated_total") >= 290
+
     # A plain user may not see the audit, on either node.
     for node in (a, b):
         with node.client("agent7", "agent7-pw") as agent:

@@ -177,3 +177,13 @@ def test_canonical_parts_are_json_dumps_with_sorted_keys() -> None:
             "detail": dict(entry.detail)}, sort_keys=True, separators=(",", ":"),
             ensure_ascii=False).encode()
         assert canonical_bytes(entry) == plain
+
+
+def test_heartbeat_carries_the_audit_head() -> None:
+    from services.sync.service import _heartbeat_audit_head
+
+    head = AuditHead(seq=3, hash="ab" * 32)
+    assert _heartbeat_audit_head({"audit_head": head.model_dump()}) == head
+    for payload in ({}, {"audit_head": None}, {"audit_head": {"seq": "x"}},
+                    {"audit_head": {"seq": -1, "hash": "a"}}, {"audit_head": [1, 2]}):
+        assert _heartbeat_audit_head(payload) is None

@@ -137,13 +137,3 @@ class MissedCall(BaseModel):
         words = REASON_TEXT[self.reason]
         return f"{status} {words}: {self.detail}" if self.detail else f"{status} {words}"
 
-
-class MissedPage(BaseModel):
-    """One page of missed calls, newest first; `next_before` continues it."""
-
-    items: list[MissedCall]
-    sequences: list[int]
-    next_before: int | None = None
-    # Records looked at for this page (scans stop at a bound; see `truncated`).
-    scanned: int = 0
-    truncated: bool = False

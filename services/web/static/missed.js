@@ -29,14 +29,16 @@
     const until = new Date(item.until);
     td.append(el("span", "count", "×" + item.count));
     const sameDay = day(at) === day(until);
-    td.append(el("span", null, "between " + day(at) + " " + clock(at, false) + " and " +
-      (sameDay ? "" : day(until) + " ") + clock(until, false)));
+    // Minutes are enough across minutes; within one, the seconds say how fast it came.
+    const seconds = sameDay && clock(at, false) === clock(until, false);
+    td.append(el("span", null, "between " + day(at) + " " + clock(at, seconds) + " and " +
+      (sameDay ? "" : day(until) + " ") + clock(until, seconds)));
     td.dataset.testid = "missed-count";
     return td;
   }
 
   function party(number, name) {
-    const td = el("td");
+    const td = el("td", "party");
     td.append(el("span", null, number || "–"));
     if (name) td.append(el("span", "sub", name));
     return td;
@@ -63,7 +65,7 @@
       to.append(el("span", "sub", "looked up: " + item.numbers.join(", ")));
     }
     tr.append(to);
-    const call = el("td");
+    const call = el("td", "call");
     call.append(el("span", null, item.kind || "–"));
     if (item.call_id) call.append(el("span", "sub", item.call_id));
     if (item.user_agent) call.append(el("span", "sub", item.user_agent));

@@ -169,6 +169,7 @@ class MissedAggregator:
         self.recent: OrderedDict[tuple[str, str], float] = OrderedDict()
         self.outcomes: dict[Outcome, int] = {
             "recorded": 0, "aggregated": 0, "overflow": 0, "retransmission": 0}
+        self.last_outcome: Outcome | None = None
 
     def note(
         self,
@@ -185,7 +186,7 @@ class MissedAggregator:
         `info` is called only when a record needs the call's details."""
         t = now.timestamp()
         if key is not None and self._retransmitted(source, key, t):
-            self.outcomes["retransmission"] += 1
+            self._outcome("retransmission")
             return []
         out = self._roll(t)
         slot = (source, reason)
@@ -193,7 +194,7 @@ class MissedAggregator:
                 and self.individual_total < self.individual_cap):
             self.individual[slot] = self.individual.get(slot, 0) + 1
             self.individual_total += 1
-            self.outcomes["recorded"] += 1
+            self._outcome("recorded")
             out.append(self._record(source, reason, status, detail, info(), now))
             return out
         aggregate = self.aggregates.get(slot)
@@ -201,7 +202,7 @@ class MissedAggregator:
             aggregate = self.aggregates[slot] = _Aggregate(
                 source, reason, status, detail, info(), now, now)
         if aggregate is not None:
-            self.outcomes["aggregated"] += 1
+            self._outcome("aggregated")
         else:
             aggregate = self.overflow.get(reason)
             if aggregate is None:
@@ -209,7 +210,7 @@ class MissedAggregator:
                     OVERFLOW_SOURCE, reason, status, detail, info(), now, now)
             if len(aggregate.sources) < OVERFLOW_SOURCES_COUNTED:
                 aggregate.sources.add(source)
-            self.outcomes["overflow"] += 1
+            self._outcome("overflow")
         aggregate.count += 1
         aggregate.last = max(aggregate.last, now)
         return out
@@ -227,6 +228,10 @@ class MissedAggregator:
         return out
 
     # ---- internals -------------------------------------------------------------------
+
+    def _outcome(self, outcome: Outcome) -> None:
+        self.outcomes[outcome] += 1
+        self.last_outcome = outcome
 
     def _retransmitted(self, source: str, key: str, t: float) -> bool:
         recent = self.recent
@@ -330,17 +335,15 @@ class MissedCalls:
 
     def _note(self, source: str, reason: MissedReason, status: int | None,
               detail: str | None, key: str | None, info: Callable[[], CallInfo]) -> None:
-        before = dict(self.aggregator.outcomes)
         try:
             records = self.aggregator.note(self.clock(), source, reason, status, detail,
                                            key=key, info=info)
         except Exception:  # a miss must never cost the call handling
             log.exception("missed_note_failed", source=source, reason=reason)
             return
-        if self.counter is not None:
-            for outcome, count in self.aggregator.outcomes.items():
-                if count != before[outcome]:
-                    self.counter.inc(count - before[outcome], outcome=outcome)
+        outcome = self.aggregator.last_outcome
+        if self.counter is not None and outcome is not None:
+            self.counter.inc(outcome=outcome)
         self._emit(records)
 
     def _emit(self, records: list[MissedCall]) -> None:

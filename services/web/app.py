@@ -27,6 +27,7 @@ from .audit_http import APP_STATE_KEY, AuditService, audit_middleware, memory_au
 from .auth import Authenticator
 from .jobs import JobsController
 from .media import WavCache
+from .missed import MISSED
 from .ops import OPS
 from .pages import PAGES
 from .recordings import RecordingsController
@@ -100,6 +101,7 @@ def create_app(
             *OPS,
             *PAGES,
             *AUDIT_ROUTES,
+            *MISSED,
             static,
         ],
         # Order matters: a cross-site request is refused before its credentials are

@@ -57,8 +57,11 @@ def verdicts(node: Node) -> dict[str, dict[str, Any]]:
 
 
 def all_verified(node: Node, chains: set[str]) -> dict[str, dict[str, Any]] | None:
+    """Every chain verified, up to the very head its node announces (not an older one)."""
     found = verdicts(node)
-    ok = chains <= set(found) and all(found[c]["status"] == "verified" for c in chains)
+    ok = chains <= set(found) and all(
+        found[c]["status"] == "verified"
+        and found[c]["announced"]["seq"] == found[c]["verified_seq"] for c in chains)
     return found if ok else None
 
 
@@ -125,14 +128,14 @@ def test_actions_on_a_are_audited_on_b_and_tampering_shows(pair: tuple[Node, Nod
     assert download["detail"] == {"format": "wav", "download": "true"}
     searches = [e["detail"] for e in found if e["action"] == "search"]
     assert {"number": "1001"} in searches  # (the others: record_call's listings)
-    failed = next(e for e in found if e["action"] == "login_failed")
-    assert failed["actor"] == "admin" and failed["outcome"] == "failed"
+    assert any(e["actor"] == "admin" and e["outcome"] == "failed"
+               for e in found if e["action"] == "login_failed")
 
     # Every chain verifies on both nodes, against the head each node announces.
     for node in (a, b):
         result = eventually(lambda node=node: all_verified(node, {"a", "b"}),  # type: ignore[misc]
                             20, f"chains verified on {node.node_id}")
-        assert result["a"]["announced"]["seq"] == result["a"]["verified_seq"]
+        assert result["a"]["verified_seq"] >= 6
 
     # CSV export on B has A's rows.
     with b.client() as client:

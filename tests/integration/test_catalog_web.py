@@ -320,8 +320,8 @@ def test_wav(node: Node) -> None:
             assert wav.getnchannels() == 2
             assert wav.getsampwidth() == 2
             assert wav.getnframes() > 0
-        cache = node.config.data_dir / "cache" / "wav" / "rec-one.wav"
-        assert cache.is_file()
+        [cache] = (node.config.data_dir / "cache" / "wav").glob("rec-one.*.wav")
+        assert cache.stat().st_mode & 0o777 == 0o600
         assert cache.read_bytes() == response.content
         part = client.get(
             "/api/recordings/rec-one/audio",

@@ -149,6 +149,30 @@ class RecordingCompleted(EventBase):
     interrupted: bool = False
 
 
+class WaveformPeaks(Frozen):
+    """What a recording page draws: per channel (0 near end, 1 far end) and per bucket of
+    `bucket_ms`, the lowest and highest sample as int8 (int16 / 256, rounded outwards so
+    any sound shows), interleaved (min, max, min, max, ...) and base64-encoded.
+    `callrec.waveform` makes and reads them (one rule)."""
+
+    bucket_ms: int = Field(ge=1)
+    buckets: int = Field(ge=0, le=4000)
+    channels: list[str] = Field(max_length=2)
+
+
+class RecordingWaveformComputed(EventBase):
+    """Capture computed the waveform peaks of a recording it finalized (`node_id`'s copy).
+
+    A fact of its own, not a field of RecordingCompleted, so searches never carry peaks;
+    published just before the completion, with a deterministic id (retries are dropped).
+    """
+
+    type: Literal["recording.waveform_computed"] = "recording.waveform_computed"
+    recording_id: str
+    duration_ms: int = Field(ge=0)
+    peaks: WaveformPeaks
+
+
 class RecordingFailed(EventBase):
     """Capture could not produce a recording; the raw packets are kept for an operator."""
 
@@ -388,7 +412,8 @@ Event = Annotated[
     | UserRemoved
     | RecordingParticipantsChanged
     | RecordingNoteAdded
-    | RecordingTagChanged,
+    | RecordingTagChanged
+    | RecordingWaveformComputed,
     Field(discriminator="type"),
 ]
 

@@ -6,11 +6,11 @@ Commands are not facts: they are not stored, and the caller handles timeouts.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Generic, TypeVar
+from typing import Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from contracts.v1.events import RecordingCompleted, RecordingMetadata
+from contracts.v1.events import RecordingCompleted, RecordingMetadata, WaveformPeaks
 
 T = TypeVar("T")
 
@@ -145,6 +145,17 @@ class Annotations(Message):
     recording_id: str
     notes: list[Note] = Field(default_factory=list)
     tags: list[str] = Field(default_factory=list)
+
+
+class Waveform(Message):
+    """A recording's waveform peaks: `stored` were computed by capture at finalize and
+    replicated as a fact; `computed` by the web from the audio (older recordings, a
+    peer's interrupted copy) and cached on that node's disk."""
+
+    recording_id: str
+    duration_ms: int
+    peaks: WaveformPeaks
+    source: Literal["stored", "computed"] = "stored"
 
 
 class ReadObjectRequest(Message):

@@ -24,10 +24,11 @@ from callrec.store import ObjectStore
 
 from .auth import Authenticator
 from .jobs import JobsController
-from .media import WavCache
+from .media import MediaCache
 from .missed import MISSED
 from .ops import OPS
 from .pages import PAGES
+from .recording_page import RECORDING_PAGE
 from .recordings import RecordingsController
 from .security import MAX_BODY_BYTES, PUBLIC, add_security_headers, login_guard, same_origin_guard
 from .state import Backend, BackendUnavailable, WebState
@@ -72,13 +73,13 @@ def templates() -> TemplateConfig[JinjaTemplateEngine]:
 def create_app(
     backend: Backend, store: ObjectStore, data_dir: Path, registry: Registry | None = None
 ) -> Litestar:
-    """The app for one node; `data_dir` holds the WAV cache, `registry` gets the security
-    counters (the service's; a private one in tests)."""
+    """The app for one node; `data_dir` holds the transcode and waveform cache,
+    `registry` gets the security counters (the service's; a private one in tests)."""
     registry = registry if registry is not None else Registry("web", backend.node_id)
     state = WebState(
         backend=backend,
         store=store,
-        wav=WavCache(store, data_dir / "cache" / "wav"),
+        media=MediaCache(store, data_dir / "cache"),
         auth=Authenticator(backend.users, metrics=registry),
         csrf_refused=registry.counter(
             "web_csrf_refused_total",
@@ -91,6 +92,7 @@ def create_app(
     return Litestar(
         route_handlers=[
             RecordingsController,
+            *RECORDING_PAGE,
             UsersController,
             JobsController,
             *OPS,

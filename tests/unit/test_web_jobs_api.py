@@ -399,4 +399,4 @@ def test_jobs_page_is_self_contained_with_no_inline_script(
 def test_overview_pages_link_the_jobs_page(client: TestClient[Any]) -> None:
     for path in ("/", "/cluster"):
         response = client.get(path, auth=ADMIN)
-        assert response.status_code == 200 and "href='/jobs'" in response.text, path
+        assert response.status_code == 200 and 'href="/jobs"' in response.text, path

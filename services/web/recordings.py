@@ -1,0 +1,230 @@
+"""Recordings: search, metadata, audio (with HTTP Range), purge and legal hold.
+
+Every route reaches a recording through `WebState.visible_record`, so one rule decides
+who sees what: an id the caller may not see answers 404, exactly like an unknown one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Annotated, Any
+
+import structlog
+from litestar import Controller, Request, Response, delete, get, put
+from litestar.exceptions import HTTPException, NotFoundException, ValidationException
+from litestar.params import FromPath, FromQuery, QueryParameter
+from litestar.response import Stream
+
+from callrec.jobspec import HoldInput
+from callrec.store import StoreKeyError, file_chunks
+from contracts.v1.events import LegalHoldChanged, RecordingPurged
+from contracts.v1.rpc import SearchRequest
+
+from .media import AudioMissing, download_name
+from .ranges import RangeNotSatisfiable, content_range, parse_range
+from .security import ADMIN_ONLY
+from .state import MAX_OFFSET, parse_when, read_body, record_json, web_state
+
+log = structlog.get_logger(component="web")
+
+
+async def _set_hold(
+    request: Request[Any, Any, Any], recording_id: str, hold: bool
+) -> Response[Any]:
+    """Legal hold is a fact like any other: every node's purge sees it and skips the
+    recording, wherever the purge job runs."""
+    web = web_state(request)
+    principal = await web.require_admin(request)
+    record = await web.visible_record(principal, recording_id)
+    body = await read_body(request, HoldInput, optional=True)
+    event = LegalHoldChanged(
+        node_id=web.backend.node_id,
+        recording_id=record.recording_id,
+        hold=hold,
+        reason=body.reason,
+        requested_by=principal.username,
+    )
+    await web.backend.publish_event(event)
+    log.info(
+        "legal_hold_changed", recording_id=record.recording_id, hold=hold, by=principal.username
+    )
+    return Response(
+        content={
+            "recording_id": record.recording_id,
+            "legal_hold": hold,
+            "event_id": event.event_id,
+        }
+    )
+
+
+class RecordingsController(Controller):
+    """`/api/recordings`: one resource, its sub-resources (audio, hold) included."""
+
+    path = "/api/recordings"
+
+    @get("/")
+    async def list_recordings(
+        self,
+        request: Request[Any, Any, Any],
+        from_: Annotated[str | None, QueryParameter(name="from", max_length=64)] = None,
+        to: Annotated[str | None, QueryParameter(max_length=64)] = None,
+        number: Annotated[str | None, QueryParameter(max_length=64)] = None,
+        limit: Annotated[int, QueryParameter(ge=1, le=1000)] = 50,
+        offset: Annotated[int, QueryParameter(ge=0, le=MAX_OFFSET)] = 0,
+    ) -> dict[str, Any]:
+        web = web_state(request)
+        principal = await web.require(request)
+        start_from = parse_when(from_, "from")
+        start_to = parse_when(to, "to")
+        if start_from and start_to and start_from > start_to:
+            raise ValidationException(detail="from must not be after to")
+        query = SearchRequest(
+            start_from=start_from,
+            start_to=start_to,
+            number=(number.strip() or None) if number else None,
+            limit=limit,
+            offset=offset,
+        )
+        result = await web.backend.search(query, principal.visible_numbers())
+        items = [record_json(r, web.backend.held) for r in result.items]
+        return {"total": result.total, "items": items}
+
+    @get("/{recording_id:str}")
+    async def recording_metadata(
+        self, request: Request[Any, Any, Any], recording_id: FromPath[str]
+    ) -> dict[str, Any]:
+        web = web_state(request)
+        principal = await web.require(request)
+        record = await web.visible_record(principal, recording_id)
+        return record_json(record, web.backend.held)
+
+    @get("/{recording_id:str}/audio")
+    async def recording_audio(
+        self,
+        request: Request[Any, Any, Any],
+        recording_id: FromPath[str],
+        fmt: Annotated[str, QueryParameter(name="format", max_length=8)] = "ogg",
+        download: FromQuery[bool] = False,
+    ) -> Response[Any]:
+        web = web_state(request)
+        principal = await web.require(request)
+        if fmt not in ("ogg", "opus", "wav"):
+            raise ValidationException(detail="format must be ogg or wav")
+        record = await web.visible_record(principal, recording_id)
+        chunks: Any
+        try:
+            if fmt == "wav":
+                path = await web.wav.ensure(record)
+                size = path.stat().st_size
+                media_type, etag, extension = "audio/wav", f'"{record.sha256}-wav"', "wav"
+
+                def chunks(first: int, last: int) -> Iterator[bytes]:
+                    return file_chunks(path, first, last + 1)
+
+            else:
+                size = web.store.size(record.object_key)
+                media_type, etag, extension = record.content_type, f'"{record.sha256}"', "ogg"
+
+                def chunks(first: int, last: int) -> Iterator[bytes]:
+                    return web.store.read_range(record.object_key, first, last + 1)
+
+        except (FileNotFoundError, AudioMissing, StoreKeyError):
+            log.warning("audio_missing", recording_id=record.recording_id, key=record.object_key)
+            raise NotFoundException(detail="audio not available on this node") from None
+
+        headers = {
+            "Accept-Ranges": "bytes",
+            "ETag": etag,
+            "Cache-Control": "no-store",  # call audio never sits in a browser or proxy cache
+        }
+        if download:
+            headers["Content-Disposition"] = (
+                f'attachment; filename="{download_name(record, extension)}"'
+            )
+        range_header = request.headers.get("range")
+        if_range = request.headers.get("if-range")
+        if range_header and if_range and if_range.strip() != etag:
+            range_header = None  # the client's cached copy is stale: send everything
+        if not range_header and request.headers.get("if-none-match", "").strip() == etag:
+            return Response(content=b"", status_code=304, headers=headers)
+        try:
+            wanted = parse_range(range_header, size)
+        except RangeNotSatisfiable:
+            headers["Content-Range"] = f"bytes */{size}"
+            return Response(
+                content={"status_code": 416, "detail": "range not satisfiable"},
+                status_code=416,
+                headers=headers,
+            )
+        if wanted is None:
+            first, last, status = 0, size - 1, 200
+        else:
+            first, last = wanted
+            status = 206
+            headers["Content-Range"] = content_range(first, last, size)
+        headers["Content-Length"] = str(max(0, last - first + 1))
+        log.info(
+            "audio_served",
+            recording_id=record.recording_id,
+            user=principal.username,
+            format=extension,
+            status=status,
+            first=first,
+            last=last,
+        )
+        body = chunks(first, last) if size > 0 else iter(())
+        return Stream(body, status_code=status, media_type=media_type, headers=headers)
+
+    @delete("/{recording_id:str}", status_code=202, opt=ADMIN_ONLY)
+    async def purge_recording(
+        self, request: Request[Any, Any, Any], recording_id: FromPath[str]
+    ) -> Response[Any]:
+        """Delete everywhere: a `recording.purged` fact that every node applies to its copy.
+        A recording under legal hold is refused (409) until the hold is released."""
+        web = web_state(request)
+        principal = await web.require_admin(request)
+        record = await web.visible_record(principal, recording_id)
+        if record.recording_id in web.backend.held:
+            log.warning(
+                "held_recording_purge_refused",
+                recording_id=record.recording_id,
+                by=principal.username,
+            )
+            raise HTTPException(
+                status_code=409,
+                detail="recording is under legal hold: release the hold before deleting it",
+            )
+        event = RecordingPurged(
+            node_id=web.backend.node_id,
+            recording_id=record.recording_id,
+            object_key=record.object_key,
+            reason=f"deleted by {principal.username}",
+            requested_by=principal.username,
+        )
+        gone = await web.backend.purge_recording(event)
+        log.info(
+            "recording_purge_requested",
+            recording_id=record.recording_id,
+            by=principal.username,
+            applied_locally=gone,
+        )
+        return Response(
+            content={
+                "recording_id": record.recording_id,
+                "event_id": event.event_id,
+                "applied_locally": gone,
+            },
+            status_code=202,
+        )
+
+    @put("/{recording_id:str}/hold", opt=ADMIN_ONLY)
+    async def hold_recording(
+        self, request: Request[Any, Any, Any], recording_id: FromPath[str]
+    ) -> Response[Any]:
+        return await _set_hold(request, recording_id, True)
+
+    @delete("/{recording_id:str}/hold", status_code=200, opt=ADMIN_ONLY)
+    async def release_recording(
+        self, request: Request[Any, Any, Any], recording_id: FromPath[str]
+    ) -> Response[Any]:
+        return await _set_hold(request, recording_id, False)

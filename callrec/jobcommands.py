@@ -54,11 +54,17 @@ def find(status: JobsStatus, ref: str) -> JobView:
 
 
 def configure(
-    status: JobsStatus, definition: JobInput, node_id: str, by: str | None,
+    status: JobsStatus | None, definition: JobInput, node_id: str, by: str | None,
     ref: str | None = None,
 ) -> JobConfigured:
     """Create a job (`ref` None: a new id) or replace the definition of `ref`. Names
-    are how people and `callrec jobs run NAME` refer to jobs: they stay unique."""
+    are how people and `callrec jobs run NAME` refer to jobs: they stay unique among
+    the jobs the scheduler knows. A new job may be stored while the scheduler is silent
+    (`status` None: nothing to compare with); an edit needs the job it replaces."""
+    if status is None:
+        if ref is not None:
+            raise JobRuleError("unreadable", "the scheduler did not answer: retry shortly")
+        return definition.event(node_id, uuid.uuid4().hex, by)
     job_id = find(status, ref).job_id if ref is not None else uuid.uuid4().hex
     clash = next((j for j in status.jobs if j.name == definition.name and j.job_id != job_id),
                  None)

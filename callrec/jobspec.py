@@ -12,7 +12,7 @@ import math
 import os
 import re
 import string
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 from pydantic import (
@@ -394,6 +394,75 @@ def describe_errors(exc: ValidationError) -> str:
         message = str(error.get("msg", "invalid")).removeprefix("Value error, ")
         lines.append(f"{where}: {message}" if where else message)
     return "; ".join(lines)[:2000]
+
+
+def field_errors(exc: ValidationError) -> dict[str, str]:
+    """Problems by the field they belong to (`"purge.retention"`, `"schedule.cron"`; a
+    problem of the whole definition under `""`), so a form shows each at its field."""
+    fields: dict[str, str] = {}
+    for error in exc.errors(include_url=False, include_input=False):
+        where = ".".join(str(p) for p in error.get("loc", ()))
+        message = str(error.get("msg", "invalid")).removeprefix("Value error, ")
+        fields.setdefault(where, message[:500])
+    return fields
+
+
+def example_path(template: str, fmt: str = "opus") -> str:
+    """Where an export would write the sample recording (a call from 1001 to 2002 on
+    2024-05-01 09:30:15 UTC), below the target folder; raises ValueError like the save."""
+    check_template(template)
+    return template.format(**{**_SAMPLE, "ext": fmt})
+
+
+def next_runs(schedule: JobSchedule, now: datetime, count: int = 3) -> list[datetime]:
+    """The next fire times of a schedule saved `now` (crons in this host's time zone,
+    as the scheduler runs them; an interval counts from the save)."""
+    if schedule.interval_s:
+        return [now + timedelta(seconds=schedule.interval_s * (i + 1)) for i in range(count)]
+    if not schedule.cron:
+        return []
+    from apscheduler.triggers.cron import CronTrigger
+
+    trigger = CronTrigger.from_crontab(schedule.cron)
+    fires: list[datetime] = []
+    previous: datetime | None = None
+    current = now
+    for _ in range(count):
+        fire = trigger.get_next_fire_time(previous, current)
+        if fire is None:
+            break
+        fires.append(fire)
+        previous, current = fire, fire + timedelta(microseconds=1)
+    return fires
+
+
+class PreviewInput(BaseModel):
+    """Body of `POST /api/jobs/preview`: the parts of a form to explain while typing."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    schedule: dict[str, Any] | None = None
+    path_template: str | None = Field(default=None, max_length=500)
+    format: Literal["opus", "wav", "mp3"] = "opus"
+
+
+def preview(data: PreviewInput, now: datetime) -> dict[str, Any]:
+    """Next runs of a schedule and the example path of a template, or the error each
+    would get at save (by field, as `field_errors`)."""
+    out: dict[str, Any] = {"errors": {}}
+    if data.schedule is not None:
+        try:
+            schedule = ScheduleInput.model_validate(data.schedule).schedule()
+            out["next_runs"] = [fire.isoformat() for fire in next_runs(schedule, now)]
+        except ValidationError as exc:
+            out["errors"].update({f"schedule.{k}".rstrip("."): v
+                                  for k, v in field_errors(exc).items()})
+    if data.path_template is not None:
+        try:
+            out["example_path"] = example_path(data.path_template, data.format)
+        except ValueError as exc:
+            out["errors"]["export.path_template"] = str(exc)[:500]
+    return out
 
 
 def find_job(status: JobsStatus, job_id: str) -> JobView | None:

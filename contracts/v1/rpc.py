@@ -202,6 +202,7 @@ class RolesStatus(Message):
     holder: str | None
     epoch: int
     since: datetime | None = None
+    previous: str | None = None  # the holder before `since` (a dead node's lost role)
 
 
 class JobRunView(Message):

@@ -59,7 +59,8 @@
     if (node.node_id === view.node_id) name.append(" ", el("span", {class: "muted"}, "(this node)"));
     const cells = [name, stateCell(node),
       el("td", {"data-testid": "node-role"},
-         node.current_role === "active" ? "holder" : cell(node.current_role))];
+         node.state === "down" ? "–"
+           : node.current_role === "active" ? "holder" : cell(node.current_role))];
     if (view.internals) {
       cells.push(el("td", {}, cell(node.configured_role)), el("td", {}, cell(node.priority)),
                  el("td", {}, ago(node.last_heartbeat_age_s)),

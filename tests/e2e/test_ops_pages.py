@@ -7,6 +7,7 @@ checks the target again itself. Screenshots of both pages via tests.support.scre
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -146,3 +147,19 @@ def test_target_checked_by_the_holder_and_a_killed_node_shown_down(
             assert target_checks(b)[-1] == ("b", True)
         finally:
             chromium.close()
+
+    # The CLI speaks the same unit and goes through the same rules.
+    assert json.loads(b.cli("jobs", "show", "archive"))["schedule"] == {"interval": "6h"}
+    listing = b.cli("jobs", "list")
+    assert f"to {share} as wav" in listing and "every 6h" in listing, listing
+    b.cli("jobs", "add", json.dumps({"name": "retention", "kind": "purge",
+                                     "schedule": {"cron": "0 2 * * *"},
+                                     "purge": {"retention": 365, "user_retention": {
+                                         "alice": "2w"}}}))
+    purge = eventually(lambda: job_of(b, "retention"), 10, "the purge job")
+    assert purge["definition"]["purge"] == {"retention": "365d",
+                                            "user_retention": {"alice": "14d"},
+                                            "group_retention": {}}
+    assert purge["params"]["retention_s"] == 365 * 86400
+    b.cli("jobs", "remove", "archive")
+    eventually(lambda: job_of(b, "archive") is None, 10, "archive removed")

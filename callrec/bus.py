@@ -95,6 +95,49 @@ async def ensure_streams(js: JetStreamContext, node_id: str) -> None:
                                           sources=[StreamSource(name=name)]))
 
 
+MISSED_MAX_BYTES = 64 * 1024 * 1024
+MISSED_MAX_MSG_SIZE = 16 * 1024
+
+
+def missed_stream_config(node_id: str, retention_days: float) -> StreamConfig:
+    """A node's missed calls (refused INVITEs): not facts, so bounded by age and size,
+    the oldest dropped first; what a scanner sends can never fill the disk."""
+    return StreamConfig(
+        name=subjects.missed_stream(node_id),
+        subjects=[subjects.missed(node_id)],
+        retention=RetentionPolicy.LIMITS,
+        storage=StorageType.FILE,
+        discard=DiscardPolicy.OLD,
+        max_age=retention_days * 86400.0,
+        max_bytes=MISSED_MAX_BYTES,
+        max_msg_size=MISSED_MAX_MSG_SIZE,
+        max_msgs=-1,
+        duplicate_window=min(120.0, retention_days * 86400.0),
+    )
+
+
+async def ensure_missed_stream(js: JetStreamContext, node_id: str,
+                               retention_days: float) -> None:
+    """Create the missed-calls stream, or apply a changed retention to it."""
+    config = missed_stream_config(node_id, retention_days)
+    assert config.name is not None
+    try:
+        info = await js.stream_info(config.name)
+    except NotFoundError:
+        await js.add_stream(config)
+        return
+    existing = info.config
+    wanted = (config.max_age, config.max_bytes, config.discard, config.max_msg_size,
+              config.duplicate_window)
+    if (existing.max_age, existing.max_bytes, existing.discard, existing.max_msg_size,
+            existing.duplicate_window) != wanted:
+        existing.max_age, existing.max_bytes, existing.discard = wanted[:3]
+        existing.max_msg_size, existing.duplicate_window = wanted[3:]
+        await js.update_stream(existing)
+        log.info("missed_stream_limits_set", stream=config.name,
+                 max_age_days=retention_days, max_bytes=config.max_bytes)
+
+
 def _fact_stream(name: str, **where: Any) -> StreamConfig:
     """A stream of facts: on file, kept for good, refusing new writes when full."""
     return StreamConfig(

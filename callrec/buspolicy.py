@@ -65,6 +65,19 @@ _JS_READ = [
 ]
 
 
+def _missed_read(node_id: str) -> list[str]:
+    """Reading this node's missed calls (the admin's page), and nothing else of it."""
+    stream = subjects.missed_stream(node_id)
+    return [
+        f"$JS.API.STREAM.MSG.GET.{stream}",
+        f"$JS.API.CONSUMER.CREATE.{stream}",
+        f"$JS.API.CONSUMER.CREATE.{stream}.>",
+        f"$JS.API.CONSUMER.DELETE.{stream}.>",
+        f"$JS.API.CONSUMER.INFO.{stream}.>",
+        f"$JS.FC.{stream}.>",
+    ]
+
+
 def permissions(identity: Identity, node_id: str) -> dict[str, Any]:
     """The nats-server `permissions` block of one identity on node `node_id`."""
     if identity == "node":
@@ -95,8 +108,12 @@ def permissions(identity: Identity, node_id: str) -> dict[str, Any]:
         publish.append(subjects.live(node_id, ">"))
     if identity == "scheduler":
         subscribe.append(subjects.all_heartbeats())
+    if identity == "signaling":
+        # Refused INVITEs, into the node's bounded missed-calls stream (not facts).
+        publish.append(subjects.missed(node_id))
     if identity == "web":
         publish.append(subjects.metrics_scatter(node_id))
+        publish += _missed_read(node_id)
     return {
         "publish": {"allow": publish},
         "subscribe": {"allow": subscribe},

@@ -110,6 +110,16 @@ def build_parser() -> argparse.ArgumentParser:
                     default=float(_env("MEDIA_TIMEOUT") or 30.0),
                     help="seconds without RTP (not on hold) that end a leg; 0: off")
     # ---- end SIP admission ----
+    # ---- missed calls ----
+    up.add_argument("--missed-retention", type=float,
+                    default=float(_env("MISSED_RETENTION") or 30.0), metavar="DAYS",
+                    help="days refused INVITEs are kept for the missed-calls page "
+                         "(at most 64 MiB in any case, oldest dropped first)")
+    up.add_argument("--missed-window", type=float,
+                    default=float(_env("MISSED_WINDOW") or 60.0), metavar="SECONDS",
+                    help="period over which refusals beyond the first few per source "
+                         "and reason are kept as one record with a count")
+    # ---- end missed calls ----
     up.add_argument("--disk-reserve", default=_env("DISK_RESERVE", "auto"),
                     help="free space kept for calls in progress: below it new calls get "
                          "503; auto = max(1 GiB, 5%% of the data disk), at most 25%%; "
@@ -208,6 +218,8 @@ def config_from_args(args: argparse.Namespace) -> NodeConfig:
         "sip_tcp_max": args.sip_tcp_max,
         "media_timeout_s": args.media_timeout,
         "disk_reserve": args.disk_reserve,
+        "missed_retention_days": args.missed_retention,
+        "missed_window_s": args.missed_window,
     }
     if args.node_id:
         values["node_id"] = args.node_id

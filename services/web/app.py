@@ -25,6 +25,7 @@ from callrec.store import ObjectStore
 from .auth import Authenticator
 from .jobs import JobsController
 from .media import WavCache
+from .missed import MISSED
 from .ops import OPS
 from .pages import PAGES
 from .recordings import RecordingsController
@@ -94,6 +95,7 @@ def create_app(
             JobsController,
             *OPS,
             *PAGES,
+            *MISSED,
             static,
         ],
         # Order matters: a cross-site request is refused before its credentials are

@@ -42,6 +42,8 @@ from contracts.v1.rpc import (
 )
 
 from .app import BackendUnavailable, create_app
+from .missed import MissedPage, MissedQuery
+from .missed_stream import read_missed
 
 # A lazy proxy: binding now would freeze the pre-`setup_logging` (non-JSON) config.
 log = structlog.get_logger(component="web")
@@ -193,6 +195,10 @@ class NatsBackend:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
         return replies
+
+    async def missed_calls(self, query: MissedQuery) -> MissedPage:
+        """This node's refused INVITEs (services/web/missed.py)."""
+        return await read_missed(self.ctx.js, self.ctx.node_id, query)
 
     async def health(self) -> dict[str, str]:
         checks: dict[str, str] = {}

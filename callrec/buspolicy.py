@@ -29,7 +29,7 @@ PUBLISHES: dict[Identity, tuple[str, ...]] = {
     "sync": ("recording.replicated", "recording.completed"),
     "scheduler": (
         "role.changed", "job.run_started", "job.run_progressed", "job.run_finished",
-        "job.run_failed", "recording.purged", "recording.exported",
+        "job.run_failed", "recording.purged", "recording.exported", "job.target_checked",
     ),
     # The web acts for a signed-in user: users, holds, purges by an admin, jobs.
     "web": (

@@ -325,6 +325,22 @@ class RecordingExported(EventBase):
     size_bytes: int
 
 
+class JobTargetChecked(EventBase):
+    """The maintenance role holder's answer for one definition of an export job
+    (`config_event_id`, the `job.configured` fact): does its target folder exist and
+    take files there? Only the holder writes exports, so only its answer counts;
+    any node's web shows it after a save. Stated when the definition arrives and
+    again by each new holder (`role_epoch`)."""
+
+    type: Literal["job.target_checked"] = "job.target_checked"
+    job_id: str
+    config_event_id: str
+    target_dir: str
+    ok: bool
+    detail: str = Field(max_length=2000)
+    role_epoch: int = 0
+
+
 Role = Literal["user", "supervisor", "admin"]
 """A user plays their own extensions' recordings; a supervisor also those of the groups
 they supervise; an admin everything (delete, hold, users, jobs, audit)."""
@@ -408,6 +424,7 @@ Event = Annotated[
     | JobRunFinished
     | JobRunFailed
     | RecordingExported
+    | JobTargetChecked
     | UserUpserted
     | UserRemoved
     | RecordingParticipantsChanged

@@ -213,6 +213,7 @@ class RolesStatus(Message):
     holder: str | None
     epoch: int
     since: datetime | None = None
+    previous: str | None = None  # the holder before `since` (a dead node's lost role)
 
 
 class JobRunView(Message):
@@ -233,6 +234,19 @@ class JobRunView(Message):
     would_purge: list[str] = Field(default_factory=list)
 
 
+class TargetCheckView(Message):
+    """The last `job.target_checked` of an export job (`current`: it checked the job's
+    definition in force now, by the node holding the maintenance role now)."""
+
+    ok: bool
+    detail: str
+    node_id: str
+    checked_at: datetime
+    target_dir: str
+    config_event_id: str
+    current: bool = False
+
+
 class JobView(Message):
     job_id: str
     name: str
@@ -244,6 +258,8 @@ class JobView(Message):
     runs_on: str | None = None  # the node holding the maintenance role
     last_runs: list[JobRunView] = Field(default_factory=list)
     exported: int | None = None
+    config_event_id: str | None = None  # the job.configured fact in force
+    target_check: TargetCheckView | None = None  # export jobs
 
 
 class JobsStatus(Message):

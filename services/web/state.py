@@ -126,6 +126,9 @@ class WebState:
     # How long a change waits for the local scheduler to show it (so a GET right
     # after a POST sees it); the change is stored either way.
     job_apply_wait_s: float = JOB_APPLY_WAIT_S
+    # How long saving an export job waits for the maintenance role holder's check of
+    # its target (a replicated `job.target_checked`); reported as pending after that.
+    target_check_wait_s: float = 5.0
 
     async def require(self, request: Request[Any, Any, Any]) -> Principal:
         """The caller, as the login guard authenticated them before the body was read."""

@@ -158,6 +158,7 @@ def backend() -> FakeBackend:
 def client(backend: FakeBackend, tmp_path: Path) -> Iterator[TestClient[Any]]:
     app = create_app(backend, open_store(tmp_path), tmp_path)
     app.state["web"].job_apply_wait_s = 0.2
+    app.state["web"].target_check_wait_s = 0.2
     with TestClient(app=app) as test_client:
         yield test_client
 

@@ -23,13 +23,13 @@ IDENTITIES: tuple[Identity, ...] = ("node", *SERVICE_IDENTITIES)
 # The facts each identity may state: the only events it publishes today.
 PUBLISHES: dict[Identity, tuple[str, ...]] = {
     "signaling": ("recording.started", "recording.ended", "recording.participants_changed"),
-    "capture": ("recording.completed", "recording.failed"),
+    "capture": ("recording.completed", "recording.failed", "recording.waveform_computed"),
     "catalog": (),
     # recording.completed: a peer's interrupted copy of a call whose origin fell silent.
     "sync": ("recording.replicated", "recording.completed"),
     "scheduler": (
         "role.changed", "job.run_started", "job.run_progressed", "job.run_finished",
-        "job.run_failed", "recording.purged", "recording.exported",
+        "job.run_failed", "recording.purged", "recording.exported", "job.target_checked",
     ),
     # The web acts for a signed-in user: users, holds, purges by an admin, jobs.
     "web": (

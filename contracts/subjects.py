@@ -116,6 +116,7 @@ CATALOG = "catalog"
 CATALOG_SEARCH = "search"
 CATALOG_GET = "get"
 CATALOG_ANNOTATIONS = "annotations"
+CATALOG_WAVEFORM = "waveform"
 
 
 def inbox_prefix(identity: str) -> str:

@@ -26,10 +26,11 @@ from .audit import AUDIT_ROUTES
 from .audit_http import APP_STATE_KEY, AuditService, audit_middleware, memory_audit
 from .auth import Authenticator
 from .jobs import JobsController
-from .media import WavCache
+from .media import MediaCache
 from .missed import MISSED
 from .ops import OPS
 from .pages import PAGES
+from .recording_page import RECORDING_PAGE
 from .recordings import RecordingsController
 from .security import MAX_BODY_BYTES, PUBLIC, add_security_headers, login_guard, same_origin_guard
 from .state import Backend, BackendUnavailable, WebState
@@ -75,15 +76,15 @@ def create_app(
     backend: Backend, store: ObjectStore, data_dir: Path, registry: Registry | None = None,
     audit: AuditService | None = None,
 ) -> Litestar:
-    """The app for one node; `data_dir` holds the WAV cache, `registry` gets the security
-    counters (the service's; a private one in tests), `audit` the node's audit trail (the
-    service's, on the bus; without it one kept in this process)."""
+    """The app for one node; `data_dir` holds the transcode and waveform cache,
+    `registry` gets the security counters (the service's; a private one in tests), `audit`
+    the node's audit trail (the service's, on the bus; without it one kept in this process)."""
     registry = registry if registry is not None else Registry("web", backend.node_id)
     audit = audit if audit is not None else memory_audit(backend, data_dir, registry)
     state = WebState(
         backend=backend,
         store=store,
-        wav=WavCache(store, data_dir / "cache" / "wav"),
+        media=MediaCache(store, data_dir / "cache"),
         auth=Authenticator(backend.users, metrics=registry, audit=audit.auditor.record),
         csrf_refused=registry.counter(
             "web_csrf_refused_total",
@@ -96,6 +97,7 @@ def create_app(
     return Litestar(
         route_handlers=[
             RecordingsController,
+            *RECORDING_PAGE,
             UsersController,
             JobsController,
             *OPS,

@@ -149,8 +149,10 @@ def draft_for(scope: Scope, opt: Mapping[str, Any], status: int) -> AuditDraft |
     detail: dict[str, AuditValue]
     if action in READ_ACTIONS:
         detail = {k: v for k, v in query}
-    else:
+    else:  # a change: which handler, and the other path parameters (a tag's name)
         detail = {"op": str(getattr(handler, "handler_name", ""))[:64]}
+        detail.update({k: str(v) for k, v in params.items()
+                       if str(v) != target and k not in detail})
     return AuditDraft(action=cast(AuditAction, action), actor=_actor(scope),
                       target=target[:256] if target else None, source_address=_source(scope),
                       outcome=outcome_of(status), detail=detail)

@@ -28,6 +28,10 @@ from .state import MAX_OFFSET, parse_when, read_body, record_json, web_state
 
 log = structlog.get_logger(component="web")
 
+AUDIO_FORMATS = {"ogg": "audio/ogg", "opus": "audio/ogg", "wav": "audio/wav",
+                 "mp3": "audio/mpeg"}
+"""`?format=` of the audio route and its media type (ogg and opus: the stored object)."""
+
 
 async def _set_hold(
     request: Request[Any, Any, Any], recording_id: str, hold: bool
@@ -108,24 +112,26 @@ class RecordingsController(Controller):
         fmt: Annotated[str, QueryParameter(name="format", max_length=8)] = "ogg",
         download: FromQuery[bool] = False,
     ) -> Response[Any]:
+        """The stored Ogg/Opus (`ogg`, or `opus` to download it named .opus), or a
+        transcode made once (`wav`, `mp3`); HTTP Range in every format."""
         web = web_state(request)
         principal = await web.require(request)
-        if fmt not in ("ogg", "opus", "wav"):
-            raise ValidationException(detail="format must be ogg or wav")
+        if fmt not in AUDIO_FORMATS:
+            raise ValidationException(detail="format must be ogg, opus, wav or mp3")
         record = await web.visible_record(principal, recording_id)
         chunks: Any
         try:
-            if fmt == "wav":
-                path = await web.wav.ensure(record)
+            if fmt in ("wav", "mp3"):
+                path = await web.media.ensure(record, "wav" if fmt == "wav" else "mp3")
                 size = path.stat().st_size
-                media_type, etag, extension = "audio/wav", f'"{record.sha256}-wav"', "wav"
+                media_type, etag, extension = AUDIO_FORMATS[fmt], f'"{record.sha256}-{fmt}"', fmt
 
                 def chunks(first: int, last: int) -> Iterator[bytes]:
                     return file_chunks(path, first, last + 1)
 
             else:
                 size = web.store.size(record.object_key)
-                media_type, etag, extension = record.content_type, f'"{record.sha256}"', "ogg"
+                media_type, etag, extension = record.content_type, f'"{record.sha256}"', fmt
 
                 def chunks(first: int, last: int) -> Iterator[bytes]:
                     return web.store.read_range(record.object_key, first, last + 1)

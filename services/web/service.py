@@ -26,12 +26,15 @@ from contracts.v1.events import (
     EventBase,
     LegalHoldChanged,
     RecordingCompleted,
+    RecordingNoteAdded,
     RecordingPurged,
+    RecordingTagChanged,
     UserRemoved,
     UserUpserted,
 )
 from contracts.v1.holds import HoldLedger
 from contracts.v1.rpc import (
+    Annotations,
     Empty,
     GetRequest,
     JobsStatus,
@@ -39,6 +42,7 @@ from contracts.v1.rpc import (
     SearchRequest,
     SearchResult,
     SyncStatus,
+    Waveform,
 )
 
 from .app import BackendUnavailable, create_app
@@ -47,6 +51,7 @@ from .audit_log import JetStreamChain
 from .audit_store import AuditProjection
 from .missed import MissedPage, MissedQuery
 from .missed_stream import read_missed
+from .recording_page import shows
 
 # A lazy proxy: binding now would freeze the pre-`setup_logging` (non-JSON) config.
 log = structlog.get_logger(component="web")
@@ -55,6 +60,7 @@ SCATTER_WINDOW_S = 0.3
 USER_APPLY_WAIT_S = 2.0
 PURGE_APPLY_WAIT_S = 2.0
 HOLD_APPLY_WAIT_S = 2.0
+ANNOTATION_APPLY_WAIT_S = 2.0
 STATUS_TIMEOUT_S = 1.0
 
 
@@ -74,6 +80,9 @@ class NatsBackend:
         self._sync_status = subjects.rpc(ctx.node_id, subjects.SYNC, subjects.SYNC_STATUS)
         self._roles = subjects.rpc(ctx.node_id, subjects.SCHEDULER, subjects.SCHEDULER_ROLES)
         self._jobs = subjects.rpc(ctx.node_id, subjects.SCHEDULER, subjects.SCHEDULER_JOBS)
+        self._waveform = subjects.rpc(ctx.node_id, subjects.CATALOG, subjects.CATALOG_WAVEFORM)
+        self._annotations = subjects.rpc(ctx.node_id, subjects.CATALOG,
+                                         subjects.CATALOG_ANNOTATIONS)
 
     async def search(
         self, request: SearchRequest, visible_numbers: list[str] | None, timeout: float = 5.0
@@ -132,6 +141,41 @@ class NatsBackend:
                 pass  # the catalog may be restarting; the purge is stored anyway
             if time.monotonic() >= deadline:
                 log.warning("purge_not_applied_yet", recording_id=event.recording_id)
+                return False
+            await asyncio.sleep(0.05)
+
+    async def waveform(self, recording_id: str, timeout: float = 2.0) -> Waveform | None:
+        try:
+            return await bus.call(self.ctx.nc, self._waveform,
+                                  GetRequest(recording_id=recording_id), Waveform, timeout)
+        except bus.RpcError as exc:
+            raise BackendUnavailable(str(exc)) from exc
+
+    async def annotations(self, recording_id: str, timeout: float = 2.0) -> Annotations:
+        try:
+            found = await bus.call(self.ctx.nc, self._annotations,
+                                   GetRequest(recording_id=recording_id), Annotations, timeout)
+        except bus.RpcError as exc:
+            raise BackendUnavailable(str(exc)) from exc
+        return found if found is not None else Annotations(recording_id=recording_id)
+
+    async def annotate(self, event: RecordingNoteAdded | RecordingTagChanged) -> bool:
+        """Publish, then wait (bounded) until the local catalog shows the change, so a
+        GET right after the POST or PUT sees it; stored either way."""
+        try:
+            await bus.publish_event(self.ctx.js, event)
+        except Exception as exc:
+            raise BackendUnavailable(f"could not store the change: {exc}") from exc
+        deadline = time.monotonic() + ANNOTATION_APPLY_WAIT_S
+        while True:
+            try:
+                if shows(await self.annotations(event.recording_id, timeout=0.5), event):
+                    return True
+            except BackendUnavailable:
+                pass  # the catalog may be restarting; the change is stored anyway
+            if time.monotonic() >= deadline:
+                log.warning("annotation_not_applied_yet", recording_id=event.recording_id,
+                            event_id=event.event_id)
                 return False
             await asyncio.sleep(0.05)
 

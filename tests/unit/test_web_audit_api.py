@@ -128,3 +128,21 @@ def test_unstorable_read_is_not_served(client: TestClient[Any]) -> None:
     # A failed login is still answered (a refusal), the entry dropped and counted.
     assert client.get("/api/jobs", auth=("alice", "wrong")).status_code == 401
     assert service(client).auditor.m_failed.get(action="login_failed") == 1
+
+
+def test_notes_and_tags_are_audited(client: TestClient[Any], backend: FakeBackend) -> None:
+    async def annotate(event: Any) -> bool:
+        return True
+
+    backend.annotate = annotate  # type: ignore[method-assign]
+    assert client.post("/api/recordings/rec1/notes", json={"text": "called back"},
+                       auth=ADMIN).status_code == 201
+    assert client.put("/api/recordings/rec1/tags/urgent", auth=ADMIN).status_code == 200
+    assert client.delete("/api/recordings/rec1/tags/urgent", auth=ADMIN).status_code == 200
+    assert client.post("/api/recordings/rec1/notes", json={"text": "x"},
+                       auth=ALICE).status_code == 403  # a plain user does not annotate
+    found = {(e["action"], e["actor"], e["outcome"], e["detail"].get("tag"))
+             for e in entries(client, target="rec1")}
+    assert {("note", "admin", "ok", None), ("tag", "admin", "ok", "urgent"),
+            ("note", "alice", "denied", None)} <= found
+    assert len([e for e in entries(client, action="tag")]) == 2

@@ -13,7 +13,6 @@ import json
 import os
 import sys
 import time
-import uuid
 from collections.abc import Sequence
 from dataclasses import replace
 from datetime import datetime
@@ -23,12 +22,13 @@ from nats.aio.client import Client as NatsClient
 from pydantic import ValidationError
 
 from contracts import subjects
-from contracts.v1.events import JobRunRequested, Role
+from contracts.v1.events import Role
 from contracts.v1.rpc import Empty, JobRunView, JobsStatus, JobView
 
-from . import bus, credentials
+from . import bus, credentials, jobcommands
 from .config import NodeConfig
-from .jobspec import JobInput, describe_errors, event_from_view
+from .jobcommands import JobRuleError
+from .jobspec import definition_of, schedule_text, summary
 from .logs import setup_logging
 from .supervisor import load_users, run_node
 from .usercommands import (
@@ -119,6 +119,16 @@ def build_parser() -> argparse.ArgumentParser:
                     default=float(_env("MEDIA_TIMEOUT") or 30.0),
                     help="seconds without RTP (not on hold) that end a leg; 0: off")
     # ---- end SIP admission ----
+    # ---- missed calls ----
+    up.add_argument("--missed-retention", type=float,
+                    default=float(_env("MISSED_RETENTION") or 30.0), metavar="DAYS",
+                    help="days refused INVITEs are kept for the missed-calls page "
+                         "(at most 64 MiB in any case, oldest dropped first)")
+    up.add_argument("--missed-window", type=float,
+                    default=float(_env("MISSED_WINDOW") or 60.0), metavar="SECONDS",
+                    help="period over which refusals beyond the first few per source "
+                         "and reason are kept as one record with a count")
+    # ---- end missed calls ----
     up.add_argument("--disk-reserve", default=_env("DISK_RESERVE", "auto"),
                     help="free space kept for calls in progress: below it new calls get "
                          "503; auto = max(1 GiB, 5%% of the data disk), at most 25%%; "
@@ -179,8 +189,15 @@ def build_parser() -> argparse.ArgumentParser:
         "add", help="create a job, or replace one's definition (--job): the API's JSON body")
     add_job.add_argument("definition", help='JSON, e.g. \'{"name": "nightly purge", '
                          '"kind": "purge", "schedule": {"cron": "0 2 * * *"}, '
-                         '"purge": {"retention_days": 365}}\', or @file.json')
+                         '"purge": {"retention": "365d"}}\', or @file.json '
+                         '(durations: 365 or 365d, 2w, 12h, 90min, 30s; a bare number of '
+                         'retention is days)')
     add_job.add_argument("--job", default=None, help="id or name of the job to replace")
+    show = jobs_sub.add_parser(
+        "show", help="a job's definition as 'jobs add' takes it (retention in days)")
+    show.add_argument("job", help="job id or name")
+    remove = jobs_sub.add_parser("remove", help="delete a job (its history stays)")
+    remove.add_argument("job", help="job id or name")
     for verb in ("pause", "resume"):
         toggle = jobs_sub.add_parser(verb, help=f"{verb} a job's schedule")
         toggle.add_argument("job", help="job id or name")
@@ -220,6 +237,8 @@ def config_from_args(args: argparse.Namespace) -> NodeConfig:
         "sip_tcp_max": args.sip_tcp_max,
         "media_timeout_s": args.media_timeout,
         "disk_reserve": args.disk_reserve,
+        "missed_retention_days": args.missed_retention,
+        "missed_window_s": args.missed_window,
     }
     if args.node_id:
         values["node_id"] = args.node_id
@@ -384,14 +403,11 @@ async def _jobs_status(nc: NatsClient, node_id: str) -> JobsStatus:
 
 
 def _find_job(status: JobsStatus, ref: str) -> JobView:
-    """A job by id, or by name (names are unique through the web API)."""
-    by_id = [job for job in status.jobs if job.job_id == ref]
-    matches = by_id or [job for job in status.jobs if job.name == ref]
-    if len(matches) == 1:
-        return matches[0]
-    if not matches:
-        raise UsageError(f"no job {ref!r} (see 'callrec jobs list')")
-    raise UsageError(f"several jobs are named {ref!r}: use the job id")
+    """A job by id, or by name (`jobcommands.find`, as the web)."""
+    try:
+        return jobcommands.find(status, ref)
+    except JobRuleError as exc:
+        raise UsageError(f"{exc.message} (see 'callrec jobs list')") from None
 
 
 def _when(value: datetime | None) -> str:
@@ -399,8 +415,7 @@ def _when(value: datetime | None) -> str:
 
 
 def _schedule_text(job: JobView) -> str:
-    cron, interval = job.schedule.get("cron"), job.schedule.get("interval_s")
-    text = f"cron {cron}" if cron else f"every {interval}s" if interval else "-"
+    text = schedule_text(job.schedule)
     return f"{text} (paused)" if job.paused else text
 
 
@@ -442,8 +457,9 @@ async def _jobs(args: argparse.Namespace) -> int:
                 return 0
             for job in sorted(status.jobs, key=lambda j: j.name):
                 last = _outcome(job.last_runs[0]) if job.last_runs else "never run"
-                print("\t".join([job.job_id, job.name, job.kind, _schedule_text(job),
-                                 f"next {_when(job.next_run) if not job.paused else '-'}",
+                next_run = _when(job.next_run) if not job.paused else "-"
+                print("\t".join([job.job_id, job.name, job.kind, summary(job),
+                                 _schedule_text(job), f"next {next_run}",
                                  f"runs on {job.runs_on or 'nobody'}", last]))
             return 0
         if args.jobs_command == "history":
@@ -459,16 +475,28 @@ async def _jobs(args: argparse.Namespace) -> int:
         if args.jobs_command == "add":
             return await _add_job(nc, node_id, status, args)
         job = _find_job(status, args.job)
+        if args.jobs_command == "show":
+            print(json.dumps(definition_of(job), indent=2))
+            return 0
+        if args.jobs_command == "remove":
+            await bus.publish_event(nc.jetstream(),
+                                    jobcommands.remove(status, job.job_id, node_id))
+            print(f"{job.name} removed")
+            return 0
         if args.jobs_command in ("pause", "resume"):
             paused = args.jobs_command == "pause"
-            if job.paused == paused:
+            try:
+                event = jobcommands.set_paused(status, job.job_id, paused, node_id,
+                                               _requester())
+            except JobRuleError as exc:
+                raise UsageError(exc.message) from None
+            if event is None:
                 print(f"{job.name} is already {'paused' if paused else 'active'}")
                 return 0
-            event = event_from_view(job, node_id, _requester(), paused)
             await bus.publish_event(nc.jetstream(), event)
             print(f"{job.name} {'paused' if paused else 'resumed'}")
             return 0
-        return await _run_job(nc, node_id, job, args)
+        return await _run_job(nc, node_id, status, job, args)
     finally:
         await nc.drain()
 
@@ -480,25 +508,24 @@ async def _add_job(
     if text.startswith("@"):
         text = Path(text[1:]).read_text()
     try:
-        definition = JobInput.model_validate_json(text)
-    except ValidationError as exc:
-        raise UsageError(f"invalid job: {describe_errors(exc)}") from None
-    job_id = _find_job(status, args.job).job_id if args.job else uuid.uuid4().hex
-    clash = [j for j in status.jobs if j.name == definition.name and j.job_id != job_id]
-    if clash:
-        raise UsageError(f"a job named {definition.name!r} exists already ({clash[0].job_id})")
-    await bus.publish_event(nc.jetstream(), definition.event(node_id, job_id, _requester()))
-    print(job_id)
+        definition = jobcommands.parse_definition(text)
+        event = jobcommands.configure(status, definition, node_id, _requester(), args.job)
+    except JobRuleError as exc:
+        raise UsageError(f"invalid job: {exc.message}" if exc.kind == "invalid"
+                         else exc.message) from None
+    await bus.publish_event(nc.jetstream(), event)
+    print(event.job_id)
     return 0
 
 
-async def _run_job(nc: NatsClient, node_id: str, job: JobView, args: argparse.Namespace) -> int:
+async def _run_job(nc: NatsClient, node_id: str, status: JobsStatus, job: JobView,
+                   args: argparse.Namespace) -> int:
     """Request a run; with --wait, follow the status until a run that was not there
     before ends (whichever node holds the role runs it)."""
     before = {run.run_id for run in job.last_runs}
     js = nc.jetstream()
-    await bus.publish_event(js, JobRunRequested(
-        node_id=node_id, job_id=job.job_id, dry_run=args.dry_run, requested_by=_requester()))
+    await bus.publish_event(js, jobcommands.request_run(
+        status, job.job_id, args.dry_run, node_id, _requester()))
     print(f"run of {job.name} requested" + (" (dry run)" if args.dry_run else ""))
     if not args.wait:
         return 0

@@ -21,11 +21,18 @@ import threading
 from pathlib import Path
 from typing import Any, Literal
 
-from contracts.v1.events import LegalHoldChanged, RecordingCompleted, RecordingPurged
+from contracts.v1.events import (
+    LegalHoldChanged,
+    RecordingCompleted,
+    RecordingPurged,
+    RecordingWaveformComputed,
+)
 from contracts.v1.holds import Facts, HoldFact, PurgeFact
 from contracts.v1.holds import micros as to_micros
-from contracts.v1.rpc import SearchRequest, SearchResult
+from contracts.v1.rpc import SearchRequest, SearchResult, Waveform
 from contracts.v1.winner import better
+
+from . import waveforms
 
 SCHEMA_VERSION = 4
 """Bump when the tables change: an old file is then dropped and rebuilt by replay."""
@@ -107,6 +114,7 @@ class Catalog:
                 self._db.execute(f"DROP TABLE IF EXISTS {table}")
             self._db.executescript(_SCHEMA)
             self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        waveforms.create(self._db)
         self._last_sequence = self._load_checkpoint()
         self._count = int(
             self._db.execute("SELECT COUNT(*) FROM recordings WHERE purged = 0").fetchone()[0]
@@ -158,6 +166,8 @@ class Catalog:
                         effect = self._insert(event, seq)
                     elif isinstance(event, RecordingPurged | LegalHoldChanged):
                         effect = self._fact(event, seq)
+                    elif isinstance(event, RecordingWaveformComputed):
+                        waveforms.apply(self._db, event, seq)
                     if effect is not None:
                         changed.append((event, effect))
                         delta += {"cataloged": 1, "restored": 1, "purged": -1}.get(effect, 0)
@@ -291,6 +301,10 @@ class Catalog:
                 (recording_id,),
             ).fetchone()
         return RecordingCompleted.model_validate_json(row[0]) if row else None
+
+    def waveform(self, recording_id: str) -> Waveform | None:
+        with self._lock:
+            return waveforms.get(self._db, recording_id)
 
     def search(
         self, request: SearchRequest, visible_numbers: list[str] | None = None

@@ -19,7 +19,7 @@ from callrec import bus
 from callrec.service import ServiceContext
 from contracts import subjects
 from contracts.v1.events import RecordingCompleted
-from contracts.v1.rpc import GetRequest, SearchRequest, SearchResult
+from contracts.v1.rpc import GetRequest, SearchRequest, SearchResult, Waveform
 
 from .projection import Catalog
 
@@ -73,6 +73,11 @@ async def main(ctx: ServiceContext) -> None:
         )
         return found
 
+    async def on_waveform(request: GetRequest) -> BaseModel | None:
+        # None (no stored peaks) is an ordinary answer: the web then computes them.
+        found: Waveform | None = await asyncio.to_thread(catalog.waveform, request.recording_id)
+        return found
+
     node = ctx.node_id
     await bus.serve(
         ctx.nc, subjects.rpc(node, subjects.CATALOG, subjects.CATALOG_SEARCH),
@@ -80,6 +85,10 @@ async def main(ctx: ServiceContext) -> None:
     )
     await bus.serve(
         ctx.nc, subjects.rpc(node, subjects.CATALOG, subjects.CATALOG_GET), GetRequest, on_get
+    )
+    await bus.serve(
+        ctx.nc, subjects.rpc(node, subjects.CATALOG, subjects.CATALOG_WAVEFORM), GetRequest,
+        on_waveform,
     )
     follower = asyncio.create_task(
         bus.follow_event_batches(

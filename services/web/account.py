@@ -32,7 +32,8 @@ from callrec.usercommands import (
 )
 from callrec.users import User
 
-from .auth import AuthAudit, LoginThrottled, Principal
+from .audit_log import AuditDraft
+from .auth import LoginThrottled, Principal
 from .pages import NO_STORE, page
 from .security import PUBLIC, SESSION_COOKIE, authenticate, safe_next, throttled
 from .sessions import ABSOLUTE_S
@@ -121,8 +122,6 @@ async def login(request: Request[Any, Any, Any]) -> Response[Any]:
         raise throttled(exc) from None
     if user is None:
         raise NotAuthorizedException(detail="wrong username or password")
-    await web.auth.audit(AuthAudit("login", user.username, address_key(_source(request)),
-                                   "session"))
     log.info("login", username=user.username, source=address_key(_source(request)))
     return _login_answer(request, web, user, {"username": user.username, "role": user.role,
                                               "next": safe_next(data.next)})
@@ -135,8 +134,9 @@ async def logout(request: Request[Any, Any, Any]) -> Response[Any]:
     principal = web.auth.session(request.cookies.get(SESSION_COOKIE))
     web.auth.sessions.end(request.cookies.get(SESSION_COOKIE))
     if principal is not None:
-        await web.auth.audit(AuthAudit("logout", principal.username,
-                                       address_key(_source(request)), "session"))
+        await web.auth.audit_event(AuditDraft(action="logout", actor=principal.username,
+                                              source_address=_source(request),
+                                              detail={"method": "session"}))
         log.info("logout", username=principal.username)
     return Response(content={"logged_out": principal is not None}, headers=NO_STORE,
                     cookies=[cleared_cookie(request)])
@@ -185,7 +185,8 @@ class AccountController(Controller):
         data = await read_body(request, PasswordInput)
         try:
             user = await web.auth.check_password(principal.username, data.current_password,
-                                                 _source(request), via=principal.via)
+                                                 _source(request), via=principal.via,
+                                                 audit_success=False)
         except LoginThrottled as exc:
             raise throttled(exc) from None
         if user is None:
@@ -198,8 +199,10 @@ class AccountController(Controller):
             raise rule_error(exc) from None
         await web.backend.publish_user_event(event)
         ended = web.auth.sessions.end_user(principal.username)
-        await web.auth.audit(AuthAudit("password_changed", principal.username,
-                                       address_key(_source(request)), principal.via))
+        await web.auth.audit_event(AuditDraft(
+            action="password_change", actor=principal.username, target=principal.username,
+            source_address=_source(request),
+            detail={"method": principal.via, "sessions_ended": ended}))
         log.info("password_changed", username=principal.username, sessions_ended=ended)
         if principal.via == "session":
             return _login_answer(request, web, user, {"changed": True}, new_hash)
@@ -227,9 +230,9 @@ class AccountController(Controller):
         except UserRuleError as exc:
             raise rule_error(exc) from None
         await web.backend.publish_user_event(event)
-        await web.auth.audit(AuthAudit("token_issued", principal.username,
-                                       address_key(_source(request)), principal.via,
-                                       detail=event.token_id))
+        await web.auth.audit_event(AuditDraft(
+            action="token_created", actor=principal.username, target=event.token_id,
+            source_address=_source(request), detail={"name": event.name}))
         log.info("token_issued", username=principal.username, token_id=event.token_id)
         return Response(content={"token": token, "token_id": event.token_id,
                                  "name": event.name,
@@ -249,9 +252,9 @@ class AccountController(Controller):
         except UserRuleError as exc:
             raise rule_error(exc) from None
         await web.backend.publish_user_event(event)
-        await web.auth.audit(AuthAudit("token_revoked", principal.username,
-                                       address_key(_source(request)), principal.via,
-                                       detail=token_id))
+        await web.auth.audit_event(AuditDraft(
+            action="token_revoked", actor=principal.username, target=token_id,
+            source_address=_source(request), detail={"method": principal.via}))
         log.info("token_revoked", username=principal.username, token_id=token_id)
 
 

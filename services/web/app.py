@@ -26,11 +26,15 @@ from callrec.metrics import Registry
 from callrec.store import ObjectStore
 
 from .account import ACCOUNT
+from .audit import AUDIT_ROUTES
+from .audit_http import APP_STATE_KEY, AuditService, audit_middleware, memory_audit
 from .auth import Authenticator
 from .jobs import JobsController
-from .media import WavCache
+from .media import MediaCache
+from .missed import MISSED
 from .ops import OPS
 from .pages import PAGES
+from .recording_page import RECORDING_PAGE
 from .recordings import RecordingsController
 from .security import (
     MAX_BODY_BYTES,
@@ -101,18 +105,21 @@ def openapi() -> OpenAPIConfig:
 
 
 def create_app(
-    backend: Backend, store: ObjectStore, data_dir: Path, registry: Registry | None = None
+    backend: Backend, store: ObjectStore, data_dir: Path, registry: Registry | None = None,
+    audit: AuditService | None = None,
 ) -> Litestar:
-    """The app for one node; `data_dir` holds the WAV cache, `registry` gets the security
-    counters (the service's; a private one in tests)."""
+    """The app for one node; `data_dir` holds the transcode and waveform cache,
+    `registry` gets the security counters (the service's; a private one in tests), `audit`
+    the node's audit trail (the service's, on the bus; without it one kept in this process)."""
     registry = registry if registry is not None else Registry("web", backend.node_id)
+    audit = audit if audit is not None else memory_audit(backend, data_dir, registry)
     sessions = SessionStore(data_dir / "web" / "sessions.sqlite")
     registry.gauge("web_sessions", "Login sessions open on this node", sessions.count)
     state = WebState(
         backend=backend,
         store=store,
-        wav=WavCache(store, data_dir / "cache" / "wav"),
-        auth=Authenticator(backend.users, metrics=registry,
+        media=MediaCache(store, data_dir / "cache"),
+        auth=Authenticator(backend.users, metrics=registry, audit=audit.auditor.record,
                            sessions=sessions),
         csrf_refused=registry.counter(
             "web_csrf_refused_total",
@@ -125,19 +132,23 @@ def create_app(
     return Litestar(
         route_handlers=[
             RecordingsController,
+            *RECORDING_PAGE,
             *USERS,
             *ACCOUNT,
             JobsController,
             *OPS,
             *PAGES,
+            *AUDIT_ROUTES,
+            *MISSED,
             static,
         ],
         # Order matters: a cross-site request is refused before its credentials are
         # checked, and both happen before any handler reads (or validates) a body.
         guards=[same_origin_guard, login_guard],
         before_send=[add_security_headers],
+        middleware=[audit_middleware],
         request_max_body_size=MAX_BODY_BYTES,
-        state=State({"web": state}),
+        state=State({"web": state, APP_STATE_KEY: audit}),
         template_config=templates(),
         exception_handlers={BackendUnavailable: _unavailable, LoginRequired: _login_required,
                             500: _internal_error},

@@ -29,18 +29,22 @@ from callrec.users import UserEvent, UsersProjection
 from contracts.v1.events import (
     EventBase,
     RecordingCompleted,
+    RecordingNoteAdded,
     RecordingPurged,
+    RecordingTagChanged,
 )
 from contracts.v1.rpc import (
+    Annotations,
     JobsStatus,
     RolesStatus,
     SearchRequest,
     SearchResult,
     SyncStatus,
+    Waveform,
 )
 
 from .auth import Authenticator, Principal
-from .media import WavCache
+from .media import MediaCache
 from .security import authenticate
 from .validation import valid_recording_id
 
@@ -95,6 +99,18 @@ class Backend(Protocol):
         """Store a fact (jobs, legal hold); raises BackendUnavailable when it cannot."""
         ...
 
+    async def waveform(self, recording_id: str) -> Waveform | None:
+        """The stored peaks of the copy the catalog lists; None when it has none."""
+        ...
+
+    async def annotations(self, recording_id: str) -> Annotations:
+        """A recording's notes and current tags, as the local catalog projects them."""
+        ...
+
+    async def annotate(self, event: RecordingNoteAdded | RecordingTagChanged) -> bool:
+        """Store a note or tag change; True once the local catalog shows it (bounded)."""
+        ...
+
     async def metrics_texts(self) -> list[str]: ...
 
     async def health(self) -> dict[str, str]: ...
@@ -104,12 +120,15 @@ class Backend(Protocol):
 class WebState:
     backend: Backend
     store: ObjectStore
-    wav: WavCache
+    media: MediaCache
     auth: Authenticator
     csrf_refused: Counter
     # How long a change waits for the local scheduler to show it (so a GET right
     # after a POST sees it); the change is stored either way.
     job_apply_wait_s: float = JOB_APPLY_WAIT_S
+    # How long saving an export job waits for the maintenance role holder's check of
+    # its target (a replicated `job.target_checked`); reported as pending after that.
+    target_check_wait_s: float = 5.0
 
     async def require(self, request: Request[Any, Any, Any]) -> Principal:
         """The caller, as the login guard authenticated them before the body was read."""

@@ -22,6 +22,8 @@ from callrec.usercommands import (
 from callrec.users import User, UsersProjection
 
 from .account import rule_error
+from .audit_http import AUDIT
+from .audit_log import AuditDraft
 from .pages import page
 from .security import ADMIN_ONLY, authenticate, role_at_least
 from .state import web_state
@@ -64,7 +66,7 @@ class UsersController(Controller):
     async def list_groups(self, request: Request[Any, Any, Any]) -> dict[str, Any]:
         return {"items": groups_json(web_state(request).backend.users)}
 
-    @post("/users")
+    @post("/users", opt={AUDIT: "user_change"})
     async def upsert_user(
         self, request: Request[Any, Any, Any], data: JSONBody[UserInput]
     ) -> Response[Any]:
@@ -90,6 +92,14 @@ class UsersController(Controller):
         except UserRuleError as exc:
             raise rule_error(exc) from None
         await web.backend.publish_user_event(event)
+        rights = ("role", "extensions", "groups", "supervises", "disabled")
+        before = user_json(existing) if existing else {}
+        changed = [k for k in rights if before.get(k) != getattr(event, k)]
+        if changed:  # what the user may see or do: its own entry, beyond "user_change"
+            await web.auth.audit_event(AuditDraft(
+                action="permission_change", actor=principal.username, target=data.username,
+                source_address=request.client.host if request.client else None,
+                detail={k: str(getattr(event, k))[:200] for k in changed}))
         if password_hash is not None or data.disabled:
             # Their sessions end anyway (stamp or disabled); drop them here at once.
             web.auth.sessions.end_user(data.username)
@@ -99,7 +109,7 @@ class UsersController(Controller):
         body = user_json(saved) if saved else {"username": data.username, "pending": True}
         return Response(content=body, status_code=200 if existing else 201)
 
-    @delete("/users/{username:str}", status_code=204)
+    @delete("/users/{username:str}", status_code=204, opt={AUDIT: "user_change"})
     async def remove_user(self, request: Request[Any, Any, Any], username: FromPath[str]) -> None:
         web = web_state(request)
         principal = await authenticate(request)

@@ -25,6 +25,7 @@ from tests.support import browser
 from tests.support.cluster import eventually, record_call, start_pair
 from tests.support.node import ADMIN_PASSWORD, Node
 from tests.support.screens import shot
+from tests.support.weblogin import basic_headers
 
 pytestmark = pytest.mark.e2e
 
@@ -221,7 +222,7 @@ def screenshot(node: Node, name: str) -> None:
                                               args=browser.CHROMIUM_ARGS)
         try:
             context = chromium.new_context(
-                http_credentials={"username": "admin", "password": ADMIN_PASSWORD},
+                extra_http_headers=basic_headers("admin", ADMIN_PASSWORD),
                 viewport={"width": 1400, "height": 900})
             page = context.new_page()
             page.set_default_timeout(30_000)

@@ -25,6 +25,7 @@ from tests.support import browser
 from tests.support.cluster import eventually
 from tests.support.node import ADMIN_PASSWORD, Node
 from tests.support.screens import shot
+from tests.support.weblogin import basic_headers
 
 pytestmark = pytest.mark.e2e
 
@@ -172,7 +173,7 @@ def in_browser(node: Node, look: Any) -> None:
                                               args=browser.CHROMIUM_ARGS)
         try:
             context = chromium.new_context(
-                http_credentials={"username": "admin", "password": ADMIN_PASSWORD})
+                extra_http_headers=basic_headers("admin", ADMIN_PASSWORD))
             page = context.new_page()
             errors: list[str] = []
             page.on("pageerror", lambda exc: errors.append(str(exc)))

@@ -20,6 +20,7 @@ from tests.e2e.test_jobs_engine import cluster_events
 from tests.support import browser, screens
 from tests.support.cluster import ROLE_TIMEOUT, eventually, holder, start_pair
 from tests.support.node import ADMIN_PASSWORD, Node
+from tests.support.weblogin import basic_headers
 
 if browser.missing():
     pytest.skip(str(browser.missing()), allow_module_level=True)
@@ -65,7 +66,7 @@ def test_target_checked_by_the_holder_and_a_killed_node_shown_down(
                                               args=browser.CHROMIUM_ARGS)
         try:
             context = chromium.new_context(
-                http_credentials={"username": "admin", "password": ADMIN_PASSWORD},
+                extra_http_headers=basic_headers("admin", ADMIN_PASSWORD),
                 viewport={"width": 1400, "height": 1000},
             )
             page = context.new_page()

@@ -22,6 +22,7 @@ from tests.support import browser, sipp
 from tests.support.cluster import eventually, recordings, start_pair
 from tests.support.node import ADMIN_PASSWORD, Node
 from tests.support.screens import shot
+from tests.support.weblogin import basic_headers
 
 if browser.missing():
     pytest.skip(str(browser.missing()), allow_module_level=True)
@@ -90,7 +91,7 @@ def test_the_page_plays_draws_both_speakers_and_seeks(
                                      args=browser.CHROMIUM_ARGS)
         try:
             context = chromium.new_context(
-                http_credentials={"username": "admin", "password": ADMIN_PASSWORD},
+                extra_http_headers=basic_headers("admin", ADMIN_PASSWORD),
                 viewport={"width": 1400, "height": 1000})
             page = context.new_page()
             page.set_default_timeout(30_000)
@@ -158,7 +159,7 @@ def test_notes_and_tags_added_on_one_node_show_on_the_other(
                                      args=browser.CHROMIUM_ARGS)
         try:
             context = chromium.new_context(
-                http_credentials={"username": "admin", "password": ADMIN_PASSWORD},
+                extra_http_headers=basic_headers("admin", ADMIN_PASSWORD),
                 viewport={"width": 1400, "height": 1000})
             page = context.new_page()
             page.set_default_timeout(30_000)

@@ -3,7 +3,8 @@ called as a plain user and as a supervisor of a real node with real recordings, 
 its path parameters filled with what they may not see (another user's recording, a real
 username, a real job, another user's token, a hidden note). Nothing of a recording they
 may not see (its id, its parties' numbers and names, its notes, its audio) may come back,
-and a route that names such a recording answers 403 or 404 only. The routes come from
+nor a job's export target, and a route that names such a recording answers 403 or 404
+only. The routes come from
 `create_app()`'s table, not a list: a route added later without a guard fails here.
 
 Users: alice (71001, group sales), carol (71003, sales), bob (71002, support), and
@@ -55,6 +56,7 @@ class World:
     notes: dict[str, tuple[str, str]]  # call key -> (note id, note text)
     job_id: str
     admin_token_id: str
+    job_target: str  # an export target: for admins only
 
 
 @pytest.fixture(scope="module")
@@ -98,7 +100,8 @@ def _populate(node: Node, tmp: Path) -> World:
         assert job.status_code == 201, job.text
         token = admin.post("/api/account/tokens", json={"name": "admin's own"})
         assert token.status_code == 201, token.text
-    return World(node, ids, notes, job.json()["job_id"], token.json()["token_id"])
+    return World(node, ids, notes, job.json()["job_id"], token.json()["token_id"],
+                 str(tmp / "export"))
 
 
 async def _add_notes(node: Node, ids: dict[str, str],
@@ -194,6 +197,8 @@ def _sweep(client: httpx.Client, world: World, who: str, methods: set[str]) -> l
                     if response.status_code >= 500:
                         problems.append(f"{label}: server error {response.text[:200]}")
                     found = leaks(response.text, world, hidden)
+                    if world.job_target in response.text:
+                        found.append(f"job target {world.job_target}")
                     if found:
                         problems.append(f"{label}: leaks {found}")
                     if response.headers.get("content-type", "").startswith("audio/"):

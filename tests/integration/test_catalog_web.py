@@ -543,9 +543,15 @@ class FakePeers:
 
 
 def test_cluster_status(node: Node) -> None:
-    with FakePeers(node.config) as peers, node.client(auth=ALICE) as client:
+    with FakePeers(node.config) as peers, node.client(auth=ADMIN) as client:
         with node.client(auth=None) as anon:
             assert anon.get("/api/cluster").status_code == 401
+        with node.client(auth=ALICE) as plain:
+            # A plain user sees the nodes and who holds the role, no internals.
+            seen = plain.get("/api/cluster").json()
+            assert seen["internals"] is False and "scheduler" not in seen
+            assert all(set(n) <= {"node_id", "state", "current_role", "down"}
+                       for n in seen["nodes"])
         # The scheduler is not running yet: the rest is still served.
         body = client.get("/api/cluster").json()
         assert body["node_id"] == NODE
@@ -564,6 +570,7 @@ def test_cluster_status(node: Node) -> None:
                 "node_id": NODE, "configured_role": "primary", "current_role": "active",
                 "priority": 0, "alive": True, "last_heartbeat_age_s": 0.1, "recordings": 3,
                 "lag": {"peer": {"events": 0, "events_last_contact_s": 0.2, "objects": 1}},
+                "state": "up", "down": None,
             }
             assert peer["current_role"] == "standby" and peer["lag"] == {}
             taken = last_event(node.config, "role.changed")
@@ -590,7 +597,7 @@ def test_cluster_status(node: Node) -> None:
             assert body["nodes"] == [{
                 "node_id": NODE, "configured_role": None, "current_role": "active",
                 "priority": None, "alive": None, "last_heartbeat_age_s": None,
-                "recordings": None, "lag": {},
+                "recordings": None, "lag": {}, "state": "unknown", "down": None,
             }]
             page = client.get("/cluster")
             assert page.status_code == 200 and "maintenance role" in page.text

@@ -313,7 +313,7 @@ def test_password_change_needs_the_current_one_and_ends_the_other_sessions(
 
 
 def test_api_tokens_work_on_the_api_until_revoked(
-    client: TestClient[Any], backend: Users
+    client: TestClient[Any], backend: Users, audit: list[AuditDraft]
 ) -> None:
     created = client.post("/api/account/tokens", auth=ALICE,
                           json={"name": "integration", "expires_in_days": 30})
@@ -338,6 +338,8 @@ def test_api_tokens_work_on_the_api_until_revoked(
     assert bad.status_code == 401
     assert client.delete(f"/api/account/tokens/{token_id}", auth=ALICE).status_code == 204
     assert client.get("/api/recordings", headers=bearer).status_code == 401
+    trail = [(a.action, a.actor, a.target) for a in audit if a.action.startswith("token")]
+    assert trail == [("token_created", "alice", token_id), ("token_revoked", "alice", token_id)]
 
 
 # --------------------------------------------------------------------------- roles

@@ -27,7 +27,7 @@ from contracts.v1.events import AuditAction
 from .audit_http import AUDIT, audit_service
 from .audit_store import MAX_PAGE, AuditProjection, AuditQuery, AuditRow
 from .pages import page
-from .security import ADMIN, ADMIN_ONLY
+from .security import ADMIN
 from .state import parse_when, web_state
 
 ACTIONS: tuple[str, ...] = get_args(AuditAction)
@@ -88,7 +88,7 @@ class AuditController(Controller):
     """`/api/audit*`: the trail as this node holds it; administrators only."""
 
     path = "/api"
-    opt = ADMIN_ONLY
+    guards = (ADMIN,)
 
     @get("/audit")
     async def list_entries(
@@ -99,7 +99,7 @@ class AuditController(Controller):
         limit: Annotated[int, QueryParameter(ge=1, le=MAX_PAGE)] = 50,
         offset: Annotated[int, QueryParameter(ge=0, le=10_000_000)] = 0,
     ) -> dict[str, Any]:
-        await web_state(request).require_admin(request)
+        await web_state(request).require(request)
         query = query_of(actor, action, node, target, from_, to, limit, offset)
         total, rows = await asyncio.to_thread(audit_service(request).projection.query, query)
         return {"total": total, "limit": limit, "offset": offset,
@@ -112,7 +112,7 @@ class AuditController(Controller):
         from_: Annotated[str | None, QueryParameter(name="from", max_length=64)] = None,
         to: Annotated[str | None, QueryParameter(max_length=64)] = None,
     ) -> Stream:
-        await web_state(request).require_admin(request)
+        await web_state(request).require(request)
         query = query_of(actor, action, node, target, from_, to)
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
         service = audit_service(request)
@@ -125,7 +125,7 @@ class AuditController(Controller):
     @get("/audit/verify")
     async def verify(self, request: Request[Any, Any, Any]) -> dict[str, Any]:
         """Each node's chain in this node's copy, checked against the head it announces."""
-        await web_state(request).require_admin(request)
+        await web_state(request).require(request)
         service = audit_service(request)
         heads: Mapping[str, AuditHead | None] = await service.heads() or {}
         began = time.perf_counter()
@@ -139,10 +139,10 @@ class AuditController(Controller):
         }
 
 
-@get("/audit", include_in_schema=False, opt={ADMIN: True})
+@get("/audit", include_in_schema=False, guards=[ADMIN])
 async def audit_page(request: Request[Any, Any, Any]) -> Template:
     web = web_state(request)
-    principal = await web.require_admin(request)
+    principal = await web.require(request)
     return page("audit", request, principal, actions=ACTIONS)
 
 

@@ -78,9 +78,10 @@ class Principal:
     def may_see(self, numbers: list[str]) -> bool:
         return self.numbers is None or any(n in self.numbers for n in numbers)
 
-    def may_annotate(self, numbers: list[str]) -> bool:
-        """Notes and tags: the supervisor of a recording (or an admin), never a plain user."""
-        return self.at_least("supervisor") and self.may_see(numbers)
+    def may_annotate(self) -> bool:
+        """Notes and tags on a recording this principal may see (`visible_record` decides
+        that): supervisors and admins; a plain user plays and downloads only."""
+        return self.at_least("supervisor")
 
 
 

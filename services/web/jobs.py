@@ -42,12 +42,12 @@ from contracts.v1.events import JobConfigured
 from contracts.v1.rpc import JobsStatus, JobView
 
 from .audit_http import AUDIT
-from .security import ADMIN_ONLY
+from .security import ADMIN
 from .state import SCHEDULER_SILENT, WebState, read_body, web_state
 
 log = structlog.get_logger(component="web")
 
-JOB_CHANGE = {**ADMIN_ONLY, AUDIT: "job_change"}
+JOB_CHANGE = {AUDIT: "job_change"}
 TARGET_CHECK_WAIT_S = 5.0
 """How long a save waits for the role holder's check of the export target (it travels
 to this node as a replicated fact; well under a second when the cluster is healthy)."""
@@ -173,7 +173,7 @@ async def _save(
     request: Request[Any, Any, Any], ref: str | None
 ) -> tuple[JobConfigured, dict[str, Any]]:
     web = web_state(request)
-    principal = await web.require_admin(request)
+    principal = await web.require(request)
     if ref is not None:
         status: JobsStatus | None = (await _known(web, ref))[0]
     else:
@@ -196,7 +196,7 @@ async def _save(
 
 async def _set_paused(request: Request[Any, Any, Any], job_id: str, paused: bool) -> Response[Any]:
     web = web_state(request)
-    principal = await web.require_admin(request)
+    principal = await web.require(request)
     status, job = await _known(web, job_id)
     try:
         event = jobcommands.set_paused(status, job.job_id, paused, web.backend.node_id,
@@ -224,19 +224,19 @@ class JobsController(Controller):
         body = _admin_view(status) if principal.admin else redact(status)
         return Response(content=body, headers={"Cache-Control": "no-store"})
 
-    @post("/", opt=JOB_CHANGE)
+    @post("/", guards=[ADMIN], opt=JOB_CHANGE)
     async def create_job(self, request: Request[Any, Any, Any]) -> Response[Any]:
         _, body = await _save(request, None)
         return Response(content=body, status_code=201)
 
-    @put("/{job_id:str}", opt=JOB_CHANGE)
+    @put("/{job_id:str}", guards=[ADMIN], opt=JOB_CHANGE)
     async def edit_job(
         self, request: Request[Any, Any, Any], job_id: FromPath[str]
     ) -> Response[Any]:
         _, body = await _save(request, job_id)
         return Response(content=body)
 
-    @post("/preview", status_code=200, opt=ADMIN_ONLY)
+    @post("/preview", status_code=200, guards=[ADMIN])
     async def preview_job(self, request: Request[Any, Any, Any]) -> Response[Any]:
         """What a form means while it is typed: the next runs of its schedule and the
         example path of its template, or the error each would get when saved."""
@@ -244,26 +244,26 @@ class JobsController(Controller):
         return Response(content=preview(data, datetime.now(UTC)),
                         headers={"Cache-Control": "no-store"})
 
-    @post("/{job_id:str}/pause", status_code=200, opt=JOB_CHANGE)
+    @post("/{job_id:str}/pause", status_code=200, guards=[ADMIN], opt=JOB_CHANGE)
     async def pause_job(
         self, request: Request[Any, Any, Any], job_id: FromPath[str]
     ) -> Response[Any]:
         return await _set_paused(request, job_id, True)
 
-    @post("/{job_id:str}/resume", status_code=200, opt=JOB_CHANGE)
+    @post("/{job_id:str}/resume", status_code=200, guards=[ADMIN], opt=JOB_CHANGE)
     async def resume_job(
         self, request: Request[Any, Any, Any], job_id: FromPath[str]
     ) -> Response[Any]:
         return await _set_paused(request, job_id, False)
 
-    @post("/{job_id:str}/run", status_code=202, opt={**ADMIN_ONLY, AUDIT: "job_run"})
+    @post("/{job_id:str}/run", status_code=202, guards=[ADMIN], opt={AUDIT: "job_run"})
     async def run_job(
         self, request: Request[Any, Any, Any], job_id: FromPath[str]
     ) -> Response[Any]:
         """Ask for a run now; whichever node holds the maintenance role starts it. Answers
         with the new run's id when the local scheduler shows it in time."""
         web = web_state(request)
-        principal = await web.require_admin(request)
+        principal = await web.require(request)
         status, job = await _known(web, job_id)
         data = await read_body(request, RunInput, optional=True)
         before = {run.run_id for run in job.last_runs}
@@ -287,12 +287,12 @@ class JobsController(Controller):
             status_code=202,
         )
 
-    @delete("/{job_id:str}", status_code=200, opt=JOB_CHANGE)
+    @delete("/{job_id:str}", status_code=200, guards=[ADMIN], opt=JOB_CHANGE)
     async def remove_job(
         self, request: Request[Any, Any, Any], job_id: FromPath[str]
     ) -> Response[Any]:
         web = web_state(request)
-        principal = await web.require_admin(request)
+        principal = await web.require(request)
         status, job = await _known(web, job_id)
         event = jobcommands.remove(status, job.job_id, web.backend.node_id)
         await web.backend.publish_event(event)

@@ -23,7 +23,7 @@ from litestar.response import Template
 from contracts.v1.missed import MISSED_REASONS, REASON_TEXT, MissedCall, MissedReason, clean
 
 from .pages import page
-from .security import ADMIN_ONLY
+from .security import ADMIN
 from .state import BackendUnavailable, parse_when, web_state
 
 DEFAULT_LIMIT = 50
@@ -121,13 +121,13 @@ def record_json(seq: int, record: MissedCall) -> dict[str, Any]:
 class MissedController(Controller):
     path = "/api/missed"
 
-    @get("/", opt=ADMIN_ONLY)
+    @get("/", guards=[ADMIN])
     async def list_missed(self, request: Request[Any, Any, Any]) -> Response[Any]:
         """This node's refused INVITEs, newest first. Query: since, until (ISO 8601),
         reason, status, number (part of a number or name), source (address prefix),
         limit (≤ 200), before (the `next_before` of the previous page)."""
         web = web_state(request)
-        await web.require_admin(request)
+        await web.require(request)
         query = parse_query(dict(request.query_params))
         backend = web.backend
         if not isinstance(backend, MissedSource):
@@ -146,11 +146,11 @@ class MissedController(Controller):
         )
 
 
-@get("/missed", include_in_schema=False, opt=ADMIN_ONLY)
+@get("/missed", include_in_schema=False, guards=[ADMIN])
 async def missed_page(request: Request[Any, Any, Any]) -> Template:
     """The page; its script (/static/missed.js) reads `/api/missed`."""
     web = web_state(request)
-    principal = await web.require_admin(request)
+    principal = await web.require(request)
     return page("missed", request, principal,
                 reasons=[(reason, REASON_TEXT[reason]) for reason in MISSED_REASONS])
 

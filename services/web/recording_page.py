@@ -42,14 +42,6 @@ MAX_TAG = 64
 MAX_NOTE = 4000
 
 
-def may_annotate(principal: Principal) -> bool:
-    """Who adds notes and tags (to recordings they can see): supervisors and admins; a
-    user plays and downloads only. Principals without a role (before roles) are
-    admins or users by their admin flag."""
-    role = getattr(principal, "role", "admin" if principal.admin else "user")
-    return role in ("admin", "supervisor")
-
-
 def normalize_tag(text: str) -> str:
     """One tag however it is typed: whitespace collapsed, lower case (the catalog's rule)."""
     return " ".join(text.split()).lower()
@@ -148,7 +140,7 @@ async def recording_page(request: Request[Any, Any, Any], recording_id: FromPath
     return page("recording", request, principal, record=record, parties=parties(record),
                 lanes=lane_names(record), warnings=warnings(record), codecs=codecs, dtmf=dtmf,
                 held=record.recording_id in web.backend.held,
-                may_annotate=may_annotate(principal))
+                may_annotate=principal.may_annotate())
 
 
 # --------------------------------------------------------------------------- API
@@ -198,7 +190,7 @@ class RecordingPageController(Controller):
         principal = await web.require(request)
         record = await web.visible_record(principal, recording_id)
         found = await web.backend.annotations(record.recording_id)
-        return {**found.model_dump(mode="json"), "may_annotate": may_annotate(principal)}
+        return {**found.model_dump(mode="json"), "may_annotate": principal.may_annotate()}
 
     @post("/notes", status_code=201, opt={AUDIT: "note"})
     async def add_note(
@@ -253,7 +245,7 @@ class RecordingPageController(Controller):
         web = web_state(request)
         principal = await web.require(request)
         record = await web.visible_record(principal, recording_id)
-        if not may_annotate(principal):
+        if not principal.may_annotate():
             raise PermissionDeniedException(detail="supervisor or administrator role required")
         return principal, record
 

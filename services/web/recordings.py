@@ -23,7 +23,7 @@ from contracts.v1.rpc import SearchRequest
 from .audit_http import AUDIT, AUDIT_IF
 from .media import AudioMissing, download_name
 from .ranges import RangeNotSatisfiable, content_range, parse_range
-from .security import ADMIN_ONLY
+from .security import ADMIN
 from .state import MAX_OFFSET, parse_when, read_body, record_json, web_state
 
 log = structlog.get_logger(component="web")
@@ -39,7 +39,7 @@ async def _set_hold(
     """Legal hold is a fact like any other: every node's purge sees it and skips the
     recording, wherever the purge job runs."""
     web = web_state(request)
-    principal = await web.require_admin(request)
+    principal = await web.require(request)
     record = await web.visible_record(principal, recording_id)
     body = await read_body(request, HoldInput, optional=True)
     event = LegalHoldChanged(
@@ -183,14 +183,14 @@ class RecordingsController(Controller):
         body = chunks(first, last) if size > 0 else iter(())
         return Stream(body, status_code=status, media_type=media_type, headers=headers)
 
-    @delete("/{recording_id:str}", status_code=202, opt={**ADMIN_ONLY, AUDIT: "delete"})
+    @delete("/{recording_id:str}", status_code=202, guards=[ADMIN], opt={AUDIT: "delete"})
     async def purge_recording(
         self, request: Request[Any, Any, Any], recording_id: FromPath[str]
     ) -> Response[Any]:
         """Delete everywhere: a `recording.purged` fact that every node applies to its copy.
         A recording under legal hold is refused (409) until the hold is released."""
         web = web_state(request)
-        principal = await web.require_admin(request)
+        principal = await web.require(request)
         record = await web.visible_record(principal, recording_id)
         if record.recording_id in web.backend.held:
             log.warning(
@@ -225,14 +225,14 @@ class RecordingsController(Controller):
             status_code=202,
         )
 
-    @put("/{recording_id:str}/hold", opt={**ADMIN_ONLY, AUDIT: "hold"})
+    @put("/{recording_id:str}/hold", guards=[ADMIN], opt={AUDIT: "hold"})
     async def hold_recording(
         self, request: Request[Any, Any, Any], recording_id: FromPath[str]
     ) -> Response[Any]:
         return await _set_hold(request, recording_id, True)
 
     @delete("/{recording_id:str}/hold", status_code=200,
-            opt={**ADMIN_ONLY, AUDIT: "release"})
+            guards=[ADMIN], opt={AUDIT: "release"})
     async def release_recording(
         self, request: Request[Any, Any, Any], recording_id: FromPath[str]
     ) -> Response[Any]:

@@ -54,8 +54,6 @@ ALLOWED_FETCH_SITES = frozenset({"same-origin", "none"})
 JSON_MEDIA_TYPE = "application/json"
 DEFAULT_PORTS = {"http": 80, "https": 443}
 PUBLIC = "public"  # handler opt: served without authentication (health, metrics, static)
-ADMIN = "admin"  # handler opt: administrators only, refused before the body is read
-ADMIN_ONLY = {ADMIN: True}
 SESSION_COOKIE = "callrec_session"
 MAX_NEXT_LEN = 2000
 PRINCIPAL = "principal"  # where the login guard leaves who is calling (request state)
@@ -187,9 +185,7 @@ async def login_guard(connection: ASGIConnection[Any, Any, Any, Any],
     needs it) before its body is read or validated."""
     if handler.opt.get(PUBLIC):
         return
-    principal = await authenticate(connection)
-    if handler.opt.get(ADMIN) and not principal.admin:
-        raise PermissionDeniedException(detail="administrator role required")
+    await authenticate(connection)
 
 
 def role_at_least(role: Role) -> Guard:
@@ -203,6 +199,12 @@ def role_at_least(role: Role) -> Guard:
 
     guard.__name__ = f"role_at_least_{role}"
     return guard
+
+
+ADMIN = role_at_least("admin")
+"""The guard of everything only an administrator may do (delete, hold, users, jobs,
+audit, missed calls); like the login guard, it refuses before any body is read."""
+SUPERVISOR = role_at_least("supervisor")
 
 
 class LoginRequired(Exception):

@@ -17,7 +17,6 @@ from litestar import Request
 from litestar.exceptions import (
     HTTPException,
     NotFoundException,
-    PermissionDeniedException,
     ValidationException,
 )
 from pydantic import BaseModel, ValidationError
@@ -133,12 +132,6 @@ class WebState:
     async def require(self, request: Request[Any, Any, Any]) -> Principal:
         """The caller, as the login guard authenticated them before the body was read."""
         return await authenticate(request)
-
-    async def require_admin(self, request: Request[Any, Any, Any]) -> Principal:
-        principal = await self.require(request)
-        if not principal.admin:
-            raise PermissionDeniedException(detail="administrator role required")
-        return principal
 
     async def visible_record(self, principal: Principal, recording_id: str) -> RecordingCompleted:
         """The recording if it exists and this user may see it; 404 either way otherwise."""

@@ -25,7 +25,7 @@ from .account import rule_error
 from .audit_http import AUDIT
 from .audit_log import AuditDraft
 from .pages import page
-from .security import ADMIN_ONLY, authenticate, role_at_least
+from .security import ADMIN, authenticate
 from .state import web_state
 from .validation import UserInput
 
@@ -54,8 +54,7 @@ def groups_json(users: UsersProjection) -> list[dict[str, Any]]:
 
 class UsersController(Controller):
     path = "/api"
-    guards = (role_at_least("admin"),)
-    opt = ADMIN_ONLY
+    guards = (ADMIN,)
 
     @get("/users")
     async def list_users(self, request: Request[Any, Any, Any]) -> dict[str, Any]:
@@ -122,7 +121,7 @@ class UsersController(Controller):
         log.info("user_removed", username=username, by=principal.username)
 
 
-@get("/users", guards=[role_at_least("admin")], opt=ADMIN_ONLY, include_in_schema=False)
+@get("/users", guards=[ADMIN], include_in_schema=False)
 async def users_page(request: Request[Any, Any, Any]) -> Template:
     """Users and groups; the script (/static/users.js) uses the API above."""
     return page("users", request, await authenticate(request))

@@ -8,8 +8,7 @@ from __future__ import annotations
 import io
 from collections.abc import Iterator
 from pathlib import Path
-from types import SimpleNamespace
-from typing import Any, cast
+from typing import Any
 
 import av
 import numpy as np
@@ -30,8 +29,7 @@ from contracts.v1.events import (
 )
 from contracts.v1.rpc import Annotations, Note, Waveform
 from services.web.app import create_app
-from services.web.auth import Principal
-from services.web.recording_page import may_annotate, party_kind
+from services.web.recording_page import party_kind
 from tests.unit.test_web_jobs_api import ADMIN, ALICE, FakeBackend, recording
 
 RATE = 16000
@@ -281,18 +279,6 @@ def test_a_user_plays_but_does_not_annotate(client: TestClient[Any], backend: Ba
         response = client.request(method, path, json=body, auth=ALICE)
         assert response.status_code == 403, (method, path, response.text)
     assert backend.published == []
-
-
-def test_supervisors_and_admins_annotate_users_do_not() -> None:
-    def who(role: str | None, admin: bool = False) -> Principal:
-        fields: dict[str, Any] = {"username": "x", "admin": admin, "extensions": ()}
-        if role is not None:
-            fields["role"] = role
-        return cast(Principal, SimpleNamespace(**fields))
-
-    assert may_annotate(who("supervisor")) and may_annotate(who("admin", True))
-    assert not may_annotate(who("user"))
-    assert may_annotate(who(None, True)) and not may_annotate(who(None, False))
 
 
 # --------------------------------------------------------------------------- visibility

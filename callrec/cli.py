@@ -133,6 +133,12 @@ def build_parser() -> argparse.ArgumentParser:
                     help="free space kept for calls in progress: below it new calls get "
                          "503; auto = max(1 GiB, 5%% of the data disk), at most 25%%; "
                          "or a size (2G, 500M) or a share (10%%); 0: off")
+    up.add_argument("--number-plan", action="append", dest="number_plan", metavar="RULE",
+                    default=[r.strip() for r in (_env("NUMBER_PLAN") or "").split(",")
+                             if r.strip()],
+                    help="map recorded numbers to extensions (repeatable, first match "
+                         "wins): PATTERN[/N], X = any digit, keep the last N digits, "
+                         "e.g. +4930123452XXX/4")
 
     users = sub.add_parser("users", help="manage users (the node must be running)")
     users.add_argument("--data-dir", default=_env("DATA_DIR", "./data"))
@@ -239,6 +245,7 @@ def config_from_args(args: argparse.Namespace) -> NodeConfig:
         "disk_reserve": args.disk_reserve,
         "missed_retention_days": args.missed_retention,
         "missed_window_s": args.missed_window,
+        "number_plan": tuple(args.number_plan),
     }
     if args.node_id:
         values["node_id"] = args.node_id

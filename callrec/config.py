@@ -15,6 +15,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from contracts.subjects import check_node_id
+from contracts.v1.numbers import NumberPlan
 
 from .diskspace import Reserve, parse_reserve
 
@@ -63,6 +64,20 @@ class NodeConfig(BaseModel):
     # "auto" = max(1 GiB, 5 % of the data file system), at most 25 % of it; or a size
     # ("2G", "500M") or a share ("10%"); "0" turns it off (see callrec.diskspace).
     disk_reserve: str = "auto"
+    # ---- number plan ----
+    # Rules mapping a recorded number to an extension (contracts.v1.numbers), in order,
+    # e.g. "+4930123452XXX/4": what the catalog indexes and the web compares.
+    number_plan: tuple[str, ...] = ()
+
+    @field_validator("number_plan")
+    @classmethod
+    def _number_plan(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(str(rule) for rule in NumberPlan.parse(value).rules)
+
+    @property
+    def numbers(self) -> NumberPlan:
+        return NumberPlan.parse(self.number_plan)
+    # ---- end number plan ----
 
     @field_validator("disk_reserve")
     @classmethod

@@ -114,12 +114,39 @@ class ActiveRecordings(Message):
     recording_ids: list[str] = Field(default_factory=list)
 
 
+SearchSort = Literal["started", "duration"]
+SearchOrder = Literal["asc", "desc"]
+Direction = Literal["inbound", "outbound", "internal", "unknown"]
+
+
 class SearchRequest(Message):
+    """A page of recordings. Every filter is optional and they all combine with AND;
+    every field has a default so an old caller's request still means what it meant."""
+
+    # Start time range, UTC instants (the page converts the browser's local time):
+    # start_from <= started_at < start_to.
     start_from: datetime | None = None
     start_to: datetime | None = None
-    number: str | None = None
+    # A participant number containing this (the old API's `number`).
+    number: str | None = Field(default=None, max_length=64)
+    # A participant number or name containing this (case-insensitive).
+    number_or_name: str | None = Field(default=None, max_length=64)
+    # Only recordings with one of these numbers (exactly, or as the extension the node's
+    # number plan maps them to): the web resolves a user or group filter to this.
+    # ANDed with `visible_numbers`; [] matches nothing.
+    numbers_any: list[str] | None = Field(default=None, max_length=10_000)
+    direction: Direction | None = None
+    min_duration_ms: int | None = Field(default=None, ge=0)
+    tag: str | None = Field(default=None, max_length=64)
+    # Words that must all appear in one of the recording's notes (prefixes match).
+    note_text: str | None = Field(default=None, max_length=200)
+    node_id: str | None = Field(default=None, max_length=63)
+    # True: only interrupted (takeover) copies; False: only complete ones.
+    interrupted: bool | None = None
+    sort: SearchSort = "started"
+    order: SearchOrder = "desc"
     # None: no restriction (admin); a list: only recordings with one of these numbers.
-    visible_numbers: list[str] | None = None
+    visible_numbers: list[str] | None = Field(default=None, max_length=10_000)
     limit: int = Field(default=50, ge=1, le=1000)
     offset: int = Field(default=0, ge=0)
 
@@ -127,6 +154,8 @@ class SearchRequest(Message):
 class SearchResult(Message):
     total: int
     items: list[RecordingCompleted]
+    # Current tags of the listed recordings (recordings without tags are left out).
+    tags: dict[str, list[str]] = Field(default_factory=dict)
 
 
 class GetRequest(Message):

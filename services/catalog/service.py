@@ -1,5 +1,5 @@
-"""Catalog adapters: follow recording events (completions, holds, purges) into the projection,
-answer search/get RPCs.
+"""Catalog adapters: follow recording events (completions, holds, purges, notes, tags)
+into the projection, answer search/get/annotations RPCs.
 
 SQLite work runs in a worker thread so a slow search never stalls event following
 or the other RPCs on the event loop.
@@ -19,7 +19,7 @@ from callrec import bus
 from callrec.service import ServiceContext
 from contracts import subjects
 from contracts.v1.events import RecordingCompleted
-from contracts.v1.rpc import GetRequest, SearchRequest, SearchResult, Waveform
+from contracts.v1.rpc import Annotations, GetRequest, SearchRequest, SearchResult, Waveform
 
 from .projection import Catalog
 
@@ -33,9 +33,9 @@ def catalog_path(ctx: ServiceContext) -> Path:
 
 async def main(ctx: ServiceContext) -> None:
     path = catalog_path(ctx)
-    catalog = await asyncio.to_thread(Catalog, path)
+    catalog = await asyncio.to_thread(Catalog, path, ctx.config.numbers)
     log.info("catalog_opened", path=str(path), last_sequence=catalog.last_sequence,
-             recordings=catalog.count)
+             recordings=catalog.count, number_plan=catalog.plan.fingerprint())
     applied = ctx.metrics.counter(
         "catalog_events_applied_total", "Events applied to the catalog projection"
     )
@@ -78,6 +78,10 @@ async def main(ctx: ServiceContext) -> None:
         found: Waveform | None = await asyncio.to_thread(catalog.waveform, request.recording_id)
         return found
 
+    async def on_annotations(request: GetRequest) -> BaseModel | None:
+        found: Annotations = await asyncio.to_thread(catalog.annotations, request.recording_id)
+        return found
+
     node = ctx.node_id
     await bus.serve(
         ctx.nc, subjects.rpc(node, subjects.CATALOG, subjects.CATALOG_SEARCH),
@@ -89,6 +93,10 @@ async def main(ctx: ServiceContext) -> None:
     await bus.serve(
         ctx.nc, subjects.rpc(node, subjects.CATALOG, subjects.CATALOG_WAVEFORM), GetRequest,
         on_waveform,
+    )
+    await bus.serve(
+        ctx.nc, subjects.rpc(node, subjects.CATALOG, subjects.CATALOG_ANNOTATIONS),
+        GetRequest, on_annotations,
     )
     follower = asyncio.create_task(
         bus.follow_event_batches(

@@ -24,6 +24,7 @@ from litestar.template.config import TemplateConfig
 
 from callrec.metrics import Registry
 from callrec.store import ObjectStore
+from contracts.v1.numbers import NumberPlan
 
 from .account import ACCOUNT
 from .audit import AUDIT_ROUTES
@@ -107,10 +108,12 @@ def openapi() -> OpenAPIConfig:
 def create_app(
     backend: Backend, store: ObjectStore, data_dir: Path, registry: Registry | None = None,
     audit: AuditService | None = None,
+    numbers: NumberPlan | None = None,
 ) -> Litestar:
     """The app for one node; `data_dir` holds the transcode and waveform cache,
     `registry` gets the security counters (the service's; a private one in tests), `audit`
-    the node's audit trail (the service's, on the bus; without it one kept in this process)."""
+    the node's audit trail (the service's, on the bus; without it one kept in this process),
+    `numbers` the node's number plan."""
     registry = registry if registry is not None else Registry("web", backend.node_id)
     audit = audit if audit is not None else memory_audit(backend, data_dir, registry)
     sessions = SessionStore(data_dir / "web" / "sessions.sqlite")
@@ -124,6 +127,7 @@ def create_app(
         csrf_refused=registry.counter(
             "web_csrf_refused_total",
             "State-changing requests refused: cross-site, cross-origin or not JSON"),
+        numbers=numbers if numbers is not None else NumberPlan(),
     )
     static = create_static_files_router(
         path="/static", directories=[STATIC_DIR], opt={PUBLIC: True},

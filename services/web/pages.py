@@ -11,8 +11,6 @@ from typing import Any
 from litestar import Request, get
 from litestar.response import Template
 
-from contracts.v1.rpc import SearchRequest
-
 from .auth import Principal
 from .ops import cluster_data
 from .state import web_state
@@ -34,11 +32,16 @@ def page(name: str, request: Request[Any, Any, Any], principal: Principal,
 
 @get("/", include_in_schema=False)
 async def recordings_page(request: Request[Any, Any, Any]) -> Template:
-    """The newest recordings this user may see."""
+    """The recordings list: its script (/static/recordings.js) reads the filters from
+    the URL and asks `/api/recordings`. Admins get the user and group names to pick
+    from; everyone may type them (a filter only narrows what they may see)."""
     web = web_state(request)
     principal = await web.require(request)
-    result = await web.backend.search(SearchRequest(limit=100), principal.visible_numbers())
-    return page("recordings", request, principal, items=result.items, total=result.total)
+    users = web.backend.users.users.values() if principal.admin else ()
+    return page("recordings", request, principal,
+                users=sorted(u.username for u in users),
+                groups=sorted({g for u in users for g in u.groups}),
+                nodes=[web.backend.node_id])
 
 
 @get("/jobs", include_in_schema=False)

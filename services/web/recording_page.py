@@ -29,6 +29,7 @@ from contracts.v1.events import (
     RecordingTagChanged,
 )
 from contracts.v1.rpc import Annotations
+from contracts.v1.tags import normalize_tag
 
 from .audit_http import AUDIT
 from .auth import Principal
@@ -40,11 +41,6 @@ log = structlog.get_logger(component="web")
 
 MAX_TAG = 64
 MAX_NOTE = 4000
-
-
-def normalize_tag(text: str) -> str:
-    """One tag however it is typed: whitespace collapsed, lower case (the catalog's rule)."""
-    return " ".join(text.split()).lower()
 
 
 def shows(annotations: Annotations, event: RecordingNoteAdded | RecordingTagChanged) -> bool:

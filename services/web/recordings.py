@@ -14,9 +14,11 @@ from litestar import Controller, Request, Response, delete, get, put
 from litestar.exceptions import HTTPException, NotFoundException, ValidationException
 from litestar.params import FromPath, FromQuery, QueryParameter
 from litestar.response import Stream
+from pydantic import ValidationError as PydanticValidationError
 
-from callrec.jobspec import HoldInput
+from callrec.jobspec import HoldInput, describe_errors
 from callrec.store import StoreKeyError, file_chunks
+from callrec.users import UsersProjection
 from contracts.v1.events import LegalHoldChanged, RecordingPurged
 from contracts.v1.rpc import SearchRequest
 
@@ -31,6 +33,23 @@ log = structlog.get_logger(component="web")
 AUDIO_FORMATS = {"ogg": "audio/ogg", "opus": "audio/ogg", "wav": "audio/wav",
                  "mp3": "audio/mpeg"}
 """`?format=` of the audio route and its media type (ogg and opus: the stored object)."""
+
+
+def _text(value: str | None) -> str | None:
+    """A query parameter's text, None when absent or blank."""
+    return (value.strip() or None) if value else None
+
+
+def _extensions_of(users: UsersProjection, username: str | None,
+                   group: str | None) -> list[str] | None:
+    """The extensions a user and/or group filter stands for (None: no such filter).
+    An unknown user or group stands for no extension, so it finds nothing."""
+    if username is None and group is None:
+        return None
+    members = [u for u in users.users.values()
+               if (username is None or u.username == username)
+               and (group is None or group in u.groups)]
+    return sorted({ext for u in members for ext in u.extensions})
 
 
 async def _set_hold(
@@ -74,25 +93,52 @@ class RecordingsController(Controller):
         from_: Annotated[str | None, QueryParameter(name="from", max_length=64)] = None,
         to: Annotated[str | None, QueryParameter(max_length=64)] = None,
         number: Annotated[str | None, QueryParameter(max_length=64)] = None,
+        number_or_name: Annotated[str | None, QueryParameter(max_length=64)] = None,
+        user: Annotated[str | None, QueryParameter(max_length=64)] = None,
+        group: Annotated[str | None, QueryParameter(max_length=64)] = None,
+        direction: Annotated[str | None, QueryParameter(max_length=16)] = None,
+        min_duration_s: Annotated[int | None, QueryParameter(ge=0, le=86_400)] = None,
+        tag: Annotated[str | None, QueryParameter(max_length=64)] = None,
+        note_text: Annotated[str | None, QueryParameter(max_length=200)] = None,
+        node: Annotated[str | None, QueryParameter(max_length=63)] = None,
+        interrupted: Annotated[bool | None, QueryParameter()] = None,
+        sort: Annotated[str, QueryParameter(max_length=16)] = "started",
+        order: Annotated[str, QueryParameter(max_length=4)] = "desc",
         limit: Annotated[int, QueryParameter(ge=1, le=1000)] = 50,
         offset: Annotated[int, QueryParameter(ge=0, le=MAX_OFFSET)] = 0,
     ) -> dict[str, Any]:
+        """A page of the recordings the caller may see, filtered; every filter narrows
+        (a user or group filter included: it can never widen what the caller sees)."""
         web = web_state(request)
         principal = await web.require(request)
         start_from = parse_when(from_, "from")
         start_to = parse_when(to, "to")
         if start_from and start_to and start_from > start_to:
             raise ValidationException(detail="from must not be after to")
-        query = SearchRequest(
-            start_from=start_from,
-            start_to=start_to,
-            number=(number.strip() or None) if number else None,
-            limit=limit,
-            offset=offset,
-        )
+        try:
+            query = SearchRequest.model_validate({
+                "start_from": start_from,
+                "start_to": start_to,
+                "number": _text(number),
+                "number_or_name": _text(number_or_name),
+                "numbers_any": _extensions_of(web.backend.users, _text(user), _text(group)),
+                "direction": _text(direction),
+                "min_duration_ms": min_duration_s * 1000 if min_duration_s else None,
+                "tag": _text(tag),
+                "note_text": _text(note_text),
+                "node_id": _text(node),
+                "interrupted": interrupted,
+                "sort": sort,
+                "order": order,
+                "limit": limit,
+                "offset": offset,
+            })
+        except PydanticValidationError as exc:
+            raise ValidationException(detail=describe_errors(exc)) from None
         result = await web.backend.search(query, principal.visible_numbers())
-        items = [record_json(r, web.backend.held) for r in result.items]
-        return {"total": result.total, "items": items}
+        items = [{**record_json(r, web.backend.held), "tags": result.tags.get(r.recording_id, [])}
+                 for r in result.items]
+        return {"total": result.total, "limit": limit, "offset": offset, "items": items}
 
     @get("/{recording_id:str}", opt={AUDIT: "view"})
     async def recording_metadata(

@@ -343,7 +343,7 @@ async def main(ctx: ServiceContext) -> None:
     log.info("users_loaded", users=len(users.users), seq=users.last_sequence)
 
     app = create_app(backend, open_store(ctx.config.data_dir), ctx.config.data_dir, ctx.metrics,
-                     audit)
+                     audit, numbers=ctx.config.numbers)
     server = _Server(
         uvicorn.Config(
             app,

@@ -9,7 +9,7 @@ and backend outages to a 503, never a 500.
 from __future__ import annotations
 
 from collections.abc import Set as AbstractSet
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol, TypeVar
 
@@ -32,6 +32,7 @@ from contracts.v1.events import (
     RecordingPurged,
     RecordingTagChanged,
 )
+from contracts.v1.numbers import NumberPlan
 from contracts.v1.rpc import (
     Annotations,
     JobsStatus,
@@ -128,6 +129,9 @@ class WebState:
     # How long saving an export job waits for the maintenance role holder's check of
     # its target (a replicated `job.target_checked`); reported as pending after that.
     target_check_wait_s: float = 5.0
+    # The node's number plan: a recording's numbers are compared as sent and as the
+    # extension they map to, as the catalog's search does.
+    numbers: NumberPlan = field(default_factory=NumberPlan)
 
     async def require(self, request: Request[Any, Any, Any]) -> Principal:
         """The caller, as the login guard authenticated them before the body was read."""
@@ -138,7 +142,8 @@ class WebState:
         if not valid_recording_id(recording_id):
             raise ValidationException(detail="invalid recording id")
         record = await self.backend.get(recording_id)
-        if record is None or not principal.may_see(record.metadata.numbers()):
+        if record is None or not principal.may_see(sorted(self.numbers.forms(
+                record.metadata.numbers()))):
             raise NotFoundException(detail="unknown recording")
         return record
 

@@ -189,8 +189,10 @@ def test_find_play_download_annotate_audit(cluster: dict[str, Any], tmp_path: Pa
                 timeout=10000)
             shot(page, "recording-annotated")
 
-            # ... seen on node b, by the same person logged in there.
-            page_b = context.new_page()
+            # ... seen on node b, by the same person logged in there (its own browser
+            # context: cookies do not tell ports apart, and both nodes are on 127.0.0.1).
+            context_b = chromium.new_context(timezone_id=ZONE)
+            page_b = context_b.new_page()
             log_in(page_b, b.base_url, "admin", ADMIN_PASSWORD)
 
             def annotated_on_b() -> bool | None:

@@ -124,7 +124,7 @@ def warnings(record: RecordingCompleted) -> list[str]:
     return out
 
 
-@get("/recordings/{recording_id:str}", include_in_schema=False)
+@get("/recordings/{recording_id:str}", include_in_schema=False, opt={AUDIT: "view"})
 async def recording_page(request: Request[Any, Any, Any], recording_id: FromPath[str]) -> Template:
     """Player, waveform, parties, statistics, notes and tags; its script calls the API."""
     web = web_state(request)

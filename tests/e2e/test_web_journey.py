@@ -218,7 +218,7 @@ def test_find_play_download_annotate_audit(cluster: dict[str, Any], tmp_path: Pa
             def audited() -> set[str] | None:
                 response = page.request.get(f"{a.base_url}/api/audit?actor=admin&limit=500")
                 actions = {item["action"] for item in response.json()["items"]}
-                need = {"login", "search", "play", "download", "note", "tag"}
+                need = {"login", "search", "view", "play", "download", "note", "tag"}
                 return actions if need <= actions else None
 
             actions = eventually(audited, 30, "the journey in the audit")

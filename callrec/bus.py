@@ -95,6 +95,49 @@ async def ensure_streams(js: JetStreamContext, node_id: str) -> None:
                                           sources=[StreamSource(name=name)]))
 
 
+MISSED_MAX_BYTES = 64 * 1024 * 1024
+MISSED_MAX_MSG_SIZE = 16 * 1024
+
+
+def missed_stream_config(node_id: str, retention_days: float) -> StreamConfig:
+    """A node's missed calls (refused INVITEs): not facts, so bounded by age and size,
+    the oldest dropped first; what a scanner sends can never fill the disk."""
+    return StreamConfig(
+        name=subjects.missed_stream(node_id),
+        subjects=[subjects.missed(node_id)],
+        retention=RetentionPolicy.LIMITS,
+        storage=StorageType.FILE,
+        discard=DiscardPolicy.OLD,
+        max_age=retention_days * 86400.0,
+        max_bytes=MISSED_MAX_BYTES,
+        max_msg_size=MISSED_MAX_MSG_SIZE,
+        max_msgs=-1,
+        duplicate_window=min(120.0, retention_days * 86400.0),
+    )
+
+
+async def ensure_missed_stream(js: JetStreamContext, node_id: str,
+                               retention_days: float) -> None:
+    """Create the missed-calls stream, or apply a changed retention to it."""
+    config = missed_stream_config(node_id, retention_days)
+    assert config.name is not None
+    try:
+        info = await js.stream_info(config.name)
+    except NotFoundError:
+        await js.add_stream(config)
+        return
+    existing = info.config
+    wanted = (config.max_age, config.max_bytes, config.discard, config.max_msg_size,
+              config.duplicate_window)
+    if (existing.max_age, existing.max_bytes, existing.discard, existing.max_msg_size,
+            existing.duplicate_window) != wanted:
+        existing.max_age, existing.max_bytes, existing.discard = wanted[:3]
+        existing.max_msg_size, existing.duplicate_window = wanted[3:]
+        await js.update_stream(existing)
+        log.info("missed_stream_limits_set", stream=config.name,
+                 max_age_days=retention_days, max_bytes=config.max_bytes)
+
+
 def _fact_stream(name: str, **where: Any) -> StreamConfig:
     """A stream of facts: on file, kept for good, refusing new writes when full."""
     return StreamConfig(
@@ -295,6 +338,25 @@ async def follow_event_batches(
     """Like follow_events, but hands over whatever has already arrived as one batch,
     so a node catching up on a long history applies it in few transactions."""
     del node_id
+
+    async def decoded(messages: list[Msg]) -> None:
+        batch = [d for d in (_decode(m) for m in messages) if d is not None]
+        if batch:
+            await apply(batch)
+
+    await follow_message_batches(js, filter_subject, start_sequence, decoded, max_batch)
+
+
+async def follow_message_batches(
+    js: JetStreamContext,
+    filter_subject: str,
+    start_sequence: int,
+    apply: Callable[[list[Msg]], Awaitable[None]],
+    max_batch: int = 500,
+) -> None:
+    """Like follow_event_batches with the raw messages, for a projection that must know
+    the subject a fact was stored under (whose stream it came from), not only what the
+    fact says about itself."""
     sub = await _subscribe_ordered(js, filter_subject, start_sequence)
     while True:
         try:
@@ -304,6 +366,4 @@ async def follow_event_batches(
         messages = [first]
         while len(messages) < max_batch and sub.pending_msgs > 0:
             messages.append(await sub.next_msg(timeout=1))
-        batch = [d for d in (_decode(m) for m in messages) if d is not None]
-        if batch:
-            await apply(batch)
+        await apply(messages)

@@ -23,19 +23,20 @@ IDENTITIES: tuple[Identity, ...] = ("node", *SERVICE_IDENTITIES)
 # The facts each identity may state: the only events it publishes today.
 PUBLISHES: dict[Identity, tuple[str, ...]] = {
     "signaling": ("recording.started", "recording.ended", "recording.participants_changed"),
-    "capture": ("recording.completed", "recording.failed"),
+    "capture": ("recording.completed", "recording.failed", "recording.waveform_computed"),
     "catalog": (),
     # recording.completed: a peer's interrupted copy of a call whose origin fell silent.
     "sync": ("recording.replicated", "recording.completed"),
     "scheduler": (
         "role.changed", "job.run_started", "job.run_progressed", "job.run_finished",
-        "job.run_failed", "recording.purged", "recording.exported",
+        "job.run_failed", "recording.purged", "recording.exported", "job.target_checked",
     ),
     # The web acts for a signed-in user: users, holds, purges by an admin, jobs.
     "web": (
-        "user.upserted", "user.removed", "recording.hold_changed", "recording.purged",
+        "user.upserted", "user.removed", "user.token_issued", "user.token_revoked",
+        "recording.hold_changed", "recording.purged",
         "job.configured", "job.removed", "job.run_requested",
-        "recording.note_added", "recording.tag_changed",
+        "recording.note_added", "recording.tag_changed", "audit.recorded",
     ),
 }
 
@@ -63,6 +64,19 @@ _JS_READ = [
     f"$JS.FC.{subjects.CLUSTER_STREAM}.>",
     f"$JS.ACK.{subjects.CLUSTER_STREAM}.>",
 ]
+
+
+def _missed_read(node_id: str) -> list[str]:
+    """Reading this node's missed calls (the admin's page), and nothing else of it."""
+    stream = subjects.missed_stream(node_id)
+    return [
+        f"$JS.API.STREAM.MSG.GET.{stream}",
+        f"$JS.API.CONSUMER.CREATE.{stream}",
+        f"$JS.API.CONSUMER.CREATE.{stream}.>",
+        f"$JS.API.CONSUMER.DELETE.{stream}.>",
+        f"$JS.API.CONSUMER.INFO.{stream}.>",
+        f"$JS.FC.{stream}.>",
+    ]
 
 
 def permissions(identity: Identity, node_id: str) -> dict[str, Any]:
@@ -95,8 +109,15 @@ def permissions(identity: Identity, node_id: str) -> dict[str, Any]:
         publish.append(subjects.live(node_id, ">"))
     if identity == "scheduler":
         subscribe.append(subjects.all_heartbeats())
+    if identity == "signaling":
+        # Refused INVITEs, into the node's bounded missed-calls stream (not facts).
+        publish.append(subjects.missed(node_id))
     if identity == "web":
         publish.append(subjects.metrics_scatter(node_id))
+        # The audit appender reads its chain's head (and its sequence in the node's own
+        # stream, for the expected-last-subject-sequence check) where it publishes.
+        publish.append(f"$JS.API.STREAM.MSG.GET.{subjects.events_stream(node_id)}")
+        publish += _missed_read(node_id)
     return {
         "publish": {"allow": publish},
         "subscribe": {"allow": subscribe},

@@ -13,8 +13,8 @@ import json
 import os
 import sys
 import time
-import uuid
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 
@@ -22,15 +22,24 @@ from nats.aio.client import Client as NatsClient
 from pydantic import ValidationError
 
 from contracts import subjects
-from contracts.v1.events import JobRunRequested, UserRemoved, UserUpserted
+from contracts.v1.events import Role
 from contracts.v1.rpc import Empty, JobRunView, JobsStatus, JobView
 
-from . import bus, credentials
+from . import bus, credentials, jobcommands
 from .config import NodeConfig
-from .jobspec import JobInput, describe_errors, event_from_view
+from .jobcommands import JobRuleError
+from .jobspec import definition_of, schedule_text, summary
 from .logs import setup_logging
 from .supervisor import load_users, run_node
-from .users import hash_password
+from .usercommands import (
+    ROLES,
+    SaveUser,
+    UserRuleError,
+    check_password,
+    remove_user,
+    save_user,
+)
+from .users import User, UsersProjection, hash_password
 
 
 def _env(name: str, default: str | None = None) -> str | None:
@@ -110,6 +119,16 @@ def build_parser() -> argparse.ArgumentParser:
                     default=float(_env("MEDIA_TIMEOUT") or 30.0),
                     help="seconds without RTP (not on hold) that end a leg; 0: off")
     # ---- end SIP admission ----
+    # ---- missed calls ----
+    up.add_argument("--missed-retention", type=float,
+                    default=float(_env("MISSED_RETENTION") or 30.0), metavar="DAYS",
+                    help="days refused INVITEs are kept for the missed-calls page "
+                         "(at most 64 MiB in any case, oldest dropped first)")
+    up.add_argument("--missed-window", type=float,
+                    default=float(_env("MISSED_WINDOW") or 60.0), metavar="SECONDS",
+                    help="period over which refusals beyond the first few per source "
+                         "and reason are kept as one record with a count")
+    # ---- end missed calls ----
     up.add_argument("--disk-reserve", default=_env("DISK_RESERVE", "auto"),
                     help="free space kept for calls in progress: below it new calls get "
                          "503; auto = max(1 GiB, 5%% of the data disk), at most 25%%; "
@@ -129,7 +148,17 @@ def build_parser() -> argparse.ArgumentParser:
     add.add_argument("username", nargs="?", default=None)
     add.add_argument("--extension", action="append", default=[],
                      help="recorded extension / directory number (repeatable)")
-    add.add_argument("--admin", action="store_true", help="may administer the node")
+    add.add_argument("--admin", action="store_true", help="may administer the node "
+                     "(same as --role admin)")
+    add.add_argument("--role", choices=list(ROLES), default=None,
+                     help="user: own recordings; supervisor: also of the groups supervised; "
+                          "admin: everything (default: unchanged, user for a new user)")
+    add.add_argument("--supervise", action="append", default=[], dest="supervises",
+                     metavar="GROUP", help="group a supervisor supervises (repeatable)")
+    enabled = add.add_mutually_exclusive_group()
+    enabled.add_argument("--disable", action="store_true",
+                         help="may not log in (sessions and tokens stop working)")
+    enabled.add_argument("--enable", action="store_true", help="may log in again")
     add.add_argument("--password", default=None, help="web/API password")
     add.add_argument("--password-stdin", action="store_true")
     add.add_argument("--no-record", action="store_true",
@@ -166,8 +195,15 @@ def build_parser() -> argparse.ArgumentParser:
         "add", help="create a job, or replace one's definition (--job): the API's JSON body")
     add_job.add_argument("definition", help='JSON, e.g. \'{"name": "nightly purge", '
                          '"kind": "purge", "schedule": {"cron": "0 2 * * *"}, '
-                         '"purge": {"retention_days": 365}}\', or @file.json')
+                         '"purge": {"retention": "365d"}}\', or @file.json '
+                         '(durations: 365 or 365d, 2w, 12h, 90min, 30s; a bare number of '
+                         'retention is days)')
     add_job.add_argument("--job", default=None, help="id or name of the job to replace")
+    show = jobs_sub.add_parser(
+        "show", help="a job's definition as 'jobs add' takes it (retention in days)")
+    show.add_argument("job", help="job id or name")
+    remove = jobs_sub.add_parser("remove", help="delete a job (its history stays)")
+    remove.add_argument("job", help="job id or name")
     for verb in ("pause", "resume"):
         toggle = jobs_sub.add_parser(verb, help=f"{verb} a job's schedule")
         toggle.add_argument("job", help="job id or name")
@@ -207,6 +243,8 @@ def config_from_args(args: argparse.Namespace) -> NodeConfig:
         "sip_tcp_max": args.sip_tcp_max,
         "media_timeout_s": args.media_timeout,
         "disk_reserve": args.disk_reserve,
+        "missed_retention_days": args.missed_retention,
+        "missed_window_s": args.missed_window,
         "number_plan": tuple(args.number_plan),
     }
     if args.node_id:
@@ -261,6 +299,26 @@ def _cluster(args: argparse.Namespace) -> int:
     return 0
 
 
+def save_command(args: argparse.Namespace, existing: User | None,
+                 password_hash: str | None) -> SaveUser:
+    """What `users add` asks for: the given flags over the user's current state.
+    `--extension`, `--group` and `--supervise` add to the current lists (it is `add`);
+    the rules (owners of extensions, the last admin, ...) are `usercommands`', as on the web."""
+    current = SaveUser.of(existing) if existing else SaveUser(username=args.username)
+    role: Role = args.role or ("admin" if args.admin else current.role)
+    return replace(
+        current,
+        role=role,
+        display_name=args.name or current.display_name,
+        extensions=(*current.extensions, *args.extension),
+        record=not args.no_record,
+        groups=(*current.groups, *args.groups),
+        supervises=(*current.supervises, *args.supervises),
+        disabled=True if args.disable else False if args.enable else current.disabled,
+        password_hash=password_hash,
+    )
+
+
 async def _users(args: argparse.Namespace) -> int:
     url, node_id = _node_address(args)
     setup_logging("cli", node_id, "error")  # stdout is for the listing
@@ -271,46 +329,47 @@ async def _users(args: argparse.Namespace) -> int:
         if args.users_command == "list":
             for user in sorted(users.users.values(), key=lambda u: u.username):
                 print(json.dumps({
-                    "username": user.username, "admin": user.admin,
+                    "username": user.username, "role": user.role, "admin": user.admin,
                     "extensions": user.extensions, "record": user.record,
-                    "groups": user.groups,
+                    "groups": user.groups, "supervises": user.supervises,
+                    "disabled": user.disabled,
                     "has_password": bool(user.password_hash),
                 }))
             return 0
-        if args.users_command == "remove":
-            if args.username not in users.users:
-                raise UsageError(f"no user {args.username!r}")
-            await bus.publish_event(js, UserRemoved(node_id=node_id, username=args.username))
-            return 0
-        username = args.username or ("admin" if args.admin else None)
-        if not username:
-            if len(args.extension) != 1:
-                raise UsageError("give a username (or exactly one --extension to use as name)")
-            username = args.extension[0]
-        password = args.password
-        if args.password_stdin:
-            password = sys.stdin.readline().rstrip("\n")
-        elif args.admin and password is None and sys.stdin.isatty():
-            password = getpass.getpass(f"password for {username}: ")
-        existing = users.users.get(username)
-        event = UserUpserted(
-            node_id=node_id,
-            username=username,
-            display_name=args.name or (existing.display_name if existing else None),
-            password_hash=hash_password(password) if password
-            else (existing.password_hash if existing else None),
-            admin=args.admin or (existing.admin if existing else False),
-            extensions=sorted(set(args.extension) | set(existing.extensions if existing else [])),
-            record=not args.no_record,
-            groups=sorted(set(args.groups) | set(existing.groups if existing else [])),
-        )
-        if event.admin and not event.password_hash:
-            raise UsageError("an admin needs a password (--password or --password-stdin)")
+        try:
+            if args.users_command == "remove":
+                await bus.publish_event(js, remove_user(users, args.username, node_id))
+                return 0
+            if not args.username:
+                if args.admin or args.role == "admin":
+                    args.username = "admin"
+                elif len(args.extension) == 1:
+                    args.username = args.extension[0]
+                else:
+                    raise UsageError("give a username (or exactly one --extension to use "
+                                     "as name)")
+            password = args.password
+            if args.password_stdin:
+                password = sys.stdin.readline().rstrip("\n")
+            elif (args.admin or args.role == "admin") and password is None \
+                    and sys.stdin.isatty() and not _has_password(users, args.username):
+                password = getpass.getpass(f"password for {args.username}: ")
+            command = save_command(args, users.users.get(args.username),
+                                   hash_password(check_password(password)) if password
+                                   else None)
+            event = save_user(users, command, node_id)
+        except UserRuleError as exc:
+            raise UsageError(str(exc)) from None
         await bus.publish_event(js, event)
-        print(f"user {username} saved")
+        print(f"user {args.username} saved")
         return 0
     finally:
         await nc.drain()
+
+
+def _has_password(users: UsersProjection, username: str) -> bool:
+    user = users.users.get(username)
+    return user is not None and bool(user.password_hash)
 
 
 async def _connect(args: argparse.Namespace, url: str, node_id: str) -> NatsClient:
@@ -351,14 +410,11 @@ async def _jobs_status(nc: NatsClient, node_id: str) -> JobsStatus:
 
 
 def _find_job(status: JobsStatus, ref: str) -> JobView:
-    """A job by id, or by name (names are unique through the web API)."""
-    by_id = [job for job in status.jobs if job.job_id == ref]
-    matches = by_id or [job for job in status.jobs if job.name == ref]
-    if len(matches) == 1:
-        return matches[0]
-    if not matches:
-        raise UsageError(f"no job {ref!r} (see 'callrec jobs list')")
-    raise UsageError(f"several jobs are named {ref!r}: use the job id")
+    """A job by id, or by name (`jobcommands.find`, as the web)."""
+    try:
+        return jobcommands.find(status, ref)
+    except JobRuleError as exc:
+        raise UsageError(f"{exc.message} (see 'callrec jobs list')") from None
 
 
 def _when(value: datetime | None) -> str:
@@ -366,8 +422,7 @@ def _when(value: datetime | None) -> str:
 
 
 def _schedule_text(job: JobView) -> str:
-    cron, interval = job.schedule.get("cron"), job.schedule.get("interval_s")
-    text = f"cron {cron}" if cron else f"every {interval}s" if interval else "-"
+    text = schedule_text(job.schedule)
     return f"{text} (paused)" if job.paused else text
 
 
@@ -409,8 +464,9 @@ async def _jobs(args: argparse.Namespace) -> int:
                 return 0
             for job in sorted(status.jobs, key=lambda j: j.name):
                 last = _outcome(job.last_runs[0]) if job.last_runs else "never run"
-                print("\t".join([job.job_id, job.name, job.kind, _schedule_text(job),
-                                 f"next {_when(job.next_run) if not job.paused else '-'}",
+                next_run = _when(job.next_run) if not job.paused else "-"
+                print("\t".join([job.job_id, job.name, job.kind, summary(job),
+                                 _schedule_text(job), f"next {next_run}",
                                  f"runs on {job.runs_on or 'nobody'}", last]))
             return 0
         if args.jobs_command == "history":
@@ -426,16 +482,28 @@ async def _jobs(args: argparse.Namespace) -> int:
         if args.jobs_command == "add":
             return await _add_job(nc, node_id, status, args)
         job = _find_job(status, args.job)
+        if args.jobs_command == "show":
+            print(json.dumps(definition_of(job), indent=2))
+            return 0
+        if args.jobs_command == "remove":
+            await bus.publish_event(nc.jetstream(),
+                                    jobcommands.remove(status, job.job_id, node_id))
+            print(f"{job.name} removed")
+            return 0
         if args.jobs_command in ("pause", "resume"):
             paused = args.jobs_command == "pause"
-            if job.paused == paused:
+            try:
+                event = jobcommands.set_paused(status, job.job_id, paused, node_id,
+                                               _requester())
+            except JobRuleError as exc:
+                raise UsageError(exc.message) from None
+            if event is None:
                 print(f"{job.name} is already {'paused' if paused else 'active'}")
                 return 0
-            event = event_from_view(job, node_id, _requester(), paused)
             await bus.publish_event(nc.jetstream(), event)
             print(f"{job.name} {'paused' if paused else 'resumed'}")
             return 0
-        return await _run_job(nc, node_id, job, args)
+        return await _run_job(nc, node_id, status, job, args)
     finally:
         await nc.drain()
 
@@ -447,25 +515,24 @@ async def _add_job(
     if text.startswith("@"):
         text = Path(text[1:]).read_text()
     try:
-        definition = JobInput.model_validate_json(text)
-    except ValidationError as exc:
-        raise UsageError(f"invalid job: {describe_errors(exc)}") from None
-    job_id = _find_job(status, args.job).job_id if args.job else uuid.uuid4().hex
-    clash = [j for j in status.jobs if j.name == definition.name and j.job_id != job_id]
-    if clash:
-        raise UsageError(f"a job named {definition.name!r} exists already ({clash[0].job_id})")
-    await bus.publish_event(nc.jetstream(), definition.event(node_id, job_id, _requester()))
-    print(job_id)
+        definition = jobcommands.parse_definition(text)
+        event = jobcommands.configure(status, definition, node_id, _requester(), args.job)
+    except JobRuleError as exc:
+        raise UsageError(f"invalid job: {exc.message}" if exc.kind == "invalid"
+                         else exc.message) from None
+    await bus.publish_event(nc.jetstream(), event)
+    print(event.job_id)
     return 0
 
 
-async def _run_job(nc: NatsClient, node_id: str, job: JobView, args: argparse.Namespace) -> int:
+async def _run_job(nc: NatsClient, node_id: str, status: JobsStatus, job: JobView,
+                   args: argparse.Namespace) -> int:
     """Request a run; with --wait, follow the status until a run that was not there
     before ends (whichever node holds the role runs it)."""
     before = {run.run_id for run in job.last_runs}
     js = nc.jetstream()
-    await bus.publish_event(js, JobRunRequested(
-        node_id=node_id, job_id=job.job_id, dry_run=args.dry_run, requested_by=_requester()))
+    await bus.publish_event(js, jobcommands.request_run(
+        status, job.job_id, args.dry_run, node_id, _requester()))
     print(f"run of {job.name} requested" + (" (dry run)" if args.dry_run else ""))
     if not args.wait:
         return 0

@@ -90,6 +90,11 @@ class NodeConfig(BaseModel):
         return parse_reserve(self.disk_reserve)
     # ---- end disk pressure ----
 
+    # ---- missed calls (refused INVITEs, services/signaling/missed.py) ----
+    missed_retention_days: float = Field(default=30.0, gt=0.0, le=3650.0)
+    missed_window_s: float = Field(default=60.0, ge=1.0, le=3600.0)
+    # ---- end missed calls ----
+
     @field_validator("sip_allow")
     @classmethod
     def _sip_allow(cls, value: tuple[str, ...]) -> tuple[str, ...]:

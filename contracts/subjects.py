@@ -44,6 +44,16 @@ def events_stream(node_id: str) -> str:
     return f"EVENTS_{node_id.replace('-', '_')}"
 
 
+def missed(node_id: str) -> str:
+    """Subject of `node_id`'s missed-call records (refused INVITEs; not facts)."""
+    return f"{ROOT}.{VERSION}.{node_id}.missed"
+
+
+def missed_stream(node_id: str) -> str:
+    """Name of the bounded stream (age and size) that keeps a node's missed calls."""
+    return f"MISSED_{node_id.replace('-', '_')}"
+
+
 # Every node's aggregate of all nodes' facts (its own stream plus each peer's, sourced
 # over the inter-node link). Projections read this one, so they see the whole cluster.
 CLUSTER_STREAM = "CLUSTER"
@@ -106,6 +116,7 @@ CATALOG = "catalog"
 CATALOG_SEARCH = "search"
 CATALOG_GET = "get"
 CATALOG_ANNOTATIONS = "annotations"
+CATALOG_WAVEFORM = "waveform"
 
 
 def inbox_prefix(identity: str) -> str:

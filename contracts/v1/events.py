@@ -149,6 +149,30 @@ class RecordingCompleted(EventBase):
     interrupted: bool = False
 
 
+class WaveformPeaks(Frozen):
+    """What a recording page draws: per channel (0 near end, 1 far end) and per bucket of
+    `bucket_ms`, the lowest and highest sample as int8 (int16 / 256, rounded outwards so
+    any sound shows), interleaved (min, max, min, max, ...) and base64-encoded.
+    `callrec.waveform` makes and reads them (one rule)."""
+
+    bucket_ms: int = Field(ge=1)
+    buckets: int = Field(ge=0, le=4000)
+    channels: list[str] = Field(max_length=2)
+
+
+class RecordingWaveformComputed(EventBase):
+    """Capture computed the waveform peaks of a recording it finalized (`node_id`'s copy).
+
+    A fact of its own, not a field of RecordingCompleted, so searches never carry peaks;
+    published just before the completion, with a deterministic id (retries are dropped).
+    """
+
+    type: Literal["recording.waveform_computed"] = "recording.waveform_computed"
+    recording_id: str
+    duration_ms: int = Field(ge=0)
+    peaks: WaveformPeaks
+
+
 class RecordingFailed(EventBase):
     """Capture could not produce a recording; the raw packets are kept for an operator."""
 
@@ -301,6 +325,22 @@ class RecordingExported(EventBase):
     size_bytes: int
 
 
+class JobTargetChecked(EventBase):
+    """The maintenance role holder's answer for one definition of an export job
+    (`config_event_id`, the `job.configured` fact): does its target folder exist and
+    take files there? Only the holder writes exports, so only its answer counts;
+    any node's web shows it after a save. Stated when the definition arrives and
+    again by each new holder (`role_epoch`)."""
+
+    type: Literal["job.target_checked"] = "job.target_checked"
+    job_id: str
+    config_event_id: str
+    target_dir: str
+    ok: bool
+    detail: str = Field(max_length=2000)
+    role_epoch: int = 0
+
+
 Role = Literal["user", "supervisor", "admin"]
 """A user plays their own extensions' recordings; a supervisor also those of the groups
 they supervise; an admin everything (delete, hold, users, jobs, audit)."""
@@ -336,6 +376,28 @@ class UserRemoved(EventBase):
     username: str
 
 
+class UserTokenIssued(EventBase):
+    """An API token of `username` (Authorization: Bearer). Only the sha256 of the
+    token travels: it is 256 random bits, so a fast hash is enough, and a copy of the
+    stream does not give anyone the token. A fact, so the token works on every node."""
+
+    type: Literal["user.token_issued"] = "user.token_issued"
+    username: str
+    token_id: str = Field(min_length=1, max_length=64)
+    token_hash: str = Field(pattern=r"^[0-9a-f]{64}$")
+    name: str = Field(min_length=1, max_length=64)
+    expires_at: datetime | None = None
+
+
+class UserTokenRevoked(EventBase):
+    """The token stops working everywhere; a revocation seen before its issue still wins."""
+
+    type: Literal["user.token_revoked"] = "user.token_revoked"
+    username: str
+    token_id: str = Field(min_length=1, max_length=64)
+    revoked_by: str
+
+
 class RecordingParticipantsChanged(EventBase):
     """The parties of a recording in progress changed (a transfer, the real parties
     after a placeholder), effective from `at`; participants is the whole new list."""
@@ -367,6 +429,39 @@ class RecordingTagChanged(EventBase):
     changed_by: str
 
 
+AuditAction = Literal[
+    "login", "login_failed", "logout", "password_change", "token_created", "token_revoked",
+    "search", "view", "play", "download", "note", "tag", "hold", "release", "delete",
+    "job_change", "job_run", "user_change", "permission_change", "audit_export",
+]
+"""What an audit entry records; `login_failed` entries under a flood are aggregated."""
+AuditOutcome = Literal["ok", "denied", "failed"]
+AuditValue = str | int | bool | None
+AUDIT_GENESIS = "0" * 64
+"""`prev_hash` of a chain's first entry."""
+
+
+class AuditRecorded(EventBase):
+    """One entry of a node's audit trail: who did what, when, from where, with what result.
+
+    Each node keeps one chain: `seq` counts 1, 2, ... and `hash` (contracts.v1.audit) covers
+    the entry's own fields and `prev_hash`, the hash of the node's previous entry, so an
+    edited, removed or reordered entry breaks the chain on every copy.
+    """
+
+    type: Literal["audit.recorded"] = "audit.recorded"
+    seq: int = Field(ge=1)
+    prev_hash: str = Field(max_length=128)
+    hash: str = Field(max_length=128)
+    at: datetime
+    actor: str | None = Field(default=None, max_length=128)
+    action: AuditAction
+    target: str | None = Field(default=None, max_length=256)
+    source_address: str | None = Field(default=None, max_length=64)
+    outcome: AuditOutcome = "ok"
+    detail: dict[str, AuditValue] = Field(default_factory=dict)
+
+
 Event = Annotated[
     RecordingStarted
     | RecordingEnded
@@ -384,11 +479,16 @@ Event = Annotated[
     | JobRunFinished
     | JobRunFailed
     | RecordingExported
+    | JobTargetChecked
     | UserUpserted
     | UserRemoved
+    | UserTokenIssued
+    | UserTokenRevoked
     | RecordingParticipantsChanged
     | RecordingNoteAdded
-    | RecordingTagChanged,
+    | RecordingTagChanged
+    | RecordingWaveformComputed
+    | AuditRecorded,
     Field(discriminator="type"),
 ]
 

@@ -10,7 +10,8 @@ from typing import Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from contracts.v1.events import RecordingCompleted, RecordingMetadata
+from contracts.v1.audit import AuditHead
+from contracts.v1.events import RecordingCompleted, RecordingMetadata, WaveformPeaks
 
 T = TypeVar("T")
 
@@ -176,6 +177,17 @@ class Annotations(Message):
     tags: list[str] = Field(default_factory=list)
 
 
+class Waveform(Message):
+    """A recording's waveform peaks: `stored` were computed by capture at finalize and
+    replicated as a fact; `computed` by the web from the audio (older recordings, a
+    peer's interrupted copy) and cached on that node's disk."""
+
+    recording_id: str
+    duration_ms: int
+    peaks: WaveformPeaks
+    source: Literal["stored", "computed"] = "stored"
+
+
 class ReadObjectRequest(Message):
     """A chunk of an object from a peer's store (sync replication), or, with `live` set
     to a recording id, of the Ogg/Opus file that node is still recording (live.opus):
@@ -217,6 +229,8 @@ class NodeStatus(Message):
     current_role: str | None = None
     # That node's replication lag behind each of its peers (from its heartbeats).
     lag: list[PeerLag] = Field(default_factory=list)
+    # The head of that node's audit chain as it announced it (None: not announced).
+    audit_head: AuditHead | None = None
 
 
 class SyncStatus(Message):
@@ -231,6 +245,7 @@ class RolesStatus(Message):
     holder: str | None
     epoch: int
     since: datetime | None = None
+    previous: str | None = None  # the holder before `since` (a dead node's lost role)
 
 
 class JobRunView(Message):
@@ -251,6 +266,19 @@ class JobRunView(Message):
     would_purge: list[str] = Field(default_factory=list)
 
 
+class TargetCheckView(Message):
+    """The last `job.target_checked` of an export job (`current`: it checked the job's
+    definition in force now, by the node holding the maintenance role now)."""
+
+    ok: bool
+    detail: str
+    node_id: str
+    checked_at: datetime
+    target_dir: str
+    config_event_id: str
+    current: bool = False
+
+
 class JobView(Message):
     job_id: str
     name: str
@@ -262,6 +290,8 @@ class JobView(Message):
     runs_on: str | None = None  # the node holding the maintenance role
     last_runs: list[JobRunView] = Field(default_factory=list)
     exported: int | None = None
+    config_event_id: str | None = None  # the job.configured fact in force
+    target_check: TargetCheckView | None = None  # export jobs
 
 
 class JobsStatus(Message):

@@ -29,8 +29,9 @@ from pathlib import Path
 
 import numpy as np
 
-from callrec.audio import OggPageInfo, OpusPageEncoder, scan_ogg_pages
-from contracts.v1.events import ChannelSummary, DtmfDigit
+from callrec.audio import OggPageInfo, OpusPageEncoder, iter_decoded, scan_ogg_pages
+from callrec.waveform import PeakAccumulator, peaks_of_chunks
+from contracts.v1.events import ChannelSummary, DtmfDigit, WaveformPeaks
 
 from .segments import RECORD_HEADER, stream_segments
 from .timeline import DtmfEvent, Int16Array, StreamStats, StreamTimeline
@@ -135,21 +136,26 @@ class _Stream:
 
 @dataclass
 class FinalizeResult:
-    """What finalize reports: the call's length and each stream's statistics."""
+    """What finalize reports: the call's length, each stream's statistics and the
+    waveform peaks of what was encoded (None from a final.json written before peaks)."""
 
     duration_ms: int
     channels: list[ChannelSummary]
     codecs: list[str]
+    peaks: WaveformPeaks | None = None
 
     def to_json(self) -> str:
         return json.dumps({"duration_ms": self.duration_ms, "codecs": self.codecs,
-                           "channels": [c.model_dump(mode="json") for c in self.channels]})
+                           "channels": [c.model_dump(mode="json") for c in self.channels],
+                           "peaks": self.peaks.model_dump(mode="json") if self.peaks else None})
 
     @classmethod
     def from_json(cls, text: str) -> FinalizeResult:
         data = json.loads(text)
+        peaks = data.get("peaks")
         return cls(duration_ms=int(data["duration_ms"]), codecs=list(data["codecs"]),
-                   channels=[ChannelSummary.model_validate(c) for c in data["channels"]])
+                   channels=[ChannelSummary.model_validate(c) for c in data["channels"]],
+                   peaks=WaveformPeaks.model_validate(peaks) if peaks else None)
 
 
 def channel_summary(spec: StreamSpec, stats: StreamStats,
@@ -214,6 +220,12 @@ class LiveEncoder:
             self._fd = -1
         self.cursor = self._encoder.samples_done
         self._t = 0.0  # call time (ms) up to which the segments have been taken in
+        # Waveform peaks of everything mixed, fed as it is encoded (no cost at finalize);
+        # None: unknown (the web then computes them from the audio).
+        self._peaks: PeakAccumulator | None = None
+        if self.final is None:
+            self._peaks = (PeakAccumulator(OUTPUT_RATE) if self.cursor == 0
+                           else _peaks_of_prefix(self.path, self.cursor))
 
     # ---- progress
 
@@ -271,8 +283,9 @@ class LiveEncoder:
                 stats = stream.timeline.summary()
                 summaries.append(channel_summary(stream.spec, stats, stream.timeline.dtmf()))
                 codecs.update(stats.codecs)
+            peaks = self._peaks.result() if self._peaks is not None else None
             result = FinalizeResult(duration_ms=duration_ms, channels=summaries,
-                                    codecs=sorted(codecs))
+                                    codecs=sorted(codecs), peaks=peaks)
             self._pending_result = result
             _save_final(self.directory, result)
             self._unwritten += self._encoder.pages() + self._encoder.close(total)
@@ -358,6 +371,8 @@ class LiveEncoder:
             mix[stream.channel][: samples.size] += samples
         self.cursor = upto
         left, right = (np.clip(m, -32768, 32767).astype(np.int16) for m in mix)
+        if self._peaks is not None:
+            self._peaks.add(np.stack([left, right]))
         return left, right
 
     def _write(self, pages: bytes) -> None:
@@ -395,6 +410,21 @@ class LiveEncoder:
             os.replace(temp, self.directory / LIVE_STATE)
         except OSError:
             pass  # advisory only: live.opus itself is the truth
+
+
+def _peaks_of_prefix(path: Path, samples: int) -> PeakAccumulator | None:
+    """Peaks of what live.opus already holds, for an encoder resumed after a restart:
+    decoded once (about 3 ms of CPU per second of call), then fed on as usual. The
+    decoder ends the encoder's look-ahead (6.5 ms) short: padded with silence. A prefix
+    that does not decode gives no peaks (None), never a failed recording."""
+    try:
+        accumulator, taken = peaks_of_chunks(
+            (c for c, _ in iter_decoded(path, OUTPUT_RATE)), OUTPUT_RATE, limit=samples)
+    except Exception:  # any decoder error: the recording matters, its drawing does not
+        return None
+    if taken < samples:
+        accumulator.add(np.zeros((2, samples - taken), dtype=np.int16))
+    return accumulator
 
 
 def _last_pages(path: Path) -> tuple[OggPageInfo | None, OggPageInfo | None]:

@@ -40,7 +40,7 @@ from callrec.service import ServiceContext
 from callrec.sockets import KeeperClient, keeper_path
 from callrec.store import ObjectStore, open_store
 from contracts import subjects
-from contracts.v1.events import RecordingCompleted, RecordingFailed
+from contracts.v1.events import RecordingCompleted, RecordingFailed, RecordingWaveformComputed
 from contracts.v1.rpc import (
     QUIET_AFTER_S,
     ActiveRecordings,
@@ -123,6 +123,11 @@ class LiveRecording:
 def completed_event_id(recording_id: str) -> str:
     """Deterministic, so a retried finalize publishes a duplicate JetStream drops."""
     return uuid.uuid5(EVENT_NAMESPACE, f"recording.completed:{recording_id}").hex
+
+
+def waveform_event_id(recording_id: str) -> str:
+    """Deterministic like completed_event_id: a retried finalize states it once."""
+    return uuid.uuid5(EVENT_NAMESPACE, f"recording.waveform_computed:{recording_id}").hex
 
 
 class Capture:
@@ -832,6 +837,15 @@ class Capture:
             metadata=manifest.metadata,
             recovered=manifest.recovered,
         )
+        if result.peaks is not None:
+            # Before the completion, so a page that sees the recording finds its drawing.
+            await bus.publish_event(self.ctx.js, RecordingWaveformComputed(
+                event_id=waveform_event_id(manifest.recording_id),
+                node_id=self.ctx.node_id,
+                recording_id=manifest.recording_id,
+                duration_ms=result.duration_ms,
+                peaks=result.peaks,
+            ))
         await bus.publish_event(self.ctx.js, event)
         await self._publish_progress(manifest.recording_id, Progress(size, result.duration_ms,
                                                                      final=True))

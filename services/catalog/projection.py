@@ -34,13 +34,16 @@ from contracts.v1.events import (
     RecordingNoteAdded,
     RecordingPurged,
     RecordingTagChanged,
+    RecordingWaveformComputed,
 )
 from contracts.v1.holds import Facts, HoldFact, PurgeFact
 from contracts.v1.holds import micros as to_micros
 from contracts.v1.numbers import NumberPlan
-from contracts.v1.rpc import Annotations, Note, SearchRequest, SearchResult
+from contracts.v1.rpc import Annotations, Note, SearchRequest, SearchResult, Waveform
 from contracts.v1.tags import TagFact, normalize_tag, tagged
 from contracts.v1.winner import better
+
+from . import waveforms
 
 SCHEMA_VERSION = 5
 """Bump when the tables change: an old file is then dropped and rebuilt by replay."""
@@ -152,7 +155,7 @@ CREATE TABLE IF NOT EXISTS checkpoints (
 # Tables of every layout so far: an old file's are dropped before a rebuild.
 _TABLES = ("recordings", "recording_events", "recording_numbers", "purged", "hold_facts",
            "purge_facts", "parties_fts", "terms_fts", "terms", "recording_terms", "tag_facts",
-           "recording_tags", "notes_fts", "notes", "meta", "checkpoints")
+           "recording_tags", "notes_fts", "notes", "meta", "waveforms", "checkpoints")
 
 NARROW_ROWS = 20_000
 """A start-time range with at most this many recordings is searched by walking it in
@@ -248,6 +251,7 @@ class Catalog:
             self._db.execute("INSERT INTO meta (key, value) VALUES ('number_plan', ?)",
                              (self.plan.fingerprint(),))
             self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        waveforms.create(self._db)
         self._last_sequence = self._load_checkpoint()
         self._count = int(
             self._db.execute("SELECT COUNT(*) FROM recordings WHERE purged = 0").fetchone()[0]
@@ -306,6 +310,8 @@ class Catalog:
                         effect = self._insert(event, seq)
                     elif isinstance(event, RecordingPurged | LegalHoldChanged):
                         effect = self._fact(event, seq)
+                    elif isinstance(event, RecordingWaveformComputed):
+                        waveforms.apply(self._db, event, seq)
                     elif isinstance(event, RecordingNoteAdded):
                         effect = self._note(event, seq)
                     elif isinstance(event, RecordingTagChanged):
@@ -504,6 +510,10 @@ class Catalog:
                 (recording_id,),
             ).fetchone()
         return RecordingCompleted.model_validate_json(row[0]) if row else None
+
+    def waveform(self, recording_id: str) -> Waveform | None:
+        with self._lock:
+            return waveforms.get(self._db, recording_id)
 
     def annotations(self, recording_id: str) -> Annotations:
         """A recording's notes, oldest first, and its current tags (empty when unknown)."""

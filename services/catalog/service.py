@@ -19,7 +19,7 @@ from callrec import bus
 from callrec.service import ServiceContext
 from contracts import subjects
 from contracts.v1.events import RecordingCompleted
-from contracts.v1.rpc import Annotations, GetRequest, SearchRequest, SearchResult
+from contracts.v1.rpc import Annotations, GetRequest, SearchRequest, SearchResult, Waveform
 
 from .projection import Catalog
 
@@ -73,6 +73,11 @@ async def main(ctx: ServiceContext) -> None:
         )
         return found
 
+    async def on_waveform(request: GetRequest) -> BaseModel | None:
+        # None (no stored peaks) is an ordinary answer: the web then computes them.
+        found: Waveform | None = await asyncio.to_thread(catalog.waveform, request.recording_id)
+        return found
+
     async def on_annotations(request: GetRequest) -> BaseModel | None:
         found: Annotations = await asyncio.to_thread(catalog.annotations, request.recording_id)
         return found
@@ -84,6 +89,10 @@ async def main(ctx: ServiceContext) -> None:
     )
     await bus.serve(
         ctx.nc, subjects.rpc(node, subjects.CATALOG, subjects.CATALOG_GET), GetRequest, on_get
+    )
+    await bus.serve(
+        ctx.nc, subjects.rpc(node, subjects.CATALOG, subjects.CATALOG_WAVEFORM), GetRequest,
+        on_waveform,
     )
     await bus.serve(
         ctx.nc, subjects.rpc(node, subjects.CATALOG, subjects.CATALOG_ANNOTATIONS),

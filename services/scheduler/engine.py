@@ -33,6 +33,7 @@ from contracts.v1.events import (
     JobRunProgressed,
     JobRunRequested,
     JobRunStarted,
+    JobTargetChecked,
     RecordingCompleted,
     RecordingExported,
     RecordingPurged,
@@ -44,11 +45,18 @@ from .exportio import (
     TargetUnavailable,
     check_target,
     export_recording,
+    probe_target,
     remove_export,
     target_error,
 )
 from .exportplan import check_template, pending_exports, render_path
-from .jobs import JobBook, exported_event_id, purged_event_id, stable_id
+from .jobs import (
+    JobBook,
+    exported_event_id,
+    needs_target_check,
+    purged_event_id,
+    stable_id,
+)
 from .retention import purge_candidates
 from .schedules import build_trigger, next_fire
 
@@ -103,6 +111,8 @@ class JobEngine:
         self.resume_due = False
         self.running: dict[str, RunHandle] = {}
         self.launched: set[str] = set()
+        self.checking: set[tuple[str, str, int]] = set()  # (job, definition, epoch) in hand
+        self.check_tasks: set[asyncio.Task[None]] = set()
         self.scheduler = AsyncIOScheduler()
         self.counts = {"runs": 0, "failed": 0, "purged": 0, "exported": 0, "exported_bytes": 0}
 
@@ -116,6 +126,8 @@ class JobEngine:
         """Stop without end events: whoever holds the role next resumes the runs."""
         with contextlib.suppress(Exception):
             self.scheduler.shutdown(wait=False)
+        for task in list(self.check_tasks):
+            task.cancel()
         handles = list(self.running.values())
         for handle in handles:
             if handle.task is not None:
@@ -169,6 +181,39 @@ class JobEngine:
         for run_id, request in self.book.pending_requests():
             if run_id not in self.launched and request.job_id not in self.running:
                 self.start_run(request.job_id, "request", dry_run=request.dry_run, run_id=run_id)
+        self._check_targets()
+
+    # ---- export target checks -------------------------------------------------------
+
+    def _check_targets(self) -> None:
+        """Check the target of each export job whose current definition this holder has
+        not checked in its current tenure (a save anywhere, a takeover, a start)."""
+        for job_id in sorted(self.book.jobs):
+            job = self.book.jobs[job_id]
+            key = (job_id, job.event_id, self.epoch)
+            if key in self.checking or not needs_target_check(
+                    job, self.book.target_checks.get(job_id), self.me, self.epoch):
+                continue
+            self.checking.add(key)
+            task = asyncio.create_task(self._check_target(job))
+            self.check_tasks.add(task)
+            task.add_done_callback(self.check_tasks.discard)
+
+    async def _check_target(self, job: JobConfigured) -> None:
+        assert job.export is not None
+        ok, detail = await asyncio.to_thread(probe_target, Path(job.export.target_dir), self.me)
+        event = JobTargetChecked(
+            event_id=stable_id(f"job.target_checked:{job.event_id}:{self.me}:{self.epoch}"),
+            node_id=self.me, job_id=job.job_id, config_event_id=job.event_id,
+            target_dir=job.export.target_dir, ok=ok, detail=detail[:2000],
+            role_epoch=self.epoch)
+        log.info("export_target_checked", job_id=job.job_id, name=job.name, ok=ok,
+                 detail=detail, epoch=self.epoch)
+        try:
+            await self.publish(event)
+        except Exception as exc:
+            log.error("export_target_check_not_stored", job_id=job.job_id, error=str(exc))
+            self.checking.discard((job.job_id, job.event_id, self.epoch))
 
     # ---- schedules ------------------------------------------------------------------
 

@@ -57,6 +57,27 @@ def check_target(target: Path, min_free: int = MIN_FREE_BYTES) -> None:
         raise TargetUnavailable(f"export target {target} is full ({free} bytes free)")
 
 
+def probe_target(target: Path, node_id: str) -> tuple[bool, str]:
+    """Whether an export could write into `target` now, and a sentence saying so: the
+    checks of a run plus one real file written and removed (permission bits do not
+    tell root about a read-only or full share)."""
+    try:
+        check_target(target)
+        probe = target / f".callrec-probe{TEMP_MARK}{node_id}-{os.getpid()}"
+        try:
+            with probe.open("wb") as handle:
+                handle.write(b"callrec export target check\n")
+                os.fsync(handle.fileno())
+        finally:
+            probe.unlink(missing_ok=True)
+        free = shutil.disk_usage(target).free
+    except TargetUnavailable as exc:
+        return False, str(exc)
+    except OSError as exc:
+        return False, f"export target {target} cannot be written: {exc.strerror or exc}"
+    return True, f"export target {target} exists and is writable ({free / 1e9:.1f} GB free)"
+
+
 def target_error(exc: BaseException, target: Path) -> str | None:
     """Why the whole run must stop after `exc`, or None when only one recording failed."""
     try:

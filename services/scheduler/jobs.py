@@ -22,6 +22,7 @@ from contracts.v1.events import (
     JobRunProgressed,
     JobRunRequested,
     JobRunStarted,
+    JobTargetChecked,
     LegalHoldChanged,
     RecordingCompleted,
     RecordingExported,
@@ -30,7 +31,7 @@ from contracts.v1.events import (
     UserUpserted,
 )
 from contracts.v1.holds import HoldLedger
-from contracts.v1.rpc import JobRunView, JobView
+from contracts.v1.rpc import JobRunView, JobView, TargetCheckView
 from contracts.v1.winner import better
 
 from .retention import UserInfo
@@ -60,6 +61,19 @@ def exported_event_id(job_id: str, recording_id: str, completion_id: str = "") -
     if not completion_id:
         return stable_id(f"recording.exported:{job_id}:{recording_id}")
     return stable_id(f"recording.exported:{job_id}:{recording_id}:{completion_id}")
+
+
+def needs_target_check(
+    job: JobConfigured, last: JobTargetChecked | None, holder: str, epoch: int
+) -> bool:
+    """Whether the role holder owes an export job's target check: none yet for this
+    definition, or none by the holder in its current tenure (a new holder checks again:
+    its mounts are what counts, and a check by a node that lost the role says nothing
+    about the node that runs the exports now)."""
+    if job.kind != "export" or job.export is None:
+        return False
+    return (last is None or last.config_event_id != job.event_id or last.node_id != holder
+            or last.role_epoch != epoch)
 
 
 def requested_run_id(request_event_id: str) -> str:
@@ -104,6 +118,7 @@ class JobBook:
         self.exported: dict[str, dict[str, str]] = {}  # job -> recording -> path
         self.export_ids: dict[str, dict[str, str]] = {}  # job -> recording -> export event id
         self.completions: dict[str, set[str]] = {}  # recording -> its completions' event ids
+        self.target_checks: dict[str, JobTargetChecked] = {}  # job -> latest check
         self._order = 0
 
     def apply(self, event: object) -> bool:
@@ -152,6 +167,11 @@ class JobBook:
             case JobRunFailed():
                 run = self._end(event.job_id, event.run_id, event.occurred_at)
                 run.failed, run.error, run.processed = True, event.error, event.processed
+            case JobTargetChecked():
+                last = self.target_checks.get(event.job_id)
+                if last is None or (last.occurred_at, last.event_id) < (
+                        event.occurred_at, event.event_id):
+                    self.target_checks[event.job_id] = event
             case RecordingExported():
                 self.note_export(event.job_id, event.recording_id, event.event_id, event.path)
             case _:
@@ -264,4 +284,17 @@ class JobBook:
             next_run=None if job.paused else next_run, runs_on=holder,
             last_runs=[self.run_view(run, i == 0) for i, run in enumerate(runs)],
             exported=len(self.exported.get(job_id, {})) if job.kind == "export" else None,
+            config_event_id=job.event_id,
+            target_check=self.target_check_view(job_id, holder),
+        )
+
+    def target_check_view(self, job_id: str, holder: str | None) -> TargetCheckView | None:
+        job, check = self.jobs.get(job_id), self.target_checks.get(job_id)
+        if job is None or check is None or job.kind != "export":
+            return None
+        return TargetCheckView(
+            ok=check.ok, detail=check.detail, node_id=check.node_id,
+            checked_at=check.occurred_at, target_dir=check.target_dir,
+            config_event_id=check.config_event_id,
+            current=check.config_event_id == job.event_id and check.node_id == holder,
         )

@@ -71,6 +71,7 @@ async def main(ctx: ServiceContext) -> None:
     node = ctx.node_id
     tracker = RoleTracker(node, ctx.config.role_timeout_s, time.monotonic())
     since: datetime | None = None
+    previous: str | None = None
     role_seq = 0
     self_seen: float | None = None
 
@@ -123,7 +124,8 @@ async def main(ctx: ServiceContext) -> None:
             tracker.observe_epoch(event.epoch)
 
     async def on_roles(_: Empty) -> BaseModel | None:
-        return RolesStatus(node_id=node, holder=tracker.holder, epoch=tracker.epoch, since=since)
+        return RolesStatus(node_id=node, holder=tracker.holder, epoch=tracker.epoch, since=since,
+                           previous=previous)
 
     async def on_jobs(_: Empty) -> BaseModel | None:
         return engine.status()
@@ -169,7 +171,7 @@ async def main(ctx: ServiceContext) -> None:
     catch_up_deadline = time.monotonic() + EPOCH_CATCH_UP_S
 
     async def ticks() -> None:
-        nonlocal since
+        nonlocal since, previous
         while True:
             await asyncio.sleep(TICK_S)
             now = time.monotonic()
@@ -182,7 +184,7 @@ async def main(ctx: ServiceContext) -> None:
             if change is None:
                 continue
             engine.set_role(change.holder, change.epoch)
-            since = datetime.now(UTC)
+            since, previous = datetime.now(UTC), change.previous
             changes.inc()
             affected = node in (change.holder, change.previous)
             log.info("role_changed", holder=change.holder, previous=change.previous,

@@ -19,6 +19,7 @@ import structlog
 from callrec.metrics import Counter, Registry
 
 from .admission import AllowList, RefusalLog, RefusalReason, SipAdmission, Throttle
+from .missed import MissedCalls
 from .sip.message import (
     SipParseError,
     SipRequest,
@@ -61,11 +62,15 @@ class SipGate:
         )
         self.forward: Receiver = lambda data, peer: None
         self.replier: Replier | None = None
+        self.missed: MissedCalls | None = None
 
-    def connect(self, forward: Receiver, replier: Replier) -> None:
-        """Where admitted messages go (the UAS) and how refusals are answered."""
+    def connect(self, forward: Receiver, replier: Replier,
+                missed: MissedCalls | None = None) -> None:
+        """Where admitted messages go (the UAS), how refusals are answered, and where
+        refused INVITEs are kept for the missed-calls page."""
         self.forward = forward
         self.replier = replier
+        self.missed = missed
 
     def warn_if_closed(self, bind: str) -> None:
         if self.allow.closed:
@@ -88,6 +93,8 @@ class SipGate:
             self._refuse(data, peer)
         else:
             self.refused(peer.host, "not_allowed_drop")
+            if self.missed is not None:
+                self.missed.raw(data, peer, "not_allowed_drop", None)
 
     def is_allowed(self, host: str) -> bool:
         return self.allow.allows(host)
@@ -122,6 +129,8 @@ class SipGate:
             self.forward(data, peer)
             return
         self.refused(peer.host, "rate_limited")
+        if request.method == "INVITE" and self.missed is not None:
+            self.missed.request(request, peer, "rate_limited", 503)
         self._answer(request, peer, 503, "over the SIP rate for this source",
                      [("Retry-After", RETRY_AFTER_S)])
 
@@ -129,8 +138,12 @@ class SipGate:
         request = _request(data)
         if request is None or request.method == "ACK":
             self.refused(peer.host, "not_allowed_drop")  # nothing to answer
+            if request is None and self.missed is not None:
+                self.missed.raw(data, peer, "not_allowed_drop", None)
             return
         self.refused(peer.host, "not_allowed")
+        if request.method == "INVITE" and self.missed is not None:
+            self.missed.request(request, peer, "not_allowed", 403)
         self._answer(request, peer, 403, "source not allowed (--sip-allow)", [])
 
     def _answer(self, request: SipRequest, peer: Peer, status: int, warning: str,

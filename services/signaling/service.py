@@ -24,6 +24,7 @@ from contracts.v1.events import (
     UserRemoved,
     UserUpserted,
 )
+from contracts.v1.missed import MissedCall
 from contracts.v1.rpc import (
     ActiveRecordings,
     AllocateReply,
@@ -38,6 +39,7 @@ from contracts.v1.rpc import (
 
 from .admission import AllowList, TcpLimits, pending_media_limit
 from .gate import SipGate
+from .missed import MissedAggregator, MissedCalls, MissedPublisher
 from .recorder import RecordingSession
 from .sessions import DialogStore
 from .sip.transport import SipTransports
@@ -153,6 +155,12 @@ class NatsBackend:
         except Exception as exc:
             log.error("event_publish_failed", type=event.type, error=str(exc))
 
+    async def store_missed(self, record: MissedCall) -> None:
+        """One missed-call record into the node's bounded stream (de-duplicated by id)."""
+        await self.ctx.js.publish(
+            subjects.missed(self.ctx.node_id), record.model_dump_json().encode(),
+            headers={"Nats-Msg-Id": record.record_id}, timeout=2.0)
+
     async def follow_users(self) -> None:
         """Keep the user list current; calls get 503 until it is loaded, never a wrong 404."""
         filter_subject = subjects.events_of_type("user.*")
@@ -185,6 +193,9 @@ async def main(ctx: ServiceContext) -> None:
     gate = SipGate(allow=AllowList.for_node(config.bind, config.sip_allow),
                    pbx_rate=config.sip_rate, pbx_burst=max(config.sip_rate, 10.0),
                    metrics=ctx.metrics)
+    publisher = MissedPublisher(backend.store_missed, metrics=ctx.metrics)
+    missed = MissedCalls(MissedAggregator(ctx.node_id, window_s=config.missed_window_s),
+                         publisher.put, metrics=ctx.metrics)
     transports = SipTransports(gate.on_message, is_allowed=gate.is_allowed,
                                on_refused=gate.refused,
                                tcp_limits=_tcp_limits(config.sip_tcp_per_source,
@@ -201,8 +212,9 @@ async def main(ctx: ServiceContext) -> None:
         pending_media_limit=pending_media_limit(config.sip_pending_media, config.max_channels),
         media_timeout_s=config.media_timeout_s,
         refusals=gate,
+        missed=missed,
     )
-    gate.connect(uas.on_message, transports)
+    gate.connect(uas.on_message, transports, missed)
     metrics = ctx.metrics
     metrics.gauge("signaling_active_recordings", "recordings in progress",
                   lambda: float(len(uas.sessions)))
@@ -235,6 +247,8 @@ async def main(ctx: ServiceContext) -> None:
         asyncio.create_task(backend.poll_health()),
         asyncio.create_task(uas.expire_transactions()),
         asyncio.create_task(uas.watch_media()),
+        asyncio.create_task(missed.run()),
+        asyncio.create_task(publisher.run()),
     ]
     await transports.start(config.bind, config.sip_port)
     gate.warn_if_closed(config.bind)
@@ -243,6 +257,8 @@ async def main(ctx: ServiceContext) -> None:
     await ctx.stopping.wait()
     transports.close()
     await uas.shutdown()
+    missed.flush()
+    await publisher.drain(timeout=2.0)
     for task in tasks:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):

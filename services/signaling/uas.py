@@ -30,15 +30,18 @@ import structlog
 
 from callrec.users import UsersProjection
 from contracts.v1.events import Participant, RecordingMetadata
+from contracts.v1.missed import MissedReason
 from contracts.v1.rpc import AllocateRequest, QuietStream, UpdateRequest
 
 from . import sdp, siprec
 from .admission import RefusalReason, same_source
+from .missed import MissedCalls
 from .planning import (
     ALLOW,
     MAX_STREAMS,
     SUPPORTED_TAGS,
     BadRequest,
+    Kind,
     Plan,
     answer_sdp,
     contact_uri,
@@ -158,6 +161,7 @@ class RecorderUas:
         pending_media_limit: int | None = None,
         media_timeout_s: float = 0.0,
         refusals: Refusals | None = None,
+        missed: MissedCalls | None = None,
         t1: float = T1,
         t2: float = T2,
         sweep_interval: float = SWEEP_INTERVAL,
@@ -181,6 +185,7 @@ class RecorderUas:
         self.max_hold_s = max_hold_s
         self.sweep_interval = sweep_interval
         self.refusals = refusals
+        self.missed = missed
 
     # ---- the registry's views (metrics, tests) -------------------------------------------
 
@@ -217,7 +222,9 @@ class RecorderUas:
         except SipParseError as exc:
             self.counters.malformed += 1
             log.info("sip_malformed", peer=f"{peer.host}:{peer.port}", error=str(exc)[:200])
-            self._answer_unparseable(data, peer, str(exc))
+            status = self._answer_unparseable(data, peer, str(exc))
+            if self.missed is not None:
+                self.missed.raw(data, peer, "malformed", status, str(exc))
             return
         if isinstance(message, SipResponse):
             return  # responses to our own BYEs, or strays: nothing to do
@@ -250,6 +257,7 @@ class RecorderUas:
             tx = self.transactions.get(request)
             if request.method != "ACK" and (tx is None or tx.status < 200):
                 self._respond(request, peer, 500)
+                self._missed(request, peer, "internal_error", 500, "handler failed")
         finally:
             entry.users -= 1
             if entry.users == 0:
@@ -270,6 +278,8 @@ class RecorderUas:
                 # RFC 3261 8.2.2.3 (not for CANCEL; a BYE is honoured whatever it needs).
                 self._respond(request, peer, 420,
                               headers=[("Unsupported", ", ".join(unsupported))])
+                self._missed(request, peer, "bad_request", 420,
+                             f"unsupported extension {', '.join(unsupported)}")
                 return
             handler = {
                 "INVITE": self._on_invite,
@@ -328,10 +338,13 @@ class RecorderUas:
         except BadRequest as exc:
             log.info("invite_rejected", status=exc.status, reason=exc.reason)
             self._respond(request, peer, exc.status, warning=exc.reason)
+            self._missed(request, peer,
+                         "unsupported_media" if exc.status == 488 else "bad_request",
+                         exc.status, exc.reason)
             return
         existing = self.registry.joinable(plan.session_key)
         joins = existing is not None
-        if existing is not None and self._refuse_other_source(request, peer, existing):
+        if existing is not None and self._refuse_other_source(request, peer, existing, plan):
             return
         ok, why = self.backend.can_record()
         result = admit(
@@ -350,8 +363,10 @@ class RecorderUas:
             extra = [("Retry-After", "5")] if result.admission is Admission.CANNOT_RECORD else []
             self._respond(request, peer, result.admission.value, warning=result.reason,
                           headers=extra)
+            self._missed(request, peer, _ADMISSION_REASONS[result.admission],
+                         result.admission.value, result.reason, plan)
             return
-        if not joins and self._refuse_pending_media(request, peer):
+        if not joins and self._refuse_pending_media(request, peer, plan):
             return
 
         if existing is not None:
@@ -391,6 +406,8 @@ class RecorderUas:
             if tx is None or not tx.cancelled:
                 self._respond(request, peer, 503, warning="capture unavailable",
                               headers=[("Retry-After", "5")])
+                self._missed(request, peer, "cannot_record", 503, "capture unavailable",
+                             plan)
             return
         finally:
             structlog.contextvars.unbind_contextvars("recording_id")
@@ -654,26 +671,28 @@ class RecorderUas:
     # ---- admission by source and media -------------------------------------------------
 
     def _refuse_other_source(
-        self, request: SipRequest, peer: Peer, joining: RecordingSession
+        self, request: SipRequest, peer: Peer, joining: RecordingSession, plan: Plan
     ) -> bool:
         """A leg may join a call only from the source of the call's first leg: a guessed
         x-refci must not add someone's audio to another call. True when refused (403)."""
         first = joining.source()
         if first is None or same_source(first, peer.host):
             return False
-        self._respond(request, peer, 403,
-                      warning="this call's recording comes from another source")
+        warning = "this call's recording comes from another source"
+        self._respond(request, peer, 403, warning=warning)
         self._refused(peer.host, "leg_source")
+        self._missed(request, peer, "leg_source", 403, warning, plan)
         return True
 
-    def _refuse_pending_media(self, request: SipRequest, peer: Peer) -> bool:
+    def _refuse_pending_media(self, request: SipRequest, peer: Peer, plan: Plan) -> bool:
         """503 a new recording from a source with too many still without RTP, else
         reserve its place (concurrent INVITEs must not all pass at once)."""
         limit = self.pending_media_limit
         if limit is not None and self.registry.awaiting_count(peer.host) >= limit:
-            self._respond(request, peer, 503, headers=[("Retry-After", "5")],
-                          warning="too many recordings from this source wait for media")
+            warning = "too many recordings from this source wait for media"
+            self._respond(request, peer, 503, headers=[("Retry-After", "5")], warning=warning)
             self._refused(peer.host, "pending_media")
+            self._missed(request, peer, "pending_media", 503, warning, plan)
             return True
         self.registry.await_media(f"invite:{request.call_id}", peer.host)
         return False
@@ -682,6 +701,15 @@ class RecorderUas:
         log.info("invite_refused", reason=reason, source=host)
         if self.refusals is not None:
             self.refusals.refused(host, reason)
+
+    def _missed(self, request: SipRequest, peer: Peer, reason: MissedReason,
+                status: int, detail: str, plan: Plan | None = None) -> None:
+        """Keep a refused new INVITE for the missed-calls page (re-INVITEs are not calls)."""
+        if self.missed is None or request.method != "INVITE" or request.to.tag is not None:
+            return
+        kind: Kind | None = plan.kind if plan is not None else None
+        self.missed.request(request, peer, reason, status, detail,
+                            numbers=plan.numbers if plan is not None else (), kind=kind)
 
     def _note_hold(self, leg: Leg, description: sdp.SessionDescription) -> None:
         held = on_hold(description)
@@ -780,19 +808,20 @@ class RecorderUas:
         self.counters.responses[status] = self.counters.responses.get(status, 0) + 1
         self.transactions.respond(request, peer, serialize(response), status, to_tag)
 
-    def _answer_unparseable(self, data: bytes, peer: Peer, problem: str) -> None:
+    def _answer_unparseable(self, data: bytes, peer: Peer, problem: str) -> int | None:
         """400 naming the problem wherever a response can be addressed (a request line
         other than ACK and a parseable top Via: RFC 3261 8.2, 16.3); a counted drop
-        otherwise."""
+        otherwise. The status sent, if any."""
         status = 505 if problem.startswith("unsupported SIP version") else 400
         answer = error_response(data, status, problem, to_tag=secrets.token_hex(8),
                                 extra_headers=[("Server", SERVER)])
         if answer is None:
             self.counters.unanswerable += 1
-            return
+            return None
         response, via = answer
         self.counters.responses[status] = self.counters.responses.get(status, 0) + 1
         self.sender.reply(peer, response, via.port, via.rport_requested)
+        return status
 
     # ---- timers ------------------------------------------------------------------------
 
@@ -837,6 +866,15 @@ class RecorderUas:
 
     async def shutdown(self) -> None:
         self.transactions.shutdown()
+
+
+_ADMISSION_REASONS: dict[Admission, MissedReason] = {
+    Admission.UNKNOWN_USER: "unknown_user",
+    Admission.NOT_ENABLED: "not_enabled",
+    Admission.NO_LICENCE: "no_licence",
+    Admission.CANNOT_RECORD: "cannot_record",
+    Admission.ACCEPT: "internal_error",  # never refused
+}
 
 
 def _safe(text: str) -> str:

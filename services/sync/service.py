@@ -25,12 +25,19 @@ from typing import Any
 import structlog
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
+from nats.js.errors import NotFoundError
 
 from callrec import bus
 from callrec.service import ServiceContext
 from callrec.store import ObjectStore, open_store
 from contracts import subjects
-from contracts.v1.events import RecordingCompleted, RecordingReplicated, RecordingStarted
+from contracts.v1.audit import EMPTY_HEAD, AuditHead
+from contracts.v1.events import (
+    AuditRecorded,
+    RecordingCompleted,
+    RecordingReplicated,
+    RecordingStarted,
+)
 from contracts.v1.rpc import Empty, LiveProgress, NodeStatus, PeerLag, SyncStatus
 
 from .domain import Discard, Fetch, PeerTable, Purge, ReplicaMap, backoff, stalled_sources
@@ -63,9 +70,11 @@ def replicated_event_id(recording_id: str, node_id: str) -> str:
 
 def heartbeat_payload(ctx: ServiceContext, sequence: int, held: int = 0,
                       pending: dict[str, int] | None = None,
-                      lag: list[PeerLag] | None = None) -> bytes:
+                      lag: list[PeerLag] | None = None,
+                      audit_head: AuditHead | None = None) -> bytes:
     config = ctx.config
     return json.dumps({
+        "audit_head": audit_head.model_dump() if audit_head is not None else None,
         "lag": [entry.model_dump() for entry in lag or []],
         "node_id": config.node_id,
         "role": config.role,
@@ -100,6 +109,7 @@ class Sync:
         self.live = LiveBook(self.me)
         self._part_keys: dict[str, str] = {}
         self.pulling: set[str] = set()
+        self.audit_head: AuditHead | None = None
         self.capture_root = ctx.config.data_dir / "capture"
         self.takeover_timeout = takeover_timeout(ctx.config.role_timeout_s)
         m = ctx.metrics
@@ -181,12 +191,27 @@ class Sync:
                 with contextlib.suppress(Exception):
                     lag = await self._lag()
                 payload = heartbeat_payload(self.ctx, sequence, self.replicas.recordings_held(),
-                                            self.replicas.pending_by_origin(), lag)
+                                            self.replicas.pending_by_origin(), lag,
+                                            await self._audit_head())
                 with contextlib.suppress(Exception):
                     await self.ctx.nc.publish(subjects.heartbeat(self.me), payload)
                     self.m_heartbeats.inc()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stopping.wait(), timeout=HEARTBEAT_INTERVAL)
+
+    async def _audit_head(self) -> AuditHead | None:
+        """This node's audit chain head as stored (the last `audit.recorded` of ours),
+        announced so every peer can check its copy of our chain against it."""
+        try:
+            msg = await self.ctx.js.get_last_msg(
+                subjects.CLUSTER_STREAM, subjects.event(self.me, "audit.recorded"))
+            entry = AuditRecorded.model_validate_json(msg.data or b"")
+            self.audit_head = AuditHead(seq=entry.seq, hash=entry.hash)
+        except NotFoundError:
+            self.audit_head = EMPTY_HEAD
+        except Exception as exc:  # JetStream busy, or an undecodable entry: say what we knew
+            log.debug("audit_head_unknown", error=str(exc)[:200])
+        return self.audit_head
 
     async def _on_heartbeat(self, msg: Msg) -> None:
         try:
@@ -576,6 +601,7 @@ class Sync:
                 last_heartbeat_age_s=round(now - heard, 3),
                 recordings=held if isinstance(held, int) else None,
                 lag=_heartbeat_lag(payload),
+                audit_head=_heartbeat_audit_head(payload),
             ))
         lag = await self._lag()
         for index, node in enumerate(nodes):
@@ -607,6 +633,13 @@ def _append_at(path: Path, offset: int, data: bytes) -> None:
     with path.open("r+b" if path.exists() else "wb") as handle:
         handle.seek(offset)
         handle.write(data)
+
+
+def _heartbeat_audit_head(payload: dict[str, Any]) -> AuditHead | None:
+    try:
+        return AuditHead.model_validate(payload.get("audit_head"))
+    except ValueError:
+        return None
 
 
 def _heartbeat_lag(payload: dict[str, Any]) -> list[PeerLag]:

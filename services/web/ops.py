@@ -7,7 +7,8 @@ from typing import Any
 
 from litestar import Request, Response, get
 
-from .cluster import cluster_view
+from .auth import Principal
+from .cluster import cluster_view, public_cluster
 from .prom import CONTENT_TYPE as PROM_CONTENT_TYPE
 from .prom import merge_texts
 from .security import PUBLIC
@@ -25,17 +26,22 @@ async def healthz(request: Request[Any, Any, Any]) -> Response[Any]:
     )
 
 
-async def cluster_data(web: WebState) -> dict[str, Any]:
-    sync, roles = await asyncio.gather(web.backend.sync_status(), web.backend.roles_status())
-    return cluster_view(web.backend.node_id, sync, roles)
+async def cluster_data(web: WebState, principal: Principal) -> dict[str, Any]:
+    """The cluster as this node sees it; a plain user gets `public_cluster`'s part."""
+    sync, roles, health = await asyncio.gather(
+        web.backend.sync_status(), web.backend.roles_status(), web.backend.health())
+    view = cluster_view(web.backend.node_id, sync, roles, health)
+    return view if principal.admin else public_cluster(view)
 
 
 @get("/api/cluster")
 async def cluster(request: Request[Any, Any, Any]) -> Response[Any]:
-    """Nodes, roles and replication lag as this node sees them; 200 even when partial."""
+    """Nodes (a dead one marked down, since when, what it held), roles, replication lag
+    and this node's services as it sees them; 200 even when partial."""
     web = web_state(request)
-    await web.require(request)
-    return Response(content=await cluster_data(web), headers={"Cache-Control": "no-store"})
+    principal = await web.require(request)
+    return Response(content=await cluster_data(web, principal),
+                    headers={"Cache-Control": "no-store"})
 
 
 @get("/metrics", opt={PUBLIC: True})

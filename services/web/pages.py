@@ -55,7 +55,7 @@ async def jobs_page(request: Request[Any, Any, Any]) -> Template:
 async def cluster_page(request: Request[Any, Any, Any]) -> Template:
     web = web_state(request)
     principal = await web.require(request)
-    return page("cluster", request, principal, view=await cluster_data(web))
+    return page("cluster", request, principal, view=await cluster_data(web, principal))
 
 
 PAGES = [recordings_page, jobs_page, cluster_page]

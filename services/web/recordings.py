@@ -22,12 +22,17 @@ from callrec.users import UsersProjection
 from contracts.v1.events import LegalHoldChanged, RecordingPurged
 from contracts.v1.rpc import SearchRequest
 
+from .audit_http import AUDIT, AUDIT_IF
 from .media import AudioMissing, download_name
 from .ranges import RangeNotSatisfiable, content_range, parse_range
-from .security import ADMIN_ONLY
+from .security import ADMIN
 from .state import MAX_OFFSET, parse_when, read_body, record_json, web_state
 
 log = structlog.get_logger(component="web")
+
+AUDIO_FORMATS = {"ogg": "audio/ogg", "opus": "audio/ogg", "wav": "audio/wav",
+                 "mp3": "audio/mpeg"}
+"""`?format=` of the audio route and its media type (ogg and opus: the stored object)."""
 
 
 def _text(value: str | None) -> str | None:
@@ -53,7 +58,7 @@ async def _set_hold(
     """Legal hold is a fact like any other: every node's purge sees it and skips the
     recording, wherever the purge job runs."""
     web = web_state(request)
-    principal = await web.require_admin(request)
+    principal = await web.require(request)
     record = await web.visible_record(principal, recording_id)
     body = await read_body(request, HoldInput, optional=True)
     event = LegalHoldChanged(
@@ -81,7 +86,7 @@ class RecordingsController(Controller):
 
     path = "/api/recordings"
 
-    @get("/")
+    @get("/", opt={AUDIT: "search"})
     async def list_recordings(
         self,
         request: Request[Any, Any, Any],
@@ -135,7 +140,7 @@ class RecordingsController(Controller):
                  for r in result.items]
         return {"total": result.total, "limit": limit, "offset": offset, "items": items}
 
-    @get("/{recording_id:str}")
+    @get("/{recording_id:str}", opt={AUDIT: "view"})
     async def recording_metadata(
         self, request: Request[Any, Any, Any], recording_id: FromPath[str]
     ) -> dict[str, Any]:
@@ -144,7 +149,8 @@ class RecordingsController(Controller):
         record = await web.visible_record(principal, recording_id)
         return record_json(record, web.backend.held)
 
-    @get("/{recording_id:str}/audio")
+    @get("/{recording_id:str}/audio",
+         opt={AUDIT: "play", AUDIT_IF: {"download": "download"}})
     async def recording_audio(
         self,
         request: Request[Any, Any, Any],
@@ -152,24 +158,26 @@ class RecordingsController(Controller):
         fmt: Annotated[str, QueryParameter(name="format", max_length=8)] = "ogg",
         download: FromQuery[bool] = False,
     ) -> Response[Any]:
+        """The stored Ogg/Opus (`ogg`, or `opus` to download it named .opus), or a
+        transcode made once (`wav`, `mp3`); HTTP Range in every format."""
         web = web_state(request)
         principal = await web.require(request)
-        if fmt not in ("ogg", "opus", "wav"):
-            raise ValidationException(detail="format must be ogg or wav")
+        if fmt not in AUDIO_FORMATS:
+            raise ValidationException(detail="format must be ogg, opus, wav or mp3")
         record = await web.visible_record(principal, recording_id)
         chunks: Any
         try:
-            if fmt == "wav":
-                path = await web.wav.ensure(record)
+            if fmt in ("wav", "mp3"):
+                path = await web.media.ensure(record, "wav" if fmt == "wav" else "mp3")
                 size = path.stat().st_size
-                media_type, etag, extension = "audio/wav", f'"{record.sha256}-wav"', "wav"
+                media_type, etag, extension = AUDIO_FORMATS[fmt], f'"{record.sha256}-{fmt}"', fmt
 
                 def chunks(first: int, last: int) -> Iterator[bytes]:
                     return file_chunks(path, first, last + 1)
 
             else:
                 size = web.store.size(record.object_key)
-                media_type, etag, extension = record.content_type, f'"{record.sha256}"', "ogg"
+                media_type, etag, extension = record.content_type, f'"{record.sha256}"', fmt
 
                 def chunks(first: int, last: int) -> Iterator[bytes]:
                     return web.store.read_range(record.object_key, first, last + 1)
@@ -221,14 +229,14 @@ class RecordingsController(Controller):
         body = chunks(first, last) if size > 0 else iter(())
         return Stream(body, status_code=status, media_type=media_type, headers=headers)
 
-    @delete("/{recording_id:str}", status_code=202, opt=ADMIN_ONLY)
+    @delete("/{recording_id:str}", status_code=202, guards=[ADMIN], opt={AUDIT: "delete"})
     async def purge_recording(
         self, request: Request[Any, Any, Any], recording_id: FromPath[str]
     ) -> Response[Any]:
         """Delete everywhere: a `recording.purged` fact that every node applies to its copy.
         A recording under legal hold is refused (409) until the hold is released."""
         web = web_state(request)
-        principal = await web.require_admin(request)
+        principal = await web.require(request)
         record = await web.visible_record(principal, recording_id)
         if record.recording_id in web.backend.held:
             log.warning(
@@ -263,13 +271,14 @@ class RecordingsController(Controller):
             status_code=202,
         )
 
-    @put("/{recording_id:str}/hold", opt=ADMIN_ONLY)
+    @put("/{recording_id:str}/hold", guards=[ADMIN], opt={AUDIT: "hold"})
     async def hold_recording(
         self, request: Request[Any, Any, Any], recording_id: FromPath[str]
     ) -> Response[Any]:
         return await _set_hold(request, recording_id, True)
 
-    @delete("/{recording_id:str}/hold", status_code=200, opt=ADMIN_ONLY)
+    @delete("/{recording_id:str}/hold", status_code=200,
+            guards=[ADMIN], opt={AUDIT: "release"})
     async def release_recording(
         self, request: Request[Any, Any, Any], recording_id: FromPath[str]
     ) -> Response[Any]:

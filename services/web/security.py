@@ -14,7 +14,16 @@ state-changing request is accepted only if both hold:
   request arrived on), host and port from the `Host` header (403 otherwise).
 
 API clients (curl, httpx, the CLI) send neither header and keep working with Basic
-auth. The rules are pure functions over headers; the guards are thin adapters.
+auth or an API token. The rules are pure functions over headers; the guards are thin
+adapters. The same rules cover the login itself (login CSRF: a foreign page cannot
+sign a browser in as the attacker) since the login page posts JSON.
+
+Who may call what is decided here too, before any body is read: `login_guard` (every
+non-public route) finds the caller (Basic, Bearer token or session cookie), and
+`role_at_least(role)` on a controller or route refuses lesser roles with 403. A browser
+navigating to a page without a session is sent to `/login?next=...`; an API call gets
+401, with the Basic challenge only when it brought no session cookie (so a browser
+whose session ended does not pop up a password dialog).
 """
 
 from __future__ import annotations
@@ -23,17 +32,18 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 import structlog
 from litestar.connection import ASGIConnection
 from litestar.datastructures import MutableScopeHeaders
 from litestar.exceptions import HTTPException, NotAuthorizedException, PermissionDeniedException
 from litestar.handlers.base import BaseRouteHandler
-from litestar.types import Message, Scope
+from litestar.types import Guard, Message, Scope
 
 from callrec.jobspec import MAX_BODY
 from callrec.metrics import Counter
+from contracts.v1.events import Role
 
 from .auth import REALM, Authenticator, LoginThrottled, Principal
 
@@ -44,8 +54,8 @@ ALLOWED_FETCH_SITES = frozenset({"same-origin", "none"})
 JSON_MEDIA_TYPE = "application/json"
 DEFAULT_PORTS = {"http": 80, "https": 443}
 PUBLIC = "public"  # handler opt: served without authentication (health, metrics, static)
-ADMIN = "admin"  # handler opt: administrators only, refused before the body is read
-ADMIN_ONLY = {ADMIN: True}
+SESSION_COOKIE = "callrec_session"
+MAX_NEXT_LEN = 2000
 PRINCIPAL = "principal"  # where the login guard leaves who is calling (request state)
 MAX_BODY_BYTES = MAX_BODY  # JSON API bodies; larger ones are 413 while streaming in
 
@@ -175,29 +185,108 @@ async def login_guard(connection: ASGIConnection[Any, Any, Any, Any],
     needs it) before its body is read or validated."""
     if handler.opt.get(PUBLIC):
         return
-    principal = await authenticate(connection)
-    if handler.opt.get(ADMIN) and not principal.admin:
-        raise PermissionDeniedException(detail="administrator role required")
+    await authenticate(connection)
+
+
+def role_at_least(role: Role) -> Guard:
+    """A guard for a controller or route: callers below `role` get 403 (after the
+    login guard found who they are, before any body is read)."""
+
+    async def guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+        principal = await authenticate(connection)
+        if not principal.at_least(role):
+            raise PermissionDeniedException(detail=f"{role} role required")
+
+    guard.__name__ = f"role_at_least_{role}"
+    return guard
+
+
+ADMIN = role_at_least("admin")
+"""The guard of everything only an administrator may do (delete, hold, users, jobs,
+audit, missed calls); like the login guard, it refuses before any body is read."""
+SUPERVISOR = role_at_least("supervisor")
+
+
+class LoginRequired(Exception):
+    """A browser asked for a page without a session: send it to the login page."""
+
+    def __init__(self, next_path: str) -> None:
+        super().__init__(next_path)
+        self.next_path = next_path
+
+
+def safe_next(value: str | None) -> str:
+    """Where to go after the login: a local path only (no scheme, no host, no `//`,
+    no backslash or control character, which browsers read as another host)."""
+    if not value or len(value) > MAX_NEXT_LEN or not value.startswith("/"):
+        return "/"
+    if value.startswith(("//", "/\\")) or "\\" in value:
+        return "/"
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
+        return "/"
+    parts = urlsplit(value)
+    if parts.scheme or parts.netloc or parts.path.startswith(("/login", "/logout")):
+        return "/"
+    return value
+
+
+def login_url(next_path: str) -> str:
+    return "/login?next=" + quote(safe_next(next_path), safe="/")
+
+
+def _is_navigation(connection: ASGIConnection[Any, Any, Any, Any]) -> bool:
+    """A browser loading a page (not a script's fetch, not an API client)."""
+    if str(connection.scope.get("method", "GET")) not in ("GET", "HEAD"):
+        return False
+    if connection.url.path.startswith("/api/"):
+        return False
+    dest = connection.headers.get("sec-fetch-dest")
+    if dest is not None:
+        return dest == "document"
+    return "text/html" in connection.headers.get("accept", "")
+
+
+def _unauthenticated(connection: ASGIConnection[Any, Any, Any, Any]) -> Exception:
+    if _is_navigation(connection):
+        query = connection.url.query
+        return LoginRequired(connection.url.path + (f"?{query}" if query else ""))
+    if SESSION_COOKIE in connection.cookies:
+        return NotAuthorizedException(detail="session expired or ended: log in again")
+    return challenge()
 
 
 async def authenticate(connection: ASGIConnection[Any, Any, Any, Any]) -> Principal:
-    """The caller, from the request state if the guard already checked; 401/429 if not."""
+    """The caller, from the request state if a guard already checked; else from the
+    Authorization header (Basic or Bearer) or the session cookie; 401/429 if none."""
     known = connection.state.get(PRINCIPAL)
     if isinstance(known, Principal):
         return known
+    auth = _web(connection).auth
+    header = connection.headers.get("authorization")
+    principal: Principal | None
     try:
-        principal = await _web(connection).auth.authenticate(
-            connection.headers.get("authorization"), _client_host(connection))
+        if header is not None and header.strip().lower().startswith("bearer "):
+            principal = await auth.bearer(header, _client_host(connection))
+        elif header is not None:
+            principal = await auth.authenticate(header, _client_host(connection))
+        else:
+            principal = auth.session(connection.cookies.get(SESSION_COOKIE))
     except LoginThrottled as exc:
-        raise HTTPException(
-            status_code=429,
-            detail="too many failed logins from your address; retry later",
-            headers={"Retry-After": str(max(1, math.ceil(exc.retry_after_s)))},
-        ) from None
+        raise throttled(exc) from None
     if principal is None:
-        raise challenge()
+        if header is not None:
+            raise challenge()
+        raise _unauthenticated(connection)
     connection.state[PRINCIPAL] = principal
     return principal
+
+
+def throttled(exc: LoginThrottled) -> HTTPException:
+    return HTTPException(
+        status_code=429,
+        detail="too many failed logins from your address; retry later",
+        headers={"Retry-After": str(max(1, math.ceil(exc.retry_after_s)))},
+    )
 
 
 async def add_security_headers(message: Message, scope: Scope) -> None:

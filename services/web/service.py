@@ -20,18 +20,23 @@ from nats.aio.msg import Msg
 from callrec import bus
 from callrec.service import ServiceContext
 from callrec.store import open_store
-from callrec.users import UsersProjection
+from callrec.users import UserEvent, UsersProjection
 from contracts import subjects
 from contracts.v1.events import (
     EventBase,
     LegalHoldChanged,
     RecordingCompleted,
+    RecordingNoteAdded,
     RecordingPurged,
+    RecordingTagChanged,
     UserRemoved,
+    UserTokenIssued,
+    UserTokenRevoked,
     UserUpserted,
 )
 from contracts.v1.holds import HoldLedger
 from contracts.v1.rpc import (
+    Annotations,
     Empty,
     GetRequest,
     JobsStatus,
@@ -39,9 +44,16 @@ from contracts.v1.rpc import (
     SearchRequest,
     SearchResult,
     SyncStatus,
+    Waveform,
 )
 
 from .app import BackendUnavailable, create_app
+from .audit_http import audit_path, build_audit
+from .audit_log import JetStreamChain
+from .audit_store import AuditProjection
+from .missed import MissedPage, MissedQuery
+from .missed_stream import read_missed
+from .recording_page import shows
 
 # A lazy proxy: binding now would freeze the pre-`setup_logging` (non-JSON) config.
 log = structlog.get_logger(component="web")
@@ -50,6 +62,7 @@ SCATTER_WINDOW_S = 0.3
 USER_APPLY_WAIT_S = 2.0
 PURGE_APPLY_WAIT_S = 2.0
 HOLD_APPLY_WAIT_S = 2.0
+ANNOTATION_APPLY_WAIT_S = 2.0
 STATUS_TIMEOUT_S = 1.0
 
 
@@ -69,6 +82,9 @@ class NatsBackend:
         self._sync_status = subjects.rpc(ctx.node_id, subjects.SYNC, subjects.SYNC_STATUS)
         self._roles = subjects.rpc(ctx.node_id, subjects.SCHEDULER, subjects.SCHEDULER_ROLES)
         self._jobs = subjects.rpc(ctx.node_id, subjects.SCHEDULER, subjects.SCHEDULER_JOBS)
+        self._waveform = subjects.rpc(ctx.node_id, subjects.CATALOG, subjects.CATALOG_WAVEFORM)
+        self._annotations = subjects.rpc(ctx.node_id, subjects.CATALOG,
+                                         subjects.CATALOG_ANNOTATIONS)
 
     async def search(
         self, request: SearchRequest, visible_numbers: list[str] | None, timeout: float = 5.0
@@ -99,16 +115,20 @@ class NatsBackend:
                 return None
             raise BackendUnavailable(str(exc)) from exc
 
-    async def publish_user_event(self, event: UserUpserted | UserRemoved) -> None:
-        """Publish, then wait for our own projection so the next request sees the change."""
+    async def publish_user_event(self, event: UserEvent) -> None:
+        """Publish, then wait for our own projection so the next request sees the change.
+
+        Waits for the event itself: `bus.publish_event` answers the sequence in this
+        node's own stream, which in a cluster is not the projection's (the CLUSTER
+        stream's) numbering."""
         try:
             seq = await bus.publish_event(self.ctx.js, event)
         except Exception as exc:
             raise BackendUnavailable(f"could not store the change: {exc}") from exc
         deadline = time.monotonic() + USER_APPLY_WAIT_S
-        while self.users.last_sequence < seq and time.monotonic() < deadline:
+        while event.event_id not in self.users.applied and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
-        if self.users.last_sequence < seq:
+        if event.event_id not in self.users.applied:
             log.warning("user_event_not_applied_yet", seq=seq, username=event.username)
 
     async def purge_recording(self, event: RecordingPurged) -> bool:
@@ -127,6 +147,41 @@ class NatsBackend:
                 pass  # the catalog may be restarting; the purge is stored anyway
             if time.monotonic() >= deadline:
                 log.warning("purge_not_applied_yet", recording_id=event.recording_id)
+                return False
+            await asyncio.sleep(0.05)
+
+    async def waveform(self, recording_id: str, timeout: float = 2.0) -> Waveform | None:
+        try:
+            return await bus.call(self.ctx.nc, self._waveform,
+                                  GetRequest(recording_id=recording_id), Waveform, timeout)
+        except bus.RpcError as exc:
+            raise BackendUnavailable(str(exc)) from exc
+
+    async def annotations(self, recording_id: str, timeout: float = 2.0) -> Annotations:
+        try:
+            found = await bus.call(self.ctx.nc, self._annotations,
+                                   GetRequest(recording_id=recording_id), Annotations, timeout)
+        except bus.RpcError as exc:
+            raise BackendUnavailable(str(exc)) from exc
+        return found if found is not None else Annotations(recording_id=recording_id)
+
+    async def annotate(self, event: RecordingNoteAdded | RecordingTagChanged) -> bool:
+        """Publish, then wait (bounded) until the local catalog shows the change, so a
+        GET right after the POST or PUT sees it; stored either way."""
+        try:
+            await bus.publish_event(self.ctx.js, event)
+        except Exception as exc:
+            raise BackendUnavailable(f"could not store the change: {exc}") from exc
+        deadline = time.monotonic() + ANNOTATION_APPLY_WAIT_S
+        while True:
+            try:
+                if shows(await self.annotations(event.recording_id, timeout=0.5), event):
+                    return True
+            except BackendUnavailable:
+                pass  # the catalog may be restarting; the change is stored anyway
+            if time.monotonic() >= deadline:
+                log.warning("annotation_not_applied_yet", recording_id=event.recording_id,
+                            event_id=event.event_id)
                 return False
             await asyncio.sleep(0.05)
 
@@ -194,6 +249,10 @@ class NatsBackend:
                 await sub.unsubscribe()
         return replies
 
+    async def missed_calls(self, query: MissedQuery) -> MissedPage:
+        """This node's refused INVITEs (services/web/missed.py)."""
+        return await read_missed(self.ctx.js, self.ctx.node_id, query)
+
     async def health(self) -> dict[str, str]:
         checks: dict[str, str] = {}
         checks["nats"] = "ok" if self.ctx.nc.is_connected else "disconnected"
@@ -216,6 +275,32 @@ class _Server(uvicorn.Server):
         yield
 
 
+async def follow_audit(ctx: ServiceContext, projection: AuditProjection) -> None:
+    """Every node's audit entries into this node's copy, filed by the subject they came on."""
+    applied = ctx.metrics.counter("web_audit_entries_applied_total",
+                                  "audit entries of every node copied into the projection")
+    foreign = ctx.metrics.counter(
+        "web_audit_entries_forged_total",
+        "audit entries claiming another node than the one whose subject they came on")
+    try:
+        info = await ctx.js.stream_info(subjects.CLUSTER_STREAM)
+        if projection.last_sequence > int(info.state.last_seq or 0):
+            log.warning("audit_projection_reset", had=projection.last_sequence,
+                        stream=info.state.last_seq)
+            await asyncio.to_thread(projection.reset)
+    except Exception as exc:
+        log.warning("audit_stream_info_failed", error=str(exc)[:200])
+
+    async def apply(messages: list[Msg]) -> None:
+        items = [(m.subject, m.metadata.sequence.stream, m.data) for m in messages]
+        stats = await asyncio.to_thread(projection.apply, items)
+        applied.inc(stats.applied)
+        foreign.inc(len(stats.foreign))
+
+    await bus.follow_message_batches(ctx.js, subjects.events_of_type("audit.recorded"),
+                                     projection.last_sequence + 1, apply)
+
+
 async def _last_user_sequence(ctx: ServiceContext) -> int:
     return await bus.last_sequence_of(ctx.js, subjects.events_of_type("user.*"))
 
@@ -226,7 +311,7 @@ async def main(ctx: ServiceContext) -> None:
     ctx.metrics.gauge("web_users", "Users known to the web service", lambda: len(users.users))
 
     async def apply_user(event: Any, seq: int) -> None:
-        if isinstance(event, UserUpserted | UserRemoved):
+        if isinstance(event, UserUpserted | UserRemoved | UserTokenIssued | UserTokenRevoked):
             users.apply(event, seq)
             applied.inc(type=event.type)
 
@@ -236,8 +321,13 @@ async def main(ctx: ServiceContext) -> None:
         backend.holds.add(event)
         backend.held_sequence = max(backend.held_sequence, seq)
 
+    projection = AuditProjection(audit_path(ctx.config.data_dir))
+    audit = build_audit(backend, projection, JetStreamChain(ctx.js, ctx.node_id), ctx.metrics)
+
     async def follow() -> None:
         await asyncio.gather(
+            follow_audit(ctx, projection),
+            audit.auditor.run(ctx.stopping),
             bus.follow_events(ctx.js, ctx.node_id, subjects.events_of_type("user.*"), 1,
                               apply_user),
             bus.follow_events(ctx.js, ctx.node_id,
@@ -253,7 +343,7 @@ async def main(ctx: ServiceContext) -> None:
     log.info("users_loaded", users=len(users.users), seq=users.last_sequence)
 
     app = create_app(backend, open_store(ctx.config.data_dir), ctx.config.data_dir, ctx.metrics,
-                     numbers=ctx.config.numbers)
+                     audit, numbers=ctx.config.numbers)
     server = _Server(
         uvicorn.Config(
             app,

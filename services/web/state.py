@@ -17,7 +17,6 @@ from litestar import Request
 from litestar.exceptions import (
     HTTPException,
     NotFoundException,
-    PermissionDeniedException,
     ValidationException,
 )
 from pydantic import BaseModel, ValidationError
@@ -25,25 +24,27 @@ from pydantic import BaseModel, ValidationError
 from callrec.jobspec import MAX_BODY, describe_errors
 from callrec.metrics import Counter
 from callrec.store import ObjectStore
-from callrec.users import UsersProjection
+from callrec.users import UserEvent, UsersProjection
 from contracts.v1.events import (
     EventBase,
     RecordingCompleted,
+    RecordingNoteAdded,
     RecordingPurged,
-    UserRemoved,
-    UserUpserted,
+    RecordingTagChanged,
 )
 from contracts.v1.numbers import NumberPlan
 from contracts.v1.rpc import (
+    Annotations,
     JobsStatus,
     RolesStatus,
     SearchRequest,
     SearchResult,
     SyncStatus,
+    Waveform,
 )
 
 from .auth import Authenticator, Principal
-from .media import WavCache
+from .media import MediaCache
 from .security import authenticate
 from .validation import valid_recording_id
 
@@ -74,7 +75,9 @@ class Backend(Protocol):
 
     async def get(self, recording_id: str) -> RecordingCompleted | None: ...
 
-    async def publish_user_event(self, event: UserUpserted | UserRemoved) -> None: ...
+    async def publish_user_event(self, event: UserEvent) -> None:
+        """Store a user fact (user, token) and wait (bounded) until `users` shows it."""
+        ...
 
     async def purge_recording(self, event: RecordingPurged) -> bool:
         """Store the purge; True once the local catalog no longer lists the recording."""
@@ -96,6 +99,18 @@ class Backend(Protocol):
         """Store a fact (jobs, legal hold); raises BackendUnavailable when it cannot."""
         ...
 
+    async def waveform(self, recording_id: str) -> Waveform | None:
+        """The stored peaks of the copy the catalog lists; None when it has none."""
+        ...
+
+    async def annotations(self, recording_id: str) -> Annotations:
+        """A recording's notes and current tags, as the local catalog projects them."""
+        ...
+
+    async def annotate(self, event: RecordingNoteAdded | RecordingTagChanged) -> bool:
+        """Store a note or tag change; True once the local catalog shows it (bounded)."""
+        ...
+
     async def metrics_texts(self) -> list[str]: ...
 
     async def health(self) -> dict[str, str]: ...
@@ -105,12 +120,15 @@ class Backend(Protocol):
 class WebState:
     backend: Backend
     store: ObjectStore
-    wav: WavCache
+    media: MediaCache
     auth: Authenticator
     csrf_refused: Counter
     # How long a change waits for the local scheduler to show it (so a GET right
     # after a POST sees it); the change is stored either way.
     job_apply_wait_s: float = JOB_APPLY_WAIT_S
+    # How long saving an export job waits for the maintenance role holder's check of
+    # its target (a replicated `job.target_checked`); reported as pending after that.
+    target_check_wait_s: float = 5.0
     # The node's number plan: a recording's numbers are compared as sent and as the
     # extension they map to, as the catalog's search does.
     numbers: NumberPlan = field(default_factory=NumberPlan)
@@ -118,12 +136,6 @@ class WebState:
     async def require(self, request: Request[Any, Any, Any]) -> Principal:
         """The caller, as the login guard authenticated them before the body was read."""
         return await authenticate(request)
-
-    async def require_admin(self, request: Request[Any, Any, Any]) -> Principal:
-        principal = await self.require(request)
-        if not principal.admin:
-            raise PermissionDeniedException(detail="administrator role required")
-        return principal
 
     async def visible_record(self, principal: Principal, recording_id: str) -> RecordingCompleted:
         """The recording if it exists and this user may see it; 404 either way otherwise."""

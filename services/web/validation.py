@@ -10,8 +10,9 @@ import re
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-USERNAME = re.compile(r"^[A-Za-z0-9._@-]{1,64}$")
-EXTENSION = re.compile(r"^[0-9+*#]{1,32}$")
+from callrec.usercommands import EXTENSION, GROUP_NAME, USERNAME
+from contracts.v1.events import Role
+
 RECORDING_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
@@ -23,8 +24,6 @@ def valid_recording_id(value: str) -> bool:
     """Ids end up in cache file names: no separators, no dot-dot."""
     return bool(RECORDING_ID.fullmatch(value)) and ".." not in value
 
-
-GROUP_NAME = re.compile(r"^[A-Za-z0-9._@ -]{1,64}$")
 
 
 class UserInput(BaseModel):
@@ -39,8 +38,11 @@ class UserInput(BaseModel):
     record: bool = True
     display_name: str | None = Field(default=None, max_length=200)
     groups: list[str] = Field(default_factory=list, max_length=50)
+    role: Role | None = None  # None: `admin` decides (admin or user), as before roles
+    supervises: list[str] = Field(default_factory=list, max_length=50)
+    disabled: bool = False
 
-    @field_validator("groups")
+    @field_validator("groups", "supervises")
     @classmethod
     def _groups(cls, value: list[str]) -> list[str]:
         cleaned: list[str] = []

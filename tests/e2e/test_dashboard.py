@@ -22,6 +22,7 @@ import pytest
 from tests.support import browser, sipp
 from tests.support.cluster import eventually
 from tests.support.node import ADMIN_PASSWORD, Node
+from tests.support.weblogin import basic_headers
 
 if browser.missing():
     pytest.skip(str(browser.missing()), allow_module_level=True)
@@ -77,7 +78,8 @@ def test_export_job_run_from_the_dashboard(node: Node, tmp_path: Path) -> None:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
             context = browser.new_context(
-                http_credentials={"username": "admin", "password": ADMIN_PASSWORD},
+                # Basic on every request: a page load without credentials goes to /login.
+                extra_http_headers=basic_headers("admin", ADMIN_PASSWORD),
                 viewport={"width": 1400, "height": 900},
             )
             page = context.new_page()

@@ -23,6 +23,7 @@ import pytest
 from tests.support import browser, sipp
 from tests.support.cluster import eventually
 from tests.support.node import ADMIN_PASSWORD, Node
+from tests.support.weblogin import log_in
 
 if browser.missing():
     pytest.skip(str(browser.missing()), allow_module_level=True)
@@ -137,7 +138,8 @@ def test_cross_site_requests_from_a_signed_in_browser_change_nothing(node: Node)
             page.set_default_timeout(30_000)
             page.on("console", lambda m: csp_violations.append(m.text)
                     if "Content Security Policy" in m.text else None)
-            # Signed in: the node's pages open without a prompt.
+            # Signed in through the login page (a session cookie, as a person would).
+            log_in(page, node.base_url, "admin", ADMIN_PASSWORD)
             assert page.goto(f"{node.base_url}/").status == 200
 
             for path in ("/users", "/jobs-text", "/jobs-form"):

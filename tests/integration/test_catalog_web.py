@@ -320,8 +320,8 @@ def test_wav(node: Node) -> None:
             assert wav.getnchannels() == 2
             assert wav.getsampwidth() == 2
             assert wav.getnframes() > 0
-        cache = node.config.data_dir / "cache" / "wav" / "rec-one.wav"
-        assert cache.is_file()
+        [cache] = (node.config.data_dir / "cache" / "wav").glob("rec-one.*.wav")
+        assert cache.stat().st_mode & 0o777 == 0o600
         assert cache.read_bytes() == response.content
         part = client.get(
             "/api/recordings/rec-one/audio",
@@ -359,7 +359,7 @@ def test_users_api(node: Node) -> None:
 
         created = admin.post(
             "/api/users",
-            json={"username": "bob", "password": "bob-pw", "extensions": ["2002"],
+            json={"username": "bob", "password": "bob-pw-123", "extensions": ["2002"],
                   "groups": ["sales", "sales"]},
         )
         assert created.status_code == 201, created.text
@@ -368,7 +368,7 @@ def test_users_api(node: Node) -> None:
         assert admin.post("/api/users", json={"username": "x", "groups": ["a/b"]}
                           ).status_code == 400
         assert "bob" in [u["username"] for u in admin.get("/api/users").json()["items"]]
-        with node.client(auth=("bob", "bob-pw")) as bob:
+        with node.client(auth=("bob", "bob-pw-123")) as bob:
             assert _ids(bob.get("/api/recordings")) == ["rec-two"]
 
         # No password given: the existing one is kept.
@@ -376,7 +376,7 @@ def test_users_api(node: Node) -> None:
             "/api/users", json={"username": "bob", "extensions": ["2002"], "display_name": "Bob"}
         )
         assert updated.status_code == 200, updated.text
-        with node.client(auth=("bob", "bob-pw")) as bob:
+        with node.client(auth=("bob", "bob-pw-123")) as bob:
             assert bob.get("/api/recordings").status_code == 200
 
         conflict = admin.post("/api/users", json={"username": "carol", "extensions": ["1001"]})
@@ -400,7 +400,7 @@ def test_users_api(node: Node) -> None:
         assert admin.delete("/api/users/bob").status_code == 204
         assert admin.delete("/api/users/bob").status_code == 404
         assert admin.delete("/api/users/admin").status_code == 409  # last admin
-        with node.client(auth=("bob", "bob-pw")) as bob:
+        with node.client(auth=("bob", "bob-pw-123")) as bob:
             assert bob.get("/api/recordings").status_code == 401
 
 
@@ -424,7 +424,7 @@ def test_hostile_input(node: Node) -> None:
             "/api/recordings/%2e%2e/audio?format=wav",
             "/api/recordings/rec-one%00/audio",
             "/api/recordings/" + "a" * 300,
-            "/api/recordings/rec-one/audio?format=mp3",
+            "/api/recordings/rec-one/audio?format=flac",
             "/api/recordings/rec-one/audio?download=perhaps",
             "/api/users/..%2F",
         ):
@@ -543,9 +543,15 @@ class FakePeers:
 
 
 def test_cluster_status(node: Node) -> None:
-    with FakePeers(node.config) as peers, node.client(auth=ALICE) as client:
+    with FakePeers(node.config) as peers, node.client(auth=ADMIN) as client:
         with node.client(auth=None) as anon:
             assert anon.get("/api/cluster").status_code == 401
+        with node.client(auth=ALICE) as plain:
+            # A plain user sees the nodes and who holds the role, no internals.
+            seen = plain.get("/api/cluster").json()
+            assert seen["internals"] is False and "scheduler" not in seen
+            assert all(set(n) <= {"node_id", "state", "current_role", "down"}
+                       for n in seen["nodes"])
         # The scheduler is not running yet: the rest is still served.
         body = client.get("/api/cluster").json()
         assert body["node_id"] == NODE
@@ -564,6 +570,7 @@ def test_cluster_status(node: Node) -> None:
                 "node_id": NODE, "configured_role": "primary", "current_role": "active",
                 "priority": 0, "alive": True, "last_heartbeat_age_s": 0.1, "recordings": 3,
                 "lag": {"peer": {"events": 0, "events_last_contact_s": 0.2, "objects": 1}},
+                "state": "up", "down": None,
             }
             assert peer["current_role"] == "standby" and peer["lag"] == {}
             taken = last_event(node.config, "role.changed")
@@ -590,7 +597,7 @@ def test_cluster_status(node: Node) -> None:
             assert body["nodes"] == [{
                 "node_id": NODE, "configured_role": None, "current_role": "active",
                 "priority": None, "alive": None, "last_heartbeat_age_s": None,
-                "recordings": None, "lag": {},
+                "recordings": None, "lag": {}, "state": "unknown", "down": None,
             }]
             page = client.get("/cluster")
             assert page.status_code == 200 and "maintenance role" in page.text

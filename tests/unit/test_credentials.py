@@ -90,6 +90,7 @@ def test_each_service_may_state_only_its_own_facts() -> None:
         managing = ("$JS.API.STREAM.CREATE", "$JS.API.STREAM.DELETE", "$JS.API.STREAM.PURGE")
         assert not any(s.startswith(managing) for s in allowed)
     assert owners["user.upserted"] == {"web"}
+    assert owners["user.token_issued"] == owners["user.token_revoked"] == {"web"}
     assert owners["recording.purged"] == {"web", "scheduler"}
     assert owners["recording.completed"] == {"capture", "sync"}  # sync: takeovers
     assert owners["recording.hold_changed"] == {"web"}

@@ -24,12 +24,15 @@ from contracts.v1.events import (
     Participant,
     RecordingCompleted,
     RecordingMetadata,
+    RecordingNoteAdded,
     RecordingPurged,
+    RecordingTagChanged,
     UserRemoved,
     UserUpserted,
     new_id,
 )
 from contracts.v1.rpc import (
+    Annotations,
     JobRunView,
     JobsStatus,
     JobView,
@@ -37,6 +40,7 @@ from contracts.v1.rpc import (
     SearchRequest,
     SearchResult,
     SyncStatus,
+    Waveform,
 )
 from services.web.app import BackendUnavailable, create_app
 
@@ -120,6 +124,15 @@ class FakeBackend:
     async def roles_status(self) -> RolesStatus | None:
         return RolesStatus(node_id="n1", holder="n1", epoch=1)
 
+    async def waveform(self, recording_id: str) -> Waveform | None:
+        return None
+
+    async def annotations(self, recording_id: str) -> Annotations:
+        return Annotations(recording_id=recording_id)
+
+    async def annotate(self, event: RecordingNoteAdded | RecordingTagChanged) -> bool:
+        raise AssertionError("not used")
+
     async def metrics_texts(self) -> list[str]:
         return []
 
@@ -145,6 +158,7 @@ def backend() -> FakeBackend:
 def client(backend: FakeBackend, tmp_path: Path) -> Iterator[TestClient[Any]]:
     app = create_app(backend, open_store(tmp_path), tmp_path)
     app.state["web"].job_apply_wait_s = 0.2
+    app.state["web"].target_check_wait_s = 0.2
     with TestClient(app=app) as test_client:
         yield test_client
 

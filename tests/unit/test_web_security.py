@@ -257,7 +257,7 @@ def asgi_post(app: Any, path: str, headers: list[tuple[bytes, bytes]],
 
 def test_unauthenticated_bodies_are_never_read(backend: Backend, tmp_path: Path) -> None:
     app = create_app(backend, open_store(tmp_path), tmp_path)
-    body = b'{"username": "mallory", "password": "pw", "admin": true}'
+    body = b'{"username": "mallory", "password": "mallory-pw-1", "admin": true}'
     for path in ("/api/users", "/api/jobs"):
         assert asgi_post(app, path, [], body) == (401, 0), path
         wrong = b"Basic " + base64.b64encode(b"admin:wrong")

@@ -45,7 +45,7 @@ from contracts.v1.winner import better
 
 from . import waveforms
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 """Bump when the tables change: an old file is then dropped and rebuilt by replay."""
 
 STREAM_KEY = "events"

@@ -21,6 +21,7 @@ from tests.support import browser, sipp
 from tests.support.history import PastCall, add_past_calls
 from tests.support.node import ADMIN_PASSWORD, Node
 from tests.support.screens import shot
+from tests.support.weblogin import log_in
 
 if browser.missing():
     pytest.skip(str(browser.missing()), allow_module_level=True)
@@ -68,12 +69,11 @@ def test_yesterday_and_a_number(node: Node) -> None:
                                               args=browser.CHROMIUM_ARGS)
         try:
             context = chromium.new_context(
-                http_credentials={"username": "admin", "password": ADMIN_PASSWORD},
                 viewport={"width": 1400, "height": 900}, timezone_id="Europe/Berlin",
                 locale="en-GB")
             page = context.new_page()
             page.set_default_timeout(30_000)
-            page.goto(f"{node.base_url}/")
+            log_in(page, node.base_url, "admin", ADMIN_PASSWORD)
             count = page.get_by_test_id("result-count")
             sync_api.expect(count).to_have_text("6 recordings")
             rows = page.get_by_test_id("recording-row")

@@ -99,7 +99,8 @@ MISSED_MAX_BYTES = 64 * 1024 * 1024
 MISSED_MAX_MSG_SIZE = 16 * 1024
 
 
-def missed_stream_config(node_id: str, retention_days: float) -> StreamConfig:
+def missed_stream_config(node_id: str, retention_days: float,
+                         max_bytes: int = MISSED_MAX_BYTES) -> StreamConfig:
     """A node's missed calls (refused INVITEs): not facts, so bounded by age and size,
     the oldest dropped first; what a scanner sends can never fill the disk."""
     return StreamConfig(
@@ -109,17 +110,17 @@ def missed_stream_config(node_id: str, retention_days: float) -> StreamConfig:
         storage=StorageType.FILE,
         discard=DiscardPolicy.OLD,
         max_age=retention_days * 86400.0,
-        max_bytes=MISSED_MAX_BYTES,
+        max_bytes=max_bytes,
         max_msg_size=MISSED_MAX_MSG_SIZE,
         max_msgs=-1,
         duplicate_window=min(120.0, retention_days * 86400.0),
     )
 
 
-async def ensure_missed_stream(js: JetStreamContext, node_id: str,
-                               retention_days: float) -> None:
-    """Create the missed-calls stream, or apply a changed retention to it."""
-    config = missed_stream_config(node_id, retention_days)
+async def ensure_missed_stream(js: JetStreamContext, node_id: str, retention_days: float,
+                               max_bytes: int = MISSED_MAX_BYTES) -> None:
+    """Create the missed-calls stream, or apply a changed retention or size to it."""
+    config = missed_stream_config(node_id, retention_days, max_bytes)
     assert config.name is not None
     try:
         info = await js.stream_info(config.name)

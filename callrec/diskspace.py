@@ -115,6 +115,17 @@ def jetstream_budget(total: int) -> int:
     return max(JETSTREAM_MIN, int(total * JETSTREAM_SHARE))
 
 
+MISSED_CALLS_MAX = 64 * MIB
+MISSED_CALLS_SHARE = 1 / 8
+
+
+def missed_calls_budget(jetstream: int) -> int:
+    """Bytes the missed-calls stream may hold: 64 MiB, or an eighth of JetStream's budget
+    on a small disk (a stream's byte limit is reserved from that budget, and the facts
+    need the rest)."""
+    return max(1 * MIB, min(MISSED_CALLS_MAX, int(jetstream * MISSED_CALLS_SHARE)))
+
+
 def jetstream_nearly_full(used: int, budget: int) -> bool:
     """New calls are refused once JetStream holds this much of its budget."""
     return budget > 0 and used >= budget * JETSTREAM_REFUSE_SHARE

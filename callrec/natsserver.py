@@ -29,6 +29,11 @@ class NatsServerError(RuntimeError):
     pass
 
 
+def jetstream_budget(data_dir: Path) -> int:
+    """The node's JetStream store budget (`max_file_store`), from its data disk's size."""
+    return diskspace.jetstream_budget(shutil.disk_usage(data_dir / "nats").total)
+
+
 def find_binary() -> str:
     override = os.environ.get("CALLREC_NATS_SERVER")
     if override:
@@ -57,7 +62,7 @@ def write_config(config: NodeConfig) -> Path:
     store_dir = credentials.ensure_private_dir(config.data_dir / "nats").resolve()
     # An explicit store budget (callrec.diskspace) rather than nats-server's default of
     # 75 % of whatever was free at start: past it JetStream refuses writes, cleanly.
-    max_store = diskspace.jetstream_budget(shutil.disk_usage(store_dir).total)
+    max_store = jetstream_budget(config.data_dir)
     passwords = {
         identity: credentials.bus_password(config.data_dir, identity, create=True) or ""
         for identity in buspolicy.IDENTITIES

@@ -370,7 +370,9 @@ async def bootstrap(config: NodeConfig, joining: bool = False) -> None:
     try:
         js = nc.jetstream()
         await bus.ensure_streams(js, config.node_id)
-        await bus.ensure_missed_stream(js, config.node_id, config.missed_retention_days)
+        await bus.ensure_missed_stream(
+            js, config.node_id, config.missed_retention_days,
+            diskspace.missed_calls_budget(natsserver.jetstream_budget(config.data_dir)))
         if joining:
             await restore_own_history(nc, js, config.node_id)
         users = await load_users(js, config.node_id)

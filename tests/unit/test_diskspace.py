@@ -223,3 +223,11 @@ def test_finalize_retries_transient_failures_forever_and_gives_up_only_on_bugs(
     assert _is_transient(nats.errors.TimeoutError(), there)
     assert _is_transient(bus.RpcError("no responders"), there)
     assert not _is_transient(ValueError("corrupt manifest"), there)
+
+
+def test_missed_calls_fit_a_small_disks_jetstream_budget() -> None:
+    from callrec.diskspace import MIB, missed_calls_budget
+
+    assert missed_calls_budget(100 * 1024 * MIB) == 64 * MIB  # a real disk: the cap
+    assert missed_calls_budget(16 * MIB) == 2 * MIB  # a small one: an eighth of the budget
+    assert missed_calls_budget(0) == 1 * MIB

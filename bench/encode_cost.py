@@ -1,0 +1,154 @@
+"""The cost and size of a recorded call-minute: capture's own live encoder, measured.
+
+```sh
+PYTHONPATH=$PWD .venv/bin/python -m bench.encode_cost                 # one 60 s call, 3 runs
+PYTHONPATH=$PWD .venv/bin/python -m bench.encode_cost --seconds 20 --runs 1   # smoke
+```
+
+A two-leg G.711 call (440 Hz near, 1000 Hz far, 20 ms packets with jitter) is
+fabricated into a capture data directory (tests/support/callgen.py), then capture's
+``LiveEncoder`` steps through it every 0.5 s of call time as the capture worker does
+and finalizes it. The baseline, measured in the same process and run, is the machine's
+floor for this audio: PyAV libopus at complexity 0, 60 ms frames, 8 kHz mono per
+channel, one AudioFrame per second, on the same G.711 PCM (decoded by table). The
+figures are CPU seconds (``time.process_time``) per call-minute, their ratio to the
+baseline, and stored MB per call-hour. Each mode runs ``--runs`` times; the median
+is printed. Pass ``--profile`` to print a cProfile of one live run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import pstats
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from callrec.audio import PCMU_DECODE_TABLE  # noqa: E402
+from services.capture.finalize import duration_of, stream_specs  # noqa: E402
+from services.capture.live import LIVE_FILE, LiveEncoder  # noqa: E402
+from services.capture.manifest import RecordingManifest  # noqa: E402
+from services.capture.segments import read_stream  # noqa: E402
+from services.capture.timeline import parse_record  # noqa: E402
+from tests.support.callgen import make_recording  # noqa: E402
+
+STEP_MS = 500.0
+
+
+def live_run(directory: Path) -> tuple[float, int, int]:
+    """(CPU s, bytes, duration ms) of capture's live encoder plus finalize on one call."""
+    for stale in (LIVE_FILE, "live.json", "final.json"):
+        (directory / stale).unlink(missing_ok=True)
+    manifest = RecordingManifest.load(directory)
+    duration = duration_of(manifest)
+    specs = stream_specs(manifest)
+    started = time.process_time()
+    encoder = LiveEncoder(directory, manifest.recording_id)
+    now = 0.0
+    while now < duration:
+        now += STEP_MS
+        encoder.step(specs, min(now, float(duration)))
+    encoder.finish(specs, duration)
+    cpu = time.process_time() - started
+    return cpu, (directory / LIVE_FILE).stat().st_size, duration
+
+
+def g711_pcm(directory: Path) -> list[np.ndarray]:
+    """Each stream's PCM at 8 kHz, decoded by table in arrival order (baseline input)."""
+    manifest = RecordingManifest.load(directory)
+    out: list[np.ndarray] = []
+    for stream in sorted(manifest.streams.values(), key=lambda s: s.channel):
+        payloads = []
+        for arrival, data in read_stream(directory, stream.stream_id):
+            rec = parse_record(arrival, data)
+            if rec is not None:
+                payloads.append((rec.seq, rec.payload))
+        payloads.sort()
+        out.append(PCMU_DECODE_TABLE[np.frombuffer(b"".join(p for _, p in payloads),
+                                                   dtype=np.uint8)])
+    return out
+
+
+def baseline_run(pcm: list[np.ndarray], bitrate: int) -> tuple[float, int]:
+    """(CPU s, bytes of Opus packets) of libopus at its cheapest on the same PCM."""
+    started = time.process_time()
+    size = 0
+    for channel in pcm:
+        ctx = av.CodecContext.create("libopus", "w")
+        assert isinstance(ctx, av.AudioCodecContext)
+        ctx.sample_rate = 8000
+        ctx.layout = "mono"
+        ctx.format = "s16"
+        ctx.bit_rate = bitrate
+        ctx.options = {"compression_level": "0", "application": "voip",
+                       "frame_duration": "60"}
+        ctx.time_base = Fraction(1, 8000)
+        ctx.open()
+        usable = channel.size // 8000 * 8000
+        for start in range(0, usable, 8000):
+            frame = av.AudioFrame.from_ndarray(channel[None, start:start + 8000],
+                                               format="s16", layout="mono")
+            frame.sample_rate = 8000
+            frame.pts = start
+            frame.time_base = Fraction(1, 8000)
+            size += sum(p.size for p in ctx.encode(frame))
+        size += sum(p.size for p in ctx.encode(None))
+    return time.process_time() - started, size
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=60.0)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--baseline-bitrate", type=int, default=8000,
+                        help="bit/s per channel of the baseline (default 8000)")
+    parser.add_argument("--profile", action="store_true")
+    args = parser.parse_args()
+    root = Path(tempfile.mkdtemp(prefix="encode-cost-"))
+    try:
+        directory = make_recording(root / "rec", args.seconds)
+        pcm = g711_pcm(directory)
+        live_run(directory)  # warm-up: imports, tables, filter caches
+        base_cpu: list[float] = []
+        live_cpu: list[float] = []
+        size = duration = base_size = 0
+        for _ in range(args.runs):  # interleaved, so drift hits both alike
+            cpu, base_size = baseline_run(pcm, args.baseline_bitrate)
+            base_cpu.append(cpu)
+            cpu, size, duration = live_run(directory)
+            live_cpu.append(cpu)
+        minutes = duration / 60_000
+        hours = duration / 3_600_000
+        base = statistics.median(base_cpu) / minutes
+        live = statistics.median(live_cpu) / minutes
+        print(f"call: {duration / 1000:.1f} s, 2 PCMU streams; {args.runs} runs, medians")
+        print(f"{'mode':<52} {'cpu-s/call-min':>14} {'ratio':>6} {'MB/call-h':>10}")
+        label = f"baseline: libopus c0, 60 ms, 8 kHz mono x2, {args.baseline_bitrate} b/s each"
+        print(f"{label:<52} {base:14.4f} {1.0:6.2f} "
+              f"{base_size / hours / 1e6:10.2f}  (packets only, no Ogg)")
+        print(f"{'capture LiveEncoder: steps every 0.5 s + finish':<52} {live:14.4f} "
+              f"{live / base:6.2f} {size / hours / 1e6:10.2f}")
+        if args.profile:
+            profiler = cProfile.Profile()
+            profiler.enable()
+            live_run(directory)
+            profiler.disable()
+            pstats.Stats(profiler).sort_stats("cumulative").print_stats(25)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

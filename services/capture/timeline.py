@@ -188,6 +188,11 @@ def parse_record(arrival_ms: float, data: bytes) -> RtpRecord | None:
     )
 
 
+def native_rate(codec: str) -> int | None:
+    """The sample rate a codec we decode produces ('PCMU' -> 8000), None if unknown."""
+    return _NATIVE_RATE.get(normalize_codec(codec))
+
+
 def normalize_codec(name: str) -> str:
     """Canonical codec name: 'pcmu/8000' -> 'PCMU', 'G.722' -> 'G722'."""
     base = name.split("/", 1)[0].strip()

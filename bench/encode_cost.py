@@ -23,9 +23,11 @@ import cProfile
 import pstats
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
+import wave
 from fractions import Fraction
 from pathlib import Path
 
@@ -38,24 +40,56 @@ if str(REPO) not in sys.path:
 
 from callrec.audio import PCMU_DECODE_TABLE  # noqa: E402
 from services.capture.finalize import duration_of, stream_specs  # noqa: E402
-from services.capture.live import LIVE_FILE, LiveEncoder  # noqa: E402
+from services.capture.live import LIVE_FILE, LiveEncoder, encoding_rate  # noqa: E402
 from services.capture.manifest import RecordingManifest  # noqa: E402
 from services.capture.segments import read_stream  # noqa: E402
 from services.capture.timeline import parse_record  # noqa: E402
 from tests.support.callgen import make_recording  # noqa: E402
 
+SPEECH = ("Thank you for calling. Your account number is four five seven two. Please hold "
+          "while I transfer you to the billing department. Hello, I would like to change the "
+          "delivery address for my order from last Tuesday, and cancel the second item.")
+
+
+def speech(seconds: float, offset: int) -> np.ndarray:
+    """espeak-ng's voice at 8 kHz, repeated to ``seconds``, -6 dBFS peak (int16)."""
+    from scipy.signal import resample_poly
+
+    with tempfile.TemporaryDirectory() as tmp:
+        wav = Path(tmp) / "s.wav"
+        subprocess.run(["espeak-ng", "-v", "en", "-s", "160", "-w", str(wav), SPEECH],
+                       check=True)
+        with wave.open(str(wav)) as handle:
+            rate = handle.getframerate()
+            raw = np.frombuffer(handle.readframes(handle.getnframes()), dtype="<i2")
+    x = resample_poly(raw.astype(np.float64), 8000, rate)
+    x *= 0.5 * 32767 / np.max(np.abs(x))
+    n = int(seconds * 8000)
+    return np.round(np.roll(np.resize(x, n), offset)).astype(np.int16)
+
 STEP_MS = 500.0
 
 
-def live_run(directory: Path) -> tuple[float, int, int]:
-    """(CPU s, bytes, duration ms) of capture's live encoder plus finalize on one call."""
+Variant = tuple[int, int, int, int]
+"""(encoder input rate, bitrate of both channels, complexity, frame ms) of one live run."""
+
+
+def live_run(directory: Path, variant: Variant | None = None) -> tuple[float, int, int]:
+    """(CPU s, bytes, duration ms) of capture's live encoder plus finalize on one call;
+    ``variant`` overrides capture's defaults (None: as capture runs it)."""
     for stale in (LIVE_FILE, "live.json", "final.json"):
         (directory / stale).unlink(missing_ok=True)
     manifest = RecordingManifest.load(directory)
     duration = duration_of(manifest)
     specs = stream_specs(manifest)
     started = time.process_time()
-    encoder = LiveEncoder(directory, manifest.recording_id)
+    if variant is None:
+        encoder = LiveEncoder(directory, manifest.recording_id,
+                              rate=encoding_rate(specs))
+    else:
+        rate, bitrate, complexity, frame_ms = variant
+        encoder = LiveEncoder(directory, manifest.recording_id, rate=rate, bitrate=bitrate,
+                              complexity=complexity, frame_ms=frame_ms)
     now = 0.0
     while now < duration:
         now += STEP_MS
@@ -114,34 +148,49 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--baseline-bitrate", type=int, default=8000,
                         help="bit/s per channel of the baseline (default 8000)")
+    parser.add_argument("--speech", action="store_true",
+                        help="espeak-ng speech on both legs instead of the 440/1000 Hz tones")
+    parser.add_argument("--variant", action="append", default=[],
+                        help="RATE:BITRATE:COMPLEXITY:FRAME_MS of another live run, e.g."
+                             " 16000:16000:5:20 (the encoding before issue 11); repeatable")
     parser.add_argument("--profile", action="store_true")
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="encode-cost-"))
     try:
-        directory = make_recording(root / "rec", args.seconds)
+        signals = ({"near": speech(args.seconds, 0), "far": speech(args.seconds, 8000 * 7)}
+                   if args.speech else None)
+        directory = make_recording(root / "rec", args.seconds, signals=signals)
         pcm = g711_pcm(directory)
         live_run(directory)  # warm-up: imports, tables, filter caches
+        variants: list[Variant | None] = [None] + [
+            (int(a), int(b), int(c), int(d)) for a, b, c, d in (v.split(":") for v in args.variant)]
         base_cpu: list[float] = []
-        live_cpu: list[float] = []
-        size = duration = base_size = 0
-        for _ in range(args.runs):  # interleaved, so drift hits both alike
+        live_cpu: list[list[float]] = [[] for _ in variants]
+        sizes = [0] * len(variants)
+        duration = base_size = 0
+        for _ in range(args.runs):  # interleaved, so drift hits all alike
             cpu, base_size = baseline_run(pcm, args.baseline_bitrate)
             base_cpu.append(cpu)
-            cpu, size, duration = live_run(directory)
-            live_cpu.append(cpu)
+            for index, variant in enumerate(variants):
+                cpu, sizes[index], duration = live_run(directory, variant)
+                live_cpu[index].append(cpu)
         minutes = duration / 60_000
         hours = duration / 3_600_000
         base = statistics.median(base_cpu) / minutes
-        live = statistics.median(live_cpu) / minutes
-        print(f"call: {duration / 1000:.1f} s, 2 PCMU streams; {args.runs} runs, medians")
-        print(f"{'mode':<52} {'cpu-s/call-min':>14} {'ratio':>6} {'MB/call-h':>10}")
+        print(f"call: {duration / 1000:.1f} s, 2 PCMU streams of "
+              f"{'speech' if args.speech else 'tones'}; {args.runs} runs, medians")
+        print(f"{'mode':<58} {'cpu-s/call-min':>14} {'ratio':>6} {'MB/call-h':>10}")
         label = f"baseline: libopus c0, 60 ms, 8 kHz mono x2, {args.baseline_bitrate} b/s each"
-        print(f"{label:<52} {base:14.4f} {1.0:6.2f} "
+        print(f"{label:<58} {base:14.4f} {1.0:6.2f} "
               f"{base_size / hours / 1e6:10.2f}  (packets only, no Ogg)")
-        print(f"{'capture LiveEncoder: steps every 0.5 s + finish':<52} {live:14.4f} "
-              f"{live / base:6.2f} {size / hours / 1e6:10.2f}")
+        for index, variant in enumerate(variants):
+            live = statistics.median(live_cpu[index]) / minutes
+            label = ("capture LiveEncoder as configured (0.5 s steps + finish)" if variant is None
+                     else "capture LiveEncoder at {}:{}:{}:{}".format(*variant))
+            print(f"{label:<58} {live:14.4f} {live / base:6.2f} "
+                  f"{sizes[index] / hours / 1e6:10.2f}")
         if args.profile:
-            profiler = cProfile.Profile()
+            profiler = cProfile.Profile(time.process_time)  # CPU, not wall time
             profiler.enable()
             live_run(directory)
             profiler.disable()

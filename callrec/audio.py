@@ -480,7 +480,8 @@ class OpusPageEncoder:
 
     def __init__(self, rate: int = 16000, *, bitrate: int = 16000, complexity: int = 5,
                  frame_ms: int = 20, serial: int = 0x63616C6C,
-                 resume_from: OggPageInfo | None = None) -> None:
+                 resume_from: OggPageInfo | None = None,
+                 options: dict[str, str] | None = None) -> None:
         ctx = av.CodecContext.create("libopus", "w")
         assert isinstance(ctx, av.AudioCodecContext)
         ctx.sample_rate = rate
@@ -488,7 +489,8 @@ class OpusPageEncoder:
         ctx.format = "s16"
         ctx.bit_rate = bitrate
         ctx.options = {"compression_level": str(complexity), "application": "voip",
-                       "mapping_family": "255", "frame_duration": str(frame_ms)}
+                       "mapping_family": "255", "frame_duration": str(frame_ms),
+                       **(options or {})}
         ctx.time_base = Fraction(1, rate)
         ctx.open()
         self._ctx = ctx

@@ -152,8 +152,9 @@ def encoding_rate(streams: Iterable[StreamSpec]) -> int:
 
     Telephony G.711 and G.729 carry nothing above 4 kHz: encoding them at 16 kHz only
     doubles the work (resampling, mixing, and libopus coding an empty upper band).
-    A G.722 stream keeps its band. Payload types outside the negotiated ones (a
-    static G.722 nobody offered) are resampled down with the rest.
+    A G.722 stream keeps its band. The rate is chosen once, when the first codec is
+    known, and kept (a resumed file goes on at its OpusHead's rate): a wideband codec
+    negotiated later, or a static G.722 nobody offered, is resampled down.
     """
     for spec in streams:
         for name in spec.payload_codecs.values():

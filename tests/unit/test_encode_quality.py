@@ -22,13 +22,23 @@ from scipy.signal import resample_poly
 from callrec.audio import (
     decode_file,
     dominant_frequency,
+    opus_input_rate,
     pcmu_decode,
     pcmu_encode,
     sound_seconds,
 )
 from callrec.config import NodeConfig
 from services.capture.finalize import duration_of, stream_specs
-from services.capture.live import LIVE_FILE, NARROWBAND_RATE, worker_finish, worker_step
+from services.capture.live import (
+    LIVE_FILE,
+    NARROWBAND_RATE,
+    WIDEBAND_RATE,
+    LiveEncoder,
+    StreamSpec,
+    encoding_rate,
+    worker_finish,
+    worker_step,
+)
 from services.capture.manifest import RecordingManifest
 from tests.support.callgen import FAR_HZ, NEAR_HZ, make_recording
 
@@ -39,8 +49,8 @@ FAR_TEXT = ("Hello, I would like to change the delivery address for my order "
             "from last Tuesday, and cancel the second item please.")
 STOI_MIN = 0.85
 
-pytestmark = pytest.mark.skipif(shutil.which("espeak-ng") is None,
-                                reason="espeak-ng missing (scripts/test installs it)")
+needs_espeak = pytest.mark.skipif(shutil.which("espeak-ng") is None,
+                                  reason="espeak-ng missing (scripts/test installs it)")
 
 
 def _speech(text: str, tmp: Path) -> npt.NDArray[np.int16]:
@@ -90,6 +100,7 @@ def _aligned_stoi(reference: npt.NDArray[np.int16], decoded: npt.NDArray[np.int1
     return float(stoi(a[:n], b[:n], RATE, extended=False))
 
 
+@needs_espeak
 def test_speech_keeps_stoi_on_both_channels(tmp_path: Path) -> None:
     near = _speech(NEAR_TEXT, tmp_path)
     far = _speech(FAR_TEXT, tmp_path)
@@ -116,3 +127,28 @@ def test_tones_survive_narrowband_encoding(tmp_path: Path) -> None:
     for channel in decoded:
         assert sound_seconds(channel, RATE) == pytest.approx(3.0, abs=0.1)
     assert NARROWBAND_RATE == RATE  # G.711 alone: encoded narrowband
+
+
+def test_the_encoding_rate_follows_the_negotiated_codecs() -> None:
+    def spec(**codecs: str) -> StreamSpec:
+        return StreamSpec("s", 0, {int(pt[2:]): name for pt, name in codecs.items()})
+
+    assert encoding_rate([spec(pt0="PCMU"), spec(pt8="pcma/8000")]) == NARROWBAND_RATE
+    assert encoding_rate([spec(pt18="G729", pt101="telephone-event")]) == NARROWBAND_RATE
+    assert encoding_rate([spec(pt0="PCMU"), spec(pt9="G722")]) == WIDEBAND_RATE
+    assert encoding_rate([spec(pt96="G.722/8000")]) == WIDEBAND_RATE
+    assert encoding_rate([]) == NARROWBAND_RATE
+
+
+def test_no_codec_yet_no_file_and_a_resumed_file_keeps_its_rate(tmp_path: Path) -> None:
+    directory = make_recording(tmp_path / "rec", 2.0)
+    bare = [StreamSpec("near", 0, {}), StreamSpec("far", 1, {})]
+    assert worker_step(directory, "rec-gen", bare, 1_000.0, 16_000) == (None, 0)
+    assert not (directory / LIVE_FILE).exists()
+    wide = LiveEncoder(directory, "rec-gen", rate=WIDEBAND_RATE)
+    wide.step(stream_specs(RecordingManifest.load(directory)), 1_500.0)
+    wide.close()
+    assert opus_input_rate(directory / LIVE_FILE) == WIDEBAND_RATE
+    resumed = LiveEncoder(directory, "rec-gen", rate=NARROWBAND_RATE)
+    assert resumed.rate == WIDEBAND_RATE and resumed.cursor > 0
+    resumed.close()

@@ -373,7 +373,10 @@ class LiveEncoder:
             self._pump(t)
             newest = max((s.tail.last_arrival for s in self._streams.values()), default=-1.0)
             emit_ms = min(t - EMIT_DELAY_MS, newest)
-            emit = int(emit_ms * self.rate / 1000) // self._frame * self._frame
+            # Whole frames from the cursor (a file resumed from an encoder with another
+            # frame size, e.g. one written before an upgrade, goes on from where it is).
+            emit = self.cursor + (int(emit_ms * self.rate / 1000) - self.cursor) \
+                // self._frame * self._frame
             for stream in self._streams.values():
                 stream.timeline.advance(t, reorder_ms=REORDER_MS, emit_sample=emit)
             self._emit(emit, partial=False)

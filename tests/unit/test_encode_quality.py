@@ -152,3 +152,22 @@ def test_no_codec_yet_no_file_and_a_resumed_file_keeps_its_rate(tmp_path: Path) 
     resumed = LiveEncoder(directory, "rec-gen", rate=NARROWBAND_RATE)
     assert resumed.rate == WIDEBAND_RATE and resumed.cursor > 0
     resumed.close()
+
+
+def test_a_file_with_20_ms_frames_goes_on_with_60_ms_frames(tmp_path: Path) -> None:
+    """A recording in progress when capture is upgraded: written with 20 ms frames at
+    16 kHz (the settings before issue 11), resumed and finished by today's encoder."""
+    directory = make_recording(tmp_path / "rec", 4.0)
+    specs = stream_specs(RecordingManifest.load(directory))
+    old = LiveEncoder(directory, "rec-gen", rate=WIDEBAND_RATE, complexity=5, frame_ms=20)
+    old.step(specs, 1_970.0)
+    old.close()
+    resumed = LiveEncoder(directory, "rec-gen")
+    assert resumed.cursor % 960  # not on a 60 ms boundary at 16 kHz
+    resumed.step(specs, 3_000.0)
+    resumed.finish(specs, 4_000)
+    decoded, rate = decode_file(directory / LIVE_FILE, WIDEBAND_RATE)
+    assert abs(decoded.shape[1] - 4 * rate) <= rate // 50
+    middle = decoded[:, rate // 2: -rate // 2]
+    assert dominant_frequency(middle[0], rate) == pytest.approx(NEAR_HZ, abs=5)
+    assert dominant_frequency(middle[1], rate) == pytest.approx(FAR_HZ, abs=5)

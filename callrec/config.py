@@ -47,6 +47,7 @@ class NodeConfig(BaseModel):
     # A join file copied from a cluster member (`callrec cluster invite`).
     join_file: Path | None = None
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    # Both channels together (services/capture/live.py OPUS_BITRATE says why).
     opus_bitrate: int = Field(default=16000, ge=6000, le=128000)
     # No RTP for this long on a leg not on hold ends the leg (BYE) and finalizes; 0: off.
     media_timeout_s: float = Field(default=30.0, ge=0.0)

@@ -29,14 +29,36 @@ from pathlib import Path
 
 import numpy as np
 
-from callrec.audio import OggPageInfo, OpusPageEncoder, iter_decoded, scan_ogg_pages
+from callrec.audio import (
+    OggPageInfo,
+    OpusPageEncoder,
+    iter_decoded,
+    opus_input_rate,
+    scan_ogg_pages,
+)
 from callrec.waveform import PeakAccumulator, peaks_of_chunks
 from contracts.v1.events import ChannelSummary, DtmfDigit, WaveformPeaks
 
 from .segments import RECORD_HEADER, stream_segments
-from .timeline import DtmfEvent, Int16Array, StreamStats, StreamTimeline
+from .timeline import DtmfEvent, Int16Array, StreamStats, StreamTimeline, native_rate
 
-OUTPUT_RATE = 16000
+NARROWBAND_RATE = 8000
+WIDEBAND_RATE = 16000
+
+OPUS_COMPLEXITY = 0
+"""libopus' cheapest setting: complexity 3 and up cost about 3x the CPU on narrowband
+speech for a few hundredths of STOI (bench/encode_cost.py,
+tests/unit/test_encode_quality.py)."""
+
+OPUS_BITRATE = 16000
+"""Both channels together (8 kbit/s each), the node's default (NodeConfig). Lower
+rates meet the size target on speech (12 kbit/s: STOI 0.86, 4.9 MB per call-hour) but
+at 12 and 14 kbit/s libopus' narrowband coder moved a 1000 Hz test tone 25 to 45 Hz
+(complexities 0 to 3), which the tone tests reject."""
+
+OPUS_FRAME_MS = 60
+"""Opus' longest SILK frame: fewer packets (less TOC and Ogg lacing overhead, fewer
+encoder calls). Latency does not matter for a recording."""
 LIVE_FILE = "live.opus"
 LIVE_STATE = "live.json"
 FINAL_STATE = "final.json"
@@ -53,9 +75,8 @@ CATCH_UP_STEP_MS = 2_000.0
 time at a time, which bounds memory whatever the call's length."""
 
 READ_CHUNK = 128 * 1024  # more than the largest record (6 + 65535 bytes)
-_FRAME = OUTPUT_RATE // 50
 _EOS = 4
-_EMIT_PIECE = 2 * OUTPUT_RATE  # samples mixed and encoded at a time
+_EMIT_SECONDS = 2  # call time mixed and encoded at a time
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,6 +147,23 @@ class SegmentTail:
                 self._offsets[path] = path.stat().st_size  # torn tail of a crashed process
 
 
+def encoding_rate(streams: Iterable[StreamSpec]) -> int:
+    """The rate a recording is encoded at: narrowband when no negotiated codec is wider.
+
+    Telephony G.711 and G.729 carry nothing above 4 kHz: encoding them at 16 kHz only
+    doubles the work (resampling, mixing, and libopus coding an empty upper band).
+    A G.722 stream keeps its band. The rate is chosen once, when the first codec is
+    known, and kept (a resumed file goes on at its OpusHead's rate): a wideband codec
+    negotiated later, or a static G.722 nobody offered, is resampled down.
+    """
+    for spec in streams:
+        for name in spec.payload_codecs.values():
+            rate = native_rate(str(name))
+            if rate is not None and rate > NARROWBAND_RATE:
+                return WIDEBAND_RATE
+    return NARROWBAND_RATE
+
+
 @dataclass
 class _Stream:
     spec: StreamSpec
@@ -187,8 +225,9 @@ class LiveEncoder:
     Not thread-safe: the service runs every call of one recording on one worker thread.
     """
 
-    def __init__(self, directory: Path, recording_id: str, *, bitrate: int = 16000,
-                 complexity: int = 5) -> None:
+    def __init__(self, directory: Path, recording_id: str, *, bitrate: int = OPUS_BITRATE,
+                 complexity: int = OPUS_COMPLEXITY, rate: int = NARROWBAND_RATE,
+                 frame_ms: int = OPUS_FRAME_MS) -> None:
         self.directory = directory
         self.recording_id = recording_id
         self.path = directory / LIVE_FILE
@@ -207,11 +246,13 @@ class LiveEncoder:
             resume = None  # headers incomplete: nothing playable yet, start again
         if resume is None:
             self.bytes = 0
-            self._encoder = OpusPageEncoder(OUTPUT_RATE, bitrate=bitrate, complexity=complexity)
-        else:
+        else:  # a recording goes on at the rate it was started with
             self.bytes = resume.end
-            self._encoder = OpusPageEncoder(OUTPUT_RATE, bitrate=bitrate,
-                                            complexity=complexity, resume_from=resume)
+            rate = opus_input_rate(self.path) or rate
+        self.rate = rate
+        self._encoder = OpusPageEncoder(rate, bitrate=bitrate, complexity=complexity,
+                                        frame_ms=frame_ms, resume_from=resume)
+        self._frame = self._encoder.frame_size
         if self.final is None:
             self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o640)
             os.ftruncate(self._fd, self.bytes)
@@ -224,8 +265,8 @@ class LiveEncoder:
         # None: unknown (the web then computes them from the audio).
         self._peaks: PeakAccumulator | None = None
         if self.final is None:
-            self._peaks = (PeakAccumulator(OUTPUT_RATE) if self.cursor == 0
-                           else _peaks_of_prefix(self.path, self.cursor))
+            self._peaks = (PeakAccumulator(rate) if self.cursor == 0
+                           else _peaks_of_prefix(self.path, self.cursor, rate))
 
     # ---- progress
 
@@ -275,7 +316,7 @@ class LiveEncoder:
             # ...then the last samples (and the silence of a final hold), a piece at a time.
             # An Ogg file without audio packets cannot be opened again: an empty
             # recording becomes one sample of silence (as encode_opus_stereo does).
-            total = max(end * OUTPUT_RATE // 1000, self.cursor, 1)
+            total = max(end * self.rate // 1000, self.cursor, 1)
             self._emit(total, partial=True, write=True)
             summaries: list[ChannelSummary] = []
             codecs: set[str] = set()
@@ -311,7 +352,7 @@ class LiveEncoder:
             if current is None:
                 # Output before the cursor is in live.opus already (a stream added
                 # mid-call, or a restart): what lands there is dropped, not pushed later.
-                timeline = StreamTimeline(spec.payload_codecs, OUTPUT_RATE,
+                timeline = StreamTimeline(spec.payload_codecs, self.rate,
                                           start_sample=self.cursor)
                 self._streams[spec.stream_id] = _Stream(
                     spec, SegmentTail(self.directory, spec.stream_id), timeline,
@@ -332,7 +373,10 @@ class LiveEncoder:
             self._pump(t)
             newest = max((s.tail.last_arrival for s in self._streams.values()), default=-1.0)
             emit_ms = min(t - EMIT_DELAY_MS, newest)
-            emit = int(emit_ms * OUTPUT_RATE / 1000) // _FRAME * _FRAME
+            # Whole frames from the cursor (a file resumed from an encoder with another
+            # frame size, e.g. one written before an upgrade, goes on from where it is).
+            emit = self.cursor + (int(emit_ms * self.rate / 1000) - self.cursor) \
+                // self._frame * self._frame
             for stream in self._streams.values():
                 stream.timeline.advance(t, reorder_ms=REORDER_MS, emit_sample=emit)
             self._emit(emit, partial=False)
@@ -348,16 +392,17 @@ class LiveEncoder:
     def _emit(self, upto: int, *, partial: bool, write: bool = False) -> None:
         """Mix and encode [cursor, upto), a bounded piece at a time.
 
-        Only whole 20 ms frames unless ``partial`` (the end of the call): the last
+        Only whole Opus frames unless ``partial`` (the end of the call): the last
         frame is then padded with silence and the end granule trims it off.
         """
         while self.cursor < upto:
-            stop = min(upto, self.cursor + _EMIT_PIECE)
+            piece = _EMIT_SECONDS * self.rate // self._frame * self._frame
+            stop = min(upto, self.cursor + piece)
             left, right = self._mix(stop)
-            if left.size % _FRAME:
+            if left.size % self._frame:
                 if not partial:
                     raise ValueError("emit whole frames only")
-                pad = _FRAME - left.size % _FRAME
+                pad = self._frame - left.size % self._frame
                 left = np.concatenate([left, np.zeros(pad, dtype=np.int16)])
                 right = np.concatenate([right, np.zeros(pad, dtype=np.int16)])
             self._encoder.encode(left, right)
@@ -412,14 +457,14 @@ class LiveEncoder:
             pass  # advisory only: live.opus itself is the truth
 
 
-def _peaks_of_prefix(path: Path, samples: int) -> PeakAccumulator | None:
+def _peaks_of_prefix(path: Path, samples: int, rate: int) -> PeakAccumulator | None:
     """Peaks of what live.opus already holds, for an encoder resumed after a restart:
     decoded once (about 3 ms of CPU per second of call), then fed on as usual. The
     decoder ends the encoder's look-ahead (6.5 ms) short: padded with silence. A prefix
     that does not decode gives no peaks (None), never a failed recording."""
     try:
         accumulator, taken = peaks_of_chunks(
-            (c for c, _ in iter_decoded(path, OUTPUT_RATE)), OUTPUT_RATE, limit=samples)
+            (c for c, _ in iter_decoded(path, rate)), rate, limit=samples)
     except Exception:  # any decoder error: the recording matters, its drawing does not
         return None
     if taken < samples:
@@ -471,9 +516,12 @@ def worker_step(directory: Path, recording_id: str, specs: list[StreamSpec], now
                 bitrate: int) -> tuple[Progress | None, int]:
     """One live step of one recording: (new progress or None, bytes appended)."""
     encoder = _ENCODERS.get(recording_id)
+    if encoder is None and not any(spec.payload_codecs for spec in specs):
+        return None, 0  # no codec negotiated yet: the rate to encode at is not known
     try:
         if encoder is None:
-            encoder = LiveEncoder(directory, recording_id, bitrate=bitrate)
+            encoder = LiveEncoder(directory, recording_id, bitrate=bitrate,
+                                  rate=encoding_rate(specs))
             _ENCODERS[recording_id] = encoder
         before = encoder.bytes
         progress = encoder.step(specs, now_ms)
@@ -489,7 +537,8 @@ def worker_finish(directory: Path, recording_id: str, specs: list[StreamSpec],
     encoder = _ENCODERS.get(recording_id)
     try:
         if encoder is None:
-            encoder = LiveEncoder(directory, recording_id, bitrate=bitrate)
+            encoder = LiveEncoder(directory, recording_id, bitrate=bitrate,
+                                  rate=encoding_rate(specs))
             _ENCODERS[recording_id] = encoder
         result = encoder.finish(specs, duration_ms)
     except Exception:

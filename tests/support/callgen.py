@@ -13,6 +13,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
+import numpy.typing as npt
 from aiortc.rtp import RtpPacket
 
 from callrec.audio import pcmu_encode
@@ -30,14 +31,22 @@ def packets(hz: float, seconds: float, *, ssrc: int, jitter_ms: int, seed: int,
             start_ms: int = 0, seq0: int = 1000, ts0: int = 50_000,
             pt: int = 0) -> list[tuple[int, bytes]]:
     """(arrival_ms, datagram) of a PCMU tone, generated chunk by chunk (bounded)."""
-    rng = random.Random(seed)
     count = int(seconds * 1000) // PTIME_MS
+    n = np.arange(count * SPP, dtype=np.float64)
+    samples = np.round(0.5 * 32767 * np.sin(2 * np.pi * hz * n / 8000.0)).astype(np.int16)
+    return pcm_packets(samples, ssrc=ssrc, jitter_ms=jitter_ms, seed=seed, start_ms=start_ms,
+                       seq0=seq0, ts0=ts0, pt=pt)
+
+
+def pcm_packets(samples: npt.NDArray[np.int16], *, ssrc: int, jitter_ms: int, seed: int,
+                start_ms: int = 0, seq0: int = 1000, ts0: int = 50_000,
+                pt: int = 0) -> list[tuple[int, bytes]]:
+    """(arrival_ms, datagram) of 8 kHz PCM sent as 20 ms PCMU packets (the tail that
+    does not fill a packet is dropped)."""
+    rng = random.Random(seed)
     out: list[tuple[int, bytes]] = []
-    n = np.arange(SPP, dtype=np.float64)
-    for i in range(count):
-        phase = (i * SPP + n) / 8000.0
-        samples = np.round(0.5 * 32767 * np.sin(2 * np.pi * hz * phase)).astype(np.int16)
-        payload = pcmu_encode(samples)
+    for i in range(samples.size // SPP):
+        payload = pcmu_encode(samples[i * SPP:(i + 1) * SPP])
         datagram = RtpPacket(payload_type=pt, sequence_number=(seq0 + i) & 0xFFFF,
                              timestamp=(ts0 + SPP * i) & 0xFFFFFFFF, ssrc=ssrc,
                              payload=payload).serialize()
@@ -54,8 +63,11 @@ def write_segment(path: Path, records: list[tuple[int, bytes]]) -> None:
 
 
 def make_recording(directory: Path, seconds: float, *, recording_id: str = "rec-gen",
-                   ended: bool = True, jitter_ms: int = 8, chunk_s: float = 60.0) -> Path:
+                   ended: bool = True, jitter_ms: int = 8, chunk_s: float = 60.0,
+                   signals: dict[str, npt.NDArray[np.int16]] | None = None) -> Path:
     """A recording dir holding ``seconds`` of a two-stream call; returns the directory.
+
+    ``signals`` replaces a stream's tone ("near", "far") by that 8 kHz PCM (speech).
 
     The segments are written a minute at a time so that fabricating a long call
     needs no more memory than a short one.
@@ -76,6 +88,10 @@ def make_recording(directory: Path, seconds: float, *, recording_id: str = "rec-
     manifest.save(directory)
     for stream_id, hz, ssrc, seed in (("near", NEAR_HZ, 0x1111, 1), ("far", FAR_HZ, 0x2222, 2)):
         path = segment_path(directory, stream_id, 0)
+        if signals is not None and stream_id in signals:
+            write_segment(path, pcm_packets(signals[stream_id], ssrc=ssrc,
+                                            jitter_ms=jitter_ms, seed=seed))
+            continue
         done = 0.0
         while done < seconds:
             span = min(chunk_s, seconds - done)

@@ -10,6 +10,8 @@ import av
 import numpy as np
 import pytest
 from aiortc.rtp import RtpPacket
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from callrec.audio import (
     PCMA_DECODE_TABLE,
@@ -571,3 +573,23 @@ def test_partly_undecodable_stream_is_not_silent(tone_1k: bytes) -> None:
     assert stats.silent_reason is None
     assert stats.unknown_payload_types == [97]
     assert stats.packets_decoded == 100
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.binary(min_size=0, max_size=80), st.integers(0, 15), st.booleans(), st.booleans())
+def test_parse_record_reads_what_aiortc_reads(body: bytes, cc: int, ext: bool,
+                                              pad: bool) -> None:
+    """The in-place header reader accepts and extracts exactly what aiortc's parser does
+    (random CSRC counts, extension and padding flags over random bytes)."""
+    data = bytes([0x80 | (0x20 if pad else 0) | (0x10 if ext else 0) | cc, 0x08]) + \
+        b"\x12\x34" + b"\x00\x00\x10\x00" + b"\xab\xcd\xef\x01" + body
+    try:
+        packet = RtpPacket.parse(data)
+    except (ValueError, IndexError, struct.error):
+        assert parse_record(0, data) is None
+        return
+    rec = parse_record(0, data)
+    assert rec is not None
+    assert (rec.ssrc, rec.seq, rec.ts, rec.pt, rec.payload) == (
+        packet.ssrc, packet.sequence_number, packet.timestamp, packet.payload_type,
+        bytes(packet.payload))

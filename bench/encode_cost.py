@@ -1,0 +1,203 @@
+"""The cost and size of a recorded call-minute: capture's own live encoder, measured.
+
+```sh
+PYTHONPATH=$PWD .venv/bin/python -m bench.encode_cost                 # one 60 s call, 3 runs
+PYTHONPATH=$PWD .venv/bin/python -m bench.encode_cost --seconds 20 --runs 1   # smoke
+```
+
+A two-leg G.711 call (440 Hz near, 1000 Hz far, 20 ms packets with jitter) is
+fabricated into a capture data directory (tests/support/callgen.py), then capture's
+``LiveEncoder`` steps through it every 0.5 s of call time as the capture worker does
+and finalizes it. The baseline, measured in the same process and run, is the machine's
+floor for this audio: PyAV libopus at complexity 0, 60 ms frames, 8 kHz mono per
+channel, one AudioFrame per second, on the same G.711 PCM (decoded by table). The
+figures are CPU seconds (``time.process_time``) per call-minute, their ratio to the
+baseline, and stored MB per call-hour. Each mode runs ``--runs`` times; the median
+is printed. Pass ``--profile`` to print a cProfile of one live run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import pstats
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import wave
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from callrec.audio import PCMU_DECODE_TABLE  # noqa: E402
+from services.capture.finalize import duration_of, stream_specs  # noqa: E402
+from services.capture.live import LIVE_FILE, LiveEncoder, encoding_rate  # noqa: E402
+from services.capture.manifest import RecordingManifest  # noqa: E402
+from services.capture.segments import read_stream  # noqa: E402
+from services.capture.timeline import parse_record  # noqa: E402
+from tests.support.callgen import make_recording  # noqa: E402
+
+SPEECH = ("Thank you for calling. Your account number is four five seven two. Please hold "
+          "while I transfer you to the billing department. Hello, I would like to change the "
+          "delivery address for my order from last Tuesday, and cancel the second item.")
+
+
+def speech(seconds: float, offset: int) -> np.ndarray:
+    """espeak-ng's voice at 8 kHz, repeated to ``seconds``, -6 dBFS peak (int16)."""
+    from scipy.signal import resample_poly
+
+    with tempfile.TemporaryDirectory() as tmp:
+        wav = Path(tmp) / "s.wav"
+        subprocess.run(["espeak-ng", "-v", "en", "-s", "160", "-w", str(wav), SPEECH],
+                       check=True)
+        with wave.open(str(wav)) as handle:
+            rate = handle.getframerate()
+            raw = np.frombuffer(handle.readframes(handle.getnframes()), dtype="<i2")
+    x = resample_poly(raw.astype(np.float64), 8000, rate)
+    x *= 0.5 * 32767 / np.max(np.abs(x))
+    n = int(seconds * 8000)
+    return np.round(np.roll(np.resize(x, n), offset)).astype(np.int16)
+
+STEP_MS = 500.0
+
+
+Variant = tuple[int, int, int, int]
+"""(encoder input rate, bitrate of both channels, complexity, frame ms) of one live run."""
+
+
+def live_run(directory: Path, variant: Variant | None = None) -> tuple[float, int, int]:
+    """(CPU s, bytes, duration ms) of capture's live encoder plus finalize on one call;
+    ``variant`` overrides capture's defaults (None: as capture runs it)."""
+    for stale in (LIVE_FILE, "live.json", "final.json"):
+        (directory / stale).unlink(missing_ok=True)
+    manifest = RecordingManifest.load(directory)
+    duration = duration_of(manifest)
+    specs = stream_specs(manifest)
+    started = time.process_time()
+    if variant is None:
+        encoder = LiveEncoder(directory, manifest.recording_id,
+                              rate=encoding_rate(specs))
+    else:
+        rate, bitrate, complexity, frame_ms = variant
+        encoder = LiveEncoder(directory, manifest.recording_id, rate=rate, bitrate=bitrate,
+                              complexity=complexity, frame_ms=frame_ms)
+    now = 0.0
+    while now < duration:
+        now += STEP_MS
+        encoder.step(specs, min(now, float(duration)))
+    encoder.finish(specs, duration)
+    cpu = time.process_time() - started
+    return cpu, (directory / LIVE_FILE).stat().st_size, duration
+
+
+def g711_pcm(directory: Path) -> list[np.ndarray]:
+    """Each stream's PCM at 8 kHz, decoded by table in arrival order (baseline input)."""
+    manifest = RecordingManifest.load(directory)
+    out: list[np.ndarray] = []
+    for stream in sorted(manifest.streams.values(), key=lambda s: s.channel):
+        payloads = []
+        for arrival, data in read_stream(directory, stream.stream_id):
+            rec = parse_record(arrival, data)
+            if rec is not None:
+                payloads.append((rec.seq, rec.payload))
+        payloads.sort()
+        out.append(PCMU_DECODE_TABLE[np.frombuffer(b"".join(p for _, p in payloads),
+                                                   dtype=np.uint8)])
+    return out
+
+
+def baseline_run(pcm: list[np.ndarray], bitrate: int) -> tuple[float, int]:
+    """(CPU s, bytes of Opus packets) of libopus at its cheapest on the same PCM."""
+    started = time.process_time()
+    size = 0
+    for channel in pcm:
+        ctx = av.CodecContext.create("libopus", "w")
+        assert isinstance(ctx, av.AudioCodecContext)
+        ctx.sample_rate = 8000
+        ctx.layout = "mono"
+        ctx.format = "s16"
+        ctx.bit_rate = bitrate
+        ctx.options = {"compression_level": "0", "application": "voip",
+                       "frame_duration": "60"}
+        ctx.time_base = Fraction(1, 8000)
+        ctx.open()
+        usable = channel.size // 8000 * 8000
+        for start in range(0, usable, 8000):
+            frame = av.AudioFrame.from_ndarray(channel[None, start:start + 8000],
+                                               format="s16", layout="mono")
+            frame.sample_rate = 8000
+            frame.pts = start
+            frame.time_base = Fraction(1, 8000)
+            size += sum(p.size for p in ctx.encode(frame))
+        size += sum(p.size for p in ctx.encode(None))
+    return time.process_time() - started, size
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=60.0)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--baseline-bitrate", type=int, default=8000,
+                        help="bit/s per channel of the baseline (default 8000)")
+    parser.add_argument("--speech", action="store_true",
+                        help="espeak-ng speech on both legs instead of the 440/1000 Hz tones")
+    parser.add_argument("--variant", action="append", default=[],
+                        help="RATE:BITRATE:COMPLEXITY:FRAME_MS of another live run, e.g."
+                             " 16000:16000:5:20 (the encoding before issue 11); repeatable")
+    parser.add_argument("--profile", action="store_true")
+    args = parser.parse_args()
+    root = Path(tempfile.mkdtemp(prefix="encode-cost-"))
+    try:
+        signals = ({"near": speech(args.seconds, 0), "far": speech(args.seconds, 8000 * 7)}
+                   if args.speech else None)
+        directory = make_recording(root / "rec", args.seconds, signals=signals)
+        pcm = g711_pcm(directory)
+        live_run(directory)  # warm-up: imports, tables, filter caches
+        variants: list[Variant | None] = [None] + [
+            (int(a), int(b), int(c), int(d)) for a, b, c, d in (v.split(":") for v in args.variant)]
+        base_cpu: list[float] = []
+        live_cpu: list[list[float]] = [[] for _ in variants]
+        sizes = [0] * len(variants)
+        duration = base_size = 0
+        for _ in range(args.runs):  # interleaved, so drift hits all alike
+            cpu, base_size = baseline_run(pcm, args.baseline_bitrate)
+            base_cpu.append(cpu)
+            for index, variant in enumerate(variants):
+                cpu, sizes[index], duration = live_run(directory, variant)
+                live_cpu[index].append(cpu)
+        minutes = duration / 60_000
+        hours = duration / 3_600_000
+        base = statistics.median(base_cpu) / minutes
+        print(f"call: {duration / 1000:.1f} s, 2 PCMU streams of "
+              f"{'speech' if args.speech else 'tones'}; {args.runs} runs, medians")
+        print(f"{'mode':<58} {'cpu-s/call-min':>14} {'ratio':>6} {'MB/call-h':>10}")
+        label = f"baseline: libopus c0, 60 ms, 8 kHz mono x2, {args.baseline_bitrate} b/s each"
+        print(f"{label:<58} {base:14.4f} {1.0:6.2f} "
+              f"{base_size / hours / 1e6:10.2f}  (packets only, no Ogg)")
+        for index, variant in enumerate(variants):
+            live = statistics.median(live_cpu[index]) / minutes
+            label = ("capture LiveEncoder as configured (0.5 s steps + finish)" if variant is None
+                     else "capture LiveEncoder at {}:{}:{}:{}".format(*variant))
+            print(f"{label:<58} {live:14.4f} {live / base:6.2f} "
+                  f"{sizes[index] / hours / 1e6:10.2f}")
+        if args.profile:
+            profiler = cProfile.Profile(time.process_time)  # CPU, not wall time
+            profiler.enable()
+            live_run(directory)
+            profiler.disable()
+            pstats.Stats(profiler).sort_stats("cumulative").print_stats(25)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

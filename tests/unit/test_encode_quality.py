@@ -1,0 +1,173 @@
+"""What capture's encoding keeps of a call: speech intelligibility (STOI) and tones.
+
+Speech is synthesised with espeak-ng, sent as G.711 (PCMU) RTP into a fabricated
+capture directory, encoded by the live encoder as capture runs it (steps every 0.5 s,
+then finish, at the node's default bitrate) and decoded again. STOI compares each
+channel with the G.711 original, i.e. it measures only what the Opus encoding loses.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import wave
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+import pytest
+from pystoi import stoi
+from scipy.signal import resample_poly
+
+from callrec.audio import (
+    decode_file,
+    dominant_frequency,
+    opus_input_rate,
+    pcmu_decode,
+    pcmu_encode,
+    sound_seconds,
+)
+from callrec.config import NodeConfig
+from services.capture.finalize import duration_of, stream_specs
+from services.capture.live import (
+    LIVE_FILE,
+    NARROWBAND_RATE,
+    WIDEBAND_RATE,
+    LiveEncoder,
+    StreamSpec,
+    encoding_rate,
+    worker_finish,
+    worker_step,
+)
+from services.capture.manifest import RecordingManifest
+from tests.support.callgen import FAR_HZ, NEAR_HZ, make_recording
+
+RATE = 8000
+NEAR_TEXT = ("Thank you for calling. Your account number is four five seven two. "
+             "Please hold while I transfer you to the billing department.")
+FAR_TEXT = ("Hello, I would like to change the delivery address for my order "
+            "from last Tuesday, and cancel the second item please.")
+STOI_MIN = 0.85
+
+needs_espeak = pytest.mark.skipif(shutil.which("espeak-ng") is None,
+                                  reason="espeak-ng missing (scripts/test installs it)")
+
+
+def _speech(text: str, tmp: Path) -> npt.NDArray[np.int16]:
+    """espeak-ng's voice (22.05 kHz) at 8 kHz, peaking at -6 dBFS, as int16."""
+    wav = tmp / "speech.wav"
+    subprocess.run(["espeak-ng", "-v", "en", "-s", "160", "-w", str(wav), text], check=True)
+    with wave.open(str(wav)) as handle:
+        rate = handle.getframerate()
+        raw = np.frombuffer(handle.readframes(handle.getnframes()), dtype="<i2")
+    x = resample_poly(raw.astype(np.float64), RATE, rate)
+    x *= 0.5 * 32767 / np.max(np.abs(x))
+    return np.round(x).astype(np.int16)
+
+
+def _record(directory: Path) -> npt.NDArray[np.int16]:
+    """Capture's live encoding of the fabricated call, decoded at 8 kHz: (2, n)."""
+    manifest = RecordingManifest.load(directory)
+    duration = duration_of(manifest)
+    specs = stream_specs(manifest)
+    bitrate = NodeConfig.model_fields["opus_bitrate"].default
+    now = 0.0
+    while now < duration:
+        now += 500.0
+        worker_step(directory, manifest.recording_id, specs, min(now, float(duration)),
+                    bitrate)
+    worker_finish(directory, manifest.recording_id, specs, duration, bitrate)
+    decoded, rate = decode_file(directory / LIVE_FILE, RATE)
+    assert rate == RATE
+    return decoded
+
+
+def _aligned_stoi(reference: npt.NDArray[np.int16], decoded: npt.NDArray[np.int16]) -> float:
+    """STOI at the best alignment within +-50 ms (placement by arrival may shift a little)."""
+    ref = reference.astype(np.float64)
+    out = decoded.astype(np.float64)
+    best, best_lag = -np.inf, 0
+    for lag in range(-400, 401):
+        a = ref[max(0, -lag):]
+        b = out[max(0, lag):]
+        n = min(a.size, b.size)
+        score = float(np.dot(a[:n], b[:n]))
+        if score > best:
+            best, best_lag = score, lag
+    a = ref[max(0, -best_lag):]
+    b = out[max(0, best_lag):]
+    n = min(a.size, b.size)
+    return float(stoi(a[:n], b[:n], RATE, extended=False))
+
+
+@needs_espeak
+def test_speech_keeps_stoi_on_both_channels(tmp_path: Path) -> None:
+    near = _speech(NEAR_TEXT, tmp_path)
+    far = _speech(FAR_TEXT, tmp_path)
+    seconds = max(near.size, far.size) / RATE + 0.5
+    directory = make_recording(tmp_path / "rec", seconds, signals={"near": near, "far": far})
+    decoded = _record(directory)
+    for channel, original in ((0, near), (1, far)):
+        g711 = pcmu_decode(pcmu_encode(original))  # what the recorder received
+        score = _aligned_stoi(g711, decoded[channel])
+        assert score >= STOI_MIN, f"channel {channel}: STOI {score:.3f}"
+    # The channels stay apart: the near talker is not in the far channel.
+    assert _aligned_stoi(pcmu_decode(pcmu_encode(near)), decoded[1]) < 0.5
+
+
+def test_tones_survive_narrowband_encoding(tmp_path: Path) -> None:
+    directory = make_recording(tmp_path / "rec", 3.0)
+    assert {s.payload_codecs[0] for s in stream_specs(RecordingManifest.load(directory))} == {
+        "PCMU"}
+    decoded = _record(directory)
+    middle = decoded[:, RATE // 2: -RATE // 2]
+    assert dominant_frequency(middle[0], RATE) == pytest.approx(NEAR_HZ, abs=5)
+    assert dominant_frequency(middle[1], RATE) == pytest.approx(FAR_HZ, abs=5)
+    # Sound all along (a tone is never lost or muted by the encoder).
+    for channel in decoded:
+        assert sound_seconds(channel, RATE) == pytest.approx(3.0, abs=0.1)
+    assert NARROWBAND_RATE == RATE  # G.711 alone: encoded narrowband
+
+
+def test_the_encoding_rate_follows_the_negotiated_codecs() -> None:
+    def spec(**codecs: str) -> StreamSpec:
+        return StreamSpec("s", 0, {int(pt[2:]): name for pt, name in codecs.items()})
+
+    assert encoding_rate([spec(pt0="PCMU"), spec(pt8="pcma/8000")]) == NARROWBAND_RATE
+    assert encoding_rate([spec(pt18="G729", pt101="telephone-event")]) == NARROWBAND_RATE
+    assert encoding_rate([spec(pt0="PCMU"), spec(pt9="G722")]) == WIDEBAND_RATE
+    assert encoding_rate([spec(pt96="G.722/8000")]) == WIDEBAND_RATE
+    assert encoding_rate([]) == NARROWBAND_RATE
+
+
+def test_no_codec_yet_no_file_and_a_resumed_file_keeps_its_rate(tmp_path: Path) -> None:
+    directory = make_recording(tmp_path / "rec", 2.0)
+    bare = [StreamSpec("near", 0, {}), StreamSpec("far", 1, {})]
+    assert worker_step(directory, "rec-gen", bare, 1_000.0, 16_000) == (None, 0)
+    assert not (directory / LIVE_FILE).exists()
+    wide = LiveEncoder(directory, "rec-gen", rate=WIDEBAND_RATE)
+    wide.step(stream_specs(RecordingManifest.load(directory)), 1_500.0)
+    wide.close()
+    assert opus_input_rate(directory / LIVE_FILE) == WIDEBAND_RATE
+    resumed = LiveEncoder(directory, "rec-gen", rate=NARROWBAND_RATE)
+    assert resumed.rate == WIDEBAND_RATE and resumed.cursor > 0
+    resumed.close()
+
+
+def test_a_file_with_20_ms_frames_goes_on_with_60_ms_frames(tmp_path: Path) -> None:
+    """A recording in progress when capture is upgraded: written with 20 ms frames at
+    16 kHz (the settings before issue 11), resumed and finished by today's encoder."""
+    directory = make_recording(tmp_path / "rec", 4.0)
+    specs = stream_specs(RecordingManifest.load(directory))
+    old = LiveEncoder(directory, "rec-gen", rate=WIDEBAND_RATE, complexity=5, frame_ms=20)
+    old.step(specs, 1_970.0)
+    old.close()
+    resumed = LiveEncoder(directory, "rec-gen")
+    assert resumed.cursor % 960  # not on a 60 ms boundary at 16 kHz
+    resumed.step(specs, 3_000.0)
+    resumed.finish(specs, 4_000)
+    decoded, rate = decode_file(directory / LIVE_FILE, WIDEBAND_RATE)
+    assert abs(decoded.shape[1] - 4 * rate) <= rate // 50
+    middle = decoded[:, rate // 2: -rate // 2]
+    assert dominant_frequency(middle[0], rate) == pytest.approx(NEAR_HZ, abs=5)
+    assert dominant_frequency(middle[1], rate) == pytest.approx(FAR_HZ, abs=5)

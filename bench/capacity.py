@@ -47,6 +47,14 @@ TONE_TOLERANCE_HZ = 15.0
 OPUS_BITRATE = 8000  # per channel, narrowband: the cheapest Opus that is still speech
 
 
+T0 = time.monotonic()
+
+
+def progress(what: str) -> None:
+    """Where the run is, on stderr (the table goes to stdout)."""
+    print(f"# {time.monotonic() - T0:6.1f} s  {what}", file=sys.stderr, flush=True)
+
+
 # --------------------------------------------------------------------------- figures
 
 
@@ -58,8 +66,9 @@ class Line:
     calls: int
     pps: float = float("nan")
     loss_pct: float = float("nan")
-    rx_cm: float = float("nan")  # CPU-s per call-minute while media arrives
-    fin_cm: float = 0.0  # CPU-s per recorded call-minute after the call (finalize)
+    rx_cm: float = float("nan")  # CPU-s per call-minute of the receiving process
+    live_cm: float = 0.0  # CPU-s per call-minute of encoding while media arrives
+    fin_cm: float = 0.0  # CPU-s per call-minute after the call (finalize)
     mb_call_h: float = float("nan")
     p50_s: float = float("nan")
     p99_s: float = float("nan")
@@ -69,7 +78,7 @@ class Line:
 
     @property
     def all_cm(self) -> float:
-        return self.rx_cm + self.fin_cm
+        return self.rx_cm + self.live_cm + self.fin_cm
 
     @property
     def calls_per_core(self) -> float:
@@ -96,12 +105,14 @@ def fmt(value: float, digits: int = 3) -> str:
 def render_table(lines: list[Line], header: str, notes: list[str]) -> str:
     """The markdown table printed and appended to RESULTS.md."""
     out = [header, "",
-           "| calls | system | pps | loss % | rx cpu/cm | fin cpu/cm | all-in cpu/cm "
-           "| calls/core | x floor | MB/call-h | BYE->done p50 s | p99 s | correct |",
-           "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+           "| calls | system | pps | loss % | rx cpu/cm | live enc cpu/cm | fin cpu/cm "
+           "| all-in cpu/cm | calls/core | x floor | MB/call-h | BYE->done p50 s | p99 s "
+           "| correct |",
+           "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for ln in lines:
         out.append(f"| {ln.calls} | {ln.system} | {fmt(ln.pps, 0)} | {fmt(ln.loss_pct)} "
-                   f"| {fmt(ln.rx_cm, 4)} | {fmt(ln.fin_cm, 4)} | {fmt(ln.all_cm, 4)} "
+                   f"| {fmt(ln.rx_cm, 4)} | {fmt(ln.live_cm, 4)} | {fmt(ln.fin_cm, 4)} "
+                   f"| {fmt(ln.all_cm, 4)} "
                    f"| {fmt(ln.calls_per_core, 0)} | {fmt(ln.floor_ratio, 2)} "
                    f"| {fmt(ln.mb_call_h, 2)} | {fmt(ln.p50_s)} | {fmt(ln.p99_s)} "
                    f"| {ln.correct} |")
@@ -152,9 +163,9 @@ async def run_rtpengine(ng: rtpengine.NgClient, daemon: rtpengine.Daemon, calls:
     tag = uuid.uuid4().hex[:6]
     call_ids = [f"bench-{calls}-{tag}-{i}" for i in range(calls)]
     ports: list[int] = []
-    for i, call_id in enumerate(call_ids):
-        near, far = await asyncio.to_thread(rtpengine.open_recorded_call, ng, call_id,
-                                            9000 + 4 * (i % 200))
+    for call_id in call_ids:
+        # The parties' own SDP ports are never sent to (blackhole), so one pair serves all.
+        near, far = await asyncio.to_thread(rtpengine.open_recorded_call, ng, call_id, 4000)
         ports.extend([near, far])
     assert daemon.process is not None
     pid = daemon.process.pid
@@ -182,8 +193,10 @@ def rtpengine_running(calls: int) -> Iterator[tuple[rtpengine.NgClient, rtpengin
     if reason:
         yield reason
         return
-    port_min = 40000 + (os.getpid() % 4) * 2000
-    daemon = rtpengine.Daemon(port_min=port_min, port_max=port_min + max(400, 2 * calls + 100))
+    # RTP and RTCP on each side: 4 ports a call, below the node's range (from 20000)
+    # and the ephemeral ports.
+    port_min = 7000
+    daemon = rtpengine.Daemon(port_min=port_min, port_max=port_min + 4 * calls + 200)
     try:
         ng = daemon.start()
     except rtpengine.NgError as exc:
@@ -209,9 +222,10 @@ async def run_callrec(node: Any, driver: CaptureDriver, capture_pid: int, calls:
     allocated_at = time.monotonic()
     ids, ports = await driver.allocate(calls, tag)
     sent = await loadgen.send_load(ports, seconds,
-                                   {"tree": lambda: loadgen.tree_cpu(capture_pid)})
+                                   {"rx": lambda: loadgen.proc_cpu(capture_pid),
+                                    "tree": lambda: loadgen.tree_cpu(capture_pid)})
+    before = loadgen.tree_cpu(capture_pid)  # so the flush wait below is counted in fin
     await asyncio.sleep(0.6)  # one flush interval: the last packets reach the segments
-    before = loadgen.tree_cpu(capture_pid)
     open_s = time.monotonic() - allocated_at  # allocation to the finalize requests
     with contextlib.suppress(TimeoutError):
         await driver.finalize(ids, timeout=120 + calls * seconds / 10)
@@ -238,7 +252,9 @@ async def run_callrec(node: Any, driver: CaptureDriver, capture_pid: int, calls:
     # they start at allocation, before the sender; the note gives the ratio).
     return Line(system="callrec", calls=calls, pps=sent.sent / sent.elapsed,
                 loss_pct=100.0 * (1 - stored / sent.sent) if sent.sent else float("nan"),
-                rx_cm=per_call_minute(sent.extra["tree"], calls, sent.elapsed),
+                rx_cm=per_call_minute(sent.extra["rx"], calls, sent.elapsed),
+                live_cm=per_call_minute(sent.extra["tree"] - sent.extra["rx"], calls,
+                                        sent.elapsed),
                 fin_cm=per_call_minute(fin_cpu, calls, sent.elapsed),
                 recorded_ratio=recorded_s / (calls * sent.elapsed),
                 mb_call_h=size / 1e6 / (recorded_s / 3600) if recorded_s else float("nan"),
@@ -303,6 +319,7 @@ async def run(levels: list[int], seconds: float, samples: int, with_rtpengine: b
     header = (f"### {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, commit {commit()}, "
               f"{', '.join(map(str, levels))} calls x {seconds:g} s\n\nMachine: {machine()}.")
     notes: list[str] = []
+    progress("encoding the floor's Opus")
     opus_cm, opus_mb = await asyncio.to_thread(opus_floor, max(10.0, seconds))
     lines: list[Line] = []
     with contextlib.ExitStack() as stack:
@@ -311,13 +328,16 @@ async def run(levels: list[int], seconds: float, samples: int, with_rtpengine: b
         if isinstance(rtpe_ctx, str):
             notes.append(f"rtpengine skipped: {rtpe_ctx}")
         workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="capacity-")))
+        progress("starting the node")
         async with running_node(max(levels), keep) as (node, driver, capture_pid):
+            progress("node up, finalize warmed up")
             for calls in levels:
-                print(f"# {calls} calls ...", file=sys.stderr, flush=True)
+                progress(f"{calls} calls")
                 level: list[Line] = []
                 rtpe = None
                 if not isinstance(rtpe_ctx, str):
                     rtpe = await run_rtpengine(*rtpe_ctx, calls, seconds)
+                    progress(f"{calls} calls: rtpengine done")
                     level.append(rtpe)
                 base, received = await loadgen.baseline(calls, seconds)
                 drain = Line(system="bare drain (asyncio)", calls=calls,
@@ -326,15 +346,17 @@ async def run(levels: list[int], seconds: float, samples: int, with_rtpengine: b
                              rx_cm=per_call_minute(base.extra["cpu"], calls, base.elapsed),
                              correct=f"{received} pkts counted")
                 level.append(drain)
+                progress(f"{calls} calls: bare drain done")
                 rx_floor = rtpe if rtpe is not None else drain
                 floor = Line(system=f"floor ({'rtpengine' if rtpe else 'drain'} rx + opus c0)",
-                             calls=calls, rx_cm=rx_floor.rx_cm, fin_cm=opus_cm,
+                             calls=calls, rx_cm=rx_floor.rx_cm, live_cm=opus_cm,
                              mb_call_h=opus_mb, floor_ratio=1.0)
                 level.append(floor)
                 callrec = await run_callrec(node, driver, capture_pid, calls, seconds,
                                             samples, workdir)
                 callrec.floor_ratio = callrec.all_cm / floor.all_cm
                 level.append(callrec)
+                progress(f"{calls} calls: callrec done")
                 notes.append(f"{calls} calls: callrec's recordings last "
                              f"{callrec.recorded_ratio:.2f}x the load (allocation comes "
                              "before the sender starts)")
@@ -346,10 +368,11 @@ async def run(levels: list[int], seconds: float, samples: int, with_rtpengine: b
                 lines.extend(level)
     notes += [
         "cpu/cm = CPU-s (utime+stime from /proc) per call-minute of load (calls x minutes "
-        "the sender played), the same denominator in every row. rx = while media arrives "
-        "(callrec: capture and every descendant, so the "
-        "live encoder counts here); fin = after the finalize requests until the last "
-        "`recording.completed`. all-in = rx + fin; calls/core = 60 / all-in.",
+        "the sender played), the same denominator in every row. rx = the receiving "
+        "process while media arrives (callrec: services.capture alone); live enc = "
+        "capture's descendants (its encoding worker) while media arrives (the floor: "
+        "libopus); fin = capture and its descendants from the finalize requests to the "
+        "last `recording.completed`. all-in = rx + live enc + fin; calls/core = 60 / all-in.",
         "floor = rtpengine's rx (or the drain's when rtpengine is skipped) + libopus at "
         f"complexity 0, 60 ms frames, {OPUS_BITRATE // 1000} kbit/s per channel on two 8 kHz "
         f"mono channels of the same audio ({opus_cm:.4f} CPU-s per call-minute, measured in "
@@ -374,10 +397,14 @@ same run under the same paced G.711 load (two 20 ms streams per call):
 - `floor`: rtpengine's receive cost + libopus at its cheapest (complexity 0, 60 ms
   frames, two 8 kHz mono channels) on the same audio: the machine's floor for a
   recorded call-minute stored as Opus.
-- `callrec`: one real node; receive + finalize, every recording checked.
+- `callrec`: one real node driven through capture's NATS RPCs (allocate, update,
+  finalize; no SIP: the finalize request stands in for the BYE); receive, live encoding
+  and finalize, every recording checked.
 
-Columns: `pps` packets/s sent; `loss %`; `rx cpu/cm`, `fin cpu/cm`, `all-in cpu/cm`:
-CPU-s per call-minute while media arrives, after hang-up (finalize) and their sum;
+Columns: `pps` packets/s sent; `loss %`; CPU-s per call-minute of load: `rx cpu/cm` of
+the receiving process while media arrives, `live enc cpu/cm` of encoding while media
+arrives (callrec's encoding worker; the floor's libopus), `fin cpu/cm` after hang-up
+(finalize) and `all-in cpu/cm` their sum;
 `calls/core` = 60 / all-in; `x floor` = all-in / the floor's; `MB/call-h` stored per
 call-hour; `BYE->done` finalize request to `recording.completed` (p50, p99); `correct`:
 recordings of the right duration with both channels, and sampled ones whose channels
@@ -401,15 +428,15 @@ def main(argv: list[str] | None = None) -> str:
                         help="recordings per level downloaded to check both tones")
     parser.add_argument("--no-rtpengine", action="store_true")
     parser.add_argument("--smoke", action="store_true",
-                        help="3 calls for 3 s: proves the bench runs (figures are noise)")
+                        help="3 calls for 2 s: proves the bench runs (figures are noise)")
     parser.add_argument("--append-results", action="store_true",
                         help=f"append the table to {RESULTS.relative_to(REPO)}")
     parser.add_argument("--keep", action="store_true", help="keep the node's data dir")
     args = parser.parse_args(argv)
     levels = [3] if args.smoke else [int(c) for c in args.calls.split(",") if c.strip()]
-    seconds = 3.0 if args.smoke else args.seconds
+    seconds = 2.0 if args.smoke else args.seconds
     if not levels or min(levels) < 1 or max(levels) > 3000:
-        parser.error("--calls must be 1..3000")
+        parser.error("--calls must be 1..3000")  # the RTP port ranges below 20000 and 32768
     if not 1 <= seconds <= 600:
         parser.error("--seconds must be within 1..600")
     table = asyncio.run(run(levels, seconds, 1 if args.smoke else args.samples,

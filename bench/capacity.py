@@ -75,6 +75,7 @@ class Line:
     correct: str = ""
     floor_ratio: float = float("nan")
     recorded_ratio: float = float("nan")  # recorded duration / duration of the load
+    sender: str = ""  # did the sender keep pace: "% of schedule sent / worst lag"
 
     @property
     def all_cm(self) -> float:
@@ -96,6 +97,12 @@ def percentile(values: list[float], q: float) -> float:
         return float("nan")
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, max(0, math.ceil(q / 100 * len(ordered)) - 1))]
+
+
+def pace(sent: loadgen.SendResult) -> str:
+    """Below 100 % (or a lag) the level is not valid: the sender, not the receiver, fell
+    behind."""
+    return f"{sent.rate_pct:.2f} % / {sent.max_lag_ms:.0f} ms"
 
 
 def fmt(value: float, digits: int = 3) -> str:
@@ -183,7 +190,7 @@ async def run_rtpengine(ng: rtpengine.NgClient, daemon: rtpengine.Daemon, calls:
                 loss_pct=100.0 * (1 - packets / sent.sent) if sent.sent else float("nan"),
                 rx_cm=per_call_minute(sent.extra["cpu"], calls, sent.elapsed),
                 mb_call_h=size / 1e6 / (calls * sent.elapsed / 3600),
-                correct=f"{packets} pkts in pcap")
+                correct=f"{packets} pkts in pcap", sender=pace(sent))
 
 
 @contextlib.contextmanager
@@ -259,6 +266,7 @@ async def run_callrec(node: Any, driver: CaptureDriver, capture_pid: int, calls:
                 recorded_ratio=recorded_s / (calls * sent.elapsed),
                 mb_call_h=size / 1e6 / (recorded_s / 3600) if recorded_s else float("nan"),
                 p50_s=percentile(latencies, 50), p99_s=percentile(latencies, 99),
+                sender=pace(sent),
                 correct=(f"{durations_ok}/{calls} duration+2ch, {tones_ok}/{checked} tones, "
                          f"{len(failed)} failed"))
 
@@ -344,7 +352,7 @@ async def run(levels: list[int], seconds: float, samples: int, with_rtpengine: b
                              pps=base.sent / base.elapsed,
                              loss_pct=100.0 * (1 - received / base.sent),
                              rx_cm=per_call_minute(base.extra["cpu"], calls, base.elapsed),
-                             correct=f"{received} pkts counted")
+                             correct=f"{received} pkts counted", sender=pace(base))
                 level.append(drain)
                 progress(f"{calls} calls: bare drain done")
                 rx_floor = rtpe if rtpe is not None else drain
@@ -365,6 +373,8 @@ async def run(levels: list[int], seconds: float, samples: int, with_rtpengine: b
                     notes.append(f"{calls} calls: callrec rx / rtpengine rx = "
                                  f"{callrec.rx_cm / rtpe.rx_cm:.2f}")
                 drain.floor_ratio = drain.all_cm / floor.all_cm
+                notes.append(f"{calls} calls: sender sent % of schedule / worst lag: " + ", ".join(
+                    f"{ln.system} {ln.sender}" for ln in level if ln.sender))
                 lines.extend(level)
     notes += [
         "cpu/cm = CPU-s (utime+stime from /proc) per call-minute of load (calls x minutes "

@@ -268,7 +268,7 @@ async def run_callrec(node: Any, driver: CaptureDriver, capture_pid: int, calls:
                 p50_s=percentile(latencies, 50), p99_s=percentile(latencies, 99),
                 sender=pace(sent),
                 correct=(f"{durations_ok}/{calls} duration+2ch, {tones_ok}/{checked} tones, "
-                         f"{len(failed)} failed"))
+                         f"{len(failed)} not completed"))
 
 
 async def check_tones(node: Any, ids: list[str], seconds: float,

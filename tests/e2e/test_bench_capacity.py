@@ -28,4 +28,4 @@ def test_smoke_prints_every_row() -> None:
     callrec = [c.strip() for c in rows["callrec"].strip("|").split("|")]
     assert float(callrec[6]) > 0 and float(callrec[10]) > 0  # finalize CPU, MB per call-hour
     assert float(callrec[11]) > 0 and float(callrec[12]) >= float(callrec[11])  # p50 <= p99
-    assert callrec[13].startswith("3/3 duration+2ch, 1/1 tones, 0 failed"), callrec[13]
+    assert callrec[13].startswith("3/3 duration+2ch, 1/1 tones, 0 not completed"), callrec[13]

@@ -1,21 +1,7 @@
 // The account page: own password and API tokens, through /api/account (JSON only).
 "use strict";
 (function () {
-  const json = { "Content-Type": "application/json" };
-
-  async function api(method, path, body) {
-    const response = await fetch(path, {
-      method, credentials: "same-origin", headers: json,
-      body: body === undefined ? undefined : JSON.stringify(body),
-    });
-    let data = null;
-    try { data = await response.json(); } catch (e) { data = null; }
-    return { ok: response.ok, status: response.status, data };
-  }
-
-  function when(iso) {
-    return iso ? new Date(iso).toLocaleString() : "never";
-  }
+  const {when, request: api} = window.callrec;
 
   const pwForm = document.getElementById("password-form");
   const pwMessage = document.getElementById("pw-message");

@@ -2,6 +2,7 @@
 // with the same filters, and each node's chain verification. User data only as text.
 "use strict";
 (function () {
+  const {when} = window.callrec;
   const PAGE = 50;
   const form = document.getElementById("filters");
   const body = document.getElementById("audit-body");
@@ -18,14 +19,6 @@
     if (cls) td.className = cls;
     row.appendChild(td);
     return td;
-  }
-
-  function when(iso) {
-    const d = new Date(iso);
-    return isNaN(d) ? iso : d.toLocaleString(undefined, {
-      year: "numeric", month: "short", day: "numeric",
-      hour: "2-digit", minute: "2-digit", second: "2-digit",
-    });
   }
 
   function filters() {

@@ -2,32 +2,8 @@
 // Node ids and errors are data: rendered with textContent only (no inline script: CSP).
 "use strict";
 (function () {
+  const {$, el, when} = window.callrec;
   const INTERVAL_MS = 2000;
-  function $(id) { return document.getElementById(id); }
-  function el(tag, attrs, ...children) {
-    const node = document.createElement(tag);
-    for (const [key, value] of Object.entries(attrs || {})) {
-      if (value === null || value === undefined || value === false) continue;
-      if (key === "text") node.textContent = String(value);
-      else node.setAttribute(key, value === true ? "" : String(value));
-    }
-    for (const child of children) {
-      if (child !== null && child !== undefined) {
-        node.append(child instanceof Node ? child : document.createTextNode(String(child)));
-      }
-    }
-    return node;
-  }
-  function pad(n) { return String(n).padStart(2, "0"); }
-  function when(iso) {
-    if (!iso) return "–";
-    const d = new Date(iso);
-    if (isNaN(d)) return String(iso);
-    const today = new Date();
-    const time = pad(d.getHours()) + ":" + pad(d.getMinutes()) + ":" + pad(d.getSeconds());
-    if (d.toDateString() === today.toDateString()) return "today " + time;
-    return d.getFullYear() + "-" + pad(d.getMonth() + 1) + "-" + pad(d.getDate()) + " " + time;
-  }
   function ago(seconds) {
     if (seconds === null || seconds === undefined) return "–";
     if (seconds < 90) return seconds.toFixed(1) + " s ago";

@@ -3,59 +3,16 @@
 // only (no inline script: CSP). The server checks everything again (the form's
 // validation errors come back by field and are shown there).
 "use strict";
+const {$, el, api, ApiError, pad, when} = window.callrec;
 const ADMIN = document.body.dataset.admin === "true";
 const DEFAULT_TEMPLATE = "{date:%Y/%m/%d}/{start:%H%M%S}_{near}_{far}_{id}.{ext}";
 let lastText = "";
 let jobs = [];
 let previewTimer = null;
 
-function $(id) { return document.getElementById(id); }
 
-function el(tag, attrs, ...children) {
-  const node = document.createElement(tag);
-  for (const [key, value] of Object.entries(attrs || {})) {
-    if (value === null || value === undefined || value === false) continue;
-    if (key === "text") node.textContent = String(value);
-    else if (key === "onclick") node.addEventListener("click", value);
-    else node.setAttribute(key, value === true ? "" : String(value));
-  }
-  for (const child of children) {
-    if (child !== null && child !== undefined) {
-      node.append(child instanceof Node ? child : document.createTextNode(String(child)));
-    }
-  }
-  return node;
-}
 
-class ApiError extends Error {
-  constructor(message, status, fields) { super(message); this.status = status; this.fields = fields || {}; }
-}
 
-async function api(method, path, body) {
-  const init = {method, credentials: "same-origin", cache: "no-store", headers: {}};
-  if (body !== undefined) {
-    init.headers["Content-Type"] = "application/json";
-    init.body = JSON.stringify(body);
-  }
-  const response = await fetch(path, init);
-  let data = null;
-  try { data = await response.json(); } catch (e) { data = null; }
-  if (!response.ok) {
-    const fields = data && data.extra && data.extra.fields;
-    throw new ApiError((data && data.detail) || (response.status + " " + response.statusText),
-                       response.status, fields);
-  }
-  return data;
-}
-
-function pad(n) { return String(n).padStart(2, "0"); }
-function when(iso) {
-  if (!iso) return "–";
-  const d = new Date(iso);
-  if (isNaN(d)) return String(iso);
-  return d.getFullYear() + "-" + pad(d.getMonth() + 1) + "-" + pad(d.getDate()) + " " +
-         pad(d.getHours()) + ":" + pad(d.getMinutes()) + ":" + pad(d.getSeconds());
-}
 function readable(iso) {
   // "today 02:00", "tomorrow 02:00", "Wed 3 Dec 02:00" in the browser's time zone.
   const d = new Date(iso);

@@ -2,6 +2,7 @@
 // hold and delete. No inline script (CSP); user data only ever goes in as textContent.
 "use strict";
 (function () {
+  const {$, el, api} = window.callrec;
   const body = document.body;
   const ID = body.dataset.recordingId;
   const API = "/api/recordings/" + encodeURIComponent(ID);
@@ -9,41 +10,6 @@
   const player = document.getElementById("player");
   const tracks = Array.from(document.querySelectorAll(".lane-track"));
   let wave = null;  // {bucketMs, durationMs, lanes: [Int8Array (min, max pairs), ...]}
-
-  function $(id) { return document.getElementById(id); }
-
-  function el(tag, attrs, ...children) {
-    const node = document.createElement(tag);
-    for (const [key, value] of Object.entries(attrs || {})) {
-      if (value === null || value === undefined || value === false) continue;
-      if (key === "text") node.textContent = String(value);
-      else if (key === "onclick") node.addEventListener("click", value);
-      else node.setAttribute(key, value === true ? "" : String(value));
-    }
-    for (const child of children) {
-      if (child !== null && child !== undefined) {
-        node.append(child instanceof Node ? child : document.createTextNode(String(child)));
-      }
-    }
-    return node;
-  }
-
-  async function api(method, path, payload) {
-    const init = {method, credentials: "same-origin", cache: "no-store", headers: {}};
-    if (payload !== undefined) {
-      init.headers["Content-Type"] = "application/json";
-      init.body = JSON.stringify(payload);
-    }
-    const response = await fetch(path, init);
-    let data = null;
-    try { data = await response.json(); } catch (e) { data = null; }
-    if (!response.ok) {
-      const error = new Error((data && data.detail) || (response.status + " " + response.statusText));
-      error.status = response.status;
-      throw error;
-    }
-    return data;
-  }
 
   function say(id, text, bad) {
     const node = $(id);

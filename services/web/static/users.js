@@ -2,23 +2,13 @@
 // through /api/users (JSON only). User data is rendered with textContent.
 "use strict";
 (function () {
-  const json = { "Content-Type": "application/json" };
+  const {request: api} = window.callrec;
   const errorLine = document.getElementById("users-error");
   const messageLine = document.getElementById("users-message");
   const section = document.getElementById("user-form-section");
   const form = document.getElementById("user-form");
   const field = (id) => document.getElementById(id);
   let users = [];
-
-  async function api(method, path, body) {
-    const response = await fetch(path, {
-      method, credentials: "same-origin", headers: json,
-      body: body === undefined ? undefined : JSON.stringify(body),
-    });
-    let data = null;
-    try { data = await response.json(); } catch (e) { data = null; }
-    return { ok: response.ok, status: response.status, data };
-  }
 
   function say(ok, text) {
     errorLine.textContent = ok ? "" : text;

@@ -445,8 +445,8 @@ def main(argv: list[str] | None = None) -> str:
     args = parser.parse_args(argv)
     levels = [3] if args.smoke else [int(c) for c in args.calls.split(",") if c.strip()]
     seconds = 2.0 if args.smoke else args.seconds
-    if not levels or min(levels) < 1 or max(levels) > 3000:
-        parser.error("--calls must be 1..3000")  # the RTP port ranges below 20000 and 32768
+    if not levels or min(levels) < 1 or max(levels) > 1500:
+        parser.error("--calls must be 1..1500")  # the RTP port ranges below 20000 and 32768
     if not 1 <= seconds <= 600:
         parser.error("--seconds must be within 1..600")
     table = asyncio.run(run(levels, seconds, 1 if args.smoke else args.samples,

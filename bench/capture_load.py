@@ -261,7 +261,8 @@ async def running_node(max_calls: int, keep: bool) -> AsyncIterator[tuple[Any, C
     Yields (node, driver, capture pid); shared with bench/capacity.py."""
     from tests.support.node import Node
 
-    width = max(400, 2 * max_calls + 200)
+    # Capture binds even ports only, 2 streams a call, and a freed port cools down first.
+    width = max(400, 4 * max_calls + 400)
     base_port = 20000 + (os.getpid() % 8) * 1000
     if width > 7000:
         raise SystemExit("too many calls for the RTP port range below the ephemeral ports")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import resource
 import shutil
 import socket
 import struct
@@ -208,6 +209,10 @@ def free_udp_port() -> int:
         return port
 
 
+def _no_core_dump() -> None:
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+
+
 @dataclass
 class Daemon:
     """One rtpengine process in the foreground, userspace only, recording to pcap."""
@@ -237,7 +242,9 @@ class Daemon:
             f"--pidfile={self.workdir / 'pid'}",
         ]
         log = (self.workdir / "rtpengine.log").open("wb")
-        self.process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
+        # No core file in the caller's directory if the daemon dies on its way out.
+        self.process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT,
+                                        preexec_fn=_no_core_dump)
         ng = NgClient(self.ng_port, timeout=0.5)
         deadline = time.monotonic() + timeout
         while True:

@@ -105,6 +105,11 @@ def pace(sent: loadgen.SendResult) -> str:
     return f"{sent.rate_pct:.2f} % / {sent.max_lag_ms:.0f} ms"
 
 
+def ratio(a: float, b: float) -> float:
+    """a / b, NaN when b is zero (a short smoke level can be below /proc's 10 ms tick)."""
+    return a / b if b > 0 else float("nan")
+
+
 def fmt(value: float, digits: int = 3) -> str:
     return "n/a" if value != value else f"{value:.{digits}f}"
 
@@ -362,17 +367,17 @@ async def run(levels: list[int], seconds: float, samples: int, with_rtpengine: b
                 level.append(floor)
                 callrec = await run_callrec(node, driver, capture_pid, calls, seconds,
                                             samples, workdir)
-                callrec.floor_ratio = callrec.all_cm / floor.all_cm
+                callrec.floor_ratio = ratio(callrec.all_cm, floor.all_cm)
                 level.append(callrec)
                 progress(f"{calls} calls: callrec done")
                 notes.append(f"{calls} calls: callrec's recordings last "
                              f"{callrec.recorded_ratio:.2f}x the load (allocation comes "
                              "before the sender starts)")
                 if rtpe is not None:
-                    rtpe.floor_ratio = rtpe.all_cm / floor.all_cm
+                    rtpe.floor_ratio = ratio(rtpe.all_cm, floor.all_cm)
                     notes.append(f"{calls} calls: callrec rx / rtpengine rx = "
-                                 f"{callrec.rx_cm / rtpe.rx_cm:.2f}")
-                drain.floor_ratio = drain.all_cm / floor.all_cm
+                                 f"{fmt(ratio(callrec.rx_cm, rtpe.rx_cm), 2)}")
+                drain.floor_ratio = ratio(drain.all_cm, floor.all_cm)
                 notes.append(f"{calls} calls: sender sent % of schedule / worst lag: " + ", ".join(
                     f"{ln.system} {ln.sender}" for ln in level if ln.sender))
                 lines.extend(level)

@@ -23,8 +23,11 @@ def test_smoke_prints_every_row() -> None:
         assert "rtpengine (pcap)" in rows and floor[0].startswith("floor (rtpengine")
     for name in ("callrec", "bare drain (asyncio)", floor[0]):
         cells = [c.strip() for c in rows[name].strip("|").split("|")]
-        rx, all_in, per_core = (float(cells[i]) for i in (4, 7, 8))
-        assert rx > 0 and all_in >= rx and per_core > 0, rows[name]
+        # A 2 s level of 3 calls can stay below /proc's 10 ms tick for a bare receiver.
+        rx, all_in = float(cells[4]), float(cells[7])
+        assert rx >= 0 and all_in >= rx, rows[name]
+        if name != "bare drain (asyncio)":
+            assert all_in > 0 and float(cells[8]) > 0, rows[name]  # encoding costs ticks
     callrec = [c.strip() for c in rows["callrec"].strip("|").split("|")]
     assert float(callrec[6]) > 0 and float(callrec[10]) > 0  # finalize CPU, MB per call-hour
     assert float(callrec[11]) > 0 and float(callrec[12]) >= float(callrec[11])  # p50 <= p99

@@ -10,7 +10,7 @@ Run from the repository root:
 
     /tmp/venv/bin/python -m bench.capture_load --calls 50,100,200 --seconds 20
 
-Internal sub-commands (`_send`, `_baseline`) are the helper processes.
+The sender, the bare drain and the /proc readings live in bench/loadgen.py.
 """
 
 from __future__ import annotations
@@ -21,13 +21,12 @@ import contextlib
 import json
 import os
 import signal
-import socket
-import struct
 import sys
 import tempfile
 import time
 import uuid
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -36,253 +35,18 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # `python bench/capture_load.py` works too
     sys.path.insert(0, str(REPO))
 
-HOST = "127.0.0.1"
-PTIME = 0.020
-SUBSLOTS = 10  # streams are spread over 2 ms sub-slots, like unrelated real calls
-subslots_option = [SUBSLOTS]
-RECV_BUFFER = 1 << 20  # same SO_RCVBUF as capture, so losses compare
-CLK_TCK = os.sysconf("SC_CLK_TCK")
-RTP_HEADER = struct.Struct("!BBHII")
-
-
-# --------------------------------------------------------------------------- /proc
-
-
-@dataclass(frozen=True)
-class ProcStat:
-    pid: int
-    ppid: int
-    pgrp: int
-    cpu: float  # utime + stime, seconds
-    child_cpu: float  # cutime + cstime (reaped children only), seconds
-
-
-def read_stat(pid: int) -> ProcStat | None:
-    """One process's /proc/<pid>/stat; None if it is gone."""
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except (FileNotFoundError, ProcessLookupError, PermissionError):
-        return None
-    rest = text.rsplit(")", 1)[1].split()  # comm may contain spaces and ')'
-    return ProcStat(
-        pid=pid,
-        ppid=int(rest[1]),
-        pgrp=int(rest[2]),
-        cpu=(int(rest[11]) + int(rest[12])) / CLK_TCK,
-        child_cpu=(int(rest[13]) + int(rest[14])) / CLK_TCK,
-    )
-
-
-def all_stats() -> list[ProcStat]:
-    stats = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            stat = read_stat(int(entry))
-            if stat is not None:
-                stats.append(stat)
-    return stats
-
-
-def cmdline(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-    except OSError:
-        return ""
-
-
-def descendants(root: int) -> list[ProcStat]:
-    """`root` and its live descendants (the finalize worker is a grandchild, via the
-    forkserver); found through ppid links since they share the node's process group."""
-    stats = all_stats()
-    by_pid = {s.pid: s for s in stats}
-    children: dict[int, list[int]] = {}
-    for s in stats:
-        children.setdefault(s.ppid, []).append(s.pid)
-    found, todo = [], [root]
-    while todo:
-        pid = todo.pop()
-        if pid in by_pid:
-            found.append(by_pid[pid])
-            todo.extend(children.get(pid, []))
-    return found
-
-
-def tree_cpu(root: int) -> float:
-    """CPU of `root` and its live descendants, plus what reaped ones left in cutime."""
-    return sum(s.cpu + s.child_cpu for s in descendants(root))
-
-
-def proc_cpu(pid: int) -> float:
-    stat = read_stat(pid)
-    return stat.cpu if stat else float("nan")
-
-
-def find_service(pgrp: int, service: str) -> int:
-    for stat in all_stats():
-        if stat.pgrp == pgrp and f"-m services.{service}" in cmdline(stat.pid):
-            return stat.pid
-    raise RuntimeError(f"services.{service} not found in process group {pgrp}")
-
-
-# --------------------------------------------------------------------------- sender
-
-
-def run_sender(ports: list[int], seconds: float, subslots: int) -> None:
-    """Paced PCMU sender: prints `start`, sends, prints a JSON summary.
-
-    Packets are pre-built per stream; each tick only patches seq/timestamp and the
-    payload slice in place, so the sender stays far cheaper than the receiver."""
-    from tests.support.rtp import SAMPLES_PER_PACKET, pcmu_tone
-
-    tone = pcmu_tone(440.0, 1.0)
-    chunks = [tone[i : i + SAMPLES_PER_PACKET] for i in range(0, len(tone), SAMPLES_PER_PACKET)]
-    socks = []
-    for _ in range(min(8, max(1, len(ports)))):
-        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
-        sock.bind((HOST, 0))
-        socks.append(sock)
-    groups: list[list[tuple[socket.socket, tuple[str, int], bytearray, int, int, int]]] = [
-        [] for _ in range(subslots)
-    ]
-    for i, port in enumerate(ports):
-        ssrc, seq0, ts0 = 0x10000 + i, (i * 7919) & 0xFFFF, (i * 104729) & 0xFFFFFFFF
-        packet = bytearray(12 + SAMPLES_PER_PACKET)
-        RTP_HEADER.pack_into(packet, 0, 0x80, 0x80, seq0, ts0, ssrc)  # marker on first
-        groups[i % subslots].append((socks[i % len(socks)], (HOST, port), packet, seq0, ts0, i))
-    ticks = round(seconds / PTIME)
-    sent = errors = late = 0
-    max_lag = 0.0
-    print("start", flush=True)
-    t0 = time.monotonic() + 0.05
-    for tick in range(ticks):
-        chunk = chunks[tick % len(chunks)]
-        for sub, group in enumerate(groups):
-            target = t0 + tick * PTIME + sub * (PTIME / subslots)
-            delay = target - time.monotonic()
-            if delay > 0:
-                time.sleep(delay)
-            elif -delay > PTIME:
-                late += 1
-                max_lag = max(max_lag, -delay)
-            for sock, addr, packet, seq0, ts0, _ in group:
-                if tick == 1:
-                    packet[1] = 0x00  # marker only on the first packet
-                struct.pack_into("!HI", packet, 2, (seq0 + tick) & 0xFFFF,
-                                 (ts0 + tick * SAMPLES_PER_PACKET) & 0xFFFFFFFF)
-                packet[12:] = chunk
-                try:
-                    sock.sendto(packet, addr)
-                    sent += 1
-                except OSError:
-                    errors += 1
-    elapsed = time.monotonic() - t0
-    print(json.dumps({"sent": sent, "errors": errors, "elapsed": elapsed,
-                      "target": ticks * len(ports), "late_subslots": late,
-                      "max_lag_ms": round(max_lag * 1000, 1)}), flush=True)
-
-
-# --------------------------------------------------------------------------- baseline
-
-
-class Counter(asyncio.DatagramProtocol):
-    """The cheapest useful asyncio receiver: count, nothing else."""
-
-    packets = 0
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        transport.max_size = 2048  # type: ignore[attr-defined]  # see notes/performance.md
-
-    def datagram_received(self, data: bytes, addr: Any) -> None:
-        Counter.packets += 1
-
-
-async def run_baseline(streams: int, max_seconds: float) -> None:
-    """Bind `streams` ports, print them, count until a line arrives on stdin."""
-    loop = asyncio.get_running_loop()
-    ports = []
-    for _ in range(streams):
-        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECV_BUFFER)
-        sock.bind((HOST, 0))
-        sock.setblocking(False)
-        await loop.create_datagram_endpoint(Counter, sock=sock)
-        ports.append(sock.getsockname()[1])
-    print(json.dumps(ports), flush=True)
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(asyncio.to_thread(sys.stdin.readline), max_seconds)
-    print(json.dumps({"packets": Counter.packets}), flush=True)
-
-
-# --------------------------------------------------------------------------- orchestration
-
-
-@dataclass
-class SendResult:
-    sent: int
-    errors: int
-    elapsed: float
-    target: int
-    late_subslots: int
-    max_lag_ms: float
-    cpu_before: float = 0.0
-    cpu_after: float = 0.0
-    extra: dict[str, float] = field(default_factory=dict)
-
-    @property
-    def rate_pct(self) -> float:
-        return 100.0 * self.sent / self.target if self.target else 0.0
-
-
-async def send_load(ports: list[int], seconds: float, measure: dict[str, Any]) -> SendResult:
-    """Run the sender process; sample `measure` callables at its start and end."""
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, str(Path(__file__).resolve()), "_send", "--seconds", str(seconds),
-        "--subslots", str(subslots_option[0]),
-        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, cwd=REPO,
-    )
-    assert proc.stdin is not None and proc.stdout is not None
-    proc.stdin.write(json.dumps(ports).encode() + b"\n")
-    await proc.stdin.drain()
-    proc.stdin.close()
-    try:
-        line = await asyncio.wait_for(proc.stdout.readline(), 60)
-        if line.strip() != b"start":
-            raise RuntimeError(f"sender failed to start: {line!r}")
-        before = {name: fn() for name, fn in measure.items()}
-        line = await asyncio.wait_for(proc.stdout.readline(), seconds + 60)
-        after = {name: fn() for name, fn in measure.items()}
-        await asyncio.wait_for(proc.wait(), 10)
-    except BaseException:
-        with contextlib.suppress(ProcessLookupError):
-            proc.kill()
-        raise
-    result = SendResult(**json.loads(line))
-    result.extra = {name: after[name] - before[name] for name in measure}
-    return result
-
-
-async def baseline(calls: int, seconds: float) -> tuple[SendResult, int]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, str(Path(__file__).resolve()), "_baseline", "--streams",
-        str(2 * calls), "--seconds", str(seconds + 120),
-        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, cwd=REPO,
-    )
-    assert proc.stdin is not None and proc.stdout is not None
-    try:
-        ports = json.loads(await asyncio.wait_for(proc.stdout.readline(), 60))
-        pid = proc.pid
-        result = await send_load(ports, seconds, {"cpu": lambda: proc_cpu(pid)})
-        await asyncio.sleep(0.3)  # let the last datagrams be read
-        proc.stdin.write(b"stop\n")
-        await proc.stdin.drain()
-        received = json.loads(await asyncio.wait_for(proc.stdout.readline(), 30))["packets"]
-        await asyncio.wait_for(proc.wait(), 10)
-    finally:
-        if proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
-    return result, int(received)
+from bench.loadgen import (  # noqa: E402  (after the sys.path line)
+    SUBSLOTS,
+    SendResult,
+    baseline,
+    cmdline,
+    descendants,
+    find_service,
+    proc_cpu,
+    send_load,
+    subslots_option,
+    tree_cpu,
+)
 
 
 @dataclass
@@ -312,6 +76,8 @@ class CaptureDriver:
         self.node = node
         self.open_ids: set[str] = set()
         self.done: dict[str, str] = {}  # recording id -> "completed" | "failed"
+        self.requested_at: dict[str, float] = {}  # monotonic time of the finalize request
+        self.done_at: dict[str, float] = {}  # monotonic time its completed/failed event arrived
         self.done_event = asyncio.Event()
         self.waiting: set[str] = set()
         self.nc: Any = None
@@ -337,6 +103,7 @@ class CaptureDriver:
             data = json.loads(msg.data)
             rid = data.get("recording_id", "")
             self.done[rid] = data.get("type", "").rsplit(".", 1)[-1]
+            self.done_at.setdefault(rid, time.monotonic())
             if self.waiting and self.waiting <= self.done.keys():
                 self.done_event.set()
 
@@ -386,6 +153,7 @@ class CaptureDriver:
         subject = subjects.rpc(self.node.node_id, subjects.CAPTURE, subjects.CAPTURE_FINALIZE)
         start = time.monotonic()
         for rid in ids:
+            self.requested_at[rid] = time.monotonic()
             await bus.call(self.nc, subject, FinalizeRequest(recording_id=rid, ended_at=ended),
                            None, timeout=10.0)
             self.open_ids.discard(rid)
@@ -486,10 +254,15 @@ def print_table(rows: list[Row], seconds: float) -> None:
                   "call-min per minute of wall time (sustainable concurrent calls, 1 worker)")
 
 
-async def orchestrate(levels: list[int], seconds: float, keep: bool) -> None:
+@contextlib.asynccontextmanager
+async def running_node(max_calls: int, keep: bool) -> AsyncIterator[tuple[Any, CaptureDriver, int]]:
+    """One real node sized for `max_calls`, signaling paused, finalize warmed up.
+
+    Yields (node, driver, capture pid); shared with bench/capacity.py."""
     from tests.support.node import Node
 
-    width = max(400, 2 * max(levels) + 200)
+    # Capture binds even ports only, 2 streams a call, and a freed port cools down first.
+    width = max(400, 4 * max_calls + 400)
     base_port = 20000 + (os.getpid() % 8) * 1000
     if width > 7000:
         raise SystemExit("too many calls for the RTP port range below the ephemeral ports")
@@ -512,11 +285,7 @@ async def orchestrate(levels: list[int], seconds: float, keep: bool) -> None:
         await driver.finalize(warm, timeout=60)
         tree = [f"{s.pid}:{cmdline(s.pid)[:50].strip()}" for s in descendants(capture_pid)]
         print(f"# capture process tree measured: {tree}", file=sys.stderr)
-        rows = []
-        for calls in levels:
-            print(f"# level {calls} calls ...", file=sys.stderr, flush=True)
-            rows.append(await run_level(node, driver, capture_pid, calls, seconds))
-        print_table(rows, seconds)
+        yield node, driver, capture_pid
     finally:
         await driver.close()
         if signaling_pid:
@@ -531,12 +300,20 @@ async def orchestrate(levels: list[int], seconds: float, keep: bool) -> None:
             shutil.rmtree(data_dir, ignore_errors=True)
 
 
+async def orchestrate(levels: list[int], seconds: float, keep: bool) -> None:
+    async with running_node(max(levels), keep) as (node, driver, capture_pid):
+        rows = []
+        for calls in levels:
+            print(f"# level {calls} calls ...", file=sys.stderr, flush=True)
+            rows.append(await run_level(node, driver, capture_pid, calls, seconds))
+        print_table(rows, seconds)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("mode", nargs="?", default="run", choices=["run", "_send", "_baseline"])
+    parser.add_argument("mode", nargs="?", default="run", choices=["run"])
     parser.add_argument("--calls", default="50,100,200", help="comma-separated call counts")
     parser.add_argument("--seconds", type=float, default=20.0, help="load duration per level")
-    parser.add_argument("--streams", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--subslots", type=int, default=SUBSLOTS,
                         help="spread each 20 ms tick over this many send bursts (1 = all at once)")
     parser.add_argument("--keep", action="store_true", help="keep the node's data dir")
@@ -546,15 +323,10 @@ def main() -> None:
     if not 1 <= args.subslots <= 20:
         parser.error("--subslots must be within 1..20")
     subslots_option[0] = args.subslots
-    if args.mode == "_send":
-        run_sender(json.loads(sys.stdin.readline()), args.seconds, args.subslots)
-    elif args.mode == "_baseline":
-        asyncio.run(run_baseline(args.streams, args.seconds))
-    else:
-        levels = [int(c) for c in args.calls.split(",") if c.strip()]
-        if not levels or min(levels) < 1 or max(levels) > 3000:
-            parser.error("--calls must be 1..3000")
-        asyncio.run(orchestrate(levels, args.seconds, args.keep))
+    levels = [int(c) for c in args.calls.split(",") if c.strip()]
+    if not levels or min(levels) < 1 or max(levels) > 3000:
+        parser.error("--calls must be 1..3000")
+    asyncio.run(orchestrate(levels, args.seconds, args.keep))
 
 
 if __name__ == "__main__":

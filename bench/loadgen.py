@@ -1,0 +1,304 @@
+"""Shared pieces of the RTP load benchmarks: /proc CPU, the paced sender, the bare drain.
+
+Why one module: capture_load.py and capacity.py must play exactly the same load and
+read CPU the same way, or their figures would not compare.
+
+The sender is told its ports as `[channel 0, channel 1]` pairs per call and plays a
+PCMU tone per channel (440 Hz on channel 0, 1000 Hz on channel 1), so a recording
+can be checked for both channels by `callrec.audio.dominant_frequency`.
+
+Internal sub-commands (run as `python -m bench.loadgen _send|_baseline`) are the
+helper processes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import socket
+import struct
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+HOST = "127.0.0.1"
+PTIME = 0.020
+SUBSLOTS = 10  # streams are spread over 2 ms sub-slots, like unrelated real calls
+subslots_option = [SUBSLOTS]
+RECV_BUFFER = 1 << 20  # same SO_RCVBUF as capture, so losses compare
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+RTP_HEADER = struct.Struct("!BBHII")
+TONES_HZ = (440.0, 1000.0)  # channel 0 (near), channel 1 (far)
+
+
+# --------------------------------------------------------------------------- /proc
+
+
+@dataclass(frozen=True)
+class ProcStat:
+    pid: int
+    ppid: int
+    pgrp: int
+    cpu: float  # utime + stime, seconds
+    child_cpu: float  # cutime + cstime (reaped children only), seconds
+
+
+def read_stat(pid: int) -> ProcStat | None:
+    """One process's /proc/<pid>/stat; None if it is gone."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return None
+    rest = text.rsplit(")", 1)[1].split()  # comm may contain spaces and ')'
+    return ProcStat(
+        pid=pid,
+        ppid=int(rest[1]),
+        pgrp=int(rest[2]),
+        cpu=(int(rest[11]) + int(rest[12])) / CLK_TCK,
+        child_cpu=(int(rest[13]) + int(rest[14])) / CLK_TCK,
+    )
+
+
+def all_stats() -> list[ProcStat]:
+    stats = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            stat = read_stat(int(entry))
+            if stat is not None:
+                stats.append(stat)
+    return stats
+
+
+def cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
+def descendants(root: int) -> list[ProcStat]:
+    """`root` and its live descendants (the finalize worker is a grandchild, via the
+    forkserver); found through ppid links since they share the node's process group."""
+    stats = all_stats()
+    by_pid = {s.pid: s for s in stats}
+    children: dict[int, list[int]] = {}
+    for s in stats:
+        children.setdefault(s.ppid, []).append(s.pid)
+    found, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        if pid in by_pid:
+            found.append(by_pid[pid])
+            todo.extend(children.get(pid, []))
+    return found
+
+
+def tree_cpu(root: int) -> float:
+    """CPU of `root` and its live descendants, plus what reaped ones left in cutime."""
+    return sum(s.cpu + s.child_cpu for s in descendants(root))
+
+
+def proc_cpu(pid: int) -> float:
+    stat = read_stat(pid)
+    return stat.cpu if stat else float("nan")
+
+
+def find_service(pgrp: int, service: str) -> int:
+    for stat in all_stats():
+        if stat.pgrp == pgrp and f"-m services.{service}" in cmdline(stat.pid):
+            return stat.pid
+    raise RuntimeError(f"services.{service} not found in process group {pgrp}")
+
+
+# --------------------------------------------------------------------------- sender
+
+
+def run_sender(ports: list[int], seconds: float, subslots: int) -> None:
+    """Paced PCMU sender: prints `start`, sends, prints a JSON summary.
+
+    `ports` are `[channel 0, channel 1]` pairs per call: even indexes get 440 Hz,
+    odd ones 1000 Hz.
+
+    Packets are pre-built per stream; each tick only patches seq/timestamp and the
+    payload slice in place, so the sender stays far cheaper than the receiver."""
+    from tests.support.rtp import SAMPLES_PER_PACKET, pcmu_tone
+
+    # One second of each tone (a whole number of periods of both), cut into packets.
+    chunks = []
+    for hz in TONES_HZ:
+        tone = pcmu_tone(hz, 1.0)
+        chunks.append([tone[i : i + SAMPLES_PER_PACKET]
+                       for i in range(0, len(tone), SAMPLES_PER_PACKET)])
+    socks = []
+    for _ in range(min(8, max(1, len(ports)))):
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
+        sock.bind((HOST, 0))
+        socks.append(sock)
+    groups: list[list[tuple[socket.socket, tuple[str, int], bytearray, int, int, int]]] = [
+        [] for _ in range(subslots)
+    ]
+    for i, port in enumerate(ports):
+        ssrc, seq0, ts0 = 0x10000 + i, (i * 7919) & 0xFFFF, (i * 104729) & 0xFFFFFFFF
+        packet = bytearray(12 + SAMPLES_PER_PACKET)
+        RTP_HEADER.pack_into(packet, 0, 0x80, 0x80, seq0, ts0, ssrc)  # marker on first
+        groups[i % subslots].append((socks[i % len(socks)], (HOST, port), packet, seq0, ts0, i))
+    ticks = round(seconds / PTIME)
+    sent = errors = late = 0
+    max_lag = 0.0
+    print("start", flush=True)
+    t0 = time.monotonic() + 0.05
+    for tick in range(ticks):
+        chunk_index = tick % len(chunks[0])
+        for sub, group in enumerate(groups):
+            target = t0 + tick * PTIME + sub * (PTIME / subslots)
+            delay = target - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            elif -delay > PTIME:
+                late += 1
+                max_lag = max(max_lag, -delay)
+            for sock, addr, packet, seq0, ts0, i in group:
+                if tick == 1:
+                    packet[1] = 0x00  # marker only on the first packet
+                struct.pack_into("!HI", packet, 2, (seq0 + tick) & 0xFFFF,
+                                 (ts0 + tick * SAMPLES_PER_PACKET) & 0xFFFFFFFF)
+                packet[12:] = chunks[i % 2][chunk_index]
+                try:
+                    sock.sendto(packet, addr)
+                    sent += 1
+                except OSError:
+                    errors += 1
+    elapsed = time.monotonic() - t0
+    print(json.dumps({"sent": sent, "errors": errors, "elapsed": elapsed,
+                      "target": ticks * len(ports), "late_subslots": late,
+                      "max_lag_ms": round(max_lag * 1000, 1)}), flush=True)
+
+
+# --------------------------------------------------------------------------- baseline
+
+
+class Counter(asyncio.DatagramProtocol):
+    """The cheapest useful asyncio receiver: count, nothing else."""
+
+    packets = 0
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        transport.max_size = 2048  # type: ignore[attr-defined]  # see notes/performance.md
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        Counter.packets += 1
+
+
+async def run_baseline(streams: int, max_seconds: float) -> None:
+    """Bind `streams` ports, print them, count until a line arrives on stdin."""
+    loop = asyncio.get_running_loop()
+    ports = []
+    for _ in range(streams):
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECV_BUFFER)
+        sock.bind((HOST, 0))
+        sock.setblocking(False)
+        await loop.create_datagram_endpoint(Counter, sock=sock)
+        ports.append(sock.getsockname()[1])
+    print(json.dumps(ports), flush=True)
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(asyncio.to_thread(sys.stdin.readline), max_seconds)
+    print(json.dumps({"packets": Counter.packets}), flush=True)
+
+
+# --------------------------------------------------------------------------- orchestration
+
+
+@dataclass
+class SendResult:
+    sent: int
+    errors: int
+    elapsed: float
+    target: int
+    late_subslots: int
+    max_lag_ms: float
+    cpu_before: float = 0.0
+    cpu_after: float = 0.0
+    extra: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def rate_pct(self) -> float:
+        return 100.0 * self.sent / self.target if self.target else 0.0
+
+
+async def send_load(ports: list[int], seconds: float, measure: dict[str, Any]) -> SendResult:
+    """Run the sender process; sample `measure` callables at its start and end."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bench.loadgen", "_send", "--seconds", str(seconds),
+        "--subslots", str(subslots_option[0]),
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, cwd=REPO,
+    )
+    assert proc.stdin is not None and proc.stdout is not None
+    proc.stdin.write(json.dumps(ports).encode() + b"\n")
+    await proc.stdin.drain()
+    proc.stdin.close()
+    try:
+        line = await asyncio.wait_for(proc.stdout.readline(), 60)
+        if line.strip() != b"start":
+            raise RuntimeError(f"sender failed to start: {line!r}")
+        before = {name: fn() for name, fn in measure.items()}
+        line = await asyncio.wait_for(proc.stdout.readline(), seconds + 60)
+        after = {name: fn() for name, fn in measure.items()}
+        await asyncio.wait_for(proc.wait(), 10)
+    except BaseException:
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        raise
+    result = SendResult(**json.loads(line))
+    result.extra = {name: after[name] - before[name] for name in measure}
+    return result
+
+
+async def baseline(calls: int, seconds: float) -> tuple[SendResult, int]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bench.loadgen", "_baseline", "--streams",
+        str(2 * calls), "--seconds", str(seconds + 120),
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, cwd=REPO,
+    )
+    assert proc.stdin is not None and proc.stdout is not None
+    try:
+        ports = json.loads(await asyncio.wait_for(proc.stdout.readline(), 60))
+        pid = proc.pid
+        result = await send_load(ports, seconds, {"cpu": lambda: proc_cpu(pid)})
+        await asyncio.sleep(0.3)  # let the last datagrams be read
+        proc.stdin.write(b"stop\n")
+        await proc.stdin.drain()
+        received = json.loads(await asyncio.wait_for(proc.stdout.readline(), 30))["packets"]
+        await asyncio.wait_for(proc.wait(), 10)
+    finally:
+        if proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+    return result, int(received)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="helper processes of the load benchmarks")
+    parser.add_argument("mode", choices=["_send", "_baseline"])
+    parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--streams", type=int, default=0)
+    parser.add_argument("--subslots", type=int, default=SUBSLOTS)
+    args = parser.parse_args()
+    if args.mode == "_send":
+        run_sender(json.loads(sys.stdin.readline()), args.seconds, args.subslots)
+    else:
+        asyncio.run(run_baseline(args.streams, args.seconds))
+
+
+if __name__ == "__main__":
+    main()

@@ -15,6 +15,8 @@ from tests.support.node import Node
 def pair(tmp_path: Path) -> Iterator[tuple[Node, Node]]:
     """Two linked nodes: `a` primary, `b` backup."""
     a, b, _ = start_pair(tmp_path)
-    yield a, b
-    b.stop()
-    a.stop()
+    try:
+        yield a, b
+    finally:
+        b.stop()
+        a.stop()

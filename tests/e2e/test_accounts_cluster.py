@@ -5,26 +5,13 @@ disabled on one node cannot log in on the other."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
 import httpx
 import pytest
 
-from tests.support.cluster import eventually, start_pair
+from tests.support.cluster import eventually
 from tests.support.node import Node
 
 pytestmark = pytest.mark.e2e
-
-
-@pytest.fixture
-def pair(tmp_path: Path) -> Iterator[tuple[Node, Node]]:
-    a, b, _ = start_pair(tmp_path)
-    try:
-        yield a, b
-    finally:
-        b.stop()
-        a.stop()
 
 
 def status(node: Node, path: str, **kwargs: object) -> int:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,7 @@ import pytest
 
 from tests.e2e.test_jobs_engine import cluster_events
 from tests.support import browser, screens
-from tests.support.cluster import ROLE_TIMEOUT, eventually, holder, start_pair
+from tests.support.cluster import ROLE_TIMEOUT, eventually, holder
 from tests.support.node import ADMIN_PASSWORD, Node
 from tests.support.weblogin import basic_headers
 
@@ -27,16 +26,6 @@ if browser.missing():
 sync_api = pytest.importorskip("playwright.sync_api")
 
 pytestmark = pytest.mark.e2e
-
-
-@pytest.fixture
-def pair(tmp_path: Path) -> Iterator[tuple[Node, Node]]:
-    a, b, _ = start_pair(tmp_path)
-    try:
-        yield a, b
-    finally:
-        b.stop()
-        a.stop()
 
 
 def target_checks(node: Node) -> list[tuple[str, bool]]:

@@ -26,6 +26,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
@@ -61,6 +62,10 @@ OPUS_FRAME_MS = 60
 encoder calls). Latency does not matter for a recording."""
 LIVE_FILE = "live.opus"
 LIVE_STATE = "live.json"
+LIVE_STATE_EVERY_MS = 10_000
+"""live.json is rewritten once this much more call is encoded (and when final): nothing
+in callrec reads it (peers learn progress from LiveProgress, a restart from live.opus
+itself), so it is a hint for people looking at the disk, not worth a write per step."""
 FINAL_STATE = "final.json"
 
 REORDER_MS = 150.0
@@ -103,48 +108,96 @@ class SegmentTail:
 
     A record still being written (the capture loop appends while we read) is left
     for the next read; a torn record that ends a file whose successor exists (a
-    crash) is skipped, as read_records does.
+    crash) is skipped, as read_records does. The file being read stays open between
+    reads and the directory is listed again only when it has nothing new (a newer
+    segment can only appear then: one process writes one segment file at a time),
+    so a step of a busy call costs one pread per stream.
     """
 
     def __init__(self, directory: Path, stream_id: str) -> None:
         self.directory = directory
         self.stream_id = stream_id
-        self._offsets: dict[Path, int] = {}
+        self._paths: list[Path] = []  # the stream's segment files known so far, in order
+        self._index = 0  # the one being read
+        self._offset = 0
+        self._handle: BinaryIO | None = None
         self.last_arrival = -1.0
 
-    def read(self, until_ms: float | None) -> Iterable[tuple[int, bytes]]:
+    def read(self, until_ms: float | None) -> list[tuple[int, bytes]]:
         """Records appended since the last read, stopping after one beyond ``until_ms``."""
+        out: list[tuple[int, bytes]] = []
         if until_ms is not None and self.last_arrival > until_ms:
-            return  # already ahead: what was read is waiting in the timeline
-        paths = stream_segments(self.directory, self.stream_id)
-        for index, path in enumerate(paths):
-            offset = self._offsets.get(path, 0)
-            last_file = index == len(paths) - 1
-            with path.open("rb") as handle:
-                while True:
-                    handle.seek(offset)
-                    data = handle.read(READ_CHUNK)
-                    if not data:
+            return out  # already ahead: what was read is waiting in the timeline
+        listed = False
+        while True:
+            if self._index >= len(self._paths):
+                if listed:
+                    return out
+                self._relist()
+                listed = True
+                continue
+            if self._read_file(out, until_ms):
+                return out  # until_ms reached
+            if self._index < len(self._paths) - 1:
+                self._next_file()  # a complete predecessor: its torn tail, if any, skipped
+            elif listed or out:
+                return out  # the newest file has no more for now
+            else:
+                self._relist()  # nothing new: has a newer segment appeared?
+                listed = True
+
+    def close(self) -> None:
+        if self._handle is not None:
+            self._handle.close()
+            self._handle = None
+
+    def _relist(self) -> None:
+        current = self._paths[self._index] if self._index < len(self._paths) else None
+        self._paths = stream_segments(self.directory, self.stream_id)
+        if current is not None and current in self._paths:
+            self._index = self._paths.index(current)
+
+    def _next_file(self) -> None:
+        self.close()
+        self._index += 1
+        self._offset = 0
+
+    def _read_file(self, out: list[tuple[int, bytes]], until_ms: float | None) -> bool:
+        """Append the complete records of the current file; True once past ``until_ms``."""
+        if self._handle is None:
+            try:
+                self._handle = self._paths[self._index].open("rb", buffering=0)
+            except FileNotFoundError:  # removed under us (released): nothing more there
+                return False
+        fd = self._handle.fileno()
+        size = RECORD_HEADER.size
+        unpack = RECORD_HEADER.unpack_from
+        while True:
+            data = os.pread(fd, READ_CHUNK, self._offset)
+            if not data:
+                return False
+            pos = 0
+            end = len(data)
+            last = self.last_arrival
+            while pos + size <= end:
+                arrival, length = unpack(data, pos)
+                stop = pos + size + length
+                if stop > end:
+                    break
+                out.append((arrival, data[pos + size: stop]))
+                pos = stop
+                if arrival > last:
+                    last = float(arrival)
+                    if until_ms is not None and last > until_ms:
                         break
-                    pos = 0
-                    size = RECORD_HEADER.size
-                    while pos + size <= len(data):
-                        arrival, length = RECORD_HEADER.unpack_from(data, pos)
-                        if pos + size + length > len(data):
-                            break
-                        yield arrival, data[pos + size: pos + size + length]
-                        pos += size + length
-                        self.last_arrival = max(self.last_arrival, float(arrival))
-                    if pos == 0 and len(data) >= READ_CHUNK:
-                        pos = len(data)  # a record larger than a chunk cannot be: skip
-                    offset += pos
-                    self._offsets[path] = offset
-                    if until_ms is not None and self.last_arrival > until_ms:
-                        return
-                    if len(data) < READ_CHUNK:
-                        break
-            if not last_file:
-                self._offsets[path] = path.stat().st_size  # torn tail of a crashed process
+            self.last_arrival = last
+            if pos == 0 and end >= READ_CHUNK:
+                pos = end  # a record larger than a chunk cannot be: skip
+            self._offset += pos
+            if until_ms is not None and last > until_ms:
+                return True
+            if end < READ_CHUNK:
+                return False
 
 
 def encoding_rate(streams: Iterable[StreamSpec]) -> int:
@@ -260,6 +313,7 @@ class LiveEncoder:
         else:
             self._fd = -1
         self.cursor = self._encoder.samples_done
+        self._state_ms = self._encoder.playable_ms  # duration live.json last said
         self._t = 0.0  # call time (ms) up to which the segments have been taken in
         # Waveform peaks of everything mixed, fed as it is encoded (no cost at finalize);
         # None: unknown (the web then computes them from the audio).
@@ -294,7 +348,8 @@ class LiveEncoder:
         self._write(self._encoder.pages())
         if self.bytes == before:
             return None
-        self._save_state()
+        if self._encoder.playable_ms - self._state_ms >= LIVE_STATE_EVERY_MS:
+            self._save_state()
         return self.progress
 
     def finish(self, streams: list[StreamSpec], duration_ms: int) -> FinalizeResult:
@@ -343,6 +398,8 @@ class LiveEncoder:
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
+        for stream in self._streams.values():
+            stream.tail.close()
 
     # ---- internals
 
@@ -442,6 +499,7 @@ class LiveEncoder:
 
     def _save_state(self) -> None:
         progress = self.progress
+        self._state_ms = progress.duration_ms
         state = {
             "recording_id": self.recording_id,
             "bytes": progress.bytes,

@@ -443,8 +443,7 @@ class LiveEncoder:
 
     def _pump(self, until_ms: float | None) -> None:
         for stream in self._streams.values():
-            for arrival, data in stream.tail.read(until_ms):
-                stream.timeline.feed(arrival, data)
+            stream.timeline.feed_many(stream.tail.read(until_ms))
 
     def _emit(self, upto: int, *, partial: bool, write: bool = False) -> None:
         """Mix and encode [cursor, upto), a bounded piece at a time.

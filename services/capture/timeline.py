@@ -797,6 +797,28 @@ class StreamTimeline:
             heapq.heappush(self._pending, (rec.arrival_ms, self._counter, rec))
             self._counter += 1
 
+    def feed_many(self, records: Iterable[tuple[float, bytes]]) -> None:
+        """:meth:`feed` for each stored datagram, in order (the same result, fewer calls)."""
+        stats = self.stats
+        pending = self._pending
+        end_ms = self.end_ms
+        counter = self._counter
+        push = heapq.heappush
+        for arrival_ms, data in records:
+            stats.packets_received += 1
+            try:
+                rec = parse_record(float(arrival_ms), bytes(data))
+            except (TypeError, ValueError, OverflowError):
+                rec = None
+            if rec is None:
+                stats.packets_invalid += 1
+            elif rec.arrival_ms < 0.0 or (end_ms is not None and rec.arrival_ms >= end_ms):
+                stats.packets_outside += 1
+            else:
+                push(pending, (rec.arrival_ms, counter, rec))
+                counter += 1
+        self._counter = counter
+
     def advance(self, now_ms: float | None, *, reorder_ms: float = 0.0,
                 emit_sample: int | None = None) -> None:
         """Take in what arrived up to ``now_ms`` and decode what is ``reorder_ms`` old.
@@ -805,12 +827,21 @@ class StreamTimeline:
         that would still have output before ``emit_sample`` are closed first, so what
         the caller then takes up to there is complete.
         """
-        while self._pending and (now_ms is None or self._pending[0][0] <= now_ms):
-            _, _, rec = heapq.heappop(self._pending)
+        pending = self._pending
+        ready: list[RtpRecord] = []
+        while pending and (now_ms is None or pending[0][0] <= now_ms):
+            _, _, rec = heapq.heappop(pending)
             if self.end_ms is not None and rec.arrival_ms >= self.end_ms:
                 self.stats.packets_outside += 1
                 continue
-            self._ingest(rec)
+            ready.append(rec)
+        index = 0
+        while index < len(ready):
+            taken = self._ingest_continuing(ready, index)
+            if taken == index:
+                self._ingest(ready[index])
+                taken += 1
+            index = taken
         horizon = None if now_ms is None else now_ms - reorder_ms
         for live in self._runs:
             self._decode(live, horizon)
@@ -914,15 +945,119 @@ class StreamTimeline:
                 assert codec is not None
                 heapq.heappush(target.heap, (seq_ext, rec.arrival_ms, ts_ext, codec, rec.payload))
 
+    def _ingest_continuing(self, recs: list[RtpRecord], index: int) -> int:
+        """Take in, from ``recs[index]`` on, the packets that simply continue their run.
+
+        The common case, in one go: audio of the SSRC and payload type of the run
+        that the packet at ``index`` would join first, each the next sequence number
+        and within the clock check of the one before (exactly what :meth:`_ingest`
+        decides for them: they join that run, are no duplicates, and only move its
+        references). Returns the index of the first packet not taken (``index``
+        when that one needs the general path).
+        """
+        first = recs[index]
+        codec = self._codecs.get(first.pt)
+        if codec not in _NATIVE_RATE:
+            return index
+        candidates = self._by_ssrc.get(first.ssrc)
+        if not candidates:
+            return index
+        live = candidates[-1]
+        run = live.run
+        if run.ref_arrival_ms is None:
+            return index
+        ssrc, pt, ts0 = first.ssrc, first.pt, live.ts0
+        seq = run.max_seq_ext
+        first_seq = seq + 1
+        ref_arrival = run.ref_arrival_ms
+        ref_ts = run.ref_ts_ext
+        max_ts = run.max_ts_ext
+        anchor = math.inf
+        lo = hi = first.arrival_ms
+        scale = 1000.0 / RTP_CLOCK_HZ
+        entries: list[tuple[int, float, int, str, bytes]] = []
+        end = len(recs)
+        stop = index
+        while stop < end:
+            rec = recs[stop]
+            if (rec.ssrc != ssrc or rec.pt != pt or not rec.payload
+                    or rec.seq != (seq + 1) & 0xFFFF):
+                break
+            delta = ((rec.ts - ref_ts + 0x80000000) & 0xFFFFFFFF) - 0x80000000  # unwrap
+            arrival = rec.arrival_ms
+            if abs((arrival - ref_arrival) - delta * 1000.0 / RTP_CLOCK_HZ) > MAX_CLOCK_SKEW_MS:
+                break
+            seq += 1
+            ref_ts += delta
+            ref_arrival = arrival
+            if ref_ts > max_ts:
+                max_ts = ref_ts
+            offset = arrival - (ref_ts - ts0) * scale
+            if offset < anchor:
+                anchor = offset
+            if arrival < lo:
+                lo = arrival
+            elif arrival > hi:
+                hi = arrival
+            entries.append((seq, arrival, ref_ts, codec, rec.payload))
+            stop += 1
+        count = stop - index
+        if not count:
+            return index
+        self._has_rtp = True
+        self._first = lo if self._first is None else min(self._first, lo)
+        self._last = hi if self._last is None else max(self._last, hi)
+        self._seen_codecs.add(codec)
+        run.count += count
+        run.max_seq_ext = seq
+        run.max_ts_ext = max_ts
+        run.ref_arrival_ms = ref_arrival
+        run.ref_ts_ext = ref_ts
+        live.last_arrival = ref_arrival
+        live.seen.update(range(first_seq, seq + 1))
+        live.unique += count
+        if len(live.seen) > 2 * MAX_SEQ_JUMP:
+            # What a packet can still be compared against is the same as when pruned
+            # packet by packet: anything further back than MAX_SEQ_JUMP never fits.
+            floor = seq - MAX_SEQ_JUMP - 1
+            live.seen = {s for s in live.seen if s >= floor}
+        live.anchor_all = min(live.anchor_all, anchor)
+        live.anchor_audio = min(live.anchor_audio, anchor)
+        # Each sequence number is above everything in the heap: appended in order,
+        # the heap stays a heap.
+        live.heap.extend(entries)
+        return stop
+
     def _decode(self, live: _LiveRun, horizon: float | None) -> None:
         heap = live.heap
         to_out = self.out_rate / RTP_CLOCK_HZ
+        table: Int16Array = PCMU_DECODE_TABLE
+        gathered: list[bytes] = []  # G.711 payloads continuing live.span, not decoded yet
+        gathered_end = 0  # the span's end timestamp once they are
         while heap and (horizon is None or heap[0][1] < horizon):
             seq_ext, _, ts_ext, codec, payload = heapq.heappop(heap)
             if live.last_decoded is not None and seq_ext <= live.last_decoded:
                 self.packets_late += 1  # overtaken beyond the reorder window
                 continue
             live.last_decoded = seq_ext
+            codec_table = _G711_TABLES.get(codec)
+            if gathered:
+                if codec_table is table and ts_ext == gathered_end:
+                    gathered.append(payload)  # continues the span: decoded with the others
+                    gathered_end += len(payload)
+                    self.stats.packets_decoded += 1
+                    continue
+                _add_g711(live, table, gathered)
+                gathered = []
+            if codec_table is not None:
+                # G.711 (one sample per byte and clock tick, never undecodable): the
+                # payloads that continue the span are decoded by one table lookup.
+                self.stats.packets_decoded += 1
+                self._span_for(live, ts_ext, RTP_CLOCK_HZ, to_out)
+                table = codec_table
+                gathered = [payload]
+                gathered_end = ts_ext + len(payload)
+                continue
             samples = live.decoders.decode(codec, payload)
             if samples is None or samples.size == 0:
                 self.stats.unknown_payload += 1
@@ -930,15 +1065,21 @@ class StreamTimeline:
             self.stats.packets_decoded += 1
             rate = _NATIVE_RATE[codec]
             clock_len = samples.size * RTP_CLOCK_HZ // rate
-            span = live.span
-            if span is None or ts_ext != span.end_ts or rate != span.rate:
-                if span is not None:
-                    span.render(self.canvas, self.out_rate, final=True)
-                offset = round(live.anchor * self.out_rate / 1000.0) + round(
-                    (ts_ext - live.ts0) * to_out)
-                span = _Span(ts_ext, rate, offset)
-                live.span = span
-            span.add(samples, clock_len)
+            self._span_for(live, ts_ext, rate, to_out).add(samples, clock_len)
+        if gathered:
+            _add_g711(live, table, gathered)
+
+    def _span_for(self, live: _LiveRun, ts_ext: int, rate: int, to_out: float) -> _Span:
+        """The span a packet at ``ts_ext`` continues, or a new one (the old one rendered)."""
+        span = live.span
+        if span is None or ts_ext != span.end_ts or rate != span.rate:
+            if span is not None:
+                span.render(self.canvas, self.out_rate, final=True)
+            offset = round(live.anchor * self.out_rate / 1000.0) + round(
+                (ts_ext - live.ts0) * to_out)
+            span = _Span(ts_ext, rate, offset)
+            live.span = span
+        return span
 
     def _retire(self) -> None:
         """Fold runs that no packet can join any more into the totals (bounded memory)."""
@@ -954,6 +1095,13 @@ class StreamTimeline:
             else:
                 keep.append(live)
         self._runs = keep
+
+
+def _add_g711(live: _LiveRun, table: Int16Array, payloads: list[bytes]) -> None:
+    """Decode G.711 payloads that continue ``live.span`` in one lookup and add them."""
+    assert live.span is not None
+    samples = table[np.frombuffer(b"".join(payloads), dtype=np.uint8)]
+    live.span.add(samples, samples.size)
 
 
 def _run_lost(live: _LiveRun) -> int:

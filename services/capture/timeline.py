@@ -764,6 +764,7 @@ class StreamTimeline:
         self.set_codecs(payload_codecs)
         self._pending: list[tuple[float, int, RtpRecord]] = []
         self._counter = 0
+        self._pending_newest = -math.inf  # no pending entry arrived later than this
         self._runs: list[_LiveRun] = []
         self._by_ssrc: dict[int, list[_LiveRun]] = {}
         self._last_ssrc: int | None = None
@@ -796,28 +797,47 @@ class StreamTimeline:
         else:
             heapq.heappush(self._pending, (rec.arrival_ms, self._counter, rec))
             self._counter += 1
+            self._pending_newest = max(self._pending_newest, rec.arrival_ms)
 
     def feed_many(self, records: Iterable[tuple[float, bytes]]) -> None:
-        """:meth:`feed` for each stored datagram, in order (the same result, fewer calls)."""
+        """:meth:`feed` for each stored datagram, in order (the same result, fewer calls).
+
+        The common header (version 2, no CSRC, extension or padding) is read inline;
+        records that arrive in order (they do, from a segment file) are appended to the
+        pending heap, which stays a heap, instead of pushed.
+        """
         stats = self.stats
         pending = self._pending
         end_ms = self.end_ms
         counter = self._counter
-        push = heapq.heappush
+        newest = self._pending_newest
+        unpack = _RTP_HEADER.unpack_from
         for arrival_ms, data in records:
             stats.packets_received += 1
+            rec: RtpRecord | None
             try:
-                rec = parse_record(float(arrival_ms), bytes(data))
+                arrival = float(arrival_ms)
+                if type(data) is bytes and len(data) > 12 and data[0] == 0x80 \
+                        and not 192 <= data[1] <= 223:
+                    _, second, seq, ts, ssrc = unpack(data)
+                    rec = RtpRecord(arrival, ssrc, seq, ts, second & 0x7F, data[12:])
+                else:
+                    rec = parse_record(arrival, bytes(data))
             except (TypeError, ValueError, OverflowError):
                 rec = None
             if rec is None:
                 stats.packets_invalid += 1
-            elif rec.arrival_ms < 0.0 or (end_ms is not None and rec.arrival_ms >= end_ms):
+            elif arrival < 0.0 or (end_ms is not None and arrival >= end_ms):
                 stats.packets_outside += 1
+            elif arrival >= newest:  # after everything pending: appended, still a heap
+                pending.append((arrival, counter, rec))
+                newest = arrival
+                counter += 1
             else:
-                push(pending, (rec.arrival_ms, counter, rec))
+                heapq.heappush(pending, (arrival, counter, rec))
                 counter += 1
         self._counter = counter
+        self._pending_newest = newest
 
     def advance(self, now_ms: float | None, *, reorder_ms: float = 0.0,
                 emit_sample: int | None = None) -> None:

@@ -466,12 +466,12 @@ class LiveEncoder:
                 self._write(self._encoder.pages())
 
     def _mix(self, upto: int) -> tuple[Int16Array, Int16Array]:
-        mix = [np.zeros(upto - self.cursor, dtype=np.int32) for _ in range(2)]
+        count = upto - self.cursor
+        parts: tuple[list[Int16Array], list[Int16Array]] = ([], [])
         for stream in self._streams.values():
-            samples = stream.timeline.take(upto)
-            mix[stream.channel][: samples.size] += samples
+            parts[stream.channel].append(stream.timeline.take(upto))
         self.cursor = upto
-        left, right = (np.clip(m, -32768, 32767).astype(np.int16) for m in mix)
+        left, right = (_sum_channel(p, count) for p in parts)
         if self._peaks is not None:
             self._peaks.add(np.stack([left, right]))
         return left, right
@@ -512,6 +512,17 @@ class LiveEncoder:
             os.replace(temp, self.directory / LIVE_STATE)
         except OSError:
             pass  # advisory only: live.opus itself is the truth
+
+
+def _sum_channel(parts: list[Int16Array], count: int) -> Int16Array:
+    """``count`` samples of one channel: its streams added, clipped to int16. The
+    usual one stream a channel is taken as it is (the same values, no int32 pass)."""
+    if len(parts) == 1 and parts[0].size == count:
+        return parts[0]
+    mix = np.zeros(count, dtype=np.int32)
+    for samples in parts:
+        mix[: samples.size] += samples
+    return np.clip(mix, -32768, 32767).astype(np.int16)
 
 
 def _peaks_of_prefix(path: Path, samples: int, rate: int) -> PeakAccumulator | None:

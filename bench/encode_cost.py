@@ -3,6 +3,7 @@
 ```sh
 PYTHONPATH=$PWD .venv/bin/python -m bench.encode_cost                 # one 60 s call, 3 runs
 PYTHONPATH=$PWD .venv/bin/python -m bench.encode_cost --seconds 20 --runs 1   # smoke
+PYTHONPATH=$PWD .venv/bin/python -m bench.encode_cost --step-ms 1000   # what a step costs
 ```
 
 A two-leg G.711 call (440 Hz near, 1000 Hz far, 20 ms packets with jitter) is
@@ -74,9 +75,11 @@ Variant = tuple[int, int, int, int]
 """(encoder input rate, bitrate of both channels, complexity, frame ms) of one live run."""
 
 
-def live_run(directory: Path, variant: Variant | None = None) -> tuple[float, int, int]:
+def live_run(directory: Path, variant: Variant | None = None,
+             step_ms: float = STEP_MS) -> tuple[float, int, int]:
     """(CPU s, bytes, duration ms) of capture's live encoder plus finalize on one call;
-    ``variant`` overrides capture's defaults (None: as capture runs it)."""
+    ``variant`` overrides capture's defaults (None: as capture runs it), ``step_ms``
+    the call time between steps (capture's LIVE_STEP_INTERVAL)."""
     for stale in (LIVE_FILE, "live.json", "final.json"):
         (directory / stale).unlink(missing_ok=True)
     manifest = RecordingManifest.load(directory)
@@ -92,7 +95,7 @@ def live_run(directory: Path, variant: Variant | None = None) -> tuple[float, in
                               complexity=complexity, frame_ms=frame_ms)
     now = 0.0
     while now < duration:
-        now += STEP_MS
+        now += step_ms
         encoder.step(specs, min(now, float(duration)))
     encoder.finish(specs, duration)
     cpu = time.process_time() - started
@@ -153,6 +156,9 @@ def main() -> None:
     parser.add_argument("--variant", action="append", default=[],
                         help="RATE:BITRATE:COMPLEXITY:FRAME_MS of another live run, e.g."
                              " 16000:16000:5:20 (the encoding before issue 11); repeatable")
+    parser.add_argument("--step-ms", type=float, action="append", default=[],
+                        help="also run capture's encoder stepping this often (ms of call),"
+                             " e.g. 1000: what the per-step cost is; repeatable")
     parser.add_argument("--profile", action="store_true")
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="encode-cost-"))
@@ -162,8 +168,9 @@ def main() -> None:
         directory = make_recording(root / "rec", args.seconds, signals=signals)
         pcm = g711_pcm(directory)
         live_run(directory)  # warm-up: imports, tables, filter caches
-        variants: list[Variant | None] = [None] + [
-            (int(a), int(b), int(c), int(d)) for a, b, c, d in (v.split(":") for v in args.variant)]
+        variants: list[Variant | float | None] = [None] + [
+            (int(a), int(b), int(c), int(d)) for a, b, c, d in (v.split(":") for v in args.variant)
+        ] + [float(ms) for ms in args.step_ms]
         base_cpu: list[float] = []
         live_cpu: list[list[float]] = [[] for _ in variants]
         sizes = [0] * len(variants)
@@ -172,7 +179,10 @@ def main() -> None:
             cpu, base_size = baseline_run(pcm, args.baseline_bitrate)
             base_cpu.append(cpu)
             for index, variant in enumerate(variants):
-                cpu, sizes[index], duration = live_run(directory, variant)
+                if isinstance(variant, float):
+                    cpu, sizes[index], duration = live_run(directory, step_ms=variant)
+                else:
+                    cpu, sizes[index], duration = live_run(directory, variant)
                 live_cpu[index].append(cpu)
         minutes = duration / 60_000
         hours = duration / 3_600_000
@@ -185,8 +195,12 @@ def main() -> None:
               f"{base_size / hours / 1e6:10.2f}  (packets only, no Ogg)")
         for index, variant in enumerate(variants):
             live = statistics.median(live_cpu[index]) / minutes
-            label = ("capture LiveEncoder as configured (0.5 s steps + finish)" if variant is None
-                     else "capture LiveEncoder at {}:{}:{}:{}".format(*variant))
+            if variant is None:
+                label = "capture LiveEncoder as configured (0.5 s steps + finish)"
+            elif isinstance(variant, float):
+                label = f"capture LiveEncoder, a step every {variant:g} ms of call"
+            else:
+                label = "capture LiveEncoder at {}:{}:{}:{}".format(*variant)
             print(f"{label:<58} {live:14.4f} {live / base:6.2f} "
                   f"{sizes[index] / hours / 1e6:10.2f}")
         if args.profile:

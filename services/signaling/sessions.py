@@ -210,6 +210,11 @@ class SessionRegistry:
     def active(self) -> list[RecordingSession]:
         return [s for s in self.sessions.values() if not s.ending]
 
+    def active_count(self) -> int:
+        """len(active()) without walking every call on each INVITE: _end_leg marks a
+        session ending and forgets it in the same step, so none in `sessions` is."""
+        return len(self.sessions)
+
     def joinable(self, key: str) -> RecordingSession | None:
         existing = self.by_key.get(key)
         return existing if existing is not None and not existing.ending else None

@@ -101,3 +101,14 @@ def test_files_of_the_layout_before_the_journal_are_taken_back(tmp_path: Path) -
     assert [x.recording_id for x, _ in loaded] == ["r1"]
     assert not list(tmp_path.glob("*.json"))
     assert [x.recording_id for x, _ in DialogStore(tmp_path, "b").load_all()] == ["r1"]
+
+
+def test_active_count_is_the_active_sessions() -> None:
+    registry = SessionRegistry()
+    first, second = session("r1"), session("r2")
+    registry.add_session(first, None)
+    registry.add_session(second, None)
+    assert registry.active_count() == len(registry.active()) == 2
+    first.ending = True
+    registry.forget(first)  # as _end_leg does, in the same step
+    assert registry.active_count() == len(registry.active()) == 1

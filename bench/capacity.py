@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import itertools
 import math
 import os
 import platform
@@ -141,6 +142,16 @@ def next_level(done: list[int], planned: list[int], max_calls: int, step: float 
     if not done or done[-1] >= max_calls:
         return None
     return min(max_calls, max(done[-1] + 10, round(done[-1] * step / 10) * 10))
+
+
+def memory_slopes(lines: list[Line]) -> str:
+    """KB per call from the node's peak between consecutive callrec levels: what one more
+    active call costs, free of what earlier levels left behind (which inflates `idle`)."""
+    rows = [ln for ln in lines if ln.system == "callrec" and ln.peak_mb == ln.peak_mb]
+    parts = [f"{a.calls}->{b.calls} calls "
+             f"{(b.peak_mb - a.peak_mb) * 1000 / (b.calls - a.calls):.0f}"
+             for a, b in itertools.pairwise(rows) if b.calls != a.calls]
+    return ", ".join(parts)
 
 
 def mem_note(sample: dict[str, tuple[int, int]]) -> str:
@@ -391,8 +402,9 @@ async def run_callrec(node: Any, driver: CaptureDriver, capture_pid: int, calls:
         # A recording spans allocation to finalize, so it is longer than the load.
         if len(channels) == 2 and seconds - 0.1 <= duration <= open_s + 0.5:
             durations_ok += 1
+    why: list[str] = []
     tones_ok, checked = await check_tones(node, [i["recording_id"] for i in items][:samples],
-                                          seconds, workdir)
+                                          seconds, workdir, why)
     latencies = [driver.done_at[r] - driver.requested_at[r] for r in ids
                  if r in driver.done_at and r in driver.requested_at]
 
@@ -429,6 +441,8 @@ async def run_callrec(node: Any, driver: CaptureDriver, capture_pid: int, calls:
         notes.append(f"{calls} calls: peer node b's Pss at the load's peak: "
                      f"{loadgen.total_kb(peer_peak) / 1000:.1f} MB; playable on b: "
                      f"{len(there)}/{calls}")
+    if why:
+        notes.append(f"{calls} calls: wrong tones: {'; '.join(why)}")
     if len(here) < calls:
         notes.append(f"{calls} calls: only {len(here)}/{calls} playable on the recording "
                      "node before the timeout (percentiles n/a)")
@@ -436,9 +450,10 @@ async def run_callrec(node: Any, driver: CaptureDriver, capture_pid: int, calls:
 
 
 async def check_tones(node: Any, ids: list[str], seconds: float,
-                      workdir: Path) -> tuple[int, int]:
+                      workdir: Path, why: list[str] | None = None) -> tuple[int, int]:
     """Download a sample of recordings: does each channel carry its own tone for the
-    whole load (within one 20 ms frame per second of slack)?"""
+    whole load (within one 20 ms frame per second of slack)? What was wrong with a
+    recording that fails goes to `why`."""
     import httpx
 
     from callrec.audio import decode_file, dominant_frequency, sound_seconds
@@ -450,17 +465,25 @@ async def check_tones(node: Any, ids: list[str], seconds: float,
         for rid in ids:
             response = await client.get(f"/api/recordings/{rid}/audio")
             if response.status_code != 200:
+                if why is not None:
+                    why.append(f"{rid}: audio HTTP {response.status_code}")
                 continue
             path = workdir / f"{rid}.opus"
             path.write_bytes(response.content)
             audio, _ = await asyncio.to_thread(decode_file, path, RATE)
             if len(audio) != 2:
+                if why is not None:
+                    why.append(f"{rid}: {len(audio)} channels")
                 continue
-            tones = all(abs(dominant_frequency(audio[ch], RATE) - hz) < TONE_TOLERANCE_HZ
-                        for ch, hz in enumerate(loadgen.TONES_HZ))
-            sound = all(sound_seconds(audio[ch], RATE) >= seconds * 0.98 - 0.04
-                        for ch in range(2))
+            found = [dominant_frequency(audio[ch], RATE) for ch in range(2)]
+            heard = [sound_seconds(audio[ch], RATE) for ch in range(2)]
+            tones = all(abs(f - hz) < TONE_TOLERANCE_HZ
+                        for f, hz in zip(found, loadgen.TONES_HZ, strict=True))
+            sound = all(h >= seconds * 0.98 - 0.04 for h in heard)
             good += tones and sound
+            if not (tones and sound) and why is not None:
+                why.append(f"{rid}: {found[0]:.0f}/{found[1]:.0f} Hz, sound "
+                           f"{heard[0]:.2f}/{heard[1]:.2f} s of {seconds:g}")
     return good, len(ids)
 
 
@@ -556,6 +579,9 @@ async def run(levels: list[int], seconds: float, samples: int, with_rtpengine: b
                     broke = f"{calls} calls: {'; '.join(problems)}"
                     break
                 clean.append(calls)
+    slopes = memory_slopes(lines)
+    if slopes:
+        notes.append(f"callrec KB per call from the peaks of consecutive levels: {slopes}")
     notes.append(f"breaking point: {clean[-1] if clean else 'none'} calls, the last clean "
                  f"level ({'broke at ' + broke if broke else f'none broke up to {done[-1]}'}); "
                  f"clean = loss <= {MAX_LOSS_PCT} %, every recording right, sender on "
@@ -609,10 +635,20 @@ the receiving process while media arrives, `live enc cpu/cm` of encoding while m
 arrives (callrec's encoding worker; the floor's libopus), `fin cpu/cm` after hang-up
 (finalize) and `all-in cpu/cm` their sum;
 `calls/core` = 60 / all-in; `x floor` = all-in / the floor's; `MB/call-h` stored per
-call-hour; `BYE->done` finalize request to `recording.completed` (p50, p99); `correct`:
+call-hour; `BYE->done` finalize request to `recording.completed` (p50, p99);
+`BYE->playable` finalize request until the recording node's catalog lists the recording
+and its whole file (`size_bytes`) is in that node's store, `on peer` the same on a second
+node linked as in production (`--peer`; polled every 0.25 s); `idle MB` / `peak MB`: the
+Pss of every process of the node (rtpengine: its daemon) before the level and the largest
+total sampled every second during the load, `KB/call` = (peak - idle) / calls (Pss, not
+VmRSS: the encoder workers share the forkserver's copy-on-write pages, which a sum of
+VmRSS counts once per process; idle includes what earlier levels left, so a note also
+gives the slope of the peak between levels); `correct`:
 recordings of the right duration with both channels, and sampled ones whose channels
-carry their tones (440 / 1000 Hz). Absolute figures move between machines: compare
-ratios within one run.
+carry their tones (440 / 1000 Hz). The full mode climbs past its levels by x1.5 up to
+`--max-calls` until a level is not clean (loss > 0.1 %, a wrong recording, a sender
+behind schedule) and notes the last clean one as the breaking point. Absolute figures
+move between machines: compare ratios within one run.
 """
 
 

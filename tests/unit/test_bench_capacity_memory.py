@@ -120,3 +120,11 @@ def test_playable_needs_the_listing_and_the_whole_file(tmp_path: Path) -> None:
     items = [{"recording_id": rid, "object_key": f"recordings/{rid}.opus", "size_bytes": 100}
              for rid in ("a", "b", "c", "other")]
     assert capacity.playable_now(items, {"a", "b", "c", "d"}, tmp_path) == ["a"]
+
+
+def test_memory_slopes_between_levels() -> None:
+    lines = [capacity.Line(system="callrec", calls=100, peak_mb=500.0),
+             capacity.Line(system="rtpengine (pcap)", calls=100, peak_mb=40.0),
+             capacity.Line(system="callrec", calls=400, peak_mb=560.0)]
+    assert capacity.memory_slopes(lines) == "100->400 calls 200"
+    assert capacity.memory_slopes(lines[:1]) == ""

@@ -303,6 +303,19 @@ def rtpengine_running(calls: int) -> Iterator[tuple[rtpengine.NgClient, rtpengin
 # --------------------------------------------------------------------------- callrec
 
 
+def spread(ids: list[str], count: int) -> list[str]:
+    """`count` ids evenly spread over the list (sorted, so over the order of allocation):
+    the first and last calls of a level are checked, not only the newest ones."""
+    ordered = sorted(ids)
+    if count <= 0 or not ordered:
+        return []
+    if count >= len(ordered):
+        return ordered
+    if count == 1:
+        return [ordered[-1]]
+    return [ordered[round(i * (len(ordered) - 1) / (count - 1))] for i in range(count)]
+
+
 def playable_now(items: list[dict[str, Any]], pending: set[str], store_root: Path) -> list[str]:
     """The ids of `pending` that a catalog listing holds and whose whole file (all of
     `size_bytes`) is in the node's object store: playable there."""
@@ -403,8 +416,8 @@ async def run_callrec(node: Any, driver: CaptureDriver, capture_pid: int, calls:
         if len(channels) == 2 and seconds - 0.1 <= duration <= open_s + 0.5:
             durations_ok += 1
     why: list[str] = []
-    tones_ok, checked = await check_tones(node, [i["recording_id"] for i in items][:samples],
-                                          seconds, workdir, why)
+    tones_ok, checked = await check_tones(node, spread([i["recording_id"] for i in items],
+                                                       samples), seconds, workdir, why)
     latencies = [driver.done_at[r] - driver.requested_at[r] for r in ids
                  if r in driver.done_at and r in driver.requested_at]
 

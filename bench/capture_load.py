@@ -297,8 +297,10 @@ async def running_node(max_calls: int, keep: bool, peers: list[Any] | None = Non
         await driver.connect()
         # Warm-up: the first live encoding step and the first finalize start the
         # forkserver and its workers (numpy, PyAV imports), a one-off cost in CPU and
-        # memory that is not per call-minute nor per call.
-        warm, warm_ports = await driver.allocate(1, "warmup")
+        # memory that is not per call-minute nor per call. Capture spreads recordings
+        # over its workers by a hash of their id: 8 calls reach every worker of a
+        # machine with a few cores (2 workers: all 8 on one with odds of 1 in 128).
+        warm, warm_ports = await driver.allocate(8, "warmup")
         await send_load(warm_ports, 1.5, {})
         await asyncio.sleep(1.0)
         await driver.finalize(warm, timeout=60)

@@ -128,3 +128,11 @@ def test_memory_slopes_between_levels() -> None:
              capacity.Line(system="callrec", calls=400, peak_mb=560.0)]
     assert capacity.memory_slopes(lines) == "100->400 calls 200"
     assert capacity.memory_slopes(lines[:1]) == ""
+
+
+def test_spread_samples_the_whole_level() -> None:
+    ids = [f"bench-300-x-{i:05d}" for i in range(300)][::-1]  # the catalog lists newest first
+    picked = capacity.spread(ids, 5)
+    assert picked[0].endswith("00000") and picked[-1].endswith("00299") and len(set(picked)) == 5
+    assert capacity.spread(ids[:3], 5) == sorted(ids[:3])
+    assert capacity.spread(ids, 1) == ["bench-300-x-00299"] and capacity.spread([], 3) == []

@@ -3,7 +3,7 @@
 Why: how many calls a node records per core decides what a customer buys, and
 absolute CPU figures move between machines; so every system is measured in the same
 run, under the same paced sender (bench/loadgen.py: two PCMU 20 ms streams per call,
-440 Hz on channel 0, 1000 Hz on channel 1), and callrec is stated as a ratio to the
+440 Hz on channel 0, 1004 Hz on channel 1), and callrec is stated as a ratio to the
 machine's floor: receiving as rtpengine does it plus libopus at its cheapest on the
 same audio.
 
@@ -423,7 +423,7 @@ arrives (callrec's encoding worker; the floor's libopus), `fin cpu/cm` after han
 `calls/core` = 60 / all-in; `x floor` = all-in / the floor's; `MB/call-h` stored per
 call-hour; `BYE->done` finalize request to `recording.completed` (p50, p99); `correct`:
 recordings of the right duration with both channels, and sampled ones whose channels
-carry their tones (440 / 1000 Hz). Absolute figures move between machines: compare
+carry their tones (440 / 1004 Hz). Absolute figures move between machines: compare
 ratios within one run.
 """
 

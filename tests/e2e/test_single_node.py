@@ -26,7 +26,7 @@ from tests.support.node import Node
 pytestmark = pytest.mark.e2e
 
 RATE = 16000
-NEAR_HZ, FAR_HZ = 440.0, 1000.0
+NEAR_HZ, FAR_HZ = 440.0, 1004.0
 ACTIVE = "callrec_signaling_active_recordings"
 
 

@@ -98,7 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
                          "('callrec cluster invite' there)")
     up.add_argument("--log-level", default=_env("LOG_LEVEL", "info"))
     up.add_argument("--opus-bitrate", type=int,
-                    default=int(_env("OPUS_BITRATE") or NodeConfig.model_fields["opus_bitrate"].default),
+                    default=int(_env("OPUS_BITRATE")
+                                or NodeConfig.model_fields["opus_bitrate"].default),
                     help="Opus bit/s of both channels of a narrowband call together")
     # ---- SIP admission ----
     up.add_argument("--sip-allow", action="append", dest="sip_allow", metavar="CIDR",

@@ -3,7 +3,7 @@
 Why: how many calls a node records per core decides what a customer buys, and
 absolute CPU figures move between machines; so every system is measured in the same
 run, under the same paced sender (bench/loadgen.py: two PCMU 20 ms streams per call,
-440 Hz on channel 0, 1000 Hz on channel 1), and callrec is stated as a ratio to the
+440 Hz on channel 0, 1004 Hz on channel 1), and callrec is stated as a ratio to the
 machine's floor: receiving as rtpengine does it plus libopus at its cheapest on the
 same audio.
 
@@ -658,7 +658,7 @@ VmRSS: the encoder workers share the forkserver's copy-on-write pages, which a s
 VmRSS counts once per process; idle includes what earlier levels left, so a note also
 gives the slope of the peak between levels); `correct`:
 recordings of the right duration with both channels, and sampled ones whose channels
-carry their tones (440 / 1000 Hz). The full mode climbs past its levels by x1.5 up to
+carry their tones (440 / 1004 Hz). The full mode climbs past its levels by x1.5 up to
 `--max-calls` until a level is not clean (loss > 0.1 %, a wrong recording, a sender
 behind schedule) and notes the last clean one as the breaking point. Absolute figures
 move between machines: compare ratios within one run.

@@ -4,7 +4,7 @@ Why one module: capture_load.py and capacity.py must play exactly the same load 
 read CPU the same way, or their figures would not compare.
 
 The sender is told its ports as `[channel 0, channel 1]` pairs per call and plays a
-PCMU tone per channel (440 Hz on channel 0, 1000 Hz on channel 1), so a recording
+PCMU tone per channel (440 Hz on channel 0, 1004 Hz on channel 1), so a recording
 can be checked for both channels by `callrec.audio.dominant_frequency`.
 
 Internal sub-commands (run as `python -m bench.loadgen _send|_baseline`) are the
@@ -37,7 +37,7 @@ subslots_option = [SUBSLOTS]
 RECV_BUFFER = 1 << 20  # same SO_RCVBUF as capture, so losses compare
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 RTP_HEADER = struct.Struct("!BBHII")
-TONES_HZ = (440.0, 1000.0)  # channel 0 (near), channel 1 (far)
+TONES_HZ = (440.0, 1004.0)  # channel 0 (near), channel 1 (far)
 
 
 # --------------------------------------------------------------------------- /proc
@@ -269,7 +269,7 @@ def run_sender(ports: list[int], seconds: float, subslots: int) -> None:
     """Paced PCMU sender: prints `start`, sends, prints a JSON summary.
 
     `ports` are `[channel 0, channel 1]` pairs per call: even indexes get 440 Hz,
-    odd ones 1000 Hz.
+    odd ones 1004 Hz.
 
     Packets are pre-built per stream; each tick only patches seq/timestamp and the
     payload slice in place, so the sender stays far cheaper than the receiver."""

@@ -3,7 +3,7 @@
 Why: how many calls a node records per core decides what a customer buys, and
 absolute CPU figures move between machines; so every system is measured in the same
 run, under the same paced sender (bench/loadgen.py: two PCMU 20 ms streams per call,
-440 Hz on channel 0, 1000 Hz on channel 1), and callrec is stated as a ratio to the
+440 Hz on channel 0, 1004 Hz on channel 1), and callrec is stated as a ratio to the
 machine's floor: receiving as rtpengine does it plus libopus at its cheapest on the
 same audio.
 
@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import itertools
 import math
 import os
 import platform
@@ -76,10 +77,24 @@ class Line:
     floor_ratio: float = float("nan")
     recorded_ratio: float = float("nan")  # recorded duration / duration of the load
     sender: str = ""  # did the sender keep pace: "% of schedule sent / worst lag"
+    sent_pct: float = 100.0  # packets sent / scheduled
+    late_s: float = 0.0  # how much later than scheduled the sender finished
+    wrong: int = 0  # recordings missing, failed, of the wrong duration or without a tone
+    idle_mb: float = float("nan")  # Pss of the system's processes before the level
+    peak_mb: float = float("nan")  # ... at the peak of the load
+    playable_p50: float = float("nan")  # BYE -> listed and complete file, recording node
+    playable_p99: float = float("nan")
+    peer_p50: float = float("nan")  # BYE -> listed and complete file, on the peer
+    peer_p99: float = float("nan")
 
     @property
     def all_cm(self) -> float:
         return self.rx_cm + self.live_cm + self.fin_cm
+
+    @property
+    def kb_per_call(self) -> float:
+        """Memory an active call adds: (peak - idle) / calls."""
+        return (self.peak_mb - self.idle_mb) * 1000 / self.calls if self.calls else float("nan")
 
     @property
     def calls_per_core(self) -> float:
@@ -97,6 +112,53 @@ def percentile(values: list[float], q: float) -> float:
         return float("nan")
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, max(0, math.ceil(q / 100 * len(ordered)) - 1))]
+
+
+MAX_LOSS_PCT = 0.1
+MAX_LATE_S = 0.5  # a sender that finishes later than this fell behind (it never skips)
+
+
+def level_problems(line: Line, seconds: float) -> list[str]:
+    """Why a level is not clean (empty: clean). The breaking point is the last clean
+    level: loss above 0.1 %, a wrong recording, or a sender that could not keep pace."""
+    problems = []
+    if not line.loss_pct <= MAX_LOSS_PCT:  # NaN (nothing sent) is not clean either
+        problems.append(f"loss {fmt(line.loss_pct)} % > {MAX_LOSS_PCT} %")
+    if line.wrong:
+        problems.append(f"{line.wrong} wrong recordings")
+    if line.sent_pct < 99.9 or line.late_s > max(MAX_LATE_S, 0.02 * seconds):
+        problems.append(f"sender fell behind ({line.sent_pct:.2f} % sent, finished "
+                        f"{line.late_s:.2f} s late)")
+    return problems
+
+
+def next_level(done: list[int], planned: list[int], max_calls: int, step: float = 1.5,
+               ) -> int | None:
+    """The planned levels first, then x`step` (rounded to 10 calls) up to `max_calls`;
+    None when there is nothing above."""
+    remaining = [c for c in planned if c not in done]
+    if remaining:
+        return remaining[0]
+    if not done or done[-1] >= max_calls:
+        return None
+    return min(max_calls, max(done[-1] + 10, round(done[-1] * step / 10) * 10))
+
+
+def memory_slopes(lines: list[Line]) -> str:
+    """KB per call from the node's peak between consecutive callrec levels: what one more
+    active call costs, free of what earlier levels left behind (which inflates `idle`)."""
+    rows = [ln for ln in lines if ln.system == "callrec" and ln.peak_mb == ln.peak_mb]
+    parts = [f"{a.calls}->{b.calls} calls "
+             f"{(b.peak_mb - a.peak_mb) * 1000 / (b.calls - a.calls):.0f}"
+             for a, b in itertools.pairwise(rows) if b.calls != a.calls]
+    return ", ".join(parts)
+
+
+def mem_note(sample: dict[str, tuple[int, int]]) -> str:
+    """`capture 61.2, encoder worker (2) 170.4, ...` in MB, largest first."""
+    parts = sorted(sample.items(), key=lambda kv: -kv[1][0])
+    return ", ".join(f"{label}{f' ({n})' if n > 1 else ''} {kb / 1000:.1f}"
+                     for label, (kb, n) in parts)
 
 
 def pace(sent: loadgen.SendResult) -> str:
@@ -118,15 +180,21 @@ def render_table(lines: list[Line], header: str, notes: list[str]) -> str:
     """The markdown table printed and appended to RESULTS.md."""
     out = [header, "",
            "| calls | system | pps | loss % | rx cpu/cm | live enc cpu/cm | fin cpu/cm "
-           "| all-in cpu/cm | calls/core | x floor | MB/call-h | BYE->done p50 s | p99 s "
-           "| correct |",
-           "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+           "| all-in cpu/cm | calls/core | x floor | MB/call-h | BYE->done p50 s "
+           "| BYE->done p99 s | BYE->playable p50 s | BYE->playable p99 s "
+           "| on peer p50 s | on peer p99 s "
+           "| idle MB | peak MB | KB/call | correct |",
+           "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:"
+           "|---:|---:|---:|---:|---:|---:|---:|---|"]
     for ln in lines:
         out.append(f"| {ln.calls} | {ln.system} | {fmt(ln.pps, 0)} | {fmt(ln.loss_pct)} "
                    f"| {fmt(ln.rx_cm, 4)} | {fmt(ln.live_cm, 4)} | {fmt(ln.fin_cm, 4)} "
                    f"| {fmt(ln.all_cm, 4)} "
                    f"| {fmt(ln.calls_per_core, 0)} | {fmt(ln.floor_ratio, 2)} "
                    f"| {fmt(ln.mb_call_h, 2)} | {fmt(ln.p50_s)} | {fmt(ln.p99_s)} "
+                   f"| {fmt(ln.playable_p50)} | {fmt(ln.playable_p99)} "
+                   f"| {fmt(ln.peer_p50)} | {fmt(ln.peer_p99)} "
+                   f"| {fmt(ln.idle_mb, 1)} | {fmt(ln.peak_mb, 1)} | {fmt(ln.kb_per_call, 0)} "
                    f"| {ln.correct} |")
     out.append("")
     out.extend(f"- {n}" for n in notes)
@@ -174,14 +242,20 @@ async def run_rtpengine(ng: rtpengine.NgClient, daemon: rtpengine.Daemon, calls:
     """N recorded calls through rtpengine: its CPU while media flows, loss from its pcaps."""
     tag = uuid.uuid4().hex[:6]
     call_ids = [f"bench-{calls}-{tag}-{i}" for i in range(calls)]
+    assert daemon.process is not None
+    pid = daemon.process.pid
+    idle = loadgen.total_kb(loadgen.pid_memory(pid))
     ports: list[int] = []
     for call_id in call_ids:
         # The parties' own SDP ports are never sent to (blackhole), so one pair serves all.
         near, far = await asyncio.to_thread(rtpengine.open_recorded_call, ng, call_id, 4000)
         ports.extend([near, far])
-    assert daemon.process is not None
-    pid = daemon.process.pid
-    sent = await loadgen.send_load(ports, seconds, {"cpu": lambda: loadgen.proc_cpu(pid)})
+    sampler = loadgen.PeakSampler(lambda: loadgen.pid_memory(pid))
+    sampler.start()
+    try:
+        sent = await loadgen.send_load(ports, seconds, {"cpu": lambda: loadgen.proc_cpu(pid)})
+    finally:
+        peak = loadgen.total_kb(await sampler.stop())
     await asyncio.sleep(0.3)
     for call_id in call_ids:
         await asyncio.to_thread(ng.request, {"command": "delete", "call-id": call_id,
@@ -195,7 +269,9 @@ async def run_rtpengine(ng: rtpengine.NgClient, daemon: rtpengine.Daemon, calls:
                 loss_pct=100.0 * (1 - packets / sent.sent) if sent.sent else float("nan"),
                 rx_cm=per_call_minute(sent.extra["cpu"], calls, sent.elapsed),
                 mb_call_h=size / 1e6 / (calls * sent.elapsed / 3600),
-                correct=f"{packets} pkts in pcap", sender=pace(sent))
+                correct=f"{packets} pkts in pcap", sender=pace(sent),
+                sent_pct=sent.rate_pct, late_s=max(0.0, sent.elapsed - seconds),
+                idle_mb=idle / 1000, peak_mb=peak / 1000)
 
 
 @contextlib.contextmanager
@@ -227,21 +303,104 @@ def rtpengine_running(calls: int) -> Iterator[tuple[rtpengine.NgClient, rtpengin
 # --------------------------------------------------------------------------- callrec
 
 
+def spread(ids: list[str], count: int) -> list[str]:
+    """`count` ids evenly spread over the list (sorted, so over the order of allocation):
+    the first and last calls of a level are checked, not only the newest ones."""
+    ordered = sorted(ids)
+    if count <= 0 or not ordered:
+        return []
+    if count >= len(ordered):
+        return ordered
+    if count == 1:
+        return [ordered[-1]]
+    return [ordered[round(i * (len(ordered) - 1) / (count - 1))] for i in range(count)]
+
+
+def playable_now(items: list[dict[str, Any]], pending: set[str], store_root: Path) -> list[str]:
+    """The ids of `pending` that a catalog listing holds and whose whole file (all of
+    `size_bytes`) is in the node's object store: playable there."""
+    found = []
+    for item in items:
+        rid = item.get("recording_id")
+        if rid not in pending:
+            continue
+        try:
+            size = (store_root / str(item["object_key"])).stat().st_size
+        except (OSError, KeyError):
+            continue
+        if size == int(item["size_bytes"]):
+            found.append(str(rid))
+    return found
+
+
+async def watch_playable(node: Any, ids: list[str], timeout: float,
+                         interval: float = 0.25) -> dict[str, float]:
+    """Poll one node's catalog (newest first: this level's recordings are the newest)
+    and its store until each of `ids` is playable there; rid -> monotonic time seen.
+
+    Resolution: the poll interval plus one listing (a few tens of ms)."""
+    import httpx
+
+    from tests.support.node import ADMIN_PASSWORD
+
+    pending, seen = set(ids), {}
+    store_root = Path(node.data_dir) / "objects"
+    deadline = time.monotonic() + timeout
+    page = min(1000, len(ids))
+    async with httpx.AsyncClient(base_url=node.base_url, auth=("admin", ADMIN_PASSWORD),
+                                 timeout=10.0) as client:
+        while pending and time.monotonic() < deadline:
+            items: list[dict[str, Any]] = []
+            for offset in range(0, len(ids), page):
+                with contextlib.suppress(httpx.HTTPError):
+                    response = await client.get("/api/recordings",
+                                                params={"limit": page, "offset": offset})
+                    if response.status_code == 200:
+                        items.extend(response.json()["items"])
+            now = time.monotonic()
+            for rid in playable_now(items, pending, store_root):
+                seen[rid] = now
+                pending.discard(rid)
+            if pending:
+                await asyncio.sleep(interval)
+    return seen
+
+
 async def run_callrec(node: Any, driver: CaptureDriver, capture_pid: int, calls: int,
-                      seconds: float, samples: int, workdir: Path) -> Line:
-    """N calls through capture: all CPU of capture and its workers, loss, correctness."""
+                      seconds: float, samples: int, workdir: Path,
+                      peer: Any = None) -> tuple[Line, list[str]]:
+    """N calls through capture: all CPU of capture and its workers, loss, correctness,
+    the node's memory idle and at the peak of the load, BYE->playable here and on the
+    peer. Returns the row and notes (memory per process)."""
+    assert node.process is not None
+    pgrp = node.process.pid  # the node runs in its own session: its pid is the group
+    idle = await asyncio.to_thread(loadgen.group_memory, pgrp)
     tag = f"{calls}-{uuid.uuid4().hex[:6]}"
     allocated_at = time.monotonic()
     ids, ports = await driver.allocate(calls, tag)
-    sent = await loadgen.send_load(ports, seconds,
-                                   {"rx": lambda: loadgen.proc_cpu(capture_pid),
-                                    "tree": lambda: loadgen.tree_cpu(capture_pid)})
+    sampler = loadgen.PeakSampler(lambda: loadgen.group_memory(pgrp))
+    peer_sampler = (loadgen.PeakSampler(lambda: loadgen.group_memory(peer.process.pid), 2.0)
+                    if peer is not None else None)
+    sampler.start()
+    if peer_sampler:
+        peer_sampler.start()
+    try:
+        sent = await loadgen.send_load(ports, seconds,
+                                       {"rx": lambda: loadgen.proc_cpu(capture_pid),
+                                        "tree": lambda: loadgen.tree_cpu(capture_pid)})
+    finally:
+        peak = await sampler.stop()
+        peer_peak = await peer_sampler.stop() if peer_sampler else {}
     before = loadgen.tree_cpu(capture_pid)  # so the flush wait below is counted in fin
     await asyncio.sleep(0.6)  # one flush interval: the last packets reach the segments
     open_s = time.monotonic() - allocated_at  # allocation to the finalize requests
+    fin_timeout = 120 + calls * seconds / 10
+    watches = [asyncio.create_task(watch_playable(n, ids, fin_timeout + 60))
+               for n in ([node, peer] if peer is not None else [node])]
     with contextlib.suppress(TimeoutError):
-        await driver.finalize(ids, timeout=120 + calls * seconds / 10)
+        await driver.finalize(ids, timeout=fin_timeout)
     fin_cpu = loadgen.tree_cpu(capture_pid) - before
+    playable = [await w for w in watches]
     failed = {rid for rid in ids if driver.done.get(rid) != "completed"}
     items = await catalog_items(node, set(ids) - failed, 60)
     stored = size = 0
@@ -256,13 +415,21 @@ async def run_callrec(node: Any, driver: CaptureDriver, capture_pid: int, calls:
         # A recording spans allocation to finalize, so it is longer than the load.
         if len(channels) == 2 and seconds - 0.1 <= duration <= open_s + 0.5:
             durations_ok += 1
-    tones_ok, checked = await check_tones(node, [i["recording_id"] for i in items][:samples],
-                                          seconds, workdir)
+    why: list[str] = []
+    tones_ok, checked = await check_tones(node, spread([i["recording_id"] for i in items],
+                                                       samples), seconds, workdir, why)
     latencies = [driver.done_at[r] - driver.requested_at[r] for r in ids
                  if r in driver.done_at and r in driver.requested_at]
+
+    def bye_to(seen: dict[str, float]) -> list[float]:
+        return [seen[r] - driver.requested_at[r] for r in ids
+                if r in seen and r in driver.requested_at]
+
+    here = bye_to(playable[0])
+    there = bye_to(playable[1]) if peer is not None else []
     # Per call-minute of load, the denominator of every row (the recordings are longer:
     # they start at allocation, before the sender; the note gives the ratio).
-    return Line(system="callrec", calls=calls, pps=sent.sent / sent.elapsed,
+    line = Line(system="callrec", calls=calls, pps=sent.sent / sent.elapsed,
                 loss_pct=100.0 * (1 - stored / sent.sent) if sent.sent else float("nan"),
                 rx_cm=per_call_minute(sent.extra["rx"], calls, sent.elapsed),
                 live_cm=per_call_minute(sent.extra["tree"] - sent.extra["rx"], calls,
@@ -271,15 +438,35 @@ async def run_callrec(node: Any, driver: CaptureDriver, capture_pid: int, calls:
                 recorded_ratio=recorded_s / (calls * sent.elapsed),
                 mb_call_h=size / 1e6 / (recorded_s / 3600) if recorded_s else float("nan"),
                 p50_s=percentile(latencies, 50), p99_s=percentile(latencies, 99),
-                sender=pace(sent),
+                playable_p50=percentile(here, 50) if len(here) == calls else float("nan"),
+                playable_p99=percentile(here, 99) if len(here) == calls else float("nan"),
+                peer_p50=percentile(there, 50) if len(there) == calls else float("nan"),
+                peer_p99=percentile(there, 99) if len(there) == calls else float("nan"),
+                sender=pace(sent), sent_pct=sent.rate_pct,
+                late_s=max(0.0, sent.elapsed - seconds),
+                wrong=(calls - durations_ok) + (checked - tones_ok),
+                idle_mb=loadgen.total_kb(idle) / 1000, peak_mb=loadgen.total_kb(peak) / 1000,
                 correct=(f"{durations_ok}/{calls} duration+2ch, {tones_ok}/{checked} tones, "
                          f"{len(failed)} not completed"))
+    notes = [f"{calls} calls: callrec node Pss in MB, idle: {mem_note(idle)}; at the load's "
+             f"peak ({sampler.samples} samples): {mem_note(peak)}"]
+    if peer is not None:
+        notes.append(f"{calls} calls: peer node b's Pss at the load's peak: "
+                     f"{loadgen.total_kb(peer_peak) / 1000:.1f} MB; playable on b: "
+                     f"{len(there)}/{calls}")
+    if why:
+        notes.append(f"{calls} calls: wrong tones: {'; '.join(why)}")
+    if len(here) < calls:
+        notes.append(f"{calls} calls: only {len(here)}/{calls} playable on the recording "
+                     "node before the timeout (percentiles n/a)")
+    return line, notes
 
 
 async def check_tones(node: Any, ids: list[str], seconds: float,
-                      workdir: Path) -> tuple[int, int]:
+                      workdir: Path, why: list[str] | None = None) -> tuple[int, int]:
     """Download a sample of recordings: does each channel carry its own tone for the
-    whole load (within one 20 ms frame per second of slack)?"""
+    whole load (within one 20 ms frame per second of slack)? What was wrong with a
+    recording that fails goes to `why`."""
     import httpx
 
     from callrec.audio import decode_file, dominant_frequency, sound_seconds
@@ -291,17 +478,25 @@ async def check_tones(node: Any, ids: list[str], seconds: float,
         for rid in ids:
             response = await client.get(f"/api/recordings/{rid}/audio")
             if response.status_code != 200:
+                if why is not None:
+                    why.append(f"{rid}: audio HTTP {response.status_code}")
                 continue
             path = workdir / f"{rid}.opus"
             path.write_bytes(response.content)
             audio, _ = await asyncio.to_thread(decode_file, path, RATE)
             if len(audio) != 2:
+                if why is not None:
+                    why.append(f"{rid}: {len(audio)} channels")
                 continue
-            tones = all(abs(dominant_frequency(audio[ch], RATE) - hz) < TONE_TOLERANCE_HZ
-                        for ch, hz in enumerate(loadgen.TONES_HZ))
-            sound = all(sound_seconds(audio[ch], RATE) >= seconds * 0.98 - 0.04
-                        for ch in range(2))
+            found = [dominant_frequency(audio[ch], RATE) for ch in range(2)]
+            heard = [sound_seconds(audio[ch], RATE) for ch in range(2)]
+            tones = all(abs(f - hz) < TONE_TOLERANCE_HZ
+                        for f, hz in zip(found, loadgen.TONES_HZ, strict=True))
+            sound = all(h >= seconds * 0.98 - 0.04 for h in heard)
             good += tones and sound
+            if not (tones and sound) and why is not None:
+                why.append(f"{rid}: {found[0]:.0f}/{found[1]:.0f} Hz, sound "
+                           f"{heard[0]:.2f}/{heard[1]:.2f} s of {seconds:g}")
     return good, len(ids)
 
 
@@ -327,24 +522,34 @@ def commit() -> str:
 
 
 async def run(levels: list[int], seconds: float, samples: int, with_rtpengine: bool,
-              keep: bool) -> str:
-    """Every level, every system; returns the rendered table."""
+              keep: bool, max_calls: int = 0, with_peer: bool = False) -> str:
+    """Every level, every system; then upward (x1.5) to `max_calls` while callrec stays
+    clean; returns the rendered table."""
+    max_calls = max(max_calls, *levels)
+    climb = f", then x1.5 up to {max_calls} until it breaks" if max_calls > max(levels) else ""
     header = (f"### {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, commit {commit()}, "
-              f"{', '.join(map(str, levels))} calls x {seconds:g} s\n\nMachine: {machine()}.")
+              f"{', '.join(map(str, levels))} calls{climb} x {seconds:g} s"
+              f"{', with a peer node' if with_peer else ''}\n\nMachine: {machine()}.")
     notes: list[str] = []
+    done: list[int] = []
+    clean: list[int] = []
+    broke = ""
     progress("encoding the floor's Opus")
     opus_cm, opus_mb = await asyncio.to_thread(opus_floor, max(10.0, seconds))
     lines: list[Line] = []
     with contextlib.ExitStack() as stack:
-        rtpe_ctx = (stack.enter_context(rtpengine_running(max(levels)))
+        rtpe_ctx = (stack.enter_context(rtpengine_running(max_calls))
                     if with_rtpengine else "not asked for (--no-rtpengine)")
         if isinstance(rtpe_ctx, str):
             notes.append(f"rtpengine skipped: {rtpe_ctx}")
         workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="capacity-")))
         progress("starting the node")
-        async with running_node(max(levels), keep) as (node, driver, capture_pid):
-            progress("node up, finalize warmed up")
-            for calls in levels:
+        peers: list[Any] | None = [] if with_peer else None
+        async with running_node(max_calls, keep, peers) as (node, driver, capture_pid):
+            peer = peers[0] if peers else None
+            progress(f"node up{' with its peer' if peer else ''}, finalize warmed up")
+            while (calls := next_level(done, levels, max_calls)) is not None:
+                done.append(calls)
                 progress(f"{calls} calls")
                 level: list[Line] = []
                 rtpe = None
@@ -365,8 +570,9 @@ async def run(levels: list[int], seconds: float, samples: int, with_rtpengine: b
                              calls=calls, rx_cm=rx_floor.rx_cm, live_cm=opus_cm,
                              mb_call_h=opus_mb, floor_ratio=1.0)
                 level.append(floor)
-                callrec = await run_callrec(node, driver, capture_pid, calls, seconds,
-                                            samples, workdir)
+                callrec, mem_notes = await run_callrec(node, driver, capture_pid, calls,
+                                                       seconds, samples, workdir, peer)
+                notes.extend(mem_notes)
                 callrec.floor_ratio = ratio(callrec.all_cm, floor.all_cm)
                 level.append(callrec)
                 progress(f"{calls} calls: callrec done")
@@ -381,6 +587,18 @@ async def run(levels: list[int], seconds: float, samples: int, with_rtpengine: b
                 notes.append(f"{calls} calls: sender sent % of schedule / worst lag: " + ", ".join(
                     f"{ln.system} {ln.sender}" for ln in level if ln.sender))
                 lines.extend(level)
+                problems = level_problems(callrec, seconds)
+                if problems:
+                    broke = f"{calls} calls: {'; '.join(problems)}"
+                    break
+                clean.append(calls)
+    slopes = memory_slopes(lines)
+    if slopes:
+        notes.append(f"callrec KB per call from the peaks of consecutive levels: {slopes}")
+    notes.append(f"breaking point: {clean[-1] if clean else 'none'} calls, the last clean "
+                 f"level ({'broke at ' + broke if broke else f'none broke up to {done[-1]}'}); "
+                 f"clean = loss <= {MAX_LOSS_PCT} %, every recording right, sender on "
+                 "schedule")
     notes += [
         "cpu/cm = CPU-s (utime+stime from /proc) per call-minute of load (calls x minutes "
         "the sender played), the same denominator in every row. rx = the receiving "
@@ -396,6 +614,15 @@ async def run(levels: list[int], seconds: float, samples: int, with_rtpengine: b
         "`recording.completed` event, with every call of the level ending at once (the "
         "backlog is part of it). loss = 1 - stored (or pcap'd, or counted) / sent.",
         "MB/call-h: callrec's stored Ogg/Opus, rtpengine's raw pcap, the floor's Opus packets.",
+        "BYE->playable: finalize request until the recording is listed by the catalog with "
+        "its whole file (size_bytes) in that node's store; on peer: the same on node b "
+        "(linked as in production, on the same cores), polled every 0.25 s.",
+        "Memory: Pss (/proc/PID/smaps_rollup; it divides shared pages among the processes "
+        "that map them, so it sums over the forkserver's encoder workers without counting "
+        "their copy-on-write pages twice, which VmRSS would) of every process of the node "
+        "(rtpengine: its daemon), idle before the level and the largest total sampled every "
+        "1 s during the load; KB/call = (peak - idle) / calls. Idle is after the previous "
+        "levels, whose freed memory Python may keep.",
         "Sender, receivers and node share the machine's cores; compare ratios within one run.",
     ]
     return render_table(lines, header, notes)
@@ -421,10 +648,20 @@ the receiving process while media arrives, `live enc cpu/cm` of encoding while m
 arrives (callrec's encoding worker; the floor's libopus), `fin cpu/cm` after hang-up
 (finalize) and `all-in cpu/cm` their sum;
 `calls/core` = 60 / all-in; `x floor` = all-in / the floor's; `MB/call-h` stored per
-call-hour; `BYE->done` finalize request to `recording.completed` (p50, p99); `correct`:
+call-hour; `BYE->done` finalize request to `recording.completed` (p50, p99);
+`BYE->playable` finalize request until the recording node's catalog lists the recording
+and its whole file (`size_bytes`) is in that node's store, `on peer` the same on a second
+node linked as in production (`--peer`; polled every 0.25 s); `idle MB` / `peak MB`: the
+Pss of every process of the node (rtpengine: its daemon) before the level and the largest
+total sampled every second during the load, `KB/call` = (peak - idle) / calls (Pss, not
+VmRSS: the encoder workers share the forkserver's copy-on-write pages, which a sum of
+VmRSS counts once per process; idle includes what earlier levels left, so a note also
+gives the slope of the peak between levels); `correct`:
 recordings of the right duration with both channels, and sampled ones whose channels
-carry their tones (440 / 1000 Hz). Absolute figures move between machines: compare
-ratios within one run.
+carry their tones (440 / 1004 Hz). The full mode climbs past its levels by x1.5 up to
+`--max-calls` until a level is not clean (loss > 0.1 %, a wrong recording, a sender
+behind schedule) and notes the last clean one as the breaking point. Absolute figures
+move between machines: compare ratios within one run.
 """
 
 
@@ -438,6 +675,12 @@ def append_results(table: str, path: Path = RESULTS) -> None:
 def main(argv: list[str] | None = None) -> str:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--calls", default="50,100,200,400", help="comma-separated call counts")
+    parser.add_argument("--max-calls", type=int, default=1500,
+                        help="after --calls, go up x1.5 while clean, up to this many calls "
+                             "(<= the largest of --calls: no climbing)")
+    parser.add_argument("--peer", action=argparse.BooleanOptionalAction, default=None,
+                        help="run a second node and measure BYE->playable on it "
+                             "(default: on, off with --smoke: it adds a node's start)")
     parser.add_argument("--seconds", type=float, default=20.0, help="load per level")
     parser.add_argument("--samples", type=int, default=5,
                         help="recordings per level downloaded to check both tones")
@@ -450,12 +693,14 @@ def main(argv: list[str] | None = None) -> str:
     args = parser.parse_args(argv)
     levels = [3] if args.smoke else [int(c) for c in args.calls.split(",") if c.strip()]
     seconds = 2.0 if args.smoke else args.seconds
-    if not levels or min(levels) < 1 or max(levels) > 1500:
-        parser.error("--calls must be 1..1500")  # the RTP port ranges below 20000 and 32768
+    max_calls = 0 if args.smoke else args.max_calls
+    if not levels or min(levels) < 1 or max([*levels, max_calls]) > 1500:
+        parser.error("--calls and --max-calls must be 1..1500")  # RTP port ranges below 32768
     if not 1 <= seconds <= 600:
         parser.error("--seconds must be within 1..600")
+    with_peer = (not args.smoke) if args.peer is None else args.peer
     table = asyncio.run(run(levels, seconds, 1 if args.smoke else args.samples,
-                            not args.no_rtpengine, args.keep))
+                            not args.no_rtpengine, args.keep, max_calls, with_peer))
     print(table)
     if args.append_results:
         append_results(table)

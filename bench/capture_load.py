@@ -255,10 +255,13 @@ def print_table(rows: list[Row], seconds: float) -> None:
 
 
 @contextlib.asynccontextmanager
-async def running_node(max_calls: int, keep: bool) -> AsyncIterator[tuple[Any, CaptureDriver, int]]:
+async def running_node(max_calls: int, keep: bool, peers: list[Any] | None = None,
+                       ) -> AsyncIterator[tuple[Any, CaptureDriver, int]]:
     """One real node sized for `max_calls`, signaling paused, finalize warmed up.
 
-    Yields (node, driver, capture pid); shared with bench/capacity.py."""
+    Yields (node, driver, capture pid); shared with bench/capacity.py. With `peers` (an
+    empty list to fill), a second node `b` joins it as a backup, as in production, and
+    is appended to the list once it sees `a` (replication is then measurable)."""
     from tests.support.node import Node
 
     # Capture binds even ports only, 2 streams a call, and a freed port cools down first.
@@ -267,21 +270,39 @@ async def running_node(max_calls: int, keep: bool) -> AsyncIterator[tuple[Any, C
     if width > 7000:
         raise SystemExit("too many calls for the RTP port range below the ephemeral ports")
     data_dir = Path(tempfile.mkdtemp(prefix="callrec-bench-"))
-    node = Node(data_dir / "node", extra_args=["--max-channels", "10000", "--record-all"],
-                rtp_ports=(base_port, base_port + width - 1))
+    extra = ["--max-channels", "10000", "--record-all"]
+    node = (Node.clustered(data_dir / "a", "a", extra_args=extra,
+                           rtp_ports=(base_port, base_port + width - 1))
+            if peers is not None else
+            Node(data_dir / "node", extra_args=extra, rtp_ports=(base_port, base_port + width - 1)))
+    peer: Any = None
     signaling_pid = 0
     driver = CaptureDriver(node)
     try:
         await asyncio.to_thread(node.start, 60.0)
+        if peers is not None:
+            # b records nothing here; its RTP range only has to stay clear of a's.
+            peer = Node.clustered(data_dir / "b", "b", peers=[node.cluster_address],
+                                  role="backup", priority=1, extra_args=["--record-all"],
+                                  join_file=node.invite(data_dir / "b.join.json"),
+                                  rtp_ports=(base_port + width, base_port + width + 99))
+            await asyncio.to_thread(peer.start, 60.0)
+            await asyncio.to_thread(wait_linked, node, peer, 30.0)
+            peers.append(peer)
         assert node.process is not None
         pgrp = node.process.pid
         capture_pid = find_service(pgrp, "capture")
         signaling_pid = find_service(pgrp, "signaling")
         os.kill(signaling_pid, signal.SIGSTOP)
         await driver.connect()
-        # Warm-up: the first finalize starts the forkserver and its worker (numpy, PyAV
-        # imports), a one-off cost that is not per call-minute.
-        warm, _ = await driver.allocate(1, "warmup")
+        # Warm-up: the first live encoding step and the first finalize start the
+        # forkserver and its workers (numpy, PyAV imports), a one-off cost in CPU and
+        # memory that is not per call-minute nor per call. Capture spreads recordings
+        # over its workers by a hash of their id: 8 calls reach every worker of a
+        # machine with a few cores (2 workers: all 8 on one with odds of 1 in 128).
+        warm, warm_ports = await driver.allocate(8, "warmup")
+        await send_load(warm_ports, 1.5, {})
+        await asyncio.sleep(1.0)
         await driver.finalize(warm, timeout=60)
         tree = [f"{s.pid}:{cmdline(s.pid)[:50].strip()}" for s in descendants(capture_pid)]
         print(f"# capture process tree measured: {tree}", file=sys.stderr)
@@ -291,6 +312,8 @@ async def running_node(max_calls: int, keep: bool) -> AsyncIterator[tuple[Any, C
         if signaling_pid:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(signaling_pid, signal.SIGCONT)
+        if peer is not None:
+            await asyncio.to_thread(peer.stop)
         await asyncio.to_thread(node.stop)
         if keep:
             print(f"data kept in {data_dir}", file=sys.stderr)
@@ -298,6 +321,26 @@ async def running_node(max_calls: int, keep: bool) -> AsyncIterator[tuple[Any, C
             import shutil
 
             shutil.rmtree(data_dir, ignore_errors=True)
+
+
+def wait_linked(a: Any, b: Any, timeout: float) -> None:
+    """Until each node lists the other as alive in /api/cluster (heartbeats flow both
+    ways, so b replicates what a records)."""
+    import httpx
+
+    def sees(node: Any, other: str) -> bool:
+        try:
+            with node.client() as client:
+                body = client.get("/api/cluster").json()
+            return any(n["node_id"] == other and n["alive"] for n in body.get("nodes", []))
+        except (httpx.HTTPError, ValueError, KeyError):
+            return False
+
+    deadline = time.monotonic() + timeout
+    while not (sees(a, b.node_id) and sees(b, a.node_id)):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"nodes {a.node_id} and {b.node_id} did not link in {timeout} s")
+        time.sleep(0.3)
 
 
 async def orchestrate(levels: list[int], seconds: float, keep: bool) -> None:

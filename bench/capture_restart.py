@@ -2,7 +2,7 @@
 and how long capture takes to come back.
 
 Why: the promise is that a capture restart loses at most half a second per channel.
-A real node, a CUCM call (440 Hz near, 1000 Hz far) of `--seconds`, capture SIGKILLed
+A real node, a CUCM call (440 Hz near, 1004 Hz far) of `--seconds`, capture SIGKILLed
 `--kill-at` seconds in; the recording's tone is measured per channel (as the e2e test
 does). Times from the node's own log: the kill to the supervisor seeing the exit,
 to the new capture process up (`service_started`), and to its recordings back
@@ -57,7 +57,7 @@ def one_run(work: Path, index: int, seconds: float, kill_at: float,
         time.sleep(0.5)
         call = sipp.start_cucm_call("127.0.0.1", node.sip_port, near="1001", far="2002",
                                     refci=str(83886200 + 10 * index), near_tone_hz=440,
-                                    far_tone_hz=1000, seconds=seconds)
+                                    far_tone_hz=1004, seconds=seconds)
         time.sleep(kill_at)
         pid = node.service_pid("services.capture")
         killed_at = time.time()
@@ -79,7 +79,7 @@ def one_run(work: Path, index: int, seconds: float, kill_at: float,
     path.write_bytes(audio_bytes)
     audio, _ = decode_file(path, rate=RATE)
     lost = []
-    for channel, hz in ((0, 440.0), (1, 1000.0)):
+    for channel, hz in ((0, 440.0), (1, 1004.0)):
         if abs(dominant_frequency(audio[channel], RATE) - hz) >= 15:
             raise RuntimeError(f"channel {channel}: wrong tone")
         lost.append(seconds - sound_seconds(audio[channel], RATE))

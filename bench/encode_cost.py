@@ -6,7 +6,7 @@ PYTHONPATH=$PWD .venv/bin/python -m bench.encode_cost --seconds 20 --runs 1   # 
 PYTHONPATH=$PWD .venv/bin/python -m bench.encode_cost --step-ms 1000   # what a step costs
 ```
 
-A two-leg G.711 call (440 Hz near, 1000 Hz far, 20 ms packets with jitter) is
+A two-leg G.711 call (440 Hz near, 1004 Hz far, 20 ms packets with jitter) is
 fabricated into a capture data directory (tests/support/callgen.py), then capture's
 ``LiveEncoder`` steps through it every 0.5 s of call time as the capture worker does
 and finalizes it. The baseline, measured in the same process and run, is the machine's
@@ -152,7 +152,7 @@ def main() -> None:
     parser.add_argument("--baseline-bitrate", type=int, default=8000,
                         help="bit/s per channel of the baseline (default 8000)")
     parser.add_argument("--speech", action="store_true",
-                        help="espeak-ng speech on both legs instead of the 440/1000 Hz tones")
+                        help="espeak-ng speech on both legs instead of the 440/1004 Hz tones")
     parser.add_argument("--variant", action="append", default=[],
                         help="RATE:BITRATE:COMPLEXITY:FRAME_MS of another live run, e.g."
                              " 16000:16000:5:20 (the encoding before issue 11); repeatable")

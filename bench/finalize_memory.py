@@ -3,7 +3,7 @@
 Why: the finalize worker used to hold the whole call (117 MB peak for 30 s, 337 MB
 for 7 minutes, about 2 GB for an hour); capture now encodes the call while it is
 recorded and finalize only encodes the rest. Calls are fabricated straight into
-capture data directories (two G.711 streams, 440 Hz near and 1000 Hz far, 20 ms
+capture data directories (two G.711 streams, 440 Hz near and 1004 Hz far, 20 ms
 packets with jitter: what the receive path writes), so no real time is needed.
 Each figure is measured in its own process (peak RSS = VmHWM):
 

@@ -4,7 +4,7 @@ Why one module: capture_load.py and capacity.py must play exactly the same load 
 read CPU the same way, or their figures would not compare.
 
 The sender is told its ports as `[channel 0, channel 1]` pairs per call and plays a
-PCMU tone per channel (440 Hz on channel 0, 1000 Hz on channel 1), so a recording
+PCMU tone per channel (440 Hz on channel 0, 1004 Hz on channel 1), so a recording
 can be checked for both channels by `callrec.audio.dominant_frequency`.
 
 Internal sub-commands (run as `python -m bench.loadgen _send|_baseline`) are the
@@ -37,7 +37,7 @@ subslots_option = [SUBSLOTS]
 RECV_BUFFER = 1 << 20  # same SO_RCVBUF as capture, so losses compare
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 RTP_HEADER = struct.Struct("!BBHII")
-TONES_HZ = (440.0, 1000.0)  # channel 0 (near), channel 1 (far)
+TONES_HZ = (440.0, 1004.0)  # channel 0 (near), channel 1 (far)
 
 
 # --------------------------------------------------------------------------- /proc
@@ -119,6 +119,149 @@ def find_service(pgrp: int, service: str) -> int:
     raise RuntimeError(f"services.{service} not found in process group {pgrp}")
 
 
+# --------------------------------------------------------------------------- memory
+#
+# Pss (proportional set size, /proc/PID/smaps_rollup), not VmRSS, is what the node's
+# figures add up: capture's encoder workers are forked from a forkserver and share its
+# copy-on-write pages (the interpreter, numpy, PyAV's libraries) and every Python
+# process maps the same shared libraries. VmRSS counts such a page once per process
+# that maps it, so a sum of VmRSS counts the libraries many times; Pss divides each
+# page among its sharers, so the Pss of all processes sums to the memory they really
+# hold. VmRSS is still read (the per-process figure `ps` and `top` show) and used
+# only when smaps_rollup cannot be read (kernel < 4.14, or no permission).
+
+
+@dataclass(frozen=True)
+class Memory:
+    """One process's memory, in kB."""
+
+    rss_kb: int
+    pss_kb: int | None  # None: smaps_rollup unreadable
+
+    @property
+    def kb(self) -> int:
+        """The figure that sums across processes (Pss; VmRSS when Pss is missing)."""
+        return self.pss_kb if self.pss_kb is not None else self.rss_kb
+
+
+def _kb_field(text: str, name: str) -> int | None:
+    """`name:   1234 kB` from a /proc status-like text; None when absent."""
+    for line in text.splitlines():
+        if line.startswith(name + ":"):
+            value = line.split(":", 1)[1].split()
+            if len(value) == 2 and value[1] == "kB" and value[0].isdigit():
+                return int(value[0])
+            raise ValueError(f"unexpected {name} line: {line!r}")
+    return None
+
+
+def parse_vmrss(status: str) -> int | None:
+    """VmRSS of a /proc/PID/status text, kB (None for a kernel thread or a zombie)."""
+    return _kb_field(status, "VmRSS")
+
+
+def parse_pss(smaps_rollup: str) -> int | None:
+    """Pss of a /proc/PID/smaps_rollup text, kB."""
+    return _kb_field(smaps_rollup, "Pss")
+
+
+def read_memory(pid: int) -> Memory | None:
+    """One process's memory now; None when it is gone (or has no memory: a zombie)."""
+    try:
+        rss = parse_vmrss(Path(f"/proc/{pid}/status").read_text())
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return None
+    if rss is None:
+        return None
+    pss: int | None
+    try:
+        pss = parse_pss(Path(f"/proc/{pid}/smaps_rollup").read_text())
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        pss = None
+    return Memory(rss_kb=rss, pss_kb=pss)
+
+
+def process_label(command: str, parent_command: str) -> str:
+    """What a node's process is, from its command line (and its parent's, for the
+    encoder workers, which the forkserver forks with its own command line)."""
+    if "-m services." in command:
+        return command.split("-m services.", 1)[1].split()[0]
+    if "nats-server" in command:
+        return "nats-server"
+    if "multiprocessing.forkserver" in command:
+        return ("encoder worker" if "multiprocessing.forkserver" in parent_command
+                else "forkserver")
+    if "-m callrec" in command:
+        return "supervisor"
+    if "from multiprocessing." in command:  # e.g. the resource tracker
+        return command.split("from multiprocessing.", 1)[1].split()[0].replace("_", " ")
+    first = command.split(" ", 1)[0]
+    return Path(first).name or "?"
+
+
+def group_memory(pgrp: int) -> dict[str, tuple[int, int]]:
+    """Memory of every process in a process group (a node started with its own session),
+    summed by label: label -> (kB, processes)."""
+    stats = [s for s in all_stats() if s.pgrp == pgrp]
+    commands = {s.pid: cmdline(s.pid) for s in stats}
+    out: dict[str, tuple[int, int]] = {}
+    for s in stats:
+        memory = read_memory(s.pid)
+        if memory is None:
+            continue
+        parent = commands.get(s.ppid) or cmdline(s.ppid)
+        label = process_label(commands[s.pid], parent)
+        kb, count = out.get(label, (0, 0))
+        out[label] = (kb + memory.kb, count + 1)
+    return out
+
+
+def total_kb(sample: dict[str, tuple[int, int]]) -> int:
+    return sum(kb for kb, _ in sample.values())
+
+
+class PeakSampler:
+    """Samples a process group (or one pid) every `interval` s in a background task and
+    keeps the sample with the largest total: the node's memory at the peak of a load."""
+
+    def __init__(self, read: Any, interval: float = 1.0) -> None:
+        self.read = read  # () -> {label: (kB, processes)}
+        self.interval = interval
+        self.peak: dict[str, tuple[int, int]] = {}
+        self.samples = 0
+        self._task: asyncio.Task[None] | None = None
+
+    def take(self) -> None:
+        sample = self.read()
+        self.samples += 1
+        if total_kb(sample) > total_kb(self.peak):
+            self.peak = sample
+
+    async def _loop(self) -> None:
+        while True:
+            await asyncio.to_thread(self.take)
+            await asyncio.sleep(self.interval)
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._loop())
+
+    async def stop(self) -> dict[str, tuple[int, int]]:
+        """Stop, take one last sample (the end of the load is often the peak), return
+        the peak."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        await asyncio.to_thread(self.take)
+        return self.peak
+
+
+def pid_memory(pid: int) -> dict[str, tuple[int, int]]:
+    """One process as a group sample (rtpengine is a single process with threads)."""
+    memory = read_memory(pid)
+    return {"process": (memory.kb, 1)} if memory else {}
+
+
 # --------------------------------------------------------------------------- sender
 
 
@@ -126,7 +269,7 @@ def run_sender(ports: list[int], seconds: float, subslots: int) -> None:
     """Paced PCMU sender: prints `start`, sends, prints a JSON summary.
 
     `ports` are `[channel 0, channel 1]` pairs per call: even indexes get 440 Hz,
-    odd ones 1000 Hz.
+    odd ones 1004 Hz.
 
     Packets are pre-built per stream; each tick only patches seq/timestamp and the
     payload slice in place, so the sender stays far cheaper than the receiver."""

@@ -97,7 +97,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="join the cluster of the member that wrote FILE "
                          "('callrec cluster invite' there)")
     up.add_argument("--log-level", default=_env("LOG_LEVEL", "info"))
-    up.add_argument("--opus-bitrate", type=int, default=int(_env("OPUS_BITRATE", "16000") or 0))
+    up.add_argument("--opus-bitrate", type=int,
+                    default=int(_env("OPUS_BITRATE")
+                                or NodeConfig.model_fields["opus_bitrate"].default),
+                    help="Opus bit/s of both channels of a narrowband call together")
     # ---- SIP admission ----
     up.add_argument("--sip-allow", action="append", dest="sip_allow", metavar="CIDR",
                     default=[a.strip() for a in (_env("SIP_ALLOW") or "").split(",")

@@ -51,11 +51,18 @@ OPUS_COMPLEXITY = 0
 speech for a few hundredths of STOI (bench/encode_cost.py,
 tests/unit/test_encode_quality.py)."""
 
-OPUS_BITRATE = 16000
-"""Both channels together (8 kbit/s each), the node's default (NodeConfig). Lower
-rates meet the size target on speech (12 kbit/s: STOI 0.86, 4.9 MB per call-hour) but
-at 12 and 14 kbit/s libopus' narrowband coder moved a 1000 Hz test tone 25 to 45 Hz
-(complexities 0 to 3), which the tone tests reject."""
+OPUS_BITRATE = 12000
+"""Both channels together (6 kbit/s each, SILK narrowband), the node's default
+(NodeConfig): about 5.1 MB per call-hour, with espeak-ng speech sent as G.711 keeping
+STOI 0.86-0.87 (tests/unit/test_encode_quality.py; 16 kbit/s gave 0.93 at 6.8 MB).
+At this rate a 1000 Hz tone of exactly 8 samples a period (a sub-multiple of the
+8 kHz clock, which hits the same few G.711 code points over and over) comes back
+up to 45 Hz off; every other test tone stays within 0.1 Hz. Telephony test practice
+avoids 1000 Hz for that reason (1004 Hz, 1020 Hz), and so do the tests."""
+
+WIDEBAND_MIN_BITRATE = 16000
+"""A wideband (G.722) recording gets at least this: below 8 kbit/s a channel libopus
+falls back to a narrower band, and the upper band was the point of G.722."""
 
 OPUS_FRAME_MS = 60
 """Opus' longest SILK frame: fewer packets (less TOC and Ogg lacing overhead, fewer
@@ -200,6 +207,11 @@ class SegmentTail:
                 return False
 
 
+def encoding_bitrate(rate: int, configured: int) -> int:
+    """The Opus bitrate (both channels) for a recording encoded at ``rate``."""
+    return max(configured, WIDEBAND_MIN_BITRATE) if rate > NARROWBAND_RATE else configured
+
+
 def encoding_rate(streams: Iterable[StreamSpec]) -> int:
     """The rate a recording is encoded at: narrowband when no negotiated codec is wider.
 
@@ -303,7 +315,8 @@ class LiveEncoder:
             self.bytes = resume.end
             rate = opus_input_rate(self.path) or rate
         self.rate = rate
-        self._encoder = OpusPageEncoder(rate, bitrate=bitrate, complexity=complexity,
+        self._encoder = OpusPageEncoder(rate, bitrate=encoding_bitrate(rate, bitrate),
+                                        complexity=complexity,
                                         frame_ms=frame_ms, resume_from=resume)
         self._frame = self._encoder.frame_size
         if self.final is None:

@@ -2,8 +2,8 @@
 signaling service still knows its calls: capture keeps recording them, and the PBX's
 re-INVITEs and BYEs still match.
 
-One small JSON file per recording, replaced atomically on every change (answer, ACK,
-re-INVITE, UPDATE, metadata) and deleted when the recording ends. Only sessions of
+One journal of JSON lines (DialogStore): a line per change (answer, ACK, re-INVITE,
+UPDATE, metadata) and one when the recording ends. Only sessions of
 the same node boot are taken back: after the whole node went down the PBX has moved
 on, and capture finalizes those recordings from what reached the disk.
 """
@@ -83,36 +83,102 @@ def session_from_dict(
 
 
 class DialogStore:
+    """The sessions as an append-only journal: one JSON line per change, the last line
+    of a recording wins, a deletion is a line too.
+
+    Why a journal: a file per recording replaced on every change cost an open, a write
+    and a rename on the event loop for each INVITE and ACK (a quarter of signaling's
+    CPU at 400 INVITEs/s); an append is one write to a file that stays open. The
+    journal is rewritten with only the live sessions when it has grown well past them
+    (amortized O(1) per change), and at start-up. A torn last line (a crash mid-write)
+    is skipped. Like the files before, nothing is fsynced: this survives a crash of
+    the service, not of the machine."""
+
+    JOURNAL = "journal.jsonl"
+    COMPACT_MIN = 1000  # appends before the journal may be rewritten ...
+    COMPACT_FACTOR = 4  # ... and only once it holds this many lines per live session
+
     def __init__(self, directory: Path, boot_id: str = "") -> None:
         self.directory = directory
         self.boot_id = boot_id
         directory.mkdir(parents=True, exist_ok=True)
+        self.path = directory / self.JOURNAL
+        self._live: dict[str, bytes] = {}  # recording id -> its last journal line
+        self._lines = 0  # lines in the journal file
+        self._fd = -1
 
     def save(self, session: RecordingSession,
              siprec_meta: siprec.RecordingMetadata | None) -> None:
-        path = self.directory / f"{session.recording_id}.json"
-        temp = path.with_suffix(".tmp")
         data = {**session_to_dict(session, siprec_meta), "boot_id": self.boot_id}
-        temp.write_text(json.dumps(data))
-        os.replace(temp, path)
+        line = json.dumps(data, separators=(",", ":")).encode() + b"\n"
+        self._live[session.recording_id] = line
+        self._append(line)
 
     def delete(self, recording_id: str) -> None:
-        (self.directory / f"{recording_id}.json").unlink(missing_ok=True)
+        if self._live.pop(recording_id, None) is not None:
+            self._append(json.dumps({"deleted": recording_id}).encode() + b"\n")
+
+    def recording_ids(self) -> list[str]:
+        """The recordings whose state this store holds, in the order first saved."""
+        return list(self._live)
 
     def load_all(self) -> list[tuple[RecordingSession, siprec.RecordingMetadata | None]]:
-        loaded = []
-        for path in sorted(self.directory.glob("*.json")):
+        """The sessions of this node boot; the journal is rewritten with only them."""
+        state: dict[str, dict[str, Any]] = {}
+        for path in sorted(self.directory.glob("*.json")):  # the layout before the journal
             try:
                 data = json.loads(path.read_text())
-                if data.get("boot_id", "") != self.boot_id:
-                    log.info("dialog_state_from_previous_boot", path=str(path))
-                    path.unlink(missing_ok=True)
-                    continue
-                loaded.append(session_from_dict(data))
+                state[str(data["recording_id"])] = data
             except (ValueError, KeyError, TypeError) as exc:
                 log.error("dialog_state_unreadable", path=str(path), error=str(exc))
-                path.unlink(missing_ok=True)
+            path.unlink(missing_ok=True)
+        if self.path.exists():
+            for number, raw in enumerate(self.path.read_bytes().splitlines(), 1):
+                try:
+                    data = json.loads(raw)
+                    if "deleted" in data:
+                        state.pop(str(data["deleted"]), None)
+                    else:
+                        state[str(data["recording_id"])] = data
+                except (ValueError, KeyError, TypeError) as exc:
+                    log.error("dialog_state_unreadable", path=str(self.path), line=number,
+                              error=str(exc))
+        loaded = []
+        self._live = {}
+        for recording_id, data in state.items():
+            if data.get("boot_id", "") != self.boot_id:
+                log.info("dialog_state_from_previous_boot", recording_id=recording_id)
+                continue
+            try:
+                loaded.append(session_from_dict(data))
+            except (ValueError, KeyError, TypeError) as exc:
+                log.error("dialog_state_unreadable", recording_id=recording_id,
+                          error=str(exc))
+                continue
+            self._live[recording_id] = json.dumps(data, separators=(",", ":")).encode() + b"\n"
+        self._compact()
         return loaded
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    def _append(self, line: bytes) -> None:
+        if self._fd < 0:
+            self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        os.write(self._fd, line)
+        self._lines += 1
+        if self._lines >= max(self.COMPACT_MIN, self.COMPACT_FACTOR * len(self._live)):
+            self._compact()
+
+    def _compact(self) -> None:
+        """Rewrite the journal with one line per live session (atomically)."""
+        temp = self.path.with_suffix(".tmp")
+        temp.write_bytes(b"".join(self._live.values()))
+        os.replace(temp, self.path)
+        self.close()
+        self._lines = len(self._live)
 
 
 DialogId = tuple[str, str]  # (Call-ID, our tag)
@@ -143,6 +209,11 @@ class SessionRegistry:
 
     def active(self) -> list[RecordingSession]:
         return [s for s in self.sessions.values() if not s.ending]
+
+    def active_count(self) -> int:
+        """len(active()) without walking every call on each INVITE: _end_leg marks a
+        session ending and forgets it in the same step, so none in `sessions` is."""
+        return len(self.sessions)
 
     def joinable(self, key: str) -> RecordingSession | None:
         existing = self.by_key.get(key)

@@ -353,7 +353,7 @@ class RecorderUas:
             record_all=self.record_all,
             can_record=ok,
             cannot_record_reason=why,
-            active_recordings=len(self.registry.active()),
+            active_recordings=self.registry.active_count(),
             max_channels=self.max_channels,
             joins_existing=joins,
         )

@@ -13,22 +13,39 @@ from bench import capacity
 pytestmark = pytest.mark.e2e
 
 
+def _cells(line: str) -> list[str]:
+    return [c.strip() for c in line.strip().strip("|").split("|")]
+
+
 def test_smoke_prints_every_row() -> None:
     table = capacity.main(["--smoke"])
-    rows = {m.group(1): m.group(0) for m in re.finditer(r"^\| 3 \| ([^|]+?) \|.*$", table, re.M)}
+    head = _cells(next(line for line in table.splitlines() if line.startswith("| calls |")))
+    rows = {m.group(1): dict(zip(head, _cells(m.group(0)), strict=True))
+            for m in re.finditer(r"^\| 3 \| ([^|]+?) \|.*$", table, re.M)}
     assert "bare drain (asyncio)" in rows and "callrec" in rows
     floor = [name for name in rows if name.startswith("floor")]
     assert len(floor) == 1
     if "rtpengine skipped" not in table:
         assert "rtpengine (pcap)" in rows and floor[0].startswith("floor (rtpengine")
+        rtpe = rows["rtpengine (pcap)"]
+        assert 0 < float(rtpe["idle MB"]) <= float(rtpe["peak MB"]) + 1, rtpe
     for name in ("callrec", "bare drain (asyncio)", floor[0]):
-        cells = [c.strip() for c in rows[name].strip("|").split("|")]
+        row = rows[name]
         # A 2 s level of 3 calls can stay below /proc's 10 ms tick for a bare receiver.
-        rx, all_in = float(cells[4]), float(cells[7])
-        assert rx >= 0 and all_in >= rx, rows[name]
+        rx, all_in = float(row["rx cpu/cm"]), float(row["all-in cpu/cm"])
+        assert rx >= 0 and all_in >= rx, row
         if name != "bare drain (asyncio)":
-            assert all_in > 0 and float(cells[8]) > 0, rows[name]  # encoding costs ticks
-    callrec = [c.strip() for c in rows["callrec"].strip("|").split("|")]
-    assert float(callrec[6]) > 0 and float(callrec[10]) > 0  # finalize CPU, MB per call-hour
-    assert float(callrec[11]) > 0 and float(callrec[12]) >= float(callrec[11])  # p50 <= p99
-    assert callrec[13].startswith("3/3 duration+2ch, 1/1 tones, 0 not completed"), callrec[13]
+            assert all_in > 0 and float(row["calls/core"]) > 0, row  # encoding costs ticks
+    callrec = rows["callrec"]
+    assert float(callrec["fin cpu/cm"]) > 0 and float(callrec["MB/call-h"]) > 0
+    assert 0 < float(callrec["BYE->done p50 s"]) <= float(callrec["BYE->done p99 s"])
+    # Playable comes after completed (it needs the catalog and the file as well); no peer.
+    playable = float(callrec["BYE->playable p50 s"]), float(callrec["BYE->playable p99 s"])
+    assert float(callrec["BYE->done p50 s"]) <= playable[0] <= playable[1], callrec
+    assert callrec["on peer p50 s"] == "n/a"
+    # A node is a dozen Python processes and a nats-server: well over 100 MB of Pss.
+    assert 100 < float(callrec["idle MB"]) < 5000 and float(callrec["peak MB"]) > 100, callrec
+    assert callrec["KB/call"] != "n/a"
+    assert callrec["correct"].startswith("3/3 duration+2ch, 1/1 tones, 0 not completed")
+    assert "breaking point: 3 calls" in table
+

@@ -31,7 +31,7 @@ def test_call_in_progress_survives_node_crash(tmp_path: Path) -> None:
         node.cli("users", "add", "alice", "--extension", "1001")
         time.sleep(0.5)
         call = sipp.start_cucm_call("127.0.0.1", node.sip_port, near="1001", far="2002",
-                                    refci="83886081", near_tone_hz=440, far_tone_hz=1000,
+                                    refci="83886081", near_tone_hz=440, far_tone_hz=1004,
                                     seconds=20.0)
         time.sleep(4.0)
         killed_at = time.time()
@@ -51,7 +51,7 @@ def test_call_in_progress_survives_node_crash(tmp_path: Path) -> None:
     audio_path.write_bytes(response.content)
     audio, _ = decode_file(audio_path, rate=RATE)
     assert audio.shape[0] == 2
-    for index, hz in ((0, 440.0), (1, 1000.0)):
+    for index, hz in ((0, 440.0), (1, 1004.0)):
         assert abs(dominant_frequency(audio[index], RATE) - hz) < 15
         kept = sound_seconds(audio[index], RATE)
         # At most about a second lost (segments are flushed every half second).
@@ -62,7 +62,7 @@ def test_call_in_progress_survives_node_crash(tmp_path: Path) -> None:
 
 def _kill_service_mid_call(tmp_path: Path, module: str, refci: str
                            ) -> tuple[dict[str, Any], list[float]]:
-    """An 8 s CUCM call (440 Hz near, 1000 Hz far); 3 s in, SIGKILL one service of the
+    """An 8 s CUCM call (440 Hz near, 1004 Hz far); 3 s in, SIGKILL one service of the
     node. The call must end normally and the supervisor restart the service. Returns
     the recording and the seconds of tone kept on each channel."""
     node = Node(tmp_path / "node").start()
@@ -70,7 +70,7 @@ def _kill_service_mid_call(tmp_path: Path, module: str, refci: str
         node.cli("users", "add", "alice", "--extension", "1001")
         time.sleep(0.5)
         call = sipp.start_cucm_call("127.0.0.1", node.sip_port, near="1001", far="2002",
-                                    refci=refci, near_tone_hz=440, far_tone_hz=1000,
+                                    refci=refci, near_tone_hz=440, far_tone_hz=1004,
                                     seconds=8.0)
         time.sleep(3.0)
         old_pid = node.service_pid(module)
@@ -88,7 +88,7 @@ def _kill_service_mid_call(tmp_path: Path, module: str, refci: str
     path.write_bytes(response.content)
     audio, _ = decode_file(path, rate=RATE)
     kept = []
-    for index, hz in ((0, 440.0), (1, 1000.0)):
+    for index, hz in ((0, 440.0), (1, 1004.0)):
         assert abs(dominant_frequency(audio[index], RATE) - hz) < 15
         kept.append(sound_seconds(audio[index], RATE))
     print(f"{module} killed: kept {kept} s of 8.0 s")

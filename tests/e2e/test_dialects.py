@@ -71,7 +71,7 @@ EXPECTATIONS: dict[str, Expect] = {
         metadata={"source": "cucm"},
     ),
     "cucm_early_offer": Expect(
-        streams=_cucm(440.0, 1000.0), answer_m=1, channels=(440.0, 1000.0),
+        streams=_cucm(440.0, 1004.0), answer_m=1, channels=(440.0, 1004.0),
         participants=[{"role": "near", "number": "1001"}, {"role": "far", "number": "1002"}],
     ),
     "cucm_g722": Expect(
@@ -97,7 +97,7 @@ EXPECTATIONS: dict[str, Expect] = {
     ),
     # ---- SIPREC: one session, the caller on the left whatever its label or m-line.
     "freeswitch": Expect(  # caller sends label 2 (second m-line)
-        streams=_siprec((0, 1000.0), (1, 440.0)), answer_m=2, channels=(440.0, 1000.0),
+        streams=_siprec((0, 1004.0), (1, 440.0)), answer_m=2, channels=(440.0, 1004.0),
         participants=[_party("caller", "6001", "Ivan Caller", 0),
                       _party("callee", "6002", "Judy Callee", 1)],
         metadata={"source": "siprec"},

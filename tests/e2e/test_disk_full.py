@@ -35,7 +35,7 @@ RESERVE = "40M"
 CALL_S = 15.0
 FILL_AFTER_S = 4.0
 # (near, far) tones of the three calls, and of the one after space returns.
-TONES = ((440.0, 1000.0), (523.0, 1250.0), (659.0, 1500.0))
+TONES = ((440.0, 1004.0), (523.0, 1250.0), (659.0, 1500.0))
 AFTER_TONES = (587.0, 1100.0)
 
 

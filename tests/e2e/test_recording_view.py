@@ -44,7 +44,7 @@ def call(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Node, Node,
     a, b, _ = start_pair(tmp_path_factory.mktemp("pair"))
     try:
         result = sipp.run_cucm_call("127.0.0.1", a.sip_port, near="1001", far="2002",
-                                    refci="7000001", near_tone_hz=440, far_tone_hz=1000,
+                                    refci="7000001", near_tone_hz=440, far_tone_hz=1004,
                                     seconds=SECONDS)
         assert result.ok, result.describe()
         recording_id = eventually(lambda: next(iter(recordings(a)), None), 30, "the recording")

@@ -26,7 +26,7 @@ from tests.support.node import Node
 pytestmark = pytest.mark.e2e
 
 RATE = 16000
-NEAR_HZ, FAR_HZ = 440.0, 1000.0
+NEAR_HZ, FAR_HZ = 440.0, 1004.0
 ACTIVE = "callrec_signaling_active_recordings"
 
 
@@ -64,9 +64,11 @@ def check_stereo_recording(
     for index, expected in ((0, left_hz), (1, right_hz)):
         channel = audio[index]
         assert abs(dominant_frequency(channel, RATE) - expected) < 15, (index, expected)
-        # The whole tone is there (no lost audio), and nothing else is loud.
+        # The whole tone is there (no lost audio), and nothing else is loud. Opus rings
+        # 20-40 ms past each edge of a tone (measured at 12 and 16 kbit/s alike), and a
+        # call with a hold has four edges.
         kept = sound_seconds(channel, RATE)
-        assert round(abs(kept - tone_s), 3) <= 0.1, (index, kept)  # 0.1 s blocks
+        assert -0.1 <= round(kept - tone_s, 3) <= 0.2, (index, kept)
 
 
 def newest(node: Node, count: int) -> dict[str, Any]:

@@ -82,7 +82,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]
     a, b, _ = start_pair(tmp_path_factory.mktemp("journey"))
     try:
         result = sipp.run_cucm_call("127.0.0.1", a.sip_port, near="1001", far="2002",
-                                    refci="7100001", near_tone_hz=440, far_tone_hz=1000,
+                                    refci="7100001", near_tone_hz=440, far_tone_hz=1004,
                                     seconds=SECONDS)
         assert result.ok, result.describe()
         recorded = eventually(lambda: next(iter(recordings(a).values()), None), 30,

@@ -22,7 +22,7 @@ from services.capture.manifest import RecordingManifest, StreamManifest
 from services.capture.segments import RECORD_HEADER, segment_path
 
 NEAR_HZ = 440.0
-FAR_HZ = 1000.0
+FAR_HZ = 1004.0
 PTIME_MS = 20
 SPP = 160
 

@@ -40,7 +40,7 @@ class FakeOrigin:
     recording_id: str
     seconds: float
     near_hz: float = 440.0
-    far_hz: float = 1000.0
+    far_hz: float = 1004.0
     started_at: datetime = field(default_factory=lambda: datetime.now(UTC))
     data: bytes = b""
     flushed: int = 0  # bytes announced

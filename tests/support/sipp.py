@@ -352,7 +352,7 @@ class SippRun:
             (self.workdir / TONE_FILE).write_bytes(tone)
         elif TONE_FILE in path.read_text() and not (self.workdir / TONE_FILE).exists():
             # SIPp loads the rtp_stream file at start-up and exits 1 if it is missing
-            pcmu_tone_file(self.workdir / TONE_FILE, 1000, 1.0)
+            pcmu_tone_file(self.workdir / TONE_FILE, 1004, 1.0)
         self.messages_path = self.workdir / "messages.log"
         self.errors_path = self.workdir / "errors.log"
         self.screen_path = self.workdir / "screen.txt"
@@ -600,7 +600,7 @@ def start_cucm_call(
     far: str = "1002",
     refci: str | int = "16777217",
     near_tone_hz: float = 440,
-    far_tone_hz: float = 1000,
+    far_tone_hz: float = 1004,
     seconds: float = 2.0,
     transport: Transport = "u1",
     *,
@@ -652,7 +652,7 @@ def run_cucm_call(
     far: str = "1002",
     refci: str | int = "16777217",
     near_tone_hz: float = 440,
-    far_tone_hz: float = 1000,
+    far_tone_hz: float = 1004,
     seconds: float = 2.0,
     transport: Transport = "u1",
     *,
@@ -711,7 +711,7 @@ def run_siprec_call(
     caller: str = "alice",
     callee: str = "bob",
     caller_hz: float = 440,
-    callee_hz: float = 1000,
+    callee_hz: float = 1004,
     seconds: float = 2.0,
     *,
     recorder: str = "9999",

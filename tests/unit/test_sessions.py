@@ -64,5 +64,51 @@ def test_persisted_sessions_are_restored_and_forgotten(tmp_path: Path) -> None:
     assert found is not None and found[0].recording_id == "r1"
     assert again.awaiting_count("192.0.2.1") == 1  # no media seen before the restart
     again.forget(found[0])
-    assert list(tmp_path.glob("*.json")) == []
+    assert DialogStore(tmp_path, "boot").load_all() == []
     assert again.sessions == {} and again.by_key == {}
+
+
+def test_the_journal_keeps_the_last_state_and_is_compacted(tmp_path: Path) -> None:
+    store = DialogStore(tmp_path, "boot")
+    store.COMPACT_MIN = 10
+    sessions = []
+    for index in range(6):
+        s = session()
+        s.recording_id, s.session_key = f"r{index}", f"k{index}"
+        sessions.append(s)
+        for _ in range(3):
+            store.save(s, None)
+    for s in sessions[:4]:
+        store.delete(s.recording_id)
+    # 6 x 3 saves + 4 deletions were appended; compaction kept the file near the live two
+    lines = (tmp_path / DialogStore.JOURNAL).read_bytes().splitlines()
+    assert len(lines) < 10
+    with (tmp_path / DialogStore.JOURNAL).open("ab") as handle:
+        handle.write(b'{"recording_id": "torn')  # a crash in the middle of a write
+    loaded = DialogStore(tmp_path, "boot").load_all()
+    assert sorted(s.recording_id for s, _ in loaded) == ["r4", "r5"]
+    assert store.recording_ids() == ["r4", "r5"]
+
+
+def test_files_of_the_layout_before_the_journal_are_taken_back(tmp_path: Path) -> None:
+    import json
+
+    from services.signaling.sessions import session_to_dict
+
+    s = session()
+    (tmp_path / "r1.json").write_text(json.dumps({**session_to_dict(s, None), "boot_id": "b"}))
+    loaded = DialogStore(tmp_path, "b").load_all()
+    assert [x.recording_id for x, _ in loaded] == ["r1"]
+    assert not list(tmp_path.glob("*.json"))
+    assert [x.recording_id for x, _ in DialogStore(tmp_path, "b").load_all()] == ["r1"]
+
+
+def test_active_count_is_the_active_sessions() -> None:
+    registry = SessionRegistry()
+    first, second = session("r1"), session("r2")
+    registry.add_session(first, None)
+    registry.add_session(second, None)
+    assert registry.active_count() == len(registry.active()) == 2
+    first.ending = True
+    registry.forget(first)  # as _end_leg does, in the same step
+    assert registry.active_count() == len(registry.active()) == 1

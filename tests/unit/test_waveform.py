@@ -152,8 +152,9 @@ def test_peaks_survive_a_capture_restart_mid_call(tmp_path: Path) -> None:
     result = second.finish(stream_specs(manifest), 9_000)
     assert result.peaks is not None
     lanes = _lanes(result.peaks)
-    assert (lanes[0][55:145] > 100).all() and (lanes[0][160:] == 0).all()
-    # Before the restart the peaks come from the decoded Opus: its silence is a step or two.
+    # Before the restart the peaks come from the decoded Opus: a lossy copy of the tone
+    # (at 6 kbit/s a channel its peaks wander by a fifth), and its silence is a step or two.
+    assert (lanes[0][55:145] > 80).all() and (lanes[0][160:] == 0).all()
     assert (lanes[1][:240] <= 2).all() and (lanes[1][260:290] == 0).all()
     assert (lanes[1][305:395] > 100).all()
 

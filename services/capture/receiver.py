@@ -16,7 +16,14 @@ A packet is stamped with the time we read it, a few milliseconds after it arrive
 Not after a capture restart: the socket (kept open by the socket keeper) then holds
 up to seconds of backlog, which `drain` reads with the time the kernel received each
 packet (SO_TIMESTAMPNS), so it lands where it was heard. Only the drain pays for
-recvmsg and its ancillary data; the hot path stays asyncio's plain recvfrom.
+recvmsg and its ancillary data; the hot path is a plain recvfrom.
+
+The hot path is a reader callback on the raw socket (`attach`), not asyncio's
+datagram transport: one recvfrom per readiness (epoll is level-triggered, so a second
+packet wakes us again; draining until EAGAIN would cost a failing syscall and an
+exception per packet at 50 packets/s per stream) and no transport layer between the
+loop and `datagram_received`. `StreamReceiver` stays a `DatagramProtocol`, so it can
+also sit behind a transport (the tests do).
 """
 
 from __future__ import annotations
@@ -74,9 +81,9 @@ def _ignore_drop(_: DropReason) -> None:
 
 class StreamReceiver(asyncio.DatagramProtocol):
     __slots__ = (
-        "dropped", "expected", "invalid", "last_arrival", "latched", "log", "on_drop",
-        "on_latch", "overflow", "packets", "pending", "pending_since", "source",
-        "started", "stranger_logged_at", "transport", "writer",
+        "_loop", "_recvfrom", "dropped", "expected", "invalid", "last_arrival", "latched",
+        "log", "on_drop", "on_latch", "overflow", "packets", "pending", "pending_since",
+        "sock", "source", "started", "stranger_logged_at", "transport", "writer",
     )
 
     def __init__(
@@ -98,6 +105,10 @@ class StreamReceiver(asyncio.DatagramProtocol):
         self.dropped: dict[DropReason, int] = {"wrong_address": 0, "wrong_port": 0}
         self.last_arrival = 0.0
         self.transport: asyncio.DatagramTransport | None = None
+        # With `attach`: the socket read by our own reader callback, and its loop.
+        self.sock: socket.socket | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._recvfrom: Callable[[int], tuple[bytes, Any]] | None = None
         self.expected = expected
         self.latched = latched
         # The exact address tuple of the last admitted packet: the hot-path compare.
@@ -114,6 +125,24 @@ class StreamReceiver(asyncio.DatagramProtocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.DatagramTransport, transport)
         transport.max_size = MAX_DATAGRAM  # type: ignore[attr-defined]
+
+    def attach(self, sock: socket.socket) -> None:
+        """Read `sock` from now on with a reader callback on the running loop."""
+        sock.setblocking(False)
+        self.sock = sock
+        self._recvfrom = sock.recvfrom
+        self._loop = asyncio.get_running_loop()
+        self._loop.add_reader(sock.fileno(), self._readable)
+
+    def _readable(self) -> None:
+        """The socket is readable: one datagram, as in `datagram_received`."""
+        try:
+            data, addr = self._recvfrom(MAX_DATAGRAM)  # type: ignore[misc]
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            return  # an ICMP error reported once on the socket: nothing to do
+        self.datagram_received(data, addr)
 
     def drain(self, sock: socket.socket) -> int:
         """Read the backlog of a socket nobody read for a while (capture restarting),
@@ -210,6 +239,11 @@ class StreamReceiver(asyncio.DatagramProtocol):
         pass
 
     def close(self) -> None:
+        if self.sock is not None:
+            if self._loop is not None and not self._loop.is_closed():
+                self._loop.remove_reader(self.sock.fileno())
+            self.sock.close()
+            self.sock = None
         if self.transport is not None:
             self.transport.close()
             self.transport = None

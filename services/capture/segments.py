@@ -42,15 +42,16 @@ class SegmentWriter:
         recording into memory (up to MAX_PENDING_BYTES) until space returns."""
         if not self.buffer:
             return 0
-        data = bytes(self.buffer)
-        self.buffer.clear()
+        # Hand the full buffer over and start an empty one: no copy of what is written.
+        data, self.buffer = self.buffer, bytearray()
         written = 0
         view = memoryview(data)
         try:
             while written < len(data):
                 written += os.write(self._fd, view[written:])
         except OSError:
-            self.buffer[:0] = view[written:]
+            # A copy (error path only): slices of `data` may still be exported.
+            self.buffer = data[written:] + self.buffer
             raise
         return written
 

@@ -174,6 +174,34 @@ def test_segment_writer_keeps_unwritten_packets_on_a_full_disk(tmp_path: Path) -
     assert [(ms, data[:1]) for ms, data in records] == [(20, b"a"), (40, b"b"), (60, b"c")]
 
 
+def test_segment_writer_keeps_the_unwritten_rest_of_a_partial_write(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The disk fills in the middle of a flush: what reached the file is not written
+    twice, the rest stays buffered ahead of what arrives meanwhile."""
+    writer = SegmentWriter(tmp_path / "s.seg")
+    writer.append(20, b"a" * 172)
+    writer.append(40, b"b" * 172)
+    real_write = os.write
+    calls = 0
+
+    def write_then_fail(fd: int, data: bytes) -> int:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            return real_write(fd, bytes(data)[:100])
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr("services.capture.segments.os.write", write_then_fail)
+    with pytest.raises(OSError):
+        writer.flush()
+    writer.append(60, b"c" * 172)
+    monkeypatch.setattr("services.capture.segments.os.write", real_write)
+    writer.close()
+    records = list(read_records(tmp_path / "s.seg"))
+    assert [(ms, data[:1]) for ms, data in records] == [(20, b"a"), (40, b"b"), (60, b"c")]
+
+
 # ---- nats-server's log is watched through a pipe ---------------------------------------
 
 

@@ -291,3 +291,32 @@ async def test_receiver_on_a_real_socket_drops_a_stranger_on_127_0_0_2(tmp_path:
     transport.close()
     assert h.stored() == list(range(20))
     assert h.receiver.dropped["wrong_address"] == 20
+
+
+async def test_attached_receiver_reads_its_socket_and_drops_a_stranger(tmp_path: Path) -> None:
+    """The service's path: a reader callback on the raw socket (no transport); closing
+    it stops reading and closes the socket."""
+    h = Harness(tmp_path / "s.seg", expected=expected_from_sdp("127.0.0.1", None))
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    h.receiver.attach(sock)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as real, \
+            socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as stranger:
+        real.bind(("127.0.0.1", 0))
+        stranger.bind(("127.0.0.2", 0))
+        for seq in range(20):
+            stranger.sendto(rtp(1000 + seq), ("127.0.0.1", port))
+            real.sendto(rtp(seq), ("127.0.0.1", port))
+            real.sendto(b"\x00not rtp", ("127.0.0.1", port))
+        for _ in range(100):
+            if h.receiver.packets + sum(h.receiver.dropped.values()) >= 40:
+                break
+            await asyncio.sleep(0.01)
+        h.receiver.close()
+        assert sock.fileno() == -1
+        real.sendto(rtp(99), ("127.0.0.1", port))  # nobody reads it any more
+        await asyncio.sleep(0.05)
+    assert h.stored() == list(range(20))
+    assert h.receiver.dropped["wrong_address"] == 20
+    assert h.receiver.invalid == 20

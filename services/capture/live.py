@@ -51,14 +51,15 @@ OPUS_COMPLEXITY = 0
 speech for a few hundredths of STOI (bench/encode_cost.py,
 tests/unit/test_encode_quality.py)."""
 
-OPUS_BITRATE = 12000
-"""Both channels together (6 kbit/s each, SILK narrowband), the node's default
-(NodeConfig): about 5.1 MB per call-hour, with espeak-ng speech sent as G.711 keeping
-STOI 0.86-0.87 (tests/unit/test_encode_quality.py; 16 kbit/s gave 0.93 at 6.8 MB).
-At this rate a 1000 Hz tone of exactly 8 samples a period (a sub-multiple of the
-8 kHz clock, which hits the same few G.711 code points over and over) comes back
-up to 45 Hz off; every other test tone stays within 0.1 Hz. Telephony test practice
-avoids 1000 Hz for that reason (1004 Hz, 1020 Hz), and so do the tests."""
+OPUS_BITRATE = 16000
+"""Both channels together (8 kbit/s each, SILK narrowband), the node's default
+(NodeConfig): 7.0 MB per call-hour when both parties make sound all the time (the
+benchmark's two tones), 4.2 on a conversation where one party talks at a time (VBR:
+silence costs almost nothing), speech STOI 0.93. 12 kbit/s saves a quarter (speech
+STOI 0.87) but is not the default: on a steady tone SILK's noise estimate adapts after
+about 10 s and some 20 ms frames come out nearly silent (a third of the benchmark's
+20 s tone calls had such dropouts, none at 16 kbit/s), and a telephony engineer
+checks a recorder with a test tone. ``--opus-bitrate 12000`` for speech-only sites."""
 
 WIDEBAND_MIN_BITRATE = 16000
 """A wideband (G.722) recording gets at least this: below 8 kbit/s a channel libopus

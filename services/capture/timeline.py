@@ -714,13 +714,56 @@ def _stream_margin(up: int, down: int) -> int:
     return (need + down - 1) // down * down
 
 
+class SeqWindow:
+    """Which extended sequence numbers of a run were taken in, near its newest one.
+
+    A packet is only ever compared within MAX_SEQ_JUMP of the run's highest sequence
+    number (``Run.fit``), so a ring of bits over the last ``SIZE`` numbers answers
+    exactly what a set of every number did, in 512 bytes instead of a set that grew
+    to thousands of ints (about 0.4 MB a call a minute in; the memory target is
+    200 KB a call).
+    """
+
+    SIZE = 4096  # a power of two above MAX_SEQ_JUMP + 1
+    __slots__ = ("_bits", "_top")
+
+    def __init__(self) -> None:
+        self._bits = bytearray(self.SIZE // 8)
+        self._top: int | None = None  # the highest number added
+
+    def __contains__(self, seq: int) -> bool:
+        top = self._top
+        if top is None or seq > top or seq <= top - self.SIZE:
+            return False
+        index = seq & (self.SIZE - 1)
+        return bool(self._bits[index >> 3] & (1 << (index & 7)))
+
+    def add(self, seq: int) -> None:
+        self.add_range(seq, seq)
+
+    def add_range(self, first: int, last: int) -> None:
+        """Mark ``first`` to ``last`` (inclusive) as taken in."""
+        bits, top, mask = self._bits, self._top, self.SIZE - 1
+        if top is None or last - top >= self.SIZE:
+            self._bits = bits = bytearray(self.SIZE // 8)
+        else:
+            for seq in range(top + 1, last + 1):  # slots that newer numbers take over
+                index = seq & mask
+                bits[index >> 3] &= ~(1 << (index & 7)) & 0xFF
+        if top is None or last > top:
+            self._top = top = last
+        for seq in range(max(first, top - self.SIZE + 1), last + 1):
+            index = seq & mask
+            bits[index >> 3] |= 1 << (index & 7)
+
+
 @dataclass(slots=True)
 class _LiveRun:
     """A run followed packet by packet, without keeping its packets."""
 
     run: Run
     ts0: int
-    seen: set[int] = field(default_factory=set)
+    seen: SeqWindow = field(default_factory=lambda: SeqWindow())
     min_seq: int = 0
     unique: int = 0
     anchor_all: float = math.inf
@@ -944,9 +987,6 @@ class StreamTimeline:
         target.seen.add(seq_ext)
         target.unique += 1
         target.min_seq = min(target.min_seq, seq_ext)
-        if len(target.seen) > 2 * MAX_SEQ_JUMP:
-            floor = target.run.max_seq_ext - MAX_SEQ_JUMP - 1
-            target.seen = {s for s in target.seen if s >= floor}
         offset = rec.arrival_ms - (ts_ext - target.ts0) * (1000.0 / RTP_CLOCK_HZ)
         target.anchor_all = min(target.anchor_all, offset)
         if codec == _DTMF:
@@ -1034,13 +1074,8 @@ class StreamTimeline:
         run.ref_arrival_ms = ref_arrival
         run.ref_ts_ext = ref_ts
         live.last_arrival = ref_arrival
-        live.seen.update(range(first_seq, seq + 1))
+        live.seen.add_range(first_seq, seq)
         live.unique += count
-        if len(live.seen) > 2 * MAX_SEQ_JUMP:
-            # What a packet can still be compared against is the same as when pruned
-            # packet by packet: anything further back than MAX_SEQ_JUMP never fits.
-            floor = seq - MAX_SEQ_JUMP - 1
-            live.seen = {s for s in live.seen if s >= floor}
         live.anchor_all = min(live.anchor_all, anchor)
         live.anchor_audio = min(live.anchor_audio, anchor)
         # Each sequence number is above everything in the heap: appended in order,

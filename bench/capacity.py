@@ -13,6 +13,11 @@ capture_load.py does), not over SIP: the figures are the capture path and finali
     python -m bench.capacity                          # 50,100,200,400 calls, 20 s each
     python -m bench.capacity --calls 100,400 --append-results
     python -m bench.capacity --smoke                  # seconds; what the test runs
+
+After the levels, the same command measures storage and quality through capture's
+encoder (bench/quality.py: tones, speech STOI, a conversation; at the node's default
+bitrate and 12 kbit/s) and the call set-up rate over SIP while finalizing
+(bench/setup_rate.py, `--setup-rate`), and prints their tables under the first.
 """
 
 from __future__ import annotations
@@ -39,8 +44,9 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from bench import loadgen, rtpengine  # noqa: E402
+from bench import loadgen, quality, rtpengine, setup_rate  # noqa: E402
 from bench.capture_load import CaptureDriver, catalog_items, running_node  # noqa: E402
+from callrec.config import NodeConfig  # noqa: E402
 
 RESULTS = REPO / "bench" / "RESULTS.md"
 RATE = 8000
@@ -690,6 +696,11 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--append-results", action="store_true",
                         help=f"append the table to {RESULTS.relative_to(REPO)}")
     parser.add_argument("--keep", action="store_true", help="keep the node's data dir")
+    parser.add_argument("--setup-rate", type=float, default=200.0,
+                        help="then new SIP calls/s for bench.setup_rate (0: skip; "
+                             "skipped with --smoke, which tests/e2e/test_bench_setup_rate.py runs)")
+    parser.add_argument("--quality-seconds", type=float, default=30.0,
+                        help="length of bench.quality's calls (0: skip)")
     args = parser.parse_args(argv)
     levels = [3] if args.smoke else [int(c) for c in args.calls.split(",") if c.strip()]
     seconds = 2.0 if args.smoke else args.seconds
@@ -701,6 +712,25 @@ def main(argv: list[str] | None = None) -> str:
     with_peer = (not args.smoke) if args.peer is None else args.peer
     table = asyncio.run(run(levels, seconds, 1 if args.smoke else args.samples,
                             not args.no_rtpengine, args.keep, max_calls, with_peer))
+    if args.quality_seconds > 0:
+        progress("storage and quality (bench.quality)")
+        default = NodeConfig.model_fields["opus_bitrate"].default
+        table += ("\n\nStorage and quality through capture's encoder (bench.quality, "
+                  f"{3.0 if args.smoke else args.quality_seconds:g} s calls):\n\n")
+        table += quality.measure([default] if args.smoke else [default, 12000],
+                                 3.0 if args.smoke else args.quality_seconds,
+                                 speech=not args.smoke)
+    if args.setup_rate > 0 and not args.smoke:
+        progress(f"set-up rate (bench.setup_rate at {args.setup_rate:g} calls/s)")
+        setup = asyncio.run(setup_rate.run(args.setup_rate))
+        table += ("\n\nCall set-up over SIP while finalizing (bench.setup_rate: SIPp CUCM "
+                  "two-leg calls of 30 s from an allow-listed address):\n\n")
+        table += setup.table() + "\n\n" + "\n".join(
+            f"- {note}" for note in [
+                f"p99 burst / baseline: {setup.p99_ratio:.2f}; media load {setup.media_calls}"
+                f" calls x {setup.media_seconds:g} s hung up as the burst started; capture's"
+                f" encoder workers used {setup.burst.workers_cpu:.2f} cpu-s during the burst",
+                *setup.notes])
     print(table)
     if args.append_results:
         append_results(table)

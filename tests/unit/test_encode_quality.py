@@ -9,15 +9,11 @@ channel with the G.711 original, i.e. it measures only what the Opus encoding lo
 from __future__ import annotations
 
 import shutil
-import subprocess
-import wave
 from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
 import pytest
-from pystoi import stoi
-from scipy.signal import resample_poly
 
 from callrec.audio import (
     decode_file,
@@ -41,28 +37,13 @@ from services.capture.live import (
 )
 from services.capture.manifest import RecordingManifest
 from tests.support.callgen import FAR_HZ, NEAR_HZ, make_recording
+from tests.support.speech import FAR_TEXT, NEAR_TEXT, aligned_stoi, espeak
 
 RATE = 8000
-NEAR_TEXT = ("Thank you for calling. Your account number is four five seven two. "
-             "Please hold while I transfer you to the billing department.")
-FAR_TEXT = ("Hello, I would like to change the delivery address for my order "
-            "from last Tuesday, and cancel the second item please.")
 STOI_MIN = 0.85
 
 needs_espeak = pytest.mark.skipif(shutil.which("espeak-ng") is None,
                                   reason="espeak-ng missing (scripts/test installs it)")
-
-
-def _speech(text: str, tmp: Path) -> npt.NDArray[np.int16]:
-    """espeak-ng's voice (22.05 kHz) at 8 kHz, peaking at -6 dBFS, as int16."""
-    wav = tmp / "speech.wav"
-    subprocess.run(["espeak-ng", "-v", "en", "-s", "160", "-w", str(wav), text], check=True)
-    with wave.open(str(wav)) as handle:
-        rate = handle.getframerate()
-        raw = np.frombuffer(handle.readframes(handle.getnframes()), dtype="<i2")
-    x = resample_poly(raw.astype(np.float64), RATE, rate)
-    x *= 0.5 * 32767 / np.max(np.abs(x))
-    return np.round(x).astype(np.int16)
 
 
 def _record(directory: Path) -> npt.NDArray[np.int16]:
@@ -82,37 +63,19 @@ def _record(directory: Path) -> npt.NDArray[np.int16]:
     return decoded
 
 
-def _aligned_stoi(reference: npt.NDArray[np.int16], decoded: npt.NDArray[np.int16]) -> float:
-    """STOI at the best alignment within +-50 ms (placement by arrival may shift a little)."""
-    ref = reference.astype(np.float64)
-    out = decoded.astype(np.float64)
-    best, best_lag = -np.inf, 0
-    for lag in range(-400, 401):
-        a = ref[max(0, -lag):]
-        b = out[max(0, lag):]
-        n = min(a.size, b.size)
-        score = float(np.dot(a[:n], b[:n]))
-        if score > best:
-            best, best_lag = score, lag
-    a = ref[max(0, -best_lag):]
-    b = out[max(0, best_lag):]
-    n = min(a.size, b.size)
-    return float(stoi(a[:n], b[:n], RATE, extended=False))
-
-
 @needs_espeak
 def test_speech_keeps_stoi_on_both_channels(tmp_path: Path) -> None:
-    near = _speech(NEAR_TEXT, tmp_path)
-    far = _speech(FAR_TEXT, tmp_path)
+    near = espeak(NEAR_TEXT)
+    far = espeak(FAR_TEXT)
     seconds = max(near.size, far.size) / RATE + 0.5
     directory = make_recording(tmp_path / "rec", seconds, signals={"near": near, "far": far})
     decoded = _record(directory)
     for channel, original in ((0, near), (1, far)):
         g711 = pcmu_decode(pcmu_encode(original))  # what the recorder received
-        score = _aligned_stoi(g711, decoded[channel])
+        score = aligned_stoi(g711, decoded[channel])
         assert score >= STOI_MIN, f"channel {channel}: STOI {score:.3f}"
     # The channels stay apart: the near talker is not in the far channel.
-    assert _aligned_stoi(pcmu_decode(pcmu_encode(near)), decoded[1]) < 0.5
+    assert aligned_stoi(pcmu_decode(pcmu_encode(near)), decoded[1]) < 0.5
 
 
 def test_tones_survive_narrowband_encoding(tmp_path: Path) -> None:

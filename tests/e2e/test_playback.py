@@ -24,10 +24,18 @@ DECODE = """async (url) => {
   const audio = await new OfflineAudioContext(2, 48000, 48000).decodeAudioData(data);
   const energy = (ch) => { const d = audio.getChannelData(ch); let e = 0;
     for (let i = 0; i < d.length; i++) e += d[i] * d[i]; return e / d.length; };
-  // Zero crossings per second of each channel: twice the frequency of a pure tone.
-  const crossings = (ch) => { const d = audio.getChannelData(ch); let n = 0;
-    for (let i = 1; i < d.length; i++) if ((d[i - 1] < 0) !== (d[i] < 0)) n++;
-    return n / audio.duration / 2; };
+  // Zero crossings per second of each channel where its tone sounds (10 ms blocks
+  // above -26 dBFS RMS; the silence before and after it crosses zero at random):
+  // twice the frequency of a pure tone.
+  const crossings = (ch) => { const d = audio.getChannelData(ch); const block = 480;
+    let n = 0, blocks = 0;
+    for (let b = 0; b + block <= d.length; b += block) {
+      let e = 0; for (let i = b; i < b + block; i++) e += d[i] * d[i];
+      if (e / block < 0.0025) continue;
+      blocks++;
+      for (let i = b + 1; i < b + block; i++) if ((d[i - 1] < 0) !== (d[i] < 0)) n++;
+    }
+    return blocks ? n / (blocks * block / 48000) / 2 : 0; };
   return {channels: audio.numberOfChannels, duration: audio.duration,
           energy: [energy(0), energy(1)], hz: [crossings(0), crossings(1)]};
 }"""

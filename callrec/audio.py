@@ -22,6 +22,8 @@ import av
 import numpy as np
 import numpy.typing as npt
 
+from callrec.opus import MultistreamEncoder
+
 __all__ = [
     "PCMA_DECODE_TABLE",
     "PCMU_DECODE_TABLE",
@@ -369,7 +371,7 @@ def transcode(src: Path, dst: Path, fmt: str, rate: int = 16000, bitrate: int = 
 # The live recording is written page by page so that any prefix of the file that ends
 # on a page boundary is a playable recording (capture appends pages while the call is
 # in progress; peers copy byte ranges of it). FFmpeg's Ogg muxer decides its own page
-# boundaries, so pages are written here; libopus (through PyAV) only makes packets.
+# boundaries, so pages are written here; libopus (callrec.opus) only makes packets.
 
 OPUS_GRANULE_RATE = 48000
 """Ogg/Opus granule positions count 48 kHz samples whatever the input rate (RFC 7845)."""
@@ -480,27 +482,15 @@ class OpusPageEncoder:
 
     def __init__(self, rate: int = 16000, *, bitrate: int = 16000, complexity: int = 5,
                  frame_ms: int = 20, serial: int = 0x63616C6C,
-                 resume_from: OggPageInfo | None = None,
-                 options: dict[str, str] | None = None) -> None:
-        ctx = av.CodecContext.create("libopus", "w")
-        assert isinstance(ctx, av.AudioCodecContext)
-        ctx.sample_rate = rate
-        ctx.layout = "stereo"
-        ctx.format = "s16"
-        ctx.bit_rate = bitrate
-        ctx.options = {"compression_level": str(complexity), "application": "voip",
-                       "mapping_family": "255", "frame_duration": str(frame_ms),
-                       **(options or {})}
-        ctx.time_base = Fraction(1, rate)
-        ctx.open()
-        self._ctx = ctx
+                 resume_from: OggPageInfo | None = None) -> None:
+        self._opus = MultistreamEncoder(rate, bitrate=bitrate, complexity=complexity,
+                                        frame_ms=frame_ms)
         self.rate = rate
-        self.frame_size = ctx.frame_size or rate * frame_ms // 1000
-        head = bytes(ctx.extradata or b"")
-        self.pre_skip = struct.unpack_from("<H", head, 10)[0] if len(head) >= 12 else 0
+        self.frame_size = self._opus.frame_size
+        head = self._opus.head()
+        self.pre_skip = self._opus.pre_skip
         self._scale = OPUS_GRANULE_RATE // rate
         self._pending: list[bytes] = []
-        self._pts = 0
         self.closed = False
         if resume_from is None:
             self.serial = serial
@@ -537,16 +527,9 @@ class OpusPageEncoder:
         interleaved = np.empty(left.size * 2, dtype=np.int16)
         interleaved[0::2] = left
         interleaved[1::2] = right
-        # One AudioFrame for the whole piece: PyAV cuts it into codec frames in C,
-        # which costs less than a Python round trip per 20 ms.
-        frame = av.AudioFrame.from_ndarray(interleaved[None, :], format="s16", layout="stereo")
-        frame.sample_rate = self.rate
-        frame.pts = self._pts
-        frame.time_base = Fraction(1, self.rate)
-        self._pts += left.size
-        for packet in self._ctx.encode(frame):
-            self._pending.append(bytes(packet))
-        # One packet per frame (libopus has no frame delay, only the pre-skip).
+        step = 2 * self.frame_size
+        for start in range(0, interleaved.size, step):
+            self._pending.append(self._opus.encode(interleaved[start:start + step]))
 
     def pages(self) -> bytes:
         """Ogg pages of everything encoded since the last call (b"" if nothing)."""
@@ -562,8 +545,11 @@ class OpusPageEncoder:
         ``samples_total`` (input samples since the stream began) sets the final
         granule position, so players trim the encoder's padding at the end.
         """
-        for packet in self._ctx.encode(None):
-            self._pending.append(bytes(packet))
+        # As FFmpeg flushes: silent frames until the look-ahead is out as well.
+        silence = np.zeros(2 * self.frame_size, dtype=np.int16)
+        for _ in range(-(-self._opus.lookahead // self.frame_size)):
+            self._pending.append(self._opus.encode(silence))
+        self._opus.close()
         self.closed = True
         last = self.pre_skip + samples_total * self._scale
         return b"".join(self._header_pages) + self._page_out(self._pending, _OGG_EOS,

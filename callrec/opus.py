@@ -1,0 +1,198 @@
+"""libopus through ctypes: independent mono Opus streams in, Opus packets out.
+
+Why not PyAV's encoder: ``AudioCodecContext.encode`` puts an avfilter graph
+(abuffer -> aformat -> abuffersink) in front of every libopus encoder to cut frames to
+the codec's frame size. For a recorder that already feeds whole frames that graph is
+pure overhead: about 150 KB of RSS per encoder and copies on every step, while
+libopus' own state for two 8 kHz mono streams is a few tens of KB.
+
+The library is the libopus that the PyAV wheel ships (``av.libs/libopus-*.so*``), so a
+node needs nothing installed; a system libopus is the fallback. Only the few calls the
+recorder needs are bound: a multistream encoder with every channel its own mono stream
+(Ogg/Opus channel mapping family 255, as FFmpeg's libopus encoder configures it), the
+CTLs for bitrate, complexity, VBR and look-ahead, encode, and destroy.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import functools
+import importlib.util
+import struct
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+
+__all__ = [
+    "MAX_PACKET",
+    "OPUS_APPLICATION_VOIP",
+    "MultistreamEncoder",
+    "OpusError",
+    "library_path",
+    "opus_head",
+]
+
+OPUS_APPLICATION_VOIP = 2048
+_OPUS_OK = 0
+_SET_BITRATE = 4002
+_SET_VBR = 4006
+_SET_COMPLEXITY = 4010
+_GET_LOOKAHEAD = 4027
+
+MAX_PACKET = 4000
+"""Bytes reserved for one packet: far above 60 ms of two streams at voice bitrates."""
+
+GRANULE_RATE = 48000
+"""Ogg/Opus counts pre-skip and granule positions at 48 kHz whatever the input rate."""
+
+_FRAME_MS = (10, 20, 40, 60)  # 2.5 and 5 ms would need the CELT-only low-delay mode
+
+
+class OpusError(RuntimeError):
+    """libopus returned an error code; the message is its opus_strerror."""
+
+    def __init__(self, call: str, code: int) -> None:
+        super().__init__(f"{call}: {_strerror(code)} ({code})")
+        self.code = code
+
+
+def library_path() -> str:
+    """Path (or soname) of the libopus to load: PyAV's bundled copy, else the system's."""
+    spec = importlib.util.find_spec("av")
+    if spec is not None and spec.origin is not None:
+        libs = Path(spec.origin).resolve().parent.parent / "av.libs"
+        bundled = sorted(libs.glob("libopus-*.so*"))
+        if bundled:
+            return str(bundled[0])
+    found = ctypes.util.find_library("opus")
+    if found is None:
+        raise OSError("libopus not found: neither PyAV's bundled av.libs/libopus-*.so "
+                      "nor a system libopus (install PyAV's wheel or libopus0)")
+    return found
+
+
+@functools.cache
+def _lib() -> ctypes.CDLL:
+    lib = ctypes.CDLL(library_path())
+    lib.opus_multistream_encoder_create.argtypes = [
+        ctypes.c_int32, ctypes.c_int, ctypes.c_int, ctypes.c_int,
+        ctypes.POINTER(ctypes.c_ubyte), ctypes.c_int, ctypes.POINTER(ctypes.c_int)]
+    lib.opus_multistream_encoder_create.restype = ctypes.c_void_p
+    # The pcm pointer goes in as an integer address: no per-call pointer object.
+    lib.opus_multistream_encode.argtypes = [
+        ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p, ctypes.c_int32]
+    lib.opus_multistream_encode.restype = ctypes.c_int
+    lib.opus_multistream_encoder_destroy.argtypes = [ctypes.c_void_p]
+    lib.opus_multistream_encoder_destroy.restype = None
+    # opus_multistream_encoder_ctl is variadic: no argtypes, every argument is passed
+    # as an explicit ctypes int or pointer (see _ctl).
+    lib.opus_multistream_encoder_ctl.restype = ctypes.c_int
+    lib.opus_strerror.argtypes = [ctypes.c_int]
+    lib.opus_strerror.restype = ctypes.c_char_p
+    return lib
+
+
+def _strerror(code: int) -> str:
+    message: bytes | None = _lib().opus_strerror(code)
+    return (message or b"unknown error").decode("ascii", "replace")
+
+
+def opus_head(*, channels: int, pre_skip: int, input_rate: int, streams: int,
+              coupled: int, mapping: bytes) -> bytes:
+    """The OpusHead packet of an Ogg/Opus stream with channel mapping family 255
+    (RFC 7845 5.1): version 1, output gain 0, then the stream count, the coupled
+    count and one mapping byte per channel; the same bytes FFmpeg's encoder writes."""
+    if len(mapping) != channels:
+        raise ValueError("one mapping byte per channel")
+    return (b"OpusHead" + struct.pack("<BBHIhB", 1, channels, pre_skip, input_rate, 0, 255)
+            + bytes([streams, coupled]) + mapping)
+
+
+class MultistreamEncoder:
+    """``channels`` independent mono Opus streams (no coupling: unrelated talkers must
+    not bleed into each other), VOIP application, VBR, interleaved int16 in.
+
+    Owns a native encoder: :meth:`close` frees it (``__del__`` too, as a safety net).
+    Not thread-safe, like the libopus state it wraps.
+    """
+
+    def __init__(self, rate: int, *, channels: int = 2, bitrate: int, complexity: int,
+                 frame_ms: int = 20, application: int = OPUS_APPLICATION_VOIP) -> None:
+        if frame_ms not in _FRAME_MS:
+            raise ValueError(f"frame_ms must be one of {_FRAME_MS}, not {frame_ms}")
+        lib = _lib()
+        self.rate = rate
+        self.channels = channels
+        self.frame_size = rate * frame_ms // 1000
+        """Samples per channel in one frame: what :meth:`encode` takes."""
+        self._mapping = bytes(range(channels))
+        error = ctypes.c_int(0)
+        mapping = (ctypes.c_ubyte * channels)(*self._mapping)
+        handle = lib.opus_multistream_encoder_create(rate, channels, channels, 0, mapping,
+                                                     application, ctypes.byref(error))
+        if error.value != _OPUS_OK or not handle:
+            raise OpusError("opus_multistream_encoder_create", error.value or -7)
+        self._handle: int | None = handle
+        self._out = ctypes.create_string_buffer(MAX_PACKET)
+        self._out_address = ctypes.addressof(self._out)
+        self._frame_bytes = self.frame_size * channels * 2
+        self._ctl(_SET_BITRATE, bitrate)  # the total, split between the streams
+        self._ctl(_SET_COMPLEXITY, complexity)
+        self._ctl(_SET_VBR, 1)
+        lookahead = ctypes.c_int(0)
+        self._ctl_get(_GET_LOOKAHEAD, lookahead)
+        self.lookahead = lookahead.value
+        """Encoder delay in input samples: the decoder drops it as the pre-skip."""
+
+    @property
+    def pre_skip(self) -> int:
+        """The look-ahead at 48 kHz, as the OpusHead's pre-skip counts it."""
+        return self.lookahead * GRANULE_RATE // self.rate
+
+    def head(self) -> bytes:
+        """This stream's OpusHead packet (the first packet of the Ogg stream)."""
+        return opus_head(channels=self.channels, pre_skip=self.pre_skip,
+                         input_rate=self.rate, streams=self.channels, coupled=0,
+                         mapping=self._mapping)
+
+    def encode(self, frame: npt.NDArray[np.int16]) -> bytes:
+        """One packet of one frame: ``frame_size * channels`` interleaved int16 samples."""
+        if self._handle is None:
+            raise OpusError("opus_multistream_encode", -7)  # OPUS_ALLOC_FAIL: closed
+        if frame.dtype != np.int16 or frame.nbytes != self._frame_bytes:
+            raise ValueError(f"expected {self._frame_bytes // 2} int16 samples "
+                             f"({self.frame_size} per channel, interleaved)")
+        if not frame.flags.c_contiguous:
+            frame = np.ascontiguousarray(frame)
+        size: int = _lib().opus_multistream_encode(self._handle, frame.ctypes.data,
+                                                   self.frame_size, self._out_address,
+                                                   MAX_PACKET)
+        if size < 0:
+            raise OpusError("opus_multistream_encode", size)
+        return ctypes.string_at(self._out_address, size)
+
+    def close(self) -> None:
+        """Free the native encoder (idempotent)."""
+        handle, self._handle = self._handle, None
+        if handle is not None:
+            _lib().opus_multistream_encoder_destroy(handle)
+
+    def __del__(self) -> None:
+        if getattr(self, "_handle", None) is not None:
+            self.close()
+
+    def _ctl(self, request: int, value: int) -> None:
+        code: int = _lib().opus_multistream_encoder_ctl(
+            ctypes.c_void_p(self._handle), ctypes.c_int(request), ctypes.c_int32(value))
+        if code != _OPUS_OK:
+            self.close()
+            raise OpusError(f"opus_multistream_encoder_ctl({request}, {value})", code)
+
+    def _ctl_get(self, request: int, out: ctypes.c_int) -> None:
+        code: int = _lib().opus_multistream_encoder_ctl(
+            ctypes.c_void_p(self._handle), ctypes.c_int(request), ctypes.byref(out))
+        if code != _OPUS_OK:
+            self.close()
+            raise OpusError(f"opus_multistream_encoder_ctl({request})", code)

@@ -386,7 +386,8 @@ def ogg_crc(data: bytes) -> int:
     xors undone it gives the bit-reversed Ogg value, at C speed.
     """
     raw = zlib.crc32(data.translate(_BIT_REVERSE), 0xFFFFFFFF) ^ 0xFFFFFFFF
-    return int(f"{raw:032b}"[::-1], 2)
+    # Reversing 32 bits: the bytes in the other order, each byte's bits reversed.
+    return int.from_bytes(raw.to_bytes(4, "little").translate(_BIT_REVERSE), "big")
 
 
 def ogg_page(packets: list[bytes], *, serial: int, sequence: int, granule: int,
@@ -394,13 +395,18 @@ def ogg_page(packets: list[bytes], *, serial: int, sequence: int, granule: int,
     """One Ogg page holding whole packets (at most 255 lacing values in all)."""
     lacing = bytearray()
     for packet in packets:
-        lacing += b"\xff" * (len(packet) // 255) + bytes([len(packet) % 255])
+        size = len(packet)
+        if size >= 255:
+            lacing += b"\xff" * (size // 255)
+        lacing.append(size % 255)
     if len(lacing) > 255:
         raise ValueError("packets do not fit one Ogg page")
-    header = _OGG_HEADER.pack(b"OggS", 0, flags, granule, serial, sequence, 0, len(lacing))
-    page = bytearray(header + lacing + b"".join(packets))
-    struct.pack_into("<I", page, 22, ogg_crc(bytes(page)))
-    return bytes(page)
+    count = len(lacing)
+    body = b"".join(packets)
+    blank = _OGG_HEADER.pack(b"OggS", 0, flags, granule, serial, sequence, 0, count)
+    crc = ogg_crc(b"".join((blank, lacing, body)))
+    header = _OGG_HEADER.pack(b"OggS", 0, flags, granule, serial, sequence, crc, count)
+    return b"".join((header, lacing, body))
 
 
 @dataclass(frozen=True, slots=True)
@@ -499,6 +505,7 @@ class OpusPageEncoder:
         head = bytes(ctx.extradata or b"")
         self.pre_skip = struct.unpack_from("<H", head, 10)[0] if len(head) >= 12 else 0
         self._scale = OPUS_GRANULE_RATE // rate
+        self._time_base = Fraction(1, rate)
         self._pending: list[bytes] = []
         self._pts = 0
         self.closed = False
@@ -542,7 +549,7 @@ class OpusPageEncoder:
         frame = av.AudioFrame.from_ndarray(interleaved[None, :], format="s16", layout="stereo")
         frame.sample_rate = self.rate
         frame.pts = self._pts
-        frame.time_base = Fraction(1, self.rate)
+        frame.time_base = self._time_base
         self._pts += left.size
         for packet in self._ctx.encode(frame):
             self._pending.append(bytes(packet))

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -87,6 +88,7 @@ CATCH_UP_STEP_MS = 2_000.0
 time at a time, which bounds memory whatever the call's length."""
 
 READ_CHUNK = 128 * 1024  # more than the largest record (6 + 65535 bytes)
+_THREAD = threading.local()
 _EOS = 4
 _EMIT_SECONDS = 2  # call time mixed and encoded at a time
 
@@ -180,9 +182,11 @@ class SegmentTail:
         size = RECORD_HEADER.size
         unpack = RECORD_HEADER.unpack_from
         while True:
-            data = os.pread(fd, READ_CHUNK, self._offset)
-            if not data:
+            buffer = _read_buffer()
+            got = os.preadv(fd, [buffer], self._offset)
+            if not got:
                 return False
+            data = bytes(memoryview(buffer)[:got])  # what was read, not a 128 KiB object
             pos = 0
             end = len(data)
             last = self.last_arrival
@@ -205,6 +209,15 @@ class SegmentTail:
                 return True
             if end < READ_CHUNK:
                 return False
+
+
+def _read_buffer() -> bytearray:
+    """This thread's READ_CHUNK buffer, reused by every read: a fresh 128 KiB object a
+    read is an allocation large enough for malloc to map and unmap it each time."""
+    buffer: bytearray | None = getattr(_THREAD, "buffer", None)
+    if buffer is None:
+        buffer = _THREAD.buffer = bytearray(READ_CHUNK)
+    return buffer
 
 
 def encoding_bitrate(rate: int, configured: int) -> int:

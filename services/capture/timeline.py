@@ -1164,7 +1164,7 @@ def _arrival_key(entry: tuple[float, int, RtpRecord]) -> float:
 def _add_g711(live: _LiveRun, table: Int16Array, payloads: list[bytes]) -> None:
     """Decode G.711 payloads that continue ``live.span`` in one lookup and add them."""
     assert live.span is not None
-    samples = table[np.frombuffer(b"".join(payloads), dtype=np.uint8)]
+    samples = table.take(np.frombuffer(b"".join(payloads), dtype=np.uint8))  # [] costs 2x
     live.span.add(samples, samples.size)
 
 

@@ -388,7 +388,8 @@ def ogg_crc(data: bytes) -> int:
     xors undone it gives the bit-reversed Ogg value, at C speed.
     """
     raw = zlib.crc32(data.translate(_BIT_REVERSE), 0xFFFFFFFF) ^ 0xFFFFFFFF
-    return int(f"{raw:032b}"[::-1], 2)
+    # Reversing 32 bits: the bytes in the other order, each byte's bits reversed.
+    return int.from_bytes(raw.to_bytes(4, "little").translate(_BIT_REVERSE), "big")
 
 
 def ogg_page(packets: list[bytes], *, serial: int, sequence: int, granule: int,
@@ -396,13 +397,18 @@ def ogg_page(packets: list[bytes], *, serial: int, sequence: int, granule: int,
     """One Ogg page holding whole packets (at most 255 lacing values in all)."""
     lacing = bytearray()
     for packet in packets:
-        lacing += b"\xff" * (len(packet) // 255) + bytes([len(packet) % 255])
+        size = len(packet)
+        if size >= 255:
+            lacing += b"\xff" * (size // 255)
+        lacing.append(size % 255)
     if len(lacing) > 255:
         raise ValueError("packets do not fit one Ogg page")
-    header = _OGG_HEADER.pack(b"OggS", 0, flags, granule, serial, sequence, 0, len(lacing))
-    page = bytearray(header + lacing + b"".join(packets))
-    struct.pack_into("<I", page, 22, ogg_crc(bytes(page)))
-    return bytes(page)
+    count = len(lacing)
+    body = b"".join(packets)
+    blank = _OGG_HEADER.pack(b"OggS", 0, flags, granule, serial, sequence, 0, count)
+    crc = ogg_crc(b"".join((blank, lacing, body)))
+    header = _OGG_HEADER.pack(b"OggS", 0, flags, granule, serial, sequence, crc, count)
+    return b"".join((header, lacing, body))
 
 
 @dataclass(frozen=True, slots=True)
@@ -554,6 +560,11 @@ class OpusPageEncoder:
         last = self.pre_skip + samples_total * self._scale
         return b"".join(self._header_pages) + self._page_out(self._pending, _OGG_EOS,
                                                              final_granule=last)
+
+    def release(self) -> None:
+        """Free the native encoder without ending the stream (the recording goes on in
+        another worker, or after a restart, from what the file holds)."""
+        self._opus.close()
 
     def _page_out(self, packets: list[bytes], flags: int,
                   final_granule: int | None = None) -> bytes:

@@ -27,6 +27,7 @@ why (:data:`SilentReason`), so a silent channel is never a mystery.
 
 from __future__ import annotations
 
+import bisect
 import functools
 import heapq
 import math
@@ -774,6 +775,7 @@ class _LiveRun:
     decoders: _Decoders = field(default_factory=lambda: _Decoders())
     span: _Span | None = None
     last_arrival: float = 0.0
+    ordered: bool = True  # ``heap`` is a sorted list (entries came in sequence order)
 
     @property
     def anchor(self) -> float:
@@ -808,6 +810,9 @@ class StreamTimeline:
         self._pending: list[tuple[float, int, RtpRecord]] = []
         self._counter = 0
         self._pending_newest = -math.inf  # no pending entry arrived later than this
+        # Every entry was appended in order (the usual case, records come from a
+        # segment file in arrival order): the heap is a sorted list, taken by slicing.
+        self._pending_sorted = True
         self._runs: list[_LiveRun] = []
         self._by_ssrc: dict[int, list[_LiveRun]] = {}
         self._last_ssrc: int | None = None
@@ -838,6 +843,8 @@ class StreamTimeline:
         elif rec.arrival_ms < 0.0 or (self.end_ms is not None and rec.arrival_ms >= self.end_ms):
             self.stats.packets_outside += 1
         else:
+            if rec.arrival_ms < self._pending_newest:
+                self._pending_sorted = False
             heapq.heappush(self._pending, (rec.arrival_ms, self._counter, rec))
             self._counter += 1
             self._pending_newest = max(self._pending_newest, rec.arrival_ms)
@@ -855,6 +862,7 @@ class StreamTimeline:
         counter = self._counter
         newest = self._pending_newest
         unpack = _RTP_HEADER.unpack_from
+        new = tuple.__new__  # RtpRecord(...) without its Python-level __new__
         for arrival_ms, data in records:
             stats.packets_received += 1
             rec: RtpRecord | None
@@ -863,7 +871,7 @@ class StreamTimeline:
                 if type(data) is bytes and len(data) > 12 and data[0] == 0x80 \
                         and not 192 <= data[1] <= 223:
                     _, second, seq, ts, ssrc = unpack(data)
-                    rec = RtpRecord(arrival, ssrc, seq, ts, second & 0x7F, data[12:])
+                    rec = new(RtpRecord, (arrival, ssrc, seq, ts, second & 0x7F, data[12:]))
                 else:
                     rec = parse_record(arrival, bytes(data))
             except (TypeError, ValueError, OverflowError):
@@ -878,6 +886,7 @@ class StreamTimeline:
                 counter += 1
             else:
                 heapq.heappush(pending, (arrival, counter, rec))
+                self._pending_sorted = False
                 counter += 1
         self._counter = counter
         self._pending_newest = newest
@@ -891,13 +900,24 @@ class StreamTimeline:
         the caller then takes up to there is complete.
         """
         pending = self._pending
-        ready: list[RtpRecord] = []
-        while pending and (now_ms is None or pending[0][0] <= now_ms):
-            _, _, rec = heapq.heappop(pending)
-            if self.end_ms is not None and rec.arrival_ms >= self.end_ms:
-                self.stats.packets_outside += 1
-                continue
-            ready.append(rec)
+        ready: list[RtpRecord]
+        if self._pending_sorted:
+            # Sorted by (arrival, counter): the heap's pop order, taken in one slice.
+            count = len(pending) if now_ms is None else bisect.bisect_right(
+                pending, now_ms, key=_arrival_key)
+            ready = [entry[2] for entry in pending[:count]]
+            del pending[:count]
+        else:
+            ready = []
+            while pending and (now_ms is None or pending[0][0] <= now_ms):
+                ready.append(heapq.heappop(pending)[2])
+        if not pending:
+            self._pending_sorted = True
+        end_ms = self.end_ms
+        if end_ms is not None and ready and ready[-1].arrival_ms >= end_ms:
+            kept = [rec for rec in ready if rec.arrival_ms < end_ms]
+            self.stats.packets_outside += len(ready) - len(kept)
+            ready = kept
         index = 0
         while index < len(ready):
             taken = self._ingest_continuing(ready, index)
@@ -1003,7 +1023,10 @@ class StreamTimeline:
             target.anchor_audio = min(target.anchor_audio, offset)
             if rec.payload:
                 assert codec is not None
-                heapq.heappush(target.heap, (seq_ext, rec.arrival_ms, ts_ext, codec, rec.payload))
+                entry = (seq_ext, rec.arrival_ms, ts_ext, codec, rec.payload)
+                if target.heap and entry < target.heap[-1]:
+                    target.ordered = False
+                heapq.heappush(target.heap, entry)
 
     def _ingest_continuing(self, recs: list[RtpRecord], index: int) -> int:
         """Take in, from ``recs[index]`` on, the packets that simply continue their run.
@@ -1085,12 +1108,29 @@ class StreamTimeline:
 
     def _decode(self, live: _LiveRun, horizon: float | None) -> None:
         heap = live.heap
+        entries: list[tuple[int, float, int, str, bytes]]
+        if live.ordered:
+            # A sorted list (the usual case): the heap's pop order, taken in one slice.
+            count = len(heap)
+            if horizon is not None:
+                count = 0
+                for entry in heap:
+                    if entry[1] >= horizon:
+                        break
+                    count += 1
+            entries = heap[:count]
+            del heap[:count]
+        else:
+            entries = []
+            while heap and (horizon is None or heap[0][1] < horizon):
+                entries.append(heapq.heappop(heap))
+        if not heap:
+            live.ordered = True
         to_out = self.out_rate / RTP_CLOCK_HZ
         table: Int16Array = PCMU_DECODE_TABLE
         gathered: list[bytes] = []  # G.711 payloads continuing live.span, not decoded yet
         gathered_end = 0  # the span's end timestamp once they are
-        while heap and (horizon is None or heap[0][1] < horizon):
-            seq_ext, _, ts_ext, codec, payload = heapq.heappop(heap)
+        for seq_ext, _, ts_ext, codec, payload in entries:
             if live.last_decoded is not None and seq_ext <= live.last_decoded:
                 self.packets_late += 1  # overtaken beyond the reorder window
                 continue
@@ -1152,10 +1192,14 @@ class StreamTimeline:
         self._runs = keep
 
 
+def _arrival_key(entry: tuple[float, int, RtpRecord]) -> float:
+    return entry[0]
+
+
 def _add_g711(live: _LiveRun, table: Int16Array, payloads: list[bytes]) -> None:
     """Decode G.711 payloads that continue ``live.span`` in one lookup and add them."""
     assert live.span is not None
-    samples = table[np.frombuffer(b"".join(payloads), dtype=np.uint8)]
+    samples = table.take(np.frombuffer(b"".join(payloads), dtype=np.uint8))  # [] costs 2x
     live.span.add(samples, samples.size)
 
 

@@ -16,6 +16,8 @@ from callrec.audio import (
     dominant_frequency,
     duration_seconds,
     encode_opus_stereo,
+    ogg_crc,
+    ogg_page,
     pcma_decode,
     pcma_encode,
     pcmu_decode,
@@ -166,3 +168,29 @@ def test_decode_file_resamples_wav(tmp_path: Path) -> None:
     assert up.shape[0] == 1
     assert abs(up.shape[1] - 16000) <= 32
     assert dominant_frequency(up[0], 16000) == pytest.approx(1000, abs=3)
+
+
+def _ogg_crc_bitwise(data: bytes) -> int:
+    """RFC 3533's CRC the slow, obvious way: polynomial 0x04C11DB7, MSB first, no xors."""
+    crc = 0
+    for byte in data:
+        crc ^= byte << 24
+        for _ in range(8):
+            crc = ((crc << 1) ^ 0x04C11DB7) if crc & 0x80000000 else crc << 1
+            crc &= 0xFFFFFFFF
+    return crc
+
+
+def test_ogg_crc_and_page_layout() -> None:
+    rng = np.random.default_rng(3)
+    for size in (0, 1, 27, 300, 1500):
+        data = rng.integers(0, 256, size, dtype=np.uint8).tobytes()
+        assert ogg_crc(data) == _ogg_crc_bitwise(data)
+    packets = [b"a" * 10, b"b" * 255, b"c" * 600, b""]
+    page = ogg_page(packets, serial=7, sequence=3, granule=960, flags=4)
+    lacing = bytes([10, 255, 0, 255, 255, 90, 0])
+    assert page[:4] == b"OggS" and page[5] == 4 and page[26] == len(lacing)
+    assert page[27:27 + len(lacing)] == lacing
+    assert page[27 + len(lacing):] == b"".join(packets)
+    blank = page[:22] + b"\0\0\0\0" + page[26:]
+    assert int.from_bytes(page[22:26], "little") == _ogg_crc_bitwise(blank)

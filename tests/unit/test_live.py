@@ -330,3 +330,20 @@ def test_empty_recording_is_still_a_playable_file(tmp_path: Path) -> None:
     assert [c.silent_reason for c in result.channels] == ["no_packets", "no_packets"]
     audio, _ = decode_file(tmp_path / "empty.opus", rate=RATE)
     assert audio.shape[0] == 2 and audio.shape[1] <= RATE // 10
+
+
+def test_segment_tail_reads_records_of_any_size_across_read_boundaries(tmp_path: Path) -> None:
+    """Records straddling the first read's end, and larger than it, come out whole, in
+    order, and a bounded read stops just after the first record beyond its time."""
+    directory = tmp_path / "rec"
+    directory.mkdir()
+    sizes = [172] * 150 + [40_000, 172, 65_535] + [172] * 200 + [20_000] + [172] * 10
+    records = [(i * 20, bytes([i % 251]) * size) for i, size in enumerate(sizes)]
+    write_segment(segment_path(directory, "near", 0), records)
+    tail = live_module.SegmentTail(directory, "near")
+    first = tail.read(3_000.0)
+    assert first == records[:152]  # up to 3000 ms, and the one record beyond it
+    rest = tail.read(None)
+    assert first + rest == records
+    assert tail.read(None) == []
+    tail.close()

@@ -640,8 +640,9 @@ def _messy_stream(rng: random.Random) -> list[tuple[int, bytes]]:
 @pytest.mark.parametrize("seed", range(6))
 def test_batched_paths_equal_packet_by_packet(seed: int,
                                               monkeypatch: pytest.MonkeyPatch) -> None:
-    """feed_many, the continuing-run ingest and the G.711 decode of whole runs give
-    exactly what feed and the general per-packet path give, step by step."""
+    """feed_many, the continuing-run ingest, the sorted-slice takes and the G.711 decode
+    of whole runs give exactly what feed and the general per-packet path (heaps popped
+    one by one) give, step by step."""
     from services.capture import timeline as tl
 
     rng = random.Random(seed)
@@ -662,6 +663,10 @@ def test_batched_paths_equal_packet_by_packet(seed: int,
             else:
                 for arrival, data in batch:
                     timeline.feed(arrival, data)
+                # The heaps popped one entry at a time, never taken as sorted slices.
+                timeline._pending_sorted = False
+                for live in timeline._runs:
+                    live.ordered = False
             emit = max((now - 300) * rate // 1000, emitted)
             timeline.advance(now, reorder_ms=150, emit_sample=emit)
             out.append(timeline.take(emit))

@@ -24,11 +24,9 @@ import cProfile
 import pstats
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-import wave
 from fractions import Fraction
 from pathlib import Path
 
@@ -46,6 +44,7 @@ from services.capture.manifest import RecordingManifest  # noqa: E402
 from services.capture.segments import read_stream  # noqa: E402
 from services.capture.timeline import parse_record  # noqa: E402
 from tests.support.callgen import make_recording  # noqa: E402
+from tests.support.speech import espeak  # noqa: E402
 
 SPEECH = ("Thank you for calling. Your account number is four five seven two. Please hold "
           "while I transfer you to the billing department. Hello, I would like to change the "
@@ -54,19 +53,7 @@ SPEECH = ("Thank you for calling. Your account number is four five seven two. Pl
 
 def speech(seconds: float, offset: int) -> np.ndarray:
     """espeak-ng's voice at 8 kHz, repeated to ``seconds``, -6 dBFS peak (int16)."""
-    from scipy.signal import resample_poly
-
-    with tempfile.TemporaryDirectory() as tmp:
-        wav = Path(tmp) / "s.wav"
-        subprocess.run(["espeak-ng", "-v", "en", "-s", "160", "-w", str(wav), SPEECH],
-                       check=True)
-        with wave.open(str(wav)) as handle:
-            rate = handle.getframerate()
-            raw = np.frombuffer(handle.readframes(handle.getnframes()), dtype="<i2")
-    x = resample_poly(raw.astype(np.float64), 8000, rate)
-    x *= 0.5 * 32767 / np.max(np.abs(x))
-    n = int(seconds * 8000)
-    return np.round(np.roll(np.resize(x, n), offset)).astype(np.int16)
+    return np.roll(np.resize(espeak(SPEECH), int(seconds * 8000)), offset)
 
 STEP_MS = 500.0
 

@@ -46,6 +46,7 @@ if str(REPO) not in sys.path:
 
 from bench import loadgen, quality, rtpengine, setup_rate  # noqa: E402
 from bench.capture_load import CaptureDriver, catalog_items, running_node  # noqa: E402
+from bench.floor import libopus_floor  # noqa: E402
 from callrec.config import NodeConfig  # noqa: E402
 
 RESULTS = REPO / "bench" / "RESULTS.md"
@@ -212,31 +213,11 @@ def render_table(lines: list[Line], header: str, notes: list[str]) -> str:
 
 def opus_floor(seconds: float) -> tuple[float, float]:
     """CPU-s per call-minute and MB per call-hour of libopus at its cheapest
-    (complexity 0, 60 ms frames, 8 kbit/s) on two 8 kHz mono channels of the
-    sender's tones after G.711, one AudioFrame per second handed to FFmpeg."""
-    import av
-    import numpy as np
-
+    (bench/floor.py) on two 8 kHz mono channels of the sender's tones after G.711."""
     from callrec.audio import pcmu_decode, pcmu_encode, tone
 
     channels = [pcmu_decode(pcmu_encode(tone(hz, seconds, RATE))) for hz in loadgen.TONES_HZ]
-    start = time.process_time()
-    size = 0
-    for samples in channels:
-        ctx: Any = av.CodecContext.create("libopus", "w")
-        ctx.sample_rate = RATE
-        ctx.layout = "mono"
-        ctx.format = "s16"
-        ctx.bit_rate = OPUS_BITRATE
-        ctx.options = {"compression_level": "0", "frame_duration": "60"}
-        for i in range(0, len(samples), RATE):
-            chunk = np.ascontiguousarray(samples[i : i + RATE]).reshape(1, -1)
-            frame = av.AudioFrame.from_ndarray(chunk, format="s16", layout="mono")
-            frame.sample_rate = RATE
-            frame.pts = i
-            size += sum(p.size for p in ctx.encode(frame))
-        size += sum(p.size for p in ctx.encode(None))
-    cpu = time.process_time() - start
+    cpu, size = libopus_floor(channels, OPUS_BITRATE)
     return cpu / (seconds / 60.0), size / 1e6 / (seconds / 3600.0)
 
 
@@ -615,7 +596,7 @@ async def run(levels: list[int], seconds: float, samples: int, with_rtpengine: b
         "floor = rtpengine's rx (or the drain's when rtpengine is skipped) + libopus at "
         f"complexity 0, 60 ms frames, {OPUS_BITRATE // 1000} kbit/s per channel on two 8 kHz "
         f"mono channels of the same audio ({opus_cm:.4f} CPU-s per call-minute, measured in "
-        "this run with PyAV). x floor = all-in / floor's all-in.",
+        "this run: libopus through ctypes, bench/floor.py). x floor = all-in / floor's all-in.",
         "callrec through capture's NATS RPCs (no SIP). BYE->done = finalize request to its "
         "`recording.completed` event, with every call of the level ending at once (the "
         "backlog is part of it). loss = 1 - stored (or pcap'd, or counted) / sent.",

@@ -10,8 +10,8 @@ A two-leg G.711 call (440 Hz near, 1004 Hz far, 20 ms packets with jitter) is
 fabricated into a capture data directory (tests/support/callgen.py), then capture's
 ``LiveEncoder`` steps through it every 0.5 s of call time as the capture worker does
 and finalizes it. The baseline, measured in the same process and run, is the machine's
-floor for this audio: PyAV libopus at complexity 0, 60 ms frames, 8 kHz mono per
-channel, one AudioFrame per second, on the same G.711 PCM (decoded by table). The
+floor for this audio: libopus itself at complexity 0, 60 ms frames, 8 kHz mono per
+channel, called frame by frame through ctypes (bench/floor.py), on the same G.711 PCM. The
 figures are CPU seconds (``time.process_time``) per call-minute, their ratio to the
 baseline, and stored MB per call-hour. Each mode runs ``--runs`` times; the median
 is printed. Pass ``--profile`` to print a cProfile of one live run.
@@ -27,16 +27,15 @@ import statistics
 import sys
 import tempfile
 import time
-from fractions import Fraction
 from pathlib import Path
 
-import av
 import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from bench.floor import libopus_floor  # noqa: E402
 from callrec.audio import PCMU_DECODE_TABLE  # noqa: E402
 from services.capture.finalize import duration_of, stream_specs  # noqa: E402
 from services.capture.live import LIVE_FILE, LiveEncoder, encoding_rate  # noqa: E402
@@ -107,29 +106,7 @@ def g711_pcm(directory: Path) -> list[np.ndarray]:
 
 def baseline_run(pcm: list[np.ndarray], bitrate: int) -> tuple[float, int]:
     """(CPU s, bytes of Opus packets) of libopus at its cheapest on the same PCM."""
-    started = time.process_time()
-    size = 0
-    for channel in pcm:
-        ctx = av.CodecContext.create("libopus", "w")
-        assert isinstance(ctx, av.AudioCodecContext)
-        ctx.sample_rate = 8000
-        ctx.layout = "mono"
-        ctx.format = "s16"
-        ctx.bit_rate = bitrate
-        ctx.options = {"compression_level": "0", "application": "voip",
-                       "frame_duration": "60"}
-        ctx.time_base = Fraction(1, 8000)
-        ctx.open()
-        usable = channel.size // 8000 * 8000
-        for start in range(0, usable, 8000):
-            frame = av.AudioFrame.from_ndarray(channel[None, start:start + 8000],
-                                               format="s16", layout="mono")
-            frame.sample_rate = 8000
-            frame.pts = start
-            frame.time_base = Fraction(1, 8000)
-            size += sum(p.size for p in ctx.encode(frame))
-        size += sum(p.size for p in ctx.encode(None))
-    return time.process_time() - started, size
+    return libopus_floor(pcm, bitrate)
 
 
 def main() -> None:

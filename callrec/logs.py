@@ -10,9 +10,9 @@ SIP answer that follows a log line goes out even when the log's disk is full.
 from __future__ import annotations
 
 import atexit
+import collections
 import logging
 import os
-import queue
 import sys
 import threading
 import time
@@ -26,23 +26,33 @@ RETRY_AFTER_S = 1.0
 
 
 class LineWriter:
-    """Writes lines to a file descriptor from its own thread; `write()` never blocks."""
+    """Writes lines to a file descriptor from its own thread; `write()` never blocks.
+
+    The thread wakes every POLL_S and writes whatever has queued up in one write:
+    waking it per line (a queue.Queue) cost the event loop a thread hand-off for every
+    log line (a third of a CUCM leg's handling at 400 INVITEs/s), and a write per line
+    a system call each. A line reaches stderr at most POLL_S late."""
+
+    POLL_S = 0.05
 
     def __init__(self, fd: int, max_lines: int = QUEUE_LINES) -> None:
         self.fd = fd
-        self.queue: queue.Queue[bytes | None] = queue.Queue(maxsize=max_lines)
+        self.max_lines = max_lines
+        self._lines: collections.deque[bytes] = collections.deque()
         self.dropped = 0  # lines lost since start (full queue or failed writes)
         self._unreported = 0
         self._failing_since = 0.0
+        self._writing = False
         self._lock = threading.Lock()
+        self._wake = threading.Event()
         self._thread = threading.Thread(target=self._run, name="log-writer", daemon=True)
         self._thread.start()
 
     def write(self, line: str) -> None:
-        try:
-            self.queue.put_nowait(line.encode("utf-8", "replace"))
-        except queue.Full:
+        if len(self._lines) >= self.max_lines:
             self._drop(1)
+            return
+        self._lines.append(line.encode("utf-8", "replace"))
 
     def _drop(self, count: int) -> None:
         with self._lock:
@@ -51,22 +61,36 @@ class LineWriter:
 
     def _run(self) -> None:
         while True:
-            item = self.queue.get()
-            if item is None:
+            self._wake.wait(self.POLL_S)
+            self._wake.clear()
+            self._drain()
+
+    def _drain(self) -> None:
+        batch: list[bytes] = []
+        self._writing = True
+        try:
+            while True:
+                try:
+                    batch.append(self._lines.popleft())
+                except IndexError:
+                    break
+            if not batch:
                 return
             if self._failing_since and time.monotonic() - self._failing_since < RETRY_AFTER_S:
-                self._drop(1)
-                continue
+                self._drop(len(batch))
+                return
             with self._lock:
                 lost, self._unreported = self._unreported, 0
-            data = item
+            data = b"".join(batch)
             if lost:
-                data = _dropped_line(lost) + item
+                data = _dropped_line(lost) + data
             if self._write_all(data):
                 self._failing_since = 0.0
             else:
                 self._failing_since = time.monotonic()
-                self._drop(1 + lost)
+                self._drop(len(batch) + lost)
+        finally:
+            self._writing = False
 
     def _write_all(self, data: bytes) -> bool:
         view = memoryview(data)
@@ -81,7 +105,9 @@ class LineWriter:
     def flush(self, timeout: float = 2.0) -> None:
         """Wait (a little) for queued lines to be written: at exit."""
         deadline = time.monotonic() + timeout
-        while not self.queue.empty() and time.monotonic() < deadline:
+        self._wake.set()
+        while (self._lines or self._writing) and time.monotonic() < deadline:
+            self._wake.set()
             time.sleep(0.01)
 
 

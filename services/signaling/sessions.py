@@ -30,25 +30,32 @@ from .sip.transport import Peer
 log = structlog.get_logger()
 
 
+_LEG_FIELDS = tuple(f.name for f in dataclasses.fields(Leg)
+                    if f.name not in ("streams", "peer", "refreshed_at"))
+_STREAM_FIELDS = tuple(f.name for f in dataclasses.fields(Stream))
+
+
 def session_to_dict(
-    session: RecordingSession, siprec_meta: siprec.RecordingMetadata | None
+    session: RecordingSession, siprec_meta: siprec.RecordingMetadata | None,
+    metadata_json: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
+    """The session as JSON-able data (`metadata_json`: its metadata already dumped)."""
     now_wall, now_mono = time.time(), time.monotonic()
     legs = []
     for leg in session.legs.values():
         peer = leg.peer if isinstance(leg.peer, Peer) else None
-        legs.append({
-            **{f.name: getattr(leg, f.name) for f in dataclasses.fields(leg)
-               if f.name not in ("streams", "peer", "refreshed_at")},
-            "streams": [dataclasses.asdict(s) for s in leg.streams],
-            "peer": [peer.transport, peer.host, peer.port] if peer else None,
-            "refreshed_wall": now_wall - (now_mono - leg.refreshed_at),
-        })
+        raw = {name: getattr(leg, name) for name in _LEG_FIELDS}
+        raw["streams"] = [{name: getattr(s, name) for name in _STREAM_FIELDS}
+                          for s in leg.streams]
+        raw["peer"] = [peer.transport, peer.host, peer.port] if peer else None
+        raw["refreshed_wall"] = now_wall - (now_mono - leg.refreshed_at)
+        legs.append(raw)
     return {
         "recording_id": session.recording_id,
         "session_key": session.session_key,
         "started_at": session.started_at.isoformat(),
-        "metadata": session.metadata.model_dump(mode="json"),
+        "metadata": (metadata_json if metadata_json is not None
+                     else session.metadata.model_dump(mode="json")),
         "legs": legs,
         "siprec": siprec.metadata_to_dict(siprec_meta) if siprec_meta else None,
     }
@@ -106,15 +113,24 @@ class DialogStore:
         self._live: dict[str, bytes] = {}  # recording id -> its last journal line
         self._lines = 0  # lines in the journal file
         self._fd = -1
+        # The last metadata dumped, per recording: a session is saved at the INVITE and
+        # the ACK of each leg, its metadata changes far less often (pydantic models are
+        # replaced, never changed in place, so identity says whether it changed).
+        self._dumped: dict[str, tuple[RecordingMetadata, dict[str, Any]]] = {}
 
     def save(self, session: RecordingSession,
              siprec_meta: siprec.RecordingMetadata | None) -> None:
-        data = {**session_to_dict(session, siprec_meta), "boot_id": self.boot_id}
+        hit = self._dumped.get(session.recording_id)
+        if hit is None or hit[0] is not session.metadata:
+            hit = (session.metadata, session.metadata.model_dump(mode="json"))
+            self._dumped[session.recording_id] = hit
+        data = {**session_to_dict(session, siprec_meta, hit[1]), "boot_id": self.boot_id}
         line = json.dumps(data, separators=(",", ":")).encode() + b"\n"
         self._live[session.recording_id] = line
         self._append(line)
 
     def delete(self, recording_id: str) -> None:
+        self._dumped.pop(recording_id, None)
         if self._live.pop(recording_id, None) is not None:
             self._append(json.dumps({"deleted": recording_id}).encode() + b"\n")
 

@@ -8,13 +8,17 @@ acknowledged) and never imports it. The RFC timers are constructor parameters:
 - Timer G: a final INVITE response over UDP is sent again after T1, 2*T1, ... capped at T2;
 - Timer H: after 64*T1 without an ACK the transaction gives up (`on_no_ack`);
 - Timers I and J: a transaction is remembered 64*T1 after it began (`expire`), so
-  retransmitted requests and ACKs are absorbed rather than processed twice.
+  retransmitted requests and ACKs are absorbed rather than processed twice;
+- 100 Trying (17.2.1): sent only when the TU has not answered an INVITE within
+  TRYING_AFTER (the RFC lets a UAS skip it when the answer comes within 200 ms), so
+  an INVITE answered at once costs one response on the wire, not two.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -27,6 +31,7 @@ log = structlog.get_logger()
 
 T1 = 0.5
 T2 = 4.0
+TRYING_AFTER = 0.1  # under the RFC's 200 ms, with room for the timer to run late
 
 TransactionKey = tuple[str, ...]
 
@@ -56,6 +61,7 @@ class ServerTransaction:
     cancelled: bool = False
     acked: bool = False
     timer_g: asyncio.Task[None] | None = field(default=None, repr=False)
+    trying: asyncio.TimerHandle | None = field(default=None, repr=False)
 
 
 def transaction_key(request: SipRequest, method: str | None = None) -> TransactionKey:
@@ -70,10 +76,12 @@ def transaction_key(request: SipRequest, method: str | None = None) -> Transacti
 
 
 class ServerTransactions:
-    def __init__(self, user: TransactionUser, *, t1: float = T1, t2: float = T2) -> None:
+    def __init__(self, user: TransactionUser, *, t1: float = T1, t2: float = T2,
+                 trying_after: float = TRYING_AFTER) -> None:
         self.user = user
         self.t1 = t1
         self.t2 = t2
+        self.trying_after = trying_after
         self.lifetime = 64 * t1
         self.transactions: dict[TransactionKey, ServerTransaction] = {}
         # INVITE transactions by (Call-ID, CSeq number): where an ACK belongs even when
@@ -98,11 +106,28 @@ class ServerTransactions:
             self.invites[(request.call_id, request.cseq[0])] = tx
         return tx
 
+    def trying_unless_answered(self, request: SipRequest, send: Callable[[], None]) -> None:
+        """Call `send` (which sends a 100 Trying through `respond`) after `trying_after`
+        unless a response has gone out by then (RFC 3261 17.2.1)."""
+        tx = self.transactions.get(transaction_key(request))
+        if tx is None or tx.status or tx.trying is not None:
+            return
+
+        def fire() -> None:
+            tx.trying = None
+            if not tx.status:
+                send()
+
+        tx.trying = asyncio.get_running_loop().call_later(self.trying_after, fire)
+
     def respond(self, request: SipRequest, peer: Peer, data: bytes, status: int,
                 to_tag: str | None = None) -> None:
         """Send a response within the request's transaction; final INVITE responses over
         UDP are retransmitted (Timer G) until the ACK or Timer H."""
         tx = self.transactions.get(transaction_key(request))
+        if tx is not None and tx.trying is not None:
+            tx.trying.cancel()
+            tx.trying = None
         if tx is not None and status >= tx.status:
             tx.status = status
             tx.response = data
@@ -130,6 +155,14 @@ class ServerTransactions:
             tx.timer_g.cancel()
             tx.timer_g = None
         return tx
+
+    def ack_answered(self, request: SipRequest) -> None:
+        """Take an ACK as the transaction layer does, on arrival: it stops Timer G of an
+        answered INVITE at once, even while the TU is still busy with the call (an ACK
+        queued behind other work must not cost a retransmitted 200 per T1)."""
+        tx = self.invites.get((request.call_id, request.cseq[0]))
+        if tx is not None and tx.status >= 200:
+            self.ack(request)
 
     def waiting_for_ack(self, call_id: str, cseq: int) -> bool:
         tx = self.invites.get((call_id, cseq))
@@ -172,6 +205,9 @@ class ServerTransactions:
 
     def shutdown(self) -> None:
         for tx in self.transactions.values():
+            if tx.trying is not None:
+                tx.trying.cancel()
+                tx.trying = None
             if tx.timer_g is not None:
                 tx.timer_g.cancel()
                 tx.timer_g = None

@@ -77,7 +77,7 @@ from .sip.message import (
     serialize,
 )
 from .sip.transport import Peer
-from .transactions import T1, T2, ServerTransaction, ServerTransactions
+from .transactions import T1, T2, TRYING_AFTER, ServerTransaction, ServerTransactions
 
 log = structlog.get_logger()
 
@@ -164,6 +164,7 @@ class RecorderUas:
         missed: MissedCalls | None = None,
         t1: float = T1,
         t2: float = T2,
+        trying_after: float = TRYING_AFTER,
         sweep_interval: float = SWEEP_INTERVAL,
         max_hold_s: float = MAX_HOLD_S,
     ) -> None:
@@ -174,7 +175,8 @@ class RecorderUas:
         self.record_all = record_all
         self.max_channels = max_channels
         self.registry = SessionRegistry(dialog_store)
-        self.transactions = ServerTransactions(self, t1=t1, t2=t2)
+        self.transactions = ServerTransactions(self, t1=t1, t2=t2,
+                                               trying_after=trying_after)
         self.locks: dict[str, _CallLock] = {}
         self.tasks: set[asyncio.Task[None]] = set()
         self.counters = Counters()
@@ -245,6 +247,8 @@ class RecorderUas:
             except Exception:
                 log.exception("sip_handler_failed", method=request.method, call_id=call_id)
             return
+        if request.method == "ACK":
+            self.transactions.ack_answered(request)
         entry = self.locks.get(call_id)
         if entry is None:
             entry = self.locks[call_id] = _CallLock()
@@ -332,7 +336,8 @@ class RecorderUas:
         if request.to.tag is not None:
             await self._on_reinvite(request, peer)
             return
-        self._respond(request, peer, 100)
+        self.transactions.trying_unless_answered(
+            request, lambda: self._respond(request, peer, 100))
         try:
             plan = plan_invite(request)
         except BadRequest as exc:

@@ -106,3 +106,22 @@ async def test_expire_forgets_old_transactions_but_not_those_waiting_for_ack() -
     layer.shutdown()
     layer.expire(time.monotonic() + 641)
     assert layer.transactions == {} and layer.invites == {}
+
+
+async def test_trying_only_when_the_answer_is_late() -> None:
+    """RFC 3261 17.2.1: a 100 Trying only if the TU has not answered within the delay;
+    once sent it is the response a retransmitted INVITE gets."""
+    user = User()
+    layer = ServerTransactions(user, trying_after=0.01)
+    fast = req(sip_request("INVITE", call_id="t7", branch="z9hG4bK-fast"))
+    layer.receive(fast, UDP)
+    layer.trying_unless_answered(fast, lambda: layer.respond(fast, UDP, b"100", 100))
+    layer.respond(fast, UDP, b"200", 200, to_tag="ours")
+    slow = req(sip_request("INVITE", call_id="t8", branch="z9hG4bK-slow"))
+    layer.receive(slow, UDP)
+    layer.trying_unless_answered(slow, lambda: layer.respond(slow, UDP, b"100", 100))
+    await asyncio.sleep(0.05)
+    assert user.sent == [b"200", b"100"]
+    assert layer.receive(slow, UDP) is None  # a retransmission gets the 100 again
+    assert user.sent == [b"200", b"100", b"100"]
+    layer.shutdown()

@@ -353,8 +353,23 @@ def body_sdp(response: SipResponse) -> SessionDescription:
 # ---------------------------------------------------------------- CUCM built-in bridge
 
 
-async def test_cucm_invite_gets_trying_then_offer(h: Harness) -> None:
-    ok = await h.cucm_leg("near", "near-1@10.1.1.1")
+async def test_cucm_invite_answered_at_once_gets_no_trying(h: Harness) -> None:
+    """RFC 3261 17.2.1: no 100 Trying when the final answer comes within 200 ms."""
+    await h.cucm_leg("near", "near-0@10.1.1.1")
+    assert h.sender.statuses("near-0@10.1.1.1") == [200]
+
+
+async def test_cucm_invite_gets_trying_then_offer() -> None:
+    h = Harness(trying_after=0.01)
+    h.backend.gate = asyncio.Event()  # capture is slow to allocate
+    h.uas.on_message(sip_request("INVITE", call_id="near-1@10.1.1.1",
+                                 from_=cucm_from("near", tag="tag-near")), PEER)
+    await asyncio.wait_for(h.backend.allocate_entered.wait(), 1)
+    await asyncio.sleep(0.05)
+    assert h.sender.statuses("near-1@10.1.1.1") == [100]
+    h.backend.gate.set()
+    await settle(h.uas)
+    ok = h.sender.responses("near-1@10.1.1.1")[-1]
     assert h.sender.statuses("near-1@10.1.1.1") == [100, 200]
     trying = h.sender.responses("near-1@10.1.1.1")[0]
     assert trying.to.tag is None
@@ -376,6 +391,7 @@ async def test_cucm_invite_gets_trying_then_offer(h: Harness) -> None:
     # No codecs are known before the ACK brings the answer.
     assert h.backend.updates == []
     assert len(h.backend.started) == 1
+    await h.uas.shutdown()
 
 
 async def test_cucm_two_legs_one_recording_full_lifecycle(h: Harness) -> None:
@@ -480,11 +496,11 @@ async def test_retransmitted_invite_is_absorbed(h: Harness) -> None:
     branch = new_branch()
     invite = sip_request("INVITE", call_id="rt-1", branch=branch, from_=cucm_from("near"))
     await h.send(invite)
-    assert h.sender.statuses("rt-1") == [100, 200]
+    assert h.sender.statuses("rt-1") == [200]  # answered at once: no 100 Trying
     first_ok = h.sender.sent[-1][1]
     await h.send(invite)
     assert len(h.backend.allocations) == 1
-    assert h.sender.statuses("rt-1") == [100, 200, 200]
+    assert h.sender.statuses("rt-1") == [200, 200]
     assert h.sender.sent[-1][1] == first_ok  # the cached response, byte for byte
     assert h.uas.counters.retransmissions == 1
     assert len(h.backend.started) == 1
@@ -554,7 +570,7 @@ async def test_tcp_final_response_is_not_retransmitted() -> None:
     contact = ok.headers.get("Contact")
     assert contact is not None and "transport=tcp" in contact
     await asyncio.sleep(0.05)
-    assert h.sender.statuses("tcp-1") == [100, 200]
+    assert h.sender.statuses("tcp-1") == [200]
     await h.uas.shutdown()
 
 
@@ -964,10 +980,10 @@ async def test_cancel_while_allocating_gives_487_and_no_200(h: Harness) -> None:
         await asyncio.sleep(0)
     # CANCEL is answered at once, not after the INVITE's allocation.
     assert h.sender.statuses("can-1", "CANCEL") == [200]
-    assert h.sender.statuses("can-1", "INVITE") == [100, 487]
+    assert h.sender.statuses("can-1", "INVITE") == [487]  # cancelled before a 100 was due
     h.backend.gate.set()
     await settle(h.uas)
-    assert h.sender.statuses("can-1", "INVITE") == [100, 487]
+    assert h.sender.statuses("can-1", "INVITE") == [487]
     recording_id = h.backend.allocations[0].recording_id
     assert h.backend.releases == [(recording_id, "near")]
     assert h.uas.active_recording_ids() == []
@@ -999,7 +1015,7 @@ async def test_cancel_of_joining_leg_keeps_the_recording(h: Harness) -> None:
         await asyncio.sleep(0)
     h.backend.gate.set()
     await settle(h.uas)
-    assert h.sender.statuses("cj-far", "INVITE") == [100, 487]
+    assert h.sender.statuses("cj-far", "INVITE") == [487]
     assert h.backend.releases == [(recording_id, "far")]
     assert h.uas.active_recording_ids() == [recording_id]
     assert list(h.uas.sessions[recording_id].legs) == ["cj-near"]
@@ -1095,7 +1111,7 @@ async def test_backend_exception_gives_500(h: Harness) -> None:
     await h.send(sip_request("INVITE", call_id="boom-1", from_=cucm_from("near")))
     # The 200 went out before the failure; a late 500 is not allowed to replace it.
     statuses = h.sender.statuses("boom-1")
-    assert statuses == [100, 200]
+    assert statuses == [200]
     assert h.uas.counters.responses.get(500) is None
     assert all(tx.status != 500 for tx in h.uas.transactions.transactions.values())
 
@@ -1106,7 +1122,7 @@ async def test_handler_exception_before_answer_gives_500(h: Harness) -> None:
 
     h.backend.can_record = broken  # type: ignore[method-assign]
     await h.send(sip_request("INVITE", call_id="boom-2", from_=cucm_from("near")))
-    assert h.sender.statuses("boom-2") == [100, 500]
+    assert h.sender.statuses("boom-2") == [500]
 
 
 async def test_reply_goes_to_via_port_with_rport(h: Harness) -> None:
@@ -1294,7 +1310,7 @@ async def test_timer_h_ends_an_unacknowledged_tcp_leg() -> None:
     await settle(h.uas)
     assert [reason for _, reason in h.backend.ended] == ["no ACK"]
     assert h.sender.requests[-1].method == "BYE"
-    assert h.sender.statuses("tcp-noack") == [100, 200]  # never retransmitted over TCP
+    assert h.sender.statuses("tcp-noack") == [200]  # never retransmitted over TCP
     assert not h.uas.sessions
 
 

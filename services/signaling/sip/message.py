@@ -9,8 +9,9 @@ untrusted peers, so every parser either returns a value or raises
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import Any, TypeVar, cast
 
 __all__ = [
     "MAX_MESSAGE_SIZE",
@@ -67,6 +68,8 @@ def _split_quoted(text: str, sep: str, *, angle: bool = False) -> list[str]:
     Display names and generic parameters may contain separators inside
     quotes, so a naive ``str.split`` would cut them in half.
     """
+    if '"' not in text and not (angle and "<" in text):
+        return text.split(sep)  # nothing to honour: the common case, at C speed
     parts: list[str] = []
     buf: list[str] = []
     in_quote = False
@@ -609,23 +612,40 @@ def _canonical_name(name: str) -> str:
     return _CANONICAL.get(lower, name)
 
 
+_KEYS: dict[str, str] = {}
+
+
+def _lookup_key(name: str) -> str:
+    """The lower-cased canonical name, memoised for the names code asks for (peers'
+    header names never reach this table: only lookups by name do)."""
+    key = _KEYS.get(name)
+    if key is None:
+        key = _canonical_name(name).lower()
+        if len(_KEYS) < 512:
+            _KEYS[name] = key
+    return key
+
+
 class Headers:
     """Ordered, case-insensitive multi-map of SIP headers.
 
     Order matters in SIP (Via, Route), and compact names must be treated as
-    their long forms, which rules out a plain dict.
+    their long forms, which rules out a plain dict. The lower-cased canonical
+    name of each line is kept beside it, so a lookup is one list search rather
+    than a lower() per line (a request is looked into dozens of times).
     """
 
-    __slots__ = ("_items",)
+    __slots__ = ("_items", "_keys")
 
     def __init__(self, items: Iterable[tuple[str, str]] = ()) -> None:
         self._items: list[tuple[str, str]] = []
+        self._keys: list[str] = []
         for name, value in items:
             self.add(name, value)
 
     @staticmethod
     def _key(name: str) -> str:
-        return _canonical_name(name).lower()
+        return _lookup_key(name)
 
     def add(self, name: str, value: str) -> None:
         """Append a header line, rejecting anything that could inject lines."""
@@ -634,34 +654,44 @@ class Headers:
             raise SipParseError(f"bad header name: {name!r}")
         if _CTL_RE.search(value):
             raise SipParseError(f"control characters in {name} header")
-        self._items.append((_canonical_name(name), value.strip()))
+        canonical = _canonical_name(name)
+        self._items.append((canonical, value.strip()))
+        self._keys.append(canonical.lower())
 
     def set(self, name: str, value: str) -> None:
         """Replace every line of *name* with a single value, keeping its position."""
         key = self._key(name)
-        position = next((i for i, (n, _) in enumerate(self._items) if n.lower() == key), None)
+        position = self._keys.index(key) if key in self._keys else None
         self.remove(name)
         self.add(name, value)
         if position is not None:
             self._items.insert(position, self._items.pop())
+            self._keys.insert(position, self._keys.pop())
 
     def remove(self, name: str) -> None:
         """Drop all lines of *name*; missing headers are not an error."""
         key = self._key(name)
-        self._items = [(n, v) for n, v in self._items if n.lower() != key]
+        kept = [(k, item) for k, item in zip(self._keys, self._items, strict=True) if k != key]
+        self._keys = [k for k, _ in kept]
+        self._items = [item for _, item in kept]
 
     def get(self, name: str, default: str | None = None) -> str | None:
         """Return the first header line's raw value."""
         key = self._key(name)
-        for n, v in self._items:
-            if n.lower() == key:
-                return v
-        return default
+        try:
+            return self._items[self._keys.index(key)][1]
+        except ValueError:
+            return default
+
+    def get_lines(self, name: str) -> list[str]:
+        """Every line's raw value, comma lists not split."""
+        key = self._key(name)
+        return [item[1] for k, item in zip(self._keys, self._items, strict=True) if k == key]
 
     def get_all(self, name: str) -> list[str]:
         """Return every value, splitting comma lists only where the grammar allows."""
         key = self._key(name)
-        values = [v for n, v in self._items if n.lower() == key]
+        values = self.get_lines(name)
         if key not in _LIST_HEADERS:
             return values
         out: list[str] = []
@@ -677,6 +707,7 @@ class Headers:
         """Shallow copy, handy when deriving one message from another."""
         new = Headers()
         new._items = list(self._items)
+        new._keys = list(self._keys)
         return new
 
     def __contains__(self, name: object) -> bool:
@@ -716,6 +747,9 @@ def _parse_cseq(value: str) -> tuple[int, str]:
     return number, m.group(2)
 
 
+_P = TypeVar("_P")
+
+
 class _MessageMixin:
     """Header-derived accessors shared by requests and responses."""
 
@@ -728,6 +762,19 @@ class _MessageMixin:
             raise SipParseError(f"missing {name} header")
         return value
 
+    def _parsed(self, name: str, parse: Callable[[str], _P]) -> _P:
+        """A header parsed once: the UAS, its transactions and its plans ask for From,
+        To, Via and CSeq dozens of times per request. The cache is keyed on the raw
+        value, so a header changed after parsing is parsed again."""
+        raw = self._required(name)
+        cache: dict[str, tuple[str, Any]] = self.__dict__.setdefault("_parsed_headers", {})
+        hit = cache.get(name)
+        if hit is not None and hit[0] == raw:
+            return cast(_P, hit[1])
+        value = parse(raw)
+        cache[name] = (raw, value)
+        return value
+
     @property
     def call_id(self) -> str:
         """The Call-ID; dialogs and recordings are keyed on it."""
@@ -736,22 +783,30 @@ class _MessageMixin:
     @property
     def cseq(self) -> tuple[int, str]:
         """(sequence number, method) from CSeq."""
-        return _parse_cseq(self._required("CSeq"))
+        return self._parsed("CSeq", _parse_cseq)
 
     @property
     def from_(self) -> NameAddr:
         """Parsed From header (trailing underscore because ``from`` is a keyword)."""
-        return parse_name_addr(self._required("From"))
+        return self._parsed("From", parse_name_addr)
 
     @property
     def to(self) -> NameAddr:
         """Parsed To header."""
-        return parse_name_addr(self._required("To"))
+        return self._parsed("To", parse_name_addr)
 
     @property
     def vias(self) -> list[Via]:
-        """All Via hops, topmost first, across lines and comma lists."""
-        return [parse_via(v) for v in self.headers.get_all("Via")]
+        """All Via hops, topmost first, across lines and comma lists (a fresh list)."""
+        lines = self.headers.get_lines("Via")
+        if not lines:
+            return []
+        key = "\n".join(lines)
+        cache: dict[str, tuple[str, Any]] = self.__dict__.setdefault("_parsed_headers", {})
+        hit = cache.get("Via")
+        if hit is None or hit[0] != key:
+            hit = cache["Via"] = (key, [parse_via(v) for v in self.headers.get_all("Via")])
+        return list(hit[1])
 
     @property
     def content_type(self) -> str | None:

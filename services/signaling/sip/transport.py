@@ -66,7 +66,10 @@ class UdpTransport(asyncio.DatagramProtocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.DatagramTransport, transport)
-        transport.max_size = MAX_MESSAGE_SIZE + 1  # type: ignore[attr-defined]
+        # The default loop reads into a buffer of this size (its stock 256 KiB costs
+        # an mmap per datagram); uvloop reads into its own and has no such attribute.
+        with contextlib.suppress(AttributeError):
+            transport.max_size = MAX_MESSAGE_SIZE + 1  # type: ignore[attr-defined]
 
     def datagram_received(self, data: bytes, addr: Any) -> None:
         if data in (b"\r\n\r\n", b"\r\n", b"\0\0\0\0"):
@@ -92,7 +95,8 @@ class TcpConnection(asyncio.Protocol):
         self.waiting_since: float | None = None  # a message is due since then
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+        # uvloop's transports implement asyncio.Transport without subclassing it.
+        transport = cast(asyncio.Transport, transport)
         host, port = transport.get_extra_info("peername")[:2]
         allowed = self.server.is_allowed(host)
         refused = self.server.slots.acquire(host, allowed)

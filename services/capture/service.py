@@ -261,7 +261,7 @@ class Capture:
                 stream.receiver.close()
                 with contextlib.suppress(OSError):  # a full disk: a restart resumes
                     stream.writer.close()
-            if recording.manifest_dirty and not recording.finalizing:
+            if recording.manifest_dirty:
                 self._save_manifest(recording)
         if not any(r.manifest_dirty for r in self.live.values()):
             self.journal.clear()
@@ -629,7 +629,11 @@ class Capture:
             self._close_stream(live, recording)
         recording.streams.clear()
         recording.manifest.ended_at = max(ended_at, recording.manifest.started_at)
-        recording.manifest_dirty = not self._save_manifest(recording)
+        try:  # the end time is then safe from a crash; the next flush (or the
+            self._journal(recording)  # finalize, whichever is first) saves the file
+        except OSError as exc:
+            log.error("manifest_write_failed", recording_id=recording.manifest.recording_id,
+                      error=str(exc))
         self.queue.put_nowait(recording.manifest.recording_id)
 
     def _save_manifest(self, recording: LiveRecording) -> bool:
@@ -670,7 +674,7 @@ class Capture:
                             log.info("segment_write_recovered",
                                      recording_id=recording.manifest.recording_id)
                         recording.write_failing = False
-                if recording.manifest_dirty and not recording.finalizing:
+                if recording.manifest_dirty:
                     recording.manifest_dirty = not self._save_manifest(recording)
                 unsaved = unsaved or recording.manifest_dirty
             if not unsaved:  # every change journaled so far is in its manifest.json

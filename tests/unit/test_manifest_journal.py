@@ -18,7 +18,14 @@ from callrec.config import NodeConfig
 from callrec.metrics import Registry
 from callrec.service import ServiceContext
 from contracts.v1.events import RecordingMetadata
-from contracts.v1.rpc import AllocateRequest, ReleaseRequest, RtpSource, StreamSpec, UpdateRequest
+from contracts.v1.rpc import (
+    AllocateRequest,
+    FinalizeRequest,
+    ReleaseRequest,
+    RtpSource,
+    StreamSpec,
+    UpdateRequest,
+)
 from services.capture.manifest import MANIFEST, ManifestJournal, RecordingManifest
 from services.capture.service import Capture
 
@@ -121,3 +128,18 @@ def test_a_torn_journal_line_is_skipped(tmp_path: Path) -> None:
     reopened.clear()  # left by a crash: emptied even before anything new was recorded
     reopened.close()
     assert (tmp_path / "j").read_bytes() == b""
+
+
+async def test_a_crash_before_the_flush_keeps_the_end_of_a_call(tmp_path: Path) -> None:
+    capture = make_capture(tmp_path)
+    await allocate(capture, "r1", "near", 0)
+    ended = datetime.now(UTC)
+    await capture.finalize(FinalizeRequest(recording_id="r1", ended_at=ended))
+    close_streams(capture)
+
+    restarted = make_capture(tmp_path)
+    await restarted.recover()
+    recording = restarted.live["r1"]
+    assert recording.manifest.ended_at == ended
+    assert recording.finalizing  # queued for its finalize, not resumed as live
+    close_streams(restarted)

@@ -410,8 +410,18 @@ class Capture:
     def _journal(self, recording: LiveRecording) -> None:
         """Make a manifest change survive a crash of this process now (one append to
         the journal) and write the recording's manifest.json at the next flush: that
-        batches the set-up's changes (allocate per leg, update per ACK) of a call into
-        one file write, a quarter of a second later, instead of one per change."""
+        batches the set-up's changes (allocate per leg, update per ACK, the end) of a
+        call into one file write, a quarter of a second later, instead of one per
+        change (the rewrite and rename cost about 0.3 ms each here).
+
+        What a crash before that flush loses: nothing more than before. Capture
+        killed alone (the socket keeper keeps the ports) or with the whole node: the
+        journal's line is in the page cache, so the restart replays it and knows the
+        recording, its ports and sources, as the renamed file told it before; without
+        it, a recording allocated just before the crash would be unknown after it and
+        its kept sockets closed, so the rest of the call lost. Not deferring the line
+        to the flush is why. The machine itself crashing: neither the renamed file
+        nor the journal was fsynced (nor the segments, until finalize), as before."""
         recording.manifest_dirty = True
         self.journal.record(recording.manifest)
 

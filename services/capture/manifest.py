@@ -3,10 +3,21 @@
 Everything needed to finish a recording after a crash lives next to its segments:
 start time, streams with their ports, payload types and admitted RTP sources, and
 the call metadata.
+
+Call set-up changes manifests at the call rate (an allocate per leg, an update per
+ACK): rewriting `manifest.json` each time (create a temporary file, write, rename)
+was most of an allocate's cost. So a change is first appended to one journal
+(`ManifestJournal`: one write() to an open file, in the page cache at once, so it
+survives a crash of the capture process as the rename did), and the next flush
+writes each changed recording's `manifest.json` once and empties the journal. Each
+state carries a `revision`, so replaying the journal after a crash never replaces a
+newer `manifest.json` with an older state.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 from datetime import datetime
 from pathlib import Path
@@ -57,9 +68,12 @@ class RecordingManifest(BaseModel):
     metadata: RecordingMetadata
     streams: dict[str, StreamManifest] = Field(default_factory=dict)
     recovered: bool = False
+    # Grows with every state written (file or journal): the newest state wins a replay.
+    revision: int = 0
 
     def save(self, directory: Path) -> None:
         """Atomic replace, so a crash leaves the old or the new manifest, never half."""
+        self.revision += 1
         temp = directory / f".{MANIFEST}.tmp"
         temp.write_text(self.model_dump_json())
         os.replace(temp, directory / MANIFEST)
@@ -67,3 +81,77 @@ class RecordingManifest(BaseModel):
     @classmethod
     def load(cls, directory: Path) -> RecordingManifest:
         return cls.model_validate_json((directory / MANIFEST).read_text())
+
+
+JOURNAL = "manifests.journal"
+
+
+class ManifestJournal:
+    """Manifest changes not yet written to their recordings' `manifest.json`.
+
+    One JSON line per change: a whole manifest, or ``{"released": id}`` for a
+    recording given up before it recorded anything. The owner writes the changed
+    manifests out (`RecordingManifest.save`) and then calls `clear`; after a crash,
+    capture writes out what `read` finds before it recovers its recordings.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
+        self.entries = 1 if os.fstat(self._fd).st_size else 0  # left by a crash
+
+    def record(self, manifest: RecordingManifest) -> None:
+        manifest.revision += 1
+        self._append(manifest.model_dump_json().encode())
+
+    def released(self, recording_id: str) -> None:
+        self._append(b'{"released": ' + _json_string(recording_id) + b"}")
+
+    def _append(self, line: bytes) -> None:
+        data = line + b"\n"
+        self.entries += 1  # also a torn line: `clear` must empty the file
+        written = os.write(self._fd, data)
+        if written != len(data):  # a full disk: the line is torn, replay skips it
+            raise OSError(f"manifest journal: short write ({written} of {len(data)})")
+
+    def clear(self) -> None:
+        """Every change recorded so far is in its manifest.json."""
+        if self.entries:
+            os.ftruncate(self._fd, 0)
+            self.entries = 0
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    @staticmethod
+    def read(path: Path) -> tuple[dict[str, RecordingManifest | None], int]:
+        """The last state of each recording in the journal (None: released), and how
+        many lines could not be read (a line torn by a full disk)."""
+        states: dict[str, RecordingManifest | None] = {}
+        bad = 0
+        with contextlib.suppress(FileNotFoundError):
+            for line in path.read_bytes().splitlines():
+                if not line.strip():
+                    continue
+                try:
+                    if line.startswith(b'{"released":'):
+                        states[_released_id(line)] = None
+                    else:
+                        manifest = RecordingManifest.model_validate_json(line)
+                        states[manifest.recording_id] = manifest
+                except ValueError:
+                    bad += 1
+        return states, bad
+
+
+def _json_string(value: str) -> bytes:
+    return json.dumps(value).encode()
+
+
+def _released_id(line: bytes) -> str:
+    value = json.loads(line).get("released")
+    if not isinstance(value, str):
+        raise ValueError("released: not a recording id")
+    return value

@@ -74,7 +74,7 @@ from .live import (
     worker_finish,
     worker_steps,
 )
-from .manifest import MANIFEST, RecordingManifest, StreamManifest
+from .manifest import JOURNAL, MANIFEST, ManifestJournal, RecordingManifest, StreamManifest
 from .ports import PortPool, PortsExhausted, open_rtp_socket
 from .receiver import StreamReceiver
 from .segments import SegmentWriter, next_segment_index, segment_path
@@ -119,9 +119,12 @@ class LiveRecording:
     # disk): the finalize worker writes it out before it reads the segments.
     unflushed: list[SegmentWriter] = field(default_factory=list)
     write_failing: bool = False
-    # A stream latched since the manifest was last saved: the next flush saves it, with
-    # the first packets that source sent (so a crash forgets both or neither).
+    # Changed since the manifest was last saved: the next flush saves it. Set by
+    # allocate/update/release (the change is in the journal already) and by a stream
+    # that latched (saved with the first packets that source sent).
     manifest_dirty: bool = False
+    # Its directory was created by this process: no stream has old segments in it.
+    fresh: bool = False
 
 
 def completed_event_id(recording_id: str) -> str:
@@ -152,6 +155,7 @@ class Capture:
         for directory in (self.active_dir, self.failed_dir, self.work_dir):
             directory.mkdir(parents=True, exist_ok=True)
         self.pool = PortPool(ctx.config.rtp_port_min, ctx.config.rtp_port_max)
+        self.journal = ManifestJournal(self.root / JOURNAL)
         self.live: dict[str, LiveRecording] = {}
         self.queue: asyncio.Queue[str] = asyncio.Queue()
         self.closing = False
@@ -257,8 +261,11 @@ class Capture:
                 stream.receiver.close()
                 with contextlib.suppress(OSError):  # a full disk: a restart resumes
                     stream.writer.close()
-            if recording.manifest_dirty and not recording.finalizing:
+            if recording.manifest_dirty:
                 self._save_manifest(recording)
+        if not any(r.manifest_dirty for r in self.live.values()):
+            self.journal.clear()
+        self.journal.close()
         # The keeper keeps its copies: a capture restarted alone takes them back.
         if self.keeper is not None:
             self.keeper.close()
@@ -275,7 +282,35 @@ class Capture:
                 if self.keeper is not None:
                     self.keeper.drop(port)
 
+    def _replay_journal(self) -> None:
+        """Write out the manifest changes a crash left in the journal only (see
+        manifest.py); a state older than the manifest.json on disk is skipped."""
+        states, unreadable = ManifestJournal.read(self.journal.path)
+        if unreadable:
+            log.warning("manifest_journal_lines_unreadable", lines=unreadable)
+        for recording_id, state in states.items():
+            try:
+                directory = self.active_dir / _safe_id(recording_id)
+            except ValueError:
+                log.error("manifest_journal_bad_id", recording_id=recording_id[:140])
+                continue
+            if state is None:  # released before anything was recorded
+                shutil.rmtree(directory, ignore_errors=True)
+                continue
+            if not directory.is_dir():  # finished (or released) since: allocate
+                continue                # creates the directory before it journals
+            try:
+                on_disk = RecordingManifest.load(directory).revision
+            except (OSError, ValueError):
+                on_disk = -1
+            if state.revision > on_disk:
+                state.save(directory)
+        if states:
+            log.info("manifest_journal_replayed", recordings=len(states))
+        self.journal.clear()
+
     def _recover(self, held: dict[int, socket.socket]) -> None:
+        self._replay_journal()
         for directory in sorted(self.active_dir.iterdir()):
             if not (directory / MANIFEST).exists():
                 continue
@@ -314,13 +349,17 @@ class Capture:
         recording = self.live.get(request.recording_id)
         if recording is None:
             directory = self.active_dir / _safe_id(request.recording_id)
-            directory.mkdir(parents=True, exist_ok=True)
+            try:
+                directory.mkdir()
+                fresh = True
+            except FileExistsError:  # left by an earlier process: may hold segments
+                fresh = False
             manifest = RecordingManifest(
                 recording_id=request.recording_id,
                 started_at=request.started_at,
                 metadata=request.metadata,
             )
-            recording = LiveRecording(manifest, directory)
+            recording = LiveRecording(manifest, directory, fresh=fresh)
             self.live[request.recording_id] = recording
         elif recording.finalizing:
             raise RuntimeError(f"recording {request.recording_id} has already ended")
@@ -341,7 +380,7 @@ class Capture:
                 stream.set_expectation(_expected(spec.source), None)
             ports[spec.stream_id] = self._bind_new(recording, stream,
                                                    sdp_pending=spec.source is None)
-        recording.manifest.save(recording.directory)
+        self._journal(recording)  # before the reply: a PBX may send RTP at once
         log.info("streams_allocated", recording_id=request.recording_id, ports=ports)
         return AllocateReply(ports=ports)
 
@@ -361,8 +400,30 @@ class Capture:
             if request.stream_id is None:
                 raise ValueError("an RTP source needs a stream_id")
             self._apply_source(recording, _safe_id(request.stream_id), request.source)
-        self._save_manifest(recording)
+        try:
+            self._journal(recording)
+        except OSError as exc:  # the next flush tries the manifest itself
+            log.error("manifest_write_failed", recording_id=recording.manifest.recording_id,
+                      error=str(exc))
         return Empty()
+
+    def _journal(self, recording: LiveRecording) -> None:
+        """Make a manifest change survive a crash of this process now (one append to
+        the journal) and write the recording's manifest.json at the next flush: that
+        batches the set-up's changes (allocate per leg, update per ACK, the end) of a
+        call into one file write, a quarter of a second later, instead of one per
+        change (the rewrite and rename cost about 0.3 ms each here).
+
+        What a crash before that flush loses: nothing more than before. Capture
+        killed alone (the socket keeper keeps the ports) or with the whole node: the
+        journal's line is in the page cache, so the restart replays it and knows the
+        recording, its ports and sources, as the renamed file told it before; without
+        it, a recording allocated just before the crash would be unknown after it and
+        its kept sockets closed, so the rest of the call lost. Not deferring the line
+        to the flush is why. The machine itself crashing: neither the renamed file
+        nor the journal was fsynced (nor the segments, until finalize), as before."""
+        recording.manifest_dirty = True
+        self.journal.record(recording.manifest)
 
     def _apply_source(self, recording: LiveRecording, stream_id: str, source: RtpSource) -> None:
         """The peer's SDP for a stream, new or again: keep or move the admitted source."""
@@ -394,11 +455,12 @@ class Capture:
             path.unlink(missing_ok=True)
         if not recording.manifest.streams:
             del self.live[request.recording_id]
+            self.journal.released(request.recording_id)
             await self._drop_encoder(recording)
             shutil.rmtree(recording.directory, ignore_errors=True)
             log.info("recording_released", recording_id=request.recording_id)
         else:
-            recording.manifest.save(recording.directory)
+            self._journal(recording)
         return Empty()
 
     async def finalize(self, request: FinalizeRequest) -> Empty:
@@ -491,9 +553,13 @@ class Capture:
     def _bind_new(
         self, recording: LiveRecording, stream: StreamManifest, *, sdp_pending: bool
     ) -> int:
+        # A directory this process created has no old segments (release deletes a
+        # stream's): no need to list it for the next segment number.
+        index = 0 if recording.fresh else None
         for port in self.pool.candidates():
             try:
-                self._open_stream(recording, stream, port, sdp_pending=sdp_pending)
+                self._open_stream(recording, stream, port, sdp_pending=sdp_pending,
+                                  index=index)
             except OSError:
                 continue
             return port
@@ -502,12 +568,15 @@ class Capture:
     def _open_stream(
         self, recording: LiveRecording, stream: StreamManifest, port: int,
         *, sdp_pending: bool = False, sock: socket.socket | None = None,
+        index: int | None = None,
     ) -> None:
-        """Open (or, with `sock` from the keeper, resume) the stream's socket."""
+        """Open (or, with `sock` from the keeper, resume) the stream's socket; its
+        segment file is number `index`, else the next one on disk."""
         kept = sock is not None
         if sock is None:
             sock = open_rtp_socket(self.config.bind, port)
-        index = next_segment_index(recording.directory, stream.stream_id)
+        if index is None:
+            index = next_segment_index(recording.directory, stream.stream_id)
         try:
             writer = SegmentWriter(segment_path(recording.directory, stream.stream_id, index))
         except OSError:
@@ -570,7 +639,11 @@ class Capture:
             self._close_stream(live, recording)
         recording.streams.clear()
         recording.manifest.ended_at = max(ended_at, recording.manifest.started_at)
-        self._save_manifest(recording)
+        try:  # the end time is then safe from a crash; the next flush (or the
+            self._journal(recording)  # finalize, whichever is first) saves the file
+        except OSError as exc:
+            log.error("manifest_write_failed", recording_id=recording.manifest.recording_id,
+                      error=str(exc))
         self.queue.put_nowait(recording.manifest.recording_id)
 
     def _save_manifest(self, recording: LiveRecording) -> bool:
@@ -594,6 +667,7 @@ class Capture:
         while True:
             await asyncio.sleep(FLUSH_INTERVAL)
             flushed_at = time.time()  # every packet received before is on disk after this
+            unsaved = False
             for recording in list(self.live.values()):
                 for live in recording.streams.values():
                     live.receiver.settle()
@@ -610,8 +684,11 @@ class Capture:
                             log.info("segment_write_recovered",
                                      recording_id=recording.manifest.recording_id)
                         recording.write_failing = False
-                if recording.manifest_dirty and not recording.finalizing:
+                if recording.manifest_dirty:
                     recording.manifest_dirty = not self._save_manifest(recording)
+                unsaved = unsaved or recording.manifest_dirty
+            if not unsaved:  # every change journaled so far is in its manifest.json
+                self.journal.clear()
             self._flushed_at = flushed_at
             self._flushed.set()
 
@@ -808,6 +885,7 @@ class Capture:
             recording.unflushed[0].close(sync=False)
             recording.unflushed.pop(0)
         manifest.save(recording.directory)
+        recording.manifest_dirty = False
         started = time.monotonic()
         # The recording's own live.opus is the output: never deleted on a failure (a
         # retry continues it, and peers' copies of its bytes stay valid).

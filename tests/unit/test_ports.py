@@ -71,3 +71,15 @@ def test_taken_ports_from_recovery_are_respected() -> None:
 def test_empty_range_is_an_error() -> None:
     with pytest.raises(ValueError):
         PortPool(20001, 20001)
+
+
+def test_ports_another_process_holds_are_skipped_until_none_is_left() -> None:
+    """The quick draws come straight from the free list; when binding fails for them
+    all, the rest are still each tried once."""
+    pool = PortPool(20000, 20199)  # 100 ports
+    seen = []
+    for port in pool.candidates():  # the caller fails to bind every one
+        seen.append(port)
+    assert sorted(seen) == list(range(20000, 20200, 2))
+    pool.take(20100)
+    assert 20100 not in set(pool.candidates())

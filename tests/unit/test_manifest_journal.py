@@ -1,0 +1,145 @@
+"""Manifest changes of call set-up go to a journal first, manifest.json at the next flush.
+
+What must hold: a capture killed right after an allocate (before any flush) still
+finds the recording, with its streams and ports, when it restarts; a replay never
+puts back an older state than the manifest.json on disk, nor a recording that was
+finished or released since.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, cast
+
+from callrec.config import NodeConfig
+from callrec.metrics import Registry
+from callrec.service import ServiceContext
+from contracts.v1.events import RecordingMetadata
+from contracts.v1.rpc import (
+    AllocateRequest,
+    FinalizeRequest,
+    ReleaseRequest,
+    RtpSource,
+    StreamSpec,
+    UpdateRequest,
+)
+from services.capture.manifest import MANIFEST, ManifestJournal, RecordingManifest
+from services.capture.service import Capture
+
+META = RecordingMetadata(source="cucm", session_key="k")
+
+
+def make_capture(data_dir: Path) -> Capture:
+    config = NodeConfig(node_id="n1", data_dir=data_dir, rtp_port_min=41000,
+                        rtp_port_max=41999)
+    ctx = ServiceContext("capture", config, cast(Any, None), cast(Any, None),
+                         Registry("capture", "n1"), asyncio.Event())
+    return Capture(ctx, cast(Any, None), [], cast(Any, lambda: None))
+
+
+def close_streams(capture: Capture) -> None:
+    """A SIGKILL: the sockets and files close, nothing else is written."""
+    for recording in capture.live.values():
+        for stream in recording.streams.values():
+            stream.receiver.close()
+            stream.writer.close(sync=False)
+    capture.journal.close()
+
+
+async def allocate(capture: Capture, recording_id: str, stream_id: str, channel: int) -> int:
+    reply = await capture.allocate(AllocateRequest(
+        recording_id=recording_id, started_at=datetime.now(UTC), metadata=META,
+        streams=[StreamSpec(stream_id=stream_id, channel=channel)]))
+    return reply.ports[stream_id]
+
+
+async def test_a_crash_before_the_flush_keeps_the_allocated_recording(tmp_path: Path) -> None:
+    capture = make_capture(tmp_path)
+    near = await allocate(capture, "r1", "near", 0)
+    far = await allocate(capture, "r1", "far", 1)
+    await capture.update(UpdateRequest(recording_id="r1", stream_id="far",
+                                       source=RtpSource(address="127.0.0.1", port=5004)))
+    directory = capture.active_dir / "r1"
+    assert not (directory / MANIFEST).exists()  # written by the next flush, not per change
+    assert (directory / "near.0000.seg").exists() and (directory / "far.0000.seg").exists()
+    close_streams(capture)
+
+    restarted = make_capture(tmp_path)
+    await restarted.recover()
+    try:
+        recording = restarted.live["r1"]
+        streams = recording.manifest.streams
+        assert {s: m.port for s, m in streams.items()} == {"near": near, "far": far}
+        assert streams["far"].expected_port == 5004
+        assert recording.manifest.recovered
+        assert RecordingManifest.load(directory).streams.keys() == {"near", "far"}
+        # A resumed stream writes a new segment file, after the old one.
+        assert (directory / "near.0001.seg").exists()
+        assert ManifestJournal.read(restarted.journal.path)[0] == {}  # emptied
+    finally:
+        close_streams(restarted)
+
+
+async def test_replay_keeps_a_newer_manifest_and_skips_finished_recordings(
+    tmp_path: Path,
+) -> None:
+    capture = make_capture(tmp_path)
+    for recording_id in ("r1", "r2", "r3"):
+        await allocate(capture, recording_id, "near", 0)
+    r1 = capture.live["r1"]
+    r1.manifest.metadata = RecordingMetadata(source="cucm", session_key="newer")
+    r1.manifest.save(r1.directory)  # e.g. the call ended: saved at once, not journaled
+    r2 = capture.live.pop("r2")
+    for stream in r2.streams.values():
+        stream.receiver.close()
+        stream.writer.close(sync=False)
+    shutil.rmtree(r2.directory)  # finalized and removed while its entry still waits
+    await capture.release(ReleaseRequest(recording_id="r3", stream_id="near"))
+    close_streams(capture)
+
+    restarted = make_capture(tmp_path)
+    await restarted.recover()
+    try:
+        assert set(restarted.live) == {"r1"}
+        assert restarted.live["r1"].manifest.metadata.session_key == "newer"
+        assert not (restarted.active_dir / "r2").exists()
+        assert not (restarted.active_dir / "r3").exists()
+    finally:
+        close_streams(restarted)
+
+
+def test_a_torn_journal_line_is_skipped(tmp_path: Path) -> None:
+    journal = ManifestJournal(tmp_path / "j")
+    manifest = RecordingManifest(recording_id="r1", started_at=datetime.now(UTC),
+                                 metadata=META)
+    journal.record(manifest)
+    journal.released("r2")
+    journal.close()
+    with (tmp_path / "j").open("ab") as handle:
+        handle.write(b'{"recording_id": "r3", "sta')  # a full disk cut it short
+    states, bad = ManifestJournal.read(tmp_path / "j")
+    assert bad == 1
+    assert states["r2"] is None
+    assert states["r1"] is not None and states["r1"].revision == manifest.revision == 1
+    reopened = ManifestJournal(tmp_path / "j")
+    reopened.clear()  # left by a crash: emptied even before anything new was recorded
+    reopened.close()
+    assert (tmp_path / "j").read_bytes() == b""
+
+
+async def test_a_crash_before_the_flush_keeps_the_end_of_a_call(tmp_path: Path) -> None:
+    capture = make_capture(tmp_path)
+    await allocate(capture, "r1", "near", 0)
+    ended = datetime.now(UTC)
+    await capture.finalize(FinalizeRequest(recording_id="r1", ended_at=ended))
+    close_streams(capture)
+
+    restarted = make_capture(tmp_path)
+    await restarted.recover()
+    recording = restarted.live["r1"]
+    assert recording.manifest.ended_at == ended
+    assert recording.finalizing  # queued for its finalize, not resumed as live
+    close_streams(restarted)

@@ -11,6 +11,7 @@ on, and capture finalizes those recordings from what reached the disk.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
 import os
 import time
@@ -113,6 +114,7 @@ class DialogStore:
         self._live: dict[str, bytes] = {}  # recording id -> its last journal line
         self._lines = 0  # lines in the journal file
         self._fd = -1
+        self._torn = False  # a write failed: the file may end mid-line
         # The last metadata dumped, per recording: a session is saved at the INVITE and
         # the ACK of each leg, its metadata changes far less often (pydantic models are
         # replaced, never changed in place, so identity says whether it changed).
@@ -181,9 +183,22 @@ class DialogStore:
             self._fd = -1
 
     def _append(self, line: bytes) -> None:
+        """Append ``line`` (already applied to ``_live``); after a failed or short write
+        (a full disk) the journal may end in a torn line, so the next change rewrites
+        it whole from ``_live`` instead of appending to it."""
+        if self._torn:
+            self._compact()
+            return
         if self._fd < 0:
             self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        os.write(self._fd, line)
+        try:
+            written = os.write(self._fd, line)
+        except OSError:
+            self._torn = True
+            raise
+        if written != len(line):
+            self._torn = True
+            raise OSError(errno.ENOSPC, "short write to the dialog journal", str(self.path))
         self._lines += 1
         if self._lines >= max(self.COMPACT_MIN, self.COMPACT_FACTOR * len(self._live)):
             self._compact()
@@ -195,6 +210,7 @@ class DialogStore:
         os.replace(temp, self.path)
         self.close()
         self._lines = len(self._live)
+        self._torn = False
 
 
 DialogId = tuple[str, str]  # (Call-ID, our tag)
@@ -263,7 +279,11 @@ class SessionRegistry:
     def forget(self, session: RecordingSession) -> None:
         self.media_arrived(session.recording_id)
         if self.store is not None:
-            self.store.delete(session.recording_id)
+            try:
+                self.store.delete(session.recording_id)
+            except OSError as exc:  # a full disk must not stop the call's finalize
+                log.error("dialog_state_write_failed", recording_id=session.recording_id,
+                          error=str(exc))
         self.sessions.pop(session.recording_id, None)
         if self.by_key.get(session.session_key) is session:
             del self.by_key[session.session_key]

@@ -5,6 +5,8 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from pathlib import Path
 
+import pytest
+
 from contracts.v1.events import RecordingMetadata
 from services.signaling.recorder import Leg, RecordingSession, Stream
 from services.signaling.sessions import DialogStore, SessionRegistry
@@ -112,3 +114,35 @@ def test_active_count_is_the_active_sessions() -> None:
     first.ending = True
     registry.forget(first)  # as _end_leg does, in the same step
     assert registry.active_count() == len(registry.active()) == 1
+
+
+def test_a_full_disk_never_stops_a_call_ending_and_never_tears_the_journal(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+    import os
+
+    store = DialogStore(tmp_path, "boot")
+    registry = SessionRegistry(store)
+    first, second = session("r1"), session("r2")
+    for s, call_id in ((first, "c1"), (second, "c2")):
+        registry.add_session(s, None)
+        registry.add_leg(s, leg(call_id))
+        registry.persist(s)
+    real_write = os.write
+
+    def short_write(fd: int, data: bytes) -> int:  # the disk fills mid-line
+        return real_write(fd, data[: len(data) // 2])
+
+    monkeypatch.setattr(os, "write", short_write)
+    registry.forget(first)  # logged, not raised: the BYE still reaches capture
+    assert "r1" not in registry.sessions
+
+    def full(fd: int, data: bytes) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "write", full)
+    registry.persist(second)  # logged, not raised
+    monkeypatch.setattr(os, "write", real_write)
+    registry.persist(second)  # space is back: the journal is written whole again
+    loaded = DialogStore(tmp_path, "boot").load_all()
+    assert [s.recording_id for s, _ in loaded] == ["r2"]

@@ -33,10 +33,9 @@ if str(REPO) not in sys.path:
 
 from callrec.audio import decode_file, dominant_frequency, pcmu_decode, pcmu_encode  # noqa: E402
 from callrec.config import NodeConfig  # noqa: E402
-from services.capture.finalize import duration_of, stream_specs  # noqa: E402
-from services.capture.live import LIVE_FILE, worker_finish, worker_step  # noqa: E402
+from services.capture.finalize import duration_of  # noqa: E402
 from services.capture.manifest import RecordingManifest  # noqa: E402
-from tests.support.callgen import FAR_HZ, NEAR_HZ, make_recording  # noqa: E402
+from tests.support.callgen import FAR_HZ, NEAR_HZ, encode_as_capture, make_recording  # noqa: E402
 from tests.support.speech import FAR_TEXT, NEAR_TEXT, aligned_stoi, espeak  # noqa: E402
 
 RATE = 8000
@@ -68,18 +67,10 @@ HEADER = ("| signal | bit/s (both channels) | MB/call-h | STOI near / far | tone
 
 def encode(directory: Path, bitrate: int) -> tuple[npt.NDArray[np.int16], float]:
     """Capture's live encoding of a fabricated call, decoded: (2, n) samples, MB/call-h."""
-    manifest = RecordingManifest.load(directory)
-    duration = duration_of(manifest)
-    specs = stream_specs(manifest)
-    now = 0.0
-    while now < duration:
-        now += 500.0
-        worker_step(directory, manifest.recording_id, specs, min(now, float(duration)),
-                    bitrate)
-    worker_finish(directory, manifest.recording_id, specs, duration, bitrate)
-    size = (directory / LIVE_FILE).stat().st_size
-    decoded, _ = decode_file(directory / LIVE_FILE, RATE)
-    return decoded, size / (duration / 3_600_000) / 1e6
+    path = encode_as_capture(directory, bitrate)
+    duration = duration_of(RecordingManifest.load(directory))
+    decoded, _ = decode_file(path, RATE)
+    return decoded, path.stat().st_size / (duration / 3_600_000) / 1e6
 
 
 def dropouts(channel: npt.NDArray[np.int16]) -> int:

@@ -28,8 +28,8 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-import httpx  # noqa: E402
 
+from bench.capture_load import wait_linked  # noqa: E402
 from contracts import subjects  # noqa: E402
 from contracts.v1.events import (  # noqa: E402
     RecordingCompleted,
@@ -129,7 +129,7 @@ def main() -> None:
         b.peers = [a.cluster_address]
         b.join_file = a.invite(root / "b.join.json")
         b.start()
-        wait_until(lambda: _sees(b, "a") and _sees(a, "b"), 30)
+        wait_linked(a, b, 30)
         started = time.monotonic()
         result = sipp.run_bulk_cucm_calls("127.0.0.1", a.sip_port, args.calls, rate=args.rate,
                                           seconds=args.seconds)
@@ -186,15 +186,6 @@ def main() -> None:
         for node in (c, b, a):
             if node is not None:
                 node.stop()
-
-
-def _sees(node: Node, other: str) -> bool:
-    try:
-        with node.client() as client:
-            body = client.get("/api/cluster").json()
-        return any(n["node_id"] == other and n["alive"] for n in body.get("nodes", []))
-    except (httpx.HTTPError, ValueError, KeyError):
-        return False
 
 
 def _ts(value: datetime) -> float:

@@ -102,3 +102,21 @@ def make_recording(directory: Path, seconds: float, *, recording_id: str = "rec-
             write_segment(path, recs)
             done += span
     return directory
+
+
+def encode_as_capture(directory: Path, bitrate: int, step_ms: float = 500.0) -> Path:
+    """Run capture's live encoder over a fabricated call as capture's worker does (a step
+    every ``step_ms`` of call, then finish); returns the finished live.opus."""
+    from services.capture.finalize import duration_of, stream_specs
+    from services.capture.live import LIVE_FILE, worker_finish, worker_step
+
+    manifest = RecordingManifest.load(directory)
+    duration = duration_of(manifest)
+    specs = stream_specs(manifest)
+    now = 0.0
+    while now < duration:
+        now += step_ms
+        worker_step(directory, manifest.recording_id, specs, min(now, float(duration)),
+                    bitrate)
+    worker_finish(directory, manifest.recording_id, specs, duration, bitrate)
+    return directory / LIVE_FILE

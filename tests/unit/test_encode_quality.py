@@ -24,7 +24,7 @@ from callrec.audio import (
     sound_seconds,
 )
 from callrec.config import NodeConfig
-from services.capture.finalize import duration_of, stream_specs
+from services.capture.finalize import stream_specs
 from services.capture.live import (
     LIVE_FILE,
     NARROWBAND_RATE,
@@ -32,11 +32,10 @@ from services.capture.live import (
     LiveEncoder,
     StreamSpec,
     encoding_rate,
-    worker_finish,
     worker_step,
 )
 from services.capture.manifest import RecordingManifest
-from tests.support.callgen import FAR_HZ, NEAR_HZ, make_recording
+from tests.support.callgen import FAR_HZ, NEAR_HZ, encode_as_capture, make_recording
 from tests.support.speech import FAR_TEXT, NEAR_TEXT, aligned_stoi, espeak
 
 RATE = 8000
@@ -48,17 +47,8 @@ needs_espeak = pytest.mark.skipif(shutil.which("espeak-ng") is None,
 
 def _record(directory: Path) -> npt.NDArray[np.int16]:
     """Capture's live encoding of the fabricated call, decoded at 8 kHz: (2, n)."""
-    manifest = RecordingManifest.load(directory)
-    duration = duration_of(manifest)
-    specs = stream_specs(manifest)
-    bitrate = NodeConfig.model_fields["opus_bitrate"].default
-    now = 0.0
-    while now < duration:
-        now += 500.0
-        worker_step(directory, manifest.recording_id, specs, min(now, float(duration)),
-                    bitrate)
-    worker_finish(directory, manifest.recording_id, specs, duration, bitrate)
-    decoded, rate = decode_file(directory / LIVE_FILE, RATE)
+    path = encode_as_capture(directory, NodeConfig.model_fields["opus_bitrate"].default)
+    decoded, rate = decode_file(path, RATE)
     assert rate == RATE
     return decoded
 

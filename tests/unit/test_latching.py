@@ -271,23 +271,32 @@ def test_latch_survives_a_restart_through_the_manifest(tmp_path: Path) -> None:
 # ---------------------------------------------------------------- real sockets
 
 
+async def _send_with_a_stranger(h: Harness, real: socket.socket, port: int,
+                                garbage: bool = False) -> None:
+    """20 RTP packets from ``real`` (bound here to 127.0.0.1) interleaved with 20 from a
+    stranger on 127.0.0.2 (and non-RTP from ``real`` if ``garbage``); waits until read."""
+    real.bind(("127.0.0.1", 0))
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as stranger:
+        stranger.bind(("127.0.0.2", 0))
+        for seq in range(20):
+            stranger.sendto(rtp(1000 + seq), ("127.0.0.1", port))
+            real.sendto(rtp(seq), ("127.0.0.1", port))
+            if garbage:
+                real.sendto(b"\x00not rtp", ("127.0.0.1", port))
+        for _ in range(100):
+            if h.receiver.packets + sum(h.receiver.dropped.values()) >= 40:
+                break
+            await asyncio.sleep(0.01)
+
+
 async def test_receiver_on_a_real_socket_drops_a_stranger_on_127_0_0_2(tmp_path: Path) -> None:
     h = Harness(tmp_path / "s.seg", expected=expected_from_sdp("127.0.0.1", None))
     loop = asyncio.get_running_loop()
     transport, _ = await loop.create_datagram_endpoint(lambda: h.receiver,
                                                        local_addr=("127.0.0.1", 0))
     port = transport.get_extra_info("sockname")[1]
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as real, \
-            socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as stranger:
-        real.bind(("127.0.0.1", 0))
-        stranger.bind(("127.0.0.2", 0))
-        for seq in range(20):
-            stranger.sendto(rtp(1000 + seq), ("127.0.0.1", port))
-            real.sendto(rtp(seq), ("127.0.0.1", port))
-        for _ in range(100):
-            if h.receiver.packets + sum(h.receiver.dropped.values()) >= 40:
-                break
-            await asyncio.sleep(0.01)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as real:
+        await _send_with_a_stranger(h, real, port)
     transport.close()
     assert h.stored() == list(range(20))
     assert h.receiver.dropped["wrong_address"] == 20
@@ -301,18 +310,8 @@ async def test_attached_receiver_reads_its_socket_and_drops_a_stranger(tmp_path:
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
     h.receiver.attach(sock)
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as real, \
-            socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as stranger:
-        real.bind(("127.0.0.1", 0))
-        stranger.bind(("127.0.0.2", 0))
-        for seq in range(20):
-            stranger.sendto(rtp(1000 + seq), ("127.0.0.1", port))
-            real.sendto(rtp(seq), ("127.0.0.1", port))
-            real.sendto(b"\x00not rtp", ("127.0.0.1", port))
-        for _ in range(100):
-            if h.receiver.packets + sum(h.receiver.dropped.values()) >= 40:
-                break
-            await asyncio.sleep(0.01)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as real:
+        await _send_with_a_stranger(h, real, port, garbage=True)
         h.receiver.close()
         assert sock.fileno() == -1
         real.sendto(rtp(99), ("127.0.0.1", port))  # nobody reads it any more

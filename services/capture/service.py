@@ -699,9 +699,13 @@ class Capture:
         waits for this); a step that takes longer than a flush interval just makes the
         next one cover more.
         """
+        next_step_at = 0.0
         while True:
             await self._flushed.wait()
             self._flushed.clear()
+            flushed_at = self._flushed_at
+            if flushed_at < next_step_at:
+                continue  # a flush between steps: the step waits for a fresh one
             batches: dict[int, list[LiveRecording]] = {}
             for recording in self.live.values():
                 if not recording.finalizing:
@@ -710,11 +714,10 @@ class Capture:
             if not batches:
                 continue
             started = time.monotonic()
-            await asyncio.gather(*(self._live_steps(batch, self._flushed_at)
+            await asyncio.gather(*(self._live_steps(batch, flushed_at)
                                    for batch in batches.values()))
-            elapsed = time.monotonic() - started
-            self.m_live_seconds.inc(elapsed)
-            await asyncio.sleep(max(0.0, LIVE_STEP_INTERVAL - elapsed))
+            self.m_live_seconds.inc(time.monotonic() - started)
+            next_step_at = live_step_due(flushed_at)
 
     async def _live_steps(self, batch: list[LiveRecording], flushed_at: float) -> None:
         """One step of each recording of one worker, in a single round trip."""
@@ -984,6 +987,15 @@ def _safe_id(value: str) -> str:
     if not value or len(value) > 128 or not all(c.isalnum() or c in "-_" for c in value):
         raise ValueError(f"invalid id {value!r}")
     return value
+
+
+def live_step_due(flushed_at: float) -> float:
+    """The earliest flush the next live step may take, given this step's flush.
+
+    A step runs right after a flush, never on one that happened while it waited
+    (its data would be a flush interval older): how far a peer is behind the call
+    is then the emit delay plus one step interval, which a lost host costs."""
+    return flushed_at + LIVE_STEP_INTERVAL - FLUSH_INTERVAL / 2
 
 
 def lower_worker_priority() -> None:

@@ -533,9 +533,7 @@ class OpusPageEncoder:
         interleaved = np.empty(left.size * 2, dtype=np.int16)
         interleaved[0::2] = left
         interleaved[1::2] = right
-        step = 2 * self.frame_size
-        for start in range(0, interleaved.size, step):
-            self._pending.append(self._opus.encode(interleaved[start:start + step]))
+        self._pending.extend(self._opus.encode_frames(interleaved))
 
     def pages(self) -> bytes:
         """Ogg pages of everything encoded since the last call (b"" if nothing)."""

@@ -173,6 +173,26 @@ class MultistreamEncoder:
             raise OpusError("opus_multistream_encode", size)
         return ctypes.string_at(self._out_address, size)
 
+    def encode_frames(self, frames: npt.NDArray[np.int16]) -> list[bytes]:
+        """One packet per frame of ``frames`` (whole frames, interleaved int16), in one
+        call: the buffer is checked and its address taken once, not per frame."""
+        if self._handle is None:
+            raise OpusError("opus_multistream_encode", -7)  # OPUS_ALLOC_FAIL: closed
+        if frames.dtype != np.int16 or frames.nbytes % self._frame_bytes:
+            raise ValueError(f"expected whole frames of {self._frame_bytes // 2} int16 "
+                             f"samples ({self.frame_size} per channel, interleaved)")
+        frames = np.ascontiguousarray(frames)
+        encode = _lib().opus_multistream_encode
+        handle, frame_size, out = self._handle, self.frame_size, self._out_address
+        base = frames.ctypes.data
+        packets: list[bytes] = []
+        for offset in range(0, frames.nbytes, self._frame_bytes):
+            size: int = encode(handle, base + offset, frame_size, out, MAX_PACKET)
+            if size < 0:
+                raise OpusError("opus_multistream_encode", size)
+            packets.append(ctypes.string_at(out, size))
+        return packets
+
     def close(self) -> None:
         """Free the native encoder (idempotent)."""
         handle, self._handle = self._handle, None

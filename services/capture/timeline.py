@@ -621,6 +621,14 @@ class _Canvas:
     def take(self, upto: int) -> Int16Array:
         """Samples [base, upto) (silence where nothing was placed); moves ``base``."""
         count = max(upto - self.base, 0)
+        pieces = self._pieces
+        if len(pieces) == 1 and pieces[0][0] == self.base and count \
+                and pieces[0][1].size >= count:
+            # The usual step: one piece covers it all (handed out as it is, no copy).
+            values = pieces[0][1]
+            self._pieces = [(upto, values[count:])] if values.size > count else []
+            self.base = upto
+            return values[:count]
         out = np.zeros(count, dtype=np.int16)
         keep: list[tuple[int, Int16Array]] = []
         for start, values in self._pieces:
@@ -744,18 +752,33 @@ class SeqWindow:
 
     def add_range(self, first: int, last: int) -> None:
         """Mark ``first`` to ``last`` (inclusive) as taken in."""
-        bits, top, mask = self._bits, self._top, self.SIZE - 1
+        bits, top = self._bits, self._top
         if top is None or last - top >= self.SIZE:
             self._bits = bits = bytearray(self.SIZE // 8)
-        else:
-            for seq in range(top + 1, last + 1):  # slots that newer numbers take over
-                index = seq & mask
-                bits[index >> 3] &= ~(1 << (index & 7)) & 0xFF
+        elif last > top:
+            _fill_ring(bits, top + 1, last, False)  # slots that newer numbers take over
         if top is None or last > top:
             self._top = top = last
-        for seq in range(max(first, top - self.SIZE + 1), last + 1):
-            index = seq & mask
-            bits[index >> 3] |= 1 << (index & 7)
+        _fill_ring(bits, max(first, top - self.SIZE + 1), last, True)
+
+
+def _fill_ring(bits: bytearray, first: int, last: int, value: bool) -> None:
+    """Set (or clear) the ring slots of ``first`` to ``last`` (inclusive, at most the
+    ring's size): a byte at a time with a mask, so a step's run of numbers costs a few
+    operations, not a Python loop per number."""
+    size = len(bits) * 8
+    while first <= last:
+        lo = first % size
+        hi = min(lo + last - first, size - 1)  # up to the ring's end; the rest wraps
+        first += hi - lo + 1
+        while lo <= hi:
+            stop = min(hi, lo | 7)  # the last slot of lo's byte in the range
+            mask = ((1 << (stop - lo + 1)) - 1) << (lo & 7)
+            if value:
+                bits[lo >> 3] |= mask
+            else:
+                bits[lo >> 3] &= ~mask & 0xFF
+            lo = stop + 1
 
 
 @dataclass(slots=True)
@@ -863,8 +886,9 @@ class StreamTimeline:
         newest = self._pending_newest
         unpack = _RTP_HEADER.unpack_from
         new = tuple.__new__  # RtpRecord(...) without its Python-level __new__
+        received = 0
         for arrival_ms, data in records:
-            stats.packets_received += 1
+            received += 1
             rec: RtpRecord | None
             try:
                 arrival = float(arrival_ms)
@@ -888,6 +912,7 @@ class StreamTimeline:
                 heapq.heappush(pending, (arrival, counter, rec))
                 self._pending_sorted = False
                 counter += 1
+        stats.packets_received += received
         self._counter = counter
         self._pending_newest = newest
 
@@ -1059,16 +1084,17 @@ class StreamTimeline:
         lo = hi = first.arrival_ms
         scale = 1000.0 / RTP_CLOCK_HZ
         entries: list[tuple[int, float, int, str, bytes]] = []
+        append = entries.append
         end = len(recs)
         stop = index
         while stop < end:
-            rec = recs[stop]
-            if (rec.ssrc != ssrc or rec.pt != pt or not rec.payload
-                    or rec.seq != (seq + 1) & 0xFFFF):
+            arrival, rec_ssrc, rec_seq, rec_ts, rec_pt, payload = recs[stop]
+            if (rec_ssrc != ssrc or rec_pt != pt or not payload
+                    or rec_seq != (seq + 1) & 0xFFFF):
                 break
-            delta = ((rec.ts - ref_ts + 0x80000000) & 0xFFFFFFFF) - 0x80000000  # unwrap
-            arrival = rec.arrival_ms
-            if abs((arrival - ref_arrival) - delta * 1000.0 / RTP_CLOCK_HZ) > MAX_CLOCK_SKEW_MS:
+            delta = ((rec_ts - ref_ts + 0x80000000) & 0xFFFFFFFF) - 0x80000000  # unwrap
+            skew = (arrival - ref_arrival) - delta * 1000.0 / RTP_CLOCK_HZ
+            if skew > MAX_CLOCK_SKEW_MS or skew < -MAX_CLOCK_SKEW_MS:
                 break
             seq += 1
             ref_ts += delta
@@ -1082,7 +1108,7 @@ class StreamTimeline:
                 lo = arrival
             elif arrival > hi:
                 hi = arrival
-            entries.append((seq, arrival, ref_ts, codec, rec.payload))
+            append((seq, arrival, ref_ts, codec, payload))
             stop += 1
         count = stop - index
         if not count:

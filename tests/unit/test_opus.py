@@ -126,3 +126,22 @@ def test_library_found_next_to_av_or_on_the_system(monkeypatch: pytest.MonkeyPat
     monkeypatch.setattr(ctypes.util, "find_library", lambda name: None)
     with pytest.raises(OSError, match="libopus not found"):
         opus.library_path()
+
+
+def test_frames_in_one_call_give_the_packets_of_frame_by_frame() -> None:
+    left, right = tone(440, 1.2, 8000), tone(1004, 1.2, 8000)
+    pcm = np.empty(left.size * 2, dtype=np.int16)
+    pcm[0::2], pcm[1::2] = left, right
+    one = MultistreamEncoder(8000, bitrate=16000, complexity=0, frame_ms=60)
+    many = MultistreamEncoder(8000, bitrate=16000, complexity=0, frame_ms=60)
+    step = 2 * one.frame_size
+    usable = pcm.size // step * step
+    expected = [one.encode(pcm[i:i + step]) for i in range(0, usable, step)]
+    assert many.encode_frames(pcm[:usable]) == expected and len(expected) == 20
+    with pytest.raises(ValueError):
+        many.encode_frames(pcm[: step + 2])  # not whole frames
+    assert many.encode_frames(pcm[:0]) == []
+    one.close()
+    many.close()
+    with pytest.raises(OpusError):
+        many.encode_frames(pcm[:step])

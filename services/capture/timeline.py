@@ -1152,28 +1152,35 @@ class StreamTimeline:
                 entries.append(heapq.heappop(heap))
         if not heap:
             live.ordered = True
+        if not entries:
+            return
         to_out = self.out_rate / RTP_CLOCK_HZ
         table: Int16Array = PCMU_DECODE_TABLE
+        tables = _G711_TABLES
         gathered: list[bytes] = []  # G.711 payloads continuing live.span, not decoded yet
         gathered_end = 0  # the span's end timestamp once they are
+        # Counters and the last sequence number kept in locals for the loop (written
+        # back after it: nothing it calls reads them).
+        last_decoded = live.last_decoded
+        decoded = late = 0
         for seq_ext, _, ts_ext, codec, payload in entries:
-            if live.last_decoded is not None and seq_ext <= live.last_decoded:
-                self.packets_late += 1  # overtaken beyond the reorder window
+            if last_decoded is not None and seq_ext <= last_decoded:
+                late += 1  # overtaken beyond the reorder window
                 continue
-            live.last_decoded = seq_ext
-            codec_table = _G711_TABLES.get(codec)
+            last_decoded = seq_ext
+            codec_table = tables.get(codec)
             if gathered:
                 if codec_table is table and ts_ext == gathered_end:
                     gathered.append(payload)  # continues the span: decoded with the others
                     gathered_end += len(payload)
-                    self.stats.packets_decoded += 1
+                    decoded += 1
                     continue
                 _add_g711(live, table, gathered)
                 gathered = []
             if codec_table is not None:
                 # G.711 (one sample per byte and clock tick, never undecodable): the
                 # payloads that continue the span are decoded by one table lookup.
-                self.stats.packets_decoded += 1
+                decoded += 1
                 self._span_for(live, ts_ext, RTP_CLOCK_HZ, to_out)
                 table = codec_table
                 gathered = [payload]
@@ -1183,12 +1190,15 @@ class StreamTimeline:
             if samples is None or samples.size == 0:
                 self.stats.unknown_payload += 1
                 continue
-            self.stats.packets_decoded += 1
+            decoded += 1
             rate = _NATIVE_RATE[codec]
             clock_len = samples.size * RTP_CLOCK_HZ // rate
             self._span_for(live, ts_ext, rate, to_out).add(samples, clock_len)
         if gathered:
             _add_g711(live, table, gathered)
+        live.last_decoded = last_decoded
+        self.stats.packets_decoded += decoded
+        self.packets_late += late
 
     def _span_for(self, live: _LiveRun, ts_ext: int, rate: int, to_out: float) -> _Span:
         """The span a packet at ``ts_ext`` continues, or a new one (the old one rendered)."""

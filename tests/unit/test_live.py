@@ -347,3 +347,79 @@ def test_segment_tail_reads_records_of_any_size_across_read_boundaries(tmp_path:
     assert first + rest == records
     assert tail.read(None) == []
     tail.close()
+
+
+def _append_records(streams: dict[str, list[tuple[int, bytes]]], directory: Path,
+                    since_ms: int, until_ms: int) -> None:
+    """What the receive path appends between two steps: arrivals in (since, until]."""
+    for stream_id, records in streams.items():
+        write_segment(segment_path(directory, stream_id, 0),
+                      [r for r in records if since_ms < r[0] <= until_ms])
+
+
+def test_steps_of_many_recordings_synced_together_write_what_single_steps_write(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    streams = _two_tones(4.0)
+    alone = tmp_path / "alone"
+    _empty_recording(alone, "alone")
+    _play(alone, LiveEncoder(alone, "alone"), streams, 4_000)
+    syncs: list[int] = []
+    real_sync = os.fdatasync
+    monkeypatch.setattr(live_module.os, "fdatasync", lambda fd: (syncs.append(fd), real_sync(fd)))
+    names = [f"g{i}" for i in range(4)]
+    for name in names:
+        _empty_recording(tmp_path / name, name)
+    specs = stream_specs(RecordingManifest.load(tmp_path / names[0]))
+    now = 0
+    while now < 4_000:
+        now += 500
+        for name in names:
+            _append_records(streams, tmp_path / name, now - 500 if now > 500 else -1, now)
+        syncs.clear()
+        results = live_module.worker_steps(
+            [(tmp_path / name, name, specs, float(now), 16_000) for name in names])
+        for name, (progress, grown, error) in zip(names, results, strict=True):
+            assert error is None
+            size = (tmp_path / name / LIVE_FILE).stat().st_size
+            if progress is not None:  # what it announces is on disk and was synced
+                assert progress.bytes == size and grown > 0
+        assert len(syncs) == len({fd for fd in syncs}) <= len(names)
+    for name in names:
+        assert (tmp_path / name / LIVE_FILE).read_bytes() == (alone / LIVE_FILE).read_bytes()
+        live_module.worker_drop(name)
+
+
+def test_progress_counts_only_synced_bytes_and_a_failed_sync_is_retried(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    directory = tmp_path / "rec"
+    manifest = _empty_recording(directory)
+    streams = _two_tones(4.0)
+    specs = stream_specs(manifest)
+    encoder = _play(directory, LiveEncoder(directory, "r1"), streams, 1_500)
+    synced = encoder.bytes
+    _append_records(streams, directory, 1_500, 2_500)
+    encoder.encode_step(specs, 2_500)
+    assert (directory / LIVE_FILE).stat().st_size > synced == encoder.progress.bytes
+
+    def broken(fd: int) -> None:
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(live_module.os, "fdatasync", broken)
+    assert encoder.commit() is None  # nothing announced, the file cut back to its pages
+    assert (directory / LIVE_FILE).stat().st_size == synced == encoder.bytes
+    monkeypatch.undo()
+    progress = encoder.commit()  # the same pages again
+    assert progress is not None and progress.bytes == (directory / LIVE_FILE).stat().st_size
+    _play(directory, encoder, streams, 4_000, start_ms=2_500)
+    encoder.finish(specs, 4_000)
+    # The same steps with every sync succeeding write the same file.
+    reference = tmp_path / "ref"
+    _empty_recording(reference, "r1")
+    plain = _play(reference, LiveEncoder(reference, "r1"), streams, 1_500)
+    _append_records(streams, reference, 1_500, 2_500)
+    assert plain.step(specs, 2_500) is not None
+    _play(reference, plain, streams, 4_000, start_ms=2_500)
+    plain.finish(specs, 4_000)
+    assert (directory / LIVE_FILE).read_bytes() == (reference / LIVE_FILE).read_bytes()

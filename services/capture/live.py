@@ -23,7 +23,6 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterable
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -309,8 +308,7 @@ class LiveEncoder:
         self._bitrate = bitrate
         self._complexity = complexity
         self._streams: dict[str, _Stream] = {}
-        self._unwritten = b""  # pages not in the file yet (a write failed)
-        self._unsynced = b""  # pages in the file after ``bytes``, not yet synced
+        self._unwritten = b""
         self._pending_result: FinalizeResult | None = None
         self.final: FinalizeResult | None = None
         before, resume = _last_pages(self.path)
@@ -364,30 +362,12 @@ class LiveEncoder:
         file never runs past the end of the call. Returns the new progress when pages
         were appended, else None.
         """
-        self.encode_step(streams, now_ms)
-        return self.commit()
-
-    def encode_step(self, streams: list[StreamSpec], now_ms: float) -> None:
-        """The first half of :meth:`step`: encode and append the pages, not yet durable
-        (:meth:`commit` makes them so). Split so that a worker stepping many recordings
-        can sync their files together (:func:`commit_all`)."""
-        if self.final is not None:
-            return
-        self._sync_streams(streams)
-        self._catch_up(now_ms)
-        self._write(self._encoder.pages(), sync=False)
-
-    def commit(self) -> Progress | None:
-        """Make what :meth:`encode_step` appended durable: the new progress, or None when
-        nothing was added (or it could not be written: kept for the next step).
-
-        Progress only ever counts durable bytes: peers pull what it announces, and a
-        machine crash must not take back bytes a peer holds (the encoder would go on
-        from an earlier page with other bytes, and the peer's copy would not continue)."""
         if self.final is not None:
             return None
+        self._sync_streams(streams)
         before = self.bytes
-        self._write(b"")
+        self._catch_up(now_ms)
+        self._write(self._encoder.pages())
         if self.bytes == before:
             return None
         if self._encoder.playable_ms - self._state_ms >= LIVE_STATE_EVERY_MS:
@@ -519,32 +499,25 @@ class LiveEncoder:
             self._peaks.add(np.stack([left, right]))
         return left, right
 
-    def _write(self, pages: bytes, *, sync: bool = True) -> None:
-        """Append whole pages and, with ``sync``, make all appended so far durable
-        (``bytes`` counts only durable ones); on failure keep them for later."""
+    def _write(self, pages: bytes) -> None:
+        """Append whole pages and make them durable; on failure keep them for later."""
         data = self._unwritten + pages
-        if not data and not (sync and self._unsynced):
+        if not data:
             return
         try:
             view = memoryview(data)
             written = 0
             while written < len(data):
                 written += os.write(self._fd, view[written:])
-            if sync:
-                os.fdatasync(self._fd)
+            os.fdatasync(self._fd)
         except OSError:
             # A file that ends mid-page would not be a valid prefix: cut it back.
             os.ftruncate(self._fd, self.bytes)
             os.lseek(self._fd, self.bytes, os.SEEK_SET)
-            self._unwritten = self._unsynced + data
-            self._unsynced = b""
+            self._unwritten = data
             return
+        self.bytes += len(data)
         self._unwritten = b""
-        if sync:
-            self.bytes += len(self._unsynced) + len(data)
-            self._unsynced = b""
-        else:
-            self._unsynced += data
 
     def _save_state(self) -> None:
         progress = self.progress
@@ -630,24 +603,23 @@ def _load_final(directory: Path) -> FinalizeResult | None:
 _ENCODERS: dict[str, LiveEncoder] = {}
 
 
-def _stepping_encoder(directory: Path, recording_id: str, specs: list[StreamSpec],
-                      bitrate: int) -> LiveEncoder | None:
-    """The worker's encoder of a recording (resumed from disk if it has none), or None
-    while no codec is negotiated (the rate to encode at is not known yet)."""
-    encoder = _ENCODERS.get(recording_id)
-    if encoder is None and any(spec.payload_codecs for spec in specs):
-        encoder = LiveEncoder(directory, recording_id, bitrate=bitrate,
-                              rate=encoding_rate(specs))
-        _ENCODERS[recording_id] = encoder
-    return encoder
-
-
 def worker_step(directory: Path, recording_id: str, specs: list[StreamSpec], now_ms: float,
                 bitrate: int) -> tuple[Progress | None, int]:
     """One live step of one recording: (new progress or None, bytes appended)."""
-    progress, grown, _ = worker_steps([(directory, recording_id, specs, now_ms, bitrate)],
-                                      raise_errors=True)[0]
-    return progress, grown
+    encoder = _ENCODERS.get(recording_id)
+    if encoder is None and not any(spec.payload_codecs for spec in specs):
+        return None, 0  # no codec negotiated yet: the rate to encode at is not known
+    try:
+        if encoder is None:
+            encoder = LiveEncoder(directory, recording_id, bitrate=bitrate,
+                                  rate=encoding_rate(specs))
+            _ENCODERS[recording_id] = encoder
+        before = encoder.bytes
+        progress = encoder.step(specs, now_ms)
+    except Exception:
+        worker_drop(recording_id)  # the next step starts again from disk
+        raise
+    return progress, (progress.bytes - before) if progress is not None else 0
 
 
 def worker_finish(directory: Path, recording_id: str, specs: list[StreamSpec],
@@ -678,67 +650,18 @@ StepJob = tuple[Path, str, list[StreamSpec], float, int]
 """(directory, recording id, streams, now_ms, bitrate) of one live step."""
 
 
-SYNC_THREADS = 16
-"""fdatasyncs of one worker's step issued at once: the filesystem commits them together
-(ext4 here, 50 files: about 43 us of CPU each instead of 54-78, and 3 ms of wall time
-for all instead of 30, measured with 16 threads)."""
-_sync_pool: ThreadPoolExecutor | None = None
-
-
-def commit_all(encoders: list[LiveEncoder]) -> list[Progress | Exception | None]:
-    """:meth:`LiveEncoder.commit` of each encoder (each its own: one thread per encoder
-    at a time), their syncs concurrent; an exception is returned in its place."""
-    global _sync_pool
-    if len(encoders) == 1:  # nothing to overlap: no thread hop
-        try:
-            return [encoders[0].commit()]
-        except Exception as exc:
-            return [exc]
-    if _sync_pool is None:
-        _sync_pool = ThreadPoolExecutor(SYNC_THREADS, thread_name_prefix="live-sync")
-    futures: list[Future[Progress | None]] = [_sync_pool.submit(encoder.commit)
-                                              for encoder in encoders]
-    results: list[Progress | Exception | None] = []
-    for future in futures:
-        try:
-            results.append(future.result())
-        except Exception as exc:
-            results.append(exc)
-    return results
-
-
-def worker_steps(jobs: list[StepJob], *, raise_errors: bool = False,
-                 ) -> list[tuple[Progress | None, int, str | None]]:
+def worker_steps(jobs: list[StepJob]) -> list[tuple[Progress | None, int, str | None]]:
     """Live steps of all the recordings a worker owns, in one round trip per flush.
 
     Each result is (progress, bytes appended, error): one recording's failure never
-    stops the others (``raise_errors``: raised instead, for a single step). Every
-    recording is encoded and appended first, then all are synced together
-    (:func:`commit_all`): what a progress announces is durable, as with a sync each.
+    stops the others.
     """
-    results: list[tuple[Progress | None, int, str | None]] = [(None, 0, None)] * len(jobs)
-    staged: list[tuple[int, str, LiveEncoder, int]] = []
-    for index, (directory, recording_id, specs, now_ms, bitrate) in enumerate(jobs):
+    results: list[tuple[Progress | None, int, str | None]] = []
+    for directory, recording_id, specs, now_ms, bitrate in jobs:
         try:
-            encoder = _stepping_encoder(directory, recording_id, specs, bitrate)
-            if encoder is None:
-                continue
-            before = encoder.bytes
-            encoder.encode_step(specs, now_ms)
+            progress, grown = worker_step(directory, recording_id, specs, now_ms, bitrate)
         except Exception as exc:  # reported to capture, which logs and counts it
-            worker_drop(recording_id)  # the next step starts again from disk
-            if raise_errors:
-                raise
-            results[index] = (None, 0, f"{type(exc).__name__}: {exc}")
+            results.append((None, 0, f"{type(exc).__name__}: {exc}"))
         else:
-            staged.append((index, recording_id, encoder, before))
-    outcomes = commit_all([encoder for _, _, encoder, _ in staged])
-    for (index, recording_id, _, before), outcome in zip(staged, outcomes, strict=True):
-        if isinstance(outcome, Exception):
-            worker_drop(recording_id)
-            if raise_errors:
-                raise outcome
-            results[index] = (None, 0, f"{type(outcome).__name__}: {outcome}")
-        else:
-            results[index] = (outcome, outcome.bytes - before if outcome else 0, None)
+            results.append((progress, grown, None))
     return results

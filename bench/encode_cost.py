@@ -4,6 +4,7 @@
 PYTHONPATH=$PWD .venv/bin/python -m bench.encode_cost                 # one 60 s call, 3 runs
 PYTHONPATH=$PWD .venv/bin/python -m bench.encode_cost --seconds 20 --runs 1   # smoke
 PYTHONPATH=$PWD .venv/bin/python -m bench.encode_cost --step-ms 1000   # what a step costs
+PYTHONPATH=$PWD .venv/bin/python -m bench.encode_cost --together 20    # 20 calls on one worker
 ```
 
 A two-leg G.711 call (440 Hz near, 1004 Hz far, 20 ms packets with jitter) is
@@ -38,7 +39,14 @@ if str(REPO) not in sys.path:
 from bench.floor import libopus_floor  # noqa: E402
 from callrec.audio import PCMU_DECODE_TABLE  # noqa: E402
 from services.capture.finalize import duration_of, stream_specs  # noqa: E402
-from services.capture.live import LIVE_FILE, LiveEncoder, encoding_rate  # noqa: E402
+from services.capture.live import (  # noqa: E402
+    LIVE_FILE,
+    OPUS_BITRATE,
+    LiveEncoder,
+    encoding_rate,
+    worker_finish,
+    worker_steps,
+)
 from services.capture.manifest import RecordingManifest  # noqa: E402
 from services.capture.segments import read_stream  # noqa: E402
 from services.capture.timeline import parse_record  # noqa: E402
@@ -88,6 +96,33 @@ def live_run(directory: Path, variant: Variant | None = None,
     return cpu, (directory / LIVE_FILE).stat().st_size, duration
 
 
+def live_run_together(directories: list[Path], step_ms: float = STEP_MS,
+                      ) -> tuple[float, int, int]:
+    """(CPU s, bytes of one call, duration ms) of ``len(directories)`` copies of a call
+    stepped together as one capture worker steps its recordings (one ``worker_steps``
+    per step for all of them), then finished."""
+    for directory in directories:
+        for stale in (LIVE_FILE, "live.json", "final.json"):
+            (directory / stale).unlink(missing_ok=True)
+    manifests = [RecordingManifest.load(directory) for directory in directories]
+    duration = duration_of(manifests[0])
+    specs = [stream_specs(manifest) for manifest in manifests]
+    started = time.process_time()
+    now = 0.0
+    while now < duration:
+        now += step_ms
+        at = min(now, float(duration))
+        results = worker_steps([(d, m.recording_id, s, at, OPUS_BITRATE)
+                                for d, m, s in zip(directories, manifests, specs, strict=True)])
+        errors = [error for _, _, error in results if error is not None]
+        if errors:
+            raise RuntimeError(errors[0])
+    for directory, manifest, spec in zip(directories, manifests, specs, strict=True):
+        worker_finish(directory, manifest.recording_id, spec, duration, OPUS_BITRATE)
+    cpu = time.process_time() - started
+    return cpu, (directories[0] / LIVE_FILE).stat().st_size, duration
+
+
 def g711_pcm(directory: Path) -> list[np.ndarray]:
     """Each stream's PCM at 8 kHz, decoded by table in arrival order (baseline input)."""
     manifest = RecordingManifest.load(directory)
@@ -123,6 +158,10 @@ def main() -> None:
     parser.add_argument("--step-ms", type=float, action="append", default=[],
                         help="also run capture's encoder stepping this often (ms of call),"
                              " e.g. 1000: what the per-step cost is; repeatable")
+    parser.add_argument("--together", type=int, action="append", default=[], metavar="N",
+                        help="also run N copies of the call stepped together, as one capture"
+                             " worker steps its recordings; CPU per call-minute of one copy;"
+                             " repeatable")
     parser.add_argument("--profile", action="store_true")
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="encode-cost-"))
@@ -132,9 +171,11 @@ def main() -> None:
         directory = make_recording(root / "rec", args.seconds, signals=signals)
         pcm = g711_pcm(directory)
         live_run(directory)  # warm-up: imports, tables, filter caches
-        variants: list[Variant | float | None] = [None] + [
+        variants: list[Variant | float | int | None] = [None] + [
             (int(a), int(b), int(c), int(d)) for a, b, c, d in (v.split(":") for v in args.variant)
-        ] + [float(ms) for ms in args.step_ms]
+        ] + [float(ms) for ms in args.step_ms] + list(args.together)
+        copies = [directory] + [Path(shutil.copytree(directory, root / f"copy{i}"))
+                                for i in range(1, max(args.together, default=1))]
         base_cpu: list[float] = []
         live_cpu: list[list[float]] = [[] for _ in variants]
         sizes = [0] * len(variants)
@@ -145,6 +186,9 @@ def main() -> None:
             for index, variant in enumerate(variants):
                 if isinstance(variant, float):
                     cpu, sizes[index], duration = live_run(directory, step_ms=variant)
+                elif isinstance(variant, int):
+                    cpu, sizes[index], duration = live_run_together(copies[:variant])
+                    cpu /= variant
                 else:
                     cpu, sizes[index], duration = live_run(directory, variant)
                 live_cpu[index].append(cpu)
@@ -163,6 +207,8 @@ def main() -> None:
                 label = "capture LiveEncoder as configured (0.5 s steps + finish)"
             elif isinstance(variant, float):
                 label = f"capture LiveEncoder, a step every {variant:g} ms of call"
+            elif isinstance(variant, int):
+                label = f"{variant} calls stepped together on one worker, per call"
             else:
                 label = "capture LiveEncoder at {}:{}:{}:{}".format(*variant)
             print(f"{label:<58} {live:14.4f} {live / base:6.2f} "

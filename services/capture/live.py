@@ -93,8 +93,6 @@ FIRST_READ = 16 * 1024
 G.711) fit, where a READ_CHUNK read copies (and allocates) 128 KiB to parse a few of
 them whenever the segment holds more than the step takes (catching up, a benchmark)."""
 _EOS = 4
-PEAKS_EVERY_S = 2
-"""Mixed audio is handed to the waveform peaks this often (call time), not every step."""
 _EMIT_SECONDS = 2  # call time mixed and encoded at a time
 
 
@@ -342,8 +340,6 @@ class LiveEncoder:
         # Waveform peaks of everything mixed, fed as it is encoded (no cost at finalize);
         # None: unknown (the web then computes them from the audio).
         self._peaks: PeakAccumulator | None = None
-        self._peak_parts: list[tuple[Int16Array, Int16Array]] = []  # mixed, not fed yet
-        self._peak_samples = 0
         if self.final is None:
             self._peaks = (PeakAccumulator(rate) if self.cursor == 0
                            else _peaks_of_prefix(self.path, self.cursor, rate))
@@ -405,7 +401,6 @@ class LiveEncoder:
                 stats = stream.timeline.summary()
                 summaries.append(channel_summary(stream.spec, stats, stream.timeline.dtmf()))
                 codecs.update(stats.codecs)
-            self._feed_peaks()
             peaks = self._peaks.result() if self._peaks is not None else None
             result = FinalizeResult(duration_ms=duration_ms, channels=summaries,
                                     codecs=sorted(codecs), peaks=peaks)
@@ -501,23 +496,8 @@ class LiveEncoder:
         self.cursor = upto
         left, right = (_sum_channel(p, count) for p in parts)
         if self._peaks is not None:
-            self._peak_parts.append((left, right))
-            self._peak_samples += count
-            if self._peak_samples >= PEAKS_EVERY_S * self.rate:
-                self._feed_peaks()
+            self._peaks.add(np.stack([left, right]))
         return left, right
-
-    def _feed_peaks(self) -> None:
-        """Hand the mixed pieces to the peak accumulator in one go (its result does not
-        depend on how the audio is cut: fewer, larger pieces cost fewer numpy calls)."""
-        parts, self._peak_parts, self._peak_samples = self._peak_parts, [], 0
-        if self._peaks is None or not parts:
-            return
-        if len(parts) == 1:
-            self._peaks.add(np.stack(parts[0]))
-        else:
-            self._peaks.add(np.stack([np.concatenate([left for left, _ in parts]),
-                                      np.concatenate([right for _, right in parts])]))
 
     def _write(self, pages: bytes) -> None:
         """Append whole pages and make them durable; on failure keep them for later."""

@@ -347,17 +347,3 @@ def test_segment_tail_reads_records_of_any_size_across_read_boundaries(tmp_path:
     assert first + rest == records
     assert tail.read(None) == []
     tail.close()
-
-
-def test_peaks_fed_in_batches_equal_peaks_fed_every_step(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    streams = _two_tones(7.3)
-    results = []
-    for every_s in (0, live_module.PEAKS_EVERY_S):
-        monkeypatch.setattr(live_module, "PEAKS_EVERY_S", every_s)
-        directory = tmp_path / f"every{every_s}"
-        manifest = _empty_recording(directory)
-        encoder = _play(directory, LiveEncoder(directory, "r1"), streams, 7_500)
-        results.append(encoder.finish(stream_specs(manifest), 7_300).peaks)
-    assert results[0] is not None and results[0] == results[1]

@@ -1,8 +1,8 @@
 """Entry point: `python -m services.capture` (started by `callrec up`).
 
-Capture runs on uvloop: its event loop is the RTP receive path (a reader callback per
-stream socket), and uvloop dispatches ready sockets for a fraction of the default
-loop's cost. The other services keep asyncio's default loop.
+Capture runs on uvloop: its event loop is the RTP receive path (every stream socket
+read through one epoll set, receiver.BatchReader), and uvloop runs its timers and
+callbacks for a fraction of the default loop's cost. The other services keep asyncio's default loop.
 """
 
 import uvloop

@@ -76,7 +76,7 @@ from .live import (
 )
 from .manifest import JOURNAL, MANIFEST, ManifestJournal, RecordingManifest, StreamManifest
 from .ports import PortPool, PortsExhausted, open_rtp_socket
-from .receiver import StreamReceiver
+from .receiver import BatchReader, StreamReceiver
 from .segments import SegmentWriter, next_segment_index, segment_path
 from .timeline import SilentReason
 
@@ -165,6 +165,8 @@ class Capture:
         self.attempts: dict[str, int] = {}
         self.giving_up: set[str] = set()
         self.keeper: KeeperClient | None = None
+        # Every stream's socket is read through this one epoll set (see receiver.py).
+        self.reader = BatchReader()
         self._flushed = asyncio.Event()
         self._flushed_at = 0.0
         metrics = ctx.metrics
@@ -263,6 +265,7 @@ class Capture:
                     stream.writer.close()
             if recording.manifest_dirty:
                 self._save_manifest(recording)
+        self.reader.close()
         if not any(r.manifest_dirty for r in self.live.values()):
             self.journal.clear()
         self.journal.close()
@@ -608,7 +611,7 @@ class Capture:
         )
         if kept:  # what arrived while capture was down, at the times it arrived
             receiver.drain(sock)
-        receiver.attach(sock)
+        receiver.attach(sock, self.reader)
         recording.manifest.streams[stream.stream_id] = stream
         recording.streams[stream.stream_id] = LiveStream(stream, writer, receiver, kept)
 

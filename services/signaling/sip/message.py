@@ -179,6 +179,12 @@ def _parse_params(text: str, *, what: str) -> ParamDict:
     params = ParamDict()
     if not text.strip():
         return params
+    # Collected into a plain dict first: ParamDict's case-blind assignment scans every
+    # key; only names that differ from an earlier one in case alone need it.
+    pairs: dict[str, str | None] = {}
+    order: list[tuple[str, str | None]] = []
+    lowered: set[str] = set()
+    clash = False
     for raw in _split_quoted(text, ";"):
         item = raw.strip()
         if not item:
@@ -187,15 +193,25 @@ def _parse_params(text: str, *, what: str) -> ParamDict:
         name = name.strip()
         if not _is_token(name):
             raise SipParseError(f"bad {what} parameter name: {name!r}")
+        param: str | None = None
         if eq:
             value = value.strip()
             if value.startswith('"'):
                 _unquote(value)  # validate; keep the quoted form for re-rendering
             elif not value or _URI_FORBIDDEN_RE.search(value):
                 raise SipParseError(f"bad {what} parameter value: {value!r}")
-            params[name] = value
-        else:
-            params[name] = None
+            param = value
+        lower = name.lower()
+        if lower in lowered and name not in pairs:
+            clash = True
+        lowered.add(lower)
+        pairs[name] = param
+        order.append((name, param))
+    if not clash:
+        dict.update(params, pairs)
+        return params
+    for name, param in order:
+        params[name] = param
     return params
 
 
@@ -613,6 +629,9 @@ def _canonical_name(name: str) -> str:
 
 
 _KEYS: dict[str, str] = {}
+# Header names already found to be tokens (bounded like _KEYS: a peer's odd names
+# are checked every time once it is full).
+_VALID_NAMES: set[str] = set()
 
 
 def _lookup_key(name: str) -> str:
@@ -631,15 +650,17 @@ class Headers:
 
     Order matters in SIP (Via, Route), and compact names must be treated as
     their long forms, which rules out a plain dict. The lower-cased canonical
-    name of each line is kept beside it, so a lookup is one list search rather
-    than a lower() per line (a request is looked into dozens of times).
+    name of each line is kept beside it, and an index from that name to the
+    line values is built on the first look-up after a change: a request is looked
+    into dozens of times but changed only while it is parsed or built.
     """
 
-    __slots__ = ("_items", "_keys")
+    __slots__ = ("_index", "_items", "_keys")
 
     def __init__(self, items: Iterable[tuple[str, str]] = ()) -> None:
         self._items: list[tuple[str, str]] = []
         self._keys: list[str] = []
+        self._index: dict[str, list[str]] | None = None
         for name, value in items:
             self.add(name, value)
 
@@ -647,16 +668,33 @@ class Headers:
     def _key(name: str) -> str:
         return _lookup_key(name)
 
+    def _lines(self) -> dict[str, list[str]]:
+        index = self._index
+        if index is None:
+            index = {}
+            for key, item in zip(self._keys, self._items, strict=True):
+                values = index.get(key)
+                if values is None:
+                    index[key] = [item[1]]
+                else:
+                    values.append(item[1])
+            self._index = index
+        return index
+
     def add(self, name: str, value: str) -> None:
         """Append a header line, rejecting anything that could inject lines."""
         name = name.strip()
-        if not _is_token(name):
-            raise SipParseError(f"bad header name: {name!r}")
+        if name not in _VALID_NAMES:
+            if not _is_token(name):
+                raise SipParseError(f"bad header name: {name!r}")
+            if len(_VALID_NAMES) < 512:
+                _VALID_NAMES.add(name)
         if _CTL_RE.search(value):
             raise SipParseError(f"control characters in {name} header")
         canonical = _canonical_name(name)
         self._items.append((canonical, value.strip()))
         self._keys.append(canonical.lower())
+        self._index = None
 
     def set(self, name: str, value: str) -> None:
         """Replace every line of *name* with a single value, keeping its position."""
@@ -667,6 +705,7 @@ class Headers:
         if position is not None:
             self._items.insert(position, self._items.pop())
             self._keys.insert(position, self._keys.pop())
+        self._index = None
 
     def remove(self, name: str) -> None:
         """Drop all lines of *name*; missing headers are not an error."""
@@ -674,26 +713,26 @@ class Headers:
         kept = [(k, item) for k, item in zip(self._keys, self._items, strict=True) if k != key]
         self._keys = [k for k, _ in kept]
         self._items = [item for _, item in kept]
+        self._index = None
 
     def get(self, name: str, default: str | None = None) -> str | None:
         """Return the first header line's raw value."""
-        key = self._key(name)
-        try:
-            return self._items[self._keys.index(key)][1]
-        except ValueError:
-            return default
+        values = self._lines().get(self._key(name))
+        return default if values is None else values[0]
 
     def get_lines(self, name: str) -> list[str]:
-        """Every line's raw value, comma lists not split."""
-        key = self._key(name)
-        return [item[1] for k, item in zip(self._keys, self._items, strict=True) if k == key]
+        """Every line's raw value, comma lists not split (a fresh list)."""
+        values = self._lines().get(self._key(name))
+        return [] if values is None else list(values)
 
     def get_all(self, name: str) -> list[str]:
         """Return every value, splitting comma lists only where the grammar allows."""
         key = self._key(name)
-        values = self.get_lines(name)
+        values = self._lines().get(key)
+        if values is None:
+            return []
         if key not in _LIST_HEADERS:
-            return values
+            return list(values)
         out: list[str] = []
         for value in values:
             out.extend(p.strip() for p in _split_quoted(value, ",", angle=True) if p.strip())

@@ -58,8 +58,20 @@ _CTL_RE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 _BLANK_LINE_RE = re.compile(rb"\r?\n\r?\n")
 
 
+# Tokens already checked (header and parameter names repeat in every message). Bounded:
+# once full, a peer's new names are checked by the expression every time.
+_TOKENS: set[str] = set()
+_TOKENS_MAX = 4096
+
+
 def _is_token(text: str) -> bool:
-    return _TOKEN_RE.fullmatch(text) is not None
+    if text in _TOKENS:
+        return True
+    if _TOKEN_RE.fullmatch(text) is None:
+        return False
+    if len(_TOKENS) < _TOKENS_MAX:
+        _TOKENS.add(text)
+    return True
 
 
 def _split_quoted(text: str, sep: str, *, angle: bool = False) -> list[str]:
@@ -246,7 +258,7 @@ def _parse_hostport(text: str) -> tuple[str, int | None]:
 
 
 def _parse_port(text: str) -> int:
-    if _DIGITS_RE.fullmatch(text) is None or len(text) > 5:
+    if not (text.isascii() and text.isdigit()) or len(text) > 5:
         raise SipParseError(f"bad port: {text!r}")
     port = int(text)
     if port > 65535:
@@ -430,6 +442,28 @@ def parse_name_addr(text: str) -> NameAddr:
         return NameAddr(display, uri, _parse_params(rest[1:], what="header"))
     uri_text, _, param_text = text.partition(";")
     return NameAddr(None, parse_uri(uri_text), _parse_params(param_text, what="header"))
+
+
+# From and To values seen lately, parsed: a dialog's From (and To, once tagged) comes
+# back in every request of the dialog and a PBX's To is often the same for every call.
+# Callers get a copy, so no message shares mutable parts with another.
+_ADDRESSES: dict[str, NameAddr] = {}
+_ADDRESSES_MAX = 4096
+
+
+def parse_name_addr_cached(text: str) -> NameAddr:
+    """parse_name_addr, remembering the last few thousand values."""
+    parsed = _ADDRESSES.get(text)
+    if parsed is None:
+        parsed = parse_name_addr(text)
+        if len(_ADDRESSES) >= _ADDRESSES_MAX:
+            del _ADDRESSES[next(iter(_ADDRESSES))]
+        _ADDRESSES[text] = parsed
+    uri = parsed.uri
+    return NameAddr(parsed.display,
+                    SipUri(uri.scheme, uri.user, uri.host, uri.port, uri.password,
+                           ParamDict(uri.params), dict(uri.headers)),
+                    ParamDict(parsed.params))
 
 
 @dataclass
@@ -629,9 +663,6 @@ def _canonical_name(name: str) -> str:
 
 
 _KEYS: dict[str, str] = {}
-# Header names already found to be tokens (bounded like _KEYS: a peer's odd names
-# are checked every time once it is full).
-_VALID_NAMES: set[str] = set()
 
 
 def _lookup_key(name: str) -> str:
@@ -684,16 +715,24 @@ class Headers:
     def add(self, name: str, value: str) -> None:
         """Append a header line, rejecting anything that could inject lines."""
         name = name.strip()
-        if name not in _VALID_NAMES:
-            if not _is_token(name):
-                raise SipParseError(f"bad header name: {name!r}")
-            if len(_VALID_NAMES) < 512:
-                _VALID_NAMES.add(name)
+        if not _is_token(name):
+            raise SipParseError(f"bad header name: {name!r}")
         if _CTL_RE.search(value):
             raise SipParseError(f"control characters in {name} header")
         canonical = _canonical_name(name)
         self._items.append((canonical, value.strip()))
         self._keys.append(canonical.lower())
+        self._index = None
+
+    def _copy_lines(self, other: Headers, key: str, *, first_only: bool = False) -> None:
+        """Append *other*'s lines of a header (by lower-cased canonical name), as they
+        are: they passed `add` there."""
+        for k, item in zip(other._keys, other._items, strict=True):
+            if k == key:
+                self._items.append(item)
+                self._keys.append(k)
+                if first_only:
+                    break
         self._index = None
 
     def set(self, name: str, value: str) -> None:
@@ -827,12 +866,12 @@ class _MessageMixin:
     @property
     def from_(self) -> NameAddr:
         """Parsed From header (trailing underscore because ``from`` is a keyword)."""
-        return self._parsed("From", parse_name_addr)
+        return self._parsed("From", parse_name_addr_cached)
 
     @property
     def to(self) -> NameAddr:
         """Parsed To header."""
-        return self._parsed("To", parse_name_addr)
+        return self._parsed("To", parse_name_addr_cached)
 
     @property
     def vias(self) -> list[Via]:
@@ -896,6 +935,10 @@ SipMessage = SipRequest | SipResponse
 _MANDATORY_REQUEST_HEADERS = ("Via", "From", "To", "Call-ID", "CSeq")
 # Headers a request carries once: two of them (RFC 4475 multi01) make it ambiguous.
 _SINGLE_REQUEST_HEADERS = ("From", "To", "Call-ID", "CSeq", "Max-Forwards")
+
+
+_MANDATORY_REQUEST_KEYS = tuple((n, n.lower()) for n in _MANDATORY_REQUEST_HEADERS)
+_SINGLE_REQUEST_KEYS = tuple((n, n.lower()) for n in _SINGLE_REQUEST_HEADERS)
 
 
 def _parse_start_line(line: str) -> SipRequest | SipResponse:
@@ -994,11 +1037,12 @@ def parse_message(data: bytes) -> SipRequest | SipResponse:
     msg.body = body
 
     if isinstance(msg, SipRequest):
-        for name in _MANDATORY_REQUEST_HEADERS:
-            if not msg.headers.get(name):
+        index = msg.headers._lines()
+        for name, key in _MANDATORY_REQUEST_KEYS:
+            if not index.get(key, ("",))[0]:
                 raise SipParseError(f"missing or empty {name} header")
-        for name in _SINGLE_REQUEST_HEADERS:
-            if len(msg.headers.get_all(name)) > 1:
+        for name, key in _SINGLE_REQUEST_KEYS:
+            if len(index.get(key, ())) > 1:
                 raise SipParseError(f"more than one {name} header")
         _number, method = msg.cseq
         if method != msg.method:
@@ -1074,24 +1118,21 @@ def build_response(
         reason = REASON_PHRASES.get(status, "Unknown")
     if _CTL_RE.search(reason):
         raise ValueError("control characters in reason phrase")
+    # Via, From, To (our tag aside), Call-ID and CSeq are copied as the request's own
+    # lines: they were checked when it was parsed.
     headers = Headers()
-    for name, value in request.headers.items():
-        if name == "Via":
-            headers.add(name, value)
-    from_value = request.headers.get("From")
-    to_value = request.headers.get("To")
-    if from_value is not None:
-        headers.add("From", from_value)
-    if to_value is not None:
-        if to_tag is not None and request.to.tag is None:
-            if not _is_token(to_tag):
-                raise ValueError(f"bad tag: {to_tag!r}")
-            to_value = f"{to_value};tag={to_tag}"
-        headers.add("To", to_value)
-    for name in ("Call-ID", "CSeq"):
-        copied = request.headers.get(name)
-        if copied is not None:
-            headers.add(name, copied)
+    source = request.headers
+    headers._copy_lines(source, "via")
+    headers._copy_lines(source, "from", first_only=True)
+    to_value = source.get("To")
+    if to_value is not None and to_tag is not None and request.to.tag is None:
+        if not _is_token(to_tag):
+            raise ValueError(f"bad tag: {to_tag!r}")
+        headers.add("To", f"{to_value};tag={to_tag}")
+    else:
+        headers._copy_lines(source, "to", first_only=True)
+    headers._copy_lines(source, "call-id", first_only=True)
+    headers._copy_lines(source, "cseq", first_only=True)
     if status == 100:
         timestamp = request.headers.get("Timestamp")
         if timestamp is not None:

@@ -941,6 +941,10 @@ _MANDATORY_REQUEST_KEYS = tuple((n, n.lower()) for n in _MANDATORY_REQUEST_HEADE
 _SINGLE_REQUEST_KEYS = tuple((n, n.lower()) for n in _SINGLE_REQUEST_HEADERS)
 
 
+# Request-URIs found valid (a PBX sends its recording calls to one or a few), bounded.
+_REQUEST_URIS: set[str] = set()
+
+
 def _parse_start_line(line: str) -> SipRequest | SipResponse:
     if line[:4].upper() == "SIP/":
         parts = line.split(" ", 2)
@@ -960,8 +964,12 @@ def _parse_start_line(line: str) -> SipRequest | SipResponse:
     if version.upper() != "SIP/2.0":
         raise SipParseError(f"unsupported SIP version: {version[:20]!r}")
     scheme = uri.partition(":")[0].lower()
-    if scheme in ("sip", "sips", "tel"):
+    if uri in _REQUEST_URIS:
+        pass  # the same Request-URI as an earlier request: valid then, valid now
+    elif scheme in ("sip", "sips", "tel"):
         parse_uri(uri)
+        if len(_REQUEST_URIS) < _TOKENS_MAX:
+            _REQUEST_URIS.add(uri)
     elif ":" not in uri or _SCHEME_RE.fullmatch(scheme) is None or _URI_FORBIDDEN_RE.search(uri):
         raise SipParseError(f"bad Request-URI: {uri[:80]!r}")
     return SipRequest(method, uri)

@@ -665,6 +665,10 @@ def _canonical_name(name: str) -> str:
 _KEYS: dict[str, str] = {}
 
 
+# A peer's header names as written -> (canonical name, its lower-cased form), bounded.
+_PARSED_NAMES: dict[str, tuple[str, str]] = {}
+
+
 def _lookup_key(name: str) -> str:
     """The lower-cased canonical name, memoised for the names code asks for (peers'
     header names never reach this table: only lookups by name do)."""
@@ -722,6 +726,21 @@ class Headers:
         canonical = _canonical_name(name)
         self._items.append((canonical, value.strip()))
         self._keys.append(canonical.lower())
+        self._index = None
+
+    def _add_parsed(self, name: str, value: str) -> None:
+        """`add` for the parser, which has checked *name* already. (A printable value
+        has no control characters: the expression runs only on the others, tabs.)"""
+        if not value.isprintable() and _CTL_RE.search(value):
+            raise SipParseError(f"control characters in {name} header")
+        names = _PARSED_NAMES.get(name)
+        if names is None:
+            canonical = _canonical_name(name)
+            names = (canonical, canonical.lower())
+            if len(_PARSED_NAMES) < 512:
+                _PARSED_NAMES[name] = names
+        self._items.append((names[0], value.strip()))
+        self._keys.append(names[1])
         self._index = None
 
     def _copy_lines(self, other: Headers, key: str, *, first_only: bool = False) -> None:
@@ -1032,7 +1051,7 @@ def parse_message(data: bytes) -> SipRequest | SipResponse:
         name = name.rstrip(" \t")
         if not _is_token(name):
             raise SipParseError(f"bad header name: {name[:40]!r}")
-        msg.headers.add(name, value)
+        msg.headers._add_parsed(name, value)
 
     lengths = {_parse_content_length(v) for v in msg.headers.get_all("Content-Length")}
     if len(lengths) > 1:

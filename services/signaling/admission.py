@@ -13,6 +13,7 @@ Everything here is deterministic given `now`; the transport and gate feed it.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections import OrderedDict
 from collections.abc import Iterable
@@ -46,8 +47,11 @@ REFUSAL_REASONS: tuple[RefusalReason, ...] = (
 )
 
 
+@functools.lru_cache(maxsize=1024)
 def source_ip(host: str) -> IpAddress | None:
-    """The address a packet came from, IPv4-mapped IPv6 seen as IPv4 (dual-stack binds)."""
+    """The address a packet came from, IPv4-mapped IPv6 seen as IPv4 (dual-stack binds).
+    Remembered: every datagram and every INVITE asks about the same few PBXs (the
+    addresses are immutable values)."""
     try:
         address = ipaddress.ip_address(host.split("%", 1)[0])
     except ValueError:

@@ -20,7 +20,7 @@ from contracts.v1.rpc import RtpSource, StreamSpec
 from . import cucm, identity, sdp, siprec
 from .cucm import CucmLeg, CucmLegError, parse_cucm_leg, session_key
 from .recorder import Stream
-from .sip.message import SipParseError, SipRequest, parse_name_addr
+from .sip.message import SipParseError, SipRequest, parse_name_addr_cached
 
 log = structlog.get_logger()
 
@@ -199,7 +199,7 @@ def contact_uri(request: SipRequest) -> str:
     contact = request.headers.get("Contact")
     if contact:
         try:
-            return str(parse_name_addr(contact).uri)
+            return str(parse_name_addr_cached(contact).uri)
         except SipParseError:
             pass
     return str(request.from_.uri)

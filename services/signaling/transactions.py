@@ -60,7 +60,9 @@ class ServerTransaction:
     to_tag: str | None = None
     cancelled: bool = False
     acked: bool = False
-    timer_g: asyncio.Task[None] | None = field(default=None, repr=False)
+    # Timer G's next retransmission, or Timer H's deadline over a reliable transport:
+    # a loop timer, not a task, so the ACK that stops it costs a cancel, not a wake-up.
+    timer_g: asyncio.TimerHandle | None = field(default=None, repr=False)
     trying: asyncio.TimerHandle | None = field(default=None, repr=False)
 
 
@@ -87,6 +89,7 @@ class ServerTransactions:
         # INVITE transactions by (Call-ID, CSeq number): where an ACK belongs even when
         # it carries no To-tag or another branch (RFC 3261 17.2.1, 13.2.2.4).
         self.invites: dict[tuple[str, int], ServerTransaction] = {}
+        self._no_ack_tasks: set[asyncio.Task[None]] = set()
 
     def get(self, request: SipRequest, method: str | None = None) -> ServerTransaction | None:
         return self.transactions.get(transaction_key(request, method))
@@ -138,11 +141,12 @@ class ServerTransactions:
             if tx.timer_g is not None:
                 tx.timer_g.cancel()
             if peer.transport == "UDP":
-                tx.timer_g = asyncio.create_task(self._timer_g(tx, peer, data, request))
+                self._timer_g(tx, peer, data, request, self.t1, 0.0)
             else:
                 # Reliable transports need no retransmission, but Timer H still bounds
                 # the wait for the ACK (RFC 3261 17.2.1).
-                tx.timer_g = asyncio.create_task(self._timer_h_only(tx))
+                tx.timer_g = asyncio.get_running_loop().call_later(
+                    self.lifetime, self._timer_h, tx)
 
     def ack(self, request: SipRequest) -> ServerTransaction | None:
         """The INVITE transaction an ACK acknowledges (by Call-ID and CSeq number, so an
@@ -168,25 +172,29 @@ class ServerTransactions:
         tx = self.invites.get((call_id, cseq))
         return tx is not None and tx.timer_g is not None
 
-    async def _timer_g(
-        self, tx: ServerTransaction, peer: Peer, data: bytes, request: SipRequest
-    ) -> None:
-        interval, waited = self.t1, 0.0
-        while waited < self.lifetime:
-            await asyncio.sleep(interval)
-            waited += interval
-            self.user.send(peer, data, request)
-            interval = min(interval * 2, self.t2)
-        await self._timer_h(tx)
+    def _timer_g(self, tx: ServerTransaction, peer: Peer, data: bytes, request: SipRequest,
+                 interval: float, waited: float) -> None:
+        """Arm the next retransmission (after T1, 2*T1, ... capped at T2) or, once
+        64*T1 have passed, Timer H."""
+        if waited >= self.lifetime:
+            self._timer_h(tx)
+            return
+        tx.timer_g = asyncio.get_running_loop().call_later(
+            interval, self._retransmit, tx, peer, data, request, interval, waited)
 
-    async def _timer_h_only(self, tx: ServerTransaction) -> None:
-        await asyncio.sleep(self.lifetime)
-        await self._timer_h(tx)
+    def _retransmit(self, tx: ServerTransaction, peer: Peer, data: bytes,
+                    request: SipRequest, interval: float, waited: float) -> None:
+        # The next timer first: a failing send must not leave the transaction without
+        # its Timer H.
+        self._timer_g(tx, peer, data, request, min(interval * 2, self.t2), waited + interval)
+        self.user.send(peer, data, request)
 
-    async def _timer_h(self, tx: ServerTransaction) -> None:
+    def _timer_h(self, tx: ServerTransaction) -> None:
         tx.timer_g = None
         log.warning("ack_timeout", call_id=tx.request.call_id, status=tx.status)
-        await self.user.on_no_ack(tx)
+        task = asyncio.get_running_loop().create_task(self.user.on_no_ack(tx))
+        self._no_ack_tasks.add(task)
+        task.add_done_callback(self._no_ack_tasks.discard)
 
     def expire(self, now: float) -> None:
         """Forget transactions older than 64*T1 (Timers I and J); those still waiting
@@ -211,3 +219,5 @@ class ServerTransactions:
             if tx.timer_g is not None:
                 tx.timer_g.cancel()
                 tx.timer_g = None
+        for task in self._no_ack_tasks:
+            task.cancel()

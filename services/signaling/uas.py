@@ -396,8 +396,9 @@ class RecorderUas:
         structlog.contextvars.bind_contextvars(recording_id=session.recording_id)
         tx = self.transactions.get(request)
         try:
+            # Built unvalidated: every part is a validated model or our own value.
             ports = await self.backend.allocate(
-                AllocateRequest(
+                AllocateRequest.model_construct(
                     recording_id=session.recording_id,
                     started_at=session.started_at,
                     streams=with_sources(plan.streams, plan.offer),

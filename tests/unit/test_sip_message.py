@@ -16,6 +16,7 @@ from services.signaling.sip.message import (
     build_response,
     parse_message,
     parse_name_addr,
+    parse_name_addr_cached,
     parse_uri,
     parse_via,
     serialize,
@@ -611,3 +612,36 @@ def test_framer_rejects_endless_headers() -> None:
     with pytest.raises(SipParseError):
         for _ in range(2000):
             framer.feed(b"X-Junk: " + b"a" * 60 + b"\r\n")
+
+
+# ---------------------------------------------------------------- caches and indexes
+
+
+def test_header_lookups_follow_every_change() -> None:
+    headers = Headers([("Via", "SIP/2.0/UDP a;branch=z9hG4bK1"), ("To", "<sip:b@c>")])
+    assert headers.get("v") == "SIP/2.0/UDP a;branch=z9hG4bK1"
+    headers.add("v", "SIP/2.0/UDP b;branch=z9hG4bK2")
+    assert headers.get_lines("Via")[1] == "SIP/2.0/UDP b;branch=z9hG4bK2"
+    headers.set("To", "<sip:d@e>")
+    assert headers.get("t") == "<sip:d@e>"
+    headers.remove("Via")
+    assert headers.get_lines("Via") == [] and headers.get("Via") is None
+    lines = headers.get_lines("To")
+    lines.append("x")  # a caller's list is its own
+    assert headers.get_lines("To") == ["<sip:d@e>"]
+
+
+def test_params_differing_in_case_only_keep_the_last_spelling_and_value() -> None:
+    addr = parse_name_addr("<sip:a@b;Lr;x=1;X=2;x=3>;tag=1;TAG=2")
+    assert dict(addr.uri.params) == {"Lr": None, "x": "3"}
+    assert dict(addr.params) == {"TAG": "2"} and addr.tag == "2"
+
+
+def test_a_remembered_address_is_a_fresh_copy_for_each_message() -> None:
+    text = "<sip:1001@10.1.1.1;x-nearend;x-refci=42>;tag=abc"
+    first = parse_name_addr_cached(text)
+    first.params["tag"] = "changed"
+    first.uri.params["x-refci"] = "0"
+    second = parse_name_addr_cached(text)
+    assert second == parse_name_addr(text)
+    assert second.tag == "abc" and second.uri.params["x-refci"] == "42"

@@ -58,8 +58,20 @@ _CTL_RE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 _BLANK_LINE_RE = re.compile(rb"\r?\n\r?\n")
 
 
+# Tokens already checked (header and parameter names repeat in every message). Bounded:
+# once full, a peer's new names are checked by the expression every time.
+_TOKENS: set[str] = set()
+_TOKENS_MAX = 4096
+
+
 def _is_token(text: str) -> bool:
-    return _TOKEN_RE.fullmatch(text) is not None
+    if text in _TOKENS:
+        return True
+    if _TOKEN_RE.fullmatch(text) is None:
+        return False
+    if len(_TOKENS) < _TOKENS_MAX:
+        _TOKENS.add(text)
+    return True
 
 
 def _split_quoted(text: str, sep: str, *, angle: bool = False) -> list[str]:
@@ -179,6 +191,12 @@ def _parse_params(text: str, *, what: str) -> ParamDict:
     params = ParamDict()
     if not text.strip():
         return params
+    # Collected into a plain dict first: ParamDict's case-blind assignment scans every
+    # key; only names that differ from an earlier one in case alone need it.
+    pairs: dict[str, str | None] = {}
+    order: list[tuple[str, str | None]] = []
+    lowered: set[str] = set()
+    clash = False
     for raw in _split_quoted(text, ";"):
         item = raw.strip()
         if not item:
@@ -187,15 +205,25 @@ def _parse_params(text: str, *, what: str) -> ParamDict:
         name = name.strip()
         if not _is_token(name):
             raise SipParseError(f"bad {what} parameter name: {name!r}")
+        param: str | None = None
         if eq:
             value = value.strip()
             if value.startswith('"'):
                 _unquote(value)  # validate; keep the quoted form for re-rendering
             elif not value or _URI_FORBIDDEN_RE.search(value):
                 raise SipParseError(f"bad {what} parameter value: {value!r}")
-            params[name] = value
-        else:
-            params[name] = None
+            param = value
+        lower = name.lower()
+        if lower in lowered and name not in pairs:
+            clash = True
+        lowered.add(lower)
+        pairs[name] = param
+        order.append((name, param))
+    if not clash:
+        dict.update(params, pairs)
+        return params
+    for name, param in order:
+        params[name] = param
     return params
 
 
@@ -230,7 +258,7 @@ def _parse_hostport(text: str) -> tuple[str, int | None]:
 
 
 def _parse_port(text: str) -> int:
-    if _DIGITS_RE.fullmatch(text) is None or len(text) > 5:
+    if not (text.isascii() and text.isdigit()) or len(text) > 5:
         raise SipParseError(f"bad port: {text!r}")
     port = int(text)
     if port > 65535:
@@ -414,6 +442,28 @@ def parse_name_addr(text: str) -> NameAddr:
         return NameAddr(display, uri, _parse_params(rest[1:], what="header"))
     uri_text, _, param_text = text.partition(";")
     return NameAddr(None, parse_uri(uri_text), _parse_params(param_text, what="header"))
+
+
+# From and To values seen lately, parsed: a dialog's From (and To, once tagged) comes
+# back in every request of the dialog and a PBX's To is often the same for every call.
+# Callers get a copy, so no message shares mutable parts with another.
+_ADDRESSES: dict[str, NameAddr] = {}
+_ADDRESSES_MAX = 4096
+
+
+def parse_name_addr_cached(text: str) -> NameAddr:
+    """parse_name_addr, remembering the last few thousand values."""
+    parsed = _ADDRESSES.get(text)
+    if parsed is None:
+        parsed = parse_name_addr(text)
+        if len(_ADDRESSES) >= _ADDRESSES_MAX:
+            del _ADDRESSES[next(iter(_ADDRESSES))]
+        _ADDRESSES[text] = parsed
+    uri = parsed.uri
+    return NameAddr(parsed.display,
+                    SipUri(uri.scheme, uri.user, uri.host, uri.port, uri.password,
+                           ParamDict(uri.params), dict(uri.headers)),
+                    ParamDict(parsed.params))
 
 
 @dataclass
@@ -615,6 +665,10 @@ def _canonical_name(name: str) -> str:
 _KEYS: dict[str, str] = {}
 
 
+# A peer's header names as written -> (canonical name, its lower-cased form), bounded.
+_PARSED_NAMES: dict[str, tuple[str, str]] = {}
+
+
 def _lookup_key(name: str) -> str:
     """The lower-cased canonical name, memoised for the names code asks for (peers'
     header names never reach this table: only lookups by name do)."""
@@ -631,21 +685,36 @@ class Headers:
 
     Order matters in SIP (Via, Route), and compact names must be treated as
     their long forms, which rules out a plain dict. The lower-cased canonical
-    name of each line is kept beside it, so a lookup is one list search rather
-    than a lower() per line (a request is looked into dozens of times).
+    name of each line is kept beside it, and an index from that name to the
+    line values is built on the first look-up after a change: a request is looked
+    into dozens of times but changed only while it is parsed or built.
     """
 
-    __slots__ = ("_items", "_keys")
+    __slots__ = ("_index", "_items", "_keys")
 
     def __init__(self, items: Iterable[tuple[str, str]] = ()) -> None:
         self._items: list[tuple[str, str]] = []
         self._keys: list[str] = []
+        self._index: dict[str, list[str]] | None = None
         for name, value in items:
             self.add(name, value)
 
     @staticmethod
     def _key(name: str) -> str:
         return _lookup_key(name)
+
+    def _lines(self) -> dict[str, list[str]]:
+        index = self._index
+        if index is None:
+            index = {}
+            for key, item in zip(self._keys, self._items, strict=True):
+                values = index.get(key)
+                if values is None:
+                    index[key] = [item[1]]
+                else:
+                    values.append(item[1])
+            self._index = index
+        return index
 
     def add(self, name: str, value: str) -> None:
         """Append a header line, rejecting anything that could inject lines."""
@@ -657,6 +726,33 @@ class Headers:
         canonical = _canonical_name(name)
         self._items.append((canonical, value.strip()))
         self._keys.append(canonical.lower())
+        self._index = None
+
+    def _add_parsed(self, name: str, value: str) -> None:
+        """`add` for the parser, which has checked *name* already. (A printable value
+        has no control characters: the expression runs only on the others, tabs.)"""
+        if not value.isprintable() and _CTL_RE.search(value):
+            raise SipParseError(f"control characters in {name} header")
+        names = _PARSED_NAMES.get(name)
+        if names is None:
+            canonical = _canonical_name(name)
+            names = (canonical, canonical.lower())
+            if len(_PARSED_NAMES) < 512:
+                _PARSED_NAMES[name] = names
+        self._items.append((names[0], value.strip()))
+        self._keys.append(names[1])
+        self._index = None
+
+    def _copy_lines(self, other: Headers, key: str, *, first_only: bool = False) -> None:
+        """Append *other*'s lines of a header (by lower-cased canonical name), as they
+        are: they passed `add` there."""
+        for k, item in zip(other._keys, other._items, strict=True):
+            if k == key:
+                self._items.append(item)
+                self._keys.append(k)
+                if first_only:
+                    break
+        self._index = None
 
     def set(self, name: str, value: str) -> None:
         """Replace every line of *name* with a single value, keeping its position."""
@@ -667,6 +763,7 @@ class Headers:
         if position is not None:
             self._items.insert(position, self._items.pop())
             self._keys.insert(position, self._keys.pop())
+        self._index = None
 
     def remove(self, name: str) -> None:
         """Drop all lines of *name*; missing headers are not an error."""
@@ -674,26 +771,26 @@ class Headers:
         kept = [(k, item) for k, item in zip(self._keys, self._items, strict=True) if k != key]
         self._keys = [k for k, _ in kept]
         self._items = [item for _, item in kept]
+        self._index = None
 
     def get(self, name: str, default: str | None = None) -> str | None:
         """Return the first header line's raw value."""
-        key = self._key(name)
-        try:
-            return self._items[self._keys.index(key)][1]
-        except ValueError:
-            return default
+        values = self._lines().get(self._key(name))
+        return default if values is None else values[0]
 
     def get_lines(self, name: str) -> list[str]:
-        """Every line's raw value, comma lists not split."""
-        key = self._key(name)
-        return [item[1] for k, item in zip(self._keys, self._items, strict=True) if k == key]
+        """Every line's raw value, comma lists not split (a fresh list)."""
+        values = self._lines().get(self._key(name))
+        return [] if values is None else list(values)
 
     def get_all(self, name: str) -> list[str]:
         """Return every value, splitting comma lists only where the grammar allows."""
         key = self._key(name)
-        values = self.get_lines(name)
+        values = self._lines().get(key)
+        if values is None:
+            return []
         if key not in _LIST_HEADERS:
-            return values
+            return list(values)
         out: list[str] = []
         for value in values:
             out.extend(p.strip() for p in _split_quoted(value, ",", angle=True) if p.strip())
@@ -788,12 +885,12 @@ class _MessageMixin:
     @property
     def from_(self) -> NameAddr:
         """Parsed From header (trailing underscore because ``from`` is a keyword)."""
-        return self._parsed("From", parse_name_addr)
+        return self._parsed("From", parse_name_addr_cached)
 
     @property
     def to(self) -> NameAddr:
         """Parsed To header."""
-        return self._parsed("To", parse_name_addr)
+        return self._parsed("To", parse_name_addr_cached)
 
     @property
     def vias(self) -> list[Via]:
@@ -859,6 +956,14 @@ _MANDATORY_REQUEST_HEADERS = ("Via", "From", "To", "Call-ID", "CSeq")
 _SINGLE_REQUEST_HEADERS = ("From", "To", "Call-ID", "CSeq", "Max-Forwards")
 
 
+_MANDATORY_REQUEST_KEYS = tuple((n, n.lower()) for n in _MANDATORY_REQUEST_HEADERS)
+_SINGLE_REQUEST_KEYS = tuple((n, n.lower()) for n in _SINGLE_REQUEST_HEADERS)
+
+
+# Request-URIs found valid (a PBX sends its recording calls to one or a few), bounded.
+_REQUEST_URIS: set[str] = set()
+
+
 def _parse_start_line(line: str) -> SipRequest | SipResponse:
     if line[:4].upper() == "SIP/":
         parts = line.split(" ", 2)
@@ -878,8 +983,12 @@ def _parse_start_line(line: str) -> SipRequest | SipResponse:
     if version.upper() != "SIP/2.0":
         raise SipParseError(f"unsupported SIP version: {version[:20]!r}")
     scheme = uri.partition(":")[0].lower()
-    if scheme in ("sip", "sips", "tel"):
+    if uri in _REQUEST_URIS:
+        pass  # the same Request-URI as an earlier request: valid then, valid now
+    elif scheme in ("sip", "sips", "tel"):
         parse_uri(uri)
+        if len(_REQUEST_URIS) < _TOKENS_MAX:
+            _REQUEST_URIS.add(uri)
     elif ":" not in uri or _SCHEME_RE.fullmatch(scheme) is None or _URI_FORBIDDEN_RE.search(uri):
         raise SipParseError(f"bad Request-URI: {uri[:80]!r}")
     return SipRequest(method, uri)
@@ -942,7 +1051,7 @@ def parse_message(data: bytes) -> SipRequest | SipResponse:
         name = name.rstrip(" \t")
         if not _is_token(name):
             raise SipParseError(f"bad header name: {name[:40]!r}")
-        msg.headers.add(name, value)
+        msg.headers._add_parsed(name, value)
 
     lengths = {_parse_content_length(v) for v in msg.headers.get_all("Content-Length")}
     if len(lengths) > 1:
@@ -955,11 +1064,12 @@ def parse_message(data: bytes) -> SipRequest | SipResponse:
     msg.body = body
 
     if isinstance(msg, SipRequest):
-        for name in _MANDATORY_REQUEST_HEADERS:
-            if not msg.headers.get(name):
+        index = msg.headers._lines()
+        for name, key in _MANDATORY_REQUEST_KEYS:
+            if not index.get(key, ("",))[0]:
                 raise SipParseError(f"missing or empty {name} header")
-        for name in _SINGLE_REQUEST_HEADERS:
-            if len(msg.headers.get_all(name)) > 1:
+        for name, key in _SINGLE_REQUEST_KEYS:
+            if len(index.get(key, ())) > 1:
                 raise SipParseError(f"more than one {name} header")
         _number, method = msg.cseq
         if method != msg.method:
@@ -1035,24 +1145,21 @@ def build_response(
         reason = REASON_PHRASES.get(status, "Unknown")
     if _CTL_RE.search(reason):
         raise ValueError("control characters in reason phrase")
+    # Via, From, To (our tag aside), Call-ID and CSeq are copied as the request's own
+    # lines: they were checked when it was parsed.
     headers = Headers()
-    for name, value in request.headers.items():
-        if name == "Via":
-            headers.add(name, value)
-    from_value = request.headers.get("From")
-    to_value = request.headers.get("To")
-    if from_value is not None:
-        headers.add("From", from_value)
-    if to_value is not None:
-        if to_tag is not None and request.to.tag is None:
-            if not _is_token(to_tag):
-                raise ValueError(f"bad tag: {to_tag!r}")
-            to_value = f"{to_value};tag={to_tag}"
-        headers.add("To", to_value)
-    for name in ("Call-ID", "CSeq"):
-        copied = request.headers.get(name)
-        if copied is not None:
-            headers.add(name, copied)
+    source = request.headers
+    headers._copy_lines(source, "via")
+    headers._copy_lines(source, "from", first_only=True)
+    to_value = source.get("To")
+    if to_value is not None and to_tag is not None and request.to.tag is None:
+        if not _is_token(to_tag):
+            raise ValueError(f"bad tag: {to_tag!r}")
+        headers.add("To", f"{to_value};tag={to_tag}")
+    else:
+        headers._copy_lines(source, "to", first_only=True)
+    headers._copy_lines(source, "call-id", first_only=True)
+    headers._copy_lines(source, "cseq", first_only=True)
     if status == 100:
         timestamp = request.headers.get("Timestamp")
         if timestamp is not None:

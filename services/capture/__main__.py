@@ -2,7 +2,8 @@
 
 Capture runs on uvloop: its event loop is the RTP receive path (every stream socket
 read through one epoll set, receiver.BatchReader), and uvloop runs its timers and
-callbacks for a fraction of the default loop's cost. The other services keep asyncio's default loop.
+callbacks for a fraction of the default loop's cost (signaling does the same for
+its SIP sockets; the other services keep asyncio's default loop).
 """
 
 import uvloop

@@ -1015,7 +1015,7 @@ def lower_worker_priority() -> None:
 
 
 async def main(ctx: ServiceContext) -> None:
-    # Calls are encoded while they are recorded, a flush (0.5 s) at a time, so the
+    # Calls are encoded while they are recorded, a live step (0.5 s) at a time, so the
     # cost is spread evenly and finalize is only the last half second. Encoding takes
     # about 1.4 % of a core per call, so it runs in one worker process per core,
     # never under this process's GIL: reception stays alone on this event loop.

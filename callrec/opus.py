@@ -20,6 +20,7 @@ import ctypes.util
 import functools
 import importlib.util
 import struct
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -110,6 +111,19 @@ def opus_head(*, channels: int, pre_skip: int, input_rate: int, streams: int,
             + bytes([streams, coupled]) + mapping)
 
 
+_scratch = threading.local()
+
+
+def _out_buffer() -> int:
+    """The address of this thread's packet buffer. One per thread, not one per encoder
+    (4 KB each, one encoder per active call): a packet is copied out of it at once."""
+    address: int | None = getattr(_scratch, "address", None)
+    if address is None:
+        _scratch.buffer = ctypes.create_string_buffer(MAX_PACKET)
+        address = _scratch.address = ctypes.addressof(_scratch.buffer)
+    return address
+
+
 class MultistreamEncoder:
     """``channels`` independent mono Opus streams (no coupling: unrelated talkers must
     not bleed into each other), VOIP application, VBR, interleaved int16 in.
@@ -135,8 +149,6 @@ class MultistreamEncoder:
         if error.value != _OPUS_OK or not handle:
             raise OpusError("opus_multistream_encoder_create", error.value or -7)
         self._handle: int | None = handle
-        self._out = ctypes.create_string_buffer(MAX_PACKET)
-        self._out_address = ctypes.addressof(self._out)
         self._frame_bytes = self.frame_size * channels * 2
         self._ctl(_SET_BITRATE, bitrate)  # the total, split between the streams
         self._ctl(_SET_COMPLEXITY, complexity)
@@ -166,12 +178,12 @@ class MultistreamEncoder:
                              f"({self.frame_size} per channel, interleaved)")
         if not frame.flags.c_contiguous:
             frame = np.ascontiguousarray(frame)
+        out = _out_buffer()
         size: int = _lib().opus_multistream_encode(self._handle, frame.ctypes.data,
-                                                   self.frame_size, self._out_address,
-                                                   MAX_PACKET)
+                                                   self.frame_size, out, MAX_PACKET)
         if size < 0:
             raise OpusError("opus_multistream_encode", size)
-        return ctypes.string_at(self._out_address, size)
+        return ctypes.string_at(out, size)
 
     def encode_frames(self, frames: npt.NDArray[np.int16]) -> list[bytes]:
         """One packet per frame of ``frames`` (whole frames, interleaved int16), in one
@@ -183,7 +195,7 @@ class MultistreamEncoder:
                              f"samples ({self.frame_size} per channel, interleaved)")
         frames = np.ascontiguousarray(frames)
         encode = _lib().opus_multistream_encode
-        handle, frame_size, out = self._handle, self.frame_size, self._out_address
+        handle, frame_size, out = self._handle, self.frame_size, _out_buffer()
         base = frames.ctypes.data
         packets: list[bytes] = []
         for offset in range(0, frames.nbytes, self._frame_bytes):

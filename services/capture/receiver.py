@@ -41,14 +41,15 @@ import select
 import socket
 import struct
 import time
-from collections.abc import Callable
+from array import array
+from collections.abc import Callable, Iterator
 from typing import Any, cast
 
 import structlog
 
 from .latching import UNKNOWN, DropReason, Endpoint, Expected, admit, endpoint_of
 from .ports import SO_TIMESTAMPNS
-from .segments import SegmentWriter
+from .segments import RECORD_HEADER, SegmentWriter
 
 # asyncio reads each datagram into a 256 KiB buffer by default, which with glibc
 # often costs an mmap/munmap per packet; RTP datagrams are far smaller.
@@ -81,6 +82,45 @@ def arrival_time(ancdata: list[tuple[int, int, bytes]]) -> float:
             seconds, nanoseconds = _TIMESPEC.unpack_from(data)
             return seconds + nanoseconds / 1e9
     return time.time()
+
+class HeldPackets:
+    """Packets held until the stream's SDP comes, in arrival order, stored compactly.
+
+    As tuples of Python objects (bytes, an address tuple, an int) a held packet cost
+    about 480 bytes: here it is its segment record (header and datagram) in one buffer
+    and a 2-byte index into the distinct sources seen.
+    """
+
+    __slots__ = ("_index", "_records", "_sources", "_where")
+
+    def __init__(self) -> None:
+        self._records = bytearray()
+        # Per packet, its index into _sources (fewer than MAX_PENDING_PACKETS of them).
+        self._where: array[int] = array("H")
+        self._sources: list[Any] = []
+        self._index: dict[Any, int] = {}
+
+    def __len__(self) -> int:
+        return len(self._where)
+
+    def add(self, arrival_ms: int, addr: Any, data: bytes) -> None:
+        index = self._index.get(addr)
+        if index is None:
+            index = self._index[addr] = len(self._sources)
+            self._sources.append(addr)
+        self._where.append(index)
+        self._records += RECORD_HEADER.pack(arrival_ms, len(data))
+        self._records += data
+
+    def __iter__(self) -> Iterator[tuple[int, Any, bytes]]:
+        """(arrival_ms, addr, datagram) in the order they were added."""
+        records, offset, size = self._records, 0, RECORD_HEADER.size
+        for index in self._where:
+            arrival_ms, length = RECORD_HEADER.unpack_from(records, offset)
+            offset += size
+            yield arrival_ms, self._sources[index], bytes(records[offset:offset + length])
+            offset += length
+
 
 OnLatch = Callable[[Endpoint], None]
 OnDrop = Callable[[DropReason], None]
@@ -133,8 +173,9 @@ class StreamReceiver(asyncio.DatagramProtocol):
         self.on_drop = on_drop
         self.log = log if log is not None else structlog.get_logger()
         self.stranger_logged_at = float("-inf")
-        # (arrival_ms, addr, datagram) held while the SDP is awaited; None: not waiting.
-        self.pending: list[tuple[int, Any, bytes]] | None = [] if sdp_pending else None
+        # Packets held while the SDP is awaited (None: not waiting), compact: up to
+        # PENDING_TIMEOUT of them for every stream of a delayed offer.
+        self.pending: HeldPackets | None = HeldPackets() if sdp_pending else None
         self.pending_since = time.monotonic()
         self.overflow = 0
 
@@ -201,7 +242,7 @@ class StreamReceiver(asyncio.DatagramProtocol):
         if self.pending is not None:
             if len(self.pending) < MAX_PENDING_PACKETS:
                 elapsed = int((arrival - self.started) * 1000)
-                self.pending.append((elapsed if elapsed > 0 else 0, addr, data))
+                self.pending.add(elapsed if elapsed > 0 else 0, addr, data)
             else:
                 self.overflow += 1
             return False
@@ -240,7 +281,7 @@ class StreamReceiver(asyncio.DatagramProtocol):
         self.latched = latched
         self.source = None
         held, self.pending = self.pending, None
-        for arrival_ms, addr, data in held or ():
+        for arrival_ms, addr, data in held if held is not None else ():
             if addr == self.source or self._admit(addr, data, self.started + arrival_ms / 1000):
                 self.packets += 1
                 self.last_arrival = self.started + arrival_ms / 1000

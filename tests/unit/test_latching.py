@@ -26,7 +26,7 @@ from services.capture.latching import (
     on_sdp,
 )
 from services.capture.manifest import RecordingManifest, StreamManifest
-from services.capture.receiver import StreamReceiver
+from services.capture.receiver import HeldPackets, StreamReceiver
 from services.capture.segments import SegmentWriter, read_records
 
 PBX = Endpoint("192.0.2.10", 24580)
@@ -244,6 +244,36 @@ def test_no_sdp_in_time_falls_back_to_the_first_source(tmp_path: Path) -> None:
 
 
 # ---------------------------------------------------------------- restart
+
+
+def test_held_packets_come_back_in_order_with_their_source_and_bytes() -> None:
+    held = HeldPackets()
+    a, b = ("127.0.0.1", 4000), ("127.0.0.2", 4002)
+    sent = [(0, a, rtp(1)), (5, b, b"\x80" + bytes(11)), (20, a, rtp(2) + b"x" * 900),
+            (20, b, rtp(3)), (4_000_000, a, rtp(4))]
+    for arrival_ms, addr, data in sent:
+        held.add(arrival_ms, addr, data)
+    assert len(held) == 5
+    assert list(held) == sent
+    assert all(type(data) is bytes for _, _, data in held)
+
+
+def test_held_packets_are_stored_as_if_never_held(tmp_path: Path) -> None:
+    """Segment bytes are identical whether the packets waited for the SDP or not."""
+    started = time.time()
+    direct = Harness(tmp_path / "direct.seg")
+    waited = Harness(tmp_path / "waited.seg", sdp_pending=True)
+    for h in (direct, waited):
+        h.receiver.started = started
+    for seq in range(40):
+        for h in (direct, waited):
+            h.receiver.datagram_received(rtp(seq) + bytes(seq), ("127.0.0.1", 4000),
+                                         started + seq * 0.02)
+    waited.receiver.expect(expected_from_sdp("127.0.0.1", 4000), None)
+    direct.writer.flush()
+    waited.writer.flush()
+    assert direct.receiver.packets == waited.receiver.packets == 40
+    assert (tmp_path / "direct.seg").read_bytes() == (tmp_path / "waited.seg").read_bytes()
 
 
 def test_latch_survives_a_restart_through_the_manifest(tmp_path: Path) -> None:

@@ -31,6 +31,7 @@ BASE_MS = 20
 MAX_BUCKETS = 2000
 
 Int16Array = npt.NDArray[np.int16]
+Int8Array = npt.NDArray[np.int8]
 
 
 class PeakAccumulator:
@@ -43,8 +44,11 @@ class PeakAccumulator:
         self.channels = channels
         self.size = rate * BASE_MS // 1000  # samples per bucket
         self.samples = 0
-        self._lo = np.zeros((channels, 0), dtype=np.int16)
-        self._hi = np.zeros((channels, 0), dtype=np.int16)
+        # Whole buckets, already quantised to int8 (half the memory of int16: one live
+        # accumulator per active call). Quantising commutes with min and max (it is
+        # monotone), so merging quantised buckets gives what quantising merged ones does.
+        self._lo = np.zeros((channels, 0), dtype=np.int8)
+        self._hi = np.zeros((channels, 0), dtype=np.int8)
         # The bucket being filled: its extremes and how many samples it holds.
         self._part_lo = np.zeros(channels, dtype=np.int16)
         self._part_hi = np.zeros(channels, dtype=np.int16)
@@ -85,27 +89,23 @@ class PeakAccumulator:
         """The peaks of everything added so far (at most MAX_BUCKETS buckets)."""
         while self._lo.shape[1] + (1 if self._part_n else 0) > MAX_BUCKETS:
             self._double()
-        lo, hi = self._lo, self._hi
+        lo8, hi8 = self._lo, self._hi
         if self._part_n:
-            lo = np.concatenate([lo, self._part_lo[:, None]], axis=1)
-            hi = np.concatenate([hi, self._part_hi[:, None]], axis=1)
-        # int16 -> int8: floor for the minimum, ceiling for the maximum, so a quiet
-        # but non-zero signal still draws a line and silence draws nothing.
-        lo8 = np.clip(lo.astype(np.int32) >> 8, -128, 127).astype(np.int8)
-        hi8 = np.clip(-((-hi.astype(np.int32)) >> 8), -128, 127).astype(np.int8)
-        pairs = np.empty((self.channels, lo.shape[1] * 2), dtype=np.int8)
+            lo8 = np.concatenate([lo8, _quantise_lo(self._part_lo[:, None])], axis=1)
+            hi8 = np.concatenate([hi8, _quantise_hi(self._part_hi[:, None])], axis=1)
+        pairs = np.empty((self.channels, lo8.shape[1] * 2), dtype=np.int8)
         pairs[:, 0::2] = lo8
         pairs[:, 1::2] = hi8
         return WaveformPeaks(
             bucket_ms=self.size * 1000 // self.rate,
-            buckets=int(lo.shape[1]),
+            buckets=int(lo8.shape[1]),
             channels=[base64.b64encode(pairs[c].tobytes()).decode("ascii")
                       for c in range(self.channels)],
         )
 
     def _append(self, lo: Int16Array, hi: Int16Array) -> None:
-        self._lo = np.concatenate([self._lo, lo], axis=1)
-        self._hi = np.concatenate([self._hi, hi], axis=1)
+        self._lo = np.concatenate([self._lo, _quantise_lo(lo)], axis=1)
+        self._hi = np.concatenate([self._hi, _quantise_hi(hi)], axis=1)
 
     def _double(self) -> None:
         """Merge neighbouring buckets: same extremes, half the resolution."""
@@ -115,7 +115,10 @@ class PeakAccumulator:
         hi = np.maximum(self._hi[:, 0:2 * pairs:2], self._hi[:, 1:2 * pairs:2])
         if count % 2:
             # The odd last bucket becomes the start of the (wider) bucket being filled.
-            last_lo, last_hi = self._lo[:, -1], self._hi[:, -1]
+            # Back to int16 as a value that quantises to the same (s * 256 does, for
+            # the floor and for the ceiling), so it merges with raw samples exactly.
+            last_lo = self._lo[:, -1].astype(np.int16) * 256
+            last_hi = self._hi[:, -1].astype(np.int16) * 256
             if self._part_n:
                 last_lo = np.minimum(last_lo, self._part_lo)
                 last_hi = np.maximum(last_hi, self._part_hi)
@@ -123,6 +126,17 @@ class PeakAccumulator:
             self._part_n += self.size
         self._lo, self._hi = lo, hi
         self.size *= 2
+
+
+def _quantise_lo(lo: Int16Array) -> Int8Array:
+    """int16 -> int8 of a minimum: the floor, so a quiet but non-zero signal still
+    draws a line and silence draws nothing."""
+    return np.clip(lo.astype(np.int32) >> 8, -128, 127).astype(np.int8)
+
+
+def _quantise_hi(hi: Int16Array) -> Int8Array:
+    """int16 -> int8 of a maximum: the ceiling (see _quantise_lo)."""
+    return np.clip(-((-hi.astype(np.int32)) >> 8), -128, 127).astype(np.int8)
 
 
 def compute_peaks(pcm: npt.ArrayLike, rate: int) -> WaveformPeaks:

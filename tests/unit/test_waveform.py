@@ -179,3 +179,30 @@ def test_a_prefix_that_does_not_decode_gives_no_peaks_not_a_failure(tmp_path: Pa
     write_segment(segment_path(directory, "near", 1), [r for r in near if r[0] > 2_000])
     result = second.finish(stream_specs(RecordingManifest.load(directory)), 3_000)
     assert result.peaks is None and (directory / LIVE_FILE).stat().st_size > 0
+
+
+@pytest.mark.parametrize("seconds", [3.3, 97.1])
+def test_fed_in_random_pieces_peaks_are_each_buckets_quantised_extremes(seconds: float) -> None:
+    """An oracle independent of the accumulator: per bucket of the width it chose, the
+    floor of the minimum and the ceiling of the maximum over 256 (the int16 extremes
+    included), whatever the pieces and however many times it halved its resolution."""
+    rng = np.random.default_rng(7)
+    rate = 8000
+    pcm = rng.integers(-32768, 32768, size=(2, int(seconds * rate)), dtype=np.int16)
+    pcm = (pcm // rng.integers(1, 300, size=pcm.shape)).astype(np.int16)  # quiet parts
+    pcm[:, 5] = -32768
+    pcm[:, 7] = 32767
+    accumulator = PeakAccumulator(rate)
+    pos = 0
+    while pos < pcm.shape[1]:
+        step = int(rng.integers(1, 9000))
+        accumulator.add(pcm[:, pos:pos + step])
+        pos += step
+    peaks = accumulator.result()
+    size = peaks.bucket_ms * rate // 1000
+    got = decode_peaks(peaks)
+    assert got.shape[1] == -(-pcm.shape[1] // size)
+    for bucket in range(got.shape[1]):
+        chunk = pcm[:, bucket * size:(bucket + 1) * size].astype(np.int32)
+        assert (got[:, bucket, 0] == np.clip(chunk.min(axis=1) >> 8, -128, 127)).all()
+        assert (got[:, bucket, 1] == np.clip(-((-chunk.max(axis=1)) >> 8), -128, 127)).all()

@@ -131,12 +131,14 @@ class PeakAccumulator:
 def _quantise_lo(lo: Int16Array) -> Int8Array:
     """int16 -> int8 of a minimum: the floor, so a quiet but non-zero signal still
     draws a line and silence draws nothing."""
-    return np.clip(lo.astype(np.int32) >> 8, -128, 127).astype(np.int8)
+    out: Int8Array = np.clip(lo.astype(np.int32) >> 8, -128, 127).astype(np.int8)
+    return out
 
 
 def _quantise_hi(hi: Int16Array) -> Int8Array:
     """int16 -> int8 of a maximum: the ceiling (see _quantise_lo)."""
-    return np.clip(-((-hi.astype(np.int32)) >> 8), -128, 127).astype(np.int8)
+    out: Int8Array = np.clip(-((-hi.astype(np.int32)) >> 8), -128, 127).astype(np.int8)
+    return out
 
 
 def compute_peaks(pcm: npt.ArrayLike, rate: int) -> WaveformPeaks:

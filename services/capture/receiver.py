@@ -83,6 +83,7 @@ def arrival_time(ancdata: list[tuple[int, int, bytes]]) -> float:
             return seconds + nanoseconds / 1e9
     return time.time()
 
+
 class HeldPackets:
     """Packets held until the stream's SDP comes, in arrival order, stored compactly.
 
@@ -313,7 +314,6 @@ class StreamReceiver(asyncio.DatagramProtocol):
         if self.transport is not None:
             self.transport.close()
             self.transport = None
-
 
 
 class BatchReader:

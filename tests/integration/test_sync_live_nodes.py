@@ -94,7 +94,9 @@ def test_peer_copy_trails_the_origin_and_costs_opus_bandwidth(
               f"peer lag after each flush (bytes): {lags}; extra sync CPU per call-minute: "
               f"origin {cpu[0] * 60 / audio_s:.2f} s, peer {cpu[1] * 60 / audio_s:.2f} s")
         assert per_hour < 20e6  # Imagicle's 20 MB per channel-hour, for the whole call
-        assert per_hour > audio_per_hour  # sanity: the audio did cross
+        # Sanity, the audio did cross: on the raw bytes, since the idle estimate taken
+        # before the call is noisy (once 8.5 KB/s, which left 4.2 MB/h for 7.7 of Opus).
+        assert call_bytes > origin.flushed
 
     asyncio.run(run())
     # Half a second after each flush, the peer held everything announced.

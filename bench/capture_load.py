@@ -36,6 +36,7 @@ if str(REPO) not in sys.path:  # `python bench/capture_load.py` works too
     sys.path.insert(0, str(REPO))
 
 from bench.loadgen import (  # noqa: E402  (after the sys.path line)
+    BENCH_RTP_PORTS,
     SUBSLOTS,
     SendResult,
     baseline,
@@ -266,9 +267,9 @@ async def running_node(max_calls: int, keep: bool, peers: list[Any] | None = Non
 
     # Capture binds even ports only, 2 streams a call, and a freed port cools down first.
     width = max(400, 4 * max_calls + 400)
-    base_port = 20000 + (os.getpid() % 8) * 1000
-    if width > 7000:
-        raise SystemExit("too many calls for the RTP port range below the ephemeral ports")
+    base_port, top = BENCH_RTP_PORTS
+    if base_port + width + 100 > top + 1:
+        raise SystemExit("too many calls for the benchmarks' RTP port band")
     data_dir = Path(tempfile.mkdtemp(prefix="callrec-bench-"))
     extra = ["--max-channels", "10000", "--record-all"]
     node = (Node.clustered(data_dir / "a", "a", extra_args=extra,

@@ -37,6 +37,9 @@ subslots_option = [SUBSLOTS]
 RECV_BUFFER = 1 << 20  # same SO_RCVBUF as capture, so losses compare
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 RTP_HEADER = struct.Struct("!BBHII")
+BENCH_RTP_PORTS = (1100, 9999)
+"""Where benchmarks' nodes bind RTP: below the test suite's bands (tests/support/ports.py,
+10000-32700), so a benchmark run beside the suite does not take the ports its tests draw."""
 TONES_HZ = (440.0, 1004.0)  # channel 0 (near), channel 1 (far)
 
 

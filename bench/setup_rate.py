@@ -51,7 +51,7 @@ CALL_SECONDS = 30.0
 BULK_SCENARIO = sipp.SIPP_DIR / "cucm_bulk.xml"
 # The bulk scenario plays tone.pcmu after the ACK; the set-up bench sends no RTP from SIPp.
 _RTP_EXEC = re.compile(r"\s*<!--[^>]*tone\.pcmu[^>]*-->\s*<nop>.*?</nop>", re.S)
-RTP_PORTS = (20000, 27999)  # capture binds 2 even ports a leg; below SIPp's and ephemeral
+RTP_PORTS = loadgen.BENCH_RTP_PORTS  # capture binds 2 even ports a leg
 
 
 T0 = time.monotonic()

@@ -5,13 +5,15 @@ runs it (a step every 0.5 s, then finish) at a given bitrate, and are decoded ag
 
 - two tones, both parties sounding the whole call (440 / 1004 Hz): the worst case
   for size; checks that each tone keeps its frequency and is never dropped (20 ms
-  frames that come out nearly silent are counted as dropouts);
+  frames that come out nearly silent are counted as dropouts). The tone call lasts
+  ``--tone-seconds`` (60 by default): SILK's dropouts on a steady tone start only
+  after several seconds;
 - speech on both sides at once (espeak-ng): size and STOI per channel against the
   G.711 the recorder received;
 - a conversation, one party at a time (5 s turns, digital silence otherwise): size
   and STOI.
 
-    python -m bench.quality                    # the node's default and 12 kbit/s, 30 s calls
+    python -m bench.quality                    # the node's default and 12 kbit/s
     python -m bench.quality --bitrate 16000 --seconds 10
 """
 
@@ -114,13 +116,15 @@ def speech_rows(root: Path, bitrate: int, seconds: float) -> list[QualityRow]:
     ]
 
 
-def measure(bitrates: list[int], seconds: float, *, speech: bool = True) -> str:
-    """The markdown table of every signal at every bitrate."""
+def measure(bitrates: list[int], seconds: float, *, speech: bool = True,
+            tone_seconds: float | None = None) -> str:
+    """The markdown table of every signal at every bitrate (the tone call lasts
+    ``tone_seconds``, ``seconds`` if None)."""
     root = Path(tempfile.mkdtemp(prefix="callrec-quality-"))
     rows: list[QualityRow] = []
     try:
         for bitrate in bitrates:
-            rows.append(tones(root, bitrate, seconds))
+            rows.append(tones(root, bitrate, tone_seconds or seconds))
             if speech and shutil.which("espeak-ng"):
                 rows.extend(speech_rows(root, bitrate, seconds))
     finally:
@@ -133,9 +137,11 @@ def main(argv: list[str] | None = None) -> str:
     default = NodeConfig.model_fields["opus_bitrate"].default
     parser.add_argument("--bitrate", type=int, action="append", default=[],
                         help=f"bit/s of both channels (default: {default} and 12000)")
-    parser.add_argument("--seconds", type=float, default=30.0)
+    parser.add_argument("--seconds", type=float, default=30.0, help="speech calls")
+    parser.add_argument("--tone-seconds", type=float, default=60.0)
     args = parser.parse_args(argv)
-    table = measure(args.bitrate or [default, 12000], args.seconds)
+    table = measure(args.bitrate or [default, 12000], args.seconds,
+                    tone_seconds=args.tone_seconds)
     print(table)
     return table
 

@@ -10,7 +10,8 @@ The library is the libopus that the PyAV wheel ships (``av.libs/libopus-*.so*``)
 node needs nothing installed; a system libopus is the fallback. Only the few calls the
 recorder needs are bound: a multistream encoder with every channel its own mono stream
 (Ogg/Opus channel mapping family 255, as FFmpeg's libopus encoder configures it), the
-CTLs for bitrate, complexity, VBR and look-ahead, encode, and destroy.
+CTLs for bitrate, complexity, VBR and look-ahead, encode, and destroy; :meth:`set` takes
+the other integer SET CTLs (``SET_*`` below), which bench/opus_settings.py compares.
 """
 
 from __future__ import annotations
@@ -27,8 +28,18 @@ import numpy as np
 import numpy.typing as npt
 
 __all__ = [
+    "BANDWIDTH_NARROWBAND",
     "MAX_PACKET",
     "OPUS_APPLICATION_VOIP",
+    "SET_BANDWIDTH_MAX",
+    "SET_CONSTRAINED_VBR",
+    "SET_DTX",
+    "SET_INBAND_FEC",
+    "SET_LSB_DEPTH",
+    "SET_PACKET_LOSS_PERC",
+    "SET_SIGNAL",
+    "SET_VBR",
+    "SIGNAL_VOICE",
     "MultistreamEncoder",
     "OpusError",
     "library_path",
@@ -42,13 +53,32 @@ _SET_VBR = 4006
 _SET_COMPLEXITY = 4010
 _GET_LOOKAHEAD = 4027
 
+# Integer SET CTLs (opus_defines.h) for :meth:`MultistreamEncoder.set`, with the values
+# worth knowing: none of them is set by default, the recorder keeps libopus' defaults.
+SET_BANDWIDTH_MAX = 4004
+"""OPUS_SET_MAX_BANDWIDTH; ``BANDWIDTH_NARROWBAND`` (1101) caps at 4 kHz audio."""
+BANDWIDTH_NARROWBAND = 1101
+SET_VBR = _SET_VBR
+"""OPUS_SET_VBR: 1 (the recorder's setting) or 0, CBR."""
+SET_INBAND_FEC = 4012
+SET_PACKET_LOSS_PERC = 4014
+SET_DTX = 4016
+SET_CONSTRAINED_VBR = 4020
+SET_SIGNAL = 4024
+"""OPUS_SET_SIGNAL; ``SIGNAL_VOICE`` (3001) biases mode decisions towards SILK."""
+SIGNAL_VOICE = 3001
+SET_LSB_DEPTH = 4036
+"""OPUS_SET_LSB_DEPTH: the input's significant bits (8-24, default 24)."""
+
 MAX_PACKET = 4000
 """Bytes reserved for one packet: far above 60 ms of two streams at voice bitrates."""
 
 GRANULE_RATE = 48000
 """Ogg/Opus counts pre-skip and granule positions at 48 kHz whatever the input rate."""
 
-_FRAME_MS = (10, 20, 40, 60)  # 2.5 and 5 ms would need the CELT-only low-delay mode
+_FRAME_MS = (10, 20, 40, 60, 120)
+"""2.5 and 5 ms would need the CELT-only low-delay mode; 120 ms is two 60 ms SILK frames
+in one packet (libopus 1.2+): fewer TOC bytes, but see bench/opus_settings.py."""
 
 
 class OpusError(RuntimeError):
@@ -204,6 +234,13 @@ class MultistreamEncoder:
                 raise OpusError("opus_multistream_encode", size)
             packets.append(ctypes.string_at(out, size))
         return packets
+
+    def set(self, request: int, value: int) -> None:
+        """Apply one integer SET CTL (``SET_*``) to every stream; :class:`OpusError`
+        (and the encoder closed) if libopus refuses it."""
+        if self._handle is None:
+            raise OpusError(f"opus_multistream_encoder_ctl({request}, {value})", -7)
+        self._ctl(request, value)
 
     def close(self) -> None:
         """Free the native encoder (idempotent)."""

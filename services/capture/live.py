@@ -53,13 +53,25 @@ tests/unit/test_encode_quality.py)."""
 
 OPUS_BITRATE = 16000
 """Both channels together (8 kbit/s each, SILK narrowband), the node's default
-(NodeConfig): 7.0 MB per call-hour when both parties make sound all the time (the
-benchmark's two tones), 4.2 on a conversation where one party talks at a time (VBR:
-silence costs almost nothing), speech STOI 0.93. 12 kbit/s saves a quarter (speech
-STOI 0.87) but is not the default: on a steady tone SILK's noise estimate adapts after
-about 10 s and some 20 ms frames come out nearly silent (a third of the benchmark's
-20 s tone calls had such dropouts, none at 16 kbit/s), and a telephony engineer
-checks a recorder with a test tone. ``--opus-bitrate 12000`` for speech-only sites."""
+(NodeConfig): 7.5 MB per call-hour when both parties make sound all the time (the
+benchmark's two tones), 6.8 with speech on both sides (STOI 0.94), 4.4 on a conversation
+where one party talks at a time (VBR: silence costs almost nothing). 12 kbit/s saves a
+quarter (speech STOI 0.87) but is not the default: at complexity 0 on a steady tone,
+once SILK's noise estimate has adapted (after 6-10 s), some 20 ms frames come out nearly
+silent although every packet stays full size (no DTX: it is off), and a telephony
+engineer checks a recorder with a test tone. ``--opus-bitrate 12000`` for speech-only
+sites.
+
+No setting reaches issue 11's 5.4 MB/h on the two tones with speech STOI >= 0.85
+(bench/opus_settings.py, 60 s tones, 2026-12-01): SILK narrowband has two operating
+points here. From about 10.3 to 12 kbit/s it spends 5.75-5.9 MB/h on the tones whatever
+the target (the Ogg pages and TOC bytes included); below that the tones fit (5.1-5.3)
+but speech falls to STOI 0.77-0.83. CBR gets the tones to 5.3 at 11 kbit/s with speech
+at STOI 0.84 and 0.77-0.82 at 12; 120 ms packets save 6% but cost STOI (0.83) and a
+dropout; constrained VBR, SIGNAL_VOICE, LSB depth, max bandwidth narrowband and
+FEC / packet loss / DTX off change no byte. Complexity 1 at 11.5 kbit/s is the nearest
+trade-off: tones 5.8 MB/h without dropouts, speech 4.9 (STOI 0.86), conversation 3.5,
+1.05x the CPU of this default."""
 
 WIDEBAND_MIN_BITRATE = 16000
 """A wideband (G.722) recording gets at least this: below 8 kbit/s a channel libopus

@@ -145,3 +145,38 @@ def test_frames_in_one_call_give_the_packets_of_frame_by_frame() -> None:
     many.close()
     with pytest.raises(OpusError):
         many.encode_frames(pcm[:step])
+
+
+def test_set_ctls_reach_every_stream_and_bad_values_are_refused() -> None:
+    """CBR through :meth:`set` gives packets of one size on a signal VBR codes unevenly."""
+    rng = np.random.default_rng(3)
+    count = 8000 * 12 // 10
+    pcm = np.empty(count * 2, dtype=np.int16)
+    pcm[0::2] = tone(440, 1.2, 8000) * (np.arange(count) < count // 2)  # tone, then silence
+    pcm[1::2] = rng.normal(0, 3000, count).astype(np.int16)
+    sizes: dict[int, set[int]] = {}
+    for vbr in (1, 0):
+        encoder = MultistreamEncoder(8000, bitrate=16000, complexity=0, frame_ms=60)
+        encoder.set(opus.SET_VBR, vbr)
+        sizes[vbr] = {len(p) for p in encoder.encode_frames(pcm)}
+        encoder.close()
+    assert len(sizes[0]) == 1 and len(sizes[1]) > 3
+    encoder = MultistreamEncoder(8000, bitrate=16000, complexity=0)
+    encoder.set(opus.SET_SIGNAL, opus.SIGNAL_VOICE)
+    encoder.set(opus.SET_BANDWIDTH_MAX, opus.BANDWIDTH_NARROWBAND)
+    with pytest.raises(OpusError, match="invalid argument"):
+        encoder.set(opus.SET_LSB_DEPTH, 99)
+    with pytest.raises(OpusError):  # a refused CTL closes the encoder
+        encoder.set(opus.SET_DTX, 0)
+
+
+def test_120_ms_packets_decode_to_the_call(tmp_path: Path) -> None:
+    encoder = OpusPageEncoder(8000, bitrate=12000, complexity=0, frame_ms=120)
+    assert encoder.frame_size == 960
+    left = tone(440, 2.4, 8000)
+    encoder.encode(left, left)
+    path = tmp_path / "long-frames.opus"
+    path.write_bytes(encoder.pages() + encoder.close(left.size))
+    samples, _ = decode_file(path, 8000)
+    assert abs(samples.shape[1] - left.size) <= 80
+    assert dominant_frequency(samples[0, 4000:-4000], 8000) == pytest.approx(440, abs=3)

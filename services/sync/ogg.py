@@ -17,6 +17,7 @@ from callrec.audio import ogg_crc
 CAPTURE = b"OggS"
 HEADER = struct.Struct("<4sBBqIIIB")  # capture, version, type, granule, serial, seq, crc, nsegs
 OPUS_RATE = 48000
+EOS = 4  # header type flag: the stream's last page
 
 
 @dataclass(frozen=True)
@@ -76,7 +77,8 @@ class Chain:
     The origin may lose the unsynced tail of its file (a machine crash) and write other
     bytes at offsets a peer already holds; appending those to the peer's copy would join
     two different streams. Following the page chain (capture pattern, version, serial,
-    consecutive page numbers, granule never going back, each page's CRC) across appends
+    consecutive page numbers, granule never going back, each page's CRC, nothing after
+    the end-of-stream page) across appends
     catches such a join wherever it falls: inside a page the CRC breaks, on a page
     boundary the page number or granule does (and a page number that happens to match
     needs the same page boundary at the same offset as well).
@@ -87,6 +89,7 @@ class Chain:
     next_seq: int = 0
     granule: int = -1  # last non-negative granule position
     tail: bytes = b""  # the beginning of a page not complete yet
+    ended: bool = False  # the last complete page closed the stream (end of stream)
 
     @property
     def complete(self) -> int:
@@ -99,17 +102,18 @@ def follow(chain: Chain, data: bytes | memoryview) -> Chain | None:
     continue the stream (the copy must then be discarded and pulled again)."""
     buffer = chain.tail + bytes(data)
     view = memoryview(buffer)
-    serial, seq, granule = chain.serial, chain.next_seq, chain.granule
+    serial, seq, granule, ended = chain.serial, chain.next_seq, chain.granule, chain.ended
     start = 0
     while True:
         left = len(view) - start
         if left < HEADER.size:  # what there is must still be able to start a page
-            if bytes(view[start:start + min(left, 4)]) != CAPTURE[:min(left, 4)]:
+            head = min(left, 4)
+            if (ended and left) or bytes(view[start:start + head]) != CAPTURE[:head]:
                 return None
             break
-        capture, version, _kind, position, page_serial, page_seq, crc, count = \
+        capture, version, kind, position, page_serial, page_seq, crc, count = \
             HEADER.unpack_from(view, start)
-        if capture != CAPTURE or version != 0 or page_seq != seq or (
+        if ended or capture != CAPTURE or version != 0 or page_seq != seq or (
                 serial is not None and page_serial != serial):
             return None
         if 0 <= position < granule:
@@ -126,10 +130,11 @@ def follow(chain: Chain, data: bytes | memoryview) -> Chain | None:
             return None
         serial = page_serial
         seq += 1
+        ended = bool(kind & EOS)
         if position >= 0:
             granule = position
         start = end
-    return Chain(chain.offset + len(data), serial, seq, granule, bytes(view[start:]))
+    return Chain(chain.offset + len(data), serial, seq, granule, bytes(view[start:]), ended)
 
 
 def follow_file(data: bytes | memoryview) -> Chain:
@@ -141,4 +146,4 @@ def follow_file(data: bytes | memoryview) -> Chain:
         if followed is None:
             break
         chain = followed
-    return Chain(chain.complete, chain.serial, chain.next_seq, chain.granule)
+    return Chain(chain.complete, chain.serial, chain.next_seq, chain.granule, b"", chain.ended)

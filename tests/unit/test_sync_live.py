@@ -332,7 +332,7 @@ def _page_with(data: bytes, index: int, **fields: int) -> bytes:
     """Page `index` of `data` with header fields replaced (CRC recomputed)."""
     ends = [0, *_ends(data)]
     page = bytearray(data[ends[index]:ends[index + 1]])
-    for name, (offset, size) in {"seq": (18, 4), "granule": (6, 8)}.items():
+    for name, (offset, size) in {"seq": (18, 4), "granule": (6, 8), "flags": (5, 1)}.items():
         if name in fields:
             page[offset:offset + size] = fields[name].to_bytes(size, "little", signed=True)
     page[22:26] = b"\0\0\0\0"
@@ -378,6 +378,10 @@ def test_an_aligned_join_needs_the_next_page_number_and_granule() -> None:
     assert follow(chain, DATA[ends[9]:ends[10]]) is None  # one skipped
     assert follow(chain, _page_with(DATA, 8, seq=9)) is not None  # the helper is faithful
     assert follow(chain, _page_with(DATA, 8, seq=9, granule=1000)) is None  # time went back
+    closed = follow(chain, _page_with(DATA, 9, flags=4))  # end of stream...
+    assert closed is not None and closed.ended
+    assert follow(closed, DATA[ends[9]:ends[10]]) is None  # ...then nothing more
+    assert follow(closed, b"O") is None
     corrupt = bytearray(DATA[ends[8]:ends[9]])
     corrupt[-5] ^= 0x40  # same header, other bytes: the CRC
     assert follow(chain, bytes(corrupt)) is None

@@ -512,7 +512,14 @@ class LiveEncoder:
         return left, right
 
     def _write(self, pages: bytes) -> None:
-        """Append whole pages and make them durable; on failure keep them for later."""
+        """Append whole pages; on failure keep them for later.
+
+        Not synced: peers that copy the file follow its page chain and start again when
+        it breaks (an origin that lost the unsynced tail in a machine crash resumes from
+        its last complete page and writes other bytes there), so a sync per step would
+        buy nothing but cost. A finished recording is made durable by its copy into the
+        store (fsynced before its completion is published).
+        """
         data = self._unwritten + pages
         if not data:
             return
@@ -521,7 +528,6 @@ class LiveEncoder:
             written = 0
             while written < len(data):
                 written += os.write(self._fd, view[written:])
-            os.fdatasync(self._fd)
         except OSError:
             # A file that ends mid-page would not be a valid prefix: cut it back.
             os.ftruncate(self._fd, self.bytes)

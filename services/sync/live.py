@@ -18,7 +18,7 @@ again with more audio; only the origin's own completion or failure, or a purge, 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from contracts.v1.events import (
     RecordingCompleted,
@@ -27,6 +27,8 @@ from contracts.v1.events import (
     RecordingStarted,
 )
 from contracts.v1.rpc import LiveProgress
+
+from .ogg import Chain, follow
 
 PULL_BYTES = 256 * 1024
 
@@ -41,11 +43,16 @@ class Live:
     started: RecordingStarted | None = None
     origin_bytes: int = 0  # announced by the origin (ends on a complete page)
     origin_duration_ms: int = 0
-    have: int = 0  # bytes in our copy
+    chain: Chain = field(default_factory=Chain)  # our copy, as followed page by page
     last_progress_at: float | None = None
     final: bool = False
     taken: bool = False  # we published a takeover copy
     taken_mark: float = float("-inf")  # last progress seen when we did
+
+    @property
+    def have(self) -> int:
+        """Bytes in our copy."""
+        return self.chain.offset
 
 
 class LiveBook:
@@ -100,17 +107,21 @@ class LiveBook:
         entry = self._entry(update.recording_id, update.node_id, now)
         if entry is None or entry.origin != update.node_id:
             return False
+        # A max: progress may arrive out of order. An origin that lost the tail of its
+        # file (a machine crash) announces less than before and then writes other bytes
+        # where we hold the old ones: the page chain catches that join when we pull
+        # past what we hold (`pulled`), and until then our copy is a valid recording.
         entry.origin_bytes = max(entry.origin_bytes, update.bytes)
         entry.origin_duration_ms = max(entry.origin_duration_ms, update.duration_ms)
         entry.last_progress_at = now
         entry.final = entry.final or update.final
         return entry.have < entry.origin_bytes
 
-    def resumed(self, recording_id: str, have: int) -> None:
+    def resumed(self, recording_id: str, chain: Chain) -> None:
         """What our copy already holds (after a restart of this service)."""
         entry = self.live.get(recording_id)
         if entry is not None:
-            entry.have = have
+            entry.chain = chain
 
     def next_pull(self, recording_id: str, chunk: int = PULL_BYTES) -> tuple[int, int] | None:
         """(offset, length) of the next range to pull from the origin, None when level."""
@@ -126,12 +137,22 @@ class LiveBook:
         if entry is not None:
             entry.taken = True
             entry.taken_mark = entry.last_progress_at or float("-inf")
-            entry.have = 0
+            entry.chain = Chain()
 
-    def pulled(self, recording_id: str, count: int) -> None:
+    def pulled(self, recording_id: str, data: bytes) -> bool:
+        """Bytes pulled for the end of our copy: True when they continue it (write them),
+        False when they break its page chain: the origin's file is no longer what we
+        copied (it lost its tail and wrote on), so our copy is dropped and the next pull
+        starts again from 0 (the caller empties the file)."""
         entry = self.live.get(recording_id)
-        if entry is not None:
-            entry.have += count
+        if entry is None:
+            return False
+        chain = follow(entry.chain, data)
+        if chain is None:
+            entry.chain = Chain()
+            return False
+        entry.chain = chain
+        return True
 
     def due(self, now: float, last_heard: dict[str, float], timeout: float) -> list[Live]:
         """Recordings to take over now: the origin silent past `timeout`, the start fact

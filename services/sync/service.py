@@ -42,6 +42,7 @@ from contracts.v1.rpc import Empty, LiveProgress, NodeStatus, PeerLag, SyncStatu
 
 from .domain import Discard, Fetch, PeerTable, Purge, ReplicaMap, backoff, stalled_sources
 from .live import Live, LiveBook
+from .ogg import Chain, follow_file
 from .state import live_path, load_checkpoint, part_path, save_checkpoint
 from .takeover import build_takeover, takeover_event_id, takeover_key, takeover_timeout
 from .transfer import (
@@ -125,6 +126,9 @@ class Sync:
                                       "bytes of recordings in progress pulled from their origin")
         self.m_live_errors = m.counter("sync_live_pull_failures_total",
                                        "live range pulls the origin did not answer")
+        self.m_live_breaks = m.counter(
+            "sync_live_copy_discarded_total",
+            "live copies dropped and pulled again: a pulled range broke their Ogg page chain")
         self.m_live_dropped = m.counter("sync_live_progress_dropped_total",
                                         "live progress messages dropped (malformed, spoofed)")
         self.m_takeovers = m.counter("sync_takeovers_total",
@@ -459,21 +463,27 @@ class Sync:
             if recording_id not in self.pulling:  # else the pull removes it when it ends
                 self._drop_live_copy(recording_id)
         if isinstance(event, RecordingStarted) and event.recording_id in self.live.live:
-            # After a restart: what our copy already holds (complete pages only).
-            have = await asyncio.to_thread(self._live_have, event.recording_id)
-            if have:
-                self.live.resumed(event.recording_id, have)
+            # After a restart: what our copy already holds (chained complete pages only).
+            chain = await asyncio.to_thread(self._live_have, event.recording_id)
+            if chain.offset:
+                self.live.resumed(event.recording_id, chain)
 
     def _drop_live_copy(self, recording_id: str) -> None:
         with contextlib.suppress(ValueError, OSError):
             live_path(self.root, recording_id).unlink(missing_ok=True)
 
-    def _live_have(self, recording_id: str) -> int:
+    def _live_have(self, recording_id: str) -> Chain:
+        """Our copy's chained complete pages; anything after them is cut off."""
         try:
             path = live_path(self.root, recording_id)
-            return path.stat().st_size if path.exists() else 0
+            if not path.exists():
+                return Chain()
+            chain = follow_file(path.read_bytes())
+            with path.open("r+b") as handle:
+                handle.truncate(chain.offset)
+            return chain
         except (OSError, ValueError):
-            return 0
+            return Chain()
 
     async def _on_live(self, msg: Msg) -> None:
         try:
@@ -497,6 +507,7 @@ class Sync:
         try:
             path = live_path(self.root, recording_id)
             path.parent.mkdir(parents=True, exist_ok=True)
+            restarted = False
             while (step := self.live.next_pull(recording_id)) is not None:
                 entry = self.live.live[recording_id]
                 offset, length = step
@@ -511,8 +522,18 @@ class Sync:
                 if not chunk.data or recording_id not in self.live.live:
                     return  # nothing more yet, or the recording ended meanwhile
                 data = chunk.data[:length]
+                if not self.live.pulled(recording_id, data):
+                    # The origin's file is no longer what we copied (it lost its unsynced
+                    # tail and wrote on, or we read it while it did): start again from 0.
+                    self.m_live_breaks.inc()
+                    log.warning("live_copy_discarded", recording_id=recording_id,
+                                origin=entry.origin, offset=offset, bytes=len(data))
+                    await asyncio.to_thread(_append_at, path, 0, b"")
+                    if restarted:
+                        return  # broken again at once: the next progress tries again
+                    restarted = True
+                    continue
                 await asyncio.to_thread(_append_at, path, offset, data)
-                self.live.pulled(recording_id, len(data))
                 self.m_live_bytes.inc(len(data))
         finally:
             self.pulling.discard(recording_id)
@@ -628,11 +649,12 @@ class Sync:
 
 
 def _append_at(path: Path, offset: int, data: bytes) -> None:
-    """Write `data` at `offset` of our live copy (normally its end: a retried range
-    overwrites rather than duplicates)."""
+    """Write `data` at `offset` of our live copy and end the copy there (the offset is
+    where the followed chain ends: anything after it is not part of the copy)."""
     with path.open("r+b" if path.exists() else "wb") as handle:
         handle.seek(offset)
         handle.write(data)
+        handle.truncate(offset + len(data))
 
 
 def _heartbeat_audit_head(payload: dict[str, Any]) -> AuditHead | None:

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from callrec.audio import decode_file, dominant_frequency, sound_seconds
+from services.sync.ogg import scan
 from tests.support.cluster import audio_sha, eventually, recordings, start_pair
 from tests.support.liveorigin import FakeOrigin
 from tests.support.node import Node
@@ -202,3 +203,30 @@ def test_partition_gives_a_provisional_copy_that_the_origins_own_replaces(
     eventually(lambda: not (b.data_dir / "objects" / row["object_key"]).exists(), 20,
                "b deletes its provisional copy")
     eventually(lambda: not peer_copy(b, rid).exists(), 10, "b drops its live copy")
+
+
+def test_origin_that_lost_its_tail_leaves_the_peer_a_valid_copy(
+        pair: tuple[Node, Node, TcpProxy]) -> None:
+    """The origin's live file is not synced per flush: a machine crash may cut it back
+    and the origin then writes other bytes where b already holds the old ones. b's pull
+    past what it holds breaks its copy's page chain: b drops the copy and pulls again,
+    ending equal to the origin's new file, not a join of the two."""
+    a, b, _ = pair
+    eventually(lambda: b.metric("callrec_sync_peers") >= 1, 60, "b hears a")
+    origin = FakeOrigin(a, f"live-lost-{int(time.time())}", seconds=20.0)
+    rid = origin.recording_id
+    discarded = b.metric("callrec_sync_live_copy_discarded_total")
+    asyncio.run(origin.start())
+    asyncio.run(origin.play(6.0))
+    eventually(lambda: peer_copy(b, rid).exists()
+               and peer_copy(b, rid).stat().st_size == origin.flushed, 10, "b follows")
+    old = origin.data[:origin.flushed]
+    origin.lose_tail(keep_s=2.5)
+    assert origin.data[:origin.flushed] == old[:origin.flushed] and origin.data[:len(old)] != old
+    asyncio.run(origin.play(12.0))
+    eventually(lambda: peer_copy(b, rid).read_bytes() == origin.data[:origin.flushed], 20,
+               "b's copy is the origin's new file")
+    assert b.metric("callrec_sync_live_copy_discarded_total") >= discarded + 1
+    assert scan(peer_copy(b, rid).read_bytes()).complete == origin.flushed
+    asyncio.run(origin.complete())
+    eventually(lambda: not peer_copy(b, rid).exists(), 20, "b drops its live copy")

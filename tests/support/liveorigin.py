@@ -18,7 +18,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from callrec import bus
-from callrec.audio import encode_opus_stereo, tone
+from callrec.audio import OpusPageEncoder, encode_opus_stereo, scan_ogg_pages, tone
 from contracts import subjects
 from contracts.v1.events import (
     Participant,
@@ -116,6 +116,32 @@ class FakeOrigin:
         await nc.publish(subjects.live(self.node.node_id, self.recording_id),
                          update.model_dump_json().encode())
         await nc.flush()
+
+    def lose_tail(self, keep_s: float, near_hz: float = 660.0, far_hz: float = 1500.0) -> None:
+        """A machine crash lost what the origin flushed after `keep_s` of audio (nothing
+        was synced): its file is cut back to the last page before that and, as the live
+        encoder resumes, goes on from there with a fresh encoder (other tones here, so
+        the bytes surely differ from those the peer already holds). Announcements follow
+        the new file from the next `play`."""
+        path = self.directory / "live.opus"
+        keep = max(e for e, d in self.boundaries if d <= keep_s * 1000)
+        with path.open("r+b") as handle:
+            handle.truncate(keep)
+        encoder = OpusPageEncoder(RATE, resume_from=list(scan_ogg_pages(path))[-1])
+        data = self.data[:keep]
+        left_s = self.seconds - keep_s
+        frames = int(left_s * RATE) // encoder.frame_size * encoder.frame_size
+        near, far = (tone(hz, left_s, RATE)[:frames] for hz in (near_hz, far_hz))
+        for start in range(0, frames, RATE):  # a page a second
+            encoder.encode(near[start:start + RATE], far[start:start + RATE])
+            data += encoder.pages()
+        encoder.release()
+        pre_skip = scan(self.data).pre_skip
+        self.data = data
+        self.boundaries = [(end, max(0, granule - pre_skip) * 1000 // 48000)
+                           for end, granule, _ in pages(data)]
+        self.flushed = keep
+        self.flushed_ms = max(d for e, d in self.boundaries if e <= keep)
 
     async def complete(self, duration_ms: int | None = None) -> RecordingCompleted:
         """The origin's own copy (the whole file, or what `duration_ms` covers) stored

@@ -9,7 +9,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from callrec.audio import decode_file, dominant_frequency, encode_opus_stereo, sound_seconds, tone
+from callrec.audio import (
+    OpusPageEncoder,
+    decode_file,
+    dominant_frequency,
+    encode_opus_stereo,
+    ogg_crc,
+    scan_ogg_pages,
+    sound_seconds,
+    tone,
+)
 from callrec.store import FileStore
 from contracts.v1.events import (
     RecordingCompleted,
@@ -22,12 +31,31 @@ from contracts.v1.events import (
 from contracts.v1.rpc import LiveProgress, ReadObjectRequest
 from services.sync.domain import Discard, Fetch, Purge, ReplicaMap
 from services.sync.live import LiveBook
-from services.sync.ogg import pages, scan
+from services.sync.ogg import Chain, follow, follow_file, pages, scan
+from services.sync.service import _append_at
 from services.sync.takeover import build_takeover, takeover_key, takeover_timeout
 from services.sync.transfer import ERROR_HEADER, SIZE_HEADER, serve_read
 
 T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 RATE = 8000
+
+
+def _stream(seconds: float, hz: float, *, steps: int = 1) -> bytes:
+    """Ogg pages as capture appends them: a page per 0.5 s step."""
+    encoder = OpusPageEncoder(RATE, bitrate=12000, complexity=0, frame_ms=60)
+    out = encoder.pages()
+    frames = int(seconds * RATE) // encoder.frame_size * encoder.frame_size
+    signal = tone(hz, frames / RATE, RATE)[:frames]
+    step = RATE // 2 // encoder.frame_size * encoder.frame_size
+    for start in range(0, frames, step):
+        piece = signal[start:start + step]
+        encoder.encode(piece, piece)
+        out += encoder.pages()
+    encoder.release()
+    return out
+
+
+DATA = _stream(12.0, 440.0)  # a live file of a few kilobytes, used as plain bytes
 
 
 @pytest.fixture(scope="module")
@@ -119,9 +147,9 @@ def test_pulls_follow_progress_in_bounded_ranges() -> None:
     assert book.next_pull("r1") is None
     assert book.progress(progress(size=1000), 1.0)
     assert book.next_pull("r1", chunk=400) == (0, 400)
-    book.pulled("r1", 400)
+    assert book.pulled("r1", DATA[:400])
     assert book.next_pull("r1", chunk=400) == (400, 400)
-    book.pulled("r1", 600)
+    assert book.pulled("r1", DATA[400:1000])
     assert book.next_pull("r1") is None
     assert not book.progress(progress(size=900), 2.0)  # out of order: never backwards
     assert book.progress(progress(size=1500), 3.0)
@@ -179,13 +207,13 @@ def test_after_a_partition_the_peer_follows_again_and_takes_over_again() -> None
     book = LiveBook("b")
     book.apply(started(), 0.0)
     book.progress(progress(size=1000), 1.0)
-    book.pulled("r1", 1000)
+    assert book.pulled("r1", DATA[:1000])
     assert [e.recording_id for e in book.due(10.0, {"a": 1.5}, 8.0)] == ["r1"]
     book.taken_over("r1")
     assert book.due(50.0, {"a": 1.5}, 8.0) == []  # nothing new: never twice
     assert book.progress(progress(size=3000), 60.0)  # the link is back
     assert book.next_pull("r1") == (0, 3000)  # our copy went with the takeover
-    book.pulled("r1", 3000)
+    assert book.pulled("r1", DATA[:3000])
     assert book.due(65.0, {"a": 64.0}, 8.0) == []
     assert [e.recording_id for e in book.due(73.0, {"a": 64.0}, 8.0)] == ["r1"]
     # Our own takeover fact, replayed after a restart, counts as done.
@@ -273,3 +301,145 @@ def test_purge_deletes_every_copy_of_the_call() -> None:
     assert actions == [Purge("r1", "recordings/r1.opus", 3,
                              ("recordings/r1.b.interrupted.opus",))]
     assert m.recordings_held() == 0
+
+
+# ---- following the copy's page chain across appends ---------------------------------------
+
+def _ends(data: bytes) -> list[int]:
+    return [end for end, _, _ in pages(data)]
+
+
+def _lost_tail(data: bytes, keep: int, tmp_path: Path, seconds: float = 8.0) -> bytes:
+    """The origin's file after a machine crash lost everything past page `keep`: it
+    resumes from there with a fresh encoder (as LiveEncoder does) and records on."""
+    path = tmp_path / "origin.opus"
+    path.write_bytes(data[:_ends(data)[keep]])
+    last = list(scan_ogg_pages(path))[-1]
+    encoder = OpusPageEncoder(RATE, bitrate=12000, complexity=0, frame_ms=60,
+                              resume_from=last)
+    out = path.read_bytes()
+    step = RATE // 2 // encoder.frame_size * encoder.frame_size
+    signal = tone(1000.0, seconds, RATE)
+    for start in range(0, len(signal) - step + 1, step):
+        piece = signal[start:start + step]
+        encoder.encode(piece, piece)
+        out += encoder.pages()
+    encoder.release()
+    return out
+
+
+def _page_with(data: bytes, index: int, **fields: int) -> bytes:
+    """Page `index` of `data` with header fields replaced (CRC recomputed)."""
+    ends = [0, *_ends(data)]
+    page = bytearray(data[ends[index]:ends[index + 1]])
+    for name, (offset, size) in {"seq": (18, 4), "granule": (6, 8), "flags": (5, 1)}.items():
+        if name in fields:
+            page[offset:offset + size] = fields[name].to_bytes(size, "little", signed=True)
+    page[22:26] = b"\0\0\0\0"
+    page[22:26] = ogg_crc(bytes(page)).to_bytes(4, "little")
+    return bytes(page)
+
+
+def test_a_clean_copy_follows_whatever_the_chunking() -> None:
+    ends = _ends(DATA)
+    for size in (1, 5, 27, 97, 331, 4096, len(DATA)):
+        chain: Chain | None = Chain()
+        for start in range(0, len(DATA), size):
+            assert chain is not None
+            chain = follow(chain, DATA[start:start + size])
+            assert chain is not None, (size, start)
+            assert chain.complete == max([e for e in ends if e <= chain.offset], default=0)
+        assert chain == follow_file(DATA) == Chain(len(DATA), chain.serial, len(ends), 576000)
+    assert follow(Chain(), b"Ogg") is not None and follow(Chain(), b"OgX") is None
+
+
+def test_a_join_inside_a_page_breaks_the_chain(tmp_path: Path) -> None:
+    ends = _ends(DATA)
+    rewritten = _lost_tail(DATA, 10, tmp_path)
+    assert rewritten[:ends[10]] == DATA[:ends[10]] and rewritten[ends[12]:] != DATA[ends[12]:]
+    for held in (ends[14] - 3, ends[14] + 9, ends[16] + 100):  # mid-page on either side
+        chain = follow(Chain(), DATA[:held])
+        assert chain is not None
+        joined: Chain | None = chain
+        for start in range(held, len(rewritten), 64):  # pulled in small ranges
+            assert joined is not None
+            joined = follow(joined, rewritten[start:start + 64])
+            if joined is None:
+                break
+        assert joined is None, held
+
+
+def test_an_aligned_join_needs_the_next_page_number_and_granule() -> None:
+    ends = _ends(DATA)
+    chain = follow(Chain(), DATA[:ends[8]])
+    assert chain is not None and chain.next_seq == 9 and chain.tail == b""
+    assert follow(chain, DATA[ends[8]:ends[9]]) is not None  # the right page
+    assert follow(chain, DATA[ends[4]:ends[5]]) is None  # a valid page, wrong number
+    assert follow(chain, DATA[ends[9]:ends[10]]) is None  # one skipped
+    assert follow(chain, _page_with(DATA, 8, seq=9)) is not None  # the helper is faithful
+    assert follow(chain, _page_with(DATA, 8, seq=9, granule=1000)) is None  # time went back
+    closed = follow(chain, _page_with(DATA, 9, flags=4))  # end of stream...
+    assert closed is not None and closed.ended
+    assert follow(closed, DATA[ends[9]:ends[10]]) is None  # ...then nothing more
+    assert follow(closed, b"O") is None
+    corrupt = bytearray(DATA[ends[8]:ends[9]])
+    corrupt[-5] ^= 0x40  # same header, other bytes: the CRC
+    assert follow(chain, bytes(corrupt)) is None
+
+
+def _pull_until_level(book: LiveBook, origin: bytes, path: Path, chunk: int) -> int:
+    """What Sync._pull_live does, against a file instead of the bus: returns restarts."""
+    restarts = 0
+    while (step := book.next_pull("r1", chunk)) is not None:
+        offset, length = step
+        data = origin[offset:offset + length]
+        if not data:
+            break  # the origin announced more than it has now (it lost a tail)
+        if not book.pulled("r1", data):
+            restarts += 1
+            _append_at(path, 0, b"")
+            continue
+        _append_at(path, offset, data)
+    return restarts
+
+
+def test_a_peer_copy_survives_the_origin_losing_its_tail(tmp_path: Path) -> None:
+    """The origin's file is cut back (its unsynced tail lost in a machine crash) and
+    written on differently: the peer drops its copy, pulls again, and ends with a valid
+    copy equal to a prefix of the origin's new file."""
+    ends = _ends(DATA)
+    copy = tmp_path / "copy.opus"
+    book = LiveBook("b")
+    book.apply(started(), 0.0)
+    for index in (3, 9, 15, 20):  # progress as the origin records, pulled in odd ranges
+        book.progress(progress(size=ends[index]), float(index))
+        assert _pull_until_level(book, DATA, copy, chunk=777) == 0
+    assert copy.read_bytes() == DATA[:ends[20]]
+    rewritten = _lost_tail(DATA, 12, tmp_path)
+    # The origin comes back: it announces less than before (ignored, our copy stays a
+    # valid recording), then more; the pull past what we hold breaks the chain.
+    assert not book.progress(progress(size=ends[12]), 30.0)
+    assert book.progress(progress(size=len(rewritten)), 31.0)
+    assert _pull_until_level(book, rewritten, copy, chunk=777) == 1
+    held = copy.read_bytes()
+    assert held == rewritten[:len(held)] and len(held) == len(rewritten)
+    assert follow_file(held).offset == len(held)
+    built = build_takeover(copy, tmp_path / "taken.opus")
+    assert built.size == len(held) and built.duration_ms > 6000
+
+
+def test_a_read_racing_the_origins_rewrite_is_caught(tmp_path: Path) -> None:
+    """A range read while the origin cut and rewrote its file: old bytes then new ones."""
+    ends = _ends(DATA)
+    rewritten = _lost_tail(DATA, 6, tmp_path)
+    chain = follow(Chain(), DATA[:ends[7]])
+    assert chain is not None
+    torn = DATA[ends[7]:ends[8] - 20] + rewritten[ends[8] - 20:ends[8] + 500]
+    assert follow(chain, torn) is None
+
+
+def test_a_copy_read_back_after_a_restart_keeps_its_chained_pages(tmp_path: Path) -> None:
+    ends = _ends(DATA)
+    assert follow_file(DATA[:ends[9] + 50]).offset == ends[9]  # a cut page left out
+    spliced = DATA[:ends[9]] + DATA[ends[10]:]  # a page missing (an old, broken copy)
+    assert follow_file(spliced) == follow_file(DATA[:ends[9]])

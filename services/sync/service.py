@@ -522,6 +522,7 @@ class Sync:
                 if not chunk.data or recording_id not in self.live.live:
                     return  # nothing more yet, or the recording ended meanwhile
                 data = chunk.data[:length]
+                before = entry.chain
                 if not self.live.pulled(recording_id, data):
                     # The origin's file is no longer what we copied (it lost its unsynced
                     # tail and wrote on, or we read it while it did): start again from 0.
@@ -533,7 +534,13 @@ class Sync:
                         return  # broken again at once: the next progress tries again
                     restarted = True
                     continue
-                await asyncio.to_thread(_append_at, path, offset, data)
+                try:
+                    await asyncio.to_thread(_append_at, path, offset, data)
+                except OSError as exc:
+                    entry.chain = before  # not written: the next pull asks for it again
+                    log.warning("live_copy_write_failed", recording_id=recording_id,
+                                offset=offset, error=str(exc))
+                    return
                 self.m_live_bytes.inc(len(data))
         finally:
             self.pulling.discard(recording_id)

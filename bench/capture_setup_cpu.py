@@ -10,6 +10,7 @@ The end of each round (streams closed, directories removed) is not timed.
 
     python -m bench.capture_setup_cpu                      # this tree, ~10 s
     python -m bench.capture_setup_cpu --baseline-tree DIR  # A/B, interleaved, ratio
+    python -m bench.capture_setup_cpu --first-flush ...    # + each stream's first write
 """
 
 from __future__ import annotations
@@ -29,10 +30,13 @@ from pathlib import Path
 from typing import Any, cast
 
 REPO = Path(__file__).resolve().parents[1]
+RTP_PACKET = bytes([0x80, 0]) + bytes(10) + bytes([0xFF]) * 160  # one 20 ms PCMU packet
 
 
-def run_rounds(legs_per_round: int, rounds: int) -> list[float]:
-    """CPU-µs per leg of each round (allocate + update of every leg)."""
+def run_rounds(legs_per_round: int, rounds: int, first_flush: bool = False) -> list[float]:
+    """CPU-µs per leg of each round (allocate + update of every leg; with
+    `first_flush` also each stream's first packet written out, as the flush loop does,
+    which is where a segment file may be created)."""
     from callrec import logs
     from callrec.config import NodeConfig
     from callrec.metrics import Registry
@@ -83,6 +87,11 @@ def run_rounds(legs_per_round: int, rounds: int) -> list[float]:
                 reply.model_dump_json()
             for data in updates:
                 (await capture.update(UpdateRequest.model_validate_json(data))).model_dump_json()
+            if first_flush:
+                for recording in capture.live.values():
+                    for stream in recording.streams.values():
+                        stream.writer.append(20, RTP_PACKET)
+                        stream.writer.flush()
             results.append((time.process_time() - start) / len(legs) * 1e6)
             for recording in list(capture.live.values()):  # untimed: end of the round
                 for stream in recording.streams.values():
@@ -110,10 +119,12 @@ def main() -> None:
     parser.add_argument("--baseline-tree", type=Path,
                         help="another checkout: interleaved runs of both, ratio printed")
     parser.add_argument("--pairs", type=int, default=3, help="interleaved runs per tree")
+    parser.add_argument("--first-flush", action="store_true",
+                        help="also time each stream's first packet written to disk")
     parser.add_argument("--json", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.baseline_tree is None:
-        figures = run_rounds(args.legs, args.rounds)
+        figures = run_rounds(args.legs, args.rounds, args.first_flush)
         if args.json:
             print(json.dumps(figures), file=sys.__stdout__)
             return
@@ -123,22 +134,30 @@ def main() -> None:
         return
     here: list[float] = []
     there: list[float] = []
+    pair_ratios: list[float] = []  # adjacent runs see about the same background load
     for _ in range(args.pairs):
+        medians = []
         for tree, into in ((args.baseline_tree, there), (REPO, here)):
             out = subprocess.run(
                 [sys.executable, str(REPO / "bench" / "capture_setup_cpu.py"), "--json",
-                 "--legs", str(args.legs), "--rounds", str(args.rounds)],
+                 "--legs", str(args.legs), "--rounds", str(args.rounds)]
+                + (["--first-flush"] if args.first_flush else []),
                 cwd=tree, env={**os.environ, "PYTHONPATH": str(tree)},
                 check=True, capture_output=True, text=True)
-            into.extend(json.loads(out.stdout.strip().splitlines()[-1]))
+            figures = json.loads(out.stdout.strip().splitlines()[-1])
+            into.extend(figures)
+            medians.append(statistics.median(figures))
+        pair_ratios.append(medians[1] / medians[0])
     print(f"| tree | CPU µs per leg, median of {len(here)} rounds | min | max |")
     print("|---|---:|---:|---:|")
     for name, figures in (("baseline", there), ("this", here)):
         print(f"| {name} | {statistics.median(figures):.0f} | {min(figures):.0f} | "
               f"{max(figures):.0f} |")
     print(f"\nthis / baseline: {statistics.median(here) / statistics.median(there):.2f} "
-          f"(medians, interleaved runs of {args.rounds} x {args.legs} legs each)")
-
+          f"(medians), {min(here) / min(there):.2f} (minima); per interleaved pair: "
+          + ", ".join(f"{r:.2f}" for r in pair_ratios)
+          + f" (median {statistics.median(pair_ratios):.2f}); {args.rounds} x {args.legs} "
+          "legs per run")
 
 if __name__ == "__main__":
     main()

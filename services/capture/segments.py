@@ -18,11 +18,7 @@ MAX_PENDING_BYTES = 4 * 1024 * 1024
 
 
 class SegmentWriter:
-    """Buffers records in memory; `flush()` appends them to the current segment file.
-
-    The file is created by the first flush that has data, not here: creating it was
-    a third of capture's allocate (an RPC on the INVITE's path to its 200), and a
-    stream that never receives a packet needs no file (readers glob for segments)."""
+    """Buffers records in memory; `flush()` appends them to the current segment file."""
 
     __slots__ = ("_fd", "buffer", "dropped", "path")
 
@@ -30,7 +26,7 @@ class SegmentWriter:
         self.path = path
         self.buffer = bytearray()
         self.dropped = 0
-        self._fd = -1
+        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
 
     def append(self, arrival_ms: int, datagram: bytes) -> None:
         if len(self.buffer) > MAX_PENDING_BYTES:
@@ -46,8 +42,6 @@ class SegmentWriter:
         recording into memory (up to MAX_PENDING_BYTES) until space returns."""
         if not self.buffer:
             return 0
-        if self._fd < 0:  # first data: create the file (an error keeps the buffer)
-            self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
         # Hand the full buffer over and start an empty one: no copy of what is written.
         data, self.buffer = self.buffer, bytearray()
         written = 0
@@ -62,7 +56,7 @@ class SegmentWriter:
         return written
 
     def close(self, sync: bool = True) -> None:
-        if self._fd < 0 and not self.buffer:  # closed already, or never had data
+        if self._fd < 0:
             return
         self.flush()
         if sync:

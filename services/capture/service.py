@@ -721,7 +721,8 @@ class Capture:
                 continue  # a flush between steps: the step waits for a fresh one
             batches: dict[int, list[LiveRecording]] = {}
             for recording in self.live.values():
-                if not recording.finalizing:
+                # (directory_made: the file thread's mkdir of a new call may be queued)
+                if not recording.finalizing and recording.directory_made:
                     batches.setdefault(self._worker_index(recording.manifest.recording_id),
                                        []).append(recording)
             if not batches:

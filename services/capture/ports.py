@@ -14,6 +14,7 @@ queued while nobody read them keep the time they arrived.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import platform
 import secrets
@@ -35,9 +36,15 @@ _GENERIC_SOCKOPT_MACHINES = ("x86_64", "amd64", "aarch64", "arm64", "i386", "i68
 KERNEL_TIMESTAMPS = sys.platform == "linux" and platform.machine() in _GENERIC_SOCKOPT_MACHINES
 
 
+@functools.lru_cache(maxsize=8)
+def _family(bind: str) -> socket.AddressFamily:
+    """The bind address's family: one configured address, parsed once, not per stream."""
+    return socket.AF_INET6 if ipaddress.ip_address(bind).version == 6 else socket.AF_INET
+
+
 def open_rtp_socket(bind: str, port: int) -> socket.socket:
     """A bound, non-blocking UDP socket for one RTP stream (OSError if the port is taken)."""
-    family = socket.AF_INET6 if ipaddress.ip_address(bind).version == 6 else socket.AF_INET
+    family = _family(bind)
     sock = socket.socket(family, socket.SOCK_DGRAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECV_BUFFER)

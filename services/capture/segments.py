@@ -4,29 +4,155 @@ The hot path only appends `(arrival_ms, length, datagram)` records to a buffer t
 is written out every half second, so a crash loses at most that much. Each process
 start writes a new segment file, so a record torn by a crash ends one file and
 never corrupts the next.
+
+Creating a file (and a recording's directory) costs more than the rest of a call's
+set-up on the event loop, and a batch of them in the flush loop stalls every INVITE
+queued behind it. So call set-up hands that work to `FileWork`, one ordered thread
+per capture process (the syscalls release the GIL: it runs on the other core), and a
+`SegmentWriter.deferred` keeps its packets in memory (bounded, as on a full disk)
+until its file exists.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
+import queue
 import struct
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
+
+import structlog
 
 RECORD_HEADER = struct.Struct("<IH")
 MAX_PENDING_BYTES = 4 * 1024 * 1024
+_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_APPEND
+
+log = structlog.get_logger()
+
+Job = Callable[[], None]
+
+
+class FileWork:
+    """One thread that runs file-system jobs in the order they were submitted.
+
+    The order is the contract: a recording's directory is made before its segment
+    files, a segment file is created before it is closed, a released stream's files
+    are deleted after its writer closed. `barrier()` waits for everything submitted
+    before it (finalize reads the segments only after that). A job that raises is
+    counted in `failures` and logged; the jobs after it still run."""
+
+    def __init__(self, name: str = "capture-files") -> None:
+        self._jobs: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
+        self.failures = 0  # jobs that failed, including segment files not created
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def submit(self, job: Job) -> None:
+        self._jobs.put(job)
+
+    def failed(self, what: str, exc: BaseException, **fields: object) -> None:
+        """A job's failure (called from the thread): counted, logged."""
+        self.failures += 1
+        log.error("file_work_failed", what=what, error=str(exc), **fields)
+
+    def _run(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            try:
+                job()
+            except Exception as exc:  # one job's failure must not stop the rest
+                self.failed(getattr(job, "__name__", "job"), exc)
+
+    def barrier(self) -> asyncio.Future[None]:
+        """Done once every job submitted before it has run."""
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[None] = loop.create_future()
+
+        def resolve() -> None:
+            if not done.done():
+                done.set_result(None)
+
+        def wake() -> None:
+            loop.call_soon_threadsafe(resolve)
+
+        self.submit(wake)
+        return done
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until every job submitted so far has run (shutdown, tests)."""
+        event = threading.Event()
+        self.submit(event.set)
+        return event.wait(timeout)
+
+    def close(self, timeout: float = 10.0) -> None:
+        self._jobs.put(None)
+        self._thread.join(timeout)
 
 
 class SegmentWriter:
-    """Buffers records in memory; `flush()` appends them to the current segment file."""
+    """Buffers records in memory; `flush()` appends them to the current segment file.
 
-    __slots__ = ("_fd", "buffer", "dropped", "path")
+    A deferred writer's file is created by `FileWork`; until it exists `flush()`
+    keeps the records buffered. A create that failed is counted and logged by the
+    thread, raised by every `flush()` (as a write error is: the flush loop reports
+    it, the records stay buffered up to MAX_PENDING_BYTES) and tried again."""
+
+    __slots__ = ("_closed", "_creating", "_fd", "_files", "_locate", "buffer",
+                 "create_error", "dropped", "path")
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self.buffer = bytearray()
         self.dropped = 0
-        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
+        self.create_error: OSError | None = None
+        self._closed = False
+        self._creating = False
+        self._files: FileWork | None = None
+        self._locate: Callable[[], Path] | None = None
+        self._fd = os.open(path, _FLAGS, 0o640) if path.parts else -1
+
+    @classmethod
+    def deferred(cls, files: FileWork, locate: Callable[[], Path]) -> SegmentWriter:
+        """A writer whose file `files` creates at the path `locate()` returns there
+        (in the thread: it may list the directory for the next segment number)."""
+        writer = cls(Path())
+        writer._files = files
+        writer._locate = locate
+        writer._creating = True
+        files.submit(writer._create)
+        return writer
+
+    @property
+    def ready(self) -> bool:
+        """The file exists and is open (or the writer is closed)."""
+        return self._fd >= 0 or self._closed
+
+    def _create(self) -> None:
+        """In the file thread: pick the path, create the file; the fd is set last."""
+        assert self._files is not None and self._locate is not None
+        if self._closed or self._fd >= 0:
+            self._creating = False
+            return
+        try:
+            self.path = self._locate()
+            fd = os.open(self.path, _FLAGS, 0o640)
+        except OSError as exc:
+            self.create_error = exc
+            self._files.failed("segment_create", exc, path=str(self.path))
+        else:
+            self.create_error = None
+            self._fd = fd
+        finally:
+            self._creating = False
+
+    def _retry_create(self) -> OSError:
+        error = self.create_error
+        assert error is not None
+        if not self._creating and self._files is not None:
+            self._creating = True
+            self._files.submit(self._create)
+        return error
 
     def append(self, arrival_ms: int, datagram: bytes) -> None:
         if len(self.buffer) > MAX_PENDING_BYTES:
@@ -42,6 +168,10 @@ class SegmentWriter:
         recording into memory (up to MAX_PENDING_BYTES) until space returns."""
         if not self.buffer:
             return 0
+        if self._fd < 0:
+            if self.create_error is not None:
+                raise self._retry_create()
+            return 0  # the file thread has not created it yet: kept buffered
         # Hand the full buffer over and start an empty one: no copy of what is written.
         data, self.buffer = self.buffer, bytearray()
         written = 0
@@ -56,13 +186,25 @@ class SegmentWriter:
         return written
 
     def close(self, sync: bool = True) -> None:
+        """Write out what is buffered and close. A deferred writer not created yet
+        must be closed in the file thread (`close_in`), after its create."""
+        if self._closed:
+            return
+        if self._fd < 0 and self._files is not None and self.create_error is not None:
+            self._create()  # one more try, here (a full disk may have cleared)
+            if self.create_error is not None:
+                raise self.create_error
         if self._fd < 0:
+            if self.buffer:
+                raise OSError(f"segment {self.path} was not created yet")
+            self._closed = True
             return
         self.flush()
         if sync:
             os.fsync(self._fd)
         os.close(self._fd)
         self._fd = -1
+        self._closed = True
 
 
 def segment_path(directory: Path, stream_id: str, index: int) -> Path:

@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import multiprocessing
 import os
+import re
 import shutil
 import socket
 import time
@@ -29,6 +30,7 @@ from concurrent.futures import Executor, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 from typing import TypeVar, get_args
 
@@ -77,7 +79,7 @@ from .live import (
 from .manifest import JOURNAL, MANIFEST, ManifestJournal, RecordingManifest, StreamManifest
 from .ports import PortPool, PortsExhausted, open_rtp_socket
 from .receiver import BatchReader, StreamReceiver
-from .segments import SegmentWriter, next_segment_index, segment_path
+from .segments import FileWork, SegmentWriter, next_segment_index, segment_path
 from .timeline import SilentReason
 
 # What a SIGKILL can lose: packets read but not yet written (the socket keeper
@@ -124,7 +126,9 @@ class LiveRecording:
     # that latched (saved with the first packets that source sent).
     manifest_dirty: bool = False
     # Its directory was created by this process: no stream has old segments in it.
+    # Both set by the file thread (FileWork), which makes a new recording's directory.
     fresh: bool = False
+    directory_made: bool = True
 
 
 def completed_event_id(recording_id: str) -> str:
@@ -156,6 +160,8 @@ class Capture:
             directory.mkdir(parents=True, exist_ok=True)
         self.pool = PortPool(ctx.config.rtp_port_min, ctx.config.rtp_port_max)
         self.journal = ManifestJournal(self.root / JOURNAL)
+        # Directory and segment-file creation of call set-up, off the event loop.
+        self.files = FileWork()
         self.live: dict[str, LiveRecording] = {}
         self.queue: asyncio.Queue[str] = asyncio.Queue()
         self.closing = False
@@ -212,6 +218,10 @@ class Capture:
             "capture_live_errors_total",
             "live-encoding steps that failed (retried at the next flush; finalize "
             "starts again from the segments)")
+        metrics.gauge("capture_file_work_failures",
+                      "file-system jobs of call set-up that failed (a segment file or a "
+                      "recording directory not created, a released stream's files)",
+                      lambda: float(self.files.failures))
         metrics.gauge("capture_active_recordings", "recordings in progress",
                       lambda: float(len(self.live)))
         metrics.gauge("capture_finalize_backlog", "recordings waiting to be finalized",
@@ -258,6 +268,9 @@ class Capture:
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        # Every segment file submitted is created (or failed) before the writers close.
+        if not await asyncio.to_thread(self.files.wait, 10.0):
+            log.error("file_work_stuck_at_shutdown")
         for recording in self.live.values():
             for stream in recording.streams.values():
                 stream.receiver.close()
@@ -272,6 +285,7 @@ class Capture:
         # The keeper keeps its copies: a capture restarted alone takes them back.
         if self.keeper is not None:
             self.keeper.close()
+        self.files.close()
         log.info("capture_closed", open_recordings=len(self.live))
 
     async def recover(self) -> None:
@@ -300,8 +314,12 @@ class Capture:
             if state is None:  # released before anything was recorded
                 shutil.rmtree(directory, ignore_errors=True)
                 continue
-            if not directory.is_dir():  # finished (or released) since: allocate
-                continue                # creates the directory before it journals
+            if not directory.is_dir():
+                if state.ended_at is not None:  # finished since
+                    continue
+                # Still live at the crash (a release journals None, an end ended_at):
+                # the file thread had not made its directory yet when capture died.
+                directory.mkdir(exist_ok=True)
             try:
                 on_disk = RecordingManifest.load(directory).revision
             except (OSError, ValueError):
@@ -352,17 +370,13 @@ class Capture:
         recording = self.live.get(request.recording_id)
         if recording is None:
             directory = self.active_dir / _safe_id(request.recording_id)
-            try:
-                directory.mkdir()
-                fresh = True
-            except FileExistsError:  # left by an earlier process: may hold segments
-                fresh = False
             manifest = RecordingManifest(
                 recording_id=request.recording_id,
                 started_at=request.started_at,
                 metadata=request.metadata,
             )
-            recording = LiveRecording(manifest, directory, fresh=fresh)
+            recording = LiveRecording(manifest, directory, directory_made=False)
+            self.files.submit(partial(_make_directory, recording))
             self.live[request.recording_id] = recording
         elif recording.finalizing:
             raise RuntimeError(f"recording {request.recording_id} has already ended")
@@ -454,13 +468,13 @@ class Capture:
         if live is not None:
             self._close_stream(live)
         recording.manifest.streams.pop(stream_id, None)
-        for path in recording.directory.glob(f"{stream_id}.*.seg"):
-            path.unlink(missing_ok=True)
+        # In the file thread, after the stream's segment file was created and closed.
+        self.files.submit(partial(_delete_segments, recording.directory, stream_id))
         if not recording.manifest.streams:
             del self.live[request.recording_id]
             self.journal.released(request.recording_id)
             await self._drop_encoder(recording)
-            shutil.rmtree(recording.directory, ignore_errors=True)
+            self.files.submit(partial(shutil.rmtree, recording.directory, ignore_errors=True))
             log.info("recording_released", recording_id=request.recording_id)
         else:
             self._journal(recording)
@@ -556,13 +570,10 @@ class Capture:
     def _bind_new(
         self, recording: LiveRecording, stream: StreamManifest, *, sdp_pending: bool
     ) -> int:
-        # A directory this process created has no old segments (release deletes a
-        # stream's): no need to list it for the next segment number.
-        index = 0 if recording.fresh else None
         for port in self.pool.candidates():
             try:
                 self._open_stream(recording, stream, port, sdp_pending=sdp_pending,
-                                  index=index)
+                                  deferred=True)
             except OSError:
                 continue
             return port
@@ -571,17 +582,18 @@ class Capture:
     def _open_stream(
         self, recording: LiveRecording, stream: StreamManifest, port: int,
         *, sdp_pending: bool = False, sock: socket.socket | None = None,
-        index: int | None = None,
+        deferred: bool = False,
     ) -> None:
-        """Open (or, with `sock` from the keeper, resume) the stream's socket; its
-        segment file is number `index`, else the next one on disk."""
+        """Open (or, with `sock` from the keeper, resume) the stream's socket and its
+        next segment file: `deferred` (call set-up), created by the file thread."""
         kept = sock is not None
         if sock is None:
             sock = open_rtp_socket(self.config.bind, port)
-        if index is None:
-            index = next_segment_index(recording.directory, stream.stream_id)
         try:
-            writer = SegmentWriter(segment_path(recording.directory, stream.stream_id, index))
+            writer = (SegmentWriter.deferred(self.files, partial(_next_segment, recording,
+                                                                 stream.stream_id))
+                      if deferred else
+                      SegmentWriter(_next_segment(recording, stream.stream_id)))
         except OSError:
             sock.close()
             if kept and self.keeper is not None:
@@ -621,14 +633,10 @@ class Capture:
         if self.keeper is not None:
             self.keeper.drop(live.manifest.port)
         # No fsync here: it would stall every live stream; the finalize worker syncs.
-        try:
-            live.writer.close(sync=False)
-        except OSError as exc:
-            # A full disk: the unwritten packets stay in the writer's buffer; the
-            # finalize worker writes them out (retrying) before it reads the segments.
-            log.warning("segment_close_deferred", path=str(live.writer.path), error=str(exc))
-            if recording is not None:
-                recording.unflushed.append(live.writer)
+        if live.writer.ready:
+            _close_writer(live.writer, recording)
+        else:  # its file is not created yet: closed by the file thread, after that
+            self.files.submit(partial(_close_writer, live.writer, recording))
         self.m_invalid.inc(live.receiver.invalid)
         self.m_dropped.inc(live.writer.dropped + live.receiver.overflow)
         self.pool.give_back(live.manifest.port)
@@ -650,6 +658,8 @@ class Capture:
         self.queue.put_nowait(recording.manifest.recording_id)
 
     def _save_manifest(self, recording: LiveRecording) -> bool:
+        if not recording.directory_made:  # the file thread's mkdir is still queued
+            return False
         try:
             recording.manifest.save(recording.directory)
         except OSError as exc:
@@ -711,7 +721,8 @@ class Capture:
                 continue  # a flush between steps: the step waits for a fresh one
             batches: dict[int, list[LiveRecording]] = {}
             for recording in self.live.values():
-                if not recording.finalizing:
+                # (directory_made: the file thread's mkdir of a new call may be queued)
+                if not recording.finalizing and recording.directory_made:
                     batches.setdefault(self._worker_index(recording.manifest.recording_id),
                                        []).append(recording)
             if not batches:
@@ -883,6 +894,8 @@ class Capture:
 
     async def _finalize_one(self, recording: LiveRecording) -> None:
         manifest = recording.manifest
+        # The file thread's work for it (directory, segment files, closes) is done.
+        await self.files.barrier()
         if not recording.directory.is_dir():
             raise ValueError(f"recording directory {recording.directory} is gone")
         # What a full disk kept from being written when the recording ended: the last
@@ -985,8 +998,15 @@ def _object_key(recording_id: str, started_at: datetime) -> str:
     return f"recordings/{day:%Y/%m/%d}/{_safe_id(recording_id)}.opus"
 
 
+_PLAIN_ASCII_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")
+
+
 def _safe_id(value: str) -> str:
-    """Ids become file names: allow only plain characters."""
+    """Ids become file names: allow only plain characters. The regex is the common
+    ASCII case, called several times per allocate and update; the loop keeps the
+    rule's other letters and digits (str.isalnum) valid."""
+    if _PLAIN_ASCII_ID.fullmatch(value):
+        return value
     if not value or len(value) > 128 or not all(c.isalnum() or c in "-_" for c in value):
         raise ValueError(f"invalid id {value!r}")
     return value
@@ -1034,3 +1054,43 @@ async def main(ctx: ServiceContext) -> None:
     finally:
         for worker in capture.workers:
             worker.shutdown(wait=True, cancel_futures=True)
+
+
+# ---- file work (run by the FileWork thread, in submission order) -------------------
+
+def _make_directory(recording: LiveRecording) -> None:
+    try:
+        recording.directory.mkdir()
+        recording.fresh = True
+    except FileExistsError:  # left by an earlier process: may hold segments
+        recording.fresh = False
+    recording.directory_made = True
+
+
+def _next_segment(recording: LiveRecording, stream_id: str) -> Path:
+    """A directory this process created has no old segments (release deletes a
+    stream's): no need to list it for the next segment number."""
+    if recording.fresh:
+        return segment_path(recording.directory, stream_id, 0)
+    if not recording.directory_made:  # its mkdir failed: try again with the segment
+        recording.directory.mkdir(exist_ok=True)
+        recording.directory_made = True
+    return segment_path(recording.directory, stream_id,
+                        next_segment_index(recording.directory, stream_id))
+
+
+def _close_writer(writer: SegmentWriter, recording: LiveRecording | None) -> None:
+    try:
+        writer.close(sync=False)
+    except OSError as exc:
+        # A full disk (or a file never created): the unwritten packets stay in the
+        # writer's buffer; the finalize worker writes them out (retrying, creating
+        # the file) before it reads the segments.
+        log.warning("segment_close_deferred", path=str(writer.path), error=str(exc))
+        if recording is not None:
+            recording.unflushed.append(writer)
+
+
+def _delete_segments(directory: Path, stream_id: str) -> None:
+    for path in directory.glob(f"{stream_id}.*.seg"):
+        path.unlink(missing_ok=True)

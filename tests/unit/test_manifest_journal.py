@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import threading
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, cast
@@ -45,7 +46,8 @@ def close_streams(capture: Capture) -> None:
     for recording in capture.live.values():
         for stream in recording.streams.values():
             stream.receiver.close()
-            stream.writer.close(sync=False)
+            if stream.writer.ready:  # else its create is still queued: it never ran
+                stream.writer.close(sync=False)
     capture.journal.close()
 
 
@@ -63,6 +65,7 @@ async def test_a_crash_before_the_flush_keeps_the_allocated_recording(tmp_path: 
     await capture.update(UpdateRequest(recording_id="r1", stream_id="far",
                                        source=RtpSource(address="127.0.0.1", port=5004)))
     directory = capture.active_dir / "r1"
+    assert capture.files.wait(10)  # the file thread made the directory and segments
     assert not (directory / MANIFEST).exists()  # written by the next flush, not per change
     assert (directory / "near.0000.seg").exists() and (directory / "far.0000.seg").exists()
     close_streams(capture)
@@ -89,13 +92,13 @@ async def test_replay_keeps_a_newer_manifest_and_skips_finished_recordings(
     capture = make_capture(tmp_path)
     for recording_id in ("r1", "r2", "r3"):
         await allocate(capture, recording_id, "near", 0)
+    assert capture.files.wait(10)
     r1 = capture.live["r1"]
     r1.manifest.metadata = RecordingMetadata(source="cucm", session_key="newer")
     r1.manifest.save(r1.directory)  # e.g. the call ended: saved at once, not journaled
     r2 = capture.live.pop("r2")
-    for stream in r2.streams.values():
-        stream.receiver.close()
-        stream.writer.close(sync=False)
+    capture._end(r2, datetime.now(UTC))  # journals its end time
+    assert capture.files.wait(10)
     shutil.rmtree(r2.directory)  # finalized and removed while its entry still waits
     await capture.release(ReleaseRequest(recording_id="r3", stream_id="near"))
     close_streams(capture)
@@ -109,6 +112,26 @@ async def test_replay_keeps_a_newer_manifest_and_skips_finished_recordings(
         assert not (restarted.active_dir / "r3").exists()
     finally:
         close_streams(restarted)
+
+
+async def test_a_crash_before_the_file_thread_made_the_directory(tmp_path: Path) -> None:
+    """The reply (and the journal line) go before the file thread's mkdir: a capture
+    killed in between still recovers the recording, directory and all."""
+    capture = make_capture(tmp_path)
+    hold = threading.Event()
+    capture.files.submit(lambda: hold.wait(10))  # the thread is busy until released
+    port = await allocate(capture, "r1", "near", 0)
+    directory = capture.active_dir / "r1"
+    assert not directory.exists()
+    close_streams(capture)  # SIGKILL: the queued mkdir and segment create never run
+    restarted = make_capture(tmp_path)
+    await restarted.recover()
+    try:
+        assert restarted.live["r1"].manifest.streams["near"].port == port
+        assert (directory / "near.0000.seg").exists()  # the resumed stream's file
+    finally:
+        close_streams(restarted)
+        hold.set()
 
 
 def test_a_torn_journal_line_is_skipped(tmp_path: Path) -> None:

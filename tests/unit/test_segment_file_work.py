@@ -1,0 +1,134 @@
+"""Segment files of call set-up are created by one ordered file thread (FileWork).
+
+What must hold: packets appended before the file exists stay in memory and land
+byte-identical once it does; a create that fails is counted, raised by each flush
+(so the flush loop reports it) and tried again, the packets kept; a stream that
+ends before its file exists is written out and closed by the thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, cast
+
+import pytest
+
+from callrec.config import NodeConfig
+from callrec.metrics import Registry
+from callrec.service import ServiceContext
+from contracts.v1.events import RecordingMetadata
+from contracts.v1.rpc import AllocateRequest, StreamSpec
+from services.capture.segments import FileWork, SegmentWriter, read_records, read_stream
+from services.capture.service import Capture
+
+PACKETS = [(20 * i, bytes([0x80, 0, 0, i]) + bytes([i]) * (160 + i)) for i in range(30)]
+
+
+def held(files: FileWork) -> threading.Event:
+    """Keep the file thread busy until the returned event is set."""
+    release = threading.Event()
+    files.submit(lambda: release.wait(10))
+    return release
+
+
+def test_packets_before_the_file_exists_land_byte_identical(tmp_path: Path) -> None:
+    files = FileWork()
+    path = tmp_path / "s.0000.seg"
+    release = held(files)
+    writer = SegmentWriter.deferred(files, lambda: path)
+    for arrival_ms, packet in PACKETS[:10]:
+        writer.append(arrival_ms, packet)
+    assert writer.flush() == 0 and not path.exists() and not writer.ready  # kept
+    release.set()
+    assert files.wait(10)
+    assert writer.ready and path.exists()
+    for arrival_ms, packet in PACKETS[10:]:
+        writer.append(arrival_ms, packet)
+    assert writer.flush() > 0
+    writer.close(sync=False)
+    files.close()
+    assert list(read_records(path)) == PACKETS
+    assert files.failures == 0
+
+
+def test_a_failed_create_is_counted_kept_and_retried(tmp_path: Path) -> None:
+    files = FileWork()
+    path = tmp_path / "missing" / "s.0000.seg"
+    writer = SegmentWriter.deferred(files, lambda: path)
+    assert files.wait(10)
+    assert files.failures == 1 and isinstance(writer.create_error, FileNotFoundError)
+    for arrival_ms, packet in PACKETS:
+        writer.append(arrival_ms, packet)
+    with pytest.raises(FileNotFoundError):  # the flush loop logs segment_write_failed
+        writer.flush()
+    assert files.wait(10) and files.failures == 2  # the retry the flush asked for
+    path.parent.mkdir()
+    with pytest.raises(FileNotFoundError):  # this flush still sees the old error...
+        writer.flush()
+    assert files.wait(10)  # ...and its retry creates the file
+    assert writer.flush() > 0
+    writer.close(sync=False)
+    files.close()
+    assert list(read_records(path)) == PACKETS
+
+
+def make_capture(data_dir: Path) -> Capture:
+    config = NodeConfig(node_id="n1", data_dir=data_dir, rtp_port_min=42000,
+                        rtp_port_max=42999)
+    ctx = ServiceContext("capture", config, cast(Any, None), cast(Any, None),
+                         Registry("capture", "n1"), asyncio.Event())
+    return Capture(ctx, cast(Any, None), [], cast(Any, lambda: None))
+
+
+async def test_a_stream_ended_before_its_file_exists_is_written_by_the_thread(
+    tmp_path: Path,
+) -> None:
+    capture = make_capture(tmp_path)
+    release = held(capture.files)
+    await capture.allocate(AllocateRequest(
+        recording_id="r1", started_at=datetime.now(UTC),
+        metadata=RecordingMetadata(source="cucm", session_key="k"),
+        streams=[StreamSpec(stream_id="near", channel=0)]))
+    recording = capture.live["r1"]
+    directory = recording.directory
+    assert not directory.exists()  # allocate left the mkdir to the thread
+    assert not capture._save_manifest(recording)  # a flush before it: kept dirty
+    writer = recording.streams["near"].writer
+    for arrival_ms, packet in PACKETS:
+        writer.append(arrival_ms, packet)
+    capture._end(recording, datetime.now(UTC))  # closes the stream: queued behind
+    release.set()
+    await capture.files.barrier()  # as finalize does before it reads the segments
+    assert recording.fresh and not recording.unflushed
+    assert list(read_stream(directory, "near")) == PACKETS
+    assert capture._save_manifest(recording)
+    capture.reader.close()
+    capture.journal.close()
+    capture.files.close()
+
+
+async def test_a_failed_segment_create_is_counted_in_the_metrics(tmp_path: Path) -> None:
+    capture = make_capture(tmp_path)
+    release = held(capture.files)
+    await capture.allocate(AllocateRequest(
+        recording_id="r1", started_at=datetime.now(UTC),
+        metadata=RecordingMetadata(source="cucm", session_key="k"),
+        streams=[StreamSpec(stream_id="near", channel=0)]))
+    recording = capture.live["r1"]
+    recording.directory.parent.rename(tmp_path / "elsewhere")  # mkdir and create fail
+    release.set()
+    await capture.files.barrier()
+    exposition = capture.ctx.metrics.render()
+    assert "capture_file_work_failures" in exposition
+    assert capture.files.failures == 2  # the directory, then the segment file
+    writer = recording.streams["near"].writer
+    assert writer.create_error is not None and not writer.ready
+    capture._end(recording, datetime.now(UTC))
+    await capture.files.barrier()
+    assert recording.unflushed == [writer]  # finalize tries again, then fails it
+    capture.reader.close()
+    capture.journal.close()
+    capture.files.close()

@@ -19,7 +19,6 @@ import asyncio
 import contextlib
 import multiprocessing
 import os
-import re
 import shutil
 import socket
 import time
@@ -998,15 +997,8 @@ def _object_key(recording_id: str, started_at: datetime) -> str:
     return f"recordings/{day:%Y/%m/%d}/{_safe_id(recording_id)}.opus"
 
 
-_PLAIN_ASCII_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")
-
-
 def _safe_id(value: str) -> str:
-    """Ids become file names: allow only plain characters. The regex is the common
-    ASCII case, called several times per allocate and update; the loop keeps the
-    rule's other letters and digits (str.isalnum) valid."""
-    if _PLAIN_ASCII_ID.fullmatch(value):
-        return value
+    """Ids become file names: allow only plain characters."""
     if not value or len(value) > 128 or not all(c.isalnum() or c in "-_" for c in value):
         raise ValueError(f"invalid id {value!r}")
     return value

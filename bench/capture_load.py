@@ -267,9 +267,12 @@ async def running_node(max_calls: int, keep: bool, peers: list[Any] | None = Non
 
     # Capture binds even ports only, 2 streams a call, and a freed port cools down first.
     width = max(400, 4 * max_calls + 400)
-    base_port, top = BENCH_RTP_PORTS
-    if base_port + width + 100 > top + 1:
+    low, top = BENCH_RTP_PORTS
+    slack = top + 1 - low - (width + 100)  # the node's range and its peer's 100
+    if slack < 0:
         raise SystemExit("too many calls for the benchmarks' RTP port band")
+    # Where in the band depends on the process, so two benches at once rarely overlap.
+    base_port = low + (os.getpid() * 1000) % (slack + 1) // 2 * 2
     data_dir = Path(tempfile.mkdtemp(prefix="callrec-bench-"))
     extra = ["--max-channels", "10000", "--record-all"]
     node = (Node.clustered(data_dir / "a", "a", extra_args=extra,

@@ -85,8 +85,8 @@ from .timeline import SilentReason
 # keeps the rest), so at most this much of each stream. Each flush costs a write()
 # per stream (800 at 400 calls): at 0.1 s that was about a sixth of receiving's CPU.
 FLUSH_INTERVAL = 0.25
-# Live encoding steps at most this often (each step costs a segment read, an
-# fdatasync and a live.json write per call), whatever the flush interval.
+# Live encoding steps at most this often (each step costs a segment read and a
+# write per call), whatever the flush interval.
 LIVE_STEP_INTERVAL = 0.5
 JETSTREAM_POLL_INTERVAL = 2.0
 # A finalize failing for a reason that is not transient (a bug, a corrupt manifest) is

@@ -7,7 +7,8 @@ RecorderUas with the CUCM delayed-offer legs of tests/sipp/cucm_bulk.xml (INVITE
 without SDP, our 200 with the offer, the ACK with the answer, later the BYE) and counts
 process CPU per leg. The capture RPCs cost what bus.call costs on our side (the
 request's JSON, the reply's parse and validation), not NATS's own client work.
-Logging is set up as in production (JSON lines to a descriptor, here /dev/null).
+Logging is set up as in production (JSON lines to a descriptor, here /dev/null), and
+so is the dialog journal (a temporary directory).
 
     python -m bench.signaling_cpu                      # this tree, ~10 s
     python -m bench.signaling_cpu --baseline-tree DIR  # A/B against another checkout,
@@ -21,9 +22,11 @@ import asyncio
 import itertools
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from datetime import datetime
 from pathlib import Path
@@ -81,6 +84,7 @@ def run_rounds(legs_per_round: int, rounds: int) -> list[float]:
     from callrec.users import UsersProjection
     from contracts.v1.rpc import AllocateReply, AllocateRequest, UpdateRequest
     from services.signaling.recorder import RecordingSession
+    from services.signaling.sessions import DialogStore
     from services.signaling.sip.message import SipResponse, parse_message
     from services.signaling.sip.transport import Peer
     from services.signaling.uas import RecorderUas
@@ -146,10 +150,14 @@ def run_rounds(legs_per_round: int, rounds: int) -> list[float]:
     else:
         tune_gc()
 
+    # The dialog journal as in production (a line per INVITE and ACK), on local disk.
+    journal_dir = tempfile.mkdtemp(prefix="callrec-bench-dialogs-")
+
     async def main() -> list[float]:
         sender = Sender()
         uas = RecorderUas(backend=Backend(), sender=sender, address="127.0.0.1",
-                          sip_port=5060, record_all=True, max_channels=1_000_000)
+                          sip_port=5060, record_all=True, max_channels=1_000_000,
+                          dialog_store=DialogStore(Path(journal_dir), "bench"))
         peer = Peer("UDP", "127.0.0.1", 5061)
         call_numbers = itertools.count(1)
         results = []
@@ -198,7 +206,10 @@ def run_rounds(legs_per_round: int, rounds: int) -> list[float]:
         uas.transactions.shutdown()
         return results[1:]
 
-    return asyncio.run(main())
+    try:
+        return asyncio.run(main())
+    finally:
+        shutil.rmtree(journal_dir, ignore_errors=True)
 
 
 def median_ratio(a: list[float], b: list[float]) -> float:

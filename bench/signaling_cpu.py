@@ -77,7 +77,7 @@ IN_DIALOG = (
 )
 
 
-def run_rounds(legs_per_round: int, rounds: int) -> list[float]:
+def run_rounds(legs_per_round: int, rounds: int, live: int = 0) -> list[float]:
     """CPU-µs per leg of each round (INVITE+200, ACK, BYE+200 of every leg)."""
     # Imported here: a --baseline-tree run imports them from that tree.
     from callrec import logs
@@ -174,8 +174,9 @@ def run_rounds(legs_per_round: int, rounds: int) -> list[float]:
             await settle()
             return time.process_time() - start
 
-        for _ in range(rounds + 1):  # the first round warms up
-            calls = [next(call_numbers) for _ in range(legs_per_round // 2)]
+        async def round_of(count: int, *, timed_round: bool = True) -> float:
+            """CPU-µs per leg of `count` legs; an untimed round leaves its calls up."""
+            calls = [next(call_numbers) for _ in range(count // 2)]
             legs = [(c, side, CUCM_FROM.format(side=side, call=c))
                     for c in calls for side in ("nearend", "farend")]
             invites = [INVITE.format(port=5061, call=call, side=side, from_=from_).encode()
@@ -195,14 +196,22 @@ def run_rounds(legs_per_round: int, rounds: int) -> list[float]:
                     method="BYE", port=5061, call=call, side=side, n=2, from_=from_,
                     to_tag=to_tag, cseq=102, content_type="", length=0, body="").encode())
             cpu += await timed(acks)
-            cpu += await timed(byes)
-            results.append(cpu / len(legs) * 1e6)
-            # Checked after the clock stops: every leg answered, the last BYE got its 200.
+            # Checked after the clock stops: every leg answered.
             unanswered = sum(1 for call, side, _ in legs if f"{call}-{side}@127.0.0.1" not in tags)
             if unanswered:
                 raise RuntimeError(f"{unanswered} legs unanswered")
-            last = parse_message(sender.last["reply"])
+            if not timed_round:
+                return 0.0
+            cpu += await timed(byes)
+            last = parse_message(sender.last["reply"])  # the last BYE got its 200
             assert isinstance(last, SipResponse) and last.status == 200
+            return cpu / len(legs) * 1e6
+
+        # Calls in progress, as in a node mid-burst (their objects are what the cycle
+        # collector walks on its older generations), then the measured rounds.
+        await round_of(live, timed_round=False)
+        for _ in range(rounds + 1):  # the first round warms up
+            results.append(await round_of(legs_per_round))
         uas.transactions.shutdown()
         return results[1:]
 
@@ -221,17 +230,20 @@ def main() -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--legs", type=int, default=400, help="legs per round (a second's worth)")
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--live", type=int, default=0,
+                        help="legs answered (not ended) before the rounds: calls in progress")
     parser.add_argument("--baseline-tree", type=Path,
                         help="another checkout: interleaved runs of both, ratio printed")
     parser.add_argument("--pairs", type=int, default=3, help="interleaved runs per tree")
     parser.add_argument("--json", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.baseline_tree is None:
-        figures = run_rounds(args.legs, args.rounds)
+        figures = run_rounds(args.legs, args.rounds, args.live)
         if args.json:
             print(json.dumps(figures), file=sys.__stdout__)
             return
-        print(f"CPU per leg (µs), {args.rounds} rounds of {args.legs} legs: "
+        print(f"CPU per leg (µs), {args.rounds} rounds of {args.legs} legs "
+              f"({args.live} legs up): "
               + ", ".join(f"{f:.0f}" for f in figures)
               + f"; median {statistics.median(figures):.0f}")
         return
@@ -241,7 +253,8 @@ def main() -> None:
         for tree, into in ((args.baseline_tree, there), (REPO, here)):
             out = subprocess.run(
                 [sys.executable, str(REPO / "bench" / "signaling_cpu.py"), "--json",
-                 "--legs", str(args.legs), "--rounds", str(args.rounds)],
+                 "--legs", str(args.legs), "--rounds", str(args.rounds),
+                 "--live", str(args.live)],
                 cwd=tree, env={**os.environ, "PYTHONPATH": str(tree)},
                 check=True, capture_output=True, text=True)
             into.extend(json.loads(out.stdout.strip().splitlines()[-1]))

@@ -68,9 +68,9 @@ def journal_line(data: dict[str, Any]) -> bytes:
 
     pydantic-core's encoder (Rust) writes a CUCM session's line in a quarter of the
     time json.dumps takes; a session is saved at each INVITE and ACK, and json.dumps
-    was 8% of signaling's busy time at 300 INVITEs/s (py-spy). Both read back the same with json.loads (this one writes
-    UTF-8 where json.dumps writes \\u escapes). A string it cannot encode (a lone
-    surrogate) goes through json.dumps instead."""
+    was 8% of signaling's busy time at 300 INVITEs/s (py-spy). Both read back the
+    same with json.loads (this one writes UTF-8 where json.dumps writes \\u escapes).
+    A string it cannot encode (a lone surrogate) goes through json.dumps instead."""
     try:
         return pydantic_core.to_json(data) + b"\n"
     except pydantic_core.PydanticSerializationError:

@@ -7,7 +7,8 @@ RecorderUas with the CUCM delayed-offer legs of tests/sipp/cucm_bulk.xml (INVITE
 without SDP, our 200 with the offer, the ACK with the answer, later the BYE) and counts
 process CPU per leg. The capture RPCs cost what bus.call costs on our side (the
 request's JSON, the reply's parse and validation), not NATS's own client work.
-Logging is set up as in production (JSON lines to a descriptor, here /dev/null).
+Logging is set up as in production (JSON lines to a descriptor, here /dev/null), and
+so is the dialog journal (a temporary directory).
 
     python -m bench.signaling_cpu                      # this tree, ~10 s
     python -m bench.signaling_cpu --baseline-tree DIR  # A/B against another checkout,
@@ -21,9 +22,11 @@ import asyncio
 import itertools
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from datetime import datetime
 from pathlib import Path
@@ -74,13 +77,14 @@ IN_DIALOG = (
 )
 
 
-def run_rounds(legs_per_round: int, rounds: int) -> list[float]:
+def run_rounds(legs_per_round: int, rounds: int, live: int = 0) -> list[float]:
     """CPU-µs per leg of each round (INVITE+200, ACK, BYE+200 of every leg)."""
     # Imported here: a --baseline-tree run imports them from that tree.
     from callrec import logs
     from callrec.users import UsersProjection
     from contracts.v1.rpc import AllocateReply, AllocateRequest, UpdateRequest
     from services.signaling.recorder import RecordingSession
+    from services.signaling.sessions import DialogStore
     from services.signaling.sip.message import SipResponse, parse_message
     from services.signaling.sip.transport import Peer
     from services.signaling.uas import RecorderUas
@@ -146,10 +150,14 @@ def run_rounds(legs_per_round: int, rounds: int) -> list[float]:
     else:
         tune_gc()
 
+    # The dialog journal as in production (a line per INVITE and ACK), on local disk.
+    journal_dir = tempfile.mkdtemp(prefix="callrec-bench-dialogs-")
+
     async def main() -> list[float]:
         sender = Sender()
         uas = RecorderUas(backend=Backend(), sender=sender, address="127.0.0.1",
-                          sip_port=5060, record_all=True, max_channels=1_000_000)
+                          sip_port=5060, record_all=True, max_channels=1_000_000,
+                          dialog_store=DialogStore(Path(journal_dir), "bench"))
         peer = Peer("UDP", "127.0.0.1", 5061)
         call_numbers = itertools.count(1)
         results = []
@@ -166,8 +174,9 @@ def run_rounds(legs_per_round: int, rounds: int) -> list[float]:
             await settle()
             return time.process_time() - start
 
-        for _ in range(rounds + 1):  # the first round warms up
-            calls = [next(call_numbers) for _ in range(legs_per_round // 2)]
+        async def round_of(count: int, *, timed_round: bool = True) -> float:
+            """CPU-µs per leg of `count` legs; an untimed round leaves its calls up."""
+            calls = [next(call_numbers) for _ in range(count // 2)]
             legs = [(c, side, CUCM_FROM.format(side=side, call=c))
                     for c in calls for side in ("nearend", "farend")]
             invites = [INVITE.format(port=5061, call=call, side=side, from_=from_).encode()
@@ -187,18 +196,29 @@ def run_rounds(legs_per_round: int, rounds: int) -> list[float]:
                     method="BYE", port=5061, call=call, side=side, n=2, from_=from_,
                     to_tag=to_tag, cseq=102, content_type="", length=0, body="").encode())
             cpu += await timed(acks)
-            cpu += await timed(byes)
-            results.append(cpu / len(legs) * 1e6)
-            # Checked after the clock stops: every leg answered, the last BYE got its 200.
+            # Checked after the clock stops: every leg answered.
             unanswered = sum(1 for call, side, _ in legs if f"{call}-{side}@127.0.0.1" not in tags)
             if unanswered:
                 raise RuntimeError(f"{unanswered} legs unanswered")
-            last = parse_message(sender.last["reply"])
+            if not timed_round:
+                return 0.0
+            cpu += await timed(byes)
+            last = parse_message(sender.last["reply"])  # the last BYE got its 200
             assert isinstance(last, SipResponse) and last.status == 200
+            return cpu / len(legs) * 1e6
+
+        # Calls in progress, as in a node mid-burst (their objects are what the cycle
+        # collector walks on its older generations), then the measured rounds.
+        await round_of(live, timed_round=False)
+        for _ in range(rounds + 1):  # the first round warms up
+            results.append(await round_of(legs_per_round))
         uas.transactions.shutdown()
         return results[1:]
 
-    return asyncio.run(main())
+    try:
+        return asyncio.run(main())
+    finally:
+        shutil.rmtree(journal_dir, ignore_errors=True)
 
 
 def median_ratio(a: list[float], b: list[float]) -> float:
@@ -210,17 +230,20 @@ def main() -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--legs", type=int, default=400, help="legs per round (a second's worth)")
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--live", type=int, default=0,
+                        help="legs answered (not ended) before the rounds: calls in progress")
     parser.add_argument("--baseline-tree", type=Path,
                         help="another checkout: interleaved runs of both, ratio printed")
     parser.add_argument("--pairs", type=int, default=3, help="interleaved runs per tree")
     parser.add_argument("--json", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.baseline_tree is None:
-        figures = run_rounds(args.legs, args.rounds)
+        figures = run_rounds(args.legs, args.rounds, args.live)
         if args.json:
             print(json.dumps(figures), file=sys.__stdout__)
             return
-        print(f"CPU per leg (µs), {args.rounds} rounds of {args.legs} legs: "
+        print(f"CPU per leg (µs), {args.rounds} rounds of {args.legs} legs "
+              f"({args.live} legs up): "
               + ", ".join(f"{f:.0f}" for f in figures)
               + f"; median {statistics.median(figures):.0f}")
         return
@@ -230,7 +253,8 @@ def main() -> None:
         for tree, into in ((args.baseline_tree, there), (REPO, here)):
             out = subprocess.run(
                 [sys.executable, str(REPO / "bench" / "signaling_cpu.py"), "--json",
-                 "--legs", str(args.legs), "--rounds", str(args.rounds)],
+                 "--legs", str(args.legs), "--rounds", str(args.rounds),
+                 "--live", str(args.live)],
                 cwd=tree, env={**os.environ, "PYTHONPATH": str(tree)},
                 check=True, capture_output=True, text=True)
             into.extend(json.loads(out.stdout.strip().splitlines()[-1]))

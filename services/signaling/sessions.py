@@ -19,6 +19,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import pydantic_core
 import structlog
 
 from contracts.v1.events import RecordingMetadata
@@ -60,6 +61,20 @@ def session_to_dict(
         "legs": legs,
         "siprec": siprec.metadata_to_dict(siprec_meta) if siprec_meta else None,
     }
+
+
+def journal_line(data: dict[str, Any]) -> bytes:
+    """One journal line: compact JSON and a newline.
+
+    pydantic-core's encoder (Rust) writes a CUCM session's line in a quarter of the
+    time json.dumps takes; a session is saved at each INVITE and ACK, and json.dumps
+    was 8% of signaling's busy time at 300 INVITEs/s (py-spy). Both read back the
+    same with json.loads (this one writes UTF-8 where json.dumps writes \\u escapes).
+    A string it cannot encode (a lone surrogate) goes through json.dumps instead."""
+    try:
+        return pydantic_core.to_json(data) + b"\n"
+    except pydantic_core.PydanticSerializationError:
+        return json.dumps(data, separators=(",", ":")).encode() + b"\n"
 
 
 def session_from_dict(
@@ -127,14 +142,14 @@ class DialogStore:
             hit = (session.metadata, session.metadata.model_dump(mode="json"))
             self._dumped[session.recording_id] = hit
         data = {**session_to_dict(session, siprec_meta, hit[1]), "boot_id": self.boot_id}
-        line = json.dumps(data, separators=(",", ":")).encode() + b"\n"
+        line = journal_line(data)
         self._live[session.recording_id] = line
         self._append(line)
 
     def delete(self, recording_id: str) -> None:
         self._dumped.pop(recording_id, None)
         if self._live.pop(recording_id, None) is not None:
-            self._append(json.dumps({"deleted": recording_id}).encode() + b"\n")
+            self._append(journal_line({"deleted": recording_id}))
 
     def recording_ids(self) -> list[str]:
         """The recordings whose state this store holds, in the order first saved."""
@@ -173,7 +188,7 @@ class DialogStore:
                 log.error("dialog_state_unreadable", recording_id=recording_id,
                           error=str(exc))
                 continue
-            self._live[recording_id] = json.dumps(data, separators=(",", ":")).encode() + b"\n"
+            self._live[recording_id] = journal_line(data)
         self._compact()
         return loaded
 

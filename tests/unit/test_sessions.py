@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -9,7 +10,7 @@ import pytest
 
 from contracts.v1.events import RecordingMetadata
 from services.signaling.recorder import Leg, RecordingSession, Stream
-from services.signaling.sessions import DialogStore, SessionRegistry
+from services.signaling.sessions import DialogStore, SessionRegistry, journal_line
 from services.signaling.sip.transport import Peer
 
 
@@ -90,6 +91,30 @@ def test_the_journal_keeps_the_last_state_and_is_compacted(tmp_path: Path) -> No
     loaded = DialogStore(tmp_path, "boot").load_all()
     assert sorted(s.recording_id for s, _ in loaded) == ["r4", "r5"]
     assert store.recording_ids() == ["r4", "r5"]
+
+
+def test_a_journal_line_reads_back_as_json_dumps_would_have_written_it() -> None:
+    data = {"recording_id": "r1", "name": "Zoë \u00a0\"quoted\"", "n": [1, 2.5, None, True],
+            "nested": {"0": "PCMU"}, "wall": 1796092353.8129394}
+    line = journal_line(data)
+    assert line.endswith(b"\n") and b"\n" not in line[:-1]
+    assert json.loads(line) == json.loads(json.dumps(data)) == data
+    odd = {"name": "\udcff"}  # a lone surrogate: the fast encoder refuses it
+    assert json.loads(journal_line(odd)) == odd
+
+
+def test_a_leg_restored_from_the_journal_has_its_streams_and_peer(tmp_path: Path) -> None:
+    store = DialogStore(tmp_path, "boot")
+    s, l1 = session(), leg()
+    l1.streams[0].payload_codecs = {0: "PCMU", 101: "telephone-event"}
+    l1.confirmed = True
+    s.legs[l1.call_id] = l1
+    store.save(s, None)
+    [(restored, meta)] = DialogStore(tmp_path, "boot").load_all()
+    again = restored.legs["c1"]
+    assert meta is None and restored.metadata == s.metadata
+    assert again.confirmed and again.peer == l1.peer
+    assert again.streams[0].payload_codecs == {0: "PCMU", 101: "telephone-event"}
 
 
 def test_files_of_the_layout_before_the_journal_are_taken_back(tmp_path: Path) -> None:

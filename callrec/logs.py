@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import atexit
 import collections
+import json
 import logging
 import os
 import sys
@@ -18,6 +19,7 @@ import threading
 import time
 from typing import Any, TextIO
 
+import pydantic_core
 import structlog
 
 QUEUE_LINES = 10_000
@@ -152,6 +154,20 @@ def _stream() -> TextIO:
     return _QueueFile(_writer)  # type: ignore[return-value]
 
 
+def render_json(event_dict: Any, **_: Any) -> str:
+    """One log line's JSON (structlog's serializer).
+
+    pydantic-core's encoder writes a line in about a third of the time json.dumps takes
+    with structlog's fallback (which builds a new encoder for every line), and logging
+    is on every call's path. Paths, UUIDs and dates come out as their text; other
+    objects as their repr. A line it cannot encode (a lone surrogate) goes through
+    json.dumps: a log line never fails."""
+    try:
+        return pydantic_core.to_json(event_dict, fallback=repr).decode()
+    except Exception:
+        return json.dumps(event_dict, default=repr)
+
+
 def setup_logging(service: str, node_id: str, level: str = "info") -> None:
     numeric = getattr(logging, level.upper(), logging.INFO)
     stream = _stream()
@@ -160,7 +176,7 @@ def setup_logging(service: str, node_id: str, level: str = "info") -> None:
     handler.setFormatter(structlog.stdlib.ProcessorFormatter(
         processors=[
             structlog.stdlib.ProcessorFormatter.remove_processors_meta,
-            structlog.processors.JSONRenderer(),
+            structlog.processors.JSONRenderer(serializer=render_json),
         ],
         foreign_pre_chain=[
             structlog.contextvars.merge_contextvars,
@@ -178,7 +194,7 @@ def setup_logging(service: str, node_id: str, level: str = "info") -> None:
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,
-            structlog.processors.JSONRenderer(),
+            structlog.processors.JSONRenderer(serializer=render_json),
         ],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
         logger_factory=structlog.PrintLoggerFactory(file=stream),

@@ -24,6 +24,7 @@ right address.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from dataclasses import dataclass
 from typing import Literal
@@ -66,12 +67,24 @@ def canonical_address(text: str) -> str | None:
 
 def expected_from_sdp(address: str | None, port: int | None) -> Expected:
     """Normalise a stream's SDP c= address and m= port into an expectation."""
-    canonical = canonical_address(address) if address else None
-    if canonical is None or ipaddress.ip_address(canonical).is_unspecified:
+    canonical = _usable_address(address) if address else None
+    if canonical is None:
         return UNKNOWN
     if port is None or port in PLACEHOLDER_PORTS or not 0 < port < 65536:
         return Expected(canonical, None)
     return Expected(canonical, port)
+
+
+@functools.lru_cache(maxsize=1024)
+def _usable_address(text: str) -> str | None:
+    """The canonical address an SDP's c= text names, None if it names none usable.
+
+    Cached: a node's SDPs name a few addresses (its PBXs and gateways) again and
+    again, and parsing one twice with `ipaddress` was about a seventh of an update's CPU."""
+    canonical = canonical_address(text)
+    if canonical is None or ipaddress.ip_address(canonical).is_unspecified:
+        return None
+    return canonical
 
 
 def endpoint_of(addr: tuple[object, ...]) -> Endpoint:

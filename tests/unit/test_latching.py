@@ -36,7 +36,7 @@ STRANGER = Endpoint("198.51.100.7", 24580)
 # ---------------------------------------------------------------- what the SDP says
 
 
-@pytest.mark.parametrize(("address", "port", "expected"), [
+SDP_CASES = [
     ("192.0.2.10", 24580, Expected("192.0.2.10", 24580)),
     ("192.0.2.10", 9, Expected("192.0.2.10", None)),     # discard placeholder
     ("192.0.2.10", 0, Expected("192.0.2.10", None)),     # stream refused/disabled
@@ -47,9 +47,21 @@ STRANGER = Endpoint("198.51.100.7", 24580)
     ("pbx.example.com", 24580, UNKNOWN),                  # not an IP literal: no DNS here
     ("2001:DB8::0:1", 4000, Expected("2001:db8::1", 4000)),
     ("::ffff:192.0.2.10", 4000, Expected("192.0.2.10", 4000)),
-])
+]
+
+
+@pytest.mark.parametrize(("address", "port", "expected"), SDP_CASES)
 def test_expected_from_sdp(address: str | None, port: int | None, expected: Expected) -> None:
     assert expected_from_sdp(address, port) == expected
+
+
+def test_expected_from_sdp_answers_the_same_when_asked_again() -> None:
+    """Addresses are normalised once and cached: a repeat (another port of the same
+    address, the same text after an unusable one) gets the same answer."""
+    for address, port, expected in SDP_CASES + SDP_CASES[::-1]:
+        assert expected_from_sdp(address, port) == expected
+    assert expected_from_sdp("192.0.2.10", 9) == Expected("192.0.2.10", None)
+    assert expected_from_sdp("0.0.0.0", 9) == UNKNOWN
 
 
 def test_endpoint_of_socket_addresses() -> None:

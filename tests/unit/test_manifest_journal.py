@@ -9,11 +9,16 @@ finished or released since.
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 import threading
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, cast
+
+import pytest
+import structlog
+import structlog.testing
 
 from callrec.config import NodeConfig
 from callrec.metrics import Registry
@@ -166,3 +171,48 @@ async def test_a_crash_before_the_flush_keeps_the_end_of_a_call(tmp_path: Path) 
     assert recording.manifest.ended_at == ended
     assert recording.finalizing  # queued for its finalize, not resumed as live
     close_streams(restarted)
+
+
+def test_a_save_cut_short_by_a_full_disk_keeps_the_old_manifest(
+    tmp_path: Path, monkeypatch: Any,
+) -> None:
+    manifest = RecordingManifest(recording_id="r1", started_at=datetime.now(UTC),
+                                 metadata=META)
+    manifest.save(tmp_path)
+    assert RecordingManifest.load(tmp_path).revision == 1
+    manifest.metadata = RecordingMetadata(source="cucm", session_key="newer")
+    real_write = os.write
+    monkeypatch.setattr(os, "write", lambda fd, data: real_write(fd, data[:10]))
+    with pytest.raises(OSError, match="short write"):
+        manifest.save(tmp_path)
+    monkeypatch.undo()
+    assert RecordingManifest.load(tmp_path).metadata.session_key == "k"
+    manifest.save(tmp_path)  # the disk has room again: the temporary file is replaced
+    saved = RecordingManifest.load(tmp_path)
+    assert (saved.metadata.session_key, saved.revision) == ("newer", 3)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [MANIFEST]
+
+
+async def test_a_streams_first_sdp_logs_at_debug_a_moved_source_at_info(
+    tmp_path: Path,
+) -> None:
+    capture = make_capture(tmp_path)
+    await allocate(capture, "r1", "near", 0)
+    try:
+        with structlog.testing.capture_logs() as first:
+            await capture.update(UpdateRequest(recording_id="r1", stream_id="near",
+                                               source=RtpSource(address="10.0.0.1",
+                                                                port=5004)))
+        with structlog.testing.capture_logs() as moved:
+            await capture.update(UpdateRequest(recording_id="r1", stream_id="near",
+                                               source=RtpSource(address="10.0.0.2",
+                                                                port=5004)))
+        assert [(e["event"], e["log_level"]) for e in first] == [
+            ("rtp_source_expected", "debug")]
+        assert [(e["event"], e["log_level"], e["address"]) for e in moved] == [
+            ("rtp_source_expected", "info", "10.0.0.2")]
+        assert capture.live["r1"].manifest.streams["near"].expected_address == "10.0.0.2"
+    finally:
+        assert capture.files.wait(10)
+        close_streams(capture)
+        capture.files.close()

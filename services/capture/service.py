@@ -454,14 +454,11 @@ class Capture:
             live.receiver.expect(expected, latched)
         if unchanged:
             return
-        # A stream's first SDP (the ACK of every CUCM leg) at debug: an info line per
-        # ACK was about a third of update's CPU (profiled). A source that moves
-        # (re-INVITE, UPDATE, another latch) stays at info: that explains drops.
-        first = current.address is None and latched_before is None
-        (log.debug if first else log.info)(
-            "rtp_source_expected", recording_id=recording.manifest.recording_id,
-            stream_id=stream_id, address=expected.address, port=expected.port,
-            latched=None if latched is None else f"{latched.address}:{latched.port}")
+        # At info, the first SDP too: where a stream's audio is expected from is what an
+        # engineer chasing one-way audio reads first (logs.render_json keeps it cheap).
+        log.info("rtp_source_expected", recording_id=recording.manifest.recording_id,
+                 stream_id=stream_id, address=expected.address, port=expected.port,
+                 latched=None if latched is None else f"{latched.address}:{latched.port}")
 
     async def release(self, request: ReleaseRequest) -> Empty:
         recording = self.live.get(request.recording_id)

@@ -193,7 +193,7 @@ def test_a_save_cut_short_by_a_full_disk_keeps_the_old_manifest(
     assert sorted(p.name for p in tmp_path.iterdir()) == [MANIFEST]
 
 
-async def test_a_streams_first_sdp_logs_at_debug_a_moved_source_at_info(
+async def test_a_streams_first_sdp_and_a_moved_source_log_at_info(
     tmp_path: Path,
 ) -> None:
     capture = make_capture(tmp_path)
@@ -207,8 +207,8 @@ async def test_a_streams_first_sdp_logs_at_debug_a_moved_source_at_info(
             await capture.update(UpdateRequest(recording_id="r1", stream_id="near",
                                                source=RtpSource(address="10.0.0.2",
                                                                 port=5004)))
-        assert [(e["event"], e["log_level"]) for e in first] == [
-            ("rtp_source_expected", "debug")]
+        assert [(e["event"], e["log_level"], e["address"]) for e in first] == [
+            ("rtp_source_expected", "info", "10.0.0.1")]
         assert [(e["event"], e["log_level"], e["address"]) for e in moved] == [
             ("rtp_source_expected", "info", "10.0.0.2")]
         assert capture.live["r1"].manifest.streams["near"].expected_address == "10.0.0.2"

@@ -94,7 +94,7 @@ JETSTREAM_POLL_INTERVAL = 2.0
 # disk, the bus) are retried forever.
 PERMANENT_ATTEMPTS = 3
 # Recordings finalized at once per encoder worker (see finalize_concurrency).
-FINALIZE_PER_WORKER = int(os.environ.get("CALLREC_FINALIZE_PER_WORKER", "4"))
+FINALIZE_PER_WORKER = 4
 WORKER_NICE = 5
 _T = TypeVar("_T")
 RECONCILE_INTERVAL = 3.0
@@ -913,8 +913,10 @@ class Capture:
 
     async def _finalize_one(self, recording: LiveRecording) -> None:
         manifest = recording.manifest
+        queued_at = time.monotonic()
         # The file thread's work for it (directory, segment files, closes) is done.
         await self.files.barrier()
+        barrier_ms = round((time.monotonic() - queued_at) * 1000.0, 1)
         if not recording.directory.is_dir():
             raise ValueError(f"recording directory {recording.directory} is gone")
         # What a full disk kept from being written when the recording ended: the last
@@ -927,19 +929,27 @@ class Capture:
         started = time.monotonic()
         # The recording's own live.opus is the output: never deleted on a failure (a
         # retry continues it, and peers' copies of its bytes stay valid).
-        await self._encode_and_publish(recording, recording.directory / LIVE_FILE, started)
+        await self._encode_and_publish(recording, recording.directory / LIVE_FILE, started,
+                                       {"barrier": barrier_ms})
 
     async def _encode_and_publish(
-        self, recording: LiveRecording, output: Path, started: float
+        self, recording: LiveRecording, output: Path, started: float,
+        steps_ms: dict[str, float] | None = None,
     ) -> None:
         manifest = recording.manifest
         output = recording.directory / LIVE_FILE
+        # Wall time of each step, logged with the completion: where finalize waits.
+        steps = steps_ms if steps_ms is not None else {}
+        lap = _Lap(steps, started)
         await asyncio.to_thread(sync_segments, recording.directory)
+        lap("sync")
         result: FinalizeResult = await self._in_worker(
             manifest.recording_id, worker_finish, recording.directory, manifest.recording_id,
             stream_specs(manifest), duration_of(manifest), self.config.opus_bitrate)
+        lap("encode")
         key = _object_key(manifest.recording_id, manifest.started_at)
         sha256 = await asyncio.to_thread(self.store.put_file, key, output)
+        lap("store")
         size = output.stat().st_size
         assert manifest.ended_at is not None
         event = RecordingCompleted(
@@ -966,6 +976,7 @@ class Capture:
                 peaks=result.peaks,
             ))
         await bus.publish_event(self.ctx.js, event)
+        lap("publish")
         await self._publish_progress(manifest.recording_id, Progress(size, result.duration_ms,
                                                                      final=True))
         self._count_silent(manifest.recording_id, result)
@@ -978,7 +989,7 @@ class Capture:
         self.m_finalize_seconds.inc(elapsed)
         log.info("recording_completed", recording_id=manifest.recording_id,
                  duration_ms=result.duration_ms, size=size, finalize_s=round(elapsed, 3),
-                 packets=[c.packets_received for c in result.channels])
+                 packets=[c.packets_received for c in result.channels], steps_ms=steps)
 
     def _count_silent(self, recording_id: str, result: FinalizeResult) -> None:
         """Make a channel that got packets but no audio visible (metric and log)."""
@@ -998,6 +1009,19 @@ class Capture:
         with contextlib.suppress(OSError):
             shutil.rmtree(target, ignore_errors=True)
             shutil.move(str(directory), str(target))
+
+
+class _Lap:
+    """Records the milliseconds since the previous lap under a step's name."""
+
+    def __init__(self, steps: dict[str, float], started: float) -> None:
+        self.steps = steps
+        self.last = started
+
+    def __call__(self, name: str) -> None:
+        now = time.monotonic()
+        self.steps[name] = round((now - self.last) * 1000.0, 1)
+        self.last = now
 
 
 def _is_transient(exc: BaseException, directory: Path) -> bool:

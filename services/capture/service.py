@@ -983,7 +983,9 @@ class Capture:
         # (worker_finish forgot the recording's encoder already: no round trip to
         # its worker, which may be busy with a live step, to drop it again)
         self.live.pop(manifest.recording_id, None)
-        shutil.rmtree(recording.directory, ignore_errors=True)
+        # In a thread: a burst of endings would otherwise hold the event loop (and the
+        # packets of the calls still in progress) a few unlinks per recording each.
+        await asyncio.to_thread(shutil.rmtree, recording.directory, ignore_errors=True)
         elapsed = time.monotonic() - started
         self.m_completed.inc()
         self.m_finalize_seconds.inc(elapsed)

@@ -93,6 +93,8 @@ JETSTREAM_POLL_INTERVAL = 2.0
 # tried this often before the recording is given up as failed; transient ones (a full
 # disk, the bus) are retried forever.
 PERMANENT_ATTEMPTS = 3
+# Recordings finalized at once per encoder worker (see finalize_concurrency).
+FINALIZE_PER_WORKER = 4
 WORKER_NICE = 5
 _T = TypeVar("_T")
 RECONCILE_INTERVAL = 3.0
@@ -163,6 +165,8 @@ class Capture:
         self.files = FileWork()
         self.live: dict[str, LiveRecording] = {}
         self.queue: asyncio.Queue[str] = asyncio.Queue()
+        # Recordings a finalize task is working on: one task at a time per recording.
+        self.finalizing_now: set[str] = set()
         self.closing = False
         # Disk pressure (callrec.diskspace): the reserve, JetStream's state, retries.
         self.reserve_gate = diskspace.ReserveGate(ctx.config.reserve)
@@ -836,16 +840,30 @@ class Capture:
         return recording.manifest.started_at + timedelta(milliseconds=last_ms)
 
     async def _finalize_loop(self) -> None:
-        """Finalize queued recordings; a failure re-queues the recording after a
-        back-off (callrec.diskspace.retry_delay), so one never strands: a full disk or
-        an unavailable bus is retried until it succeeds, also after a restart (the
+        """Finalize queued recordings, several at once (finalize_concurrency(): each
+        one mostly waits on fsyncs, its worker and the bus acks, so one at a time
+        made the backlog of 400 calls ending together take seconds).
+
+        A failure re-queues the recording after a back-off
+        (callrec.diskspace.retry_delay), so one never strands: a full disk or an
+        unavailable bus is retried until it succeeds, also after a restart (the
         manifest on disk says the recording ended). Only an error that is not
-        transient, PERMANENT_ATTEMPTS times in a row, gives it up as failed."""
+        transient, PERMANENT_ATTEMPTS times in a row, gives it up as failed.
+        Cancelling this task cancels every finalizer."""
+        async with asyncio.TaskGroup() as group:
+            for _ in range(finalize_concurrency(len(self.workers))):
+                group.create_task(self._finalizer())
+
+    async def _finalizer(self) -> None:
+        """One of the finalize tasks: takes the next queued recording, never one that
+        another task is finalizing (a duplicate queue entry is dropped: that task
+        either completes it or re-queues it itself when it fails)."""
         while True:
             recording_id = await self.queue.get()
             recording = self.live.get(recording_id)
-            if recording is None:
+            if recording is None or recording_id in self.finalizing_now:
                 continue
+            self.finalizing_now.add(recording_id)
             try:
                 if recording_id in self.giving_up:
                     await self._give_up(recording)
@@ -856,6 +874,8 @@ class Capture:
                 raise
             except Exception as exc:
                 self._retry_later(recording, exc)
+            finally:
+                self.finalizing_now.discard(recording_id)
 
     def _retry_later(self, recording: LiveRecording, exc: Exception) -> None:
         recording_id = recording.manifest.recording_id
@@ -895,8 +915,10 @@ class Capture:
 
     async def _finalize_one(self, recording: LiveRecording) -> None:
         manifest = recording.manifest
+        queued_at = time.monotonic()
         # The file thread's work for it (directory, segment files, closes) is done.
         await self.files.barrier()
+        barrier_ms = round((time.monotonic() - queued_at) * 1000.0, 1)
         if not recording.directory.is_dir():
             raise ValueError(f"recording directory {recording.directory} is gone")
         # What a full disk kept from being written when the recording ended: the last
@@ -909,19 +931,27 @@ class Capture:
         started = time.monotonic()
         # The recording's own live.opus is the output: never deleted on a failure (a
         # retry continues it, and peers' copies of its bytes stay valid).
-        await self._encode_and_publish(recording, recording.directory / LIVE_FILE, started)
+        await self._encode_and_publish(recording, recording.directory / LIVE_FILE, started,
+                                       {"barrier": barrier_ms})
 
     async def _encode_and_publish(
-        self, recording: LiveRecording, output: Path, started: float
+        self, recording: LiveRecording, output: Path, started: float,
+        steps_ms: dict[str, float] | None = None,
     ) -> None:
         manifest = recording.manifest
         output = recording.directory / LIVE_FILE
+        # Wall time of each step, logged with the completion: where finalize waits.
+        steps = steps_ms if steps_ms is not None else {}
+        lap = _Lap(steps, started)
         await asyncio.to_thread(sync_segments, recording.directory)
+        lap("sync")
         result: FinalizeResult = await self._in_worker(
             manifest.recording_id, worker_finish, recording.directory, manifest.recording_id,
             stream_specs(manifest), duration_of(manifest), self.config.opus_bitrate)
+        lap("encode")
         key = _object_key(manifest.recording_id, manifest.started_at)
         sha256 = await asyncio.to_thread(self.store.put_file, key, output)
+        lap("store")
         size = output.stat().st_size
         assert manifest.ended_at is not None
         event = RecordingCompleted(
@@ -948,18 +978,22 @@ class Capture:
                 peaks=result.peaks,
             ))
         await bus.publish_event(self.ctx.js, event)
+        lap("publish")
         await self._publish_progress(manifest.recording_id, Progress(size, result.duration_ms,
                                                                      final=True))
         self._count_silent(manifest.recording_id, result)
-        await self._drop_encoder(recording)
+        # (worker_finish forgot the recording's encoder already: no round trip to
+        # its worker, which may be busy with a live step, to drop it again)
         self.live.pop(manifest.recording_id, None)
-        shutil.rmtree(recording.directory, ignore_errors=True)
+        # In a thread: a burst of endings would otherwise hold the event loop (and the
+        # packets of the calls still in progress) a few unlinks per recording each.
+        await asyncio.to_thread(shutil.rmtree, recording.directory, ignore_errors=True)
         elapsed = time.monotonic() - started
         self.m_completed.inc()
         self.m_finalize_seconds.inc(elapsed)
         log.info("recording_completed", recording_id=manifest.recording_id,
                  duration_ms=result.duration_ms, size=size, finalize_s=round(elapsed, 3),
-                 packets=[c.packets_received for c in result.channels])
+                 packets=[c.packets_received for c in result.channels], steps_ms=steps)
 
     def _count_silent(self, recording_id: str, result: FinalizeResult) -> None:
         """Make a channel that got packets but no audio visible (metric and log)."""
@@ -979,6 +1013,19 @@ class Capture:
         with contextlib.suppress(OSError):
             shutil.rmtree(target, ignore_errors=True)
             shutil.move(str(directory), str(target))
+
+
+class _Lap:
+    """Records the milliseconds since the previous lap under a step's name."""
+
+    def __init__(self, steps: dict[str, float], started: float) -> None:
+        self.steps = steps
+        self.last = started
+
+    def __call__(self, name: str) -> None:
+        now = time.monotonic()
+        self.steps[name] = round((now - self.last) * 1000.0, 1)
+        self.last = now
 
 
 def _is_transient(exc: BaseException, directory: Path) -> bool:
@@ -1004,6 +1051,14 @@ def _safe_id(value: str) -> str:
     if not value or len(value) > 128 or not all(c.isalnum() or c in "-_" for c in value):
         raise ValueError(f"invalid id {value!r}")
     return value
+
+
+def finalize_concurrency(workers: int) -> int:
+    """How many recordings are finalized at once: a few per encoder worker, so its
+    process always has the next tail to encode while the others wait on fsyncs and
+    bus acks; bounded, so a burst of endings does not pile up open files and
+    unacknowledged publishes."""
+    return FINALIZE_PER_WORKER * max(1, workers)
 
 
 def live_step_due(flushed_at: float) -> float:

@@ -1,0 +1,152 @@
+"""Capture finalizes several recordings at once, never one recording twice at once.
+
+The finalize step itself is replaced by a fake that waits on an event, so the test
+sees how the finalize tasks schedule recordings (in flight together, a duplicate
+queue entry, a failed attempt's retry racing a fresh entry, cancellation) without
+a bus, a store or encoder workers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, cast
+
+import pytest
+
+from callrec import diskspace
+from callrec.config import NodeConfig
+from callrec.metrics import Registry
+from callrec.service import ServiceContext
+from contracts.v1.events import RecordingMetadata
+from services.capture.manifest import RecordingManifest
+from services.capture.service import Capture, LiveRecording, finalize_concurrency
+
+META = RecordingMetadata(source="cucm", session_key="k")
+
+
+def make_capture(data_dir: Path) -> Capture:
+    config = NodeConfig(node_id="n1", data_dir=data_dir, rtp_port_min=41000,
+                        rtp_port_max=41999)
+    ctx = ServiceContext("capture", config, cast(Any, None), cast(Any, None),
+                         Registry("capture", "n1"), asyncio.Event())
+    return Capture(ctx, cast(Any, None), [], cast(Any, lambda: None))
+
+
+def add_ended(capture: Capture, recording_id: str) -> None:
+    directory = capture.active_dir / recording_id
+    directory.mkdir()
+    now = datetime.now(UTC)
+    manifest = RecordingManifest(recording_id=recording_id, started_at=now, ended_at=now,
+                                 metadata=META)
+    capture.live[recording_id] = LiveRecording(manifest, directory, finalizing=True)
+    capture.queue.put_nowait(recording_id)
+
+
+class FakeFinalize:
+    """Stands in for Capture._finalize_one: counts what runs at once, per recording."""
+
+    def __init__(self, capture: Capture, fail_first: set[str] | None = None) -> None:
+        self.capture = capture
+        self.fail_first = set(fail_first or ())
+        self.release = asyncio.Event()
+        self.running: dict[str, int] = {}
+        self.most_at_once = 0
+        self.most_of_one = 0
+        self.calls: dict[str, int] = {}
+        self.done: list[str] = []
+
+    async def __call__(self, recording: LiveRecording) -> None:
+        recording_id = recording.manifest.recording_id
+        self.calls[recording_id] = self.calls.get(recording_id, 0) + 1
+        self.running[recording_id] = self.running.get(recording_id, 0) + 1
+        self.most_of_one = max(self.most_of_one, self.running[recording_id])
+        self.most_at_once = max(self.most_at_once, sum(self.running.values()))
+        try:
+            await self.release.wait()
+            if recording_id in self.fail_first:
+                self.fail_first.discard(recording_id)
+                raise OSError("bus or disk hiccup")  # transient: its directory is there
+            self.capture.live.pop(recording_id, None)
+            self.done.append(recording_id)
+        finally:
+            self.running[recording_id] -= 1
+
+
+async def wait_for(condition: Any, timeout: float = 10.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, "condition not reached"
+        await asyncio.sleep(0.005)
+
+
+async def test_several_recordings_finalize_at_once(tmp_path: Path) -> None:
+    capture = make_capture(tmp_path)
+    fake = FakeFinalize(capture)
+    capture._finalize_one = fake  # type: ignore[method-assign]
+    count = finalize_concurrency(len(capture.workers))
+    assert count > 1
+    ids = [f"r{i}" for i in range(count * 2)]
+    for recording_id in ids:
+        add_ended(capture, recording_id)
+    loop_task = asyncio.create_task(capture._finalize_loop())
+    try:
+        await wait_for(lambda: sum(fake.running.values()) == count)
+        await asyncio.sleep(0.05)  # no task takes more than the bound
+        assert fake.most_at_once == count
+        fake.release.set()
+        await wait_for(lambda: len(fake.done) == len(ids))
+    finally:
+        loop_task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await loop_task
+    assert sorted(fake.done) == sorted(ids)
+    assert fake.most_of_one == 1
+    assert not capture.finalizing_now
+
+
+async def test_a_recording_is_never_finalized_twice_at_once(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A duplicate queue entry and a retry racing a fresh entry: one task at a time."""
+    monkeypatch.setattr(diskspace, "retry_delay", lambda attempt: 0.01)
+    capture = make_capture(tmp_path)
+    fake = FakeFinalize(capture, fail_first={"a"})
+    capture._finalize_one = fake  # type: ignore[method-assign]
+    add_ended(capture, "a")
+    add_ended(capture, "b")
+    loop_task = asyncio.create_task(capture._finalize_loop())
+    try:
+        await wait_for(lambda: fake.running.get("a") == 1)
+        for _ in range(3):  # e.g. a recovery and a late re-queue of the same id
+            capture.queue.put_nowait("a")
+        await asyncio.sleep(0.05)  # free tasks take the duplicates now: they must skip
+        assert fake.calls["a"] == 1
+        fake.release.set()  # "a" fails once: its retry re-queues it after the back-off
+        await wait_for(lambda: sorted(fake.done) == ["a", "b"])
+        capture.queue.put_nowait("a")  # finished: a late entry finalizes nothing
+        await asyncio.sleep(0.05)
+    finally:
+        loop_task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await loop_task
+    assert fake.calls == {"a": 2, "b": 1}
+    assert fake.most_of_one == 1
+    assert capture.attempts == {}  # the success cleared the failed attempt
+    assert not capture.finalizing_now
+
+
+async def test_cancelling_the_loop_stops_every_finalize(tmp_path: Path) -> None:
+    capture = make_capture(tmp_path)
+    fake = FakeFinalize(capture)
+    capture._finalize_one = fake  # type: ignore[method-assign]
+    for i in range(3):
+        add_ended(capture, f"r{i}")
+    loop_task = asyncio.create_task(capture._finalize_loop())
+    await wait_for(lambda: sum(fake.running.values()) == 3)
+    loop_task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await loop_task
+    assert sum(fake.running.values()) == 0
+    assert not capture.finalizing_now
+    assert set(capture.live) == {"r0", "r1", "r2"}  # a restart finalizes them

@@ -9,6 +9,7 @@ a bus, a store or encoder workers.
 from __future__ import annotations
 
 import asyncio
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, cast
@@ -20,8 +21,14 @@ from callrec.config import NodeConfig
 from callrec.metrics import Registry
 from callrec.service import ServiceContext
 from contracts.v1.events import RecordingMetadata
+from services.capture import service as capture_service
 from services.capture.manifest import RecordingManifest
-from services.capture.service import Capture, LiveRecording, finalize_concurrency
+from services.capture.service import (
+    Capture,
+    LiveRecording,
+    finalize_concurrency,
+    finalize_may_widen,
+)
 
 META = RecordingMetadata(source="cucm", session_key="k")
 
@@ -150,3 +157,49 @@ async def test_cancelling_the_loop_stops_every_finalize(tmp_path: Path) -> None:
     assert sum(fake.running.values()) == 0
     assert not capture.finalizing_now
     assert set(capture.live) == {"r0", "r1", "r2"}  # a restart finalizes them
+
+
+def test_finalize_widens_only_when_no_call_was_set_up_just_now() -> None:
+    quiet = capture_service.SETUP_QUIET_S
+    assert finalize_may_widen(100.0, float("-inf"))  # no call set up yet
+    assert not finalize_may_widen(100.0, 100.0 - quiet / 2)
+    assert finalize_may_widen(100.0, 100.0 - quiet)
+
+
+async def test_one_finalize_at_a_time_while_calls_are_set_up(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Set-up (the PBX waits on it) goes first: while allocates keep coming, one
+    recording is finalized at a time; once they stop, several again."""
+    monkeypatch.setattr(capture_service, "SETUP_QUIET_S", 0.05)
+    capture = make_capture(tmp_path)
+    fake = FakeFinalize(capture)
+    capture._finalize_one = fake  # type: ignore[method-assign]
+    count = finalize_concurrency(len(capture.workers))
+    capture.last_allocate = time.monotonic()
+    busy = True
+
+    async def calls_being_set_up() -> None:
+        while busy:
+            capture.last_allocate = time.monotonic()
+            await asyncio.sleep(0.01)
+
+    setup = asyncio.create_task(calls_being_set_up())
+    loop_task = asyncio.create_task(capture._finalize_loop())
+    try:
+        await asyncio.sleep(0.02)  # every finalizer parked, some of them on the queue
+        for i in range(count * 2):
+            add_ended(capture, f"r{i}")
+        await wait_for(lambda: sum(fake.running.values()) == 1)
+        await asyncio.sleep(0.3)  # several quiet periods' worth: still one
+        assert fake.most_at_once == 1
+        busy = False
+        await setup
+        await wait_for(lambda: sum(fake.running.values()) == count)
+        fake.release.set()
+        await wait_for(lambda: len(fake.done) == count * 2)
+    finally:
+        busy = False
+        loop_task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await loop_task
+    assert fake.most_of_one == 1

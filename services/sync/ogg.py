@@ -44,14 +44,22 @@ def pages(data: bytes | memoryview) -> Iterator[tuple[int, int, memoryview]]:
             view, offset)
         if capture != CAPTURE or version != 0:
             return
-        table_end = offset + HEADER.size + count
-        if table_end > len(view):
+        span = _page_span(view, offset, count)
+        if span is None:
             return
-        end = table_end + sum(view[offset + HEADER.size:table_end])
-        if end > len(view):
-            return
+        table_end, end = span
         yield end, position, view[table_end:end]
         offset = end
+
+
+def _page_span(view: memoryview, start: int, segments: int) -> tuple[int, int] | None:
+    """(end of its segment table, end of the page) of the page whose header is at
+    `start` with `segments` lacing values; None while the page is not all there."""
+    table_end = start + HEADER.size + segments
+    if table_end > len(view):
+        return None
+    end = table_end + sum(view[start + HEADER.size:table_end])
+    return (table_end, end) if end <= len(view) else None
 
 
 def scan(data: bytes | memoryview) -> Scan:
@@ -118,12 +126,10 @@ def follow(chain: Chain, data: bytes | memoryview) -> Chain | None:
             return None
         if 0 <= position < granule:
             return None
-        table_end = start + HEADER.size + count
-        if table_end > len(view):
+        span = _page_span(view, start, count)
+        if span is None:
             break
-        end = table_end + sum(view[start + HEADER.size:table_end])
-        if end > len(view):
-            break
+        end = span[1]
         blank = bytearray(view[start:end])
         blank[22:26] = b"\0\0\0\0"
         if ogg_crc(bytes(blank)) != crc:

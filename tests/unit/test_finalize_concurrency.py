@@ -12,14 +12,11 @@ import asyncio
 import time
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import pytest
 
 from callrec import diskspace
-from callrec.config import NodeConfig
-from callrec.metrics import Registry
-from callrec.service import ServiceContext
 from contracts.v1.events import RecordingMetadata
 from services.capture import service as capture_service
 from services.capture.manifest import RecordingManifest
@@ -29,16 +26,14 @@ from services.capture.service import (
     finalize_concurrency,
     finalize_may_widen,
 )
+from tests.support.capturecore import bare_capture
 
 META = RecordingMetadata(source="cucm", session_key="k")
 
 
+
 def make_capture(data_dir: Path) -> Capture:
-    config = NodeConfig(node_id="n1", data_dir=data_dir, rtp_port_min=41000,
-                        rtp_port_max=41999)
-    ctx = ServiceContext("capture", config, cast(Any, None), cast(Any, None),
-                         Registry("capture", "n1"), asyncio.Event())
-    return Capture(ctx, cast(Any, None), [], cast(Any, lambda: None))
+    return bare_capture(data_dir, (41000, 41999))
 
 
 def add_ended(capture: Capture, recording_id: str) -> None:

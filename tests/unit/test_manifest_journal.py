@@ -8,21 +8,17 @@ finished or released since.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import shutil
 import threading
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import pytest
 import structlog
 import structlog.testing
 
-from callrec.config import NodeConfig
-from callrec.metrics import Registry
-from callrec.service import ServiceContext
 from contracts.v1.events import RecordingMetadata
 from contracts.v1.rpc import (
     AllocateRequest,
@@ -34,16 +30,14 @@ from contracts.v1.rpc import (
 )
 from services.capture.manifest import MANIFEST, ManifestJournal, RecordingManifest
 from services.capture.service import Capture
+from tests.support.capturecore import bare_capture
 
 META = RecordingMetadata(source="cucm", session_key="k")
 
 
+
 def make_capture(data_dir: Path) -> Capture:
-    config = NodeConfig(node_id="n1", data_dir=data_dir, rtp_port_min=41000,
-                        rtp_port_max=41999)
-    ctx = ServiceContext("capture", config, cast(Any, None), cast(Any, None),
-                         Registry("capture", "n1"), asyncio.Event())
-    return Capture(ctx, cast(Any, None), [], cast(Any, lambda: None))
+    return bare_capture(data_dir, (41000, 41999))
 
 
 def close_streams(capture: Capture) -> None:

@@ -8,21 +8,17 @@ ends before its file exists is written out and closed by the thread.
 
 from __future__ import annotations
 
-import asyncio
 import threading
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, cast
 
 import pytest
 
-from callrec.config import NodeConfig
-from callrec.metrics import Registry
-from callrec.service import ServiceContext
 from contracts.v1.events import RecordingMetadata
 from contracts.v1.rpc import AllocateRequest, StreamSpec
 from services.capture.segments import FileWork, SegmentWriter, read_records, read_stream
 from services.capture.service import Capture
+from tests.support.capturecore import bare_capture
 
 PACKETS = [(20 * i, bytes([0x80, 0, 0, i]) + bytes([i]) * (160 + i)) for i in range(30)]
 
@@ -75,23 +71,25 @@ def test_a_failed_create_is_counted_kept_and_retried(tmp_path: Path) -> None:
     assert list(read_records(path)) == PACKETS
 
 
-def make_capture(data_dir: Path) -> Capture:
-    config = NodeConfig(node_id="n1", data_dir=data_dir, rtp_port_min=42000,
-                        rtp_port_max=42999)
-    ctx = ServiceContext("capture", config, cast(Any, None), cast(Any, None),
-                         Registry("capture", "n1"), asyncio.Event())
-    return Capture(ctx, cast(Any, None), [], cast(Any, lambda: None))
 
+def make_capture(data_dir: Path) -> Capture:
+    return bare_capture(data_dir, (42000, 42999))
+
+
+
+async def allocate_near(capture: Capture) -> None:
+    """Recording r1 with one stream, "near", as a CUCM leg's INVITE allocates it."""
+    await capture.allocate(AllocateRequest(
+        recording_id="r1", started_at=datetime.now(UTC),
+        metadata=RecordingMetadata(source="cucm", session_key="k"),
+        streams=[StreamSpec(stream_id="near", channel=0)]))
 
 async def test_a_stream_ended_before_its_file_exists_is_written_by_the_thread(
     tmp_path: Path,
 ) -> None:
     capture = make_capture(tmp_path)
     release = held(capture.files)
-    await capture.allocate(AllocateRequest(
-        recording_id="r1", started_at=datetime.now(UTC),
-        metadata=RecordingMetadata(source="cucm", session_key="k"),
-        streams=[StreamSpec(stream_id="near", channel=0)]))
+    await allocate_near(capture)
     recording = capture.live["r1"]
     directory = recording.directory
     assert not directory.exists()  # allocate left the mkdir to the thread
@@ -113,10 +111,7 @@ async def test_a_stream_ended_before_its_file_exists_is_written_by_the_thread(
 async def test_a_failed_segment_create_is_counted_in_the_metrics(tmp_path: Path) -> None:
     capture = make_capture(tmp_path)
     release = held(capture.files)
-    await capture.allocate(AllocateRequest(
-        recording_id="r1", started_at=datetime.now(UTC),
-        metadata=RecordingMetadata(source="cucm", session_key="k"),
-        streams=[StreamSpec(stream_id="near", channel=0)]))
+    await allocate_near(capture)
     recording = capture.live["r1"]
     recording.directory.parent.rename(tmp_path / "elsewhere")  # mkdir and create fail
     release.set()

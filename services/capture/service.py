@@ -950,7 +950,6 @@ class Capture:
         steps_ms: dict[str, float] | None = None,
     ) -> None:
         manifest = recording.manifest
-        output = recording.directory / LIVE_FILE
         # Wall time of each step, logged with the completion: where finalize waits.
         steps = steps_ms if steps_ms is not None else {}
         lap = _Lap(steps, started)

@@ -8,14 +8,24 @@ and time do not grow with the call's length. A recording whose live encoder is g
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from .live import LIVE_FILE, FinalizeResult, LiveEncoder, StreamSpec, worker_finish
+from .live import (
+    LIVE_FILE,
+    FinalizeResult,
+    FinishJob,
+    LiveEncoder,
+    StreamSpec,
+    worker_finish,
+    worker_finishes,
+)
 from .manifest import RecordingManifest
 
-__all__ = ["FinalizeResult", "finalize_recording", "stream_specs"]
+__all__ = ["FinalizeResult", "FinishBatcher", "finalize_recording", "stream_specs"]
 
 
 def stream_specs(manifest: RecordingManifest) -> list[StreamSpec]:
@@ -64,3 +74,63 @@ def sync_segments(directory: Path) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+RunInWorker = Callable[[str, Callable[[list[FinishJob]], list[FinalizeResult | Exception]],
+                        list[FinishJob]], Awaitable[list[FinalizeResult | Exception]]]
+"""Runs ``worker_finishes`` on the worker of the given recording id (capture's
+_in_worker)."""
+
+
+class FinishBatcher:
+    """Sends the finishes waiting for one encoder worker in one round trip.
+
+    Capture finalizes a few recordings per worker at once; each finish used to be its
+    own call into the worker process (pickling, the pool's queue thread, a wake-up on
+    each side). Here the first finish for a worker goes at once; those that come while
+    it runs go together in the next call, so a burst costs one round trip per batch,
+    and a lone finish waits for nothing.
+    """
+
+    def __init__(self, run: RunInWorker) -> None:
+        self._run = run
+        self._waiting: dict[int, list[tuple[FinishJob, asyncio.Future[FinalizeResult]]]] = {}
+        self._sending: dict[int, asyncio.Task[None]] = {}
+
+    async def finish(self, worker: int, job: FinishJob) -> FinalizeResult:
+        """``job``'s result from worker ``worker`` (its exception raised here)."""
+        future: asyncio.Future[FinalizeResult] = asyncio.get_running_loop().create_future()
+        self._waiting.setdefault(worker, []).append((job, future))
+        if worker not in self._sending:
+            self._sending[worker] = asyncio.create_task(self._send(worker))
+        return await future
+
+    async def _send(self, worker: int) -> None:
+        try:
+            while batch := self._waiting.pop(worker, []):
+                batch = [(job, future) for job, future in batch if not future.done()]
+                if not batch:
+                    continue
+                jobs = [job for job, _ in batch]
+                try:
+                    results = await self._run(jobs[0][1], worker_finishes, jobs)
+                except asyncio.CancelledError:
+                    for _, future in batch:
+                        future.cancel()
+                    raise
+                except Exception as exc:  # the round trip itself: every finish of it
+                    for _, future in batch:
+                        if not future.done():
+                            future.set_exception(exc)
+                    continue
+                for (_, future), result in zip(batch, results, strict=True):
+                    if future.done():  # its finalize was cancelled meanwhile
+                        continue
+                    if isinstance(result, Exception):
+                        future.set_exception(result)
+                    else:
+                        future.set_result(result)
+        finally:
+            del self._sending[worker]
+            for _, future in self._waiting.pop(worker, []):
+                future.cancel()  # (only when cancelled: the loop above empties it)

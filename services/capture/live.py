@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -683,3 +684,29 @@ def worker_steps(jobs: list[StepJob]) -> list[tuple[Progress | None, int, str | 
         else:
             results.append((progress, grown, None))
     return results
+
+
+FinishJob = tuple[Path, str, list[StreamSpec], int, int]
+"""(directory, recording id, streams, duration_ms, bitrate) of one finish."""
+
+
+def worker_finishes(jobs: list[FinishJob]) -> list[FinalizeResult | Exception]:
+    """The finishes of several recordings a worker owns, in one round trip (as
+    worker_steps): each gets its result or its own exception (one failure never
+    stops the others; an exception that would not cross the pipe goes as a
+    RuntimeError naming it)."""
+    results: list[FinalizeResult | Exception] = []
+    for job in jobs:
+        try:
+            results.append(worker_finish(*job))
+        except Exception as exc:
+            results.append(_picklable(exc))
+    return results
+
+
+def _picklable(exc: Exception) -> Exception:
+    try:
+        pickle.loads(pickle.dumps(exc))
+    except Exception:
+        return RuntimeError(f"{type(exc).__name__}: {exc}")
+    return exc

@@ -57,7 +57,7 @@ from contracts.v1.rpc import (
     UpdateRequest,
 )
 
-from .finalize import FinalizeResult, duration_of, stream_specs, sync_segments
+from .finalize import FinalizeResult, FinishBatcher, duration_of, stream_specs, sync_segments
 from .latching import (
     DROP_REASONS,
     DropReason,
@@ -72,7 +72,6 @@ from .live import (
     SegmentTail,
     StepJob,
     worker_drop,
-    worker_finish,
     worker_steps,
 )
 from .manifest import JOURNAL, MANIFEST, ManifestJournal, RecordingManifest, StreamManifest
@@ -170,6 +169,8 @@ class Capture:
         self.queue: asyncio.Queue[str] = asyncio.Queue()
         # Recordings a finalize task is working on: one task at a time per recording.
         self.finalizing_now: set[str] = set()
+        # Their finishes, one round trip per worker for those that wait together.
+        self.finishes = FinishBatcher(self._in_worker)
         self.last_allocate = float("-inf")  # monotonic time of the last allocate
         self.closing = False
         # Disk pressure (callrec.diskspace): the reserve, JetStream's state, retries.
@@ -955,9 +956,10 @@ class Capture:
         lap = _Lap(steps, started)
         await asyncio.to_thread(sync_segments, recording.directory)
         lap("sync")
-        result: FinalizeResult = await self._in_worker(
-            manifest.recording_id, worker_finish, recording.directory, manifest.recording_id,
-            stream_specs(manifest), duration_of(manifest), self.config.opus_bitrate)
+        result = await self.finishes.finish(
+            self._worker_index(manifest.recording_id),
+            (recording.directory, manifest.recording_id, stream_specs(manifest),
+             duration_of(manifest), self.config.opus_bitrate))
         lap("encode")
         key = _object_key(manifest.recording_id, manifest.started_at)
         sha256 = await asyncio.to_thread(self.store.put_file, key, output)

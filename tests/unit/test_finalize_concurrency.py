@@ -19,6 +19,7 @@ import pytest
 from callrec import diskspace
 from contracts.v1.events import RecordingMetadata
 from services.capture import service as capture_service
+from services.capture.finalize import FinalizeResult, FinishBatcher
 from services.capture.manifest import RecordingManifest
 from services.capture.service import (
     Capture,
@@ -198,3 +199,69 @@ async def test_one_finalize_at_a_time_while_calls_are_set_up(
         with pytest.raises(asyncio.CancelledError):
             await loop_task
     assert fake.most_of_one == 1
+
+
+class FakeWorker:
+    """Stands in for Capture._in_worker running worker_finishes: records each round
+    trip's jobs and answers when released."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[str]] = []
+        self.release = asyncio.Event()
+        self.broken = False
+
+    async def run(self, recording_id: str, fn: Any, jobs: list[Any]) -> list[Any]:
+        assert recording_id == jobs[0][1]
+        self.batches.append([job[1] for job in jobs])
+        await self.release.wait()
+        if self.broken:
+            raise OSError(5, "worker gone")
+        return [OSError(28, "full") if job[1].startswith("bad") else
+                FinalizeResult(duration_ms=job[3], channels=[], codecs=[]) for job in jobs]
+
+
+def _job(recording_id: str, duration_ms: int = 1000) -> Any:
+    return (Path("/nowhere"), recording_id, [], duration_ms, 16000)
+
+
+async def test_finishes_waiting_for_one_worker_go_in_one_round_trip() -> None:
+    worker = FakeWorker()
+    batcher = FinishBatcher(worker.run)
+    first = asyncio.create_task(batcher.finish(0, _job("a", 1)))
+    await asyncio.sleep(0)
+    more = [asyncio.create_task(batcher.finish(0, _job(r, 2))) for r in ("b", "bad-c", "d")]
+    other = asyncio.create_task(batcher.finish(1, _job("e", 3)))
+    await asyncio.sleep(0.01)
+    assert worker.batches == [["a"], ["e"]]  # a lone finish waits for nothing
+    worker.release.set()
+    assert (await first).duration_ms == 1 and (await other).duration_ms == 3
+    results = await asyncio.gather(*more, return_exceptions=True)
+    assert worker.batches[2] == ["b", "bad-c", "d"]  # what came meanwhile: one trip
+    assert isinstance(results[1], OSError) and results[1].errno == 28  # its own error
+    assert [r.duration_ms for r in results if isinstance(r, FinalizeResult)] == [2, 2]
+    assert not batcher._sending and not batcher._waiting
+
+
+async def test_a_failed_round_trip_fails_each_of_its_finishes_and_the_next_goes_on() -> None:
+    worker = FakeWorker()
+    worker.broken = True
+    worker.release.set()
+    batcher = FinishBatcher(worker.run)
+    results = await asyncio.gather(batcher.finish(0, _job("a")), batcher.finish(0, _job("b")),
+                                   return_exceptions=True)
+    assert all(isinstance(r, OSError) for r in results)
+    worker.broken = False
+    assert (await batcher.finish(0, _job("c", 7))).duration_ms == 7
+
+
+async def test_a_cancelled_finish_does_not_disturb_its_batch() -> None:
+    worker = FakeWorker()
+    batcher = FinishBatcher(worker.run)
+    a = asyncio.create_task(batcher.finish(0, _job("a", 1)))
+    b = asyncio.create_task(batcher.finish(0, _job("b", 2)))
+    await asyncio.sleep(0.01)
+    a.cancel()
+    worker.release.set()
+    assert (await b).duration_ms == 2
+    with pytest.raises(asyncio.CancelledError):
+        await a

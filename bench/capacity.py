@@ -16,7 +16,8 @@ capture_load.py does), not over SIP: the figures are the capture path and finali
 
 After the levels, the same command measures storage and quality through capture's
 encoder (bench/quality.py: tones, speech STOI, a conversation; at the node's default
-bitrate and 12 kbit/s) and the call set-up rate over SIP while finalizing
+bitrate and 12 kbit/s), BYE->playable with calls in progress ending one by one
+(bench/churn.py, `--churn`), and the call set-up rate over SIP while finalizing
 (bench/setup_rate.py, `--setup-rate`), and prints their tables under the first.
 """
 
@@ -329,9 +330,11 @@ def playable_now(items: list[dict[str, Any]], pending: set[str], store_root: Pat
 
 
 async def watch_playable(node: Any, ids: list[str], timeout: float,
-                         interval: float = 0.25) -> dict[str, float]:
-    """Poll one node's catalog (newest first: this level's recordings are the newest)
-    and its store until each of `ids` is playable there; rid -> monotonic time seen.
+                         interval: float = 0.25,
+                         params: dict[str, str] | None = None) -> dict[str, float]:
+    """Poll one node's catalog (newest first: this level's recordings are the newest;
+    `params` narrow the listing further) and its store until each of `ids` is
+    playable there; rid -> monotonic time seen.
 
     Resolution: the poll interval plus one listing (a few tens of ms)."""
     import httpx
@@ -348,8 +351,8 @@ async def watch_playable(node: Any, ids: list[str], timeout: float,
             items: list[dict[str, Any]] = []
             for offset in range(0, len(ids), page):
                 with contextlib.suppress(httpx.HTTPError):
-                    response = await client.get("/api/recordings",
-                                                params={"limit": page, "offset": offset})
+                    response = await client.get("/api/recordings", params={
+                        **(params or {}), "limit": page, "offset": offset})
                     if response.status_code == 200:
                         items.extend(response.json()["items"])
             now = time.monotonic()
@@ -458,10 +461,12 @@ async def run_callrec(node: Any, driver: CaptureDriver, capture_pid: int, calls:
 
 
 async def check_tones(node: Any, ids: list[str], seconds: float,
-                      workdir: Path, why: list[str] | None = None) -> tuple[int, int]:
+                      workdir: Path, why: list[str] | None = None,
+                      expected: dict[str, float] | None = None) -> tuple[int, int]:
     """Download a sample of recordings: does each channel carry its own tone for the
-    whole load (within one 20 ms frame per second of slack)? What was wrong with a
-    recording that fails goes to `why`."""
+    whole load, `seconds` or the recording's own `expected` seconds (within one 20 ms
+    frame per second of slack)? What was wrong with a recording that fails goes to
+    `why`."""
     import httpx
 
     from callrec.audio import decode_file, dominant_frequency, sound_seconds
@@ -487,11 +492,12 @@ async def check_tones(node: Any, ids: list[str], seconds: float,
             heard = [sound_seconds(audio[ch], RATE) for ch in range(2)]
             tones = all(abs(f - hz) < TONE_TOLERANCE_HZ
                         for f, hz in zip(found, loadgen.TONES_HZ, strict=True))
-            sound = all(h >= seconds * 0.98 - 0.04 for h in heard)
+            length = (expected or {}).get(rid, seconds)
+            sound = all(h >= length * 0.98 - 0.04 for h in heard)
             good += tones and sound
             if not (tones and sound) and why is not None:
                 why.append(f"{rid}: {found[0]:.0f}/{found[1]:.0f} Hz, sound "
-                           f"{heard[0]:.2f}/{heard[1]:.2f} s of {seconds:g}")
+                           f"{heard[0]:.2f}/{heard[1]:.2f} s of {length:g}")
     return good, len(ids)
 
 
@@ -692,6 +698,12 @@ def main(argv: list[str] | None = None) -> str:
                              "skipped with --smoke, which tests/e2e/test_bench_setup_rate.py runs)")
     parser.add_argument("--quality-seconds", type=float, default=30.0,
                         help="length of bench.quality's calls (0: skip)")
+    parser.add_argument("--churn", type=int, default=250,
+                        help="then bench.churn: BYE->playable with this many calls in "
+                             "progress, ending one by one (0: skip; skipped with --smoke, "
+                             "which tests/e2e/test_bench_capacity.py runs on its own)")
+    parser.add_argument("--churn-seconds", type=float, default=60.0,
+                        help="length of bench.churn's calls")
     args = parser.parse_args(argv)
     levels = [3] if args.smoke else [int(c) for c in args.calls.split(",") if c.strip()]
     seconds = 2.0 if args.smoke else args.seconds
@@ -711,6 +723,15 @@ def main(argv: list[str] | None = None) -> str:
         table += quality.measure([default] if args.smoke else [default, 12000],
                                  3.0 if args.smoke else args.quality_seconds,
                                  speech=not args.smoke)
+    if args.churn > 0 and not args.smoke:
+        from bench import churn  # (it builds on this module's helpers)
+
+        progress(f"churn (bench.churn at {args.churn} calls of {args.churn_seconds:g} s)")
+        churned = asyncio.run(churn.run(args.churn, args.churn_seconds, args.samples,
+                                        args.keep, True))
+        table += ("\n\nBYE->playable with calls in progress (bench.churn: calls end one by "
+                  "one, each replaced by a new call set up then, with a peer node):\n\n")
+        table += churned.table()
     if args.setup_rate > 0 and not args.smoke:
         progress(f"set-up rate (bench.setup_rate at {args.setup_rate:g} calls/s)")
         setup = asyncio.run(setup_rate.run(args.setup_rate))

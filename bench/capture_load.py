@@ -142,24 +142,32 @@ class CaptureDriver:
             ports.extend([reply.ports["near"], reply.ports["far"]])
         return ids, ports
 
-    async def finalize(self, ids: list[str], timeout: float) -> float:
-        """Ask for every finalize; return when every completed/failed event is seen."""
+    async def request_finalize(self, rid: str) -> None:
+        """One finalize request (a BYE), ending the recording now."""
         from callrec import bus
         from contracts import subjects
         from contracts.v1.rpc import FinalizeRequest
 
+        subject = subjects.rpc(self.node.node_id, subjects.CAPTURE, subjects.CAPTURE_FINALIZE)
+        self.requested_at[rid] = time.monotonic()
+        await bus.call(self.nc, subject,
+                       FinalizeRequest(recording_id=rid, ended_at=datetime.now(UTC)),
+                       None, timeout=10.0)
+        self.open_ids.discard(rid)
+
+    async def wait_done(self, ids: list[str], timeout: float) -> None:
+        """Until every one of `ids` has its completed/failed event (TimeoutError)."""
         self.waiting = set(ids)
         self.done_event.clear()
-        ended = datetime.now(UTC)
-        subject = subjects.rpc(self.node.node_id, subjects.CAPTURE, subjects.CAPTURE_FINALIZE)
-        start = time.monotonic()
-        for rid in ids:
-            self.requested_at[rid] = time.monotonic()
-            await bus.call(self.nc, subject, FinalizeRequest(recording_id=rid, ended_at=ended),
-                           None, timeout=10.0)
-            self.open_ids.discard(rid)
         if not self.waiting <= self.done.keys():
             await asyncio.wait_for(self.done_event.wait(), timeout)
+
+    async def finalize(self, ids: list[str], timeout: float) -> float:
+        """Ask for every finalize; return when every completed/failed event is seen."""
+        start = time.monotonic()
+        for rid in ids:
+            await self.request_finalize(rid)
+        await self.wait_done(ids, timeout)
         return time.monotonic() - start
 
     async def close(self) -> None:

@@ -21,7 +21,9 @@ import os
 import socket
 import struct
 import sys
+import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -268,11 +270,16 @@ def pid_memory(pid: int) -> dict[str, tuple[int, int]]:
 # --------------------------------------------------------------------------- sender
 
 
-def run_sender(ports: list[int], seconds: float, subslots: int) -> None:
+def run_sender(ports: list[int], seconds: float, subslots: int,
+               windows: list[tuple[int, int]] | None = None,
+               more: Iterator[tuple[list[int], int, int]] | None = None) -> None:
     """Paced PCMU sender: prints `start`, sends, prints a JSON summary.
 
     `ports` are `[channel 0, channel 1]` pairs per call: even indexes get 440 Hz,
-    odd ones 1004 Hz.
+    odd ones 1004 Hz. `windows` (one per port, in 20 ms ticks: first tick, tick after
+    the last) starts and ends calls at different times (bench/churn.py); without it
+    every port is sent to for `seconds`. `more`, if given, yields calls added while
+    sending (a pair of ports and their window), until it is exhausted.
 
     Packets are pre-built per stream; each tick only patches seq/timestamp and the
     payload slice in place, so the sender stays far cheaper than the receiver."""
@@ -290,20 +297,53 @@ def run_sender(ports: list[int], seconds: float, subslots: int) -> None:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
         sock.bind((HOST, 0))
         socks.append(sock)
-    groups: list[list[tuple[socket.socket, tuple[str, int], bytearray, int, int, int]]] = [
-        [] for _ in range(subslots)
-    ]
-    for i, port in enumerate(ports):
-        ssrc, seq0, ts0 = 0x10000 + i, (i * 7919) & 0xFFFF, (i * 104729) & 0xFFFFFFFF
-        packet = bytearray(12 + SAMPLES_PER_PACKET)
-        RTP_HEADER.pack_into(packet, 0, 0x80, 0x80, seq0, ts0, ssrc)  # marker on first
-        groups[i % subslots].append((socks[i % len(socks)], (HOST, port), packet, seq0, ts0, i))
     ticks = round(seconds / PTIME)
+    if windows is None:
+        windows = [(0, ticks)] * len(ports)
+    if len(windows) != len(ports):
+        raise SystemExit("one window per port")
+    ticks = max([ticks, *(end for _, end in windows)])
+    groups: list[list[tuple[socket.socket, tuple[str, int], bytearray, int, int, int,
+                            int, int]]] = [[] for _ in range(subslots)]
+    scheduled = 0
+
+    def add(i: int, port: int, first: int, end: int) -> None:
+        nonlocal scheduled
+        end = min(end, ticks)
+        scheduled += max(0, end - first)
+        # seq0 + tick and ts0 + tick * 160 start each call at its own first tick
+        ssrc = 0x10000 + i
+        seq0, ts0 = (i * 7919 - first) & 0xFFFF, (i * 104729 - first * SAMPLES_PER_PACKET)
+        packet = bytearray(12 + SAMPLES_PER_PACKET)
+        RTP_HEADER.pack_into(packet, 0, 0x80, 0x80, (seq0 + first) & 0xFFFF,
+                             (ts0 + first * SAMPLES_PER_PACKET) & 0xFFFFFFFF, ssrc)
+        groups[i % subslots].append((socks[i % len(socks)], (HOST, port), packet, seq0,
+                                     ts0 & 0xFFFFFFFF, i, first, end))
+
+    for i, (port, (first, end)) in enumerate(zip(ports, windows, strict=True)):
+        add(i, port, first, end)
+    added: list[tuple[list[int], int, int]] = []
+    lock = threading.Lock()
+    if more is not None:
+        def take(source: Iterator[tuple[list[int], int, int]]) -> None:
+            for item in source:
+                with lock:
+                    added.append(item)
+
+        threading.Thread(target=take, args=(more,), daemon=True).start()
+    count = len(ports)
     sent = errors = late = 0
     max_lag = 0.0
     print("start", flush=True)
     t0 = time.monotonic() + 0.05
     for tick in range(ticks):
+        if added:
+            with lock:
+                taken, added[:] = added[:], []
+            for pair, first, end in taken:
+                for port in pair:
+                    add(count, port, max(first, tick), end)
+                    count += 1
         chunk_index = tick % len(chunks[0])
         for sub, group in enumerate(groups):
             target = t0 + tick * PTIME + sub * (PTIME / subslots)
@@ -313,8 +353,10 @@ def run_sender(ports: list[int], seconds: float, subslots: int) -> None:
             elif -delay > PTIME:
                 late += 1
                 max_lag = max(max_lag, -delay)
-            for sock, addr, packet, seq0, ts0, i in group:
-                if tick == 1:
+            for sock, addr, packet, seq0, ts0, i, first, end in group:
+                if not first <= tick < end:
+                    continue
+                if tick == first + 1:
                     packet[1] = 0x00  # marker only on the first packet
                 struct.pack_into("!HI", packet, 2, (seq0 + tick) & 0xFFFF,
                                  (ts0 + tick * SAMPLES_PER_PACKET) & 0xFFFFFFFF)
@@ -326,7 +368,8 @@ def run_sender(ports: list[int], seconds: float, subslots: int) -> None:
                     errors += 1
     elapsed = time.monotonic() - t0
     print(json.dumps({"sent": sent, "errors": errors, "elapsed": elapsed,
-                      "target": ticks * len(ports), "late_subslots": late,
+                      "target": scheduled,
+                      "late_subslots": late,
                       "max_lag_ms": round(max_lag * 1000, 1)}), flush=True)
 
 
@@ -382,8 +425,14 @@ class SendResult:
         return 100.0 * self.sent / self.target if self.target else 0.0
 
 
-async def send_load(ports: list[int], seconds: float, measure: dict[str, Any]) -> SendResult:
-    """Run the sender process; sample `measure` callables at its start and end."""
+async def send_load(ports: list[int], seconds: float, measure: dict[str, Any],
+                    windows: list[tuple[int, int]] | None = None,
+                    started: asyncio.Event | None = None,
+                    more: asyncio.Queue[tuple[list[int], int, int] | None] | None = None,
+                    ) -> SendResult:
+    """Run the sender process; sample `measure` callables at its start and end.
+    `windows`: see run_sender; `started` is set when the first tick is 50 ms away;
+    `more` feeds calls added while sending (None ends it)."""
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "bench.loadgen", "_send", "--seconds", str(seconds),
         "--subslots", str(subslots_option[0]),
@@ -391,13 +440,26 @@ async def send_load(ports: list[int], seconds: float, measure: dict[str, Any]) -
     )
     assert proc.stdin is not None and proc.stdout is not None
     proc.stdin.write(json.dumps(ports).encode() + b"\n")
+    proc.stdin.write(json.dumps(windows).encode() + b"\n")
     await proc.stdin.drain()
-    proc.stdin.close()
+    feeding = None
+    if more is None:
+        proc.stdin.close()
+    else:
+        async def feed(stdin: asyncio.StreamWriter, queue: asyncio.Queue[Any]) -> None:
+            while (item := await queue.get()) is not None:
+                stdin.write(json.dumps(item).encode() + b"\n")
+                await stdin.drain()
+            stdin.close()
+
+        feeding = asyncio.create_task(feed(proc.stdin, more))
     try:
         line = await asyncio.wait_for(proc.stdout.readline(), 60)
         if line.strip() != b"start":
             raise RuntimeError(f"sender failed to start: {line!r}")
         before = {name: fn() for name, fn in measure.items()}
+        if started is not None:
+            started.set()
         line = await asyncio.wait_for(proc.stdout.readline(), seconds + 60)
         after = {name: fn() for name, fn in measure.items()}
         await asyncio.wait_for(proc.wait(), 10)
@@ -405,6 +467,9 @@ async def send_load(ports: list[int], seconds: float, measure: dict[str, Any]) -
         with contextlib.suppress(ProcessLookupError):
             proc.kill()
         raise
+    finally:
+        if feeding is not None:
+            feeding.cancel()
     result = SendResult(**json.loads(line))
     result.extra = {name: after[name] - before[name] for name in measure}
     return result
@@ -441,7 +506,12 @@ def main() -> None:
     parser.add_argument("--subslots", type=int, default=SUBSLOTS)
     args = parser.parse_args()
     if args.mode == "_send":
-        run_sender(json.loads(sys.stdin.readline()), args.seconds, args.subslots)
+        ports = json.loads(sys.stdin.readline())
+        windows = json.loads(sys.stdin.readline() or "null")
+        more = ((list(pair), int(first), int(end))
+                for pair, first, end in (json.loads(line) for line in sys.stdin))
+        run_sender(ports, args.seconds, args.subslots,
+                   None if windows is None else [(int(a), int(b)) for a, b in windows], more)
     else:
         asyncio.run(run_baseline(args.streams, args.seconds))
 

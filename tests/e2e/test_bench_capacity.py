@@ -49,3 +49,21 @@ def test_smoke_prints_every_row() -> None:
     assert callrec["correct"].startswith("3/3 duration+2ch, 1/1 tones, 0 not completed")
     assert "breaking point: 3 calls" in table
 
+
+
+def test_churn_smoke_measures_every_bye() -> None:
+    """bench/churn.py (3 calls, 4 s): each first call's BYE is measured on both nodes,
+    and every recording of both generations is right."""
+    from bench import churn
+
+    text = churn.main(["--calls", "3", "--seconds", "4", "--samples", "2"])
+    head = _cells(next(line for line in text.splitlines()
+                       if line.startswith("| concurrent calls |")))
+    row = dict(zip(head, _cells(next(line for line in text.splitlines()
+                                     if line.startswith("| 3 |"))), strict=True))
+    assert row["BYEs measured"] == "3" and float(row["loss %"]) == 0, row
+    for column in ("BYE->done p50 / p99 s", "BYE->playable p50 / p99 s",
+                   "on peer p50 / p99 s"):
+        p50, p99 = (float(x) for x in row[column].split(" / "))
+        assert 0 < p50 <= p99 < 30, row
+    assert row["correct"].startswith("6/6 2ch, 3/3 tones, 0 not completed"), row

@@ -25,7 +25,7 @@ import time
 import uuid
 import zlib
 from collections.abc import Callable
-from concurrent.futures import Executor, ProcessPoolExecutor
+from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -57,7 +57,14 @@ from contracts.v1.rpc import (
     UpdateRequest,
 )
 
-from .finalize import FinalizeResult, FinishBatcher, duration_of, stream_specs, sync_segments
+from .finalize import (
+    CaptureSideSlots,
+    FinalizeResult,
+    FinishBatcher,
+    duration_of,
+    stream_specs,
+    sync_segments,
+)
 from .latching import (
     DROP_REASONS,
     DropReason,
@@ -93,10 +100,14 @@ JETSTREAM_POLL_INTERVAL = 2.0
 # disk, the bus) are retried forever.
 PERMANENT_ATTEMPTS = 3
 # Recordings finalized at once per encoder worker (see finalize_concurrency).
-FINALIZE_PER_WORKER = 4
-# Only one finalize at a time while calls are being set up (an allocate this recently):
+FINALIZE_PER_WORKER = 16
+# Of those, how many may do their capture-side part at once (CaptureSideSlots)...
+FINALIZE_CAPTURE_SIDE = 4
+# ...and only one while calls are being set up (an allocate this recently):
 # see finalize_may_widen.
 SETUP_QUIET_S = 0.25
+# ...and then no more often than this (a finalize's capture-side work has two slots).
+SETUP_FINALIZE_GAP_S = 0.05
 WORKER_NICE = 5
 _T = TypeVar("_T")
 RECONCILE_INTERVAL = 3.0
@@ -165,12 +176,20 @@ class Capture:
         self.journal = ManifestJournal(self.root / JOURNAL)
         # Directory and segment-file creation of call set-up, off the event loop.
         self.files = FileWork()
+        # Every finalize's file work (segment syncs, the store copy, the directory
+        # removal) in one thread: however many recordings finalize at once, they
+        # take one thread's share of capture's process, not one each.
+        self.finalize_files = ThreadPoolExecutor(1, thread_name_prefix="capture-finalize")
         self.live: dict[str, LiveRecording] = {}
         self.queue: asyncio.Queue[str] = asyncio.Queue()
         # Recordings a finalize task is working on: one task at a time per recording.
         self.finalizing_now: set[str] = set()
         # Their finishes, one round trip per worker for those that wait together.
         self.finishes = FinishBatcher(self._in_worker)
+        self.finalize_slots = CaptureSideSlots(
+            FINALIZE_CAPTURE_SIDE,
+            lambda: finalize_may_widen(time.monotonic(), self.last_allocate), SETUP_QUIET_S,
+            SETUP_FINALIZE_GAP_S)
         self.last_allocate = float("-inf")  # monotonic time of the last allocate
         self.closing = False
         # Disk pressure (callrec.diskspace): the reserve, JetStream's state, retries.
@@ -294,6 +313,7 @@ class Capture:
         if self.keeper is not None:
             self.keeper.close()
         self.files.close()
+        self.finalize_files.shutdown(wait=False)
         log.info("capture_closed", open_recordings=len(self.live))
 
     async def recover(self) -> None:
@@ -857,21 +877,16 @@ class Capture:
         transient, PERMANENT_ATTEMPTS times in a row, gives it up as failed.
         Cancelling this task cancels every finalizer."""
         async with asyncio.TaskGroup() as group:
-            for index in range(finalize_concurrency(len(self.workers))):
-                group.create_task(self._finalizer(first=index == 0))
+            for _ in range(finalize_concurrency(len(self.workers))):
+                group.create_task(self._finalizer())
 
-    async def _finalizer(self, *, first: bool) -> None:
+    async def _finalizer(self) -> None:
         """One of the finalize tasks: takes the next queued recording, never one that
         another task is finalizing (a duplicate queue entry is dropped: that task
-        either completes it or re-queues it itself when it fails). All but the first
-        wait while calls are being set up (finalize_may_widen)."""
+        either completes it or re-queues it itself when it fails). Their capture-side
+        work takes turns (finalize_slots); their encoder work batches per worker."""
         while True:
-            while not first and not finalize_may_widen(time.monotonic(), self.last_allocate):
-                await asyncio.sleep(SETUP_QUIET_S)
             recording_id = await self.queue.get()
-            if not first and not finalize_may_widen(time.monotonic(), self.last_allocate):
-                self.queue.put_nowait(recording_id)  # set-up began meanwhile: the first takes it
-                continue
             recording = self.live.get(recording_id)
             if recording is None or recording_id in self.finalizing_now:
                 continue
@@ -928,41 +943,58 @@ class Capture:
     async def _finalize_one(self, recording: LiveRecording) -> None:
         manifest = recording.manifest
         queued_at = time.monotonic()
-        # The file thread's work for it (directory, segment files, closes) is done.
-        await self.files.barrier()
-        barrier_ms = round((time.monotonic() - queued_at) * 1000.0, 1)
-        if not recording.directory.is_dir():
-            raise ValueError(f"recording directory {recording.directory} is gone")
-        # What a full disk kept from being written when the recording ended: the last
-        # packets, then the manifest with its end time (idempotent on a retry).
-        while recording.unflushed:
-            recording.unflushed[0].close(sync=False)
-            recording.unflushed.pop(0)
-        manifest.save(recording.directory)
-        recording.manifest_dirty = False
-        started = time.monotonic()
+        steps: dict[str, float] = {}
+        async with self.finalize_slots.slot():
+            steps["slot"] = round((time.monotonic() - queued_at) * 1000.0, 1)
+            # The file thread's work for it (directory, segment files, closes) is done.
+            await self.files.barrier()
+            if not recording.directory.is_dir():
+                raise ValueError(f"recording directory {recording.directory} is gone")
+            # What a full disk kept from being written when the recording ended: the
+            # last packets, then the manifest with its end time (idempotent on a retry).
+            while recording.unflushed:
+                recording.unflushed[0].close(sync=False)
+                recording.unflushed.pop(0)
+            manifest.save(recording.directory)
+            recording.manifest_dirty = False
+            started = time.monotonic()
+            await self._finalize_file_work(sync_segments, recording.directory)
+            steps["sync"] = round((time.monotonic() - started) * 1000.0, 1)
         # The recording's own live.opus is the output: never deleted on a failure (a
         # retry continues it, and peers' copies of its bytes stay valid).
         await self._encode_and_publish(recording, recording.directory / LIVE_FILE, started,
-                                       {"barrier": barrier_ms})
+                                       steps)
 
     async def _encode_and_publish(
         self, recording: LiveRecording, output: Path, started: float,
-        steps_ms: dict[str, float] | None = None,
+        steps: dict[str, float],
     ) -> None:
+        """The worker's finish (batched with others of its worker), then, in a
+        capture-side slot, the store copy, the events and the clean-up."""
         manifest = recording.manifest
         # Wall time of each step, logged with the completion: where finalize waits.
-        steps = steps_ms if steps_ms is not None else {}
-        lap = _Lap(steps, started)
-        await asyncio.to_thread(sync_segments, recording.directory)
-        lap("sync")
+        lap = _Lap(steps, time.monotonic())
         result = await self.finishes.finish(
             self._worker_index(manifest.recording_id),
             (recording.directory, manifest.recording_id, stream_specs(manifest),
              duration_of(manifest), self.config.opus_bitrate))
         lap("encode")
+        async with self.finalize_slots.slot():
+            lap("slot2")
+            size = await self._store_and_publish(recording, output, result, lap)
+        elapsed = time.monotonic() - started
+        self.m_completed.inc()
+        self.m_finalize_seconds.inc(elapsed)
+        log.info("recording_completed", recording_id=manifest.recording_id,
+                 duration_ms=result.duration_ms, size=size, finalize_s=round(elapsed, 3),
+                 packets=[c.packets_received for c in result.channels], steps_ms=steps)
+
+    async def _store_and_publish(self, recording: LiveRecording, output: Path,
+                                 result: FinalizeResult, lap: _Lap) -> int:
+        """Store the file, publish its completion, clean up; returns its size."""
+        manifest = recording.manifest
         key = _object_key(manifest.recording_id, manifest.started_at)
-        sha256 = await asyncio.to_thread(self.store.put_file, key, output)
+        sha256 = await self._finalize_file_work(self.store.put_file, key, output)
         lap("store")
         size = output.stat().st_size
         assert manifest.ended_at is not None
@@ -999,13 +1031,12 @@ class Capture:
         self.live.pop(manifest.recording_id, None)
         # In a thread: a burst of endings would otherwise hold the event loop (and the
         # packets of the calls still in progress) a few unlinks per recording each.
-        await asyncio.to_thread(shutil.rmtree, recording.directory, ignore_errors=True)
-        elapsed = time.monotonic() - started
-        self.m_completed.inc()
-        self.m_finalize_seconds.inc(elapsed)
-        log.info("recording_completed", recording_id=manifest.recording_id,
-                 duration_ms=result.duration_ms, size=size, finalize_s=round(elapsed, 3),
-                 packets=[c.packets_received for c in result.channels], steps_ms=steps)
+        await self._finalize_file_work(partial(shutil.rmtree, recording.directory,
+                                               ignore_errors=True))
+        return size
+
+    async def _finalize_file_work(self, fn: Callable[..., _T], *args: object) -> _T:
+        return await asyncio.get_running_loop().run_in_executor(self.finalize_files, fn, *args)
 
     def _count_silent(self, recording_id: str, result: FinalizeResult) -> None:
         """Make a channel that got packets but no audio visible (metric and log)."""

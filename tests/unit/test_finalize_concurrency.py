@@ -19,7 +19,7 @@ import pytest
 from callrec import diskspace
 from contracts.v1.events import RecordingMetadata
 from services.capture import service as capture_service
-from services.capture.finalize import FinalizeResult, FinishBatcher
+from services.capture.finalize import CaptureSideSlots, FinalizeResult, FinishBatcher
 from services.capture.manifest import RecordingManifest
 from services.capture.service import (
     Capture,
@@ -162,15 +162,27 @@ def test_finalize_widens_only_when_no_call_was_set_up_just_now() -> None:
     assert finalize_may_widen(100.0, 100.0 - quiet)
 
 
-async def test_one_finalize_at_a_time_while_calls_are_set_up(
+class SlotHolder(FakeFinalize):
+    """A finalize whose capture-side part (a slot) waits on the release event; its
+    encoder part would run outside the slot, so it is left out."""
+
+    async def __call__(self, recording: LiveRecording) -> None:
+        async with self.capture.finalize_slots.slot():
+            await super().__call__(recording)
+
+
+async def test_capture_side_work_takes_turns_while_calls_are_set_up(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Set-up (the PBX waits on it) goes first: while allocates keep coming, one
-    recording is finalized at a time; once they stop, several again."""
+    recording at a time does its capture-side finalize work; once they stop, several
+    again (FINALIZE_CAPTURE_SIDE). Every finalize task still takes its recording, so
+    the encoder workers' finishes keep batching meanwhile."""
     monkeypatch.setattr(capture_service, "SETUP_QUIET_S", 0.05)
     capture = make_capture(tmp_path)
-    fake = FakeFinalize(capture)
+    fake = SlotHolder(capture)
     capture._finalize_one = fake  # type: ignore[method-assign]
-    count = finalize_concurrency(len(capture.workers))
+    wide = capture_service.FINALIZE_CAPTURE_SIDE
+    assert wide > 1
     capture.last_allocate = time.monotonic()
     busy = True
 
@@ -182,23 +194,42 @@ async def test_one_finalize_at_a_time_while_calls_are_set_up(
     setup = asyncio.create_task(calls_being_set_up())
     loop_task = asyncio.create_task(capture._finalize_loop())
     try:
-        await asyncio.sleep(0.02)  # every finalizer parked, some of them on the queue
-        for i in range(count * 2):
+        for i in range(wide * 3):
             add_ended(capture, f"r{i}")
         await wait_for(lambda: sum(fake.running.values()) == 1)
         await asyncio.sleep(0.3)  # several quiet periods' worth: still one
         assert fake.most_at_once == 1
+        assert capture.queue.empty()  # every recording taken by a task, waiting its turn
         busy = False
         await setup
-        await wait_for(lambda: sum(fake.running.values()) == count)
+        await wait_for(lambda: sum(fake.running.values()) == wide)
+        await asyncio.sleep(0.05)
+        assert capture.finalize_slots.most_at_once == wide  # never more
         fake.release.set()
-        await wait_for(lambda: len(fake.done) == count * 2)
+        await wait_for(lambda: len(fake.done) == wide * 3)
     finally:
         busy = False
         loop_task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await loop_task
     assert fake.most_of_one == 1
+    assert capture.finalize_slots.busy == 0
+
+
+async def test_a_cancelled_wait_for_a_slot_takes_none() -> None:
+    widen = False
+    slots = CaptureSideSlots(3, lambda: widen, 0.01)
+    async with slots.slot():
+        waiter = asyncio.create_task(slots.slot().__aenter__())
+        await asyncio.sleep(0.03)
+        assert not waiter.done() and slots.busy == 1
+        waiter.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiter
+    assert slots.busy == 0
+    widen = True
+    async with slots.slot(), slots.slot(), slots.slot():
+        assert slots.busy == 3
 
 
 class FakeWorker:

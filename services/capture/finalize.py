@@ -142,11 +142,13 @@ class FinishBatcher:
 class CaptureSideSlots:
     """How many finalizes may do their part in capture's own process at once: the
     file thread's syncs, the store copy, the bus publishes and the event loop's share
-    of each. `wide` at most, but one while `may_widen()` says calls are being set up:
-    a PBX waits on set-up, and eight finalizes' capture-side work at once took the
-    INVITE->200 p99 of 200 new calls/s from 80-104 to 112-216 ms (bench.setup_rate).
+    of each. `wide` at most, but while `may_widen()` says calls are being set up, one
+    at a time and one start per `narrow_gap_s`: a PBX waits on set-up, and the
+    capture-side work of many finalizes at once took the INVITE->200 p99 of 200 new
+    calls/s from about 90 to 200-370 ms (bench.setup_rate; spaced 0.05 s, about 104).
     The encoder worker's part is not counted here (FinishBatcher): it runs in other
-    processes at the lowest CPU priority, so finishes keep batching during set-up.
+    processes at the lowest CPU priority, so finishes keep batching during set-up,
+    which is what lets finalize keep pace while calls are set up all day.
     """
 
     def __init__(self, wide: int, may_widen: Callable[[], bool], poll_s: float,

@@ -1105,11 +1105,10 @@ def finalize_concurrency(workers: int) -> int:
 
 
 def finalize_may_widen(now: float, last_allocate: float) -> bool:
-    """Whether more than one recording may be finalized at once now: only when no call
-    was set up in the last SETUP_QUIET_S. Each finalize's thread work (segment syncs,
-    the store copy, the directory removal) shares capture's process with allocate, and
-    eight at once during 200 new calls/s took INVITE->200 p99 from 84-100 to 148-216 ms
-    (bench.setup_rate): a PBX waits on set-up, nobody waits on a finalize that much."""
+    """Whether several finalizes may do their capture-side work at once now: only when
+    no call was set up in the last SETUP_QUIET_S (CaptureSideSlots). That work (segment
+    syncs, the store copy, the directory removal, the events) shares capture's process
+    with allocate, and a PBX waits on set-up; nobody waits on a finalize that much."""
     return now - last_allocate >= SETUP_QUIET_S
 
 

@@ -92,11 +92,15 @@ class FinishBatcher:
     own call into the worker process (pickling, the pool's queue thread, a wake-up on
     each side). Here the first finish for a worker goes at once; those that come while
     it runs go together in the next call, so a burst costs one round trip per batch,
-    and a lone finish waits for nothing.
+    and a lone finish waits for nothing. A batch holds at most `max_batch` finishes:
+    the worker's live steps of the calls still in progress queue behind it, and a
+    finish after a restart encodes its whole call from the segments (seconds for an
+    hour), so a long batch would let the peers' live copies fall that far behind.
     """
 
-    def __init__(self, run: RunInWorker) -> None:
+    def __init__(self, run: RunInWorker, max_batch: int = 8) -> None:
         self._run = run
+        self.max_batch = max(1, max_batch)
         self._waiting: dict[int, list[tuple[FinishJob, asyncio.Future[FinalizeResult]]]] = {}
         self._sending: dict[int, asyncio.Task[None]] = {}
 
@@ -110,8 +114,11 @@ class FinishBatcher:
 
     async def _send(self, worker: int) -> None:
         try:
-            while batch := self._waiting.pop(worker, []):
-                batch = [(job, future) for job, future in batch if not future.done()]
+            while waiting := self._waiting.pop(worker, []):
+                waiting = [(job, future) for job, future in waiting if not future.done()]
+                batch, rest = waiting[:self.max_batch], waiting[self.max_batch:]
+                if rest:  # the next round trip's, ahead of any that come meanwhile
+                    self._waiting[worker] = rest
                 if not batch:
                     continue
                 jobs = [job for job, _ in batch]

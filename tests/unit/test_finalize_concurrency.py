@@ -296,3 +296,17 @@ async def test_a_cancelled_finish_does_not_disturb_its_batch() -> None:
     assert (await b).duration_ms == 2
     with pytest.raises(asyncio.CancelledError):
         await a
+
+
+async def test_a_batch_holds_at_most_max_batch_finishes_in_arrival_order() -> None:
+    """The worker's live steps queue behind a batch: it stays bounded, and what did not
+    fit goes first in the next round trip."""
+    worker = FakeWorker()
+    batcher = FinishBatcher(worker.run, max_batch=3)
+    first = asyncio.create_task(batcher.finish(0, _job("a")))
+    await asyncio.sleep(0)
+    rest = [asyncio.create_task(batcher.finish(0, _job(f"r{i}"))) for i in range(7)]
+    await asyncio.sleep(0.01)
+    worker.release.set()
+    await asyncio.gather(first, *rest)
+    assert worker.batches == [["a"], ["r0", "r1", "r2"], ["r3", "r4", "r5"], ["r6"]]

@@ -942,12 +942,13 @@ class Capture:
 
     async def _finalize_one(self, recording: LiveRecording) -> None:
         manifest = recording.manifest
-        queued_at = time.monotonic()
-        steps: dict[str, float] = {}
+        # Wall time of each step, logged with the completion: where finalize waits.
+        lap = _Lap({}, time.monotonic())
         async with self.finalize_slots.slot():
-            steps["slot"] = round((time.monotonic() - queued_at) * 1000.0, 1)
+            lap("slot")
             # The file thread's work for it (directory, segment files, closes) is done.
             await self.files.barrier()
+            lap("barrier")
             if not recording.directory.is_dir():
                 raise ValueError(f"recording directory {recording.directory} is gone")
             # What a full disk kept from being written when the recording ended: the
@@ -959,21 +960,18 @@ class Capture:
             recording.manifest_dirty = False
             started = time.monotonic()
             await self._finalize_file_work(sync_segments, recording.directory)
-            steps["sync"] = round((time.monotonic() - started) * 1000.0, 1)
+            lap("sync")
         # The recording's own live.opus is the output: never deleted on a failure (a
         # retry continues it, and peers' copies of its bytes stay valid).
         await self._encode_and_publish(recording, recording.directory / LIVE_FILE, started,
-                                       steps)
+                                       lap)
 
     async def _encode_and_publish(
-        self, recording: LiveRecording, output: Path, started: float,
-        steps: dict[str, float],
+        self, recording: LiveRecording, output: Path, started: float, lap: _Lap,
     ) -> None:
         """The worker's finish (batched with others of its worker), then, in a
         capture-side slot, the store copy, the events and the clean-up."""
         manifest = recording.manifest
-        # Wall time of each step, logged with the completion: where finalize waits.
-        lap = _Lap(steps, time.monotonic())
         result = await self.finishes.finish(
             self._worker_index(manifest.recording_id),
             (recording.directory, manifest.recording_id, stream_specs(manifest),
@@ -987,7 +985,7 @@ class Capture:
         self.m_finalize_seconds.inc(elapsed)
         log.info("recording_completed", recording_id=manifest.recording_id,
                  duration_ms=result.duration_ms, size=size, finalize_s=round(elapsed, 3),
-                 packets=[c.packets_received for c in result.channels], steps_ms=steps)
+                 packets=[c.packets_received for c in result.channels], steps_ms=lap.steps)
 
     async def _store_and_publish(self, recording: LiveRecording, output: Path,
                                  result: FinalizeResult, lap: _Lap) -> int:

@@ -94,6 +94,21 @@ FLUSH_INTERVAL = 0.25
 # Live encoding steps at most this often (each step costs a segment read and a
 # write per call), whatever the flush interval.
 LIVE_STEP_INTERVAL = 0.5
+LIVE_CHUNK_SECONDS = 0.05
+"""Live steps go to an encoder worker in round trips of about this much of its time.
+A finish queued for that worker runs between two of them, so it waits tens of ms, not
+for a step of every call the worker holds: at 400 calls on 2 cores that took a second
+and more, and the finishes waited behind it (bench/churn.py: BYE->playable p99 2.7 s,
+0.5 s in chunks). Sized by time, not count: on an idle worker a round trip holds
+hundreds of steps, so the extra round trips cost nothing where nothing waits."""
+LIVE_CHUNK_MIN = 16
+LIVE_CHUNKS_MAX = 8
+"""At most this many round trips a step per worker: each costs capture's event loop a
+few hundred microseconds, which a burst of set-ups (1,600 calls in progress at 200
+calls/s) would otherwise pay a hundred times a step. At 400 calls (200 a worker) the
+time bound is the smaller one."""
+FIRST_STEP_SECONDS = 0.002
+"""What a live step is taken to cost before one is measured (one of a busy worker)."""
 JETSTREAM_POLL_INTERVAL = 2.0
 # A finalize failing for a reason that is not transient (a bug, a corrupt manifest) is
 # tried this often before the recording is given up as failed; transient ones (a full
@@ -184,6 +199,8 @@ class Capture:
         self.queue: asyncio.Queue[str] = asyncio.Queue()
         # Recordings a finalize task is working on: one task at a time per recording.
         self.finalizing_now: set[str] = set()
+        # Wall seconds a live step took in its worker's last round trip, by worker index.
+        self.step_seconds: dict[int, float] = {}
         # Their finishes, one round trip per worker for those that wait together.
         self.finishes = FinishBatcher(self._in_worker)
         self.finalize_slots = CaptureSideSlots(
@@ -765,7 +782,27 @@ class Capture:
             next_step_at = live_step_due(flushed_at)
 
     async def _live_steps(self, batch: list[LiveRecording], flushed_at: float) -> None:
-        """One step of each recording of one worker, in a single round trip."""
+        """One step of each recording of one worker, in round trips of about
+        LIVE_CHUNK_SECONDS (live_chunk_size), at most LIVE_CHUNKS_MAX of them.
+
+        A recording whose call ends (or is released) meanwhile is left out of the
+        chunks still to go: its finish, queued on the same worker, encodes the rest.
+        """
+        index = self._worker_index(batch[0].manifest.recording_id)
+        start = 0
+        while start < len(batch):
+            size = max(live_chunk_size(self.step_seconds.get(index, FIRST_STEP_SECONDS)),
+                       -(-len(batch) // LIVE_CHUNKS_MAX))
+            chunk = [r for r in batch[start:start + size]
+                     if not r.finalizing and self.live.get(r.manifest.recording_id) is r]
+            start += size
+            if chunk:
+                began = time.monotonic()
+                await self._live_chunk(chunk, flushed_at)
+                self.step_seconds[index] = (time.monotonic() - began) / len(chunk)
+
+    async def _live_chunk(self, batch: list[LiveRecording], flushed_at: float) -> None:
+        """One step of each of these recordings of one worker, in a single round trip."""
         jobs: list[StepJob] = [
             (r.directory, r.manifest.recording_id, stream_specs(r.manifest),
              (flushed_at - r.manifest.started_at.timestamp()) * 1000.0,
@@ -1108,6 +1145,14 @@ def finalize_may_widen(now: float, last_allocate: float) -> bool:
     syncs, the store copy, the directory removal, the events) shares capture's process
     with allocate, and a PBX waits on set-up; nobody waits on a finalize that much."""
     return now - last_allocate >= SETUP_QUIET_S
+
+
+def live_chunk_size(seconds_per_step: float) -> int:
+    """How many live steps go in one round trip to a worker whose last round trip
+    took ``seconds_per_step`` a step (waiting included): about LIVE_CHUNK_SECONDS."""
+    if seconds_per_step <= 0:
+        return 1 << 20
+    return max(LIVE_CHUNK_MIN, int(LIVE_CHUNK_SECONDS / seconds_per_step))
 
 
 def live_step_due(flushed_at: float) -> float:

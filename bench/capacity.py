@@ -391,7 +391,6 @@ async def run_callrec(node: Any, driver: CaptureDriver, capture_pid: int, calls:
         peer_peak = await peer_sampler.stop() if peer_sampler else {}
     before = loadgen.tree_cpu(capture_pid)  # so the flush wait below is counted in fin
     await asyncio.sleep(0.6)  # one flush interval: the last packets reach the segments
-    open_s = time.monotonic() - allocated_at  # allocation to the finalize requests
     fin_timeout = 120 + calls * seconds / 10
     watches = [asyncio.create_task(watch_playable(n, ids, fin_timeout + 60))
                for n in ([node, peer] if peer is not None else [node])]
@@ -410,8 +409,11 @@ async def run_callrec(node: Any, driver: CaptureDriver, capture_pid: int, calls:
         recorded_s += duration
         channels = item["channels"]
         stored += sum(int(c["packets_received"]) for c in channels)
-        # A recording spans allocation to finalize, so it is longer than the load.
-        if len(channels) == 2 and seconds - 0.1 <= duration <= open_s + 0.5:
+        # A recording spans allocation to its finalize request (the requests go one
+        # after another, so the last is later than the first), so it is longer than
+        # the load.
+        ended_s = driver.requested_at.get(item["recording_id"], time.monotonic()) - allocated_at
+        if len(channels) == 2 and seconds - 0.1 <= duration <= ended_s + 0.5:
             durations_ok += 1
     why: list[str] = []
     tones_ok, checked = await check_tones(node, spread([i["recording_id"] for i in items],
@@ -446,7 +448,10 @@ async def run_callrec(node: Any, driver: CaptureDriver, capture_pid: int, calls:
                 idle_mb=loadgen.total_kb(idle) / 1000, peak_mb=loadgen.total_kb(peak) / 1000,
                 correct=(f"{durations_ok}/{calls} duration+2ch, {tones_ok}/{checked} tones, "
                          f"{len(failed)} not completed"))
-    notes = [f"{calls} calls: callrec node Pss in MB, idle: {mem_note(idle)}; at the load's "
+    asked = [driver.requested_at[r] for r in ids if r in driver.requested_at]
+    notes = [f"{calls} calls: the finalize requests (one after another, each stamping its "
+             f"call's end) took {max(asked) - min(asked) if asked else 0.0:.2f} s"]
+    notes += [f"{calls} calls: callrec node Pss in MB, idle: {mem_note(idle)}; at the load's "
              f"peak ({sampler.samples} samples): {mem_note(peak)}"]
     if peer is not None:
         notes.append(f"{calls} calls: peer node b's Pss at the load's peak: "

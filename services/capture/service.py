@@ -24,7 +24,8 @@ import socket
 import time
 import uuid
 import zlib
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
@@ -118,9 +119,10 @@ PERMANENT_ATTEMPTS = 3
 FINALIZE_PER_WORKER = 16
 # Of those, how many may do their capture-side part at once (CaptureSideSlots)...
 FINALIZE_CAPTURE_SIDE = 4
-# ...and only one while calls are being set up (an allocate this recently):
-# see finalize_may_widen.
+# ...and only one while calls are being set up in a burst (this many allocates within
+# SETUP_QUIET_S): see finalize_may_widen.
 SETUP_QUIET_S = 0.25
+SETUP_BURST_ALLOCATES = 8
 # ...and then no more often than this (a finalize's capture-side work has two slots).
 SETUP_FINALIZE_GAP_S = 0.05
 WORKER_NICE = 5
@@ -205,9 +207,10 @@ class Capture:
         self.finishes = FinishBatcher(self._in_worker)
         self.finalize_slots = CaptureSideSlots(
             FINALIZE_CAPTURE_SIDE,
-            lambda: finalize_may_widen(time.monotonic(), self.last_allocate), SETUP_QUIET_S,
-            SETUP_FINALIZE_GAP_S)
-        self.last_allocate = float("-inf")  # monotonic time of the last allocate
+            lambda: finalize_may_widen(time.monotonic(), self.recent_allocates),
+            SETUP_QUIET_S, SETUP_FINALIZE_GAP_S)
+        # Monotonic times of the last SETUP_BURST_ALLOCATES allocates.
+        self.recent_allocates: deque[float] = deque(maxlen=SETUP_BURST_ALLOCATES)
         self.closing = False
         # Disk pressure (callrec.diskspace): the reserve, JetStream's state, retries.
         self.reserve_gate = diskspace.ReserveGate(ctx.config.reserve)
@@ -412,7 +415,7 @@ class Capture:
     async def allocate(self, request: AllocateRequest) -> AllocateReply:
         if self.closing:
             raise RuntimeError("capture is shutting down")
-        self.last_allocate = time.monotonic()
+        self.recent_allocates.append(time.monotonic())
         recording = self.live.get(request.recording_id)
         if recording is None:
             directory = self.active_dir / _safe_id(request.recording_id)
@@ -1139,12 +1142,17 @@ def finalize_concurrency(workers: int) -> int:
     return FINALIZE_PER_WORKER * max(1, workers)
 
 
-def finalize_may_widen(now: float, last_allocate: float) -> bool:
-    """Whether several finalizes may do their capture-side work at once now: only when
-    no call was set up in the last SETUP_QUIET_S (CaptureSideSlots). That work (segment
-    syncs, the store copy, the directory removal, the events) shares capture's process
-    with allocate, and a PBX waits on set-up; nobody waits on a finalize that much."""
-    return now - last_allocate >= SETUP_QUIET_S
+def finalize_may_widen(now: float, recent_allocates: Sequence[float]) -> bool:
+    """Whether several finalizes may do their capture-side work at once now: unless
+    calls are being set up in a burst, SETUP_BURST_ALLOCATES allocates (of which
+    ``recent_allocates`` holds the times, oldest first) within SETUP_QUIET_S
+    (CaptureSideSlots). That work (segment syncs, the store copy, the directory
+    removal, the events) shares capture's process with allocate, and a PBX waits on
+    set-up. Calls set up one by one as others end (a few a second, the steady state
+    of a busy site) are not a burst: narrowing for each of them starved finalize there
+    (bench/churn.py, 400 calls of 60 s: the capture-side slots waited 1.5 s twice)."""
+    return (len(recent_allocates) < SETUP_BURST_ALLOCATES
+            or now - recent_allocates[0] >= SETUP_QUIET_S)
 
 
 def live_chunk_size(seconds_per_step: float) -> int:

@@ -155,11 +155,17 @@ async def test_cancelling_the_loop_stops_every_finalize(tmp_path: Path) -> None:
     assert set(capture.live) == {"r0", "r1", "r2"}  # a restart finalizes them
 
 
-def test_finalize_widens_only_when_no_call_was_set_up_just_now() -> None:
+def test_finalize_narrows_only_while_calls_are_set_up_in_a_burst() -> None:
     quiet = capture_service.SETUP_QUIET_S
-    assert finalize_may_widen(100.0, float("-inf"))  # no call set up yet
-    assert not finalize_may_widen(100.0, 100.0 - quiet / 2)
-    assert finalize_may_widen(100.0, 100.0 - quiet)
+    burst = capture_service.SETUP_BURST_ALLOCATES
+    assert finalize_may_widen(100.0, [])  # no call set up yet
+    # calls set up one by one as others end (a few a second): not a burst
+    assert finalize_may_widen(100.0, [100.0 - quiet / 2] * (burst - 1))
+    steady = [100.0 - i * 0.15 for i in reversed(range(burst))]  # 6.7 a second
+    assert finalize_may_widen(100.0, steady)
+    # as many as that within the quiet period: a burst, until it is over
+    assert not finalize_may_widen(100.0, [100.0 - quiet / 2] * burst)
+    assert finalize_may_widen(100.0, [100.0 - quiet] * burst)
 
 
 class SlotHolder(FakeFinalize):
@@ -173,7 +179,7 @@ class SlotHolder(FakeFinalize):
 
 async def test_capture_side_work_takes_turns_while_calls_are_set_up(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Set-up (the PBX waits on it) goes first: while allocates keep coming, one
+    """Set-up (the PBX waits on it) goes first: while allocates come in a burst, one
     recording at a time does its capture-side finalize work; once they stop, several
     again (FINALIZE_CAPTURE_SIDE). Every finalize task still takes its recording, so
     the encoder workers' finishes keep batching meanwhile."""
@@ -183,12 +189,13 @@ async def test_capture_side_work_takes_turns_while_calls_are_set_up(
     capture._finalize_one = fake  # type: ignore[method-assign]
     wide = capture_service.FINALIZE_CAPTURE_SIDE
     assert wide > 1
-    capture.last_allocate = time.monotonic()
+    capture.recent_allocates.extend([time.monotonic()] * capture_service.SETUP_BURST_ALLOCATES)
     busy = True
 
     async def calls_being_set_up() -> None:
-        while busy:
-            capture.last_allocate = time.monotonic()
+        while busy:  # a burst: 300 a second
+            for _ in range(3):
+                capture.recent_allocates.append(time.monotonic())
             await asyncio.sleep(0.01)
 
     setup = asyncio.create_task(calls_being_set_up())

@@ -143,11 +143,14 @@ def run_rounds(legs_per_round: int, rounds: int, live: int = 0) -> list[float]:
         def send_request(self, peer: Peer, data: bytes) -> None:
             pass
 
-    try:  # the service's collector policy, when the tree under test has one
-        from services.signaling.gcpolicy import tune_gc
+    try:  # the services' collector policy, where the tree under test has it
+        from callrec.gcpolicy import tune_gc
     except ImportError:
-        pass
-    else:
+        try:  # before it was shared: signaling's own
+            from services.signaling.gcpolicy import tune_gc
+        except ImportError:
+            tune_gc = None
+    if tune_gc is not None:
         tune_gc()
 
     # The dialog journal as in production (a line per INVITE and ACK), on local disk.

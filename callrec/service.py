@@ -19,7 +19,7 @@ from nats.js import JetStreamContext
 
 from contracts import subjects
 
-from . import bus, credentials
+from . import bus, credentials, gcpolicy
 from .config import NodeConfig
 from .logs import get_logger, setup_logging
 from .metrics import Registry
@@ -64,6 +64,9 @@ async def _run(name: str, config: NodeConfig, main: ServiceMain) -> None:
             await msg.respond(metrics.render().encode())
 
     await nc.subscribe(subjects.metrics_scatter(config.node_id), cb=on_metrics)
+    gcpolicy.CollectorWatch(metrics).install()
+    gcpolicy.tune_gc()
+    collector = asyncio.create_task(gcpolicy.collect_periodically(stopping))
     log.info("service_started")
     task = asyncio.create_task(main(ctx))
     stop_wait = asyncio.create_task(stopping.wait())
@@ -73,6 +76,7 @@ async def _run(name: str, config: NodeConfig, main: ServiceMain) -> None:
         exc = task.exception()
         if exc is not None:
             log.error("service_crashed", error=repr(exc))
+            collector.cancel()
             await _close(nc)
             raise exc
     else:
@@ -83,6 +87,7 @@ async def _run(name: str, config: NodeConfig, main: ServiceMain) -> None:
             task.cancel()
             with contextlib.suppress(BaseException):
                 await task
+    collector.cancel()
     log.info("service_stopped")
     await _close(nc)
 

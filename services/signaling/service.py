@@ -39,7 +39,6 @@ from contracts.v1.rpc import (
 
 from .admission import AllowList, TcpLimits, pending_media_limit
 from .gate import SipGate
-from .gcpolicy import tune_gc
 from .missed import MissedAggregator, MissedCalls, MissedPublisher
 from .recorder import RecordingSession
 from .sessions import DialogStore
@@ -253,7 +252,6 @@ async def main(ctx: ServiceContext) -> None:
     ]
     await transports.start(config.bind, config.sip_port)
     gate.warn_if_closed(config.bind)
-    tune_gc()
     log.info("sip_listening", bind=config.bind, port=config.sip_port,
              media_address=config.media_address)
     await ctx.stopping.wait()

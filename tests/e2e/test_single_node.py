@@ -172,6 +172,18 @@ def test_licence_exhausted_486_without_failover(node: Node) -> None:
     assert outcome.ok, outcome.describe()
 
 
+def test_every_service_runs_the_collector_policy_and_reports_it(node: Node) -> None:
+    """callrec.gcpolicy in each service process: its figures in /metrics, by service."""
+    import httpx
+
+    text = httpx.get(f"{node.base_url}/metrics", timeout=5.0).text
+    services = {"signaling", "capture", "catalog", "sync", "scheduler", "web"}
+    reporting = {line.split('service="', 1)[1].split('"', 1)[0]
+                 for line in text.splitlines()
+                 if line.startswith("callrec_gc_pause_longest_seconds{")}
+    assert reporting == services, text[:2000]
+
+
 def test_capture_hung_gives_503_then_recovers(node: Node) -> None:
     server = ("127.0.0.1", node.sip_port)
     pid = node.service_pid("services.capture")

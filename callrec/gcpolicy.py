@@ -20,6 +20,11 @@ So, in every service:
 - full collections no longer follow the allocations: they run on a clock, every
   ``FULL_COLLECTION_S``, so their pause comes once a minute whatever the call rate,
   and a cycle that outlived the young generations is freed within a minute.
+
+The thresholds are those of CPython's generational collector (3.11 to 3.13; the node
+runs 3.11). 3.14's incremental collector reads the second as the old generation's
+scan rate and ignores the third, and its increments are short by design: revisit the
+figures there, with bench/setup_rate.py.
 """
 
 from __future__ import annotations

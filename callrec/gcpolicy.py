@@ -14,7 +14,8 @@ a late 200 OK for every leg that arrived meanwhile. None of them found anything 
 (call state goes by reference counting when the call ends).
 
 So, in every service:
-- what exists once start-up is done is frozen, out of every later collection;
+- what exists when the service's main starts (the imports, the bus connection) is
+  frozen, out of every later collection;
 - young collections stay frequent and small (cycles die young): at most
   ``YOUNG_THRESHOLD`` new objects, and ``MIDDLE_THRESHOLD`` of those batches;
 - full collections no longer follow the allocations: they run on a clock, every
@@ -53,7 +54,8 @@ FULL_COLLECTION_S = 60.0
 
 
 def tune_gc() -> None:
-    """Call once start-up is done: what exists now lives as long as the process."""
+    """Call once the imports and connections are made: what exists then lives as long
+    as the process (``callrec.service`` calls it before the service's main)."""
     gc.collect()
     gc.freeze()
     gc.set_threshold(YOUNG_THRESHOLD, MIDDLE_THRESHOLD, AUTOMATIC_FULL_OFF)

@@ -49,6 +49,9 @@ HEALTH_INTERVAL = 1.0
 HEALTH_STALE_AFTER = 3.5
 RPC_TIMEOUT = 2.0
 FD_RESERVE = 256  # descriptors kept for RTP-less work: NATS, files, logs
+ANSWER_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+"""Bounds of the INVITE answer-time histogram, in seconds: fine around the tens of
+milliseconds a PBX expects its 200 OK in, coarse out to its retransmission timers."""
 
 log = structlog.get_logger()
 
@@ -200,6 +203,10 @@ async def main(ctx: ServiceContext) -> None:
                                on_refused=gate.refused,
                                tcp_limits=_tcp_limits(config.sip_tcp_per_source,
                                                       config.sip_tcp_max))
+    answer_times = ctx.metrics.histogram(
+        "signaling_invite_answer_seconds",
+        "seconds from an INVITE's transaction to its first final response (any status)",
+        ANSWER_BUCKETS)
     uas = RecorderUas(
         backend=backend,
         sender=transports,
@@ -213,6 +220,7 @@ async def main(ctx: ServiceContext) -> None:
         media_timeout_s=config.media_timeout_s,
         refusals=gate,
         missed=missed,
+        answered=answer_times.observe,
     )
     gate.connect(uas.on_message, transports, missed)
     metrics = ctx.metrics

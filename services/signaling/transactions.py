@@ -79,8 +79,11 @@ def transaction_key(request: SipRequest, method: str | None = None) -> Transacti
 
 class ServerTransactions:
     def __init__(self, user: TransactionUser, *, t1: float = T1, t2: float = T2,
-                 trying_after: float = TRYING_AFTER) -> None:
+                 trying_after: float = TRYING_AFTER,
+                 answered: Callable[[float], None] | None = None) -> None:
         self.user = user
+        # Told the seconds from an INVITE's transaction to its first final response.
+        self.answered = answered
         self.t1 = t1
         self.t2 = t2
         self.trying_after = trying_after
@@ -131,6 +134,9 @@ class ServerTransactions:
         if tx is not None and tx.trying is not None:
             tx.trying.cancel()
             tx.trying = None
+        if (self.answered is not None and tx is not None and request.method == "INVITE"
+                and status >= 200 > tx.status):
+            self.answered(time.monotonic() - tx.created)
         if tx is not None and status >= tx.status:
             tx.status = status
             tx.response = data

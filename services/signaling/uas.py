@@ -21,7 +21,7 @@ import asyncio
 import secrets
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Protocol
@@ -167,6 +167,7 @@ class RecorderUas:
         trying_after: float = TRYING_AFTER,
         sweep_interval: float = SWEEP_INTERVAL,
         max_hold_s: float = MAX_HOLD_S,
+        answered: Callable[[float], None] | None = None,
     ) -> None:
         self.backend = backend
         self.sender = sender
@@ -176,7 +177,7 @@ class RecorderUas:
         self.max_channels = max_channels
         self.registry = SessionRegistry(dialog_store)
         self.transactions = ServerTransactions(self, t1=t1, t2=t2,
-                                               trying_after=trying_after)
+                                               trying_after=trying_after, answered=answered)
         self.locks: dict[str, _CallLock] = {}
         self.tasks: set[asyncio.Task[None]] = set()
         self.counters = Counters()

@@ -184,6 +184,20 @@ def test_every_service_runs_the_collector_policy_and_reports_it(node: Node) -> N
     assert reporting == services, text[:2000]
 
 
+def test_invite_answer_times_are_a_histogram_in_metrics(node: Node) -> None:
+    """signaling_invite_answer_seconds counts the INVITEs the earlier tests sent."""
+    import httpx
+
+    name = "callrec_signaling_invite_answer_seconds"
+    lines = httpx.get(f"{node.base_url}/metrics", timeout=5.0).text.splitlines()
+    assert f"# TYPE {name} histogram" in lines
+    count = next(float(line.rsplit(" ", 1)[1]) for line in lines
+                 if line.startswith(f"{name}_count{{"))
+    infinite = next(float(line.rsplit(" ", 1)[1]) for line in lines
+                    if line.startswith(f"{name}_bucket{{") and 'le="+Inf"' in line)
+    assert count >= 2 and infinite == count
+
+
 def test_capture_hung_gives_503_then_recovers(node: Node) -> None:
     server = ("127.0.0.1", node.sip_port)
     pid = node.service_pid("services.capture")

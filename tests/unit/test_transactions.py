@@ -125,3 +125,24 @@ async def test_trying_only_when_the_answer_is_late() -> None:
     assert layer.receive(slow, UDP) is None  # a retransmission gets the 100 again
     assert user.sent == [b"200", b"100", b"100"]
     layer.shutdown()
+
+
+async def test_answered_is_told_each_invite_answer_time_once() -> None:
+    user = User()
+    times: list[float] = []
+    layer = ServerTransactions(user, t1=10.0, answered=times.append)
+    invite = req(sip_request("INVITE", call_id="t9", branch="z9hG4bK-i"))
+    layer.receive(invite, UDP)
+    await asyncio.sleep(0.02)
+    layer.respond(invite, UDP, b"100", 100)  # provisional: not an answer
+    assert times == []
+    layer.respond(invite, UDP, b"200", 200, to_tag="ours")
+    layer.respond(invite, UDP, b"200", 200, to_tag="ours")  # the same answer again
+    assert len(times) == 1 and 0.02 <= times[0] < 5.0
+    options = req(sip_request("OPTIONS", call_id="t10", branch="z9hG4bK-o"))
+    layer.receive(options, UDP)
+    layer.respond(options, UDP, b"200", 200)  # not an INVITE
+    refused = req(sip_request("INVITE", call_id="t11", branch="z9hG4bK-r"))
+    layer.receive(refused, UDP)
+    layer.respond(refused, UDP, b"404", 404)  # a refusal is an answer too
+    assert len(times) == 2

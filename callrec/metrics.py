@@ -108,7 +108,7 @@ class Registry:
             lines.append(f"# HELP {metric.name} {metric.help}")
             lines.append(f"# TYPE {metric.name} {kind}")
             if isinstance(metric, Histogram):
-                labels = ",".join(f'{k}="{_escape(v)}"' for k, v in base)
+                labels = _labels(base)
                 for le, count in metric.cumulative():
                     lines.append(f'{metric.name}_bucket{{{labels},le="{le}"}} {count}')
                 lines.append(f"{metric.name}_sum{{{labels}}} {metric.sum:g}")
@@ -120,9 +120,13 @@ class Registry:
             if not values and isinstance(metric, Counter):
                 values[()] = 0.0
             for key, value in values.items():
-                labels = ",".join(f'{k}="{_escape(v)}"' for k, v in base + key)
+                labels = _labels(base + key)
                 lines.append(f"{metric.name}{{{labels}}} {value:g}")
         return "\n".join(lines) + "\n"
+
+
+def _labels(pairs: tuple[tuple[str, str], ...]) -> str:
+    return ",".join(f'{k}="{_escape(v)}"' for k, v in pairs)
 
 
 def _escape(value: str) -> str:

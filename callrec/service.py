@@ -71,12 +71,12 @@ async def _run(name: str, config: NodeConfig, main: ServiceMain) -> None:
     task = asyncio.create_task(main(ctx))
     stop_wait = asyncio.create_task(stopping.wait())
     done, _ = await asyncio.wait({task, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
+    collector.cancel()  # ending either way: no full collection in the shutdown's grace
     if task in done:
         stop_wait.cancel()
         exc = task.exception()
         if exc is not None:
             log.error("service_crashed", error=repr(exc))
-            collector.cancel()
             await _close(nc)
             raise exc
     else:
@@ -87,7 +87,6 @@ async def _run(name: str, config: NodeConfig, main: ServiceMain) -> None:
             task.cancel()
             with contextlib.suppress(BaseException):
                 await task
-    collector.cancel()
     log.info("service_stopped")
     await _close(nc)
 

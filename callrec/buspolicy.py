@@ -98,6 +98,7 @@ def permissions(identity: Identity, node_id: str) -> dict[str, Any]:
         publish += [
             subjects.heartbeat(node_id),
             subjects.rpc("*", subjects.SYNC, subjects.SYNC_READ),
+            subjects.rpc("*", subjects.SYNC, subjects.SYNC_READ_LIVE),
             f"{inbox}.>",
             f"$JS.API.STREAM.UPDATE.{subjects.CLUSTER_STREAM}",
         ]

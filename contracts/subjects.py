@@ -106,6 +106,7 @@ SIGNALING_ACTIVE = "active"
 
 SYNC = "sync"
 SYNC_READ = "read"
+SYNC_READ_LIVE = "read_live"
 SYNC_STATUS = "status"
 
 SCHEDULER = "scheduler"

@@ -199,6 +199,45 @@ class ReadObjectRequest(Message):
     live: str | None = Field(default=None, max_length=128)
 
 
+MAX_LIVE_RANGES = 256
+"""Ranges in one ReadLiveRequest (what a peer following many calls asks at once)."""
+
+
+class LiveRange(Message):
+    """New bytes of one recording's live.opus that a peer asks its origin for."""
+
+    recording_id: str = Field(min_length=1, max_length=128)
+    offset: int = Field(ge=0)
+    length: int = Field(gt=0, le=4 * 1024 * 1024)
+
+
+class ReadLiveRequest(Message):
+    """The new bytes of several recordings in progress on the node asked, in one round
+    trip: a peer following hundreds of calls asks for all their new pages at once
+    rather than once per call and live step (each request and reply costs both nodes'
+    services and servers far more than the kilobyte a step adds)."""
+
+    ranges: list[LiveRange] = Field(min_length=1, max_length=MAX_LIVE_RANGES)
+
+
+class LivePart(Message):
+    """What a ReadLiveRequest's reply holds for one of its ranges, in request order."""
+
+    recording_id: str
+    offset: int = Field(ge=0)
+    length: int = Field(ge=0)  # bytes of this part in the body (0: none yet, or an error)
+    size: int | None = Field(default=None, ge=0)  # the live file's size when it was read
+    error: str | None = None
+    skipped: bool = False  # not read: the reply was full; ask again
+
+
+class ReadLiveReply(Message):
+    """The first line of a ReadLiveRequest's reply body (one JSON line); the parts'
+    bytes follow it, concatenated in order, raw (no base64)."""
+
+    parts: list[LivePart] = Field(max_length=MAX_LIVE_RANGES)
+
+
 class LiveProgress(Message):
     """Capture flushed more of a recording in progress: `bytes` of live.opus (ending on
     a complete Ogg page) cover `duration_ms` of audio; `final` once it is finalized."""

@@ -130,6 +130,27 @@ class LiveBook:
             return None
         return entry.have, min(chunk, entry.origin_bytes - entry.have)
 
+    def next_pulls(self, due: set[str], max_ranges: int, max_bytes: int
+                   ) -> list[tuple[str, int, int]]:
+        """The next ranges to ask one origin for in a single request, from the recordings
+        in `due` (ours to pull from it): at most `max_ranges`, and `max_bytes` in all
+        after the first. Recordings that are level (or no longer followed) leave `due`."""
+        ranges: list[tuple[str, int, int]] = []
+        total = 0
+        for recording_id in list(due):
+            if len(ranges) >= max_ranges:
+                break
+            step = self.next_pull(recording_id)
+            if step is None:
+                due.discard(recording_id)
+                continue
+            offset, length = step
+            if ranges and total + length > max_bytes:
+                continue  # too big for this request: the next one
+            ranges.append((recording_id, offset, length))
+            total += length
+        return ranges
+
     def taken_over(self, recording_id: str) -> None:
         """We published our copy (and deleted the live copy): following goes on from
         the start of the origin's file should its progress resume."""

@@ -38,7 +38,15 @@ from contracts.v1.events import (
     RecordingReplicated,
     RecordingStarted,
 )
-from contracts.v1.rpc import Empty, LiveProgress, NodeStatus, PeerLag, SyncStatus
+from contracts.v1.rpc import (
+    MAX_LIVE_RANGES,
+    Empty,
+    LiveProgress,
+    LiveRange,
+    NodeStatus,
+    PeerLag,
+    SyncStatus,
+)
 
 from .domain import Discard, Fetch, PeerTable, Purge, ReplicaMap, backoff, stalled_sources
 from .live import Live, LiveBook
@@ -46,11 +54,13 @@ from .ogg import Chain, follow_file
 from .state import live_path, load_checkpoint, part_path, save_checkpoint
 from .takeover import build_takeover, takeover_event_id, takeover_key, takeover_timeout
 from .transfer import (
+    CHUNK_BYTES,
     REQUEST_TIMEOUT_S,
     Outcome,
     TransferError,
     pull_object,
-    read_chunk,
+    read_live_ranges,
+    serve_live_ranges,
     serve_read,
 )
 
@@ -109,7 +119,9 @@ class Sync:
         self.tasks: set[asyncio.Task[Any]] = set()
         self.live = LiveBook(self.me)
         self._part_keys: dict[str, str] = {}
-        self.pulling: set[str] = set()
+        self.pulling: set[str] = set()  # in a request, or being written
+        self.pull_due: dict[str, set[str]] = {}  # origin -> recordings with bytes to pull
+        self.pullers: set[str] = set()  # origins with a pull loop running
         self.audit_head: AuditHead | None = None
         self.capture_root = ctx.config.data_dir / "capture"
         self.takeover_timeout = takeover_timeout(ctx.config.role_timeout_s)
@@ -126,6 +138,12 @@ class Sync:
                                       "bytes of recordings in progress pulled from their origin")
         self.m_live_errors = m.counter("sync_live_pull_failures_total",
                                        "live range pulls the origin did not answer")
+        self.m_live_requests = m.counter(
+            "sync_live_pull_requests_total",
+            "requests for new bytes of recordings in progress (each asks for many)")
+        self.m_live_ranges = m.counter(
+            "sync_live_pull_ranges_total",
+            "recordings' ranges asked for in those requests")
         self.m_live_breaks = m.counter(
             "sync_live_copy_discarded_total",
             "live copies dropped and pulled again: a pulled range broke their Ogg page chain")
@@ -153,6 +171,8 @@ class Sync:
         await nc.subscribe(subjects.all_heartbeats(), cb=self._on_heartbeat)
         await nc.subscribe(subjects.rpc(me, subjects.SYNC, subjects.SYNC_READ),
                            cb=self._on_read)
+        await nc.subscribe(subjects.rpc(me, subjects.SYNC, subjects.SYNC_READ_LIVE),
+                           cb=self._on_read_live)
         await nc.subscribe(subjects.all_live(), cb=self._on_live)
         log.info("sync_live", takeover_timeout_s=self.takeover_timeout)
         await bus.serve(nc, subjects.rpc(me, subjects.SYNC, subjects.SYNC_STATUS),
@@ -456,6 +476,14 @@ class Sync:
         with contextlib.suppress(Exception):
             await self.ctx.nc.publish(msg.reply, data, headers=headers)
 
+    async def _on_read_live(self, msg: Msg) -> None:
+        if not msg.reply:
+            return
+        data, headers = await asyncio.to_thread(serve_live_ranges, self.capture_root,
+                                                msg.data)
+        with contextlib.suppress(Exception):
+            await self.ctx.nc.publish(msg.reply, data, headers=headers or None)
+
     # ---- recordings in progress elsewhere: replication and takeover ----------------
 
     async def _apply_live(self, event: Any) -> None:
@@ -497,55 +525,99 @@ class Sync:
             self.m_live_dropped.inc()
             log.debug("live_progress_dropped", subject=msg.subject, error=str(exc)[:200])
             return
-        if self.live.progress(update, time.monotonic()) and \
-                update.recording_id not in self.pulling:
-            self.pulling.add(update.recording_id)
-            self._spawn(self._pull_live(update.recording_id))
+        if self.live.progress(update, time.monotonic()):
+            origin = self.live.live[update.recording_id].origin
+            self.pull_due.setdefault(origin, set()).add(update.recording_id)
+            if origin not in self.pullers:
+                self.pullers.add(origin)
+                self._spawn(self._pull_live(origin))
 
-    async def _pull_live(self, recording_id: str) -> None:
-        """Append the origin's new bytes to our copy until level with its last progress."""
+    async def _pull_live(self, origin: str) -> None:
+        """Append an origin's new bytes to our copies until level with its last progress.
+
+        One loop per origin, one request at a time: the progress that comes while a
+        request is out is asked for together in the next one, so under load a request
+        carries many recordings' steps, and at a call or two it is one step each, as
+        soon as it is announced."""
+        due = self.pull_due.setdefault(origin, set())
+        subject = subjects.rpc(origin, subjects.SYNC, subjects.SYNC_READ_LIVE)
+        restarted: set[str] = set()
         try:
-            path = live_path(self.root, recording_id)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            restarted = False
-            while (step := self.live.next_pull(recording_id)) is not None:
-                entry = self.live.live[recording_id]
-                offset, length = step
-                subject = subjects.rpc(entry.origin, subjects.SYNC, subjects.SYNC_READ)
-                try:
-                    chunk = await read_chunk(self._request, subject, "", offset, length,
-                                             live=recording_id)
-                except TransferError as exc:
-                    self.m_live_errors.inc()
-                    log.debug("live_pull_failed", recording_id=recording_id, error=str(exc))
-                    return  # the next progress (or nothing: a takeover) follows
-                if not chunk.data or recording_id not in self.live.live:
-                    return  # nothing more yet, or the recording ended meanwhile
-                data = chunk.data[:length]
-                before = entry.chain
-                if not self.live.pulled(recording_id, data):
-                    # The origin's file is no longer what we copied (it lost its unsynced
-                    # tail and wrote on, or we read it while it did): start again from 0.
-                    self.m_live_breaks.inc()
-                    log.warning("live_copy_discarded", recording_id=recording_id,
-                                origin=entry.origin, offset=offset, bytes=len(data))
-                    await asyncio.to_thread(_append_at, path, 0, b"")
-                    if restarted:
-                        return  # broken again at once: the next progress tries again
-                    restarted = True
+            while due:
+                asked = self.live.next_pulls(due, MAX_LIVE_RANGES, CHUNK_BYTES)
+                if not asked:
                     continue
+                batch = [recording_id for recording_id, _, _ in asked]
+                self.pulling.update(batch)
                 try:
-                    await asyncio.to_thread(_append_at, path, offset, data)
-                except OSError as exc:
-                    entry.chain = before  # not written: the next pull asks for it again
-                    log.warning("live_copy_write_failed", recording_id=recording_id,
-                                offset=offset, error=str(exc))
-                    return
-                self.m_live_bytes.inc(len(data))
+                    await self._pull_live_batch(origin, subject, asked, due, restarted)
+                finally:
+                    for recording_id in batch:
+                        self.pulling.discard(recording_id)
+                        if recording_id not in self.live.live:
+                            due.discard(recording_id)
+                            self._drop_live_copy(recording_id)
         finally:
-            self.pulling.discard(recording_id)
-            if recording_id not in self.live.live:
-                self._drop_live_copy(recording_id)
+            self.pullers.discard(origin)
+            if not due:
+                self.pull_due.pop(origin, None)
+
+    async def _pull_live_batch(self, origin: str, subject: str,
+                               asked: list[tuple[str, int, int]], due: set[str],
+                               restarted: set[str]) -> None:
+        """One request for `asked`; the bytes that continue our copies are written (in
+        one trip to a thread). A recording leaves `due` when its origin had nothing
+        for it, did not answer, or its copy cannot be written: its next progress
+        brings it back."""
+        self.m_live_requests.inc()
+        self.m_live_ranges.inc(len(asked))
+        ranges = [LiveRange(recording_id=rid, offset=offset, length=length)
+                  for rid, offset, length in asked]
+        try:
+            got = await read_live_ranges(self._request, subject, ranges)
+        except TransferError as exc:
+            self.m_live_errors.inc()
+            log.debug("live_pull_failed", origin=origin, recordings=len(asked),
+                      error=str(exc))
+            due.difference_update(rid for rid, _, _ in asked)
+            return
+        writes: list[tuple[str, int, bytes, Chain]] = []
+        for (recording_id, offset, length), data in zip(asked, got, strict=True):
+            if data is None:
+                continue  # the reply was full: asked again next time
+            entry = self.live.live.get(recording_id)
+            if not data or entry is None:
+                due.discard(recording_id)  # nothing more yet, or it ended meanwhile
+                continue
+            data = data[:length]
+            before = entry.chain
+            if self.live.pulled(recording_id, data):
+                writes.append((recording_id, offset, data, before))
+                continue
+            # The origin's file is no longer what we copied (it lost its unsynced tail
+            # and wrote on, or we read it while it did): start again from 0.
+            self.m_live_breaks.inc()
+            log.warning("live_copy_discarded", recording_id=recording_id,
+                        origin=entry.origin, offset=offset, bytes=len(data))
+            writes.append((recording_id, 0, b"", before))
+            if recording_id in restarted:
+                due.discard(recording_id)  # broken again at once: the next progress
+            restarted.add(recording_id)
+        if not writes:
+            return
+        failures = await asyncio.to_thread(
+            _append_many, [(live_path(self.root, rid), offset, data)
+                           for rid, offset, data, _ in writes])
+        for (recording_id, offset, data, before), error in zip(writes, failures, strict=True):
+            if error is None:
+                self.m_live_bytes.inc(len(data))
+                continue
+            entry = self.live.live.get(recording_id)
+            if entry is not None:
+                entry.chain = before  # not written: the next pull asks for it again
+            due.discard(recording_id)
+            log.warning("live_copy_write_failed", recording_id=recording_id,
+                        offset=offset, error=error)
 
     async def _takeover_loop(self) -> None:
         while True:
@@ -653,6 +725,23 @@ class Sync:
                                events_last_contact_s=contact,
                                objects_pending=pending.get(peer, 0)))
         return lag
+
+
+def _append_many(writes: list[tuple[Path, int, bytes]]) -> list[str | None]:
+    """`_append_at` for each write, in order: None for each one done, else its error."""
+    errors: list[str | None] = []
+    made: set[Path] = set()
+    for path, offset, data in writes:
+        try:
+            if path.parent not in made:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                made.add(path.parent)
+            _append_at(path, offset, data)
+        except OSError as exc:
+            errors.append(str(exc))
+        else:
+            errors.append(None)
+    return errors
 
 
 def _append_at(path: Path, offset: int, data: bytes) -> None:

@@ -3,6 +3,8 @@
 Chunks travel as raw bytes (no JSON, no base64) with metadata in headers. The
 reader pulls one chunk at a time, so a slow disk or link throttles the transfer by
 itself, and it appends to a part file so a crash or a cut link resumes, not restarts.
+The pages of recordings in progress travel the same way, many recordings a request
+(ReadLiveRequest: one JSON line describing the parts, then their raw bytes).
 """
 
 from __future__ import annotations
@@ -18,7 +20,13 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from callrec.store import ObjectStore, StoreKeyError
-from contracts.v1.rpc import ReadObjectRequest
+from contracts.v1.rpc import (
+    LivePart,
+    LiveRange,
+    ReadLiveReply,
+    ReadLiveRequest,
+    ReadObjectRequest,
+)
 
 from .domain import chunk_plan
 
@@ -71,19 +79,55 @@ def _plain_id(recording_id: str) -> bool:
 def _serve_live(capture_root: Path | None, request: ReadObjectRequest
                 ) -> tuple[bytes, dict[str, str]]:
     assert request.live is not None
-    if capture_root is None or not _plain_id(request.live):
-        return b"", {ERROR_HEADER: "invalid live recording id"}
-    path = live_file(capture_root, request.live)
+    data, size, error = _read_live(capture_root, request.live, request.offset, request.length)
+    if error is not None:
+        return b"", {ERROR_HEADER: error}
+    return data, {SIZE_HEADER: str(size)}
+
+
+def _read_live(capture_root: Path | None, recording_id: str, offset: int, length: int
+               ) -> tuple[bytes, int | None, str | None]:
+    """Up to `length` bytes at `offset` of a recording's live file: (data, the file's
+    size, None), or (b"", None, why) when there is no such file to read."""
+    if capture_root is None or not _plain_id(recording_id):
+        return b"", None, "invalid live recording id"
+    path = live_file(capture_root, recording_id)
     if path is None:
-        return b"", {ERROR_HEADER: "not found"}
+        return b"", None, "not found"
     try:
         with path.open("rb") as handle:
             size = os.fstat(handle.fileno()).st_size
-            handle.seek(request.offset)
-            data = handle.read(max(0, min(request.length, size - request.offset)))
+            handle.seek(offset)
+            data = handle.read(max(0, min(length, size - offset)))
     except OSError as exc:
-        return b"", {ERROR_HEADER: f"read failed: {exc.strerror or exc}"}
-    return data, {SIZE_HEADER: str(size)}
+        return b"", None, f"read failed: {exc.strerror or exc}"
+    return data, size, None
+
+
+def serve_live_ranges(capture_root: Path | None, raw: bytes,
+                      budget: int = CHUNK_BYTES) -> tuple[bytes, dict[str, str]]:
+    """Answer a ReadLiveRequest: (body, headers). The body is the ReadLiveReply line
+    then the parts' bytes; at most `budget` bytes in all (a reply must fit a message),
+    so the ranges past it get none this time and are asked again. Never raises."""
+    try:
+        request = ReadLiveRequest.model_validate_json(raw or b"{}")
+    except ValidationError as exc:
+        return b"", {ERROR_HEADER: f"invalid request: {str(exc)[:200]}"}
+    parts: list[LivePart] = []
+    chunks: list[bytes] = []
+    for asked in request.ranges:
+        length = min(asked.length, budget)
+        if length <= 0:
+            parts.append(LivePart(recording_id=asked.recording_id, offset=asked.offset,
+                                  length=0, skipped=True))
+            continue
+        data, size, error = _read_live(capture_root, asked.recording_id, asked.offset, length)
+        budget -= len(data)
+        chunks.append(data)
+        parts.append(LivePart(recording_id=asked.recording_id, offset=asked.offset,
+                              length=len(data), size=size, error=error))
+    head = ReadLiveReply(parts=parts).model_dump_json().encode()
+    return b"".join([head, b"\n", *chunks]), {}
 
 
 def serve_read(store: ObjectStore, raw: bytes, capture_root: Path | None = None
@@ -95,6 +139,8 @@ def serve_read(store: ObjectStore, raw: bytes, capture_root: Path | None = None
     except ValidationError as exc:
         return b"", {ERROR_HEADER: f"invalid request: {str(exc)[:200]}"}
     if request.live is not None:
+        # One live range a request: how peers before ReadLiveRequest pull (a cluster
+        # upgraded one node at a time has both), still answered.
         return _serve_live(capture_root, request)
     key = request.object_key
     if ".." in key or key.startswith("/"):
@@ -125,6 +171,41 @@ async def read_chunk(request: Requester, subject: str, key: str, offset: int,
         raise TransferError(error)
     size = headers.get(SIZE_HEADER)
     return Chunk(data, int(size) if size and size.isdigit() else None)
+
+
+async def read_live_ranges(request: Requester, subject: str, ranges: list[LiveRange]
+                           ) -> list[bytes | None]:
+    """The new bytes of each of `ranges` from their origin, in one round trip: b"" for
+    a range it had nothing for or could not read, None for one it left for the next
+    request (its reply was full). Raises TransferError when the origin does not
+    answer or its reply does not match what was asked."""
+    body = ReadLiveRequest(ranges=ranges).model_dump_json().encode()
+    try:
+        data, headers = await request(subject, body)
+    except Exception as exc:
+        raise TransferError(f"{type(exc).__name__}: {exc}") from exc
+    error = headers.get(ERROR_HEADER)
+    if error:
+        raise TransferError(error)
+    end = data.find(b"\n")
+    try:
+        reply = ReadLiveReply.model_validate_json(data[:end] if end >= 0 else b"")
+    except ValidationError as exc:
+        raise TransferError(f"invalid live reply: {str(exc)[:200]}") from None
+    if len(reply.parts) != len(ranges) or any(
+            part.recording_id != asked.recording_id or part.offset != asked.offset
+            or part.length > asked.length or (part.skipped and part.length)
+            for part, asked in zip(reply.parts, ranges, strict=True)):
+        raise TransferError("live reply does not match the ranges asked")
+    if end + 1 + sum(part.length for part in reply.parts) != len(data):
+        raise TransferError("live reply body does not match its parts")
+    view = memoryview(data)
+    position = end + 1
+    out: list[bytes | None] = []
+    for part in reply.parts:
+        out.append(None if part.skipped else bytes(view[position:position + part.length]))
+        position += part.length
+    return out
 
 
 async def pull_object(request: Requester, subject: str, key: str, size: int, sha256: str,

@@ -108,9 +108,10 @@ async def _nothing_reachable_through(rogue: Rogue, node: Node, recording_id: str
             await bus.call(nc, subjects.rpc(node.node_id, subjects.CATALOG,
                                             subjects.CATALOG_GET),
                            GetRequest(recording_id=recording_id), None, timeout=2)
-        with pytest.raises(Exception):  # noqa: B017 - no responder or a timeout
-            await nc.request(subjects.rpc(node.node_id, subjects.SYNC, subjects.SYNC_READ),
-                             b"{}", timeout=2)
+        for read in (subjects.SYNC_READ, subjects.SYNC_READ_LIVE):
+            with pytest.raises(Exception):  # noqa: B017 - no responder or a timeout
+                await nc.request(subjects.rpc(node.node_id, subjects.SYNC, read),
+                                 b"{}", timeout=2)
         forged = UserUpserted(node_id=node.node_id, username="mallory", admin=True,
                               password_hash=FORGED_HASH)
         await nc.publish(subjects.event(node.node_id, "user.upserted"),
@@ -120,6 +121,7 @@ async def _nothing_reachable_through(rogue: Rogue, node: Node, recording_id: str
         ours = {subjects.rpc(node.node_id, subjects.CATALOG, subjects.CATALOG_SEARCH),
                 subjects.rpc(node.node_id, subjects.CATALOG, subjects.CATALOG_GET),
                 subjects.rpc(node.node_id, subjects.SYNC, subjects.SYNC_READ),
+                subjects.rpc(node.node_id, subjects.SYNC, subjects.SYNC_READ_LIVE),
                 subjects.event(node.node_id, "user.upserted")}
         assert not [s for s in seen if s.startswith("callrec.") and s not in ours], seen[:5]
     finally:
@@ -234,6 +236,8 @@ def test_service_identity_cannot_publish_what_it_does_not_own(
             # Nor may it read another identity's replies or serve object reads.
             await nc.subscribe("_INBOX_web.>")
             await nc.subscribe(subjects.rpc(a.node_id, subjects.SYNC, subjects.SYNC_READ))
+            await nc.subscribe(subjects.rpc(a.node_id, subjects.SYNC,
+                                            subjects.SYNC_READ_LIVE))
             await nc.flush()
             await asyncio.sleep(1)
             # What it owns still works.
@@ -246,7 +250,7 @@ def test_service_identity_cannot_publish_what_it_does_not_own(
     text = " ".join(refused).lower()
     assert "permissions violation" in text
     assert "user.upserted" in text and "recording.purged" in text
-    assert "_inbox_web" in text and "rpc.sync.read" in text
+    assert "_inbox_web" in text and "rpc.sync.read" in text and "rpc.sync.read_live" in text
     with a.client() as client:
         assert "mallory" not in {u["username"] for u in client.get("/api/users").json()["items"]}
     assert recorded in recordings(a)

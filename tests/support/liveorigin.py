@@ -99,7 +99,21 @@ class FakeOrigin:
             if own:
                 await nc.close()
 
+    def write_to(self, call_s: float) -> LiveProgress | None:
+        """Append the pages covering `call_s` of call time now, without announcing them
+        (a test that wants many calls' progress to arrive together sends it itself);
+        returns the progress to announce, None when there was nothing new."""
+        end, ms = max(((e, d) for e, d in self.boundaries if d <= call_s * 1000),
+                      default=(0, 0))
+        return self._write(end, ms) if end > self.flushed else None
+
     async def _flush(self, nc: Any, end: int, ms: int, final: bool = False) -> None:
+        update = self._write(end, ms, final)
+        await nc.publish(subjects.live(self.node.node_id, self.recording_id),
+                         update.model_dump_json().encode())
+        await nc.flush()
+
+    def _write(self, end: int, ms: int, final: bool = False) -> LiveProgress:
         with (self.directory / "live.opus").open("ab") as handle:
             handle.write(self.data[self.flushed:end])
             handle.flush()
@@ -111,11 +125,8 @@ class FakeOrigin:
             "recording_id": self.recording_id, "bytes": end, "duration_ms": ms,
             "updated_at": datetime.now(UTC).isoformat(), "final": final}))
         os.replace(temp, sidecar)
-        update = LiveProgress(recording_id=self.recording_id, node_id=self.node.node_id,
-                              bytes=end, duration_ms=ms, final=final)
-        await nc.publish(subjects.live(self.node.node_id, self.recording_id),
-                         update.model_dump_json().encode())
-        await nc.flush()
+        return LiveProgress(recording_id=self.recording_id, node_id=self.node.node_id,
+                            bytes=end, duration_ms=ms, final=final)
 
     def lose_tail(self, keep_s: float, near_hz: float = 660.0, far_hz: float = 1500.0) -> None:
         """A machine crash lost what the origin flushed after `keep_s` of audio (nothing

@@ -97,12 +97,19 @@ def test_each_service_may_state_only_its_own_facts() -> None:
 
 
 def test_only_sync_serves_object_reads_and_inboxes_are_private() -> None:
-    read = subjects.rpc("n1", subjects.SYNC, subjects.SYNC_READ)
+    reads = [subjects.rpc("n1", subjects.SYNC, op)
+             for op in (subjects.SYNC_READ, subjects.SYNC_READ_LIVE)]
+    peer_reads = [subjects.rpc("n2", subjects.SYNC, op)
+                  for op in (subjects.SYNC_READ, subjects.SYNC_READ_LIVE)]
     for identity in buspolicy.SERVICE_IDENTITIES:
         perms = buspolicy.permissions(identity, "n1")
         subscribe = perms["subscribe"]["allow"]
-        serves_read = any(_matches(pattern, read) for pattern in subscribe)
-        assert serves_read == (identity == "sync"), identity
+        for read in reads:
+            serves_read = any(_matches(pattern, read) for pattern in subscribe)
+            assert serves_read == (identity == "sync"), (identity, read)
+        for read in peer_reads:  # a peer's files: only our sync asks for them
+            asks = any(_matches(pattern, read) for pattern in perms["publish"]["allow"])
+            assert asks == (identity == "sync"), (identity, read)
         inboxes = [s for s in subscribe if s.startswith("_INBOX")]
         assert inboxes == [f"{subjects.inbox_prefix(identity)}.>"]
 

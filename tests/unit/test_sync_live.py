@@ -3,6 +3,7 @@ building the takeover recording, serving live ranges, and one copy per call in s
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -28,13 +29,27 @@ from contracts.v1.events import (
     RecordingReplicated,
     RecordingStarted,
 )
-from contracts.v1.rpc import LiveProgress, ReadObjectRequest
+from contracts.v1.rpc import (
+    LivePart,
+    LiveProgress,
+    LiveRange,
+    ReadLiveReply,
+    ReadLiveRequest,
+    ReadObjectRequest,
+)
 from services.sync.domain import Discard, Fetch, Purge, ReplicaMap
 from services.sync.live import LiveBook
 from services.sync.ogg import Chain, follow, follow_file, pages, scan
 from services.sync.service import _append_at
 from services.sync.takeover import build_takeover, takeover_key, takeover_timeout
-from services.sync.transfer import ERROR_HEADER, SIZE_HEADER, serve_read
+from services.sync.transfer import (
+    ERROR_HEADER,
+    SIZE_HEADER,
+    TransferError,
+    read_live_ranges,
+    serve_live_ranges,
+    serve_read,
+)
 
 T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 RATE = 8000
@@ -155,6 +170,26 @@ def test_pulls_follow_progress_in_bounded_ranges() -> None:
     assert book.progress(progress(size=1500), 3.0)
 
 
+def test_one_request_asks_for_many_recordings_within_its_bounds() -> None:
+    book = LiveBook("b")
+    for rid, size in (("r1", 1000), ("r2", 300), ("r3", 700), ("r4", 50)):
+        book.apply(started(rid), 0.0)
+        assert book.progress(progress(rid, size=size), 1.0)
+    book.apply(started("r5"), 0.0)  # announced nothing yet
+    due = {"r1", "r2", "r3", "r4", "r5"}
+    asked = book.next_pulls(due, max_ranges=10, max_bytes=10_000)
+    assert sorted(asked) == [("r1", 0, 1000), ("r2", 0, 300), ("r3", 0, 700), ("r4", 0, 50)]
+    assert due == {"r1", "r2", "r3", "r4"}  # level ones leave
+    assert len(book.next_pulls(set(due), max_ranges=2, max_bytes=10_000)) == 2
+    # A byte budget: the first range always goes, the others only while they fit.
+    bounded = book.next_pulls(set(due), max_ranges=10, max_bytes=1000)
+    assert 1 <= len(bounded) < 4 and sum(length for _, _, length in bounded) <= 1000
+    assert book.next_pulls({"r1"}, max_ranges=10, max_bytes=100) == [("r1", 0, 1000)]
+    assert book.pulled("r4", DATA[:50])
+    assert ("r4", 0, 50) not in book.next_pulls(due, max_ranges=10, max_bytes=10_000)
+    assert "r4" not in due
+
+
 def test_own_recordings_and_spoofed_origins_are_ignored() -> None:
     book = LiveBook("a")
     book.apply(started(node="a"), 0.0)
@@ -247,6 +282,68 @@ def test_serve_live_ranges_from_capture_and_refuse_escapes(tmp_path: Path) -> No
     assert ERROR_HEADER in read(live="r2", offset=0, length=5)[1]
     assert ERROR_HEADER in serve_read(store, ReadObjectRequest(
         live="r1", offset=0, length=5).model_dump_json().encode(), None)[1]
+
+
+def test_serve_many_live_ranges_in_one_reply_within_its_budget(tmp_path: Path) -> None:
+    root = tmp_path / "capture"
+    for rid, content in (("r1", b"0123456789"), ("r2", b"abcdefghij")):
+        (root / "active" / rid).mkdir(parents=True)
+        (root / "active" / rid / "live.opus").write_bytes(content)
+
+    def ask(*ranges: tuple[str, int, int], budget: int = 1000) -> list[bytes | None]:
+        request = ReadLiveRequest(ranges=[LiveRange(recording_id=r, offset=o, length=n)
+                                          for r, o, n in ranges])
+
+        async def origin(subject: str, body: bytes) -> tuple[bytes, dict[str, str]]:
+            return serve_live_ranges(root, body, budget)
+
+        return asyncio.run(read_live_ranges(origin, "s", request.ranges))
+
+    assert ask(("r1", 2, 5), ("r2", 8, 5), ("r1", 20, 5)) == [b"23456", b"ij", b""]
+    # Unknown or unsafe ids get nothing (an error in their part), the others their bytes.
+    assert ask(("r2", 0, 3), ("../r1", 0, 5), ("r9", 0, 5), ("a b", 0, 5)) == [
+        b"abc", b"", b"", b""]
+    # A full reply leaves the rest for the next request (None), never over the budget.
+    assert ask(("r1", 0, 6), ("r2", 0, 6), ("r2", 6, 4), budget=8) == [b"012345", b"ab", None]
+    body, headers = serve_live_ranges(root, ReadLiveRequest(ranges=[
+        LiveRange(recording_id="r1", offset=0, length=10)]).model_dump_json().encode())
+    assert headers == {} and body.endswith(b"\n0123456789")
+    assert ERROR_HEADER in serve_live_ranges(root, b'{"ranges": []}')[1]
+    assert ERROR_HEADER in serve_live_ranges(root, b"not json")[1]
+    parts = ReadLiveReply.model_validate_json(serve_live_ranges(None, ReadLiveRequest(ranges=[
+        LiveRange(recording_id="r1", offset=0, length=10)]).model_dump_json().encode())[0]
+        .split(b"\n")[0]).parts
+    assert parts[0].error and parts[0].length == 0
+
+
+def test_a_live_reply_that_does_not_match_the_request_is_refused() -> None:
+    ranges = [LiveRange(recording_id="r1", offset=0, length=4),
+              LiveRange(recording_id="r2", offset=10, length=4)]
+
+    def reply_with(body: bytes, headers: dict[str, str] | None = None) -> object:
+        async def origin(subject: str, _: bytes) -> tuple[bytes, dict[str, str]]:
+            return body, headers or {}
+        try:
+            return asyncio.run(read_live_ranges(origin, "s", ranges))
+        except TransferError as exc:
+            return exc
+
+    def line(*parts: tuple[str, int, int]) -> bytes:
+        return ReadLiveReply(parts=[LivePart(recording_id=r, offset=o, length=n)
+                                    for r, o, n in parts]).model_dump_json().encode() + b"\n"
+
+    assert reply_with(line(("r1", 0, 2), ("r2", 10, 1)) + b"abc") == [b"ab", b"c"]
+    for bad in (
+        line(("r1", 0, 2)) + b"ab",                                # a part missing
+        line(("r1", 0, 2), ("r3", 10, 1)) + b"abc",                # another recording
+        line(("r1", 0, 2), ("r2", 0, 1)) + b"abc",                 # another offset
+        line(("r1", 0, 5), ("r2", 10, 1)) + b"abcdef",             # more than asked
+        line(("r1", 0, 2), ("r2", 10, 1)) + b"abcd",               # body longer than parts
+        line(("r1", 0, 2), ("r2", 10, 1)) + b"ab",                 # body shorter
+        b"no line at all",
+    ):
+        assert isinstance(reply_with(bad), TransferError), bad
+    assert isinstance(reply_with(b"", {ERROR_HEADER: "invalid request"}), TransferError)
 
 
 # ---- one copy per call in sync's replica map ------------------------------------------------

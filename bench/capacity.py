@@ -382,10 +382,15 @@ async def run_callrec(node: Any, driver: CaptureDriver, capture_pid: int, calls:
     sampler.start()
     if peer_sampler:
         peer_sampler.start()
+    groups = [pgrp] + ([peer.process.pid] if peer is not None else [])
     try:
         sent = await loadgen.send_load(ports, seconds,
                                        {"rx": lambda: loadgen.proc_cpu(capture_pid),
-                                        "tree": lambda: loadgen.tree_cpu(capture_pid)})
+                                        "tree": lambda: loadgen.tree_cpu(capture_pid),
+                                        "sync": lambda: loadgen.group_cpu(
+                                            groups, ("-m services.sync",)),
+                                        "bus": lambda: loadgen.group_cpu(
+                                            groups, ("nats-server",))})
     finally:
         peak = await sampler.stop()
         peer_peak = await peer_sampler.stop() if peer_sampler else {}
@@ -453,6 +458,14 @@ async def run_callrec(node: Any, driver: CaptureDriver, capture_pid: int, calls:
              f"call's end) took {max(asked) - min(asked) if asked else 0.0:.2f} s"]
     notes += [f"{calls} calls: callrec node Pss in MB, idle: {mem_note(idle)}; at the load's "
              f"peak ({sampler.samples} samples): {mem_note(peak)}"]
+    # Not in all-in (capture's): what the cluster pays besides, mostly the live copy of
+    # every call to the peer (issue 11 measured a third of a core at 400 calls).
+    sync_cm = per_call_minute(sent.extra["sync"], calls, sent.elapsed)
+    bus_cm = per_call_minute(sent.extra["bus"], calls, sent.elapsed)
+    where = "the two nodes (the live copy to the peer, and the bus)" if peer else "the node"
+    notes.append(f"{calls} calls: during the load, sync {sync_cm:.4f} + NATS servers "
+                 f"{bus_cm:.4f} = {sync_cm + bus_cm:.4f} CPU-s per call-minute on {where}; "
+                 "not in all-in, which is capture's")
     if peer is not None:
         notes.append(f"{calls} calls: peer node b's Pss at the load's peak: "
                      f"{loadgen.total_kb(peer_peak) / 1000:.1f} MB; playable on b: "

@@ -112,6 +112,13 @@ def tree_cpu(root: int) -> float:
     return sum(s.cpu + s.child_cpu for s in descendants(root))
 
 
+def group_cpu(pgrps: list[int], needles: tuple[str, ...]) -> float:
+    """CPU of the live processes of the process groups `pgrps` whose command line
+    holds one of `needles` (e.g. every node's sync service and NATS servers)."""
+    return sum(s.cpu for s in all_stats()
+               if s.pgrp in pgrps and any(n in cmdline(s.pid) for n in needles))
+
+
 def proc_cpu(pid: int) -> float:
     stat = read_stat(pid)
     return stat.cpu if stat else float("nan")

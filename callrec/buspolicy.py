@@ -103,11 +103,12 @@ def permissions(identity: Identity, node_id: str) -> dict[str, Any]:
             f"$JS.API.STREAM.UPDATE.{subjects.CLUSTER_STREAM}",
         ]
         subscribe.append(subjects.all_heartbeats())
-        # Progress of every node's recordings in progress (in-flight replication).
-        subscribe.append(subjects.all_live())
+        # Progress of every node's recordings in progress (in-flight replication):
+        # batched, and one recording a message as capture sent it before.
+        subscribe += [subjects.all_live_batches(), subjects.all_live()]
     if identity == "capture":
-        # Progress of this node's recordings in progress, after each flush.
-        publish.append(subjects.live(node_id, ">"))
+        # Progress of this node's recordings in progress, after each round of steps.
+        publish += [subjects.live_batch(node_id), subjects.live(node_id, ">")]
     if identity == "scheduler":
         subscribe.append(subjects.all_heartbeats())
     if identity == "signaling":

@@ -73,6 +73,17 @@ def live(node_id: str, recording_id: str) -> str:
     return f"{ROOT}.{VERSION}.{node_id}.live.{recording_id}"
 
 
+def live_batch(node_id: str) -> str:
+    """Core-NATS progress of several of `node_id`'s recordings at once
+    (LiveProgressBatch: one message per round of live steps)."""
+    return f"{ROOT}.{VERSION}.{node_id}.progress"
+
+
+def all_live_batches() -> str:
+    """Filter matching every node's batched live progress."""
+    return f"{ROOT}.{VERSION}.*.progress"
+
+
 def all_live() -> str:
     """Filter matching the live progress of every node's recordings."""
     return f"{ROOT}.{VERSION}.*.live.>"

@@ -249,6 +249,19 @@ class LiveProgress(Message):
     final: bool = False
 
 
+MAX_PROGRESS_BATCH = 512
+"""Updates in one LiveProgressBatch (about 60 KB of JSON)."""
+
+
+class LiveProgressBatch(Message):
+    """The progress of several of a node's recordings after one round of live steps,
+    in one message: one message per recording and step cost the bus and the peers
+    more than the kilobyte of audio a step adds."""
+
+    node_id: str
+    updates: list[LiveProgress] = Field(min_length=1, max_length=MAX_PROGRESS_BATCH)
+
+
 class PeerLag(Message):
     node_id: str
     events_lag: int | None = None

@@ -44,6 +44,7 @@ from callrec.store import ObjectStore, open_store
 from contracts import subjects
 from contracts.v1.events import RecordingCompleted, RecordingFailed, RecordingWaveformComputed
 from contracts.v1.rpc import (
+    MAX_PROGRESS_BATCH,
     QUIET_AFTER_S,
     ActiveRecordings,
     AllocateReply,
@@ -52,6 +53,7 @@ from contracts.v1.rpc import (
     Empty,
     FinalizeRequest,
     LiveProgress,
+    LiveProgressBatch,
     QuietStream,
     ReleaseRequest,
     RtpSource,
@@ -818,6 +820,7 @@ class Capture:
             log.exception("live_encode_failed", recordings=len(jobs))
             self.m_live_errors.inc(len(jobs))
             return
+        grew: list[tuple[str, Progress]] = []
         for recording, (progress, grown, error) in zip(batch, results, strict=True):
             recording_id = recording.manifest.recording_id
             if error is not None:  # the next step starts again from disk
@@ -825,7 +828,8 @@ class Capture:
                 self.m_live_errors.inc()
             elif progress is not None:
                 self.m_live_bytes.inc(grown)
-                await self._publish_progress(recording_id, progress)
+                grew.append((recording_id, progress))
+        await self._publish_progress(grew)
 
     def _worker_index(self, recording_id: str) -> int:
         return zlib.crc32(recording_id.encode()) % len(self.workers)
@@ -845,16 +849,22 @@ class Capture:
                 worker.shutdown(wait=False, cancel_futures=True)
             return await loop.run_in_executor(self.workers[index], fn, *args)
 
-    async def _publish_progress(self, recording_id: str, progress: Progress) -> None:
-        message = LiveProgress(recording_id=recording_id, node_id=self.ctx.node_id,
-                               bytes=progress.bytes, duration_ms=progress.duration_ms,
-                               final=progress.final)
-        try:
-            await self.ctx.nc.publish(subjects.live(self.ctx.node_id, recording_id),
-                                      message.model_dump_json().encode())
-        except Exception as exc:  # progress is advisory: peers catch up on the next one
-            log.debug("live_progress_not_published", recording_id=recording_id,
-                      error=str(exc))
+    async def _publish_progress(self, grew: list[tuple[str, Progress]]) -> None:
+        """Tell peers how far these recordings' live files reached: one message per
+        round of steps (LiveProgressBatch), not one per recording."""
+        node_id = self.ctx.node_id
+        for start in range(0, len(grew), MAX_PROGRESS_BATCH):
+            message = LiveProgressBatch(node_id=node_id, updates=[
+                LiveProgress(recording_id=recording_id, node_id=node_id,
+                             bytes=progress.bytes, duration_ms=progress.duration_ms,
+                             final=progress.final)
+                for recording_id, progress in grew[start:start + MAX_PROGRESS_BATCH]])
+            try:
+                await self.ctx.nc.publish(subjects.live_batch(node_id),
+                                          message.model_dump_json().encode())
+            except Exception as exc:  # progress is advisory: peers catch up on the next one
+                log.debug("live_progress_not_published", recordings=len(message.updates),
+                          error=str(exc))
 
     async def _drop_encoder(self, recording: LiveRecording) -> None:
         with contextlib.suppress(Exception):
@@ -1061,8 +1071,8 @@ class Capture:
             ))
         await bus.publish_event(self.ctx.js, event)
         lap("publish")
-        await self._publish_progress(manifest.recording_id, Progress(size, result.duration_ms,
-                                                                     final=True))
+        await self._publish_progress([(manifest.recording_id,
+                                       Progress(size, result.duration_ms, final=True))])
         self._count_silent(manifest.recording_id, result)
         # (worker_finish forgot the recording's encoder already: no round trip to
         # its worker, which may be busy with a live step, to drop it again)

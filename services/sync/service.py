@@ -42,6 +42,7 @@ from contracts.v1.rpc import (
     MAX_LIVE_RANGES,
     Empty,
     LiveProgress,
+    LiveProgressBatch,
     LiveRange,
     NodeStatus,
     PeerLag,
@@ -173,6 +174,7 @@ class Sync:
                            cb=self._on_read)
         await nc.subscribe(subjects.rpc(me, subjects.SYNC, subjects.SYNC_READ_LIVE),
                            cb=self._on_read_live)
+        await nc.subscribe(subjects.all_live_batches(), cb=self._on_live_batch)
         await nc.subscribe(subjects.all_live(), cb=self._on_live)
         log.info("sync_live", takeover_timeout_s=self.takeover_timeout)
         await bus.serve(nc, subjects.rpc(me, subjects.SYNC, subjects.SYNC_STATUS),
@@ -513,17 +515,47 @@ class Sync:
         except (OSError, ValueError):
             return Chain()
 
+    async def _on_live_batch(self, msg: Msg) -> None:
+        """Capture's progress after a round of live steps: many recordings a message."""
+        try:
+            batch = LiveProgressBatch.model_validate_json(msg.data)
+            parts = msg.subject.split(".")
+            if len(parts) != 4 or parts[2] != batch.node_id:
+                raise ValueError("subject does not match the progress it carries")
+            subjects.check_node_id(batch.node_id)
+        except ValueError as exc:
+            self.m_live_dropped.inc()
+            log.debug("live_progress_dropped", subject=msg.subject, error=str(exc)[:200])
+            return
+        for update in batch.updates:
+            if update.node_id != batch.node_id:  # a node speaks for its own recordings
+                self.m_live_dropped.inc()
+                continue
+            self._take_progress(update)
+
     async def _on_live(self, msg: Msg) -> None:
+        """One recording's progress a message: how capture announced it before the
+        batches (a cluster upgraded one node at a time has both)."""
         try:
             update = LiveProgress.model_validate_json(msg.data)
             parts = msg.subject.split(".")
             if len(parts) != 5 or parts[2] != update.node_id or parts[4] != update.recording_id:
                 raise ValueError("subject does not match the progress it carries")
             subjects.check_node_id(update.node_id)
-            live_path(self.root, update.recording_id)  # a plain id (it becomes a file name)
         except ValueError as exc:
             self.m_live_dropped.inc()
             log.debug("live_progress_dropped", subject=msg.subject, error=str(exc)[:200])
+            return
+        self._take_progress(update)
+
+    def _take_progress(self, update: LiveProgress) -> None:
+        """Note an origin's progress; start pulling from it if it has bytes for us."""
+        try:
+            live_path(self.root, update.recording_id)  # a plain id (it becomes a file name)
+        except ValueError as exc:
+            self.m_live_dropped.inc()
+            log.debug("live_progress_dropped", recording_id=update.recording_id[:200],
+                      error=str(exc)[:200])
             return
         if self.live.progress(update, time.monotonic()):
             origin = self.live.live[update.recording_id].origin

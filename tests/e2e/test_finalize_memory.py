@@ -80,7 +80,7 @@ def test_live_recording_grows_during_a_real_call(tmp_path: Path) -> None:
     import time
 
     from contracts import subjects
-    from contracts.v1.rpc import LiveProgress
+    from contracts.v1.rpc import LiveProgress, LiveProgressBatch
     from tests.support import sipp
     from tests.support.node import Node
 
@@ -92,9 +92,10 @@ def test_live_recording_grows_during_a_real_call(tmp_path: Path) -> None:
         nc = await node.bus("sync")
 
         async def on_progress(msg: object) -> None:
-            progress.append(LiveProgress.model_validate_json(msg.data))  # type: ignore[attr-defined]
+            batch = LiveProgressBatch.model_validate_json(msg.data)  # type: ignore[attr-defined]
+            progress.extend(batch.updates)
 
-        await nc.subscribe(subjects.all_live(), cb=on_progress)
+        await nc.subscribe(subjects.all_live_batches(), cb=on_progress)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline and not any(p.final for p in progress):
             await asyncio.sleep(0.1)

@@ -16,6 +16,7 @@ import pytest
 
 from callrec.audio import decode_file, dominant_frequency, sound_seconds
 from contracts import subjects
+from contracts.v1.rpc import LiveProgress, LiveProgressBatch
 from services.sync.ogg import scan
 from tests.support.cluster import audio_sha, eventually, recordings, start_pair
 from tests.support.liveorigin import FakeOrigin
@@ -126,6 +127,7 @@ def test_a_peer_asks_for_many_calls_new_pages_in_one_request(
                for i in range(calls)]
     requests = b.metric("callrec_sync_live_pull_requests_total")
     ranges = b.metric("callrec_sync_live_pull_ranges_total")
+    dropped = b.metric("callrec_sync_live_progress_dropped_total")
 
     async def run() -> None:
         for origin in origins:
@@ -134,11 +136,25 @@ def test_a_peer_asks_for_many_calls_new_pages_in_one_request(
         try:
             for second in range(1, seconds + 1):  # every call flushes at the same tick
                 updates = [u for o in origins if (u := o.write_to(second)) is not None]
-                for update in updates:
-                    await nc.publish(subjects.live(a.node_id, update.recording_id),
-                                     update.model_dump_json().encode())
+                # As capture announces a round of steps: the odd seconds in one batch,
+                # the even ones a message a call (as capture did before the batches).
+                if second % 2:
+                    batch = LiveProgressBatch(node_id=a.node_id, updates=updates)
+                    await nc.publish(subjects.live_batch(a.node_id),
+                                     batch.model_dump_json().encode())
+                else:
+                    for update in updates:
+                        await nc.publish(subjects.live(a.node_id, update.recording_id),
+                                         update.model_dump_json().encode())
                 await nc.flush()
                 await asyncio.sleep(1.0)
+            # A node speaks only for its own recordings: an update in a's batch that
+            # claims another origin is dropped, and counted.
+            forged = LiveProgress(recording_id=origins[0].recording_id, node_id="c",
+                                  bytes=origins[0].flushed + 1000, duration_ms=60_000)
+            await nc.publish(subjects.live_batch(a.node_id), LiveProgressBatch(
+                node_id=a.node_id, updates=[forged]).model_dump_json().encode())
+            await nc.flush()
         finally:
             await nc.close()
 
@@ -148,6 +164,8 @@ def test_a_peer_asks_for_many_calls_new_pages_in_one_request(
         eventually(lambda c=copy, o=origin: c.exists() and c.stat().st_size == o.flushed,
                    10, f"b's copy of {origin.recording_id} is level")
         assert copy.read_bytes() == origin.data[:origin.flushed]
+    eventually(lambda: b.metric("callrec_sync_live_progress_dropped_total") == dropped + 1,
+               10, "b drops the forged update")
     asked = b.metric("callrec_sync_live_pull_ranges_total") - ranges
     sent = b.metric("callrec_sync_live_pull_requests_total") - requests
     print(f"\n{calls} calls x {seconds} flushes: {asked:.0f} ranges in {sent:.0f} requests")

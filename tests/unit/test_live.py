@@ -20,7 +20,7 @@ from callrec.audio import (
     tone,
 )
 from contracts import subjects
-from contracts.v1.rpc import LiveProgress
+from contracts.v1.rpc import LiveProgress, LiveProgressBatch
 from services.capture import live as live_module
 from services.capture.finalize import finalize_recording, stream_specs
 from services.capture.live import LIVE_FILE, LiveEncoder, Progress
@@ -322,6 +322,22 @@ def test_live_progress_subject_and_bus_permissions() -> None:
     assert not any(".live." in s for s in sync["publish"]["allow"])
     message = LiveProgress(recording_id="abc", node_id="n1", bytes=10, duration_ms=5)
     assert LiveProgress.model_validate_json(message.model_dump_json()).final is False
+    # Batched: a node states its own recordings' progress, and only sync follows it.
+    assert subjects.live_batch("n1") == "callrec.v1.n1.progress"
+    assert subjects.all_live_batches() == "callrec.v1.*.progress"
+    assert subjects.live_batch("n1") in capture["publish"]["allow"]
+    assert subjects.live_batch("n2") not in capture["publish"]["allow"]
+    assert subjects.all_live_batches() in sync["subscribe"]["allow"]
+    for identity in buspolicy.SERVICE_IDENTITIES:
+        perms = buspolicy.permissions(identity, "n1")
+        assert (subjects.live_batch("n1") in perms["publish"]["allow"]) == (
+            identity == "capture"), identity
+        assert (subjects.all_live_batches() in perms["subscribe"]["allow"]) == (
+            identity == "sync"), identity
+    batch = LiveProgressBatch(node_id="n1", updates=[message, message])
+    assert LiveProgressBatch.model_validate_json(batch.model_dump_json()) == batch
+    with pytest.raises(ValueError):
+        LiveProgressBatch(node_id="n1", updates=[])
 
 
 def test_empty_recording_is_still_a_playable_file(tmp_path: Path) -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import time
 import uuid
 from pathlib import Path
@@ -123,6 +124,7 @@ class Sync:
         self.pulling: set[str] = set()  # in a request, or being written
         self.pull_due: dict[str, set[str]] = {}  # origin -> recordings with bytes to pull
         self.pullers: set[str] = set()  # origins with a pull loop running
+        self.completed_live: set[str] = set()  # followed, completed by their origin
         self.audit_head: AuditHead | None = None
         self.capture_root = ctx.config.data_dir / "capture"
         self.takeover_timeout = takeover_timeout(ctx.config.role_timeout_s)
@@ -308,8 +310,10 @@ class Sync:
 
     async def _apply(self, event: Any, sequence: int) -> None:
         handled = sequence <= self.loaded_checkpoint
+        actions = self.replicas.apply(event, sequence, handled=handled)
+        # After the replica map took it in: a completion's live copy may begin its fetch.
         await self._apply_live(event)
-        await self._run_actions(self.replicas.apply(event, sequence, handled=handled))
+        await self._run_actions(actions)
         if (isinstance(event, RecordingCompleted) and event.node_id == self.me
                 and not handled):
             replica = self.replicas.replicas.get(event.recording_id)
@@ -411,6 +415,9 @@ class Sync:
         started = time.monotonic()
         for holder in self.replicas.sources(recording_id, self.avoid.get(recording_id, ())):
             subject = subjects.rpc(holder, subjects.SYNC, subjects.SYNC_READ)
+            # Only a copy pulled wholly from this holder proves it wrong: a part begun
+            # as our live copy, or by another holder, is simply pulled again.
+            fresh = not part.exists()
             outcome = await pull_object(self._request, subject, key, size, replica.sha256,
                                         part, on_bytes=self.m_bytes.inc,
                                         keep_going=lambda: not replica.purged)
@@ -431,6 +438,10 @@ class Sync:
                     self.replicas.held_locally(recording_id, key)
                     return False
                 return await self._announce(recording_id)
+            if outcome is Outcome.MISMATCH and not fresh:
+                log.warning("part_mismatch", recording_id=recording_id, source=holder,
+                            reason="a part begun elsewhere did not verify: pulled again")
+                return False
             self.m_failures.inc()
             if outcome is Outcome.MISMATCH:
                 log.error("object_mismatch", recording_id=recording_id, source=holder)
@@ -490,13 +501,32 @@ class Sync:
 
     async def _apply_live(self, event: Any) -> None:
         for recording_id in self.live.apply(event, time.monotonic()):
+            if isinstance(event, RecordingCompleted):
+                self.completed_live.add(recording_id)
             if recording_id not in self.pulling:  # else the pull removes it when it ends
-                self._drop_live_copy(recording_id)
+                self._close_live_copy(recording_id)
         if isinstance(event, RecordingStarted) and event.recording_id in self.live.live:
             # After a restart: what our copy already holds (chained complete pages only).
             chain = await asyncio.to_thread(self._live_have, event.recording_id)
             if chain.offset:
                 self.live.resumed(event.recording_id, chain)
+
+    def _close_live_copy(self, recording_id: str) -> None:
+        """A recording we followed ended. Completed by its origin, our copy holds the
+        start of the object we fetch next, so it becomes that fetch's part: only the
+        rest crosses the link (a fetch already under way keeps its own part).
+        Otherwise the copy goes."""
+        completed = recording_id in self.completed_live
+        self.completed_live.discard(recording_id)
+        if not completed or not self.replicas.needs_fetch(recording_id):
+            self._drop_live_copy(recording_id)
+            return
+        with contextlib.suppress(ValueError, OSError):
+            live, part = live_path(self.root, recording_id), part_path(self.root, recording_id)
+            if live.exists() and not part.exists():
+                part.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(live, part)
+        self._drop_live_copy(recording_id)
 
     def _drop_live_copy(self, recording_id: str) -> None:
         with contextlib.suppress(ValueError, OSError):
@@ -588,7 +618,7 @@ class Sync:
                         self.pulling.discard(recording_id)
                         if recording_id not in self.live.live:
                             due.discard(recording_id)
-                            self._drop_live_copy(recording_id)
+                            self._close_live_copy(recording_id)
         finally:
             self.pullers.discard(origin)
             if not due:

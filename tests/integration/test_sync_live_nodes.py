@@ -107,12 +107,16 @@ def test_peer_copy_trails_the_origin_and_costs_opus_bandwidth(
     assert b.metric("callrec_sync_live_bytes_total") >= origin.flushed
 
     # The call ends normally: the origin's copy replicates, the live copy goes, one row.
+    fetched = b.metric("callrec_sync_bytes_replicated_total")
     completed = asyncio.run(origin.complete())
     rid = origin.recording_id
     eventually(lambda: audio_sha(b, rid) == completed.sha256, 30, "b plays a's copy")
     eventually(lambda: not peer_copy(b, rid).exists(), 10, "b drops its live copy")
     row = recordings(b)[rid]
     assert row["interrupted"] is False and row["node_id"] == "a"
+    # Its live copy was the start of the object: the fetch pulled only what was missing
+    # (nothing here), not the whole recording a second time.
+    assert b.metric("callrec_sync_bytes_replicated_total") - fetched < completed.size_bytes / 10
 
 
 def test_a_peer_asks_for_many_calls_new_pages_in_one_request(
@@ -296,3 +300,27 @@ def test_origin_that_lost_its_tail_leaves_the_peer_a_valid_copy(
     assert scan(peer_copy(b, rid).read_bytes()).complete == origin.flushed
     asyncio.run(origin.complete())
     eventually(lambda: not peer_copy(b, rid).exists(), 20, "b drops its live copy")
+
+
+def test_a_live_copy_the_origin_rewrote_does_not_spoil_the_fetch(
+        pair: tuple[Node, Node, TcpProxy]) -> None:
+    """The origin lost its tail and completed before b pulled past it: b's live copy,
+    which begins the fetch, ends in bytes the object does not have. The copy fails
+    its check, is pulled again whole from the same origin (not blamed for it), and b
+    ends with the origin's object."""
+    a, b, _ = pair
+    eventually(lambda: b.metric("callrec_sync_peers") >= 1, 60, "b hears a")
+    origin = FakeOrigin(a, f"live-rewrote-{int(time.time())}", seconds=10.0)
+    rid = origin.recording_id
+    asyncio.run(origin.start())
+    asyncio.run(origin.play(6.0))
+    eventually(lambda: peer_copy(b, rid).exists()
+               and peer_copy(b, rid).stat().st_size == origin.flushed, 10, "b follows")
+    origin.lose_tail(keep_s=2.5)
+    failures = b.metric("callrec_sync_fetch_failures_total")
+    completed = asyncio.run(origin.complete())  # no progress since: b never saw the join
+    eventually(lambda: audio_sha(b, rid) == completed.sha256, 40, "b plays a's object")
+    eventually(lambda: not peer_copy(b, rid).exists(), 10, "b drops its live copy")
+    assert b.metric("callrec_sync_fetch_failures_total") == failures  # a was not blamed
+    log = (b.data_dir / "node.log").read_text().splitlines()
+    assert any('"part_mismatch"' in line and rid in line for line in log)

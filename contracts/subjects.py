@@ -69,7 +69,8 @@ def all_heartbeats() -> str:
 
 
 def live(node_id: str, recording_id: str) -> str:
-    """Core-NATS progress of a recording being encoded live on `node_id` (not stored)."""
+    """Core-NATS progress of one recording being encoded live on `node_id` (not
+    stored): how capture announced it before `live_batch`; sync still follows it."""
     return f"{ROOT}.{VERSION}.{node_id}.live.{recording_id}"
 
 

@@ -20,17 +20,42 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from contracts import subjects
 from contracts.v1.events import (
     RecordingCompleted,
     RecordingFailed,
     RecordingPurged,
     RecordingStarted,
 )
-from contracts.v1.rpc import LiveProgress
+from contracts.v1.rpc import LiveProgress, LiveProgressBatch
 
 from .ogg import Chain, follow
 
 PULL_BYTES = 256 * 1024
+
+
+def progress_of(subject: str, data: bytes) -> tuple[list[LiveProgress], int]:
+    """The progress a live message carries, and how many of its updates were left out.
+
+    A round of capture's steps (`subjects.live_batch`) or one recording a message
+    (`subjects.live`, as capture sent it before the batches: a cluster upgraded one
+    node at a time has both). Raises ValueError when the message does not match its
+    subject; an update for another node's recording is left out (a node speaks for
+    its own only)."""
+    parts = subject.split(".")
+    if len(parts) == 4:
+        batch = LiveProgressBatch.model_validate_json(data)
+        node, updates = batch.node_id, batch.updates
+    else:
+        update = LiveProgress.model_validate_json(data)
+        if len(parts) != 5 or parts[4] != update.recording_id:
+            raise ValueError("subject does not match the progress it carries")
+        node, updates = update.node_id, [update]
+    if parts[2] != node:
+        raise ValueError("subject does not match the progress it carries")
+    subjects.check_node_id(node)
+    own = [update for update in updates if update.node_id == node]
+    return own, len(updates) - len(own)
 
 
 @dataclass

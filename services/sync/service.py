@@ -43,7 +43,6 @@ from contracts.v1.rpc import (
     MAX_LIVE_RANGES,
     Empty,
     LiveProgress,
-    LiveProgressBatch,
     LiveRange,
     NodeStatus,
     PeerLag,
@@ -51,7 +50,7 @@ from contracts.v1.rpc import (
 )
 
 from .domain import Discard, Fetch, PeerTable, Purge, ReplicaMap, backoff, stalled_sources
-from .live import Live, LiveBook
+from .live import Live, LiveBook, progress_of
 from .ogg import Chain, follow_file
 from .state import live_path, load_checkpoint, part_path, save_checkpoint
 from .takeover import build_takeover, takeover_event_id, takeover_key, takeover_timeout
@@ -176,7 +175,7 @@ class Sync:
                            cb=self._on_read)
         await nc.subscribe(subjects.rpc(me, subjects.SYNC, subjects.SYNC_READ_LIVE),
                            cb=self._on_read_live)
-        await nc.subscribe(subjects.all_live_batches(), cb=self._on_live_batch)
+        await nc.subscribe(subjects.all_live_batches(), cb=self._on_live)
         await nc.subscribe(subjects.all_live(), cb=self._on_live)
         log.info("sync_live", takeover_timeout_s=self.takeover_timeout)
         await bus.serve(nc, subjects.rpc(me, subjects.SYNC, subjects.SYNC_STATUS),
@@ -545,38 +544,18 @@ class Sync:
         except (OSError, ValueError):
             return Chain()
 
-    async def _on_live_batch(self, msg: Msg) -> None:
-        """Capture's progress after a round of live steps: many recordings a message."""
-        try:
-            batch = LiveProgressBatch.model_validate_json(msg.data)
-            parts = msg.subject.split(".")
-            if len(parts) != 4 or parts[2] != batch.node_id:
-                raise ValueError("subject does not match the progress it carries")
-            subjects.check_node_id(batch.node_id)
-        except ValueError as exc:
-            self.m_live_dropped.inc()
-            log.debug("live_progress_dropped", subject=msg.subject, error=str(exc)[:200])
-            return
-        for update in batch.updates:
-            if update.node_id != batch.node_id:  # a node speaks for its own recordings
-                self.m_live_dropped.inc()
-                continue
-            self._take_progress(update)
-
     async def _on_live(self, msg: Msg) -> None:
-        """One recording's progress a message: how capture announced it before the
-        batches (a cluster upgraded one node at a time has both)."""
+        """Progress of recordings in progress on another node (`progress_of`)."""
         try:
-            update = LiveProgress.model_validate_json(msg.data)
-            parts = msg.subject.split(".")
-            if len(parts) != 5 or parts[2] != update.node_id or parts[4] != update.recording_id:
-                raise ValueError("subject does not match the progress it carries")
-            subjects.check_node_id(update.node_id)
+            updates, foreign = progress_of(msg.subject, msg.data)
         except ValueError as exc:
             self.m_live_dropped.inc()
             log.debug("live_progress_dropped", subject=msg.subject, error=str(exc)[:200])
             return
-        self._take_progress(update)
+        if foreign:
+            self.m_live_dropped.inc(foreign)
+        for update in updates:
+            self._take_progress(update)
 
     def _take_progress(self, update: LiveProgress) -> None:
         """Note an origin's progress; start pulling from it if it has bytes for us."""

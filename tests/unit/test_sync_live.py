@@ -21,6 +21,7 @@ from callrec.audio import (
     tone,
 )
 from callrec.store import FileStore
+from contracts import subjects
 from contracts.v1.events import (
     RecordingCompleted,
     RecordingFailed,
@@ -32,13 +33,14 @@ from contracts.v1.events import (
 from contracts.v1.rpc import (
     LivePart,
     LiveProgress,
+    LiveProgressBatch,
     LiveRange,
     ReadLiveReply,
     ReadLiveRequest,
     ReadObjectRequest,
 )
 from services.sync.domain import Discard, Fetch, Purge, ReplicaMap
-from services.sync.live import LiveBook
+from services.sync.live import LiveBook, progress_of
 from services.sync.ogg import Chain, follow, follow_file, pages, scan
 from services.sync.service import _append_at
 from services.sync.takeover import build_takeover, takeover_key, takeover_timeout
@@ -168,6 +170,30 @@ def test_pulls_follow_progress_in_bounded_ranges() -> None:
     assert book.next_pull("r1") is None
     assert not book.progress(progress(size=900), 2.0)  # out of order: never backwards
     assert book.progress(progress(size=1500), 3.0)
+
+
+def test_live_messages_must_match_their_subject_and_speak_for_their_node() -> None:
+    one = progress("r1", "a", size=500)
+    assert progress_of(subjects.live("a", "r1"), one.model_dump_json().encode()) == ([one], 0)
+    batch = LiveProgressBatch(node_id="a", updates=[one, progress("r2", "a"),
+                                                    progress("r3", "c")])
+    assert progress_of(subjects.live_batch("a"), batch.model_dump_json().encode()) == (
+        batch.updates[:2], 1)  # r3 claims node c's recording: left out, counted
+    for subject, data in (
+        (subjects.live("b", "r1"), one.model_dump_json().encode()),  # another node's subject
+        (subjects.live("a", "r2"), one.model_dump_json().encode()),  # another recording's
+        (subjects.live_batch("b"), batch.model_dump_json().encode()),
+        (subjects.live_batch("a"), one.model_dump_json().encode()),  # not a batch
+        (subjects.live("a", "r1"), b"{not json"),
+        ("callrec.v1.a.live.r1.x", one.model_dump_json().encode()),
+        (subjects.live_batch("a"), LiveProgressBatch.model_construct(
+            node_id="a", updates=[]).model_dump_json().encode()),  # empty
+    ):
+        with pytest.raises(ValueError):
+            progress_of(subject, data)
+    bad_node = progress("r1", "a b")
+    with pytest.raises(ValueError):  # a node id that is not one
+        progress_of("callrec.v1.a b.live.r1", bad_node.model_dump_json().encode())
 
 
 def test_one_request_asks_for_many_recordings_within_its_bounds() -> None:

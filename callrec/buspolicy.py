@@ -108,7 +108,7 @@ def permissions(identity: Identity, node_id: str) -> dict[str, Any]:
         subscribe += [subjects.all_live_batches(), subjects.all_live()]
     if identity == "capture":
         # Progress of this node's recordings in progress, after each round of steps.
-        publish += [subjects.live_batch(node_id), subjects.live(node_id, ">")]
+        publish.append(subjects.live_batch(node_id))
     if identity == "scheduler":
         subscribe.append(subjects.all_heartbeats())
     if identity == "signaling":

@@ -207,7 +207,7 @@ def test_link_carries_no_plaintext(linked: tuple[Node, Node, Any], recorded: str
 def test_service_identity_cannot_publish_what_it_does_not_own(
     linked: tuple[Node, Node, Any], recorded: str
 ) -> None:
-    a, _, _ = linked
+    a, b, _ = linked
 
     async def attempts() -> list[str]:
         refused: list[str] = []
@@ -233,6 +233,10 @@ def test_service_identity_cannot_publish_what_it_does_not_own(
             with pytest.raises(Exception):  # noqa: B017
                 await js.publish(subjects.event(a.node_id, "recording.purged"),
                                  purge.model_dump_json().encode(), timeout=2)
+            # Nor may it speak for another node's recordings in progress, nor in the
+            # one-recording form capture no longer sends.
+            await nc.publish(subjects.live_batch(b.node_id), b"{}")
+            await nc.publish(subjects.live(a.node_id, "forged"), b"{}")
             # Nor may it read another identity's replies or serve object reads.
             await nc.subscribe("_INBOX_web.>")
             await nc.subscribe(subjects.rpc(a.node_id, subjects.SYNC, subjects.SYNC_READ))
@@ -251,6 +255,8 @@ def test_service_identity_cannot_publish_what_it_does_not_own(
     assert "permissions violation" in text
     assert "user.upserted" in text and "recording.purged" in text
     assert "_inbox_web" in text and "rpc.sync.read" in text and "rpc.sync.read_live" in text
+    assert f"callrec.v1.{b.node_id}.progress" in text
+    assert f"callrec.v1.{a.node_id}.live.forged" in text
     with a.client() as client:
         assert "mallory" not in {u["username"] for u in client.get("/api/users").json()["items"]}
     assert recorded in recordings(a)

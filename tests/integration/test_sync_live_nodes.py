@@ -140,16 +140,10 @@ def test_a_peer_asks_for_many_calls_new_pages_in_one_request(
         try:
             for second in range(1, seconds + 1):  # every call flushes at the same tick
                 updates = [u for o in origins if (u := o.write_to(second)) is not None]
-                # As capture announces a round of steps: the odd seconds in one batch,
-                # the even ones a message a call (as capture did before the batches).
-                if second % 2:
-                    batch = LiveProgressBatch(node_id=a.node_id, updates=updates)
-                    await nc.publish(subjects.live_batch(a.node_id),
-                                     batch.model_dump_json().encode())
-                else:
-                    for update in updates:
-                        await nc.publish(subjects.live(a.node_id, update.recording_id),
-                                         update.model_dump_json().encode())
+                # As capture announces a round of steps: in one message.
+                batch = LiveProgressBatch(node_id=a.node_id, updates=updates)
+                await nc.publish(subjects.live_batch(a.node_id),
+                                 batch.model_dump_json().encode())
                 await nc.flush()
                 await asyncio.sleep(1.0)
             # A node speaks only for its own recordings: an update in a's batch that

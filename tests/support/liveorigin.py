@@ -1,6 +1,6 @@
 """A fake origin of a recording in progress, as the live encoder (issue 9) presents one:
 a real Ogg/Opus file growing page by page under the node's capture directory, its
-`live.json` sidecar, and LiveProgress on core NATS after each flush.
+`live.json` sidecar, and its LiveProgress on core NATS after each flush (a batch of one).
 
 The audio is a real two-mono-stream Ogg/Opus file (callrec.audio.encode_opus_stereo)
 cut at page boundaries, so a peer's copy can be checked by tone and duration.
@@ -26,7 +26,7 @@ from contracts.v1.events import (
     RecordingMetadata,
     RecordingStarted,
 )
-from contracts.v1.rpc import LiveProgress
+from contracts.v1.rpc import LiveProgress, LiveProgressBatch
 from services.sync.ogg import pages, scan
 
 from .node import Node
@@ -109,8 +109,9 @@ class FakeOrigin:
 
     async def _flush(self, nc: Any, end: int, ms: int, final: bool = False) -> None:
         update = self._write(end, ms, final)
-        await nc.publish(subjects.live(self.node.node_id, self.recording_id),
-                         update.model_dump_json().encode())
+        batch = LiveProgressBatch(node_id=self.node.node_id, updates=[update])
+        await nc.publish(subjects.live_batch(self.node.node_id),
+                         batch.model_dump_json().encode())
         await nc.flush()
 
     def _write(self, end: int, ms: int, final: bool = False) -> LiveProgress:

@@ -24,6 +24,19 @@ def check_node_id(node_id: str) -> str:
     return node_id
 
 
+def is_plain_id(value: str) -> bool:
+    """Recording and stream ids become file and directory names: letters, digits, '-'
+    or '_', at most 128 characters (nothing that could climb out of a directory)."""
+    return 0 < len(value) <= 128 and all(c.isalnum() or c in "-_" for c in value)
+
+
+def check_plain_id(value: str) -> str:
+    """`value` if it is a plain id (`is_plain_id`), else ValueError."""
+    if not is_plain_id(value):
+        raise ValueError(f"invalid id {value!r}")
+    return value
+
+
 def event(node_id: str, event_type: str) -> str:
     """Subject on which `node_id` publishes its facts of `event_type` (e.g. recording.completed)."""
     return f"{ROOT}.{VERSION}.{node_id}.evt.{event_type}"

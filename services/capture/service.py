@@ -42,6 +42,7 @@ from callrec.service import ServiceContext
 from callrec.sockets import KeeperClient, keeper_path
 from callrec.store import ObjectStore, open_store
 from contracts import subjects
+from contracts.subjects import check_plain_id
 from contracts.v1.events import RecordingCompleted, RecordingFailed, RecordingWaveformComputed
 from contracts.v1.rpc import (
     MAX_PROGRESS_BATCH,
@@ -357,7 +358,7 @@ class Capture:
             log.warning("manifest_journal_lines_unreadable", lines=unreadable)
         for recording_id, state in states.items():
             try:
-                directory = self.active_dir / _safe_id(recording_id)
+                directory = self.active_dir / check_plain_id(recording_id)
             except ValueError:
                 log.error("manifest_journal_bad_id", recording_id=recording_id[:140])
                 continue
@@ -420,7 +421,7 @@ class Capture:
         self.recent_allocates.append(time.monotonic())
         recording = self.live.get(request.recording_id)
         if recording is None:
-            directory = self.active_dir / _safe_id(request.recording_id)
+            directory = self.active_dir / check_plain_id(request.recording_id)
             manifest = RecordingManifest(
                 recording_id=request.recording_id,
                 started_at=request.started_at,
@@ -435,14 +436,15 @@ class Capture:
             recording.manifest.metadata = request.metadata
         ports: dict[str, int] = {}
         for spec in request.streams:
-            existing = recording.streams.get(_safe_id(spec.stream_id))
+            existing = recording.streams.get(check_plain_id(spec.stream_id))
             if existing is not None:
                 ports[spec.stream_id] = existing.manifest.port
                 if spec.source is not None:
                     self._apply_source(recording, existing.manifest.stream_id, spec.source)
                 continue
             stream = StreamManifest(
-                stream_id=_safe_id(spec.stream_id), channel=spec.channel, label=spec.label, port=0
+                stream_id=check_plain_id(spec.stream_id), channel=spec.channel,
+                label=spec.label, port=0,
             )
             if spec.source is not None:
                 stream.set_expectation(_expected(spec.source), None)
@@ -458,7 +460,7 @@ class Capture:
             recording.manifest.metadata = request.metadata
         if request.payload_codecs is not None:
             targets = (
-                [recording.manifest.streams[_safe_id(request.stream_id)]]
+                [recording.manifest.streams[check_plain_id(request.stream_id)]]
                 if request.stream_id is not None
                 else list(recording.manifest.streams.values())
             )
@@ -467,7 +469,7 @@ class Capture:
         if request.source is not None:
             if request.stream_id is None:
                 raise ValueError("an RTP source needs a stream_id")
-            self._apply_source(recording, _safe_id(request.stream_id), request.source)
+            self._apply_source(recording, check_plain_id(request.stream_id), request.source)
         try:
             self._journal(recording)
         except OSError as exc:  # the next flush tries the manifest itself
@@ -516,7 +518,7 @@ class Capture:
         recording = self.live.get(request.recording_id)
         if recording is None or recording.finalizing:
             return Empty()
-        stream_id = _safe_id(request.stream_id)
+        stream_id = check_plain_id(request.stream_id)
         live = recording.streams.pop(stream_id, None)
         if live is not None:
             self._close_stream(live)
@@ -1134,14 +1136,7 @@ def _expected(source: RtpSource) -> Expected:
 
 def _object_key(recording_id: str, started_at: datetime) -> str:
     day = started_at.astimezone(UTC)
-    return f"recordings/{day:%Y/%m/%d}/{_safe_id(recording_id)}.opus"
-
-
-def _safe_id(value: str) -> str:
-    """Ids become file names: allow only plain characters."""
-    if not value or len(value) > 128 or not all(c.isalnum() or c in "-_" for c in value):
-        raise ValueError(f"invalid id {value!r}")
-    return value
+    return f"recordings/{day:%Y/%m/%d}/{check_plain_id(recording_id)}.opus"
 
 
 def finalize_concurrency(workers: int) -> int:

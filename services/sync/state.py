@@ -9,6 +9,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from contracts import subjects
+
 CHECKPOINT = "checkpoint"
 
 
@@ -39,11 +41,7 @@ def save_checkpoint(root: Path, sequence: int) -> None:
 
 def part_path(root: Path, recording_id: str) -> Path:
     """Where a download in progress lives; ids become file names, so only plain ones."""
-    if not recording_id or len(recording_id) > 128 or not all(
-        c.isalnum() or c in "-_" for c in recording_id
-    ):
-        raise ValueError(f"invalid recording id {recording_id!r}")
-    return root / "partial" / f"{recording_id}.part"
+    return root / "partial" / f"{subjects.check_plain_id(recording_id)}.part"
 
 
 def live_path(root: Path, recording_id: str) -> Path:

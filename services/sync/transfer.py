@@ -20,6 +20,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from callrec.store import ObjectStore, StoreKeyError
+from contracts.subjects import is_plain_id
 from contracts.v1.rpc import (
     LivePart,
     LiveRange,
@@ -63,17 +64,13 @@ LIVE_FILE = "live.opus"
 def live_file(capture_root: Path, recording_id: str) -> Path | None:
     """The live Ogg/Opus file capture is writing for a recording in progress, if any
     (in the recording's directory under `active/`, or directly under capture's root)."""
-    if not _plain_id(recording_id):
+    if not is_plain_id(recording_id):
         return None
     for candidate in (capture_root / "active" / recording_id / LIVE_FILE,
                       capture_root / recording_id / LIVE_FILE):
         if candidate.is_file():
             return candidate
     return None
-
-
-def _plain_id(recording_id: str) -> bool:
-    return 0 < len(recording_id) <= 128 and all(c.isalnum() or c in "-_" for c in recording_id)
 
 
 def _serve_live(capture_root: Path | None, request: ReadObjectRequest
@@ -89,7 +86,7 @@ def _read_live(capture_root: Path | None, recording_id: str, offset: int, length
                ) -> tuple[bytes, int | None, str | None]:
     """Up to `length` bytes at `offset` of a recording's live file: (data, the file's
     size, None), or (b"", None, why) when there is no such file to read."""
-    if capture_root is None or not _plain_id(recording_id):
+    if capture_root is None or not is_plain_id(recording_id):
         return b"", None, "invalid live recording id"
     path = live_file(capture_root, recording_id)
     if path is None:

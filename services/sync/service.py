@@ -560,7 +560,7 @@ class Sync:
     def _take_progress(self, update: LiveProgress) -> None:
         """Note an origin's progress; start pulling from it if it has bytes for us."""
         try:
-            live_path(self.root, update.recording_id)  # a plain id (it becomes a file name)
+            subjects.check_plain_id(update.recording_id)  # it becomes a file name
         except ValueError as exc:
             self.m_live_dropped.inc()
             log.debug("live_progress_dropped", recording_id=update.recording_id[:200],

@@ -123,6 +123,16 @@ def live_run_together(directories: list[Path], step_ms: float = STEP_MS,
     return cpu, (directories[0] / LIVE_FILE).stat().st_size, duration
 
 
+def copy_call(directory: Path, to: Path) -> Path:
+    """A copy of a fabricated call under its own recording id: a worker keeps one live
+    encoder per id, so copies sharing the id would share one encoder (one copy
+    stepped, the others encoded wholly at their finish)."""
+    shutil.copytree(directory, to)
+    manifest = RecordingManifest.load(to)
+    manifest.model_copy(update={"recording_id": f"{manifest.recording_id}-{to.name}"}).save(to)
+    return to
+
+
 def g711_pcm(directory: Path) -> list[np.ndarray]:
     """Each stream's PCM at 8 kHz, decoded by table in arrival order (baseline input)."""
     manifest = RecordingManifest.load(directory)
@@ -174,7 +184,7 @@ def main() -> None:
         variants: list[Variant | float | int | None] = [None] + [
             (int(a), int(b), int(c), int(d)) for a, b, c, d in (v.split(":") for v in args.variant)
         ] + [float(ms) for ms in args.step_ms] + list(args.together)
-        copies = [directory] + [Path(shutil.copytree(directory, root / f"copy{i}"))
+        copies = [directory] + [copy_call(directory, root / f"copy{i}")
                                 for i in range(1, max(args.together, default=1))]
         base_cpu: list[float] = []
         live_cpu: list[list[float]] = [[] for _ in variants]

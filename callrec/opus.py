@@ -23,6 +23,7 @@ import importlib.util
 import struct
 import threading
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import numpy.typing as npt
@@ -52,6 +53,7 @@ _SET_BITRATE = 4002
 _SET_VBR = 4006
 _SET_COMPLEXITY = 4010
 _GET_LOOKAHEAD = 4027
+_RESET_STATE = 4028
 
 # Integer SET CTLs (opus_defines.h) for :meth:`MultistreamEncoder.set`, with the values
 # worth knowing: none of them is set by default, the recorder keeps libopus' defaults.
@@ -163,7 +165,8 @@ class MultistreamEncoder:
     """
 
     def __init__(self, rate: int, *, channels: int = 2, bitrate: int, complexity: int,
-                 frame_ms: int = 20, application: int = OPUS_APPLICATION_VOIP) -> None:
+                 frame_ms: int = 20, application: int = OPUS_APPLICATION_VOIP,
+                 skip_silence: bool = True) -> None:
         if frame_ms not in _FRAME_MS:
             raise ValueError(f"frame_ms must be one of {_FRAME_MS}, not {frame_ms}")
         lib = _lib()
@@ -187,6 +190,12 @@ class MultistreamEncoder:
         self._ctl_get(_GET_LOOKAHEAD, lookahead)
         self.lookahead = lookahead.value
         """Encoder delay in input samples: the decoder drops it as the pre-skip."""
+        self._settings = (rate, channels, bitrate, complexity, frame_ms, application)
+        self._skips_silence = skip_silence
+        self._quiet = True  # the encoder holds no sound: fresh, or it last took a silent frame
+        self._skipped = False  # silent frames went out canned since libopus last encoded
+        self.frames_skipped = 0
+        """Silent frames sent as the canned silence packet, libopus not called."""
 
     @property
     def pre_skip(self) -> int:
@@ -201,23 +210,22 @@ class MultistreamEncoder:
 
     def encode(self, frame: npt.NDArray[np.int16]) -> bytes:
         """One packet of one frame: ``frame_size * channels`` interleaved int16 samples."""
-        if self._handle is None:
-            raise OpusError("opus_multistream_encode", -7)  # OPUS_ALLOC_FAIL: closed
         if frame.dtype != np.int16 or frame.nbytes != self._frame_bytes:
             raise ValueError(f"expected {self._frame_bytes // 2} int16 samples "
                              f"({self.frame_size} per channel, interleaved)")
-        if not frame.flags.c_contiguous:
-            frame = np.ascontiguousarray(frame)
-        out = _out_buffer()
-        size: int = _lib().opus_multistream_encode(self._handle, frame.ctypes.data,
-                                                   self.frame_size, out, MAX_PACKET)
-        if size < 0:
-            raise OpusError("opus_multistream_encode", size)
-        return ctypes.string_at(out, size)
+        return self.encode_frames(frame)[0]
 
     def encode_frames(self, frames: npt.NDArray[np.int16]) -> list[bytes]:
         """One packet per frame of ``frames`` (whole frames, interleaved int16), in one
-        call: the buffer is checked and its address taken once, not per frame."""
+        call: the buffer is checked and its address taken once, not per frame.
+
+        A frame of digital silence on every channel (no packets came: before the
+        first, on hold) goes out as a canned silence packet without calling libopus,
+        once the encoder holds no sound (a first silent frame is encoded, which
+        flushes the look-ahead of what came before). Before the next sound the
+        encoder is reset, so it starts as a fresh one does, on a decoder that has
+        decoded silence: nothing is lost or shifted, and silence costs nothing.
+        """
         if self._handle is None:
             raise OpusError("opus_multistream_encode", -7)  # OPUS_ALLOC_FAIL: closed
         if frames.dtype != np.int16 or frames.nbytes % self._frame_bytes:
@@ -227,19 +235,35 @@ class MultistreamEncoder:
         encode = _lib().opus_multistream_encode
         handle, frame_size, out = self._handle, self.frame_size, _out_buffer()
         base = frames.ctypes.data
+        count = frames.nbytes // self._frame_bytes
+        silent: list[bool] = [False] * count
+        if self._skips_silence and count:
+            silent = cast("list[bool]", (~frames.reshape(count, -1).any(axis=1)).tolist())
         packets: list[bytes] = []
-        for offset in range(0, frames.nbytes, self._frame_bytes):
-            size: int = encode(handle, base + offset, frame_size, out, MAX_PACKET)
+        for index, quiet in enumerate(silent):
+            if quiet and self._quiet:
+                packets.append(_silence_packet(self._settings))
+                self._skipped = True
+                self.frames_skipped += 1
+                continue
+            if self._skipped:
+                self._ctl(_RESET_STATE, 0)
+                self._skipped = False
+            size: int = encode(handle, base + index * self._frame_bytes, frame_size, out,
+                               MAX_PACKET)
             if size < 0:
                 raise OpusError("opus_multistream_encode", size)
             packets.append(ctypes.string_at(out, size))
+            self._quiet = quiet
         return packets
 
     def set(self, request: int, value: int) -> None:
         """Apply one integer SET CTL (``SET_*``) to every stream; :class:`OpusError`
-        (and the encoder closed) if libopus refuses it."""
+        (and the encoder closed) if libopus refuses it. Silence is then encoded as
+        any frame: the canned packet is made with the default CTLs."""
         if self._handle is None:
             raise OpusError(f"opus_multistream_encoder_ctl({request}, {value})", -7)
+        self._skips_silence = False
         self._ctl(request, value)
 
     def close(self) -> None:
@@ -265,3 +289,22 @@ class MultistreamEncoder:
         if code != _OPUS_OK:
             self.close()
             raise OpusError(f"opus_multistream_encoder_ctl({request})", code)
+
+
+_Settings = tuple[int, int, int, int, int, int]
+"""(rate, channels, bitrate, complexity, frame_ms, application) of an encoder."""
+
+
+@functools.lru_cache(maxsize=32)
+def _silence_packet(settings: _Settings) -> bytes:
+    """What libopus makes of a silent frame once it has settled (the third one), with
+    these settings: the packet a frame of silence goes out as."""
+    rate, channels, bitrate, complexity, frame_ms, application = settings
+    encoder = MultistreamEncoder(rate, channels=channels, bitrate=bitrate,
+                                 complexity=complexity, frame_ms=frame_ms,
+                                 application=application, skip_silence=False)
+    try:
+        silence = np.zeros(encoder.frame_size * channels, dtype=np.int16)
+        return encoder.encode_frames(np.tile(silence, 3))[-1]
+    finally:
+        encoder.close()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes.util
 import importlib.util
+import itertools
 from fractions import Fraction
 from pathlib import Path
 
@@ -180,3 +181,75 @@ def test_120_ms_packets_decode_to_the_call(tmp_path: Path) -> None:
     samples, _ = decode_file(path, 8000)
     assert abs(samples.shape[1] - left.size) <= 80
     assert dominant_frequency(samples[0, 4000:-4000], 8000) == pytest.approx(440, abs=3)
+
+
+def test_silence_goes_out_canned_and_sound_after_it_keeps_its_place(tmp_path: Path) -> None:
+    """No packets (before the first, on hold) means digital silence on both channels:
+    those frames cost no libopus call, and the sound after them starts where it did."""
+    rate, frame = 8000, 480
+
+    def call(hz: int) -> np.ndarray:
+        silence = [np.zeros(int(s * rate), dtype=np.int16) for s in (2.04, 1.98, 1.02)]
+        return np.concatenate([silence[0], tone(hz, 3.0, rate), silence[1],
+                               tone(hz, 3.06, rate), silence[2]])
+
+    left, right = call(440), call(1004)
+    starts = (int(2.04 * rate), int(7.02 * rate))
+    ends = (int(5.04 * rate), int(10.08 * rate))
+    decoded: dict[bool, np.ndarray] = {}
+    for skip in (True, False):
+        encoder = OpusPageEncoder(rate, bitrate=16000, complexity=0, frame_ms=60)
+        encoder._opus._skips_silence = skip
+        out = bytearray()
+        for start in range(0, left.size, 8 * frame):  # capture's steps: 0.48 s of call
+            encoder.encode(left[start:start + 8 * frame], right[start:start + 8 * frame])
+            out += encoder.pages()
+        out += encoder.close(left.size)
+        path = tmp_path / f"skip-{skip}.opus"
+        path.write_bytes(bytes(out))
+        if skip:
+            # The lead is all canned (34 frames); of the hold and the tail, all but the
+            # frame that flushes the look-ahead of the sound before them (32 + 16).
+            assert encoder._opus.frames_skipped >= 34 + 32 + 16
+        else:
+            assert encoder._opus.frames_skipped == 0
+        decoded[skip], _ = decode_file(path, rate)
+    assert decoded[True].shape == decoded[False].shape == (2, left.size)
+    # Both encodings pass the same checks (the codec smears about 20 ms either side of
+    # a sound, skipping or not).
+    for (skip, samples), (channel, hz) in itertools.product(decoded.items(),
+                                                            ((0, 440), (1, 1004))):
+        pcm = samples[channel]
+        assert np.abs(pcm[:starts[0] - 160]).max() <= 4, skip  # canned silence is silent
+        assert np.abs(pcm[ends[0] + 480:starts[1] - 160]).max() <= 4, skip
+        assert np.abs(pcm[ends[1] + 480:]).max() <= 4, skip
+        for start, end in zip(starts, ends, strict=True):
+            # The sound after the silence starts at its sample (within 4 ms: less than the
+            # look-ahead, 52 samples, or a frame), and the sound before it
+            # ran to its end (the look-ahead was flushed, not dropped).
+            assert abs(int(np.argmax(np.abs(pcm[start - 400:]) > 1000)) - 400) <= 32, skip
+            assert np.abs(pcm[end - 32:end]).max() > 5000, skip
+            middle = slice(start + rate // 4, end - rate // 4)
+            assert dominant_frequency(pcm[middle], rate) == pytest.approx(hz, abs=3)
+
+
+def test_silence_on_one_channel_only_is_encoded() -> None:
+    encoder = MultistreamEncoder(8000, bitrate=16000, complexity=0, frame_ms=60)
+    left = tone(440, 1.2, 8000)
+    pcm = np.zeros(left.size * 2, dtype=np.int16)
+    pcm[0::2] = left
+    encoder.encode_frames(pcm)
+    assert encoder.frames_skipped == 0
+    encoder.encode_frames(np.zeros(4 * 2 * encoder.frame_size, dtype=np.int16))
+    assert encoder.frames_skipped == 3  # the first silent frame flushed the look-ahead
+    encoder.close()
+
+
+def test_silence_is_encoded_once_a_ctl_changed_the_settings() -> None:
+    """The canned packet is made with the default CTLs: after :meth:`set`, libopus
+    encodes silence as any frame (bench/opus_settings.py compares CTLs on silence too)."""
+    encoder = MultistreamEncoder(8000, bitrate=16000, complexity=0, frame_ms=60)
+    encoder.set(opus.SET_VBR, 0)
+    packets = encoder.encode_frames(np.zeros(5 * 2 * encoder.frame_size, dtype=np.int16))
+    assert encoder.frames_skipped == 0 and len({len(p) for p in packets}) == 1
+    encoder.close()

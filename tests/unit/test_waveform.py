@@ -206,3 +206,15 @@ def test_fed_in_random_pieces_peaks_are_each_buckets_quantised_extremes(seconds:
         chunk = pcm[:, bucket * size:(bucket + 1) * size].astype(np.int32)
         assert (got[:, bucket, 0] == np.clip(chunk.min(axis=1) >> 8, -128, 127)).all()
         assert (got[:, bucket, 1] == np.clip(-((-chunk.max(axis=1)) >> 8), -128, 127)).all()
+
+
+def test_quantising_is_the_floor_of_a_minimum_and_the_ceiling_of_a_maximum() -> None:
+    """Every int16 value, against the definitions: floor(v / 256) and ceil(v / 256),
+    within int8."""
+    from callrec.waveform import _quantise_hi, _quantise_lo
+
+    values = np.arange(-32768, 32768, dtype=np.int16)
+    wide = values.astype(np.int64)
+    assert np.array_equal(_quantise_lo(values), np.clip(np.floor_divide(wide, 256), -128, 127))
+    assert np.array_equal(_quantise_hi(values), np.clip(-np.floor_divide(-wide, 256), -128, 127))
+    assert _quantise_lo(values).dtype == _quantise_hi(values).dtype == np.int8

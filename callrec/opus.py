@@ -161,7 +161,8 @@ class MultistreamEncoder:
     not bleed into each other), VOIP application, VBR, interleaved int16 in.
 
     Owns a native encoder: :meth:`close` frees it (``__del__`` too, as a safety net).
-    Not thread-safe, like the libopus state it wraps.
+    Not thread-safe, like the libopus state it wraps. ``skip_silence=False`` hands
+    every frame to libopus (see :meth:`encode_frames`).
     """
 
     def __init__(self, rate: int, *, channels: int = 2, bitrate: int, complexity: int,
@@ -213,7 +214,18 @@ class MultistreamEncoder:
         if frame.dtype != np.int16 or frame.nbytes != self._frame_bytes:
             raise ValueError(f"expected {self._frame_bytes // 2} int16 samples "
                              f"({self.frame_size} per channel, interleaved)")
-        return self.encode_frames(frame)[0]
+        if self._skips_silence:
+            return self.encode_frames(frame)[0]
+        if self._handle is None:  # libopus alone, as bench/floor.py measures it
+            raise OpusError("opus_multistream_encode", -7)  # OPUS_ALLOC_FAIL: closed
+        if not frame.flags.c_contiguous:
+            frame = np.ascontiguousarray(frame)
+        out = _out_buffer()
+        size: int = _lib().opus_multistream_encode(self._handle, frame.ctypes.data,
+                                                   self.frame_size, out, MAX_PACKET)
+        if size < 0:
+            raise OpusError("opus_multistream_encode", size)
+        return ctypes.string_at(out, size)
 
     def encode_frames(self, frames: npt.NDArray[np.int16]) -> list[bytes]:
         """One packet per frame of ``frames`` (whole frames, interleaved int16), in one

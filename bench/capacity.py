@@ -395,6 +395,7 @@ async def run_callrec(node: Any, driver: CaptureDriver, capture_pid: int, calls:
         peak = await sampler.stop()
         peer_peak = await peer_sampler.stop() if peer_sampler else {}
     before = loadgen.tree_cpu(capture_pid)  # so the flush wait below is counted in fin
+    before_main = loadgen.proc_cpu(capture_pid)
     await asyncio.sleep(0.6)  # one flush interval: the last packets reach the segments
     fin_timeout = 120 + calls * seconds / 10
     watches = [asyncio.create_task(watch_playable(n, ids, fin_timeout + 60))
@@ -402,6 +403,7 @@ async def run_callrec(node: Any, driver: CaptureDriver, capture_pid: int, calls:
     with contextlib.suppress(TimeoutError):
         await driver.finalize(ids, timeout=fin_timeout)
     fin_cpu = loadgen.tree_cpu(capture_pid) - before
+    fin_main = loadgen.proc_cpu(capture_pid) - before_main
     playable = [await w for w in watches]
     failed = {rid for rid in ids if driver.done.get(rid) != "completed"}
     items = await catalog_items(node, set(ids) - failed, 60)
@@ -455,7 +457,12 @@ async def run_callrec(node: Any, driver: CaptureDriver, capture_pid: int, calls:
                          f"{len(failed)} not completed"))
     asked = [driver.requested_at[r] for r in ids if r in driver.requested_at]
     notes = [f"{calls} calls: the finalize requests (one after another, each stamping its "
-             f"call's end) took {max(asked) - min(asked) if asked else 0.0:.2f} s"]
+             f"call's end) took {max(asked) - min(asked) if asked else 0.0:.2f} s",
+             f"{calls} calls: fin = capture {per_call_minute(fin_main, calls, sent.elapsed):.4f}"
+             f" + its encoder workers "
+             f"{per_call_minute(fin_cpu - fin_main, calls, sent.elapsed):.4f} CPU-s per "
+             f"call-minute ({1000 * fin_main / calls:.1f} + "
+             f"{1000 * (fin_cpu - fin_main) / calls:.1f} ms a recording)"]
     notes += [f"{calls} calls: callrec node Pss in MB, idle: {mem_note(idle)}; at the load's "
              f"peak ({sampler.samples} samples): {mem_note(peak)}"]
     # Not in all-in (capture's): what the cluster pays besides, mostly the live copy of

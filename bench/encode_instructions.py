@@ -11,7 +11,8 @@ for the same work whatever else the machine does. Here three processes run under
   ``--seconds``, after ``--lead`` seconds with no packets: the time from a call's set-up
   to its first packet, or a hold), warm up (imports, tables) and stop;
 - ``live``: the same, then step every call together as one capture encoder worker does
-  (``worker_steps`` every 0.5 s of call) and finish each (``worker_finish``);
+  (``worker_steps`` every 0.5 s of call) and finish each (``worker_finish``), as
+  ``bench/encode_cost.py --together`` does;
 - ``floor``: the same, then libopus at its cheapest on each call's sound
   (``bench/floor.py``: no silence, no Python beyond a call a frame).
 
@@ -41,10 +42,9 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from bench.encode_cost import live_run_together  # noqa: E402
 from bench.floor import libopus_floor  # noqa: E402
 from callrec.audio import pcmu_decode, pcmu_encode, tone  # noqa: E402
-from services.capture.finalize import duration_of, stream_specs  # noqa: E402
-from services.capture.live import OPUS_BITRATE, worker_finish, worker_steps  # noqa: E402
 from services.capture.manifest import (  # noqa: E402
     RecordingManifest,
     RecordingMetadata,
@@ -54,7 +54,6 @@ from services.capture.segments import segment_path  # noqa: E402
 from tests.support.callgen import FAR_HZ, NEAR_HZ, packets, write_segment  # noqa: E402
 
 MODES = ("setup", "live", "floor")
-STEP_MS = 500.0
 
 
 def make_call(directory: Path, index: int, seconds: float, lead: float) -> Path:
@@ -78,34 +77,16 @@ def make_call(directory: Path, index: int, seconds: float, lead: float) -> Path:
     return directory
 
 
-def step_together(directories: list[Path]) -> None:
-    """Every call stepped together every STEP_MS of call, then each finished."""
-    manifests = [RecordingManifest.load(d) for d in directories]
-    duration = duration_of(manifests[0])
-    specs = [stream_specs(m) for m in manifests]
-    now = 0.0
-    while now < duration:
-        now += STEP_MS
-        at = min(now, float(duration))
-        results = worker_steps([(d, m.recording_id, s, at, OPUS_BITRATE)
-                                for d, m, s in zip(directories, manifests, specs, strict=True)])
-        errors = [error for _, _, error in results if error is not None]
-        if errors:
-            raise RuntimeError(errors[0])
-    for directory, manifest, spec in zip(directories, manifests, specs, strict=True):
-        worker_finish(directory, manifest.recording_id, spec, duration, OPUS_BITRATE)
-
-
 def workload(mode: str, calls: int, seconds: float, lead: float) -> None:
     """What one measured process does (see the module's docstring)."""
     root = Path(tempfile.mkdtemp(prefix="encode-instructions-"))
     try:
         directories = [make_call(root / f"call{i}", i, seconds, lead) for i in range(calls + 1)]
-        step_together(directories[:1])  # warm-up, in every mode alike
+        live_run_together(directories[:1])  # warm-up, in every mode alike
         sound = [pcmu_decode(pcmu_encode(tone(hz, seconds, 8000))) for hz in (NEAR_HZ, FAR_HZ)]
         libopus_floor([pcm[:8000] for pcm in sound])
         if mode == "live":
-            step_together(directories[1:])
+            live_run_together(directories[1:])
         elif mode == "floor":
             for _ in range(calls):
                 libopus_floor(sound)

@@ -35,7 +35,6 @@ import subprocess
 import sys
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -45,43 +44,18 @@ if str(REPO) not in sys.path:
 from bench.encode_cost import live_run_together  # noqa: E402
 from bench.floor import libopus_floor  # noqa: E402
 from callrec.audio import pcmu_decode, pcmu_encode, tone  # noqa: E402
-from services.capture.manifest import (  # noqa: E402
-    RecordingManifest,
-    RecordingMetadata,
-    StreamManifest,
-)
-from services.capture.segments import segment_path  # noqa: E402
-from tests.support.callgen import FAR_HZ, NEAR_HZ, packets, write_segment  # noqa: E402
+from tests.support.callgen import FAR_HZ, NEAR_HZ, make_recording  # noqa: E402
 
 MODES = ("setup", "live", "floor")
-
-
-def make_call(directory: Path, index: int, seconds: float, lead: float) -> Path:
-    """A two-leg PCMU call of ``seconds`` of tones whose packets start ``lead`` s in."""
-    directory.mkdir(parents=True)
-    started = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
-    recording_id = f"rec-{index}"  # a worker keeps one encoder per id
-    RecordingManifest(
-        recording_id=recording_id, started_at=started,
-        ended_at=started + timedelta(seconds=seconds + lead),
-        metadata=RecordingMetadata(source="sip", session_key=recording_id),
-        streams={"near": StreamManifest(stream_id="near", channel=0, port=40000,
-                                        payload_codecs={0: "PCMU"}),
-                 "far": StreamManifest(stream_id="far", channel=1, port=40002,
-                                       payload_codecs={0: "PCMU"})},
-    ).save(directory)
-    for stream_id, hz, ssrc in (("near", NEAR_HZ, 0x1111), ("far", FAR_HZ, 0x2222)):
-        write_segment(segment_path(directory, stream_id, 0),
-                      packets(hz, seconds, ssrc=ssrc, jitter_ms=8, seed=ssrc + index,
-                              start_ms=int(lead * 1000)))
-    return directory
 
 
 def workload(mode: str, calls: int, seconds: float, lead: float) -> None:
     """What one measured process does (see the module's docstring)."""
     root = Path(tempfile.mkdtemp(prefix="encode-instructions-"))
     try:
-        directories = [make_call(root / f"call{i}", i, seconds, lead) for i in range(calls + 1)]
+        directories = [make_recording(root / f"call{i}", seconds, recording_id=f"rec-{i}",
+                                      lead_s=lead)  # a worker keeps one encoder per id
+                       for i in range(calls + 1)]
         live_run_together(directories[:1])  # warm-up, in every mode alike
         sound = [pcmu_decode(pcmu_encode(tone(hz, seconds, 8000))) for hz in (NEAR_HZ, FAR_HZ)]
         libopus_floor([pcm[:8000] for pcm in sound])

@@ -64,10 +64,13 @@ def write_segment(path: Path, records: list[tuple[int, bytes]]) -> None:
 
 def make_recording(directory: Path, seconds: float, *, recording_id: str = "rec-gen",
                    ended: bool = True, jitter_ms: int = 8, chunk_s: float = 60.0,
-                   signals: dict[str, npt.NDArray[np.int16]] | None = None) -> Path:
+                   signals: dict[str, npt.NDArray[np.int16]] | None = None,
+                   lead_s: float = 0.0) -> Path:
     """A recording dir holding ``seconds`` of a two-stream call; returns the directory.
 
     ``signals`` replaces a stream's tone ("near", "far") by that 8 kHz PCM (speech).
+    ``lead_s``: seconds without packets before the tones (set-up before media, a
+    hold), added to the recording's length.
 
     The segments are written a minute at a time so that fabricating a long call
     needs no more memory than a short one.
@@ -76,7 +79,7 @@ def make_recording(directory: Path, seconds: float, *, recording_id: str = "rec-
     started = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
     manifest = RecordingManifest(
         recording_id=recording_id, started_at=started,
-        ended_at=started + timedelta(seconds=seconds) if ended else None,
+        ended_at=started + timedelta(seconds=seconds + lead_s) if ended else None,
         metadata=RecordingMetadata(source="sip", session_key=recording_id),
         streams={
             "near": StreamManifest(stream_id="near", channel=0, port=40000,
@@ -97,7 +100,7 @@ def make_recording(directory: Path, seconds: float, *, recording_id: str = "rec-
             span = min(chunk_s, seconds - done)
             first = int(done * 1000) // PTIME_MS
             recs = packets(hz, span, ssrc=ssrc, jitter_ms=jitter_ms, seed=seed + first,
-                           start_ms=int(done * 1000), seq0=1000 + first,
+                           start_ms=int((lead_s + done) * 1000), seq0=1000 + first,
                            ts0=50_000 + SPP * first)
             write_segment(path, recs)
             done += span

@@ -74,26 +74,37 @@ class RecordingManifest(BaseModel):
     revision: int = 0
 
     def save(self, directory: Path) -> None:
-        """Atomic replace, so a crash leaves the old or the new manifest, never half.
+        """Atomic replace, so a crash leaves the old or the new manifest, never half."""
+        write_manifest(directory, self.snapshot())
 
-        Plain os calls on bytes: the flush saves a manifest per recording set up
-        (at 200 calls/s, on the event loop), and `Path.write_text` (a text-mode file
-        object, its encoder and buffer) cost about as much as the write itself."""
+    def snapshot(self) -> bytes:
+        """The next revision, as `write_manifest` stores it.
+
+        Taken where the manifest changes (the event loop), written where the disk may
+        be slow (the file thread): a later change is a later snapshot."""
         self.revision += 1
-        data = self.model_dump_json().encode()
-        temp = os.path.join(directory, _TEMP)
-        fd = os.open(temp, _SAVE_FLAGS, 0o666)
-        try:
-            written = os.write(fd, data)
-        finally:
-            os.close(fd)
-        if written != len(data):  # a full disk: keep the old manifest, say so
-            raise OSError(f"manifest: short write ({written} of {len(data)})")
-        os.replace(temp, os.path.join(directory, MANIFEST))
+        return self.model_dump_json().encode()
 
     @classmethod
     def load(cls, directory: Path) -> RecordingManifest:
         return cls.model_validate_json((directory / MANIFEST).read_text())
+
+
+def write_manifest(directory: Path, data: bytes) -> None:
+    """Replace the directory's manifest.json with `data` atomically.
+
+    Plain os calls on bytes: the flush saves a manifest per recording set up (at 200
+    calls/s), and `Path.write_text` (a text-mode file object, its encoder and buffer)
+    cost about as much as the write itself."""
+    temp = os.path.join(directory, _TEMP)
+    fd = os.open(temp, _SAVE_FLAGS, 0o666)
+    try:
+        written = os.write(fd, data)
+    finally:
+        os.close(fd)
+    if written != len(data):  # a full disk: keep the old manifest, say so
+        raise OSError(f"manifest: short write ({written} of {len(data)})")
+    os.replace(temp, os.path.join(directory, MANIFEST))
 
 
 JOURNAL = "manifests.journal"

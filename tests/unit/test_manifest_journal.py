@@ -8,6 +8,7 @@ finished or released since.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import threading
@@ -131,6 +132,86 @@ async def test_a_crash_before_the_file_thread_made_the_directory(tmp_path: Path)
     finally:
         close_streams(restarted)
         hold.set()
+
+
+async def next_flush(capture: Capture) -> None:
+    capture._flushed.clear()
+    await asyncio.wait_for(capture._flushed.wait(), 10)
+
+
+async def saves_done(capture: Capture) -> None:
+    """The file thread ran them and their results reached the event loop."""
+    assert capture.files.wait(10)
+    for _ in range(100):
+        if not capture.manifest_saves_pending:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("manifest saves still pending")
+
+
+async def test_a_stalled_disk_holds_the_manifest_save_not_the_event_loop(
+    tmp_path: Path,
+) -> None:
+    """The flush hands the manifests to the file thread: while that thread waits on
+    the disk, flushes (and allocates) go on, and the journal keeps the changes until
+    the save is done."""
+    capture = make_capture(tmp_path)
+    await allocate(capture, "r1", "near", 0)
+    assert capture.files.wait(10)
+    directory = capture.active_dir / "r1"
+    stall = threading.Event()
+    capture.files.submit(lambda: stall.wait(10))  # a create or rename that hangs
+    flusher = asyncio.create_task(capture._flush_loop())
+    try:
+        await next_flush(capture)  # did not wait for the disk
+        assert not (directory / MANIFEST).exists()
+        assert capture.manifest_saves_pending == 1
+        await allocate(capture, "r2", "near", 0)  # answered during the stall
+        await next_flush(capture)
+        assert capture.manifest_saves_pending == 2
+        assert set(ManifestJournal.read(capture.journal.path)[0]) == {"r1", "r2"}
+        stall.set()
+        await saves_done(capture)
+        assert RecordingManifest.load(directory).streams.keys() == {"near"}
+        await next_flush(capture)
+        assert ManifestJournal.read(capture.journal.path)[0] == {}  # all in manifests
+    finally:
+        stall.set()
+        flusher.cancel()
+        close_streams(capture)
+
+
+async def test_a_manifest_save_that_failed_is_tried_again(
+    tmp_path: Path, monkeypatch: Any,
+) -> None:
+    capture = make_capture(tmp_path)
+    await allocate(capture, "r1", "near", 0)
+    recording = capture.live["r1"]
+    real_write = os.write
+
+    def full_disk(fd: int, data: bytes) -> int:
+        if threading.current_thread() is not threading.main_thread():
+            return real_write(fd, data[:10])  # the file thread's manifest write
+        return real_write(fd, data)
+
+    flusher = asyncio.create_task(capture._flush_loop())
+    try:
+        monkeypatch.setattr(os, "write", full_disk)
+        await next_flush(capture)
+        await saves_done(capture)
+        assert recording.manifest_dirty  # the next flush tries again
+        assert not (recording.directory / MANIFEST).exists()
+        assert set(ManifestJournal.read(capture.journal.path)[0]) == {"r1"}
+        monkeypatch.undo()
+        await next_flush(capture)
+        await saves_done(capture)
+        assert not recording.manifest_dirty
+        assert RecordingManifest.load(recording.directory).recording_id == "r1"
+        await next_flush(capture)
+        assert ManifestJournal.read(capture.journal.path)[0] == {}
+    finally:
+        flusher.cancel()
+        close_streams(capture)
 
 
 def test_a_torn_journal_line_is_skipped(tmp_path: Path) -> None:

@@ -16,12 +16,14 @@ until its file exists.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import queue
 import struct
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import structlog
 
@@ -32,6 +34,7 @@ _FLAGS = os.O_WRONLY | os.O_CREAT | os.O_APPEND
 log = structlog.get_logger()
 
 Job = Callable[[], None]
+T = TypeVar("T")
 
 
 class FileWork:
@@ -64,20 +67,36 @@ class FileWork:
             except Exception as exc:  # one job's failure must not stop the rest
                 self.failed(getattr(job, "__name__", "job"), exc)
 
+    def run(self, job: Callable[[], T]) -> asyncio.Future[T]:
+        """The job's result (or its exception), once it and every job submitted
+        before it have run: file work a coroutine needs done, off the event loop."""
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[T] = loop.create_future()
+
+        def succeed(result: T) -> None:
+            if not done.done():
+                done.set_result(result)
+
+        def fail(exc: Exception) -> None:
+            if not done.done():
+                done.set_exception(exc)
+
+        def in_thread() -> None:
+            try:
+                result = job()
+            except Exception as exc:  # the caller's to handle, not a failed job
+                with _loop_closed():
+                    loop.call_soon_threadsafe(fail, exc)
+                return
+            with _loop_closed():
+                loop.call_soon_threadsafe(succeed, result)
+
+        self.submit(in_thread)
+        return done
+
     def barrier(self) -> asyncio.Future[None]:
         """Done once every job submitted before it has run."""
-        loop = asyncio.get_running_loop()
-        done: asyncio.Future[None] = loop.create_future()
-
-        def resolve() -> None:
-            if not done.done():
-                done.set_result(None)
-
-        def wake() -> None:
-            loop.call_soon_threadsafe(resolve)
-
-        self.submit(wake)
-        return done
+        return self.run(lambda: None)
 
     def wait(self, timeout: float | None = None) -> bool:
         """Block until every job submitted so far has run (shutdown, tests)."""
@@ -88,6 +107,11 @@ class FileWork:
     def close(self, timeout: float = 10.0) -> None:
         self._jobs.put(None)
         self._thread.join(timeout)
+
+
+def _loop_closed() -> contextlib.AbstractContextManager[None]:
+    """A result for a loop that has closed (shutting down) is dropped."""
+    return contextlib.suppress(RuntimeError)
 
 
 class SegmentWriter:

@@ -1041,18 +1041,13 @@ class Capture:
         lap = _Lap({}, time.monotonic())
         async with self.finalize_slots.slot():
             lap("slot")
-            # The file thread's work for it (directory, segment files, closes) is done.
-            await self.files.barrier()
-            lap("barrier")
-            if not recording.directory.is_dir():
-                raise ValueError(f"recording directory {recording.directory} is gone")
-            # What a full disk kept from being written when the recording ended: the
-            # last packets, then the manifest with its end time (idempotent on a retry).
-            while recording.unflushed:
-                recording.unflushed[0].close(sync=False)
-                recording.unflushed.pop(0)
-            manifest.save(recording.directory)
+            # After the file thread's work for it (directory, segment files, closes),
+            # in that thread: what a full disk kept from being written when the call
+            # ended, then the manifest with its end time (idempotent on a retry). Not
+            # on the event loop: a slow disk must not hold up new calls' allocates.
+            await self.files.run(partial(_write_out_end, recording, manifest.snapshot()))
             recording.manifest_dirty = False
+            lap("barrier")
             started = time.monotonic()
             await self._finalize_file_work(sync_segments, recording.directory)
             lap("sync")
@@ -1264,6 +1259,17 @@ def _make_directory(recording: LiveRecording) -> None:
     except FileExistsError:  # left by an earlier process: may hold segments
         recording.fresh = False
     recording.directory_made = True
+
+
+def _write_out_end(recording: LiveRecording, manifest: bytes) -> None:
+    """The last packets a full disk kept in memory when the call ended, then the
+    manifest (a snapshot with its end time): what finalize reads."""
+    if not recording.directory.is_dir():
+        raise ValueError(f"recording directory {recording.directory} is gone")
+    while recording.unflushed:
+        recording.unflushed[0].close(sync=False)
+        recording.unflushed.pop(0)
+    write_manifest(recording.directory, manifest)
 
 
 def _next_segment(recording: LiveRecording, stream_id: str) -> Path:

@@ -8,16 +8,20 @@ ends before its file exists is written out and closed by the thread.
 
 from __future__ import annotations
 
+import asyncio
+import shutil
 import threading
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 
 import pytest
 
 from contracts.v1.events import RecordingMetadata
 from contracts.v1.rpc import AllocateRequest, StreamSpec
+from services.capture.manifest import MANIFEST, RecordingManifest
 from services.capture.segments import FileWork, SegmentWriter, read_records, read_stream
-from services.capture.service import Capture
+from services.capture.service import Capture, _write_out_end
 from tests.support.capturecore import bare_capture
 
 PACKETS = [(20 * i, bytes([0x80, 0, 0, i]) + bytes([i]) * (160 + i)) for i in range(30)]
@@ -124,6 +128,57 @@ async def test_a_failed_segment_create_is_counted_in_the_metrics(tmp_path: Path)
     capture._end(recording, datetime.now(UTC))
     await capture.files.barrier()
     assert recording.unflushed == [writer]  # finalize tries again, then fails it
+    capture.reader.close()
+    capture.journal.close()
+    capture.files.close()
+
+
+async def test_run_gives_the_jobs_result_after_the_work_before_it(tmp_path: Path) -> None:
+    """What a coroutine needs done on disk runs in the thread, in order; the event
+    loop goes on meanwhile, and a job's error is the caller's, not a failed job."""
+    files = FileWork()
+    try:
+        order: list[str] = []
+        release = held(files)
+        files.submit(lambda: order.append("queued before"))
+        result = files.run(lambda: order.append("run") or len(order))
+        await asyncio.sleep(0.05)  # the loop is free while the thread waits
+        assert not result.done() and order == []
+        release.set()
+        assert await asyncio.wait_for(result, 10) == 2
+        assert order == ["queued before", "run"]
+
+        def broken() -> None:
+            raise ValueError("the directory is gone")
+
+        with pytest.raises(ValueError, match="is gone"):
+            await asyncio.wait_for(files.run(broken), 10)
+        assert files.failures == 0
+    finally:
+        files.close()
+
+
+async def test_finalize_writes_the_end_in_the_file_thread(tmp_path: Path) -> None:
+    """The manifest with the end time and the last packets a full disk kept are
+    written by the thread, after the stream's own file work."""
+    capture = make_capture(tmp_path)
+    await allocate_near(capture)
+    recording = capture.live["r1"]
+    await capture.files.barrier()
+    ended = datetime.now(UTC)
+    capture._end(recording, ended)
+    release = held(capture.files)
+    written = capture.files.run(partial(_write_out_end, recording,
+                                        recording.manifest.snapshot()))
+    await asyncio.sleep(0.05)
+    assert not (recording.directory / MANIFEST).exists()
+    release.set()
+    await asyncio.wait_for(written, 10)
+    assert RecordingManifest.load(recording.directory).ended_at == ended
+    shutil.rmtree(recording.directory)
+    with pytest.raises(ValueError, match="is gone"):
+        await asyncio.wait_for(capture.files.run(partial(
+            _write_out_end, recording, recording.manifest.snapshot())), 10)
     capture.reader.close()
     capture.journal.close()
     capture.files.close()

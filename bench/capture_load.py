@@ -37,6 +37,7 @@ if str(REPO) not in sys.path:  # `python bench/capture_load.py` works too
 
 from bench.loadgen import (  # noqa: E402  (after the sys.path line)
     BENCH_RTP_PORTS,
+    HOST,
     SUBSLOTS,
     SendResult,
     baseline,
@@ -115,7 +116,13 @@ class CaptureDriver:
         from callrec import bus
         from contracts import subjects
         from contracts.v1.events import RecordingMetadata
-        from contracts.v1.rpc import AllocateReply, AllocateRequest, StreamSpec, UpdateRequest
+        from contracts.v1.rpc import (
+            AllocateReply,
+            AllocateRequest,
+            RtpSource,
+            StreamSpec,
+            UpdateRequest,
+        )
 
         node_id = self.node.node_id
         ids, ports = [], []
@@ -124,8 +131,14 @@ class CaptureDriver:
             request = AllocateRequest(
                 recording_id=rid,
                 started_at=datetime.now(UTC),
-                streams=[StreamSpec(stream_id="near", channel=0, label="near"),
-                         StreamSpec(stream_id="far", channel=1, label="far")],
+                # The peer's address, as a SIPREC INVITE's SDP or a CUCM ACK's answer
+                # gives it before the media: the first packet from it latches its port.
+                # (Without it, capture holds each stream's packets for up to 4 s waiting
+                # for an SDP that a real call would have sent.)
+                streams=[StreamSpec(stream_id="near", channel=0, label="near",
+                                    source=RtpSource(address=HOST)),
+                         StreamSpec(stream_id="far", channel=1, label="far",
+                                    source=RtpSource(address=HOST))],
                 metadata=RecordingMetadata(source="sip", session_key=rid,
                                            sip_call_ids=[f"{rid}@bench"]),
             )

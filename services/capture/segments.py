@@ -23,7 +23,7 @@ import struct
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TypeVar
+from typing import TypeVar, cast
 
 import structlog
 
@@ -73,23 +73,21 @@ class FileWork:
         loop = asyncio.get_running_loop()
         done: asyncio.Future[T] = loop.create_future()
 
-        def succeed(result: T) -> None:
-            if not done.done():
-                done.set_result(result)
-
-        def fail(exc: Exception) -> None:
-            if not done.done():
-                done.set_exception(exc)
+        def settle(result: T | None, error: Exception | None) -> None:
+            if done.done():
+                return
+            if error is not None:
+                done.set_exception(error)
+            else:
+                done.set_result(cast(T, result))
 
         def in_thread() -> None:
             try:
-                result = job()
+                result, error = job(), None
             except Exception as exc:  # the caller's to handle, not a failed job
-                with _loop_closed():
-                    loop.call_soon_threadsafe(fail, exc)
-                return
-            with _loop_closed():
-                loop.call_soon_threadsafe(succeed, result)
+                result, error = None, exc
+            with contextlib.suppress(RuntimeError):  # the loop closed: shutting down
+                loop.call_soon_threadsafe(settle, result, error)
 
         self.submit(in_thread)
         return done
@@ -107,11 +105,6 @@ class FileWork:
     def close(self, timeout: float = 10.0) -> None:
         self._jobs.put(None)
         self._thread.join(timeout)
-
-
-def _loop_closed() -> contextlib.AbstractContextManager[None]:
-    """A result for a loop that has closed (shutting down) is dropped."""
-    return contextlib.suppress(RuntimeError)
 
 
 class SegmentWriter:

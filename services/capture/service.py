@@ -724,15 +724,8 @@ class Capture:
         self.queue.put_nowait(recording.manifest.recording_id)
 
     def _save_manifest(self, recording: LiveRecording) -> bool:
-        if not recording.directory_made:  # the file thread's mkdir is still queued
-            return False
-        try:
-            recording.manifest.save(recording.directory)
-        except OSError as exc:
-            log.error("manifest_write_failed", recording_id=recording.manifest.recording_id,
-                      error=str(exc))
-            return False
-        return True
+        """Save it here and now (shutdown): True if it was written."""
+        return _write_manifest_of(recording, recording.manifest.snapshot())
 
     def _queue_manifest_save(self, recording: LiveRecording) -> None:
         """Save the manifest as it is now, in the file thread.
@@ -742,29 +735,17 @@ class Capture:
         create or rename held up every allocate behind it (INVITE->200 p99 of a
         second). The file thread runs it after the recording's mkdir; the journal is
         cleared only once no save is pending, so a crash before it loses nothing."""
-        data = recording.manifest.snapshot()
+        saving = self.files.run(partial(_write_manifest_of, recording,
+                                        recording.manifest.snapshot()))
         recording.manifest_dirty = False
         self.manifest_saves_pending += 1
-        loop = asyncio.get_running_loop()
 
-        def saved(ok: bool) -> None:
+        def saved(done: asyncio.Future[bool]) -> None:
             self.manifest_saves_pending -= 1
-            if not ok:  # the next flush tries again
-                recording.manifest_dirty = True
+            if done.cancelled() or done.exception() is not None or not done.result():
+                recording.manifest_dirty = True  # the next flush tries again
 
-        def save() -> None:
-            ok = False
-            if recording.directory_made:  # else its mkdir failed: a segment retries it
-                try:
-                    write_manifest(recording.directory, data)
-                    ok = True
-                except OSError as exc:
-                    log.error("manifest_write_failed",
-                              recording_id=recording.manifest.recording_id, error=str(exc))
-            with contextlib.suppress(RuntimeError):  # the loop closed: shutting down
-                loop.call_soon_threadsafe(saved, ok)
-
-        self.files.submit(save)
+        saving.add_done_callback(saved)
 
     def _get(self, recording_id: str) -> LiveRecording:
         recording = self.live.get(recording_id)
@@ -1259,6 +1240,20 @@ def _make_directory(recording: LiveRecording) -> None:
     except FileExistsError:  # left by an earlier process: may hold segments
         recording.fresh = False
     recording.directory_made = True
+
+
+def _write_manifest_of(recording: LiveRecording, manifest: bytes) -> bool:
+    """Write a snapshot of the recording's manifest; False (logged) if it could not
+    be, or (quietly) if its directory is not made yet: the next flush tries again."""
+    if not recording.directory_made:  # its mkdir failed or is queued: a segment retries
+        return False
+    try:
+        write_manifest(recording.directory, manifest)
+    except OSError as exc:
+        log.error("manifest_write_failed", recording_id=recording.manifest.recording_id,
+                  error=str(exc))
+        return False
+    return True
 
 
 def _write_out_end(recording: LiveRecording, manifest: bytes) -> None:

@@ -4,7 +4,9 @@ the same file, and finalize gives what a whole-call build gives."""
 
 from __future__ import annotations
 
+import gc
 import os
+import tracemalloc
 from pathlib import Path
 
 import numpy as np
@@ -365,3 +367,28 @@ def test_segment_tail_reads_records_of_any_size_across_read_boundaries(tmp_path:
     assert first + rest == records
     assert tail.read(None) == []
     tail.close()
+
+
+def test_a_catch_up_step_leaves_only_the_unemitted_tail_in_memory() -> None:
+    """A worker that fell behind decodes seconds of a stream in one step and emits all
+    but the last few hundred ms: what the timeline keeps must be that tail, not the
+    whole step's samples (a view of them kept every stream's step alive)."""
+    records = packets(NEAR_HZ, 4.0, ssrc=7, jitter_ms=0, seed=3)
+    timeline = StreamTimeline({0: "PCMU"}, RATE)
+    timeline.feed_many(r for r in records if r[0] <= 2_000)
+    timeline.advance(2_000, reorder_ms=150, emit_sample=0)
+    timeline.take(0)
+    tracemalloc.start()
+    try:
+        # The next 2 s at once, as a catch-up step reads them; all but the last 300 ms out.
+        timeline.feed_many(r for r in records if 2_000 < r[0] <= 4_000)
+        timeline.advance(4_000, reorder_ms=150, emit_sample=(4_000 - 300) * RATE // 1000)
+        out = timeline.take((4_000 - 300) * RATE // 1000)
+        assert out.size == (4_000 - 300) * RATE // 1000
+        del out
+        gc.collect()
+        held = tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+    step = 2 * RATE * 2  # the step's decoded samples, int16
+    assert held < step // 2, (held, step)

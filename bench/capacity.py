@@ -568,57 +568,60 @@ async def run(levels: list[int], seconds: float, samples: int, with_rtpengine: b
         if isinstance(rtpe_ctx, str):
             notes.append(f"rtpengine skipped: {rtpe_ctx}")
         workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="capacity-")))
-        progress("starting the node")
-        peers: list[Any] | None = [] if with_peer else None
-        async with running_node(max_calls, keep, peers) as (node, driver, capture_pid):
-            peer = peers[0] if peers else None
-            progress(f"node up{' with its peer' if peer else ''}, finalize warmed up")
-            while (calls := next_level(done, levels, max_calls)) is not None:
-                done.append(calls)
-                progress(f"{calls} calls")
-                level: list[Line] = []
-                rtpe = None
-                if not isinstance(rtpe_ctx, str):
-                    rtpe = await run_rtpengine(*rtpe_ctx, calls, seconds)
-                    progress(f"{calls} calls: rtpengine done")
-                    level.append(rtpe)
-                base, received = await loadgen.baseline(calls, seconds)
-                drain = Line(system="bare drain (asyncio)", calls=calls,
-                             pps=base.sent / base.elapsed,
-                             loss_pct=100.0 * (1 - received / base.sent),
-                             rx_cm=per_call_minute(base.extra["cpu"], calls, base.elapsed),
-                             correct=f"{received} pkts counted", sender=pace(base))
-                level.append(drain)
-                progress(f"{calls} calls: bare drain done")
-                rx_floor = rtpe if rtpe is not None else drain
-                # Measured at each level, so it sees the machine as callrec's run does.
-                opus_cm, opus_mb = await asyncio.to_thread(opus_floor, floor_seconds)
-                floor = Line(system=f"floor ({'rtpengine' if rtpe else 'drain'} rx + opus c0)",
-                             calls=calls, rx_cm=rx_floor.rx_cm, live_cm=opus_cm,
-                             mb_call_h=opus_mb, floor_ratio=1.0)
-                level.append(floor)
+        while (calls := next_level(done, levels, max_calls)) is not None:
+            done.append(calls)
+            progress(f"{calls} calls")
+            level: list[Line] = []
+            rtpe = None
+            if not isinstance(rtpe_ctx, str):
+                rtpe = await run_rtpengine(*rtpe_ctx, calls, seconds)
+                progress(f"{calls} calls: rtpengine done")
+                level.append(rtpe)
+            base, received = await loadgen.baseline(calls, seconds)
+            drain = Line(system="bare drain (asyncio)", calls=calls,
+                         pps=base.sent / base.elapsed,
+                         loss_pct=100.0 * (1 - received / base.sent),
+                         rx_cm=per_call_minute(base.extra["cpu"], calls, base.elapsed),
+                         correct=f"{received} pkts counted", sender=pace(base))
+            level.append(drain)
+            progress(f"{calls} calls: bare drain done")
+            rx_floor = rtpe if rtpe is not None else drain
+            # Measured at each level, so it sees the machine as callrec's run does.
+            opus_cm, opus_mb = await asyncio.to_thread(opus_floor, floor_seconds)
+            floor = Line(system=f"floor ({'rtpengine' if rtpe else 'drain'} rx + opus c0)",
+                         calls=calls, rx_cm=rx_floor.rx_cm, live_cm=opus_cm,
+                         mb_call_h=opus_mb, floor_ratio=1.0)
+            level.append(floor)
+            # A fresh node (and peer) a level: its idle memory is a node's that has
+            # recorded nothing yet, so KB/call is what the level's calls add to it.
+            progress(f"{calls} calls: starting the node")
+            peers: list[Any] | None = [] if with_peer else None
+            async with running_node(calls, keep, peers) as (node, driver, capture_pid):
+                peer = peers[0] if peers else None
+                progress(f"{calls} calls: node up{' with its peer' if peer else ''}, "
+                         "finalize warmed up")
                 callrec, mem_notes = await run_callrec(node, driver, capture_pid, calls,
                                                        seconds, samples, workdir, peer)
-                notes.extend(mem_notes)
-                callrec.floor_ratio = ratio(callrec.all_cm, floor.all_cm)
-                level.append(callrec)
-                progress(f"{calls} calls: callrec done")
-                notes.append(f"{calls} calls: callrec's recordings last "
-                             f"{callrec.recorded_ratio:.2f}x the load (allocation comes "
-                             "before the sender starts)")
-                if rtpe is not None:
-                    rtpe.floor_ratio = ratio(rtpe.all_cm, floor.all_cm)
-                    notes.append(f"{calls} calls: callrec rx / rtpengine rx = "
-                                 f"{fmt(ratio(callrec.rx_cm, rtpe.rx_cm), 2)}")
-                drain.floor_ratio = ratio(drain.all_cm, floor.all_cm)
-                notes.append(f"{calls} calls: sender sent % of schedule / worst lag: " + ", ".join(
-                    f"{ln.system} {ln.sender}" for ln in level if ln.sender))
-                lines.extend(level)
-                problems = level_problems(callrec, seconds)
-                if problems:
-                    broke = f"{calls} calls: {'; '.join(problems)}"
-                    break
-                clean.append(calls)
+            notes.extend(mem_notes)
+            callrec.floor_ratio = ratio(callrec.all_cm, floor.all_cm)
+            level.append(callrec)
+            progress(f"{calls} calls: callrec done")
+            notes.append(f"{calls} calls: callrec's recordings last "
+                         f"{callrec.recorded_ratio:.2f}x the load (allocation comes "
+                         "before the sender starts)")
+            if rtpe is not None:
+                rtpe.floor_ratio = ratio(rtpe.all_cm, floor.all_cm)
+                notes.append(f"{calls} calls: callrec rx / rtpengine rx = "
+                             f"{fmt(ratio(callrec.rx_cm, rtpe.rx_cm), 2)}")
+            drain.floor_ratio = ratio(drain.all_cm, floor.all_cm)
+            notes.append(f"{calls} calls: sender sent % of schedule / worst lag: " + ", ".join(
+                f"{ln.system} {ln.sender}" for ln in level if ln.sender))
+            lines.extend(level)
+            problems = level_problems(callrec, seconds)
+            if problems:
+                broke = f"{calls} calls: {'; '.join(problems)}"
+                break
+            clean.append(calls)
     slopes = memory_slopes(lines)
     if slopes:
         notes.append(f"callrec KB per call from the peaks of consecutive levels: {slopes}")
@@ -649,8 +652,8 @@ async def run(levels: list[int], seconds: float, samples: int, with_rtpengine: b
         "that map them, so it sums over the forkserver's encoder workers without counting "
         "their copy-on-write pages twice, which VmRSS would) of every process of the node "
         "(rtpengine: its daemon), idle before the level and the largest total sampled every "
-        "1 s during the load; KB/call = (peak - idle) / calls. Idle is after the previous "
-        "levels, whose freed memory Python may keep.",
+        "1 s during the load; KB/call = (peak - idle) / calls. Each level runs on a fresh node "
+        "(and peer), up and warmed with one finalize: idle is before its first call.",
         "Sender, receivers and node share the machine's cores; compare ratios within one run.",
     ]
     return render_table(lines, header, notes)
@@ -683,8 +686,9 @@ node linked as in production (`--peer`; polled every 0.25 s); `idle MB` / `peak 
 Pss of every process of the node (rtpengine: its daemon) before the level and the largest
 total sampled every second during the load, `KB/call` = (peak - idle) / calls (Pss, not
 VmRSS: the encoder workers share the forkserver's copy-on-write pages, which a sum of
-VmRSS counts once per process; idle includes what earlier levels left, so a note also
-gives the slope of the peak between levels); `correct`:
+VmRSS counts once per process; each level starts a fresh node, so idle is a node that
+has recorded nothing but its warm-up, and a note gives the slope of the peak between
+levels); `correct`:
 recordings of the right duration with both channels, and sampled ones whose channels
 carry their tones (440 / 1004 Hz). The full mode climbs past its levels by x1.5 up to
 `--max-calls` until a level is not clean (loss > 0.1 %, a wrong recording, a sender

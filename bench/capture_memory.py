@@ -17,6 +17,8 @@ hold while they are live:
   packets are held until it comes or PENDING_TIMEOUT passes; keep ``--seconds`` below it.
 * ``encoder``: N LiveEncoders, stepped every 0.25 s over segment files the way the
   encoder worker steps them (``worker_steps``); the delta is read after the last step.
+  ``--step-ms 2000`` steps as a worker that fell behind does: seconds of every stream
+  decoded in one step (capture's steps catch up 2 s at a time).
 
 Deltas: tracemalloc's traced bytes (Python objects and buffers; with ``--trace``, the
 top sites) and Pss/Rss from /proc/self/smaps_rollup (everything, libopus included).
@@ -155,7 +157,7 @@ async def capture_part(calls: int, seconds: float, trace: bool, port_min: int,
 
 # ---- the encoder worker
 
-def encoder_part(calls: int, seconds: float, trace: bool) -> dict[str, Any]:
+def encoder_part(calls: int, seconds: float, trace: bool, step_ms: int) -> dict[str, Any]:
     from services.capture.live import StreamSpec, worker_drop, worker_steps
     from services.capture.segments import segment_path
     from tests.support.callgen import FAR_HZ, NEAR_HZ, make_recording, packets, write_segment
@@ -177,10 +179,10 @@ def encoder_part(calls: int, seconds: float, trace: bool) -> dict[str, Any]:
     def run(names: list[str], dirs: list[Path], until_ms: int, start_ms: int = 0) -> None:
         now = start_ms
         while now < until_ms:
-            now += 250
+            now += step_ms
             for d in dirs:
                 for stream_id, records in media.items():
-                    new = [r for r in records if now - 250 < r[0] <= now]
+                    new = [r for r in records if now - step_ms < r[0] <= now]
                     write_segment(segment_path(d, stream_id, 0), new)
             results = worker_steps([(d, n, specs, float(now), 16000)
                                     for d, n in zip(dirs, names, strict=True)])
@@ -202,20 +204,22 @@ def encoder_part(calls: int, seconds: float, trace: bool) -> dict[str, Any]:
     return result
 
 
-def child(part: str, calls: int, seconds: float, trace: bool, port_min: int) -> None:
+def child(part: str, calls: int, seconds: float, trace: bool, port_min: int,
+          step_ms: int) -> None:
     if trace:
         tracemalloc.start(1)
     if part in ("capture", "held"):
         result = asyncio.run(capture_part(calls, seconds, trace, port_min, part == "held"))
     else:
-        result = encoder_part(calls, seconds, trace)
+        result = encoder_part(calls, seconds, trace, step_ms)
     print(json.dumps(result))
 
 
 def measure(tree: Path, part: str, args: argparse.Namespace) -> dict[str, Any]:
     command = [sys.executable, "-m", "bench.capture_memory", "--child", part,
                "--calls", str(args.calls), "--seconds", str(args.seconds),
-               "--port-min", str(args.port_min)] + (["--trace"] if args.trace else [])
+               "--port-min", str(args.port_min), "--step-ms", str(args.step_ms)] + (
+                   ["--trace"] if args.trace else [])
     out = subprocess.run(command, cwd=tree, env={"PYTHONPATH": str(tree), "PATH": "/usr/bin"},
                          check=True, capture_output=True, text=True).stdout
     result: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
@@ -233,13 +237,17 @@ def main() -> None:
                         help="capture: the SDP known at allocate; held: not yet (the "
                         "packets wait for it, up to PENDING_TIMEOUT); encoder")
     parser.add_argument("--port-min", type=int, default=16000)
+    parser.add_argument("--step-ms", type=int, default=250,
+                        help="encoder: call time a step takes in (250: capture's flush; "
+                        "2000: a worker catching up)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        child(args.child, args.calls, args.seconds, args.trace, args.port_min)
+        child(args.child, args.calls, args.seconds, args.trace, args.port_min, args.step_ms)
         return
     trees = [("this tree", REPO)] + ([("base", args.base)] if args.base else [])
-    print(f"{args.calls} calls (2 streams each), {args.seconds} s of 20 ms PCMU; KB per call "
+    print(f"{args.calls} calls (2 streams each), {args.seconds} s of 20 ms PCMU "
+          f"(encoder steps of {args.step_ms} ms); KB per call "
           f"of the delta over the same process before the calls; median of {args.runs} "
           "fresh processes, trees interleaved; ratio of Rss against the base")
     for part in args.parts.split(","):

@@ -593,7 +593,7 @@ async def run(levels: list[int], seconds: float, samples: int, with_rtpengine: b
                          mb_call_h=opus_mb, floor_ratio=1.0)
             level.append(floor)
             # A fresh node (and peer) a level: its idle memory is a node's that has
-            # recorded nothing yet, so KB/call is what the level's calls add to it.
+            # recorded nothing but its warm-up, so KB/call is what the level's calls add.
             progress(f"{calls} calls: starting the node")
             peers: list[Any] | None = [] if with_peer else None
             async with running_node(calls, keep, peers) as (node, driver, capture_pid):

@@ -16,24 +16,18 @@ from __future__ import annotations
 
 import functools
 import ipaddress
-import platform
 import secrets
 import socket
-import sys
 from collections import deque
 from collections.abc import Iterator
+
+from callrec.arrival import stamp_arrivals
 
 _random = secrets.SystemRandom()
 
 # 1 MiB asked; the kernel caps it at net.core.rmem_max (often 208 KiB, then doubled):
 # at about 830 bytes of buffer per 172-byte G.711 packet, >= 10 s of one stream.
 RECV_BUFFER = 1 << 20
-# SO_TIMESTAMPNS (asm-generic value; Python does not name it). Architectures with
-# other numbers (sparc, parisc, alpha, mips) fall back to the time of reading.
-SO_TIMESTAMPNS = 35
-_GENERIC_SOCKOPT_MACHINES = ("x86_64", "amd64", "aarch64", "arm64", "i386", "i686",
-                             "armv7l", "armv6l", "riscv64", "ppc64le", "ppc64", "s390x")
-KERNEL_TIMESTAMPS = sys.platform == "linux" and platform.machine() in _GENERIC_SOCKOPT_MACHINES
 
 
 @functools.lru_cache(maxsize=8)
@@ -48,8 +42,7 @@ def open_rtp_socket(bind: str, port: int) -> socket.socket:
     sock = socket.socket(family, socket.SOCK_DGRAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECV_BUFFER)
-        if KERNEL_TIMESTAMPS:
-            sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+        stamp_arrivals(sock)
         sock.bind((bind, port))
         sock.setblocking(False)
     except OSError:

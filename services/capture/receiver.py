@@ -39,7 +39,6 @@ import asyncio
 import contextlib
 import select
 import socket
-import struct
 import time
 from array import array
 from collections.abc import Callable, Iterator
@@ -47,8 +46,9 @@ from typing import Any, cast
 
 import structlog
 
+from callrec.arrival import ANCILLARY_SPACE, arrival_time
+
 from .latching import UNKNOWN, DropReason, Endpoint, Expected, admit, endpoint_of
-from .ports import SO_TIMESTAMPNS
 from .segments import RECORD_HEADER, SegmentWriter
 
 # asyncio reads each datagram into a 256 KiB buffer by default, which with glibc
@@ -68,22 +68,6 @@ READ_INTERVAL = 0.005
 # Rounds of reading per collection: a socket with a backlog (a burst, a flood) gets
 # one datagram per round, so one stream cannot starve the others.
 MAX_READ_ROUNDS = 64
-# Room for one struct timespec (SCM_TIMESTAMPNS) in the ancillary data.
-_TIMESPEC = struct.Struct("@ll")
-ANCILLARY_SPACE = socket.CMSG_SPACE(_TIMESPEC.size)
-
-
-def arrival_time(ancdata: list[tuple[int, int, bytes]]) -> float:
-    """The kernel's receive time from recvmsg's ancillary data; now if it has none."""
-    for level, kind, data in ancdata:
-        if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(data) >= _TIMESPEC.size:
-            seconds: int
-            nanoseconds: int
-            seconds, nanoseconds = _TIMESPEC.unpack_from(data)
-            return seconds + nanoseconds / 1e9
-    return time.time()
-
-
 class HeldPackets:
     """Packets held until the stream's SDP comes, in arrival order, stored compactly.
 

@@ -23,9 +23,10 @@ from pathlib import Path
 import pytest
 
 from callrec import supervisor
+from callrec.arrival import ANCILLARY_SPACE, KERNEL_TIMESTAMPS, arrival_time
 from callrec.sockets import KeeperClient, SocketKeeper, check_peer, udp_port_of
-from services.capture.ports import KERNEL_TIMESTAMPS, open_rtp_socket
-from services.capture.receiver import ANCILLARY_SPACE, StreamReceiver, arrival_time
+from services.capture.ports import open_rtp_socket
+from services.capture.receiver import StreamReceiver
 from services.capture.segments import SegmentWriter, read_records
 
 REPO = Path(__file__).resolve().parents[2]

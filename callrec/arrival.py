@@ -1,0 +1,44 @@
+"""When a datagram reached this host: the kernel's receive timestamp (SO_TIMESTAMPNS).
+
+A datagram can wait in a socket's receive buffer while its reader is busy or gone (a
+restarting capture, a set-up burst in signaling). The time of reading then says when
+the process got to it, not when it arrived: the kernel's stamp says when it arrived,
+so RTP lands where it was heard and an INVITE's wait in the queue can be measured.
+"""
+
+from __future__ import annotations
+
+import platform
+import socket
+import struct
+import sys
+import time
+
+# SO_TIMESTAMPNS (asm-generic value; Python does not name it). Architectures with
+# other numbers (sparc, parisc, alpha, mips) fall back to the time of reading.
+SO_TIMESTAMPNS = 35
+_GENERIC_SOCKOPT_MACHINES = ("x86_64", "amd64", "aarch64", "arm64", "i386", "i686",
+                             "armv7l", "armv6l", "riscv64", "ppc64le", "ppc64", "s390x")
+KERNEL_TIMESTAMPS = sys.platform == "linux" and platform.machine() in _GENERIC_SOCKOPT_MACHINES
+
+# Room for one struct timespec (SCM_TIMESTAMPNS) in recvmsg's ancillary data.
+_TIMESPEC = struct.Struct("@ll")
+ANCILLARY_SPACE = socket.CMSG_SPACE(_TIMESPEC.size)
+
+
+def stamp_arrivals(sock: socket.socket) -> None:
+    """Ask the kernel to stamp every datagram this socket receives (where it can)."""
+    if KERNEL_TIMESTAMPS:
+        sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+
+
+def arrival_time(ancdata: list[tuple[int, int, bytes]]) -> float:
+    """The kernel's receive time (wall clock) from recvmsg's ancillary data; now if it
+    has none."""
+    for level, kind, data in ancdata:
+        if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(data) >= _TIMESPEC.size:
+            seconds: int
+            nanoseconds: int
+            seconds, nanoseconds = _TIMESPEC.unpack_from(data)
+            return seconds + nanoseconds / 1e9
+    return time.time()

@@ -60,7 +60,7 @@ class SipGate:
             "signaling_sip_refused_total",
             "SIP messages and TCP connections refused, by reason",
         )
-        self.forward: Receiver = lambda data, peer: None
+        self.forward: Receiver = lambda data, peer, received_at: None
         self.replier: Replier | None = None
         self.missed: MissedCalls | None = None
 
@@ -83,12 +83,12 @@ class SipGate:
 
     # ---- entry ------------------------------------------------------------------------
 
-    def on_message(self, data: bytes, peer: Peer) -> None:
+    def on_message(self, data: bytes, peer: Peer, received_at: float | None = None) -> None:
         verdict = self.admission.classify(peer.host, self.clock())
         if verdict == "admit":
-            self.forward(data, peer)
+            self.forward(data, peer, received_at)
         elif verdict == "over_limit":
-            self._over_limit(data, peer)
+            self._over_limit(data, peer, received_at)
         elif verdict == "refuse":
             self._refuse(data, peer)
         else:
@@ -115,18 +115,18 @@ class SipGate:
 
     # ---- answers ----------------------------------------------------------------------
 
-    def _over_limit(self, data: bytes, peer: Peer) -> None:
+    def _over_limit(self, data: bytes, peer: Peer, received_at: float | None) -> None:
         """A PBX over its rate: new work (INVITE, OPTIONS) gets 503 so it fails over;
         requests in existing dialogs (ACK, BYE, re-INVITE) still go through, as
         dropping them would leave calls and licences hanging."""
         request = _request(data)
         if request is None:
-            self.forward(data, peer)  # responses and malformed input: the UAS counts them
+            self.forward(data, peer, received_at)  # responses, malformed: the UAS counts them
             return
         new_work = request.method == "OPTIONS" or (
             request.method == "INVITE" and request.to.tag is None)
         if not new_work:
-            self.forward(data, peer)
+            self.forward(data, peer, received_at)
             return
         self.refused(peer.host, "rate_limited")
         if request.method == "INVITE" and self.missed is not None:

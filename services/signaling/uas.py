@@ -218,7 +218,7 @@ class RecorderUas:
 
     # ---- entry --------------------------------------------------------------------
 
-    def on_message(self, data: bytes, peer: Peer) -> None:
+    def on_message(self, data: bytes, peer: Peer, received_at: float | None = None) -> None:
         self.counters.received += 1
         try:
             message = parse_message(data)
@@ -231,6 +231,7 @@ class RecorderUas:
             return
         if isinstance(message, SipResponse):
             return  # responses to our own BYEs, or strays: nothing to do
+        message.received_at = received_at
         task = asyncio.create_task(self._dispatch(message, peer))
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)

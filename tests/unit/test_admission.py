@@ -188,7 +188,7 @@ def make_gate(allow: tuple[str, ...] = (), bind: str = "127.0.0.1",
     gate = SipGate(allow=AllowList.for_node(bind, allow), pbx_rate=rate, pbx_burst=rate,
                    metrics=registry, clock=clock)
     replies, forwarded = Replies(), []
-    gate.connect(lambda data, peer: forwarded.append(data), replies)
+    gate.connect(lambda data, peer, received_at: forwarded.append(data), replies)
     return gate, replies, forwarded, registry, clock
 
 
@@ -295,7 +295,7 @@ def test_tcp_server_caps_sources_and_times_out_silent_connections() -> None:
     clock = Clock()
     refused: list[tuple[str, str]] = []
     received: list[bytes] = []
-    server = TcpServer(lambda data, peer: received.append(data),
+    server = TcpServer(lambda data, peer, received_at: received.append(data),
                        is_allowed=lambda host: host == "127.0.0.1",
                        on_refused=lambda host, reason: refused.append((host, reason)),
                        limits=TcpLimits(per_source=4, total=16), clock=clock)
@@ -387,7 +387,7 @@ def test_dripping_a_50k_header_block_costs_o_bytes() -> None:
 async def test_tcp_server_really_accepts_and_refuses() -> None:
     """The same caps over real loopback sockets."""
     refused: list[str] = []
-    server = TcpServer(lambda data, peer: None, on_refused=lambda h, r: refused.append(r),
+    server = TcpServer(lambda data, peer, received_at: None, on_refused=lambda h, r: refused.append(r),
                        limits=TcpLimits(per_source=2, total=8))
     await server.start("127.0.0.1", 0)
     assert server.server is not None

@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import time
 from pathlib import Path
 
+from callrec.arrival import KERNEL_TIMESTAMPS
 from services.signaling.sip.transport import UDP_RECEIVE_BUFFER, Peer, SipTransports
 
 INVITE_SIZE = 1_000  # about a CUCM INVITE with its SDP
@@ -20,22 +22,20 @@ def _rmem_max() -> int:
 async def _started() -> tuple[SipTransports, list[bytes], int]:
     received: list[bytes] = []
 
-    def on_message(data: bytes, peer: Peer) -> None:
+    def on_message(data: bytes, peer: Peer, received_at: float | None) -> None:
         received.append(data)
 
     transports = SipTransports(on_message)
     await transports.start("127.0.0.1", 0)
-    assert transports.udp.transport is not None
-    port: int = transports.udp.transport.get_extra_info("sockname")[1]
+    port = transports.udp.sockname[1]
     return transports, received, port
 
 
 async def test_the_udp_socket_gets_the_receive_buffer_the_kernel_allows() -> None:
     transports, _, _ = await _started()
     try:
-        assert transports.udp.transport is not None
-        sock = transports.udp.transport.get_extra_info("socket")
-        reported = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+        assert transports.udp.sock is not None
+        reported = transports.udp.sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
         assert reported >= 2 * min(UDP_RECEIVE_BUFFER, _rmem_max())
     finally:
         transports.close()
@@ -59,6 +59,36 @@ async def test_a_burst_sent_while_the_loop_is_busy_is_all_received() -> None:
             if len(received) == before == count:
                 break
         assert len(received) == count
+    finally:
+        sender.close()
+        transports.close()
+
+
+async def test_each_datagram_carries_the_time_it_reached_the_host() -> None:
+    """What an INVITE's wait in the queue is measured from: the kernel's stamp, not the
+    time signaling got round to reading it."""
+    stamps: list[float | None] = []
+
+    def on_message(data: bytes, peer: Peer, received_at: float | None) -> None:
+        stamps.append(received_at)
+
+    transports = SipTransports(on_message)
+    await transports.start("127.0.0.1", 0)
+    sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        sent_at = time.time()
+        sender.sendto(b"OPTIONS sip:x SIP/2.0\r\n\r\n", ("127.0.0.1", transports.udp.sockname[1]))
+        time.sleep(0.4)  # the loop is busy: nothing reads the datagram meanwhile
+        read_from = time.time()
+        for _ in range(100):
+            if stamps:
+                break
+            await asyncio.sleep(0.01)
+        assert len(stamps) == 1 and stamps[0] is not None
+        if KERNEL_TIMESTAMPS:
+            assert sent_at - 0.05 <= stamps[0] < read_from - 0.3
+        else:
+            assert stamps[0] >= read_from
     finally:
         sender.close()
         transports.close()

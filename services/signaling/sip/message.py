@@ -936,6 +936,8 @@ class SipRequest(_MessageMixin):
     headers: Headers = field(default_factory=Headers)
     body: bytes = b""
     version: str = "SIP/2.0"
+    # When it reached this host (wall clock; the kernel's stamp over UDP), if known.
+    received_at: float | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(eq=True)

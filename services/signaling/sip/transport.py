@@ -25,6 +25,8 @@ from typing import Any, cast
 
 import structlog
 
+from callrec.arrival import ANCILLARY_SPACE, arrival_time, stamp_arrivals
+
 from ..admission import RefusalReason, TcpLimits, TcpSlots
 from .message import MAX_MESSAGE_SIZE, SipParseError, StreamFramer
 
@@ -45,6 +47,9 @@ TCP_SWEEP_INTERVAL = 5.0
 # default (about 200 KB, some 90 INVITEs) overflowed at 200 calls/s, and each dropped
 # INVITE cost its caller a retransmission, 0.5 to 7.5 s. Capped by net.core.rmem_max.
 UDP_RECEIVE_BUFFER = 4 << 20
+# Datagrams read per wake-up: a burst is read in batches, with timers and the bus
+# served between them.
+UDP_READ_BATCH = 64
 
 
 @dataclass(frozen=True)
@@ -61,34 +66,76 @@ class Peer:
             self.connection.send(data)
 
 
-Receiver = Callable[[bytes, Peer], None]
+# A message, its sender, and when it reached this host (wall clock): the kernel's
+# stamp for a UDP datagram, the time of reading for TCP; None when not known.
+Receiver = Callable[[bytes, Peer, float | None], None]
 SourceCheck = Callable[[str], bool]
 TcpRefused = Callable[[str, RefusalReason], None]
 
 
-class UdpTransport(asyncio.DatagramProtocol):
+class UdpTransport:
+    """Signaling's UDP socket, read here with recvmsg rather than by the loop's datagram
+    transport, so that every datagram comes with the time the kernel received it: in a
+    set-up burst INVITEs wait in the socket's buffer, and how long one waited decides
+    whether it is still worth answering (uas.py sheds the late ones with a 503)."""
+
     def __init__(self, on_message: Receiver) -> None:
         self.on_message = on_message
-        self.transport: asyncio.DatagramTransport | None = None
+        self.sock: socket.socket | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        # Replies the kernel would not take (its send buffer full, or the route gone):
+        # SIP's retransmissions recover them, so they are counted, not retried here.
+        self.send_failures = 0
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.DatagramTransport, transport)
-        # The default loop reads into a buffer of this size (its stock 256 KiB costs
-        # an mmap per datagram); uvloop reads into its own and has no such attribute.
-        with contextlib.suppress(AttributeError):
-            transport.max_size = MAX_MESSAGE_SIZE + 1  # type: ignore[attr-defined]
+    def attach(self, sock: socket.socket, loop: asyncio.AbstractEventLoop) -> None:
+        """Start reading a bound, non-blocking socket (its arrivals stamped)."""
+        self.sock = sock
+        self._loop = loop
+        loop.add_reader(sock.fileno(), self._readable)
 
-    def datagram_received(self, data: bytes, addr: Any) -> None:
+    @property
+    def sockname(self) -> tuple[str, int]:
+        assert self.sock is not None
+        name = self.sock.getsockname()
+        return name[0], name[1]
+
+    def _readable(self) -> None:
+        sock = self.sock
+        if sock is None:
+            return
+        for _ in range(UDP_READ_BATCH):
+            try:
+                data, ancdata, _flags, addr = sock.recvmsg(MAX_MESSAGE_SIZE + 1,
+                                                           ANCILLARY_SPACE)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                log.debug("udp_error", error=str(exc))
+                continue  # an error reported once on the socket: read on
+            self.datagram_received(data, addr, arrival_time(ancdata))
+
+    def datagram_received(self, data: bytes, addr: Any, received_at: float | None = None) -> None:
         if data in (b"\r\n\r\n", b"\r\n", b"\0\0\0\0"):
             return  # keep-alives
-        self.on_message(data, Peer("UDP", addr[0], addr[1]))
-
-    def error_received(self, exc: Exception) -> None:
-        log.debug("udp_error", error=str(exc))
+        self.on_message(data, Peer("UDP", addr[0], addr[1]),
+                        time.time() if received_at is None else received_at)
 
     def send_to(self, data: bytes, host: str, port: int) -> None:
-        if self.transport is not None:
-            self.transport.sendto(data, (host, port))
+        if self.sock is None:
+            return
+        try:
+            self.sock.sendto(data, (host, port))
+        except OSError as exc:
+            self.send_failures += 1
+            log.debug("udp_send_failed", error=str(exc), peer=f"{host}:{port}")
+
+    def close(self) -> None:
+        if self.sock is None:
+            return
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.remove_reader(self.sock.fileno())
+        self.sock.close()
+        self.sock = None
 
 
 class TcpConnection(asyncio.Protocol):
@@ -135,8 +182,9 @@ class TcpConnection(asyncio.Protocol):
             self.waiting_since = now if self.framer.buffered else None
         elif self.waiting_since is None and self.framer.buffered:
             self.waiting_since = now
+        received_at = time.time()
         for message in messages:
-            self.server.on_message(message, self.peer)
+            self.server.on_message(message, self.peer, received_at)
 
     def expired(self, now: float) -> str | None:
         """Why this connection should be closed now, if it should."""
@@ -240,6 +288,7 @@ class SipTransports:
         sock = socket.socket(family, socket.SOCK_DGRAM)
         try:
             granted = _enlarge_receive_buffer(sock, UDP_RECEIVE_BUFFER)
+            stamp_arrivals(sock)
             sock.bind((host, port))
             sock.setblocking(False)
         except OSError:
@@ -248,7 +297,7 @@ class SipTransports:
         if granted < UDP_RECEIVE_BUFFER:
             log.warning("sip_udp_receive_buffer_capped", wanted=UDP_RECEIVE_BUFFER,
                         granted=granted, fix="raise net.core.rmem_max")
-        await loop.create_datagram_endpoint(lambda: self.udp, sock=sock)
+        self.udp.attach(sock, loop)
         await self.tcp.start(host, port)
 
     def reply(self, peer: Peer, data: bytes, via_port: int | None, rport: bool) -> None:
@@ -267,8 +316,7 @@ class SipTransports:
             self.udp.send_to(data, peer.host, peer.port)
 
     def close(self) -> None:
-        if self.udp.transport is not None:
-            self.udp.transport.close()
+        self.udp.close()
         with contextlib.suppress(Exception):
             self.tcp.close()
 

@@ -387,7 +387,8 @@ def test_dripping_a_50k_header_block_costs_o_bytes() -> None:
 async def test_tcp_server_really_accepts_and_refuses() -> None:
     """The same caps over real loopback sockets."""
     refused: list[str] = []
-    server = TcpServer(lambda data, peer, received_at: None, on_refused=lambda h, r: refused.append(r),
+    server = TcpServer(lambda data, peer, received_at: None,
+                       on_refused=lambda h, r: refused.append(r),
                        limits=TcpLimits(per_source=2, total=8))
     await server.start("127.0.0.1", 0)
     assert server.server is not None

@@ -109,6 +109,10 @@ def build_parser() -> argparse.ArgumentParser:
                          "127.0.0.1 and ::1 on a loopback bind, else nobody")
     up.add_argument("--sip-rate", type=float, default=float(_env("SIP_RATE") or 1000.0),
                     help="SIP requests/s per allow-listed source (503 to new INVITEs beyond)")
+    up.add_argument("--sip-shed-after", type=float,
+                    default=float(_env("SIP_SHED_AFTER") or 1.0),
+                    help="seconds a new INVITE may wait in the node's queue (overload) "
+                         "before it is answered 503 so the PBX fails over; 0: never")
     up.add_argument("--sip-pending-media", type=int,
                     default=int(_env("SIP_PENDING_MEDIA") or 0) or None,
                     help="answered legs per source still without RTP (503 beyond); "
@@ -241,6 +245,7 @@ def config_from_args(args: argparse.Namespace) -> NodeConfig:
         # SIP admission
         "sip_allow": tuple(args.sip_allow),
         "sip_rate": args.sip_rate,
+        "sip_shed_after_s": args.sip_shed_after,
         "sip_pending_media": args.sip_pending_media,
         "sip_tcp_per_source": args.sip_tcp_per_source,
         "sip_tcp_max": args.sip_tcp_max,

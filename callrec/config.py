@@ -56,6 +56,8 @@ class NodeConfig(BaseModel):
     # loopback, else nobody (refused, with a loud warning).
     sip_allow: tuple[str, ...] = ()
     sip_rate: float = Field(default=1000.0, gt=0.0)  # requests/s per allow-listed source
+    # A new INVITE that waited longer in the node's queue gets 503; 0: never.
+    sip_shed_after_s: float = Field(default=1.0, ge=0.0)
     # Legs one source may have answered but without RTP yet; None: half of max_channels.
     sip_pending_media: int | None = Field(default=None, ge=1)
     sip_tcp_per_source: int = Field(default=64, ge=1)

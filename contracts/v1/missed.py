@@ -23,6 +23,7 @@ MissedReason = Literal[
     "not_allowed",        # source not on --sip-allow: 403
     "not_allowed_drop",   # same, beyond the refusal rate: not answered
     "rate_limited",       # allow-listed source over --sip-rate: 503
+    "overloaded",         # waited over --sip-shed-after in the node's queue: 503
     "pending_media",      # too many legs from this source without RTP yet: 503
     "leg_source",         # second CUCM leg of a call from another source: 403
     "unknown_user",       # no recording user has the number: 404
@@ -35,8 +36,8 @@ MissedReason = Literal[
     "internal_error",     # a fault of ours while handling it: 500
 ]
 MISSED_REASONS: tuple[MissedReason, ...] = (
-    "not_allowed", "not_allowed_drop", "rate_limited", "pending_media", "leg_source",
-    "unknown_user", "not_enabled", "no_licence", "cannot_record", "bad_request",
+    "not_allowed", "not_allowed_drop", "rate_limited", "overloaded", "pending_media",
+    "leg_source", "unknown_user", "not_enabled", "no_licence", "cannot_record", "bad_request",
     "unsupported_media", "malformed", "internal_error",
 )
 
@@ -45,6 +46,7 @@ REASON_TEXT: dict[MissedReason, str] = {
     "not_allowed": "source not allowed (--sip-allow)",
     "not_allowed_drop": "source not allowed (--sip-allow), not answered (over the refusal rate)",
     "rate_limited": "over the SIP rate for this source (--sip-rate)",
+    "overloaded": "node overloaded: waited too long in its queue (--sip-shed-after)",
     "pending_media": "too many calls from this source still without RTP (--sip-pending-media)",
     "leg_source": "second leg of a call from another source",
     "unknown_user": "unknown user",

@@ -36,13 +36,15 @@ RefusalReason = Literal[
     "not_allowed",        # source not on --sip-allow: 403
     "not_allowed_drop",   # same, beyond the refusal rate: silence
     "rate_limited",       # allow-listed source over --sip-rate: 503 to INVITE/OPTIONS
+    "overloaded",         # a new INVITE waited over --sip-shed-after in our queue: 503
     "pending_media",      # too many legs from this source still waiting for RTP: 503
     "leg_source",         # a second CUCM leg from another source than the first: 403
     "tcp_source_cap",     # per-source TCP connection cap
     "tcp_global_cap",     # node-wide TCP connection cap
 ]
 REFUSAL_REASONS: tuple[RefusalReason, ...] = (
-    "not_allowed", "not_allowed_drop", "rate_limited", "pending_media", "leg_source",
+    "not_allowed", "not_allowed_drop", "rate_limited", "overloaded", "pending_media",
+    "leg_source",
     "tcp_source_cap", "tcp_global_cap",
 )
 
@@ -209,6 +211,26 @@ class Throttle:
             return True
         self.suppressed += 1
         return False
+
+
+def queue_wait(received_at: float | None, now: float) -> float | None:
+    """Seconds a request waited between reaching this host and being taken up (both
+    wall clock); None when its arrival is not known. A clock stepped back reads as 0."""
+    if received_at is None:
+        return None
+    return max(0.0, now - received_at)
+
+
+def waited_too_long(wait: float | None, shed_after: float) -> bool:
+    """Whether a new INVITE is shed (503) rather than answered.
+
+    Under overload (a set-up burst beyond what the node's cores do, on top of
+    finalizing) INVITEs queue in the socket's buffer and the loop. Answered late, each
+    recording misses its first seconds and each PBX retransmission of a waiting INVITE
+    is parsed again, which deepens the queue. Answered 503, the PBX records the call on
+    its backup now, and the queue drains at the cost of a parse and a response. About
+    a second: what the product lets a lost host cost a call. 0 turns it off."""
+    return shed_after > 0 and wait is not None and wait > shed_after
 
 
 def pending_media_limit(configured: int | None, max_channels: int) -> int:

@@ -207,6 +207,11 @@ async def main(ctx: ServiceContext) -> None:
         "signaling_invite_answer_seconds",
         "seconds from an INVITE's transaction to its first final response (any status)",
         ANSWER_BUCKETS)
+    queue_waits = ctx.metrics.histogram(
+        "signaling_invite_queue_seconds",
+        "seconds a new INVITE waited between reaching the host and being taken up "
+        "(over --sip-shed-after: answered 503)",
+        ANSWER_BUCKETS)
     uas = RecorderUas(
         backend=backend,
         sender=transports,
@@ -221,6 +226,8 @@ async def main(ctx: ServiceContext) -> None:
         refusals=gate,
         missed=missed,
         answered=answer_times.observe,
+        shed_after_s=config.sip_shed_after_s,
+        waited=queue_waits.observe,
     )
     gate.connect(uas.on_message, transports, missed)
     metrics = ctx.metrics
@@ -235,6 +242,9 @@ async def main(ctx: ServiceContext) -> None:
                   lambda: float(uas.counters.unanswerable))
     metrics.gauge("signaling_sip_retransmissions", "retransmitted requests absorbed",
                   lambda: float(uas.counters.retransmissions))
+    metrics.gauge("signaling_invites_shed", "new INVITEs answered 503 after waiting over "
+                  "--sip-shed-after in the node's queue (overload)",
+                  lambda: float(uas.counters.shed))
     metrics.gauge("signaling_sip_tcp_connections", "open SIP TCP connections",
                   lambda: float(len(transports.tcp.connections)))
     metrics.gauge("signaling_recordings_awaiting_media",

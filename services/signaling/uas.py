@@ -34,7 +34,7 @@ from contracts.v1.missed import MissedReason
 from contracts.v1.rpc import AllocateRequest, QuietStream, UpdateRequest
 
 from . import sdp, siprec
-from .admission import RefusalReason, same_source
+from .admission import RefusalReason, queue_wait, same_source, waited_too_long
 from .missed import MissedCalls
 from .planning import (
     ALLOW,
@@ -144,6 +144,8 @@ class Counters:
     retransmissions: int = 0
     # Malformed requests that could not be answered (no request line or Via to address).
     unanswerable: int = 0
+    # New INVITEs answered 503 because they waited too long in the queue (overload).
+    shed: int = 0
     responses: dict[int, int] = field(default_factory=dict)
 
 
@@ -168,6 +170,8 @@ class RecorderUas:
         sweep_interval: float = SWEEP_INTERVAL,
         max_hold_s: float = MAX_HOLD_S,
         answered: Callable[[float], None] | None = None,
+        shed_after_s: float = 0.0,
+        waited: Callable[[float], None] | None = None,
     ) -> None:
         self.backend = backend
         self.sender = sender
@@ -189,6 +193,10 @@ class RecorderUas:
         self.sweep_interval = sweep_interval
         self.refusals = refusals
         self.missed = missed
+        # New INVITEs that waited longer in the queue get 503 (admission.waited_too_long);
+        # `waited` is told every new INVITE's wait (a histogram in production).
+        self.shed_after_s = shed_after_s
+        self.waited = waited
 
     # ---- the registry's views (metrics, tests) -------------------------------------------
 
@@ -338,6 +346,8 @@ class RecorderUas:
         if request.to.tag is not None:
             await self._on_reinvite(request, peer)
             return
+        if self._shed_if_late(request, peer):
+            return
         self.transactions.trying_unless_answered(
             request, lambda: self._respond(request, peer, 100))
         try:
@@ -457,6 +467,26 @@ class RecorderUas:
                  delayed_offer=plan.offer is None)
         if new_session:
             await self.backend.recording_started(session)
+
+    def _shed_if_late(self, request: SipRequest, peer: Peer) -> bool:
+        """Answer 503 to a new INVITE that waited too long in the node's queue: the PBX
+        records the call on its backup now, and the queue drains. Not logged one by one
+        (an overload would log thousands): counted by the gate, kept as missed calls."""
+        wait = queue_wait(request.received_at, time.time())
+        if wait is None:
+            return False
+        if self.waited is not None:
+            self.waited(wait)
+        if not waited_too_long(wait, self.shed_after_s):
+            return False
+        self.counters.shed += 1
+        if self.refusals is not None:
+            self.refusals.refused(peer.host, "overloaded")
+        self._respond(request, peer, 503, warning="overloaded, try the backup",
+                      headers=[("Retry-After", "5")])
+        self._missed(request, peer, "overloaded", 503,
+                     f"waited {wait:.2f} s in the node's queue")
+        return True
 
     def _session_body(self, session: RecordingSession, leg: Leg,
                       offer: sdp.SessionDescription | None) -> str:

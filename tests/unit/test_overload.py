@@ -1,0 +1,154 @@
+"""Overload: a new INVITE that waited too long in the node's queue gets 503 at once,
+so the PBX records the call on its backup and the queue drains, rather than being
+answered seconds late with its retransmissions parsed again behind it."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+from datetime import timedelta
+
+from callrec.metrics import Registry
+from contracts.v1.missed import MissedCall
+from services.signaling.admission import AllowList, queue_wait, waited_too_long
+from services.signaling.gate import SipGate
+from services.signaling.missed import MissedAggregator, MissedCalls
+from services.signaling.sip.message import SipResponse, parse_message
+from services.signaling.sip.transport import Peer, SipTransports
+from services.signaling.uas import RecorderUas
+from tests.unit.test_admission_uas import Refusals
+from tests.unit.test_missed_calls import Clock
+from tests.unit.test_uas import (
+    FakeBackend,
+    FakeSender,
+    cucm_from,
+    settle,
+    sip_request,
+)
+
+PBX = Peer("UDP", "127.0.0.1", 5999)
+
+
+def test_the_wait_is_measured_from_the_arrival_and_a_clock_step_back_is_no_wait() -> None:
+    assert queue_wait(None, 100.0) is None
+    assert queue_wait(98.5, 100.0) == 1.5
+    assert queue_wait(101.0, 100.0) == 0.0
+
+
+def test_only_a_known_wait_over_the_limit_sheds_and_0_never_does() -> None:
+    assert waited_too_long(1.5, 1.0)
+    assert not waited_too_long(1.0, 1.0)
+    assert not waited_too_long(0.2, 1.0)
+    assert not waited_too_long(None, 1.0)
+    assert not waited_too_long(30.0, 0.0)
+
+
+def leg(call: int) -> bytes:
+    return sip_request("INVITE", call_id=f"near-{call}@10.1.1.1", branch=f"z9hG4bK-ov-{call}",
+                       from_=cucm_from("near", refci=str(3000 + call), tag=f"t{call}"))
+
+
+class Node:
+    """A UAS (fake capture) that sheds after 1 s, with its refusals and missed calls."""
+
+    def __init__(self) -> None:
+        self.backend = FakeBackend()
+        self.sender = FakeSender()
+        self.refusals = Refusals()
+        self.kept: list[MissedCall] = []
+        self.clock = Clock()
+        self.missed = MissedCalls(MissedAggregator("n1"), self.kept.append, None, self.clock)
+        self.waits: list[float] = []
+        self.uas = RecorderUas(backend=self.backend, sender=self.sender, address="10.0.0.50",
+                               sip_port=5060, record_all=True, max_channels=10,
+                               refusals=self.refusals, missed=self.missed,
+                               shed_after_s=1.0, waited=self.waits.append)
+
+    def finals(self, call: int) -> list[SipResponse]:
+        return [r for r in self.sender.responses(f"near-{call}@10.1.1.1", "INVITE")
+                if r.status >= 200]
+
+
+async def test_a_late_invite_gets_503_with_retry_after_and_its_retransmission_the_same() -> None:
+    node = Node()
+    try:
+        node.uas.on_message(leg(1), PBX, time.time() - 2.5)
+        await settle(node.uas)
+        (final,) = node.finals(1)
+        assert final.status == 503 and final.headers.get("Retry-After") == "5"
+        assert node.backend.allocations == [] and node.uas.sessions == {}
+        # The PBX's retransmission, queued behind it, is answered from the transaction:
+        # the same 503, never a 200 for a call the PBX has moved to its backup.
+        node.uas.on_message(leg(1), PBX, time.time() - 2.0)
+        await settle(node.uas)
+        assert [r.status for r in node.finals(1)] == [503, 503]
+        assert node.backend.allocations == []
+        assert node.uas.counters.shed == 1
+        assert node.refusals.seen == [("127.0.0.1", "overloaded")]
+        node.clock.now += timedelta(minutes=1)
+        node.missed.tick()
+        assert [(r.reason, r.status) for r in node.kept] == [("overloaded", 503)]
+        assert node.waits and node.waits[0] >= 2.5
+    finally:
+        await node.uas.shutdown()
+
+
+async def test_a_prompt_or_unstamped_invite_is_recorded() -> None:
+    node = Node()
+    try:
+        node.uas.on_message(leg(2), PBX, time.time() - 0.3)
+        node.uas.on_message(leg(3), PBX)  # arrival unknown: never shed
+        await settle(node.uas)
+        assert [r.status for r in node.finals(2)] == [200]
+        assert [r.status for r in node.finals(3)] == [200]
+        assert node.uas.counters.shed == 0 and len(node.backend.allocations) == 2
+    finally:
+        await node.uas.shutdown()
+
+
+async def test_a_burst_queued_while_the_loop_was_busy_is_shed_and_the_next_calls_recorded(
+) -> None:
+    """The real chain: kernel stamps on the UDP socket, the gate, the UAS. INVITEs that
+    sat in the socket's buffer through a 1.5 s stall get 503; those sent after it, 200."""
+    backend = FakeBackend()
+    gate = SipGate(allow=AllowList.for_node("127.0.0.1", []), pbx_rate=1000.0,
+                   pbx_burst=1000.0, metrics=Registry("signaling", "t"))
+    transports = SipTransports(gate.on_message)
+    uas = RecorderUas(backend=backend, sender=transports, address="127.0.0.1", sip_port=5060,
+                      record_all=True, max_channels=100, refusals=gate, shed_after_s=1.0)
+    gate.connect(uas.on_message, transports)
+    await transports.start("127.0.0.1", 0)
+    pbx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    pbx.bind(("127.0.0.1", 0))
+    pbx.setblocking(False)
+    target = ("127.0.0.1", transports.udp.sockname[1])
+    try:
+        for call in range(20):
+            pbx.sendto(leg(call), target)
+        time.sleep(1.5)  # signaling is busy: the INVITEs wait in the socket
+        for call in range(20, 25):
+            pbx.sendto(leg(call), target)
+        pbx.sendto(leg(0), target)  # a retransmission of a shed one
+        finals: dict[str, list[int]] = {}
+        for _ in range(300):
+            await asyncio.sleep(0.01)
+            while True:
+                try:
+                    data = pbx.recv(65536)
+                except BlockingIOError:
+                    break
+                response = parse_message(data)
+                assert isinstance(response, SipResponse)
+                finals.setdefault(response.call_id, []).append(response.status)
+            if sum(len(s) for s in finals.values()) >= 26:
+                break
+        assert {f"near-{c}@10.1.1.1": [503] for c in range(1, 20)}.items() <= finals.items()
+        assert finals["near-0@10.1.1.1"] == [503, 503]
+        assert all(finals[f"near-{c}@10.1.1.1"] == [200] for c in range(20, 25))
+        assert len(backend.allocations) == 5
+        assert gate.refusals.get(reason="overloaded") == 20
+    finally:
+        pbx.close()
+        await uas.shutdown()
+        transports.close()

@@ -82,6 +82,7 @@ class Phase:
     seconds: float
     attempted: int = 0  # legs SIPp created
     answered: int = 0  # legs that got their 200
+    shed: int = 0  # legs the node answered 503 for waiting over --sip-shed-after
     latencies_ms: list[float] = field(default_factory=list)  # INVITE->200 per leg
     capture_cpu: float = 0.0  # CPU-s of capture's own process during the phase
     workers_cpu: float = 0.0  # CPU-s of capture's encoder workers during the phase
@@ -110,14 +111,14 @@ class SetupRateResult:
         return self.burst.q(0.99) / base if base > 0 else math.nan
 
     def table(self) -> str:
-        head = ("| phase | calls/s | legs attempted / answered / failed | INVITE->200 ms "
-                "p50 / p95 / p99 / max | capture cpu-s | encoder workers cpu-s | "
+        head = ("| phase | calls/s | legs attempted / answered / failed (shed) | INVITE->200 "
+                "ms p50 / p95 / p99 / max | capture cpu-s | encoder workers cpu-s | "
                 "signaling cpu-s |\n|---|---:|---:|---:|---:|---:|---:|")
         rows = [head]
         for phase in (self.baseline, self.burst):
             rows.append(
                 f"| {phase.label} | {phase.rate:g} | {phase.attempted} / {phase.answered} / "
-                f"{phase.failed} | {phase.q(0.5):.1f} / {phase.q(0.95):.1f} / "
+                f"{phase.failed} ({phase.shed}) | {phase.q(0.5):.1f} / {phase.q(0.95):.1f} / "
                 f"{phase.q(0.99):.1f} / {max(phase.latencies_ms, default=math.nan):.1f} | "
                 f"{phase.capture_cpu:.2f} | {phase.workers_cpu:.2f} | "
                 f"{phase.signaling_cpu:.2f} |")
@@ -128,7 +129,8 @@ class SetupRateResult:
         b = self.burst
         return (f"| setup {b.rate:g} calls/s | p50 {b.q(0.5):.1f} / p99 {b.q(0.99):.1f} ms "
                 f"(x{self.p99_ratio:.1f} of {self.baseline.rate:g}/s) | {b.failed} of "
-                f"{b.attempted} legs failed | finalize overlap {b.workers_cpu:.1f} cpu-s |")
+                f"{b.attempted} legs failed ({b.shed} shed: 503) | finalize overlap "
+                f"{b.workers_cpu:.1f} cpu-s |")
 
 
 # --------------------------------------------------------------------------- SIPp
@@ -229,11 +231,17 @@ def cpu_sample(capture_pid: int, signaling_pid: int) -> tuple[float, float, floa
     return own, workers, loadgen.proc_cpu(signaling_pid)
 
 
-async def measure(legs: Legs, phase: Phase, pids: tuple[int, int], grace: float) -> None:
+SHED_METRIC = "callrec_signaling_invites_shed"
+
+
+async def measure(legs: Legs, phase: Phase, node: Node, pids: tuple[int, int],
+                  grace: float) -> None:
     before = cpu_sample(*pids)
+    shed_before = await asyncio.to_thread(node.metric, SHED_METRIC)
     legs.start()
     await legs.wait_answered(grace)
     after = cpu_sample(*pids)
+    phase.shed = round(await asyncio.to_thread(node.metric, SHED_METRIC) - shed_before)
     phase.capture_cpu, phase.workers_cpu, phase.signaling_cpu = (
         a - b for a, b in zip(after, before, strict=True))
     phase.latencies_ms = legs.rtt_ms()
@@ -243,14 +251,16 @@ async def measure(legs: Legs, phase: Phase, pids: tuple[int, int], grace: float)
 
 async def run(rate: float = 200.0, seconds: float = 8.0, *, baseline_rate: float = 20.0,
               baseline_seconds: float = 5.0, media_calls: int = 150,
-              media_seconds: float = 20.0, keep: bool = False) -> SetupRateResult:
+              media_seconds: float = 20.0, shed_after: float | None = None,
+              keep: bool = False) -> SetupRateResult:
     """Start a node, measure the baseline, the media load, then the burst."""
     root = Path(tempfile.mkdtemp(prefix="callrec-bench-setup-"))
     burst_legs = 2 * round(rate * seconds)
+    shedding = [] if shed_after is None else ["--sip-shed-after", f"{shed_after:g}"]
     node = Node(root / "node", rtp_ports=RTP_PORTS, extra_args=[
         "--record-all", "--max-channels", "20000", "--sip-allow", "127.0.0.1/32",
         "--sip-rate", f"{max(1000.0, 8 * rate):g}", "--sip-pending-media", "40000",
-        "--media-timeout", "0"])
+        "--media-timeout", "0", *shedding])
     scenario = scenario_without_rtp(root)
     result = SetupRateResult(Phase("baseline", baseline_rate, baseline_seconds),
                              Phase("burst, finalizing", rate, seconds), media_calls,
@@ -267,7 +277,7 @@ async def run(rate: float = 200.0, seconds: float = 8.0, *, baseline_rate: float
         legs = Legs(scenario, node, round(baseline_rate * baseline_seconds), baseline_rate,
                     CALL_SECONDS, "7")
         all_legs.append(legs)
-        await measure(legs, result.baseline, pids, grace=5.0)
+        await measure(legs, result.baseline, node, pids, grace=5.0)
 
         media_rate = 50.0
         progress(f"media load: {media_calls} calls with RTP for {media_seconds:g} s")
@@ -288,7 +298,7 @@ async def run(rate: float = 200.0, seconds: float = 8.0, *, baseline_rate: float
         progress(f"burst: {rate:g} calls/s x {seconds:g} s ({burst_legs} legs)")
         legs = Legs(scenario, node, round(rate * seconds), rate, CALL_SECONDS, "9")
         all_legs.append(legs)
-        await measure(legs, result.burst, pids, grace=10.0)
+        await measure(legs, result.burst, node, pids, grace=10.0)
         return result
     finally:
         for legs in all_legs:
@@ -310,6 +320,8 @@ def main() -> None:
     parser.add_argument("--media-calls", type=int, default=150,
                         help="calls with RTP whose finalize overlaps the burst")
     parser.add_argument("--media-seconds", type=float, default=20.0)
+    parser.add_argument("--shed-after", type=float, default=None,
+                        help="the node's --sip-shed-after (default: the node's; 0: never)")
     parser.add_argument("--smoke", action="store_true",
                         help="a few calls/s for a few seconds (what the test runs)")
     parser.add_argument("--keep", action="store_true", help="keep the node's directory")
@@ -320,7 +332,7 @@ def main() -> None:
     result = asyncio.run(run(args.rate, args.seconds, baseline_rate=args.baseline_rate,
                              baseline_seconds=args.baseline_seconds,
                              media_calls=args.media_calls, media_seconds=args.media_seconds,
-                             keep=args.keep))
+                             shed_after=args.shed_after, keep=args.keep))
     print(result.table())
     print()
     print(f"p99 burst / baseline: {result.p99_ratio:.2f}; media load {result.media_calls} "

@@ -52,6 +52,34 @@ BULK_SCENARIO = sipp.SIPP_DIR / "cucm_bulk.xml"
 # The bulk scenario plays tone.pcmu after the ACK; the set-up bench sends no RTP from SIPp.
 _RTP_EXEC = re.compile(r"\s*<!--[^>]*tone\.pcmu[^>]*-->\s*<nop>.*?</nop>", re.S)
 RTP_PORTS = loadgen.BENCH_RTP_PORTS  # capture binds 2 even ports a leg
+_REFUSED_LEG = """
+  <nop next="done"/>
+
+  <label id="refused"/>
+  <send>
+    <![CDATA[
+
+      ACK sip:[recorder]@[remote_ip]:[remote_port] SIP/2.0
+      [last_Via:]
+      [last_From:]
+      [last_To:]
+      Call-ID: [call_id]
+      CSeq: 101 ACK
+      Max-Forwards: 70
+      Content-Length: 0
+
+    ]]>
+  </send>
+
+  <label id="done"/>
+
+  <ResponseTimeRepartition"""
+_REFUSAL_EDITS = (
+    ('<recv response="183" optional="true"/>',
+     '<recv response="183" optional="true"/>\n  <recv response="503" optional="true" '
+     'next="refused"/>'),
+    ("\n  <ResponseTimeRepartition", _REFUSED_LEG),
+)
 
 
 T0 = time.monotonic()
@@ -137,10 +165,16 @@ class SetupRateResult:
 
 
 def scenario_without_rtp(workdir: Path) -> Path:
-    """cucm_bulk.xml without its rtp_stream: the burst's calls bring no media."""
+    """cucm_bulk.xml without its rtp_stream (the burst's calls bring no media), and
+    taking a 503 as CUCM does: ACKed in the INVITE's transaction, the leg ended (CUCM
+    would try the next recorder), not an unexpected message SIPp answers with a CANCEL."""
     text, count = _RTP_EXEC.subn("", BULK_SCENARIO.read_text())
     if count != 1:
         raise RuntimeError(f"{BULK_SCENARIO.name}: rtp_stream block not found")
+    for old, new in _REFUSAL_EDITS:
+        if old not in text:
+            raise RuntimeError(f"{BULK_SCENARIO.name}: {old.strip()!r} not found")
+        text = text.replace(old, new, 1)
     path = workdir / "cucm_setup.xml"
     path.write_text(text)
     return path

@@ -25,6 +25,7 @@ def test_scenario_without_rtp_drops_only_the_stream(tmp_path: Path) -> None:
     path = setup_rate.scenario_without_rtp(tmp_path)
     text = path.read_text()
     assert "rtp_stream" not in text and 'rtd="true"' in text and "BYE" in text
+    assert 'response="503" optional="true" next="refused"' in text  # ACKed, as CUCM does
 
 
 def test_smoke_measures_every_leg() -> None:

@@ -209,7 +209,7 @@ async def main(ctx: ServiceContext) -> None:
         ANSWER_BUCKETS)
     queue_waits = ctx.metrics.histogram(
         "signaling_invite_queue_seconds",
-        "seconds a new INVITE waited between reaching the host and being taken up "
+        "seconds a new INVITE waited between reaching the host and being read "
         "(over --sip-shed-after: answered 503)",
         ANSWER_BUCKETS)
     uas = RecorderUas(

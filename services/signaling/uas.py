@@ -240,6 +240,9 @@ class RecorderUas:
         if isinstance(message, SipResponse):
             return  # responses to our own BYEs, or strays: nothing to do
         message.received_at = received_at
+        if message.method == "INVITE" and message.to.tag is None \
+                and self._shed_if_late(message, peer):
+            return
         task = asyncio.create_task(self._dispatch(message, peer))
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
@@ -345,8 +348,6 @@ class RecorderUas:
     async def _invite(self, request: SipRequest, peer: Peer) -> None:
         if request.to.tag is not None:
             await self._on_reinvite(request, peer)
-            return
-        if self._shed_if_late(request, peer):
             return
         self.transactions.trying_unless_answered(
             request, lambda: self._respond(request, peer, 100))
@@ -470,8 +471,10 @@ class RecorderUas:
 
     def _shed_if_late(self, request: SipRequest, peer: Peer) -> bool:
         """Answer 503 to a new INVITE that waited too long in the node's queue: the PBX
-        records the call on its backup now, and the queue drains. Not logged one by one
-        (an overload would log thousands): counted by the gate, kept as missed calls."""
+        records the call on its backup now, and the queue drains. Done as the INVITE is
+        read, without a task or the call's lock, so that shedding costs little more
+        than the parse. Not logged one by one (an overload would log thousands):
+        counted by the gate, kept as missed calls. True when the INVITE is dealt with."""
         wait = queue_wait(request.received_at, time.time())
         if wait is None:
             return False
@@ -479,6 +482,9 @@ class RecorderUas:
             self.waited(wait)
         if not waited_too_long(wait, self.shed_after_s):
             return False
+        if self.transactions.receive(request, peer) is None:
+            self.counters.retransmissions += 1
+            return True  # a retransmission: its transaction's answer has gone out again
         self.counters.shed += 1
         if self.refusals is not None:
             self.refusals.refused(peer.host, "overloaded")

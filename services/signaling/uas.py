@@ -240,9 +240,16 @@ class RecorderUas:
         if isinstance(message, SipResponse):
             return  # responses to our own BYEs, or strays: nothing to do
         message.received_at = received_at
-        if message.method == "INVITE" and message.to.tag is None \
-                and self._shed_if_late(message, peer):
-            return
+        if message.method != "ACK":
+            if message.method == "INVITE" and message.to.tag is None \
+                    and self._shed_if_late(message, peer):
+                return
+            # The transaction layer takes a request as it is read (RFC 3261 17.2.3): a
+            # retransmission is absorbed here, its answer (if any) sent again, without
+            # a task or the call's lock; in a backlog every INVITE may come twice.
+            if self.transactions.receive(message, peer) is None:
+                self.counters.retransmissions += 1
+                return
         task = asyncio.create_task(self._dispatch(message, peer))
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
@@ -285,9 +292,6 @@ class RecorderUas:
         if method == "ACK":
             self._on_ack(request)
             return
-        if self.transactions.receive(request, peer) is None:
-            self.counters.retransmissions += 1
-            return  # a retransmission, absorbed
         structlog.contextvars.bind_contextvars(call_id=request.call_id)
         try:
             unsupported = unsupported_required(request)

@@ -28,6 +28,9 @@ from tests.unit.test_uas import (
 )
 
 PBX = Peer("UDP", "127.0.0.1", 5999)
+# Linux turns receive timestamps on a moment after the first socket asks (a deferred
+# work item); a datagram received before that is stamped when it is read.
+KERNEL_STAMPING_ON = 0.2
 
 
 def test_the_wait_is_measured_from_the_arrival_and_a_clock_step_back_is_no_wait() -> None:
@@ -119,6 +122,7 @@ async def test_a_burst_queued_while_the_loop_was_busy_is_shed_and_the_next_calls
                       record_all=True, max_channels=100, refusals=gate, shed_after_s=1.0)
     gate.connect(uas.on_message, transports)
     await transports.start("127.0.0.1", 0)
+    await asyncio.sleep(KERNEL_STAMPING_ON)
     pbx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     pbx.bind(("127.0.0.1", 0))
     pbx.setblocking(False)
@@ -143,7 +147,7 @@ async def test_a_burst_queued_while_the_loop_was_busy_is_shed_and_the_next_calls
                 finals.setdefault(response.call_id, []).append(response.status)
             if sum(len(s) for s in finals.values()) >= 26:
                 break
-        assert {f"near-{c}@10.1.1.1": [503] for c in range(1, 20)}.items() <= finals.items()
+        assert all(finals.get(f"near-{c}@10.1.1.1") == [503] for c in range(1, 20)), finals
         assert finals["near-0@10.1.1.1"] == [503, 503]
         assert all(finals[f"near-{c}@10.1.1.1"] == [200] for c in range(20, 25))
         assert len(backend.allocations) == 5

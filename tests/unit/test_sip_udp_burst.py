@@ -11,6 +11,7 @@ from pathlib import Path
 
 from callrec.arrival import KERNEL_TIMESTAMPS
 from services.signaling.sip.transport import UDP_RECEIVE_BUFFER, Peer, SipTransports
+from tests.unit.test_overload import KERNEL_STAMPING_ON
 
 INVITE_SIZE = 1_000  # about a CUCM INVITE with its SDP
 
@@ -74,6 +75,7 @@ async def test_each_datagram_carries_the_time_it_reached_the_host() -> None:
 
     transports = SipTransports(on_message)
     await transports.start("127.0.0.1", 0)
+    await asyncio.sleep(KERNEL_STAMPING_ON)
     sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     try:
         sent_at = time.time()

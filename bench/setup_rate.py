@@ -51,7 +51,7 @@ CALL_SECONDS = 30.0
 BULK_SCENARIO = sipp.SIPP_DIR / "cucm_bulk.xml"
 # The bulk scenario plays tone.pcmu after the ACK; the set-up bench sends no RTP from SIPp.
 _RTP_EXEC = re.compile(r"\s*<!--[^>]*tone\.pcmu[^>]*-->\s*<nop>.*?</nop>", re.S)
-RTP_PORTS = loadgen.BENCH_RTP_PORTS  # capture binds 2 even ports a leg
+RTP_PORTS = loadgen.BENCH_RTP_PORTS  # capture binds one even port a leg: 4,450 legs here
 _REFUSED_LEG = """
   <nop next="done"/>
 
@@ -296,9 +296,14 @@ async def run(rate: float = 200.0, seconds: float = 8.0, *, baseline_rate: float
         "--sip-rate", f"{max(1000.0, 8 * rate):g}", "--sip-pending-media", "40000",
         "--media-timeout", "0", *shedding])
     scenario = scenario_without_rtp(root)
+    even_ports = (RTP_PORTS[1] - RTP_PORTS[0]) // 2 + 1
     result = SetupRateResult(Phase("baseline", baseline_rate, baseline_seconds),
                              Phase("burst, finalizing", rate, seconds), media_calls,
                              media_seconds)
+    if burst_legs > even_ports:
+        result.notes.append(
+            f"the burst's {burst_legs} legs are more than the {even_ports} even RTP ports of "
+            f"{RTP_PORTS[0]}-{RTP_PORTS[1]} (one a leg): capture answers the rest 503, no port")
     all_legs: list[Legs] = []
     try:
         progress("starting the node")

@@ -218,22 +218,30 @@ class Legs:
 
     def created(self) -> int:
         """Legs SIPp created (its last statistics dump, once a second)."""
+        return self._statistic("TotalCallCreated")
+
+    def ended(self) -> int:
+        """Legs SIPp has finished, either way (a refused leg ends at once)."""
+        return self._statistic("SuccessfulCall(C)") + self._statistic("FailedCall(C)")
+
+    def _statistic(self, name: str) -> int:
         total = 0
         for run in self.runs:
             for path in run.workdir.glob("*.csv"):
                 if path.name.endswith("_rtt.csv"):
                     continue
                 rows = list(csv.reader(path.open(), delimiter=";"))
-                if len(rows) >= 2:
-                    column = rows[0].index("TotalCallCreated")
+                if len(rows) >= 2 and name in rows[0]:
+                    column = rows[0].index(name)
                     total += max(int(r[column]) for r in rows[1:] if len(r) > column)
         return total
 
     async def wait_answered(self, grace: float) -> None:
-        """Until every leg is created and answered, or `grace` s after the last was due."""
+        """Until every leg is answered or has ended (refused), or `grace` s after the
+        last was due."""
         deadline = time.monotonic() + self.calls / self.rate + grace
         while time.monotonic() < deadline:
-            if len(self.rtt_ms()) >= 2 * self.calls:
+            if len(self.rtt_ms()) >= 2 * self.calls or self.ended() >= 2 * self.calls:
                 break
             await asyncio.sleep(0.2)
         await asyncio.sleep(1.2)  # one more statistics dump

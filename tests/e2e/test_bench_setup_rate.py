@@ -42,3 +42,13 @@ def test_smoke_measures_every_leg() -> None:
     table = result.table()
     assert table.count("\n| ") == 2 and "| burst, finalizing | 5 | 20 / 20 / 0 (0) |" in table
     assert result.markdown_row().startswith("| setup 5 calls/s | p50 ")
+
+
+def test_a_node_that_sheds_every_invite_answers_503_and_counts_each() -> None:
+    """--sip-shed-after reaches the node: at 1 us every INVITE has waited too long, so
+    each leg gets 503 (ACKed by the PBX), none is answered, and the node counts them."""
+    result = asyncio.run(setup_rate.run(5.0, 1.0, baseline_rate=2.0, baseline_seconds=1.0,
+                                        media_calls=1, media_seconds=2.0, shed_after=1e-6))
+    for phase, calls in ((result.baseline, 2), (result.burst, 5)):
+        assert phase.attempted == 2 * calls and phase.answered == 0, phase
+        assert phase.shed == phase.failed == 2 * calls, phase

@@ -241,14 +241,14 @@ class RecorderUas:
             return  # responses to our own BYEs, or strays: nothing to do
         message.received_at = received_at
         if message.method != "ACK":
-            if message.method == "INVITE" and message.to.tag is None \
-                    and self._shed_if_late(message, peer):
-                return
             # The transaction layer takes a request as it is read (RFC 3261 17.2.3): a
             # retransmission is absorbed here, its answer (if any) sent again, without
             # a task or the call's lock; in a backlog every INVITE may come twice.
             if self.transactions.receive(message, peer) is None:
                 self.counters.retransmissions += 1
+                return
+            if message.method == "INVITE" and message.to.tag is None \
+                    and self._shed_if_late(message, peer):
                 return
         task = asyncio.create_task(self._dispatch(message, peer))
         self.tasks.add(task)
@@ -478,7 +478,7 @@ class RecorderUas:
         records the call on its backup now, and the queue drains. Done as the INVITE is
         read, without a task or the call's lock, so that shedding costs little more
         than the parse. Not logged one by one (an overload would log thousands):
-        counted by the gate, kept as missed calls. True when the INVITE is dealt with."""
+        counted by the gate, kept as missed calls. True when it was answered so."""
         wait = queue_wait(request.received_at, time.time())
         if wait is None:
             return False
@@ -486,9 +486,6 @@ class RecorderUas:
             self.waited(wait)
         if not waited_too_long(wait, self.shed_after_s):
             return False
-        if self.transactions.receive(request, peer) is None:
-            self.counters.retransmissions += 1
-            return True  # a retransmission: its transaction's answer has gone out again
         self.counters.shed += 1
         if self.refusals is not None:
             self.refusals.refused(peer.host, "overloaded")

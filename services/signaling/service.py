@@ -245,6 +245,9 @@ async def main(ctx: ServiceContext) -> None:
     metrics.gauge("signaling_invites_shed", "new INVITEs answered 503 after waiting over "
                   "--sip-shed-after in the node's queue (overload)",
                   lambda: float(uas.counters.shed))
+    metrics.gauge("signaling_sip_udp_send_failures", "SIP replies over UDP the kernel "
+                  "would not take (left to the peer's retransmission)",
+                  lambda: float(transports.udp.send_failures))
     metrics.gauge("signaling_sip_tcp_connections", "open SIP TCP connections",
                   lambda: float(len(transports.tcp.connections)))
     metrics.gauge("signaling_recordings_awaiting_media",

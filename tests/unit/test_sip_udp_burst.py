@@ -94,3 +94,14 @@ async def test_each_datagram_carries_the_time_it_reached_the_host() -> None:
     finally:
         sender.close()
         transports.close()
+
+
+async def test_a_reply_the_kernel_refuses_is_counted_not_raised() -> None:
+    transports = SipTransports(lambda data, peer, received_at: None)
+    await transports.start("127.0.0.1", 0)
+    try:
+        transports.udp.send_to(b"x" * 70_000, "127.0.0.1", 9)  # over a datagram's size
+        transports.udp.send_to(b"SIP/2.0 200 OK\r\n\r\n", "127.0.0.1", 9)
+        assert transports.udp.send_failures == 1
+    finally:
+        transports.close()

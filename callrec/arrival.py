@@ -32,6 +32,23 @@ def stamp_arrivals(sock: socket.socket) -> None:
         sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
 
 
+def open_stamped_udp(family: socket.AddressFamily, address: tuple[str, int],
+                     receive_buffer: int) -> socket.socket:
+    """A bound, non-blocking UDP socket whose datagrams carry their arrival time, with
+    `receive_buffer` bytes of buffer asked for (the kernel caps it at net.core.rmem_max):
+    what queues while its reader is busy or gone keeps the time it came."""
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+        stamp_arrivals(sock)
+        sock.bind(address)
+        sock.setblocking(False)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
 def arrival_time(ancdata: list[tuple[int, int, bytes]]) -> float:
     """The kernel's receive time (wall clock) from recvmsg's ancillary data; now if it
     has none."""

@@ -21,7 +21,7 @@ import socket
 from collections import deque
 from collections.abc import Iterator
 
-from callrec.arrival import stamp_arrivals
+from callrec.arrival import open_stamped_udp
 
 _random = secrets.SystemRandom()
 
@@ -38,17 +38,7 @@ def _family(bind: str) -> socket.AddressFamily:
 
 def open_rtp_socket(bind: str, port: int) -> socket.socket:
     """A bound, non-blocking UDP socket for one RTP stream (OSError if the port is taken)."""
-    family = _family(bind)
-    sock = socket.socket(family, socket.SOCK_DGRAM)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECV_BUFFER)
-        stamp_arrivals(sock)
-        sock.bind((bind, port))
-        sock.setblocking(False)
-    except OSError:
-        sock.close()
-        raise
-    return sock
+    return open_stamped_udp(_family(bind), (bind, port), RECV_BUFFER)
 
 
 # Draws straight from the free list before `candidates` falls back to a shuffled copy.

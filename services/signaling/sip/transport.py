@@ -25,7 +25,7 @@ from typing import Any, cast
 
 import structlog
 
-from callrec.arrival import ANCILLARY_SPACE, arrival_time, stamp_arrivals
+from callrec.arrival import ANCILLARY_SPACE, arrival_time, open_stamped_udp
 
 from ..admission import RefusalReason, TcpLimits, TcpSlots
 from .message import MAX_MESSAGE_SIZE, SipParseError, StreamFramer
@@ -285,15 +285,8 @@ class SipTransports:
     async def start(self, host: str, port: int) -> None:
         loop = asyncio.get_running_loop()
         family = socket.AF_INET6 if ipaddress.ip_address(host).version == 6 else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_DGRAM)
-        try:
-            granted = _enlarge_receive_buffer(sock, UDP_RECEIVE_BUFFER)
-            stamp_arrivals(sock)
-            sock.bind((host, port))
-            sock.setblocking(False)
-        except OSError:
-            sock.close()
-            raise
+        sock = open_stamped_udp(family, (host, port), UDP_RECEIVE_BUFFER)
+        granted = _granted_receive_buffer(sock)
         if granted < UDP_RECEIVE_BUFFER:
             log.warning("sip_udp_receive_buffer_capped", wanted=UDP_RECEIVE_BUFFER,
                         granted=granted, fix="raise net.core.rmem_max")
@@ -321,9 +314,8 @@ class SipTransports:
             self.tcp.close()
 
 
-def _enlarge_receive_buffer(sock: socket.socket, size: int) -> int:
-    """Ask for a ``size`` receive buffer; returns what the kernel granted (Linux reports
-    twice the usable size, its bookkeeping included, and caps it at rmem_max)."""
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
+def _granted_receive_buffer(sock: socket.socket) -> int:
+    """The receive buffer the kernel granted (Linux reports twice the usable size, its
+    bookkeeping included, and caps what was asked at rmem_max)."""
     reported: int = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
     return reported // 2 if sys.platform == "linux" else reported

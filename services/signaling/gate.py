@@ -1,10 +1,12 @@
 """The SIP gate: every datagram and TCP message passes here before the UAS sees it.
 
-It applies admission.py's rules (allow-list, per-source rates), answers what it
-refuses itself (403 to strangers, 503 + Retry-After to a PBX over its rate), counts
-every refusal by reason, and logs each refused source at most once a minute with
-the number of refusals since its last line, so a PBX missing from --sip-allow is
-noticed rather than silently unrecorded.
+It applies admission.py's rules (allow-list, per-source rates), answers strangers
+itself (403, never reaching the UAS), hands a PBX's messages over its rate to the UAS
+as such (its transaction layer answers new work 503 + Retry-After, and a
+retransmission what its transaction was answered), counts every refusal by reason,
+and logs each refused source at most once a minute with the number of refusals since
+its last line, so a PBX missing from --sip-allow is noticed rather than silently
+unrecorded.
 """
 
 from __future__ import annotations
@@ -32,7 +34,6 @@ from .sip.transport import Peer, Receiver
 log = structlog.get_logger()
 
 SERVER = "callrec/0.1"
-RETRY_AFTER_S = "5"
 
 
 class Replier(Protocol):
@@ -61,14 +62,17 @@ class SipGate:
             "SIP messages and TCP connections refused, by reason",
         )
         self.forward: Receiver = lambda data, peer, received_at: None
+        self.forward_over_limit: Receiver = lambda data, peer, received_at: None
         self.replier: Replier | None = None
         self.missed: MissedCalls | None = None
 
-    def connect(self, forward: Receiver, replier: Replier,
+    def connect(self, forward: Receiver, forward_over_limit: Receiver, replier: Replier,
                 missed: MissedCalls | None = None) -> None:
-        """Where admitted messages go (the UAS), how refusals are answered, and where
-        refused INVITEs are kept for the missed-calls page."""
+        """Where admitted messages go (the UAS) and those of a PBX over its rate (the UAS
+        again, to be answered as such), how strangers are answered, and where refused
+        INVITEs are kept for the missed-calls page."""
         self.forward = forward
+        self.forward_over_limit = forward_over_limit
         self.replier = replier
         self.missed = missed
 
@@ -88,7 +92,7 @@ class SipGate:
         if verdict == "admit":
             self.forward(data, peer, received_at)
         elif verdict == "over_limit":
-            self._over_limit(data, peer, received_at)
+            self.forward_over_limit(data, peer, received_at)
         elif verdict == "refuse":
             self._refuse(data, peer)
         else:
@@ -114,25 +118,6 @@ class SipGate:
                         message="no --sip-allow set: every SIP request is refused")
 
     # ---- answers ----------------------------------------------------------------------
-
-    def _over_limit(self, data: bytes, peer: Peer, received_at: float | None) -> None:
-        """A PBX over its rate: new work (INVITE, OPTIONS) gets 503 so it fails over;
-        requests in existing dialogs (ACK, BYE, re-INVITE) still go through, as
-        dropping them would leave calls and licences hanging."""
-        request = _request(data)
-        if request is None:
-            self.forward(data, peer, received_at)  # responses, malformed: the UAS counts them
-            return
-        new_work = request.method == "OPTIONS" or (
-            request.method == "INVITE" and request.to.tag is None)
-        if not new_work:
-            self.forward(data, peer, received_at)
-            return
-        self.refused(peer.host, "rate_limited")
-        if request.method == "INVITE" and self.missed is not None:
-            self.missed.request(request, peer, "rate_limited", 503)
-        self._answer(request, peer, 503, "over the SIP rate for this source",
-                     [("Retry-After", RETRY_AFTER_S)])
 
     def _refuse(self, data: bytes, peer: Peer) -> None:
         request = _request(data)

@@ -229,7 +229,7 @@ async def main(ctx: ServiceContext) -> None:
         shed_after_s=config.sip_shed_after_s,
         waited=queue_waits.observe,
     )
-    gate.connect(uas.on_message, transports, missed)
+    gate.connect(uas.on_message, uas.on_message_over_limit, transports, missed)
     metrics = ctx.metrics
     metrics.gauge("signaling_active_recordings", "recordings in progress",
                   lambda: float(len(uas.sessions)))

@@ -87,6 +87,8 @@ __all__ = ["ALLOW", "MAX_STREAMS", "BadRequest", "Plan", "RecorderUas", "media_f
 _media_for, _rtp_source, _with_sources = media_for, rtp_source, with_sources
 
 SERVER = "callrec/0.1"
+# On every 503: the PBX records the call on its backup and tries this node again later.
+RETRY_AFTER = ("Retry-After", "5")
 MIN_SESSION_EXPIRES = 90
 SWEEP_INTERVAL = 5.0
 MEDIA_WATCH_INTERVAL = 1.0
@@ -227,6 +229,22 @@ class RecorderUas:
     # ---- entry --------------------------------------------------------------------
 
     def on_message(self, data: bytes, peer: Peer, received_at: float | None = None) -> None:
+        self._take(data, peer, received_at, over_limit=False)
+
+    def on_message_over_limit(self, data: bytes, peer: Peer,
+                              received_at: float | None = None) -> None:
+        """A message from an allow-listed PBX over its --sip-rate (the gate's verdict).
+
+        New work (an INVITE outside a dialog, OPTIONS) gets 503 + Retry-After so the PBX
+        records the call on its backup; requests in dialogs still go through, as
+        dropping them would leave calls and licences hanging. The 503 goes through the
+        transaction layer like any answer, so a retransmission gets the same 503 even
+        once the PBX is back under its rate, and a retransmission of an INVITE admitted
+        before gets that INVITE's own answer, never a contradicting 503."""
+        self._take(data, peer, received_at, over_limit=True)
+
+    def _take(self, data: bytes, peer: Peer, received_at: float | None, *,
+              over_limit: bool) -> None:
         self.counters.received += 1
         try:
             message = parse_message(data)
@@ -247,8 +265,11 @@ class RecorderUas:
             if self.transactions.receive(message, peer) is None:
                 self.counters.retransmissions += 1
                 return
-            if message.method == "INVITE" and message.to.tag is None \
-                    and self._shed_if_late(message, peer):
+            new_invite = message.method == "INVITE" and message.to.tag is None
+            if over_limit and (new_invite or message.method == "OPTIONS"):
+                self._refuse_over_limit(message, peer)
+                return
+            if new_invite and self._shed_if_late(message, peer):
                 return
         task = asyncio.create_task(self._dispatch(message, peer))
         self.tasks.add(task)
@@ -382,7 +403,7 @@ class RecorderUas:
         if result.admission is not Admission.ACCEPT:
             log.info("invite_refused", status=result.admission.value, reason=result.reason,
                      numbers=plan.numbers)
-            extra = [("Retry-After", "5")] if result.admission is Admission.CANNOT_RECORD else []
+            extra = [RETRY_AFTER] if result.admission is Admission.CANNOT_RECORD else []
             self._respond(request, peer, result.admission.value, warning=result.reason,
                           headers=extra)
             self._missed(request, peer, _ADMISSION_REASONS[result.admission],
@@ -428,7 +449,7 @@ class RecorderUas:
                 self.registry.forget(session)
             if tx is None or not tx.cancelled:
                 self._respond(request, peer, 503, warning="capture unavailable",
-                              headers=[("Retry-After", "5")])
+                              headers=[RETRY_AFTER])
                 self._missed(request, peer, "cannot_record", 503, "capture unavailable",
                              plan)
             return
@@ -473,6 +494,15 @@ class RecorderUas:
         if new_session:
             await self.backend.recording_started(session)
 
+    def _refuse_over_limit(self, request: SipRequest, peer: Peer) -> None:
+        """503 to new work from a PBX over its rate; counted and logged (once a minute
+        per source) by the gate, kept as a missed call when it is an INVITE."""
+        if self.refusals is not None:
+            self.refusals.refused(peer.host, "rate_limited")
+        warning = "over the SIP rate for this source"
+        self._respond(request, peer, 503, warning=warning, headers=[RETRY_AFTER])
+        self._missed(request, peer, "rate_limited", 503, warning)
+
     def _shed_if_late(self, request: SipRequest, peer: Peer) -> bool:
         """Answer 503 to a new INVITE that waited too long in the node's queue: the PBX
         records the call on its backup now, and the queue drains. Done as the INVITE is
@@ -490,7 +520,7 @@ class RecorderUas:
         if self.refusals is not None:
             self.refusals.refused(peer.host, "overloaded")
         self._respond(request, peer, 503, warning="overloaded, try the backup",
-                      headers=[("Retry-After", "5")])
+                      headers=[RETRY_AFTER])
         self._missed(request, peer, "overloaded", 503,
                      f"waited {wait:.2f} s in the node's queue")
         return True
@@ -686,7 +716,7 @@ class RecorderUas:
             self._respond(request, peer, 200, headers=headers)
         else:
             self._respond(request, peer, 503, warning=why or "cannot record",
-                          headers=[*headers, ("Retry-After", "5")])
+                          headers=[*headers, RETRY_AFTER])
 
     async def _on_in_dialog_ok(self, request: SipRequest, peer: Peer) -> None:
         if self.registry.dialog(request.call_id, request.to.tag) is not None:
@@ -735,7 +765,7 @@ class RecorderUas:
         limit = self.pending_media_limit
         if limit is not None and self.registry.awaiting_count(peer.host) >= limit:
             warning = "too many recordings from this source wait for media"
-            self._respond(request, peer, 503, headers=[("Retry-After", "5")], warning=warning)
+            self._respond(request, peer, 503, headers=[RETRY_AFTER], warning=warning)
             self._refused(peer.host, "pending_media")
             self._missed(request, peer, "pending_media", 503, warning, plan)
             return True

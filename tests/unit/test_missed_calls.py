@@ -173,15 +173,6 @@ def test_the_gate_keeps_a_strangers_invites_not_its_options_or_acks() -> None:
     assert missed.counter.get(outcome="retransmission") == 1
 
 
-def test_the_gate_keeps_an_allowed_pbxs_invites_over_its_rate() -> None:
-    gate, _, _, registry, _ = make_gate(rate=2.0)
-    kept: list[MissedCall] = []
-    gate.missed = MissedCalls(MissedAggregator("n1"), kept.append, registry, Clock())
-    for n in range(4):
-        gate.on_message(request("INVITE", n), PBX)
-    assert [(r.reason, r.status) for r in kept] == [("rate_limited", 503)] * 2
-
-
 def test_raw_key_matches_the_parsed_key_and_survives_garbage() -> None:
     assert raw_key(request("INVITE", 7)) == "c7 1"
     assert raw_key(b"INVITE x\r\ni:  short-form \r\nCSEQ: 42 INVITE\r\n\r\n") == "short-form 42"

@@ -1,6 +1,8 @@
 """Overload: a new INVITE that waited too long in the node's queue gets 503 at once,
 so the PBX records the call on its backup and the queue drains, rather than being
-answered seconds late with its retransmissions parsed again behind it."""
+answered seconds late with its retransmissions parsed again behind it. And a PBX over
+its --sip-rate: its new work gets 503, each retransmission the answer its first copy
+got."""
 
 from __future__ import annotations
 
@@ -17,6 +19,8 @@ from services.signaling.missed import MissedAggregator, MissedCalls
 from services.signaling.sip.message import SipResponse, parse_message
 from services.signaling.sip.transport import Peer, SipTransports
 from services.signaling.uas import RecorderUas
+from tests.unit.test_admission import Clock as GateClock
+from tests.unit.test_admission import Replies
 from tests.unit.test_admission_uas import Refusals
 from tests.unit.test_missed_calls import Clock
 from tests.unit.test_uas import (
@@ -25,6 +29,7 @@ from tests.unit.test_uas import (
     cucm_from,
     settle,
     sip_request,
+    to_tag,
 )
 
 PBX = Peer("UDP", "127.0.0.1", 5999)
@@ -120,7 +125,7 @@ async def test_a_burst_queued_while_the_loop_was_busy_is_shed_and_the_next_calls
     transports = SipTransports(gate.on_message)
     uas = RecorderUas(backend=backend, sender=transports, address="127.0.0.1", sip_port=5060,
                       record_all=True, max_channels=100, refusals=gate, shed_after_s=1.0)
-    gate.connect(uas.on_message, transports)
+    gate.connect(uas.on_message, uas.on_message_over_limit, transports)
     await transports.start("127.0.0.1", 0)
     await asyncio.sleep(KERNEL_STAMPING_ON)
     pbx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -156,3 +161,65 @@ async def test_a_burst_queued_while_the_loop_was_busy_is_shed_and_the_next_calls
         pbx.close()
         await uas.shutdown()
         transports.close()
+
+
+async def test_over_its_rate_a_pbx_gets_503_for_new_work_and_every_retransmission_its_first_answer(
+) -> None:
+    """The gate (2 messages a second) in front of the UAS, as the service wires them.
+    Before, the gate answered 503 itself, statelessly: a retransmission of an INVITE
+    being answered 200 got a contradicting 503, and a retransmission of a refused
+    INVITE that came once the rate allowed it again was recorded (200) after the PBX
+    had taken the 503 and recorded the call on its backup."""
+    registry = Registry("signaling", "n1")
+    gate_clock = GateClock()
+    gate = SipGate(allow=AllowList.for_node("127.0.0.1", []), pbx_rate=2.0, pbx_burst=2.0,
+                   metrics=registry, clock=gate_clock)
+    node = Node()
+    kept: list[MissedCall] = []
+    node.uas.refusals = gate
+    node.uas.missed = MissedCalls(MissedAggregator("n1"), kept.append, None, node.clock)
+    strangers = Replies()
+    gate.connect(node.uas.on_message, node.uas.on_message_over_limit, strangers)
+    try:
+        gate.on_message(leg(1), PBX)
+        gate.on_message(leg(2), PBX)  # the bucket is empty now
+        gate.on_message(leg(3), PBX)
+        await settle(node.uas)
+        assert [r.status for r in node.finals(1)] == [200]
+        assert [r.status for r in node.finals(2)] == [200]
+        (refused,) = node.finals(3)
+        assert refused.status == 503 and refused.headers.get("Retry-After") == "5"
+        assert len(node.backend.allocations) == 2
+        # Still over the rate: leg 1's retransmission gets leg 1's 200 again.
+        gate.on_message(leg(1), PBX)
+        await settle(node.uas)
+        assert [r.status for r in node.finals(1)] == [200, 200]
+        # Back under the rate: leg 3's retransmission gets the same 503 (same To tag),
+        # and nothing is allocated for it.
+        gate_clock.now += 10.0
+        gate.on_message(leg(3), PBX)
+        await settle(node.uas)
+        assert [(r.status, to_tag(r)) for r in node.finals(3)] == [(503, to_tag(refused))] * 2
+        assert len(node.backend.allocations) == 2
+        # The retransmission took one token: leg 4 takes the last, leg 5 is over the
+        # rate; OPTIONS is new work (503) too, a BYE in a dialog goes through.
+        gate.on_message(leg(4), PBX)
+        gate.on_message(leg(5), PBX)
+        gate.on_message(sip_request("OPTIONS", call_id="ping", branch="z9hG4bK-ping"), PBX)
+        bye = sip_request("BYE", call_id="near-1@10.1.1.1", branch="z9hG4bK-bye-1",
+                          from_=cucm_from("near", refci="3001", tag="t1"),
+                          to_tag=to_tag(node.finals(1)[0]))
+        gate.on_message(bye, PBX)
+        await settle(node.uas)
+        assert [r.status for r in node.finals(4)] == [200]
+        assert [r.status for r in node.finals(5)] == [503]
+        assert node.sender.statuses("ping", "OPTIONS") == [503]
+        assert node.sender.statuses("near-1@10.1.1.1", "BYE") == [200]
+        assert strangers.sent == []
+        assert gate.refusals.get(reason="rate_limited") == 3  # legs 3 and 5, OPTIONS
+        node.clock.now += timedelta(minutes=1)
+        node.uas.missed.tick()
+        assert sorted((r.call_id, r.reason, r.status) for r in kept) == [
+            ("near-3@10.1.1.1", "rate_limited", 503), ("near-5@10.1.1.1", "rate_limited", 503)]
+    finally:
+        await node.uas.shutdown()

@@ -64,7 +64,7 @@ def node() -> tuple[Harness, UdpTransport, Replies]:
     gate = SipGate(allow=AllowList.for_node("127.0.0.1", []), pbx_rate=1000.0,
                    pbx_burst=1000.0, metrics=Registry("signaling", "t"))
     replies = Replies()
-    gate.connect(h.uas.on_message, replies)
+    gate.connect(h.uas.on_message, h.uas.on_message_over_limit, replies)
     return h, UdpTransport(gate.on_message), replies
 
 

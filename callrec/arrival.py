@@ -14,6 +14,10 @@ import struct
 import sys
 import time
 
+import structlog
+
+log = structlog.get_logger()
+
 # SO_TIMESTAMPNS (asm-generic value; Python does not name it). Architectures with
 # other numbers (sparc, parisc, alpha, mips) fall back to the time of reading.
 SO_TIMESTAMPNS = 35
@@ -47,6 +51,22 @@ def open_stamped_udp(family: socket.AddressFamily, address: tuple[str, int],
         sock.close()
         raise
     return sock
+
+
+def granted_receive_buffer(sock: socket.socket) -> int:
+    """The receive buffer the kernel granted (Linux reports twice the usable size, its
+    bookkeeping included, and caps what was asked at rmem_max)."""
+    reported: int = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+    return reported // 2 if sys.platform == "linux" else reported
+
+
+def warn_if_buffer_capped(sock: socket.socket, wanted: int, event: str) -> int:
+    """Log `event` (a warning naming the fix) when the kernel granted less receive
+    buffer than `wanted`; the granted size. A capped buffer holds a shorter stall."""
+    granted = granted_receive_buffer(sock)
+    if granted < wanted:
+        log.warning(event, wanted=wanted, granted=granted, fix="raise net.core.rmem_max")
+    return granted
 
 
 def arrival_time(ancdata: list[tuple[int, int, bytes]]) -> float:

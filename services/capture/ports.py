@@ -21,7 +21,7 @@ import socket
 from collections import deque
 from collections.abc import Iterator
 
-from callrec.arrival import open_stamped_udp
+from callrec.arrival import open_stamped_udp, warn_if_buffer_capped
 
 _random = secrets.SystemRandom()
 
@@ -36,9 +36,19 @@ def _family(bind: str) -> socket.AddressFamily:
     return socket.AF_INET6 if ipaddress.ip_address(bind).version == 6 else socket.AF_INET
 
 
+class _BufferCheck:
+    done = False
+
+
 def open_rtp_socket(bind: str, port: int) -> socket.socket:
-    """A bound, non-blocking UDP socket for one RTP stream (OSError if the port is taken)."""
-    return open_stamped_udp(_family(bind), (bind, port), RECV_BUFFER)
+    """A bound, non-blocking UDP socket for one RTP stream (OSError if the port is taken).
+    The first one of the process says so in the log if the kernel capped its buffer
+    (every stream's is capped alike)."""
+    sock = open_stamped_udp(_family(bind), (bind, port), RECV_BUFFER)
+    if not _BufferCheck.done:
+        _BufferCheck.done = True
+        warn_if_buffer_capped(sock, RECV_BUFFER, "rtp_receive_buffer_capped")
+    return sock
 
 
 # Draws straight from the free list before `candidates` falls back to a shuffled copy.

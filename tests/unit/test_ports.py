@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import itertools
+from pathlib import Path
 
 import pytest
+import structlog
 
+from services.capture import ports
 from services.capture.ports import PortPool
 
 
@@ -83,3 +86,25 @@ def test_ports_another_process_holds_are_skipped_until_none_is_left() -> None:
     assert sorted(seen) == list(range(20000, 20200, 2))
     pool.take(20100)
     assert 20100 not in set(pool.candidates())
+
+
+def test_a_capped_rtp_receive_buffer_is_logged_once_per_process(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Asked for more than net.core.rmem_max, the kernel grants less, silently: the
+    first RTP socket says so (with the fix), the others do not repeat it."""
+    rmem_max = int(Path("/proc/sys/net/core/rmem_max").read_text())
+    monkeypatch.setattr(ports, "RECV_BUFFER", 2 * rmem_max)
+    monkeypatch.setattr(ports._BufferCheck, "done", False)
+    with structlog.testing.capture_logs() as logs:
+        sockets = [ports.open_rtp_socket("127.0.0.1", 0) for _ in range(3)]
+    for sock in sockets:
+        sock.close()
+    capped = [e for e in logs if e["event"] == "rtp_receive_buffer_capped"]
+    assert len(capped) == 1
+    assert capped[0]["wanted"] == 2 * rmem_max and capped[0]["granted"] <= rmem_max
+    assert capped[0]["fix"] == "raise net.core.rmem_max"
+    monkeypatch.setattr(ports, "RECV_BUFFER", 64 * 1024)  # within rmem_max: granted
+    monkeypatch.setattr(ports._BufferCheck, "done", False)
+    with structlog.testing.capture_logs() as logs:
+        ports.open_rtp_socket("127.0.0.1", 0).close()
+    assert [e for e in logs if e["event"] == "rtp_receive_buffer_capped"] == []

@@ -17,7 +17,6 @@ import asyncio
 import contextlib
 import ipaddress
 import socket
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,7 +24,12 @@ from typing import Any, cast
 
 import structlog
 
-from callrec.arrival import ANCILLARY_SPACE, arrival_time, open_stamped_udp
+from callrec.arrival import (
+    ANCILLARY_SPACE,
+    arrival_time,
+    open_stamped_udp,
+    warn_if_buffer_capped,
+)
 
 from ..admission import RefusalReason, TcpLimits, TcpSlots
 from .message import MAX_MESSAGE_SIZE, SipParseError, StreamFramer
@@ -286,10 +290,7 @@ class SipTransports:
         loop = asyncio.get_running_loop()
         family = socket.AF_INET6 if ipaddress.ip_address(host).version == 6 else socket.AF_INET
         sock = open_stamped_udp(family, (host, port), UDP_RECEIVE_BUFFER)
-        granted = _granted_receive_buffer(sock)
-        if granted < UDP_RECEIVE_BUFFER:
-            log.warning("sip_udp_receive_buffer_capped", wanted=UDP_RECEIVE_BUFFER,
-                        granted=granted, fix="raise net.core.rmem_max")
+        warn_if_buffer_capped(sock, UDP_RECEIVE_BUFFER, "sip_udp_receive_buffer_capped")
         self.udp.attach(sock, loop)
         await self.tcp.start(host, port)
 
@@ -312,10 +313,3 @@ class SipTransports:
         self.udp.close()
         with contextlib.suppress(Exception):
             self.tcp.close()
-
-
-def _granted_receive_buffer(sock: socket.socket) -> int:
-    """The receive buffer the kernel granted (Linux reports twice the usable size, its
-    bookkeeping included, and caps what was asked at rmem_max)."""
-    reported: int = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
-    return reported // 2 if sys.platform == "linux" else reported

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -77,6 +78,54 @@ def transaction_key(request: SipRequest, method: str | None = None) -> Transacti
     return (request.call_id, str(request.cseq[0]), request.from_.tag or "", method)
 
 
+# Stateless answers remembered at most (the oldest forgotten first): a few MB.
+STATELESS_ANSWERS_KEPT = 8192
+
+
+class StatelessAnswers:
+    """Final answers sent without a transaction, by transaction key, for 64*T1.
+
+    A PBX over its --sip-rate gets 503 for new work without a transaction: no state
+    and no Timer G per refused request, so a flood over the rate (perhaps from a
+    spoofed address) costs a parse and a response, in bounded memory. Remembered
+    here, a retransmission of a refused request gets the same answer (the same To
+    tag), even once the PBX is back under its rate: a call the PBX took to its backup
+    is never answered 200 here later. Beyond `capacity` the oldest are forgotten."""
+
+    def __init__(self, *, lifetime: float = 64 * T1, capacity: int = STATELESS_ANSWERS_KEPT,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.lifetime = lifetime
+        self.capacity = capacity
+        self.clock = clock
+        self._answers: OrderedDict[TransactionKey, tuple[float, bytes]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._answers)
+
+    def get(self, key: TransactionKey) -> bytes | None:
+        if not self._answers:
+            return None
+        self._expire()
+        kept = self._answers.get(key)
+        return None if kept is None else kept[1]
+
+    def remember(self, key: TransactionKey, response: bytes) -> None:
+        self._expire()
+        self._answers[key] = (self.clock(), response)
+        self._answers.move_to_end(key)
+        while len(self._answers) > self.capacity:
+            self._answers.popitem(last=False)
+
+    def _expire(self) -> None:
+        horizon = self.clock() - self.lifetime
+        answers = self._answers
+        while answers:
+            key, (sent, _) = next(iter(answers.items()))
+            if sent > horizon:
+                return
+            del answers[key]
+
+
 class ServerTransactions:
     def __init__(self, user: TransactionUser, *, t1: float = T1, t2: float = T2,
                  trying_after: float = TRYING_AFTER,
@@ -97,10 +146,11 @@ class ServerTransactions:
     def get(self, request: SipRequest, method: str | None = None) -> ServerTransaction | None:
         return self.transactions.get(transaction_key(request, method))
 
-    def receive(self, request: SipRequest, peer: Peer) -> ServerTransaction | None:
+    def receive(self, request: SipRequest, peer: Peer,
+                key: TransactionKey | None = None) -> ServerTransaction | None:
         """A new transaction for a request; None for a retransmission (the cached
-        response, if any, has been sent again)."""
-        key = transaction_key(request)
+        response, if any, has been sent again). `key`: its transaction key, if known."""
+        key = key or transaction_key(request)
         tx = self.transactions.get(key)
         if tx is not None:
             if tx.response is not None:

@@ -77,7 +77,16 @@ from .sip.message import (
     serialize,
 )
 from .sip.transport import Peer
-from .transactions import T1, T2, TRYING_AFTER, ServerTransaction, ServerTransactions
+from .transactions import (
+    T1,
+    T2,
+    TRYING_AFTER,
+    ServerTransaction,
+    ServerTransactions,
+    StatelessAnswers,
+    TransactionKey,
+    transaction_key,
+)
 
 log = structlog.get_logger()
 
@@ -184,6 +193,7 @@ class RecorderUas:
         self.registry = SessionRegistry(dialog_store)
         self.transactions = ServerTransactions(self, t1=t1, t2=t2,
                                                trying_after=trying_after, answered=answered)
+        self.stateless = StatelessAnswers(lifetime=64 * t1)
         self.locks: dict[str, _CallLock] = {}
         self.tasks: set[asyncio.Task[None]] = set()
         self.counters = Counters()
@@ -237,10 +247,11 @@ class RecorderUas:
 
         New work (an INVITE outside a dialog, OPTIONS) gets 503 + Retry-After so the PBX
         records the call on its backup; requests in dialogs still go through, as
-        dropping them would leave calls and licences hanging. The 503 goes through the
-        transaction layer like any answer, so a retransmission gets the same 503 even
-        once the PBX is back under its rate, and a retransmission of an INVITE admitted
-        before gets that INVITE's own answer, never a contradicting 503."""
+        dropping them would leave calls and licences hanging. A retransmission of an
+        INVITE admitted before gets that INVITE's own answer from its transaction,
+        never a contradicting 503; the 503 itself is sent without a transaction and
+        remembered (StatelessAnswers), so its retransmissions get the same 503 even
+        once the PBX is back under its rate."""
         self._take(data, peer, received_at, over_limit=True)
 
     def _take(self, data: bytes, peer: Peer, received_at: float | None, *,
@@ -259,15 +270,22 @@ class RecorderUas:
             return  # responses to our own BYEs, or strays: nothing to do
         message.received_at = received_at
         if message.method != "ACK":
+            key = transaction_key(message)
+            refused = self.stateless.get(key)
+            if refused is not None:  # a retransmission of a request refused statelessly
+                self.counters.retransmissions += 1
+                self.send(peer, refused, message)
+                return
+            new_invite = message.method == "INVITE" and message.to.tag is None
+            if over_limit and (new_invite or message.method == "OPTIONS") \
+                    and key not in self.transactions.transactions:
+                self._refuse_over_limit(message, peer, key)
+                return
             # The transaction layer takes a request as it is read (RFC 3261 17.2.3): a
             # retransmission is absorbed here, its answer (if any) sent again, without
             # a task or the call's lock; in a backlog every INVITE may come twice.
-            if self.transactions.receive(message, peer) is None:
+            if self.transactions.receive(message, peer, key) is None:
                 self.counters.retransmissions += 1
-                return
-            new_invite = message.method == "INVITE" and message.to.tag is None
-            if over_limit and (new_invite or message.method == "OPTIONS"):
-                self._refuse_over_limit(message, peer)
                 return
             if new_invite and self._shed_if_late(message, peer):
                 return
@@ -494,13 +512,22 @@ class RecorderUas:
         if new_session:
             await self.backend.recording_started(session)
 
-    def _refuse_over_limit(self, request: SipRequest, peer: Peer) -> None:
-        """503 to new work from a PBX over its rate; counted and logged (once a minute
-        per source) by the gate, kept as a missed call when it is an INVITE."""
+    def _refuse_over_limit(self, request: SipRequest, peer: Peer, key: TransactionKey) -> None:
+        """503 to new work from a PBX over its rate, without a transaction (see
+        StatelessAnswers); counted and logged (once a minute per source) by the gate,
+        kept as a missed call when it is an INVITE."""
         if self.refusals is not None:
             self.refusals.refused(peer.host, "rate_limited")
         warning = "over the SIP rate for this source"
-        self._respond(request, peer, 503, warning=warning, headers=[RETRY_AFTER])
+        try:
+            response = serialize(build_response(
+                request, 503, to_tag=secrets.token_hex(8),
+                extra_headers=[("Server", SERVER), RETRY_AFTER, ("Warning", _warning(warning))]))
+        except SipParseError:
+            return
+        self.counters.responses[503] = self.counters.responses.get(503, 0) + 1
+        self.stateless.remember(key, response)
+        self.send(peer, response, request)
         self._missed(request, peer, "rate_limited", 503, warning)
 
     def _shed_if_late(self, request: SipRequest, peer: Peer) -> bool:

@@ -18,6 +18,7 @@ from services.signaling.gate import SipGate
 from services.signaling.missed import MissedAggregator, MissedCalls
 from services.signaling.sip.message import SipResponse, parse_message
 from services.signaling.sip.transport import Peer, SipTransports
+from services.signaling.transactions import StatelessAnswers
 from services.signaling.uas import RecorderUas
 from tests.unit.test_admission import Clock as GateClock
 from tests.unit.test_admission import Replies
@@ -190,10 +191,22 @@ async def test_over_its_rate_a_pbx_gets_503_for_new_work_and_every_retransmissio
         (refused,) = node.finals(3)
         assert refused.status == 503 and refused.headers.get("Retry-After") == "5"
         assert len(node.backend.allocations) == 2
-        # Still over the rate: leg 1's retransmission gets leg 1's 200 again.
+        # Refused without a transaction: a flood over the rate leaves no state but the
+        # bounded memory of its answers.
+        transactions = len(node.uas.transactions.transactions)
+        for n in range(100, 300):
+            gate.on_message(leg(n), PBX)
+        await settle(node.uas)
+        assert all([r.status for r in node.finals(n)] == [503] for n in range(100, 300))
+        assert len(node.uas.transactions.transactions) == transactions
+        assert len(node.uas.stateless) == 201
+        # Still over the rate: leg 1's retransmission gets leg 1's 200 again (and Timer
+        # G may have sent it again meanwhile: no ACK in this test).
+        answered = len(node.finals(1))
         gate.on_message(leg(1), PBX)
         await settle(node.uas)
-        assert [r.status for r in node.finals(1)] == [200, 200]
+        assert len(node.finals(1)) > answered
+        assert {r.status for r in node.finals(1)} == {200}
         # Back under the rate: leg 3's retransmission gets the same 503 (same To tag),
         # and nothing is allocated for it.
         gate_clock.now += 10.0
@@ -216,10 +229,24 @@ async def test_over_its_rate_a_pbx_gets_503_for_new_work_and_every_retransmissio
         assert node.sender.statuses("ping", "OPTIONS") == [503]
         assert node.sender.statuses("near-1@10.1.1.1", "BYE") == [200]
         assert strangers.sent == []
-        assert gate.refusals.get(reason="rate_limited") == 3  # legs 3 and 5, OPTIONS
+        assert gate.refusals.get(reason="rate_limited") == 203  # legs 3, 100-299, 5, OPTIONS
         node.clock.now += timedelta(minutes=1)
         node.uas.missed.tick()
-        assert sorted((r.call_id, r.reason, r.status) for r in kept) == [
-            ("near-3@10.1.1.1", "rate_limited", 503), ("near-5@10.1.1.1", "rate_limited", 503)]
+        assert sum(r.count for r in kept) == 202
+        assert {(r.reason, r.status) for r in kept} == {("rate_limited", 503)}
     finally:
         await node.uas.shutdown()
+
+
+def test_stateless_answers_are_kept_64_t1_and_at_most_their_capacity() -> None:
+    clock = GateClock()
+    answers = StatelessAnswers(lifetime=32.0, capacity=3, clock=clock)
+    for n in range(4):
+        answers.remember(("z9hG4bK", str(n)), f"503 #{n}".encode())
+        clock.now += 1.0
+    assert len(answers) == 3 and answers.get(("z9hG4bK", "0")) is None  # the oldest went
+    assert answers.get(("z9hG4bK", "3")) == b"503 #3"
+    clock.now += 29.5  # 32 s after #1 was sent, 30.5 after #2
+    assert answers.get(("z9hG4bK", "1")) is None and answers.get(("z9hG4bK", "2")) == b"503 #2"
+    clock.now += 10.0
+    assert answers.get(("z9hG4bK", "3")) is None and len(answers) == 0

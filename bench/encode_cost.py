@@ -5,6 +5,7 @@ PYTHONPATH=$PWD .venv/bin/python -m bench.encode_cost                 # one 60 s
 PYTHONPATH=$PWD .venv/bin/python -m bench.encode_cost --seconds 20 --runs 1   # smoke
 PYTHONPATH=$PWD .venv/bin/python -m bench.encode_cost --step-ms 1000   # what a step costs
 PYTHONPATH=$PWD .venv/bin/python -m bench.encode_cost --together 20    # 20 calls on one worker
+PYTHONPATH=$PWD .venv/bin/python -m bench.encode_cost --split          # libopus and the rest
 ```
 
 A two-leg G.711 call (440 Hz near, 1004 Hz far, 20 ms packets with jitter) is
@@ -15,12 +16,16 @@ floor for this audio: libopus itself at complexity 0, 60 ms frames, 8 kHz mono p
 channel, called frame by frame through ctypes (bench/floor.py), on the same G.711 PCM. The
 figures are CPU seconds (``time.process_time``) per call-minute, their ratio to the
 baseline, and stored MB per call-hour. Each mode runs ``--runs`` times; the median
-is printed. Pass ``--profile`` to print a cProfile of one live run.
+is printed. Pass ``--profile`` to print a cProfile of one live run, ``--split`` to
+divide the live path's CPU between libopus (its encode calls timed one by one) and
+the rest, against the floor encoded back to back (libopus with its code and tables
+hot in the caches, the cheapest of 5), in extra rounds after the table.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import cProfile
 import pstats
 import shutil
@@ -28,7 +33,9 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -37,6 +44,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from bench.floor import libopus_floor  # noqa: E402
+from callrec import opus  # noqa: E402
 from callrec.audio import PCMU_DECODE_TABLE  # noqa: E402
 from services.capture.finalize import duration_of, stream_specs  # noqa: E402
 from services.capture.live import (  # noqa: E402
@@ -67,6 +75,39 @@ STEP_MS = 500.0
 
 Variant = tuple[int, int, int, int]
 """(encoder input rate, bitrate of both channels, complexity, frame ms) of one live run."""
+
+
+class _TimedLibopus:
+    """callrec.opus's library with opus_multistream_encode timed (thread CPU)."""
+
+    def __init__(self, lib: Any) -> None:
+        self._lib = lib
+        self.seconds = 0.0
+        encode = lib.opus_multistream_encode
+
+        def timed(*args: Any) -> Any:
+            started = time.thread_time_ns()
+            try:
+                return encode(*args)
+            finally:
+                self.seconds += (time.thread_time_ns() - started) / 1e9
+
+        self.opus_multistream_encode = timed
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._lib, name)
+
+
+@contextlib.contextmanager
+def libopus_timed() -> Iterator[_TimedLibopus]:
+    """While inside, every libopus encode call is timed (about 0.3 us each)."""
+    original = opus._lib
+    timed = _TimedLibopus(original())
+    opus._lib = lambda: timed  # type: ignore[assignment]
+    try:
+        yield timed
+    finally:
+        opus._lib = original
 
 
 def live_run(directory: Path, variant: Variant | None = None,
@@ -154,6 +195,26 @@ def baseline_run(pcm: list[np.ndarray], bitrate: int) -> tuple[float, int]:
     return libopus_floor(pcm, bitrate)
 
 
+def split(directory: Path, pcm: list[np.ndarray], runs: int, bitrate: int,
+          minutes: float) -> None:
+    """The live path's CPU divided into libopus and the rest, medians of `runs`, each
+    beside the floor encoded back to back (hot caches: the cheapest of 5)."""
+    totals: list[float] = []
+    inside: list[float] = []
+    hot: list[float] = []
+    for _ in range(runs):
+        with libopus_timed() as timed:
+            cpu, _, _ = live_run(directory)
+        totals.append(cpu / minutes)
+        inside.append(timed.seconds / minutes)
+        hot.append(min(baseline_run(pcm, bitrate)[0] for _ in range(5)) / minutes)
+    total, libopus, floor = (statistics.median(v) for v in (totals, inside, hot))
+    print(f"split of the live path (cpu-s/call-min, medians of {runs}): all {total:.4f}"
+          f" = libopus {libopus:.4f} + the rest {total - libopus:.4f};"
+          f" the floor back to back {floor:.4f}: libopus in the live path"
+          f" {libopus / floor:.2f} x, all {total / floor:.2f} x")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=60.0)
@@ -173,6 +234,8 @@ def main() -> None:
                              " worker steps its recordings; CPU per call-minute of one copy;"
                              " repeatable")
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--split", action="store_true",
+                        help="also divide the live path's CPU: libopus and the rest")
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="encode-cost-"))
     try:
@@ -223,6 +286,8 @@ def main() -> None:
                 label = "capture LiveEncoder at {}:{}:{}:{}".format(*variant)
             print(f"{label:<58} {live:14.4f} {live / base:6.2f} "
                   f"{sizes[index] / hours / 1e6:10.2f}")
+        if args.split:
+            split(directory, pcm, args.runs, args.baseline_bitrate, minutes)
         if args.profile:
             profiler = cProfile.Profile(time.process_time)  # CPU, not wall time
             profiler.enable()

@@ -3,10 +3,9 @@
 It applies admission.py's rules (allow-list, per-source rates), answers strangers
 itself (403, never reaching the UAS), hands a PBX's messages over its rate to the UAS
 as such (it answers new work 503 + Retry-After, and a retransmission what its first
-copy got), counts every refusal by reason,
-and logs each refused source at most once a minute with the number of refusals since
-its last line, so a PBX missing from --sip-allow is noticed rather than silently
-unrecorded.
+copy got), counts every refusal by reason, and logs each refused source at most once a
+minute with the number of refusals since its last line, so a PBX missing from
+--sip-allow is noticed rather than silently unrecorded.
 """
 
 from __future__ import annotations

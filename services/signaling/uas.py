@@ -519,13 +519,8 @@ class RecorderUas:
         if self.refusals is not None:
             self.refusals.refused(peer.host, "rate_limited")
         warning = "over the SIP rate for this source"
-        try:
-            response = serialize(build_response(
-                request, 503, to_tag=secrets.token_hex(8),
-                extra_headers=[("Server", SERVER), RETRY_AFTER, ("Warning", _warning(warning))]))
-        except SipParseError:
-            return
-        self.counters.responses[503] = self.counters.responses.get(503, 0) + 1
+        response = self._response(request, 503, to_tag=secrets.token_hex(8),
+                                  headers=[RETRY_AFTER], warning=warning)
         self.stateless.remember(key, response)
         self.send(peer, response, request)
         self._missed(request, peer, "rate_limited", 503, warning)
@@ -897,18 +892,26 @@ class RecorderUas:
         content_type: str | None = None,
         warning: str | None = None,
     ) -> None:
+        if status >= 300 and to_tag is None and request.to.tag is None:
+            to_tag = secrets.token_hex(8)
+        response = self._response(request, status, to_tag=to_tag, headers=headers, body=body,
+                                  content_type=content_type, warning=warning)
+        self.transactions.respond(request, peer, response, status, to_tag)
+
+    def _response(self, request: SipRequest, status: int, *, to_tag: str | None,
+                  headers: Iterable[tuple[str, str]] = (), body: bytes = b"",
+                  content_type: str | None = None, warning: str | None = None) -> bytes:
+        """A response as sent (Server, Warning when given), counted by status."""
         extra = [("Server", SERVER), *headers]
         if warning:
             extra.append(("Warning", _warning(warning)))
-        if status >= 300 and to_tag is None and request.to.tag is None:
-            to_tag = secrets.token_hex(8)
         # A 400 says what was wrong in its reason phrase too (RFC 3261 21.4.1).
         reason = (f"Bad Request ({_safe(warning)[:120]})" if status == 400 and warning
                   else None)
         response = build_response(request, status, reason, to_tag=to_tag,
                                   extra_headers=extra, body=body, content_type=content_type)
         self.counters.responses[status] = self.counters.responses.get(status, 0) + 1
-        self.transactions.respond(request, peer, serialize(response), status, to_tag)
+        return serialize(response)
 
     def _answer_unparseable(self, data: bytes, peer: Peer, problem: str) -> int | None:
         """400 naming the problem wherever a response can be addressed (a request line

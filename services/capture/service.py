@@ -78,6 +78,7 @@ from .latching import (
     on_sdp,
 )
 from .live import (
+    EMIT_DELAY_MS,
     LIVE_FILE,
     Progress,
     SegmentTail,
@@ -217,6 +218,8 @@ class Capture:
         self.finalizing_now: set[str] = set()
         # Wall seconds a live step took in its worker's last round trip, by worker index.
         self.step_seconds: dict[int, float] = {}
+        # The flush the last finished round of live steps encoded up to (wall clock).
+        self.live_encoded_to: float | None = None
         # Their finishes, one round trip per worker for those that wait together.
         self.finishes = FinishBatcher(self._in_worker)
         self.finalize_slots = CaptureSideSlots(
@@ -288,6 +291,11 @@ class Capture:
         metrics.gauge("capture_finalize_backlog", "recordings waiting to be finalized",
                       lambda: float(self.queue.qsize()))
         metrics.gauge("capture_free_ports", "RTP ports free", lambda: float(self.pool.free))
+        metrics.gauge("capture_live_lag_seconds",
+                      "seconds of each call in progress not yet in its live recording (nor "
+                      "at the peer): about 1 while the encoders keep pace; more is what a "
+                      "lost host would cost each call, and says the node is over capacity",
+                      lambda: live_lag(time.time(), self.live_encoded_to))
         self.m_retries = metrics.counter(
             "capture_finalize_retries_total",
             "finalize attempts that failed and will be retried (reason: disk_full, "
@@ -805,11 +813,13 @@ class Capture:
                     batches.setdefault(self._worker_index(recording.manifest.recording_id),
                                        []).append(recording)
             if not batches:
+                self.live_encoded_to = flushed_at  # nothing to encode: caught up
                 continue
             started = time.monotonic()
             await asyncio.gather(*(self._live_steps(batch, flushed_at)
                                    for batch in batches.values()))
             self.m_live_seconds.inc(time.monotonic() - started)
+            self.live_encoded_to = flushed_at
             next_step_at = live_step_due(flushed_at)
 
     async def _live_steps(self, batch: list[LiveRecording], flushed_at: float) -> None:
@@ -1194,6 +1204,15 @@ def live_step_due(flushed_at: float) -> float:
     (its data would be a flush interval older): how far a peer is behind the call
     is then the emit delay plus one step interval, which a lost host costs."""
     return flushed_at + LIVE_STEP_INTERVAL - FLUSH_INTERVAL / 2
+
+
+def live_lag(now: float, encoded_to: float | None) -> float:
+    """Seconds of every call in progress not yet in its live.opus, so not yet at the
+    peer: since the flush the last finished round of live steps encoded up to, plus
+    the emit delay. 0 before any round (no call yet)."""
+    if encoded_to is None:
+        return 0.0
+    return max(0.0, now - encoded_to) + EMIT_DELAY_MS / 1000
 
 
 def lower_worker_priority() -> None:

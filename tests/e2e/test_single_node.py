@@ -198,6 +198,56 @@ def test_invite_answer_times_are_a_histogram_in_metrics(node: Node) -> None:
     assert count >= 2 and infinite == count
 
 
+def _encoder_workers(node: Node) -> list[int]:
+    """Capture's encoder worker processes (and their forkserver) in the node's group."""
+    assert node.process is not None
+    group = os.getpgid(node.process.pid)
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes()
+            if os.getpgid(int(entry.name)) == group and b"multiprocessing.forkserver" in cmdline:
+                found.append(int(entry.name))
+        except (OSError, ProcessLookupError):
+            continue
+    return found
+
+
+def test_live_lag_is_a_metric_that_grows_while_the_encoders_stall(node: Node) -> None:
+    """capture_live_lag_seconds: what a lost host would cost each call in progress.
+    About a second while the encoder workers keep pace; stopped for 4 s, it grows by
+    as much, and comes back once they go on."""
+    lag = "callrec_capture_live_lag_seconds"
+    call = sipp.start_cucm_call("127.0.0.1", node.sip_port, near="1001", far="2002",
+                                refci="83886081", seconds=14.0)
+    workers: list[int] = []
+    try:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not node.metric(ACTIVE):
+            time.sleep(0.1)
+        time.sleep(2.0)
+        keeping_pace = node.metric(lag)
+        assert 0.3 <= keeping_pace < 3.0
+        workers = _encoder_workers(node)
+        assert workers
+        for pid in workers:
+            os.kill(pid, signal.SIGSTOP)
+        time.sleep(4.0)
+        stalled = node.metric(lag)
+        assert stalled >= 4.0, (keeping_pace, stalled)
+    finally:
+        for pid in workers:
+            os.kill(pid, signal.SIGCONT)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and node.metric(lag) >= 3.0:
+        time.sleep(0.2)
+    assert node.metric(lag) < 3.0
+    outcome = call.wait()
+    assert outcome.ok, outcome.describe()
+
+
 def test_capture_hung_gives_503_then_recovers(node: Node) -> None:
     server = ("127.0.0.1", node.sip_port)
     pid = node.service_pid("services.capture")

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import itertools
 
-from services.capture.service import FLUSH_INTERVAL, LIVE_STEP_INTERVAL, live_step_due
+from services.capture.live import EMIT_DELAY_MS
+from services.capture.service import FLUSH_INTERVAL, LIVE_STEP_INTERVAL, live_lag, live_step_due
 
 
 def steps_taken(flushes: list[float], step_seconds: float = 0.0) -> list[float]:
@@ -35,3 +36,10 @@ def test_a_flush_that_comes_early_still_counts() -> None:
     # the gap between steps never grows to three flush intervals.
     assert live_step_due(10.0) <= 10.0 + LIVE_STEP_INTERVAL - 0.1
     assert live_step_due(10.0) > 10.0 + FLUSH_INTERVAL + 0.05
+
+
+def test_the_live_lag_counts_from_the_last_round_and_adds_the_emit_delay() -> None:
+    delay = EMIT_DELAY_MS / 1000
+    assert live_lag(100.0, None) == 0.0  # no round yet
+    assert live_lag(100.0, 99.5) == 0.5 + delay
+    assert live_lag(100.0, 100.2) == delay  # a clock stepped back reads as no lag

@@ -146,6 +146,10 @@ class ServerTransactions:
     def get(self, request: SipRequest, method: str | None = None) -> ServerTransaction | None:
         return self.transactions.get(transaction_key(request, method))
 
+    def __contains__(self, key: TransactionKey) -> bool:
+        """Whether a transaction with this key is remembered."""
+        return key in self.transactions
+
     def receive(self, request: SipRequest, peer: Peer,
                 key: TransactionKey | None = None) -> ServerTransaction | None:
         """A new transaction for a request; None for a retransmission (the cached

@@ -278,7 +278,7 @@ class RecorderUas:
                 return
             new_invite = message.method == "INVITE" and message.to.tag is None
             if over_limit and (new_invite or message.method == "OPTIONS") \
-                    and key not in self.transactions.transactions:
+                    and key not in self.transactions:
                 self._refuse_over_limit(message, peer, key)
                 return
             # The transaction layer takes a request as it is read (RFC 3261 17.2.3): a

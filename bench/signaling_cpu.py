@@ -103,6 +103,9 @@ def run_rounds(legs_per_round: int, rounds: int, live: int = 0) -> list[float]:
         def can_record(self) -> tuple[bool, str | None]:
             return True, None
 
+        def over_capacity(self) -> str | None:
+            return None
+
         async def allocate(self, request: AllocateRequest) -> dict[str, int]:
             request.model_dump_json().encode()
             reply = json.dumps({"ok": True, "data": {"ports": {

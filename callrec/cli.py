@@ -113,6 +113,10 @@ def build_parser() -> argparse.ArgumentParser:
                     default=float(_env("SIP_SHED_AFTER") or 1.0),
                     help="seconds a new INVITE may wait in the node's queue (overload) "
                          "before it is answered 503 so the PBX fails over; 0: never")
+    up.add_argument("--max-live-lag", type=float,
+                    default=float(_env("MAX_LIVE_LAG") or 5.0),
+                    help="seconds the live encoding of calls in progress may fall behind "
+                         "(over capacity) before new calls are answered 503; 0: never")
     up.add_argument("--sip-pending-media", type=int,
                     default=int(_env("SIP_PENDING_MEDIA") or 0) or None,
                     help="answered legs per source still without RTP (503 beyond); "
@@ -247,6 +251,7 @@ def config_from_args(args: argparse.Namespace) -> NodeConfig:
         "sip_rate": args.sip_rate,
         "sip_shed_after_s": args.sip_shed_after,
         "sip_pending_media": args.sip_pending_media,
+        "max_live_lag_s": args.max_live_lag,
         "sip_tcp_per_source": args.sip_tcp_per_source,
         "sip_tcp_max": args.sip_tcp_max,
         "media_timeout_s": args.media_timeout,

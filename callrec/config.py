@@ -62,6 +62,11 @@ class NodeConfig(BaseModel):
     sip_pending_media: int | None = Field(default=None, ge=1)
     sip_tcp_per_source: int = Field(default=64, ge=1)
     sip_tcp_max: int = Field(default=1024, ge=1)
+    # ---- capacity ----
+    # New calls get 503 while the live encoding of the calls in progress is this many
+    # seconds behind (what a lost host would cost each call); 0: never
+    # (services/capture/capacity.py).
+    max_live_lag_s: float = Field(default=5.0, ge=0.0)
     # ---- disk pressure ----
     # Free space below which new calls get 503 while calls in progress record into it:
     # "auto" = max(1 GiB, 5 % of the data file system), at most 25 % of it; or a size

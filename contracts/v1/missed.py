@@ -24,6 +24,7 @@ MissedReason = Literal[
     "not_allowed_drop",   # same, beyond the refusal rate: not answered
     "rate_limited",       # allow-listed source over --sip-rate: 503
     "overloaded",         # waited over --sip-shed-after in the node's queue: 503
+    "over_capacity",      # live encoding over --max-live-lag behind: 503 to new calls
     "pending_media",      # too many legs from this source without RTP yet: 503
     "leg_source",         # second CUCM leg of a call from another source: 403
     "unknown_user",       # no recording user has the number: 404
@@ -36,7 +37,8 @@ MissedReason = Literal[
     "internal_error",     # a fault of ours while handling it: 500
 ]
 MISSED_REASONS: tuple[MissedReason, ...] = (
-    "not_allowed", "not_allowed_drop", "rate_limited", "overloaded", "pending_media",
+    "not_allowed", "not_allowed_drop", "rate_limited", "overloaded", "over_capacity",
+    "pending_media",
     "leg_source", "unknown_user", "not_enabled", "no_licence", "cannot_record", "bad_request",
     "unsupported_media", "malformed", "internal_error",
 )
@@ -47,6 +49,8 @@ REASON_TEXT: dict[MissedReason, str] = {
     "not_allowed_drop": "source not allowed (--sip-allow), not answered (over the refusal rate)",
     "rate_limited": "over the SIP rate for this source (--sip-rate)",
     "overloaded": "node overloaded: waited too long in its queue (--sip-shed-after)",
+    "over_capacity": "node over capacity: calls in progress behind in encoding "
+                     "(--max-live-lag)",
     "pending_media": "too many calls from this source still without RTP (--sip-pending-media)",
     "leg_source": "second leg of a call from another source",
     "unknown_user": "unknown user",

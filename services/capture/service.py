@@ -61,6 +61,7 @@ from contracts.v1.rpc import (
     UpdateRequest,
 )
 
+from .capacity import LagGate, live_lag
 from .finalize import (
     CaptureSideSlots,
     FinalizeResult,
@@ -78,7 +79,6 @@ from .latching import (
     on_sdp,
 )
 from .live import (
-    EMIT_DELAY_MS,
     LIVE_FILE,
     Progress,
     SegmentTail,
@@ -231,6 +231,7 @@ class Capture:
         self.closing = False
         # Disk pressure (callrec.diskspace): the reserve, JetStream's state, retries.
         self.reserve_gate = diskspace.ReserveGate(ctx.config.reserve)
+        self.lag_gate = LagGate(ctx.config.max_live_lag_s)
         self.jetstream: tuple[bool, str | None] = (True, None)
         self.attempts: dict[str, int] = {}
         self.giving_up: set[str] = set()
@@ -302,6 +303,10 @@ class Capture:
             "transient, error)")
         metrics.gauge("capture_finalize_retrying", "recordings waiting for a finalize retry",
                       lambda: float(len(self.attempts)))
+        metrics.gauge("capture_over_capacity",
+                      "1 while the live encoding is over --max-live-lag behind (new calls "
+                      "get 503)",
+                      lambda: 1.0 if self.lag_gate.state == "behind" else 0.0)
         metrics.gauge("capture_disk_reserve_low",
                       "1 while free space is below the reserve (new calls get 503)",
                       lambda: 1.0 if self.reserve_gate.state == "low" else 0.0)
@@ -573,15 +578,30 @@ class Capture:
             ok, reason = False, "no free RTP ports"
         if ok and self.closing:
             ok, reason = False, "capture is shutting down"
+        lag, over_capacity = self._pace()
         return CaptureHealth(
             can_record=ok,
             reason=reason,
+            over_capacity=over_capacity,
+            live_lag_s=lag,
             active_recordings=len(self.live),
             active_streams=sum(len(r.streams) for r in self.live.values()),
             free_ports=self.pool.free,
             store_free_bytes=self.store.free_bytes(),
             quiet_streams=self._quiet_streams(),
         )
+
+    def _pace(self) -> tuple[float, str | None]:
+        """The live lag, and why new calls are refused if it is over the limit
+        (capacity.LagGate), logging each change."""
+        lag = live_lag(time.time(), self.live_encoded_to)
+        before = self.lag_gate.state
+        state = self.lag_gate.update(lag)
+        if state != before:
+            log.warning("over_capacity" if state == "behind" else "capacity_recovered",
+                        live_lag_s=round(lag, 2), max_live_lag_s=self.lag_gate.max_lag_s,
+                        active_recordings=len(self.live))
+        return lag, self.lag_gate.reason(lag) if state == "behind" else None
 
     def _disk_ok(self) -> tuple[bool, str | None]:
         """The free-space reserve, with hysteresis (callrec.diskspace.ReserveGate)."""
@@ -1204,15 +1224,6 @@ def live_step_due(flushed_at: float) -> float:
     (its data would be a flush interval older): how far a peer is behind the call
     is then the emit delay plus one step interval, which a lost host costs."""
     return flushed_at + LIVE_STEP_INTERVAL - FLUSH_INTERVAL / 2
-
-
-def live_lag(now: float, encoded_to: float | None) -> float:
-    """Seconds of every call in progress not yet in its live.opus, so not yet at the
-    peer: since the flush the last finished round of live steps encoded up to, plus
-    the emit delay. 0 before any round (no call yet)."""
-    if encoded_to is None:
-        return 0.0
-    return max(0.0, now - encoded_to) + EMIT_DELAY_MS / 1000
 
 
 def lower_worker_priority() -> None:

@@ -16,6 +16,7 @@ from enum import Enum
 
 from callrec.users import RecordingDecision, UsersProjection
 from contracts.v1.events import Participant, RecordingMetadata
+from contracts.v1.missed import MissedReason
 
 
 class Admission(Enum):
@@ -30,6 +31,8 @@ class Admission(Enum):
 class AdmissionResult:
     admission: Admission
     reason: str
+    # What the missed-calls record says (one refusal, one reason; ACCEPT never has one).
+    missed: MissedReason = "internal_error"
     user: str | None = None
 
 
@@ -43,23 +46,36 @@ def admit(
     active_recordings: int,
     max_channels: int,
     joins_existing: bool,
+    over_capacity: str | None = None,
 ) -> AdmissionResult:
-    """Decide how to answer a new recording leg; checks run in the order a PBX needs."""
+    """Decide how to answer a new recording leg; checks run in the order a PBX needs.
+
+    Over capacity (`over_capacity`, capture's live encoding too far behind) refuses
+    new calls only, after the users' checks (a call nobody records need not move):
+    another leg of a call being recorded still joins it, or that call would be
+    recorded half here and half on the backup."""
     if not can_record:
-        return AdmissionResult(Admission.CANNOT_RECORD, cannot_record_reason or "cannot record")
+        return AdmissionResult(Admission.CANNOT_RECORD, cannot_record_reason or "cannot record",
+                               "cannot_record")
     decision, user = users.recording_decision(numbers)
+    username = user.username if user else None
     if not record_all:
         if decision is RecordingDecision.UNKNOWN:
             return AdmissionResult(Admission.UNKNOWN_USER,
-                                   f"no recording user for {', '.join(numbers) or 'this call'}")
+                                   f"no recording user for {', '.join(numbers) or 'this call'}",
+                                   "unknown_user")
         if decision is RecordingDecision.NOT_ENABLED:
             return AdmissionResult(Admission.NOT_ENABLED,
-                                   f"user {user.username if user else '?'} is not recorded",
-                                   user.username if user else None)
+                                   f"user {username or '?'} is not recorded",
+                                   "not_enabled", username)
+    if not joins_existing and over_capacity is not None:
+        return AdmissionResult(Admission.CANNOT_RECORD, over_capacity, "over_capacity",
+                               username)
     if not joins_existing and active_recordings >= max_channels:
         return AdmissionResult(Admission.NO_LICENCE,
-                               f"licence limit of {max_channels} concurrent calls reached")
-    return AdmissionResult(Admission.ACCEPT, "ok", user.username if user else None)
+                               f"licence limit of {max_channels} concurrent calls reached",
+                               "no_licence", username)
+    return AdmissionResult(Admission.ACCEPT, "ok", user=username)
 
 
 @dataclass

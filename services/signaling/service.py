@@ -75,12 +75,22 @@ class NatsBackend:
             return False, "message bus unavailable"
         if not self.users_ready:
             return False, "starting"
-        health = self.capture_health
-        if health is None or time.monotonic() - self.health_at > HEALTH_STALE_AFTER:
+        health = self._fresh_health()
+        if health is None:
             return False, "capture service not answering"
         if not health.can_record:
             return False, health.reason or "capture cannot record"
         return True, None
+
+    def over_capacity(self) -> str | None:
+        health = self._fresh_health()
+        return None if health is None else health.over_capacity  # None: can_record says
+
+    def _fresh_health(self) -> CaptureHealth | None:
+        """Capture's last health report, unless it is too old to act on."""
+        if time.monotonic() - self.health_at > HEALTH_STALE_AFTER:
+            return None
+        return self.capture_health
 
     async def poll_health(self) -> None:
         while True:
@@ -257,6 +267,11 @@ async def main(ctx: ServiceContext) -> None:
                   lambda: 1.0 if backend.users_ready else 0.0)
     metrics.gauge("signaling_can_record", "1 when this node accepts recordings",
                   lambda: 1.0 if backend.can_record()[0] else 0.0)
+    metrics.gauge("signaling_admits_new_calls",
+                  "1 when this node accepts new calls: it can record and is not over "
+                  "capacity (capture's live encoding within --max-live-lag)",
+                  lambda: 1.0 if backend.can_record()[0] and not backend.over_capacity()
+                  else 0.0)
 
     async def active(_: Empty) -> ActiveRecordings:
         return ActiveRecordings(recording_ids=uas.active_recording_ids())

@@ -113,6 +113,9 @@ class Backend(Protocol):
     users: UsersProjection
 
     def can_record(self) -> tuple[bool, str | None]: ...
+    def over_capacity(self) -> str | None:
+        """Why new calls are refused while calls in progress go on (None: they are not)."""
+        ...
     async def allocate(self, request: AllocateRequest) -> dict[str, int]: ...
     async def update(self, request: UpdateRequest) -> None: ...
     async def release(self, recording_id: str, stream_id: str) -> None: ...
@@ -417,6 +420,7 @@ class RecorderUas:
             active_recordings=self.registry.active_count(),
             max_channels=self.max_channels,
             joins_existing=joins,
+            over_capacity=self.backend.over_capacity(),
         )
         if result.admission is not Admission.ACCEPT:
             log.info("invite_refused", status=result.admission.value, reason=result.reason,
@@ -424,8 +428,8 @@ class RecorderUas:
             extra = [RETRY_AFTER] if result.admission is Admission.CANNOT_RECORD else []
             self._respond(request, peer, result.admission.value, warning=result.reason,
                           headers=extra)
-            self._missed(request, peer, _ADMISSION_REASONS[result.admission],
-                         result.admission.value, result.reason, plan)
+            self._missed(request, peer, result.missed, result.admission.value, result.reason,
+                         plan)
             return
         if not joins and self._refuse_pending_media(request, peer, plan):
             return
@@ -971,15 +975,6 @@ class RecorderUas:
 
     async def shutdown(self) -> None:
         self.transactions.shutdown()
-
-
-_ADMISSION_REASONS: dict[Admission, MissedReason] = {
-    Admission.UNKNOWN_USER: "unknown_user",
-    Admission.NOT_ENABLED: "not_enabled",
-    Admission.NO_LICENCE: "no_licence",
-    Admission.CANNOT_RECORD: "cannot_record",
-    Admission.ACCEPT: "internal_error",  # never refused
-}
 
 
 def _safe(text: str) -> str:

@@ -215,13 +215,17 @@ def _encoder_workers(node: Node) -> list[int]:
     return found
 
 
-def test_live_lag_is_a_metric_that_grows_while_the_encoders_stall(node: Node) -> None:
+def test_encoders_falling_behind_show_as_lag_and_turn_new_calls_away(node: Node) -> None:
     """capture_live_lag_seconds: what a lost host would cost each call in progress.
-    About a second while the encoder workers keep pace; stopped for 4 s, it grows by
-    as much, and comes back once they go on."""
+    About a second while the encoder workers keep pace; stopped, it grows by as much.
+    Past --max-live-lag (5 s by default) new calls get 503, so the PBX records them
+    on the backup, while the call in progress goes on; once the workers go on and
+    catch up, new calls are recorded again."""
     lag = "callrec_capture_live_lag_seconds"
+    admits = "callrec_signaling_admits_new_calls"
+    server = ("127.0.0.1", node.sip_port)
     call = sipp.start_cucm_call("127.0.0.1", node.sip_port, near="1001", far="2002",
-                                refci="83886081", seconds=14.0)
+                                refci="83886081", seconds=20.0)
     workers: list[int] = []
     try:
         deadline = time.monotonic() + 10
@@ -230,6 +234,7 @@ def test_live_lag_is_a_metric_that_grows_while_the_encoders_stall(node: Node) ->
         time.sleep(2.0)
         keeping_pace = node.metric(lag)
         assert 0.3 <= keeping_pace < 3.0
+        assert node.metric(admits) == 1.0
         workers = _encoder_workers(node)
         assert workers
         for pid in workers:
@@ -237,14 +242,28 @@ def test_live_lag_is_a_metric_that_grows_while_the_encoders_stall(node: Node) ->
         time.sleep(4.0)
         stalled = node.metric(lag)
         assert stalled >= 4.0, (keeping_pace, stalled)
+        deadline = time.monotonic() + 6
+        while time.monotonic() < deadline and node.metric(admits):
+            time.sleep(0.2)
+        assert node.metric("callrec_capture_over_capacity") == 1.0
+        assert node.metric(admits) == 0.0
+        code, result = sipp.invite_response_code(server, near_number="1001",
+                                                 refci="83886091")
+        assert code == 503, result.describe()
+        assert "behind in encoding" in result.messages  # the 503's Warning says why
     finally:
         for pid in workers:
             os.kill(pid, signal.SIGCONT)
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and node.metric(lag) >= 3.0:
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and not node.metric(admits):
         time.sleep(0.2)
-    assert node.metric(lag) < 3.0
+    assert node.metric(admits) == 1.0
+    assert node.metric(lag) < 2.6
     outcome = call.wait()
+    assert outcome.ok, outcome.describe()
+    after = sipp.start_cucm_call("127.0.0.1", node.sip_port, near="1001", far="2002",
+                                 refci="83886101", seconds=1.0)
+    outcome = after.wait()
     assert outcome.ok, outcome.describe()
 
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import itertools
 
+from services.capture.capacity import live_lag
 from services.capture.live import EMIT_DELAY_MS
-from services.capture.service import FLUSH_INTERVAL, LIVE_STEP_INTERVAL, live_lag, live_step_due
+from services.capture.service import FLUSH_INTERVAL, LIVE_STEP_INTERVAL, live_step_due
 
 
 def steps_taken(flushes: list[float], step_seconds: float = 0.0) -> list[float]:

@@ -47,6 +47,7 @@ class FakeBackend:
         self._next_port = itertools.count(20000, 2)
         self.fail_allocate = False
         self.record_ok: tuple[bool, str | None] = (True, None)
+        self.over: str | None = None  # over_capacity's answer
         # When set, allocate waits for it (to test CANCEL while allocating).
         self.gate: asyncio.Event | None = None
         self.allocate_entered = asyncio.Event()
@@ -57,6 +58,9 @@ class FakeBackend:
 
     def can_record(self) -> tuple[bool, str | None]:
         return self.record_ok
+
+    def over_capacity(self) -> str | None:
+        return self.over
 
     async def allocate(self, request: AllocateRequest) -> dict[str, int]:
         self.allocations.append(request)

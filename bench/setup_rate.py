@@ -111,6 +111,8 @@ class Phase:
     attempted: int = 0  # legs SIPp created
     answered: int = 0  # legs that got their 200
     shed: int = 0  # legs the node answered 503 for waiting over --sip-shed-after
+    over_capacity: int = 0  # legs answered 503 because the live encoding was behind
+    peak_lag_s: float = 0.0  # highest callrec_capture_live_lag_seconds seen (0.5 s apart)
     latencies_ms: list[float] = field(default_factory=list)  # INVITE->200 per leg
     capture_cpu: float = 0.0  # CPU-s of capture's own process during the phase
     workers_cpu: float = 0.0  # CPU-s of capture's encoder workers during the phase
@@ -139,17 +141,19 @@ class SetupRateResult:
         return self.burst.q(0.99) / base if base > 0 else math.nan
 
     def table(self) -> str:
-        head = ("| phase | calls/s | legs attempted / answered / failed (shed) | INVITE->200 "
-                "ms p50 / p95 / p99 / max | capture cpu-s | encoder workers cpu-s | "
-                "signaling cpu-s |\n|---|---:|---:|---:|---:|---:|---:|")
+        head = ("| phase | calls/s | legs attempted / answered / failed (shed, over "
+                "capacity) | INVITE->200 ms p50 / p95 / p99 / max | capture cpu-s | "
+                "encoder workers cpu-s | signaling cpu-s | peak live lag s |\n"
+                "|---|---:|---:|---:|---:|---:|---:|---:|")
         rows = [head]
         for phase in (self.baseline, self.burst):
             rows.append(
                 f"| {phase.label} | {phase.rate:g} | {phase.attempted} / {phase.answered} / "
-                f"{phase.failed} ({phase.shed}) | {phase.q(0.5):.1f} / {phase.q(0.95):.1f} / "
+                f"{phase.failed} ({phase.shed}, {phase.over_capacity}) | "
+                f"{phase.q(0.5):.1f} / {phase.q(0.95):.1f} / "
                 f"{phase.q(0.99):.1f} / {max(phase.latencies_ms, default=math.nan):.1f} | "
                 f"{phase.capture_cpu:.2f} | {phase.workers_cpu:.2f} | "
-                f"{phase.signaling_cpu:.2f} |")
+                f"{phase.signaling_cpu:.2f} | {phase.peak_lag_s:.1f} |")
         return "\n".join(rows)
 
     def markdown_row(self) -> str:
@@ -157,8 +161,9 @@ class SetupRateResult:
         b = self.burst
         return (f"| setup {b.rate:g} calls/s | p50 {b.q(0.5):.1f} / p99 {b.q(0.99):.1f} ms "
                 f"(x{self.p99_ratio:.1f} of {self.baseline.rate:g}/s) | {b.failed} of "
-                f"{b.attempted} legs failed ({b.shed} shed: 503) | finalize overlap "
-                f"{b.workers_cpu:.1f} cpu-s |")
+                f"{b.attempted} legs failed ({b.shed} shed, {b.over_capacity} over capacity: "
+                f"503) | finalize overlap {b.workers_cpu:.1f} cpu-s, peak live lag "
+                f"{b.peak_lag_s:.1f} s |")
 
 
 # --------------------------------------------------------------------------- SIPp
@@ -274,16 +279,34 @@ def cpu_sample(capture_pid: int, signaling_pid: int) -> tuple[float, float, floa
 
 
 SHED_METRIC = "callrec_signaling_invites_shed"
+OVER_CAPACITY_METRIC = "callrec_signaling_calls_over_capacity"
+LAG_METRIC = "callrec_capture_live_lag_seconds"
+
+
+async def peak_lag(node: Node, phase: Phase) -> None:
+    """Keep the highest live lag the node reports in `phase` (until cancelled)."""
+    while True:
+        with contextlib.suppress(Exception):
+            phase.peak_lag_s = max(phase.peak_lag_s,
+                                   await asyncio.to_thread(node.metric, LAG_METRIC))
+        await asyncio.sleep(0.5)
 
 
 async def measure(legs: Legs, phase: Phase, node: Node, pids: tuple[int, int],
                   grace: float) -> None:
     before = cpu_sample(*pids)
     shed_before = await asyncio.to_thread(node.metric, SHED_METRIC)
+    over_before = await asyncio.to_thread(node.metric, OVER_CAPACITY_METRIC)
+    sampler = asyncio.create_task(peak_lag(node, phase))
     legs.start()
-    await legs.wait_answered(grace)
+    try:
+        await legs.wait_answered(grace)
+    finally:
+        sampler.cancel()
     after = cpu_sample(*pids)
     phase.shed = round(await asyncio.to_thread(node.metric, SHED_METRIC) - shed_before)
+    phase.over_capacity = round(
+        await asyncio.to_thread(node.metric, OVER_CAPACITY_METRIC) - over_before)
     phase.capture_cpu, phase.workers_cpu, phase.signaling_cpu = (
         a - b for a, b in zip(after, before, strict=True))
     phase.latencies_ms = legs.rtt_ms()

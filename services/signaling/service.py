@@ -255,6 +255,9 @@ async def main(ctx: ServiceContext) -> None:
     metrics.gauge("signaling_invites_shed", "new INVITEs answered 503 after waiting over "
                   "--sip-shed-after in the node's queue (overload)",
                   lambda: float(uas.counters.shed))
+    metrics.gauge("signaling_calls_over_capacity", "new calls answered 503 because "
+                  "capture's live encoding was over --max-live-lag behind",
+                  lambda: float(uas.counters.over_capacity))
     metrics.gauge("signaling_sip_udp_send_failures", "SIP replies over UDP the kernel "
                   "would not take (left to the peer's retransmission)",
                   lambda: float(transports.udp.send_failures))

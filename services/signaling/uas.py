@@ -160,6 +160,8 @@ class Counters:
     unanswerable: int = 0
     # New INVITEs answered 503 because they waited too long in the queue (overload).
     shed: int = 0
+    # New calls answered 503 because capture's live encoding was too far behind.
+    over_capacity: int = 0
     responses: dict[int, int] = field(default_factory=dict)
 
 
@@ -428,6 +430,8 @@ class RecorderUas:
             extra = [RETRY_AFTER] if result.admission is Admission.CANNOT_RECORD else []
             self._respond(request, peer, result.admission.value, warning=result.reason,
                           headers=extra)
+            if result.missed == "over_capacity":
+                self.counters.over_capacity += 1
             self._missed(request, peer, result.missed, result.admission.value, result.reason,
                          plan)
             return

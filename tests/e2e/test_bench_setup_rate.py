@@ -35,12 +35,13 @@ def test_smoke_measures_every_leg() -> None:
         assert phase.attempted == 2 * calls, phase  # both legs of every call
         assert phase.answered == phase.attempted and phase.failed == 0, phase
         assert phase.shed == 0, phase  # a few calls a second never wait a second
+        assert phase.over_capacity == 0 and 0 < phase.peak_lag_s < 5.0, phase
         assert len(phase.latencies_ms) == phase.answered
         assert 0 <= phase.q(0.5) <= phase.q(0.99) <= max(phase.latencies_ms)
         assert phase.signaling_cpu > 0 and phase.capture_cpu >= 0, phase
     assert result.media_packets_sent > 0  # the media load really played
     table = result.table()
-    assert table.count("\n| ") == 2 and "| burst, finalizing | 5 | 20 / 20 / 0 (0) |" in table
+    assert table.count("\n| ") == 2 and "| burst, finalizing | 5 | 20 / 20 / 0 (0, 0) |" in table
     assert result.markdown_row().startswith("| setup 5 calls/s | p50 ")
 
 

@@ -80,6 +80,7 @@ async def test_the_uas_answers_new_calls_503_and_lets_the_second_leg_of_a_call_j
         assert warning is not None and "6.2 s behind" in warning
         assert [(r.call_id, r.status, r.reason) for r in kept] == [
             ("b-near", 503, "over_capacity")]
+        assert uas.counters.over_capacity == 1
         backend.over = None  # caught up
         assert await leg("c-near", "near", "333") == 200
     finally:

@@ -296,7 +296,7 @@ class Capture:
                       "seconds of each call in progress not yet in its live recording (nor "
                       "at the peer): about 1 while the encoders keep pace; more is what a "
                       "lost host would cost each call, and says the node is over capacity",
-                      lambda: live_lag(time.time(), self.live_encoded_to))
+                      self._live_lag)
         self.m_retries = metrics.counter(
             "capture_finalize_retries_total",
             "finalize attempts that failed and will be retried (reason: disk_full, "
@@ -591,10 +591,14 @@ class Capture:
             quiet_streams=self._quiet_streams(),
         )
 
+    def _live_lag(self) -> float:
+        """capacity.live_lag of the calls in progress; 0 while there is none."""
+        return live_lag(time.time(), self.live_encoded_to) if self.live else 0.0
+
     def _pace(self) -> tuple[float, str | None]:
         """The live lag, and why new calls are refused if it is over the limit
         (capacity.LagGate), logging each change."""
-        lag = live_lag(time.time(), self.live_encoded_to)
+        lag = self._live_lag()
         before = self.lag_gate.state
         state = self.lag_gate.update(lag)
         if state != before:

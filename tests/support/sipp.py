@@ -245,6 +245,33 @@ def parse_messages_log(text: str, *, complete_only: bool = False) -> list[SipLog
     return out
 
 
+class MessageLogTail:
+    """The entries a running SIPp has added to its message log since the last call:
+    reads only the new bytes, keeping a message still being written for next time
+    (a long run's log is too big to parse whole every second)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.offset = 0
+        self.pending = ""
+
+    def new_entries(self) -> list[SipLogEntry]:
+        try:
+            with self.path.open("rb") as handle:
+                handle.seek(self.offset)
+                data = handle.read()
+        except FileNotFoundError:
+            return []
+        self.offset += len(data)
+        text = self.pending + data.decode(errors="replace")
+        seps = list(_ENTRY_SEP.finditer(text))
+        if not seps:
+            self.pending = text
+            return []
+        self.pending = text[seps[-1].start():]
+        return parse_messages_log(text[:seps[-1].start()])
+
+
 # --------------------------------------------------------------------------- SippRun
 
 

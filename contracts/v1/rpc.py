@@ -104,7 +104,6 @@ class CaptureHealth(Message):
     # Set while the live encoding is over --max-live-lag behind: why new calls are
     # refused. Calls in progress go on and their other legs still join them.
     over_capacity: str | None = None
-    live_lag_s: float = 0.0
     # Streams without a packet yet or silent for QUIET_AFTER_S: signaling applies the
     # media timeout (it knows which legs are on hold) and the per-source cap on legs
     # still waiting for media. Every other live stream has had a packet recently.

@@ -578,12 +578,10 @@ class Capture:
             ok, reason = False, "no free RTP ports"
         if ok and self.closing:
             ok, reason = False, "capture is shutting down"
-        lag, over_capacity = self._pace()
         return CaptureHealth(
             can_record=ok,
             reason=reason,
-            over_capacity=over_capacity,
-            live_lag_s=lag,
+            over_capacity=self._over_capacity(),
             active_recordings=len(self.live),
             active_streams=sum(len(r.streams) for r in self.live.values()),
             free_ports=self.pool.free,
@@ -595,8 +593,8 @@ class Capture:
         """capacity.live_lag of the calls in progress; 0 while there is none."""
         return live_lag(time.time(), self.live_encoded_to) if self.live else 0.0
 
-    def _pace(self) -> tuple[float, str | None]:
-        """The live lag, and why new calls are refused if it is over the limit
+    def _over_capacity(self) -> str | None:
+        """Why new calls are refused, if the live lag is over the limit
         (capacity.LagGate), logging each change."""
         lag = self._live_lag()
         before = self.lag_gate.state
@@ -605,7 +603,7 @@ class Capture:
             log.warning("over_capacity" if state == "behind" else "capacity_recovered",
                         live_lag_s=round(lag, 2), max_live_lag_s=self.lag_gate.max_lag_s,
                         active_recordings=len(self.live))
-        return lag, self.lag_gate.reason(lag) if state == "behind" else None
+        return self.lag_gate.reason(lag) if state == "behind" else None
 
     def _disk_ok(self) -> tuple[bool, str | None]:
         """The free-space reserve, with hysteresis (callrec.diskspace.ReserveGate)."""

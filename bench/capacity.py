@@ -379,7 +379,9 @@ async def run_callrec(node: Any, driver: CaptureDriver, capture_pid: int, calls:
     sampler = loadgen.PeakSampler(lambda: loadgen.group_memory(pgrp))
     peer_sampler = (loadgen.PeakSampler(lambda: loadgen.group_memory(peer.process.pid), 2.0)
                     if peer is not None else None)
+    lag = loadgen.GaugePeak(node, setup_rate.LAG_METRIC)
     sampler.start()
+    lag.start()
     if peer_sampler:
         peer_sampler.start()
     groups = [pgrp] + ([peer.process.pid] if peer is not None else [])
@@ -393,6 +395,7 @@ async def run_callrec(node: Any, driver: CaptureDriver, capture_pid: int, calls:
                                             groups, ("nats-server",))})
     finally:
         peak = await sampler.stop()
+        peak_lag = await lag.stop()
         peer_peak = await peer_sampler.stop() if peer_sampler else {}
     before = loadgen.tree_cpu(capture_pid)  # so the flush wait below is counted in fin
     before_main = loadgen.proc_cpu(capture_pid)
@@ -463,6 +466,10 @@ async def run_callrec(node: Any, driver: CaptureDriver, capture_pid: int, calls:
              f"{per_call_minute(fin_cpu - fin_main, calls, sent.elapsed):.4f} CPU-s per "
              f"call-minute ({1000 * fin_main / calls:.1f} + "
              f"{1000 * (fin_cpu - fin_main) / calls:.1f} ms a recording)"]
+    notes.append(f"{calls} calls: live lag during the load: peak {peak_lag:.1f} s, at its "
+                 f"end {lag.last:.1f} s (over --max-live-lag, "
+                 f"{NodeConfig.model_fields['max_live_lag_s'].default:g} s by default, a node "
+                 "answers new calls 503; this bench allocates through capture, past that gate)")
     notes += [f"{calls} calls: callrec node Pss in MB, idle: {mem_note(idle)}; at the load's "
              f"peak ({sampler.samples} samples): {mem_note(peak)}"]
     # Not in all-in (capture's): what the cluster pays besides, mostly the live copy of

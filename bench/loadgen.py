@@ -268,6 +268,34 @@ class PeakSampler:
         return self.peak
 
 
+class GaugePeak:
+    """The highest value a node's gauge (e.g. callrec_capture_live_lag_seconds) reaches
+    while started, sampled every `interval` s in a background task, and its last value."""
+
+    def __init__(self, node: Any, name: str, interval: float = 0.5) -> None:
+        self.node, self.name, self.interval = node, name, interval
+        self.peak = 0.0
+        self.last = float("nan")
+        self._task: asyncio.Task[None] | None = None
+
+    async def _loop(self) -> None:
+        while True:
+            with contextlib.suppress(Exception):  # a scrape that fails is a missed sample
+                self.last = await asyncio.to_thread(self.node.metric, self.name)
+                self.peak = max(self.peak, self.last)
+            await asyncio.sleep(self.interval)
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._loop())
+
+    async def stop(self) -> float:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        return self.peak
+
+
 def pid_memory(pid: int) -> dict[str, tuple[int, int]]:
     """One process as a group sample (rtpengine is a single process with threads)."""
     memory = read_memory(pid)

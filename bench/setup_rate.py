@@ -283,26 +283,18 @@ OVER_CAPACITY_METRIC = "callrec_signaling_calls_over_capacity"
 LAG_METRIC = "callrec_capture_live_lag_seconds"
 
 
-async def peak_lag(node: Node, phase: Phase) -> None:
-    """Keep the highest live lag the node reports in `phase` (until cancelled)."""
-    while True:
-        with contextlib.suppress(Exception):
-            phase.peak_lag_s = max(phase.peak_lag_s,
-                                   await asyncio.to_thread(node.metric, LAG_METRIC))
-        await asyncio.sleep(0.5)
-
-
 async def measure(legs: Legs, phase: Phase, node: Node, pids: tuple[int, int],
                   grace: float) -> None:
     before = cpu_sample(*pids)
     shed_before = await asyncio.to_thread(node.metric, SHED_METRIC)
     over_before = await asyncio.to_thread(node.metric, OVER_CAPACITY_METRIC)
-    sampler = asyncio.create_task(peak_lag(node, phase))
+    lag = loadgen.GaugePeak(node, LAG_METRIC)
+    lag.start()
     legs.start()
     try:
         await legs.wait_answered(grace)
     finally:
-        sampler.cancel()
+        phase.peak_lag_s = await lag.stop()
     after = cpu_sample(*pids)
     phase.shed = round(await asyncio.to_thread(node.metric, SHED_METRIC) - shed_before)
     phase.over_capacity = round(

@@ -48,6 +48,8 @@ def test_smoke_prints_every_row() -> None:
     assert callrec["KB/call"] != "n/a"
     assert callrec["correct"].startswith("3/3 duration+2ch, 1/1 tones, 0 not completed")
     assert "breaking point: 3 calls" in table
+    lag = re.search(r"3 calls: live lag during the load: peak ([0-9.]+) s", table)
+    assert lag is not None and 0 < float(lag.group(1)) < 30, table  # sampled, sane
 
 
 

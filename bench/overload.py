@@ -8,8 +8,8 @@ up to `--calls`, each `--seconds` long) whose answered ports get paced G.711 ton
 bench/loadgen.py's sender, on the same cores, and prints how many calls the node took,
 how many it turned away and when, and how far behind its encoding got.
 
-    python -m bench.overload                          # 600 calls, 20/s, 60 s each, ~2.5 min
-    python -m bench.overload --calls 300 --max-live-lag 0    # the same without the gate
+    python -m bench.overload                          # 900 calls, 20/s, 60 s each, ~2.5 min
+    python -m bench.overload --max-live-lag 0        # the same without the gate
     python -m bench.overload --smoke                  # a few calls, a gate that trips at once
 """
 
@@ -148,7 +148,7 @@ async def _feed_answered(legs: setup_rate.Legs, seconds: float, started_at: floa
         await asyncio.sleep(0.5)
 
 
-async def run(calls: int = 600, rate: float = 20.0, seconds: float = 60.0, *,
+async def run(calls: int = 900, rate: float = 20.0, seconds: float = 60.0, *,
               max_live_lag: float | None = None, keep: bool = False) -> OverloadResult:
     root = Path(tempfile.mkdtemp(prefix="callrec-bench-overload-"))
     gate = [] if max_live_lag is None else ["--max-live-lag", f"{max_live_lag:g}"]
@@ -211,7 +211,7 @@ async def run(calls: int = 600, rate: float = 20.0, seconds: float = 60.0, *,
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--calls", type=int, default=600, help="calls offered")
+    parser.add_argument("--calls", type=int, default=900, help="calls offered")
     parser.add_argument("--rate", type=float, default=20.0, help="new calls/s")
     parser.add_argument("--seconds", type=float, default=60.0, help="each call's length")
     parser.add_argument("--max-live-lag", type=float, default=None,

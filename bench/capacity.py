@@ -467,7 +467,8 @@ async def run_callrec(node: Any, driver: CaptureDriver, capture_pid: int, calls:
              f"call-minute ({1000 * fin_main / calls:.1f} + "
              f"{1000 * (fin_cpu - fin_main) / calls:.1f} ms a recording)"]
     notes.append(f"{calls} calls: live lag during the load: peak {peak_lag:.1f} s, at its "
-                 f"end {lag.last:.1f} s (over --max-live-lag, "
+                 f"end {lag.last:.1f} s, {lag.samples} samples, {lag.missed} scrapes without "
+                 f"it (over --max-live-lag, "
                  f"{NodeConfig.model_fields['max_live_lag_s'].default:g} s by default, a node "
                  "answers new calls 503; this bench allocates through capture, past that gate)")
     notes += [f"{calls} calls: callrec node Pss in MB, idle: {mem_note(idle)}; at the load's "

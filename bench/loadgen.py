@@ -270,19 +270,28 @@ class PeakSampler:
 
 class GaugePeak:
     """The highest value a node's gauge (e.g. callrec_capture_live_lag_seconds) reaches
-    while started, sampled every `interval` s in a background task, and its last value."""
+    while started, sampled every `interval` s in a background task, and its last value.
+    A scrape that fails or lacks the gauge (its service too busy to answer the web's
+    collection in time) is a missed sample, counted, never a 0."""
 
     def __init__(self, node: Any, name: str, interval: float = 0.5) -> None:
         self.node, self.name, self.interval = node, name, interval
         self.peak = 0.0
         self.last = float("nan")
+        self.samples = self.missed = 0
         self._task: asyncio.Task[None] | None = None
 
     async def _loop(self) -> None:
         while True:
-            with contextlib.suppress(Exception):  # a scrape that fails is a missed sample
-                self.last = await asyncio.to_thread(self.node.metric, self.name)
-                self.peak = max(self.peak, self.last)
+            value = None
+            with contextlib.suppress(Exception):
+                value = await asyncio.to_thread(self.node.metric_if_present, self.name)
+            if value is None:
+                self.missed += 1
+            else:
+                self.samples += 1
+                self.last = value
+                self.peak = max(self.peak, value)
             await asyncio.sleep(self.interval)
 
     def start(self) -> None:

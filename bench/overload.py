@@ -110,25 +110,28 @@ class OverloadResult:
 
 
 def _metrics(node: Node, names: tuple[str, ...]) -> dict[str, float]:
-    """Several gauges from one scrape (first series of each; 0 if absent)."""
+    """Those of several gauges one scrape has (the first series of each): a service too
+    busy to answer the web's collection in time is missing from it."""
     import httpx
 
-    values = dict.fromkeys(names, 0.0)
+    values: dict[str, float] = {}
     text = httpx.get(f"{node.base_url}/metrics", timeout=2.0).text
     for line in text.splitlines():
         name = line.split("{", 1)[0]
-        if name in values and values[name] == 0.0:
+        if name in names and name not in values:
             with contextlib.suppress(ValueError):
                 values[name] = float(line.rsplit(" ", 1)[1])
     return values
 
 
 async def _sample(node: Node, t0: float, result: OverloadResult) -> None:
+    names = (LAG, BEHIND, ACTIVE)
     while True:
         with contextlib.suppress(Exception):
-            m = await asyncio.to_thread(_metrics, node, (LAG, BEHIND, ACTIVE))
-            result.samples.append(Sample(time.monotonic() - t0, m[LAG], m[BEHIND] == 1.0,
-                                         round(m[ACTIVE])))
+            m = await asyncio.to_thread(_metrics, node, names)
+            if all(name in m for name in names):  # else a missed sample, never zeros
+                result.samples.append(Sample(time.monotonic() - t0, m[LAG],
+                                             m[BEHIND] == 1.0, round(m[ACTIVE])))
         await asyncio.sleep(SAMPLE_S)
 
 
@@ -184,7 +187,7 @@ async def run(calls: int = 900, rate: float = 20.0, seconds: float = 60.0, *,
         drain_deadline = last_bye + 300
         while time.monotonic() < drain_deadline:
             m = await asyncio.to_thread(_metrics, node, (ACTIVE, BACKLOG))
-            if m[ACTIVE] == 0 and m[BACKLOG] == 0:
+            if m.get(ACTIVE) == 0 and m.get(BACKLOG) == 0:
                 result.drained_after_s = time.monotonic() - last_bye
                 break
             await asyncio.sleep(0.5)

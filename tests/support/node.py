@@ -136,11 +136,16 @@ class Node:
 
     def metric(self, name: str) -> float:
         """A metric's value from /metrics (the first series of that name; 0 if absent)."""
+        value = self.metric_if_present(name)
+        return 0.0 if value is None else value
+
+    def metric_if_present(self, name: str) -> float | None:
+        """The same, None when the scrape lacks it (its service did not answer in time)."""
         text = httpx.get(f"{self.base_url}/metrics", timeout=2.0).text
         for line in text.splitlines():
             if line.startswith(name + "{"):
                 return float(line.rsplit(" ", 1)[1])
-        return 0.0
+        return None
 
     def service_pid(self, module: str) -> int:
         """Pid of one of this node's service processes (e.g. "services.capture")."""

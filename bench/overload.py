@@ -115,7 +115,7 @@ def _metrics(node: Node, names: tuple[str, ...]) -> dict[str, float]:
     import httpx
 
     values: dict[str, float] = {}
-    text = httpx.get(f"{node.base_url}/metrics", timeout=2.0).text
+    text = httpx.get(f"{node.base_url}/metrics", timeout=5.0).text
     for line in text.splitlines():
         name = line.split("{", 1)[0]
         if name in names and name not in values:

@@ -8,6 +8,7 @@ finite and sourced streams do not keep it across restarts.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -279,6 +280,35 @@ async def call(
     if reply_model is None or envelope.get("data") is None:
         return None
     return reply_model.model_validate(envelope["data"])
+
+
+async def scatter_gather(nc: NatsClient, subject: str, expected: int,
+                         window: float) -> list[bytes]:
+    """Publish one request to every subscriber of `subject` and collect their replies
+    until `expected` have come or `window` seconds have passed.
+
+    Why wait for a count rather than a fixed time: every reply usually comes within
+    milliseconds, but a service whose loop is busy (capture at its capacity) answers
+    late, and a short fixed window dropped its metrics exactly when they mattered."""
+    replies: list[bytes] = []
+    all_in = asyncio.Event()
+
+    async def on_reply(msg: Msg) -> None:
+        replies.append(msg.data)
+        if len(replies) >= expected:
+            all_in.set()
+
+    inbox = nc.new_inbox()
+    sub = await nc.subscribe(inbox, cb=on_reply)
+    try:
+        await nc.publish(subject, b"", reply=inbox)
+        await nc.flush(timeout=1)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(all_in.wait(), window)
+    finally:
+        with contextlib.suppress(Exception):
+            await sub.unsubscribe()
+    return list(replies)
 
 
 async def _subscribe_ordered(

@@ -87,7 +87,7 @@ def rejected(node: Node) -> dict[str, float]:
     import httpx
 
     out: dict[str, float] = {}
-    for line in httpx.get(f"{node.base_url}/metrics", timeout=2.0).text.splitlines():
+    for line in httpx.get(f"{node.base_url}/metrics", timeout=5.0).text.splitlines():
         if line.startswith(REJECTED + "{"):
             reason = line.split('reason="', 1)[1].split('"', 1)[0]
             out[reason] = out.get(reason, 0.0) + float(line.rsplit(" ", 1)[1])

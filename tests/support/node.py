@@ -141,7 +141,7 @@ class Node:
 
     def metric_if_present(self, name: str) -> float | None:
         """The same, None when the scrape lacks it (its service did not answer in time)."""
-        text = httpx.get(f"{self.base_url}/metrics", timeout=2.0).text
+        text = httpx.get(f"{self.base_url}/metrics", timeout=5.0).text
         for line in text.splitlines():
             if line.startswith(name + "{"):
                 return float(line.rsplit(" ", 1)[1])
@@ -164,7 +164,7 @@ class Node:
 
     def can_record(self) -> bool:
         try:
-            text = httpx.get(f"{self.base_url}/metrics", timeout=2.0).text
+            text = httpx.get(f"{self.base_url}/metrics", timeout=5.0).text
         except httpx.HTTPError:
             return False
         return any(line.startswith("callrec_signaling_can_record{") and line.endswith(" 1")

@@ -64,6 +64,7 @@ class OverloadResult:
     packets_sent: int = 0
     drained_after_s: float = math.nan  # from the last BYE until nothing is left to finalize
     samples: list[Sample] = field(default_factory=list)
+    missed_samples: int = 0  # scrapes without capture's gauges (or failed)
 
     @property
     def peak_lag(self) -> float:
@@ -127,11 +128,14 @@ def _metrics(node: Node, names: tuple[str, ...]) -> dict[str, float]:
 async def _sample(node: Node, t0: float, result: OverloadResult) -> None:
     names = (LAG, BEHIND, ACTIVE)
     while True:
+        m: dict[str, float] = {}
         with contextlib.suppress(Exception):
             m = await asyncio.to_thread(_metrics, node, names)
-            if all(name in m for name in names):  # else a missed sample, never zeros
-                result.samples.append(Sample(time.monotonic() - t0, m[LAG],
-                                             m[BEHIND] == 1.0, round(m[ACTIVE])))
+        if all(name in m for name in names):
+            result.samples.append(Sample(time.monotonic() - t0, m[LAG], m[BEHIND] == 1.0,
+                                         round(m[ACTIVE])))
+        else:
+            result.missed_samples += 1  # never read as zeros
         await asyncio.sleep(SAMPLE_S)
 
 
@@ -230,7 +234,8 @@ def main() -> None:
     print(result.table())
     print()
     print(result.timeline())
-    print(f"\nRTP packets sent: {result.packets_sent}")
+    print(f"\nRTP packets sent: {result.packets_sent}; samples {len(result.samples)}, "
+          f"scrapes without capture's gauges {result.missed_samples}")
 
 
 if __name__ == "__main__":

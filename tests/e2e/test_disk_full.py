@@ -113,12 +113,16 @@ def test_disk_full_during_three_calls_loses_nothing(
                                             farrefci="83887101", timeout_s=10)
         assert code == 503, code  # answered although the log may be on the full disk
         # A fact written now meets the full disk inside JetStream's file store (a
-        # user with many extensions: an event larger than a tmpfs page), which then
-        # stops that stream until nats-server restarts: the node must see it and
-        # restart it by itself once space returns.
+        # user with as many extensions and groups as the rules allow, each as long as
+        # allowed: an event of about 8 KB, larger than a tmpfs page), which then stops
+        # that stream until nats-server restarts: the node must see it and restart it
+        # by itself once space returns. (With more extensions than allowed the command
+        # was refused before writing anything, and the test then relied on some other
+        # write meeting the full disk.)
         bloat = subprocess.Popen(
             [sys.executable, "-m", "callrec", "users", "--data-dir", str(data_dir), "add",
-             "bob", *(arg for n in range(600) for arg in ("--extension", str(30000 + n)))],
+             "bob", *(arg for n in range(100) for arg in ("--extension", f"{n:032d}")),
+             *(arg for n in range(50) for arg in ("--group", f"group {n:02d} " + "x" * 55))],
             stdout=subprocess.DEVNULL, stderr=(tmp_path / "bloat.log").open("wb"), cwd=REPO,
             env={**os.environ, "PYTHONPATH": str(REPO)})
         results = [call.wait(timeout=CALL_S + 30) for call in calls]
@@ -141,6 +145,8 @@ def test_disk_full_during_three_calls_loses_nothing(
         assert after.wait(timeout=40).ok
         everything = node.wait_recordings(4, timeout=60)
         bloat.wait(timeout=60)
+        refused = (tmp_path / "bloat.log").read_text(errors="replace")
+        assert "at most" not in refused and "must be" not in refused, refused  # it wrote
         assert node.process is not None and node.process.pid == supervisor_pid
         assert node.process.poll() is None  # no restart of the node by anyone
         audio = {r["recording_id"]: _audio(node, r, tmp_path) for r in everything}

@@ -19,7 +19,6 @@ import argparse
 import asyncio
 import contextlib
 import math
-import shutil
 import sys
 import tempfile
 import time
@@ -159,9 +158,7 @@ async def run(calls: int = 900, rate: float = 20.0, seconds: float = 60.0, *,
               max_live_lag: float | None = None, keep: bool = False) -> OverloadResult:
     root = Path(tempfile.mkdtemp(prefix="callrec-bench-overload-"))
     gate = [] if max_live_lag is None else ["--max-live-lag", f"{max_live_lag:g}"]
-    node = Node(root / "node", rtp_ports=setup_rate.RTP_PORTS, extra_args=[
-        "--record-all", "--max-channels", "20000", "--sip-allow", "127.0.0.1/32",
-        "--sip-rate", f"{max(1000.0, 8 * rate):g}", "--sip-pending-media", "40000", *gate])
+    node = setup_rate.sip_bench_node(root, rate, *gate)
     result = OverloadResult(calls, rate, seconds, max_live_lag)
     legs = None
     tasks: list[asyncio.Task[None]] = []
@@ -208,11 +205,7 @@ async def run(calls: int = 900, rate: float = 20.0, seconds: float = 60.0, *,
             task.cancel()
         if legs is not None:
             legs.close()
-        await asyncio.to_thread(node.kill)
-        if keep:
-            print(f"# kept {root}", file=sys.stderr)
-        else:
-            shutil.rmtree(root, ignore_errors=True)
+        await setup_rate.dispose(node, root, keep)
 
 
 def main() -> None:

@@ -314,10 +314,7 @@ async def run(rate: float = 200.0, seconds: float = 8.0, *, baseline_rate: float
     root = Path(tempfile.mkdtemp(prefix="callrec-bench-setup-"))
     burst_legs = 2 * round(rate * seconds)
     shedding = [] if shed_after is None else ["--sip-shed-after", f"{shed_after:g}"]
-    node = Node(root / "node", rtp_ports=RTP_PORTS, extra_args=[
-        "--record-all", "--max-channels", "20000", "--sip-allow", "127.0.0.1/32",
-        "--sip-rate", f"{max(1000.0, 8 * rate):g}", "--sip-pending-media", "40000",
-        "--media-timeout", "0", *shedding])
+    node = sip_bench_node(root, rate, "--media-timeout", "0", *shedding)
     scenario = scenario_without_rtp(root)
     even_ports = (RTP_PORTS[1] - RTP_PORTS[0]) // 2 + 1
     result = SetupRateResult(Phase("baseline", baseline_rate, baseline_seconds),
@@ -365,11 +362,24 @@ async def run(rate: float = 200.0, seconds: float = 8.0, *, baseline_rate: float
     finally:
         for legs in all_legs:
             legs.close()
-        await asyncio.to_thread(node.kill)
-        if keep:
-            print(f"# kept {root}", file=sys.stderr)
-        else:
-            shutil.rmtree(root, ignore_errors=True)
+        await dispose(node, root, keep)
+
+
+def sip_bench_node(root: Path, rate: float, *extra: str) -> Node:
+    """A node SIPp drives from 127.0.0.1 at `rate` calls/s: it records every call, and no
+    licence, rate or pending-media limit stands in the way."""
+    return Node(root / "node", rtp_ports=RTP_PORTS, extra_args=[
+        "--record-all", "--max-channels", "20000", "--sip-allow", "127.0.0.1/32",
+        "--sip-rate", f"{max(1000.0, 8 * rate):g}", "--sip-pending-media", "40000", *extra])
+
+
+async def dispose(node: Node, root: Path, keep: bool) -> None:
+    """Kill the node; keep its directory (saying where) or remove it."""
+    await asyncio.to_thread(node.kill)
+    if keep:
+        print(f"# kept {root}", file=sys.stderr)
+    else:
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def main() -> None:

@@ -24,6 +24,10 @@ from .config import NodeConfig
 from .logs import get_logger, setup_logging
 from .metrics import Registry
 
+# The services of a node, each a process the supervisor runs and each answering the
+# metrics scatter (so a scrape knows how many answers to wait for).
+SERVICES = ("capture", "signaling", "catalog", "sync", "scheduler", "web")
+
 
 @dataclass
 class ServiceContext:

@@ -33,10 +33,10 @@ from contracts.v1.events import UserRemoved, UserUpserted, parse_event
 from . import bus, credentials, diskspace, natsserver
 from .config import NodeConfig
 from .logs import get_logger, setup_logging
+from .service import SERVICES
 from .sockets import SocketKeeper, keeper_path
 from .users import User, UsersProjection, hash_password
 
-SERVICES = ("capture", "signaling", "catalog", "sync", "scheduler", "web")
 # Changes with every `callrec up`: lets a restarted service tell "I crashed" (same
 # boot: resume) from "the node was down" (new boot: what was in flight is over).
 BOOT_ID_ENV = "CALLREC_BOOT_ID"

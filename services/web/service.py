@@ -18,9 +18,8 @@ import uvicorn
 from nats.aio.msg import Msg
 
 from callrec import bus
-from callrec.service import ServiceContext
+from callrec.service import SERVICES, ServiceContext
 from callrec.store import open_store
-from callrec.supervisor import SERVICES
 from callrec.users import UserEvent, UsersProjection
 from contracts import subjects
 from contracts.v1.events import (

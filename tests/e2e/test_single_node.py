@@ -215,7 +215,8 @@ def _encoder_workers(node: Node) -> list[int]:
     return found
 
 
-def test_encoders_falling_behind_show_as_lag_and_turn_new_calls_away(node: Node) -> None:
+def test_encoders_falling_behind_show_as_lag_and_turn_new_calls_away(
+        node: Node, tmp_path: Path) -> None:
     """capture_live_lag_seconds: what a lost host would cost each call in progress.
     About a second while the encoder workers keep pace; stopped, it grows by as much.
     Past --max-live-lag (5 s by default) new calls get 503, so the PBX records them
@@ -224,6 +225,7 @@ def test_encoders_falling_behind_show_as_lag_and_turn_new_calls_away(node: Node)
     lag = "callrec_capture_live_lag_seconds"
     admits = "callrec_signaling_admits_new_calls"
     server = ("127.0.0.1", node.sip_port)
+    before = len(node.wait_recordings(0))
     call = sipp.start_cucm_call("127.0.0.1", node.sip_port, near="1001", far="2002",
                                 refci="83886081", seconds=20.0)
     workers: list[int] = []
@@ -265,6 +267,13 @@ def test_encoders_falling_behind_show_as_lag_and_turn_new_calls_away(node: Node)
                                  refci="83886101", seconds=1.0)
     outcome = after.wait()
     assert outcome.ok, outcome.describe()
+    # What was recorded: the call in progress through the stall, whole (both tones, all
+    # 20 s of them), and the call after it; the refused one not at all.
+    recordings = {r["metadata"]["refci"]: r for r in node.wait_recordings(before + 2)[:2]}
+    assert set(recordings) == {"83886081", "83886101"}, list(recordings)
+    for refci, tone_s in (("83886081", 20.0), ("83886101", 1.0)):
+        audio, _ = fetch_audio(node, recordings[refci], tmp_path)
+        check_stereo_recording(audio, recordings[refci], 440.0, 1004.0, tone_s=tone_s)
 
 
 def test_capture_hung_gives_503_then_recovers(node: Node) -> None:

@@ -22,7 +22,7 @@ import av
 import numpy as np
 import numpy.typing as npt
 
-from callrec.opus import MultistreamEncoder
+from callrec.opus import MultistreamEncoder, OpusMode
 
 __all__ = [
     "PCMA_DECODE_TABLE",
@@ -487,10 +487,10 @@ class OpusPageEncoder:
     """
 
     def __init__(self, rate: int = 16000, *, bitrate: int = 16000, complexity: int = 5,
-                 frame_ms: int = 20, serial: int = 0x63616C6C,
+                 frame_ms: int = 20, mode: OpusMode = "auto", serial: int = 0x63616C6C,
                  resume_from: OggPageInfo | None = None) -> None:
         self._opus = MultistreamEncoder(rate, bitrate=bitrate, complexity=complexity,
-                                        frame_ms=frame_ms)
+                                        frame_ms=frame_ms, mode=mode)
         self.rate = rate
         self.frame_size = self._opus.frame_size
         head = self._opus.head()

@@ -10,8 +10,9 @@ The library is the libopus that the PyAV wheel ships (``av.libs/libopus-*.so*``)
 node needs nothing installed; a system libopus is the fallback. Only the few calls the
 recorder needs are bound: a multistream encoder with every channel its own mono stream
 (Ogg/Opus channel mapping family 255, as FFmpeg's libopus encoder configures it), the
-CTLs for bitrate, complexity, VBR and look-ahead, encode, and destroy; :meth:`set` takes
-the other integer SET CTLs (``SET_*`` below), which bench/opus_settings.py compares.
+CTLs for bitrate, complexity, VBR, look-ahead and the coding mode, encode, and destroy;
+:meth:`set` takes the other integer SET CTLs (``SET_*`` below), which
+bench/opus_settings.py compares.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import importlib.util
 import struct
 import threading
 from pathlib import Path
-from typing import cast
+from typing import Literal, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -43,6 +44,7 @@ __all__ = [
     "SIGNAL_VOICE",
     "MultistreamEncoder",
     "OpusError",
+    "OpusMode",
     "library_path",
     "opus_head",
 ]
@@ -54,6 +56,16 @@ _SET_VBR = 4006
 _SET_COMPLEXITY = 4010
 _GET_LOOKAHEAD = 4027
 _RESET_STATE = 4028
+_SET_FORCE_MODE = 11002
+"""OPUS_SET_FORCE_MODE (opus_private.h, in every libopus since 1.0; opus_demo's -celt)."""
+_MODE_CELT_ONLY = 1002
+
+OpusMode = Literal["auto", "celt"]
+"""How libopus codes: ``auto`` lets it choose per frame (SILK for speech at low
+bitrates, which is what it picks at 8 kHz); ``celt`` forces the transform codec (MDCT).
+At 8 kHz, complexity 0 and 60 ms frames CELT costs about half SILK's CPU for the same
+speech STOI, and it keeps a steady tone whole where SILK at 6 kbit/s a channel drops
+frames of it (bench/opus_settings.py)."""
 
 # Integer SET CTLs (opus_defines.h) for :meth:`MultistreamEncoder.set`, with the values
 # worth knowing: none of them is set by default, the recorder keeps libopus' defaults.
@@ -167,7 +179,7 @@ class MultistreamEncoder:
 
     def __init__(self, rate: int, *, channels: int = 2, bitrate: int, complexity: int,
                  frame_ms: int = 20, application: int = OPUS_APPLICATION_VOIP,
-                 skip_silence: bool = True) -> None:
+                 mode: OpusMode = "auto", skip_silence: bool = True) -> None:
         if frame_ms not in _FRAME_MS:
             raise ValueError(f"frame_ms must be one of {_FRAME_MS}, not {frame_ms}")
         lib = _lib()
@@ -187,11 +199,13 @@ class MultistreamEncoder:
         self._ctl(_SET_BITRATE, bitrate)  # the total, split between the streams
         self._ctl(_SET_COMPLEXITY, complexity)
         self._ctl(_SET_VBR, 1)
+        if mode == "celt":  # the look-ahead (the pre-skip) stays the application's
+            self._ctl(_SET_FORCE_MODE, _MODE_CELT_ONLY)
         lookahead = ctypes.c_int(0)
         self._ctl_get(_GET_LOOKAHEAD, lookahead)
         self.lookahead = lookahead.value
         """Encoder delay in input samples: the decoder drops it as the pre-skip."""
-        self._settings = (rate, channels, bitrate, complexity, frame_ms, application)
+        self._settings = (rate, channels, bitrate, complexity, frame_ms, application, mode)
         self._skips_silence = skip_silence
         self._quiet = True  # the encoder holds no sound: fresh, or it last took a silent frame
         self._skipped = False  # silent frames went out canned since libopus last encoded
@@ -303,18 +317,18 @@ class MultistreamEncoder:
             raise OpusError(f"opus_multistream_encoder_ctl({request})", code)
 
 
-_Settings = tuple[int, int, int, int, int, int]
-"""(rate, channels, bitrate, complexity, frame_ms, application) of an encoder."""
+_Settings = tuple[int, int, int, int, int, int, OpusMode]
+"""(rate, channels, bitrate, complexity, frame_ms, application, mode) of an encoder."""
 
 
 @functools.lru_cache(maxsize=32)
 def _silence_packet(settings: _Settings) -> bytes:
     """What libopus makes of a silent frame once it has settled (the third one), with
     these settings: the packet a frame of silence goes out as."""
-    rate, channels, bitrate, complexity, frame_ms, application = settings
+    rate, channels, bitrate, complexity, frame_ms, application, mode = settings
     encoder = MultistreamEncoder(rate, channels=channels, bitrate=bitrate,
                                  complexity=complexity, frame_ms=frame_ms,
-                                 application=application, skip_silence=False)
+                                 application=application, mode=mode, skip_silence=False)
     try:
         silence = np.zeros(encoder.frame_size * channels, dtype=np.int16)
         return encoder.encode_frames(np.tile(silence, 3))[-1]

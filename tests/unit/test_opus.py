@@ -253,3 +253,58 @@ def test_silence_is_encoded_once_a_ctl_changed_the_settings() -> None:
     packets = encoder.encode_frames(np.zeros(5 * 2 * encoder.frame_size, dtype=np.int16))
     assert encoder.frames_skipped == 0 and len({len(p) for p in packets}) == 1
     encoder.close()
+
+
+def _modes(packet: bytes) -> set[str]:
+    """The coding mode of each stream of a two-stream packet (RFC 6716 3.1 and B):
+    the first stream self-delimited (TOC, frame count for code 3, its length), the second
+    its TOC right after."""
+    def mode(toc: int) -> str:
+        config = toc >> 3
+        return "silk" if config < 12 else "hybrid" if config < 16 else "celt"
+
+    first = packet[0]
+    pos = 1
+    if first & 3 == 3:
+        pos += 1  # frame count byte (60 ms: three 20 ms frames in one CBR/VBR packet)
+        vbr, padded, count = packet[1] & 0x80, packet[1] & 0x40, packet[1] & 0x3F
+        assert not padded
+        lengths = 1 if not vbr else count
+    else:
+        lengths = {0: 1, 1: 1, 2: 2}[first & 3]
+    sizes = []
+    for _ in range(lengths):  # each length: one byte, or two when the first is >= 252
+        size = packet[pos]
+        pos += 1
+        if size >= 252:
+            size += 4 * packet[pos]
+            pos += 1
+        sizes.append(size)
+    if first & 3 == 3 and not (packet[1] & 0x80):
+        body = sizes[0] * (packet[1] & 0x3F)
+    elif first & 3 == 1:
+        body = 2 * sizes[0]
+    elif first & 3 == 3:
+        body = sum(sizes[:-1]) + sizes[-1]
+    else:
+        body = sum(sizes)
+    return {mode(first), mode(packet[pos + body])}
+
+
+def test_celt_mode_codes_every_frame_in_celt_and_keeps_the_look_ahead() -> None:
+    rate = 8000
+    pcm = np.empty(rate * 3 * 2, dtype=np.int16)
+    pcm[0::2] = tone(440, 3.0, rate)
+    pcm[1::2] = tone(1004, 3.0, rate)
+    pcm[2 * rate: 2 * rate + rate // 2] = 0  # half a second of silence on both channels
+    celt = MultistreamEncoder(rate, bitrate=11500, complexity=0, frame_ms=60, mode="celt")
+    auto = MultistreamEncoder(rate, bitrate=11500, complexity=0, frame_ms=60)
+    frames = pcm.reshape(-1, 2 * celt.frame_size)
+    ours = celt.encode_frames(frames)
+    theirs = auto.encode_frames(frames)
+    assert celt.frames_skipped > 0  # silence went out canned, and the encoder was reset
+    assert {m for p in ours for m in _modes(p)} == {"celt"}
+    assert {m for p in theirs for m in _modes(p)} == {"silk"}  # libopus' choice at 8 kHz
+    assert celt.pre_skip == auto.pre_skip  # a file resumed across the switch keeps its timing
+    celt.close()
+    auto.close()

@@ -7,7 +7,8 @@ live encoder does (8 kHz, two mono Opus streams in one Ogg stream, pages every 0
 - two tones (440 / 1004 Hz, -6 dBFS) for ``--seconds`` (60 by default: SILK's trouble
   with a steady tone starts after several seconds), counting 20 ms dropouts exactly as
   bench/quality.py does (``dropouts``);
-- speech on both sides at once (espeak-ng, 30 s), STOI against the G.711 original;
+- speech on both sides at once (espeak-ng, 30 s), STOI and the stricter ESTOI against
+  the G.711 original;
 - a conversation, one party at a time (5 s turns), size only.
 
 CPU is ``time.process_time`` of encoding all three, the median of ``--runs`` rounds
@@ -39,7 +40,13 @@ if str(REPO) not in sys.path:
 from bench.quality import TURN_S, dropouts  # noqa: E402
 from callrec import opus  # noqa: E402
 from callrec.audio import OpusPageEncoder, decode_file, pcmu_decode, pcmu_encode  # noqa: E402
-from services.capture.live import OPUS_BITRATE, OPUS_COMPLEXITY, OPUS_FRAME_MS  # noqa: E402
+from callrec.opus import OpusMode  # noqa: E402
+from services.capture.live import (  # noqa: E402
+    NARROWBAND_MODE,
+    OPUS_BITRATE,
+    OPUS_COMPLEXITY,
+    OPUS_FRAME_MS,
+)
 from tests.support.callgen import FAR_HZ, NEAR_HZ  # noqa: E402
 from tests.support.speech import FAR_TEXT, NEAR_TEXT, aligned_stoi, espeak  # noqa: E402
 
@@ -55,6 +62,7 @@ class Setting:
     bitrate: int = OPUS_BITRATE
     complexity: int = OPUS_COMPLEXITY
     frame_ms: int = OPUS_FRAME_MS
+    mode: OpusMode = NARROWBAND_MODE
     ctls: tuple[tuple[int, int], ...] = ()
 
 
@@ -65,14 +73,20 @@ class Row:
     tone_drops: int = 0
     speech_mb: float = 0.0
     stoi: tuple[float, float] = (0.0, 0.0)
+    estoi: tuple[float, float] = (0.0, 0.0)
     talk_mb: float = 0.0
     cpu: list[float] = field(default_factory=list)
 
 
 def candidates() -> list[Setting]:
-    """Today's default first (the baseline), then what issue 11 asks to try."""
+    """Today's default first (the baseline), then CELT at other bitrates, then SILK
+    (libopus' own choice at 8 kHz, the default until 2026-12-02) and what was tried on it."""
     cbr = ((opus.SET_VBR, 0),)
-    rows = [Setting("default"), Setting("12k c0", 12000)]
+    rows = [Setting("default")]
+    rows += [Setting(f"celt {kbit / 1000:g}k", kbit, mode="celt")
+             for kbit in (16000, 12000, 11000, 10000)]
+    rows += [Setting("celt 11.5k c2", 11500, 2, mode="celt"),
+             Setting("silk 16k", 16000, mode="auto"), Setting("silk 12k", 12000, mode="auto")]
     for name, ctls in (("voice", ((opus.SET_SIGNAL, opus.SIGNAL_VOICE),)),
                        ("lsb16", ((opus.SET_LSB_DEPTH, 16),)),
                        ("max NB", ((opus.SET_BANDWIDTH_MAX, opus.BANDWIDTH_NARROWBAND),)),
@@ -80,16 +94,17 @@ def candidates() -> list[Setting]:
                        ("fec0 loss0 dtx0", ((opus.SET_INBAND_FEC, 0),
                                             (opus.SET_PACKET_LOSS_PERC, 0),
                                             (opus.SET_DTX, 0)))):
-        rows.append(Setting(f"12k c0 {name}", 12000, ctls=ctls))
-    rows += [Setting("12k c0 40 ms", 12000, frame_ms=40),
-             Setting("12k c0 120 ms", 12000, frame_ms=120),
-             Setting("12k c0 cbr", 12000, ctls=cbr),
-             Setting("11k c0 cbr", 11000, ctls=cbr),
-             Setting("11k c0", 11000), Setting("10k c0", 10000)]
+        rows.append(Setting(f"silk 12k {name}", 12000, mode="auto", ctls=ctls))
+    rows += [Setting("silk 12k 40 ms", 12000, frame_ms=40, mode="auto"),
+             Setting("silk 12k 120 ms", 12000, frame_ms=120, mode="auto"),
+             Setting("silk 12k cbr", 12000, mode="auto", ctls=cbr),
+             Setting("silk 11.3k cbr", 11300, mode="auto", ctls=cbr),
+             Setting("silk 11k cbr", 11000, mode="auto", ctls=cbr),
+             Setting("silk 11k", 11000, mode="auto"), Setting("silk 10k", 10000, mode="auto")]
     for complexity in (1, 2):
-        rows += [Setting(f"{kbit / 1000:g}k c{complexity}", kbit, complexity)
+        rows += [Setting(f"silk {kbit / 1000:g}k c{complexity}", kbit, complexity, mode="auto")
                  for kbit in (12000, 11500, 11000)]
-    rows.append(Setting("11.5k c1 120 ms", 11500, 1, frame_ms=120))
+    rows.append(Setting("silk 11.5k c1 120 ms", 11500, 1, frame_ms=120, mode="auto"))
     return rows
 
 
@@ -102,7 +117,7 @@ def encode(setting: Setting, left: Pcm, right: Pcm) -> tuple[bytes, float]:
     """(Ogg/Opus file bytes, CPU seconds) of the two channels under ``setting``."""
     started = time.process_time()
     encoder = OpusPageEncoder(RATE, bitrate=setting.bitrate, complexity=setting.complexity,
-                              frame_ms=setting.frame_ms)
+                              frame_ms=setting.frame_ms, mode=setting.mode)
     for request, value in setting.ctls:
         encoder._opus.set(request, value)  # the page encoder's own libopus state
     step = max(int(STEP_S * RATE) // encoder.frame_size, 1) * encoder.frame_size
@@ -161,20 +176,24 @@ def measure(settings: Sequence[Setting], seconds: float, runs: int) -> list[Row]
                 row.tone_drops = dropouts(tone[0]) + dropouts(tone[1])
                 row.speech_mb = mb_per_hour(taken["speech"], near.size)
                 row.stoi = (aligned_stoi(near, speech[0]), aligned_stoi(far, speech[1]))
+                row.estoi = (aligned_stoi(near, speech[0], extended=True),
+                             aligned_stoi(far, speech[1], extended=True))
                 row.talk_mb = mb_per_hour(taken["talk"], audio["talk"][0].size)
     return rows
 
 
 def table(rows: Sequence[Row], seconds: float) -> str:
     base = statistics.median(rows[0].cpu)
-    lines = [f"| setting | bit/s | cx | frame ms | tones MB/h | tone dropouts ({seconds:g} s) | "
-             "speech MB/h | STOI near / far | conversation MB/h | CPU x default |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [f"| setting | mode | bit/s | cx | frame ms | tones MB/h | tone dropouts "
+             f"({seconds:g} s) | speech MB/h | STOI near / far | ESTOI near / far | "
+             "conversation MB/h | CPU x default |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for row in rows:
         s = row.setting
-        lines.append(f"| {s.name} | {s.bitrate} | {s.complexity} | {s.frame_ms} | "
+        lines.append(f"| {s.name} | {s.mode} | {s.bitrate} | {s.complexity} | {s.frame_ms} | "
                      f"{row.tone_mb:.2f} | {row.tone_drops} | {row.speech_mb:.2f} | "
-                     f"{row.stoi[0]:.3f} / {row.stoi[1]:.3f} | {row.talk_mb:.2f} | "
+                     f"{row.stoi[0]:.3f} / {row.stoi[1]:.3f} | "
+                     f"{row.estoi[0]:.3f} / {row.estoi[1]:.3f} | {row.talk_mb:.2f} | "
                      f"{statistics.median(row.cpu) / base:.2f} |")
     return "\n".join(lines)
 
@@ -191,8 +210,8 @@ def main(argv: list[str] | None = None) -> str:
         settings = settings[:1] + [s for s in settings[1:]
                                    if any(part in s.name for part in args.only)]
     result = table(measure(settings, args.seconds, args.runs), args.seconds)
-    print(f"baseline (first row): the node's default, {OPUS_BITRATE} bit/s, complexity "
-          f"{OPUS_COMPLEXITY}, {OPUS_FRAME_MS} ms frames, measured in the same run")
+    print(f"baseline (first row): the node's default, {NARROWBAND_MODE}, {OPUS_BITRATE} bit/s, "
+          f"complexity {OPUS_COMPLEXITY}, {OPUS_FRAME_MS} ms frames, measured in the same run")
     print(result)
     return result
 

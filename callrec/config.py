@@ -48,7 +48,7 @@ class NodeConfig(BaseModel):
     join_file: Path | None = None
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     # Both channels together (services/capture/live.py OPUS_BITRATE says why).
-    opus_bitrate: int = Field(default=16000, ge=6000, le=128000)
+    opus_bitrate: int = Field(default=11500, ge=6000, le=128000)
     # No RTP for this long on a leg not on hold ends the leg (BYE) and finalizes; 0: off.
     media_timeout_s: float = Field(default=30.0, ge=0.0)
     # ---- SIP admission (signaling) ----

@@ -38,6 +38,8 @@ from callrec.audio import (
     opus_input_rate,
     scan_ogg_pages,
 )
+from callrec.config import NodeConfig
+from callrec.opus import OpusMode
 from callrec.waveform import PeakAccumulator, peaks_of_chunks
 from contracts.v1.events import ChannelSummary, DtmfDigit, WaveformPeaks
 
@@ -52,27 +54,24 @@ OPUS_COMPLEXITY = 0
 speech for a few hundredths of STOI (bench/encode_cost.py,
 tests/unit/test_encode_quality.py)."""
 
-OPUS_BITRATE = 16000
-"""Both channels together (8 kbit/s each, SILK narrowband), the node's default
-(NodeConfig): 7.5 MB per call-hour when both parties make sound all the time (the
-benchmark's two tones), 6.8 with speech on both sides (STOI 0.94), 4.4 on a conversation
-where one party talks at a time (VBR: silence costs almost nothing). 12 kbit/s saves a
-quarter (speech STOI 0.87) but is not the default: at complexity 0 on a steady tone,
-once SILK's noise estimate has adapted (after 6-10 s), some 20 ms frames come out nearly
-silent although every packet stays full size (no DTX: it is off), and a telephony
-engineer checks a recorder with a test tone. ``--opus-bitrate 12000`` for speech-only
-sites.
+OPUS_BITRATE: int = NodeConfig.model_fields["opus_bitrate"].default
+"""Both channels together (5.75 kbit/s each at 11.5 kbit/s, CELT narrowband), the node's
+default: 5.25 MB per call-hour when both parties make sound all the time (the
+benchmark's two tones, no frame lost), 4.85 with speech on both sides (STOI 0.86-0.87,
+ESTOI 0.79), 3.1 on a conversation where one party talks at a time (VBR: silence costs
+almost nothing); issue 11 asks for at most 5.4 with STOI >= 0.85 (bench/opus_settings.py).
+``--opus-bitrate 16000`` stores 7.4 MB/h of tones at speech STOI 0.90-0.91.
 
-No setting reaches issue 11's 5.4 MB/h on the two tones with speech STOI >= 0.85
-(bench/opus_settings.py, 60 s tones, 2026-12-01): SILK narrowband has two operating
-points here. From about 10.3 to 12 kbit/s it spends 5.75-5.9 MB/h on the tones whatever
-the target (the Ogg pages and TOC bytes included); below that the tones fit (5.1-5.3)
-but speech falls to STOI 0.77-0.83. CBR gets the tones to 5.3 at 11 kbit/s with speech
-at STOI 0.84 and 0.77-0.82 at 12; 120 ms packets save 6% but cost STOI (0.83) and a
-dropout; constrained VBR, SIGNAL_VOICE, LSB depth, max bandwidth narrowband and
-FEC / packet loss / DTX off change no byte. Complexity 1 at 11.5 kbit/s is the nearest
-trade-off: tones 5.8 MB/h without dropouts, speech 4.9 (STOI 0.86), conversation 3.5,
-1.05x the CPU of this default."""
+Until 2026-12-02 the default was 16 kbit/s in SILK (libopus' own choice at 8 kHz): 7.5
+MB/h, STOI 0.94, but about twice CELT's CPU. SILK reaches no 5.4 MB/h on the tones with
+STOI >= 0.85: from about 10.3 to 12 kbit/s it spends 5.75-5.9 MB/h on them whatever the
+target, below that speech falls to STOI 0.77-0.83, and at 12 kbit/s and complexity 0 a
+steady tone loses single 20 ms frames once SILK's noise estimate has adapted (after
+6-10 s). CBR, constrained VBR, SIGNAL_VOICE, LSB depth, a narrowband cap, FEC / loss /
+DTX off and 120 ms packets did not change that."""
+
+NARROWBAND_MODE: OpusMode = "celt"
+"""How a narrowband recording is coded (callrec/opus.py OpusMode says why CELT)."""
 
 WIDEBAND_MIN_BITRATE = 16000
 """A wideband (G.722) recording gets at least this: below 8 kbit/s a channel libopus
@@ -234,6 +233,12 @@ def encoding_bitrate(rate: int, configured: int) -> int:
     return max(configured, WIDEBAND_MIN_BITRATE) if rate > NARROWBAND_RATE else configured
 
 
+def encoding_mode(rate: int) -> OpusMode:
+    """CELT for narrowband; a wideband recording lets libopus choose (SILK wideband at
+    16 kbit/s), CELT's upper band at 8 kbit/s a channel being untested here."""
+    return "auto" if rate > NARROWBAND_RATE else NARROWBAND_MODE
+
+
 def encoding_rate(streams: Iterable[StreamSpec]) -> int:
     """The rate a recording is encoded at: narrowband when no negotiated codec is wider.
 
@@ -338,8 +343,8 @@ class LiveEncoder:
             rate = opus_input_rate(self.path) or rate
         self.rate = rate
         self._encoder = OpusPageEncoder(rate, bitrate=encoding_bitrate(rate, bitrate),
-                                        complexity=complexity,
-                                        frame_ms=frame_ms, resume_from=resume)
+                                        complexity=complexity, frame_ms=frame_ms,
+                                        mode=encoding_mode(rate), resume_from=resume)
         self._frame = self._encoder.frame_size
         if self.final is None:
             self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o640)

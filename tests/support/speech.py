@@ -38,8 +38,11 @@ def espeak(text: str, rate: int = RATE) -> npt.NDArray[np.int16]:
 
 
 def aligned_stoi(reference: npt.NDArray[np.int16], decoded: npt.NDArray[np.int16],
-                 rate: int = RATE) -> float:
-    """STOI at the best alignment within +-50 ms (placement by arrival may shift a little)."""
+                 rate: int = RATE, *, extended: bool = False) -> float:
+    """STOI at the best alignment within +-50 ms (placement by arrival may shift a little).
+
+    ``extended``: ESTOI (Jensen and Taal 2016), stricter where the distortion is not
+    additive noise (a codec's), and lower on the same audio."""
     from pystoi import stoi
 
     ref = reference.astype(np.float64)
@@ -55,4 +58,4 @@ def aligned_stoi(reference: npt.NDArray[np.int16], decoded: npt.NDArray[np.int16
     a = ref[max(0, -best_lag):]
     b = out[max(0, best_lag):]
     n = min(a.size, b.size)
-    return float(stoi(a[:n], b[:n], rate, extended=False))
+    return float(stoi(a[:n], b[:n], rate, extended=extended))

@@ -49,6 +49,7 @@ from bench import loadgen, quality, rtpengine, setup_rate  # noqa: E402
 from bench.capture_load import CaptureDriver, catalog_items, running_node  # noqa: E402
 from bench.floor import libopus_floor  # noqa: E402
 from callrec.config import NodeConfig  # noqa: E402
+from callrec.opus import OpusMode  # noqa: E402
 
 RESULTS = REPO / "bench" / "RESULTS.md"
 RATE = 8000
@@ -218,13 +219,14 @@ about 50 ms of CPU, and a single one, taken while the CPU's caches and clock wer
 once came out half again as dear as the next level's (its x floor flattered callrec)."""
 
 
-def opus_floor(seconds: float) -> tuple[float, float]:
+def opus_floor(seconds: float, mode: OpusMode = "auto") -> tuple[float, float]:
     """CPU-s per call-minute and MB per call-hour of libopus at its cheapest
-    (bench/floor.py) on two 8 kHz mono channels of the sender's tones after G.711."""
+    (bench/floor.py) on two 8 kHz mono channels of the sender's tones after G.711:
+    ``auto`` (SILK) is issue 11's floor, ``celt`` the cheaper one capture now encodes with."""
     from callrec.audio import pcmu_decode, pcmu_encode, tone
 
     channels = [pcmu_decode(pcmu_encode(tone(hz, seconds, RATE))) for hz in loadgen.TONES_HZ]
-    runs = [libopus_floor(channels, OPUS_BITRATE) for _ in range(FLOOR_REPEATS)]
+    runs = [libopus_floor(channels, OPUS_BITRATE, mode) for _ in range(FLOOR_REPEATS)]
     cpu = min(cpu for cpu, _ in runs)
     size = runs[0][1]
     return cpu / (seconds / 60.0), size / 1e6 / (seconds / 3600.0)
@@ -596,10 +598,17 @@ async def run(levels: list[int], seconds: float, samples: int, with_rtpengine: b
             rx_floor = rtpe if rtpe is not None else drain
             # Measured at each level, so it sees the machine as callrec's run does.
             opus_cm, opus_mb = await asyncio.to_thread(opus_floor, floor_seconds)
-            floor = Line(system=f"floor ({'rtpengine' if rtpe else 'drain'} rx + opus c0)",
+            rx_name = 'rtpengine' if rtpe else 'drain'
+            floor = Line(system=f"floor ({rx_name} rx + opus c0)",
                          calls=calls, rx_cm=rx_floor.rx_cm, live_cm=opus_cm,
                          mb_call_h=opus_mb, floor_ratio=1.0)
             level.append(floor)
+            celt_cm, celt_mb = await asyncio.to_thread(opus_floor, floor_seconds, "celt")
+            celt_floor = Line(system=f"CELT floor ({rx_name} rx + opus CELT c0)",
+                              calls=calls, rx_cm=rx_floor.rx_cm, live_cm=celt_cm,
+                              mb_call_h=celt_mb)
+            celt_floor.floor_ratio = ratio(celt_floor.all_cm, floor.all_cm)
+            level.append(celt_floor)
             # A fresh node (and peer) a level: its idle memory is a node's that has
             # recorded nothing but its warm-up, so KB/call is what the level's calls add.
             progress(f"{calls} calls: starting the node")
@@ -613,6 +622,8 @@ async def run(levels: list[int], seconds: float, samples: int, with_rtpengine: b
             notes.extend(mem_notes)
             callrec.floor_ratio = ratio(callrec.all_cm, floor.all_cm)
             level.append(callrec)
+            notes.append(f"{calls} calls: callrec all-in / the CELT floor's = "
+                         f"{fmt(ratio(callrec.all_cm, celt_floor.all_cm), 2)}")
             progress(f"{calls} calls: callrec done")
             notes.append(f"{calls} calls: callrec's recordings last "
                          f"{callrec.recorded_ratio:.2f}x the load (allocation comes "
@@ -648,7 +659,10 @@ async def run(levels: list[int], seconds: float, samples: int, with_rtpengine: b
         f"complexity 0, 60 ms frames, {OPUS_BITRATE // 1000} kbit/s per channel on two 8 kHz "
         "mono channels of the same audio (the floor's live enc column: the cheapest of "
         f"{FLOOR_REPEATS} encodings at each level of this run, libopus through ctypes, "
-        "bench/floor.py). x floor = all-in / floor's all-in.",
+        "bench/floor.py). x floor = all-in / floor's all-in. The CELT floor: the same with "
+        "CELT forced (what capture encodes narrowband calls with since 2026-12-02, about "
+        "half SILK's CPU); x floor is still against issue 11's floor, a note per level "
+        "gives callrec against the CELT floor.",
         "callrec through capture's NATS RPCs (no SIP). BYE->done = finalize request to its "
         "`recording.completed` event, with every call of the level ending at once (the "
         "backlog is part of it). loss = 1 - stored (or pcap'd, or counted) / sent.",
@@ -677,7 +691,9 @@ same run under the same paced G.711 load (two 20 ms streams per call):
 - `bare drain (asyncio)`: a Python receiver that only counts packets.
 - `floor`: rtpengine's receive cost + libopus at its cheapest (complexity 0, 60 ms
   frames, two 8 kHz mono channels) on the same audio: the machine's floor for a
-  recorded call-minute stored as Opus.
+  recorded call-minute stored as Opus. From 2026-12-02 a `CELT floor` row too: the same
+  with CELT forced, which costs about half (capture encodes narrowband calls so since);
+  `x floor` stays against the first, as issue 11 defined it.
 - `callrec`: one real node driven through capture's NATS RPCs (allocate, update,
   finalize; no SIP: the finalize request stands in for the BYE); receive, live encoding
   and finalize, every recording checked.

@@ -46,9 +46,11 @@ if str(REPO) not in sys.path:
 from bench.floor import libopus_floor  # noqa: E402
 from callrec import opus  # noqa: E402
 from callrec.audio import PCMU_DECODE_TABLE  # noqa: E402
+from callrec.opus import OpusMode  # noqa: E402
 from services.capture.finalize import duration_of, stream_specs  # noqa: E402
 from services.capture.live import (  # noqa: E402
     LIVE_FILE,
+    NARROWBAND_MODE,
     OPUS_BITRATE,
     LiveEncoder,
     encoding_rate,
@@ -190,15 +192,17 @@ def g711_pcm(directory: Path) -> list[np.ndarray]:
     return out
 
 
-def baseline_run(pcm: list[np.ndarray], bitrate: int) -> tuple[float, int]:
+def baseline_run(pcm: list[np.ndarray], bitrate: int,
+                 mode: OpusMode = "auto") -> tuple[float, int]:
     """(CPU s, bytes of Opus packets) of libopus at its cheapest on the same PCM."""
-    return libopus_floor(pcm, bitrate)
+    return libopus_floor(pcm, bitrate, mode)
 
 
 def split(directory: Path, pcm: list[np.ndarray], runs: int, bitrate: int,
           minutes: float) -> None:
     """The live path's CPU divided into libopus and the rest, medians of `runs`, each
-    beside the floor encoded back to back (hot caches: the cheapest of 5)."""
+    beside the floor encoded back to back (hot caches: the cheapest of 5) in the mode
+    the live path encodes in, so the two libopus figures are the same work."""
     totals: list[float] = []
     inside: list[float] = []
     hot: list[float] = []
@@ -207,7 +211,8 @@ def split(directory: Path, pcm: list[np.ndarray], runs: int, bitrate: int,
             cpu, _, _ = live_run(directory)
         totals.append(cpu / minutes)
         inside.append(timed.seconds / minutes)
-        hot.append(min(baseline_run(pcm, bitrate)[0] for _ in range(5)) / minutes)
+        hot.append(min(baseline_run(pcm, bitrate, NARROWBAND_MODE)[0]
+                       for _ in range(5)) / minutes)
     total, libopus, floor = (statistics.median(v) for v in (totals, inside, hot))
     print(f"split of the live path (cpu-s/call-min, medians of {runs}): all {total:.4f}"
           f" = libopus {libopus:.4f} + the rest {total - libopus:.4f};"
@@ -221,6 +226,9 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--baseline-bitrate", type=int, default=8000,
                         help="bit/s per channel of the baseline (default 8000)")
+    parser.add_argument("--baseline-mode", choices=("auto", "celt"), default="auto",
+                        help="auto (SILK): issue 11's floor; celt: the cheaper one capture"
+                             " now encodes narrowband calls with")
     parser.add_argument("--speech", action="store_true",
                         help="espeak-ng speech on both legs instead of the 440/1004 Hz tones")
     parser.add_argument("--variant", action="append", default=[],
@@ -254,7 +262,7 @@ def main() -> None:
         sizes = [0] * len(variants)
         duration = base_size = 0
         for _ in range(args.runs):  # interleaved, so drift hits all alike
-            cpu, base_size = baseline_run(pcm, args.baseline_bitrate)
+            cpu, base_size = baseline_run(pcm, args.baseline_bitrate, args.baseline_mode)
             base_cpu.append(cpu)
             for index, variant in enumerate(variants):
                 if isinstance(variant, float):
@@ -271,7 +279,8 @@ def main() -> None:
         print(f"call: {duration / 1000:.1f} s, 2 PCMU streams of "
               f"{'speech' if args.speech else 'tones'}; {args.runs} runs, medians")
         print(f"{'mode':<58} {'cpu-s/call-min':>14} {'ratio':>6} {'MB/call-h':>10}")
-        label = f"baseline: libopus c0, 60 ms, 8 kHz mono x2, {args.baseline_bitrate} b/s each"
+        label = (f"baseline: libopus {args.baseline_mode} c0, 60 ms, 8 kHz mono x2, "
+                 f"{args.baseline_bitrate} b/s each")
         print(f"{label:<58} {base:14.4f} {1.0:6.2f} "
               f"{base_size / hours / 1e6:10.2f}  (packets only, no Ogg)")
         for index, variant in enumerate(variants):

@@ -25,6 +25,9 @@ def test_smoke_prints_every_row() -> None:
     assert "bare drain (asyncio)" in rows and "callrec" in rows
     floor = [name for name in rows if name.startswith("floor")]
     assert len(floor) == 1
+    celt = [name for name in rows if name.startswith("CELT floor")]
+    assert len(celt) == 1 and float(rows[celt[0]]["live enc cpu/cm"]) > 0
+    assert re.search(r"3 calls: callrec all-in / the CELT floor's = [0-9.]+", table)
     if "rtpengine skipped" not in table:
         assert "rtpengine (pcap)" in rows and floor[0].startswith("floor (rtpengine")
         rtpe = rows["rtpengine (pcap)"]

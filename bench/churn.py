@@ -47,6 +47,7 @@ from bench.capacity import (  # noqa: E402
     watch_playable,
 )
 from bench.capture_load import CaptureDriver, catalog_items, running_node  # noqa: E402
+from bench.setup_rate import LAG_METRIC  # noqa: E402
 
 FLUSH_WAIT_S = 0.6  # as bench.capacity: the last packets reach the segments first
 
@@ -86,6 +87,7 @@ class ChurnResult:
     correct: str
     wrong: int
     peer: bool
+    lag: str = "not sampled"
 
     def table(self) -> str:
         def p(values: list[float], q: float) -> str:
@@ -145,6 +147,8 @@ async def run(calls: int, seconds: float, samples: int, keep: bool,
             first_ports, plan.total_ticks() * loadgen.PTIME, {}, plan.first_windows(),
             started, more))
         await started.wait()
+        lag = loadgen.GaugePeak(node, LAG_METRIC)
+        lag.start()
         t0 = time.monotonic() + 0.05  # the sender's first tick (its start line says so)
         # Only the first calls, by their start times: the listing stays small.
         window = {"from": first_from.isoformat(), "to": first_to.isoformat()}
@@ -152,6 +156,7 @@ async def run(calls: int, seconds: float, samples: int, keep: bool,
         watches = [asyncio.create_task(watch_playable(n, first_ids, timeout, params=window))
                    for n in ([node, peer] if peer is not None else [node])]
         second_ids = await _churn(driver, plan, t0, first_ids, tag, more)
+        await lag.stop()
         sent = await sending
         await asyncio.sleep(FLUSH_WAIT_S)
         with contextlib.suppress(TimeoutError):
@@ -187,7 +192,8 @@ async def run(calls: int, seconds: float, samples: int, keep: bool,
             sender=f"{sent.rate_pct:.2f} % / {sent.max_lag_ms:.0f} ms",
             correct=(f"{two_channels}/{2 * calls} 2ch, {tones_ok}/{checked} tones, "
                      f"{len(failed)} not completed" + (f" ({'; '.join(why)})" if why else "")),
-            wrong=wrong, peer=peer is not None)
+            wrong=wrong, peer=peer is not None,
+            lag=f"peak {lag.peak:.1f} s ({lag.samples} samples, {lag.missed} scrapes without it)")
 
 
 def render(result: ChurnResult) -> str:
@@ -196,6 +202,7 @@ def render(result: ChurnResult) -> str:
             f"{', with a peer node' if result.peer else ''}\n\nMachine: {machine()}.\n\n"
             + result.table() + "\n\n"
             f"- sender sent % of schedule / worst lag: {result.sender}\n"
+            f"- live lag while the first calls played and ended: {result.lag}\n"
             "- BYE = capture's finalize request, one flush interval after the call's last "
             "packet; playable = listed by the catalog with its whole file in that node's "
             "store (polled every 0.25 s). Every measured BYE happens with the stated number "

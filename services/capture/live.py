@@ -50,9 +50,9 @@ NARROWBAND_RATE = 8000
 WIDEBAND_RATE = 16000
 
 OPUS_COMPLEXITY = 0
-"""libopus' cheapest setting: complexity 3 and up cost about 3x the CPU on narrowband
-speech for a few hundredths of STOI (bench/encode_cost.py,
-tests/unit/test_encode_quality.py)."""
+"""libopus' cheapest setting. In SILK complexity 3 and up cost about 3x the CPU on
+narrowband speech for a few hundredths of STOI (bench/encode_cost.py); in CELT at 11.5
+kbit/s complexity 2 cost 1.1-1.3x and scored lower (STOI 0.83, bench/opus_settings.py)."""
 
 OPUS_BITRATE: int = NodeConfig.model_fields["opus_bitrate"].default
 """Both channels together (5.75 kbit/s each at 11.5 kbit/s, CELT narrowband), the node's
@@ -78,8 +78,9 @@ WIDEBAND_MIN_BITRATE = 16000
 falls back to a narrower band, and the upper band was the point of G.722."""
 
 OPUS_FRAME_MS = 60
-"""Opus' longest SILK frame: fewer packets (less TOC and Ogg lacing overhead, fewer
-encoder calls). Latency does not matter for a recording."""
+"""Opus' longest frame (in CELT three 20 ms frames in one packet): fewer packets (less
+TOC and Ogg lacing overhead, fewer encoder calls). Latency does not matter for a
+recording."""
 LIVE_FILE = "live.opus"
 LIVE_STATE = "live.json"
 LIVE_STATE_EVERY_MS = 10_000

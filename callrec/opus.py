@@ -29,6 +29,8 @@ from typing import Literal, cast
 import numpy as np
 import numpy.typing as npt
 
+from .logs import get_logger
+
 __all__ = [
     "BANDWIDTH_NARROWBAND",
     "MAX_PACKET",
@@ -48,6 +50,8 @@ __all__ = [
     "library_path",
     "opus_head",
 ]
+
+log = get_logger(component="opus")
 
 OPUS_APPLICATION_VOIP = 2048
 _OPUS_OK = 0
@@ -199,8 +203,10 @@ class MultistreamEncoder:
         self._ctl(_SET_BITRATE, bitrate)  # the total, split between the streams
         self._ctl(_SET_COMPLEXITY, complexity)
         self._ctl(_SET_VBR, 1)
-        if mode == "celt":  # the look-ahead (the pre-skip) stays the application's
-            self._ctl(_SET_FORCE_MODE, _MODE_CELT_ONLY)
+        if mode == "celt" and not self._force_celt():
+            mode = "auto"
+        self.mode: OpusMode = mode
+        """The mode it codes in: ``auto`` where a libopus refused to force CELT."""
         lookahead = ctypes.c_int(0)
         self._ctl_get(_GET_LOOKAHEAD, lookahead)
         self.lookahead = lookahead.value
@@ -302,6 +308,21 @@ class MultistreamEncoder:
         if getattr(self, "_handle", None) is not None:
             self.close()
 
+    def _force_celt(self) -> bool:
+        """Force CELT (the look-ahead, so the pre-skip, stays the application's). The
+        CTL is libopus-private: a build that refused it must not stop calls from being
+        recorded, so that encoder goes on in ``auto``, logged once per process."""
+        code: int = _lib().opus_multistream_encoder_ctl(
+            ctypes.c_void_p(self._handle), ctypes.c_int(_SET_FORCE_MODE),
+            ctypes.c_int32(_MODE_CELT_ONLY))
+        if code == _OPUS_OK:
+            return True
+        if not _celt_refused:
+            _celt_refused.append(code)
+            log.warning("opus_celt_refused", code=code, error=_strerror(code),
+                        library=library_path())
+        return False
+
     def _ctl(self, request: int, value: int) -> None:
         code: int = _lib().opus_multistream_encoder_ctl(
             ctypes.c_void_p(self._handle), ctypes.c_int(request), ctypes.c_int32(value))
@@ -316,6 +337,9 @@ class MultistreamEncoder:
             self.close()
             raise OpusError(f"opus_multistream_encoder_ctl({request})", code)
 
+
+_celt_refused: list[int] = []
+"""The error code of the first refusal to force CELT in this process (logged once)."""
 
 _Settings = tuple[int, int, int, int, int, int, OpusMode]
 """(rate, channels, bitrate, complexity, frame_ms, application, mode) of an encoder."""

@@ -302,9 +302,27 @@ def test_celt_mode_codes_every_frame_in_celt_and_keeps_the_look_ahead() -> None:
     frames = pcm.reshape(-1, 2 * celt.frame_size)
     ours = celt.encode_frames(frames)
     theirs = auto.encode_frames(frames)
+    assert celt.mode == "celt" and auto.mode == "auto"
     assert celt.frames_skipped > 0  # silence went out canned, and the encoder was reset
     assert {m for p in ours for m in _modes(p)} == {"celt"}
     assert {m for p in theirs for m in _modes(p)} == {"silk"}  # libopus' choice at 8 kHz
     assert celt.pre_skip == auto.pre_skip  # a file resumed across the switch keeps its timing
     celt.close()
     auto.close()
+
+
+def test_a_libopus_that_refuses_to_force_celt_records_in_auto_and_says_so(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setattr(opus, "_SET_FORCE_MODE", 11999)  # a request libopus does not know
+    monkeypatch.setattr(opus, "_celt_refused", [])
+    encoders = [MultistreamEncoder(8000, bitrate=11500, complexity=0, frame_ms=60, mode="celt")
+                for _ in range(2)]
+    assert [e.mode for e in encoders] == ["auto", "auto"]
+    pcm = np.empty(480 * 2 * 4, dtype=np.int16)
+    pcm[0::2] = tone(440, 0.24, 8000)
+    pcm[1::2] = tone(1004, 0.24, 8000)
+    packets = encoders[0].encode_frames(pcm)
+    assert len(packets) == 4 and {m for p in packets for m in _modes(p)} == {"silk"}
+    assert capsys.readouterr().out.count("opus_celt_refused") == 1  # once per process
+    for encoder in encoders:
+        encoder.close()

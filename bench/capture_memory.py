@@ -184,7 +184,7 @@ def encoder_part(calls: int, seconds: float, trace: bool, step_ms: int) -> dict[
                 for stream_id, records in media.items():
                     new = [r for r in records if now - step_ms < r[0] <= now]
                     write_segment(segment_path(d, stream_id, 0), new)
-            results = worker_steps([(d, n, specs, float(now), 16000)
+            results = worker_steps([(d, n, specs, float(now), 16000, "celt")
                                     for d, n in zip(dirs, names, strict=True)])
             errors = [e for _, _, e in results if e]
             if errors:

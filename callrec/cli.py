@@ -101,6 +101,10 @@ def build_parser() -> argparse.ArgumentParser:
                     default=int(_env("OPUS_BITRATE")
                                 or NodeConfig.model_fields["opus_bitrate"].default),
                     help="Opus bit/s of both channels of a narrowband call together")
+    up.add_argument("--opus-mode", choices=("celt", "auto"),
+                    default=_env("OPUS_MODE") or NodeConfig.model_fields["opus_mode"].default,
+                    help="how narrowband calls are coded: celt (cheaper; the default) or "
+                         "auto (libopus' choice, SILK: better at 16000 bit/s and up)")
     # ---- SIP admission ----
     up.add_argument("--sip-allow", action="append", dest="sip_allow", metavar="CIDR",
                     default=[a.strip() for a in (_env("SIP_ALLOW") or "").split(",")
@@ -246,6 +250,7 @@ def config_from_args(args: argparse.Namespace) -> NodeConfig:
         "join_file": Path(args.join) if args.join else None,
         "log_level": args.log_level,
         "opus_bitrate": args.opus_bitrate,
+        "opus_mode": args.opus_mode,
         # SIP admission
         "sip_allow": tuple(args.sip_allow),
         "sip_rate": args.sip_rate,

@@ -49,6 +49,9 @@ class NodeConfig(BaseModel):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     # Both channels together (services/capture/live.py OPUS_BITRATE says why).
     opus_bitrate: int = Field(default=11500, ge=6000, le=128000)
+    # How narrowband (G.711, G.729) calls are coded: celt, the cheaper and at 11.5 kbit/s
+    # the smaller; auto lets libopus choose (SILK), better from 16 kbit/s up.
+    opus_mode: Literal["celt", "auto"] = "celt"
     # No RTP for this long on a leg not on hold ends the leg (BYE) and finalizes; 0: off.
     media_timeout_s: float = Field(default=30.0, ge=0.0)
     # ---- SIP admission (signaling) ----

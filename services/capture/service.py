@@ -869,7 +869,7 @@ class Capture:
         jobs: list[StepJob] = [
             (r.directory, r.manifest.recording_id, stream_specs(r.manifest),
              (flushed_at - r.manifest.started_at.timestamp()) * 1000.0,
-             self.config.opus_bitrate)
+             self.config.opus_bitrate, self.config.opus_mode)
             for r in batch
         ]
         try:
@@ -1078,7 +1078,7 @@ class Capture:
         result = await self.finishes.finish(
             self._worker_index(manifest.recording_id),
             (recording.directory, manifest.recording_id, stream_specs(manifest),
-             duration_of(manifest), self.config.opus_bitrate))
+             duration_of(manifest), self.config.opus_bitrate, self.config.opus_mode))
         lap("encode")
         async with self.finalize_slots.slot():
             lap("slot2")

@@ -17,6 +17,7 @@ import numpy.typing as npt
 from aiortc.rtp import RtpPacket
 
 from callrec.audio import pcmu_encode
+from callrec.opus import OpusMode
 from contracts.v1.events import RecordingMetadata
 from services.capture.manifest import RecordingManifest, StreamManifest
 from services.capture.segments import RECORD_HEADER, segment_path
@@ -107,11 +108,15 @@ def make_recording(directory: Path, seconds: float, *, recording_id: str = "rec-
     return directory
 
 
-def encode_as_capture(directory: Path, bitrate: int, step_ms: float = 500.0) -> Path:
+def encode_as_capture(directory: Path, bitrate: int, step_ms: float = 500.0,
+                      mode: OpusMode | None = None) -> Path:
     """Run capture's live encoder over a fabricated call as capture's worker does (a step
-    every ``step_ms`` of call, then finish); returns the finished live.opus."""
+    every ``step_ms`` of call, then finish; ``mode``: the node's --opus-mode, its default
+    if None); returns the finished live.opus."""
     from services.capture.finalize import duration_of, stream_specs
-    from services.capture.live import LIVE_FILE, worker_finish, worker_step
+    from services.capture.live import LIVE_FILE, NARROWBAND_MODE, worker_finish, worker_step
+
+    mode = mode or NARROWBAND_MODE
 
     manifest = RecordingManifest.load(directory)
     duration = duration_of(manifest)
@@ -120,6 +125,6 @@ def encode_as_capture(directory: Path, bitrate: int, step_ms: float = 500.0) -> 
     while now < duration:
         now += step_ms
         worker_step(directory, manifest.recording_id, specs, min(now, float(duration)),
-                    bitrate)
-    worker_finish(directory, manifest.recording_id, specs, duration, bitrate)
+                    bitrate, mode)
+    worker_finish(directory, manifest.recording_id, specs, duration, bitrate, mode)
     return directory / LIVE_FILE

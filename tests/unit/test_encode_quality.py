@@ -24,6 +24,7 @@ from callrec.audio import (
     sound_seconds,
 )
 from callrec.config import NodeConfig
+from callrec.opus import OpusMode
 from services.capture.finalize import stream_specs
 from services.capture.live import (
     LIVE_FILE,
@@ -36,6 +37,7 @@ from services.capture.live import (
 )
 from services.capture.manifest import RecordingManifest
 from tests.support.callgen import FAR_HZ, NEAR_HZ, encode_as_capture, make_recording
+from tests.support.opus_toc import file_packets, stream_modes
 from tests.support.speech import FAR_TEXT, NEAR_TEXT, aligned_stoi, espeak
 
 RATE = 8000
@@ -45,9 +47,10 @@ needs_espeak = pytest.mark.skipif(shutil.which("espeak-ng") is None,
                                   reason="espeak-ng missing (scripts/test installs it)")
 
 
-def _record(directory: Path) -> npt.NDArray[np.int16]:
+def _record(directory: Path, mode: OpusMode | None = None) -> npt.NDArray[np.int16]:
     """Capture's live encoding of the fabricated call, decoded at 8 kHz: (2, n)."""
-    path = encode_as_capture(directory, NodeConfig.model_fields["opus_bitrate"].default)
+    path = encode_as_capture(directory, NodeConfig.model_fields["opus_bitrate"].default,
+                             mode=mode)
     decoded, rate = decode_file(path, RATE)
     assert rate == RATE
     return decoded
@@ -68,11 +71,15 @@ def test_speech_keeps_stoi_on_both_channels(tmp_path: Path) -> None:
     assert aligned_stoi(pcmu_decode(pcmu_encode(near)), decoded[1]) < 0.5
 
 
-def test_tones_survive_narrowband_encoding(tmp_path: Path) -> None:
+@pytest.mark.parametrize("mode", [None, "auto"])
+def test_tones_survive_narrowband_encoding(tmp_path: Path, mode: OpusMode | None) -> None:
     directory = make_recording(tmp_path / "rec", 3.0)
     assert {s.payload_codecs[0] for s in stream_specs(RecordingManifest.load(directory))} == {
         "PCMU"}
-    decoded = _record(directory)
+    decoded = _record(directory, mode)
+    # The node's default codes in CELT; --opus-mode auto leaves it to libopus (SILK).
+    modes = {m for p in file_packets(directory / LIVE_FILE) for m in stream_modes(p)}
+    assert modes == ({"silk"} if mode == "auto" else {"celt"})
     middle = decoded[:, RATE // 2: -RATE // 2]
     assert dominant_frequency(middle[0], RATE) == pytest.approx(NEAR_HZ, abs=5)
     assert dominant_frequency(middle[1], RATE) == pytest.approx(FAR_HZ, abs=5)
@@ -124,3 +131,18 @@ def test_a_file_with_20_ms_frames_goes_on_with_60_ms_frames(tmp_path: Path) -> N
     middle = decoded[:, rate // 2: -rate // 2]
     assert dominant_frequency(middle[0], rate) == pytest.approx(NEAR_HZ, abs=5)
     assert dominant_frequency(middle[1], rate) == pytest.approx(FAR_HZ, abs=5)
+
+
+def test_the_opus_mode_is_the_nodes_choice(monkeypatch: pytest.MonkeyPatch) -> None:
+    from callrec.cli import build_parser, config_from_args
+
+    def mode(*argv: str) -> str:
+        return config_from_args(build_parser().parse_args(["up", *argv])).opus_mode
+
+    monkeypatch.delenv("CALLREC_OPUS_MODE", raising=False)
+    assert mode() == "celt"
+    assert mode("--opus-mode", "auto") == "auto"
+    monkeypatch.setenv("CALLREC_OPUS_MODE", "auto")
+    assert mode() == "auto"
+    with pytest.raises(SystemExit):  # argparse names the choices
+        mode("--opus-mode", "silk")

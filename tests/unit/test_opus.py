@@ -22,6 +22,7 @@ from callrec.audio import (
     tone,
 )
 from callrec.opus import MultistreamEncoder, OpusError
+from tests.support.opus_toc import stream_modes
 
 
 def _ffmpeg_packets(rate: int, frame_ms: int, pcm: np.ndarray) -> tuple[bytes, list[bytes]]:
@@ -255,42 +256,6 @@ def test_silence_is_encoded_once_a_ctl_changed_the_settings() -> None:
     encoder.close()
 
 
-def _modes(packet: bytes) -> set[str]:
-    """The coding mode of each stream of a two-stream packet (RFC 6716 3.1 and B):
-    the first stream self-delimited (TOC, frame count for code 3, its length), the second
-    its TOC right after."""
-    def mode(toc: int) -> str:
-        config = toc >> 3
-        return "silk" if config < 12 else "hybrid" if config < 16 else "celt"
-
-    first = packet[0]
-    pos = 1
-    if first & 3 == 3:
-        pos += 1  # frame count byte (60 ms: three 20 ms frames in one CBR/VBR packet)
-        vbr, padded, count = packet[1] & 0x80, packet[1] & 0x40, packet[1] & 0x3F
-        assert not padded
-        lengths = 1 if not vbr else count
-    else:
-        lengths = {0: 1, 1: 1, 2: 2}[first & 3]
-    sizes = []
-    for _ in range(lengths):  # each length: one byte, or two when the first is >= 252
-        size = packet[pos]
-        pos += 1
-        if size >= 252:
-            size += 4 * packet[pos]
-            pos += 1
-        sizes.append(size)
-    if first & 3 == 3 and not (packet[1] & 0x80):
-        body = sizes[0] * (packet[1] & 0x3F)
-    elif first & 3 == 1:
-        body = 2 * sizes[0]
-    elif first & 3 == 3:
-        body = sum(sizes[:-1]) + sizes[-1]
-    else:
-        body = sum(sizes)
-    return {mode(first), mode(packet[pos + body])}
-
-
 def test_celt_mode_codes_every_frame_in_celt_and_keeps_the_look_ahead() -> None:
     rate = 8000
     pcm = np.empty(rate * 3 * 2, dtype=np.int16)
@@ -304,8 +269,8 @@ def test_celt_mode_codes_every_frame_in_celt_and_keeps_the_look_ahead() -> None:
     theirs = auto.encode_frames(frames)
     assert celt.mode == "celt" and auto.mode == "auto"
     assert celt.frames_skipped > 0  # silence went out canned, and the encoder was reset
-    assert {m for p in ours for m in _modes(p)} == {"celt"}
-    assert {m for p in theirs for m in _modes(p)} == {"silk"}  # libopus' choice at 8 kHz
+    assert {m for p in ours for m in stream_modes(p)} == {"celt"}
+    assert {m for p in theirs for m in stream_modes(p)} == {"silk"}  # libopus' choice at 8 kHz
     assert celt.pre_skip == auto.pre_skip  # a file resumed across the switch keeps its timing
     celt.close()
     auto.close()
@@ -322,7 +287,7 @@ def test_a_libopus_that_refuses_to_force_celt_records_in_auto_and_says_so(
     pcm[0::2] = tone(440, 0.24, 8000)
     pcm[1::2] = tone(1004, 0.24, 8000)
     packets = encoders[0].encode_frames(pcm)
-    assert len(packets) == 4 and {m for p in packets for m in _modes(p)} == {"silk"}
+    assert len(packets) == 4 and {m for p in packets for m in stream_modes(p)} == {"silk"}
     assert capsys.readouterr().out.count("opus_celt_refused") == 1  # once per process
     for encoder in encoders:
         encoder.close()

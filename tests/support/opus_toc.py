@@ -18,30 +18,22 @@ def stream_modes(packet: bytes) -> set[str]:
         return "silk" if config < 12 else "hybrid" if config < 16 else "celt"
 
     first = packet[0]
+    code = first & 3  # 0: one frame, 1: two equal, 2: two sized, 3: a count of them
     pos = 1
-    if first & 3 == 3:
-        pos += 1  # frame count byte (60 ms: three 20 ms frames in one CBR/VBR packet)
-        vbr, padded, count = packet[1] & 0x80, packet[1] & 0x40, packet[1] & 0x3F
-        assert not padded
-        lengths = 1 if not vbr else count
-    else:
-        lengths = {0: 1, 1: 1, 2: 2}[first & 3]
+    count, equal = {0: (1, True), 1: (2, True), 2: (2, False)}.get(code, (0, False))
+    if code == 3:
+        assert not packet[1] & 0x40, "padding is not expected here"
+        count, equal = packet[1] & 0x3F, not packet[1] & 0x80
+        pos += 1
     sizes = []
-    for _ in range(lengths):  # each length: one byte, or two when the first is >= 252
+    for _ in range(1 if equal else count):  # one byte, or two when the first is >= 252
         size = packet[pos]
         pos += 1
         if size >= 252:
             size += 4 * packet[pos]
             pos += 1
         sizes.append(size)
-    if first & 3 == 3 and not (packet[1] & 0x80):
-        body = sizes[0] * (packet[1] & 0x3F)
-    elif first & 3 == 1:
-        body = 2 * sizes[0]
-    elif first & 3 == 3:
-        body = sum(sizes[:-1]) + sizes[-1]
-    else:
-        body = sum(sizes)
+    body = sizes[0] * count if equal else sum(sizes)
     return {mode(first), mode(packet[pos + body])}
 
 

@@ -35,7 +35,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -333,10 +333,12 @@ def playable_now(items: list[dict[str, Any]], pending: set[str], store_root: Pat
 
 async def watch_playable(node: Any, ids: list[str], timeout: float,
                          interval: float = 0.25,
-                         params: dict[str, str] | None = None) -> dict[str, float]:
+                         params: dict[str, str] | None = None,
+                         narrow: Callable[[set[str]], dict[str, str]] | None = None,
+                         ) -> dict[str, float]:
     """Poll one node's catalog (newest first: this level's recordings are the newest;
-    `params` narrow the listing further) and its store until each of `ids` is
-    playable there; rid -> monotonic time seen.
+    `params` narrow the listing further, and `narrow(pending)` at each poll) and its
+    store until each of `ids` is playable there; rid -> monotonic time seen.
 
     Resolution: the poll interval plus one listing (a few tens of ms)."""
     import httpx
@@ -354,7 +356,8 @@ async def watch_playable(node: Any, ids: list[str], timeout: float,
             for offset in range(0, len(ids), page):
                 with contextlib.suppress(httpx.HTTPError):
                     response = await client.get("/api/recordings", params={
-                        **(params or {}), "limit": page, "offset": offset})
+                        **(params or {}), **(narrow(pending) if narrow else {}),
+                        "limit": page, "offset": offset})
                     if response.status_code == 200:
                         items.extend(response.json()["items"])
             now = time.monotonic()

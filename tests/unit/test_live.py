@@ -239,6 +239,33 @@ def test_restart_continues_the_same_file_from_its_last_complete_page(tmp_path: P
         sum(1 for r in streams[s] if r[0] <= 10_000) for s in ("near", "far")]
 
 
+def test_a_closed_file_whose_result_was_lost_is_ended_again(tmp_path: Path) -> None:
+    """final.json is synced before the end-of-stream page is written, but a machine
+    crash can still keep the page and lose the file (an old kernel, another file
+    system, a disk that lies): the end is then redone from the page before it, with
+    the same channels and duration, and the file plays the whole call."""
+    directory = tmp_path / "rec"
+    manifest = _empty_recording(directory)
+    streams = _two_tones(6.0)
+    specs = stream_specs(manifest)
+    first = _play(directory, LiveEncoder(directory, "r1"), streams, 6_000).finish(specs, 6_000)
+    pages = list(scan_ogg_pages(directory / LIVE_FILE))
+    (directory / live_module.FINAL_STATE).unlink()
+    again = LiveEncoder(directory, "r1")
+    assert again.final is None and again.bytes == pages[-2].end  # from the page before
+    result = again.finish(specs, 6_000)
+    assert (result.duration_ms, result.channels, result.codecs) == (
+        first.duration_ms, first.channels, first.codecs)
+    assert result.peaks is not None and first.peaks is not None
+    assert result.peaks.buckets == first.peaks.buckets
+    audio = _decode((directory / LIVE_FILE).read_bytes(), tmp_path)
+    assert abs(audio.shape[1] / RATE - 6.0) <= 0.1
+    for channel, hz in ((0, NEAR_HZ), (1, FAR_HZ)):
+        assert abs(dominant_frequency(audio[channel], RATE) - hz) < 5
+        assert sound_seconds(audio[channel], RATE) >= 5.9
+    assert LiveEncoder(directory, "r1").final == result  # and it is kept this time
+
+
 def test_finalize_from_segments_alone_and_idempotent(tmp_path: Path) -> None:
     """A recording whose live encoder never ran (crash before the first step)."""
     directory = make_recording(tmp_path / "rec", 6.0)

@@ -120,11 +120,6 @@ loop a few hundred microseconds, which a burst of set-ups (1,600 calls in progre
 200 calls/s) would otherwise pay a hundred times a step. At 400 calls (200 a worker) the
 time bound is the smaller one. A round trip cut short by LIVE_CHUNK_BUDGET_S adds one
 more, after a tenth of a second of the worker's work: a thousandth of it."""
-LIVE_TRIPS_IN_FLIGHT = 2
-"""Round trips of live steps sent to a worker at a time: the next is queued in the worker
-while it runs one, so it goes on without waiting for capture's event loop to read the
-results and send more (during a burst of set-ups that loop is the busiest process). A
-finish queued for that worker waits for these two (LIVE_CHUNK_BUDGET_S each at most)."""
 LIVE_CHUNK_BUDGET_S = 0.1
 """A worker stops a round trip of live steps after this much wall time and hands back
 the steps it did not take, which capture sends again: a finish queued behind it then
@@ -860,47 +855,24 @@ class Capture:
         """One step of each recording of one worker, in round trips of about
         LIVE_CHUNK_SECONDS (live_chunk_size), at most LIVE_CHUNKS_MAX of them as sized;
         the steps of a round trip the worker cut short (LIVE_CHUNK_BUDGET_S) go first
-        in the next. LIVE_TRIPS_IN_FLIGHT round trips are sent at a time, so the worker
-        never waits for this event loop (busy with a burst of set-ups) between two.
+        in the next.
 
         A recording whose call ends (or is released) meanwhile is left out of the
         chunks still to go: its finish, queued on the same worker, encodes the rest.
         """
         index = self._worker_index(batch[0].manifest.recording_id)
         todo = list(batch)
-        running: set[asyncio.Task[tuple[list[LiveRecording], int, float]]] = set()
-        worker_free_at = time.monotonic()  # when the worker finished its last round trip
-        try:
-            while todo or running:
-                while todo and len(running) < LIVE_TRIPS_IN_FLIGHT:
-                    size = max(live_chunk_size(self.step_seconds.get(index,
-                                                                     FIRST_STEP_SECONDS)),
-                               -(-len(batch) // LIVE_CHUNKS_MAX))
-                    chunk = [r for r in todo[:size] if not r.finalizing
-                             and self.live.get(r.manifest.recording_id) is r]
-                    del todo[:size]
-                    if chunk:
-                        running.add(asyncio.create_task(self._timed_chunk(chunk, flushed_at)))
-                if not running:
-                    continue
-                done, running = await asyncio.wait(running,
-                                                   return_when=asyncio.FIRST_COMPLETED)
-                for task in done:
-                    chunk, taken, sent_at = task.result()
-                    now = time.monotonic()
-                    # The worker takes round trips in turn: this one's time is from
-                    # when it was sent or the one before it ended, whichever is later.
-                    self.step_seconds[index] = (now - max(sent_at, worker_free_at)) / taken
-                    worker_free_at = now
-                    todo[:0] = chunk[taken:]  # cut short by the worker's budget: next
-        finally:
-            for task in running:
-                task.cancel()
-
-    async def _timed_chunk(self, chunk: list[LiveRecording], flushed_at: float,
-                           ) -> tuple[list[LiveRecording], int, float]:
-        sent_at = time.monotonic()
-        return chunk, await self._live_chunk(chunk, flushed_at), sent_at
+        while todo:
+            size = max(live_chunk_size(self.step_seconds.get(index, FIRST_STEP_SECONDS)),
+                       -(-len(batch) // LIVE_CHUNKS_MAX))
+            chunk = [r for r in todo[:size]
+                     if not r.finalizing and self.live.get(r.manifest.recording_id) is r]
+            del todo[:size]
+            if chunk:
+                began = time.monotonic()
+                taken = await self._live_chunk(chunk, flushed_at)
+                self.step_seconds[index] = (time.monotonic() - began) / taken
+                todo[:0] = chunk[taken:]  # cut short by the worker's budget: next
 
     async def _live_chunk(self, batch: list[LiveRecording], flushed_at: float) -> int:
         """One step of each of these recordings of one worker, in a single round trip

@@ -125,8 +125,7 @@ LIVE_CHUNK_BUDGET_S = 0.1
 the steps it did not take, which capture sends again: a finish queued behind it then
 waits about this long, even when every step is catching up seconds of its call on a
 worker the scheduler starves (the chunk sizes are estimates from the last round trip;
-at 400 calls in bench/churn.py a chunk of them took over a second then). Not while
-calls are set up in a burst (finalize_may_widen): finalize is held back then."""
+at 400 calls in bench/churn.py a chunk of them took over a second then)."""
 FIRST_STEP_SECONDS = 0.002
 """What a live step is taken to cost before one is measured (one of a busy worker)."""
 JETSTREAM_POLL_INTERVAL = 2.0
@@ -886,12 +885,8 @@ class Capture:
             for r in batch
         ]
         try:
-            # Not during a burst of set-ups: finalize is paced then (CaptureSideSlots),
-            # so its finishes need not overtake the steps.
-            budget = (LIVE_CHUNK_BUDGET_S
-                      if finalize_may_widen(time.monotonic(), self.recent_allocates) else None)
             results = await self._in_worker(batch[0].manifest.recording_id, worker_steps, jobs,
-                                            budget)
+                                            LIVE_CHUNK_BUDGET_S)
         except Exception:
             log.exception("live_encode_failed", recordings=len(jobs))
             self.m_live_errors.inc(len(jobs))

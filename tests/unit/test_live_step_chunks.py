@@ -28,7 +28,6 @@ from services.capture.service import (
     LIVE_CHUNK_MIN,
     LIVE_CHUNK_SECONDS,
     LIVE_CHUNKS_MAX,
-    SETUP_BURST_ALLOCATES,
     Capture,
     LiveRecording,
     live_chunk_size,
@@ -46,7 +45,6 @@ class FifoWorker:
         self.step_seconds = step_seconds
         self.lock = asyncio.Lock()
         self.trips: list[tuple[str, list[str]]] = []
-        self.budgets: list[float | None] = []
         self.during_first: Callable[[], None] | None = None
 
     async def __call__(self, recording_id: str, fn: Callable[..., Any], jobs: Any,
@@ -54,7 +52,6 @@ class FifoWorker:
         async with self.lock:
             if fn.__name__ == "worker_steps":
                 steps: list[StepJob] = jobs
-                self.budgets.append(budget_s)
                 if budget_s is not None and self.step_seconds > 0:
                     steps = steps[:max(1, math.ceil(budget_s / self.step_seconds))]
                 self.trips.append(("steps", [job[1] for job in steps]))
@@ -163,22 +160,6 @@ async def test_steps_far_behind_are_cut_at_the_budget_and_a_finish_waits_one_bud
     stepped = [rid for kind, ids in worker.trips if kind == "steps" for rid in ids]
     assert stepped == [r.manifest.recording_id for r in batch[:-1]]  # each once, in order
     assert all(len(ids) <= per_trip for _, ids in worker.trips)
-
-
-async def test_no_budget_while_calls_are_set_up_in_a_burst(tmp_path: Path) -> None:
-    """During a burst of set-ups finalize is held back (CaptureSideSlots): the steps go
-    as sized, a finish is not let through them; the budget is back once it is over."""
-    capture = bare_capture(tmp_path)
-    capture.workers = [cast(Any, None)]
-    worker = FifoWorker(step_seconds=0.0)
-    capture._in_worker = worker  # type: ignore[method-assign,assignment]
-    batch = [add_live(capture, f"r{i:03d}") for i in range(10)]
-    now = time.monotonic()
-    capture.recent_allocates.extend([now] * SETUP_BURST_ALLOCATES)
-    await capture._live_steps(batch, flushed_at=datetime.now(UTC).timestamp())
-    capture.recent_allocates.clear()
-    await capture._live_steps(batch, flushed_at=datetime.now(UTC).timestamp())
-    assert worker.budgets == [None, LIVE_CHUNK_BUDGET_S]
 
 
 def test_the_worker_stops_at_its_budget_after_at_least_one_step(

@@ -23,7 +23,6 @@ from __future__ import annotations
 import json
 import os
 import pickle
-import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -682,23 +681,14 @@ StepJob = tuple[Path, str, list[StreamSpec], float, int, OpusMode]
 """(directory, recording id, streams, now_ms, bitrate, narrowband mode) of one live step."""
 
 
-def worker_steps(jobs: list[StepJob], budget_s: float | None = None,
-                 ) -> list[tuple[Progress | None, int, str | None]]:
-    """Live steps of recordings a worker owns, in one round trip.
+def worker_steps(jobs: list[StepJob]) -> list[tuple[Progress | None, int, str | None]]:
+    """Live steps of all the recordings a worker owns, in one round trip per flush.
 
     Each result is (progress, bytes appended, error): one recording's failure never
-    stops the others. With ``budget_s`` the worker stops taking steps once that much
-    wall time has gone (after the first): the results are then those of the first
-    jobs only, the rest are the caller's to send again. Why: a finish queued behind
-    this round trip waits for it, and steps that are behind (each catching up seconds
-    of its call, on a worker the scheduler starves) made a round trip of a few dozen
-    steps last over a second (bench/churn.py at 400 calls).
+    stops the others.
     """
-    started = time.monotonic()
     results: list[tuple[Progress | None, int, str | None]] = []
     for directory, recording_id, specs, now_ms, bitrate, mode in jobs:
-        if budget_s is not None and results and time.monotonic() - started >= budget_s:
-            break
         try:
             progress, grown = worker_step(directory, recording_id, specs, now_ms, bitrate, mode)
         except Exception as exc:  # reported to capture, which logs and counts it

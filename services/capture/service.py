@@ -115,17 +115,10 @@ and more, and the finishes waited behind it (bench/churn.py: BYE->playable p99 2
 hundreds of steps, so the extra round trips cost nothing where nothing waits."""
 LIVE_CHUNK_MIN = 16
 LIVE_CHUNKS_MAX = 8
-"""At most this many round trips a step per worker, as sized: each costs capture's event
-loop a few hundred microseconds, which a burst of set-ups (1,600 calls in progress at
-200 calls/s) would otherwise pay a hundred times a step. At 400 calls (200 a worker) the
-time bound is the smaller one. A round trip cut short by LIVE_CHUNK_BUDGET_S adds one
-more, after a tenth of a second of the worker's work: a thousandth of it."""
-LIVE_CHUNK_BUDGET_S = 0.1
-"""A worker stops a round trip of live steps after this much wall time and hands back
-the steps it did not take, which capture sends again: a finish queued behind it then
-waits about this long, even when every step is catching up seconds of its call on a
-worker the scheduler starves (the chunk sizes are estimates from the last round trip;
-at 400 calls in bench/churn.py a chunk of them took over a second then)."""
+"""At most this many round trips a step per worker: each costs capture's event loop a
+few hundred microseconds, which a burst of set-ups (1,600 calls in progress at 200
+calls/s) would otherwise pay a hundred times a step. At 400 calls (200 a worker) the
+time bound is the smaller one."""
 FIRST_STEP_SECONDS = 0.002
 """What a live step is taken to cost before one is measured (one of a busy worker)."""
 JETSTREAM_POLL_INTERVAL = 2.0
@@ -853,31 +846,26 @@ class Capture:
 
     async def _live_steps(self, batch: list[LiveRecording], flushed_at: float) -> None:
         """One step of each recording of one worker, in round trips of about
-        LIVE_CHUNK_SECONDS (live_chunk_size), at most LIVE_CHUNKS_MAX of them as sized;
-        the steps of a round trip the worker cut short (LIVE_CHUNK_BUDGET_S) go first
-        in the next.
+        LIVE_CHUNK_SECONDS (live_chunk_size), at most LIVE_CHUNKS_MAX of them.
 
         A recording whose call ends (or is released) meanwhile is left out of the
         chunks still to go: its finish, queued on the same worker, encodes the rest.
         """
         index = self._worker_index(batch[0].manifest.recording_id)
-        todo = list(batch)
-        while todo:
+        start = 0
+        while start < len(batch):
             size = max(live_chunk_size(self.step_seconds.get(index, FIRST_STEP_SECONDS)),
                        -(-len(batch) // LIVE_CHUNKS_MAX))
-            chunk = [r for r in todo[:size]
+            chunk = [r for r in batch[start:start + size]
                      if not r.finalizing and self.live.get(r.manifest.recording_id) is r]
-            del todo[:size]
+            start += size
             if chunk:
                 began = time.monotonic()
-                taken = await self._live_chunk(chunk, flushed_at)
-                self.step_seconds[index] = (time.monotonic() - began) / taken
-                todo[:0] = chunk[taken:]  # cut short by the worker's budget: next
+                await self._live_chunk(chunk, flushed_at)
+                self.step_seconds[index] = (time.monotonic() - began) / len(chunk)
 
-    async def _live_chunk(self, batch: list[LiveRecording], flushed_at: float) -> int:
-        """One step of each of these recordings of one worker, in a single round trip
-        that the worker may cut short (LIVE_CHUNK_BUDGET_S): returns how many of the
-        first ones it took (at least one; all of them when it failed as a whole)."""
+    async def _live_chunk(self, batch: list[LiveRecording], flushed_at: float) -> None:
+        """One step of each of these recordings of one worker, in a single round trip."""
         jobs: list[StepJob] = [
             (r.directory, r.manifest.recording_id, stream_specs(r.manifest),
              (flushed_at - r.manifest.started_at.timestamp()) * 1000.0,
@@ -885,15 +873,13 @@ class Capture:
             for r in batch
         ]
         try:
-            results = await self._in_worker(batch[0].manifest.recording_id, worker_steps, jobs,
-                                            LIVE_CHUNK_BUDGET_S)
+            results = await self._in_worker(batch[0].manifest.recording_id, worker_steps, jobs)
         except Exception:
             log.exception("live_encode_failed", recordings=len(jobs))
             self.m_live_errors.inc(len(jobs))
-            return len(batch)
+            return
         grew: list[tuple[str, Progress]] = []
-        for recording, (progress, grown, error) in zip(batch[:len(results)], results,
-                                                         strict=True):
+        for recording, (progress, grown, error) in zip(batch, results, strict=True):
             recording_id = recording.manifest.recording_id
             if error is not None:  # the next step starts again from disk
                 log.error("live_encode_failed", recording_id=recording_id, error=error)
@@ -902,7 +888,6 @@ class Capture:
                 self.m_live_bytes.inc(grown)
                 grew.append((recording_id, progress))
         await self._publish_progress(grew)
-        return max(1, len(results))
 
     def _worker_index(self, recording_id: str) -> int:
         return zlib.crc32(recording_id.encode()) % len(self.workers)

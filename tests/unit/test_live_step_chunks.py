@@ -11,20 +11,15 @@ round trips would run in.
 from __future__ import annotations
 
 import asyncio
-import math
-import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, cast
 
-import pytest
-
 from contracts.v1.events import RecordingMetadata
 from services.capture.live import StepJob
 from services.capture.manifest import RecordingManifest
 from services.capture.service import (
-    LIVE_CHUNK_BUDGET_S,
     LIVE_CHUNK_MIN,
     LIVE_CHUNK_SECONDS,
     LIVE_CHUNKS_MAX,
@@ -38,8 +33,7 @@ META = RecordingMetadata(source="cucm", session_key="k")
 
 
 class FifoWorker:
-    """Stands in for Capture._in_worker: one round trip at a time, in arrival order,
-    taking as many steps as fit in the round trip's budget (worker_steps' rule)."""
+    """Stands in for Capture._in_worker: one round trip at a time, in arrival order."""
 
     def __init__(self, step_seconds: float) -> None:
         self.step_seconds = step_seconds
@@ -47,13 +41,10 @@ class FifoWorker:
         self.trips: list[tuple[str, list[str]]] = []
         self.during_first: Callable[[], None] | None = None
 
-    async def __call__(self, recording_id: str, fn: Callable[..., Any], jobs: Any,
-                       budget_s: float | None = None) -> Any:
+    async def __call__(self, recording_id: str, fn: Callable[..., Any], jobs: Any) -> Any:
         async with self.lock:
             if fn.__name__ == "worker_steps":
                 steps: list[StepJob] = jobs
-                if budget_s is not None and self.step_seconds > 0:
-                    steps = steps[:max(1, math.ceil(budget_s / self.step_seconds))]
                 self.trips.append(("steps", [job[1] for job in steps]))
                 if self.during_first is not None:
                     hook, self.during_first = self.during_first, None
@@ -129,59 +120,6 @@ async def test_a_starved_worker_with_many_calls_gets_at_most_so_many_round_trips
     await capture._live_steps(batch, flushed_at=datetime.now(UTC).timestamp())
     assert [len(ids) for _, ids in worker.trips] == [800 // LIVE_CHUNKS_MAX] * LIVE_CHUNKS_MAX
     assert sum(len(ids) for _, ids in worker.trips) == 800
-
-
-async def test_steps_far_behind_are_cut_at_the_budget_and_a_finish_waits_one_budget(
-        tmp_path: Path) -> None:
-    """Steps that catch up seconds of their calls on a starved worker cost far more than
-    the last round trip measured: the worker stops at LIVE_CHUNK_BUDGET_S, the steps it
-    did not take go first in the next round trip, and a finish sent meanwhile runs
-    after one budget's worth of them, not after the whole estimated chunk."""
-    capture = bare_capture(tmp_path)
-    capture.workers = [cast(Any, None)]
-    worker = FifoWorker(step_seconds=0.03)
-    capture._in_worker = worker  # type: ignore[method-assign,assignment]
-    batch = [add_live(capture, f"r{i:03d}") for i in range(40)]
-    capture.step_seconds[0] = 0.002  # the estimate: 25 steps a round trip
-    ending = batch[-1]
-    finish: list[asyncio.Task[Any]] = []
-
-    def call_ends_meanwhile() -> None:
-        ending.finalizing = True
-        finish.append(asyncio.ensure_future(
-            capture._in_worker(ending.manifest.recording_id, print, [])))
-
-    worker.during_first = call_ends_meanwhile
-    await capture._live_steps(batch, flushed_at=datetime.now(UTC).timestamp())
-    await finish[0]
-    per_trip = math.ceil(LIVE_CHUNK_BUDGET_S / worker.step_seconds)
-    assert worker.trips[0] == ("steps", [r.manifest.recording_id for r in batch[:per_trip]])
-    assert worker.trips[1] == ("finish", [ending.manifest.recording_id])
-    stepped = [rid for kind, ids in worker.trips if kind == "steps" for rid in ids]
-    assert stepped == [r.manifest.recording_id for r in batch[:-1]]  # each once, in order
-    assert all(len(ids) <= per_trip for _, ids in worker.trips)
-
-
-def test_the_worker_stops_at_its_budget_after_at_least_one_step(
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    """worker_steps itself: steps until the budget is spent (three 20 ms steps pass
-    50 ms), never none."""
-    from services.capture import live
-
-    taken: list[str] = []
-
-    def slow_step(directory: Path, recording_id: str, *_: Any) -> tuple[None, int]:
-        taken.append(recording_id)
-        time.sleep(0.02)
-        return None, 0
-
-    monkeypatch.setattr(live, "worker_step", slow_step)
-    jobs: list[StepJob] = [(Path("."), f"r{i}", [], 0.0, 11500, "celt") for i in range(10)]
-    assert len(live.worker_steps(jobs, 0.0)) == 1
-    results = live.worker_steps(jobs, 0.05)
-    assert 1 <= len(results) <= 3 and taken[1:1 + len(results)] == [
-        f"r{i}" for i in range(len(results))]
-    assert len(live.worker_steps(jobs)) == 10  # no budget: every step
 
 
 def test_chunk_size_follows_the_cost_of_a_step() -> None:

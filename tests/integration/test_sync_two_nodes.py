@@ -175,6 +175,10 @@ def test_restarted_backup_catches_up_from_its_checkpoint(nodes: tuple[Node, Node
     copy = wait_for(lambda: audio(b, rid), 60, "audio on B after restart\n" + b.log()[-3000:])
     print(f"caught up {time.monotonic() - restarted:.2f} s after B was healthy again")
     assert hashlib.sha256(copy).hexdigest() == on_a["sha256"]
-    status = wait_for(lambda: (s := asyncio.run(sync_status(b))).recordings_held == 1 and s,
-                      10, "B holds exactly the new recording")
+    # B copies the recording as soon as it reads A's events, which can be before A's
+    # next heartbeat tells it A is alive: wait for both, then check them.
+    status = wait_for(lambda: (s := asyncio.run(sync_status(b))).recordings_held == 1
+                      and {n.node_id for n in s.nodes if n.alive} == {"a", "b"} and s,
+                      10, "B holds exactly the new recording and sees A alive")
+    assert status.recordings_held == 1
     assert {n.node_id for n in status.nodes if n.alive} == {"a", "b"}

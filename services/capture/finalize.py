@@ -100,19 +100,14 @@ class FinishBatcher:
     finish after a restart encodes its whole call from the segments (seconds for an
     hour), so a long batch would let the peers' live copies fall that far behind.
     With ``tickets`` each round trip is numbered (finish_signal), so a round trip of
-    live steps the worker is taking gives way to it, while ``overtake()`` says so:
-    not during a burst of set-ups, when a finish every few tens of ms cut the steps of
-    up to 1,600 new calls again and again, the live lag passed the limit and new calls
-    were refused (bench.setup_rate: 156-835 of 3,200 legs in 4 of 5 runs, none without).
+    live steps the worker is taking gives way to it.
     """
 
     def __init__(self, run: RunInWorker, max_batch: int = 8,
-                 tickets: FinishTickets | None = None,
-                 overtake: Callable[[], bool] = lambda: True) -> None:
+                 tickets: FinishTickets | None = None) -> None:
         self._run = run
         self.max_batch = max(1, max_batch)
         self._tickets = tickets
-        self._overtake = overtake
         self._waiting: dict[int, list[tuple[FinishJob, asyncio.Future[FinalizeResult]]]] = {}
         self._sending: dict[int, asyncio.Task[None]] = {}
 
@@ -134,8 +129,7 @@ class FinishBatcher:
                 if not batch:
                     continue
                 jobs = [job for job, _ in batch]
-                ticket = (self._tickets.send(worker)
-                          if self._tickets is not None and self._overtake() else None)
+                ticket = self._tickets.send(worker) if self._tickets is not None else None
                 try:
                     results = await self._run(jobs[0][1], worker_finishes, jobs, ticket)
                 except asyncio.CancelledError:

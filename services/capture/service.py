@@ -226,13 +226,11 @@ class Capture:
         # The flush the last finished round of live steps encoded up to (wall clock).
         self.live_encoded_to: float | None = None
         # Their finishes, one round trip per worker for those that wait together.
-        def no_setup_burst() -> bool:
-            return finalize_may_widen(time.monotonic(), self.recent_allocates)
-
-        self.finishes = FinishBatcher(self._in_worker, tickets=tickets,
-                                      overtake=no_setup_burst)
+        self.finishes = FinishBatcher(self._in_worker, tickets=tickets)
         self.finalize_slots = CaptureSideSlots(
-            FINALIZE_CAPTURE_SIDE, no_setup_burst, SETUP_QUIET_S, SETUP_FINALIZE_GAP_S)
+            FINALIZE_CAPTURE_SIDE,
+            lambda: finalize_may_widen(time.monotonic(), self.recent_allocates),
+            SETUP_QUIET_S, SETUP_FINALIZE_GAP_S)
         # Monotonic times of the last SETUP_BURST_ALLOCATES allocates.
         self.recent_allocates: deque[float] = deque(maxlen=SETUP_BURST_ALLOCATES)
         self.closing = False

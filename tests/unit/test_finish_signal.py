@@ -9,7 +9,6 @@ across a real worker process.
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -21,7 +20,6 @@ from services.capture import finish_signal, live
 from services.capture.finalize import FinishBatcher
 from services.capture.finish_signal import FinishTickets
 from services.capture.live import StepJob
-from services.capture.service import SETUP_BURST_ALLOCATES, SETUP_QUIET_S
 from tests.support.capturecore import add_live, bare_capture
 
 
@@ -111,8 +109,8 @@ class CuttingWorker:
                         break
                 self.trips.append(("steps", taken))
                 return [(None, 0, None) for _ in taken]
-            if ticket is not None:
-                self.tickets.begun(0, ticket)
+            assert ticket is not None
+            self.tickets.begun(0, ticket)
             self.trips.append(("finish", [job[1] for job in jobs]))
             return [live.FinalizeResult(duration_ms=1, channels=[], codecs=[])
                     for _ in jobs]
@@ -162,44 +160,3 @@ async def test_with_no_finish_a_slow_round_trip_is_not_cut(tmp_path: Path) -> No
     capture.step_seconds[0] = 0.002
     await capture._live_steps(batch, flushed_at=datetime.now(UTC).timestamp())
     assert [len(ids) for _, ids in worker.trips] == [25, 5]
-
-
-async def test_during_a_burst_of_set_ups_a_finish_waits_for_the_steps(
-        tmp_path: Path) -> None:
-    """While calls are set up in a burst (overtake() False) a finish goes unnumbered:
-    the worker's steps are not cut for it, and it runs after the chunk."""
-    capture = bare_capture(tmp_path)
-    capture.workers = [cast(Any, None)]
-    tickets = FinishTickets(1)
-    worker = CuttingWorker(tickets, step_seconds=0.01)
-    capture._in_worker = worker  # type: ignore[method-assign,assignment]
-    burst = True
-    capture.finishes = FinishBatcher(worker, tickets=tickets, overtake=lambda: not burst)
-    batch = [add_live(capture, f"r{i:03d}") for i in range(10)]
-    ending = batch[-1]
-    finish: list[asyncio.Task[Any]] = []
-
-    def call_ends_meanwhile() -> None:
-        ending.finalizing = True
-        finish.append(asyncio.ensure_future(capture.finishes.finish(
-            0, (ending.directory, ending.manifest.recording_id, [], 1000, 11500, "celt"))))
-
-    worker.during_first = call_ends_meanwhile
-    await capture._live_steps(batch, flushed_at=datetime.now(UTC).timestamp())
-    await finish[0]
-    assert worker.trips == [("steps", [r.manifest.recording_id for r in batch]),
-                            ("finish", [ending.manifest.recording_id])]
-    assert not tickets.waiting(0)
-
-
-def test_capture_numbers_finishes_only_outside_a_set_up_burst(tmp_path: Path) -> None:
-    """Capture's own rule (finalize_may_widen): SETUP_BURST_ALLOCATES allocates within
-    SETUP_QUIET_S make a burst."""
-    capture = bare_capture(tmp_path)
-    overtake = capture.finishes._overtake
-    assert overtake()
-    now = time.monotonic()
-    capture.recent_allocates.extend([now] * SETUP_BURST_ALLOCATES)
-    assert not overtake()
-    capture.recent_allocates.extend([now - 2 * SETUP_QUIET_S] * SETUP_BURST_ALLOCATES)
-    assert overtake()

@@ -102,7 +102,7 @@ async def capture_part(calls: int, seconds: float, trace: bool, port_min: int,
                         rtp_port_max=port_min + 999)  # even ports, some taken
     ctx = ServiceContext("capture", config, cast(Any, None), cast(Any, None),
                          Registry("capture", "n1"), asyncio.Event())
-    capture = Capture(ctx, cast(Any, None), [], cast(Any, lambda _: None))
+    capture = Capture(ctx, cast(Any, None), [], cast(Any, lambda: None))
     flusher = asyncio.create_task(capture._flush_loop())
     sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sender.bind(("127.0.0.1", 0))

@@ -79,7 +79,7 @@ def run_rounds(legs_per_round: int, rounds: int,
                              ).model_dump_json().encode()
 
     async def main() -> tuple[list[float], list[float]]:
-        capture = Capture(ctx, cast(Any, None), [], cast(Any, lambda _: None))
+        capture = Capture(ctx, cast(Any, None), [], cast(Any, lambda: None))
         files = getattr(capture, "files", None)  # the file thread, in trees that have it
         results: list[float] = []
         loop_results: list[float] = []

@@ -74,7 +74,7 @@ async def finalize_burst(root: Path, template: Path, concurrency: int, ack_s: fl
                          cast(Any, StubJetStream(ack_s)), Registry("capture", "n1"),
                          asyncio.Event())
     capture = service.Capture(ctx, FileStore(data_dir / "objects"), workers,
-                              cast(Any, lambda _: None))
+                              cast(Any, lambda: None))
     capture._recover({})  # queues every ended recording, as a restart does
     total = len(capture.live)
     done: list[float] = []

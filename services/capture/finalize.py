@@ -16,7 +16,6 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
-from .finish_signal import FinishTickets
 from .live import (
     LIVE_FILE,
     FinalizeResult,
@@ -80,12 +79,10 @@ def sync_segments(directory: Path) -> None:
             os.close(fd)
 
 
-RunInWorker = Callable[
-    [str, Callable[[list[FinishJob], int | None], list[FinalizeResult | Exception]],
-     list[FinishJob], int | None],
-    Awaitable[list[FinalizeResult | Exception]]]
-"""Runs ``worker_finishes`` with its jobs and ticket on the worker of the given
-recording id (capture's _in_worker)."""
+RunInWorker = Callable[[str, Callable[[list[FinishJob]], list[FinalizeResult | Exception]],
+                        list[FinishJob]], Awaitable[list[FinalizeResult | Exception]]]
+"""Runs ``worker_finishes`` on the worker of the given recording id (capture's
+_in_worker)."""
 
 
 class FinishBatcher:
@@ -99,15 +96,11 @@ class FinishBatcher:
     the worker's live steps of the calls still in progress queue behind it, and a
     finish after a restart encodes its whole call from the segments (seconds for an
     hour), so a long batch would let the peers' live copies fall that far behind.
-    With ``tickets`` each round trip is numbered (finish_signal), so a round trip of
-    live steps the worker is taking gives way to it.
     """
 
-    def __init__(self, run: RunInWorker, max_batch: int = 8,
-                 tickets: FinishTickets | None = None) -> None:
+    def __init__(self, run: RunInWorker, max_batch: int = 8) -> None:
         self._run = run
         self.max_batch = max(1, max_batch)
-        self._tickets = tickets
         self._waiting: dict[int, list[tuple[FinishJob, asyncio.Future[FinalizeResult]]]] = {}
         self._sending: dict[int, asyncio.Task[None]] = {}
 
@@ -129,9 +122,8 @@ class FinishBatcher:
                 if not batch:
                     continue
                 jobs = [job for job, _ in batch]
-                ticket = self._tickets.send(worker) if self._tickets is not None else None
                 try:
-                    results = await self._run(jobs[0][1], worker_finishes, jobs, ticket)
+                    results = await self._run(jobs[0][1], worker_finishes, jobs)
                 except asyncio.CancelledError:
                     for _, future in batch:
                         future.cancel()

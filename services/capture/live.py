@@ -43,7 +43,6 @@ from callrec.opus import OpusMode
 from callrec.waveform import PeakAccumulator, peaks_of_chunks
 from contracts.v1.events import ChannelSummary, DtmfDigit, WaveformPeaks
 
-from .finish_signal import finish_started, finish_waiting
 from .segments import RECORD_HEADER, stream_segments
 from .timeline import DtmfEvent, Int16Array, StreamStats, StreamTimeline, native_rate
 
@@ -683,12 +682,10 @@ StepJob = tuple[Path, str, list[StreamSpec], float, int, OpusMode]
 
 
 def worker_steps(jobs: list[StepJob]) -> list[tuple[Progress | None, int, str | None]]:
-    """Live steps of recordings a worker owns, in one round trip.
+    """Live steps of all the recordings a worker owns, in one round trip per flush.
 
     Each result is (progress, bytes appended, error): one recording's failure never
-    stops the others. Once a finish waits behind this round trip (finish_signal), the
-    worker stops after the step it is taking: the results are then those of the first
-    jobs only, and the rest are the caller's to send again after the finish.
+    stops the others.
     """
     results: list[tuple[Progress | None, int, str | None]] = []
     for directory, recording_id, specs, now_ms, bitrate, mode in jobs:
@@ -698,8 +695,6 @@ def worker_steps(jobs: list[StepJob]) -> list[tuple[Progress | None, int, str | 
             results.append((None, 0, f"{type(exc).__name__}: {exc}"))
         else:
             results.append((progress, grown, None))
-        if finish_waiting():
-            break
     return results
 
 
@@ -707,14 +702,11 @@ FinishJob = tuple[Path, str, list[StreamSpec], int, int, OpusMode]
 """(directory, recording id, streams, duration_ms, bitrate, narrowband mode) of one finish."""
 
 
-def worker_finishes(jobs: list[FinishJob], ticket: int | None = None,
-                    ) -> list[FinalizeResult | Exception]:
+def worker_finishes(jobs: list[FinishJob]) -> list[FinalizeResult | Exception]:
     """The finishes of several recordings a worker owns, in one round trip (as
     worker_steps): each gets its result or its own exception (one failure never
     stops the others; an exception that would not cross the pipe goes as a
-    RuntimeError naming it). ``ticket`` numbers the round trip (finish_signal): once
-    it begins, the live steps sent after it need not give way to it."""
-    finish_started(ticket)
+    RuntimeError naming it)."""
     results: list[FinalizeResult | Exception] = []
     for job in jobs:
         try:

@@ -61,7 +61,6 @@ from contracts.v1.rpc import (
     UpdateRequest,
 )
 
-from . import finish_signal
 from .capacity import LagGate, live_lag
 from .finalize import (
     CaptureSideSlots,
@@ -71,7 +70,6 @@ from .finalize import (
     stream_specs,
     sync_segments,
 )
-from .finish_signal import FinishTickets
 from .latching import (
     DROP_REASONS,
     DropReason,
@@ -187,13 +185,10 @@ def waveform_event_id(recording_id: str) -> str:
 
 class Capture:
     def __init__(self, ctx: ServiceContext, store: ObjectStore,
-                 workers: list[Executor], new_worker: Callable[[int], Executor],
-                 tickets: FinishTickets | None = None) -> None:
+                 workers: list[Executor], new_worker: Callable[[], Executor]) -> None:
         """``workers`` run the live encoding and finalize, each with one process; a
         recording always goes to the same one (its encoder lives there).
-        ``new_worker`` replaces a worker (by its index) whose process died.
-        ``tickets`` are shared with the worker processes: with them, a finish does not
-        wait for the live steps a worker is taking (finish_signal)."""
+        ``new_worker`` replaces a worker whose process died."""
         self.ctx = ctx
         self.config = ctx.config
         self.store = store
@@ -226,7 +221,7 @@ class Capture:
         # The flush the last finished round of live steps encoded up to (wall clock).
         self.live_encoded_to: float | None = None
         # Their finishes, one round trip per worker for those that wait together.
-        self.finishes = FinishBatcher(self._in_worker, tickets=tickets)
+        self.finishes = FinishBatcher(self._in_worker)
         self.finalize_slots = CaptureSideSlots(
             FINALIZE_CAPTURE_SIDE,
             lambda: finalize_may_widen(time.monotonic(), self.recent_allocates),
@@ -851,31 +846,26 @@ class Capture:
 
     async def _live_steps(self, batch: list[LiveRecording], flushed_at: float) -> None:
         """One step of each recording of one worker, in round trips of about
-        LIVE_CHUNK_SECONDS (live_chunk_size), at most LIVE_CHUNKS_MAX of them as sized;
-        the steps of a round trip the worker cut short for a finish (finish_signal) go
-        first in the next.
+        LIVE_CHUNK_SECONDS (live_chunk_size), at most LIVE_CHUNKS_MAX of them.
 
         A recording whose call ends (or is released) meanwhile is left out of the
         chunks still to go: its finish, queued on the same worker, encodes the rest.
         """
         index = self._worker_index(batch[0].manifest.recording_id)
-        todo = list(batch)
-        while todo:
+        start = 0
+        while start < len(batch):
             size = max(live_chunk_size(self.step_seconds.get(index, FIRST_STEP_SECONDS)),
                        -(-len(batch) // LIVE_CHUNKS_MAX))
-            chunk = [r for r in todo[:size]
+            chunk = [r for r in batch[start:start + size]
                      if not r.finalizing and self.live.get(r.manifest.recording_id) is r]
-            del todo[:size]
+            start += size
             if chunk:
                 began = time.monotonic()
-                taken = await self._live_chunk(chunk, flushed_at)
-                self.step_seconds[index] = (time.monotonic() - began) / taken
-                todo[:0] = chunk[taken:]  # cut short for a finish: after it
+                await self._live_chunk(chunk, flushed_at)
+                self.step_seconds[index] = (time.monotonic() - began) / len(chunk)
 
-    async def _live_chunk(self, batch: list[LiveRecording], flushed_at: float) -> int:
-        """One step of each of these recordings of one worker, in a single round trip
-        that the worker may cut short for a finish: returns how many of the first ones
-        it took (at least one; all of them when the round trip failed as a whole)."""
+    async def _live_chunk(self, batch: list[LiveRecording], flushed_at: float) -> None:
+        """One step of each of these recordings of one worker, in a single round trip."""
         jobs: list[StepJob] = [
             (r.directory, r.manifest.recording_id, stream_specs(r.manifest),
              (flushed_at - r.manifest.started_at.timestamp()) * 1000.0,
@@ -887,10 +877,9 @@ class Capture:
         except Exception:
             log.exception("live_encode_failed", recordings=len(jobs))
             self.m_live_errors.inc(len(jobs))
-            return len(batch)
+            return
         grew: list[tuple[str, Progress]] = []
-        for recording, (progress, grown, error) in zip(batch[:len(results)], results,
-                                                         strict=True):
+        for recording, (progress, grown, error) in zip(batch, results, strict=True):
             recording_id = recording.manifest.recording_id
             if error is not None:  # the next step starts again from disk
                 log.error("live_encode_failed", recording_id=recording_id, error=error)
@@ -899,7 +888,6 @@ class Capture:
                 self.m_live_bytes.inc(grown)
                 grew.append((recording_id, progress))
         await self._publish_progress(grew)
-        return max(1, len(results))
 
     def _worker_index(self, recording_id: str) -> int:
         return zlib.crc32(recording_id.encode()) % len(self.workers)
@@ -915,7 +903,7 @@ class Capture:
             # Killed (e.g. by the OOM killer): its recordings resume from disk.
             if self.workers[index] is worker:  # not replaced yet by a concurrent call
                 log.error("capture_worker_died", worker=index)
-                self.workers[index] = self._new_worker(index)
+                self.workers[index] = self._new_worker()
                 worker.shutdown(wait=False, cancel_futures=True)
             return await loop.run_in_executor(self.workers[index], fn, *args)
 
@@ -1240,14 +1228,6 @@ def live_step_due(flushed_at: float) -> float:
     return flushed_at + LIVE_STEP_INTERVAL - FLUSH_INTERVAL / 2
 
 
-def start_worker(tickets: FinishTickets, index: int) -> None:
-    """An encoder worker process's start: idle priority (under CPU pressure call
-    set-up and reception, real time, go first; encoding only lags and catches up,
-    bounded by what the segments hold), and its finish tickets."""
-    lower_worker_priority()
-    finish_signal.install(tickets, index)
-
-
 def lower_worker_priority() -> None:
     """Run an encoder worker only on CPU nobody else wants (SCHED_IDLE), else niced.
 
@@ -1267,15 +1247,15 @@ async def main(ctx: ServiceContext) -> None:
     # about 1.4 % of a core per call, so it runs in one worker process per core,
     # never under this process's GIL: reception stays alone on this event loop.
     context = multiprocessing.get_context("forkserver")
-    count = max(1, os.cpu_count() or 1)
-    tickets = FinishTickets(count, context)
 
-    def new_worker(index: int) -> Executor:
+    def new_worker() -> Executor:
+        # Idle priority: under CPU pressure call set-up and reception (real time) go
+        # first; encoding only lags and catches up, bounded by what the segments hold.
         return ProcessPoolExecutor(max_workers=1, mp_context=context,
-                                   initializer=start_worker, initargs=(tickets, index))
+                                   initializer=lower_worker_priority)
 
-    workers = [new_worker(index) for index in range(count)]
-    capture = Capture(ctx, open_store(ctx.config.data_dir), workers, new_worker, tickets)
+    workers = [new_worker() for _ in range(max(1, os.cpu_count() or 1))]
+    capture = Capture(ctx, open_store(ctx.config.data_dir), workers, new_worker)
     try:
         await capture.run()
     finally:

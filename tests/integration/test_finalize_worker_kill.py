@@ -58,7 +58,7 @@ async def test_a_worker_killed_mid_batch_leaves_every_recording_correct(
         make_recording(active / f"call-{i:03d}", 2.0, recording_id=f"call-{i:03d}")
     context = multiprocessing.get_context("forkserver")
 
-    def new_worker(index: int = 0) -> Executor:
+    def new_worker() -> Executor:
         return ProcessPoolExecutor(max_workers=1, mp_context=context)
 
     js = RecordingJetStream()

@@ -248,8 +248,7 @@ class FakeWorker:
         self.release = asyncio.Event()
         self.broken = False
 
-    async def run(self, recording_id: str, fn: Any, jobs: list[Any],
-                  ticket: int | None = None) -> list[Any]:
+    async def run(self, recording_id: str, fn: Any, jobs: list[Any]) -> list[Any]:
         assert recording_id == jobs[0][1]
         self.batches.append([job[1] for job in jobs])
         await self.release.wait()

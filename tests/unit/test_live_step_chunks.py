@@ -18,13 +18,16 @@ from typing import Any, cast
 
 from contracts.v1.events import RecordingMetadata
 from services.capture.live import StepJob
+from services.capture.manifest import RecordingManifest
 from services.capture.service import (
     LIVE_CHUNK_MIN,
     LIVE_CHUNK_SECONDS,
     LIVE_CHUNKS_MAX,
+    Capture,
+    LiveRecording,
     live_chunk_size,
 )
-from tests.support.capturecore import add_live, bare_capture
+from tests.support.capturecore import bare_capture
 
 META = RecordingMetadata(source="cucm", session_key="k")
 
@@ -51,6 +54,16 @@ class FifoWorker:
                 return [(None, 0, None) for _ in steps]
             self.trips.append(("finish", [recording_id]))
             return None
+
+
+def add_live(capture: Capture, recording_id: str) -> LiveRecording:
+    directory = capture.active_dir / recording_id
+    directory.mkdir()
+    manifest = RecordingManifest(recording_id=recording_id, started_at=datetime.now(UTC),
+                                 metadata=META)
+    recording = LiveRecording(manifest, directory, directory_made=True)
+    capture.live[recording_id] = recording
+    return recording
 
 
 async def test_a_finish_sent_during_a_step_runs_before_the_rest_of_the_step(

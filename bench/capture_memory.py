@@ -186,7 +186,7 @@ def encoder_part(calls: int, seconds: float, trace: bool, step_ms: int) -> dict[
                     write_segment(segment_path(d, stream_id, 0), new)
             results = worker_steps([(d, n, specs, float(now), 16000, "celt")
                                     for d, n in zip(dirs, names, strict=True)])
-            errors = [e for _, _, e in results if e]
+            errors = [r.error for r in results if r.error]
             if errors:
                 raise RuntimeError(errors[0])
 

@@ -157,7 +157,7 @@ def live_run_together(directories: list[Path], step_ms: float = STEP_MS,
         at = min(now, float(duration))
         results = worker_steps([(d, m.recording_id, s, at, OPUS_BITRATE, NARROWBAND_MODE)
                                 for d, m, s in zip(directories, manifests, specs, strict=True)])
-        errors = [error for _, _, error in results if error is not None]
+        errors = [r.error for r in results if r.error is not None]
         if errors:
             raise RuntimeError(errors[0])
     for directory, manifest, spec in zip(directories, manifests, specs, strict=True):

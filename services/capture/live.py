@@ -27,7 +27,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, NamedTuple
 
 import numpy as np
 
@@ -361,6 +361,7 @@ class LiveEncoder:
         self.cursor = self._encoder.samples_done
         self._state_ms = self._encoder.playable_ms  # duration live.json last said
         self._t = 0.0  # call time (ms) up to which the segments have been taken in
+        self._drained = False  # the last step encoded every packet it read: see `drained`
         # Waveform peaks of everything mixed, fed as it is encoded (no cost at finalize);
         # None: unknown (the web then computes them from the audio).
         self._peaks: PeakAccumulator | None = None
@@ -369,6 +370,12 @@ class LiveEncoder:
                            else _peaks_of_prefix(self.path, self.cursor, rate))
 
     # ---- progress
+
+    @property
+    def drained(self) -> bool:
+        """Another step would add nothing unless the segments grow: the last step
+        encoded up to the newest packet it read (or the recording is final)."""
+        return self.final is not None or self._drained
 
     @property
     def progress(self) -> Progress:
@@ -485,6 +492,10 @@ class LiveEncoder:
                 stream.timeline.advance(t, reorder_ms=REORDER_MS, emit_sample=emit)
             self._emit(emit, partial=False)
             if t >= now_ms:
+                # Past the emit delay of the newest packet, everything read is decoded
+                # (REORDER_MS < EMIT_DELAY_MS) and encoded but a partial last frame,
+                # which only more packets or the finish complete.
+                self._drained = t - EMIT_DELAY_MS >= newest
                 return
             self._write(self._encoder.pages())  # catching up: pages out as they come
 
@@ -681,20 +692,27 @@ StepJob = tuple[Path, str, list[StreamSpec], float, int, OpusMode]
 """(directory, recording id, streams, now_ms, bitrate, narrowband mode) of one live step."""
 
 
-def worker_steps(jobs: list[StepJob]) -> list[tuple[Progress | None, int, str | None]]:
-    """Live steps of all the recordings a worker owns, in one round trip per flush.
+class StepResult(NamedTuple):
+    """What one live step did: one recording's failure never stops the others."""
 
-    Each result is (progress, bytes appended, error): one recording's failure never
-    stops the others.
-    """
-    results: list[tuple[Progress | None, int, str | None]] = []
+    progress: Progress | None  # new progress, or None when nothing was appended
+    grown: int  # bytes appended to live.opus
+    error: str | None  # reported to capture, which logs and counts it
+    drained: bool  # LiveEncoder.drained: capture need not step it again until data comes
+
+
+def worker_steps(jobs: list[StepJob]) -> list[StepResult]:
+    """Live steps of all the recordings a worker owns, in one round trip per flush."""
+    results: list[StepResult] = []
     for directory, recording_id, specs, now_ms, bitrate, mode in jobs:
         try:
             progress, grown = worker_step(directory, recording_id, specs, now_ms, bitrate, mode)
-        except Exception as exc:  # reported to capture, which logs and counts it
-            results.append((None, 0, f"{type(exc).__name__}: {exc}"))
+        except Exception as exc:
+            results.append(StepResult(None, 0, f"{type(exc).__name__}: {exc}", False))
         else:
-            results.append((progress, grown, None))
+            encoder = _ENCODERS.get(recording_id)  # None: no codec yet, nothing encoded
+            results.append(StepResult(progress, grown, None,
+                                      encoder is not None and encoder.drained))
     return results
 
 

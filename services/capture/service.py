@@ -171,6 +171,23 @@ class LiveRecording:
     # Both set by the file thread (FileWork), which makes a new recording's directory.
     fresh: bool = False
     directory_made: bool = True
+    # What live steps need: `revision` counts changes a step reads (segments grown, the
+    # manifest changed); `drained_at` is the revision the worker last said it had
+    # encoded all of; `segments_empty` is a call set up here that no packet reached
+    # yet. A call on hold, or not sent to yet, then costs no step (and no encoder).
+    revision: int = 0
+    drained_at: int = -1
+    segments_empty: bool = False
+
+    def changed(self, *, segments: bool = False) -> None:
+        self.revision += 1
+        if segments:
+            self.segments_empty = False
+
+    @property
+    def live_step_wanted(self) -> bool:
+        """A live step could append audio (else it would only cost CPU)."""
+        return not self.segments_empty and self.revision != self.drained_at
 
 
 def completed_event_id(recording_id: str) -> str:
@@ -277,6 +294,9 @@ class Capture:
         self.m_live_seconds = metrics.counter(
             "capture_live_encode_seconds_total",
             "wall time the live-encoding thread spent encoding calls in progress")
+        self.m_live_steps = metrics.counter(
+            "capture_live_steps_total",
+            "live steps sent to the encoder workers (none for a call with nothing new)")
         self.m_live_bytes = metrics.counter(
             "capture_live_bytes_total", "Ogg/Opus bytes appended to live recordings")
         self.m_live_errors = metrics.counter(
@@ -451,7 +471,8 @@ class Capture:
                 started_at=request.started_at,
                 metadata=request.metadata,
             )
-            recording = LiveRecording(manifest, directory, directory_made=False)
+            recording = LiveRecording(manifest, directory, directory_made=False,
+                                      segments_empty=True)
             self.files.submit(partial(_make_directory, recording))
             self.live[request.recording_id] = recording
         elif recording.finalizing:
@@ -517,6 +538,7 @@ class Capture:
         to the flush is why. The machine itself crashing: neither the renamed file
         nor the journal was fsynced (nor the segments, until finalize), as before."""
         recording.manifest_dirty = True
+        recording.changed()
         self.journal.record(recording.manifest)
 
     def _apply_source(self, recording: LiveRecording, stream_id: str, source: RtpSource) -> None:
@@ -708,6 +730,7 @@ class Capture:
             # more than a flush interval of a stream's packets).
             stream.set_latched(source)
             recording.manifest_dirty = True
+            recording.changed()
 
         def on_drop(reason: DropReason) -> None:
             self.m_rejected.inc(reason=reason)
@@ -794,7 +817,7 @@ class Capture:
                 for live in recording.streams.values():
                     live.receiver.settle()
                     try:
-                        live.writer.flush()
+                        written = live.writer.flush()
                     except OSError as exc:
                         if not recording.write_failing:  # once per episode, not per flush
                             log.error("segment_write_failed", recording_id=recording.manifest
@@ -806,6 +829,8 @@ class Capture:
                             log.info("segment_write_recovered",
                                      recording_id=recording.manifest.recording_id)
                         recording.write_failing = False
+                        if written:
+                            recording.changed(segments=True)
                 if recording.manifest_dirty:
                     self._queue_manifest_save(recording)
                 unsaved = unsaved or recording.manifest_dirty
@@ -828,12 +853,7 @@ class Capture:
             flushed_at = self._flushed_at
             if flushed_at < next_step_at:
                 continue  # a flush between steps: the step waits for a fresh one
-            batches: dict[int, list[LiveRecording]] = {}
-            for recording in self.live.values():
-                # (directory_made: the file thread's mkdir of a new call may be queued)
-                if not recording.finalizing and recording.directory_made:
-                    batches.setdefault(self._worker_index(recording.manifest.recording_id),
-                                       []).append(recording)
+            batches = self._live_batches()
             if not batches:
                 self.live_encoded_to = flushed_at  # nothing to encode: caught up
                 continue
@@ -843,6 +863,17 @@ class Capture:
             self.m_live_seconds.inc(time.monotonic() - started)
             self.live_encoded_to = flushed_at
             next_step_at = live_step_due(flushed_at)
+
+    def _live_batches(self) -> dict[int, list[LiveRecording]]:
+        """The recordings a live step could add audio to, by worker."""
+        batches: dict[int, list[LiveRecording]] = {}
+        for recording in self.live.values():
+            # (directory_made: the file thread's mkdir of a new call may be queued)
+            if (not recording.finalizing and recording.directory_made
+                    and recording.live_step_wanted):
+                batches.setdefault(self._worker_index(recording.manifest.recording_id),
+                                   []).append(recording)
+        return batches
 
     async def _live_steps(self, batch: list[LiveRecording], flushed_at: float) -> None:
         """One step of each recording of one worker, in round trips of about
@@ -872,6 +903,8 @@ class Capture:
              self.config.opus_bitrate, self.config.opus_mode)
             for r in batch
         ]
+        revisions = [r.revision for r in batch]  # what the worker will have seen, at least
+        self.m_live_steps.inc(len(jobs))
         try:
             results = await self._in_worker(batch[0].manifest.recording_id, worker_steps, jobs)
         except Exception:
@@ -879,12 +912,16 @@ class Capture:
             self.m_live_errors.inc(len(jobs))
             return
         grew: list[tuple[str, Progress]] = []
-        for recording, (progress, grown, error) in zip(batch, results, strict=True):
+        for recording, revision, (progress, grown, error, drained) in zip(
+                batch, revisions, results, strict=True):
             recording_id = recording.manifest.recording_id
             if error is not None:  # the next step starts again from disk
                 log.error("live_encode_failed", recording_id=recording_id, error=error)
                 self.m_live_errors.inc()
-            elif progress is not None:
+                continue
+            if drained:
+                recording.drained_at = revision
+            if progress is not None:
                 self.m_live_bytes.inc(grown)
                 grew.append((recording_id, progress))
         await self._publish_progress(grew)

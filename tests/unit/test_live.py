@@ -419,3 +419,74 @@ def test_a_catch_up_step_leaves_only_the_unemitted_tail_in_memory() -> None:
         tracemalloc.stop()
     step = 2 * RATE * 2  # the step's decoded samples, int16
     assert held < step // 2, (held, step)
+
+
+@pytest.mark.parametrize("step_ms", [250, 500, 700, 2_300])
+def test_a_drained_encoder_gains_nothing_from_steps_without_packets(
+        tmp_path: Path, step_ms: int) -> None:
+    """Capture skips the live steps of a call whose encoder said it is drained until its
+    segments grow: so a drained encoder must have nothing left that time alone would
+    release (audio held back by the emit delay or the reordering window). A call with
+    a hold (no packets 2-5 s) stepped at several intervals."""
+    directory = tmp_path / "rec"
+    manifest = _empty_recording(directory)
+    specs = stream_specs(manifest)
+    hold = {"near": packets(NEAR_HZ, 2.0, ssrc=1, jitter_ms=10, seed=1),
+            "far": packets(FAR_HZ, 2.0, ssrc=2, jitter_ms=10, seed=2)}
+    resumed = {"near": packets(NEAR_HZ, 2.0, ssrc=1, jitter_ms=10, seed=3, start_ms=5_000,
+                               seq0=1100, ts0=50_000 + 160 * 250),
+               "far": packets(FAR_HZ, 2.0, ssrc=2, jitter_ms=10, seed=4, start_ms=5_000,
+                              seq0=1100, ts0=50_000 + 160 * 250)}
+    streams = {k: hold[k] + resumed[k] for k in hold}
+    last_before_hold = max(r[0] for records in hold.values() for r in records)
+    encoder = LiveEncoder(directory, "r1")
+    now, was_drained, skippable, held_back = 0, False, 0, 0
+    while now < 9_000:
+        since, now = now, now + step_ms
+        new = 0
+        for stream_id, records in streams.items():
+            arrived = [r for r in records if since < r[0] <= now]
+            write_segment(segment_path(directory, stream_id, 0), arrived)
+            new += len(arrived)
+        before = encoder.bytes
+        progress = encoder.step(specs, now)
+        if was_drained and not new:
+            skippable += 1  # a step capture would skip: it must add nothing
+            assert progress is None and encoder.bytes == before
+        if not encoder.drained and not new:
+            held_back += 1  # audio waiting for time alone: capture must step it
+        if encoder.drained and now < 5_000:
+            # drained in the hold: everything up to its last packet is in the file
+            assert encoder.progress.duration_ms >= last_before_hold - 60
+        was_drained = encoder.drained
+    assert skippable >= 1 and held_back + (step_ms > 300) >= 1
+    encoder.finish(specs, 7_000)
+    audio = _decode((directory / LIVE_FILE).read_bytes(), tmp_path)
+    assert abs(audio.shape[1] / RATE - 7.0) <= 0.1
+    for channel, hz in ((0, NEAR_HZ), (1, FAR_HZ)):
+        assert dominant_frequency(audio[channel][: 2 * RATE], RATE) == pytest.approx(hz, abs=20)
+        assert dominant_frequency(audio[channel][5 * RATE:], RATE) == pytest.approx(hz, abs=20)
+    frames = audio[0][: audio.shape[1] // 320 * 320].reshape(-1, 320).astype(float)
+    loud = np.sqrt((frames**2).mean(axis=1)) > 1000
+    assert loud[5:95].all() and not loud[105:245].any() and loud[255:345].all()
+
+
+def test_worker_steps_report_which_recordings_are_drained(tmp_path: Path) -> None:
+    directory = tmp_path / "rec"
+    manifest = _empty_recording(directory, recording_id="r-drain")
+    specs = stream_specs(manifest)
+    write_segment(segment_path(directory, "near", 0),
+                  packets(NEAR_HZ, 1.0, ssrc=1, jitter_ms=0, seed=1))
+    job = (directory, "r-drain", specs, 1_000.0, 16_000, live_module.NARROWBAND_MODE)
+    try:
+        first = live_module.worker_steps([job])[0]
+        # The last 300 ms wait for the emit delay: not drained, another step is wanted.
+        assert first.error is None and first.progress is not None and not first.drained
+        second = live_module.worker_steps([(*job[:3], 1_400.0, *job[4:])])[0]
+        assert second.drained and second.grown > 0  # the held-back audio came out
+        bare = [live_module.StreamSpec(s.stream_id, s.channel, {}) for s in specs]
+        no_codec = live_module.worker_steps([(directory, "r-none", bare, 1_000.0, 16_000,
+                                              live_module.NARROWBAND_MODE)])[0]
+        assert no_codec == (None, 0, None, False)  # packets may wait for their codec
+    finally:
+        live_module.worker_drop("r-drain")

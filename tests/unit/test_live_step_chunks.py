@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, cast
 
 from contracts.v1.events import RecordingMetadata
-from services.capture.live import StepJob
+from services.capture.live import StepJob, StepResult
 from services.capture.manifest import RecordingManifest
 from services.capture.service import (
     LIVE_CHUNK_MIN,
@@ -51,7 +51,7 @@ class FifoWorker:
                     hook()
                 # the worker is busy: others queue meanwhile
                 await asyncio.sleep(self.step_seconds * len(steps))
-                return [(None, 0, None) for _ in steps]
+                return [StepResult(None, 0, None, False) for _ in steps]
             self.trips.append(("finish", [recording_id]))
             return None
 

@@ -30,7 +30,7 @@ from nats.js import JetStreamContext
 from contracts import subjects
 from contracts.v1.events import UserRemoved, UserUpserted, parse_event
 
-from . import bus, credentials, diskspace, natsserver
+from . import bus, credentials, diskspace, filesystem, natsserver
 from .config import NodeConfig
 from .logs import get_logger, setup_logging
 from .service import SERVICES
@@ -84,6 +84,10 @@ def run_node(config: NodeConfig) -> int:
     os.umask(0o077)
     config.data_dir.mkdir(parents=True, exist_ok=True)
     tighten_modes(config.data_dir)
+    if filesystem.ext4_without_journal(config.data_dir):
+        log.warning("data_dir_without_journal", data_dir=str(config.data_dir.resolve()),
+                    hint="ext4 without a journal makes each file created after many "
+                         "deletions slow; put the data dir on a journaled ext4 or XFS")
     try:
         cluster = cluster_secrets(config)
     except credentials.CredentialsError as exc:

@@ -53,11 +53,12 @@ def mount_of(path: str, mounts: list[Mount]) -> Mount | None:
     """The mount holding an absolute, resolved `path`: the longest mount point that is
     the path or one of its parents; of several at that point, the last mounted."""
     best: Mount | None = None
+    best_length = -1
     for mount in mounts:
         point = mount.mount_point.rstrip("/") or "/"
         inside = point == "/" or path == point or path.startswith(point + "/")
-        if inside and (best is None or len(point) >= len(best.mount_point.rstrip("/") or "/")):
-            best = mount
+        if inside and len(point) >= best_length:
+            best, best_length = mount, len(point)
     return best
 
 

@@ -48,6 +48,7 @@ if str(REPO) not in sys.path:
 from bench import loadgen, quality, rtpengine, setup_rate  # noqa: E402
 from bench.capture_load import CaptureDriver, catalog_items, running_node  # noqa: E402
 from bench.floor import libopus_floor  # noqa: E402
+from callrec import filesystem  # noqa: E402
 from callrec.config import NodeConfig  # noqa: E402
 from callrec.opus import OpusMode  # noqa: E402
 
@@ -551,7 +552,21 @@ def machine() -> str:
                 break
     return (f"{os.cpu_count()} cores ({model}), kernel {platform.release()}, "
             f"Python {platform.python_version()}, load average "
-            f"{' '.join(f'{x:.1f}' for x in os.getloadavg())} at start")
+            f"{' '.join(f'{x:.1f}' for x in os.getloadavg())} at start, "
+            f"temp files on {temp_file_system()}")
+
+
+def temp_file_system() -> str:
+    """What the run's temp files are on: on ext4 without a journal each file created
+    after many deletions costs far more (bench/README.md, "The disk's history")."""
+    where = Path(tempfile.gettempdir())
+    mount = filesystem.mount_of_path(where)
+    if mount is None:
+        return "an unknown file system"
+    journal = {True: " without a journal", False: " with a journal", None: " (journal unknown)"}
+    kind = mount.fs_type + (journal[filesystem.ext4_without_journal(where)]
+                            if mount.fs_type == "ext4" else "")
+    return f"{kind} ({mount.mount_point})"
 
 
 def commit() -> str:

@@ -62,14 +62,19 @@ def mount_of(path: str, mounts: list[Mount]) -> Mount | None:
     return best
 
 
+def mount_of_path(path: Path, mountinfo: Path = MOUNTINFO) -> Mount | None:
+    """The mount holding `path` on this machine; None if mountinfo cannot be read."""
+    try:
+        return mount_of(os.path.realpath(path), parse_mountinfo(mountinfo.read_text()))
+    except OSError:
+        return None
+
+
 def ext4_without_journal(path: Path, mountinfo: Path = MOUNTINFO,
                          sysfs: Path = SYSFS) -> bool | None:
     """True if `path` is on ext4 without a journal, False if on anything else or a
     journaled ext4, None if it could not be told."""
-    try:
-        mount = mount_of(os.path.realpath(path), parse_mountinfo(mountinfo.read_text()))
-    except OSError:
-        return None
+    mount = mount_of_path(path, mountinfo)
     if mount is None:
         return None
     if mount.fs_type != "ext4":

@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -56,3 +57,15 @@ def test_the_file_system_has_a_journal(tmp_path: Path) -> None:
         handle.truncate(64 << 20)
     subprocess.run(["mkfs.ext4", "-q", "-F", "-O", "^has_journal", str(without)], check=True)
     assert not has_journal(without)
+
+
+def test_a_results_table_says_what_its_temp_files_are_on(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from bench.capacity import machine, temp_file_system
+    with journaled_ext4(1, tmp_path) as mount_point:
+        monkeypatch.setattr(tempfile, "tempdir", str(mount_point))
+        assert temp_file_system() == f"ext4 with a journal ({mount_point})"
+        assert machine().endswith(f", temp files on ext4 with a journal ({mount_point})")
+    if Path("/dev/shm").is_mount():
+        monkeypatch.setattr(tempfile, "tempdir", "/dev/shm")
+        assert temp_file_system() == "tmpfs (/dev/shm)"

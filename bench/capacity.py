@@ -563,9 +563,10 @@ def temp_file_system() -> str:
     mount = filesystem.mount_of_path(where)
     if mount is None:
         return "an unknown file system"
-    journal = {True: " without a journal", False: " with a journal", None: " (journal unknown)"}
-    kind = mount.fs_type + (journal[filesystem.ext4_without_journal(where)]
-                            if mount.fs_type == "ext4" else "")
+    if mount.fs_type != "ext4":
+        return f"{mount.fs_type} ({mount.mount_point})"
+    kind = {True: "ext4 without a journal", False: "ext4 with a journal",
+            None: "ext4 (journal unknown)"}[filesystem.mount_without_journal(mount)]
     return f"{kind} ({mount.mount_point})"
 
 

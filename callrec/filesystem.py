@@ -75,8 +75,11 @@ def ext4_without_journal(path: Path, mountinfo: Path = MOUNTINFO,
     """True if `path` is on ext4 without a journal, False if on anything else or a
     journaled ext4, None if it could not be told."""
     mount = mount_of_path(path, mountinfo)
-    if mount is None:
-        return None
+    return None if mount is None else mount_without_journal(mount, sysfs)
+
+
+def mount_without_journal(mount: Mount, sysfs: Path = SYSFS) -> bool | None:
+    """`ext4_without_journal` of a mount already found."""
     if mount.fs_type != "ext4":
         return False
     try:

@@ -18,10 +18,11 @@ after `max_hold_s`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import secrets
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Protocol
@@ -313,12 +314,8 @@ class RecorderUas:
             return
         if request.method == "ACK":
             self.transactions.ack_answered(request)
-        entry = self.locks.get(call_id)
-        if entry is None:
-            entry = self.locks[call_id] = _CallLock()
-        entry.users += 1
         try:
-            async with entry.lock:
+            async with self._call_lock(call_id):
                 await self._handle(request, peer)
         except Exception:
             log.exception("sip_handler_failed", method=request.method, call_id=call_id)
@@ -326,6 +323,17 @@ class RecorderUas:
             if request.method != "ACK" and (tx is None or tx.status < 200):
                 self._respond(request, peer, 500)
                 self._missed(request, peer, "internal_error", 500, "handler failed")
+
+    @contextlib.asynccontextmanager
+    async def _call_lock(self, call_id: str) -> AsyncIterator[None]:
+        """Hold the Call-ID's lock (requests of one Call-ID one at a time)."""
+        entry = self.locks.get(call_id)
+        if entry is None:
+            entry = self.locks[call_id] = _CallLock()
+        entry.users += 1
+        try:
+            async with entry.lock:
+                yield
         finally:
             entry.users -= 1
             if entry.users == 0:
@@ -494,6 +502,15 @@ class RecorderUas:
                 self.registry.forget(session)
             return
 
+        leg = self._add_leg(request, peer, session, plan, ports, new_session)
+        body = self._session_body(session, leg, plan.offer)
+        await self._push_codecs(session, leg, plan.offer)
+        self._answer(request, peer, session, leg, plan, body)
+        if new_session:
+            await self.backend.recording_started(session)
+
+    def _add_leg(self, request: SipRequest, peer: Peer, session: RecordingSession, plan: Plan,
+                 ports: dict[str, int], new_session: bool) -> Leg:
         local_tag = secrets.token_hex(8)
         streams = [
             Stream(s.stream_id, s.channel, s.label, ports[s.stream_id]) for s in plan.streams
@@ -508,17 +525,18 @@ class RecorderUas:
         self.registry.add_leg(session, leg)
         if new_session:
             self.registry.await_media(session.recording_id, peer.host)
-        body = self._session_body(session, leg, plan.offer)
-        await self._push_codecs(session, leg, plan.offer)
+        return leg
+
+    def _answer(self, request: SipRequest, peer: Peer, session: RecordingSession, leg: Leg,
+                plan: Plan, body: str) -> None:
         self.registry.persist(session)  # before the 200: a dialog the PBX has, we know too
-        self._respond(request, peer, 200, to_tag=local_tag, body=body.encode(),
+        self._respond(request, peer, 200, to_tag=leg.local_tag, body=body.encode(),
                       content_type="application/sdp",
                       headers=self._dialog_headers(request, peer, plan.kind == "siprec"))
         log.info("leg_answered", recording_id=session.recording_id, kind=plan.kind,
-                 ports=[s.port for s in streams], streams=[s.stream_id for s in streams],
+                 ports=[s.port for s in leg.streams],
+                 streams=[s.stream_id for s in leg.streams],
                  delayed_offer=plan.offer is None)
-        if new_session:
-            await self.backend.recording_started(session)
 
     def _refuse_over_limit(self, request: SipRequest, peer: Peer, key: TransactionKey) -> None:
         """503 to new work from a PBX over its rate, without a transaction (see

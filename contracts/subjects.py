@@ -121,6 +121,7 @@ def heartbeat(node_id: str) -> str:
 # Services and their operations.
 CAPTURE = "capture"
 CAPTURE_ALLOCATE = "allocate"
+CAPTURE_RESERVE = "reserve"
 CAPTURE_UPDATE = "update"
 CAPTURE_RELEASE = "release"
 CAPTURE_FINALIZE = "finalize"

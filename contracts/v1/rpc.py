@@ -46,6 +46,9 @@ class StreamSpec(Message):
     label: str | None = None
     # None: no SDP from the peer yet (delayed offer); the first source latches.
     source: RtpSource | None = None
+    # A port from capture's reserve that signaling has already answered with (None:
+    # capture draws one now and the reply names it).
+    port: int | None = Field(default=None, ge=1, le=65535)
 
 
 class AllocateRequest(Message):
@@ -55,6 +58,32 @@ class AllocateRequest(Message):
     started_at: datetime
     streams: list[StreamSpec]
     metadata: RecordingMetadata
+    # With reserved ports (StreamSpec.port): the capture process whose reserve they came
+    # from, and the wall-clock time our 200 OK gave them to the PBX. Packets that
+    # reached a port before that time cannot be the PBX's and are dropped.
+    capture_id: str | None = Field(default=None, max_length=64)
+    answered_at: float | None = None
+
+
+MAX_RESERVE = 256
+
+
+class ReserveRequest(Message):
+    """Bind up to `count` more RTP ports ahead of the INVITEs that will use them, so a
+    new leg is answered at once and its allocate follows the 200 OK (issue 11: the
+    allocate round trip was most of INVITE->200 in a burst)."""
+
+    count: int = Field(ge=1, le=MAX_RESERVE)
+
+
+class ReserveReply(Message):
+    """Ports bound and held (unread) for signaling until `lease_seconds` from now, when
+    capture closes the unused ones. `capture_id` names this capture process: a
+    restarted one holds none of its predecessor's reserve."""
+
+    capture_id: str
+    ports: list[int]
+    lease_seconds: float
 
 
 class AllocateReply(Message):
@@ -108,6 +137,9 @@ class CaptureHealth(Message):
     # media timeout (it knows which legs are on hold) and the per-source cap on legs
     # still waiting for media. Every other live stream has had a packet recently.
     quiet_streams: list[QuietStream] = Field(default_factory=list)
+    # The capture process that answered (ReserveReply.capture_id): a new one means the
+    # ports reserved from the last one are gone.
+    capture_id: str = ""
 
 
 QUIET_AFTER_S = 1.0

@@ -30,8 +30,10 @@ from dataclasses import dataclass
 from typing import Literal
 
 Verdict = Literal["accept", "latch", "wrong_address", "wrong_port"]
-DropReason = Literal["wrong_address", "wrong_port"]
-DROP_REASONS: tuple[DropReason, ...] = ("wrong_address", "wrong_port")
+# before_answer: it reached a reserved port before our 200 OK named that port, so no
+# PBX could have sent it there (see ReservedPorts).
+DropReason = Literal["wrong_address", "wrong_port", "before_answer"]
+DROP_REASONS: tuple[DropReason, ...] = ("wrong_address", "wrong_port", "before_answer")
 PLACEHOLDER_PORTS = frozenset({0, 9})
 
 

@@ -97,6 +97,10 @@ class PortPool:
                 if port not in self._used and port not in tried:
                     yield port
 
+    def available(self, port: int) -> bool:
+        """`port` is one of the range's and no stream or reservation holds it."""
+        return port in self._ports and port not in self._used
+
     def take(self, port: int) -> None:
         self._used.add(port)
         self._remove_free(port)
@@ -126,3 +130,36 @@ class PortPool:
         if port not in self._index and port not in self._used:
             self._index[port] = len(self._free)
             self._free.append(port)
+
+
+class ReservedPorts:
+    """Ports bound ahead of the INVITEs that will use them (signaling's reserve): each
+    socket is held unread, so what reaches it before its allocate waits in the kernel
+    with its arrival time, and is closed when its lease runs out unused."""
+
+    def __init__(self) -> None:
+        self._held: dict[int, tuple[socket.socket, float]] = {}
+
+    def __len__(self) -> int:
+        return len(self._held)
+
+    def __contains__(self, port: int) -> bool:
+        return port in self._held
+
+    def hold(self, port: int, sock: socket.socket, until: float) -> None:
+        self._held[port] = (sock, until)
+
+    def take(self, port: int) -> socket.socket | None:
+        """The reserved socket of `port`, no longer reserved (None if not held)."""
+        held = self._held.pop(port, None)
+        return None if held is None else held[0]
+
+    def expire(self, now: float) -> list[tuple[int, socket.socket]]:
+        """Leases that ran out at `now` (monotonic), removed: the caller closes them."""
+        gone = [port for port, (_, until) in self._held.items() if until <= now]
+        return [(port, self._held.pop(port)[0]) for port in gone]
+
+    def release_all(self) -> list[tuple[int, socket.socket]]:
+        held = [(port, sock) for port, (sock, _) in self._held.items()]
+        self._held.clear()
+        return held

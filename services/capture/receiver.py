@@ -48,7 +48,7 @@ import structlog
 
 from callrec.arrival import ANCILLARY_SPACE, arrival_time
 
-from .latching import UNKNOWN, DropReason, Endpoint, Expected, admit, endpoint_of
+from .latching import DROP_REASONS, UNKNOWN, DropReason, Endpoint, Expected, admit, endpoint_of
 from .segments import RECORD_HEADER, SegmentWriter
 
 # asyncio reads each datagram into a 256 KiB buffer by default, which with glibc
@@ -142,7 +142,7 @@ class StreamReceiver(asyncio.DatagramProtocol):
         self.started = started_epoch
         self.packets = 0
         self.invalid = 0
-        self.dropped: dict[DropReason, int] = {"wrong_address": 0, "wrong_port": 0}
+        self.dropped: dict[DropReason, int] = dict.fromkeys(DROP_REASONS, 0)
         self.last_arrival = 0.0
         self.transport: asyncio.DatagramTransport | None = None
         # With `attach`: the socket read by our own reader callback, and its loop.
@@ -192,9 +192,11 @@ class StreamReceiver(asyncio.DatagramProtocol):
             return  # an ICMP error reported once on the socket: nothing to do
         self.datagram_received(data, addr, now)
 
-    def drain(self, sock: socket.socket) -> int:
-        """Read the backlog of a socket nobody read for a while (capture restarting),
-        each packet with its kernel arrival time; before the transport takes over.
+    def drain(self, sock: socket.socket, not_before: float | None = None) -> int:
+        """Read the backlog of a socket nobody read for a while (capture restarting,
+        a reserved port), each packet with its kernel arrival time; before the
+        transport takes over. Packets that arrived before `not_before` (wall clock:
+        when our answer gave the port away) are dropped as `before_answer`.
         Returns the number of datagrams read."""
         sock.setblocking(False)
         read = 0
@@ -206,7 +208,12 @@ class StreamReceiver(asyncio.DatagramProtocol):
             except OSError:
                 continue  # an ICMP error reported once on the socket: read on
             read += 1
-            self.datagram_received(data, addr, arrival_time(ancdata))
+            arrival = arrival_time(ancdata)
+            if not_before is not None and arrival < not_before:
+                self.dropped["before_answer"] += 1
+                self.on_drop("before_answer")
+                continue
+            self.datagram_received(data, addr, arrival)
         return read
 
     def datagram_received(self, data: bytes, addr: Any, arrival: float | None = None) -> None:

@@ -57,7 +57,10 @@ from contracts.v1.rpc import (
     LiveProgressBatch,
     QuietStream,
     ReleaseRequest,
+    ReserveReply,
+    ReserveRequest,
     RtpSource,
+    StreamSpec,
     UpdateRequest,
 )
 
@@ -94,7 +97,7 @@ from .manifest import (
     StreamManifest,
     write_manifest,
 )
-from .ports import PortPool, PortsExhausted, open_rtp_socket
+from .ports import PortPool, PortsExhausted, ReservedPorts, open_rtp_socket
 from .receiver import BatchReader, StreamReceiver
 from .segments import FileWork, SegmentWriter, next_segment_index, segment_path
 from .timeline import SilentReason
@@ -103,6 +106,9 @@ from .timeline import SilentReason
 # keeps the rest), so at most this much of each stream. Each flush costs a write()
 # per stream (800 at 400 calls): at 0.1 s that was about a sixth of receiving's CPU.
 FLUSH_INTERVAL = 0.25
+# How long a reserved port stays bound unused for signaling (which stops answering
+# with it a third of that earlier), then closed and back in the pool.
+RESERVE_LEASE_S = 30.0
 # Live encoding steps at most this often (each step costs a segment read and a
 # write per call), whatever the flush interval.
 LIVE_STEP_INTERVAL = 0.5
@@ -218,6 +224,10 @@ class Capture:
         for directory in (self.active_dir, self.failed_dir, self.work_dir):
             directory.mkdir(parents=True, exist_ok=True)
         self.pool = PortPool(ctx.config.rtp_port_min, ctx.config.rtp_port_max)
+        # Ports bound for signaling's reserve, not yet a stream's; this process's name
+        # on them (a restarted capture holds none of them).
+        self.reserved = ReservedPorts()
+        self.capture_id = uuid.uuid4().hex
         self.journal = ManifestJournal(self.root / JOURNAL)
         # Directory and segment-file creation of call set-up, and the flush's manifest
         # saves, off the event loop.
@@ -270,7 +280,8 @@ class Capture:
         self.m_rejected = metrics.counter(
             "capture_packets_rejected_total",
             "RTP packets dropped, never recorded, because they came from another source "
-            "than the stream's (reason: wrong_address, wrong_port)")
+            "than the stream's, or reached a reserved port before the answer that gave "
+            "it away (reason: wrong_address, wrong_port, before_answer)")
         for reason in DROP_REASONS:
             self.m_rejected.inc(0, reason=reason)
         self.m_silent = metrics.counter(
@@ -339,6 +350,8 @@ class Capture:
         nc, node = self.ctx.nc, self.ctx.node_id
         await bus.serve(nc, subjects.rpc(node, subjects.CAPTURE, subjects.CAPTURE_ALLOCATE),
                         AllocateRequest, self.allocate)
+        await bus.serve(nc, subjects.rpc(node, subjects.CAPTURE, subjects.CAPTURE_RESERVE),
+                        ReserveRequest, self.reserve_ports)
         await bus.serve(nc, subjects.rpc(node, subjects.CAPTURE, subjects.CAPTURE_UPDATE),
                         UpdateRequest, self.update)
         await bus.serve(nc, subjects.rpc(node, subjects.CAPTURE, subjects.CAPTURE_RELEASE),
@@ -354,6 +367,7 @@ class Capture:
             asyncio.create_task(self._reconcile_loop()),
             asyncio.create_task(self._finalize_loop()),
             asyncio.create_task(self._live_loop()),
+            asyncio.create_task(self._reserve_loop()),
         ]
         await self.ctx.stopping.wait()
         self.closing = True
@@ -373,6 +387,8 @@ class Capture:
             if recording.manifest_dirty:
                 self._save_manifest(recording)
         self.reader.close()
+        for _, sock in self.reserved.release_all():
+            sock.close()
         if not any(r.manifest_dirty for r in self.live.values()):
             self.journal.clear()
         self.journal.close()
@@ -493,11 +509,74 @@ class Capture:
             )
             if spec.source is not None:
                 stream.set_expectation(_expected(spec.source), None)
+            if spec.port is not None:
+                self._open_reserved(recording, stream, spec, request)
+                ports[spec.stream_id] = spec.port
+                continue
             ports[spec.stream_id] = self._bind_new(recording, stream,
                                                    sdp_pending=spec.source is None)
         self._journal(recording)  # before the reply: a PBX may send RTP at once
         log.info("streams_allocated", recording_id=request.recording_id, ports=ports)
         return AllocateReply(ports=ports)
+
+    async def reserve_ports(self, request: ReserveRequest) -> ReserveReply:
+        """Bind ports for signaling to answer new legs with before their allocate.
+
+        The reserve is kept to a quarter of the free ports, so it never starves the
+        allocates that draw their own; ports are drawn as an allocate draws them
+        (unpredictably), and each is held unread until its allocate or its lease's end."""
+        if self.closing:
+            raise RuntimeError("capture is shutting down")
+        room = (self.pool.free + len(self.reserved)) // 4 - len(self.reserved)
+        until = time.monotonic() + RESERVE_LEASE_S
+        ports: list[int] = []
+        for _ in range(max(0, min(request.count, room))):
+            for port in self.pool.candidates():
+                try:
+                    sock = open_rtp_socket(self.config.bind, port)
+                except OSError:
+                    continue
+                self.pool.take(port)
+                self.reserved.hold(port, sock, until)
+                ports.append(port)
+                break
+            else:
+                break
+        return ReserveReply(capture_id=self.capture_id, ports=ports,
+                            lease_seconds=RESERVE_LEASE_S)
+
+    def _open_reserved(self, recording: LiveRecording, stream: StreamManifest,
+                       spec: StreamSpec, request: AllocateRequest) -> None:
+        """Open a stream on the reserved port signaling has already answered with.
+
+        Its socket comes from the reserve with what reached it since the answer; if
+        the reserve no longer holds it (this process restarted, the lease ran out) the
+        port is bound again, if it is still free. A port held by anything else fails
+        the allocate: signaling then ends the leg."""
+        port = spec.port
+        assert port is not None
+        sock = self.reserved.take(port) if request.capture_id == self.capture_id else None
+        if sock is None and not self.pool.available(port):
+            raise PortsExhausted(f"reserved port {port} is no longer held")
+        try:
+            self._open_stream(recording, stream, port, sdp_pending=spec.source is None,
+                              sock=sock, reserved=True, answered_at=request.answered_at,
+                              deferred=True)
+        except OSError:
+            self.pool.give_back(port)
+            raise
+
+    async def _reserve_loop(self) -> None:
+        """Close the reserved ports whose lease ran out unused (signaling stops using
+        them well before) and give them back to the pool."""
+        while True:
+            await asyncio.sleep(1.0)
+            self._expire_reserved(time.monotonic())
+
+    def _expire_reserved(self, now: float) -> None:
+        for port, sock in self.reserved.expire(now):
+            sock.close()
+            self.pool.give_back(port)
 
     async def update(self, request: UpdateRequest) -> Empty:
         recording = self._get(request.recording_id)
@@ -596,7 +675,8 @@ class Capture:
             ok, reason = await asyncio.to_thread(self._disk_ok)
         if ok and not self.jetstream[0]:
             ok, reason = self.jetstream
-        if ok and self.pool.free < 2:
+        free_ports = self.pool.free + len(self.reserved)
+        if ok and free_ports < 2:
             ok, reason = False, "no free RTP ports"
         if ok and self.closing:
             ok, reason = False, "capture is shutting down"
@@ -606,9 +686,10 @@ class Capture:
             over_capacity=self._over_capacity(),
             active_recordings=len(self.live),
             active_streams=sum(len(r.streams) for r in self.live.values()),
-            free_ports=self.pool.free,
+            free_ports=free_ports,
             store_free_bytes=self.store.free_bytes(),
             quiet_streams=self._quiet_streams(),
+            capture_id=self.capture_id,
         )
 
     def _live_lag(self) -> float:
@@ -700,11 +781,14 @@ class Capture:
     def _open_stream(
         self, recording: LiveRecording, stream: StreamManifest, port: int,
         *, sdp_pending: bool = False, sock: socket.socket | None = None,
-        deferred: bool = False,
+        deferred: bool = False, reserved: bool = False, answered_at: float | None = None,
     ) -> None:
         """Open (or, with `sock` from the keeper, resume) the stream's socket and its
-        next segment file: `deferred` (call set-up), created by the file thread."""
-        kept = sock is not None
+        next segment file: `deferred` (call set-up), created by the file thread.
+        `reserved`: `sock` (if any) is a reserved port's, and what reached it before
+        `answered_at` is dropped."""
+        kept = sock is not None and not reserved
+        backlog = sock is not None
         if sock is None:
             sock = open_rtp_socket(self.config.bind, port)
         try:
@@ -740,8 +824,8 @@ class Capture:
             on_drop=on_drop, sdp_pending=sdp_pending,
             log=log.bind(recording_id=recording_id, stream_id=stream.stream_id, port=port),
         )
-        if kept:  # what arrived while capture was down, at the times it arrived
-            receiver.drain(sock)
+        if backlog:  # what arrived while nobody read the port, at the times it arrived
+            receiver.drain(sock, not_before=answered_at if reserved else None)
         receiver.attach(sock, self.reader)
         recording.manifest.streams[stream.stream_id] = stream
         recording.streams[stream.stream_id] = LiveStream(stream, writer, receiver, kept)

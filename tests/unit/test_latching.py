@@ -173,7 +173,7 @@ def test_receiver_stores_only_the_sdp_source(tmp_path: Path) -> None:
     assert h.stored() == [2, 5]
     assert h.latches == [PBX]
     assert h.drops == ["wrong_address", "wrong_address", "wrong_port"]
-    assert h.receiver.dropped == {"wrong_address": 2, "wrong_port": 1}
+    assert h.receiver.dropped == {"wrong_address": 2, "wrong_port": 1, "before_answer": 0}
     assert h.receiver.packets == 2
 
 

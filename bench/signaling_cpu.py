@@ -106,6 +106,9 @@ def run_rounds(legs_per_round: int, rounds: int, live: int = 0) -> list[float]:
         def over_capacity(self) -> str | None:
             return None
 
+        def reserved_ports(self, count: int) -> tuple[str, list[int]] | None:
+            return None  # every leg allocates first: the same messages, in another order
+
         async def allocate(self, request: AllocateRequest) -> dict[str, int]:
             request.model_dump_json().encode()
             reply = json.dumps({"ok": True, "data": {"ports": {

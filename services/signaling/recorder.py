@@ -113,6 +113,11 @@ class Leg:
     media_seen: bool = False
     on_hold: bool = False
     media_since: float = 0.0
+    # Answered with ports from capture's reserve (reserve.py) whose allocate capture has
+    # not confirmed yet: when (wall clock) and whose reserve. Kept on disk, so a
+    # signaling restart in between sends the allocate again.
+    answered_at: float | None = None
+    reserved_from: str | None = None
 
     def expired(self, now: float) -> bool:
         return self.session_expires is not None and now - self.refreshed_at > self.session_expires

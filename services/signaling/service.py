@@ -26,6 +26,7 @@ from contracts.v1.events import (
 )
 from contracts.v1.missed import MissedCall
 from contracts.v1.rpc import (
+    MAX_RESERVE,
     ActiveRecordings,
     AllocateReply,
     AllocateRequest,
@@ -34,6 +35,8 @@ from contracts.v1.rpc import (
     FinalizeRequest,
     QuietStream,
     ReleaseRequest,
+    ReserveReply,
+    ReserveRequest,
     UpdateRequest,
 )
 
@@ -41,6 +44,7 @@ from .admission import AllowList, TcpLimits, pending_media_limit
 from .gate import SipGate
 from .missed import MissedAggregator, MissedCalls, MissedPublisher
 from .recorder import RecordingSession
+from .reserve import PortReserve
 from .sessions import DialogStore
 from .sip.transport import SipTransports
 from .uas import RecorderUas
@@ -48,6 +52,10 @@ from .uas import RecorderUas
 HEALTH_INTERVAL = 1.0
 HEALTH_STALE_AFTER = 3.5
 RPC_TIMEOUT = 2.0
+# Ports kept in reserve (about a third of a second of legs at 200 calls/s), asked for
+# once at least RESERVE_BATCH_MIN are missing: few requests in a burst.
+RESERVE_TARGET = 128
+RESERVE_BATCH_MIN = 16
 FD_RESERVE = 256  # descriptors kept for RTP-less work: NATS, files, logs
 ANSWER_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 """Bounds of the INVITE answer-time histogram, in seconds: fine around the tens of
@@ -66,6 +74,8 @@ class NatsBackend:
         self.health_at = 0.0
         self.health_asked_at = 0.0
         self.users_ready = False
+        self.reserve = PortReserve(target=RESERVE_TARGET)
+        self.reserve_low = asyncio.Event()
 
     def _subject(self, operation: str) -> str:
         return subjects.rpc(self.ctx.node_id, subjects.CAPTURE, operation)
@@ -100,6 +110,8 @@ class NatsBackend:
                                        Empty(), CaptureHealth, timeout=1.0)
                 self.capture_health = reply
                 self.health_at = time.monotonic()
+                if reply is not None:
+                    self.reserve.capture_seen(reply.capture_id)
                 self.health_asked_at = asked
             except bus.RpcError as exc:
                 log.debug("capture_health_failed", error=str(exc))
@@ -109,6 +121,47 @@ class NatsBackend:
         if self.capture_health is None:
             return None
         return self.health_asked_at, self.capture_health.quiet_streams
+
+    def reserved_ports(self, count: int) -> tuple[str, list[int]] | None:
+        health = self._fresh_health()
+        if health is None or not health.can_record:
+            return None
+        now = time.monotonic()
+        ports = self.reserve.take(count, health.capture_id, now)
+        if self.reserve.wanted(now) >= RESERVE_BATCH_MIN:
+            self.reserve_low.set()
+        return None if ports is None else (health.capture_id, ports)
+
+    async def keep_reserve(self) -> None:
+        """Keep capture's reserve of ports at its target: one request at a time, asked
+        again as soon as INVITEs take ports (or after a second, leases running out);
+        none while capture is not known to be recording."""
+        while True:
+            now = time.monotonic()
+            wanted = self.reserve.wanted(now)
+            health = self._fresh_health()
+            worth_asking = wanted >= RESERVE_BATCH_MIN or 0 < wanted == self.reserve.target
+            if not worth_asking or health is None or not health.can_record:
+                await self._reserve_wait()
+                continue
+            try:
+                reply = await bus.call(self.ctx.nc, self._subject(subjects.CAPTURE_RESERVE),
+                                       ReserveRequest(count=min(wanted, MAX_RESERVE)),
+                                       ReserveReply, timeout=RPC_TIMEOUT)
+            except bus.RpcError as exc:
+                log.debug("port_reserve_failed", error=str(exc))
+                await self._reserve_wait()
+                continue
+            assert reply is not None
+            self.reserve.add(reply.capture_id, reply.ports, reply.lease_seconds,
+                             time.monotonic())
+            if len(reply.ports) < min(wanted, MAX_RESERVE):
+                await self._reserve_wait()  # capture has no more room for now
+
+    async def _reserve_wait(self) -> None:
+        self.reserve_low.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.reserve_low.wait(), timeout=HEALTH_INTERVAL)
 
     async def allocate(self, request: AllocateRequest) -> dict[str, int]:
         reply = await bus.call(self.ctx.nc, self._subject(subjects.CAPTURE_ALLOCATE), request,
@@ -255,6 +308,12 @@ async def main(ctx: ServiceContext) -> None:
     metrics.gauge("signaling_invites_shed", "new INVITEs answered 503 after waiting over "
                   "--sip-shed-after in the node's queue (overload)",
                   lambda: float(uas.counters.shed))
+    metrics.gauge("signaling_ports_reserved", "ports capture holds for answering new legs "
+                  "at once (the allocate follows the 200 OK)",
+                  lambda: float(len(backend.reserve)))
+    metrics.gauge("signaling_legs_lost_after_answer", "legs answered from the reserve whose "
+                  "allocate capture never took (ended with a BYE)",
+                  lambda: float(uas.counters.lost_after_answer))
     metrics.gauge("signaling_calls_over_capacity", "new calls answered 503 because "
                   "capture's live encoding was over --max-live-lag behind",
                   lambda: float(uas.counters.over_capacity))
@@ -284,6 +343,8 @@ async def main(ctx: ServiceContext) -> None:
     tasks = [
         asyncio.create_task(backend.follow_users()),
         asyncio.create_task(backend.poll_health()),
+        asyncio.create_task(backend.keep_reserve()),
+        asyncio.create_task(uas.resume_allocations()),
         asyncio.create_task(uas.expire_transactions()),
         asyncio.create_task(uas.watch_media()),
         asyncio.create_task(missed.run()),

@@ -32,7 +32,7 @@ import structlog
 from callrec.users import UsersProjection
 from contracts.v1.events import Participant, RecordingMetadata
 from contracts.v1.missed import MissedReason
-from contracts.v1.rpc import AllocateRequest, QuietStream, UpdateRequest
+from contracts.v1.rpc import AllocateRequest, QuietStream, StreamSpec, UpdateRequest
 
 from . import sdp, siprec
 from .admission import RefusalReason, queue_wait, same_source, waited_too_long
@@ -102,6 +102,10 @@ RETRY_AFTER = ("Retry-After", "5")
 MIN_SESSION_EXPIRES = 90
 SWEEP_INTERVAL = 5.0
 MEDIA_WATCH_INTERVAL = 1.0
+# A leg answered from the reserve: its allocate is tried this often, 0.2 s apart and
+# doubling (3 s in all, through a capture restart), before the leg is given up.
+ALLOCATE_ATTEMPTS = 5
+ALLOCATE_RETRY_DELAY = 0.2
 MEDIA_REPORT_MAX_AGE = 3.0  # older capture reports are not acted on
 # A hold exempts a leg from the media timeout, but not forever: a PBX that put the
 # recording on hold and then vanished (no BYE, no session timer) must not keep it.
@@ -118,6 +122,10 @@ class Backend(Protocol):
         """Why new calls are refused while calls in progress go on (None: they are not)."""
         ...
     async def allocate(self, request: AllocateRequest) -> dict[str, int]: ...
+    def reserved_ports(self, count: int) -> tuple[str, list[int]] | None:
+        """`count` ports from capture's reserve and whose they are, or None (none to
+        spare, capture not known to be recording): then allocate before answering."""
+        ...
     async def update(self, request: UpdateRequest) -> None: ...
     async def release(self, recording_id: str, stream_id: str) -> None: ...
     async def finalize(
@@ -163,6 +171,8 @@ class Counters:
     shed: int = 0
     # New calls answered 503 because capture's live encoding was too far behind.
     over_capacity: int = 0
+    # Legs answered from the reserve whose allocate failed for good (ended with a BYE).
+    lost_after_answer: int = 0
     responses: dict[int, int] = field(default_factory=dict)
 
 
@@ -465,6 +475,11 @@ class RecorderUas:
             )
             self.registry.add_session(session, plan.siprec_metadata)
             new_session = True
+        reserved = self._reserved_for(session, plan)
+        if reserved is not None:
+            await self._answer_from_reserve(request, peer, session, plan, new_session,
+                                            *reserved)
+            return
         structlog.contextvars.bind_contextvars(recording_id=session.recording_id)
         tx = self.transactions.get(request)
         try:
@@ -509,6 +524,96 @@ class RecorderUas:
         if new_session:
             await self.backend.recording_started(session)
 
+    def _reserved_for(
+        self, session: RecordingSession, plan: Plan
+    ) -> tuple[str, dict[str, int]] | None:
+        """Ports from capture's reserve for the plan's streams, when they are all new to
+        the recording (capture keeps the port of a stream it has): (capture, ports)."""
+        known = {s.stream_id for leg in session.legs.values() for s in leg.streams}
+        if any(spec.stream_id in known for spec in plan.streams):
+            return None
+        reserved = self.backend.reserved_ports(len(plan.streams))
+        if reserved is None:
+            return None
+        capture_id, ports = reserved
+        return capture_id, {spec.stream_id: port for spec, port in zip(plan.streams, ports,
+                                                                         strict=True)}
+
+    async def _answer_from_reserve(
+        self, request: SipRequest, peer: Peer, session: RecordingSession, plan: Plan,
+        new_session: bool, capture_id: str, ports: dict[str, int],
+    ) -> None:
+        """Answer at once with reserved ports, then tell capture whose they are.
+
+        The allocate still runs under the call's lock, so the leg's ACK, re-INVITE or
+        BYE reaches capture after it; what reaches the ports meanwhile waits in their
+        sockets with its arrival time."""
+        leg = self._add_leg(request, peer, session, plan, ports, new_session)
+        leg.answered_at = time.time()  # before the 200: no PBX knew the ports earlier
+        leg.reserved_from = capture_id
+        body = self._session_body(session, leg, plan.offer)
+        self._answer(request, peer, session, leg, plan, body)
+        specs = [spec.model_copy(update={"port": ports[spec.stream_id]})
+                 for spec in with_sources(plan.streams, plan.offer)]
+        if not await self._allocate_answered(session, leg, specs):
+            self._missed(request, peer, "cannot_record", 200,
+                         "answered, but capture never took the ports: ended with a BYE", plan)
+            return
+        await self._push_codecs(session, leg, plan.offer)
+        if new_session:
+            await self.backend.recording_started(session)
+
+    async def _allocate_answered(
+        self, session: RecordingSession, leg: Leg, specs: list[StreamSpec]
+    ) -> bool:
+        """Tell capture the ports `leg` was answered with, retrying through a capture
+        restart (about as long as finalize retries); if it never takes them the leg
+        cannot be recorded: BYE, so the PBX does not think it is. True on success."""
+        request = AllocateRequest.model_construct(
+            recording_id=session.recording_id, started_at=session.started_at,
+            streams=specs, metadata=session.metadata, capture_id=leg.reserved_from,
+            answered_at=leg.answered_at,
+        )
+        delay = ALLOCATE_RETRY_DELAY
+        for attempt in range(1, ALLOCATE_ATTEMPTS + 1):
+            try:
+                await self.backend.allocate(request)
+            except Exception as exc:
+                if attempt == ALLOCATE_ATTEMPTS or leg.ended:
+                    log.error("allocate_after_answer_failed", recording_id=session.recording_id,
+                              call_id=leg.call_id, error=str(exc), attempts=attempt)
+                    break
+                log.warning("allocate_after_answer_retry", recording_id=session.recording_id,
+                            call_id=leg.call_id, error=str(exc), attempt=attempt)
+                await asyncio.sleep(delay)
+                delay *= 2
+                continue
+            leg.answered_at = None
+            leg.reserved_from = None
+            leg.media_since = time.monotonic()  # capture reports on its streams from now
+            return True
+        self.counters.lost_after_answer += 1
+        if not leg.ended:
+            self._send_bye(leg)
+            await self._end_leg(session, leg, "capture unavailable")
+        return False
+
+    async def resume_allocations(self) -> None:
+        """After a restart: send again the allocates of legs answered from the reserve
+        that capture had not confirmed (capture takes each port from its reserve, or
+        binds it again). The PBX's SDP of an early offer is not kept, so such a leg
+        latches the first source after the answer."""
+        for session in list(self.registry.sessions.values()):
+            for leg in list(session.legs.values()):
+                if leg.answered_at is None or leg.ended:
+                    continue
+                specs = [StreamSpec(stream_id=s.stream_id, channel=s.channel, label=s.label,
+                                    port=s.port) for s in leg.streams]
+                log.info("allocate_resumed", recording_id=session.recording_id,
+                         call_id=leg.call_id)
+                async with self._call_lock(leg.call_id):
+                    await self._allocate_answered(session, leg, specs)
+
     def _add_leg(self, request: SipRequest, peer: Peer, session: RecordingSession, plan: Plan,
                  ports: dict[str, int], new_session: bool) -> Leg:
         local_tag = secrets.token_hex(8)
@@ -536,7 +641,7 @@ class RecorderUas:
         log.info("leg_answered", recording_id=session.recording_id, kind=plan.kind,
                  ports=[s.port for s in leg.streams],
                  streams=[s.stream_id for s in leg.streams],
-                 delayed_offer=plan.offer is None)
+                 delayed_offer=plan.offer is None, reserved=leg.answered_at is not None)
 
     def _refuse_over_limit(self, request: SipRequest, peer: Peer, key: TransactionKey) -> None:
         """503 to new work from a PBX over its rate, without a transaction (see

@@ -51,6 +51,9 @@ class FakeBackend:
         # When set, allocate waits for it (to test CANCEL while allocating).
         self.gate: asyncio.Event | None = None
         self.allocate_entered = asyncio.Event()
+        # Ports capture would hold in reserve (empty: every leg allocates first).
+        self.reserve: list[int] = []
+        self.capture_id = "capture-1"
 
     def add_user(self, username: str, extensions: list[str], record: bool = True) -> None:
         self.users.apply(UserUpserted(node_id="test", username=username,
@@ -73,9 +76,15 @@ class FakeBackend:
         for spec in request.streams:
             key = (request.recording_id, spec.stream_id)
             if key not in self.ports:
-                self.ports[key] = next(self._next_port)
+                self.ports[key] = spec.port if spec.port is not None else next(self._next_port)
             out[spec.stream_id] = self.ports[key]
         return out
+
+    def reserved_ports(self, count: int) -> tuple[str, list[int]] | None:
+        if len(self.reserve) < count:
+            return None
+        taken, self.reserve = self.reserve[:count], self.reserve[count:]
+        return self.capture_id, taken
 
     async def update(self, request: UpdateRequest) -> None:
         self.updates.append(request)

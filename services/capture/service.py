@@ -552,10 +552,14 @@ class Capture:
         Its socket comes from the reserve with what reached it since the answer; if
         the reserve no longer holds it (this process restarted, the lease ran out) the
         port is bound again, if it is still free. A port held by anything else fails
-        the allocate: signaling then ends the leg."""
+        the allocate: signaling then ends the leg.
+
+        A port signaling had from this process's predecessor may be one this process
+        has just reserved again: it is given to the leg all the same (it is held
+        unread, and signaling drops it from its reserve on this allocate's reply)."""
         port = spec.port
         assert port is not None
-        sock = self.reserved.take(port) if request.capture_id == self.capture_id else None
+        sock = self.reserved.take(port)
         if sock is None and not self.pool.available(port):
             raise PortsExhausted(f"reserved port {port} is no longer held")
         try:

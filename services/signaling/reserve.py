@@ -66,5 +66,11 @@ class PortReserve:
             self.forget()
             self.capture_id = None
 
+    def discard(self, ports: set[int]) -> None:
+        """Ports a leg was answered with from another capture process's reserve, and
+        which this process had reserved too: no other leg may be answered with them."""
+        if ports and any(port in ports for port, _ in self._ports):
+            self._ports = deque(entry for entry in self._ports if entry[0] not in ports)
+
     def forget(self) -> None:
         self._ports.clear()

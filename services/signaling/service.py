@@ -167,6 +167,10 @@ class NatsBackend:
         reply = await bus.call(self.ctx.nc, self._subject(subjects.CAPTURE_ALLOCATE), request,
                                AllocateReply, timeout=RPC_TIMEOUT)
         assert reply is not None
+        if request.capture_id is not None and request.capture_id != self.reserve.capture_id:
+            # Answered from a capture process that has since restarted: the new one
+            # may have reserved the same ports for us again.
+            self.reserve.discard(set(reply.ports.values()))
         return reply.ports
 
     async def update(self, request: UpdateRequest) -> None:

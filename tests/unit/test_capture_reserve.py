@@ -85,13 +85,27 @@ async def test_a_port_no_longer_reserved_is_bound_again_if_it_is_free(
     assert not capture.pool.available(port)
 
 
-async def test_a_port_held_otherwise_fails_the_allocate(capture: Capture) -> None:
+async def test_a_port_reserved_again_goes_to_the_leg_its_predecessor_answered(
+    capture: Capture,
+) -> None:
     reply = await capture.reserve_ports(ReserveRequest(count=1))
     (port,) = reply.ports
-    # Held by this process's reserve, but named as another process's: not given away.
+    # Signaling answered with `port` from the capture before a restart, and this one
+    # has since reserved the same port: the leg gets it.
+    result = await capture.allocate(allocate(port, "capture-before-restart", time.time()))
+    assert result.ports == {"near": port}
+    assert port not in capture.reserved
+
+
+async def test_a_port_a_stream_holds_fails_the_allocate(capture: Capture) -> None:
+    reply = await capture.reserve_ports(ReserveRequest(count=1))
+    (port,) = reply.ports
+    await capture.allocate(allocate(port, reply.capture_id, time.time()))
+    other = allocate(port, "capture-before-restart", time.time())
+    other.recording_id = "r2"
     with pytest.raises(PortsExhausted):
-        await capture.allocate(allocate(port, "another-capture", time.time()))
-    assert port in capture.reserved
+        await capture.allocate(other)
+    assert capture.live["r1"].streams["near"].manifest.port == port
 
 
 async def test_the_reserve_takes_at_most_a_quarter_of_the_free_ports(

@@ -50,3 +50,10 @@ def test_the_same_process_in_health_keeps_the_ports() -> None:
     reserve.capture_seen("c1")
     reserve.capture_seen("")  # an older capture that does not name itself
     assert reserve.take(1, "c1", now=0.0) == [100]
+
+
+def test_ports_given_to_a_leg_of_the_last_process_are_discarded() -> None:
+    reserve = PortReserve()
+    reserve.add("c2", [100, 102, 104], lease_seconds=30.0, now=0.0)
+    reserve.discard({102, 999})
+    assert reserve.take(2, "c2", now=0.0) == [100, 104]

@@ -743,8 +743,8 @@ move between machines: compare ratios within one run.
 def append_results(table: str, path: Path = RESULTS) -> None:
     if not path.exists():
         path.write_text(RESULTS_HEADER)
-    with path.open("a") as f:
-        f.write("\n" + table)
+    with path.open("a") as f:  # a blank line before each run's heading
+        f.write("\n" + table.rstrip("\n") + "\n")
 
 
 def main(argv: list[str] | None = None) -> str:

@@ -66,8 +66,9 @@ def test_percentile_and_table() -> None:
 
 def test_append_results_creates_the_header_once(tmp_path: Path) -> None:
     path = tmp_path / "RESULTS.md"
-    capacity.append_results("### run 1\n", path)
-    capacity.append_results("### run 2\n", path)
+    capacity.append_results("### run 1\n| a |", path)  # tables end without a newline
+    capacity.append_results("### run 2\n| b |", path)
     text = path.read_text()
     assert text.count("# Capacity results") == 1
     assert text.index("### run 1") < text.index("### run 2")
+    assert "| a |\n\n### run 2\n| b |\n" in text  # each run's heading on a line of its own

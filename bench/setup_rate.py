@@ -112,6 +112,7 @@ class Phase:
     answered: int = 0  # legs that got their 200
     shed: int = 0  # legs the node answered 503 for waiting over --sip-shed-after
     over_capacity: int = 0  # legs answered 503 because the live encoding was behind
+    after_allocate: int = 0  # legs answered only after an allocate (port reserve empty)
     peak_lag_s: float = 0.0  # highest callrec_capture_live_lag_seconds seen (0.5 s apart)
     latencies_ms: list[float] = field(default_factory=list)  # INVITE->200 per leg
     capture_cpu: float = 0.0  # CPU-s of capture's own process during the phase
@@ -143,8 +144,9 @@ class SetupRateResult:
     def table(self) -> str:
         head = ("| phase | calls/s | legs attempted / answered / failed (shed, over "
                 "capacity) | INVITE->200 ms p50 / p95 / p99 / max | capture cpu-s | "
-                "encoder workers cpu-s | signaling cpu-s | peak live lag s |\n"
-                "|---|---:|---:|---:|---:|---:|---:|---:|")
+                "encoder workers cpu-s | signaling cpu-s | peak live lag s | "
+                "legs answered after an allocate (port reserve empty) |\n"
+                "|---|---:|---:|---:|---:|---:|---:|---:|---:|")
         rows = [head]
         for phase in (self.baseline, self.burst):
             rows.append(
@@ -153,7 +155,8 @@ class SetupRateResult:
                 f"{phase.q(0.5):.1f} / {phase.q(0.95):.1f} / "
                 f"{phase.q(0.99):.1f} / {max(phase.latencies_ms, default=math.nan):.1f} | "
                 f"{phase.capture_cpu:.2f} | {phase.workers_cpu:.2f} | "
-                f"{phase.signaling_cpu:.2f} | {phase.peak_lag_s:.1f} |")
+                f"{phase.signaling_cpu:.2f} | {phase.peak_lag_s:.1f} | "
+                f"{phase.after_allocate} |")
         return "\n".join(rows)
 
     def markdown_row(self) -> str:
@@ -279,6 +282,7 @@ def cpu_sample(capture_pid: int, signaling_pid: int) -> tuple[float, float, floa
 
 
 SHED_METRIC = "callrec_signaling_invites_shed"
+AFTER_ALLOCATE_METRIC = "callrec_signaling_legs_answered_after_allocate"
 OVER_CAPACITY_METRIC = "callrec_signaling_calls_over_capacity"
 LAG_METRIC = "callrec_capture_live_lag_seconds"
 
@@ -288,6 +292,7 @@ async def measure(legs: Legs, phase: Phase, node: Node, pids: tuple[int, int],
     before = cpu_sample(*pids)
     shed_before = await asyncio.to_thread(node.metric, SHED_METRIC)
     over_before = await asyncio.to_thread(node.metric, OVER_CAPACITY_METRIC)
+    allocated_before = await asyncio.to_thread(node.metric, AFTER_ALLOCATE_METRIC)
     lag = loadgen.GaugePeak(node, LAG_METRIC)
     lag.start()
     legs.start()
@@ -299,6 +304,8 @@ async def measure(legs: Legs, phase: Phase, node: Node, pids: tuple[int, int],
     phase.shed = round(await asyncio.to_thread(node.metric, SHED_METRIC) - shed_before)
     phase.over_capacity = round(
         await asyncio.to_thread(node.metric, OVER_CAPACITY_METRIC) - over_before)
+    phase.after_allocate = round(
+        await asyncio.to_thread(node.metric, AFTER_ALLOCATE_METRIC) - allocated_before)
     phase.capture_cpu, phase.workers_cpu, phase.signaling_cpu = (
         a - b for a, b in zip(after, before, strict=True))
     phase.latencies_ms = legs.rtt_ms()

@@ -65,7 +65,7 @@ class AllocateRequest(Message):
     answered_at: float | None = None
 
 
-MAX_RESERVE = 256
+MAX_RESERVE = 512
 
 
 class ReserveRequest(Message):

@@ -52,10 +52,14 @@ from .uas import RecorderUas
 HEALTH_INTERVAL = 1.0
 HEALTH_STALE_AFTER = 3.5
 RPC_TIMEOUT = 2.0
-# Ports kept in reserve (about a third of a second of legs at 200 calls/s), asked for
-# once at least RESERVE_BATCH_MIN are missing: few requests in a burst.
-RESERVE_TARGET = 128
-RESERVE_BATCH_MIN = 16
+# Ports kept in reserve, asked for once at least RESERVE_BATCH_MIN are missing, one
+# request at a time. A request asks for what is missing when it leaves, and the legs
+# meanwhile use up to a round trip's worth, so the reserve keeps pace only if it holds
+# two round trips of legs: at 200 calls/s (400 legs/s) the round trip took 0.2-0.58 s
+# in a burst, which 128 ports did not cover (a burst's first 3 s fell back to
+# allocating first for 499 legs).
+RESERVE_TARGET = 512
+RESERVE_BATCH_MIN = 32
 FD_RESERVE = 256  # descriptors kept for RTP-less work: NATS, files, logs
 ANSWER_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 """Bounds of the INVITE answer-time histogram, in seconds: fine around the tens of
@@ -315,6 +319,11 @@ async def main(ctx: ServiceContext) -> None:
     metrics.gauge("signaling_ports_reserved", "ports capture holds for answering new legs "
                   "at once (the allocate follows the 200 OK)",
                   lambda: float(len(backend.reserve)))
+    metrics.gauge("signaling_legs_answered_from_reserve", "new legs answered at once with "
+                  "reserved ports", lambda: float(uas.counters.answered_from_reserve))
+    metrics.gauge("signaling_legs_answered_after_allocate", "new legs answered only after "
+                  "capture allocated their ports (the reserve had too few)",
+                  lambda: float(uas.counters.answered_after_allocate))
     metrics.gauge("signaling_legs_lost_after_answer", "legs answered from the reserve whose "
                   "allocate capture never took (ended with a BYE)",
                   lambda: float(uas.counters.lost_after_answer))

@@ -173,6 +173,10 @@ class Counters:
     over_capacity: int = 0
     # Legs answered from the reserve whose allocate failed for good (ended with a BYE).
     lost_after_answer: int = 0
+    # New legs answered: with reserved ports at once, or after an allocate (the reserve
+    # had too few: many of these in a burst mean it does not keep pace).
+    answered_from_reserve: int = 0
+    answered_after_allocate: int = 0
     responses: dict[int, int] = field(default_factory=dict)
 
 
@@ -635,6 +639,10 @@ class RecorderUas:
     def _answer(self, request: SipRequest, peer: Peer, session: RecordingSession, leg: Leg,
                 plan: Plan, body: str) -> None:
         self.registry.persist(session)  # before the 200: a dialog the PBX has, we know too
+        if leg.answered_at is not None:
+            self.counters.answered_from_reserve += 1
+        else:
+            self.counters.answered_after_allocate += 1
         self._respond(request, peer, 200, to_tag=leg.local_tag, body=body.encode(),
                       content_type="application/sdp",
                       headers=self._dialog_headers(request, peer, plan.kind == "siprec"))

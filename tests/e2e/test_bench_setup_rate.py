@@ -39,6 +39,8 @@ def test_smoke_measures_every_leg() -> None:
         assert len(phase.latencies_ms) == phase.answered
         assert 0 <= phase.q(0.5) <= phase.q(0.99) <= max(phase.latencies_ms)
         assert phase.signaling_cpu > 0 and phase.capture_cpu >= 0, phase
+    assert 0 <= result.baseline.after_allocate <= result.baseline.answered
+    assert result.burst.after_allocate == 0  # the port reserve answered every burst leg
     assert result.media_packets_sent > 0  # the media load really played
     table = result.table()
     assert table.count("\n| ") == 2 and "| burst, finalizing | 5 | 20 / 20 / 0 (0, 0) |" in table

@@ -80,6 +80,8 @@ async def test_a_leg_is_answered_from_the_reserve_before_capture_allocates() -> 
     leg = h.uas.sessions[allocation.recording_id].legs[NEAR_CALL]
     assert leg.answered_at is None and leg.reserved_from is None
     assert h.backend.reserve == [30002]
+    assert (h.uas.counters.answered_from_reserve, h.uas.counters.answered_after_allocate) == (
+        1, 0)
     await h.uas.shutdown()
 
 
@@ -101,6 +103,8 @@ async def test_without_enough_reserved_ports_the_leg_allocates_first(h: Harness)
     assert all(s.port is None for s in allocation.streams)
     assert allocation.answered_at is None and allocation.capture_id is None
     assert h.backend.reserve == [30000]
+    assert (h.uas.counters.answered_from_reserve, h.uas.counters.answered_after_allocate) == (
+        0, 1)
 
 
 async def test_an_early_offer_sends_its_source_with_the_reserved_ports(h: Harness) -> None:

@@ -38,6 +38,7 @@ import nats.errors
 import structlog
 
 from callrec import bus, diskspace
+from callrec.fdlimit import raise_open_files
 from callrec.service import ServiceContext
 from callrec.sockets import KeeperClient, keeper_path
 from callrec.store import ObjectStore, open_store
@@ -1379,6 +1380,9 @@ async def main(ctx: ServiceContext) -> None:
         return ProcessPoolExecutor(max_workers=1, mp_context=context,
                                    initializer=lower_worker_priority)
 
+    # A socket and a segment file per stream, and signaling's port reserve: well over
+    # the 1,024 a service manager often gives by default.
+    log.info("open_files_limit", soft=raise_open_files())
     workers = [new_worker() for _ in range(max(1, os.cpu_count() or 1))]
     capture = Capture(ctx, open_store(ctx.config.data_dir), workers, new_worker)
     try:

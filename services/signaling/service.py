@@ -12,6 +12,7 @@ from datetime import datetime
 import structlog
 
 from callrec import bus
+from callrec.fdlimit import raise_open_files
 from callrec.service import ServiceContext
 from callrec.supervisor import BOOT_ID_ENV
 from callrec.users import UsersProjection
@@ -381,13 +382,7 @@ async def main(ctx: ServiceContext) -> None:
 def _tcp_limits(per_source: int, total: int) -> TcpLimits:
     """The configured caps, the total kept below what this process may open: at
     EMFILE asyncio stops accepting for a second, which would lock out every PBX."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    wanted = total + FD_RESERVE
-    if soft != resource.RLIM_INFINITY and soft < wanted:
-        target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
-        with contextlib.suppress(ValueError, OSError):
-            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    soft = raise_open_files(total + FD_RESERVE)
     if soft != resource.RLIM_INFINITY and soft - FD_RESERVE < total:
         fitted = max(1, soft - FD_RESERVE)
         log.warning("sip_tcp_cap_lowered", configured=total, cap=fitted, fd_limit=soft)

@@ -22,6 +22,7 @@ from contracts.v1.rpc import AllocateRequest, ReserveRequest, StreamSpec
 from services.capture.ports import PortsExhausted
 from services.capture.service import RESERVE_LEASE_S, Capture
 from tests.support.capturecore import bare_capture
+from tests.support.stamping import kernel_stamps_arrivals
 
 RANGE = (47100, 47139)  # 20 even ports
 
@@ -57,6 +58,7 @@ async def test_what_reached_a_reserved_port_before_the_answer_is_dropped(
     reply = await capture.reserve_ports(ReserveRequest(count=2))
     assert len(reply.ports) == 2 and reply.capture_id == capture.capture_id
     port = reply.ports[0]
+    await kernel_stamps_arrivals()  # else the stranger's packets are stamped when read
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as early, \
             socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as pbx:
         for seq in range(3):  # a stranger spraying ports before any call

@@ -28,6 +28,7 @@ from callrec.sockets import KeeperClient, SocketKeeper, check_peer, udp_port_of
 from services.capture.ports import open_rtp_socket
 from services.capture.receiver import StreamReceiver
 from services.capture.segments import SegmentWriter, read_records
+from tests.support.stamping import kernel_stamps_arrivals
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -284,10 +285,7 @@ async def test_backlog_drained_after_a_restart_lands_where_it_was_heard(tmp_path
         pytest.skip("no kernel receive timestamps on this platform")
     sock = open_rtp_socket("127.0.0.1", 0)
     port = sock.getsockname()[1]
-    # The kernel turns receive timestamping on for the whole host lazily (deferred
-    # work) when the first socket asks; a packet that arrives before that is stamped
-    # when it is read. On a node, capture's sockets keep it on; here, give it a moment.
-    await asyncio.sleep(0.2)
+    await kernel_stamps_arrivals()
     started = time.time()
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as pbx:
         for seq in range(10):

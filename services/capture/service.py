@@ -126,6 +126,12 @@ LIVE_CHUNKS_MAX = 8
 few hundred microseconds, which a burst of set-ups (1,600 calls in progress at 200
 calls/s) would otherwise pay a hundred times a step. At 400 calls (200 a worker) the
 time bound is the smaller one."""
+LIVE_CHUNK_CEILING_SECONDS = 0.25
+"""The count bounds above never make a round trip longer than about this. When the
+encoding is seconds behind, each step catches up seconds of its call (tens of ms of the
+worker), and 16-25 of them made a round trip of 1-2 s that every finish queued behind
+(bench/churn.py, 400 calls of 60 s: `encode` p50 1.4 s, p99 4.7 s). Steps that dear
+come at most 4 round trips a second per worker, so the loop's cost stays small."""
 FIRST_STEP_SECONDS = 0.002
 """What a live step is taken to cost before one is measured (one of a busy worker)."""
 JETSTREAM_POLL_INTERVAL = 2.0
@@ -966,7 +972,8 @@ class Capture:
 
     async def _live_steps(self, batch: list[LiveRecording], flushed_at: float) -> None:
         """One step of each recording of one worker, in round trips of about
-        LIVE_CHUNK_SECONDS (live_chunk_size), at most LIVE_CHUNKS_MAX of them.
+        LIVE_CHUNK_SECONDS (live_chunk_size: fewer and larger when the steps are
+        cheap and many, never much over LIVE_CHUNK_CEILING_SECONDS).
 
         A recording whose call ends (or is released) meanwhile is left out of the
         chunks still to go: its finish, queued on the same worker, encodes the rest.
@@ -974,8 +981,8 @@ class Capture:
         index = self._worker_index(batch[0].manifest.recording_id)
         start = 0
         while start < len(batch):
-            size = max(live_chunk_size(self.step_seconds.get(index, FIRST_STEP_SECONDS)),
-                       -(-len(batch) // LIVE_CHUNKS_MAX))
+            size = live_chunk_size(self.step_seconds.get(index, FIRST_STEP_SECONDS),
+                                   len(batch))
             chunk = [r for r in batch[start:start + size]
                      if not r.finalizing and self.live.get(r.manifest.recording_id) is r]
             start += size
@@ -1337,12 +1344,17 @@ def finalize_may_widen(now: float, recent_allocates: Sequence[float]) -> bool:
             or now - recent_allocates[0] >= SETUP_QUIET_S)
 
 
-def live_chunk_size(seconds_per_step: float) -> int:
-    """How many live steps go in one round trip to a worker whose last round trip
-    took ``seconds_per_step`` a step (waiting included): about LIVE_CHUNK_SECONDS."""
+def live_chunk_size(seconds_per_step: float, steps: int) -> int:
+    """How many of a worker's ``steps`` live steps go in one round trip when its last
+    round trip took ``seconds_per_step`` a step (waiting included): about
+    LIVE_CHUNK_SECONDS; at least LIVE_CHUNK_MIN and a LIVE_CHUNKS_MAX-th of them
+    (cheap steps, many calls), unless that would pass LIVE_CHUNK_CEILING_SECONDS."""
     if seconds_per_step <= 0:
         return 1 << 20
-    return max(LIVE_CHUNK_MIN, int(LIVE_CHUNK_SECONDS / seconds_per_step))
+    by_time = int(LIVE_CHUNK_SECONDS / seconds_per_step)
+    by_count = max(LIVE_CHUNK_MIN, -(-steps // LIVE_CHUNKS_MAX))
+    ceiling = int(LIVE_CHUNK_CEILING_SECONDS / seconds_per_step)
+    return max(1, by_time, min(by_count, ceiling))
 
 
 def live_step_due(flushed_at: float) -> float:

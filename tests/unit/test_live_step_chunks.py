@@ -20,6 +20,7 @@ from contracts.v1.events import RecordingMetadata
 from services.capture.live import StepJob, StepResult
 from services.capture.manifest import RecordingManifest
 from services.capture.service import (
+    LIVE_CHUNK_CEILING_SECONDS,
     LIVE_CHUNK_MIN,
     LIVE_CHUNK_SECONDS,
     LIVE_CHUNKS_MAX,
@@ -109,20 +110,56 @@ async def test_an_idle_worker_takes_every_step_in_one_round_trip(tmp_path: Path)
     assert capture.step_seconds[0] > 0.0  # measured again for the next step
 
 
-async def test_a_starved_worker_with_many_calls_gets_at_most_so_many_round_trips(
+async def test_a_busy_worker_with_many_calls_gets_at_most_so_many_round_trips(
         tmp_path: Path) -> None:
     capture = bare_capture(tmp_path)
     capture.workers = [cast(Any, None)]
     worker = FifoWorker(step_seconds=0.001)  # 50 a round trip by time: the cap is larger
     capture._in_worker = worker  # type: ignore[method-assign,assignment]
     batch = [add_live(capture, f"r{i:04d}") for i in range(800)]
-    capture.step_seconds[0] = 0.01  # its last round trip: 10 ms a step
+    capture.step_seconds[0] = 0.002  # its last round trip: 2 ms a step (a set-up burst)
     await capture._live_steps(batch, flushed_at=datetime.now(UTC).timestamp())
     assert [len(ids) for _, ids in worker.trips] == [800 // LIVE_CHUNKS_MAX] * LIVE_CHUNKS_MAX
     assert sum(len(ids) for _, ids in worker.trips) == 800
 
 
+async def test_a_finish_waits_at_most_about_the_ceiling_when_steps_are_dear(
+        tmp_path: Path) -> None:
+    """The encoding seconds behind: each step catches up seconds of its call. A finish
+    sent meanwhile waits for one round trip of about the ceiling, not 16-25 steps."""
+    capture = bare_capture(tmp_path)
+    capture.workers = [cast(Any, None)]
+    worker = FifoWorker(step_seconds=0.06)
+    capture._in_worker = worker  # type: ignore[method-assign,assignment]
+    batch = [add_live(capture, f"r{i:03d}") for i in range(12)]
+    capture.step_seconds[0] = 0.06  # its last round trip: 60 ms a step
+    ending = batch[-1]
+    finish: list[asyncio.Task[Any]] = []
+    loop = asyncio.get_running_loop()
+    waited: list[float] = []
+
+    def call_ends_meanwhile() -> None:
+        ending.finalizing = True
+        sent = loop.time()
+        task = asyncio.ensure_future(capture._in_worker(ending.manifest.recording_id,
+                                                        print, []))
+        task.add_done_callback(lambda _: waited.append(loop.time() - sent))
+        finish.append(task)
+
+    worker.during_first = call_ends_meanwhile
+    await capture._live_steps(batch, flushed_at=datetime.now(UTC).timestamp())
+    await finish[0]
+    chunks = [len(ids) for kind, ids in worker.trips if kind == "steps"]
+    assert chunks[0] == int(LIVE_CHUNK_CEILING_SECONDS / 0.06) == 4
+    assert [kind for kind, _ in worker.trips][:2] == ["steps", "finish"]
+    assert waited[0] < 2 * LIVE_CHUNK_CEILING_SECONDS  # not 16 steps: about a second
+    assert sum(chunks) == 11  # every call in progress stepped once, the ended one not
+
+
 def test_chunk_size_follows_the_cost_of_a_step() -> None:
-    assert live_chunk_size(0.002) == int(LIVE_CHUNK_SECONDS / 0.002)
-    assert live_chunk_size(0.5) == LIVE_CHUNK_MIN  # a starved worker: never one at a time
-    assert live_chunk_size(0.0) > 10_000
+    assert live_chunk_size(0.002, 10) == int(LIVE_CHUNK_SECONDS / 0.002)
+    assert live_chunk_size(0.002, 800) == 800 // LIVE_CHUNKS_MAX  # cheap and many
+    assert live_chunk_size(0.02, 200) == int(LIVE_CHUNK_CEILING_SECONDS / 0.02) == 12
+    assert live_chunk_size(0.5, 200) == 1  # dear steps: one at a time
+    assert LIVE_CHUNK_MIN * 0.002 < LIVE_CHUNK_CEILING_SECONDS  # cheap steps keep the floor
+    assert live_chunk_size(0.0, 1) > 10_000

@@ -49,6 +49,7 @@ from bench.loadgen import (  # noqa: E402  (after the sys.path line)
     subslots_option,
     tree_cpu,
 )
+from contracts.v1.rpc import MAX_RESERVE  # noqa: E402
 
 
 @dataclass
@@ -286,8 +287,10 @@ async def running_node(max_calls: int, keep: bool, peers: list[Any] | None = Non
     is appended to the list once it sees `a` (replication is then measurable)."""
     from tests.support.node import Node
 
-    # Capture binds even ports only, 2 streams a call, and a freed port cools down first.
-    width = max(400, 4 * max_calls + 400)
+    # Capture binds even ports only, 2 streams a call, and a freed port cools down first;
+    # signaling holds a reserve of up to MAX_RESERVE of them from its start (at most a
+    # quarter of the free ones), which this bench's allocates cannot draw on.
+    width = max(400, 4 * max_calls + 400) + 2 * MAX_RESERVE
     low, top = BENCH_RTP_PORTS
     slack = top + 1 - low - (width + 100)  # the node's range and its peer's 100
     if slack < 0:

@@ -277,6 +277,15 @@ def print_table(rows: list[Row], seconds: float) -> None:
                   "call-min per minute of wall time (sustainable concurrent calls, 1 worker)")
 
 
+def node_rtp_width(max_calls: int) -> int:
+    """How many RTP port numbers the bench node gets for `max_calls` calls.
+
+    Capture binds even ports only, 2 streams a call, and a freed port cools down
+    first; signaling holds a reserve of up to MAX_RESERVE of them from its start (at
+    most a quarter of the free ones), which this bench's allocates cannot draw on."""
+    return max(400, 4 * max_calls + 400) + 2 * MAX_RESERVE
+
+
 @contextlib.asynccontextmanager
 async def running_node(max_calls: int, keep: bool, peers: list[Any] | None = None,
                        ) -> AsyncIterator[tuple[Any, CaptureDriver, int]]:
@@ -287,10 +296,7 @@ async def running_node(max_calls: int, keep: bool, peers: list[Any] | None = Non
     is appended to the list once it sees `a` (replication is then measurable)."""
     from tests.support.node import Node
 
-    # Capture binds even ports only, 2 streams a call, and a freed port cools down first;
-    # signaling holds a reserve of up to MAX_RESERVE of them from its start (at most a
-    # quarter of the free ones), which this bench's allocates cannot draw on.
-    width = max(400, 4 * max_calls + 400) + 2 * MAX_RESERVE
+    width = node_rtp_width(max_calls)
     low, top = BENCH_RTP_PORTS
     slack = top + 1 - low - (width + 100)  # the node's range and its peer's 100
     if slack < 0:

@@ -277,6 +277,10 @@ def print_table(rows: list[Row], seconds: float) -> None:
                   "call-min per minute of wall time (sustainable concurrent calls, 1 worker)")
 
 
+WARM_UP_CALLS = 8
+"""Calls running_node records (and finalizes) before a level, to warm the workers up."""
+
+
 def node_rtp_width(max_calls: int) -> int:
     """How many RTP port numbers the bench node gets for `max_calls` calls.
 
@@ -334,7 +338,7 @@ async def running_node(max_calls: int, keep: bool, peers: list[Any] | None = Non
         # memory that is not per call-minute nor per call. Capture spreads recordings
         # over its workers by a hash of their id: 8 calls reach every worker of a
         # machine with a few cores (2 workers: all 8 on one with odds of 1 in 128).
-        warm, warm_ports = await driver.allocate(8, "warmup")
+        warm, warm_ports = await driver.allocate(WARM_UP_CALLS, "warmup")
         await send_load(warm_ports, 1.5, {})
         await asyncio.sleep(1.0)
         await driver.finalize(warm, timeout=60)

@@ -5,11 +5,9 @@ grew to 512 ports, and only the full run (not the smoke) could see it."""
 
 import pytest
 
-from bench.capture_load import node_rtp_width
+from bench.capture_load import WARM_UP_CALLS, node_rtp_width
 from bench.loadgen import BENCH_RTP_PORTS
 from contracts.v1.rpc import MAX_RESERVE
-
-WARM_UP_CALLS = 8  # running_node's finalize warm-up, allocated before the level
 
 
 @pytest.mark.parametrize("calls", [1, 3, 50, 400, 1500])

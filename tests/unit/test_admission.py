@@ -394,8 +394,7 @@ async def test_tcp_server_really_accepts_and_refuses() -> None:
                        on_refused=lambda h, r: refused.append(r),
                        limits=TcpLimits(per_source=2, total=8))
     await server.start("127.0.0.1", 0)
-    assert server.server is not None
-    port = server.server.sockets[0].getsockname()[1]
+    port = server.sockname[1]
     writers = []
     for _ in range(4):
         _, writer = await asyncio.open_connection("127.0.0.1", port)

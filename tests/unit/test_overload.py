@@ -16,8 +16,8 @@ from contracts.v1.missed import MissedCall
 from services.signaling.admission import AllowList, queue_wait, waited_too_long
 from services.signaling.gate import SipGate
 from services.signaling.missed import MissedAggregator, MissedCalls
-from services.signaling.sip.message import SipResponse, parse_message
-from services.signaling.sip.transport import Peer, SipTransports
+from services.signaling.sip.message import SipResponse, StreamFramer, parse_message
+from services.signaling.sip.transport import TCP_READ_CHUNK, Peer, SipTransports
 from services.signaling.transactions import StatelessAnswers
 from services.signaling.uas import RecorderUas
 from tests.unit.test_admission import Clock as GateClock
@@ -116,10 +116,9 @@ async def test_a_prompt_or_unstamped_invite_is_recorded() -> None:
         await node.uas.shutdown()
 
 
-async def test_a_burst_queued_while_the_loop_was_busy_is_shed_and_the_next_calls_recorded(
-) -> None:
-    """The real chain: kernel stamps on the UDP socket, the gate, the UAS. INVITEs that
-    sat in the socket's buffer through a 1.5 s stall get 503; those sent after it, 200."""
+async def shedding_chain() -> tuple[FakeBackend, SipGate, SipTransports, RecorderUas]:
+    """The real chain on loopback, as the service wires it: the transports (kernel
+    stamps), the gate, a UAS (fake capture) that sheds after 1 s."""
     backend = FakeBackend()
     gate = SipGate(allow=AllowList.for_node("127.0.0.1", []), pbx_rate=1000.0,
                    pbx_burst=1000.0, metrics=Registry("signaling", "t"))
@@ -129,6 +128,37 @@ async def test_a_burst_queued_while_the_loop_was_busy_is_shed_and_the_next_calls
     gate.connect(uas.on_message, uas.on_message_over_limit, transports)
     await transports.start("127.0.0.1", 0)
     await asyncio.sleep(KERNEL_STAMPING_ON)
+    return backend, gate, transports, uas
+
+
+async def final_statuses(pbx: socket.socket, expected: int,
+                         framer: StreamFramer | None = None) -> dict[str, list[int]]:
+    """The final answers the PBX's socket gets, by Call-ID, until ``expected`` of them
+    (or 3 s); a TCP stream is cut into messages by ``framer``."""
+    finals: dict[str, list[int]] = {}
+    for _ in range(300):
+        await asyncio.sleep(0.01)
+        while True:
+            try:
+                data = pbx.recv(65536)
+            except BlockingIOError:
+                break
+            assert data, "the node closed the PBX's connection"
+            for raw in framer.feed(data) if framer is not None else [data]:
+                response = parse_message(raw)
+                assert isinstance(response, SipResponse)
+                if response.status >= 200:
+                    finals.setdefault(response.call_id, []).append(response.status)
+        if sum(len(s) for s in finals.values()) >= expected:
+            break
+    return finals
+
+
+async def test_a_burst_queued_while_the_loop_was_busy_is_shed_and_the_next_calls_recorded(
+) -> None:
+    """The real chain: kernel stamps on the UDP socket, the gate, the UAS. INVITEs that
+    sat in the socket's buffer through a 1.5 s stall get 503; those sent after it, 200."""
+    backend, gate, transports, uas = await shedding_chain()
     pbx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     pbx.bind(("127.0.0.1", 0))
     pbx.setblocking(False)
@@ -140,24 +170,51 @@ async def test_a_burst_queued_while_the_loop_was_busy_is_shed_and_the_next_calls
         for call in range(20, 25):
             pbx.sendto(leg(call), target)
         pbx.sendto(leg(0), target)  # a retransmission of a shed one
-        finals: dict[str, list[int]] = {}
-        for _ in range(300):
-            await asyncio.sleep(0.01)
-            while True:
-                try:
-                    data = pbx.recv(65536)
-                except BlockingIOError:
-                    break
-                response = parse_message(data)
-                assert isinstance(response, SipResponse)
-                finals.setdefault(response.call_id, []).append(response.status)
-            if sum(len(s) for s in finals.values()) >= 26:
-                break
+        finals = await final_statuses(pbx, 26)
         assert all(finals.get(f"near-{c}@10.1.1.1") == [503] for c in range(1, 20)), finals
         assert finals["near-0@10.1.1.1"] == [503, 503]
         assert all(finals[f"near-{c}@10.1.1.1"] == [200] for c in range(20, 25))
         assert len(backend.allocations) == 5
         assert gate.refusals.get(reason="overloaded") == 20
+    finally:
+        pbx.close()
+        await uas.shutdown()
+        transports.close()
+
+
+async def test_over_tcp_too_a_burst_queued_while_the_loop_was_busy_is_shed(
+) -> None:
+    """The same chain over a PBX's TCP connection (CUCM trunks and SBCs often use TCP).
+    Read through the loop's own transport, an INVITE's arrival was the time of reading:
+    a TCP backlog was never shed, however long it had waited (all 25 answered 200). Now
+    each read carries the kernel's stamp of its newest segment: INVITEs that sat in the
+    connection's buffer through a 1.5 s stall get 503, those sent after it 200, on the
+    same connection."""
+    backend, gate, transports, uas = await shedding_chain()
+    pbx = socket.create_connection(transports.tcp.sockname)
+    pbx.setblocking(False)
+    try:
+        for _ in range(100):  # accepted and being read
+            await asyncio.sleep(0.01)
+            if transports.tcp.connections:
+                break
+        for call in range(20):
+            pbx.sendall(leg(call))
+        time.sleep(1.5)  # signaling is busy: the INVITEs wait in the connection
+        for call in range(20, 25):
+            pbx.sendall(leg(call))
+        finals = await final_statuses(pbx, 25, StreamFramer())
+        before = [finals.get(f"near-{c}@10.1.1.1") for c in range(20)]
+        shed = before.count([503])
+        # The kernel merges what queues behind the last segment sent before the stall
+        # with what came after it, under the newest stamp: those few INVITEs (at most a
+        # read's worth) cannot be told from fresh ones and are answered.
+        merged = TCP_READ_CHUNK // len(leg(0)) + 2
+        assert before == [[503]] * shed + [[200]] * (20 - shed), finals
+        assert shed >= 20 - merged, (shed, merged)
+        assert all(finals.get(f"near-{c}@10.1.1.1") == [200] for c in range(20, 25)), finals
+        assert len(backend.allocations) == 25 - shed
+        assert gate.refusals.get(reason="overloaded") == shed
     finally:
         pbx.close()
         await uas.shutdown()

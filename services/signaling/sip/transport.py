@@ -9,18 +9,24 @@ so many, strangers together only a share of the node's total, a connection must
 deliver a complete message within MESSAGE_TIMEOUT of opening or of starting one,
 and idle connections are closed (PBXs get a long idle time: their connection is
 where our in-dialog BYEs go).
+
+Both transports read their sockets with recvmsg rather than through the loop's own
+transports, so that what they deliver carries the kernel's receive time: in a set-up
+burst a PBX's INVITEs wait in the socket's buffer, over UDP or TCP alike, and how long
+one waited decides whether it is still worth answering (uas.py sheds the late ones).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import ipaddress
 import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, Protocol
 
 import structlog
 
@@ -28,6 +34,7 @@ from callrec.arrival import (
     ANCILLARY_SPACE,
     arrival_time,
     open_stamped_udp,
+    stamp_arrivals,
     warn_if_buffer_capped,
 )
 
@@ -54,6 +61,28 @@ UDP_RECEIVE_BUFFER = 4 << 20
 # Datagrams read per wake-up: a burst is read in batches, with timers and the bus
 # served between them.
 UDP_READ_BATCH = 64
+TCP_READ_CHUNK = 4096
+"""Bytes one recvmsg of a TCP connection asks for. The kernel stamps a read with the
+arrival of the newest segment it took, and merges segments that queue behind each
+other into one (keeping the newest's stamp), so a backlog is read in small pieces: a
+message gets the stamp of the piece that completed it, a few KB of stream (an INVITE is
+1-6 KB) rather than everything that was waiting."""
+TCP_READ_BATCH = 16
+"""Pieces read from one connection per wake-up (64 KiB, some 50 INVITEs, about what the
+UDP socket's batch holds), so a backlog waits in the kernel, where its stamps tell how
+long, and one busy PBX does not starve the others, the UDP socket or the bus."""
+TCP_WRITE_LIMIT = 1 << 20
+"""Bytes of replies queued for a peer that does not read them: past this its connection
+is dropped instead of holding the node's memory (a PBX reads its answers at once)."""
+TCP_CLOSE_LINGER = 5.0
+"""A connection closed with replies still queued waits this long for the peer to read
+them, then is dropped."""
+TCP_ACCEPT_BATCH = 64
+TCP_BACKLOG = 1024
+ACCEPT_RETRY_DELAY = 1.0
+"""Out of file descriptors (or memory), accepting pauses this long rather than spin on a
+listening socket that stays readable."""
+_ACCEPT_PAUSE_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 
 
 @dataclass(frozen=True)
@@ -71,10 +100,18 @@ class Peer:
 
 
 # A message, its sender, and when it reached this host (wall clock): the kernel's
-# stamp for a UDP datagram, the time of reading for TCP; None when not known.
+# stamp (of a UDP datagram; for TCP, of the newest segment of the read that completed
+# the message), the time of reading where the kernel gives none; None when not known.
 Receiver = Callable[[bytes, Peer, float | None], None]
 SourceCheck = Callable[[str], bool]
 TcpRefused = Callable[[str, RefusalReason], None]
+
+
+def bound_address(sock: socket.socket | None) -> tuple[str, int]:
+    """(host, port) a listening socket is bound to."""
+    assert sock is not None, "not started"
+    name = sock.getsockname()
+    return name[0], name[1]
 
 
 class UdpTransport:
@@ -99,9 +136,7 @@ class UdpTransport:
 
     @property
     def sockname(self) -> tuple[str, int]:
-        assert self.sock is not None
-        name = self.sock.getsockname()
-        return name[0], name[1]
+        return bound_address(self.sock)
 
     def _readable(self) -> None:
         sock = self.sock
@@ -142,19 +177,37 @@ class UdpTransport:
         self.sock = None
 
 
-class TcpConnection(asyncio.Protocol):
+class StreamLink(Protocol):
+    """What a TcpConnection needs of its byte stream (StampedStream, or a test's fake)."""
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any: ...
+    def write(self, data: bytes) -> None: ...
+    def is_closing(self) -> bool: ...
+    def close(self) -> None: ...
+    def abort(self) -> None: ...
+
+
+class StreamUser(Protocol):
+    """What a StampedStream tells (TcpConnection; asyncio.Protocol's calls, stamped)."""
+
+    def connection_made(self, transport: StreamLink) -> None: ...
+    def data_received(self, data: bytes, received_at: float | None = None) -> None: ...
+    def connection_lost(self, exc: Exception | None) -> None: ...
+
+
+class TcpConnection:
+    """One SIP connection: its admission, framing, and timeouts (sweep)."""
+
     def __init__(self, server: TcpServer) -> None:
         self.server = server
         self.framer = StreamFramer()
-        self.transport: asyncio.Transport | None = None
+        self.transport: StreamLink | None = None
         self.peer: Peer | None = None
         self.allowed = False
         self.last_byte = 0.0
         self.waiting_since: float | None = None  # a message is due since then
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # uvloop's transports implement asyncio.Transport without subclassing it.
-        transport = cast(asyncio.Transport, transport)
+    def connection_made(self, transport: StreamLink) -> None:
         host, port = transport.get_extra_info("peername")[:2]
         allowed = self.server.is_allowed(host)
         refused = self.server.slots.acquire(host, allowed)
@@ -169,7 +222,8 @@ class TcpConnection(asyncio.Protocol):
         self.last_byte = self.waiting_since = self.server.clock()
         self.server.connections.add(self)
 
-    def data_received(self, data: bytes) -> None:
+    def data_received(self, data: bytes, received_at: float | None = None) -> None:
+        """Bytes read, and when the kernel received the newest of them (None: now)."""
         if self.peer is None:
             return
         now = self.server.clock()
@@ -186,7 +240,8 @@ class TcpConnection(asyncio.Protocol):
             self.waiting_since = now if self.framer.buffered else None
         elif self.waiting_since is None and self.framer.buffered:
             self.waiting_since = now
-        received_at = time.time()
+        if received_at is None:
+            received_at = time.time()
         for message in messages:
             self.server.on_message(message, self.peer, received_at)
 
@@ -214,6 +269,139 @@ class TcpConnection(asyncio.Protocol):
             self.transport.close()
 
 
+class StampedStream:
+    """One accepted TCP connection, read with recvmsg so that each piece read carries
+    the kernel's receive time (SO_TIMESTAMPNS), as UdpTransport's datagrams do; the
+    loop's own transports read with recv and lose it. Replies are sent at once, and
+    what the socket will not take yet is queued (up to TCP_WRITE_LIMIT) and sent when
+    it can. The protocol is told as asyncio's would be: connection_made, data_received
+    (with the stamp), connection_lost once the socket is closed."""
+
+    def __init__(self, sock: socket.socket, loop: asyncio.AbstractEventLoop,
+                 protocol: StreamUser) -> None:
+        self._sock = sock
+        self._fd = sock.fileno()
+        self._loop = loop
+        self._protocol = protocol
+        self._peername: Any = sock.getpeername()
+        self._out = bytearray()  # replies the socket has not taken yet
+        self._reading = False
+        self._closing = False
+        self._closed = False
+
+    def start(self) -> None:
+        """Hand the connection to its protocol (which may refuse it) and start reading."""
+        self._protocol.connection_made(self)
+        if not self._closing:
+            self._loop.add_reader(self._fd, self._readable)
+            self._reading = True
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        if name == "peername":
+            return self._peername
+        if name == "socket":
+            return self._sock
+        return default
+
+    def is_closing(self) -> bool:
+        return self._closing
+
+    def write(self, data: bytes) -> None:
+        if self._closing or not data:
+            return
+        if not self._out:
+            try:
+                sent = self._sock.send(data)
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            except OSError as exc:
+                self._fail(exc)
+                return
+            if sent == len(data):
+                return
+            self._loop.add_writer(self._fd, self._writable)
+            data = data[sent:]
+        self._out += data
+        if len(self._out) > TCP_WRITE_LIMIT:
+            log.warning("tcp_write_backlog_dropped", peer=str(self._peername),
+                        queued=len(self._out))
+            self.abort()
+
+    def close(self) -> None:
+        """Stop reading; close once the queued replies are sent."""
+        if self._closing:
+            return
+        self._closing = True
+        self._stop_reading()
+        if not self._out:
+            self._loop.call_soon(self._finish, None)
+        else:  # a peer that stopped reading does not keep the socket and its slot
+            self._loop.call_later(TCP_CLOSE_LINGER, self._fail, None)
+
+    def abort(self) -> None:
+        """Close now, dropping what is queued."""
+        self._fail(None)
+
+    def _readable(self) -> None:
+        for _ in range(TCP_READ_BATCH):
+            try:
+                data, ancdata, _flags, _addr = self._sock.recvmsg(TCP_READ_CHUNK,
+                                                                  ANCILLARY_SPACE)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                self._fail(exc)
+                return
+            if not data:
+                self.close()  # the peer is done sending; what we owe it still goes
+                return
+            self._protocol.data_received(data, arrival_time(ancdata))
+            if self._closing:
+                return
+
+    def _writable(self) -> None:
+        try:
+            sent = self._sock.send(self._out)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            self._fail(exc)
+            return
+        del self._out[:sent]
+        if not self._out:
+            self._loop.remove_writer(self._fd)
+            if self._closing:
+                self._finish(None)
+
+    def _stop_reading(self) -> None:
+        if self._reading:
+            self._reading = False
+            self._loop.remove_reader(self._fd)
+
+    def _fail(self, exc: Exception | None) -> None:
+        if self._closed:
+            return
+        if exc is not None:
+            log.debug("tcp_error", peer=str(self._peername), error=str(exc))
+        self._closing = True
+        self._stop_reading()
+        if self._out:
+            self._out.clear()
+            self._loop.remove_writer(self._fd)
+        self._loop.call_soon(self._finish, exc)
+
+    def _finish(self, exc: Exception | None) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._stop_reading()
+        if self._out:
+            self._out.clear()
+            self._loop.remove_writer(self._fd)
+        self._sock.close()
+        self._protocol.connection_lost(exc)
+
+
 class TcpServer:
     def __init__(
         self,
@@ -233,15 +421,64 @@ class TcpServer:
         self.framing_errors = 0
         self.refused = 0
         self.expired = 0
-        self.server: asyncio.Server | None = None
+        self.listener: socket.socket | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self.sweeper: asyncio.Task[None] | None = None
 
     async def start(self, host: str, port: int) -> None:
+        """Listen on (host, port); every connection accepted is read with its stamps."""
         loop = asyncio.get_running_loop()
-        self.server = await loop.create_server(
-            lambda: TcpConnection(self), host, port, reuse_address=True, backlog=1024
-        )
+        family = socket.AF_INET6 if ipaddress.ip_address(host).version == 6 else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            stamp_arrivals(sock)  # early: the kernel turns stamping on a moment later
+            sock.bind((host, port))
+            sock.listen(TCP_BACKLOG)
+            sock.setblocking(False)
+        except OSError:
+            sock.close()
+            raise
+        self.listener = sock
+        self._loop = loop
+        loop.add_reader(sock.fileno(), self._accept)
         self.sweeper = asyncio.create_task(self._sweep_loop())
+
+    @property
+    def sockname(self) -> tuple[str, int]:
+        return bound_address(self.listener)
+
+    def _accept(self) -> None:
+        listener, loop = self.listener, self._loop
+        if listener is None or loop is None:
+            return
+        for _ in range(TCP_ACCEPT_BATCH):
+            try:
+                sock, _address = listener.accept()
+            except (BlockingIOError, InterruptedError, ConnectionAbortedError):
+                return
+            except OSError as exc:
+                if exc.errno in _ACCEPT_PAUSE_ERRNOS:
+                    log.warning("tcp_accept_paused", error=str(exc), seconds=ACCEPT_RETRY_DELAY)
+                    loop.remove_reader(listener.fileno())
+                    loop.call_later(ACCEPT_RETRY_DELAY, self._resume_accepting)
+                    return
+                log.debug("tcp_accept_failed", error=str(exc))
+                return
+            try:
+                sock.setblocking(False)
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                stamp_arrivals(sock)
+                stream = StampedStream(sock, loop, TcpConnection(self))
+            except OSError as exc:  # reset before we got to it
+                log.debug("tcp_accept_failed", error=str(exc))
+                sock.close()
+                continue
+            stream.start()
+
+    def _resume_accepting(self) -> None:
+        if self.listener is not None and self._loop is not None:
+            self._loop.add_reader(self.listener.fileno(), self._accept)
 
     def sweep(self) -> int:
         """Close connections that are idle or owe us a message for too long."""
@@ -265,8 +502,11 @@ class TcpServer:
     def close(self) -> None:
         if self.sweeper is not None:
             self.sweeper.cancel()
-        if self.server is not None:
-            self.server.close()
+        if self.listener is not None:
+            if self._loop is not None and not self._loop.is_closed():
+                self._loop.remove_reader(self.listener.fileno())
+            self.listener.close()
+            self.listener = None
         for connection in list(self.connections):
             connection.close()
 

@@ -192,7 +192,8 @@ class Legs:
     """Two SIPp processes (near-end and far-end legs) of the same calls."""
 
     def __init__(self, scenario: Path, node: Node, calls: int, rate: float,
-                 seconds: float, refci: str, *, trace_messages: bool = False) -> None:
+                 seconds: float, refci: str, *, trace_messages: bool = False,
+                 transport: sipp.Transport = "u1") -> None:
         self.calls, self.rate = calls, rate
         self.runs = []
         for side in ("nearend", "farend"):
@@ -202,7 +203,7 @@ class Legs:
                 scenario, ("127.0.0.1", node.sip_port),
                 keys={"recorder": "9999", "side": side, "near": "1001", "far": "2002",
                       "refci": refci, "farrefci": "0"},
-                duration_ms=int(seconds * 1000), calls=calls,
+                duration_ms=int(seconds * 1000), calls=calls, transport=transport,
                 timeout_s=calls / rate + seconds + 60, extra_args=extra)
             if not trace_messages:  # keep SIPp light at high rates: rtt and stat files only
                 index = run.args.index("-trace_msg")
@@ -316,7 +317,7 @@ async def measure(legs: Legs, phase: Phase, node: Node, pids: tuple[int, int],
 async def run(rate: float = 200.0, seconds: float = 8.0, *, baseline_rate: float = 20.0,
               baseline_seconds: float = 5.0, media_calls: int = 150,
               media_seconds: float = 20.0, shed_after: float | None = None,
-              keep: bool = False) -> SetupRateResult:
+              keep: bool = False, transport: sipp.Transport = "u1") -> SetupRateResult:
     """Start a node, measure the baseline, the media load, then the burst."""
     root = Path(tempfile.mkdtemp(prefix="callrec-bench-setup-"))
     burst_legs = 2 * round(rate * seconds)
@@ -327,6 +328,9 @@ async def run(rate: float = 200.0, seconds: float = 8.0, *, baseline_rate: float
     result = SetupRateResult(Phase("baseline", baseline_rate, baseline_seconds),
                              Phase("burst, finalizing", rate, seconds), media_calls,
                              media_seconds)
+    if transport == "t1":
+        result.notes.append("the baseline's and the burst's legs over TCP (a connection per "
+                            "SIPp process, near and far)")
     if burst_legs > even_ports:
         result.notes.append(
             f"the burst's {burst_legs} legs are more than the {even_ports} even RTP ports of "
@@ -341,7 +345,7 @@ async def run(rate: float = 200.0, seconds: float = 8.0, *, baseline_rate: float
 
         progress(f"baseline: {baseline_rate:g} calls/s x {baseline_seconds:g} s")
         legs = Legs(scenario, node, round(baseline_rate * baseline_seconds), baseline_rate,
-                    CALL_SECONDS, "7")
+                    CALL_SECONDS, "7", transport=transport)
         all_legs.append(legs)
         await measure(legs, result.baseline, node, pids, grace=5.0)
 
@@ -362,7 +366,8 @@ async def run(rate: float = 200.0, seconds: float = 8.0, *, baseline_rate: float
         await asyncio.sleep(max(0.0, hangup - time.monotonic()))
 
         progress(f"burst: {rate:g} calls/s x {seconds:g} s ({burst_legs} legs)")
-        legs = Legs(scenario, node, round(rate * seconds), rate, CALL_SECONDS, "9")
+        legs = Legs(scenario, node, round(rate * seconds), rate, CALL_SECONDS, "9",
+                    transport=transport)
         all_legs.append(legs)
         await measure(legs, result.burst, node, pids, grace=10.0)
         return result
@@ -401,6 +406,9 @@ def main() -> None:
     parser.add_argument("--media-seconds", type=float, default=20.0)
     parser.add_argument("--shed-after", type=float, default=None,
                         help="the node's --sip-shed-after (default: the node's; 0: never)")
+    parser.add_argument("--transport", choices=("udp", "tcp"), default="udp",
+                        help="SIP transport of the baseline's and the burst's legs (each "
+                             "SIPp process, near and far, one TCP connection)")
     parser.add_argument("--smoke", action="store_true",
                         help="a few calls/s for a few seconds (what the test runs)")
     parser.add_argument("--keep", action="store_true", help="keep the node's directory")
@@ -411,7 +419,8 @@ def main() -> None:
     result = asyncio.run(run(args.rate, args.seconds, baseline_rate=args.baseline_rate,
                              baseline_seconds=args.baseline_seconds,
                              media_calls=args.media_calls, media_seconds=args.media_seconds,
-                             shed_after=args.shed_after, keep=args.keep))
+                             shed_after=args.shed_after, keep=args.keep,
+                             transport="t1" if args.transport == "tcp" else "u1"))
     print(result.table())
     print()
     print(f"p99 burst / baseline: {result.p99_ratio:.2f}; media load {result.media_calls} "

@@ -115,6 +115,33 @@ def test_cucm_call_over_tcp_with_hold_and_resume(node: Node, tmp_path: Path) -> 
     assert recording["duration_ms"] >= 4000
 
 
+def test_a_tcp_invite_that_waited_through_a_stalled_signaling_gets_503(node: Node) -> None:
+    """Signaling stopped for 2.5 s while a PBX's INVITE sits in its TCP connection: when
+    it runs again, the INVITE's wait (the kernel's stamp, over the 1 s --sip-shed-after)
+    gets 503 + Retry-After, so the PBX records the call on its backup; then calls over
+    TCP are answered again. Read by the loop's own transport, its wait was unknown and
+    the INVITE was answered 200, 2.5 s late."""
+    server = ("127.0.0.1", node.sip_port)
+    shed_before = node.metric("callrec_signaling_invites_shed")
+    pid = node.service_pid("services.signaling")
+    run = sipp.invite_expect_run(server, "1001", refci="50331649", transport="t1")
+    try:
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            run.start()
+            time.sleep(2.5)  # connected (the kernel accepts), its INVITE waiting
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        run.wait()
+        result = run.result()
+    finally:
+        run.close()
+    assert result.final_response_code("INVITE") == 503, result.describe()
+    assert "overloaded, try the backup" in result.messages
+    assert node.metric("callrec_signaling_invites_shed") == shed_before + 1
+    assert sipp.options(server, expect=200, transport="t1")
+
+
 def test_siprec_call_maps_caller_on_label_2_to_left(node: Node, tmp_path: Path) -> None:
     before = len(node.wait_recordings(0))
     result = sipp.run_siprec_call(("127.0.0.1", node.sip_port), caller="2001", callee="2002",

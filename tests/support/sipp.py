@@ -819,16 +819,35 @@ def invite_response_code(
     """Send a CUCM-style INVITE (invite_expect.xml) and return the final response
     code the server gave (None if none) plus the SIPp result. SIPp exits 0 only
     for a 4xx/5xx/6xx that it ACKed."""
-    with SippRun(
+    with invite_expect_run(server, near_number, far_number, recorder=recorder, side=side,
+                           refci=refci, farrefci=farrefci, transport=transport,
+                           timeout_s=timeout_s) as run:
+        run.wait()
+        res = run.result()
+    return res.final_response_code("INVITE"), res
+
+
+def invite_expect_run(
+    server: ServerAddr,
+    near_number: str = "1001",
+    far_number: str = "1002",
+    *,
+    recorder: str = "9999",
+    side: str = "nearend",
+    refci: str | int = "16777217",
+    farrefci: str | int = "16777218",
+    transport: Transport = "u1",
+    timeout_s: float = 15,
+) -> SippRun:
+    """invite_response_code's SIPp run, not started: for a test that starts it at a
+    moment of its choosing (while a service is stopped)."""
+    return SippRun(
         "invite_expect.xml",
         server,
         keys=_cucm_keys(side, recorder, near_number, far_number, str(refci), str(farrefci)),
         transport=transport,
         timeout_s=timeout_s,
-    ) as run:
-        run.wait()
-        res = run.result()
-    return res.final_response_code("INVITE"), res
+    )
 
 
 def expect_invite_response(

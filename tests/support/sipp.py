@@ -70,7 +70,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Literal
+from typing import IO, Any, Literal
 
 from .ports import SIPP_PORTS, free_block
 from .rtp import Impairment, RtpSender, pcmu_tone, pcmu_tone_file
@@ -804,24 +804,12 @@ def run_siprec_call(
 # --------------------------------------------------------------------------- errors / OPTIONS
 
 
-def invite_response_code(
-    server: ServerAddr,
-    near_number: str = "1001",
-    far_number: str = "1002",
-    *,
-    recorder: str = "9999",
-    side: str = "nearend",
-    refci: str | int = "16777217",
-    farrefci: str | int = "16777218",
-    transport: Transport = "u1",
-    timeout_s: float = 15,
-) -> tuple[int | None, SippResult]:
-    """Send a CUCM-style INVITE (invite_expect.xml) and return the final response
-    code the server gave (None if none) plus the SIPp result. SIPp exits 0 only
-    for a 4xx/5xx/6xx that it ACKed."""
-    with invite_expect_run(server, near_number, far_number, recorder=recorder, side=side,
-                           refci=refci, farrefci=farrefci, transport=transport,
-                           timeout_s=timeout_s) as run:
+def invite_response_code(server: ServerAddr, *args: Any,
+                         **kwargs: Any) -> tuple[int | None, SippResult]:
+    """Send a CUCM-style INVITE (invite_expect.xml; the arguments of invite_expect_run)
+    and return the final response code the server gave (None if none) plus the SIPp
+    result. SIPp exits 0 only for a 4xx/5xx/6xx that it ACKed."""
+    with invite_expect_run(server, *args, **kwargs) as run:
         run.wait()
         res = run.result()
     return res.final_response_code("INVITE"), res

@@ -107,6 +107,11 @@ SourceCheck = Callable[[str], bool]
 TcpRefused = Callable[[str, RefusalReason], None]
 
 
+def address_family(host: str) -> socket.AddressFamily:
+    """The socket family of a listening address (an IP literal)."""
+    return socket.AF_INET6 if ipaddress.ip_address(host).version == 6 else socket.AF_INET
+
+
 def bound_address(sock: socket.socket | None) -> tuple[str, int]:
     """(host, port) a listening socket is bound to."""
     assert sock is not None, "not started"
@@ -297,11 +302,7 @@ class StampedStream:
             self._reading = True
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
-        if name == "peername":
-            return self._peername
-        if name == "socket":
-            return self._sock
-        return default
+        return self._peername if name == "peername" else default
 
     def is_closing(self) -> bool:
         return self._closing
@@ -393,11 +394,7 @@ class StampedStream:
     def _finish(self, exc: Exception | None) -> None:
         if self._closed:
             return
-        self._closed = True
-        self._stop_reading()
-        if self._out:
-            self._out.clear()
-            self._loop.remove_writer(self._fd)
+        self._closed = True  # reading stopped and the queue empty: close() or _fail() saw to it
         self._sock.close()
         self._protocol.connection_lost(exc)
 
@@ -428,8 +425,7 @@ class TcpServer:
     async def start(self, host: str, port: int) -> None:
         """Listen on (host, port); every connection accepted is read with its stamps."""
         loop = asyncio.get_running_loop()
-        family = socket.AF_INET6 if ipaddress.ip_address(host).version == 6 else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock = socket.socket(address_family(host), socket.SOCK_STREAM)
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             stamp_arrivals(sock)  # early: the kernel turns stamping on a moment later
@@ -528,8 +524,7 @@ class SipTransports:
 
     async def start(self, host: str, port: int) -> None:
         loop = asyncio.get_running_loop()
-        family = socket.AF_INET6 if ipaddress.ip_address(host).version == 6 else socket.AF_INET
-        sock = open_stamped_udp(family, (host, port), UDP_RECEIVE_BUFFER)
+        sock = open_stamped_udp(address_family(host), (host, port), UDP_RECEIVE_BUFFER)
         warn_if_buffer_capped(sock, UDP_RECEIVE_BUFFER, "sip_udp_receive_buffer_capped")
         self.udp.attach(sock, loop)
         await self.tcp.start(host, port)

@@ -29,6 +29,7 @@ from services.signaling.gate import SipGate
 from services.signaling.sip.message import SipParseError, SipResponse, StreamFramer, parse_message
 from services.signaling.sip.transport import (
     MESSAGE_TIMEOUT,
+    PBX_TCP_RECEIVE_BUFFER,
     TCP_IDLE_TIMEOUT,
     TCP_PBX_IDLE_TIMEOUT,
     Peer,
@@ -270,9 +271,13 @@ class FakeTcpTransport(asyncio.Transport):
         self.closed = False
         self.aborted = False
         self.written: list[bytes] = []
+        self.receive_buffer: int | None = None
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         return (self.host, 40000) if name == "peername" else None
+
+    def hold_backlog(self, size: int) -> None:
+        self.receive_buffer = size
 
     def write(self, data: bytes) -> None:
         self.written.append(data)
@@ -309,6 +314,9 @@ def test_tcp_server_caps_sources_and_times_out_silent_connections() -> None:
     assert {r for _, r in refused} == {"tcp_source_cap", "tcp_global_cap"}
     pbx, pbx_transport = open_connection(server, "127.0.0.1")
     assert not pbx_transport.aborted
+    # Only a PBX gets the kernel buffer that holds a stall's INVITEs with their stamps.
+    assert pbx_transport.receive_buffer == PBX_TCP_RECEIVE_BUFFER
+    assert {t.receive_buffer for _, t in idle + strangers} == {None}
     pbx.data_received(request("OPTIONS", 1))
     assert len(received) == 1
 

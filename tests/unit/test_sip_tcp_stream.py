@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import threading
 import time
 from typing import Any
 
@@ -128,5 +129,50 @@ async def test_a_tcp_read_is_stamped_with_the_kernels_receive_time() -> None:
         ((_, received_at),) = got
         assert received_at is not None and abs(received_at - sent) < 0.25, received_at - sent
     finally:
+        client.close()
+        server.close()
+
+
+async def test_a_pbxs_backlog_through_a_stall_keeps_the_time_each_message_came() -> None:
+    """A PBX's connection at 200 requests a second (1 KB each, as over Ethernet: 1448-
+    byte segments, no Nagle) while the loop stalls 1.5 s. The kernel's default buffer
+    (128 KB, not grown while nobody reads) fills in about half a second; the rest waits
+    in the PBX's own send buffer and is stamped when it finally comes, so its wait goes
+    unmeasured: 86 of 200 late requests were measured over 0.5 s short. A PBX's
+    connection is given PBX_TCP_RECEIVE_BUFFER, so each keeps the time it came."""
+    got: list[tuple[bytes, float | None, float]] = []
+    server = transport.TcpServer(lambda data, peer, received_at: got.append(
+        (data, received_at, time.time())), is_allowed=lambda host: True)
+    await server.start("127.0.0.1", 0)
+    await asyncio.sleep(0.2)  # the kernel turns stamping on a moment after it is asked
+    client = socket.socket()
+    client.setsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG, 1448)
+    client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    client.connect(server.sockname)
+    rate, count = 200, 500
+
+    def send() -> None:
+        start = time.time()
+        for n in range(count):
+            time.sleep(max(0.0, start + n / rate - time.time()))
+            sent = f"X-Sent: {time.time():.6f}\r\n".encode()
+            head = b"OPTIONS sip:rec@127.0.0.1 SIP/2.0\r\nContent-Length: 0\r\n" + sent
+            client.sendall(head + b"X-Pad: " + b"p" * (1000 - len(head) - 11) + b"\r\n\r\n")
+
+    sender = threading.Thread(target=send)
+    try:
+        await until(lambda: bool(server.connections))
+        sender.start()
+        await asyncio.sleep(0.5)
+        time.sleep(1.5)  # the loop stalls
+        await until(lambda: len(got) == count, 10.0)
+        waits = [(read - float(data.split(b"X-Sent: ")[1].split(b"\r\n")[0]),
+                  read - (stamp or read)) for data, stamp, read in got]
+        late = [(true, measured) for true, measured in waits if true > 0.5]
+        short = [(true, measured) for true, measured in late if measured < true - 0.5]
+        assert len(late) >= 150, len(late)  # the stall did back them up
+        assert len(short) <= len(late) // 20, (len(short), len(late))
+    finally:
+        sender.join()
         client.close()
         server.close()

@@ -344,3 +344,47 @@ def test_media_timeout_ends_a_call_whose_rtp_stopped_and_keeps_its_audio(
     audio, _ = decode_file(path, rate=RATE)
     assert abs(dominant_frequency(audio[0], RATE) - 440.0) < 15
     assert any(e.start_line.startswith("BYE ") for e in received), "no BYE from the recorder"
+
+
+def test_a_tcp_peer_that_never_reads_its_answers_is_dropped_and_calls_go_on(
+    node: Node, tmp_path: Path
+) -> None:
+    """An allow-listed source (a broken PBX, or a host on its network) sends OPTIONS
+    over TCP as fast as it can and never reads the answers, its receive window shut.
+    The answers queue in the node only up to TCP_WRITE_LIMIT (1 MiB): then the
+    connection is dropped, and the PBX's TCP call is still recorded."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connect: the window
+    sock.bind((FLOODER, 0))
+    sock.connect(("127.0.0.1", node.sip_port))
+    sock.setblocking(False)
+    source, port = sock.getsockname()
+    sent, dropped = 0, False
+    deadline = time.monotonic() + 60
+    try:
+        while not dropped and time.monotonic() < deadline:
+            request = (f"OPTIONS sip:9999@127.0.0.1 SIP/2.0\r\n"
+                       f"Via: SIP/2.0/TCP {source}:{port};branch=z9hG4bKnr{sent}\r\n"
+                       f"From: <sip:ping@{source}>;tag=nr{sent}\r\nTo: <sip:9999@127.0.0.1>\r\n"
+                       f"Call-ID: never-reads-{sent}@{source}\r\nCSeq: 1 OPTIONS\r\n"
+                       "Max-Forwards: 70\r\nContent-Length: 0\r\n\r\n").encode()
+            try:
+                sock.sendall(request)
+                sent += 1
+            except (BlockingIOError, InterruptedError):
+                time.sleep(0.01)  # the node reads as fast as it answers
+            except (BrokenPipeError, ConnectionResetError):
+                dropped = True
+    finally:
+        sock.close()
+    assert dropped, f"still connected after {sent} requests"
+
+    def dropped_lines() -> list[str]:
+        return [line for line in node.log().splitlines()
+                if "tcp_write_backlog_dropped" in line and FLOODER in line]
+
+    # Dropped for its queue of answers (past the limit, not before), no other reason.
+    wait_for(dropped_lines, 10, "the drop to be logged")
+    queued = re.search(r'"queued":\s*(\d+)', dropped_lines()[-1])
+    assert queued is not None and 1 << 20 < int(queued.group(1)) < 2 << 20, dropped_lines()
+    real_call(node, tmp_path, transport="t1", refci="117440513")

@@ -33,8 +33,8 @@ import heapq
 import math
 import struct
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
-from typing import Literal, NamedTuple
+from dataclasses import dataclass, field, replace
+from typing import Final, Literal, NamedTuple
 
 import av
 import numpy as np
@@ -744,7 +744,7 @@ class SeqWindow:
     200 KB a call).
     """
 
-    SIZE = 4096  # a power of two above MAX_SEQ_JUMP + 1
+    SIZE: Final = 4096  # a power of two above MAX_SEQ_JUMP + 1 (Final: compiled, a class constant)
     __slots__ = ("_bits", "_top")
 
     def __init__(self) -> None:
@@ -991,7 +991,7 @@ class StreamTimeline:
     def summary(self) -> StreamStats:
         """The counters so far (complete once :meth:`finish` ran)."""
         stats = self.stats
-        out = StreamStats(**{name: getattr(stats, name) for name in StreamStats.__slots__})
+        out = replace(stats)  # a copy: the counters go on
         out.packets_lost += sum(_run_lost(live) for live in self._runs)
         out.codecs = sorted(self._seen_codecs)
         out.unknown_payload_types = sorted(self._unknown_pts)

@@ -37,7 +37,7 @@ from typing import TypeVar, get_args
 import nats.errors
 import structlog
 
-from callrec import bus, diskspace
+from callrec import bus, diskspace, native
 from callrec.fdlimit import raise_open_files
 from callrec.service import ServiceContext
 from callrec.sockets import KeeperClient, keeper_path
@@ -1399,6 +1399,9 @@ async def main(ctx: ServiceContext) -> None:
     # A socket and a segment file per stream, and signaling's port reserve: well over
     # the 1,024 a service manager often gives by default.
     log.info("open_files_limit", soft=raise_open_files())
+    # Compiled where set-up had a C compiler and the source is unchanged since: an
+    # operator comparing two nodes' CPU sees why one spends more (callrec/native.py).
+    log.info("native_modules", **native.install())
     workers = [new_worker() for _ in range(max(1, os.cpu_count() or 1))]
     capture = Capture(ctx, open_store(ctx.config.data_dir), workers, new_worker)
     try:

@@ -23,6 +23,10 @@ Static payload types mean their RFC 3551 codec whatever the SDP answer listed: a
 CUCM answer naming only PCMU is followed by PCMA on PT 8 in the wild, and we had
 offered PCMA ourselves. A stream that carried packets yet produced no audio says
 why (:data:`SilentReason`), so a silent channel is never a mystery.
+
+This module runs compiled by mypyc where set-up found a C compiler (callrec/native.py):
+keep it fully typed, declare class constants ``Final``, and patch internals in tests
+only on ``native.load_source``'s interpreted copy (compiled methods cannot be patched).
 """
 
 from __future__ import annotations

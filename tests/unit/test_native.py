@@ -71,6 +71,17 @@ def test_an_edited_source_runs_interpreted_until_it_is_built_again(tmp_path: Pat
     assert _loaded_from({"CALLREC_NATIVE_DIR": str(copy)})[1] == "not built"
 
 
+def test_a_stamp_without_its_files_runs_the_source(tmp_path: Path) -> None:
+    """What a process starting in the middle of a rebuild sees (the build directory is
+    replaced whole: removed, then copied)."""
+    build = _built()
+    copy = tmp_path / "native"
+    copy.mkdir()
+    shutil.copy(build / native.STAMP, copy / native.STAMP)
+    assert _loaded_from({"CALLREC_NATIVE_DIR": str(copy)}) == (
+        str(native.source_path(TIMELINE)), "not built")
+
+
 def test_no_build_and_switched_off_run_the_source(tmp_path: Path) -> None:
     assert _loaded_from({"CALLREC_NATIVE_DIR": str(tmp_path / "none")}) == (
         str(native.source_path(TIMELINE)), "not built")

@@ -18,7 +18,6 @@ shadowed by a stale build: it runs interpreted until the next ``scripts/setup-en
 
 from __future__ import annotations
 
-import hashlib
 import importlib.abc
 import importlib.machinery
 import importlib.util
@@ -32,6 +31,8 @@ from importlib.machinery import ModuleSpec
 from pathlib import Path
 from types import ModuleType
 from typing import Literal
+
+from callrec.store import sha256_file
 
 REPO = Path(__file__).resolve().parent.parent
 NATIVE_MODULES = ("services.capture.timeline",)
@@ -58,7 +59,12 @@ def source_path(module: str) -> Path:
 
 
 def source_hash(module: str) -> str:
-    return hashlib.sha256(source_path(module).read_bytes()).hexdigest()
+    return sha256_file(source_path(module))
+
+
+def compiler() -> str | None:
+    """The C compiler a build would use (``$CC``, else ``cc``), None without one."""
+    return shutil.which(os.environ.get("CC", "cc"))
 
 
 def _built_hashes(directory: Path) -> dict[str, str]:
@@ -86,18 +92,11 @@ def states(directory: Path | None = None) -> dict[str, NativeState]:
     return out
 
 
-def _extension_files(directory: Path) -> dict[str, Path]:
-    """Every extension module under ``directory``, by its dotted name."""
-    suffixes = tuple(importlib.machinery.EXTENSION_SUFFIXES)
-    found: dict[str, Path] = {}
-    for path in directory.rglob("*.so"):
-        suffix = next((s for s in suffixes if path.name.endswith(s)), None)
-        if suffix is None:
-            continue
-        relative = path.relative_to(directory)
-        parts = [*relative.parent.parts, relative.name[: -len(suffix)]]
-        found[".".join(parts)] = path
-    return found
+def _extension_files(directory: Path, modules: set[str]) -> dict[str, Path]:
+    """Where the build puts ``modules`` and mypyc's shared library, by dotted name."""
+    suffix = importlib.machinery.EXTENSION_SUFFIXES[0]  # what setuptools names them
+    return {name: directory.joinpath(*name.split(".")[:-1], name.rpartition(".")[2] + suffix)
+            for name in (*sorted(modules), f"{GROUP}__mypyc")}
 
 
 class _NativeFinder(importlib.abc.MetaPathFinder):
@@ -128,13 +127,11 @@ def install() -> dict[str, NativeState]:
     result = states(directory)
     compiled = {m for m, state in result.items() if state == "compiled"}
     if compiled:
-        files = _extension_files(directory)
-        wanted = {name: path for name, path in files.items()
-                  if name in compiled or name.endswith("__mypyc")}
-        if not all(m in wanted for m in compiled):  # a stamp without its files
+        files = _extension_files(directory, compiled)
+        if not all(path.is_file() for path in files.values()):  # a stamp without its files
             result.update(dict.fromkeys(compiled, "not built"))
         else:
-            sys.meta_path.insert(0, _NativeFinder(wanted))
+            sys.meta_path.insert(0, _NativeFinder(files))
     _installed = result
     return result
 
@@ -193,7 +190,7 @@ def build(directory: Path | None = None) -> dict[str, NativeState]:
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if args[:1] == ["build"]:
-        if shutil.which(os.environ.get("CC", "cc")) is None:
+        if compiler() is None:
             print("callrec.native: no C compiler, the modules run interpreted")
             return 0
         if all(state == "compiled" for state in states().values()):

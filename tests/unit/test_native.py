@@ -22,7 +22,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def _built() -> Path:
-    if shutil.which(os.environ.get("CC", "cc")) is None:
+    if native.compiler() is None:
         pytest.skip("no C compiler: the timeline runs interpreted here")
     if os.environ.get(native.DISABLE_ENV) == "0":
         pytest.skip("CALLREC_NATIVE=0: this run is of the interpreted timeline")

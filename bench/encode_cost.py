@@ -117,7 +117,7 @@ def live_run(directory: Path, variant: Variant | None = None,
     """(CPU s, bytes, duration ms) of capture's live encoder plus finalize on one call;
     ``variant`` overrides capture's defaults (None: as capture runs it), ``step_ms``
     the call time between steps (capture's LIVE_STEP_INTERVAL)."""
-    for stale in (LIVE_FILE, "live.json", "final.json"):
+    for stale in (LIVE_FILE, "final.json"):
         (directory / stale).unlink(missing_ok=True)
     manifest = RecordingManifest.load(directory)
     duration = duration_of(manifest)
@@ -145,7 +145,7 @@ def live_run_together(directories: list[Path], step_ms: float = STEP_MS,
     stepped together as one capture worker steps its recordings (one ``worker_steps``
     per step for all of them), then finished."""
     for directory in directories:
-        for stale in (LIVE_FILE, "live.json", "final.json"):
+        for stale in (LIVE_FILE, "final.json"):
             (directory / stale).unlink(missing_ok=True)
     manifests = [RecordingManifest.load(directory) for directory in directories]
     duration = duration_of(manifests[0])

@@ -86,7 +86,7 @@ def child(mode: str, directory: Path) -> dict[str, float]:
 
 
 def _run_child(mode: str, directory: Path) -> dict[str, float]:
-    for stale in ("live.opus", "live.json", "final.json", "whole.opus"):
+    for stale in ("live.opus", "final.json", "whole.opus"):
         (directory / stale).unlink(missing_ok=True)
     done = subprocess.run(
         [sys.executable, "-m", "bench.finalize_memory", "--child", mode, str(directory)],

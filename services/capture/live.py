@@ -5,7 +5,7 @@ since the last step, builds each stream's channel up to a point a little behind
 (``EMIT_DELAY_MS``: time for reordered packets), mixes the streams into the two
 channels, encodes that span and appends its Ogg pages to ``live.opus``, so the file
 always ends on a complete page and any prefix that ends on a page boundary is a
-playable recording of the call so far. ``live.json`` says how far it is.
+playable recording of the call so far.
 
 Finalize is the same step run to the end of the call plus closing the stream, so
 it costs the last half second of audio, not the whole call, and memory does not
@@ -25,7 +25,6 @@ import os
 import pickle
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import BinaryIO, NamedTuple
 
@@ -84,11 +83,6 @@ OPUS_FRAME_MS = 60
 TOC and Ogg lacing overhead, fewer encoder calls). Latency does not matter for a
 recording."""
 LIVE_FILE = "live.opus"
-LIVE_STATE = "live.json"
-LIVE_STATE_EVERY_MS = 10_000
-"""live.json is rewritten once this much more call is encoded (and when final): nothing
-in callrec reads it (peers learn progress from LiveProgress, a restart from live.opus
-itself), so it is a hint for people looking at the disk, not worth a write per step."""
 FINAL_STATE = "final.json"
 
 REORDER_MS = 150.0
@@ -359,7 +353,6 @@ class LiveEncoder:
         else:
             self._fd = -1
         self.cursor = self._encoder.samples_done
-        self._state_ms = self._encoder.playable_ms  # duration live.json last said
         self._t = 0.0  # call time (ms) up to which the segments have been taken in
         self._drained = False  # the last step encoded every packet it read: see `drained`
         # Waveform peaks of everything mixed, fed as it is encoded (no cost at finalize);
@@ -401,8 +394,6 @@ class LiveEncoder:
         self._write(self._encoder.pages())
         if self.bytes == before:
             return None
-        if self._encoder.playable_ms - self._state_ms >= LIVE_STATE_EVERY_MS:
-            self._save_state()
         return self.progress
 
     def finish(self, streams: list[StreamSpec], duration_ms: int) -> FinalizeResult:
@@ -443,7 +434,6 @@ class LiveEncoder:
             raise OSError(f"live recording {self.recording_id} could not be written")
         self.close()
         self.final = result
-        self._save_state()
         return result
 
     def close(self) -> None:
@@ -559,23 +549,6 @@ class LiveEncoder:
             return
         self.bytes += len(data)
         self._unwritten = b""
-
-    def _save_state(self) -> None:
-        progress = self.progress
-        self._state_ms = progress.duration_ms
-        state = {
-            "recording_id": self.recording_id,
-            "bytes": progress.bytes,
-            "duration_ms": progress.duration_ms,
-            "updated_at": datetime.now(UTC).isoformat(),
-            "final": progress.final,
-        }
-        temp = self.directory / f".{LIVE_STATE}.tmp"
-        try:
-            temp.write_text(json.dumps(state))
-            os.replace(temp, self.directory / LIVE_STATE)
-        except OSError:
-            pass  # advisory only: live.opus itself is the truth
 
 
 def _sum_channel(parts: list[Int16Array], count: int) -> Int16Array:

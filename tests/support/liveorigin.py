@@ -1,6 +1,6 @@
 """A fake origin of a recording in progress, as the live encoder (issue 9) presents one:
-a real Ogg/Opus file growing page by page under the node's capture directory, its
-`live.json` sidecar, and its LiveProgress on core NATS after each flush (a batch of one).
+a real Ogg/Opus file growing page by page under the node's capture directory, and its
+LiveProgress on core NATS after each flush (a batch of one).
 
 The audio is a real two-mono-stream Ogg/Opus file (callrec.audio.encode_opus_stereo)
 cut at page boundaries, so a peer's copy can be checked by tone and duration.
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
 import os
 import time
 from dataclasses import dataclass, field
@@ -120,12 +119,6 @@ class FakeOrigin:
             handle.flush()
             os.fdatasync(handle.fileno())
         self.flushed, self.flushed_ms, self.flushed_at = end, ms, time.time()
-        sidecar = self.directory / "live.json"
-        temp = sidecar.with_suffix(".tmp")
-        temp.write_text(json.dumps({
-            "recording_id": self.recording_id, "bytes": end, "duration_ms": ms,
-            "updated_at": datetime.now(UTC).isoformat(), "final": final}))
-        os.replace(temp, sidecar)
         return LiveProgress(recording_id=self.recording_id, node_id=self.node.node_id,
                             bytes=end, duration_ms=ms, final=final)
 

@@ -21,9 +21,10 @@ thread of capture (see service.py) on what the segments already hold.
 from __future__ import annotations
 
 import json
+import math
 import os
 import pickle
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, NamedTuple
@@ -147,22 +148,51 @@ class SegmentTail:
     def read(self, until_ms: float | None) -> list[tuple[int, bytes]]:
         """Records appended since the last read, stopping after one beyond ``until_ms``."""
         out: list[tuple[int, bytes]] = []
+
+        def split(data: bytes, pos: int, until: float, last: float) -> tuple[int, float]:
+            size = RECORD_HEADER.size
+            while pos + size <= len(data):
+                arrival, length = RECORD_HEADER.unpack_from(data, pos)
+                stop = pos + size + length
+                if stop > len(data):
+                    break
+                out.append((arrival, data[pos + size:stop]))
+                pos = stop
+                if arrival > last:
+                    last = float(arrival)
+                    if last > until:
+                        break
+            return pos, last
+
+        self._take(split, until_ms)
+        return out
+
+    def feed(self, timeline: StreamTimeline, until_ms: float | None) -> None:
+        """:meth:`read` straight into ``timeline``, record by record in place (the live
+        step's path: no list of records, no copy of each datagram)."""
+        self._take(timeline.feed_segment, until_ms)
+
+    def _take(self, consume: _Consume, until_ms: float | None) -> None:
         if until_ms is not None and self.last_arrival > until_ms:
-            return out  # already ahead: what was read is waiting in the timeline
+            return  # already ahead: what was read is waiting in the timeline
+        until = math.inf if until_ms is None else until_ms
         listed = False
+        taken = False
         while True:
             if self._index >= len(self._paths):
                 if listed:
-                    return out
+                    return
                 self._relist()
                 listed = True
                 continue
-            if self._read_file(out, until_ms):
-                return out  # until_ms reached
+            done, took = self._take_file(consume, until)
+            taken = taken or took
+            if done:
+                return  # until_ms reached
             if self._index < len(self._paths) - 1:
                 self._next_file()  # a complete predecessor: its torn tail, if any, skipped
-            elif listed or out:
-                return out  # the newest file has no more for now
+            elif listed or taken:
+                return  # the newest file has no more for now
             else:
                 self._relist()  # nothing new: has a newer segment appeared?
                 listed = True
@@ -183,46 +213,39 @@ class SegmentTail:
         self._index += 1
         self._offset = 0
 
-    def _read_file(self, out: list[tuple[int, bytes]], until_ms: float | None) -> bool:
-        """Append the complete records of the current file; True once past ``until_ms``."""
+    def _take_file(self, consume: _Consume, until: float) -> tuple[bool, bool]:
+        """Hand the complete records of the current file to ``consume``: (past ``until``,
+        took any)."""
         if self._handle is None:
             try:
                 self._handle = self._paths[self._index].open("rb", buffering=0)
             except FileNotFoundError:  # removed under us (released): nothing more there
-                return False
+                return False, False
         fd = self._handle.fileno()
-        size = RECORD_HEADER.size
-        unpack = RECORD_HEADER.unpack_from
         chunk = FIRST_READ
+        took = False
         while True:
             data = os.pread(fd, chunk, self._offset)
             if not data:
-                return False
-            pos = 0
+                return False, took
             end = len(data)
-            last = self.last_arrival
-            while pos + size <= end:
-                arrival, length = unpack(data, pos)
-                stop = pos + size + length
-                if stop > end:
-                    break
-                out.append((arrival, data[pos + size: stop]))
-                pos = stop
-                if arrival > last:
-                    last = float(arrival)
-                    if until_ms is not None and last > until_ms:
-                        break
-            self.last_arrival = last
+            pos, self.last_arrival = consume(data, 0, until, self.last_arrival)
             if pos == 0 and end >= chunk:
                 if chunk < READ_CHUNK:
                     chunk = READ_CHUNK  # a record larger than the first read: read it whole
                     continue
                 pos = end  # a record larger than READ_CHUNK cannot be: skip
+            took = took or pos > 0
             self._offset += pos
-            if until_ms is not None and last > until_ms:
-                return True
+            if self.last_arrival > until:
+                return True, took
             if end < chunk:
-                return False
+                return False, took
+
+
+_Consume = Callable[[bytes, int, float, float], tuple[int, float]]
+"""Takes in the complete records of a read from an offset: (offset after them, the
+newest arrival) given the time to stop after and the newest arrival so far."""
 
 
 def encoding_bitrate(rate: int, configured: int) -> int:
@@ -491,7 +514,7 @@ class LiveEncoder:
 
     def _pump(self, until_ms: float | None) -> None:
         for stream in self._streams.values():
-            stream.timeline.feed_many(stream.tail.read(until_ms))
+            stream.tail.feed(stream.timeline, until_ms)
 
     def _emit(self, upto: int, *, partial: bool, write: bool = False) -> None:
         """Mix and encode [cursor, upto), a bounded piece at a time.

@@ -45,6 +45,7 @@ import numpy as np
 import numpy.typing as npt
 
 from callrec.audio import PCMA_DECODE_TABLE, PCMU_DECODE_TABLE
+from services.capture.segments import RECORD_HEADER
 
 __all__ = [
     "RTP_CLOCK_HZ",
@@ -930,6 +931,64 @@ class StreamTimeline:
         stats.packets_received += received
         self._counter = counter
         self._pending_newest = newest
+
+    def feed_segment(self, data: bytes, start: int, until_ms: float,
+                     last_arrival: float) -> tuple[int, float]:
+        """:meth:`feed_many` on the records of segment bytes ``data`` from ``start``, read
+        in place: no list of records, no copy of each datagram (the live step's reader,
+        SegmentTail, hands its reads here). The records are laid out as segments.py
+        writes them (``RECORD_HEADER``). Stops at a record ``data`` holds only part of,
+        and after the first record that arrived later than both ``last_arrival`` and
+        ``until_ms``. Returns the offset after the last record taken in and the newest
+        arrival seen."""
+        stats = self.stats
+        pending = self._pending
+        end_ms = self.end_ms
+        counter = self._counter
+        newest = self._pending_newest
+        record_header = RECORD_HEADER.unpack_from
+        header_size: int = RECORD_HEADER.size
+        unpack = _RTP_HEADER.unpack_from
+        new = tuple.__new__  # RtpRecord(...) without its Python-level __new__
+        size = len(data)
+        pos = start
+        received = 0
+        while pos + header_size <= size:
+            arrival_ms, length = record_header(data, pos)
+            first = pos + header_size
+            stop = first + length
+            if stop > size:
+                break  # still being written, or torn: the caller decides
+            pos = stop
+            received += 1
+            arrival = float(arrival_ms)
+            rec: RtpRecord | None
+            if length > 12 and data[first] == 0x80 and not 192 <= data[first + 1] <= 223:
+                _, second, seq, ts, ssrc = unpack(data, first)
+                rec = new(RtpRecord, (arrival, ssrc, seq, ts, second & 0x7F,
+                                      data[first + 12:stop]))
+            else:
+                rec = parse_record(arrival, data[first:stop])
+            if rec is None:
+                stats.packets_invalid += 1
+            elif end_ms is not None and arrival >= end_ms:
+                stats.packets_outside += 1
+            elif arrival >= newest:  # after everything pending: appended, still a heap
+                pending.append((arrival, counter, rec))
+                newest = arrival
+                counter += 1
+            else:
+                heapq.heappush(pending, (arrival, counter, rec))
+                self._pending_sorted = False
+                counter += 1
+            if arrival > last_arrival:
+                last_arrival = arrival
+                if arrival > until_ms:
+                    break
+        stats.packets_received += received
+        self._counter = counter
+        self._pending_newest = newest
+        return pos, last_arrival
 
     def advance(self, now_ms: float | None, *, reorder_ms: float = 0.0,
                 emit_sample: int | None = None) -> None:

@@ -688,3 +688,66 @@ def test_batched_paths_equal_packet_by_packet(seed: int,
     assert batched[1:] == general[1:]
     assert batched[0].any() and "ssrc_changes=0" not in batched[1]
     assert "packets_duplicate=0" not in batched[1] and "packets_lost=0" not in batched[1]
+
+
+@pytest.mark.parametrize("build", ["compiled", "interpreted"])
+@pytest.mark.parametrize("seed", range(4))
+def test_feed_segment_takes_in_what_feed_many_takes(seed: int, build: str) -> None:
+    """The live step reads segment bytes in place (feed_segment): on the same records,
+    cut into reads at random places (records split across reads, a torn tail never
+    completed), it gives the samples, counters and digits feed_many gives on the
+    records segments.read_records parses, and reports each read's stopping point."""
+    from services.capture import timeline as compiled
+    from services.capture.segments import RECORD_HEADER
+
+    tl = compiled if build == "compiled" else native.load_source("services.capture.timeline")
+    rng = random.Random(seed)
+    records = _messy_stream(rng)
+    for i in rng.sample(range(len(records) - 1), 30):  # a few out of arrival order
+        records[i], records[i + 1] = records[i + 1], records[i]
+    records[5:5] = [(records[5][0], b""), (records[5][0], b"\x80" * 12),
+                    (records[5][0], rtp(72, 1, 2, 3, b"\0" * 20)[:1] + b"\xc8" + b"\0" * 30)]
+    segment = b"".join(RECORD_HEADER.pack(a, len(d)) + d for a, d in records)
+    torn = RECORD_HEADER.pack(records[-1][0] + 20, 172) + b"\x80" * 100
+    rate = rng.choice([8000, 16000])
+
+    expected = tl.StreamTimeline(CODECS, rate)
+    expected.feed_many(_split_segment(segment + torn))
+    in_place = tl.StreamTimeline(CODECS, rate)
+    data = segment + torn
+    offset, last, until = 0, -1.0, 0.0
+    while True:
+        chunk = data[offset:offset + rng.choice([rng.randrange(1, 4000), 64 * 1024])]
+        before = running = last
+        pos, last = in_place.feed_segment(chunk, 0, until, last)
+        taken = [a for a, _ in _split_segment(chunk[:pos])]
+        for arrival in taken[:-1]:  # only the last record taken may be past `until`
+            running = max(running, arrival)
+            assert running <= until or running == before
+        assert last == max([before, *taken])
+        offset += pos
+        until += rng.choice([0, 20, 100, 500])
+        if pos == 0 and offset + len(chunk) >= len(data) and until > last:
+            break
+    assert offset == len(segment)  # the torn record is left where it is
+    for timeline in (expected, in_place):
+        timeline.advance(None)
+    a, b = expected.finish(records[-1][0] + 500), in_place.finish(records[-1][0] + 500)
+    assert np.array_equal(a.samples, b.samples) and a.samples.any()
+    assert str(a.stats) == str(b.stats) and str(a.dtmf) == str(b.dtmf)
+    assert a.stats.packets_invalid >= 3 and a.stats.packets_received == len(records)
+
+
+
+def _split_segment(data: bytes) -> list[tuple[int, bytes]]:
+    """The complete records of segment bytes, parsed on their own (the test's oracle
+    of segments.py's layout: a little-endian u32 arrival and u16 length, the datagram)."""
+    out: list[tuple[int, bytes]] = []
+    pos = 0
+    while pos + 6 <= len(data):
+        arrival, length = struct.unpack_from("<IH", data, pos)
+        if pos + 6 + length > len(data):
+            break
+        out.append((arrival, data[pos + 6:pos + 6 + length]))
+        pos += 6 + length
+    return out

@@ -149,7 +149,8 @@ class SegmentTail:
         """Records appended since the last read, stopping after one beyond ``until_ms``."""
         out: list[tuple[int, bytes]] = []
 
-        def split(data: bytes, pos: int, until: float, last: float) -> tuple[int, float]:
+        def split(data: bytes, until: float, last: float) -> tuple[int, float]:
+            pos = 0
             size = RECORD_HEADER.size
             while pos + size <= len(data):
                 arrival, length = RECORD_HEADER.unpack_from(data, pos)
@@ -229,7 +230,7 @@ class SegmentTail:
             if not data:
                 return False, took
             end = len(data)
-            pos, self.last_arrival = consume(data, 0, until, self.last_arrival)
+            pos, self.last_arrival = consume(data, until, self.last_arrival)
             if pos == 0 and end >= chunk:
                 if chunk < READ_CHUNK:
                     chunk = READ_CHUNK  # a record larger than the first read: read it whole
@@ -243,9 +244,9 @@ class SegmentTail:
                 return False, took
 
 
-_Consume = Callable[[bytes, int, float, float], tuple[int, float]]
-"""Takes in the complete records of a read from an offset: (offset after them, the
-newest arrival) given the time to stop after and the newest arrival so far."""
+_Consume = Callable[[bytes, float, float], tuple[int, float]]
+"""Takes in the complete records at the start of a read, given the time to stop after
+and the newest arrival so far: (the offset after them, the newest arrival)."""
 
 
 def encoding_bitrate(rate: int, configured: int) -> int:

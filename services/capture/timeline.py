@@ -932,9 +932,9 @@ class StreamTimeline:
         self._counter = counter
         self._pending_newest = newest
 
-    def feed_segment(self, data: bytes, start: int, until_ms: float,
+    def feed_segment(self, data: bytes, until_ms: float,
                      last_arrival: float) -> tuple[int, float]:
-        """:meth:`feed_many` on the records of segment bytes ``data`` from ``start``, read
+        """:meth:`feed_many` on the records at the start of segment bytes ``data``, read
         in place: no list of records, no copy of each datagram (the live step's reader,
         SegmentTail, hands its reads here). The records are laid out as segments.py
         writes them (``RECORD_HEADER``). Stops at a record ``data`` holds only part of,
@@ -951,7 +951,7 @@ class StreamTimeline:
         unpack = _RTP_HEADER.unpack_from
         new = tuple.__new__  # RtpRecord(...) without its Python-level __new__
         size = len(data)
-        pos = start
+        pos = 0
         received = 0
         while pos + header_size <= size:
             arrival_ms, length = record_header(data, pos)

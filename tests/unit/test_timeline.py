@@ -695,8 +695,8 @@ def test_batched_paths_equal_packet_by_packet(seed: int,
 def test_feed_segment_takes_in_what_feed_many_takes(seed: int, build: str) -> None:
     """The live step reads segment bytes in place (feed_segment): on the same records,
     cut into reads at random places (records split across reads, a torn tail never
-    completed), it gives the samples, counters and digits feed_many gives on the
-    records segments.read_records parses, and reports each read's stopping point."""
+    completed), it gives the samples, counters and digits feed_many gives on the same
+    records, and reports each read's stopping point."""
     from services.capture import timeline as compiled
     from services.capture.segments import RECORD_HEADER
 
@@ -719,7 +719,7 @@ def test_feed_segment_takes_in_what_feed_many_takes(seed: int, build: str) -> No
     while True:
         chunk = data[offset:offset + rng.choice([rng.randrange(1, 4000), 64 * 1024])]
         before = running = last
-        pos, last = in_place.feed_segment(chunk, 0, until, last)
+        pos, last = in_place.feed_segment(chunk, until, last)
         taken = [a for a, _ in _split_segment(chunk[:pos])]
         for arrival in taken[:-1]:  # only the last record taken may be past `until`
             running = max(running, arrival)

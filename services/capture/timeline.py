@@ -205,6 +205,16 @@ _RTP_HEADER = struct.Struct("!BBHII")
 _EXTENSION_LENGTH = struct.Struct("!H")
 
 
+def _parse_at(arrival_ms: float, data: bytes, first: int, stop: int) -> RtpRecord | None:
+    """:func:`parse_record` of ``data[first:stop]``, reading the common header (version
+    2, no CSRC, extension or padding) in place: only the payload is copied."""
+    if stop - first > 12 and data[first] == 0x80 and not 192 <= data[first + 1] <= 223:
+        _, second, seq, ts, ssrc = _RTP_HEADER.unpack_from(data, first)
+        return tuple.__new__(RtpRecord, (arrival_ms, ssrc, seq, ts, second & 0x7F,
+                                         data[first + 12:stop]))
+    return parse_record(arrival_ms, data[first:stop])
+
+
 def native_rate(codec: str) -> int | None:
     """The sample rate a codec we decode produces ('PCMU' -> 8000), None if unknown."""
     return _NATIVE_RATE.get(normalize_codec(codec))
@@ -872,65 +882,20 @@ class StreamTimeline:
 
     def feed(self, arrival_ms: float, data: bytes) -> None:
         """One stored datagram (arrival relative to the recording start)."""
-        self.stats.packets_received += 1
-        try:
-            rec = parse_record(float(arrival_ms), bytes(data))
-        except (TypeError, ValueError, OverflowError):
-            rec = None
-        if rec is None:
-            self.stats.packets_invalid += 1
-        elif rec.arrival_ms < 0.0 or (self.end_ms is not None and rec.arrival_ms >= self.end_ms):
-            self.stats.packets_outside += 1
-        else:
-            if rec.arrival_ms < self._pending_newest:
-                self._pending_sorted = False
-            heapq.heappush(self._pending, (rec.arrival_ms, self._counter, rec))
-            self._counter += 1
-            self._pending_newest = max(self._pending_newest, rec.arrival_ms)
+        self.feed_many(((arrival_ms, data),))
 
     def feed_many(self, records: Iterable[tuple[float, bytes]]) -> None:
-        """:meth:`feed` for each stored datagram, in order (the same result, fewer calls).
-
-        The common header (version 2, no CSRC, extension or padding) is read inline;
-        records that arrive in order (they do, from a segment file) are appended to the
-        pending heap, which stays a heap, instead of pushed.
-        """
-        stats = self.stats
-        pending = self._pending
-        end_ms = self.end_ms
-        counter = self._counter
-        newest = self._pending_newest
-        unpack = _RTP_HEADER.unpack_from
-        new = tuple.__new__  # RtpRecord(...) without its Python-level __new__
+        """:meth:`feed` for each stored datagram, in order (fewer calls)."""
         received = 0
         for arrival_ms, data in records:
             received += 1
-            rec: RtpRecord | None
             try:
                 arrival = float(arrival_ms)
-                if type(data) is bytes and len(data) > 12 and data[0] == 0x80 \
-                        and not 192 <= data[1] <= 223:
-                    _, second, seq, ts, ssrc = unpack(data)
-                    rec = new(RtpRecord, (arrival, ssrc, seq, ts, second & 0x7F, data[12:]))
-                else:
-                    rec = parse_record(arrival, bytes(data))
+                datagram = data if type(data) is bytes else bytes(data)
+                self._admit(arrival, _parse_at(arrival, datagram, 0, len(datagram)))
             except (TypeError, ValueError, OverflowError):
-                rec = None
-            if rec is None:
-                stats.packets_invalid += 1
-            elif arrival < 0.0 or (end_ms is not None and arrival >= end_ms):
-                stats.packets_outside += 1
-            elif arrival >= newest:  # after everything pending: appended, still a heap
-                pending.append((arrival, counter, rec))
-                newest = arrival
-                counter += 1
-            else:
-                heapq.heappush(pending, (arrival, counter, rec))
-                self._pending_sorted = False
-                counter += 1
-        stats.packets_received += received
-        self._counter = counter
-        self._pending_newest = newest
+                self.stats.packets_invalid += 1
+        self.stats.packets_received += received
 
     def feed_segment(self, data: bytes, until_ms: float,
                      last_arrival: float) -> tuple[int, float]:
@@ -941,15 +906,8 @@ class StreamTimeline:
         and after the first record that arrived later than both ``last_arrival`` and
         ``until_ms``. Returns the offset after the last record taken in and the newest
         arrival seen."""
-        stats = self.stats
-        pending = self._pending
-        end_ms = self.end_ms
-        counter = self._counter
-        newest = self._pending_newest
         record_header = RECORD_HEADER.unpack_from
         header_size: int = RECORD_HEADER.size
-        unpack = _RTP_HEADER.unpack_from
-        new = tuple.__new__  # RtpRecord(...) without its Python-level __new__
         size = len(data)
         pos = 0
         received = 0
@@ -962,33 +920,30 @@ class StreamTimeline:
             pos = stop
             received += 1
             arrival = float(arrival_ms)
-            rec: RtpRecord | None
-            if length > 12 and data[first] == 0x80 and not 192 <= data[first + 1] <= 223:
-                _, second, seq, ts, ssrc = unpack(data, first)
-                rec = new(RtpRecord, (arrival, ssrc, seq, ts, second & 0x7F,
-                                      data[first + 12:stop]))
-            else:
-                rec = parse_record(arrival, data[first:stop])
-            if rec is None:
-                stats.packets_invalid += 1
-            elif end_ms is not None and arrival >= end_ms:
-                stats.packets_outside += 1
-            elif arrival >= newest:  # after everything pending: appended, still a heap
-                pending.append((arrival, counter, rec))
-                newest = arrival
-                counter += 1
-            else:
-                heapq.heappush(pending, (arrival, counter, rec))
-                self._pending_sorted = False
-                counter += 1
+            self._admit(arrival, _parse_at(arrival, data, first, stop))
             if arrival > last_arrival:
                 last_arrival = arrival
                 if arrival > until_ms:
                     break
-        stats.packets_received += received
-        self._counter = counter
-        self._pending_newest = newest
+        self.stats.packets_received += received
         return pos, last_arrival
+
+    def _admit(self, arrival: float, rec: RtpRecord | None) -> None:
+        """Count one stored datagram and keep it if it is media inside the recording:
+        appended to the pending heap while arrivals come in order (it stays a heap, as
+        they do from a segment file), pushed otherwise."""
+        if rec is None:
+            self.stats.packets_invalid += 1
+        elif arrival < 0.0 or (self.end_ms is not None and arrival >= self.end_ms):
+            self.stats.packets_outside += 1
+        elif arrival >= self._pending_newest:
+            self._pending.append((arrival, self._counter, rec))
+            self._pending_newest = arrival
+            self._counter += 1
+        else:
+            heapq.heappush(self._pending, (arrival, self._counter, rec))
+            self._pending_sorted = False
+            self._counter += 1
 
     def advance(self, now_ms: float | None, *, reorder_ms: float = 0.0,
                 emit_sample: int | None = None) -> None:

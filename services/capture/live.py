@@ -43,7 +43,7 @@ from callrec.opus import OpusMode
 from callrec.waveform import PeakAccumulator, peaks_of_chunks
 from contracts.v1.events import ChannelSummary, DtmfDigit, WaveformPeaks
 
-from .segments import RECORD_HEADER, stream_segments
+from .segments import split_records, stream_segments
 from .timeline import DtmfEvent, Int16Array, StreamStats, StreamTimeline, native_rate
 
 NARROWBAND_RATE = 8000
@@ -149,23 +149,7 @@ class SegmentTail:
         """Records appended since the last read, stopping after one beyond ``until_ms``."""
         out: list[tuple[int, bytes]] = []
 
-        def split(data: bytes, until: float, last: float) -> tuple[int, float]:
-            pos = 0
-            size = RECORD_HEADER.size
-            while pos + size <= len(data):
-                arrival, length = RECORD_HEADER.unpack_from(data, pos)
-                stop = pos + size + length
-                if stop > len(data):
-                    break
-                out.append((arrival, data[pos + size:stop]))
-                pos = stop
-                if arrival > last:
-                    last = float(arrival)
-                    if last > until:
-                        break
-            return pos, last
-
-        self._take(split, until_ms)
+        self._take(lambda data, until, last: split_records(data, out, until, last), until_ms)
         return out
 
     def feed(self, timeline: StreamTimeline, until_ms: float | None) -> None:

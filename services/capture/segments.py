@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import os
 import queue
 import struct
@@ -239,17 +240,32 @@ def stream_segments(directory: Path, stream_id: str) -> list[Path]:
 
 def read_records(path: Path) -> Iterator[tuple[int, bytes]]:
     """Records of one segment; a torn record at the end (crash mid-write) ends it."""
-    data = path.read_bytes()
-    offset = 0
+    records: list[tuple[int, bytes]] = []
+    split_records(path.read_bytes(), records)
+    yield from records
+
+
+def split_records(data: bytes, out: list[tuple[int, bytes]], until_ms: float = math.inf,
+                  last_ms: float = -1.0) -> tuple[int, float]:
+    """Append the complete records at the start of ``data`` to ``out``, stopping after
+    the first that arrived later than both ``last_ms`` and ``until_ms``: (the offset
+    after them, the newest arrival). The live step reads the same layout in place
+    (timeline.StreamTimeline.feed_segment, compiled)."""
+    pos = 0
     size = RECORD_HEADER.size
     end = len(data)
-    while offset + size <= end:
-        arrival_ms, length = RECORD_HEADER.unpack_from(data, offset)
-        offset += size
-        if offset + length > end:
-            return
-        yield arrival_ms, data[offset : offset + length]
-        offset += length
+    while pos + size <= end:
+        arrival, length = RECORD_HEADER.unpack_from(data, pos)
+        stop = pos + size + length
+        if stop > end:
+            break
+        out.append((arrival, data[pos + size:stop]))
+        pos = stop
+        if arrival > last_ms:
+            last_ms = float(arrival)
+            if last_ms > until_ms:
+                break
+    return pos, last_ms
 
 
 def read_stream(directory: Path, stream_id: str) -> Iterator[tuple[int, bytes]]:

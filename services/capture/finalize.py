@@ -148,7 +148,7 @@ class FinishBatcher:
 
 class CaptureSideSlots:
     """How many finalizes may do their part in capture's own process at once: the
-    file thread's syncs, the store copy, the bus publishes and the event loop's share
+    file thread's syncs, storing the file, the bus publishes and the event loop's share
     of each. `wide` at most, but while `may_widen()` says calls are being set up, one
     at a time and one start per `narrow_gap_s`: a PBX waits on set-up, and the
     capture-side work of many finalizes at once took the INVITE->200 p99 of 200 new

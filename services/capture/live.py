@@ -538,8 +538,9 @@ class LiveEncoder:
         Not synced: peers that copy the file follow its page chain and start again when
         it breaks (an origin that lost the unsynced tail in a machine crash resumes from
         its last complete page and writes other bytes there), so a sync per step would
-        buy nothing but cost. A finished recording is made durable by its copy into the
-        store (fsynced before its completion is published).
+        buy nothing but cost. A finished recording is made durable by the store, which
+        takes this file (linked in, or copied) and fsyncs it before its completion is
+        published.
         """
         data = self._unwritten + pages
         if not data:

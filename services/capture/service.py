@@ -242,7 +242,7 @@ class Capture:
         # Manifest saves the file thread has not done yet: the journal keeps their
         # changes until then.
         self.manifest_saves_pending = 0
-        # Every finalize's file work (segment syncs, the store copy, the directory
+        # Every finalize's file work (segment syncs, storing the file, the directory
         # removal) runs in these threads, only while its finalize holds one of the
         # CaptureSideSlots: one thread's share of capture's process during set-up
         # (one slot), a thread a slot otherwise, so the fsyncs of a burst of endings
@@ -1210,7 +1210,7 @@ class Capture:
         self, recording: LiveRecording, output: Path, started: float, lap: _Lap,
     ) -> None:
         """The worker's finish (batched with others of its worker), then, in a
-        capture-side slot, the store copy, the events and the clean-up."""
+        capture-side slot, storing the file, the events and the clean-up."""
         manifest = recording.manifest
         result = await self.finishes.finish(
             self._worker_index(manifest.recording_id),
@@ -1232,7 +1232,7 @@ class Capture:
         """Store the file, publish its completion, clean up; returns its size."""
         manifest = recording.manifest
         key = _object_key(manifest.recording_id, manifest.started_at)
-        sha256 = await self._finalize_file_work(self.store.put_file, key, output)
+        sha256 = await self._finalize_file_work(self.store.adopt_file, key, output)
         lap("store")
         size = output.stat().st_size
         assert manifest.ended_at is not None
@@ -1271,6 +1271,7 @@ class Capture:
         # packets of the calls still in progress) a few unlinks per recording each.
         await self._finalize_file_work(partial(shutil.rmtree, recording.directory,
                                                ignore_errors=True))
+        lap("clean")
         return size
 
     async def _finalize_file_work(self, fn: Callable[..., _T], *args: object) -> _T:
@@ -1339,7 +1340,7 @@ def finalize_may_widen(now: float, recent_allocates: Sequence[float]) -> bool:
     """Whether several finalizes may do their capture-side work at once now: unless
     calls are being set up in a burst, SETUP_BURST_ALLOCATES allocates (of which
     ``recent_allocates`` holds the times, oldest first) within SETUP_QUIET_S
-    (CaptureSideSlots). That work (segment syncs, the store copy, the directory
+    (CaptureSideSlots). That work (segment syncs, storing the file, the directory
     removal, the events) shares capture's process with allocate, and a PBX waits on
     set-up. Calls set up one by one as others end (a few a second, the steady state
     of a busy site) are not a burst: narrowing for each of them starved finalize there

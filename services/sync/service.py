@@ -424,7 +424,7 @@ class Sync:
                 part.unlink(missing_ok=True)
                 return True
             if outcome is Outcome.DONE:
-                await asyncio.to_thread(self.store.put_file, key, part)
+                await asyncio.to_thread(self.store.adopt_file, key, part)
                 part.unlink(missing_ok=True)
                 if replica.purged:  # purged while we were storing it
                     await asyncio.to_thread(self.store.delete, key)
@@ -680,7 +680,7 @@ class Sync:
         work = self.root / "takeover" / f"{rid}.opus"
         built = await asyncio.to_thread(build_takeover, source, work)
         key = takeover_key(rid, started.started_at, self.me, built.duration_ms)
-        sha256 = await asyncio.to_thread(self.store.put_file, key, work)
+        sha256 = await asyncio.to_thread(self.store.adopt_file, key, work)
         event = RecordingCompleted(
             event_id=takeover_event_id(rid, self.me, built.duration_ms),
             node_id=self.me,

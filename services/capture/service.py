@@ -37,7 +37,7 @@ from typing import TypeVar, get_args
 import nats.errors
 import structlog
 
-from callrec import bus, diskspace, native
+from callrec import bus, diskspace, native, writeback
 from callrec.fdlimit import raise_open_files
 from callrec.service import ServiceContext
 from callrec.sockets import KeeperClient, keeper_path
@@ -107,6 +107,9 @@ from .timeline import SilentReason
 # keeps the rest), so at most this much of each stream. Each flush costs a write()
 # per stream (800 at 400 calls): at 0.1 s that was about a sixth of receiving's CPU.
 FLUSH_INTERVAL = 0.25
+# How often the segments of the calls in progress are handed to the kernel's writeback
+# (callrec.writeback): the fsync at a call's end then finds at most this much unwritten.
+WRITEBACK_INTERVAL = 5.0
 # How long a reserved port stays bound unused for signaling (which stops answering
 # with it a third of that earlier), then closed and back in the pool.
 RESERVE_LEASE_S = 30.0
@@ -250,6 +253,9 @@ class Capture:
         # one after another: 400 calls ending at once spent 6 s in one thread.
         self.finalize_files = ThreadPoolExecutor(FINALIZE_CAPTURE_SIDE,
                                                  thread_name_prefix="capture-finalize")
+        # Its own thread: starting writeback may wait on the disk's queue, which must
+        # hold up neither set-up's file work nor a finalize.
+        self.writeback = ThreadPoolExecutor(1, thread_name_prefix="capture-writeback")
         self.live: dict[str, LiveRecording] = {}
         self.queue: asyncio.Queue[str] = asyncio.Queue()
         # Recordings a finalize task is working on: one task at a time per recording.
@@ -339,6 +345,9 @@ class Capture:
                       "at the peer): about 1 while the encoders keep pace; more is what a "
                       "lost host would cost each call, and says the node is over capacity",
                       self._live_lag)
+        self.m_writebacks = metrics.counter(
+            "capture_segment_writebacks_total",
+            "segment files of calls in progress whose writeback was started")
         self.m_retries = metrics.counter(
             "capture_finalize_retries_total",
             "finalize attempts that failed and will be retried (reason: disk_full, "
@@ -375,6 +384,7 @@ class Capture:
         tasks = [
             asyncio.create_task(self._jetstream_loop()),
             asyncio.create_task(self._flush_loop()),
+            asyncio.create_task(self._writeback_loop()),
             asyncio.create_task(self._reconcile_loop()),
             asyncio.create_task(self._finalize_loop()),
             asyncio.create_task(self._live_loop()),
@@ -408,6 +418,7 @@ class Capture:
             self.keeper.close()
         self.files.close()
         self.finalize_files.shutdown(wait=False)
+        self.writeback.shutdown(wait=False)
         log.info("capture_closed", open_recordings=len(self.live))
 
     async def recover(self) -> None:
@@ -937,6 +948,25 @@ class Capture:
                 self.journal.clear()  # every change journaled so far is in a manifest.json
             self._flushed_at = flushed_at
             self._flushed.set()
+
+    async def _writeback_loop(self) -> None:
+        """Every WRITEBACK_INTERVAL, start the kernel writing what the calls in progress
+        appended to their segments, in a thread, without waiting for the disk. No
+        durability is promised by it (the fsync at finalize still makes the packets
+        durable); it spreads that writing over the call, so a burst of endings does not
+        write up to 30 s of every call's packets at once."""
+        if not writeback.available():
+            return
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(WRITEBACK_INTERVAL)
+            paths = [live.writer.path for recording in list(self.live.values())
+                     for live in recording.streams.values()
+                     if live.writer.ready and live.writer.path.parts]
+            if paths:
+                started = await loop.run_in_executor(self.writeback,
+                                                     writeback.start_writebacks, paths)
+                self.m_writebacks.inc(started)
 
     async def _live_loop(self) -> None:
         """After each flush, encode what the segments got into each call's live.opus.

@@ -69,11 +69,16 @@ class FileStore:
             raise StoreKeyError(f"invalid object key {key!r}")
         return self.root.joinpath(*parts)
 
-    def put_file(self, key: str, source: Path) -> str:
-        """Copy `source` in atomically; returns its sha256 (computed while copying)."""
+    def _staging(self, key: str) -> tuple[Path, Path]:
+        """An object's path (its directory made) and the temporary name it is
+        written under before the atomic rename."""
         target = self._path(key)
         target.parent.mkdir(parents=True, exist_ok=True)
-        temp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+        return target, target.with_name(f".{target.name}.tmp-{os.getpid()}")
+
+    def put_file(self, key: str, source: Path) -> str:
+        """Copy `source` in atomically; returns its sha256 (computed while copying)."""
+        target, temp = self._staging(key)
         digest = hashlib.sha256()
         try:
             with source.open("rb") as src, temp.open("wb") as dst:
@@ -95,9 +100,7 @@ class FileStore:
         linked in, not copied: a burst of finished recordings then costs the disk
         what their writers left unwritten, not a second copy of each (bench/README.md,
         "The store takes a finished file by a link"). Elsewhere it is copied."""
-        target = self._path(key)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        temp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+        target, temp = self._staging(key)
         temp.unlink(missing_ok=True)  # left by a crash with a recycled pid: link needs the name
         try:
             os.link(source, temp)

@@ -87,6 +87,12 @@ async def test_a_worker_killed_mid_batch_leaves_every_recording_correct(
                 break
             await asyncio.sleep(0.01)
         assert not capture.live, f"{len(capture.live)} recordings not finalized"
+        # Each finished recording's directory is removed once it is stored.
+        for _ in range(3000):
+            if not any(active.iterdir()):
+                break
+            await asyncio.sleep(0.01)
+        assert not any(active.iterdir()), sorted(p.name for p in active.iterdir())
     finally:
         loop.cancel()
         await asyncio.gather(loop, return_exceptions=True)

@@ -189,7 +189,8 @@ async def test_capture_side_work_takes_turns_while_calls_are_set_up(
     fake = SlotHolder(capture)
     capture._finalize_one = fake  # type: ignore[method-assign]
     wide = capture_service.FINALIZE_CAPTURE_SIDE
-    assert wide > 1
+    tasks = finalize_concurrency(len(capture.workers))
+    assert 1 < wide < tasks
     capture.recent_allocates.extend([time.monotonic()] * capture_service.SETUP_BURST_ALLOCATES)
     busy = True
 
@@ -202,7 +203,7 @@ async def test_capture_side_work_takes_turns_while_calls_are_set_up(
     setup = asyncio.create_task(calls_being_set_up())
     loop_task = asyncio.create_task(capture._finalize_loop())
     try:
-        for i in range(wide * 3):
+        for i in range(tasks):  # as many as there are finalize tasks: each takes one
             add_ended(capture, f"r{i}")
         await wait_for(lambda: sum(fake.running.values()) == 1)
         await asyncio.sleep(0.3)  # several quiet periods' worth: still one
@@ -214,7 +215,7 @@ async def test_capture_side_work_takes_turns_while_calls_are_set_up(
         await asyncio.sleep(0.05)
         assert capture.finalize_slots.most_at_once == wide  # never more
         fake.release.set()
-        await wait_for(lambda: len(fake.done) == wide * 3)
+        await wait_for(lambda: len(fake.done) == tasks)
     finally:
         busy = False
         loop_task.cancel()

@@ -69,7 +69,10 @@ HEARTBEAT_INTERVAL = 1.0
 SOURCE_CHECK_INTERVAL = 3.0
 CHECKPOINT_INTERVAL = 1.0
 TAKEOVER_CHECK_INTERVAL = 1.0
-PARALLEL_FETCHES = 3
+# Fetches at once: each waits mostly on round trips (the holder's read, the bus's ack
+# of its announcement) and the store's fsync, so 400 completions arriving together
+# need more than a few side by side (bench/README.md, "The peer's fetches").
+PARALLEL_FETCHES = 8
 EVENT_NAMESPACE = uuid.UUID("0b8f5f0e-4a4e-4f7e-9d55-3c2f1d6b7a21")
 
 log = structlog.get_logger()

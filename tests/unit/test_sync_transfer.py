@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import os
+import threading
 from pathlib import Path
+
+import pytest
 
 from callrec.store import FileStore
 from services.sync.state import load_checkpoint, part_path, save_checkpoint
@@ -75,6 +79,33 @@ async def test_pull_resumes_after_link_loss(tmp_path: Path) -> None:
     assert part.read_bytes() == data
 
 
+async def test_pull_waits_on_no_disk_sync_on_the_event_loop(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A sync on the loop held up every other fetch and the live copies for a journal
+    commit; the store's adopt_file (in a thread) is what makes the copy durable."""
+    loop_thread = threading.current_thread()
+    on_loop: list[int] = []
+    elsewhere: list[int] = []
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        (on_loop if threading.current_thread() is loop_thread else elsewhere).append(fd)
+        real_fsync(fd)
+
+    data = os.urandom(10_000)
+    peer = FakePeer(make_store(tmp_path, data))
+    monkeypatch.setattr(os, "fsync", fsync)
+    part = part_path(tmp_path / "sync", "r1")
+    sha = hashlib.sha256(data).hexdigest()
+    assert await pull_object(peer, "s", KEY, len(data), sha, part, chunk=1000) is Outcome.DONE
+    assert on_loop == []
+    store = FileStore(tmp_path / "copy")
+    await asyncio.to_thread(store.adopt_file, KEY, part)
+    assert on_loop == [] and elsewhere  # the copy was synced, in the thread
+    path = store.local_path(KEY)
+    assert path is not None and path.read_bytes() == data
+
+
 async def test_pull_detects_corruption_and_removes_part(tmp_path: Path) -> None:
     data = os.urandom(5000)
     peer = FakePeer(make_store(tmp_path, data))
@@ -116,7 +147,5 @@ def test_checkpoint_round_trip(tmp_path: Path) -> None:
 
 
 def test_part_path_rejects_unsafe_ids(tmp_path: Path) -> None:
-    import pytest
-
     with pytest.raises(ValueError):
         part_path(tmp_path, "../x")

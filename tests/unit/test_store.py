@@ -21,14 +21,17 @@ def _source(tmp_path: Path, data: bytes = b"OggS" + bytes(range(256)) * 2000) ->
     return path
 
 
-def test_put_file_copies_and_returns_the_sha256(tmp_path: Path) -> None:
-    store = FileStore(tmp_path / "objects")
-    source = _source(tmp_path)
-    sha = store.put_file(KEY, source)
+def _assert_stored_as_a_copy(store: FileStore, source: Path, sha: str) -> None:
     assert sha == hashlib.sha256(source.read_bytes()).hexdigest()
     target = store.local_path(KEY)
     assert target is not None and target.read_bytes() == source.read_bytes()
     assert target.stat().st_ino != source.stat().st_ino
+
+
+def test_put_file_copies_and_returns_the_sha256(tmp_path: Path) -> None:
+    store = FileStore(tmp_path / "objects")
+    source = _source(tmp_path)
+    _assert_stored_as_a_copy(store, source, store.put_file(KEY, source))
 
 
 def test_adopt_file_links_a_file_on_the_same_file_system(tmp_path: Path) -> None:
@@ -69,11 +72,7 @@ def test_adopt_file_copies_where_no_link_can_be_made(
         raise OSError(code, os.strerror(code))
 
     monkeypatch.setattr(os, "link", refuse)
-    sha = store.adopt_file(KEY, source)
-    assert sha == hashlib.sha256(source.read_bytes()).hexdigest()
-    target = store.local_path(KEY)
-    assert target is not None and target.read_bytes() == source.read_bytes()
-    assert target.stat().st_ino != source.stat().st_ino
+    _assert_stored_as_a_copy(store, source, store.adopt_file(KEY, source))
 
 
 def test_adopt_file_of_a_missing_file_is_an_error_and_leaves_nothing(tmp_path: Path) -> None:

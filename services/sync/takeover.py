@@ -68,15 +68,15 @@ class Built:
 
 
 def build_takeover(live_copy: Path, output: Path, rate: int = 8000) -> Built:
-    """The recording a peer keeps: complete pages of its live copy (blocking)."""
+    """The recording a peer keeps: complete pages of its live copy (blocking). Not
+    synced: the store's adopt_file syncs it before it is visible, and a crash before
+    that builds it again from the live copy."""
     output.parent.mkdir(parents=True, exist_ok=True)
     data = live_copy.read_bytes() if live_copy.exists() else b""
     found = scan(data)
     if found.duration_ms > 0:
         with output.open("wb") as handle:
             handle.write(data[:found.complete])
-            handle.flush()
-            os.fsync(handle.fileno())
         return Built(output, found.complete, found.duration_ms)
     empty = np.zeros(0, dtype=np.int16)
     encode_opus_stereo(empty, empty, rate, output)

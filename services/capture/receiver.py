@@ -166,7 +166,8 @@ class StreamReceiver(asyncio.DatagramProtocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.DatagramTransport, transport)
-        transport.max_size = MAX_DATAGRAM  # type: ignore[attr-defined]
+        if hasattr(transport, "max_size"):  # asyncio's; uvloop's transport has no such knob
+            transport.max_size = MAX_DATAGRAM
 
     def attach(self, sock: socket.socket, reader: BatchReader | None = None) -> None:
         """Read `sock` from now on: through `reader` (shared by many streams), else

@@ -13,6 +13,8 @@ import socket
 import time
 from pathlib import Path
 
+import uvloop
+
 from services.capture.latching import expected_from_sdp
 from services.capture.receiver import MAX_READ_ROUNDS, BatchReader, StreamReceiver
 from services.capture.segments import SegmentWriter, read_records
@@ -144,3 +146,40 @@ async def test_an_idle_reader_sets_no_timer(tmp_path: Path) -> None:
     assert receiver.last_arrival >= sent_at  # stamped after it arrived, not before
     receiver.close()
     reader.close()
+
+
+def test_the_receivers_run_on_uvloop(tmp_path: Path) -> None:
+    """Capture's loop is uvloop, not asyncio's: the shared reader, a socket with a
+    reader of its own and a receiver behind a transport each store their packets
+    there, across collections and a return to watching. (uvloop's datagram transport
+    has no `max_size`: connection_made raised, and nothing came through it.)"""
+
+    async def body() -> None:
+        loop = asyncio.get_running_loop()
+        reader = BatchReader(interval=0.02)
+        shared, own, behind = (stream(tmp_path / f"{name}.seg")
+                               for name in ("shared", "own", "behind"))
+        sock_shared, port_shared = bound()
+        sock_own, port_own = bound()
+        shared.attach(sock_shared, reader)
+        own.attach(sock_own)  # a reader callback of its own on the loop
+        await loop.create_datagram_endpoint(lambda: behind, local_addr=("127.0.0.1", 0))
+        assert behind.transport is not None
+        port_behind = behind.transport.get_extra_info("sockname")[1]  # type: ignore[attr-defined]
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as real:
+            real.bind(("127.0.0.1", 0))
+            for burst in range(2):  # the second after the reader went back to watching
+                for seq in range(5):
+                    for port in (port_shared, port_own, port_behind):
+                        real.sendto(rtp(burst * 5 + seq), ("127.0.0.1", port))
+                sent = 5 * (burst + 1)
+                await until(lambda n=sent: shared.packets == own.packets  # type: ignore[misc]
+                            == behind.packets == n)
+                await until(lambda: reader._watching, timeout=1.0)
+                assert reader._watching and reader._timer is None
+        for receiver in (shared, own, behind):
+            assert stored(receiver) == list(range(10))
+            receiver.close()
+        reader.close()
+
+    uvloop.run(body())

@@ -2,7 +2,8 @@
 
 Capture's live encoding spends about a third of its CPU beyond libopus in Python, most
 of it in the RTP timeline (services/capture/timeline.py: a few operations per packet,
-100 packets a second per call). mypyc (part of mypy) compiles that same typed source
+100 packets a second per call), and its receive path (services/capture/receiver.py)
+runs its interpreter for every datagram. mypyc (part of mypy) compiles that same typed source
 to a C extension: one source, so one rule, and the interpreted module stays the
 fallback wherever no compiler is installed.
 
@@ -35,8 +36,9 @@ from typing import Literal
 from callrec.store import sha256_file
 
 REPO = Path(__file__).resolve().parent.parent
-NATIVE_MODULES = ("services.capture.timeline",)
-"""The modules compiled: the per-packet work of capture's live step path."""
+NATIVE_MODULES = ("services.capture.timeline", "services.capture.receiver")
+"""The modules compiled: the per-packet work of capture (its receive path, 40,000
+datagrams a second at 400 calls, and its live step path)."""
 
 GROUP = "callrec_native"
 """mypyc's name for the shared library the compiled modules live in."""

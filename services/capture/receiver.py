@@ -31,6 +31,12 @@ packet then woke the loop on its own (epoll_wait, a context switch, a loop itera
 about 10 us), which made capture dearer per call-minute at 50 calls than at 400.
 A packet not read yet waits in the kernel (the socket keeper holds the socket too),
 so a SIGKILL loses nothing more; it is stamped up to READ_INTERVAL late.
+
+The module is compiled by mypyc where a compiler is (callrec.native): about 10-15 % of
+capture's receive CPU was the interpreter's (bench/README.md, "The receive path
+compiled"). Compiled code checks every value against its declared type, so what the
+loop hands back is typed by what is used of it (`ReaderLoop`), not as asyncio's
+classes, which uvloop's are not.
 """
 
 from __future__ import annotations
@@ -42,7 +48,7 @@ import socket
 import time
 from array import array
 from collections.abc import Callable, Iterator
-from typing import Any, cast
+from typing import Any, Protocol
 
 import structlog
 
@@ -107,6 +113,30 @@ class HeldPackets:
             offset += length
 
 
+class ReaderLoop(Protocol):
+    """What the receivers use of an event loop, typed by what they rely on: the module
+    is compiled (callrec.native), which checks each value against its declared type,
+    and uvloop (capture's loop) returns None from remove_reader and timer handles and
+    transports that are not asyncio's classes."""
+
+    def add_reader(self, fd: int, callback: Callable[[], object]) -> object: ...
+    def remove_reader(self, fd: int) -> object: ...
+    def call_later(self, delay: float, callback: Callable[[], object]) -> Cancellable: ...
+    def is_closed(self) -> object: ...
+
+
+class Cancellable(Protocol):
+    def cancel(self) -> object: ...
+
+
+class Closable(Protocol):
+    def close(self) -> object: ...
+
+
+def running_loop() -> ReaderLoop:
+    return asyncio.get_running_loop()
+
+
 OnLatch = Callable[[Endpoint], None]
 OnDrop = Callable[[DropReason], None]
 
@@ -144,10 +174,10 @@ class StreamReceiver(asyncio.DatagramProtocol):
         self.invalid = 0
         self.dropped: dict[DropReason, int] = dict.fromkeys(DROP_REASONS, 0)
         self.last_arrival = 0.0
-        self.transport: asyncio.DatagramTransport | None = None
+        self.transport: Closable | None = None
         # With `attach`: the socket read by our own reader callback, and its loop.
         self.sock: socket.socket | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop: ReaderLoop | None = None
         self._recvfrom: Callable[[int], tuple[bytes, Any]] | None = None
         self._reader: BatchReader | None = None
         self.expected = expected
@@ -164,8 +194,8 @@ class StreamReceiver(asyncio.DatagramProtocol):
         self.pending_since = time.monotonic()
         self.overflow = 0
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.DatagramTransport, transport)
+    def connection_made(self, transport: Closable) -> None:
+        self.transport = transport
         if hasattr(transport, "max_size"):  # asyncio's; uvloop's transport has no such knob
             transport.max_size = MAX_DATAGRAM
 
@@ -179,7 +209,7 @@ class StreamReceiver(asyncio.DatagramProtocol):
             self._reader = reader
             reader.add(sock.fileno(), self)
             return
-        self._loop = asyncio.get_running_loop()
+        self._loop = running_loop()
         self._loop.add_reader(sock.fileno(), self._readable)
 
     def _readable(self, now: float | None = None) -> None:
@@ -321,15 +351,15 @@ class BatchReader:
         self.interval = interval
         self._epoll = select.epoll()
         self._receivers: dict[int, StreamReceiver] = {}
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._timer: asyncio.TimerHandle | None = None
+        self._loop: ReaderLoop | None = None
+        self._timer: Cancellable | None = None
         self._watching = False
 
     def add(self, fd: int, receiver: StreamReceiver) -> None:
         self._epoll.register(fd, select.EPOLLIN)
         self._receivers[fd] = receiver
         if self._loop is None:
-            self._loop = asyncio.get_running_loop()
+            self._loop = running_loop()
             self._watch()
 
     def remove(self, fd: int) -> None:

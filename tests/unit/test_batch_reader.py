@@ -152,7 +152,10 @@ def test_the_receivers_run_on_uvloop(tmp_path: Path) -> None:
     """Capture's loop is uvloop, not asyncio's: the shared reader, a socket with a
     reader of its own and a receiver behind a transport each store their packets
     there, across collections and a return to watching. (uvloop's datagram transport
-    has no `max_size`: connection_made raised, and nothing came through it.)"""
+    has no `max_size`: connection_made raised, and nothing came through it. Compiled
+    (callrec.native), the module checks what the loop returns against its declared
+    types: asyncio's said remove_reader gives a bool, uvloop's gives None, and every
+    collection raised, so no packet was stored.)"""
 
     async def body() -> None:
         loop = asyncio.get_running_loop()

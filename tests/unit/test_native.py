@@ -3,6 +3,7 @@ and giving exactly what its interpreted source gives."""
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import random
@@ -29,13 +30,12 @@ def _built() -> Path:
     return native.native_dir()
 
 
-def test_the_timeline_runs_compiled_where_a_compiler_is() -> None:
-    """scripts/setup-env built it: a machine with a compiler records with the build."""
+@pytest.mark.parametrize("module", native.NATIVE_MODULES)
+def test_each_module_runs_compiled_where_a_compiler_is(module: str) -> None:
+    """scripts/setup-env built them: a machine with a compiler records with the build."""
     _built()
-    import services.capture.timeline as timeline
-
-    assert native.install()[TIMELINE] == "compiled"
-    assert Path(timeline.__file__).suffix == ".so"
+    assert native.install()[module] == "compiled"
+    assert Path(importlib.import_module(module).__file__ or "").suffix == ".so"
 
 
 def _loaded_from(env: dict[str, str]) -> tuple[str, str]:

@@ -336,11 +336,12 @@ class LiveEncoder:
         self._unwritten = b""
         self._pending_result: FinalizeResult | None = None
         self.final: FinalizeResult | None = None
-        before, resume = _last_pages(self.path)
-        if resume is not None and resume.flags & _EOS:
+        _, resume = _last_pages(self.path)
+        # Closed: the end-of-stream page is written. Never written again: the store may
+        # hold the file already (by a link) and peers may have copied it.
+        self.closed = resume is not None and bool(resume.flags & _EOS)
+        if self.closed:
             self.final = _load_final(directory)
-            if self.final is None:  # cannot happen (final.json goes first): redo the end
-                resume = before
         if resume is not None and resume.sequence < 1:
             resume = None  # headers incomplete: nothing playable yet, start again
         if resume is None:
@@ -354,7 +355,7 @@ class LiveEncoder:
                                         mode=encoding_mode(rate, narrowband_mode),
                                         resume_from=resume)
         self._frame = self._encoder.frame_size
-        if self.final is None:
+        if not self.closed:
             self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o640)
             os.ftruncate(self._fd, self.bytes)
             os.lseek(self._fd, self.bytes, os.SEEK_SET)
@@ -366,7 +367,7 @@ class LiveEncoder:
         # Waveform peaks of everything mixed, fed as it is encoded (no cost at finalize);
         # None: unknown (the web then computes them from the audio).
         self._peaks: PeakAccumulator | None = None
-        if self.final is None:
+        if not self.closed:
             self._peaks = (PeakAccumulator(rate) if self.cursor == 0
                            else _peaks_of_prefix(self.path, self.cursor, rate))
 
@@ -375,8 +376,8 @@ class LiveEncoder:
     @property
     def drained(self) -> bool:
         """Another step would add nothing unless the segments grow: the last step
-        encoded up to the newest packet it read (or the recording is final)."""
-        return self.final is not None or self._drained
+        encoded up to the newest packet it read (or the file is closed)."""
+        return self.closed or self._drained
 
     @property
     def progress(self) -> Progress:
@@ -394,7 +395,7 @@ class LiveEncoder:
         file never runs past the end of the call. Returns the new progress when pages
         were appended, else None.
         """
-        if self.final is not None:
+        if self.closed:
             return None
         self._sync_streams(streams)
         before = self.bytes
@@ -409,6 +410,14 @@ class LiveEncoder:
         if self.final is not None:
             return self.final
         self._sync_streams(streams)
+        if self.closed:
+            # final.json was lost (a machine crash kept the end page, not the file
+            # written before it): the result is counted again, the file left as it is.
+            result = self._recount(duration_ms)
+            _save_final(self.directory, result)
+            self.close()
+            self.final = result
+            return result
         if self._pending_result is not None:
             result = self._pending_result  # closed, but the last pages still to write
         else:
@@ -425,15 +434,8 @@ class LiveEncoder:
             # recording becomes one sample of silence (as encode_opus_stereo does).
             total = max(end * self.rate // 1000, self.cursor, 1)
             self._emit(total, partial=True, write=True)
-            summaries: list[ChannelSummary] = []
-            codecs: set[str] = set()
-            for stream in self._sorted_streams():
-                stats = stream.timeline.summary()
-                summaries.append(channel_summary(stream.spec, stats, stream.timeline.dtmf()))
-                codecs.update(stats.codecs)
             peaks = self._peaks.result() if self._peaks is not None else None
-            result = FinalizeResult(duration_ms=duration_ms, channels=summaries,
-                                    codecs=sorted(codecs), peaks=peaks)
+            result = self._result(duration_ms, peaks)
             self._pending_result = result
             _save_final(self.directory, result)
             self._unwritten += self._encoder.pages() + self._encoder.close(total)
@@ -443,6 +445,31 @@ class LiveEncoder:
         self.close()
         self.final = result
         return result
+
+    def _result(self, duration_ms: int, peaks: WaveformPeaks | None) -> FinalizeResult:
+        summaries: list[ChannelSummary] = []
+        codecs: set[str] = set()
+        for stream in self._sorted_streams():
+            stats = stream.timeline.summary()
+            summaries.append(channel_summary(stream.spec, stats, stream.timeline.dtmf()))
+            codecs.update(stats.codecs)
+        return FinalizeResult(duration_ms=duration_ms, channels=summaries,
+                              codecs=sorted(codecs), peaks=peaks)
+
+    def _recount(self, duration_ms: int) -> FinalizeResult:
+        """The result of a closed file, from its segments (every packet read again,
+        nothing encoded: the timelines start at the file's end) and its audio (the
+        peaks, decoded from it)."""
+        end = max(duration_ms, 0)
+        for stream in self._streams.values():
+            stream.timeline.end_ms = end
+        self._pump(None)
+        for stream in self._streams.values():
+            stream.timeline.advance(None)
+        # The call's samples, as the finish that closed the file counted them.
+        accumulator = _peaks_of_prefix(self.path, max(end * self.rate // 1000, 1), self.rate)
+        return self._result(duration_ms,
+                            accumulator.result() if accumulator is not None else None)
 
     def close(self) -> None:
         """Let go of the file (the recording goes on elsewhere or is done)."""
@@ -598,7 +625,8 @@ def _last_pages(path: Path) -> tuple[OggPageInfo | None, OggPageInfo | None]:
 
 
 def _save_final(directory: Path, result: FinalizeResult) -> None:
-    """Written before the end-of-stream page: a closed live.opus always has its result."""
+    """Written before the end-of-stream page: a closed live.opus has its result (and
+    where a machine crash lost it anyway, it is counted again: LiveEncoder._recount)."""
     temp = directory / f".{FINAL_STATE}.tmp"
     temp.write_text(result.to_json())
     fd = os.open(temp, os.O_RDONLY)

@@ -625,15 +625,16 @@ def _last_pages(path: Path) -> tuple[OggPageInfo | None, OggPageInfo | None]:
 
 
 def _save_final(directory: Path, result: FinalizeResult) -> None:
-    """Written before the end-of-stream page: a closed live.opus has its result (and
-    where a machine crash lost it anyway, it is counted again: LiveEncoder._recount)."""
+    """Written before the end-of-stream page, whole or not at all (a rename): a finish
+    retried after a failure later in finalize, or by a restarted capture, returns it.
+
+    Not synced: a machine crash may keep the end page and lose this file, and a closed
+    file's result is then counted again (`LiveEncoder._recount`). Its fsync was the
+    worker's largest wait when many calls ended at once (each finish waited for a
+    journal commit, one after another: about 1.5 s of 2.3 s per worker for 400 calls,
+    bench/README.md "The finish's fsync")."""
     temp = directory / f".{FINAL_STATE}.tmp"
     temp.write_text(result.to_json())
-    fd = os.open(temp, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
     os.replace(temp, directory / FINAL_STATE)
 
 

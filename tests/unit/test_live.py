@@ -241,9 +241,8 @@ def test_restart_continues_the_same_file_from_its_last_complete_page(tmp_path: P
 
 
 def test_a_closed_file_whose_result_was_lost_is_counted_again(tmp_path: Path) -> None:
-    """final.json is synced before the end-of-stream page is written, but a machine
-    crash can still keep the page and lose the file (an old kernel, another file
-    system, a disk that lies). The result is then counted again from the segments and the audio,
+    """final.json is not synced: a machine crash can keep the end-of-stream page and
+    lose the file. The result is then counted again from the segments and the audio,
     the same channels and duration, and the file is left byte for byte: the store
     may hold it already (by a link) and peers may have copied it."""
     directory = tmp_path / "rec"
@@ -267,6 +266,22 @@ def test_a_closed_file_whose_result_was_lost_is_counted_again(tmp_path: Path) ->
     loud_drawn, loud_seen = (d[:, :, 1] - d[:, :, 0] > 20 for d in (drawn, seen))
     assert loud_seen[:, 5:-5].all() and (loud_drawn == loud_seen).mean() >= 0.98
     assert LiveEncoder(directory, "r1").final == result  # and it is kept this time
+
+
+def test_the_finish_waits_on_no_disk_sync(tmp_path: Path,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """The worker finishes its recordings one after another: a sync there waited for a
+    journal commit per recording when many calls ended at once. The store syncs the
+    file it takes; the result may be lost, and is counted again (test above)."""
+    directory = tmp_path / "rec"
+    manifest = _empty_recording(directory)
+    encoder = _play(directory, LiveEncoder(directory, "r1"), _two_tones(3.0), 3_000)
+    synced: list[int] = []
+    monkeypatch.setattr(os, "fsync", synced.append)
+    monkeypatch.setattr(os, "fdatasync", synced.append)
+    encoder.finish(stream_specs(manifest), 3_000)
+    assert synced == []
+    assert LiveEncoder(directory, "r1").final is not None
 
 
 def test_finalize_from_segments_alone_and_idempotent(tmp_path: Path) -> None:

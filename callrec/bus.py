@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 import nats
@@ -168,9 +168,11 @@ async def _ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:
         log.info("stream_discard_policy_set", stream=config.name, discard="new")
 
 
-async def last_sequence_of(js: JetStreamContext, filter_subject: str) -> int:
+async def last_sequence_of(js: JetStreamContext, filter_subject: Filter) -> int:
     """CLUSTER sequence of the newest event matching a filter (0: none, or unknown):
     how far a projection must read before its view of the past is complete."""
+    if not isinstance(filter_subject, str):
+        return max([await last_sequence_of(js, one) for one in filter_subject], default=0)
     try:
         msg = await js.get_last_msg(subjects.CLUSTER_STREAM, filter_subject)
     except NotFoundError:
@@ -311,22 +313,29 @@ async def scatter_gather(nc: NatsClient, subject: str, expected: int,
     return list(replies)
 
 
+Filter = str | Sequence[str]
+"""One subject filter, or several: the server then sends only what matches any of them
+(a projection that applies a few event types is not sent, nor parses, the rest)."""
+
+
 async def _subscribe_ordered(
-    js: JetStreamContext, filter_subject: str, start_sequence: int
+    js: JetStreamContext, filter_subject: Filter, start_sequence: int
 ) -> JetStreamContext.PushSubscription:
+    filters = [filter_subject] if isinstance(filter_subject, str) else list(filter_subject)
     while True:
         try:
             return await js.subscribe(
-                filter_subject,
+                filters[0],
                 stream=subjects.CLUSTER_STREAM,
                 ordered_consumer=True,
                 config=ConsumerConfig(
                     deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
                     opt_start_seq=max(1, start_sequence),
+                    filter_subjects=filters if len(filters) > 1 else None,
                 ),
             )
         except Exception as exc:
-            log.warning("subscribe_retry", subject=filter_subject, error=str(exc))
+            log.warning("subscribe_retry", subject=",".join(filters), error=str(exc))
             await asyncio.sleep(0.5)
 
 
@@ -363,7 +372,7 @@ async def follow_events(
 async def follow_event_batches(
     js: JetStreamContext,
     node_id: str,
-    filter_subject: str,
+    filter_subject: Filter,
     start_sequence: int,
     apply: Callable[[list[tuple[Any, int]]], Awaitable[None]],
     max_batch: int = 500,
@@ -382,7 +391,7 @@ async def follow_event_batches(
 
 async def follow_message_batches(
     js: JetStreamContext,
-    filter_subject: str,
+    filter_subject: Filter,
     start_sequence: int,
     apply: Callable[[list[Msg]], Awaitable[None]],
     max_batch: int = 500,

@@ -495,6 +495,11 @@ Event = Annotated[
 EVENT_ADAPTER: TypeAdapter[Event] = TypeAdapter(Event)
 
 
+def type_of(event_class: type[EventBase]) -> str:
+    """An event class's `type` (the last token of its subject)."""
+    return str(event_class.model_fields["type"].default)
+
+
 def parse_event(data: bytes) -> Event:
     """Decode any v1 event from its JSON bytes (raises pydantic.ValidationError)."""
     return EVENT_ADAPTER.validate_json(data)

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from contracts.v1.events import (
+    EventBase,
     JobConfigured,
     JobRemoved,
     JobRunFailed,
@@ -29,6 +30,7 @@ from contracts.v1.events import (
     RecordingPurged,
     UserRemoved,
     UserUpserted,
+    type_of,
 )
 from contracts.v1.holds import HoldLedger
 from contracts.v1.rpc import JobRunView, JobView, TargetCheckView
@@ -103,6 +105,16 @@ class Run:
     would_purge: list[str] = field(default_factory=list)
 
 
+APPLIED: tuple[type[EventBase], ...] = (
+    RecordingCompleted, RecordingPurged, LegalHoldChanged, RecordingExported,
+    UserUpserted, UserRemoved, JobConfigured, JobRemoved, JobRunRequested,
+    JobRunStarted, JobRunProgressed, JobRunFinished, JobRunFailed, JobTargetChecked,
+)
+"""The events `JobBook.apply` uses: the scheduler follows these alone (a burst of
+endings also brings waveforms, copies and progress, which it would parse for nothing)."""
+APPLIED_TYPES: tuple[str, ...] = tuple(type_of(event) for event in APPLIED)
+
+
 class JobBook:
     """Apply events in stream order; query what a holder has to do and what to show."""
 
@@ -122,10 +134,11 @@ class JobBook:
         self._order = 0
 
     def apply(self, event: object) -> bool:
-        """Returns False for an event already applied (same id)."""
-        event_id = getattr(event, "event_id", None)
-        if not isinstance(event_id, str):
+        """Returns False for an event already applied (same id) or not one it uses
+        (APPLIED, which is also all the scheduler is sent)."""
+        if not isinstance(event, APPLIED):
             return False
+        event_id = event.event_id
         if isinstance(event, RecordingPurged | LegalHoldChanged):
             # Kept as (id, time) versions by the ledger, so a reused id cannot make two
             # nodes disagree on which version they saw first.

@@ -29,6 +29,7 @@ from contracts.v1.events import EventBase, RoleChanged
 from contracts.v1.rpc import Empty, RolesStatus
 
 from .engine import JobEngine
+from .jobs import APPLIED_TYPES
 from .roles import RoleChange, RoleTracker
 
 TICK_S = 0.25
@@ -55,16 +56,6 @@ def parse_heartbeat(data: bytes) -> tuple[str, str, int] | None:
 
 async def _last_role_sequence(ctx: ServiceContext) -> int:
     return await bus.last_sequence_of(ctx.js, subjects.events_of_type("role.changed"))
-
-
-async def _cluster_head(ctx: ServiceContext) -> int:
-    """Last sequence of the CLUSTER stream at start: the job engine's catch-up target."""
-    try:
-        info = await ctx.js.stream_info(subjects.CLUSTER_STREAM)
-    except Exception as exc:
-        log.warning("cluster_head_unknown", error=str(exc))
-        return 0
-    return int(info.state.last_seq or 0)
 
 
 async def main(ctx: ServiceContext) -> None:
@@ -130,7 +121,10 @@ async def main(ctx: ServiceContext) -> None:
     async def on_jobs(_: Empty) -> BaseModel | None:
         return engine.status()
 
-    jobs_head = await _cluster_head(ctx)
+    # The events the job book applies, and the newest of them at start: the engine's
+    # catch-up target.
+    jobs_filter = [subjects.events_of_type(event_type) for event_type in APPLIED_TYPES]
+    jobs_head = await bus.last_sequence_of(ctx.js, jobs_filter)
     if jobs_head == 0:
         engine.set_ready()
 
@@ -162,7 +156,7 @@ async def main(ctx: ServiceContext) -> None:
         ctx.js, node, subjects.events_of_type("role.changed"), 1, on_role_event
     ))
     jobs_follower = asyncio.create_task(bus.follow_event_batches(
-        ctx.js, node, subjects.events_of_type(">"), 1, on_events
+        ctx.js, node, jobs_filter, 1, on_events
     ))
     engine.start()
     jobs_deadline = time.monotonic() + JOBS_CATCH_UP_S

@@ -168,6 +168,11 @@ async def _ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:
         log.info("stream_discard_policy_set", stream=config.name, discard="new")
 
 
+Filter = str | Sequence[str]
+"""One subject filter, or several: the server then sends only what matches any of them
+(a projection that applies a few event types is not sent, nor parses, the rest)."""
+
+
 async def last_sequence_of(js: JetStreamContext, filter_subject: Filter) -> int:
     """CLUSTER sequence of the newest event matching a filter (0: none, or unknown):
     how far a projection must read before its view of the past is complete."""
@@ -311,11 +316,6 @@ async def scatter_gather(nc: NatsClient, subject: str, expected: int,
         with contextlib.suppress(Exception):
             await sub.unsubscribe()
     return list(replies)
-
-
-Filter = str | Sequence[str]
-"""One subject filter, or several: the server then sends only what matches any of them
-(a projection that applies a few event types is not sent, nor parses, the rest)."""
 
 
 async def _subscribe_ordered(

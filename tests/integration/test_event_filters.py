@@ -8,12 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import nats
-import pytest
 
 from callrec import bus
 from contracts import subjects
@@ -25,16 +22,9 @@ from contracts.v1.events import (
     type_of,
 )
 from services.scheduler.jobs import APPLIED, APPLIED_TYPES, JobBook
-from tests.support.natsfixture import NatsServer, start_nats
+from tests.support.natsfixture import NatsServer
 
 NODE = "n-1"
-
-
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[NatsServer]:
-    s = start_nats(tmp_path)
-    yield s
-    s.stop()
 
 
 def waveform(i: int) -> RecordingWaveformComputed:

@@ -5,9 +5,7 @@ says where to go on, skips an undecodable message, and an age limit really drops
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import nats
 import pytest
@@ -17,16 +15,9 @@ from contracts import subjects
 from contracts.v1.missed import MissedCall
 from services.web.missed import MissedQuery
 from services.web.missed_stream import read_missed
-from tests.support.natsfixture import NatsServer, start_nats
+from tests.support.natsfixture import NatsServer
 
 NODE = "n-1"
-
-
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[NatsServer]:
-    s = start_nats(tmp_path)
-    yield s
-    s.stop()
 
 
 def record(i: int, at: datetime) -> MissedCall:

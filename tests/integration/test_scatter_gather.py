@@ -6,24 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import nats
-import pytest
 from nats.aio.msg import Msg
 
 from callrec import bus
-from tests.support.natsfixture import NatsServer, start_nats
+from tests.support.natsfixture import NatsServer
 
 SUBJECT = "test.scatter"
-
-
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[NatsServer]:
-    s = start_nats(tmp_path)
-    yield s
-    s.stop()
 
 
 async def _responders(url: str, delays: list[float]) -> list[nats.NATS]:

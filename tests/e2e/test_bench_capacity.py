@@ -40,7 +40,10 @@ def test_smoke_prints_every_row() -> None:
         if name != "bare drain (asyncio)":
             assert all_in > 0 and float(row["calls/core"]) > 0, row  # encoding costs ticks
     callrec = rows["callrec"]
-    assert float(callrec["fin cpu/cm"]) > 0 and float(callrec["MB/call-h"]) > 0
+    # Finalizing three 2 s recordings costs a few ms: below the tick in each process
+    # since the finish stopped syncing (cdff5a9). That they were finalized is `correct`.
+    assert float(callrec["fin cpu/cm"]) >= 0 and float(callrec["MB/call-h"]) > 0
+    assert re.search(r"3 calls: fin = capture [0-9.]+ \+ its encoder workers [0-9.]+", table)
     assert 0 < float(callrec["BYE->done p50 s"]) <= float(callrec["BYE->done p99 s"])
     # Playable comes after completed (it needs the catalog and the file as well); no peer.
     playable = float(callrec["BYE->playable p50 s"]), float(callrec["BYE->playable p99 s"])

@@ -176,8 +176,9 @@ Filter = str | Sequence[str]
 async def last_sequence_of(js: JetStreamContext, filter_subject: Filter) -> int:
     """CLUSTER sequence of the newest event matching a filter (0: none, or unknown):
     how far a projection must read before its view of the past is complete."""
-    if not isinstance(filter_subject, str):
-        return max([await last_sequence_of(js, one) for one in filter_subject], default=0)
+    if not isinstance(filter_subject, str):  # side by side: a slow server times out once
+        heads = await asyncio.gather(*(last_sequence_of(js, one) for one in filter_subject))
+        return max(heads, default=0)
     try:
         msg = await js.get_last_msg(subjects.CLUSTER_STREAM, filter_subject)
     except NotFoundError:

@@ -407,7 +407,8 @@ async def run_callrec(node: Any, driver: CaptureDriver, capture_pid: int, calls:
     before_main = loadgen.proc_cpu(capture_pid)
     await asyncio.sleep(0.6)  # one flush interval: the last packets reach the segments
     fin_timeout = 120 + calls * seconds / 10
-    watches = [asyncio.create_task(watch_playable(n, ids, fin_timeout + 60))
+    watches = [asyncio.create_task(watch_playable(n, ids, fin_timeout + 60,
+                                                  narrow=driver.from_first_pending))
                for n in ([node, peer] if peer is not None else [node])]
     with contextlib.suppress(TimeoutError):
         await driver.finalize(ids, timeout=fin_timeout)

@@ -27,7 +27,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -80,6 +80,7 @@ class CaptureDriver:
         self.open_ids: set[str] = set()
         self.done: dict[str, str] = {}  # recording id -> "completed" | "failed"
         self.requested_at: dict[str, float] = {}  # monotonic time of the finalize request
+        self.started_at: dict[str, datetime] = {}  # the start each allocate stated
         self.done_at: dict[str, float] = {}  # monotonic time its completed/failed event arrived
         self.done_event = asyncio.Event()
         self.waiting: set[str] = set()
@@ -129,9 +130,10 @@ class CaptureDriver:
         ids, ports = [], []
         for i in range(calls):
             rid = f"bench-{tag}-{i:05d}"
+            self.started_at[rid] = datetime.now(UTC)
             request = AllocateRequest(
                 recording_id=rid,
-                started_at=datetime.now(UTC),
+                started_at=self.started_at[rid],
                 # The peer's address, as a SIPREC INVITE's SDP or a CUCM ACK's answer
                 # gives it before the media: the first packet from it latches its port.
                 # (Without it, capture holds each stream's packets for up to 4 s waiting
@@ -155,6 +157,17 @@ class CaptureDriver:
             ids.append(rid)
             ports.extend([reply.ports["near"], reply.ports["far"]])
         return ids, ports
+
+    def from_first_pending(self, pending: set[str]) -> dict[str, str]:
+        """A listing's `from` that leaves out what started before the first of `pending`
+        (the finalizes go in allocation order, so that is mostly what was seen): a
+        poll of the burst lists what may be new, not all the level's recordings. (Every
+        recording of the level, 8 times a second across two nodes, was itself a load
+        the burst waited on: bench/README.md, "The observer's own load".)"""
+        first = min((self.started_at[rid] for rid in pending), default=None)
+        if first is None:
+            return {}
+        return {"from": (first - timedelta(milliseconds=1)).isoformat()}
 
     async def request_finalize(self, rid: str) -> None:
         """One finalize request (a BYE), ending the recording now."""

@@ -352,7 +352,7 @@ def _decode(msg: Msg) -> tuple[Any, int] | None:
 async def follow_events(
     js: JetStreamContext,
     node_id: str,
-    filter_subject: str,
+    filter_subject: Filter,
     start_sequence: int,
     apply: Callable[[Any, int], Awaitable[None]],
 ) -> None:

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from contracts.v1.events import (
+    EventBase,
     LegalHoldChanged,
     RecordingCompleted,
     RecordingPurged,
@@ -24,6 +25,11 @@ from contracts.v1.events import (
 )
 from contracts.v1.holds import HoldLedger
 from contracts.v1.winner import better
+
+REPLICA_FACTS: tuple[type[EventBase], ...] = (
+    RecordingCompleted, RecordingReplicated, RecordingPurged, LegalHoldChanged,
+)
+"""The facts `ReplicaMap.apply` folds in (sync is sent only these and `LIVE_FACTS`)."""
 
 MAX_BACKOFF_S = 5.0
 FIRST_BACKOFF_S = 0.25
@@ -158,6 +164,8 @@ class ReplicaMap:
         finished before, so only the state is rebuilt (a foreign object is held).
         """
         self.mark.seen(sequence)
+        if not isinstance(event, REPLICA_FACTS):
+            return []
         if isinstance(event, RecordingCompleted):
             return self._completed(event, sequence, handled)
         if isinstance(event, RecordingReplicated):

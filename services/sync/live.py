@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 
 from contracts import subjects
 from contracts.v1.events import (
+    EventBase,
     RecordingCompleted,
     RecordingFailed,
     RecordingPurged,
@@ -30,6 +31,11 @@ from contracts.v1.events import (
 from contracts.v1.rpc import LiveProgress, LiveProgressBatch
 
 from .ogg import Chain, follow
+
+LIVE_FACTS: tuple[type[EventBase], ...] = (
+    RecordingStarted, RecordingPurged, RecordingCompleted, RecordingFailed,
+)
+"""The facts `LiveBook.apply` folds in (sync is sent only these and `REPLICA_FACTS`)."""
 
 PULL_BYTES = 256 * 1024
 
@@ -99,6 +105,8 @@ class LiveBook:
 
     def apply(self, event: object, now: float) -> list[str]:
         """Fold a recording fact in; returns recording ids whose local copy is now useless."""
+        if not isinstance(event, LIVE_FACTS):
+            return []
         if isinstance(event, RecordingStarted):
             entry = self._entry(event.recording_id, event.node_id, now)
             if entry is not None:

@@ -38,6 +38,7 @@ from contracts.v1.events import (
     RecordingCompleted,
     RecordingReplicated,
     RecordingStarted,
+    type_of,
 )
 from contracts.v1.rpc import (
     MAX_LIVE_RANGES,
@@ -49,8 +50,17 @@ from contracts.v1.rpc import (
     SyncStatus,
 )
 
-from .domain import Discard, Fetch, PeerTable, Purge, ReplicaMap, backoff, stalled_sources
-from .live import Live, LiveBook, progress_of
+from .domain import (
+    REPLICA_FACTS,
+    Discard,
+    Fetch,
+    PeerTable,
+    Purge,
+    ReplicaMap,
+    backoff,
+    stalled_sources,
+)
+from .live import LIVE_FACTS, Live, LiveBook, progress_of
 from .ogg import Chain, follow_file
 from .state import live_path, load_checkpoint, part_path, save_checkpoint
 from .takeover import build_takeover, takeover_event_id, takeover_key, takeover_timeout
@@ -73,6 +83,9 @@ TAKEOVER_CHECK_INTERVAL = 1.0
 # of its announcement) and the store's fsync, so 400 completions arriving together
 # need more than a few side by side (bench/README.md, "The peer's fetches").
 PARALLEL_FETCHES = 8
+# The types the replica map and the live book apply, and only those: a burst of
+# endings also brings each recording's waveform, which sync would parse for nothing.
+FOLLOWED_TYPES: tuple[str, ...] = tuple(sorted({type_of(e) for e in REPLICA_FACTS + LIVE_FACTS}))
 EVENT_NAMESPACE = uuid.UUID("0b8f5f0e-4a4e-4f7e-9d55-3c2f1d6b7a21")
 
 log = structlog.get_logger()
@@ -184,8 +197,8 @@ class Sync:
         await bus.serve(nc, subjects.rpc(me, subjects.SYNC, subjects.SYNC_STATUS),
                         Empty, self.status)
         log.info("sync_replay", checkpoint=self.loaded_checkpoint)
-        self._spawn(bus.follow_events(self.ctx.js, me,
-                                      subjects.events_of_type("recording.>"), 1, self._apply))
+        followed = [subjects.events_of_type(event_type) for event_type in FOLLOWED_TYPES]
+        self._spawn(bus.follow_events(self.ctx.js, me, followed, 1, self._apply))
         for _ in range(PARALLEL_FETCHES):
             self._spawn(self._fetch_worker())
         self._spawn(self._checkpoint_loop())

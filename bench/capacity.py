@@ -372,7 +372,8 @@ async def watch_playable(node: Any, ids: list[str], timeout: float,
 
 async def run_callrec(node: Any, driver: CaptureDriver, capture_pid: int, calls: int,
                       seconds: float, samples: int, workdir: Path,
-                      peer: Any = None) -> tuple[Line, list[str]]:
+                      peer: Any = None, byes_together: bool = False
+                      ) -> tuple[Line, list[str]]:
     """N calls through capture: all CPU of capture and its workers, loss, correctness,
     the node's memory idle and at the peak of the load, BYE->playable here and on the
     peer. Returns the row and notes (memory per process)."""
@@ -411,7 +412,7 @@ async def run_callrec(node: Any, driver: CaptureDriver, capture_pid: int, calls:
                                                   narrow=driver.from_first_pending))
                for n in ([node, peer] if peer is not None else [node])]
     with contextlib.suppress(TimeoutError):
-        await driver.finalize(ids, timeout=fin_timeout)
+        await driver.finalize(ids, timeout=fin_timeout, together=byes_together)
     fin_cpu = loadgen.tree_cpu(capture_pid) - before
     fin_main = loadgen.proc_cpu(capture_pid) - before_main
     playable = [await w for w in watches]
@@ -466,8 +467,9 @@ async def run_callrec(node: Any, driver: CaptureDriver, capture_pid: int, calls:
                 correct=(f"{durations_ok}/{calls} duration+2ch, {tones_ok}/{checked} tones, "
                          f"{len(failed)} not completed"))
     asked = [driver.requested_at[r] for r in ids if r in driver.requested_at]
-    notes = [f"{calls} calls: the finalize requests (one after another, each stamping its "
-             f"call's end) took {max(asked) - min(asked) if asked else 0.0:.2f} s",
+    how = "all sent at once" if byes_together else "one after another"
+    notes = [f"{calls} calls: the finalize requests ({how}, each stamping its call's end) "
+             f"took {max(asked) - min(asked) if asked else 0.0:.2f} s",
              f"{calls} calls: fin = capture {per_call_minute(fin_main, calls, sent.elapsed):.4f}"
              f" + its encoder workers "
              f"{per_call_minute(fin_cpu - fin_main, calls, sent.elapsed):.4f} CPU-s per "
@@ -578,7 +580,8 @@ def commit() -> str:
 
 
 async def run(levels: list[int], seconds: float, samples: int, with_rtpengine: bool,
-              keep: bool, max_calls: int = 0, with_peer: bool = False) -> str:
+              keep: bool, max_calls: int = 0, with_peer: bool = False,
+              byes_together: bool = False) -> str:
     """Every level, every system; then upward (x1.5) to `max_calls` while callrec stays
     clean; returns the rendered table."""
     max_calls = max(max_calls, *levels)
@@ -638,7 +641,8 @@ async def run(levels: list[int], seconds: float, samples: int, with_rtpengine: b
                 progress(f"{calls} calls: node up{' with its peer' if peer else ''}, "
                          "finalize warmed up")
                 callrec, mem_notes = await run_callrec(node, driver, capture_pid, calls,
-                                                       seconds, samples, workdir, peer)
+                                                       seconds, samples, workdir, peer,
+                                                       byes_together)
             notes.extend(mem_notes)
             callrec.floor_ratio = ratio(callrec.all_cm, floor.all_cm)
             level.append(callrec)
@@ -689,7 +693,9 @@ async def run(levels: list[int], seconds: float, samples: int, with_rtpengine: b
         "MB/call-h: callrec's stored Ogg/Opus, rtpengine's raw pcap, the floor's Opus packets.",
         "BYE->playable: finalize request until the recording is listed by the catalog with "
         "its whole file (size_bytes) in that node's store; on peer: the same on node b "
-        "(linked as in production, on the same cores), polled every 0.25 s.",
+        "(linked as in production, on the same cores), polled every 0.25 s, each poll "
+        "listing only the recordings started from the first still pending on (since "
+        "0ce1087; before, all of the level's).",
         "Memory: Pss (/proc/PID/smaps_rollup; it divides shared pages among the processes "
         "that map them, so it sums over the forkserver's encoder workers without counting "
         "their copy-on-write pages twice, which VmRSS would) of every process of the node "
@@ -758,6 +764,9 @@ def main(argv: list[str] | None = None) -> str:
                         help="run a second node and measure BYE->playable on it "
                              "(default: on, off with --smoke: it adds a node's start)")
     parser.add_argument("--seconds", type=float, default=20.0, help="load per level")
+    parser.add_argument("--byes-together", action="store_true",
+                        help="send a level's finalize requests all at once, not one after "
+                             "another (each waiting for capture's answer to the one before)")
     parser.add_argument("--samples", type=int, default=5,
                         help="recordings per level downloaded to check both tones")
     parser.add_argument("--no-rtpengine", action="store_true")
@@ -787,7 +796,8 @@ def main(argv: list[str] | None = None) -> str:
         parser.error("--seconds must be within 1..600")
     with_peer = (not args.smoke) if args.peer is None else args.peer
     table = asyncio.run(run(levels, seconds, 1 if args.smoke else args.samples,
-                            not args.no_rtpengine, args.keep, max_calls, with_peer))
+                            not args.no_rtpengine, args.keep, max_calls, with_peer,
+                            args.byes_together))
     if args.quality_seconds > 0:
         progress("storage and quality (bench.quality)")
         default = NodeConfig.model_fields["opus_bitrate"].default

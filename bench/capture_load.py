@@ -189,11 +189,19 @@ class CaptureDriver:
         if not self.waiting <= self.done.keys():
             await asyncio.wait_for(self.done_event.wait(), timeout)
 
-    async def finalize(self, ids: list[str], timeout: float) -> float:
-        """Ask for every finalize; return when every completed/failed event is seen."""
+    async def finalize(self, ids: list[str], timeout: float, together: bool = False) -> float:
+        """Ask for every finalize; return when every completed/failed event is seen.
+
+        One after another by default (each waits for capture's answer to the one
+        before, so a busy node spreads them out); `together`: all sent at once, as a
+        signaling service relays the BYEs of calls that all hang up in the same
+        moment."""
         start = time.monotonic()
-        for rid in ids:
-            await self.request_finalize(rid)
+        if together:
+            await asyncio.gather(*(self.request_finalize(rid) for rid in ids))
+        else:
+            for rid in ids:
+                await self.request_finalize(rid)
         await self.wait_done(ids, timeout)
         return time.monotonic() - start
 

@@ -18,7 +18,8 @@ def _cells(line: str) -> list[str]:
 
 
 def test_smoke_prints_every_row() -> None:
-    table = capacity.main(["--smoke"])
+    # The BYEs all at once here; one after another in the churn smoke below.
+    table = capacity.main(["--smoke", "--byes-together"])
     head = _cells(next(line for line in table.splitlines() if line.startswith("| calls |")))
     rows = {m.group(1): dict(zip(head, _cells(m.group(0)), strict=True))
             for m in re.finditer(r"^\| 3 \| ([^|]+?) \|.*$", table, re.M)}
@@ -54,6 +55,7 @@ def test_smoke_prints_every_row() -> None:
     assert callrec["KB/call"] != "n/a"
     assert callrec["correct"].startswith("3/3 duration+2ch, 1/1 tones, 0 not completed")
     assert "breaking point: 3 calls" in table
+    assert "3 calls: the finalize requests (all sent at once, " in table
     lag = re.search(r"3 calls: live lag during the load: peak ([0-9.]+) s", table)
     assert lag is not None and 0 < float(lag.group(1)) < 30, table  # sampled, sane
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import Awaitable, Callable, Sequence
+from collections import deque
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 import nats
@@ -97,6 +98,7 @@ async def ensure_streams(js: JetStreamContext, node_id: str) -> None:
 
 
 MISSED_MAX_BYTES = 64 * 1024 * 1024
+FOLLOW_BATCH = 500  # messages taken from a follower's queue at a time
 MISSED_MAX_MSG_SIZE = 16 * 1024
 
 
@@ -320,7 +322,8 @@ async def scatter_gather(nc: NatsClient, subject: str, expected: int,
 
 
 async def _subscribe_ordered(
-    js: JetStreamContext, filter_subject: Filter, start_sequence: int
+    js: JetStreamContext, filter_subject: Filter, start_sequence: int,
+    cb: Callable[[Msg], Awaitable[None]],
 ) -> JetStreamContext.PushSubscription:
     filters = [filter_subject] if isinstance(filter_subject, str) else list(filter_subject)
     while True:
@@ -328,6 +331,7 @@ async def _subscribe_ordered(
             return await js.subscribe(
                 filters[0],
                 stream=subjects.CLUSTER_STREAM,
+                cb=cb,
                 ordered_consumer=True,
                 config=ConsumerConfig(
                     deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
@@ -338,6 +342,47 @@ async def _subscribe_ordered(
         except Exception as exc:
             log.warning("subscribe_retry", subject=",".join(filters), error=str(exc))
             await asyncio.sleep(0.5)
+
+
+async def _ordered_batches(
+    js: JetStreamContext, filter_subject: Filter, start_sequence: int, max_batch: int,
+) -> AsyncGenerator[list[Msg], None]:
+    """An ordered consumer's messages, in batches of what has arrived (at most
+    `max_batch`), in stream order.
+
+    Taken by a callback that only queues them: awaiting each message from the
+    subscription (`next_msg` with a timeout, or its iterator) made a task or a timer
+    per message, three times the CPU of the callback on a real nats-server (22 against
+    7 µs a message), and every service follows events. Back-pressure is kept: past
+    two batches the callback waits for room, so the rest stays in the client's
+    pending queue and its flow control holds the server, as before."""
+    arrived: deque[Msg] = deque()
+    ready = asyncio.Event()
+    room = asyncio.Event()
+    room.set()
+    high_water = 2 * max_batch
+
+    async def on_msg(msg: Msg) -> None:
+        arrived.append(msg)
+        ready.set()
+        if len(arrived) >= high_water:
+            room.clear()
+            await room.wait()
+
+    sub = await _subscribe_ordered(js, filter_subject, start_sequence, on_msg)
+    try:
+        while True:
+            await ready.wait()
+            ready.clear()
+            while arrived:
+                batch = [arrived.popleft() for _ in range(min(max_batch, len(arrived)))]
+                if len(arrived) < high_water:
+                    room.set()
+                yield batch
+    finally:
+        room.set()
+        with contextlib.suppress(Exception):
+            await sub.unsubscribe()
 
 
 def _decode(msg: Msg) -> tuple[Any, int] | None:
@@ -363,11 +408,15 @@ async def follow_events(
     Undecodable messages are logged and skipped, never fatal.
     """
     del node_id  # every node reads its own CLUSTER aggregate
-    sub = await _subscribe_ordered(js, filter_subject, start_sequence)
-    async for msg in sub.messages:
-        decoded = _decode(msg)
-        if decoded is not None:
-            await apply(*decoded)
+    batches = _ordered_batches(js, filter_subject, start_sequence, FOLLOW_BATCH)
+    try:
+        async for batch in batches:
+            for msg in batch:
+                decoded = _decode(msg)
+                if decoded is not None:
+                    await apply(*decoded)
+    finally:
+        await batches.aclose()
 
 
 async def follow_event_batches(
@@ -376,7 +425,7 @@ async def follow_event_batches(
     filter_subject: Filter,
     start_sequence: int,
     apply: Callable[[list[tuple[Any, int]]], Awaitable[None]],
-    max_batch: int = 500,
+    max_batch: int = FOLLOW_BATCH,
 ) -> None:
     """Like follow_events, but hands over whatever has already arrived as one batch,
     so a node catching up on a long history applies it in few transactions."""
@@ -395,18 +444,14 @@ async def follow_message_batches(
     filter_subject: Filter,
     start_sequence: int,
     apply: Callable[[list[Msg]], Awaitable[None]],
-    max_batch: int = 500,
+    max_batch: int = FOLLOW_BATCH,
 ) -> None:
     """Like follow_event_batches with the raw messages, for a projection that must know
     the subject a fact was stored under (whose stream it came from), not only what the
     fact says about itself."""
-    sub = await _subscribe_ordered(js, filter_subject, start_sequence)
-    while True:
-        try:
-            first = await sub.next_msg(timeout=60)
-        except TimeoutError:
-            continue
-        messages = [first]
-        while len(messages) < max_batch and sub.pending_msgs > 0:
-            messages.append(await sub.next_msg(timeout=1))
-        await apply(messages)
+    batches = _ordered_batches(js, filter_subject, start_sequence, max_batch)
+    try:
+        async for messages in batches:
+            await apply(messages)
+    finally:
+        await batches.aclose()

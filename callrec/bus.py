@@ -98,7 +98,6 @@ async def ensure_streams(js: JetStreamContext, node_id: str) -> None:
 
 
 MISSED_MAX_BYTES = 64 * 1024 * 1024
-FOLLOW_BATCH = 500  # messages taken from a follower's queue at a time
 MISSED_MAX_MSG_SIZE = 16 * 1024
 
 
@@ -342,6 +341,9 @@ async def _subscribe_ordered(
         except Exception as exc:
             log.warning("subscribe_retry", subject=",".join(filters), error=str(exc))
             await asyncio.sleep(0.5)
+
+
+FOLLOW_BATCH = 500  # messages a follower takes from its queue at a time
 
 
 async def _ordered_batches(

@@ -10,8 +10,6 @@ import asyncio
 import contextlib
 from typing import Any
 
-import nats
-
 from callrec import bus
 from contracts import subjects
 from contracts.v1.events import (
@@ -22,7 +20,7 @@ from contracts.v1.events import (
     type_of,
 )
 from services.scheduler.jobs import APPLIED, APPLIED_TYPES, JobBook
-from tests.support.natsfixture import NatsServer
+from tests.support.natsfixture import NatsServer, node_streams
 
 NODE = "n-1"
 
@@ -35,10 +33,7 @@ def waveform(i: int) -> RecordingWaveformComputed:
 
 def test_only_the_filtered_types_are_sent_and_their_head_is_theirs(server: NatsServer) -> None:
     async def run() -> None:
-        nc = await nats.connect(server.url)
-        js = nc.jetstream()
-        try:
-            await bus.ensure_streams(js, NODE)
+        async with node_streams(server, NODE) as js:
             await bus.publish_event(js, UserUpserted(node_id=NODE, username="ann",
                                                      extensions=["100"]))
             for i in range(3):
@@ -68,8 +63,6 @@ def test_only_the_filtered_types_are_sent_and_their_head_is_theirs(server: NatsS
                 with contextlib.suppress(asyncio.CancelledError):
                     await follower
             assert [(type(e), seq) for e, seq in got] == [(UserUpserted, 1), (UserRemoved, 5)]
-        finally:
-            await nc.close()
 
     asyncio.run(run())
 

@@ -9,13 +9,12 @@ import asyncio
 import contextlib
 from typing import Any
 
-import nats
 from nats.aio.msg import Msg
 
 from callrec import bus
 from contracts import subjects
 from contracts.v1.events import RecordingWaveformComputed, WaveformPeaks
-from tests.support.natsfixture import NatsServer
+from tests.support.natsfixture import NatsServer, node_streams
 
 NODE = "n-1"
 
@@ -35,10 +34,7 @@ async def _until(condition: Any, timeout: float = 20.0) -> None:
 
 def test_a_slow_projection_gets_every_event_once_in_order(server: NatsServer) -> None:
     async def run() -> None:
-        nc = await nats.connect(server.url)
-        js = nc.jetstream()
-        try:
-            await bus.ensure_streams(js, NODE)
+        async with node_streams(server, NODE) as js:
             count = 3000
             for i in range(count):
                 await bus.publish_event(js, waveform(i))
@@ -78,7 +74,5 @@ def test_a_slow_projection_gets_every_event_once_in_order(server: NatsServer) ->
             assert max(map(len, batches)) <= 50
             assert [seq for batch in batches for seq in batch] == list(range(1, count + 21))
             assert one_by_one == list(range(1, count + 21))
-        finally:
-            await nc.close()
 
     asyncio.run(run())

@@ -6,12 +6,19 @@ store directory, so tests never touch a developer's running node.
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+
+import nats
+from nats.js import JetStreamContext
+
+from callrec import bus
 
 from .ports import free_port
 
@@ -64,3 +71,16 @@ def start_nats(tmp_path: Path, port: int | None = None, timeout: float = 10.0) -
             time.sleep(0.05)
     server.stop()
     raise RuntimeError("nats-server did not become ready")
+
+
+@contextlib.asynccontextmanager
+async def node_streams(server: NatsServer, node_id: str) -> AsyncIterator[JetStreamContext]:
+    """A client of `server` with `node_id`'s streams made (its own and the CLUSTER
+    aggregate), closed after."""
+    nc = await nats.connect(server.url)
+    try:
+        js = nc.jetstream()
+        await bus.ensure_streams(js, node_id)
+        yield js
+    finally:
+        await nc.close()

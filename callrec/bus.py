@@ -322,10 +322,9 @@ async def scatter_gather(nc: NatsClient, subject: str, expected: int,
 
 async def _subscribe_ordered(
     js: JetStreamContext, filter_subject: Filter, start_sequence: int,
-    cb: Callable[[Msg], Awaitable[None]] | None = None,
+    cb: Callable[[Msg], Awaitable[None]],
 ) -> JetStreamContext.PushSubscription:
-    """An ordered consumer of CLUSTER from `start_sequence`: its messages go to `cb`, or
-    without one wait for `next_msg` (tests/e2e/test_host_loss.py reads a stream so)."""
+    """An ordered consumer of CLUSTER from `start_sequence`, its messages handed to `cb`."""
     filters = [filter_subject] if isinstance(filter_subject, str) else list(filter_subject)
     while True:
         try:

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from callrec import bus
 from callrec.audio import decode_file, dominant_frequency, sound_seconds
@@ -115,8 +116,9 @@ async def completions(node: Node, ids: set[str]) -> dict[str, list[RecordingComp
     nc = await node.bus()
     found: dict[str, list[RecordingCompleted]] = {}
     try:
-        sub = await bus._subscribe_ordered(
-            nc.jetstream(), subjects.events_of_type("recording.completed"), 1)
+        sub = await nc.jetstream().subscribe(
+            subjects.events_of_type("recording.completed"), stream=subjects.CLUSTER_STREAM,
+            ordered_consumer=True, config=ConsumerConfig(deliver_policy=DeliverPolicy.ALL))
         while True:
             try:
                 msg = await sub.next_msg(timeout=1.0)

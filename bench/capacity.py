@@ -45,7 +45,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from bench import loadgen, quality, rtpengine, setup_rate  # noqa: E402
+from bench import loadgen, quality, rtpengine, scratchfs, setup_rate  # noqa: E402
 from bench.capture_load import CaptureDriver, catalog_items, running_node  # noqa: E402
 from bench.floor import libopus_floor  # noqa: E402
 from callrec import filesystem  # noqa: E402
@@ -570,7 +570,9 @@ def temp_file_system() -> str:
         return f"{mount.fs_type} ({mount.mount_point})"
     kind = {True: "ext4 without a journal", False: "ext4 with a journal",
             None: "ext4 (journal unknown)"}[filesystem.mount_without_journal(mount)]
-    return f"{kind} ({mount.mount_point})"
+    loop = {True: ", a loop device in direct I/O", False: ", a buffered loop device",
+            None: ""}[scratchfs.loop_direct_io(mount.device)]
+    return f"{kind} ({mount.mount_point}{loop})"
 
 
 def commit() -> str:

@@ -38,7 +38,8 @@ DEFAULT_SIZE_GIB = 8
 
 @contextlib.contextmanager
 def journaled_ext4(size_gib: int, parent: Path | None = None) -> Iterator[Path]:
-    """A new journaled ext4 of `size_gib` (a sparse image, loop-mounted), removed after.
+    """A new journaled ext4 of `size_gib` (a sparse image on a loop device in direct I/O,
+    mounted), removed after.
 
     Its inode tables and journal are written by mkfs, not lazily by a kernel thread
     while the benchmark runs (`lazy_itable_init=0`)."""
@@ -53,8 +54,16 @@ def journaled_ext4(size_gib: int, parent: Path | None = None) -> Iterator[Path]:
         mount_point.mkdir()
         _run("mkfs.ext4", "-q", "-F", "-E", "lazy_itable_init=0,lazy_journal_init=0",
              str(image))
-        _run("mount", "-o", "loop", str(image), str(mount_point))
-        mounted = True
+        # In direct I/O: a buffered loop device copies every write into the image's own
+        # page cache and syncs that file on each flush, in kernel threads on the same
+        # cores, work a data volume does not have (bench/README.md, "The scratch file
+        # system's own work").
+        device = _run("losetup", "--direct-io=on", "--find", "--show", str(image)).strip()
+        try:
+            _run("mount", device, str(mount_point))
+            mounted = True
+        finally:
+            _run("losetup", "--detach", device)  # if mounted, freed at its unmount
         yield mount_point
     finally:
         if mounted:
@@ -63,6 +72,15 @@ def journaled_ext4(size_gib: int, parent: Path | None = None) -> Iterator[Path]:
             if done.returncode != 0:  # something still holds it: detach it lazily
                 subprocess.run(["umount", "-l", str(mount_point)], check=False)
         shutil.rmtree(work, ignore_errors=True)
+
+
+def loop_direct_io(device: str, sysfs: Path = Path("/sys")) -> bool | None:
+    """Whether the block device `device` ("major:minor") is a loop device in direct I/O
+    mode; None when it is not a loop device."""
+    try:
+        return (sysfs / "dev" / "block" / device / "loop" / "dio").read_text().strip() == "1"
+    except OSError:
+        return None
 
 
 def has_journal(device_or_image: Path) -> bool:

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from bench.scratchfs import has_journal, journaled_ext4
+from bench.scratchfs import has_journal, journaled_ext4, loop_direct_io
+from callrec import filesystem
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -59,13 +60,25 @@ def test_the_file_system_has_a_journal(tmp_path: Path) -> None:
     assert not has_journal(without)
 
 
+def test_the_loop_device_is_in_direct_io(tmp_path: Path) -> None:
+    """Buffered, every write would be copied into the image's page cache and synced
+    again by kernel threads on the benchmark's cores."""
+    with journaled_ext4(1, tmp_path) as mount_point:
+        mount = filesystem.mount_of_path(mount_point)
+        assert mount is not None and mount.mount_point == str(mount_point)
+        assert loop_direct_io(mount.device) is True
+    root = filesystem.mount_of_path(Path("/"))
+    assert root is not None and loop_direct_io(root.device) in (None, False)
+
+
 def test_a_results_table_says_what_its_temp_files_are_on(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from bench.capacity import machine, temp_file_system
     with journaled_ext4(1, tmp_path) as mount_point:
         monkeypatch.setattr(tempfile, "tempdir", str(mount_point))
-        assert temp_file_system() == f"ext4 with a journal ({mount_point})"
-        assert machine().endswith(f", temp files on ext4 with a journal ({mount_point})")
+        said = f"ext4 with a journal ({mount_point}, a loop device in direct I/O)"
+        assert temp_file_system() == said
+        assert machine().endswith(f", temp files on {said}")
     if Path("/dev/shm").is_mount():
         monkeypatch.setattr(tempfile, "tempdir", "/dev/shm")
         assert temp_file_system() == "tmpfs (/dev/shm)"

@@ -65,6 +65,7 @@ from contracts.v1.rpc import (
     UpdateRequest,
 )
 
+from . import finished
 from .capacity import LagGate, live_lag
 from .finalize import (
     CaptureSideSlots,
@@ -234,7 +235,13 @@ class Capture:
         self.active_dir = self.root / "active"
         self.failed_dir = self.root / "failed"
         self.work_dir = self.root / "work"
-        for directory in (self.active_dir, self.failed_dir, self.work_dir):
+        # Directories of recordings already stored, removed when no finalize waits
+        # (finished.py); what a crash left there is removed at the start.
+        self.finished_dir = self.root / "finished"
+        self.removals_due = asyncio.Event()
+        self.removals_due.set()
+        for directory in (self.active_dir, self.failed_dir, self.work_dir,
+                          self.finished_dir):
             directory.mkdir(parents=True, exist_ok=True)
         self.pool = PortPool(ctx.config.rtp_port_min, ctx.config.rtp_port_max)
         # Ports bound for signaling's reserve, not yet a stream's; this process's name
@@ -390,6 +397,7 @@ class Capture:
             asyncio.create_task(self._writeback_loop()),
             asyncio.create_task(self._reconcile_loop()),
             asyncio.create_task(self._finalize_loop()),
+            asyncio.create_task(self._removal_loop()),
             asyncio.create_task(self._live_loop()),
             asyncio.create_task(self._reserve_loop()),
         ]
@@ -1300,12 +1308,27 @@ class Capture:
         # (worker_finish forgot the recording's encoder already: no round trip to
         # its worker, which may be busy with a live step, to drop it again)
         self.live.pop(manifest.recording_id, None)
-        # In a thread: a burst of endings would otherwise hold the event loop (and the
-        # packets of the calls still in progress) a few unlinks per recording each.
-        await self._finalize_file_work(partial(shutil.rmtree, recording.directory,
-                                               ignore_errors=True))
+        # Out of recovery's way now, in a thread (a rename waits on the journal); its
+        # removal waits until no finalize does (finished.py).
+        await self._finalize_file_work(finished.set_aside, recording.directory,
+                                       self.finished_dir)
+        self.removals_due.set()
         lap("clean")
         return size
+
+    async def _removal_loop(self) -> None:
+        """Remove the directories of stored recordings once no finalize is queued or
+        running (or they waited finished.MAX_WAIT_S), all in one trip to a thread."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await self.removals_due.wait()
+            since = loop.time()
+            while not finished.removal_due(self.queue.qsize() + len(self.finalizing_now),
+                                           loop.time() - since, finished.MAX_WAIT_S):
+                await asyncio.sleep(finished.POLL_S)
+            self.removals_due.clear()
+            removed = await asyncio.to_thread(finished.remove_all, self.finished_dir)
+            log.debug("finished_directories_removed", directories=removed)
 
     async def _finalize_file_work(self, fn: Callable[..., _T], *args: object) -> _T:
         return await asyncio.get_running_loop().run_in_executor(self.finalize_files, fn, *args)

@@ -501,6 +501,9 @@ def test_an_aligned_join_needs_the_next_page_number_and_granule() -> None:
     assert follow(chain, DATA[ends[9]:ends[10]]) is None  # one skipped
     assert follow(chain, _page_with(DATA, 8, seq=9)) is not None  # the helper is faithful
     assert follow(chain, _page_with(DATA, 8, seq=9, granule=1000)) is None  # time went back
+    # ...except on the last page, whose granule ends the call (end trimming)
+    trimmed = follow(chain, _page_with(DATA, 8, seq=9, granule=1000, flags=4))
+    assert trimmed is not None and trimmed.ended and trimmed.granule == 1000
     closed = follow(chain, _page_with(DATA, 9, flags=4))  # end of stream...
     assert closed is not None and closed.ended
     assert follow(closed, DATA[ends[9]:ends[10]]) is None  # ...then nothing more

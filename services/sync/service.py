@@ -399,6 +399,12 @@ class Sync:
             self.queued.discard(recording_id)
             if not self.replicas.needs_fetch(recording_id) or recording_id in self.active:
                 continue
+            if recording_id in self.completed_live:
+                # Its live copy is in a pull request: when that ends the copy becomes
+                # this fetch's part and the fetch is asked for again
+                # (_close_live_copy). Now, the whole object would cross the link beside
+                # the copy.
+                continue
             self.active.add(recording_id)
             try:
                 done = await self._fetch(recording_id)
@@ -542,6 +548,7 @@ class Sync:
                 part.parent.mkdir(parents=True, exist_ok=True)
                 os.replace(live, part)
         self._drop_live_copy(recording_id)
+        self._want(recording_id)  # a fetch that waited for the pull (_fetch_worker)
 
     def _drop_live_copy(self, recording_id: str) -> None:
         with contextlib.suppress(ValueError, OSError):

@@ -27,6 +27,7 @@ import argparse
 import asyncio
 import contextlib
 import itertools
+import json
 import math
 import os
 import platform
@@ -332,6 +333,37 @@ def playable_now(items: list[dict[str, Any]], pending: set[str], store_root: Pat
     return found
 
 
+def logged_times(log_text: str, event: str, ids: set[str]) -> dict[str, float]:
+    """Wall-clock time of the first `event` line for each of `ids` in a node's JSON log."""
+    found: dict[str, float] = {}
+    needle = f'"{event}"'
+    for line in log_text.splitlines():
+        if needle not in line or "{" not in line:
+            continue
+        try:
+            record = json.loads(line[line.index("{"):])
+            rid = record.get("recording_id")
+            if record.get("event") != event or rid not in ids or rid in found:
+                continue
+            found[rid] = datetime.fromisoformat(record["timestamp"]).timestamp()
+        except (ValueError, KeyError, TypeError):
+            continue
+    return found
+
+
+def playable_from_log(log_text: str, ids: set[str], copied: bool) -> dict[str, float]:
+    """When each of `ids` became playable on a node, by the node's own log: its catalog
+    applied the completion (`recording_cataloged`) and, on a node that copies it from
+    another (`copied`), its sync stored the object (`object_replicated`); the recording
+    node stores the object before it publishes the completion. Unlike the listing
+    polls, no poll interval is in these times."""
+    cataloged = logged_times(log_text, "recording_cataloged", ids)
+    if not copied:
+        return cataloged
+    stored = logged_times(log_text, "object_replicated", ids)
+    return {rid: max(at, stored[rid]) for rid, at in cataloged.items() if rid in stored}
+
+
 async def watch_playable(node: Any, ids: list[str], timeout: float,
                          interval: float = 0.25,
                          params: dict[str, str] | None = None,
@@ -445,6 +477,14 @@ async def run_callrec(node: Any, driver: CaptureDriver, capture_pid: int, calls:
 
     here = bye_to(playable[0])
     there = bye_to(playable[1]) if peer is not None else []
+
+    def bye_to_logged(seen: dict[str, float]) -> list[float]:
+        return [seen[r] - driver.requested_wall[r] for r in ids
+                if r in seen and r in driver.requested_wall]
+
+    logged_here = bye_to_logged(playable_from_log(node.log(), set(ids), copied=False))
+    logged_there = (bye_to_logged(playable_from_log(peer.log(), set(ids), copied=True))
+                    if peer is not None else [])
     # Per call-minute of load, the denominator of every row (the recordings are longer:
     # they start at allocation, before the sender; the note gives the ratio).
     line = Line(system="callrec", calls=calls, pps=sent.sent / sent.elapsed,
@@ -490,6 +530,16 @@ async def run_callrec(node: Any, driver: CaptureDriver, capture_pid: int, calls:
     notes.append(f"{calls} calls: during the load, sync {sync_cm:.4f} + NATS servers "
                  f"{bus_cm:.4f} = {sync_cm + bus_cm:.4f} CPU-s per call-minute on {where}; "
                  "not in all-in, which is capture's")
+    logged = (f"{calls} calls: BYE->playable by the nodes' logs (the catalog applied the "
+              "completion; on the peer also the object stored), which the polled columns "
+              "see up to a poll interval (0.25 s) and a listing later: p50 / p99 "
+              f"{percentile(logged_here, 50):.3f} / {percentile(logged_here, 99):.3f} s on "
+              f"the recording node ({len(logged_here)}/{calls})")
+    if peer is not None:
+        logged += (f", {percentile(logged_there, 50):.3f} / "
+                   f"{percentile(logged_there, 99):.3f} s on the peer "
+                   f"({len(logged_there)}/{calls})")
+    notes.append(logged)
     if peer is not None:
         notes.append(f"{calls} calls: peer node b's Pss at the load's peak: "
                      f"{loadgen.total_kb(peer_peak) / 1000:.1f} MB; playable on b: "

@@ -80,6 +80,7 @@ class CaptureDriver:
         self.open_ids: set[str] = set()
         self.done: dict[str, str] = {}  # recording id -> "completed" | "failed"
         self.requested_at: dict[str, float] = {}  # monotonic time of the finalize request
+        self.requested_wall: dict[str, float] = {}  # ... and its wall-clock time (logs)
         self.started_at: dict[str, datetime] = {}  # the start each allocate stated
         self.done_at: dict[str, float] = {}  # monotonic time its completed/failed event arrived
         self.done_event = asyncio.Event()
@@ -177,6 +178,7 @@ class CaptureDriver:
 
         subject = subjects.rpc(self.node.node_id, subjects.CAPTURE, subjects.CAPTURE_FINALIZE)
         self.requested_at[rid] = time.monotonic()
+        self.requested_wall[rid] = time.time()
         await bus.call(self.nc, subject,
                        FinalizeRequest(recording_id=rid, ended_at=datetime.now(UTC)),
                        None, timeout=10.0)

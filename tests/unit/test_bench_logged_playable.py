@@ -1,0 +1,26 @@
+"""bench.capacity reads BYE->playable from the nodes' own logs, without a poll."""
+
+from __future__ import annotations
+
+from bench.capacity import logged_times, playable_from_log
+
+LOG = "\n".join([
+    '{"recording_id":"r1","event":"recording_cataloged","timestamp":"2026-12-05T08:00:01.500000Z"}',
+    '{"recording_id":"r1","event":"recording_cataloged","timestamp":"2026-12-05T08:00:09Z"}',
+    '{"recording_id":"r2","event":"recording_cataloged","timestamp":"2026-12-05T08:00:01Z"}',
+    '{"recording_id":"r1","event":"object_replicated","timestamp":"2026-12-05T08:00:02Z"}',
+    'not json "recording_cataloged" {broken',
+    '{"recording_id":"r3","event":"recording_cataloged","timestamp":"2026-12-05T08:00:01Z"}',
+])
+T0 = 1796457600.0  # 2026-12-05T08:00:00Z
+
+
+def test_the_first_line_of_each_asked_id_counts() -> None:
+    times = logged_times(LOG, "recording_cataloged", {"r1", "r2"})
+    assert times == {"r1": T0 + 1.5, "r2": T0 + 1.0}
+
+
+def test_on_a_peer_a_recording_is_playable_once_listed_and_stored() -> None:
+    assert playable_from_log(LOG, {"r1", "r2"}, copied=False) == {"r1": T0 + 1.5,
+                                                                   "r2": T0 + 1.0}
+    assert playable_from_log(LOG, {"r1", "r2"}, copied=True) == {"r1": T0 + 2.0}

@@ -13,6 +13,7 @@ import pytest
 from contracts.v1.events import RecordingMetadata
 from services.capture import finished
 from services.capture.manifest import RecordingManifest
+from services.capture.service import Capture
 from tests.support.capturecore import bare_capture
 
 
@@ -73,6 +74,13 @@ def test_a_set_aside_recording_is_not_recovered(tmp_path: Path) -> None:
         restarted.files.close()
 
 
+async def _stop(capture: Capture, loop: asyncio.Task[None]) -> None:
+    loop.cancel()
+    await asyncio.gather(loop, return_exceptions=True)
+    capture.journal.close()
+    capture.files.close()
+
+
 async def test_the_removal_loop_waits_while_a_finalize_is_queued_or_running(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(finished, "POLL_S", 0.01)
@@ -105,10 +113,7 @@ async def test_the_removal_loop_waits_while_a_finalize_is_queued_or_running(
             await asyncio.sleep(0.01)
         assert list(capture.finished_dir.iterdir()) == []
     finally:
-        loop.cancel()
-        await asyncio.gather(loop, return_exceptions=True)
-        capture.journal.close()
-        capture.files.close()
+        await _stop(capture, loop)
 
 
 async def test_a_steady_backlog_still_frees_the_disk(
@@ -126,7 +131,4 @@ async def test_a_steady_backlog_still_frees_the_disk(
             await asyncio.sleep(0.01)
         assert list(capture.finished_dir.iterdir()) == []
     finally:
-        loop.cancel()
-        await asyncio.gather(loop, return_exceptions=True)
-        capture.journal.close()
-        capture.files.close()
+        await _stop(capture, loop)

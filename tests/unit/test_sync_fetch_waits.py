@@ -29,7 +29,10 @@ def _sync(tmp_path: Path) -> Sync:
     return Sync(ctx, FileStore(tmp_path / "objects"))
 
 
-async def test_a_fetch_waits_for_the_live_pull_in_flight(tmp_path: Path) -> None:
+async def _following_with_a_copy(tmp_path: Path
+                                 ) -> tuple[Sync, list[tuple[str, int]], Path]:
+    """Node b following r1 from a, 100 bytes copied; its fetches are recorded (with
+    the size of the part each began from), not made."""
     sync = _sync(tmp_path)
     fetched: list[tuple[str, int]] = []
 
@@ -44,6 +47,11 @@ async def test_a_fetch_waits_for_the_live_pull_in_flight(tmp_path: Path) -> None
     copy = live_path(sync.root, "r1")
     copy.parent.mkdir(parents=True, exist_ok=True)
     copy.write_bytes(b"x" * 100)
+    return sync, fetched, copy
+
+
+async def test_a_fetch_waits_for_the_live_pull_in_flight(tmp_path: Path) -> None:
+    sync, fetched, copy = await _following_with_a_copy(tmp_path)
     sync.pulling.add("r1")  # a live pull request for it is out
     worker = asyncio.create_task(sync._fetch_worker())
     try:
@@ -70,20 +78,7 @@ async def test_a_fetch_waits_for_the_live_pull_in_flight(tmp_path: Path) -> None
 
 async def test_without_a_pull_in_flight_the_fetch_starts_from_the_copy_at_once(
         tmp_path: Path) -> None:
-    sync = _sync(tmp_path)
-    fetched: list[tuple[str, int]] = []
-
-    async def fake_fetch(recording_id: str) -> bool:
-        part = part_path(sync.root, recording_id)
-        fetched.append((recording_id, part.stat().st_size if part.exists() else -1))
-        return True
-
-    sync._fetch = fake_fetch  # type: ignore[method-assign]
-    await sync._apply(RecordingStarted(node_id="a", recording_id="r1", started_at=T0,
-                                       metadata=META), 1)
-    copy = live_path(sync.root, "r1")
-    copy.parent.mkdir(parents=True, exist_ok=True)
-    copy.write_bytes(b"x" * 100)
+    sync, fetched, _ = await _following_with_a_copy(tmp_path)
     worker = asyncio.create_task(sync._fetch_worker())
     try:
         await sync._apply(RecordingCompleted(

@@ -61,4 +61,3 @@ def remove_all(finished_dir: Path) -> int:
                 os.unlink(entry.path)
         removed += 1
     return removed
-

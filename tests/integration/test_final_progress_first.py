@@ -11,19 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-import multiprocessing
-from concurrent.futures import Executor, ProcessPoolExecutor
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any, cast
+from typing import Any
 
-from callrec.config import NodeConfig
-from callrec.metrics import Registry
-from callrec.service import ServiceContext
-from callrec.store import FileStore
 from contracts import subjects
-from services.capture.service import Capture
 from tests.support.callgen import make_recording
+from tests.support.capturecore import stop_worker_capture, worker_capture
 
 
 class Published:
@@ -41,18 +35,8 @@ async def test_the_whole_live_file_is_announced_before_the_completion(
         tmp_path: Path) -> None:
     data_dir = tmp_path / "data"
     make_recording(data_dir / "capture" / "active" / "call-1", 2.0, recording_id="call-1")
-    context = multiprocessing.get_context("forkserver")
-
-    def new_worker() -> Executor:
-        return ProcessPoolExecutor(max_workers=1, mp_context=context)
-
     published = Published()
-    config = NodeConfig(node_id="n1", data_dir=data_dir, rtp_port_min=43000,
-                        rtp_port_max=43999)
-    ctx = ServiceContext("capture", config, cast(Any, published), cast(Any, published),
-                         Registry("capture", "n1"), asyncio.Event())
-    store = FileStore(data_dir / "objects")
-    capture = Capture(ctx, store, [new_worker()], new_worker)
+    capture, _ = worker_capture(data_dir, published, published)
     capture._recover({})
     loop = asyncio.create_task(capture._finalize_loop())
     try:
@@ -62,13 +46,7 @@ async def test_the_whole_live_file_is_announced_before_the_completion(
             await asyncio.sleep(0.01)
         assert not capture.live
     finally:
-        loop.cancel()
-        await asyncio.gather(loop, return_exceptions=True)
-        for worker in capture.workers:
-            worker.shutdown(wait=True)
-        capture.journal.close()
-        capture.files.close()
-        capture.finalize_files.shutdown()
+        await stop_worker_capture(capture, loop)
     order = [subject for subject, _ in published.messages]
     completed_at = order.index(subjects.event("n1", "recording.completed"))
     finals = [(index, update) for index, (subject, body) in enumerate(published.messages)

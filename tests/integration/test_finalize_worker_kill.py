@@ -10,21 +10,17 @@ from __future__ import annotations
 
 import asyncio
 import json
-import multiprocessing
 import os
 import signal
-from concurrent.futures import Executor, ProcessPoolExecutor
+from concurrent.futures import Executor
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any, cast
+from typing import Any
 
 from callrec.audio import decode_file, dominant_frequency
-from callrec.config import NodeConfig
-from callrec.metrics import Registry
-from callrec.service import ServiceContext
-from callrec.store import FileStore, sha256_file
-from services.capture.service import Capture
+from callrec.store import sha256_file
 from tests.support.callgen import FAR_HZ, NEAR_HZ, make_recording
+from tests.support.capturecore import stop_worker_capture, worker_capture
 
 CALLS = 16
 
@@ -56,18 +52,8 @@ async def test_a_worker_killed_mid_batch_leaves_every_recording_correct(
     active = data_dir / "capture" / "active"
     for i in range(CALLS):
         make_recording(active / f"call-{i:03d}", 2.0, recording_id=f"call-{i:03d}")
-    context = multiprocessing.get_context("forkserver")
-
-    def new_worker() -> Executor:
-        return ProcessPoolExecutor(max_workers=1, mp_context=context)
-
     js = RecordingJetStream()
-    config = NodeConfig(node_id="n1", data_dir=data_dir, rtp_port_min=43000,
-                        rtp_port_max=43999)
-    ctx = ServiceContext("capture", config, cast(Any, NoNats()), cast(Any, js),
-                         Registry("capture", "n1"), asyncio.Event())
-    store = FileStore(data_dir / "objects")
-    capture = Capture(ctx, store, [new_worker()], new_worker)
+    capture, store = worker_capture(data_dir, NoNats(), js)
     capture.workers[0].submit(os.getpid).result()  # its process is up
     first = capture.workers[0]
     victim = _pids(first)
@@ -94,13 +80,7 @@ async def test_a_worker_killed_mid_batch_leaves_every_recording_correct(
             await asyncio.sleep(0.01)
         assert not any(active.iterdir()), sorted(p.name for p in active.iterdir())
     finally:
-        loop.cancel()
-        await asyncio.gather(loop, return_exceptions=True)
-        for worker in capture.workers:
-            worker.shutdown(wait=True)
-        capture.journal.close()
-        capture.files.close()
-        capture.finalize_files.shutdown()
+        await stop_worker_capture(capture, loop)
     assert capture.workers[0] is not first  # the kill was seen, the worker replaced
     completed = [e for s, e in js.events if s.endswith("recording.completed")]
     assert sorted(e["recording_id"] for e in completed) == [

@@ -74,6 +74,14 @@ def test_a_set_aside_recording_is_not_recovered(tmp_path: Path) -> None:
         restarted.files.close()
 
 
+async def _until_empty(directory: Path) -> None:
+    """Wait (up to 5 s) for the removal loop to empty `directory`."""
+    for _ in range(500):
+        if not any(directory.iterdir()):
+            return
+        await asyncio.sleep(0.01)
+
+
 async def _stop(capture: Capture, loop: asyncio.Task[None]) -> None:
     loop.cancel()
     await asyncio.gather(loop, return_exceptions=True)
@@ -107,10 +115,7 @@ async def test_the_removal_loop_waits_while_a_finalize_is_queued_or_running(
         assert len(list(capture.finished_dir.iterdir())) == 1  # one still running
 
         capture.finalizing_now.clear()
-        for _ in range(500):
-            if not any(capture.finished_dir.iterdir()):
-                break
-            await asyncio.sleep(0.01)
+        await _until_empty(capture.finished_dir)
         assert list(capture.finished_dir.iterdir()) == []
     finally:
         await _stop(capture, loop)
@@ -125,10 +130,7 @@ async def test_a_steady_backlog_still_frees_the_disk(
     finished.set_aside(_recording_dir(capture.active_dir, "r1"), capture.finished_dir)
     loop = asyncio.create_task(capture._removal_loop())
     try:
-        for _ in range(500):
-            if not any(capture.finished_dir.iterdir()):
-                break
-            await asyncio.sleep(0.01)
+        await _until_empty(capture.finished_dir)
         assert list(capture.finished_dir.iterdir()) == []
     finally:
         await _stop(capture, loop)

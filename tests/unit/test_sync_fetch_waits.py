@@ -19,6 +19,11 @@ from services.sync.state import live_path, part_path
 
 T0 = datetime(2026, 12, 5, 8, 0, tzinfo=UTC)
 META = RecordingMetadata(source="sip", session_key="r1")
+# r1 completed by its origin a: 120 bytes.
+COMPLETED = RecordingCompleted(
+    node_id="a", recording_id="r1", started_at=T0, ended_at=T0, duration_ms=1000,
+    object_key="recordings/r1.opus", size_bytes=120, sha256="0" * 64, channels=[],
+    metadata=META)
 
 
 def _sync(tmp_path: Path) -> Sync:
@@ -50,25 +55,26 @@ async def _following_with_a_copy(tmp_path: Path
     return sync, fetched, copy
 
 
+async def _until_fetched(fetched: list[tuple[str, int]]) -> None:
+    for _ in range(100):
+        if fetched:
+            return
+        await asyncio.sleep(0.01)
+
+
 async def test_a_fetch_waits_for_the_live_pull_in_flight(tmp_path: Path) -> None:
     sync, fetched, copy = await _following_with_a_copy(tmp_path)
     sync.pulling.add("r1")  # a live pull request for it is out
     worker = asyncio.create_task(sync._fetch_worker())
     try:
-        await sync._apply(RecordingCompleted(
-            node_id="a", recording_id="r1", started_at=T0, ended_at=T0, duration_ms=1000,
-            object_key="recordings/r1.opus", size_bytes=120, sha256="0" * 64, channels=[],
-            metadata=META), 2)
+        await sync._apply(COMPLETED, 2)
         await asyncio.sleep(0.05)
         assert fetched == []  # not beside the pull
 
         copy.write_bytes(b"x" * 120)  # the pull brought the rest
         sync.pulling.discard("r1")
         sync._close_live_copy("r1")  # as _pull_live does when its request ends
-        for _ in range(100):
-            if fetched:
-                break
-            await asyncio.sleep(0.01)
+        await _until_fetched(fetched)
         assert fetched == [("r1", 120)]  # from the copy, once
         assert not copy.exists()
     finally:
@@ -81,14 +87,8 @@ async def test_without_a_pull_in_flight_the_fetch_starts_from_the_copy_at_once(
     sync, fetched, _ = await _following_with_a_copy(tmp_path)
     worker = asyncio.create_task(sync._fetch_worker())
     try:
-        await sync._apply(RecordingCompleted(
-            node_id="a", recording_id="r1", started_at=T0, ended_at=T0, duration_ms=1000,
-            object_key="recordings/r1.opus", size_bytes=120, sha256="0" * 64, channels=[],
-            metadata=META), 2)
-        for _ in range(100):
-            if fetched:
-                break
-            await asyncio.sleep(0.01)
+        await sync._apply(COMPLETED, 2)
+        await _until_fetched(fetched)
         assert fetched == [("r1", 100)]
     finally:
         worker.cancel()

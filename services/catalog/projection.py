@@ -29,12 +29,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 from contracts.v1.events import (
+    EventBase,
     LegalHoldChanged,
     RecordingCompleted,
     RecordingNoteAdded,
     RecordingPurged,
     RecordingTagChanged,
     RecordingWaveformComputed,
+    type_of,
 )
 from contracts.v1.holds import Facts, HoldFact, PurgeFact
 from contracts.v1.holds import micros as to_micros
@@ -47,6 +49,14 @@ from . import waveforms
 
 SCHEMA_VERSION = 6
 """Bump when the tables change: an old file is then dropped and rebuilt by replay."""
+
+APPLIED: tuple[type[EventBase], ...] = (
+    RecordingCompleted, RecordingPurged, LegalHoldChanged, RecordingWaveformComputed,
+    RecordingNoteAdded, RecordingTagChanged,
+)
+"""The events `Catalog.apply_batch` uses: the catalog follows these alone (each ending
+also brings a copy's `recording.replicated` per peer, which it would parse for nothing)."""
+APPLIED_TYPES: tuple[str, ...] = tuple(type_of(event) for event in APPLIED)
 
 STREAM_KEY = "events"
 """Checkpoint row of the node's own event stream (room for sourced peer streams)."""

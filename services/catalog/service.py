@@ -21,7 +21,7 @@ from contracts import subjects
 from contracts.v1.events import RecordingCompleted
 from contracts.v1.rpc import Annotations, GetRequest, SearchRequest, SearchResult, Waveform
 
-from .projection import Catalog
+from .projection import APPLIED_TYPES, Catalog
 
 # A lazy proxy: binding now would freeze the pre-`setup_logging` (non-JSON) config.
 log = structlog.get_logger(component="catalog")
@@ -100,7 +100,8 @@ async def main(ctx: ServiceContext) -> None:
     )
     follower = asyncio.create_task(
         bus.follow_event_batches(
-            ctx.js, node, subjects.events_of_type("recording.*"), catalog.last_sequence + 1, apply
+            ctx.js, node, [subjects.events_of_type(kind) for kind in APPLIED_TYPES],
+            catalog.last_sequence + 1, apply
         )
     )
     stop = asyncio.create_task(ctx.stopping.wait())

@@ -9,10 +9,13 @@ from contracts.v1.events import (
     Participant,
     RecordingCompleted,
     RecordingMetadata,
+    RecordingReplicated,
     RecordingStarted,
+    RecordingWaveformComputed,
+    type_of,
 )
 from contracts.v1.rpc import SearchRequest
-from services.catalog.projection import Catalog
+from services.catalog.projection import APPLIED_TYPES, Catalog
 
 T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 
@@ -193,3 +196,20 @@ def test_one_row_per_call_the_best_completion_whatever_the_order(tmp_path: Path)
     got = catalog.get("r1")
     assert got is not None and got.interrupted and got.duration_ms == 9_900
     assert catalog.count == 1
+
+
+def test_the_catalog_is_sent_only_what_it_applies(tmp_path: Path) -> None:
+    """The catalog follows APPLIED_TYPES alone: a copy's `recording.replicated` (one
+    per recording and peer in a burst of endings) changes nothing but the checkpoint,
+    so it is not sent; what the catalog does apply is in the list."""
+    catalog = Catalog(tmp_path / "catalog.sqlite3")
+    copy = RecordingReplicated(node_id="n2", recording_id="r1", origin_node_id="n1",
+                               object_key="2024/05/01/r1.ogg", sha256="0" * 64,
+                               size_bytes=1000)
+    before = catalog._db.total_changes
+    assert catalog.apply_batch([(copy, 1)]) == []
+    assert catalog._db.total_changes - before == 1  # the checkpoint row alone
+    assert type_of(RecordingReplicated) not in APPLIED_TYPES
+    assert catalog.apply_batch([(completed("r1", 0, "100"), 2)])
+    assert {type_of(RecordingCompleted), type_of(RecordingWaveformComputed)} <= set(APPLIED_TYPES)
+    catalog.close()

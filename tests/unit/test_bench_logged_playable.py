@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from bench.capacity import logged_times, playable_from_log
+from bench.capacity import confirmed_by_poll, logged_times, playable_from_log
 
 LOG = "\n".join([
     '{"recording_id":"r1","event":"recording_cataloged","timestamp":"2026-12-05T08:00:01.500000Z"}',
@@ -24,3 +24,9 @@ def test_on_a_peer_a_recording_is_playable_once_listed_and_stored() -> None:
     assert playable_from_log(LOG, {"r1", "r2"}, copied=False) == {"r1": T0 + 1.5,
                                                                    "r2": T0 + 1.0}
     assert playable_from_log(LOG, {"r1", "r2"}, copied=True) == {"r1": T0 + 2.0}
+
+
+def test_a_logged_recording_counts_only_once_a_poll_found_it_playable() -> None:
+    logged = playable_from_log(LOG, {"r1", "r2"}, copied=False)
+    assert confirmed_by_poll(logged, {"r2": 5.0}) == {"r2": T0 + 1.0}
+    assert confirmed_by_poll(logged, {}) == {}

@@ -19,8 +19,8 @@ CHUNK = 256 * 1024
 
 
 class ObjectStore(Protocol):
-    def put_file(self, key: str, source: Path) -> str: ...
-    def adopt_file(self, key: str, source: Path) -> str: ...
+    def put_file(self, key: str, source: Path, expected_sha256: str | None = None) -> str: ...
+    def adopt_file(self, key: str, source: Path, expected_sha256: str | None = None) -> str: ...
     def exists(self, key: str) -> bool: ...
     def size(self, key: str) -> int: ...
     def read_range(self, key: str, start: int, end: int) -> Iterator[bytes]: ...
@@ -32,6 +32,10 @@ class ObjectStore(Protocol):
 
 class StoreKeyError(ValueError):
     """A key that would escape the store (absolute, '..', empty parts)."""
+
+
+class ObjectMismatch(ValueError):
+    """A file offered with the sha256 it must have did not have it: not stored."""
 
 
 def file_chunks(path: Path, start: int, end: int) -> Iterator[bytes]:
@@ -76,8 +80,9 @@ class FileStore:
         target.parent.mkdir(parents=True, exist_ok=True)
         return target, target.with_name(f".{target.name}.tmp-{os.getpid()}")
 
-    def put_file(self, key: str, source: Path) -> str:
-        """Copy `source` in atomically; returns its sha256 (computed while copying)."""
+    def put_file(self, key: str, source: Path, expected_sha256: str | None = None) -> str:
+        """Copy `source` in atomically; returns its sha256 (computed while copying).
+        With `expected_sha256`, a copy with another digest is not stored (ObjectMismatch)."""
         target, temp = self._staging(key)
         digest = hashlib.sha256()
         try:
@@ -85,6 +90,7 @@ class FileStore:
                 while chunk := src.read(CHUNK):
                     digest.update(chunk)
                     dst.write(chunk)
+                _check_digest(key, digest.hexdigest(), expected_sha256)
                 dst.flush()
                 os.fsync(dst.fileno())
             os.replace(temp, target)
@@ -94,12 +100,14 @@ class FileStore:
         _fsync_dir(target.parent)
         return digest.hexdigest()
 
-    def adopt_file(self, key: str, source: Path) -> str:
+    def adopt_file(self, key: str, source: Path, expected_sha256: str | None = None) -> str:
         """Store a finished file its writer will not write again (it may still remove
-        it); returns its sha256. Where `source` is on the store's file system it is
-        linked in, not copied: a burst of finished recordings then costs the disk
-        what their writers left unwritten, not a second copy of each (bench/README.md,
-        "The store takes a finished file by a link"). Elsewhere it is copied."""
+        it); returns its sha256. With `expected_sha256`, a file with another digest is
+        not stored (ObjectMismatch): a copy is verified by the one read that stores it.
+        Where `source` is on the store's file system it is linked in, not copied: a
+        burst of finished recordings then costs the disk what their writers left
+        unwritten, not a second copy of each (bench/README.md, "The store takes a
+        finished file by a link"). Elsewhere it is copied."""
         target, temp = self._staging(key)
         temp.unlink(missing_ok=True)  # left by a crash with a recycled pid: link needs the name
         try:
@@ -107,12 +115,13 @@ class FileStore:
         except OSError as exc:
             if exc.errno not in _CANNOT_LINK:
                 raise
-            return self.put_file(key, source)
+            return self.put_file(key, source, expected_sha256)
         digest = hashlib.sha256()
         try:
             with temp.open("rb") as handle:
                 while chunk := handle.read(CHUNK):
                     digest.update(chunk)
+                _check_digest(key, digest.hexdigest(), expected_sha256)
                 os.fsync(handle.fileno())  # the writer's unsynced pages, nothing more
             os.replace(temp, target)
             # Already stored (a retried finalize): rename of two links to one file
@@ -159,6 +168,11 @@ def open_store(data_dir: Path) -> ObjectStore:
 # without hard links, a link count at its limit, a link refused (protected_hardlinks).
 _CANNOT_LINK = frozenset({errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP,
                           errno.EOPNOTSUPP, errno.EACCES})
+
+
+def _check_digest(key: str, digest: str, expected: str | None) -> None:
+    if expected is not None and digest != expected:
+        raise ObjectMismatch(f"{key}: sha256 {digest}, expected {expected}")
 
 
 def _fsync_dir(path: Path) -> None:

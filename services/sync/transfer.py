@@ -16,10 +16,11 @@ import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from pydantic import ValidationError
 
-from callrec.store import ObjectStore, StoreKeyError
+from callrec.store import ObjectMismatch, ObjectStore, StoreKeyError
 from contracts.subjects import is_plain_id
 from contracts.v1.rpc import (
     LivePart,
@@ -254,3 +255,32 @@ def _sha256(path: Path) -> str:
         while block := handle.read(1 << 20):
             digest.update(block)
     return digest.hexdigest()
+
+
+def holds(store: ObjectStore, key: str, size: int) -> bool:
+    """Does the store hold `key` with `size` bytes (the completion's)?"""
+    try:
+        return store.exists(key) and store.size(key) == size
+    except (OSError, ValueError):
+        return False
+
+
+def store_whole_part(store: ObjectStore, key: str, size: int, sha256: str,
+                     part: Path) -> Literal["held", "stored", "mismatch", "partial"]:
+    """Blocking (a thread's): `key` is held already; or `part` is whole and is
+    verified and stored by one read (the part removed); or it is whole and wrong
+    (removed, to be pulled again); or it is not whole yet (a pull completes it)."""
+    if holds(store, key, size):
+        return "held"
+    try:
+        if part.stat().st_size != size:
+            return "partial"
+    except FileNotFoundError:
+        return "partial"
+    try:
+        store.adopt_file(key, part, sha256)
+    except ObjectMismatch:
+        part.unlink(missing_ok=True)
+        return "mismatch"
+    part.unlink(missing_ok=True)
+    return "stored"

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from callrec.store import FileStore
+from callrec.store import FileStore, ObjectMismatch
 
 KEY = "2026/12/04/rec1.opus"
 
@@ -88,3 +88,24 @@ def test_adopt_file_refuses_a_key_outside_the_store(tmp_path: Path) -> None:
     store = FileStore(tmp_path / "objects")
     with pytest.raises(ValueError):
         store.adopt_file("../escape.opus", _source(tmp_path))
+
+
+@pytest.mark.parametrize("linked", [True, False])
+def test_a_file_with_another_sha256_than_expected_is_not_stored(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, linked: bool) -> None:
+    """A peer's copy is verified by the read that stores it (adopt_file with the
+    completion's sha256): a wrong one never becomes the object, linked or copied."""
+    store = FileStore(tmp_path / "objects")
+    source = _source(tmp_path)
+    data = source.read_bytes()
+    if not linked:
+        def refuse(src: object, dst: object) -> None:
+            raise OSError(errno.EXDEV, "cross-device link")
+        monkeypatch.setattr(os, "link", refuse)
+    with pytest.raises(ObjectMismatch):
+        store.adopt_file(KEY, source, "0" * 64)
+    assert not store.exists(KEY) and source.read_bytes() == data
+    target = tmp_path / "objects" / KEY
+    assert list(target.parent.iterdir()) == []  # no temp left
+    right = hashlib.sha256(data).hexdigest()
+    assert store.adopt_file(KEY, source, right) == right and store.exists(KEY)

@@ -20,6 +20,7 @@ from services.sync.transfer import (
     TransferError,
     pull_object,
     serve_read,
+    store_whole_part,
 )
 
 KEY = "recordings/2024/05/01/r1.opus"
@@ -149,3 +150,26 @@ def test_checkpoint_round_trip(tmp_path: Path) -> None:
 def test_part_path_rejects_unsafe_ids(tmp_path: Path) -> None:
     with pytest.raises(ValueError):
         part_path(tmp_path, "../x")
+
+
+def test_a_whole_live_copy_is_verified_and_stored_in_one_step(tmp_path: Path) -> None:
+    """The common end of a copy: the live pages made the part whole, and one read
+    verifies and stores it; held already, wrong, or short, it says so instead."""
+    data = os.urandom(10_000)
+    sha = hashlib.sha256(data).hexdigest()
+    store = FileStore(tmp_path / "copy")
+    part = part_path(tmp_path / "sync", "r1")
+    part.parent.mkdir(parents=True)
+    assert store_whole_part(store, KEY, len(data), sha, part) == "partial"  # no part yet
+    part.write_bytes(data[:4000])
+    assert store_whole_part(store, KEY, len(data), sha, part) == "partial"
+    assert part.exists() and not store.exists(KEY)
+    part.write_bytes(data[:-1] + bytes([data[-1] ^ 1]))  # whole, one bit wrong
+    assert store_whole_part(store, KEY, len(data), sha, part) == "mismatch"
+    assert not part.exists() and not store.exists(KEY)
+    part.write_bytes(data)
+    assert store_whole_part(store, KEY, len(data), sha, part) == "stored"
+    assert not part.exists()
+    path = store.local_path(KEY)
+    assert path is not None and path.read_bytes() == data
+    assert store_whole_part(store, KEY, len(data), sha, part) == "held"

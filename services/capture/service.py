@@ -110,7 +110,11 @@ from .timeline import SilentReason
 FLUSH_INTERVAL = 0.25
 # How often the segments of the calls in progress are handed to the kernel's writeback
 # (callrec.writeback): the fsync at a call's end then finds at most this much unwritten.
-WRITEBACK_INTERVAL = 5.0
+# At 5 s, 400 calls ending at once still wrote up to 5 s of each call's packets (up to
+# 40 MB) in their fsyncs; each pass costs about 27 us a file (2 % of a core at 400
+# calls each second), which the receiving CPU did not show (bench/README.md,
+# "Writeback every second").
+WRITEBACK_INTERVAL = 1.0
 # How long a reserved port stays bound unused for signaling (which stops answering
 # with it a third of that earlier), then closed and back in the pool.
 RESERVE_LEASE_S = 30.0

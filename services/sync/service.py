@@ -443,7 +443,8 @@ class Sync:
             case "held":
                 return await self._announce(recording_id)
             case "stored":
-                return await self._stored(recording_id, replica, key, "live copy", started)
+                return await self._stored(recording_id, replica, key, size, "live copy",
+                                         started)
             case "mismatch":
                 log.warning("part_mismatch", recording_id=recording_id,
                             reason="the live copy did not verify: pulled again")
@@ -461,7 +462,7 @@ class Sync:
             if outcome is Outcome.DONE:
                 await asyncio.to_thread(self.store.adopt_file, key, part)
                 part.unlink(missing_ok=True)
-                return await self._stored(recording_id, replica, key, holder, started)
+                return await self._stored(recording_id, replica, key, size, holder, started)
             if outcome is Outcome.MISMATCH and not fresh:
                 log.warning("part_mismatch", recording_id=recording_id, source=holder,
                             reason="a part begun elsewhere did not verify: pulled again")
@@ -474,8 +475,8 @@ class Sync:
                 log.info("holder_unavailable", recording_id=recording_id, source=holder)
         return False
 
-    async def _stored(self, recording_id: str, replica: Replica, key: str, source: str,
-                      started: float) -> bool:
+    async def _stored(self, recording_id: str, replica: Replica, key: str, size: int,
+                      source: str, started: float) -> bool:
         """After our copy of `key` was stored: drop it if purged meanwhile, else count,
         log and announce it; True when nothing more is to fetch."""
         if replica.purged:  # purged while we were storing it
@@ -483,7 +484,7 @@ class Sync:
             return True
         self.m_replicated.inc()
         log.info("object_replicated", recording_id=recording_id, source=source,
-                 size=replica.size, seconds=round(time.monotonic() - started, 3))
+                 size=size, seconds=round(time.monotonic() - started, 3))
         if key != replica.object_key:
             # A better copy of the call was completed meanwhile: fetch that one too.
             self.replicas.held_locally(recording_id, key)

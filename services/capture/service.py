@@ -111,9 +111,10 @@ FLUSH_INTERVAL = 0.25
 # How often the segments of the calls in progress are handed to the kernel's writeback
 # (callrec.writeback): the fsync at a call's end then finds at most this much unwritten.
 # At 5 s, 400 calls ending at once still wrote up to 5 s of each call's packets (up to
-# 40 MB) in their fsyncs; each pass costs about 27 us a file (2 % of a core at 400
-# calls each second), which the receiving CPU did not show (bench/README.md, "BYE->
-# playable from the logs, and three cuts in the burst").
+# 40 MB) in their fsyncs. A pass costs about 3.4 us a file of its own (open, call,
+# close); the kernel's writing it starts, 10-25 us a file more, is work the fsync at
+# the end would do (bench/README.md, "BYE->playable from the logs, and three cuts in
+# the burst").
 WRITEBACK_INTERVAL = 1.0
 # How long a reserved port stays bound unused for signaling (which stops answering
 # with it a third of that earlier), then closed and back in the pool.

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import enum
-import hashlib
 import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -20,7 +19,7 @@ from typing import Literal
 
 from pydantic import ValidationError
 
-from callrec.store import ObjectMismatch, ObjectStore, StoreKeyError
+from callrec.store import ObjectMismatch, ObjectStore, StoreKeyError, sha256_file
 from contracts.subjects import is_plain_id
 from contracts.v1.rpc import (
     LivePart,
@@ -242,19 +241,11 @@ async def pull_object(request: Requester, subject: str, key: str, size: int, sha
             have += min(len(got.data), length)
             if on_bytes is not None:
                 on_bytes(min(len(got.data), length))
-    digest = await asyncio.to_thread(_sha256, part)
+    digest = await asyncio.to_thread(sha256_file, part)
     if digest != sha256:
         part.unlink(missing_ok=True)
         return Outcome.MISMATCH
     return Outcome.DONE
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while block := handle.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def holds(store: ObjectStore, key: str, size: int) -> bool:

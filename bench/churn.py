@@ -11,8 +11,10 @@ call in the same slot, set up then (capture's allocate, on new ports), so N call
 in progress at every measured BYE and set-up goes on while recordings finalize.
 The measured figure is, for each first call, its finalize request
 (the BYE, sent after one flush interval as bench.capacity does) until the recording is
-listed by the catalog with its whole file in the store, on the recording node and on
-its peer. The second calls then end together and are checked, not measured.
+playable on the recording node and on its peer, by each node's log as in
+bench.capacity (`playable_from_log`); a recording counts once a listing poll, every
+`PLAYABLE_POLL_S`, also found it listed with its whole file in the store. The second
+calls then end together and are checked, not measured.
 
     python -m bench.churn --calls 400 --seconds 20      # about 2 minutes
     python -m bench.churn --calls 3 --seconds 4          # seconds: a smoke run
@@ -38,11 +40,14 @@ if str(REPO) not in sys.path:
 
 from bench import loadgen  # noqa: E402
 from bench.capacity import (  # noqa: E402
+    PLAYABLE_POLL_S,
     check_tones,
     commit,
+    confirmed_by_poll,
     fmt,
     machine,
     percentile,
+    playable_from_log,
     spread,
     watch_playable,
 )
@@ -88,6 +93,7 @@ class ChurnResult:
     wrong: int
     peer: bool
     lag: str = "not sampled"
+    polled: str = "no poll"
 
     def table(self) -> str:
         def p(values: list[float], q: float) -> str:
@@ -164,8 +170,8 @@ async def run(calls: int, seconds: float, samples: int, keep: bool,
             return {"min_duration_s": str(max(0, int(shortest) - 1))}
 
         timeout = 2 * seconds + 120
-        watches = [asyncio.create_task(watch_playable(n, first_ids, timeout, params=window,
-                                                      narrow=still_pending))
+        watches = [asyncio.create_task(watch_playable(n, first_ids, timeout, PLAYABLE_POLL_S,
+                                                      params=window, narrow=still_pending))
                    for n in ([node, peer] if peer is not None else [node])]
         second_ids = await _churn(driver, plan, t0, first_ids, tag, more)
         await lag.stop()
@@ -194,18 +200,43 @@ async def run(calls: int, seconds: float, samples: int, keep: bool,
             return [seen[r] - driver.requested_at[r] for r in first_ids
                     if r in seen and r in driver.requested_at]
 
+        def bye_to_logged(seen: dict[str, float]) -> list[float]:
+            return [seen[r] - driver.requested_wall[r] for r in first_ids
+                    if r in seen and r in driver.requested_wall]
+
+        measured = set(first_ids)
+        logged = [confirmed_by_poll(playable_from_log(node.log(), measured, copied=False),
+                                    playable[0])]
+        if peer is not None:
+            logged.append(confirmed_by_poll(playable_from_log(peer.log(), measured,
+                                                              copied=True), playable[1]))
+        polled = [bye_to(seen) for seen in playable]
+        poll_after_log = [playable[i][r] - driver.requested_at[r]
+                          - (seen[r] - driver.requested_wall[r])
+                          for i, seen in enumerate(logged) for r in seen
+                          if r in driver.requested_at and r in driver.requested_wall]
+        polled_note = "; ".join(
+            f"{where} p50 / p99 {fmt(percentile(times, 50), 3)} / "
+            f"{fmt(percentile(times, 99), 3)} s ({len(times)}/{calls})"
+            for where, times in zip(("on the recording node", "on the peer"), polled,
+                                    strict=False))
+        if poll_after_log:
+            polled_note += (f"; each poll saw a recording {min(poll_after_log):.3f} to "
+                            f"{max(poll_after_log):.3f} s after its log said it was playable")
+
         done = [driver.done_at[r] - driver.requested_at[r] for r in first_ids
                 if r in driver.done_at and r in driver.requested_at]
         wrong = (2 * calls - two_channels) + (checked - tones_ok) + len(failed)
         return ChurnResult(
-            calls=calls, seconds=seconds, here=bye_to(playable[0]),
-            there=bye_to(playable[1]) if peer is not None else [], done=done,
+            calls=calls, seconds=seconds, here=bye_to_logged(logged[0]),
+            there=bye_to_logged(logged[1]) if peer is not None else [], done=done,
             loss_pct=100.0 * (1 - stored / sent.sent) if sent.sent else float("nan"),
             sender=f"{sent.rate_pct:.2f} % / {sent.max_lag_ms:.0f} ms",
             correct=(f"{two_channels}/{2 * calls} 2ch, {tones_ok}/{checked} tones, "
                      f"{len(failed)} not completed" + (f" ({'; '.join(why)})" if why else "")),
             wrong=wrong, peer=peer is not None,
-            lag=f"peak {lag.peak:.1f} s ({lag.samples} samples, {lag.missed} scrapes without it)")
+            lag=f"peak {lag.peak:.1f} s ({lag.samples} samples, {lag.missed} scrapes without it)",
+            polled=polled_note)
 
 
 def render(result: ChurnResult) -> str:
@@ -215,10 +246,14 @@ def render(result: ChurnResult) -> str:
             + result.table() + "\n\n"
             f"- sender sent % of schedule / worst lag: {result.sender}\n"
             f"- live lag while the first calls played and ended: {result.lag}\n"
+            f"- BYE->playable as the listing polls (every {PLAYABLE_POLL_S:g} s) saw it: "
+            f"{result.polled}\n"
             "- BYE = capture's finalize request, one flush interval after the call's last "
-            "packet; playable = listed by the catalog with its whole file in that node's "
-            "store (polled every 0.25 s). Every measured BYE happens with the stated number "
-            "of calls in progress (the ending call's slot starts a new call at once).\n")
+            "packet; playable = by that node's log, the catalog's `recording_cataloged` "
+            "(on the peer also sync's `object_replicated`), counted once a listing poll "
+            "also found it listed with its whole file in the node's store. Every measured "
+            "BYE happens with the stated number of calls in progress (the ending call's slot "
+            "starts a new call at once).\n")
 
 
 def main(argv: list[str] | None = None) -> str:

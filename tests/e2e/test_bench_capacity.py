@@ -84,3 +84,10 @@ def test_churn_smoke_measures_every_bye() -> None:
         p50, p99 = (float(x) for x in row[column].split(" / "))
         assert 0 < p50 <= p99 < 30, row
     assert row["correct"].startswith("6/6 2ch, 3/3 tones, 0 not completed"), row
+    # Playable by each node's log, every one confirmed by a listing poll on both nodes,
+    # and no poll saw a recording well before its log said so.
+    polled = re.search(r"BYE->playable as the listing polls \(every 1 s\) saw it: on the "
+                       r"recording node p50 / p99 [0-9.]+ / [0-9.]+ s \(3/3\); on the peer "
+                       r"p50 / p99 [0-9.]+ / [0-9.]+ s \(3/3\); each poll saw a recording "
+                       r"(-?[0-9.]+) to [0-9.]+ s after its log", text)
+    assert polled is not None and float(polled.group(1)) > -0.5, text

@@ -262,6 +262,7 @@ def iter_decoded(path: Path, rate: int | None = None) -> Iterator[tuple[Int16Arr
         resampler: av.AudioResampler | None = None
         out_rate = rate or 0
         channels = 0
+        yielded = False
         for frame in container.decode(stream):
             if resampler is None:
                 channels = frame.layout.nb_channels
@@ -269,14 +270,17 @@ def iter_decoded(path: Path, rate: int | None = None) -> Iterator[tuple[Int16Arr
                 resampler = av.AudioResampler(format="s16", layout=frame.layout.name,
                                               rate=out_rate)
             for out in resampler.resample(frame):
+                yielded = True
                 yield _packed_to_planar(out.to_ndarray(), channels), out_rate
         if resampler is None:
             channels = stream.codec_context.channels or 1
             out_rate = rate or stream.codec_context.sample_rate or 0
-            yield np.zeros((channels, 0), dtype=np.int16), int(out_rate)
         else:
             for out in resampler.resample(None):
+                yielded = True
                 yield _packed_to_planar(out.to_ndarray(), channels), out_rate
+        if not yielded:  # no audio, or less than the resampler puts out (one sample)
+            yield np.zeros((channels, 0), dtype=np.int16), int(out_rate)
 
 
 def decode_file(path: Path, rate: int | None = None) -> tuple[Int16Array, int]:
@@ -513,6 +517,9 @@ class OpusPageEncoder:
             self.sequence = resume_from.sequence + 1
             self.granule = resume_from.granule
             self._header_pages = []
+        # The granule of the last page put out: no later page may go below it (RFC
+        # 7845 trims the end within the end-of-stream page only).
+        self._paged_granule = self.granule
 
     @property
     def samples_done(self) -> int:
@@ -547,7 +554,10 @@ class OpusPageEncoder:
         """Flush the encoder and return the last pages, marked end of stream.
 
         ``samples_total`` (input samples since the stream began) sets the final
-        granule position, so players trim the encoder's padding at the end.
+        granule position, so players trim the encoder's padding at the end. The
+        trimmed samples must be on this last page: the caller keeps the padded last
+        frame for it (not :meth:`pages`); an end below a page already put out is raised
+        to that page's granule, never written going back.
         """
         # As FFmpeg flushes: silent frames until the look-ahead is out as well.
         silence = np.zeros(2 * self.frame_size, dtype=np.int16)
@@ -569,10 +579,12 @@ class OpusPageEncoder:
         frame = self.frame_size * self._scale
         out = bytearray()
         if not packets and flags & _OGG_EOS:
-            packets = []
+            granule = self.granule if final_granule is None else final_granule
+            granule = max(min(granule, self.granule), self._paged_granule)
             out += ogg_page([], serial=self.serial, sequence=self.sequence,
-                            granule=final_granule or self.granule, flags=flags)
+                            granule=granule, flags=flags)
             self.sequence += 1
+            self._paged_granule = granule
             return bytes(out)
         # At most 255 lacing values a page: one page holds 50+ voice packets.
         groups: list[list[bytes]] = [[]]
@@ -590,9 +602,12 @@ class OpusPageEncoder:
             self.granule += frame * len(group)
             last = index == len(groups) - 1
             granule = self.granule
-            if last and final_granule is not None:
-                granule = max(min(final_granule, self.granule), 0)
+            if final_granule is not None:
+                # Trimmed on the last page; a page before it (only when the end's
+                # packets need more than one page) never claims samples past the end.
+                granule = max(min(final_granule, granule), self._paged_granule)
             out += ogg_page(group, serial=self.serial, sequence=self.sequence,
                             granule=granule, flags=flags if last else 0)
             self.sequence += 1
+            self._paged_granule = granule
         return bytes(out)

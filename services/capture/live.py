@@ -438,7 +438,9 @@ class LiveEncoder:
             result = self._result(duration_ms, peaks)
             self._pending_result = result
             _save_final(self.directory, result)
-            self._unwritten += self._encoder.pages() + self._encoder.close(total)
+            # The padded last frame and the encoder's flush on the end-of-stream page,
+            # whose granule trims them (RFC 7845: within that page only).
+            self._unwritten += self._encoder.close(total)
         self._write(b"")
         if self._unwritten:
             raise OSError(f"live recording {self.recording_id} could not be written")
@@ -532,7 +534,8 @@ class LiveEncoder:
         """Mix and encode [cursor, upto), a bounded piece at a time.
 
         Only whole Opus frames unless ``partial`` (the end of the call): the last
-        frame is then padded with silence and the end granule trims it off.
+        frame is then padded with silence and the end granule trims it off, so its
+        page is left to the encoder's close (the end-of-stream page), not written here.
         """
         while self.cursor < upto:
             piece = _EMIT_SECONDS * self.rate // self._frame * self._frame
@@ -544,6 +547,8 @@ class LiveEncoder:
                 pad = self._frame - left.size % self._frame
                 left = np.concatenate([left, np.zeros(pad, dtype=np.int16)])
                 right = np.concatenate([right, np.zeros(pad, dtype=np.int16)])
+                self._encoder.encode(left, right)
+                return  # the last piece: its page ends the stream
             self._encoder.encode(left, right)
             if write:
                 self._write(self._encoder.pages())

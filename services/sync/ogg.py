@@ -125,10 +125,11 @@ def follow(chain: Chain, data: bytes | memoryview) -> Chain | None:
                 serial is not None and page_serial != serial):
             return None
         if 0 <= position < granule and not kind & EOS:
-            # Time never goes back, except on the last page: its granule is the call's
-            # end, which trims the padding of the frames written before it (capture
-            # writes its last frames' pages before the end page). A copy taking the
-            # whole file is checked against the completion's sha256 after this.
+            # Time never goes back, except on the last page: capture before 2026-12-05
+            # wrote its last frames' pages before the end page, whose granule (the
+            # call's end) then trimmed their padding; such recordings still replicate.
+            # A copy taking the whole file is checked against the completion's sha256
+            # after this.
             return None
         span = _page_span(view, start, count)
         if span is None:

@@ -138,6 +138,24 @@ def test_finalize_equals_whole_call_build(tmp_path: Path) -> None:
         assert summary.channel == channel
 
 
+def test_the_end_is_trimmed_on_the_end_of_stream_page_alone(tmp_path: Path) -> None:
+    """RFC 7845: the padding of the last frame is trimmed by the end-of-stream page's
+    granule, within that page; no page's granule goes below the page before it."""
+    directory = tmp_path / "rec"
+    manifest = _empty_recording(directory)
+    encoder = _play(directory, LiveEncoder(directory, "r1"), _two_tones(2.0), 2_000)
+    encoder.finish(stream_specs(manifest), 2_010)  # not a whole number of frames
+    data = (directory / LIVE_FILE).read_bytes()
+    pre_skip = int.from_bytes(data[data.index(b"OpusHead") + 10:][:2], "little")
+    pages = list(scan_ogg_pages(directory / LIVE_FILE))
+    granules = [page.granule for page in pages]
+    assert granules == sorted(granules), granules
+    assert pages[-1].flags & 4 and pages[-1].granule == pre_skip + 2_010 * 48
+    assert pages[-2].granule < pages[-1].granule  # the padded frame is on the last page
+    audio = _decode(data, tmp_path)
+    assert abs(audio.shape[1] - 2.01 * RATE) <= 2
+
+
 def test_streaming_timeline_equals_whole_call_under_jitter_and_reordering() -> None:
     """Packets jittered by up to 80 ms and reordered: placed and decoded as in one go."""
     records = packets(NEAR_HZ, 8.0, ssrc=7, jitter_ms=80, seed=5)

@@ -61,6 +61,22 @@ def test_same_head_and_packets_as_ffmpegs_libopus_encoder(rate: int, frame_ms: i
     encoder.close()
 
 
+def test_an_end_of_stream_page_never_goes_below_a_page_already_out(tmp_path: Path) -> None:
+    """RFC 7845 trims the end within the end-of-stream page only: an end inside audio
+    already put out on earlier pages cannot take their samples back."""
+    rate = 8000
+    encoder = OpusPageEncoder(rate, bitrate=16000, complexity=0, frame_ms=60)
+    frames = 5 * encoder.frame_size
+    left, right = tone(440, frames / rate, rate), tone(1004, frames / rate, rate)
+    encoder.encode(left[:frames], right[:frames])
+    path = tmp_path / "call.opus"
+    path.write_bytes(encoder.pages() + encoder.close(3 * encoder.frame_size))
+    pages = list(scan_ogg_pages(path))
+    granules = [page.granule for page in pages]
+    assert granules == sorted(granules) and pages[-1].flags & 4
+    assert pages[-1].granule == pages[-2].granule == 5 * encoder.frame_size * 48000 // rate
+
+
 def test_pages_round_trip_through_ffmpegs_decoder(tmp_path: Path) -> None:
     rate, seconds = 8000, 3.0
     encoder = OpusPageEncoder(rate, bitrate=16000, complexity=0, frame_ms=60)

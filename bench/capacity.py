@@ -371,6 +371,26 @@ def confirmed_by_poll(logged: dict[str, float], polled: dict[str, float]) -> dic
     return {rid: at for rid, at in logged.items() if rid in polled}
 
 
+def playable_by_logs(nodes: list[Any], ids: list[str], polled: list[dict[str, float]],
+                     driver: CaptureDriver) -> tuple[list[list[float]], list[float]]:
+    """BYE->playable of `ids` on each of `nodes` (the first records them, the others
+    copy them) by the node's log, for the recordings its listing poll (`polled`, in
+    the same order) also found playable; and how far each poll trailed the log, in s
+    (up to a poll interval and a listing; below zero the log would be late)."""
+    times: list[list[float]] = []
+    poll_after_log: list[float] = []
+    for index, (node, seen) in enumerate(zip(nodes, polled, strict=True)):
+        logged = confirmed_by_poll(playable_from_log(node.log(), set(ids), copied=index > 0),
+                                   seen)
+        times.append([logged[r] - driver.requested_wall[r] for r in ids
+                      if r in logged and r in driver.requested_wall])
+        poll_after_log += [seen[r] - driver.requested_at[r]
+                           - (logged[r] - driver.requested_wall[r])
+                           for r in logged
+                           if r in driver.requested_at and r in driver.requested_wall]
+    return times, poll_after_log
+
+
 PLAYABLE_POLL_S = 1.0
 """How often this bench lists each node to confirm its recordings playable. Its
 BYE->playable columns come from the nodes' logs (exact); a poll every 0.25 s (until
@@ -492,22 +512,9 @@ async def run_callrec(node: Any, driver: CaptureDriver, capture_pid: int, calls:
     polled_here = bye_to(playable[0])
     polled_there = bye_to(playable[1]) if peer is not None else []
 
-    def bye_to_logged(seen: dict[str, float]) -> list[float]:
-        return [seen[r] - driver.requested_wall[r] for r in ids
-                if r in seen and r in driver.requested_wall]
-
-    logged_on_node = confirmed_by_poll(
-        playable_from_log(node.log(), set(ids), copied=False), playable[0])
-    logged_on_peer = (confirmed_by_poll(
-        playable_from_log(peer.log(), set(ids), copied=True), playable[1])
-        if peer is not None else {})
-    here, there = bye_to_logged(logged_on_node), bye_to_logged(logged_on_peer)
-    # How much later the polls saw each recording than its log said: up to a poll
-    # interval and a listing; below zero, the log would be late (a check of it).
-    poll_after_log = [playable[i][r] - driver.requested_at[r]
-                      - (seen[r] - driver.requested_wall[r])
-                      for i, seen in enumerate([logged_on_node, logged_on_peer])
-                      for r in seen if r in driver.requested_at and r in driver.requested_wall]
+    logged, poll_after_log = playable_by_logs(
+        [node, peer] if peer is not None else [node], ids, playable, driver)
+    here, there = logged[0], logged[1] if peer is not None else []
     # Per call-minute of load, the denominator of every row (the recordings are longer:
     # they start at allocation, before the sender; the note gives the ratio).
     line = Line(system="callrec", calls=calls, pps=sent.sent / sent.elapsed,

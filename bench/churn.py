@@ -43,11 +43,10 @@ from bench.capacity import (  # noqa: E402
     PLAYABLE_POLL_S,
     check_tones,
     commit,
-    confirmed_by_poll,
     fmt,
     machine,
     percentile,
-    playable_from_log,
+    playable_by_logs,
     spread,
     watch_playable,
 )
@@ -200,21 +199,9 @@ async def run(calls: int, seconds: float, samples: int, keep: bool,
             return [seen[r] - driver.requested_at[r] for r in first_ids
                     if r in seen and r in driver.requested_at]
 
-        def bye_to_logged(seen: dict[str, float]) -> list[float]:
-            return [seen[r] - driver.requested_wall[r] for r in first_ids
-                    if r in seen and r in driver.requested_wall]
-
-        measured = set(first_ids)
-        logged = [confirmed_by_poll(playable_from_log(node.log(), measured, copied=False),
-                                    playable[0])]
-        if peer is not None:
-            logged.append(confirmed_by_poll(playable_from_log(peer.log(), measured,
-                                                              copied=True), playable[1]))
+        logged, poll_after_log = playable_by_logs(
+            [node, peer] if peer is not None else [node], first_ids, playable, driver)
         polled = [bye_to(seen) for seen in playable]
-        poll_after_log = [playable[i][r] - driver.requested_at[r]
-                          - (seen[r] - driver.requested_wall[r])
-                          for i, seen in enumerate(logged) for r in seen
-                          if r in driver.requested_at and r in driver.requested_wall]
         polled_note = "; ".join(
             f"{where} p50 / p99 {fmt(percentile(times, 50), 3)} / "
             f"{fmt(percentile(times, 99), 3)} s ({len(times)}/{calls})"
@@ -228,8 +215,8 @@ async def run(calls: int, seconds: float, samples: int, keep: bool,
                 if r in driver.done_at and r in driver.requested_at]
         wrong = (2 * calls - two_channels) + (checked - tones_ok) + len(failed)
         return ChurnResult(
-            calls=calls, seconds=seconds, here=bye_to_logged(logged[0]),
-            there=bye_to_logged(logged[1]) if peer is not None else [], done=done,
+            calls=calls, seconds=seconds, here=logged[0],
+            there=logged[1] if peer is not None else [], done=done,
             loss_pct=100.0 * (1 - stored / sent.sent) if sent.sent else float("nan"),
             sender=f"{sent.rate_pct:.2f} % / {sent.max_lag_ms:.0f} ms",
             correct=(f"{two_channels}/{2 * calls} 2ch, {tones_ok}/{checked} tones, "

@@ -902,7 +902,9 @@ def main(argv: list[str] | None = None) -> str:
                                         args.keep, True))
         table += ("\n\nBYE->playable with calls in progress (bench.churn: calls end one by "
                   "one, each replaced by a new call set up then, with a peer node):\n\n")
-        table += churned.table()
+        table += (churned.table() + "\n\n- playable by each node's log, confirmed by a "
+                  f"listing poll; the polls (every {PLAYABLE_POLL_S:g} s) saw it: "
+                  f"{churned.polled}")
     if args.setup_rate > 0 and not args.smoke:
         progress(f"set-up rate (bench.setup_rate at {args.setup_rate:g} calls/s)")
         setup = asyncio.run(setup_rate.run(args.setup_rate))

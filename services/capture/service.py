@@ -114,8 +114,10 @@ FLUSH_INTERVAL = 0.25
 # 40 MB) in their fsyncs. A pass costs about 3.4 us a file of its own (open, call,
 # close); the kernel's writing it starts, 10-25 us a file more, is work the fsync at
 # the end would do (bench/README.md, "BYE->playable from the logs, and three cuts in
-# the burst").
-WRITEBACK_INTERVAL = 1.0
+# the burst"). At 1 s that was about a tenth of receiving's CPU at 100 calls (a page
+# still filling is written again at every pass); 2 s cost the burst nothing measurable
+# ("Capture's receive cost against rtpengine's").
+WRITEBACK_INTERVAL = 2.0
 # How long a reserved port stays bound unused for signaling (which stops answering
 # with it a third of that earlier), then closed and back in the pool.
 RESERVE_LEASE_S = 30.0

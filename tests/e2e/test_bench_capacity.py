@@ -91,3 +91,20 @@ def test_churn_smoke_measures_every_bye() -> None:
                        r"p50 / p99 [0-9.]+ / [0-9.]+ s \(3/3\); each poll saw a recording "
                        r"(-?[0-9.]+) to [0-9.]+ s after its log", text)
     assert polled is not None and float(polled.group(1)) > -0.5, text
+
+
+def test_rx_rounds_smoke_pairs_rtpengine_with_capture() -> None:
+    """bench/rx_rounds.py (3 calls, 2 s, one round): a pair measured and summarized, or
+    the reason rtpengine cannot run here."""
+    from bench import rx_rounds
+
+    text = rx_rounds.main(["--smoke"])
+    if "rtpengine skipped: " in text:
+        return  # the reason is the result (as in the capacity smoke)
+    row = re.search(r"^\| 3 \| 1 \| rtpengine \| ([0-9.]+) \| ([0-9.]+) \| ([0-9.]+|n/a) \|$",
+                    text, re.M)
+    assert row is not None, text
+    # Three calls for 2 s can stay below /proc's 10 ms tick for rtpengine.
+    assert float(row.group(1)) >= 0 and float(row.group(2)) > 0, text
+    assert re.search(r"- 3 calls: callrec rx / rtpengine rx median ([0-9.]+|n/a) over 1 "
+                     r"pairs", text), text

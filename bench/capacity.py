@@ -47,7 +47,12 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from bench import loadgen, quality, rtpengine, scratchfs, setup_rate  # noqa: E402
-from bench.capture_load import CaptureDriver, catalog_items, running_node  # noqa: E402
+from bench.capture_load import (  # noqa: E402
+    FLUSH_WAIT_S,
+    CaptureDriver,
+    catalog_items,
+    running_node,
+)
 from bench.floor import libopus_floor  # noqa: E402
 from callrec import filesystem  # noqa: E402
 from callrec.config import NodeConfig  # noqa: E402
@@ -472,7 +477,7 @@ async def run_callrec(node: Any, driver: CaptureDriver, capture_pid: int, calls:
         peer_peak = await peer_sampler.stop() if peer_sampler else {}
     before = loadgen.tree_cpu(capture_pid)  # so the flush wait below is counted in fin
     before_main = loadgen.proc_cpu(capture_pid)
-    await asyncio.sleep(0.6)  # one flush interval: the last packets reach the segments
+    await asyncio.sleep(FLUSH_WAIT_S)
     fin_timeout = 120 + calls * seconds / 10
     watches = [asyncio.create_task(watch_playable(n, ids, fin_timeout + 60, PLAYABLE_POLL_S,
                                                   narrow=driver.from_first_pending))

@@ -245,7 +245,7 @@ async def run_level(node: Any, driver: CaptureDriver, capture_pid: int, calls: i
     tag = f"{calls}-{uuid.uuid4().hex[:6]}"
     ids, ports = await driver.allocate(calls, tag)
     sender = await send_load(ports, seconds, {"cpu": lambda: proc_cpu(capture_pid)})
-    await asyncio.sleep(0.6)  # one flush interval: the last packets reach the segments
+    await asyncio.sleep(FLUSH_WAIT_S)
     before = tree_cpu(capture_pid)
     row = Row(calls=calls, sender=sender, base=base, base_received=base_received,
               recv_cpu=sender.extra["cpu"])
@@ -299,6 +299,10 @@ def print_table(rows: list[Row], seconds: float) -> None:
                   f"{r.finalize_wall:.1f} s = {call_min / r.finalize_wall * 60:.0f} "
                   "call-min per minute of wall time (sustainable concurrent calls, 1 worker)")
 
+
+FLUSH_WAIT_S = 0.6
+"""After a call's last packet, before its BYE: past one segment flush interval, so the
+last packets reach the segments (every bench that ends calls waits this long)."""
 
 WARM_UP_CALLS = 8
 """Calls running_node records (and finalizes) before a level, to warm the workers up."""

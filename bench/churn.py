@@ -50,10 +50,8 @@ from bench.capacity import (  # noqa: E402
     spread,
     watch_playable,
 )
-from bench.capture_load import CaptureDriver, catalog_items, running_node  # noqa: E402
+from bench.capture_load import FLUSH_WAIT_S, CaptureDriver, catalog_items, running_node  # noqa: E402
 from bench.setup_rate import LAG_METRIC  # noqa: E402
-
-FLUSH_WAIT_S = 0.6  # as bench.capacity: the last packets reach the segments first
 
 
 @dataclass

@@ -41,9 +41,7 @@ from bench.capacity import (  # noqa: E402
     rtpengine_running,
     run_rtpengine,
 )
-from bench.capture_load import running_node  # noqa: E402
-
-FLUSH_WAIT_S = 0.6  # as bench.capacity: the last packets reach the segments first
+from bench.capture_load import FLUSH_WAIT_S, running_node  # noqa: E402
 
 
 @dataclass
